@@ -1,0 +1,1 @@
+"""Generated code only: every module here is written by `bnsym derive`. Do not edit by hand."""

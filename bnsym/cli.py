@@ -1,0 +1,81 @@
+"""The ``bnsym`` command: ``bnsym derive`` regenerates (or checks) the generated files, ``bnsym check`` verifies a
+batch-norm implementation against the property library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _derive(args: argparse.Namespace) -> int:
+    from bnsym import derive
+
+    try:
+        root = derive.find_root(args.root)
+    except FileNotFoundError as error:
+        print(f"bnsym derive: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        stale = derive.stale_files(root)
+        for _, diff in stale:
+            sys.stdout.write(diff)
+            if not diff.endswith("\n"):
+                sys.stdout.write("\n")
+        if stale:
+            names = ", ".join(path for path, _ in stale)
+            print(f"bnsym derive --check: {len(stale)} generated file(s) are stale: {names}. "
+                  "Regenerate them with `bnsym derive` and commit the result.", file=sys.stderr)
+            return 1
+        print(f"bnsym derive --check: all {len(derive.GENERATED_FILES)} generated files are up to date.")
+        return 0
+    for path, changed in derive.regenerate(root):
+        print(f"{'wrote' if changed else 'unchanged'}  {path}")
+    if not args.quiet:
+        from bnsym.report import derivation_summary
+
+        print()
+        print(derivation_summary())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from bnsym.testing import command
+
+    return command.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnsym", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    derive = commands.add_parser("derive", help="regenerate every generated file from the SymPy derivation",
+                                 description="Regenerate bnsym/_generated/ and derivations/ from the derivation, "
+                                             "then print the derived equations and a numerical check.")
+    derive.add_argument("--check", action="store_true",
+                        help="regenerate in memory, print a unified diff, exit 1 if any checked-in file is stale")
+    derive.add_argument("--root", help="the source checkout to write into (default: the one bnsym runs from)")
+    derive.add_argument("--quiet", action="store_true", help="only list the files written")
+    derive.set_defaults(handler=_derive)
+
+    check = commands.add_parser("check", help="verify a batch-norm implementation with the property library",
+                                description="Verify a batch-norm implementation with bnsym's properties.")
+    try:
+        from bnsym.testing import command
+    except ImportError:  # pragma: no cover - the property library ships with bnsym
+        command = None
+    if command is not None:
+        command.add_arguments(check)
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

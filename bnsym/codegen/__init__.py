@@ -1,0 +1,1 @@
+"""Code generation: from derived SymPy expressions to readable NumPy modules under ``bnsym/_generated/``."""

@@ -1,0 +1,103 @@
+"""Regenerate every generated file, or check that the checked-in ones are up to date.
+
+The generated files and the function that renders each are listed once, in :data:`GENERATED_FILES`. Rendering is
+pure (no clock, no paths, no dict order, no formatter), so the same SymPy version always gives the same bytes.
+Writes are atomic: each file is written next to its destination and renamed over it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["GENERATED_FILES", "GeneratedFile", "find_root", "regenerate", "stale_files"]
+
+
+@dataclass(frozen=True)
+class GeneratedFile:
+    """A file under the source tree whose whole text is ``render()``."""
+
+    path: str
+    render: Callable[[], str]
+
+
+def _batch_norm_module() -> str:
+    from bnsym.codegen.batch_norm_kernels import kernels
+    from bnsym.codegen.module import render_module
+
+    docstring = (
+        "Batch-norm kernels generated from the symbolic derivation in bnsym.symbolic.batch_norm.\n\n"
+        "The derivation, step by step, is derivations/batch_norm.md. These kernels take arrays already arranged "
+        "for\nbroadcasting and validate nothing: call them through the public functions in bnsym.\n")
+    return render_module(kernels(), source="bnsym/symbolic/batch_norm.py", docstring=docstring)
+
+
+def _batch_norm_document() -> str:
+    from bnsym.document import render_batch_norm_document
+
+    return render_batch_norm_document()
+
+
+GENERATED_FILES: tuple[GeneratedFile, ...] = (
+    GeneratedFile("bnsym/_generated/batch_norm.py", _batch_norm_module),
+    GeneratedFile("derivations/batch_norm.md", _batch_norm_document),
+)
+
+
+def find_root(root: str | os.PathLike | None = None) -> Path:
+    """The source checkout that holds the generated files: ``root`` if given, else the one bnsym runs from."""
+    if root is None:
+        candidate = Path(__file__).resolve().parent.parent
+    else:
+        candidate = Path(root).resolve()
+    if not (candidate / "pyproject.toml").is_file() or not (candidate / "bnsym").is_dir():
+        raise FileNotFoundError(
+            f"{candidate} is not a bnsym source checkout (no pyproject.toml and bnsym/ there): generated files "
+            "live in the source tree, so run `bnsym derive` from a clone installed with `pip install -e .`, or "
+            "pass --root PATH")
+    return candidate
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def regenerate(root: Path) -> list[tuple[str, bool]]:
+    """Render every generated file and write those that changed; returns (path, changed) pairs."""
+    results = []
+    for generated in GENERATED_FILES:
+        text = generated.render()
+        path = root / generated.path
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current != text:
+            _write_atomically(path, text)
+        results.append((generated.path, current != text))
+    return results
+
+
+def stale_files(root: Path) -> list[tuple[str, str]]:
+    """Render every generated file in memory; returns (path, unified diff) for each that differs on disk."""
+    stale = []
+    for generated in GENERATED_FILES:
+        expected = generated.render()
+        path = root / generated.path
+        actual = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if actual != expected:
+            diff = difflib.unified_diff(actual.splitlines(keepends=True), expected.splitlines(keepends=True),
+                                        fromfile=f"{generated.path} (checked in)",
+                                        tofile=f"{generated.path} (derived now)")
+            stale.append((generated.path, "".join(diff)))
+    return stale

@@ -1,0 +1,86 @@
+"""The vocabulary of a per-channel derivation: fields, channel scalars and the batch reduction.
+
+Notation. A normalisation layer acts on one *group* of M values at a time (for batch norm: one channel, its values
+over the batch and spatial axes). A derivation never names the M values one by one. Instead:
+
+* a :class:`Field` stands for "the value at the current element i" (``x`` means x_i, ``dy`` means dy_i);
+* any other SymPy symbol is a *channel scalar*, one value shared by the whole group (``gamma``, ``eps``, ``M``);
+* :class:`BatchSum` ``(e)`` is the reduction sum_i e_i over the group, itself a channel scalar.
+
+Because M is the symbol :data:`M`, every result holds for every batch size at once. SymPy's own ``Sum`` with
+``IndexedBase`` would express the same thing, but differentiating through it is fragile (sympy issues 21891 and
+12751): here the reduction is an opaque function whose calculus is written out once, in :mod:`bnsym.symbolic.program`.
+
+:class:`BatchSum` keeps itself in a canonical form as it is built: it is linear (it distributes over sums and pulls
+channel scalars out of products) and the sum of a channel scalar c is ``M * c``. It never expands a power or a
+product of fields, so ``BatchSum((x - mean)**2)`` stays the two-pass variance and is never rewritten into
+E[x^2] - E[x]^2.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+__all__ = ["BatchSum", "Field", "M", "is_field_expr", "outermost_sums"]
+
+
+class Field(sympy.Symbol):
+    """A per-element quantity: one value for each of the M elements of a group."""
+
+
+#: The number of elements in one group (for batch norm: N times the spatial size).
+M = sympy.Symbol("M", positive=True, integer=True)
+
+
+def is_field_expr(expr: sympy.Expr) -> bool:
+    """True when ``expr`` varies from element to element, i.e. has a :class:`Field` outside every reduction."""
+    if isinstance(expr, Field):
+        return True
+    if isinstance(expr, BatchSum) or not expr.args:
+        return False
+    return any(is_field_expr(arg) for arg in expr.args)
+
+
+def outermost_sums(expr: sympy.Expr) -> list[BatchSum]:
+    """The reductions in ``expr`` that are not inside another reduction, in SymPy's canonical order."""
+    found: set[BatchSum] = set()
+
+    def visit(node: sympy.Basic) -> None:
+        if isinstance(node, BatchSum):
+            found.add(node)
+            return
+        for arg in node.args:
+            visit(arg)
+
+    visit(expr)
+    return sorted(found, key=sympy.default_sort_key)
+
+
+class BatchSum(sympy.Function):
+    """``BatchSum(e)`` is sum_i e_i over the M elements of a group: a channel scalar.
+
+    Canonicalisation on construction (the only rewriting it ever does):
+
+    * ``BatchSum(a + b) = BatchSum(a) + BatchSum(b)``;
+    * ``BatchSum(c * e) = c * BatchSum(e)`` for a channel scalar ``c``;
+    * ``BatchSum(c) = M * c`` for a channel scalar ``c``.
+    """
+
+    nargs = 1
+    is_commutative = True
+
+    @classmethod
+    def eval(cls, arg):
+        if not is_field_expr(arg):
+            return M * arg
+        if isinstance(arg, sympy.Add):
+            return sympy.Add(*(cls(term) for term in arg.args))
+        if isinstance(arg, sympy.Mul):
+            scalars = [f for f in arg.args if not is_field_expr(f)]
+            if scalars:
+                fields = [f for f in arg.args if is_field_expr(f)]
+                return sympy.Mul(*scalars) * cls(sympy.Mul(*fields))
+        return None
+
+    def _sympystr(self, printer):
+        return "BatchSum(%s)" % printer.doprint(self.args[0])

@@ -1,0 +1,70 @@
+"""Every bad input to the public functions gets a clear ValueError or TypeError naming the argument and shapes."""
+
+import numpy as np
+import pytest
+
+import bnsym
+
+C = 3
+X = np.random.default_rng(0).normal(size=(4, C, 2, 2))
+GAMMA, BETA = np.ones(C), np.zeros(C)
+Y, MEAN, INVSTD = bnsym.batch_norm_forward(X, GAMMA, BETA)
+DY = np.random.default_rng(1).normal(size=X.shape)
+
+
+def forward(**changes):
+    args = dict(x=X, gamma=GAMMA, beta=BETA, eps=1e-5, axis=1) | changes
+    return lambda: bnsym.batch_norm_forward(**args)
+
+
+def backward(**changes):
+    args = dict(dy=DY, x=X, gamma=GAMMA, mean=MEAN, invstd=INVSTD, axis=1) | changes
+    return lambda: bnsym.batch_norm_backward(**args)
+
+
+CASES = [
+    # (id, call, error type, words the message must contain)
+    ("gamma-wrong-shape", forward(gamma=np.ones(4)), ValueError, ["gamma", "(3,)", "(4,)"]),
+    ("gamma-2d", forward(gamma=np.ones((3, 1))), ValueError, ["gamma", "(3, 1)"]),
+    ("beta-wrong-shape", forward(beta=np.zeros(2)), ValueError, ["beta", "(3,)", "(2,)"]),
+    ("gamma-wrong-shape-nhwc", forward(axis=-1), ValueError, ["gamma", "(2,)", "(3,)"]),
+    ("one-value-per-channel-2d", forward(x=np.ones((1, C))), ValueError, ["more than 1 value per channel", "(1, 3)"]),
+    ("one-value-per-channel-4d", forward(x=np.ones((1, C, 1, 1))), ValueError,
+     ["more than 1 value per channel", "(1, 3, 1, 1)"]),
+    ("eps-zero", forward(eps=0.0), ValueError, ["eps", "0"]),
+    ("eps-negative", forward(eps=-1e-5), ValueError, ["eps", "-1e-05"]),
+    ("eps-nan", forward(eps=float("nan")), ValueError, ["eps", "nan"]),
+    ("eps-inf", forward(eps=float("inf")), ValueError, ["eps", "inf"]),
+    ("eps-string", forward(eps="1e-5"), TypeError, ["eps", "str"]),
+    ("axis-out-of-range", forward(axis=4), ValueError, ["axis 4", "(4, 3, 2, 2)"]),
+    ("axis-negative-out-of-range", forward(axis=-5), ValueError, ["axis -5", "(4, 3, 2, 2)"]),
+    ("axis-float", forward(axis=1.0), TypeError, ["axis", "float"]),
+    ("x-1d", forward(x=np.ones(5)), ValueError, ["x", "at least 2 dimensions", "(5,)"]),
+    ("x-0d", forward(x=np.float64(1.0)), ValueError, ["x", "at least 2 dimensions", "()"]),
+    ("x-integer", forward(x=X.astype(np.int64)), TypeError, ["x", "int64", "(4, 3, 2, 2)"]),
+    ("x-boolean", forward(x=X > 0), TypeError, ["x", "bool"]),
+    ("x-complex", forward(x=X.astype(np.complex128)), TypeError, ["x", "complex128"]),
+    ("x-object", forward(x=X.astype(object)), TypeError, ["x", "object"]),
+    ("gamma-integer", forward(gamma=np.ones(C, dtype=np.int32)), TypeError, ["gamma", "int32"]),
+    ("dy-wrong-shape", backward(dy=DY[:2]), ValueError, ["dy", "(4, 3, 2, 2)", "(2, 3, 2, 2)"]),
+    ("dy-integer", backward(dy=DY.astype(np.int16)), TypeError, ["dy", "int16"]),
+    ("mean-wrong-shape", backward(mean=MEAN[:2]), ValueError, ["mean", "(3,)", "(2,)"]),
+    ("invstd-wrong-shape", backward(invstd=np.ones((1, 3))), ValueError, ["invstd", "(3,)", "(1, 3)"]),
+    ("backward-gamma-wrong-shape", backward(gamma=np.ones(5)), ValueError, ["gamma", "(5,)"]),
+    ("backward-one-value-per-channel", backward(x=np.ones((1, C)), dy=np.ones((1, C))), ValueError,
+     ["more than 1 value per channel"]),
+    ("backward-axis-out-of-range", backward(axis=7), ValueError, ["axis 7"]),
+    ("backward-x-1d", backward(x=np.ones(4), dy=np.ones(4)), ValueError, ["x", "at least 2 dimensions"]),
+]
+
+
+@pytest.mark.parametrize("call, error, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_error(call, error, words):
+    with pytest.raises(error) as raised:
+        call()
+    message = str(raised.value)
+    missing = [w for w in words if w not in message]
+    assert not missing, f"the error message {message!r} does not mention {missing}"
+    traceback_files = {entry.path.name for entry in raised.traceback}
+    assert not any("numpy" in str(entry.path) for entry in raised.traceback[1:]), (
+        f"the error came from inside NumPy ({traceback_files}), not from bnsym's validation")
