@@ -48,3 +48,110 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, axes, count):
     dgamma = sum_dy_x_hat
     dbeta = sum_dy
     return dx, dgamma, dbeta
+
+
+def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
+    """Eval-mode batch norm: normalise with the given running statistics.
+
+    bnsym.symbolic.batch_norm.inference_forward: the training forward pass with mean and var frozen to running_mean
+    and running_var.
+
+    Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
+    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    """
+    invstd = 1/numpy.sqrt(eps + running_var)
+    x_hat = invstd*(x - running_mean)
+    y = x_hat*gamma + beta
+    return y
+
+
+def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, axes, count):
+    """Eval-mode backward: dx, dgamma, dbeta with the running statistics held constant.
+
+    Derived by reverse mode from inference_forward (bnsym.symbolic.batch_norm.inference_backward).
+
+    Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
+    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    """
+    sum_dy = numpy.sum(dy, axis=axes, keepdims=True)
+    invstd = 1/numpy.sqrt(eps + running_var)
+    x_hat = invstd*(x - running_mean)
+    sum_dy_x_hat = numpy.sum(dy*x_hat, axis=axes, keepdims=True)
+    dx = dy*gamma*invstd
+    dgamma = sum_dy_x_hat
+    dbeta = sum_dy
+    return dx, dgamma, dbeta
+
+
+def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axes, count):
+    """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
+    gamma and dy.
+
+    Derived by reverse mode through the derived backward (bnsym.symbolic.batch_norm.double_backward).
+
+    Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
+    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    """
+    tmp0 = 1/count
+    tmp1 = invstd**2
+    tmp2 = 1/(count**2)
+    tmp3 = count*gggamma
+    tmp4 = gamma*invstd
+    tmp7 = invstd*tmp2
+    tmp9 = invstd*tmp0
+    sum_dy = numpy.sum(dy, axis=axes, keepdims=True)
+    sum_ggx = numpy.sum(ggx, axis=axes, keepdims=True)
+    tmp8 = sum_dy*sum_ggx
+    sum_dy_ggx = numpy.sum(dy*ggx, axis=axes, keepdims=True)
+    x_hat = invstd*(x - mean)
+    sum_dy_x_hat = numpy.sum(dy*x_hat, axis=axes, keepdims=True)
+    sum_ggx_x_hat = numpy.sum(ggx*x_hat, axis=axes, keepdims=True)
+    tmp5 = sum_ggx_x_hat*tmp4
+    tmp6 = tmp3 - tmp5
+    gx = dy*invstd*tmp0*tmp6 - ggx*gamma*sum_dy_x_hat*tmp0*tmp1 - x_hat*tmp7*(count*gamma*invstd*sum_dy_ggx + sum_dy_x_hat*tmp3 - 3*sum_dy_x_hat*tmp5 - tmp4*tmp8) + gamma*sum_dy_x_hat*sum_ggx*tmp1*tmp2 - sum_dy*tmp6*tmp7
+    ggamma = invstd*sum_dy_ggx - sum_dy_x_hat*sum_ggx_x_hat*tmp9 - tmp8*tmp9
+    gdy = ggx*tmp4 + x_hat*tmp0*tmp6 + ggbeta - sum_ggx*tmp0*tmp4
+    return gx, ggamma, gdy
+
+
+def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axes, count):
+    """Eval-mode double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
+    gamma and dy.
+
+    Derived by reverse mode through the derived backward (bnsym.symbolic.batch_norm.inference_double_backward).
+
+    mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.
+
+    Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
+    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    """
+    sum_dy_ggx = numpy.sum(dy*ggx, axis=axes, keepdims=True)
+    x_hat = invstd*(x - mean)
+    gx = dy*gggamma*invstd
+    ggamma = invstd*sum_dy_ggx
+    gdy = ggx*gamma*invstd + x_hat*gggamma + ggbeta
+    return gx, ggamma, gdy
+
+
+def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, axes, count):
+    """Training forward mode: y and its tangent ty along (tx, tgamma, tbeta).
+
+    Derived by forward mode from training_forward (bnsym.symbolic.batch_norm.jvp).
+
+    Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
+    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    """
+    tmp1 = 1/count
+    sum_tx = numpy.sum(tx, axis=axes, keepdims=True)
+    sum_x = numpy.sum(x, axis=axes, keepdims=True)
+    mean = sum_x*tmp1
+    tmp0 = x - mean
+    sum_0 = numpy.sum(tmp0**2, axis=axes, keepdims=True)
+    var = sum_0*tmp1
+    invstd = 1/numpy.sqrt(eps + var)
+    tmp2 = gamma*invstd
+    x_hat = invstd*tmp0
+    sum_tx_x_hat = numpy.sum(tx*x_hat, axis=axes, keepdims=True)
+    y = x_hat*gamma + beta
+    ty = tx*tmp2 + x_hat*tmp1*(count*tgamma - sum_tx_x_hat*tmp2) - sum_tx*tmp1*tmp2 + tbeta
+    return y, ty

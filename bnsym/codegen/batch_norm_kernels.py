@@ -42,6 +42,77 @@ def _backward() -> Kernel:
     )
 
 
+def _inference_forward() -> Kernel:
+    s = bn.SYMBOLS
+    program = bn.inference_forward()
+    return Kernel(
+        name="batch_norm_inference",
+        inputs=(s.x, s.gamma, s.beta, s.running_mean, s.running_var, s.eps),
+        steps=tuple((d.name, d.expr) for d in program.definitions if d.name != s.y),
+        outputs=((s.y, program[s.y]),),
+        summary="Eval-mode batch norm: normalise with the given running statistics.",
+        derived_from="bnsym.symbolic.batch_norm.inference_forward: the training forward pass with mean and var "
+                     "frozen to running_mean and running_var.",
+        notes=(_LAYOUT,),
+    )
+
+
+def _inference_steps():
+    s = bn.SYMBOLS
+    program = bn.inference_forward()
+    return ((s.invstd, program[s.invstd]), (s.x_hat, program[s.x_hat]))
+
+
+def _inference_backward() -> Kernel:
+    s = bn.SYMBOLS
+    program, closed = bn.inference_backward()
+    return Kernel(
+        name="batch_norm_inference_backward",
+        inputs=(s.dy, s.x, s.gamma, s.running_mean, s.running_var, s.eps),
+        steps=_inference_steps(),
+        outputs=tuple((name, closed[name]) for name in program.outputs),
+        summary="Eval-mode backward: dx, dgamma, dbeta with the running statistics held constant.",
+        derived_from="Derived by reverse mode from inference_forward (bnsym.symbolic.batch_norm.inference_backward).",
+        notes=(_LAYOUT,),
+    )
+
+
+def _double_backward(training: bool) -> Kernel:
+    s = bn.SYMBOLS
+    program, closed = bn.double_backward() if training else bn.inference_double_backward()
+    mode, source = ("Training", "double_backward") if training else ("Eval-mode", "inference_double_backward")
+    notes = (_LAYOUT,) if training else (
+        "mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.", _LAYOUT)
+    return Kernel(
+        name=f"batch_norm_{'' if training else 'inference_'}double_backward",
+        inputs=(s.ggx, s.gggamma, s.ggbeta, s.dy, s.x, s.gamma, s.mean, s.invstd),
+        steps=((s.x_hat, bn.training_forward()[s.x_hat]),),
+        outputs=tuple((name, closed[name]) for name in program.outputs),
+        summary=f"{mode} double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with "
+                "respect to x, gamma and dy.",
+        derived_from=f"Derived by reverse mode through the derived backward (bnsym.symbolic.batch_norm.{source}).",
+        notes=notes,
+    )
+
+
+def _jvp() -> Kernel:
+    s = bn.SYMBOLS
+    program, closed = bn.jvp()
+    forward = bn.training_forward()
+    y, ty = program.outputs
+    steps = tuple((d.name, d.expr) for d in forward.definitions if d.name != s.y)
+    return Kernel(
+        name="batch_norm_jvp",
+        inputs=(s.x, s.gamma, s.beta, s.tx, s.tgamma, s.tbeta, s.eps),
+        steps=steps,
+        outputs=((y, forward[s.y]), (ty, closed[ty])),
+        summary="Training forward mode: y and its tangent ty along (tx, tgamma, tbeta).",
+        derived_from="Derived by forward mode from training_forward (bnsym.symbolic.batch_norm.jvp).",
+        notes=(_LAYOUT,),
+    )
+
+
 def kernels() -> list[Kernel]:
     """Every kernel of ``bnsym/_generated/batch_norm.py``, in the order they appear there."""
-    return [_forward(), _backward()]
+    return [_forward(), _backward(), _inference_forward(), _inference_backward(), _double_backward(True),
+            _double_backward(False), _jvp()]

@@ -17,7 +17,7 @@ import sympy
 
 from bnsym.codegen.printer import KernelPrinter
 from bnsym.naming import reduction_name
-from bnsym.symbolic.reduction import BatchSum
+from bnsym.symbolic.reduction import BatchSum, M
 
 __all__ = ["Kernel", "render_kernel"]
 
@@ -27,7 +27,8 @@ class Kernel:
     """One generated function.
 
     * ``name``: the function's name in the generated module.
-    * ``inputs``: its positional parameters, in order (``axes`` and ``count`` are appended).
+    * ``inputs``: its positional parameters, in order; ``axes`` (the reduced axes) is appended when the kernel
+      reduces, and ``count`` (M) when it reduces or uses M.
     * ``steps``: named intermediate quantities, computed first, in order (for example ``x_hat``).
     * ``outputs``: the returned names and their expressions, in order.
     * ``summary``: the first line of the function's docstring.
@@ -121,10 +122,14 @@ def render_kernel(kernel: Kernel, indent: str = "    ") -> str:
     statements = list(replacements) + [(name, arg) for (name, _), arg in zip(reductions, reduced_args)]
     statements = _stable_topological(statements + list(zip(names, reduced_exprs)))
 
-    parameters = ", ".join([s.name for s in kernel.inputs] + ["axes", "count"])
+    # Only kernels that reduce take the reduced axes, and only those that reduce or use M take the count.
+    every = [e for _, e in kernel.steps] + [e for _, e in kernel.outputs]
+    reduces = any(e.has(BatchSum) for e in every)
+    extra = (["axes"] if reduces else []) + (["count"] if reduces or any(e.has(M) for e in every) else [])
+    parameters = ", ".join([s.name for s in kernel.inputs] + extra)
     lines = [f"def {kernel.name}({parameters}):"]
     width = 116 - len(indent)
-    doc = [f'"""{kernel.summary}', ""] + textwrap.wrap(kernel.derived_from, width)
+    doc = textwrap.wrap(f'"""{kernel.summary}', width) + [""] + textwrap.wrap(kernel.derived_from, width)
     for note in kernel.notes:
         doc += [""] + textwrap.wrap(note, width)
     doc += ['"""']

@@ -59,32 +59,46 @@ def instantiate(expr: sympy.Expr, elements: Elements, at: int, forward: Program 
 
 
 def _radicals(expr: sympy.Expr) -> list[sympy.Expr]:
-    """Bases b of the powers b**(k/2) in ``expr``: each becomes t**2 for a new positive symbol t."""
+    """Bases b of the powers b**(k/2) in ``expr``."""
     bases = {p.base for p in expr.atoms(sympy.Pow) if p.exp.is_Rational and p.exp.q == 2}
     return sorted(bases, key=sympy.default_sort_key)
+
+
+def _polynomial_is_zero(expr: sympy.Expr) -> bool:
+    numerator, _ = sympy.fraction(sympy.together(expr))
+    return sympy.expand(numerator) == 0
 
 
 def difference_is_zero(a: sympy.Expr, b: sympy.Expr) -> bool:
     """Exactly whether ``a - b`` is identically zero.
 
-    The expressions of a normalisation layer are rational functions of the inputs and of square roots
-    ``sqrt(var + eps)``. Each such root becomes a new positive symbol t with t**2 = var + eps; the difference is
-    brought over one denominator, and its numerator reduced modulo t**2 - (var + eps) must vanish.
+    The expressions of a normalisation layer are polynomials in the inputs and in s = (var + eps)**(-1/2), with
+    integer denominators. Every power of var + eps becomes a power of a new symbol s; the difference, a polynomial
+    P(s), splits into its even and odd parts in s. Because s is not a rational function of the inputs, P vanishes
+    exactly when both parts vanish once s**2 = 1/(var + eps) is substituted and the denominators are cleared: two
+    polynomial identities that ``sympy.expand`` decides.
     """
-    difference = a - b
+    difference = sympy.expand(a - b, mul=False, multinomial=False, power_exp=False, power_base=False, log=False)
     radicals = _radicals(difference)
-    roots = sympy.symbols(f"_t0:{len(radicals)}", positive=True)
-    for base, root in zip(radicals, roots):
-        difference = difference.replace(
-            lambda e, base=base: isinstance(e, sympy.Pow) and e.base == base and e.exp.is_Rational
-            and e.exp.q == 2,
-            lambda e, root=root: root ** (2 * e.exp),
-        )
-    numerator, _ = sympy.fraction(sympy.together(difference))
-    numerator = sympy.expand(numerator)
-    for base, root in zip(radicals, roots):
-        numerator = sympy.rem(numerator, root**2 - base, root)
-    return sympy.expand(numerator) == 0
+    if not radicals:
+        return _polynomial_is_zero(difference)
+    if len(radicals) > 1:
+        raise NotImplementedError(f"more than one radical in a difference: {radicals}")
+    (base,) = radicals
+    s = sympy.Dummy("s", positive=True)
+    difference = difference.replace(lambda e: isinstance(e, sympy.Pow) and e.base == base,
+                                    lambda e: s ** (-2 * e.exp))
+    numerator, denominator = sympy.fraction(sympy.together(difference))
+    if denominator.free_symbols - {s}:
+        raise NotImplementedError(f"a denominator other than a power of var + eps: {denominator}")
+    coefficients = sympy.Poly(sympy.expand(numerator), s).all_coeffs()[::-1]  # c_0, c_1, ... of s**k
+    for parity in (0, 1):
+        terms = [(k, c) for k, c in enumerate(coefficients) if k % 2 == parity and c != 0]
+        if terms:
+            top = max(k // 2 for k, _ in terms)
+            if sympy.expand(sympy.Add(*(c * base ** (top - k // 2) for k, c in terms))) != 0:
+                return False
+    return True
 
 
 def jacobian_vector_product(outputs: Iterable[sympy.Expr], inputs: Iterable[sympy.Symbol],

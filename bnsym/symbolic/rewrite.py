@@ -7,14 +7,14 @@ in four steps:
 
 1. inline every name outside the vocabulary;
 2. eliminate names in favour of the vocabulary (``x -> mean + x_hat / invstd``, ``var -> invstd^-2 - eps``);
-3. apply the layer's *facts*, identities such as ``sum_i x_hat_i = 0`` that :func:`prove_fact` has first proved
-   from the forward definitions;
+3. distribute products (inside reductions too, never expanding a power) and apply the layer's *facts*,
+   identities such as ``sum_i x_hat_i = 0`` that :func:`prove_fact` has first proved from the forward definitions;
 4. collect the result over its reductions so that it reads as coefficient times reduction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sympy
@@ -76,23 +76,27 @@ def _apply_facts(expr: sympy.Expr, facts: Sequence[Fact]) -> sympy.Expr:
     return expr
 
 
+def _expand_products(expr: sympy.Expr) -> sympy.Expr:
+    """Distribute products over sums, inside reductions too, so that every reduction is of a product of fields.
+
+    Powers are never expanded: by this point x has been eliminated in favour of x_hat, and what is distributed are
+    products of adjoints and x_hat, never a centred square.
+    """
+    def distribute(e: sympy.Expr) -> sympy.Expr:
+        return sympy.expand(e, deep=True, mul=True, multinomial=False, power_exp=False, power_base=False, log=False)
+
+    expr = expr.replace(lambda e: isinstance(e, BatchSum), lambda e: BatchSum(distribute(e.args[0])))
+    return distribute(expr)
+
+
 def closed_form(program: Program, output: sympy.Symbol, vocabulary: Vocabulary,
                 collect_over: Sequence[sympy.Expr] = ()) -> sympy.Expr:
     """``output`` of ``program`` as one expression in ``vocabulary`` (see the module docstring)."""
     expr = program.inline(output, keep=vocabulary.keep)
     expr = expr.xreplace(dict(vocabulary.eliminate))
     expr = _apply_facts(expr, vocabulary.facts)
-    expr = sympy.expand(expr, deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
-                        log=False)
+    expr = _expand_products(expr)
     expr = _apply_facts(expr, vocabulary.facts)
     sums = outermost_sums(expr)
     expr = sympy.collect(expr, list(collect_over) + sums, func=sympy.factor)
     return expr
-
-
-def substitute_all(expr: sympy.Expr, mapping: Mapping[sympy.Symbol, sympy.Expr]) -> sympy.Expr:
-    """``expr.xreplace(mapping)``, re-evaluating reductions so they stay canonical."""
-    return expr.xreplace(dict(mapping))
-
-
-_ = BatchSum  # re-exported for type checkers reading the docstring examples

@@ -79,3 +79,84 @@ def test_symbolic_batch_size_is_a_symbol():
     program, closed = bn.backward()
     assert M in closed[program.outputs[0]].free_symbols
     assert isinstance(M, sympy.Symbol) and M.is_integer and M.is_positive
+
+
+# -- the rest of the layer: every derived function against a brute-force derivation, M = 1..5 ----------------------
+
+SECOND_ORDER_SIZES = range(1, 6)
+
+
+def _explicit(forward, output, elements):
+    return [instantiate(output, elements, i, forward) for i in range(elements.n)]
+
+
+def _assert_agrees(generic, brute, elements, forward, what):
+    for j, expected in enumerate(brute):
+        actual = instantiate(generic, elements, j, forward)
+        assert difference_is_zero(actual, expected), f"{what} at element {j} differs from brute force, M={elements.n}"
+
+
+@pytest.mark.parametrize("n", SECOND_ORDER_SIZES, ids=lambda n: f"M={n}")
+def test_inference_backward_matches_brute_force(n):
+    s = bn.SYMBOLS
+    forward = bn.inference_forward()
+    program, closed = bn.inference_backward()
+    dx, dgamma, dbeta = program.outputs
+    elements = Elements(n)
+    ys = _explicit(forward, s.y, elements)
+    brute_dx = jacobian_vector_product(ys, elements[s.x], elements[s.dy])
+    brute_dgamma, brute_dbeta = jacobian_vector_product(ys, [s.gamma, s.beta], elements[s.dy])
+    _assert_agrees(closed[dx], brute_dx, elements, forward, "eval dx")
+    _assert_agrees(closed[dgamma], [brute_dgamma], elements, forward, "eval dgamma")
+    _assert_agrees(closed[dbeta], [brute_dbeta], elements, forward, "eval dbeta")
+
+
+def _brute_force_double_backward(forward, n):
+    """gx, ggamma, gdy by differentiating <ggx, dx> + gggamma dgamma + ggbeta dbeta, with dx, dgamma, dbeta
+    themselves from the full Jacobian of the explicit forward pass."""
+    s = bn.SYMBOLS
+    elements = Elements(n)
+    ys = _explicit(forward, s.y, elements)
+    dys = elements[s.dy]
+    dx = jacobian_vector_product(ys, elements[s.x], dys)
+    dgamma, dbeta = jacobian_vector_product(ys, [s.gamma, s.beta], dys)
+    loss = sum(g * d for g, d in zip(elements[s.ggx], dx)) + s.gggamma * dgamma + s.ggbeta * dbeta
+    gx = [sympy.diff(loss, xi) for xi in elements[s.x]]
+    gdy = [sympy.diff(loss, di) for di in dys]
+    return elements, gx, [sympy.diff(loss, s.gamma)], gdy
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("n", SECOND_ORDER_SIZES, ids=lambda n: f"M={n}")
+def test_double_backward_matches_brute_force(n, mode):
+    forward = bn.training_forward() if mode == "train" else bn.inference_forward()
+    program, closed = bn.double_backward() if mode == "train" else bn.inference_double_backward()
+    gx, ggamma, gdy = program.outputs
+    elements, brute_gx, brute_ggamma, brute_gdy = _brute_force_double_backward(forward, n)
+    _assert_agrees(closed[gx], brute_gx, elements, forward, f"{mode} gx")
+    _assert_agrees(closed[ggamma], brute_ggamma, elements, forward, f"{mode} ggamma")
+    _assert_agrees(closed[gdy], brute_gdy, elements, forward, f"{mode} gdy")
+
+
+@pytest.mark.parametrize("n", SECOND_ORDER_SIZES, ids=lambda n: f"M={n}")
+def test_jvp_matches_brute_force(n):
+    s = bn.SYMBOLS
+    forward = bn.training_forward()
+    program, closed = bn.jvp()
+    (ty,) = closed
+    elements = Elements(n)
+    ys = _explicit(forward, s.y, elements)
+    brute = [sum(sympy.diff(y, xj) * tj for xj, tj in zip(elements[s.x], elements[s.tx]))
+             + sympy.diff(y, s.gamma) * s.tgamma + sympy.diff(y, s.beta) * s.tbeta for y in ys]
+    _assert_agrees(closed[ty], brute, elements, forward, "ty")
+
+
+def test_double_backward_cross_check_detects_a_missing_term():
+    """Dropping one term of gx makes the comparison fail, so the test above can fail."""
+    s = bn.SYMBOLS
+    program, closed = bn.double_backward()
+    gx = program.outputs[0]
+    term = next(t for t in sympy.Add.make_args(sympy.expand(closed[gx])) if t.has(s.gggamma))
+    elements, brute_gx, _, _ = _brute_force_double_backward(bn.training_forward(), 3)
+    wrong = instantiate(closed[gx] - term, elements, 0, bn.training_forward())
+    assert not difference_is_zero(wrong, brute_gx[0])
