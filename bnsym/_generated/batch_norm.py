@@ -10,6 +10,8 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
+from bnsym._reduce import batch_dot, batch_sum
+
 
 def batch_norm_forward(x, gamma, beta, eps, axes, count):
     """Training-mode batch norm: y, and the batch mean and invstd that the backward pass reuses.
@@ -19,15 +21,17 @@ def batch_norm_forward(x, gamma, beta, eps, axes, count):
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
     shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
     """
-    tmp1 = 1/count
-    sum_x = numpy.sum(x, axis=axes, keepdims=True)
-    mean = sum_x*tmp1
-    tmp0 = x - mean
-    sum_0 = numpy.sum(tmp0**2, axis=axes, keepdims=True)
-    var = sum_0*tmp1
+    tmp0 = 1/count
+    sum_x = batch_sum(x, axes)
+    mean = sum_x*tmp0
+    x_minus_mean = x - mean
+    sum_x_minus_mean_x_minus_mean = batch_dot(x_minus_mean, x_minus_mean, axes)
+    var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/numpy.sqrt(eps + var)
-    x_hat = invstd*tmp0
-    y = x_hat*gamma + beta
+    y_coef_x_minus_mean = gamma*invstd
+    y = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
+    y *= y_coef_x_minus_mean
+    y += beta
     return y, mean, invstd
 
 
@@ -40,11 +44,18 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, axes, count):
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
     shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
     """
-    tmp0 = gamma*invstd/count
-    sum_dy = numpy.sum(dy, axis=axes, keepdims=True)
-    x_hat = invstd*(x - mean)
-    sum_dy_x_hat = numpy.sum(dy*x_hat, axis=axes, keepdims=True)
-    dx = dy*gamma*invstd - x_hat*sum_dy_x_hat*tmp0 - sum_dy*tmp0
-    dgamma = sum_dy_x_hat
+    tmp0 = 1/count
+    x_minus_mean = x - mean
+    sum_dy = batch_sum(dy, axes)
+    sum_dy_x_minus_mean = batch_dot(dy, x_minus_mean, axes)
+    dx_coef_x_minus_mean = -invstd**2*sum_dy_x_minus_mean*tmp0
+    dx_shift = -sum_dy*tmp0
+    dx_scale = gamma*invstd
+    dgamma = invstd*sum_dy_x_minus_mean
     dbeta = sum_dy
+    dx = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
+    dx *= dx_coef_x_minus_mean
+    dx += dy
+    dx += dx_shift
+    dx *= dx_scale
     return dx, dgamma, dbeta
