@@ -10,6 +10,8 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
+from bnsym._reduce import batch_dot, batch_sum
+
 
 def batch_norm_forward(x, gamma, beta, eps, axes, count):
     """Training-mode batch norm: y, and the batch mean and invstd that the backward pass reuses.
@@ -17,17 +19,19 @@ def batch_norm_forward(x, gamma, beta, eps, axes, count):
     Written once in bnsym.symbolic.batch_norm.training_forward; this is its definition.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
     """
-    tmp1 = 1/count
-    sum_x = numpy.sum(x, axis=axes, keepdims=True)
-    mean = sum_x*tmp1
-    tmp0 = x - mean
-    sum_0 = numpy.sum(tmp0**2, axis=axes, keepdims=True)
-    var = sum_0*tmp1
+    tmp0 = 1/count
+    sum_x = batch_sum(x, axes)
+    mean = sum_x*tmp0
+    x_minus_mean = x - mean
+    sum_x_minus_mean_x_minus_mean = batch_dot(x_minus_mean, x_minus_mean, axes)
+    var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/numpy.sqrt(eps + var)
-    x_hat = invstd*tmp0
-    y = x_hat*gamma + beta
+    y_coef_x_minus_mean = gamma*invstd
+    y = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
+    y *= y_coef_x_minus_mean
+    y += beta
     return y, mean, invstd
 
 
@@ -38,15 +42,22 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, axes, count):
     and invstd.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
     """
-    tmp0 = gamma*invstd/count
-    sum_dy = numpy.sum(dy, axis=axes, keepdims=True)
-    x_hat = invstd*(x - mean)
-    sum_dy_x_hat = numpy.sum(dy*x_hat, axis=axes, keepdims=True)
-    dx = dy*gamma*invstd - x_hat*sum_dy_x_hat*tmp0 - sum_dy*tmp0
-    dgamma = sum_dy_x_hat
+    tmp0 = 1/count
+    x_minus_mean = x - mean
+    sum_dy = batch_sum(dy, axes)
+    sum_dy_x_minus_mean = batch_dot(dy, x_minus_mean, axes)
+    dx_coef_x_minus_mean = -invstd**2*sum_dy_x_minus_mean*tmp0
+    dx_shift = -sum_dy*tmp0
+    dx_scale = gamma*invstd
+    dgamma = invstd*sum_dy_x_minus_mean
     dbeta = sum_dy
+    dx = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
+    dx *= dx_coef_x_minus_mean
+    dx += dy
+    dx += dx_shift
+    dx *= dx_scale
     return dx, dgamma, dbeta
 
 
@@ -57,11 +68,14 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     and running_var.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
     """
+    x_minus_running_mean = x - running_mean
     invstd = 1/numpy.sqrt(eps + running_var)
-    x_hat = invstd*(x - running_mean)
-    y = x_hat*gamma + beta
+    y_coef_x_minus_running_mean = gamma*invstd
+    y = x_minus_running_mean  # reuses the buffer: nothing reads x_minus_running_mean after this
+    y *= y_coef_x_minus_running_mean
+    y += beta
     return y
 
 
@@ -71,15 +85,16 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, 
     Derived by reverse mode from inference_forward (bnsym.symbolic.batch_norm.inference_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
     """
-    sum_dy = numpy.sum(dy, axis=axes, keepdims=True)
+    x_minus_running_mean = x - running_mean
+    sum_dy = batch_sum(dy, axes)
+    sum_dy_x_minus_running_mean = batch_dot(dy, x_minus_running_mean, axes)
     invstd = 1/numpy.sqrt(eps + running_var)
-    x_hat = invstd*(x - running_mean)
-    sum_dy_x_hat = numpy.sum(dy*x_hat, axis=axes, keepdims=True)
-    dx = dy*gamma*invstd
-    dgamma = sum_dy_x_hat
+    dx_coef_dy = gamma*invstd
+    dgamma = invstd*sum_dy_x_minus_running_mean
     dbeta = sum_dy
+    dx = dy*dx_coef_dy
     return dx, dgamma, dbeta
 
 
@@ -90,27 +105,38 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     Derived by reverse mode through the derived backward (bnsym.symbolic.batch_norm.double_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
     """
     tmp0 = 1/count
-    tmp1 = invstd**2
-    tmp2 = 1/(count**2)
-    tmp3 = count*gggamma
-    tmp4 = gamma*invstd
-    tmp7 = invstd*tmp2
-    tmp9 = invstd*tmp0
-    sum_dy = numpy.sum(dy, axis=axes, keepdims=True)
-    sum_ggx = numpy.sum(ggx, axis=axes, keepdims=True)
-    tmp8 = sum_dy*sum_ggx
-    sum_dy_ggx = numpy.sum(dy*ggx, axis=axes, keepdims=True)
-    x_hat = invstd*(x - mean)
-    sum_dy_x_hat = numpy.sum(dy*x_hat, axis=axes, keepdims=True)
-    sum_ggx_x_hat = numpy.sum(ggx*x_hat, axis=axes, keepdims=True)
-    tmp5 = sum_ggx_x_hat*tmp4
-    tmp6 = tmp3 - tmp5
-    gx = dy*invstd*tmp0*tmp6 - ggx*gamma*sum_dy_x_hat*tmp0*tmp1 - x_hat*tmp7*(count*gamma*invstd*sum_dy_ggx + sum_dy_x_hat*tmp3 - 3*sum_dy_x_hat*tmp5 - tmp4*tmp8) + gamma*sum_dy_x_hat*sum_ggx*tmp1*tmp2 - sum_dy*tmp6*tmp7
-    ggamma = invstd*sum_dy_ggx - sum_dy_x_hat*sum_ggx_x_hat*tmp9 - tmp8*tmp9
-    gdy = ggx*tmp4 + x_hat*tmp0*tmp6 + ggbeta - sum_ggx*tmp0*tmp4
+    tmp1 = count*gggamma
+    tmp2 = invstd**2
+    tmp8 = 1/(count**2)
+    tmp9 = gamma*invstd
+    x_minus_mean = x - mean
+    sum_dy = batch_sum(dy, axes)
+    sum_ggx = batch_sum(ggx, axes)
+    tmp10 = sum_dy*sum_ggx
+    sum_dy_ggx = batch_dot(dy, ggx, axes)
+    sum_dy_x_minus_mean = batch_dot(dy, x_minus_mean, axes)
+    tmp6 = invstd**3*sum_dy_x_minus_mean
+    tmp7 = tmp0*tmp6
+    sum_ggx_x_minus_mean = batch_dot(ggx, x_minus_mean, axes)
+    tmp3 = gamma*sum_ggx_x_minus_mean
+    tmp4 = invstd*(tmp1 - tmp2*tmp3)
+    tmp5 = tmp0*tmp4
+    gx_coef_ggx = -gamma*tmp7
+    gx_coef_x_minus_mean = -tmp2*tmp8*(count*gamma*invstd*sum_dy_ggx + invstd*sum_dy_x_minus_mean*tmp1 - tmp10*tmp9 - 3*tmp3*tmp6)
+    gx_shift = gamma*sum_ggx*tmp6*tmp8 - sum_dy*tmp4*tmp8
+    ggamma = invstd*sum_dy_ggx - invstd*tmp0*tmp10 - sum_ggx_x_minus_mean*tmp7
+    gdy_shift = ggbeta - sum_ggx*tmp0*tmp9
+    gx = dy*tmp5
+    gx += ggx*gx_coef_ggx
+    gx += x_minus_mean*gx_coef_x_minus_mean
+    gx += gx_shift
+    gdy = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
+    gdy *= tmp5
+    gdy += ggx*tmp9
+    gdy += gdy_shift
     return gx, ggamma, gdy
 
 
@@ -123,13 +149,18 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
     """
-    sum_dy_ggx = numpy.sum(dy*ggx, axis=axes, keepdims=True)
-    x_hat = invstd*(x - mean)
-    gx = dy*gggamma*invstd
+    tmp0 = gggamma*invstd
+    x_minus_mean = x - mean
+    sum_dy_ggx = batch_dot(dy, ggx, axes)
     ggamma = invstd*sum_dy_ggx
-    gdy = ggx*gamma*invstd + x_hat*gggamma + ggbeta
+    gdy_coef_ggx = gamma*invstd
+    gx = dy*tmp0
+    gdy = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
+    gdy *= tmp0
+    gdy += ggx*gdy_coef_ggx
+    gdy += ggbeta
     return gx, ggamma, gdy
 
 
@@ -139,19 +170,24 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, axes, count):
     Derived by forward mode from training_forward (bnsym.symbolic.batch_norm.jvp).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
     """
-    tmp1 = 1/count
-    sum_tx = numpy.sum(tx, axis=axes, keepdims=True)
-    sum_x = numpy.sum(x, axis=axes, keepdims=True)
-    mean = sum_x*tmp1
-    tmp0 = x - mean
-    sum_0 = numpy.sum(tmp0**2, axis=axes, keepdims=True)
-    var = sum_0*tmp1
+    tmp0 = 1/count
+    sum_tx = batch_sum(tx, axes)
+    sum_x = batch_sum(x, axes)
+    mean = sum_x*tmp0
+    x_minus_mean = x - mean
+    sum_tx_x_minus_mean = batch_dot(tx, x_minus_mean, axes)
+    sum_x_minus_mean_x_minus_mean = batch_dot(x_minus_mean, x_minus_mean, axes)
+    var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/numpy.sqrt(eps + var)
-    tmp2 = gamma*invstd
-    x_hat = invstd*tmp0
-    sum_tx_x_hat = numpy.sum(tx*x_hat, axis=axes, keepdims=True)
-    y = x_hat*gamma + beta
-    ty = tx*tmp2 + x_hat*tmp1*(count*tgamma - sum_tx_x_hat*tmp2) - sum_tx*tmp1*tmp2 + tbeta
+    tmp1 = gamma*invstd
+    ty_coef_x_minus_mean = invstd*tmp0*(count*tgamma - gamma*invstd**2*sum_tx_x_minus_mean)
+    ty_shift = -sum_tx*tmp0*tmp1 + tbeta
+    y = x_minus_mean*tmp1
+    y += beta
+    ty = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
+    ty *= ty_coef_x_minus_mean
+    ty += tx*tmp1
+    ty += ty_shift
     return y, ty

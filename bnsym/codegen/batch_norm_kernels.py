@@ -8,7 +8,8 @@ from bnsym.symbolic import batch_norm as bn
 __all__ = ["kernels"]
 
 _LAYOUT = ("Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the "
-           "broadcast shape, 1 on every axis in `axes`; `count` is M, the number of values per channel.")
+           "broadcast shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of "
+           "values per channel.")
 
 
 def _forward() -> Kernel:

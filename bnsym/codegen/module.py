@@ -19,9 +19,9 @@ HEADER = """\
 
 
 def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> str:
-    """The full text of a generated module: header, docstring, ``import numpy``, then each kernel."""
+    """The full text of a generated module: header, docstring, imports, then each kernel."""
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
-             "import numpy", ""]
+             "import numpy", "", "from bnsym._reduce import batch_dot, batch_sum", ""]
     for kernel in kernels:
-        parts += ["", render_kernel(kernel), ""]
+        parts += ["", render_kernel(kernel), ""]  # two blank lines before each function, as PEP 8 has it
     return "\n".join(parts)

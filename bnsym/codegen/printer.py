@@ -1,6 +1,7 @@
 """The NumPy printer for derived expressions: SymPy's ``NumPyPrinter`` plus the batch reduction.
 
-A reduction ``BatchSum(e)`` becomes ``numpy.sum(e, axis=axes, keepdims=True)``, where ``axes`` is a parameter of
+A reduction ``BatchSum(e)`` becomes ``batch_sum(e, axes)``, or ``batch_dot(a, b, axes)`` when ``e`` is the product
+of two fields ``a*b`` (so the product is never materialised), from :mod:`bnsym._reduce`; ``axes`` is a parameter of
 every generated kernel, and the group size ``M`` becomes the parameter ``count``. Any function the printer does
 not know is an error, never a silent fall-through: a kernel must be plain NumPy.
 """
@@ -25,7 +26,16 @@ class KernelPrinter(NumPyPrinter):
         super().__init__({"fully_qualified_modules": True, "allow_unknown_functions": False})
 
     def _print_BatchSum(self, expr):
-        return "numpy.sum(%s, axis=axes, keepdims=True)" % self._print(expr.args[0])
+        argument = expr.args[0]
+        factors = []
+        for factor in sympy.Mul.make_args(argument):
+            if isinstance(factor, sympy.Pow) and factor.exp == 2 and factor.base.is_Symbol:
+                factors += [factor.base, factor.base]
+            else:
+                factors.append(factor)
+        if len(factors) == 2 and all(f.is_Symbol for f in factors):
+            return "batch_dot(%s, %s, axes)" % (self._print(factors[0]), self._print(factors[1]))
+        return "batch_sum(%s, axes)" % self._print(argument)
 
     def _print_Symbol(self, expr):
         if expr == M:
