@@ -4,6 +4,17 @@ The public functions are documented in :mod:`bnsym.functional`; the derivation i
 """
 
 from bnsym.functional import batch_norm_backward, batch_norm_forward
+from bnsym.higher_order import batch_norm_double_backward, batch_norm_jvp
+from bnsym.inference import batch_norm_inference, batch_norm_inference_backward
+from bnsym.running_stats import update_running_stats
 
-__all__ = ["batch_norm_backward", "batch_norm_forward"]
+__all__ = [
+    "batch_norm_backward",
+    "batch_norm_double_backward",
+    "batch_norm_forward",
+    "batch_norm_inference",
+    "batch_norm_inference_backward",
+    "batch_norm_jvp",
+    "update_running_stats",
+]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import sympy
 
 from bnsym.latex import to_latex
 from bnsym.symbolic import batch_norm as bn
+from bnsym.symbolic import running_stats
 from bnsym.symbolic.program import Definition
 
 __all__ = ["render_batch_norm_document"]
@@ -104,11 +105,69 @@ def render_batch_norm_document() -> str:
         "",
         _math(_equation(name, sympy.factor_terms(closed[name])) for name in (dx, dgamma, dbeta)),
         "",
+        "## Inference mode",
+        "",
+        "Eval mode is the same forward pass with the batch statistics frozen: `Program.freeze` replaces the "
+        "definitions of $\\mu$ and $\\sigma^2$ by the running statistics and keeps everything downstream:",
+        "",
+        _aligned(bn.inference_forward().definitions),
+        "",
+        "Reverse mode through it gives the eval-mode backward. No reduction reaches $\\overline{x}$: each "
+        "output element depends on its own input only.",
+        "",
+        _closed_forms(*bn.inference_backward()),
+        "",
+        "## Double backward",
+        "",
+        "The backward pass above is itself a program of $x$ (through $\\mu$, $s$ and $\\hat{x}$), $\\gamma$ and "
+        "$\\overline{y}$. Reverse mode through it, with cotangents $\\overline{\\overline{x}}$, "
+        "$\\overline{\\overline{\\gamma}}$, $\\overline{\\overline{\\beta}}$ for $\\overline{x}$, "
+        "$\\overline{\\gamma}$, $\\overline{\\beta}$, gives the gradients (marked with a tilde) of "
+        "$\\sum_i \\overline{\\overline{x}}_i \\overline{x}_i + \\overline{\\overline{\\gamma}}\\,"
+        "\\overline{\\gamma} + \\overline{\\overline{\\beta}}\\,\\overline{\\beta}$ "
+        "with respect to $x$, $\\gamma$ and $\\overline{y}$. Training mode:",
+        "",
+        _closed_forms(*bn.double_backward()),
+        "",
+        "Eval mode, where $\\mu$ and $s$ are the running statistics and do not depend on $x$:",
+        "",
+        _closed_forms(*bn.inference_double_backward()),
+        "",
+        "## Forward mode",
+        "",
+        "Forward mode pushes tangents (a dot) through the same definitions; the tangent of a sum is the sum of the "
+        "tangents. For tangents $\\dot{x}$, $\\dot{\\gamma}$, $\\dot{\\beta}$ of the inputs:",
+        "",
+        _closed_forms(*bn.jvp()),
+        "",
+        "## Running statistics",
+        "",
+        "Every framework folds the batch statistics into running estimates with one exponential moving average; "
+        "they differ in what the momentum weighs and in the variance estimator (shared/conventions.md). The "
+        "unbiased variance $\\frac{1}{M-1}\\sum_j (x_j - \\mu)^2$ is rewritten as "
+        f"${to_latex(running_stats.bessel_corrected_variance())}$ (proved from the forward definition). With "
+        "$m$ the momentum and $n$ the number of batches seen, including this one:",
+        "",
+        "| convention | source | running mean | running variance |",
+        "|---|---|---|---|",
+        *[_convention_row(c) for c in running_stats.CONVENTIONS.values()],
+        "",
         "## Cross-check",
         "",
-        "`tests/symbolic/test_cross_check.py` instantiates these results for $M = 1, \\dots, 6$ with $M$ separate "
-        "scalar symbols, differentiates the explicit forward pass with `sympy.diff` (the full Jacobian), and "
-        "proves the difference is exactly zero.",
+        "`tests/symbolic/test_cross_check.py` instantiates these results for small $M$ (1 to 6 for the backward, "
+        "1 to 5 for the rest) with $M$ separate scalar symbols, differentiates the explicit forward pass with "
+        "`sympy.diff` (the full Jacobian, and for the double backward the Jacobian of that), and proves each "
+        "difference exactly zero.",
         "",
     ]
     return "\n".join(out)
+
+
+def _closed_forms(program, closed) -> str:
+    return _math(_equation(name, sympy.factor_terms(closed[name])) for name in program.outputs if name in closed)
+
+
+def _convention_row(convention) -> str:
+    new_mean, new_var = running_stats.update(convention)
+    return (f"| `{convention.name}` | {convention.source.split(':')[0]} | ${to_latex(new_mean)}$ | "
+            f"${to_latex(new_var)}$ |")

@@ -36,7 +36,8 @@ class _Printer(LatexPrinter):
             bound, self._index = self._index, outer
         if isinstance(expr.args[0], sympy.Add):
             inner = r"\left(%s\right)" % inner
-        return r"\sum_{%s} %s" % (bound, inner)
+        # Parenthesised, so that a product of two sums never reads as a nested sum.
+        return r"\left(\sum_{%s} %s\right)" % (bound, inner)
 
 
 def to_latex(expr: sympy.Expr) -> str:

@@ -33,6 +33,8 @@ LATEX = {
     "running_mean": r"\mu_{\mathrm{run}}",
     "running_var": r"\sigma^2_{\mathrm{run}}",
     "M": "M",
+    "momentum": "m",
+    "num_batches_tracked": "n",
 }
 
 

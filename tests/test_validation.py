@@ -22,6 +22,26 @@ def backward(**changes):
     return lambda: bnsym.batch_norm_backward(**args)
 
 
+def inference(**changes):
+    args = dict(x=X, gamma=GAMMA, beta=BETA, running_mean=MEAN, running_var=INVSTD, eps=1e-5, axis=1) | changes
+    return lambda: bnsym.batch_norm_inference(**args)
+
+
+def double_backward(**changes):
+    args = dict(ggx=DY, gggamma=GAMMA, ggbeta=BETA, dy=DY, x=X, gamma=GAMMA, mean=MEAN, invstd=INVSTD) | changes
+    return lambda: bnsym.batch_norm_double_backward(**args)
+
+
+def jvp(**changes):
+    args = dict(x=X, gamma=GAMMA, beta=BETA, tx=DY, tgamma=GAMMA, tbeta=BETA) | changes
+    return lambda: bnsym.batch_norm_jvp(**args)
+
+
+def running(**changes):
+    args = dict(running_mean=MEAN, running_var=INVSTD, mean=MEAN, var=INVSTD, count=16) | changes
+    return lambda: bnsym.update_running_stats(**args)
+
+
 CASES = [
     # (id, call, error type, words the message must contain)
     ("gamma-wrong-shape", forward(gamma=np.ones(4)), ValueError, ["gamma", "(3,)", "(4,)"]),
@@ -55,6 +75,25 @@ CASES = [
      ["more than 1 value per channel"]),
     ("backward-axis-out-of-range", backward(axis=7), ValueError, ["axis 7"]),
     ("backward-x-1d", backward(x=np.ones(4), dy=np.ones(4)), ValueError, ["x", "at least 2 dimensions"]),
+    ("inference-running-mean-shape", inference(running_mean=np.zeros(4)), ValueError, ["running_mean", "(4,)"]),
+    ("inference-running-var-negative", inference(running_var=-INVSTD), ValueError, ["running_var", ">= 0"]),
+    ("inference-eps-zero", inference(eps=0), ValueError, ["eps"]),
+    ("inference-x-integer", inference(x=X.astype(int)), TypeError, ["x", "int"]),
+    ("double-backward-ggx-shape", double_backward(ggx=DY[:1]), ValueError, ["ggx", "(1, 3, 2, 2)"]),
+    ("double-backward-gggamma-shape", double_backward(gggamma=np.ones(2)), ValueError, ["gggamma", "(2,)"]),
+    ("double-backward-training-not-bool", double_backward(training="yes"), TypeError, ["training"]),
+    ("double-backward-one-value", double_backward(x=np.ones((1, C)), dy=np.ones((1, C)), ggx=np.ones((1, C))),
+     ValueError, ["more than 1 value per channel"]),
+    ("jvp-tx-shape", jvp(tx=DY[..., :1]), ValueError, ["tx", "(4, 3, 2, 1)"]),
+    ("jvp-tbeta-shape", jvp(tbeta=np.ones(5)), ValueError, ["tbeta", "(5,)"]),
+    ("running-convention", running(convention="caffe"), ValueError, ["convention", "caffe", "torch"]),
+    ("running-momentum-out-of-range", running(momentum=1.5), ValueError, ["momentum", "1.5"]),
+    ("running-count-zero", running(count=0), ValueError, ["count", "0"]),
+    ("running-count-one-unbiased", running(count=1), ValueError, ["count >= 2", "count=1"]),
+    ("running-var-shape", running(var=np.ones(4)), ValueError, ["var", "(3,)", "(4,)"]),
+    ("running-cumulative-no-counter", running(convention="cumulative"), ValueError, ["num_batches_tracked"]),
+    ("running-cumulative-with-momentum", running(convention="cumulative", momentum=0.1, num_batches_tracked=2),
+     ValueError, ["momentum"]),
 ]
 
 

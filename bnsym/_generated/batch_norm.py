@@ -191,3 +191,52 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, axes, count):
     ty += tx*tmp1
     ty += ty_shift
     return y, ty
+
+
+def running_stats_torch(running_mean, running_var, mean, var, momentum, count):
+    """Running statistics after one batch, torch convention.
+
+    torch.nn.BatchNorm1d/2d/3d: r = (1 - momentum) r + momentum b, running_var from the unbiased batch variance. var
+    is the biased batch variance; the unbiased one is M var / (M - 1)
+    (bnsym.symbolic.running_stats.bessel_corrected_variance).
+    """
+    tmp0 = 1 - momentum
+    new_mean = mean*momentum + running_mean*tmp0
+    new_var = count*momentum*var/(count - 1) + running_var*tmp0
+    return new_mean, new_var
+
+
+def running_stats_keras(running_mean, running_var, mean, var, momentum):
+    """Running statistics after one batch, keras convention.
+
+    keras.layers.BatchNormalization: r = momentum r + (1 - momentum) b, biased variance
+    """
+    tmp0 = 1 - momentum
+    new_mean = mean*tmp0 + momentum*running_mean
+    new_var = momentum*running_var + tmp0*var
+    return new_mean, new_var
+
+
+def running_stats_flax(running_mean, running_var, mean, var, momentum):
+    """Running statistics after one batch, flax convention.
+
+    flax.linen.BatchNorm: r = momentum r + (1 - momentum) b, biased variance
+    """
+    tmp0 = 1 - momentum
+    new_mean = mean*tmp0 + momentum*running_mean
+    new_var = momentum*running_var + tmp0*var
+    return new_mean, new_var
+
+
+def running_stats_cumulative(running_mean, running_var, mean, var, num_batches_tracked, count):
+    """Running statistics after one batch, cumulative convention.
+
+    torch.nn.BatchNorm*d with momentum=None: r = (1 - 1/n) r + (1/n) b after n batches, unbiased variance. var is
+    the biased batch variance; the unbiased one is M var / (M - 1)
+    (bnsym.symbolic.running_stats.bessel_corrected_variance).
+    """
+    tmp0 = 1/num_batches_tracked
+    tmp1 = 1 - tmp0
+    new_mean = mean*tmp0 + running_mean*tmp1
+    new_var = count*tmp0*var/(count - 1) + running_var*tmp1
+    return new_mean, new_var

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bnsym.codegen.kernel import Kernel
 from bnsym.symbolic import batch_norm as bn
+from bnsym.symbolic import running_stats
 
 __all__ = ["kernels"]
 
@@ -113,7 +114,22 @@ def _jvp() -> Kernel:
     )
 
 
+def _running_stats(convention) -> Kernel:
+    s, r = bn.SYMBOLS, running_stats.RUNNING
+    new_mean, new_var = running_stats.update(convention)
+    weight = r.num_batches_tracked if convention.momentum_weighs is None else r.momentum
+    return Kernel(
+        name=f"running_stats_{convention.name}",
+        inputs=(s.running_mean, s.running_var, s.mean, s.var, weight),
+        steps=(),
+        outputs=((r.new_mean, new_mean), (r.new_var, new_var)),
+        summary=f"Running statistics after one batch, {convention.name} convention.",
+        derived_from=convention.source + ". var is the biased batch variance; the unbiased one is M var / (M - 1) "
+                     "(bnsym.symbolic.running_stats.bessel_corrected_variance)." * convention.unbiased,
+    )
+
+
 def kernels() -> list[Kernel]:
     """Every kernel of ``bnsym/_generated/batch_norm.py``, in the order they appear there."""
     return [_forward(), _backward(), _inference_forward(), _inference_backward(), _double_backward(True),
-            _double_backward(False), _jvp()]
+            _double_backward(False), _jvp()] + [_running_stats(c) for c in running_stats.CONVENTIONS.values()]

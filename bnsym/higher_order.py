@@ -1,0 +1,78 @@
+"""Second-order (double backward) and forward-mode (JVP) batch norm.
+
+Notation as in :mod:`bnsym.functional`. The double backward receives cotangents ``ggx`` (shaped like x),
+``gggamma`` and ``ggbeta`` (shape (C,)) for the first-order gradients dx, dgamma, dbeta, and returns the gradients
+of ``<ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta>`` with respect to x, gamma and dy: ``(gx, ggamma, gdy)``, as
+``torch.autograd.grad(..., create_graph=True)`` would. Any of the three cotangents may be None, meaning zero.
+Arithmetic is in the generated kernels, derived in ``derivations/batch_norm.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnsym import _validation as v
+from bnsym.functional import _input, _kernels, _Layout
+
+__all__ = ["batch_norm_double_backward", "batch_norm_jvp"]
+
+
+def _field_or_zero(value, name, x_shape, dtype):
+    if value is None:
+        return np.zeros(x_shape, dtype)
+    return v.check_same_shape(value, name, x_shape).astype(dtype, copy=False)
+
+
+def _channel_or_zero(layout: _Layout, value, name, dtype):
+    if value is None:
+        return np.zeros(layout.broadcast, dtype)
+    return layout.channel(value, name, dtype)
+
+
+def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axis: int = 1, *,
+                               training: bool = True):
+    """Double backward of batch norm: ``(gx, ggamma, gdy)``.
+
+    With ``training=True`` (default), ``mean`` and ``invstd`` are the batch statistics returned by
+    :func:`bnsym.batch_norm_forward`, and they depend on x. With ``training=False`` they are the running mean and
+    ``1/sqrt(running_var + eps)``, constants, as in eval mode.
+    """
+    x = _input(x)
+    layout = _Layout.of(x, axis)
+    dy = v.check_same_shape(dy, "dy", x.shape)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    dtype = v.compute_dtype(np.result_type(x.dtype, dy.dtype))
+    gamma = layout.channel(gamma, "gamma", dtype)
+    mean = layout.channel(mean, "mean", dtype)
+    invstd = layout.channel(invstd, "invstd", dtype)
+    ggx = _field_or_zero(ggx, "ggx", x.shape, dtype)
+    gggamma = _channel_or_zero(layout, gggamma, "gggamma", dtype)
+    ggbeta = _channel_or_zero(layout, ggbeta, "ggbeta", dtype)
+    if training:
+        layout.require_training_batch()
+        kernel = _kernels().batch_norm_double_backward
+    else:
+        kernel = _kernels().batch_norm_inference_double_backward
+    args = (ggx, gggamma, ggbeta, dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, mean, invstd)
+    gx, ggamma, gdy = kernel(*args, layout.axes, layout.count)
+    out = x.dtype
+    return gx.astype(out, copy=False), np.reshape(ggamma, -1).astype(out), gdy.astype(out, copy=False)
+
+
+def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps: float = 1e-5, axis: int = 1):
+    """Training-mode forward mode: ``(y, ty)``, the output and its directional derivative along
+    ``(tx, tgamma, tbeta)`` (tx shaped like x, tgamma and tbeta of shape (C,); None means zero)."""
+    x = _input(x)
+    layout = _Layout.of(x, axis)
+    eps = v.check_eps(eps)
+    dtype = v.compute_dtype(x.dtype)
+    gamma = layout.channel(gamma, "gamma", dtype)
+    beta = layout.channel(beta, "beta", dtype)
+    tx = _field_or_zero(tx, "tx", x.shape, dtype)
+    tgamma = _channel_or_zero(layout, tgamma, "tgamma", dtype)
+    tbeta = _channel_or_zero(layout, tbeta, "tbeta", dtype)
+    layout.require_training_batch()
+    y, ty = _kernels().batch_norm_jvp(x.astype(dtype, copy=False), gamma, beta, tx, tgamma, tbeta,
+                                      dtype.type(eps), layout.axes, layout.count)
+    return y.astype(x.dtype, copy=False), ty.astype(x.dtype, copy=False)
