@@ -16,12 +16,17 @@ This module only sums; it knows nothing about batch norm. Nothing here is derive
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["BLOCK", "batch_dot", "batch_sum"]
 
 #: The most rows (values per column) that one float32 partial sum covers.
 BLOCK = 64
+
+#: Rows of fewer values than this are packed side by side (see ``_reduce``): long inner loops are faster.
+PACKED = 1024
 
 
 def batch_sum(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -36,34 +41,41 @@ def batch_dot(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> np.ndarray
 
 def _reduce(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np.ndarray:
     first = operands[0]
-    dtype = np.result_type(*operands)
-    keep = tuple(1 if i in axes else n for i, n in enumerate(first.shape))
+    shape = first.shape
+    dtype = first.dtype if len(operands) == 1 else np.result_type(*operands)
+    keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
     kept = [i for i in range(first.ndim) if i not in axes]
-    contiguous = all(op.flags.c_contiguous and op.shape == first.shape for op in operands)
-    if not kept or not contiguous or kept != list(range(kept[0], kept[-1] + 1)):
+    contiguous = all(op.flags.c_contiguous and op.shape == shape for op in operands)
+    if not kept or not contiguous or kept[-1] - kept[0] != len(kept) - 1:
         # Any other layout: a correct, slower path that accumulates every value in float64.
         letters = _letters(first.ndim)
         out = "".join(letters[i] for i in kept)
         total = np.einsum(",".join([letters] * len(operands)) + "->" + out, *operands, dtype=np.float64)
         return total.astype(dtype).reshape(keep)
     # Reduced axes before the kept ones are "rows"; the kept axes and the reduced axes after them make a row.
-    rows = int(np.prod(first.shape[:kept[0]], dtype=np.int64))
-    channels = int(np.prod([first.shape[i] for i in kept], dtype=np.int64))
-    inner = first.size // max(rows * channels, 1)
-    views = [op.reshape(rows, channels, inner) for op in operands]
+    rows = math.prod(shape[:kept[0]])
+    channels = math.prod(shape[kept[0]:kept[-1] + 1])
+    inner = math.prod(shape[kept[-1] + 1:])
     if inner > 1:
         # Each row's run of `inner` contiguous values is summed first (float32 partials over one run), then the
         # (rows, channels) partials in float64.
+        views = [op.reshape(rows, channels, inner) for op in operands]
         partial = np.einsum(_subscripts(len(views), "rci", "rc"), *views)
         return partial.sum(axis=0, dtype=np.float64).astype(dtype).reshape(keep)
-    views = [v.reshape(rows, channels) for v in views]
-    whole = rows - rows % BLOCK
-    total = np.zeros(channels, np.float64)
+    views = [op.reshape(rows, channels) for op in operands]
+    # Few channels: `pack` consecutive rows side by side make one longer row, so that the inner loops are long;
+    # every float32 partial still covers BLOCK values of one channel.
+    pack = max(1, PACKED // channels)
+    span = BLOCK * pack
+    whole = rows - rows % span
+    total = None
     if whole:
-        blocks = [v[:whole].reshape(whole // BLOCK, BLOCK, channels) for v in views]
-        total += np.einsum(_subscripts(len(blocks), "kbc", "kc"), *blocks).sum(axis=0, dtype=np.float64)
+        blocks = [v[:whole].reshape(whole // span, BLOCK, pack * channels) for v in views]
+        partial = np.einsum(_subscripts(len(blocks), "kbc", "kc"), *blocks).sum(axis=0, dtype=np.float64)
+        total = partial.reshape(pack, channels).sum(axis=0) if pack > 1 else partial
     if whole < rows:
-        total += np.einsum(_subscripts(len(views), "bc", "c"), *(v[whole:] for v in views), dtype=np.float64)
+        rest = np.einsum(_subscripts(len(views), "bc", "c"), *(v[whole:] for v in views), dtype=np.float64)
+        total = rest if total is None else total + rest
     return total.astype(dtype).reshape(keep)
 
 
