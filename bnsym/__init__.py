@@ -1,6 +1,7 @@
 """bnsym: batch normalisation derived symbolically, generated as NumPy code, and verified by properties.
 
-The public functions are documented in :mod:`bnsym.functional`; the derivation in ``derivations/batch_norm.md``.
+The public functions live in :mod:`bnsym.functional` (training), :mod:`bnsym.inference`, :mod:`bnsym.higher_order`
+and :mod:`bnsym.running_stats`; the derivation is ``derivations/batch_norm.md``.
 """
 
 from bnsym.functional import batch_norm_backward, batch_norm_forward

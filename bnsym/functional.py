@@ -12,54 +12,13 @@ The wrappers only validate, arrange axes for broadcasting and cast; all arithmet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from bnsym import _validation as v
-
-
-def _kernels():
-    # Imported on first use, not with bnsym, so that `bnsym derive` can regenerate a broken or missing module.
-    from bnsym._generated import batch_norm
-
-    return batch_norm
+from bnsym._layout import Layout, as_input, generated_kernels
 
 __all__ = ["batch_norm_backward", "batch_norm_forward"]
 
-
-@dataclass(frozen=True)
-class _Layout:
-    """How a channel axis maps onto broadcasting: the reduced axes, the per-channel shape, M."""
-
-    shape: tuple[int, ...]
-    axis: int
-    channels: int
-    axes: tuple[int, ...]
-    broadcast: tuple[int, ...]
-    count: int
-
-    @classmethod
-    def of(cls, x: np.ndarray, axis) -> _Layout:
-        axis = v.normalise_axis(axis, x.ndim, x.shape)
-        channels = x.shape[axis]
-        broadcast = tuple(channels if i == axis else 1 for i in range(x.ndim))
-        count = x.size // channels if channels else 0
-        return cls(x.shape, axis, channels, tuple(i for i in range(x.ndim) if i != axis), broadcast, count)
-
-    def channel(self, value, name: str, dtype) -> np.ndarray:
-        """A (C,) argument, validated and reshaped for broadcasting against x."""
-        array = v.check_channel_vector(value, name, self.channels, self.shape, self.axis)
-        return array.astype(dtype, copy=False).reshape(self.broadcast)
-
-    def require_training_batch(self) -> None:
-        if self.count <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got x of shape {self.shape} "
-                             f"with channel axis {self.axis} ({self.count} value(s) per channel)")
-
-
-def _input(x, name: str = "x") -> np.ndarray:
-    return v.as_float_array(x, name, min_ndim=2)
 
 
 def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
@@ -74,14 +33,14 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
     >>> np.round(y, 4).tolist(), mean.tolist()
     ([[-1.0, -1.0], [1.0, 1.0]], [2.0, 20.0])
     """
-    x = _input(x)
-    layout = _Layout.of(x, axis)
+    x = as_input(x)
+    layout = Layout.of(x, axis)
     eps = v.check_eps(eps)
     dtype = v.compute_dtype(x.dtype)
     gamma = layout.channel(gamma, "gamma", dtype)
     beta = layout.channel(beta, "beta", dtype)
     layout.require_training_batch()
-    y, mean, invstd = _kernels().batch_norm_forward(x.astype(dtype, copy=False), gamma, beta, dtype.type(eps),
+    y, mean, invstd = generated_kernels().batch_norm_forward(x.astype(dtype, copy=False), gamma, beta, dtype.type(eps),
                                                  layout.axes, layout.count)
     return y.astype(x.dtype, copy=False), mean.reshape(-1).astype(x.dtype), invstd.reshape(-1).astype(x.dtype)
 
@@ -98,15 +57,15 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, axis: int = 1):
 
     where x_hat = (x - mean) * invstd and the sums run over each channel's M values.
     """
-    x = _input(x)
-    layout = _Layout.of(x, axis)
+    x = as_input(x)
+    layout = Layout.of(x, axis)
     dy = v.check_same_shape(dy, "dy", x.shape)
     dtype = v.compute_dtype(np.result_type(x.dtype, dy.dtype))
     gamma = layout.channel(gamma, "gamma", dtype)
     mean = layout.channel(mean, "mean", dtype)
     invstd = layout.channel(invstd, "invstd", dtype)
     layout.require_training_batch()
-    dx, dgamma, dbeta = _kernels().batch_norm_backward(dy.astype(dtype, copy=False), x.astype(dtype, copy=False),
-                                                    gamma, mean, invstd, layout.axes, layout.count)
+    dx, dgamma, dbeta = generated_kernels().batch_norm_backward(
+        dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, mean, invstd, layout.axes, layout.count)
     out = x.dtype
     return dx.astype(out, copy=False), dgamma.reshape(-1).astype(out), dbeta.reshape(-1).astype(out)

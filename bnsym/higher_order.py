@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym.functional import _input, _kernels, _Layout
+from bnsym._layout import Layout, as_input, generated_kernels
 
 __all__ = ["batch_norm_double_backward", "batch_norm_jvp"]
 
@@ -23,7 +23,7 @@ def _field_or_zero(value, name, x_shape, dtype):
     return v.check_same_shape(value, name, x_shape).astype(dtype, copy=False)
 
 
-def _channel_or_zero(layout: _Layout, value, name, dtype):
+def _channel_or_zero(layout: Layout, value, name, dtype):
     if value is None:
         return np.zeros(layout.broadcast, dtype)
     return layout.channel(value, name, dtype)
@@ -37,8 +37,8 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     :func:`bnsym.batch_norm_forward`, and they depend on x. With ``training=False`` they are the running mean and
     ``1/sqrt(running_var + eps)``, constants, as in eval mode.
     """
-    x = _input(x)
-    layout = _Layout.of(x, axis)
+    x = as_input(x)
+    layout = Layout.of(x, axis)
     dy = v.check_same_shape(dy, "dy", x.shape)
     if not isinstance(training, bool):
         raise TypeError(f"training must be True or False, got {training!r}")
@@ -51,9 +51,9 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     ggbeta = _channel_or_zero(layout, ggbeta, "ggbeta", dtype)
     if training:
         layout.require_training_batch()
-        kernel = _kernels().batch_norm_double_backward
+        kernel = generated_kernels().batch_norm_double_backward
     else:
-        kernel = _kernels().batch_norm_inference_double_backward
+        kernel = generated_kernels().batch_norm_inference_double_backward
     args = (ggx, gggamma, ggbeta, dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, mean, invstd)
     gx, ggamma, gdy = kernel(*args, layout.axes, layout.count)
     out = x.dtype
@@ -63,8 +63,8 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
 def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps: float = 1e-5, axis: int = 1):
     """Training-mode forward mode: ``(y, ty)``, the output and its directional derivative along
     ``(tx, tgamma, tbeta)`` (tx shaped like x, tgamma and tbeta of shape (C,); None means zero)."""
-    x = _input(x)
-    layout = _Layout.of(x, axis)
+    x = as_input(x)
+    layout = Layout.of(x, axis)
     eps = v.check_eps(eps)
     dtype = v.compute_dtype(x.dtype)
     gamma = layout.channel(gamma, "gamma", dtype)
@@ -73,6 +73,6 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps: float = 1e-5, axis: i
     tgamma = _channel_or_zero(layout, tgamma, "tgamma", dtype)
     tbeta = _channel_or_zero(layout, tbeta, "tbeta", dtype)
     layout.require_training_batch()
-    y, ty = _kernels().batch_norm_jvp(x.astype(dtype, copy=False), gamma, beta, tx, tgamma, tbeta,
+    y, ty = generated_kernels().batch_norm_jvp(x.astype(dtype, copy=False), gamma, beta, tx, tgamma, tbeta,
                                       dtype.type(eps), layout.axes, layout.count)
     return y.astype(x.dtype, copy=False), ty.astype(x.dtype, copy=False)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym.functional import _input, _kernels, _Layout
+from bnsym._layout import Layout, as_input, generated_kernels
 
 __all__ = ["batch_norm_inference", "batch_norm_inference_backward"]
 
 
-def _statistics(layout: _Layout, running_mean, running_var, dtype):
+def _statistics(layout: Layout, running_mean, running_var, dtype):
     running_mean = layout.channel(running_mean, "running_mean", dtype)
     running_var = layout.channel(running_var, "running_var", dtype)
     if np.any(running_var < 0):
@@ -29,14 +29,14 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps: float =
 
     The running statistics are read, never changed.
     """
-    x = _input(x)
-    layout = _Layout.of(x, axis)
+    x = as_input(x)
+    layout = Layout.of(x, axis)
     eps = v.check_eps(eps)
     dtype = v.compute_dtype(x.dtype)
     gamma = layout.channel(gamma, "gamma", dtype)
     beta = layout.channel(beta, "beta", dtype)
     running_mean, running_var = _statistics(layout, running_mean, running_var, dtype)
-    y = _kernels().batch_norm_inference(x.astype(dtype, copy=False), gamma, beta, running_mean, running_var,
+    y = generated_kernels().batch_norm_inference(x.astype(dtype, copy=False), gamma, beta, running_mean, running_var,
                                         dtype.type(eps))
     return y.astype(x.dtype, copy=False)
 
@@ -48,14 +48,14 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps: 
 
     where invstd = 1/sqrt(running_var + eps) and x_hat = (x - running_mean) * invstd.
     """
-    x = _input(x)
-    layout = _Layout.of(x, axis)
+    x = as_input(x)
+    layout = Layout.of(x, axis)
     dy = v.check_same_shape(dy, "dy", x.shape)
     eps = v.check_eps(eps)
     dtype = v.compute_dtype(np.result_type(x.dtype, dy.dtype))
     gamma = layout.channel(gamma, "gamma", dtype)
     running_mean, running_var = _statistics(layout, running_mean, running_var, dtype)
-    dx, dgamma, dbeta = _kernels().batch_norm_inference_backward(
+    dx, dgamma, dbeta = generated_kernels().batch_norm_inference_backward(
         dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, running_mean, running_var,
         dtype.type(eps), layout.axes, layout.count)
     out = x.dtype

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym.functional import _kernels
+from bnsym._layout import generated_kernels
 from bnsym.symbolic.running_stats import CONVENTIONS
 
 __all__ = ["update_running_stats"]
@@ -58,7 +58,7 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
         raise ValueError(f"the {convention} convention uses the unbiased variance var * M / (M - 1), which needs "
                          f"count >= 2, got count={count}")
     dtype = np.result_type(running_mean.dtype, running_var.dtype)
-    kernels = _kernels()
+    kernels = generated_kernels()
     if chosen.momentum_weighs is None:
         if momentum is not None:
             raise ValueError(f"the cumulative average takes no momentum, got momentum={momentum!r}")
