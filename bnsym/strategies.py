@@ -108,15 +108,15 @@ def _check_dtype(dtype) -> np.dtype:
     return resolved
 
 
-def _check_regimes(names) -> tuple[str, ...]:
+def _check_regimes(names, argument: str = "regimes") -> tuple[str, ...]:
     if isinstance(names, str):
         names = (names,)
     names = tuple(names)
     if not names:
-        raise InvalidArgument("regimes=() must name at least one regime")
+        raise InvalidArgument(f"{argument}=() must name at least one regime")
     unknown = [n for n in names if n not in REGIMES]
     if unknown:
-        raise InvalidArgument(f"regimes={names!r} contains unknown regime(s) {unknown!r}; known: {REGIMES}")
+        raise InvalidArgument(f"{argument}={names!r} contains unknown regime(s) {unknown!r}; known: {REGIMES}")
     return names
 
 
@@ -143,7 +143,7 @@ def regimes(*, names=REGIMES) -> st.SearchStrategy[str]:
     >>> regimes(names=("tiny batch",)).example()
     'tiny batch'
     """
-    return st.sampled_from(_check_regimes(names))
+    return st.sampled_from(_check_regimes(names, "names"))
 
 
 def epsilons(*, min_eps: float = 1e-5, max_eps: float = 0.1) -> st.SearchStrategy[float]:
@@ -245,7 +245,7 @@ def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, 
 def make_example(shape: tuple[int, ...], regime: str, eps: float, seed: int, dtype="float64") -> Example:
     """The example of ``regime`` for a shape, eps and seed: the deterministic half of :func:`batch_norm_examples`."""
     dtype = _check_dtype(dtype)
-    _check_regimes((regime,))
+    _check_regimes((regime,), "regime")
     rng = np.random.default_rng(seed)
     channels = shape[1]
     per_channel = (1, channels) + (1,) * (len(shape) - 2)

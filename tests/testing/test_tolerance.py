@@ -1,0 +1,59 @@
+"""The error bound is two-sided: it holds for a correct float32 computation, and E[x^2] - E[x]^2 exceeds it."""
+
+import numpy as np
+import pytest
+
+from bnsym.strategies import make_example
+from bnsym.testing import reference
+from bnsym.testing.tolerance import Bound, growth, unit_roundoff
+
+
+def _bound(example):
+    return Bound.of(reference.forward(example), example.dtype, example.gamma, example.beta)
+
+
+def _float32_two_pass(x, gamma, beta, eps):
+    mean = x.mean(axis=0, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=0, keepdims=True)
+    return gamma * (x - mean) / np.sqrt(var + np.float32(eps)) + beta
+
+
+def _float32_one_pass(x, gamma, beta, eps):
+    mean = x.mean(axis=0, keepdims=True)
+    var = np.maximum((x * x).mean(axis=0, keepdims=True) - mean * mean, 0)
+    return gamma * (x - mean) / np.sqrt(var + np.float32(eps)) + beta
+
+
+def test_unit_roundoff_and_growth():
+    assert unit_roundoff(np.float32) == 2.0**-24 and unit_roundoff(np.float64) == 2.0**-53
+    assert growth(1) < growth(16) < growth(4096)
+
+
+def test_bound_grows_with_the_offset_and_with_m():
+    small = make_example((64, 1), "well-conditioned", 1e-5, 0, "float32")
+    offset = small.replace(x=(small.x.astype(np.float64) + 1e4).astype(np.float32))
+    larger = make_example((4096, 1), "well-conditioned", 1e-5, 0, "float32")
+    assert np.max(_bound(offset).delta) > 100 * np.max(_bound(small).delta)
+    assert np.max(_bound(larger).delta) > np.max(_bound(small).delta)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("count", [2, 3, 64, 4096])
+def test_float32_two_pass_inside_and_one_pass_outside_the_bound_at_a_large_offset(count, seed):
+    example = make_example((count, 2), "large offset", 1e-5, seed, "float32")
+    args = (example.x, example.gamma.reshape(1, -1), example.beta.reshape(1, -1), example.eps)
+    ref, bound = reference.forward(example), _bound(example).forward()
+    good = np.abs(_float32_two_pass(*args).astype(np.float64) - ref.y) / bound
+    bad = np.abs(_float32_one_pass(*args).astype(np.float64) - ref.y) / bound
+    assert np.max(good) <= 1, f"a correct float32 two-pass exceeds the bound {np.max(good):.2f}x"
+    gamma_nonzero = np.broadcast_to(example.gamma.reshape(1, -1) != 0, bad.shape)
+    if gamma_nonzero.any():
+        assert np.max(bad[gamma_nonzero]) > 1, "E[x^2] - E[x]^2 in float32 stays within the bound"
+
+
+def test_backward_bound_is_zero_only_where_dx_is_exactly_zero():
+    example = make_example((8, 3), "well-conditioned", 1e-3, 1, "float64")
+    example = example.replace(gamma=np.array([0.0, 1.5, -2.0]))
+    dx, dgamma, dbeta = _bound(example).backward(example.dy)
+    assert np.all(dx[:, 0] < 1e-300) and np.all(dx[:, 1:] > 0)
+    assert np.all(dgamma > 0) and np.all(dbeta > 0)
