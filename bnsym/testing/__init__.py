@@ -23,7 +23,7 @@ from bnsym.testing.runner import CheckFailed, Report, run_properties, save_count
 __all__ = ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "Implementation", "Report", "TargetError",
            "check_batchnorm"]
 
-DEFAULT_MAX_EXAMPLES = 30
+DEFAULT_MAX_EXAMPLES = 50
 PROPERTIES: tuple[str, ...] = tuple(REGISTRY)
 _DTYPES = ("float16", "float32", "float64")
 
@@ -35,7 +35,7 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
     - ``impl``: a function ``forward(x, gamma, beta, eps)``, or an object (or a class constructible without
       arguments) with ``forward`` and optionally ``backward``; see :mod:`bnsym.testing.adapters`.
     - ``dtype`` (default "float64"): the dtype of the inputs, "float64", "float32" or "float16".
-    - ``max_examples`` (default 30): examples per property before it is taken to hold.
+    - ``max_examples`` (default 50): examples per property before it is taken to hold.
     - ``seed`` (default 0): the Hypothesis seed; the same seed tries the same examples.
     - ``properties`` (default: all of :data:`PROPERTIES`): the names of the properties to run.
     - ``save_dir`` (default None): a directory to save each failure's counterexample to as ``.npz``.
