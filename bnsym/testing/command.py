@@ -8,9 +8,13 @@ cannot be loaded or does not follow the protocol, a bad option, a file that is n
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
+
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES
 from bnsym.testing.adapters import TargetError, load
@@ -62,6 +66,20 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Hypothesis caches what it learns about the source code under ./.hypothesis even without an example
+    # database; `bnsym check` should not leave that in the user's directory, so it keeps it in a temporary one
+    # (unless HYPOTHESIS_STORAGE_DIRECTORY says where it should go).
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return _run(args)
+    with tempfile.TemporaryDirectory(prefix="bnsym-check-") as home:
+        set_hypothesis_home_dir(home)
+        try:
+            return _run(args)
+        finally:
+            set_hypothesis_home_dir(None)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         impl = load(args.target)
     except (TargetError, TypeError) as error:

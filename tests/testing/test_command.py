@@ -1,6 +1,7 @@
 """`bnsym check`: exit 0 on a correct implementation, 1 naming the failed property (with a replayable
 counterexample), 2 on usage errors."""
 
+import os
 import re
 import subprocess
 import sys
@@ -83,13 +84,17 @@ def test_bad_options_exit_2(option):
     assert info.value.code == 2
 
 
-def test_console_entry_runs_torch_by_name():
-    """The module entry point, in a subprocess, as a user runs it; a subset of properties keeps it quick."""
+def test_console_entry_runs_torch_by_name_and_leaves_the_directory_clean(tmp_path):
+    """The module entry point, in a subprocess, as a user runs it (a subset of properties keeps it quick); no
+    .hypothesis directory appears where it ran."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
     result = subprocess.run([sys.executable, "-m", "bnsym.cli", "check", "torch", "--dtype", "float32",
                              "--property", "backward_reference", "--max-examples", "10"],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS  backward_reference" in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_saved_counterexample_holds_the_inputs(tmp_path):
