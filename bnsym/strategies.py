@@ -28,7 +28,7 @@ that it is never ones and never has zero sum.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import strategies as st
@@ -53,7 +53,6 @@ class Example:
     dy: np.ndarray
     regime: str
     seed: int = 0
-    info: dict = field(default_factory=dict, compare=False)
 
     @property
     def dtype(self) -> np.dtype:
@@ -167,8 +166,10 @@ def epsilons(*, min_eps: float = 1e-5, max_eps: float = 0.1) -> st.SearchStrateg
 
 
 def channel_shapes(*, min_dims: int = 2, max_dims: int = 5, min_channels: int = 1, max_channels: int = 4,
-                   min_count: int = 2, max_count: int = 512) -> st.SearchStrategy[tuple[int, ...]]:
-    """Shapes (N, C, *spatial) with channel axis 1 and M = N * prod(spatial) values per channel.
+                   min_count: int = 2, max_count: int = 512,
+                   channel_axis: int = 1) -> st.SearchStrategy[tuple[int, ...]]:
+    """Shapes (N, C, *spatial), or (N, *spatial, C) with ``channel_axis=-1``, with M = N * prod(spatial) values per
+    channel.
 
     - ``min_dims`` (default 2): the fewest dimensions, >= 2.
     - ``max_dims`` (default 5): the most dimensions (5 is N, C, D, H, W).
@@ -176,11 +177,14 @@ def channel_shapes(*, min_dims: int = 2, max_dims: int = 5, min_channels: int = 
     - ``max_channels`` (default 4): the most channels C.
     - ``min_count`` (default 2): the smallest M; training mode needs M >= 2 (M = 1 is a structure check).
     - ``max_count`` (default 512): the largest M.
+    - ``channel_axis`` (default 1): where C goes, 1 (NCHW) or -1 (NHWC).
 
     >>> shape = channel_shapes(min_dims=4, max_dims=4).example()
     >>> len(shape)
     4
     """
+    if channel_axis not in (1, -1) or isinstance(channel_axis, bool):
+        raise InvalidArgument(f"channel_axis={channel_axis!r} must be 1 (NCHW) or -1 (NHWC)")
     _check_pair("min_dims", min_dims, "max_dims", max_dims, 2)
     _check_pair("min_channels", min_channels, "max_channels", max_channels, 1)
     _check_pair("min_count", min_count, "max_count", max_count, 1)
@@ -198,7 +202,7 @@ def channel_shapes(*, min_dims: int = 2, max_dims: int = 5, min_channels: int = 
             size = draw(st.sampled_from(divisors))
             sizes.append(size)
             rest //= size
-        return (rest, channels, *sizes)
+        return (rest, channels, *sizes) if channel_axis == 1 else (rest, *sizes, channels)
 
     return shapes()
 

@@ -511,7 +511,7 @@ def _second_dy(example: Example, salt: int) -> np.ndarray:
     return (scale * rng.standard_normal(example.x.shape)).astype(example.dtype)
 
 
-def _compare_gradients(what: str, impl, example, combine, ref_combine, tolerances):
+def _compare_gradients(what: str, combine, ref_combine, tolerances):
     """Each of dx, dgamma, dbeta: combine(backward runs) ~ ref_combine(reference runs) within tolerances."""
     for i, name in enumerate(("dx", "dgamma", "dbeta")):
         compare(f"{what}: {name}", combine(i), ref_combine(i), tolerances[i])
@@ -532,10 +532,10 @@ def _linearity_in_dy(impl, example):
     tol1, tol2, tol_sum = bound.backward(dy1), bound.backward(dy2), bound.backward(total)
     f = lambda run, i: np.asarray(runs[run][i], dtype=np.float64)  # noqa: E731
     zero = lambda i: np.zeros(np.shape(tol1[i]))  # noqa: E731
-    _compare_gradients(f"backward({a:g} dy) - {a:g} backward(dy)", impl, example, lambda i: f("a", i) - a * f("1", i),
+    _compare_gradients(f"backward({a:g} dy) - {a:g} backward(dy)", lambda i: f("a", i) - a * f("1", i),
                        zero, [2 * abs(a) * t for t in tol1])
     refs = [reference.backward(example, dy=dy) for dy in (dy1, dy2, total)]
-    _compare_gradients("backward(dy1 + dy2) - backward(dy1) - backward(dy2)", impl, example,
+    _compare_gradients("backward(dy1 + dy2) - backward(dy1) - backward(dy2)",
                        lambda i: f("sum", i) - f("1", i) - f("2", i),
                        lambda i: refs[2][i] - refs[0][i] - refs[1][i],
                        [a1 + a2 + a3 for a1, a2, a3 in zip(tol1, tol2, tol_sum)])
@@ -554,7 +554,7 @@ def _dx_scales_with_gamma(impl, example):
     tol = _bound(example, ref).backward(example.dy)
     tol2 = _bound(example, ref, gamma=gamma2).backward(example.dy)
     factors = (2.0, 1.0, 1.0)
-    _compare_gradients("backward at 2 gamma vs at gamma (dx doubles, dgamma and dbeta stay)", impl, example,
+    _compare_gradients("backward at 2 gamma vs at gamma (dx doubles, dgamma and dbeta stay)",
                        lambda i: np.asarray(two[i], np.float64) - factors[i] * np.asarray(one[i], np.float64),
                        lambda i: np.zeros(np.shape(tol[i])), [t2 + f * t for t2, t, f in zip(tol2, tol, factors)])
 

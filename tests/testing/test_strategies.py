@@ -19,6 +19,7 @@ from bnsym import strategies as bst
     (bst.batch_norm_examples, {"max_channels": 2.5}),
     (bst.channel_shapes, {"min_channels": 0}),
     (bst.channel_shapes, {"min_count": 5, "max_count": 2}),
+    (bst.channel_shapes, {"channel_axis": 2}),
     (bst.epsilons, {"min_eps": 0}),
     (bst.epsilons, {"min_eps": 0.1, "max_eps": 0.01}),
     (bst.epsilons, {"max_eps": float("inf")}),
@@ -41,6 +42,12 @@ def test_shapes_respect_their_bounds(shape):
     assert 3 <= len(shape) <= 5
     assert 1 <= shape[1] <= 3
     assert 2 <= int(np.prod(shape)) // shape[1] <= 40
+
+
+@settings(max_examples=30)
+@given(bst.channel_shapes(min_dims=4, max_dims=4, min_channels=3, max_channels=3, channel_axis=-1))
+def test_channels_last_shapes_put_c_last(shape):
+    assert shape[-1] == 3
 
 
 def _per_channel(x):
