@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnsym.cli import main
+from tests.testing.zoo import BUGS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "my_batchnorm.py"
@@ -105,3 +106,13 @@ def test_saved_counterexample_holds_the_inputs(tmp_path):
         assert data["x"].dtype == np.float32 and data["x"].ndim >= 2
         assert str(data["property"]) == "forward_reference"
         assert data["gamma"].shape == (data["x"].shape[1],)
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
+def test_each_planted_bug_exits_1_naming_its_property(bug, tmp_path, capsys):
+    """Through the CLI, with a package.module:NAME target."""
+    prop = bug.caught_by[0]
+    status = main(["check", f"tests.testing.zoo:{bug.impl.__name__}", "--dtype", bug.dtype, "--property", prop,
+                   "--save-dir", str(tmp_path)])
+    assert status == 1
+    assert f"FAIL  {prop}" in capsys.readouterr().out
