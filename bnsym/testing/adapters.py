@@ -144,27 +144,27 @@ def jax_implementation() -> Implementation:
         y, _ = layer.apply(variables, x, mutable=["batch_stats"])
         return y
 
-    # Compiled whole, one compilation per shape and dtype (eps is traced, so it does not recompile): op by op,
-    # every primitive compiles separately for every new shape, which made a check several times slower.
-    compiled_forward = jax.jit(apply)
-
+    # Compiled whole, forward and backward together: one compilation per shape and dtype serves both methods (eps
+    # is traced, so it does not recompile). Op by op, every primitive compiled separately for every new shape,
+    # which made a check several times slower.
     @jax.jit
-    def compiled_backward(dy, x, gamma, beta, eps):
-        _, vjp = jax.vjp(lambda a, g, b: apply(a, g, b, eps), x, gamma, beta)
-        return vjp(dy)
+    def compiled(dy, x, gamma, beta, eps):
+        y, vjp = jax.vjp(lambda a, g, b: apply(a, g, b, eps), x, gamma, beta)
+        return y, vjp(dy)
 
     def traced_eps(eps, x):
         # float16 cannot hold eps = 1e-5 accurately; Flax computes the statistics in float32 anyway.
         return jnp.asarray(eps, jnp.promote_types(x.dtype, jnp.float32))
 
-    def forward(x, gamma, beta, eps):
+    def run(dy, x, gamma, beta, eps):
         x = jnp.asarray(x)
-        return np.asarray(compiled_forward(x, jnp.asarray(gamma), jnp.asarray(beta), traced_eps(eps, x)))
+        return compiled(jnp.asarray(dy), x, jnp.asarray(gamma), jnp.asarray(beta), traced_eps(eps, x))
+
+    def forward(x, gamma, beta, eps):
+        return np.asarray(run(np.zeros_like(x), x, gamma, beta, eps)[0])
 
     def backward(dy, x, gamma, beta, eps):
-        x = jnp.asarray(x)
-        gradients = compiled_backward(jnp.asarray(dy), x, jnp.asarray(gamma), jnp.asarray(beta), traced_eps(eps, x))
-        return tuple(np.asarray(g) for g in gradients)
+        return tuple(np.asarray(g) for g in run(dy, x, gamma, beta, eps)[1])
 
     return Implementation(forward, backward, name="flax.linen.BatchNorm")
 
