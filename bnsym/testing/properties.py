@@ -109,9 +109,11 @@ def call_forward(impl: Implementation, example: Example, *, x=None, gamma=None, 
                  dtype=None) -> np.ndarray:
     """y from the implementation on the example (inputs optionally replaced), as the array it returned."""
     dtype = np.dtype(dtype or example.dtype)
-    arrays = [np.asarray(example.x if x is None else x, dtype=dtype),
-              np.asarray(example.gamma if gamma is None else gamma, dtype=dtype),
-              np.asarray(example.beta if beta is None else beta, dtype=dtype)]
+    # Copies: an implementation that writes into its inputs must not corrupt the example for later comparisons
+    # (the property inputs_not_modified reports it).
+    arrays = [np.array(example.x if x is None else x, dtype=dtype),
+              np.array(example.gamma if gamma is None else gamma, dtype=dtype),
+              np.array(example.beta if beta is None else beta, dtype=dtype)]
     eps = float(example.eps if eps is None else eps)
     try:
         y = impl.forward(*arrays, eps)
@@ -123,8 +125,8 @@ def call_forward(impl: Implementation, example: Example, *, x=None, gamma=None, 
 def call_backward(impl: Implementation, example: Example, *, dy=None, x=None, gamma=None, eps=None, dtype=None):
     """(dx, dgamma, dbeta) from the implementation's backward, each as the array it returned."""
     dtype = np.dtype(dtype or example.dtype)
-    arrays = [np.asarray(a, dtype=dtype) for a in (example.dy if dy is None else dy, example.x if x is None else x,
-                                                   example.gamma if gamma is None else gamma, example.beta)]
+    arrays = [np.array(a, dtype=dtype) for a in (example.dy if dy is None else dy, example.x if x is None else x,
+                                                 example.gamma if gamma is None else gamma, example.beta)]
     eps = float(example.eps if eps is None else eps)
     try:
         result = impl.backward(*arrays, eps)
@@ -195,6 +197,26 @@ def _gradient_shapes_and_dtypes(impl, example):
         if array.shape != shape or array.dtype != example.dtype:
             raise PropertyFailure(f"{name} has shape {array.shape} and dtype {array.dtype}, expected shape {shape} "
                                   f"and dtype {example.dtype}")
+
+
+@register("inputs_not_modified", "structure")
+def _inputs_not_modified(impl, example):
+    """forward (and backward, when offered) leave their input arrays unchanged."""
+    calls = [("forward", impl.forward, ("x", "gamma", "beta"))]
+    if impl.backward is not None:
+        calls.append(("backward", impl.backward, ("dy", "x", "gamma", "beta")))
+    for method, function, names in calls:
+        arrays = {name: np.array(getattr(example, name)) for name in names}
+        try:
+            function(*arrays.values(), example.eps)
+        except Exception as error:
+            raise PropertyFailure(f"{method} raised {type(error).__name__}: {error}") from None
+        for name, array in arrays.items():
+            original = getattr(example, name)
+            if not np.array_equal(array, original, equal_nan=True):
+                index = tuple(int(i) for i in np.argwhere(array != original)[0])
+                raise PropertyFailure(f"{method} modified its argument {name} in place",
+                                      Worst(name, index, float(original[index]), float(array[index]), 0.0))
 
 
 @register("finite_outputs", "structure")

@@ -180,6 +180,17 @@ class SingleValueNaN(TwoPass):
         return mean, unbiased * x.dtype.type((count - 1) / count)
 
 
+class InPlaceCentring(TwoPass):
+    """Centres x in place (x -= mean) to save memory: the caller's array is changed."""
+
+    def forward(self, x, gamma, beta, eps):
+        axes = _axes(x)
+        mean = x.mean(axis=axes, keepdims=True)
+        x -= mean
+        var = (x**2).mean(axis=axes, keepdims=True)
+        return _channel(gamma, x) * x / np.sqrt(var + eps) + _channel(beta, x)
+
+
 # ----- backward bugs -----
 
 class DxMissingMeanTerm(TwoPass):
@@ -283,6 +294,7 @@ BUGS = (
     Bug("channels_last_reshape", ChannelsLastReshape, ("layout_equivariance", "forward_reference"),
         bug_class="statistics over the wrong axes (NHWC vs NCHW)"),
     Bug("single_value_nan", SingleValueNaN, ("one_value_per_channel",), bug_class="one value per channel"),
+    Bug("in_place_centring", InPlaceCentring, ("inputs_not_modified",), bug_class="inputs modified in place"),
     Bug("dx_missing_mean_term", DxMissingMeanTerm, ("dx_sums_to_zero", "dx_invariant_to_dy_shift",
                                                     "backward_finite_differences"),
         bug_class="dx missing the mean term"),
