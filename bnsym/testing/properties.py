@@ -63,6 +63,9 @@ class PropertyFailure(AssertionError):
 
 @dataclass(frozen=True)
 class Property:
+    """One named, reusable check. ``needs`` are capability names (``"forward"``, ``"backward"``; later ones such as
+    an eval-mode forward or a double backward only add names); ``examples(dtype)`` is its Hypothesis strategy."""
+
     name: str
     group: str
     needs: frozenset[str]
