@@ -78,3 +78,26 @@ def test_jax_adapter_passes_gradient_and_precision_properties(dtype):
     pytest.importorskip("flax")
     check_batchnorm(load("jax"), dtype=dtype, max_examples=10,
                     properties=["forward_reference", "backward_reference", "shift_invariance", "dx_sums_to_zero"])
+
+
+def test_flax_default_fast_variance_is_caught_in_float32():
+    """Flax's BatchNorm defaults to use_fast_variance=True, max(0, E[x^2] - E[x]^2) (flax #1491): the reason the
+    jax adapter turns it off. The checker must see the difference."""
+    pytest.importorskip("flax")
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from bnsym.testing import CheckFailed
+
+    load("jax")  # switches on x64, as the adapter does
+
+    def flax_default(x, gamma, beta, eps):
+        layer = nn.BatchNorm(use_running_average=False, axis=1, epsilon=eps, dtype=x.dtype, param_dtype=x.dtype)
+        channels = x.shape[1]
+        variables = {"params": {"scale": jnp.asarray(gamma), "bias": jnp.asarray(beta)},
+                     "batch_stats": {"mean": jnp.zeros(channels, x.dtype), "var": jnp.ones(channels, x.dtype)}}
+        return np.asarray(layer.apply(variables, jnp.asarray(x), mutable=["batch_stats"])[0])
+
+    with pytest.raises(CheckFailed) as info:
+        check_batchnorm(flax_default, dtype="float32", properties=["forward_reference", "shift_invariance"])
+    assert set(info.value.report.failed) == {"forward_reference", "shift_invariance"}
