@@ -1,0 +1,70 @@
+"""bnsym's property library for batch norm: check any training-mode implementation, bnsym's own included.
+
+>>> from bnsym.testing import check_batchnorm
+>>> report = check_batchnorm(my_batch_norm)          # doctest: +SKIP  (raises AssertionError on failure)
+
+An implementation is a function ``forward(x, gamma, beta, eps) -> y`` or an object with ``forward`` and optionally
+``backward(dy, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``: NumPy arrays, channel axis 1, batch statistics,
+biased variance (:mod:`bnsym.testing.adapters`). The properties are in :mod:`bnsym.testing.properties`, their
+tolerances in :mod:`bnsym.testing.tolerance`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+
+import numpy as np
+
+from bnsym.testing.adapters import Implementation, TargetError
+from bnsym.testing.properties import REGISTRY
+from bnsym.testing.runner import CheckFailed, Report, run_properties, save_counterexample
+
+__all__ = ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "Implementation", "Report", "TargetError",
+           "check_batchnorm"]
+
+DEFAULT_MAX_EXAMPLES = 50
+PROPERTIES: tuple[str, ...] = tuple(REGISTRY)
+_DTYPES = ("float16", "float32", "float64")
+
+
+def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0,
+                    properties=None, save_dir=None) -> Report:
+    """Check a batch-norm implementation against every property it offers what is needed for.
+
+    - ``impl``: a function ``forward(x, gamma, beta, eps)``, or an object (or a class constructible without
+      arguments) with ``forward`` and optionally ``backward``; see :mod:`bnsym.testing.adapters`.
+    - ``dtype`` (default "float64"): the dtype of the inputs, "float64", "float32" or "float16".
+    - ``max_examples`` (default 50): examples per property before it is taken to hold.
+    - ``seed`` (default 0): the Hypothesis seed; the same seed tries the same examples.
+    - ``properties`` (default: all of :data:`PROPERTIES`): the names of the properties to run.
+    - ``save_dir`` (default None): a directory to save each failure's counterexample to as ``.npz``.
+
+    Returns the :class:`Report` when every property holds; raises :class:`CheckFailed` (an AssertionError)
+    carrying it otherwise, so that a pytest test is the one line ``check_batchnorm(MyBatchNorm())``.
+    """
+    implementation = Implementation.wrap(impl)
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if properties is not None:
+        properties = [properties] if isinstance(properties, str) else list(properties)
+        unknown = [p for p in properties if p not in REGISTRY]
+        if unknown or not properties:
+            raise ValueError(f"unknown properties {unknown!r}; known: {', '.join(REGISTRY)}")
+    report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
+                            properties=properties)
+    if save_dir is not None:
+        for result in report.results:
+            if result.counterexample is not None:
+                save_counterexample(result, Path(save_dir))
+    if not report.ok:
+        raise CheckFailed(report)
+    return report

@@ -1,15 +1,102 @@
-"""``bnsym check``: placeholder until the property library lands (issue 3)."""
+"""``bnsym check TARGET``: run the property library on an implementation from the command line.
+
+Exit status: 0 when every property holds, 1 when one fails (the report names it, shows the minimal
+counterexample and saves it as ``.npz`` with the command that replays it), 2 on a usage error (a target that
+cannot be loaded or does not follow the protocol, a bad option, a file that is not a counterexample).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+import tempfile
+from pathlib import Path
+
+from hypothesis.configuration import set_hypothesis_home_dir
+
+from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES
+from bnsym.testing.adapters import TargetError, load
+from bnsym.testing.runner import replay, run_properties, save_counterexample
+
+__all__ = ["add_arguments", "run"]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target")
+    parser.add_argument("target", help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
+                                       "forward(x, gamma, beta, eps) or an object (or a class) with forward and "
+                                       "optionally backward(dy, x, gamma, beta, eps)")
+    parser.add_argument("--dtype", choices=("float64", "float32", "float16"), default="float64",
+                        help="the dtype of the inputs (default float64)")
+    parser.add_argument("--max-examples", type=_positive, default=DEFAULT_MAX_EXAMPLES,
+                        help=f"examples per property (default {DEFAULT_MAX_EXAMPLES})")
+    parser.add_argument("--seed", type=_seed, default=0, help="Hypothesis seed; the same seed, the same run "
+                                                              "(default 0)")
+    parser.add_argument("--property", action="append", choices=PROPERTIES, metavar="NAME", dest="properties",
+                        help="run only this property (repeatable); one of: " + ", ".join(PROPERTIES))
+    parser.add_argument("--save-dir", default=".", help="where failures' counterexamples are saved (default: the "
+                                                         "current directory)")
+    parser.add_argument("--replay", metavar="FILE.npz", help="re-run the property saved in a counterexample file")
+
+
+def _fail(message: str) -> int:
+    print(f"bnsym check: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    print("bnsym check: not implemented yet", file=sys.stderr)
-    return 2
+    # Hypothesis caches what it learns about the source code under ./.hypothesis even without an example
+    # database; `bnsym check` should not leave that in the user's directory, so it keeps it in a temporary one
+    # (unless HYPOTHESIS_STORAGE_DIRECTORY says where it should go).
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return _run(args)
+    with tempfile.TemporaryDirectory(prefix="bnsym-check-") as home:
+        set_hypothesis_home_dir(home)
+        try:
+            return _run(args)
+        finally:
+            set_hypothesis_home_dir(None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        impl = load(args.target)
+    except (TargetError, TypeError) as error:
+        return _fail(str(error))
+    if args.replay:
+        try:
+            report = replay(impl, args.replay)
+        except ValueError as error:
+            return _fail(str(error))
+        print(report)
+        return 0 if report.ok else 1
+    report = run_properties(impl, dtype=args.dtype, max_examples=args.max_examples, seed=args.seed,
+                            properties=args.properties)
+    report.replay_command = f"bnsym check {shlex.quote(args.target)} --replay {{path}}"
+    for result in report.results:
+        if result.counterexample is not None:
+            save_counterexample(result, Path(args.save_dir))
+    print(report)
+    return 0 if report.ok else 1
+

@@ -1,0 +1,284 @@
+"""Hypothesis strategies for batch-norm inputs, in the value regimes where real implementations go wrong.
+
+Notation: x has shape (N, C, *spatial) with the channel axis at 1 (the protocol of :mod:`bnsym.testing`); every
+channel holds M = x.size / C values, over which its statistics are taken.
+
+Each example is drawn as a shape, an eps, a regime and a seed; the values come from a NumPy generator seeded by
+that seed. Hypothesis then shrinks the shape (smaller), the regime (towards "well-conditioned") and eps (towards
+1e-5), which is what a minimal counterexample needs; drawing every float through Hypothesis would be slower and
+would shrink towards values (all zeros, constant channels) that no longer describe the regime.
+
+The regimes, named as they appear in reports:
+
+- ``"well-conditioned"``: per channel N(mu, sigma^2), |mu| of order 1, sigma within a factor 3 of 1.
+- ``"large offset"``: mu between 1e3 and 1e4 in magnitude, sigma of order 1. In float32, E[x^2] - E[x]^2 loses
+  every digit of the variance here: (mu/sigma)^2 * 2^-24 is about 6.
+- ``"variance near eps"``: var between eps/10 and 10 eps, where eps outside the sqrt, sqrt(max(var, eps)) and a
+  missing eps differ most from 1/sqrt(var + eps).
+- ``"constant channel"``: at least one channel is constant, at a magnitude up to 1e3 (var = 0 exactly, the
+  cancelling variance goes slightly negative); the others are well-conditioned.
+- ``"tiny batch"``: M = 2 or 3, where the unbiased variance differs from the biased one by a factor 2 or 1.5.
+- ``"wide dynamic range"``: magnitudes spread log-uniformly over 1e-3 to 1e3 within each channel, random signs.
+
+gamma is drawn per channel from N(0, 1.5^2) with some channels exactly 0 (never all ones: gamma = 1 hides a
+gamma missing from dx); beta from N(0, 2^2); dy from N(b, s^2) per channel with random offset b and scale s, so
+that it is never ones and never has zero sum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+__all__ = ["DTYPES", "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes", "epsilons", "regimes"]
+
+REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant channel", "tiny batch",
+           "wide dynamic range")
+DTYPES = ("float64", "float32", "float16")
+
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One batch-norm problem: inputs in ``dtype``, the regime that produced them, and a seed for the auxiliary
+    randomness of a property (directions, shifts, permutations), so that a saved example replays exactly."""
+
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    eps: float
+    dy: np.ndarray
+    regime: str
+    seed: int = 0
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    @property
+    def channels(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def count(self) -> int:
+        """M, the number of values per channel."""
+        return self.x.size // self.x.shape[1]
+
+    def describe(self) -> str:
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, M = {self.count} per channel), regime "
+                f"\"{self.regime}\", eps = {self.eps:.3g}")
+
+    def rng(self, salt: int = 0) -> np.random.Generator:
+        """A generator for a property's own random draws, fixed by the example."""
+        return np.random.default_rng([self.seed, salt])
+
+    def replace(self, **changes) -> Example:
+        values = {name: getattr(self, name) for name in ("x", "gamma", "beta", "eps", "dy", "regime", "seed")}
+        values.update(changes)
+        return Example(**values)
+
+
+# ----- argument validation, as in hypothesis.extra.numpy: at once, one error type, the bad value repeated -----
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name}={value!r} must be an int")
+    if value < minimum:
+        raise InvalidArgument(f"{name}={value!r} must be at least {minimum}")
+
+
+def _check_pair(low_name: str, low, high_name: str, high, minimum: int) -> None:
+    _check_int(low_name, low, minimum)
+    _check_int(high_name, high, minimum)
+    if low > high:
+        raise InvalidArgument(f"{low_name}={low!r} must not exceed {high_name}={high!r}")
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise InvalidArgument(f"dtype={dtype!r} is not a NumPy dtype; use one of {DTYPES}") from None
+    if resolved.name not in DTYPES:
+        raise InvalidArgument(f"dtype={dtype!r} is not supported; use one of {DTYPES}")
+    return resolved
+
+
+def _check_regimes(names, argument: str = "regimes") -> tuple[str, ...]:
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    if not names:
+        raise InvalidArgument(f"{argument}=() must name at least one regime")
+    unknown = [n for n in names if n not in REGIMES]
+    if unknown:
+        raise InvalidArgument(f"{argument}={names!r} contains unknown regime(s) {unknown!r}; known: {REGIMES}")
+    return names
+
+
+# ----- public strategies -----
+
+def dtypes(*, include_float16: bool = False) -> st.SearchStrategy[np.dtype]:
+    """Floating-point dtypes a batch norm is checked in, float64 first (it shrinks towards float64).
+
+    - ``include_float16`` (default False): also draw float16.
+
+    >>> dtypes().example() in (np.dtype("float64"), np.dtype("float32"))
+    True
+    """
+    if not isinstance(include_float16, bool):
+        raise InvalidArgument(f"include_float16={include_float16!r} must be a bool")
+    return st.sampled_from([np.dtype(n) for n in DTYPES[: 3 if include_float16 else 2]])
+
+
+def regimes(*, names=REGIMES) -> st.SearchStrategy[str]:
+    """Names of value regimes (see the module docstring), shrinking towards the first.
+
+    - ``names`` (default: all of :data:`REGIMES`): the regimes to draw from.
+
+    >>> regimes(names=("tiny batch",)).example()
+    'tiny batch'
+    """
+    return st.sampled_from(_check_regimes(names, "names"))
+
+
+def epsilons(*, min_eps: float = 1e-5, max_eps: float = 0.1) -> st.SearchStrategy[float]:
+    """eps values, log-uniform in [min_eps, max_eps], with the end points and 1e-3 (the Keras default) favoured.
+
+    - ``min_eps`` (default 1e-5, PyTorch's default): the smallest eps, > 0.
+    - ``max_eps`` (default 0.1): the largest eps, >= min_eps.
+
+    >>> 1e-5 <= epsilons().example() <= 0.1
+    True
+    """
+    for name, value in (("min_eps", min_eps), ("max_eps", max_eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise InvalidArgument(f"{name}={value!r} must be a finite number greater than 0")
+    if min_eps > max_eps:
+        raise InvalidArgument(f"min_eps={min_eps!r} must not exceed max_eps={max_eps!r}")
+    special = sorted({v for v in (min_eps, 1e-3, max_eps) if min_eps <= v <= max_eps})
+    low, high = math.log10(min_eps), math.log10(max_eps)
+    spread = st.floats(low, high).map(lambda e: float(min(max(10.0**e, min_eps), max_eps)))
+    return st.one_of(st.sampled_from(special), spread)
+
+
+def channel_shapes(*, min_dims: int = 2, max_dims: int = 5, min_channels: int = 1, max_channels: int = 4,
+                   min_count: int = 2, max_count: int = 512,
+                   channel_axis: int = 1) -> st.SearchStrategy[tuple[int, ...]]:
+    """Shapes (N, C, *spatial), or (N, *spatial, C) with ``channel_axis=-1``, with M = N * prod(spatial) values per
+    channel.
+
+    - ``min_dims`` (default 2): the fewest dimensions, >= 2.
+    - ``max_dims`` (default 5): the most dimensions (5 is N, C, D, H, W).
+    - ``min_channels`` (default 1): the fewest channels C.
+    - ``max_channels`` (default 4): the most channels C.
+    - ``min_count`` (default 2): the smallest M; training mode needs M >= 2 (M = 1 is a structure check).
+    - ``max_count`` (default 512): the largest M.
+    - ``channel_axis`` (default 1): where C goes, 1 (NCHW) or -1 (NHWC).
+
+    >>> shape = channel_shapes(min_dims=4, max_dims=4).example()
+    >>> len(shape)
+    4
+    """
+    if channel_axis not in (1, -1) or isinstance(channel_axis, bool):
+        raise InvalidArgument(f"channel_axis={channel_axis!r} must be 1 (NCHW) or -1 (NHWC)")
+    _check_pair("min_dims", min_dims, "max_dims", max_dims, 2)
+    _check_pair("min_channels", min_channels, "max_channels", max_channels, 1)
+    _check_pair("min_count", min_count, "max_count", max_count, 1)
+
+    @st.composite
+    def shapes(draw):
+        ndim = draw(st.integers(min_dims, max_dims))
+        channels = draw(st.integers(min_channels, max_channels))
+        count = draw(st.integers(min_count, max_count))
+        # Split M into N * prod(spatial): factors drawn from M's divisors, so sizes differ across axes
+        # (H != W != C is what exposes layout confusions).
+        sizes, rest = [], count
+        for _ in range(ndim - 2):
+            divisors = [d for d in range(1, rest + 1) if rest % d == 0]
+            size = draw(st.sampled_from(divisors))
+            sizes.append(size)
+            rest //= size
+        return (rest, channels, *sizes) if channel_axis == 1 else (rest, *sizes, channels)
+
+    return shapes()
+
+
+def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, max_dims: int = 5,
+                        max_channels: int = 4, max_count: int = 512, min_eps: float = 1e-5,
+                        max_eps: float = 0.1) -> st.SearchStrategy[Example]:
+    """:class:`Example` batch-norm problems: x, gamma, beta, eps and a random upstream gradient dy.
+
+    - ``dtype`` (default "float64"): the dtype of x, gamma, beta and dy; "float64", "float32" or "float16".
+    - ``regimes`` (default: all of :data:`REGIMES`): the value regimes to draw from (module docstring).
+    - ``min_dims`` (default 2): the fewest dimensions of x, >= 2.
+    - ``max_dims`` (default 5): the most dimensions of x.
+    - ``max_channels`` (default 4): the most channels C.
+    - ``max_count`` (default 512): the largest M (the "tiny batch" regime uses M = 2 or 3 regardless).
+    - ``min_eps`` (default 1e-5): the smallest eps.
+    - ``max_eps`` (default 0.1): the largest eps.
+
+    >>> example = batch_norm_examples(dtype="float32", regimes=("large offset",)).example()
+    >>> example.x.dtype.name, example.regime
+    ('float32', 'large offset')
+    """
+    resolved = _check_dtype(dtype)
+    names = _check_regimes(regimes)
+    _check_pair("min_dims", min_dims, "max_dims", max_dims, 2)
+    _check_int("max_channels", max_channels, 1)
+    _check_int("max_count", max_count, 2)
+    eps_strategy = epsilons(min_eps=min_eps, max_eps=max_eps)
+
+    @st.composite
+    def examples(draw):
+        regime = draw(st.sampled_from(names))
+        low, high = (2, 3) if regime == "tiny batch" else (2, max_count)
+        shape = draw(channel_shapes(min_dims=min_dims, max_dims=max_dims, max_channels=max_channels,
+                                    min_channels=2 if regime == "constant channel" and max_channels > 1 else 1,
+                                    min_count=low, max_count=high))
+        eps = draw(eps_strategy)
+        seed = draw(st.integers(0, 2**32 - 1))
+        return make_example(shape, regime, eps, seed, resolved)
+
+    return examples()
+
+
+def make_example(shape: tuple[int, ...], regime: str, eps: float, seed: int, dtype="float64") -> Example:
+    """The example of ``regime`` for a shape, eps and seed: the deterministic half of :func:`batch_norm_examples`."""
+    dtype = _check_dtype(dtype)
+    _check_regimes((regime,), "regime")
+    rng = np.random.default_rng(seed)
+    channels = shape[1]
+    per_channel = (1, channels) + (1,) * (len(shape) - 2)
+    z = rng.standard_normal(shape)
+
+    def channel_values(values):
+        return np.asarray(values, dtype=np.float64).reshape(per_channel)
+
+    if regime == "large offset":
+        mu = rng.choice([-1.0, 1.0], channels) * 10.0 ** rng.uniform(3, 4, channels)
+        sigma = 10.0 ** rng.uniform(-0.3, 0.3, channels)
+        x = channel_values(mu) + channel_values(sigma) * z
+    elif regime == "variance near eps":
+        sigma = np.sqrt(eps * 10.0 ** rng.uniform(-1, 1, channels))
+        x = channel_values(rng.normal(0, 1, channels)) + channel_values(sigma) * z
+    elif regime == "wide dynamic range":
+        x = rng.choice([-1.0, 1.0], shape) * 10.0 ** rng.uniform(-3, 3, shape)
+    else:  # well-conditioned, tiny batch, and the non-constant channels of "constant channel"
+        x = channel_values(rng.normal(0, 2, channels)) + channel_values(10.0 ** rng.uniform(-0.5, 0.5, channels)) * z
+    if regime == "constant channel":
+        constant = rng.random(channels) < 0.5
+        constant[rng.integers(channels)] = True
+        level = rng.choice([-1.0, 1.0], channels) * 10.0 ** rng.uniform(0, 3, channels)
+        x = np.where(channel_values(constant), channel_values(level) * np.ones(shape), x)
+
+    gamma = rng.normal(0, 1.5, channels)
+    gamma[rng.random(channels) < 0.15] = 0.0
+    beta = rng.normal(0, 2, channels)
+    dy = channel_values(rng.uniform(-1, 1, channels)) + channel_values(10.0 ** rng.uniform(-1, 1, channels)) * \
+        rng.standard_normal(shape)
+    cast = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+    return Example(cast(x), cast(gamma), cast(beta), float(eps), cast(dy), regime, int(seed))

@@ -1,0 +1,49 @@
+"""The checker is tested as hard as the code: every planted bug is caught, by the properties named for it, and the
+correct implementations pass in float32 and float64 (float16 too: it is how the float16 bug is exposed)."""
+
+import pytest
+
+from bnsym.testing import PROPERTIES, CheckFailed, check_batchnorm
+from tests.testing.zoo import BUGS, CORRECT, ForwardOnly
+
+BUG_CLASSES = {  # rows of shared/bug-classes.md that concern training forward/backward: each needs a planted bug
+    "variance as E[x^2] - E[x]^2", "slightly negative variance -> NaN", "float16 sum of squares overflows",
+    "eps outside the sqrt", "sqrt(max(var, eps))", "eps missing", "unbiased variance used to normalise",
+    "statistics over the wrong axes (per sample)", "statistics over the wrong axes (NHWC vs NCHW)",
+    "dx missing the mean term", "dx missing the variance term", "dgamma computed from x",
+    "dgamma computed from x - mean", "gamma missing from dx", "gamma applied twice", "gradients not linear in dy",
+    "one value per channel",
+}
+
+
+def test_zoo_covers_every_bug_class():
+    assert len(BUGS) >= 15
+    assert BUG_CLASSES <= {bug.bug_class for bug in BUGS}, BUG_CLASSES - {bug.bug_class for bug in BUGS}
+    for bug in BUGS:
+        assert set(bug.caught_by) <= set(PROPERTIES), f"{bug.name} names unknown properties"
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
+def test_planted_bug_is_caught_by_its_properties(bug):
+    with pytest.raises(CheckFailed) as info:
+        check_batchnorm(bug.impl(), dtype=bug.dtype, properties=list(bug.caught_by))
+    report = info.value.report
+    missed = set(bug.caught_by) - set(report.failed)
+    assert not missed, f"{bug.name} ({bug.bug_class}) was not caught by {sorted(missed)}:\n{report}"
+    for result in report.results:  # every failure comes with its minimal counterexample
+        assert result.counterexample is not None, f"{result.name} failed without a counterexample"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_implementation_passes(name, dtype):
+    report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=20 if dtype == "float16" else 30)
+    assert not report.skipped, f"{name} offers forward and backward, yet {report.skipped} were skipped"
+
+
+def test_forward_only_implementation_runs_forward_properties_and_skips_the_rest():
+    report = check_batchnorm(ForwardOnly(), dtype="float32", max_examples=10)
+    assert "forward_derivative" in report.passed
+    assert "backward_reference" in report.skipped
+    skipped = [r for r in report.results if r.status == "skipped"]
+    assert all("needs backward" in r.reason for r in skipped), [r.reason for r in skipped]
