@@ -4,15 +4,28 @@ An implementation under test is either
 
 - a function ``forward(x, gamma, beta, eps) -> y``, or
 - an object with that ``forward`` method and, optionally, ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma,
-  dbeta)``,
+  dbeta)`` and any of the optional methods below,
 
 NumPy in and NumPy out, channel axis 1 (x has shape (N, C, ...)), training mode: batch statistics, biased
-variance. :class:`Implementation` wraps either form and records what it offers as ``capabilities`` (``"forward"``,
-``"backward"``); a property runs when the capabilities it needs are offered and is reported as skipped otherwise,
-so further optional methods (an eval forward, a running-statistics update, a double backward) only add
-capability names here and properties that need them.
+variance. Optional methods (the checker runs the properties whose methods are offered and says what it skipped):
 
-Built-in adapters, by name: ``torch`` (``torch.nn.functional.batch_norm``, gradients by autograd) and ``jax``
+- ``eval_forward(x, gamma, beta, eps, running_mean, running_var) -> y``: eval mode. ``running_mean`` and
+  ``running_var`` are the layer's buffers: an eval forward must leave them bit-identical.
+- ``eval_backward(dy, x, gamma, beta, eps, running_mean, running_var) -> (dx, dgamma, dbeta)``.
+- ``train_forward(x, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked) -> (y,
+  new_running_mean, new_running_var)``: a training step that also updates the running statistics, in the
+  implementation's own convention (``bnsym check --convention`` says which one to expect). ``momentum`` is None for
+  a cumulative average; ``num_batches_tracked`` counts the batches seen *before* this one.
+- ``double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps) -> (gx, ggamma, gdy)``: the gradients of
+  ``<ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta>`` with respect to x, gamma and dy (training mode).
+- ``eval_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running_mean, running_var) -> (gx,
+  ggamma, gdy)``: the same in eval mode.
+
+:class:`Implementation` wraps either form and records what it offers as ``capabilities`` (``"forward"``,
+``"backward"`` and the names of the optional methods); a property runs when the capabilities it needs are offered
+and is reported as skipped otherwise.
+
+Built-in adapters, by name: ``torch`` (``torch.nn.BatchNorm1d/2d/3d`` modules, gradients by autograd) and ``jax``
 (``flax.linen.BatchNorm``, gradients by ``jax.vjp``).
 """
 
@@ -28,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BUILTIN", "Implementation", "TargetError", "load"]
+__all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load"]
 
 
 class TargetError(ValueError):
@@ -47,22 +60,48 @@ def _check_signature(function: Callable, name: str, arguments: tuple[str, ...], 
                           f"{name}{signature}") from None
 
 
-class Implementation:
-    """A batch norm under test, following the protocol in the module docstring."""
+#: The methods of the protocol and their positional arguments (module docstring).
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    "forward": ("x", "gamma", "beta", "eps"),
+    "backward": ("dy", "x", "gamma", "beta", "eps"),
+    "eval_forward": ("x", "gamma", "beta", "eps", "running_mean", "running_var"),
+    "eval_backward": ("dy", "x", "gamma", "beta", "eps", "running_mean", "running_var"),
+    "train_forward": ("x", "gamma", "beta", "eps", "running_mean", "running_var", "momentum",
+                      "num_batches_tracked"),
+    "double_backward": ("ggx", "gggamma", "ggbeta", "dy", "x", "gamma", "beta", "eps"),
+    "eval_double_backward": ("ggx", "gggamma", "ggbeta", "dy", "x", "gamma", "beta", "eps", "running_mean",
+                             "running_var"),
+}
+OPTIONAL = tuple(name for name in SIGNATURES if name != "forward")
 
-    def __init__(self, forward: Callable, backward: Callable | None = None, *, name: str = "implementation"):
-        if not callable(forward):
-            raise TypeError(f"forward must be callable, got {forward!r}")
-        if backward is not None and not callable(backward):
-            raise TypeError(f"backward must be callable or None, got {backward!r}")
-        _check_signature(forward, "forward", ("x", "gamma", "beta", "eps"), name)
-        if backward is not None:
-            _check_signature(backward, "backward", ("dy", "x", "gamma", "beta", "eps"), name)
-        self.forward, self.backward, self.name = forward, backward, name
+
+class Implementation:
+    """A batch norm under test, following the protocol in the module docstring.
+
+    ``forward`` is required; ``backward`` and every other method of :data:`SIGNATURES` are optional keyword
+    arguments (None when not offered), available as attributes of the same name.
+    """
+
+    def __init__(self, forward: Callable, backward: Callable | None = None, *, name: str = "implementation",
+                 **optional: Callable | None):
+        unknown = set(optional) - set(OPTIONAL)
+        if unknown:
+            raise TypeError(f"unknown protocol methods {sorted(unknown)}; the protocol has {', '.join(SIGNATURES)}")
+        methods = {"forward": forward, "backward": backward, **optional}
+        for method, function in methods.items():
+            if function is None and method != "forward":
+                continue
+            if not callable(function):
+                raise TypeError(f"{method} must be callable{'' if method == 'forward' else ' or None'}, got "
+                                f"{function!r}")
+            _check_signature(function, method, SIGNATURES[method], name)
+        self.name = name
+        for method in SIGNATURES:
+            setattr(self, method, methods.get(method))
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset({"forward"} | ({"backward"} if self.backward is not None else set()))
+        return frozenset(method for method in SIGNATURES if getattr(self, method) is not None)
 
     @classmethod
     def wrap(cls, impl, name: str | None = None) -> Implementation:
@@ -79,7 +118,8 @@ class Implementation:
         label = name or getattr(impl, "__qualname__", None) or type(impl).__name__
         forward = getattr(impl, "forward", None)
         if forward is not None:
-            return cls(forward, getattr(impl, "backward", None), name=label)
+            return cls(forward, getattr(impl, "backward", None), name=label,
+                       **{method: getattr(impl, method, None) for method in OPTIONAL if method != "backward"})
         if callable(impl):
             return cls(impl, name=label)
         raise TargetError(f"{label} is neither a function forward(x, gamma, beta, eps) nor an object with a "
@@ -89,12 +129,14 @@ class Implementation:
 # ----- built-in adapters -----
 
 def torch_implementation() -> Implementation:
-    """``torch.nn.functional.batch_norm`` in training mode; the backward by autograd."""
+    """``torch.nn.BatchNorm1d/2d/3d`` (by the number of dimensions of x), in train and eval mode with its running
+    buffers; gradients, and gradients of gradients, by autograd."""
     import torch
-    import torch.nn.functional as F
 
-    def tensors(*arrays, grad=False):
-        return [torch.tensor(np.asarray(a), requires_grad=grad) for a in arrays]
+    modules = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+
+    def tensor(a, grad=False):
+        return torch.tensor(np.asarray(a), requires_grad=grad)
 
     @contextmanager
     def one_thread():
@@ -107,27 +149,90 @@ def torch_implementation() -> Implementation:
         finally:
             torch.set_num_threads(threads)
 
+    def module(x, gamma, beta, eps, *, running=None, momentum=0.1, num_batches_tracked=0, training=True):
+        """A BatchNorm module holding gamma and beta (as tensors that require grad) and the running buffers."""
+        if x.ndim not in modules:
+            raise ValueError(f"torch.nn.BatchNorm*d takes 2 to 5 dimensions, got x of shape {x.shape}")
+        layer = modules[x.ndim](x.shape[1], eps=eps, momentum=momentum, dtype=torch.from_numpy(x[:0]).dtype)
+        with torch.no_grad():
+            if running is not None:
+                layer.running_mean.copy_(tensor(running[0]))
+                layer.running_var.copy_(tensor(running[1]))
+            layer.num_batches_tracked.fill_(int(num_batches_tracked))
+        weight, bias = tensor(gamma, grad=True), tensor(beta, grad=True)
+        del layer.weight, layer.bias  # plain tensors instead of Parameters, so that autograd sees them as inputs
+        layer.weight, layer.bias = weight, bias
+        return layer.train(training), weight, bias
+
+    def write_back(layer, running_mean, running_var):
+        # The buffers are the caller's arrays: whatever the module did to its buffers shows in them.
+        np.copyto(running_mean, layer.running_mean.detach().numpy())
+        np.copyto(running_var, layer.running_var.detach().numpy())
+
     def forward(x, gamma, beta, eps):
-        x, gamma, beta = tensors(x, gamma, beta)
+        layer, _, _ = module(x, gamma, beta, eps)
         with one_thread(), torch.no_grad():
-            return F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps).numpy()
+            return layer(tensor(x)).numpy()
+
+    def gradients(dy, x, gamma, beta, eps, running=None):
+        layer, weight, bias = module(x, gamma, beta, eps, running=running, training=running is None)
+        xt = tensor(x, grad=True)
+        with one_thread():
+            y = layer(xt)
+            return [g.numpy() for g in torch.autograd.grad(y, (xt, weight, bias), tensor(dy))]
 
     def backward(dy, x, gamma, beta, eps):
-        x, gamma, beta = tensors(x, gamma, beta, grad=True)
-        with one_thread():
-            y = F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)
-            dx, dgamma, dbeta = torch.autograd.grad(y, (x, gamma, beta), torch.tensor(np.asarray(dy)))
-        return dx.numpy(), dgamma.numpy(), dbeta.numpy()
+        return tuple(gradients(dy, x, gamma, beta, eps))
 
-    return Implementation(forward, backward, name="torch.nn.functional.batch_norm")
+    def eval_forward(x, gamma, beta, eps, running_mean, running_var):
+        layer, _, _ = module(x, gamma, beta, eps, running=(running_mean, running_var), training=False)
+        with one_thread(), torch.no_grad():
+            y = layer(tensor(x)).numpy()
+        write_back(layer, running_mean, running_var)
+        return y
+
+    def eval_backward(dy, x, gamma, beta, eps, running_mean, running_var):
+        return tuple(gradients(dy, x, gamma, beta, eps, running=(running_mean, running_var)))
+
+    def train_forward(x, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked):
+        layer, _, _ = module(x, gamma, beta, eps, running=(running_mean, running_var), momentum=momentum,
+                             num_batches_tracked=num_batches_tracked)
+        with one_thread(), torch.no_grad():
+            y = layer(tensor(x)).numpy()
+        return y, layer.running_mean.numpy().copy(), layer.running_var.numpy().copy()
+
+    def second_order(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running=None):
+        layer, weight, bias = module(x, gamma, beta, eps, running=running, training=running is None)
+        xt, dyt = tensor(x, grad=True), tensor(dy, grad=True)
+        with one_thread():
+            y = layer(xt)
+            dx, dgamma, dbeta = torch.autograd.grad(y, (xt, weight, bias), dyt, create_graph=True)
+            total = (dx * tensor(ggx)).sum() + (dgamma * tensor(gggamma)).sum() + (dbeta * tensor(ggbeta)).sum()
+            result = torch.autograd.grad(total, (xt, weight, dyt), allow_unused=True)
+        # A gradient that does not depend on an input comes back as None: it is zero.
+        return tuple(np.zeros(np.shape(a)) if g is None else g.detach().numpy()
+                     for g, a in zip(result, (x, gamma, dy)))
+
+    def double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps):
+        return second_order(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps)
+
+    def eval_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running_mean, running_var):
+        return second_order(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running=(running_mean, running_var))
+
+    return Implementation(forward, backward, name="torch.nn.BatchNorm*d", eval_forward=eval_forward,
+                          eval_backward=eval_backward, train_forward=train_forward, double_backward=double_backward,
+                          eval_double_backward=eval_double_backward)
 
 
 def jax_implementation() -> Implementation:
-    """``flax.linen.BatchNorm`` (axis 1, batch statistics) in JAX; the backward by ``jax.vjp``.
+    """``flax.linen.BatchNorm`` (axis 1) in JAX, in train mode (batch statistics, running statistics updated with
+    Flax's momentum) and eval mode (``use_running_average=True``); gradients by ``jax.vjp``, and gradients of
+    gradients by ``jax.vjp`` of that.
 
     float64 needs JAX's x64 mode, which this adapter switches on for the process. ``use_fast_variance=False``:
     Flax's default computes max(0, E[x^2] - E[x]^2), which the checker rejects in float32 on a large offset
-    (flax #1491); the adapter checks Flax's two-pass variance.
+    (flax #1491); the adapter checks Flax's two-pass variance. Flax has no cumulative average: with
+    ``momentum=None`` its ``train_forward`` raises.
     """
     import jax
 
@@ -135,38 +240,101 @@ def jax_implementation() -> Implementation:
     import flax.linen as nn
     import jax.numpy as jnp
 
-    def apply(x, gamma, beta, eps):
-        layer = nn.BatchNorm(use_running_average=False, axis=1, epsilon=eps, use_fast_variance=False,
-                             dtype=x.dtype, param_dtype=x.dtype)
-        channels = x.shape[1]
+    def apply(x, gamma, beta, eps, running_mean, running_var, momentum, training):
+        layer = nn.BatchNorm(use_running_average=not training, axis=1, epsilon=eps, momentum=momentum,
+                             use_fast_variance=False, dtype=x.dtype, param_dtype=x.dtype)
         variables = {"params": {"scale": gamma, "bias": beta},
-                     "batch_stats": {"mean": jnp.zeros(channels, x.dtype), "var": jnp.ones(channels, x.dtype)}}
-        y, _ = layer.apply(variables, x, mutable=["batch_stats"])
-        return y
+                     "batch_stats": {"mean": running_mean, "var": running_var}}
+        y, updated = layer.apply(variables, x, mutable=["batch_stats"])
+        return y, updated["batch_stats"]["mean"], updated["batch_stats"]["var"]
 
-    # Compiled whole, forward and backward together: one compilation per shape and dtype serves both methods (eps
-    # is traced, so it does not recompile). Op by op, every primitive compiled separately for every new shape,
-    # which made a check several times slower.
+    # Compiled whole, one compilation per shape and dtype (eps and momentum are traced, so they do not
+    # recompile): op by op, every primitive compiles separately for every new shape, which made a check several
+    # times slower.
     @jax.jit
-    def compiled(dy, x, gamma, beta, eps):
-        y, vjp = jax.vjp(lambda a, g, b: apply(a, g, b, eps), x, gamma, beta)
-        return y, vjp(dy)
+    def compiled_train(x, gamma, beta, eps, running_mean, running_var, momentum):
+        return apply(x, gamma, beta, eps, running_mean, running_var, momentum, True)
 
-    def traced_eps(eps, x):
+    @jax.jit
+    def compiled_eval(x, gamma, beta, eps, running_mean, running_var):
+        return apply(x, gamma, beta, eps, running_mean, running_var, 0.99, False)[0]
+
+    def output(training):
+        if training:
+            def y_of(x, gamma, beta, eps, running_mean, running_var):
+                return apply(x, gamma, beta, eps, running_mean, running_var, 0.99, True)[0]
+        else:
+            def y_of(x, gamma, beta, eps, running_mean, running_var):
+                return apply(x, gamma, beta, eps, running_mean, running_var, 0.99, False)[0]
+        return y_of
+
+    def first_order(training):
+        y_of = output(training)
+
+        def gradients(dy, x, gamma, beta, eps, running_mean, running_var):
+            _, vjp = jax.vjp(lambda a, g, b: y_of(a, g, b, eps, running_mean, running_var), x, gamma, beta)
+            return vjp(dy)
+        return gradients
+
+    compiled_backward = {training: jax.jit(first_order(training)) for training in (True, False)}
+
+    def second_order(training):
+        gradients = first_order(training)
+
+        def second(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running_mean, running_var):
+            _, vjp = jax.vjp(lambda a, g, d: gradients(d, a, g, beta, eps, running_mean, running_var), x, gamma, dy)
+            return vjp((ggx, gggamma, ggbeta))
+        return jax.jit(second)
+
+    compiled_double = {training: second_order(training) for training in (True, False)}
+
+    def scalar(value, x):
         # float16 cannot hold eps = 1e-5 accurately; Flax computes the statistics in float32 anyway.
-        return jnp.asarray(eps, jnp.promote_types(x.dtype, jnp.float32))
+        return jnp.asarray(value, jnp.promote_types(x.dtype, jnp.float32))
 
-    def run(dy, x, gamma, beta, eps):
-        x = jnp.asarray(x)
-        return compiled(jnp.asarray(dy), x, jnp.asarray(gamma), jnp.asarray(beta), traced_eps(eps, x))
+    def arrays(*values):
+        return [jnp.asarray(v) for v in values]
+
+    def placeholders(x):
+        channels = x.shape[1]
+        return jnp.zeros(channels, x.dtype), jnp.ones(channels, x.dtype)
+
+    def numpy(values):
+        return tuple(np.asarray(v) for v in values)
 
     def forward(x, gamma, beta, eps):
-        return np.asarray(run(np.zeros_like(x), x, gamma, beta, eps)[0])
+        x, gamma, beta = arrays(x, gamma, beta)
+        return np.asarray(compiled_train(x, gamma, beta, scalar(eps, x), *placeholders(x), scalar(0.99, x))[0])
 
     def backward(dy, x, gamma, beta, eps):
-        return tuple(np.asarray(g) for g in run(dy, x, gamma, beta, eps)[1])
+        dy, x, gamma, beta = arrays(dy, x, gamma, beta)
+        return numpy(compiled_backward[True](dy, x, gamma, beta, scalar(eps, x), *placeholders(x)))
 
-    return Implementation(forward, backward, name="flax.linen.BatchNorm")
+    def eval_forward(x, gamma, beta, eps, running_mean, running_var):
+        x, gamma, beta, rm, rv = arrays(x, gamma, beta, running_mean, running_var)
+        return np.asarray(compiled_eval(x, gamma, beta, scalar(eps, x), rm, rv))
+
+    def eval_backward(dy, x, gamma, beta, eps, running_mean, running_var):
+        dy, x, gamma, beta, rm, rv = arrays(dy, x, gamma, beta, running_mean, running_var)
+        return numpy(compiled_backward[False](dy, x, gamma, beta, scalar(eps, x), rm, rv))
+
+    def train_forward(x, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked):
+        if momentum is None:
+            raise NotImplementedError("flax.linen.BatchNorm has no cumulative average (momentum=None)")
+        x, gamma, beta, rm, rv = arrays(x, gamma, beta, running_mean, running_var)
+        return numpy(compiled_train(x, gamma, beta, scalar(eps, x), rm, rv, scalar(momentum, x)))
+
+    def double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps):
+        args = arrays(ggx, gggamma, ggbeta, dy, x, gamma, beta)
+        return numpy(compiled_double[True](*args, scalar(eps, args[4]), *placeholders(args[4])))
+
+    def eval_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running_mean, running_var):
+        args = arrays(ggx, gggamma, ggbeta, dy, x, gamma, beta)
+        return numpy(compiled_double[False](*args, scalar(eps, args[4]), *arrays(running_mean, running_var)))
+
+    return Implementation(forward, backward, name="flax.linen.BatchNorm", eval_forward=eval_forward,
+                          eval_backward=eval_backward, train_forward=train_forward, double_backward=double_backward,
+                          eval_double_backward=eval_double_backward)
 
 
 BUILTIN: dict[str, Callable[[], Implementation]] = {"jax": jax_implementation, "torch": torch_implementation}
