@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bnsym.testing import layer_properties  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
 from bnsym.testing.adapters import Implementation, TargetError
+from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY
 from bnsym.testing.runner import CheckFailed, Report, run_properties, save_counterexample
 
-__all__ = ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "Implementation", "Report", "TargetError",
-           "check_batchnorm"]
+__all__ = ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "CheckOptions", "Implementation", "Report",
+           "TargetError", "check_batchnorm"]
 
 DEFAULT_MAX_EXAMPLES = 50
 PROPERTIES: tuple[str, ...] = tuple(REGISTRY)
@@ -29,7 +31,8 @@ _DTYPES = ("float16", "float32", "float64")
 
 
 def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0,
-                    properties=None, save_dir=None) -> Report:
+                    properties=None, save_dir=None, mode: str = "train", convention: str | None = None,
+                    order: int = 1) -> Report:
     """Check a batch-norm implementation against every property it offers what is needed for.
 
     - ``impl``: a function ``forward(x, gamma, beta, eps)``, or an object (or a class constructible without
@@ -39,11 +42,16 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
     - ``seed`` (default 0): the Hypothesis seed; the same seed tries the same examples.
     - ``properties`` (default: all of :data:`PROPERTIES`): the names of the properties to run.
     - ``save_dir`` (default None): a directory to save each failure's counterexample to as ``.npz``.
+    - ``mode`` (default "train"): "train" checks the training forward and backward, "eval" the eval-mode methods.
+    - ``convention`` (default None): "torch", "keras", "flax" or "cumulative" adds the running-statistics
+      properties for that framework's convention.
+    - ``order`` (default 1): 2 adds the double-backward properties of the mode.
 
     Returns the :class:`Report` when every property holds; raises :class:`CheckFailed` (an AssertionError)
     carrying it otherwise, so that a pytest test is the one line ``check_batchnorm(MyBatchNorm())``.
     """
     implementation = Implementation.wrap(impl)
+    options = CheckOptions(mode, convention, order)
     try:
         resolved = np.dtype(dtype)
     except TypeError:
@@ -60,11 +68,11 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
         if unknown or not properties:
             raise ValueError(f"unknown properties {unknown!r}; known: {', '.join(REGISTRY)}")
     report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
-                            properties=properties)
+                            properties=properties, options=options)
     if save_dir is not None:
         for result in report.results:
             if result.counterexample is not None:
-                save_counterexample(result, Path(save_dir))
+                save_counterexample(result, Path(save_dir), options)
     if not report.ok:
         raise CheckFailed(report)
     return report

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from bnsym.symbolic.running_stats import CONVENTIONS
 from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES
 from bnsym.testing.adapters import TargetError, load
+from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.runner import replay, run_properties, save_counterexample
 
 __all__ = ["add_arguments", "run"]
@@ -58,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-dir", default=".", help="where failures' counterexamples are saved (default: the "
                                                          "current directory)")
     parser.add_argument("--replay", metavar="FILE.npz", help="re-run the property saved in a counterexample file")
+    parser.add_argument("--mode", choices=MODES, default="train",
+                        help="train (default): the training forward and backward; eval: the eval-mode methods")
+    parser.add_argument("--convention", choices=tuple(CONVENTIONS),
+                        help="also check the running statistics (train_forward, eval_forward) against this "
+                             "framework's convention")
+    parser.add_argument("--order", type=int, choices=(1, 2), default=1,
+                        help="2: also check the double backward of the mode (default 1)")
 
 
 def _fail(message: str) -> int:
@@ -91,12 +100,13 @@ def _run(args: argparse.Namespace) -> int:
             return _fail(str(error))
         print(report)
         return 0 if report.ok else 1
+    options = CheckOptions(args.mode, args.convention, args.order)
     report = run_properties(impl, dtype=args.dtype, max_examples=args.max_examples, seed=args.seed,
-                            properties=args.properties)
+                            properties=args.properties, options=options)
     report.replay_command = f"bnsym check {shlex.quote(args.target)} --replay {{path}}"
     for result in report.results:
         if result.counterexample is not None:
-            save_counterexample(result, Path(args.save_dir))
+            save_counterexample(result, Path(args.save_dir), options)
     print(report)
     return 0 if report.ok else 1
 

@@ -32,9 +32,10 @@ from bnsym import strategies as bst
 from bnsym.strategies import Example
 from bnsym.testing import reference
 from bnsym.testing.adapters import Implementation
+from bnsym.testing.options import CheckOptions
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
-__all__ = ["REGISTRY", "Property", "PropertyFailure", "Worst", "call_backward", "call_forward", "compare"]
+__all__ = ["REGISTRY", "Property", "PropertyFailure", "Worst", "call_backward", "call_forward", "compare", "register"]
 
 
 @dataclass(frozen=True)
@@ -61,17 +62,27 @@ class PropertyFailure(AssertionError):
         self.message, self.worst = message, worst
 
 
+def train_first_order(options: CheckOptions) -> bool:
+    """The default selection: the properties of the training forward and backward run in train mode."""
+    return options.mode == "train"
+
+
 @dataclass(frozen=True)
 class Property:
-    """One named, reusable check. ``needs`` are capability names (``"forward"``, ``"backward"``; later ones such as
-    an eval-mode forward or a double backward only add names); ``examples(dtype)`` is its Hypothesis strategy."""
+    """One named, reusable check. ``needs`` are capability names (``"forward"``, ``"backward"``, ``"eval_forward"``,
+    ...: :data:`bnsym.testing.adapters.SIGNATURES`); ``examples(dtype)`` is its Hypothesis strategy. ``when``
+    says which :class:`~bnsym.testing.options.CheckOptions` select it (``selected_by`` says it to a person);
+    ``takes_options`` makes the runner pass the options as a third argument to ``check``."""
 
     name: str
     group: str
     needs: frozenset[str]
     description: str
-    check: Callable[[Implementation, Example], None]
+    check: Callable[..., None]
     examples: Callable[[np.dtype], st.SearchStrategy[Example]]
+    when: Callable[[CheckOptions], bool] = train_first_order
+    selected_by: str = "train mode (the default --mode)"
+    takes_options: bool = False
 
 
 REGISTRY: dict[str, Property] = {}
@@ -81,13 +92,15 @@ def _general(dtype) -> st.SearchStrategy[Example]:
     return bst.batch_norm_examples(dtype=dtype)
 
 
-def register(name: str, group: str, needs=("forward",), examples=_general):
+def register(name: str, group: str, needs=("forward",), examples=_general, *, when=train_first_order,
+             selected_by="train mode (the default --mode)", takes_options=False):
     """Add the decorated check to :data:`REGISTRY`; its docstring's first line is the property's description."""
     def decorate(check):
         if name in REGISTRY:
             raise ValueError(f"a property named {name!r} is already registered")
         description = (check.__doc__ or name).strip().splitlines()[0]
-        REGISTRY[name] = Property(name, group, frozenset(needs), description, check, examples)
+        REGISTRY[name] = Property(name, group, frozenset(needs), description, check, examples, when, selected_by,
+                                  takes_options)
         return check
     return decorate
 

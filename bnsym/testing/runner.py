@@ -19,6 +19,7 @@ from hypothesis import seed as hypothesis_seed
 
 from bnsym.strategies import Example
 from bnsym.testing.adapters import Implementation
+from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY, Property, PropertyFailure
 
 __all__ = ["CheckFailed", "Counterexample", "PropertyResult", "Report", "load_counterexample", "replay",
@@ -55,6 +56,8 @@ class Report:
     results: list[PropertyResult] = field(default_factory=list)
     seconds: float = 0.0
     replay_command: str | None = None  # the command that re-runs a saved counterexample, with {path} in it
+    options: CheckOptions = field(default_factory=CheckOptions)
+    not_selected: list[str] = field(default_factory=list)  # properties that the options leave out
 
     def _names(self, status: str) -> list[str]:
         return [r.name for r in self.results if r.status == status]
@@ -76,13 +79,14 @@ class Report:
         return not self.failed
 
     def __str__(self) -> str:
-        lines = [f"bnsym check: {self.implementation}, {self.dtype}, seed {self.seed}, up to {self.max_examples} "
-                 f"examples per property"]
+        lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
+                 f"to {self.max_examples} examples per property"]
+        skipped: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == PASSED:
                 lines.append(f"  PASS  {r.name} ({r.examples} examples)")
             elif r.status == SKIPPED:
-                lines.append(f"  SKIP  {r.name}: {r.reason}")
+                skipped.setdefault(r.reason, []).append(r.name)
             else:
                 lines.append(f"  FAIL  {r.name}: {REGISTRY[r.name].description if r.name in REGISTRY else ''}")
                 ce = r.counterexample
@@ -95,6 +99,11 @@ class Report:
                             lines.append(f"        replay: {self.replay_command.format(path=ce.path)}")
                 else:
                     lines.append(f"        {r.reason}")
+        for reason, names in skipped.items():
+            lines.append(f"  SKIP  {', '.join(names)}: {reason}")
+        if self.not_selected:
+            lines.append(f"  (not selected by these options: {len(self.not_selected)} properties of other modes; "
+                         "see --mode, --convention, --order)")
         lines.append(f"{len(self.results)} properties: {len(self.passed)} passed, {len(self.failed)} failed, "
                      f"{len(self.skipped)} skipped ({self.seconds:.1f} s)")
         return "\n".join(lines)
@@ -108,7 +117,15 @@ class CheckFailed(AssertionError):
         self.report = report
 
 
-def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples: int, seed: int) -> PropertyResult:
+def _call(prop: Property, impl: Implementation, example: Example, options: CheckOptions) -> None:
+    if prop.takes_options:
+        prop.check(impl, example, options)
+    else:
+        prop.check(impl, example)
+
+
+def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples: int, seed: int,
+             options: CheckOptions) -> PropertyResult:
     failures: list[tuple[Example, PropertyFailure]] = []
     count = 0
 
@@ -116,7 +133,7 @@ def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples
         nonlocal count
         count += 1
         try:
-            prop.check(impl, example)
+            _call(prop, impl, example, options)
         except PropertyFailure as failure:
             failures.append((example, failure))
             raise
@@ -146,18 +163,25 @@ def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples
 
 
 def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, seed: int,
-                   properties: list[str] | None = None) -> Report:
-    """Every registered property (or those named) on ``impl``, in registry order."""
-    report = Report(impl.name, np.dtype(dtype).name, seed, max_examples)
+                   properties: list[str] | None = None, options: CheckOptions | None = None) -> Report:
+    """The properties that ``options`` select (or those named) on ``impl``, in registry order."""
+    options = options or CheckOptions()
+    report = Report(impl.name, np.dtype(dtype).name, seed, max_examples, options=options)
     start = time.perf_counter()
     for name in properties or list(REGISTRY):
         prop = REGISTRY[name]
+        if not prop.when(options):
+            if properties:  # named explicitly: say why it does not run
+                report.results.append(PropertyResult(name, SKIPPED, f"runs with {prop.selected_by}"))
+            else:
+                report.not_selected.append(name)
+            continue
         missing = prop.needs - impl.capabilities
         if missing:
             report.results.append(PropertyResult(name, SKIPPED, f"needs {', '.join(sorted(missing))}, which the "
                                                                 f"implementation does not offer"))
             continue
-        report.results.append(_run_one(prop, impl, np.dtype(dtype), max_examples, seed))
+        report.results.append(_run_one(prop, impl, np.dtype(dtype), max_examples, seed, options))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -167,38 +191,40 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
 _FIELDS = ("x", "gamma", "beta", "dy")
 
 
-def save_counterexample(result: PropertyResult, directory: Path) -> Path:
+def save_counterexample(result: PropertyResult, directory: Path, options: CheckOptions | None = None) -> Path:
     """Write the counterexample of a failed property to ``directory`` as ``.npz``; returns the path."""
+    options = options or CheckOptions()
     ce = result.counterexample
     ex = ce.example
     digest = hashlib.sha256(b"".join(getattr(ex, f).tobytes() for f in _FIELDS)).hexdigest()[:8]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"bnsym-counterexample-{result.name}-{digest}.npz"
-    np.savez(path, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed,
-             **{f: getattr(ex, f) for f in _FIELDS})
+    np.savez(path, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed, mode=options.mode,
+             convention=options.convention or "", order=options.order, **{f: getattr(ex, f) for f in _FIELDS})
     ce.path = path
     return path
 
 
-def load_counterexample(path) -> tuple[str, Example]:
-    """(property name, example) from a file written by :func:`save_counterexample`."""
+def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
+    """(property name, example, options) from a file written by :func:`save_counterexample`."""
     try:
         with np.load(path) as data:
             name = str(data["property"])
             example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
                               str(data["regime"]), int(data["seed"]))
+            options = CheckOptions(str(data["mode"]), str(data["convention"]) or None, int(data["order"]))
     except (OSError, KeyError, ValueError) as error:
         raise ValueError(f"{path} is not a bnsym counterexample: {error}") from None
     if name not in REGISTRY:
         raise ValueError(f"{path} names an unknown property {name!r}")
-    return name, example
+    return name, example, options
 
 
 def replay(impl: Implementation, path) -> Report:
     """Re-run the property saved in ``path`` on its example; the report has that one property."""
-    name, example = load_counterexample(path)
+    name, example, options = load_counterexample(path)
     prop = REGISTRY[name]
-    report = Report(impl.name, example.dtype.name, example.seed, 1)
+    report = Report(impl.name, example.dtype.name, example.seed, 1, options=options)
     start = time.perf_counter()
     missing = prop.needs - impl.capabilities
     if missing:
@@ -206,7 +232,7 @@ def replay(impl: Implementation, path) -> Report:
         return report
     try:
         with np.errstate(all="ignore"):
-            prop.check(impl, example)
+            _call(prop, impl, example, options)
         report.results.append(PropertyResult(name, PASSED, "", 1))
     except PropertyFailure as failure:
         report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))

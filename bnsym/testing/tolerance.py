@@ -91,15 +91,29 @@ class Bound:
         return float(np.finfo(self.dtype).tiny) * 16
 
     @property
-    def delta(self) -> np.ndarray:
-        """The error of x_hat, per channel (shape (1, C, 1, ...))."""
+    def mean_error(self) -> np.ndarray:
+        """The error of the batch mean, per channel (shape (1, C, 1, ...)): k u (|mu| + sigma), with the worst-case
+        growth for (nearly) constant channels (module docstring)."""
         r = self.reference
         sigma, magnitude = np.sqrt(r.var), np.abs(r.mean)
         # (Nearly) constant in the dtype under test, or constant up to the float64 reference's own mean error.
         near_constant = sigma <= np.maximum(4 * math.sqrt(r.count) * self.u,
                                             2 * r.count * unit_roundoff(np.float64)) * magnitude
         k_mean = self.k + np.where(near_constant, r.count, 0)
-        return self.u * ((k_mean * magnitude + self.k * sigma) * r.invstd + self.k)
+        return self.u * (k_mean * magnitude + self.k * sigma)
+
+    @property
+    def var_error(self) -> np.ndarray:
+        """The error of the biased batch variance, per channel: k u var for the sum of squares, plus what an error
+        e in the centre does to it (2 sigma e + e^2: two-pass gives var + e^2, shifted or Welford-style updates
+        first order in e)."""
+        e = self.mean_error
+        return self.k * self.u * self.reference.var + 2 * np.sqrt(self.reference.var) * e + e**2
+
+    @property
+    def delta(self) -> np.ndarray:
+        """The error of x_hat, per channel (shape (1, C, 1, ...))."""
+        return self.mean_error * self.reference.invstd + self.u * self.k
 
     def forward(self) -> np.ndarray:
         """Elementwise bound on |y - y_exact|."""
