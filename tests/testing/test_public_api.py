@@ -2,12 +2,13 @@
 
 import bnsym.strategies
 import bnsym.testing
+from bnsym.testing.adapters import SIGNATURES
 from bnsym.testing.properties import REGISTRY
 
 
 def test_public_names():
-    assert bnsym.testing.__all__ == ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "Implementation", "Report",
-                                     "TargetError", "check_batchnorm"]
+    assert bnsym.testing.__all__ == ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "CheckOptions",
+                                     "Implementation", "Report", "TargetError", "check_batchnorm"]
     assert bnsym.strategies.__all__ == ["DTYPES", "REGIMES", "Example", "batch_norm_examples", "channel_shapes",
                                         "dtypes", "epsilons", "regimes"]
     for module in (bnsym.testing, bnsym.strategies):
@@ -15,12 +16,14 @@ def test_public_names():
 
 
 def test_every_property_is_named_grouped_and_described():
-    groups = {"structure", "reference", "standardisation", "gradients", "identities", "invariances"}
+    groups = {"structure", "reference", "standardisation", "gradients", "identities", "invariances", "eval",
+              "running statistics", "second order"}
     assert set(bnsym.testing.PROPERTIES) == set(REGISTRY)
     for prop in REGISTRY.values():
         assert prop.group in groups, prop.name
-        assert prop.needs <= {"forward", "backward"} and "forward" in prop.needs
+        assert prop.needs and prop.needs <= set(SIGNATURES), f"{prop.name} needs {prop.needs}"
         assert prop.description and prop.description != prop.name
+        assert prop.selected_by, f"{prop.name} does not say which options select it"
 
 
 def test_check_failed_is_an_assertion_error():
