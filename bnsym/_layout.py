@@ -12,7 +12,7 @@ import numpy as np
 
 from bnsym import _validation as v
 
-__all__ = ["Layout", "as_input", "generated_kernels"]
+__all__ = ["Layout", "affine_inputs", "as_input", "generated_kernels"]
 
 
 def generated_kernels():
@@ -51,6 +51,16 @@ class Layout:
         if self.count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got x of shape {self.shape} "
                              f"with channel axis {self.axis} ({self.count} value(s) per channel)")
+
+
+def affine_inputs(x, gamma, beta, eps, axis):
+    """The validated arguments of a forward pass: ``(x, layout, eps, dtype, gamma, beta)`` with gamma and beta
+    shaped for broadcasting and cast to ``dtype``, the dtype arithmetic runs in."""
+    x = as_input(x)
+    layout = Layout.of(x, axis)
+    eps = v.check_eps(eps)
+    dtype = v.compute_dtype(x.dtype)
+    return x, layout, eps, dtype, layout.channel(gamma, "gamma", dtype), layout.channel(beta, "beta", dtype)
 
 
 def as_input(x, name: str = "x") -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym._layout import Layout, as_input, generated_kernels
+from bnsym._layout import Layout, affine_inputs, as_input, generated_kernels
 
 __all__ = ["batch_norm_backward", "batch_norm_forward"]
 
@@ -33,15 +33,10 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
     >>> np.round(y, 4).tolist(), mean.tolist()
     ([[-1.0, -1.0], [1.0, 1.0]], [2.0, 20.0])
     """
-    x = as_input(x)
-    layout = Layout.of(x, axis)
-    eps = v.check_eps(eps)
-    dtype = v.compute_dtype(x.dtype)
-    gamma = layout.channel(gamma, "gamma", dtype)
-    beta = layout.channel(beta, "beta", dtype)
+    x, layout, eps, dtype, gamma, beta = affine_inputs(x, gamma, beta, eps, axis)
     layout.require_training_batch()
-    y, mean, invstd = generated_kernels().batch_norm_forward(x.astype(dtype, copy=False), gamma, beta, dtype.type(eps),
-                                                 layout.axes, layout.count)
+    y, mean, invstd = generated_kernels().batch_norm_forward(x.astype(dtype, copy=False), gamma, beta,
+                                                             dtype.type(eps), layout.axes, layout.count)
     return y.astype(x.dtype, copy=False), mean.reshape(-1).astype(x.dtype), invstd.reshape(-1).astype(x.dtype)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym._layout import Layout, as_input, generated_kernels
+from bnsym._layout import Layout, affine_inputs, as_input, generated_kernels
 
 __all__ = ["batch_norm_double_backward", "batch_norm_jvp"]
 
@@ -63,12 +63,7 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
 def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps: float = 1e-5, axis: int = 1):
     """Training-mode forward mode: ``(y, ty)``, the output and its directional derivative along
     ``(tx, tgamma, tbeta)`` (tx shaped like x, tgamma and tbeta of shape (C,); None means zero)."""
-    x = as_input(x)
-    layout = Layout.of(x, axis)
-    eps = v.check_eps(eps)
-    dtype = v.compute_dtype(x.dtype)
-    gamma = layout.channel(gamma, "gamma", dtype)
-    beta = layout.channel(beta, "beta", dtype)
+    x, layout, eps, dtype, gamma, beta = affine_inputs(x, gamma, beta, eps, axis)
     tx = _field_or_zero(tx, "tx", x.shape, dtype)
     tgamma = _channel_or_zero(layout, tgamma, "tgamma", dtype)
     tbeta = _channel_or_zero(layout, tbeta, "tbeta", dtype)

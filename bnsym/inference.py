@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym._layout import Layout, as_input, generated_kernels
+from bnsym._layout import Layout, affine_inputs, as_input, generated_kernels
 
 __all__ = ["batch_norm_inference", "batch_norm_inference_backward"]
 
@@ -29,12 +29,7 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps: float =
 
     The running statistics are read, never changed.
     """
-    x = as_input(x)
-    layout = Layout.of(x, axis)
-    eps = v.check_eps(eps)
-    dtype = v.compute_dtype(x.dtype)
-    gamma = layout.channel(gamma, "gamma", dtype)
-    beta = layout.channel(beta, "beta", dtype)
+    x, layout, eps, dtype, gamma, beta = affine_inputs(x, gamma, beta, eps, axis)
     running_mean, running_var = _statistics(layout, running_mean, running_var, dtype)
     y = generated_kernels().batch_norm_inference(x.astype(dtype, copy=False), gamma, beta, running_mean, running_var,
                                         dtype.type(eps))
