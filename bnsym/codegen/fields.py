@@ -29,7 +29,7 @@ import sympy
 
 from bnsym.symbolic.reduction import BatchSum, Field, is_field_expr
 
-__all__ = ["CoefficientForm", "atomise", "coefficient_form", "inline_field_steps"]
+__all__ = ["CoefficientForm", "atomise", "atomise_argument", "coefficient_form", "inline_field_steps"]
 
 
 def inline_field_steps(steps, outputs):
@@ -85,7 +85,7 @@ def atomise(expr: sympy.Expr, atoms: dict[sympy.Expr, sympy.Symbol], taken: set[
     return atoms[expr]
 
 
-def _top_level_atomise(expr, atoms, taken):
+def atomise_argument(expr, atoms, taken):
     """Atomise, but keep a top-level sum as a sum: its terms are regrouped, never its inner differences."""
     if isinstance(expr, sympy.Add):
         return sympy.Add(*(_term_atomise(term, atoms, taken) for term in expr.args))
@@ -121,7 +121,7 @@ class CoefficientForm:
 
 def coefficient_form(expr: sympy.Expr, atoms: dict[sympy.Expr, sympy.Symbol], taken: set[str]) -> CoefficientForm:
     """The coefficient form of the field expression ``expr`` (atoms are recorded in ``atoms``)."""
-    expr = _top_level_atomise(expr, atoms, taken)
+    expr = atomise_argument(expr, atoms, taken)
     grouped: dict[sympy.Expr, list[sympy.Expr]] = {}
     constant = []
     for term in sympy.Add.make_args(expr):

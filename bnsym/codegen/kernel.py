@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from bnsym.codegen.fields import CoefficientForm, coefficient_form, common_factor, inline_field_steps
-from bnsym.codegen.fields import _top_level_atomise as atomise_argument
+from bnsym.codegen.fields import CoefficientForm, atomise_argument, coefficient_form, common_factor, inline_field_steps
 from bnsym.codegen.printer import KernelPrinter
 from bnsym.naming import reduction_name
 from bnsym.symbolic.reduction import BatchSum, M, is_field_expr
