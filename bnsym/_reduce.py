@@ -7,7 +7,8 @@ Contract. ``batch_sum(a, axes)`` is ``numpy.sum(a, axis=axes, keepdims=True)`` a
   totals in float64. NumPy's reduction over a non-contiguous axis (the batch axis of an (N, C) or NHWC array)
   adds one row at a time, so in float32 a running total of 10^5 values near 10^4 loses most of its digits (the
   mean was off by 7.5 for x = 1e4 + N(0, 1) of shape (32, 56, 56, 64)); here a float32 total covers at most
-  :data:`BLOCK` rows, or one contiguous run of one row (the H*W values of one image and channel in NCHW);
+  :data:`BLOCK` rows, or :data:`RUN` contiguous values of one row (the H*W values of one image and channel in
+  NCHW, split into pieces when an image is large);
 * speed: ``batch_dot`` never materialises ``a * b``; the products are summed by ``numpy.einsum`` as they are
   formed.
 
@@ -20,7 +21,10 @@ import math
 
 import numpy as np
 
-__all__ = ["BLOCK", "batch_dot", "batch_sum"]
+__all__ = ["BLOCK", "RUN", "batch_dot", "batch_sum"]
+
+#: The most contiguous values of one run (the H*W values of one image and channel in NCHW) in one float32 partial.
+RUN = 1024
 
 #: The most rows (values per column) that one float32 partial sum covers.
 BLOCK = 64
@@ -57,11 +61,20 @@ def _reduce(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np.ndarr
     channels = math.prod(shape[kept[0]:kept[-1] + 1])
     inner = math.prod(shape[kept[-1] + 1:])
     if inner > 1:
-        # Each row's run of `inner` contiguous values is summed first (float32 partials over one run), then the
-        # (rows, channels) partials in float64.
+        # Each row's run of `inner` contiguous values is summed in pieces of at most RUN values (float32
+        # partials), then the partials in float64: a float32 total over a long run (an image of 10^6 pixels at an
+        # offset of 1e4) would lose most of its digits, as the rows of an NHWC batch did.
         views = [op.reshape(rows, channels, inner) for op in operands]
-        partial = np.einsum(_subscripts(len(views), "rci", "rc"), *views)
-        return partial.sum(axis=0, dtype=np.float64).astype(dtype).reshape(keep)
+        pieces, rest = divmod(inner, RUN)
+        total = np.zeros((channels,), np.float64)
+        if pieces:
+            split = [v[:, :, :pieces * RUN].reshape(rows, channels, pieces, RUN) for v in views]
+            partial = np.einsum(_subscripts(len(split), "rcpi", "rcp"), *split)
+            total += partial.sum(axis=(0, 2), dtype=np.float64)
+        if rest:
+            partial = np.einsum(_subscripts(len(views), "rci", "rc"), *(v[:, :, pieces * RUN:] for v in views))
+            total += partial.sum(axis=0, dtype=np.float64)
+        return total.astype(dtype).reshape(keep)
     views = [op.reshape(rows, channels) for op in operands]
     # Few channels: `pack` consecutive rows side by side make one longer row, so that the inner loops are long;
     # every float32 partial still covers BLOCK values of one channel.

@@ -21,6 +21,7 @@ CASES = [  # shape, channel axis, offset, std
     ((64, 32, 32, 8), -1, 1e4, 1.0),
     ((2000, 8), 1, -3e3, 0.5),
     ((64, 4, 3), 1, 1e2, 1e-2),
+    ((2, 1, 10**6), 1, 1e4, 1.0),  # one long contiguous run per image and channel (a large NCL signal)
 ]
 
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bnsym._reduce import BLOCK, PACKED, batch_dot, batch_sum
+from bnsym._reduce import BLOCK, PACKED, RUN, batch_dot, batch_sum
 
 LAYOUTS = [  # shape, reduced axes
     ((3 * BLOCK + 5, 7), (0,)),  # rows: whole blocks and a remainder
@@ -14,6 +14,8 @@ LAYOUTS = [  # shape, reduced axes
     ((2 * BLOCK * (PACKED // 16) + 3, 16), (0,)),  # few channels: rows packed side by side, and a remainder
     ((2, 5, 3 * BLOCK * (PACKED // 8), 8), (0, 1, 2)),  # NHWC with packed rows and no remainder
     ((4, 5, 6, 7), (0, 2, 3)),  # NCHW: contiguous runs of H*W
+    ((2, 3, 3 * RUN + 17), (0, 2)),  # runs longer than RUN: whole pieces and a remainder
+    ((2, 3, 2 * RUN), (0, 2)),  # runs of whole pieces only
     ((4, 6, 7, 5), (0, 1, 2)),  # NHWC
     ((5, 6, 7), (1,)),  # a kept axis on each side: the float64 fallback
     ((6, 5), (0, 1)),  # everything reduced
