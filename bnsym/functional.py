@@ -3,7 +3,9 @@
 Notation: x has any number of dimensions >= 2; ``axis`` is its channel axis (1 for NCHW, -1 for NHWC) and C the
 number of channels; statistics are taken per channel over every other axis, M = x.size / C values each. Per-channel
 arguments and results (gamma, beta, mean, invstd, dgamma, dbeta) have shape (C,). float32 and float64 are
-preserved; float16 is computed in float32 and returned as float16. ``invstd`` is 1 / sqrt(var + eps) with the
+preserved; float16 is computed in float32 and returned as float16, except the saved statistics ``mean`` and
+``invstd``, which stay in float32 (as PyTorch's CUDA kernels save them): rounded to float16, a mean near 300 loses
+its fraction and the backward that reuses it loses its accuracy. ``invstd`` is 1 / sqrt(var + eps) with the
 biased batch variance, as saved by PyTorch's native batch norm.
 
 The wrappers only validate, arrange axes for broadcasting and cast; all arithmetic is in
@@ -25,7 +27,8 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
     """Training-mode batch norm.
 
     Returns ``(y, mean, invstd)``: ``y = gamma * (x - mean) * invstd + beta`` with the batch mean and
-    ``invstd = 1 / sqrt(var + eps)`` of the biased batch variance, both of shape (C,).
+    ``invstd = 1 / sqrt(var + eps)`` of the biased batch variance, both of shape (C,) and in the dtype the
+    arithmetic ran in (float32 for float16 input).
 
     >>> import numpy as np, bnsym
     >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
@@ -37,7 +40,7 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
     layout.require_training_batch()
     y, mean, invstd = generated_kernels().batch_norm_forward(x.astype(dtype, copy=False), gamma, beta,
                                                              dtype.type(eps), layout.axes, layout.count)
-    return y.astype(x.dtype, copy=False), mean.reshape(-1).astype(x.dtype), invstd.reshape(-1).astype(x.dtype)
+    return y.astype(x.dtype, copy=False), mean.reshape(-1), invstd.reshape(-1)
 
 
 def batch_norm_backward(dy, x, gamma, mean, invstd, axis: int = 1):

@@ -13,16 +13,39 @@ def test_public_surface_is_pinned():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_dtypes_are_preserved(dtype):
+    """Outputs keep the input's dtype; the saved statistics are in the dtype of the arithmetic (float32 for
+    float16)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 3, 4)).astype(dtype)
     gamma, beta = rng.normal(size=3).astype(dtype), rng.normal(size=3).astype(dtype)
     dy = rng.normal(size=x.shape).astype(dtype)
     y, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta)
     dx, dgamma, dbeta = bnsym.batch_norm_backward(dy, x, gamma, mean, invstd)
-    for name, value, shape in [("y", y, x.shape), ("mean", mean, (3,)), ("invstd", invstd, (3,)),
-                               ("dx", dx, x.shape), ("dgamma", dgamma, (3,)), ("dbeta", dbeta, (3,))]:
-        assert value.dtype == dtype, f"{name} came back as {value.dtype}, expected {np.dtype(dtype)}"
+    saved = np.float32 if dtype == np.float16 else dtype
+    for name, value, shape, expected in [("y", y, x.shape, dtype), ("mean", mean, (3,), saved),
+                                         ("invstd", invstd, (3,), saved), ("dx", dx, x.shape, dtype),
+                                         ("dgamma", dgamma, (3,), dtype), ("dbeta", dbeta, (3,), dtype)]:
+        assert value.dtype == expected, f"{name} came back as {value.dtype}, expected {np.dtype(expected)}"
         assert value.shape == shape, f"{name} has shape {value.shape}, expected {shape}"
+
+
+def test_float16_forward_then_backward_keeps_its_accuracy():
+    """The saved statistics of a float16 forward, fed to the backward, give float16-accurate gradients: rounded to
+    float16, a mean near 300 loses its fraction, and dgamma and sum(dx) = 0 lose their accuracy."""
+    rng = np.random.default_rng(5)
+    x = (300 + rng.normal(size=(256, 2))).astype(np.float16)
+    dy = rng.normal(size=x.shape).astype(np.float16)
+    gamma, beta = np.ones(2, np.float16), np.zeros(2, np.float16)
+    _, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta)
+    dx, dgamma, dbeta = bnsym.batch_norm_backward(dy, x, gamma, mean, invstd)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    _, mean64, invstd64 = bnsym.batch_norm_forward(x64, np.ones(2), np.zeros(2))
+    dx64, dgamma64, _ = bnsym.batch_norm_backward(dy64, x64, np.ones(2), mean64, invstd64)
+    # dgamma = sum(dy * x_hat) with |x_hat| ~ 1: float16 rounding allows about 1e-3 of ||dy||.
+    error = np.max(np.abs(dgamma.astype(np.float64) - dgamma64) / np.sqrt(np.sum(dy64**2, axis=0)))
+    assert error < 2e-3, f"float16 dgamma is off by {error:.1e} of ||dy|| (float64 {dgamma64}, got {dgamma})"
+    drift = np.max(np.abs(np.sum(dx.astype(np.float64), axis=0)))
+    assert drift < 0.05, f"sum(dx) is {drift:.3g}, not 0: the backward used a rounded mean"
 
 
 def test_float16_is_computed_in_float32():
