@@ -12,7 +12,7 @@ import numpy as np
 
 from bnsym import _validation as v
 
-__all__ = ["Layout", "affine_inputs", "as_input", "generated_kernels"]
+__all__ = ["Layout", "affine_inputs", "as_input", "generated_kernels", "gradient_inputs"]
 
 
 def generated_kernels():
@@ -58,9 +58,18 @@ def affine_inputs(x, gamma, beta, eps, axis):
     shaped for broadcasting and cast to ``dtype``, the dtype arithmetic runs in."""
     x = as_input(x)
     layout = Layout.of(x, axis)
-    eps = v.check_eps(eps)
     dtype = v.compute_dtype(x.dtype)
+    eps = v.check_eps(eps, dtype)
     return x, layout, eps, dtype, layout.channel(gamma, "gamma", dtype), layout.channel(beta, "beta", dtype)
+
+
+def gradient_inputs(dy, x, axis):
+    """The validated arguments of a backward pass: ``(x, layout, dy, dtype)``, dy shaped like x and ``dtype`` the
+    dtype arithmetic runs in (of x and dy together)."""
+    x = as_input(x)
+    layout = Layout.of(x, axis)
+    dy = v.check_same_shape(dy, "dy", x.shape)
+    return x, layout, dy, v.compute_dtype(np.result_type(x.dtype, dy.dtype))
 
 
 def as_input(x, name: str = "x") -> np.ndarray:

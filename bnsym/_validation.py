@@ -11,7 +11,7 @@ import numpy as np
 __all__ = ["as_float_array", "check_channel_vector", "check_eps", "check_same_shape", "compute_dtype",
            "normalise_axis"]
 
-_FLOATS = (np.float16, np.float32, np.float64, np.longdouble)
+_FLOATS = (np.float16, np.float32, np.float64)
 
 
 def as_float_array(value, name: str, *, min_ndim: int = 0) -> np.ndarray:
@@ -43,13 +43,22 @@ def normalise_axis(axis, ndim: int, shape: tuple[int, ...]) -> int:
     return int(axis) % ndim
 
 
-def check_eps(eps) -> float:
-    """``eps`` as a float; it must be a finite number greater than zero."""
+def check_eps(eps, dtype) -> float:
+    """``eps`` as a float; it must be finite and greater than zero, also once rounded to ``dtype``, the dtype the
+    arithmetic runs in (1e-50 is 0 in float32, 1e300 is inf)."""
     if isinstance(eps, bool) or not isinstance(eps, (numbers.Real, np.floating, np.integer)):
         raise TypeError(f"eps must be a real number, got {eps!r} of type {type(eps).__name__}")
-    value = float(eps)
+    try:
+        value = float(eps)
+    except OverflowError:
+        raise ValueError(f"eps must be finite and greater than 0, got {eps!r}, which overflows a float") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"eps must be finite and greater than 0, got {eps!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        rounded = np.dtype(dtype).type(value)
+    if not np.isfinite(rounded) or rounded <= 0:
+        raise ValueError(f"eps = {eps!r} is {rounded} in {np.dtype(dtype).name}, the dtype the arithmetic runs in; "
+                         "it must be finite and greater than 0 there")
     return value
 
 

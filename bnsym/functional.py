@@ -14,10 +14,7 @@ The wrappers only validate, arrange axes for broadcasting and cast; all arithmet
 
 from __future__ import annotations
 
-import numpy as np
-
-from bnsym import _validation as v
-from bnsym._layout import Layout, affine_inputs, as_input, generated_kernels
+from bnsym._layout import affine_inputs, generated_kernels, gradient_inputs
 
 __all__ = ["batch_norm_backward", "batch_norm_forward"]
 
@@ -55,10 +52,7 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, axis: int = 1):
 
     where x_hat = (x - mean) * invstd and the sums run over each channel's M values.
     """
-    x = as_input(x)
-    layout = Layout.of(x, axis)
-    dy = v.check_same_shape(dy, "dy", x.shape)
-    dtype = v.compute_dtype(np.result_type(x.dtype, dy.dtype))
+    x, layout, dy, dtype = gradient_inputs(dy, x, axis)
     gamma = layout.channel(gamma, "gamma", dtype)
     mean = layout.channel(mean, "mean", dtype)
     invstd = layout.channel(invstd, "invstd", dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym._layout import Layout, affine_inputs, as_input, generated_kernels
+from bnsym._layout import Layout, affine_inputs, generated_kernels, gradient_inputs
 
 __all__ = ["batch_norm_double_backward", "batch_norm_jvp"]
 
@@ -37,12 +37,9 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     :func:`bnsym.batch_norm_forward`, and they depend on x. With ``training=False`` they are the running mean and
     ``1/sqrt(running_var + eps)``, constants, as in eval mode.
     """
-    x = as_input(x)
-    layout = Layout.of(x, axis)
-    dy = v.check_same_shape(dy, "dy", x.shape)
+    x, layout, dy, dtype = gradient_inputs(dy, x, axis)
     if not isinstance(training, bool):
         raise TypeError(f"training must be True or False, got {training!r}")
-    dtype = v.compute_dtype(np.result_type(x.dtype, dy.dtype))
     gamma = layout.channel(gamma, "gamma", dtype)
     mean = layout.channel(mean, "mean", dtype)
     invstd = layout.channel(invstd, "invstd", dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym._layout import Layout, affine_inputs, as_input, generated_kernels
+from bnsym._layout import Layout, affine_inputs, generated_kernels, gradient_inputs
 
 __all__ = ["batch_norm_inference", "batch_norm_inference_backward"]
 
@@ -18,9 +18,8 @@ __all__ = ["batch_norm_inference", "batch_norm_inference_backward"]
 def _statistics(layout: Layout, running_mean, running_var, dtype):
     running_mean = layout.channel(running_mean, "running_mean", dtype)
     running_var = layout.channel(running_var, "running_var", dtype)
-    if np.any(running_var < 0):
-        raise ValueError(f"running_var must be >= 0, got a minimum of {running_var.min()} (shape "
-                         f"{(layout.channels,)})")
+    if not np.all(running_var >= 0):  # also refuses NaN
+        raise ValueError(f"running_var must be >= 0 (and not NaN), got {running_var.reshape(-1)}")
     return running_mean, running_var
 
 
@@ -43,11 +42,8 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps: 
 
     where invstd = 1/sqrt(running_var + eps) and x_hat = (x - running_mean) * invstd.
     """
-    x = as_input(x)
-    layout = Layout.of(x, axis)
-    dy = v.check_same_shape(dy, "dy", x.shape)
-    eps = v.check_eps(eps)
-    dtype = v.compute_dtype(np.result_type(x.dtype, dy.dtype))
+    x, layout, dy, dtype = gradient_inputs(dy, x, axis)
+    eps = v.check_eps(eps, dtype)
     gamma = layout.channel(gamma, "gamma", dtype)
     running_mean, running_var = _statistics(layout, running_mean, running_var, dtype)
     dx, dgamma, dbeta = generated_kernels().batch_norm_inference_backward(

@@ -11,6 +11,9 @@ channel (M). The conventions (:mod:`bnsym.symbolic.running_stats`, shared/conven
   ``keras.layers.BatchNormalization`` and ``flax.linen.BatchNorm``.
 * ``"cumulative"``: r <- (1 - 1/n) r + (1/n) b with n = ``num_batches_tracked``, the number of batches seen
   *including this one* (PyTorch increments its counter before the update), unbiased variance.
+  ``num_batches_tracked`` is only read by this convention (and by ``"torch"`` with ``momentum=None``).
+
+The results have the dtype of the running statistics (promoted between running_mean and running_var).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _vector(value, name: str, channels: int | None) -> np.ndarray:
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=_DEFAULT, convention="torch",
                          num_batches_tracked=None):
     """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,)."""
-    if convention not in CONVENTIONS:
+    if not isinstance(convention, str) or convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
     chosen = CONVENTIONS[convention]
     if momentum is _DEFAULT:
@@ -52,6 +55,9 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
     channels = running_mean.shape[0]
     running_var = _vector(running_var, "running_var", channels)
     mean, var = _vector(mean, "mean", channels), _vector(var, "var", channels)
+    for name, values in (("var", var), ("running_var", running_var)):
+        if not np.all(values >= 0):  # also refuses NaN
+            raise ValueError(f"{name} must be >= 0 (and not NaN), got {values}")
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
         raise ValueError(f"count must be a positive integer (values per channel), got {count!r}")
     if chosen.unbiased and count < 2:
