@@ -221,7 +221,8 @@ def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
 
 
 def replay(impl: Implementation, path) -> Report:
-    """Re-run the property saved in ``path`` on its example; the report has that one property."""
+    """Re-run the property saved in ``path`` on its example; the report has that one property. Only a file that
+    is not a counterexample raises (ValueError)."""
     name, example, options = load_counterexample(path)
     prop = REGISTRY[name]
     report = Report(impl.name, example.dtype.name, example.seed, 1, options=options)
@@ -235,6 +236,9 @@ def replay(impl: Implementation, path) -> Report:
             _call(prop, impl, example, options)
         report.results.append(PropertyResult(name, PASSED, "", 1))
     except PropertyFailure as failure:
+        report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))
+    except Exception as error:  # as in a normal run: a failure of the property, never a crash of the checker
+        failure = PropertyFailure(f"checking raised {type(error).__name__}: {error}")
         report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))
     report.seconds = time.perf_counter() - start
     return report

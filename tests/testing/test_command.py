@@ -116,3 +116,24 @@ def test_each_planted_bug_exits_1_naming_its_property(bug, tmp_path, capsys):
                    "--save-dir", str(tmp_path)])
     assert status == 1
     assert f"FAIL  {prop}" in capsys.readouterr().out
+
+
+def test_replay_reports_an_exception_inside_a_property_as_a_failure(tmp_path, capsys, monkeypatch):
+    """--replay treats an exception raised while checking as a failure (exit 1), as a normal run does, not as a
+    usage error or a traceback."""
+    import dataclasses
+
+    from bnsym.testing.properties import REGISTRY
+
+    target = "tests/testing/zoo.py:EpsOutsideSqrt"
+    assert main(["check", target, "--property", "standardisation", "--save-dir", str(tmp_path),
+                 "--max-examples", "20"]) == 1
+    saved = next(tmp_path.glob("*.npz"))
+    capsys.readouterr()
+
+    def broken(impl, example):
+        raise TypeError("a check that trips over the implementation's output")
+
+    monkeypatch.setitem(REGISTRY, "standardisation", dataclasses.replace(REGISTRY["standardisation"], check=broken))
+    assert main(["check", target, "--replay", str(saved)]) == 1
+    assert "checking raised TypeError" in capsys.readouterr().out
