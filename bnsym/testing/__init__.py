@@ -53,7 +53,7 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
     implementation = Implementation.wrap(impl)
     options = CheckOptions(mode, convention, order)
     try:
-        resolved = np.dtype(dtype)
+        resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly be float64
     except TypeError:
         resolved = None
     if resolved is None or resolved.name not in _DTYPES:
