@@ -32,13 +32,10 @@ from bnsym.symbolic.running_stats import CONVENTIONS
 from bnsym.testing import reference
 from bnsym.testing.magnitude import compiled
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import PropertyFailure, Worst, _as_array, compare, register
+from bnsym.testing.properties import _STEP, PropertyFailure, Worst, _as_array, _axes, compare, register
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
 __all__ = ["running_statistics"]
-
-_STEP = 2.0**-17  # about the cube root of the float64 epsilon, as for the first-order finite differences
-
 
 def _eval_mode(options: CheckOptions) -> bool:
     return options.mode == "eval"
@@ -62,10 +59,6 @@ def _has_convention(options: CheckOptions) -> bool:
 
 def _channel(values, ndim: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def _axes(ndim: int) -> tuple[int, ...]:
-    return (0,) + tuple(range(2, ndim))
 
 
 def running_statistics(example: Example) -> tuple[np.ndarray, np.ndarray]:
