@@ -102,8 +102,7 @@ def identity_recovery_holds() -> bool:
     """Proves that gamma = sqrt(var + eps) and beta = mean give y = x."""
     s = SYMBOLS
     forward = training_forward()
-    recovered = s.y.xreplace({})  # y itself; its definition is inlined by prove_fact
-    substituted = forward.inline(recovered).xreplace(
+    substituted = forward.inline(s.y).xreplace(
         {s.gamma: sympy.sqrt(forward.inline(s.var) + s.eps), s.beta: forward.inline(s.mean)})
     return prove_fact(forward, substituted, s.x)
 

@@ -50,10 +50,6 @@ class Vocabulary:
     eliminate: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
     facts: tuple[Fact, ...]
 
-    def ground(self, expr: sympy.Expr) -> sympy.Expr:
-        """``expr`` in terms of the forward program's inputs alone."""
-        return self.forward.inline(expr)
-
 
 def _is_zero(expr: sympy.Expr) -> bool:
     # The grounded forms are built from reductions, powers and sums; collecting over the reductions and
