@@ -9,6 +9,12 @@ import sys
 __all__ = ["main"]
 
 
+def sympy_version() -> str:
+    import sympy
+
+    return sympy.__version__
+
+
 def _derive(args: argparse.Namespace) -> int:
     from bnsym import derive
 
@@ -27,6 +33,11 @@ def _derive(args: argparse.Namespace) -> int:
             names = ", ".join(path for path, _ in stale)
             print(f"bnsym derive --check: {len(stale)} generated file(s) are stale: {names}. "
                   "Regenerate them with `bnsym derive` and commit the result.", file=sys.stderr)
+            recorded = derive.recorded_sympy_versions(root) - {sympy_version()}
+            if recorded:
+                print(f"Note: the checked-in files were generated with SymPy {', '.join(sorted(recorded))}, and this "
+                      f"is SymPy {sympy_version()}; its printing may differ. The test extra pins the version the "
+                      "project generates with (pip install -e '.[test]').", file=sys.stderr)
             return 1
         print(f"bnsym derive --check: all {len(derive.GENERATED_FILES)} generated files are up to date.")
         return 0

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GENERATED_FILES", "GeneratedFile", "find_root", "regenerate", "stale_files"]
+__all__ = ["GENERATED_FILES", "GeneratedFile", "find_root", "recorded_sympy_versions", "regenerate", "stale_files"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,16 @@ def regenerate(root: Path) -> list[tuple[str, bool]]:
             _write_atomically(path, text)
         results.append((generated.path, current != text))
     return results
+
+
+def recorded_sympy_versions(root: Path) -> set[str]:
+    """The SymPy versions named in the headers of the checked-in generated files (see codegen.module.HEADER)."""
+    versions = set()
+    for generated in GENERATED_FILES:
+        path = root / generated.path
+        if path.is_file():
+            versions |= set(re.findall(r"with SymPy (\S+) from", path.read_text(encoding="utf-8")[:2000]))
+    return versions
 
 
 def stale_files(root: Path) -> list[tuple[str, str]]:
