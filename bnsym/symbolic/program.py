@@ -146,13 +146,12 @@ class Program:
         This is how inference mode comes from the training forward pass: the batch statistics stop being computed
         from x and become given (running) statistics.
         """
-        replaced = {old: new for old, new in names.items()}
+        replaced = dict(names)
         definitions = [Definition(d.name, d.expr.xreplace(replaced))
                        for d in self.definitions if d.name not in replaced]
         inputs = list(self.inputs) + [replaced[d.name] for d in self.definitions if d.name in replaced]
         outputs = [replaced.get(o, o) for o in self.outputs]
-        kept = Program(inputs, definitions, outputs)
-        return kept.prune()
+        return Program(inputs, definitions, outputs).prune()
 
     def prune(self) -> Program:
         """Drop definitions and inputs that no output depends on (inputs keep their order)."""
