@@ -10,22 +10,22 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
-from bnsym._reduce import batch_dot, batch_sum
 
-
-def batch_norm_forward(x, gamma, beta, eps, axes, count):
+def batch_norm_forward(x, gamma, beta, eps, reducer):
     """Training-mode batch norm: y, and the batch mean and invstd that the backward pass reuses.
 
     Written once in bnsym.symbolic.batch_norm.training_forward; this is its definition.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
+    number of values per channel.
     """
+    count = reducer.count
     tmp0 = 1/count
-    sum_x = batch_sum(x, axes)
+    sum_x, = reducer.sums((x,))
     mean = sum_x*tmp0
     x_minus_mean = x - mean
-    sum_x_minus_mean_x_minus_mean = batch_dot(x_minus_mean, x_minus_mean, axes)
+    sum_x_minus_mean_x_minus_mean, = reducer.sums((x_minus_mean, x_minus_mean))
     var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/numpy.sqrt(eps + var)
     y_coef_x_minus_mean = gamma*invstd
@@ -35,22 +35,23 @@ def batch_norm_forward(x, gamma, beta, eps, axes, count):
     return y, mean, invstd
 
 
-def batch_norm_backward(dy, x, gamma, mean, invstd, axes, count):
+def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     """Training-mode backward: dx, dgamma, dbeta for the upstream gradient dy.
 
     Derived by reverse mode from training_forward (bnsym.symbolic.batch_norm.backward), closed form in x_hat, mean
     and invstd.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
+    number of values per channel.
     """
+    count = reducer.count
     tmp0 = 1/count
     x_minus_mean = x - mean
-    sum_dy = batch_sum(dy, axes)
-    sum_dy_x_minus_mean = batch_dot(dy, x_minus_mean, axes)
+    dx_scale = gamma*invstd
+    sum_dy, sum_dy_x_minus_mean = reducer.sums((dy,), (dy, x_minus_mean))
     dx_coef_x_minus_mean = -invstd**2*sum_dy_x_minus_mean*tmp0
     dx_shift = -sum_dy*tmp0
-    dx_scale = gamma*invstd
     dgamma = invstd*sum_dy_x_minus_mean
     dbeta = sum_dy
     dx = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
@@ -68,7 +69,8 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     and running_var.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
+    number of values per channel.
     """
     x_minus_running_mean = x - running_mean
     invstd = 1/numpy.sqrt(eps + running_var)
@@ -79,51 +81,49 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     return y
 
 
-def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, axes, count):
+def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, reducer):
     """Eval-mode backward: dx, dgamma, dbeta with the running statistics held constant.
 
     Derived by reverse mode from inference_forward (bnsym.symbolic.batch_norm.inference_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
+    number of values per channel.
     """
     x_minus_running_mean = x - running_mean
-    sum_dy = batch_sum(dy, axes)
-    sum_dy_x_minus_running_mean = batch_dot(dy, x_minus_running_mean, axes)
     invstd = 1/numpy.sqrt(eps + running_var)
     dx_coef_dy = gamma*invstd
+    sum_dy, sum_dy_x_minus_running_mean = reducer.sums((dy,), (dy, x_minus_running_mean))
     dgamma = invstd*sum_dy_x_minus_running_mean
     dbeta = sum_dy
     dx = dy*dx_coef_dy
     return dx, dgamma, dbeta
 
 
-def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axes, count):
+def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer):
     """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
     gamma and dy.
 
     Derived by reverse mode through the derived backward (bnsym.symbolic.batch_norm.double_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
+    number of values per channel.
     """
+    count = reducer.count
     tmp0 = 1/count
     tmp1 = count*gggamma
     tmp2 = invstd**2
     tmp8 = 1/(count**2)
     tmp9 = gamma*invstd
     x_minus_mean = x - mean
-    sum_dy = batch_sum(dy, axes)
-    sum_ggx = batch_sum(ggx, axes)
-    tmp10 = sum_dy*sum_ggx
-    sum_dy_ggx = batch_dot(dy, ggx, axes)
-    sum_dy_x_minus_mean = batch_dot(dy, x_minus_mean, axes)
-    tmp6 = invstd**3*sum_dy_x_minus_mean
-    tmp7 = tmp0*tmp6
-    sum_ggx_x_minus_mean = batch_dot(ggx, x_minus_mean, axes)
+    sum_dy, sum_ggx, sum_dy_ggx, sum_dy_x_minus_mean, sum_ggx_x_minus_mean = reducer.sums((dy,), (ggx,), (dy, ggx), (dy, x_minus_mean), (ggx, x_minus_mean))
     tmp3 = gamma*sum_ggx_x_minus_mean
     tmp4 = invstd*(tmp1 - tmp2*tmp3)
     tmp5 = tmp0*tmp4
+    tmp6 = invstd**3*sum_dy_x_minus_mean
+    tmp7 = tmp0*tmp6
+    tmp10 = sum_dy*sum_ggx
     gx_coef_ggx = -gamma*tmp7
     gx_coef_x_minus_mean = -tmp2*tmp8*(count*gamma*invstd*sum_dy_ggx + invstd*sum_dy_x_minus_mean*tmp1 - tmp10*tmp9 - 3*tmp3*tmp6)
     gx_shift = gamma*sum_ggx*tmp6*tmp8 - sum_dy*tmp4*tmp8
@@ -140,7 +140,7 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     return gx, ggamma, gdy
 
 
-def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axes, count):
+def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer):
     """Eval-mode double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
     gamma and dy.
 
@@ -149,13 +149,14 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
+    number of values per channel.
     """
     tmp0 = gggamma*invstd
     x_minus_mean = x - mean
-    sum_dy_ggx = batch_dot(dy, ggx, axes)
-    ggamma = invstd*sum_dy_ggx
     gdy_coef_ggx = gamma*invstd
+    sum_dy_ggx, = reducer.sums((dy, ggx))
+    ggamma = invstd*sum_dy_ggx
     gx = dy*tmp0
     gdy = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     gdy *= tmp0
@@ -164,21 +165,21 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     return gx, ggamma, gdy
 
 
-def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, axes, count):
+def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     """Training forward mode: y and its tangent ty along (tx, tgamma, tbeta).
 
     Derived by forward mode from training_forward (bnsym.symbolic.batch_norm.jvp).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
+    number of values per channel.
     """
+    count = reducer.count
     tmp0 = 1/count
-    sum_tx = batch_sum(tx, axes)
-    sum_x = batch_sum(x, axes)
+    sum_tx, sum_x = reducer.sums((tx,), (x,))
     mean = sum_x*tmp0
     x_minus_mean = x - mean
-    sum_tx_x_minus_mean = batch_dot(tx, x_minus_mean, axes)
-    sum_x_minus_mean_x_minus_mean = batch_dot(x_minus_mean, x_minus_mean, axes)
+    sum_tx_x_minus_mean, sum_x_minus_mean_x_minus_mean = reducer.sums((tx, x_minus_mean), (x_minus_mean, x_minus_mean))
     var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/numpy.sqrt(eps + var)
     tmp1 = gamma*invstd
@@ -240,3 +241,19 @@ def running_stats_cumulative(running_mean, running_var, mean, var, num_batches_t
     new_mean = mean*tmp0 + running_mean*tmp1
     new_var = count*tmp0*var/(count - 1) + running_var*tmp1
     return new_mean, new_var
+
+
+#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.
+SIGNATURES = {
+    'batch_norm_forward': (('x', 'gamma', 'beta', 'eps', 'reducer'), ('y', 'mean', 'invstd')),
+    'batch_norm_backward': (('dy', 'x', 'gamma', 'mean', 'invstd', 'reducer'), ('dx', 'dgamma', 'dbeta')),
+    'batch_norm_inference': (('x', 'gamma', 'beta', 'running_mean', 'running_var', 'eps'), ('y',)),
+    'batch_norm_inference_backward': (('dy', 'x', 'gamma', 'running_mean', 'running_var', 'eps', 'reducer'), ('dx', 'dgamma', 'dbeta')),
+    'batch_norm_double_backward': (('ggx', 'gggamma', 'ggbeta', 'dy', 'x', 'gamma', 'mean', 'invstd', 'reducer'), ('gx', 'ggamma', 'gdy')),
+    'batch_norm_inference_double_backward': (('ggx', 'gggamma', 'ggbeta', 'dy', 'x', 'gamma', 'mean', 'invstd', 'reducer'), ('gx', 'ggamma', 'gdy')),
+    'batch_norm_jvp': (('x', 'gamma', 'beta', 'tx', 'tgamma', 'tbeta', 'eps', 'reducer'), ('y', 'ty')),
+    'running_stats_torch': (('running_mean', 'running_var', 'mean', 'var', 'momentum', 'count'), ('new_mean', 'new_var')),
+    'running_stats_keras': (('running_mean', 'running_var', 'mean', 'var', 'momentum'), ('new_mean', 'new_var')),
+    'running_stats_flax': (('running_mean', 'running_var', 'mean', 'var', 'momentum'), ('new_mean', 'new_var')),
+    'running_stats_cumulative': (('running_mean', 'running_var', 'mean', 'var', 'num_batches_tracked', 'count'), ('new_mean', 'new_var')),
+}

@@ -9,8 +9,8 @@ from bnsym.symbolic import running_stats
 __all__ = ["kernels"]
 
 _LAYOUT = ("Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the "
-           "broadcast shape, 1 on every reduced axis; `axes` are the reduced axes and `count` is M, the number of "
-           "values per channel.")
+           "broadcast shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums "
+           "and knows M, the number of values per channel.")
 
 
 def _forward() -> Kernel:
