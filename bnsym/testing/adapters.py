@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load"]
+__all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load", "resolve"]
 
 
 class TargetError(ValueError):
@@ -367,6 +367,14 @@ def load(target: str) -> Implementation:
             return BUILTIN[target]()
         except ImportError as error:
             raise TargetError(f"the {target} adapter needs {target} installed: {error}") from None
+    return Implementation.wrap(resolve(target), name=target)
+
+
+def resolve(target: str):
+    """The object named by ``path/to/file.py:NAME`` or ``package.module:NAME`` (any protocol: the sharded check
+    loads its targets with it too). Raises :class:`TargetError` with a message for the user otherwise."""
+    if not isinstance(target, str) or not target:
+        raise TargetError(f"a target must be a non-empty string, got {target!r}")
     location, sep, attribute = target.rpartition(":")
     if not sep or not location or not attribute:
         raise TargetError(f"{target!r} is not a target: use torch, jax, path/to/file.py:NAME or package.module:NAME")
@@ -384,4 +392,4 @@ def load(target: str) -> Implementation:
         names = sorted(n for n in vars(module) if not n.startswith("_"))
         raise TargetError(f"{target}: {location} has no attribute {attribute!r} (it has: {', '.join(names)})") \
             from None
-    return Implementation.wrap(impl, name=target)
+    return impl

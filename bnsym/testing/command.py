@@ -17,10 +17,11 @@ from pathlib import Path
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from bnsym.symbolic.running_stats import CONVENTIONS
-from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES
+from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES, sharded
 from bnsym.testing.adapters import TargetError, load
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.runner import replay, run_properties, save_counterexample
+from bnsym.testing.sharded import SHARDED
 
 __all__ = ["add_arguments", "run"]
 
@@ -52,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"examples per property (default {DEFAULT_MAX_EXAMPLES})")
     parser.add_argument("--seed", type=_seed, default=0, help="Hypothesis seed; the same seed, the same run "
                                                               "(default 0)")
-    parser.add_argument("--property", action="append", choices=PROPERTIES, metavar="NAME", dest="properties",
-                        help="run only this property (repeatable); one of: " + ", ".join(PROPERTIES))
+    parser.add_argument("--property", action="append", choices=PROPERTIES + tuple(SHARDED), metavar="NAME",
+                        dest="properties", help="run only this property (repeatable); one of: "
+                                                + ", ".join(PROPERTIES) + "; with --shards: " + ", ".join(SHARDED))
     parser.add_argument("--save-dir", default=".", help="where failures' counterexamples are saved (default: the "
                                                          "current directory)")
     parser.add_argument("--replay", metavar="FILE.npz", help="re-run the property saved in a counterexample file")
@@ -64,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "framework's convention")
     parser.add_argument("--order", type=int, choices=(1, 2), default=1,
                         help="2: also check the double backward of the mode (default 1)")
+    # ----- the sharded check (bnsym.testing.sharded) -----
+    parser.add_argument("--shards", type=_positive, metavar="K",
+                        help="check a data-parallel batch norm with the batch split into K shards (the sharded "
+                             "protocol: sharded_forward(xs, ...), sharded_backward(dys, xs, ...)); built-in targets "
+                             "bnsym-torch, torch-sync and jax")
 
 
 def _fail(message: str) -> int:
@@ -86,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "shards", None) is not None:
+        return sharded.run_command(args)
+    if args.properties and set(args.properties) & set(SHARDED):
+        return _fail(f"{', '.join(sorted(set(args.properties) & set(SHARDED)))} runs with --shards K")
     try:
         impl = load(args.target)
     except (TargetError, TypeError) as error:
