@@ -83,11 +83,11 @@ class ShardedExample:
         return [np.array(part) for part in np.split(np.asarray(array), np.cumsum(self.sizes)[:-1])]
 
     def locate(self, index: tuple[int, ...]) -> str:
-        """Where element ``index`` of the whole batch lives: "shard k, index (i, ...)"."""
+        """Where element ``index`` of the whole batch lives: "shard k at its index (i, ...)"."""
         row = index[0]
         for k, start in enumerate(np.cumsum((0,) + self.sizes[:-1])):
             if start <= row < start + self.sizes[k]:
-                return f"shard {k}, index {(row - int(start),) + tuple(index[1:])}"
+                return f"shard {k} at its index {(row - int(start),) + tuple(index[1:])}"
         return f"index {index}"
 
     def describe(self) -> str:
@@ -282,12 +282,14 @@ def _joined(what: str, parts: list[np.ndarray], ex: ShardedExample) -> np.ndarra
 
 
 def _compare_joined(what: str, parts, ex: ShardedExample, expected, tolerance) -> None:
+    """Compare the shards' arrays, put together, with the whole batch's; a failure names the shard."""
     try:
-        compare(what, _joined(what, parts, ex), expected, tolerance)
+        compare(f"{what} (whole batch)", _joined(what, parts, ex), expected, tolerance)
     except PropertyFailure as failure:
         if failure.worst is None:
             raise
-        raise PropertyFailure(f"{failure.message} (in {ex.locate(failure.worst.index)})", failure.worst) from None
+        message = f"{what} is wrong" if failure.message.endswith("is wrong") else failure.message
+        raise PropertyFailure(f"{message} in {ex.locate(failure.worst.index)}", failure.worst) from None
 
 
 # ----- the properties -----
