@@ -94,13 +94,21 @@ class _TorchShards:
 
     @property
     def unavailable(self) -> str | None:
-        """PyTorch's reason when its layer cannot run here (torch-sync without a GPU), found by asking it once."""
+        """PyTorch's reason when its layer cannot run here (torch-sync without a GPU), found by asking it once.
+
+        Without CUDA, one worker is enough to hear it: the layer checks the device before the size of the group.
+        """
         if self.layer == "torch-sync" and not self._probed:
+            import torch
+
             self._probed = True
-            tiny = np.arange(2 * self.shards, dtype=np.float64).reshape(self.shards * 2, 1)
-            results = self._steps([tiny[2 * k:2 * k + 2] for k in range(self.shards)], np.ones(1), np.zeros(1), 1e-5)
-            reasons = {r["unavailable"] for r in results if "unavailable" in r}
-            self._unavailable = next(iter(reasons)) if reasons else None
+            if not torch.cuda.is_available():
+                from bnsym.testing.workers import WorkerGroup
+
+                task = {"x": np.arange(4.0).reshape(2, 2), "gamma": np.ones(2), "beta": np.zeros(2), "eps": 1e-5}
+                with WorkerGroup(1, timeout=self.group.timeout) as one:
+                    (result,) = one.run(torch_rank_step, [(self.layer, task)])
+                self._unavailable = result.get("unavailable")
         return self._unavailable
 
     def _steps(self, xs, gamma, beta, eps, dys=None, running=None) -> list[dict]:
