@@ -52,8 +52,8 @@ from hypothesis import strategies as st
 
 import bnsym
 from bnsym import strategies as bst
+from bnsym.conventions import CONVENTIONS
 from bnsym.strategies import Example
-from bnsym.symbolic.running_stats import CONVENTIONS
 from bnsym.testing import reference
 from bnsym.testing.adapters import TargetError, resolve
 from bnsym.testing.options import CheckOptions
