@@ -192,6 +192,10 @@ def render_layer_document(name: str) -> str:
         "the double backward the Jacobian of that), and proves each difference exactly zero.",
         "",
     ]
+    if name == "batch_norm":  # data-parallel training: bnsym.document_sharded renders its section
+        from bnsym.document_sharded import render_sharded_section
+
+        out += [render_sharded_section()]
     return "\n".join(out)
 
 

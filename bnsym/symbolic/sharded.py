@@ -39,9 +39,10 @@ from bnsym.symbolic.program import Definition
 from bnsym.symbolic.reduction import BatchSum, Field, M
 
 __all__ = ["K", "LocalSum", "MergeIdentity", "Round", "SHARD", "ShardSum", "TOTAL_COUNT", "all_reduce_shortcut",
-           "communication_plan", "inline", "instantiate_shards", "local_contribution", "merge_identities", "n",
-           "per_shard_statistics", "prove", "shard", "shard_m2", "shard_mean", "sharded_backward", "sharded_forward",
-           "sharded_running_variance", "varies_per_element", "varies_per_shard"]
+           "communication_plan", "definition_rounds", "inline", "instantiate_shards", "local_contribution",
+           "merge_identities", "n", "per_shard_statistics", "prove", "shard", "shard_m2", "shard_mean",
+           "sharded_backward", "sharded_forward", "sharded_running_variance", "varies_per_element",
+           "varies_per_shard"]
 
 #: The label of "the current shard"; a per-shard quantity is an expression in it.
 SHARD = sympy.Symbol("k", integer=True, nonnegative=True)
@@ -258,6 +259,25 @@ def _shard_sums(expr: sympy.Expr) -> set[ShardSum]:
     return set(expr.atoms(ShardSum))
 
 
+def definition_rounds(definitions: Sequence[Definition], known: Iterable[ShardSum] = ()) -> dict[sympy.Symbol, int]:
+    """For each defined name, the number of all-reduce rounds that must complete before it can be computed."""
+    ready: dict[sympy.Symbol, int] = {}
+    rounds: dict[ShardSum, int] = {total: 0 for total in known}
+    for definition in definitions:
+        ready[definition.name] = _depth(definition.expr, ready, rounds)
+    return ready
+
+
+def _depth(expr: sympy.Expr, ready: dict, rounds: dict) -> int:
+    """The rounds ``expr`` waits for; records the round of every shard sum it meets in ``rounds``."""
+    deepest = max((ready[s] for s in expr.free_symbols if s in ready), default=0)
+    for total in _shard_sums(expr):
+        if total not in rounds:
+            rounds[total] = _depth(total.args[0], ready, rounds) + 1
+        deepest = max(deepest, rounds[total])
+    return deepest
+
+
 def communication_plan(definitions: Sequence[Definition], outputs: Iterable[sympy.Expr] = (),
                        known: Iterable[ShardSum] = ()) -> tuple[Round, ...]:
     """The all-reduce rounds a sharded program needs, in order.
@@ -269,20 +289,10 @@ def communication_plan(definitions: Sequence[Definition], outputs: Iterable[symp
     """
     ready: dict[sympy.Symbol, int] = {}  # the round after which each defined name can be computed
     rounds: dict[ShardSum, int] = {total: 0 for total in known}
-
-    def depth(expr: sympy.Expr) -> int:
-        names = [ready[s] for s in expr.free_symbols if s in ready]
-        deepest = max(names, default=0)
-        for total in _shard_sums(expr):
-            if total not in rounds:
-                rounds[total] = depth(total.args[0]) + 1
-            deepest = max(deepest, rounds[total])
-        return deepest
-
     for definition in definitions:
-        ready[definition.name] = depth(definition.expr)
+        ready[definition.name] = _depth(definition.expr, ready, rounds)
     for expr in outputs:
-        depth(expr)
+        _depth(expr, ready, rounds)
     by_round: dict[int, list[ShardSum]] = {}
     for total, index in rounds.items():
         if index:
