@@ -47,7 +47,6 @@ def _plan_table(plan, names_by_round: dict[int, list[str]]) -> list[str]:
 
 def render_sharded_section() -> str:
     """The Markdown text of the section, to be appended to the batch-norm derivation document."""
-    s = bn.SYMBOLS
     e = Field("e", real=True)
     forward = sh.sharded_forward()
     plan = sh.communication_plan(forward)

@@ -100,14 +100,19 @@ class _BatchStatistics(torch.autograd.Function):
             if running is not None:
                 running.update(mean, invstd, eps, reducer.count)
         ctx.save_for_backward(x, weight)
-        ctx.statistics = (mean, invstd, reducer.count, axes, dtype, group)
+        # The graph outlives the backward while its output is referenced: it must not hold the default process
+        # group, whose destructor would otherwise run at exit after destroy_process_group and abort the process.
+        ctx.group = None if group is None else ("world" if group is dist.group.WORLD else group)
+        ctx.statistics = (mean, invstd, reducer.count, axes, dtype)
         return torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        mean, invstd, count, axes, dtype, group = ctx.statistics
+        mean, invstd, count, axes, dtype = ctx.statistics
+        group = dist.group.WORLD if ctx.group == "world" else ctx.group
+        ctx.statistics = ctx.group = None
         channels, ndim = x.shape[1], x.dim()
         gamma = _channel(weight, channels, ndim, dtype, 1.0)
         dys, xs = _to_numpy(dy, dtype), _to_numpy(x, dtype)

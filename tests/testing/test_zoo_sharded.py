@@ -14,7 +14,7 @@ from bnsym.testing.sharded import (
 )
 from tests.testing.zoo_sharded import BUGS, CORRECT, EqualShardsOnly, Unavailable
 
-SYNCBN_BUG_CLASSES = {  # the SyncBN rows of shared/bug-classes.md
+SYNCBN_BUG_CLASSES = {  # the rows of docs/bug-classes.md on data-parallel batch norm
     "unweighted mean of per-worker means", "mean of per-worker variances", "local count in Bessel's correction",
     "backward without the all-reduce of sum(dy) and sum(dy * xhat)", "gamma/beta gradients reduced twice",
 }

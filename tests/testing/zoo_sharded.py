@@ -4,7 +4,7 @@ be caught.
 Each implementation follows the sharded protocol (:mod:`bnsym.testing.sharded`) and simulates its K workers in one
 process: a worker sees only its shard, and an "all-reduce" is a sum over the workers' values. :class:`TwoRounds` is
 the textbook plan (all-reduce the counts and sums, then the centred sums of squares); :class:`ParallelMerge` merges
-per-worker (count, mean, M2). Each bug changes one step the way a shipped SyncBatchNorm did (shared/bug-classes.md
+per-worker (count, mean, M2). Each bug changes one step the way a shipped SyncBatchNorm did (docs/bug-classes.md
 and the issue threads named on each class).
 """
 

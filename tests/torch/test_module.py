@@ -137,3 +137,13 @@ def test_integer_input_is_refused():
 
 def test_package_exports():
     assert bnsym.torch.__all__ == ["SyncBatchNorm"]
+
+
+def test_import_bnsym_torch_needs_neither_sympy_nor_hypothesis():
+    import subprocess
+    import sys
+
+    code = "import sys, bnsym.torch; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                check=True).stdout.split())
+    assert "torch" in loaded and not {"sympy", "hypothesis"} & loaded

@@ -176,3 +176,21 @@ def test_data_parallel_training_equals_one_process(groups, workers, steps):
         assert set(state) == set(expected)
         for name, value in expected.items():
             _close(state[name], value, f"{name} of worker {k} after {len(steps)} steps")
+
+
+@pytest.mark.slow
+def test_the_readme_torchrun_example_runs():
+    """examples/ddp_sync_batch_norm.py under torchrun, two processes: trains, and exits cleanly (a process group
+    kept alive by the autograd graph once aborted the processes at exit)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(root / "examples" / "ddp_sync_batch_norm.py")], cwd=root, env=environment,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "step 2: running mean" in result.stdout
