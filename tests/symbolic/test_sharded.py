@@ -136,3 +136,13 @@ def test_reductions_are_canonical():
     assert sh.ShardSum(s.gamma * sh.n(k)) == s.gamma * sh.TOTAL_COUNT
     assert sh.ShardSum(s.gamma) == sh.K * s.gamma
     assert sh.LocalSum((s.x - s.mean) ** 2, k).args[0] == (s.x - s.mean) ** 2, "never expands the square"
+
+
+def test_parameter_gradients_depend_on_the_fields_only_through_the_sums():
+    """dgamma and dbeta are per-channel functions of the reductions: a worker's share is the same expression of its
+    local sums (what lets bnsym.torch compute the shares from the local totals it all-reduced, without another
+    pass over the data)."""
+    program, closed = bn.backward()
+    for name in program.outputs[1:]:
+        assert not sh.varies_per_element(closed[name]), f"{name} has a per-element factor outside a sum"
+        assert not sh.varies_per_element(sh.local_contribution(sh.sharded_backward()[name]))
