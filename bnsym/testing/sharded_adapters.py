@@ -8,8 +8,9 @@
 - ``jax``: ``flax.linen.BatchNorm(axis_name="batch")`` under ``jax.shard_map`` over K host CPU devices
   (``--xla_force_host_platform_device_count``), gradients by ``jax.vjp`` inside the map, so that each device's
   dgamma and dbeta are its own contribution. Equal shards only: Flax averages the per-device means with
-  ``lax.pmean``, an unweighted mean, so shards of different sizes (even through Flax's ``mask``) would get the
-  unweighted mean of means; the checker gives this adapter equal shards and says so in the report.
+  ``lax.pmean``, an unweighted mean, so shards of different sizes (padded and excluded by Flax's ``mask``) get the
+  unweighted mean of means, and NaN where a shard is empty; the checker gives this adapter equal shards and says
+  so in the report (``jax_implementation(K, masked=True)`` is the uneven variant, which the check rejects).
 
 The rank-side function (:func:`torch_rank_step`) lives here, importable by the workers.
 """
@@ -171,12 +172,18 @@ def _host_devices(shards: int):
 
 
 class _JaxShards:
-    """The sharded protocol for flax.linen.BatchNorm(axis_name="batch") under jax.shard_map (module docstring)."""
+    """The sharded protocol for flax.linen.BatchNorm(axis_name="batch") under jax.shard_map (module docstring).
 
-    equal_shards = True
+    With ``masked=True`` it takes uneven shards the only way Flax can: each padded to the largest, the padding
+    excluded by Flax's ``mask``. That is not a built-in target: it shows why the built-in one takes equal shards
+    (Flax's pmean of the masked means is the unweighted mean of means, which the check rejects).
+    """
+
     unavailable = None
 
-    def __init__(self, shards: int):
+    def __init__(self, shards: int, masked: bool = False):
+        self.equal_shards = not masked
+        self.masked = masked
         devices = _host_devices(shards)
         import jax
 
@@ -186,19 +193,21 @@ class _JaxShards:
         from jax.sharding import Mesh, PartitionSpec
 
         self.shards = shards
-        self.name = f"flax.linen.BatchNorm(axis_name) under jax.shard_map over {shards} host devices"
+        self.name = f"flax.linen.BatchNorm(axis_name) under jax.shard_map over {shards} host devices" + (
+            ", uneven shards padded and masked" if masked else "")
         self._jnp = jnp
         mesh = Mesh(np.array(devices), ("batch",))
         batch, replicated = PartitionSpec("batch"), PartitionSpec()
 
-        def layer_step(x, gamma, beta, eps, running_mean, running_var, momentum, dy):
+        def layer_step(x, gamma, beta, eps, running_mean, running_var, momentum, dy, valid):
             layer = nn.BatchNorm(use_running_average=False, axis=1, epsilon=eps, momentum=momentum,
                                  axis_name="batch", use_fast_variance=False, dtype=x.dtype, param_dtype=x.dtype)
+            mask = jnp.broadcast_to(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape) if masked else None
 
             def apply(x, gamma, beta):
                 variables = {"params": {"scale": gamma, "bias": beta},
                              "batch_stats": {"mean": running_mean, "var": running_var}}
-                y, updated = layer.apply(variables, x, mutable=["batch_stats"])
+                y, updated = layer.apply(variables, x, mask=mask, mutable=["batch_stats"])
                 return y, updated["batch_stats"]
 
             # The VJP inside the map: the gradients of this device's output, with respect to its own copy of
@@ -209,28 +218,31 @@ class _JaxShards:
 
         mapped = jax.shard_map(layer_step, mesh=mesh,
                                in_specs=(batch, replicated, replicated, replicated, replicated, replicated,
-                                         replicated, batch),
+                                         replicated, batch, batch),
                                out_specs=(batch, batch, batch, batch, batch, batch), check_vma=False)
         self._step = jax.jit(mapped)
 
     def _run(self, xs, gamma, beta, eps, dys=None, running=None, momentum=0.99):
         jnp = self._jnp
-        sizes = {len(x) for x in xs}
-        if len(xs) != self.shards or len(sizes) != 1:
-            raise ValueError(f"the jax adapter takes {self.shards} shards of equal size, got sizes "
-                             f"{[len(x) for x in xs]}")
-        x = np.concatenate(xs)
+        sizes = [len(x) for x in xs]
+        if len(xs) != self.shards or (len(set(sizes)) != 1 and not self.masked):
+            raise ValueError(f"the jax adapter takes {self.shards} shards of equal size, got sizes {sizes}")
+        width = max(max(sizes), 1)
+        dys = [np.zeros_like(x) for x in xs] if dys is None else dys
+        x, dy = (np.concatenate([np.concatenate([a, np.zeros((width - len(a),) + a.shape[1:], a.dtype)])
+                                 for a in arrays]) for arrays in (xs, dys))
+        valid = np.concatenate([np.arange(width) < size for size in sizes])
         channels = x.shape[1]
-        dy = np.zeros_like(x) if dys is None else np.concatenate(dys)
         if running is None:
             running = (np.zeros(channels, x.dtype), np.ones(channels, x.dtype))
         scalar = jnp.promote_types(x.dtype, jnp.float32)  # float16 cannot hold eps = 1e-5; Flax reduces in float32
         out = self._step(jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta), jnp.asarray(eps, scalar),
                          jnp.asarray(running[0]), jnp.asarray(running[1]), jnp.asarray(momentum, scalar),
-                         jnp.asarray(dy))
+                         jnp.asarray(dy), jnp.asarray(valid))
         y, dx, dgamma, dbeta, means, variances = (np.asarray(a) for a in out)
-        split = np.cumsum([len(s) for s in xs])[:-1]
-        return (np.split(y, split), np.split(dx, split), list(dgamma), list(dbeta), list(means), list(variances))
+        unpadded = [slice(k * width, k * width + size) for k, size in enumerate(sizes)]
+        return ([y[s] for s in unpadded], [dx[s] for s in unpadded], list(dgamma), list(dbeta), list(means),
+                list(variances))
 
     def sharded_forward(self, xs, gamma, beta, eps):
         return self._run(xs, gamma, beta, eps)[0]
@@ -250,8 +262,8 @@ class _JaxShards:
         pass
 
 
-def jax_implementation(shards: int) -> _JaxShards:
-    return _JaxShards(shards)
+def jax_implementation(shards: int, masked: bool = False) -> _JaxShards:
+    return _JaxShards(shards, masked)
 
 
 #: The built-in sharded targets: name -> factory(shards).
