@@ -146,3 +146,17 @@ def test_a_target_without_the_sharded_protocol_is_a_usage_error(capsys):
     assert "sharded_forward" in capsys.readouterr().err
     assert main(["check", "torch", "--shards", "2"]) == 2
     assert "torch-sync" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shards": 0}, "shards must be a positive integer"),
+    ({"shards": 2, "dtype": "int32"}, "dtype must be one of"),
+    ({"shards": 2, "dtype": None}, "dtype must be one of"),
+    ({"shards": 2, "max_examples": 0}, "max_examples must be a positive integer"),
+    ({"shards": 2, "seed": -1}, "seed must be a non-negative integer"),
+    ({"shards": 2, "convention": "caffe"}, "convention must be one of"),
+    ({"shards": 2, "properties": ["forward_reference"]}, "unknown sharded properties"),
+], ids=["shards", "dtype", "dtype-none", "examples", "seed", "convention", "property"])
+def test_check_sharded_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        check_sharded(CORRECT["two_rounds"](), **kwargs)
