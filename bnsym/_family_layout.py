@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnsym import _validation as v
+from bnsym._reduce import Reducer
 
 __all__ = ["GroupLayout", "group_layout", "instance_layout", "normalised_axes_layout"]
 
@@ -117,12 +118,9 @@ class GroupLayout:
     def statistics_result(self, array: np.ndarray) -> np.ndarray:
         return np.reshape(array, self.statistics_shape)
 
-    def reducer(self):
+    def reducer(self) -> Reducer:
         """The local reducer the kernels sum with: the reduced axes, M, and the axes a parameter gradient sums
         over (those on which the parameters have length 1)."""
-        # Imported on use, like the generated kernels, so that importing the public modules stays light.
-        from bnsym._reduce import Reducer
-
         return Reducer(self.axes, self.count, self.parameter_axes)
 
 

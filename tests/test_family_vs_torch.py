@@ -18,6 +18,10 @@ import bnsym
 
 RTOL = 1e-10
 
+# torch.func.jvp loads PyTorch's own forward-mode decompositions through torch.jit.script on first use, which
+# PyTorch 2.13 deprecates; the warning is about PyTorch's internals, not about these tests.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 @dataclass(frozen=True)
 class Case:
