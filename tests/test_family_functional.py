@@ -114,3 +114,26 @@ def test_docstring_examples(layer):
     failures, tried = doctest.testmod(module, verbose=False)
     assert tried > 0, f"bnsym.{layer} has no docstring example"
     assert failures == 0, f"{failures} docstring example(s) of bnsym.{layer} failed (see the output above)"
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_an_empty_batch_gives_empty_results_and_zero_parameter_gradients(layer):
+    """N = 0 (as PyTorch allows): no groups, so empty outputs and statistics, and parameter gradients that sum
+    over nothing."""
+    shape, options, parameter_shape, statistics_shape = SETUPS[layer]
+    x = np.ones((0,) + shape[1:])
+    gamma = np.ones(parameter_shape)
+    module = getattr(bnsym, layer)
+    if layer == "rms_norm":
+        y, invrms = module.forward(x, gamma, **options)
+        dx, dgamma = module.backward(x, x, gamma, invrms, **options)
+        statistics, gradients = [invrms], [dgamma]
+    else:
+        y, mean, invstd = module.forward(x, gamma, np.zeros(parameter_shape), **options)
+        dx, dgamma, dbeta = module.backward(x, x, gamma, mean, invstd, **options)
+        statistics, gradients = [mean, invstd], [dgamma, dbeta]
+    assert y.shape == dx.shape == x.shape
+    for value in statistics:
+        assert value.shape == (0,) + statistics_shape[1:], f"{layer}: statistics of shape {value.shape}"
+    for value in gradients:
+        np.testing.assert_array_equal(value, np.zeros(parameter_shape), err_msg=f"{layer}: parameter gradient")
