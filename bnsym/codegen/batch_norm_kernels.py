@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bnsym.codegen.kernel import Kernel
+from bnsym.conventions import CONVENTIONS
 from bnsym.symbolic import batch_norm as bn
 from bnsym.symbolic import running_stats
 
@@ -117,10 +118,11 @@ def _jvp() -> Kernel:
 def _running_stats(convention) -> Kernel:
     s, r = bn.SYMBOLS, running_stats.RUNNING
     new_mean, new_var = running_stats.update(convention)
-    weight = r.num_batches_tracked if convention.momentum_weighs is None else r.momentum
+    weights = ((() if convention.cumulative else (r.momentum,))
+               + ((r.num_batches_tracked,) if convention.uses_batch_count else ()))
     return Kernel(
         name=f"running_stats_{convention.name}",
-        inputs=(s.running_mean, s.running_var, s.mean, s.var, weight),
+        inputs=(s.running_mean, s.running_var, s.mean, s.var, *weights),
         steps=(),
         outputs=((r.new_mean, new_mean), (r.new_var, new_var)),
         summary=f"Running statistics after one batch, {convention.name} convention.",
@@ -132,4 +134,4 @@ def _running_stats(convention) -> Kernel:
 def kernels() -> list[Kernel]:
     """Every kernel of ``bnsym/_generated/batch_norm.py``, in the order they appear there."""
     return [_forward(), _backward(), _inference_forward(), _inference_backward(), _double_backward(True),
-            _double_backward(False), _jvp()] + [_running_stats(c) for c in running_stats.CONVENTIONS.values()]
+            _double_backward(False), _jvp()] + [_running_stats(c) for c in CONVENTIONS.values()]

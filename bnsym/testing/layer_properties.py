@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import bnsym
+from bnsym.conventions import CONVENTIONS
 from bnsym.strategies import Example
 from bnsym.symbolic import batch_norm as bn
 from bnsym.symbolic.reduction import is_field_expr
-from bnsym.symbolic.running_stats import CONVENTIONS
 from bnsym.testing import reference
 from bnsym.testing.magnitude import compiled
 from bnsym.testing.options import CheckOptions
