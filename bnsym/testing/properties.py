@@ -57,9 +57,9 @@ class Worst:
 class PropertyFailure(AssertionError):
     """A property does not hold on an example; ``worst`` locates the worst element when there is one."""
 
-    def __init__(self, message: str, worst: Worst | None = None):
-        super().__init__(message if worst is None else f"{message}; {worst}")
-        self.message, self.worst = message, worst
+    def __init__(self, message: str, worst: Worst | None = None, note: str = ""):
+        super().__init__("; ".join(part for part in (message, worst and str(worst), note) if part))
+        self.message, self.worst, self.note = message, worst, note
 
 
 def train_first_order(options: CheckOptions) -> bool:
