@@ -58,7 +58,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnsym import __version__
+
     parser = argparse.ArgumentParser(prog="bnsym", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bnsym {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     derive = commands.add_parser("derive", help="regenerate every generated file from the SymPy derivation",

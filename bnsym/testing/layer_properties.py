@@ -32,7 +32,8 @@ from bnsym.symbolic.reduction import is_field_expr
 from bnsym.testing import reference
 from bnsym.testing.magnitude import compiled
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import _STEP, PropertyFailure, Worst, _as_array, _axes, compare, register
+from bnsym.testing.properties import _STEP, PropertyFailure, Worst, _axes, compare, register
+from bnsym.testing.protocol import check_layout, output_array, output_arrays
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
 __all__ = ["running_statistics"]
@@ -83,11 +84,7 @@ def _call(impl, method: str, *args):
 
 
 def _triple(result, method: str, names: tuple[str, str, str]):
-    try:
-        first, second, third = result
-    except (TypeError, ValueError):
-        raise PropertyFailure(f"{method} must return ({', '.join(names)}), got {type(result).__name__}") from None
-    return tuple(_as_array(a, f"{name} from {method}") for a, name in zip((first, second, third), names))
+    return output_arrays(result, method, names)
 
 
 def _inputs(example: Example, dtype, **replaced):
@@ -100,8 +97,10 @@ def _eval_forward(impl, example: Example, running, dtype=None, **replaced) -> np
     dtype = np.dtype(dtype or example.dtype)
     a = _inputs(example, dtype, **replaced)
     rm, rv = (np.array(r, dtype=dtype) for r in running)
-    return _as_array(_call(impl, "eval_forward", a["x"], a["gamma"], a["beta"], float(example.eps), rm, rv),
-                     "the result of eval_forward")
+    y = output_array(_call(impl, "eval_forward", a["x"], a["gamma"], a["beta"], float(example.eps), rm, rv),
+                     "y from eval_forward", method="eval_forward", expects="y alone, an array shaped like x")
+    check_layout(y, a["x"].shape, "y from eval_forward", "the shape of x")
+    return y
 
 
 def _eval_backward(impl, example: Example, running, dtype=None, **replaced):
@@ -241,7 +240,7 @@ def _central(along):
 
 
 @register("eval_backward_finite_differences", "eval", needs=("eval_forward", "eval_backward"), when=_eval_mode,
-          selected_by="--mode eval")
+          selected_by="--mode eval", requires=("float64_arithmetic",))
 def _eval_backward_finite_differences(impl, example):
     """Eval-mode backward equals central differences of eval_forward along a random direction (float64)."""
     ex = example.replace(**{n: getattr(example, n).astype(np.float64) for n in ("x", "gamma", "beta", "dy")})
@@ -606,7 +605,7 @@ def _double_backward_reference_property(impl, example):
 
 
 @register("double_backward_finite_differences", "second order", needs=("backward", "double_backward"),
-          when=_second_order, selected_by="--order 2")
+          when=_second_order, selected_by="--order 2", requires=("float64_arithmetic",))
 def _double_backward_fd_property(impl, example):
     """The double backward equals central differences of the implementation's own backward (float64)."""
     _check_double_backward_fd(impl, example, None)
@@ -627,7 +626,7 @@ def _eval_double_backward_reference_property(impl, example):
 
 
 @register("eval_double_backward_finite_differences", "second order", needs=("eval_backward", "eval_double_backward"),
-          when=_eval_second_order, selected_by="--mode eval --order 2")
+          when=_eval_second_order, selected_by="--mode eval --order 2", requires=("float64_arithmetic",))
 def _eval_double_backward_fd_property(impl, example):
     """The eval double backward equals central differences of the implementation's eval backward (float64)."""
     _check_double_backward_fd(impl, example, running_statistics(example))
