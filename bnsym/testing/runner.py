@@ -93,12 +93,14 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
     return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=compared)
 
 
-def selection(options: CheckOptions, properties: list[str] | None) -> list[str]:
-    """The properties to run, in registry order: those named (or those the options select), and what they
-    require."""
+def selection(options: CheckOptions, properties: list[str] | None, capabilities=None) -> list[str]:
+    """The properties to run, in registry order: those named (or those the options select), and what those of
+    them that the implementation can run (its ``capabilities``) require."""
     chosen = set(properties) if properties else {n for n, p in REGISTRY.items() if p.when(options)}
     for name in list(chosen):
-        chosen.update(REGISTRY[name].requires)
+        prop = REGISTRY[name]
+        if prop.when(options) and (capabilities is None or prop.needs <= capabilities):
+            chosen.update(prop.requires)
     return [name for name in REGISTRY if name in chosen]
 
 
@@ -113,7 +115,7 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
     report = Report(impl.name, space.dtype.name, seed, max_examples, options=options, regimes=space.regimes,
                     shapes=shapes)
     start = time.perf_counter()
-    selected = selection(options, properties)
+    selected = selection(options, properties, impl.capabilities)
     report.not_selected = [] if properties else [n for n in REGISTRY if n not in selected]
     verdicts: dict[str, str] = {}
     for name in selected:
@@ -128,7 +130,7 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
 
 
 def _decide_skip(prop, impl, space, options, properties, verdicts) -> PropertyResult | None:
-    if properties and not prop.when(options):
+    if properties and not prop.when(options) and prop.name in properties:
         return PropertyResult(prop.name, SKIPPED, f"runs with {prop.selected_by}")
     missing = prop.needs - impl.capabilities
     if missing:
