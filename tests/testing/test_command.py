@@ -253,8 +253,8 @@ def test_passing_properties_show_their_margin_and_regime(capsys):
 
 def test_regimes_select_the_inputs(capsys):
     assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "forward_reference",
-                 "--regime", "well-conditioned", "--regime", "tiny batch", "--exclude-regime", "tiny batch", "--save-dir",
-                 "/nonexistent-never-written"]) == 0
+                 "--regime", "well-conditioned", "--regime", "tiny batch", "--exclude-regime", "tiny batch",
+                 "--save-dir", "/nonexistent-never-written"]) == 0
     assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "one_value_per_channel",
                  "--regime", "tiny batch"]) == 5
     assert "draws only from the regimes" in capsys.readouterr().out
