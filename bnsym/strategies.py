@@ -224,7 +224,7 @@ def channel_shapes(*, min_dims: int = 2, max_dims: int = 5, min_channels: int = 
     return shapes()
 
 
-def shape_pool(seed: int = 0, *, size: int = 8, min_dims: int = 2, max_dims: int = 5, max_channels: int = 4,
+def shape_pool(seed: int = 0, *, size: int = 6, min_dims: int = 2, max_dims: int = 5, max_channels: int = 4,
                max_count: int = 512) -> tuple[tuple[int, ...], ...]:
     """A small set of shapes (N, C, *spatial) for one run, smallest first, fixed by ``seed``.
 
@@ -235,12 +235,12 @@ def shape_pool(seed: int = 0, *, size: int = 8, min_dims: int = 2, max_dims: int
     ``max_dims``; sorted by size, so that Hypothesis shrinks towards the smallest.
 
     - ``seed`` (default 0): fixes the pool.
-    - ``size`` (default 8): the number of shapes, at least the number of dimensions covered plus 2.
+    - ``size`` (default 6): the number of shapes, at least the number of dimensions covered plus 2.
     - ``min_dims``, ``max_dims``, ``max_channels``, ``max_count``: as in :func:`channel_shapes`.
 
     >>> pool = shape_pool(0)
     >>> len(pool), min(shape[0] * shape[1] for shape in pool) <= 8
-    (8, True)
+    (6, True)
     """
     _check_pair("min_dims", min_dims, "max_dims", max_dims, 2)
     _check_int("max_channels", max_channels, 1)
