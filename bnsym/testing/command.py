@@ -30,6 +30,7 @@ from bnsym.testing.counterexamples import (
     replay,
     save_counterexample,
 )
+from bnsym.testing.files import write_atomically
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.runner import run_properties
 
@@ -119,17 +120,11 @@ def _replay_conflicts(args: argparse.Namespace, name: str, dtype: str, options: 
 
 
 def _write_json(report, path: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(report.to_dict(), stream, indent=2, default=float)
-            stream.write("\n")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    def write(stream):
+        json.dump(report.to_dict(), stream, indent=2, default=float)
+        stream.write("\n")
+
+    write_atomically(path, write, binary=False)
 
 
 def _outputs(report, args) -> None:

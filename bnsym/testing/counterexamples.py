@@ -10,8 +10,6 @@ re-runs that one property on that one example.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 from bnsym.strategies import Example
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
+from bnsym.testing.files import write_atomically
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
@@ -46,17 +45,7 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
                   mode=options.mode, convention=options.convention or "", order=options.order,
                   **{f: getattr(ex, f) for f in _ARRAYS})
     digest = hashlib.sha256(b"".join(np.asarray(v).tobytes() for v in fields.values())).hexdigest()[:8]
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{result.name}-{digest}.npz"
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **fields)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    path = write_atomically(Path(directory) / f"{result.name}-{digest}.npz", lambda stream: np.savez(stream, **fields))
     ce.path = path
     return path
 

@@ -6,13 +6,12 @@ A kernel author sees at a glance which regime eats the error budget: a cell near
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from bnsym.strategies import REGIMES
+from bnsym.testing.files import write_atomically
 from bnsym.testing.results import FAILED, Report
 
 __all__ = ["plot_margins"]
@@ -51,16 +50,7 @@ def plot_margins(report: Report, path) -> Path:
     axes.set_title(f"bnsym check {report.implementation}, {report.dtype}: worst |error| / tolerance", fontsize=9)
     figure.colorbar(image, ax=axes, label="worst |error| / tolerance (above 1 fails)")
     figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=110)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        return write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=110))
     finally:
         plt.close(figure)
-    return target

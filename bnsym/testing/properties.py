@@ -173,8 +173,9 @@ def compare(what: str, actual, expected, tolerance) -> None:
         raise PropertyFailure(f"{what} is not finite in {int((~finite).sum())} of {actual.size} elements",
                               Worst(what, index, float(expected[index]), float(actual[index]),
                                     float(tolerance[index])))
+    difference = np.abs(actual - expected)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.abs(actual - expected) / tolerance
+        ratio = np.where(difference == 0, 0.0, difference / tolerance)  # 0/0: exact where nothing may differ
     if observation is not None and actual.size and np.isfinite(tolerance).any():
         observation.ratio(float(np.max(np.where(np.isfinite(tolerance), ratio, 0))))
     if actual.size and np.max(ratio) > 1:
