@@ -7,7 +7,7 @@ import pytest
 from bnsym.testing import PROPERTIES, CheckFailed, check_batchnorm
 from tests.testing.zoo import BUGS, CORRECT, ForwardOnly
 
-BUG_CLASSES = {  # rows of shared/bug-classes.md that concern training forward/backward: each needs a planted bug
+BUG_CLASSES = {  # bug classes that concern training forward/backward: each needs a planted bug
     "variance as E[x^2] - E[x]^2", "slightly negative variance -> NaN", "float16 sum of squares overflows",
     "eps outside the sqrt", "sqrt(max(var, eps))", "eps missing", "unbiased variance used to normalise",
     "statistics over the wrong axes (per sample)", "statistics over the wrong axes (NHWC vs NCHW)",

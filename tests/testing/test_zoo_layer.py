@@ -7,7 +7,7 @@ from bnsym.cli import main
 from bnsym.testing import PROPERTIES, CheckFailed, NothingChecked, check_batchnorm
 from tests.testing.zoo_layer import BUGS, CORRECT, EquinoxEma
 
-LAYER_BUG_CLASSES = {  # rows of shared/bug-classes.md beyond the training forward and backward
+LAYER_BUG_CLASSES = {  # bug classes beyond the training forward and backward
     "running_var without Bessel's correction (PyTorch convention)", "momentum convention flipped",
     "running statistics changed by an eval-mode forward", "double backward missing a term",
     "cumulative average wrong", "training output normalised with running statistics",

@@ -1,7 +1,7 @@
 """A zoo of batch norms for testing the checker: correct ones that must pass, and planted bugs that must be caught.
 
 Each bug is a small variation of :class:`TwoPass` (the textbook two-pass algorithm) reproducing a bug that real
-implementations shipped (``/work/shared/bug-classes.md``), with the properties that must catch it and the dtype
+implementations shipped (each named by its bug class), with the properties that must catch it and the dtype
 that exposes it. All follow the protocol of :mod:`bnsym.testing.adapters`: NumPy in and out, channel axis 1.
 """
 
@@ -317,7 +317,7 @@ class Bug:
     impl: type
     caught_by: tuple[str, ...]  # each of these properties must fail
     dtype: str = "float64"
-    bug_class: str = ""  # the row of shared/bug-classes.md
+    bug_class: str = ""  # the kind of bug, as real libraries shipped it
 
 
 BUGS = (

@@ -2,7 +2,7 @@
 
 :class:`Layer` is a correct implementation of the whole protocol, in NumPy on top of bnsym's public functions, for
 one running-statistics convention; each bug overrides one method with a mistake that real implementations made
-(shared/bug-classes.md) and names the options that expose it and the properties that must catch it.
+(the bugs real libraries shipped) and names the options that expose it and the properties that must catch it.
 """
 
 from __future__ import annotations
