@@ -56,9 +56,16 @@ def _check(arguments: list[str]) -> int:
     # fast, without it. So `check` parses its own arguments.
     from bnsym.testing import command
 
+    return command.run(check_parser().parse_args(arguments))
+
+
+def check_parser() -> argparse.ArgumentParser:
+    """The parser of ``bnsym check``'s own options (imports the property library)."""
+    from bnsym.testing import command
+
     parser = argparse.ArgumentParser(prog="bnsym check", description=CHECK_DESCRIPTION)
     command.add_arguments(parser)
-    return command.run(parser.parse_args(arguments))
+    return parser
 
 
 CHECK_DESCRIPTION = "Verify a normalisation-layer implementation with bnsym's properties."

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bnsym.cli import build_parser
+from bnsym.cli import build_parser, check_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -49,7 +49,10 @@ def _commands() -> list[list[str]]:
 
 @pytest.mark.parametrize("argv", _commands(), ids=" ".join)
 def test_every_bnsym_command_parses(argv):
-    build_parser().parse_args(argv)
+    if argv[:1] == ["check"]:
+        check_parser().parse_args(argv[1:])
+    else:
+        build_parser().parse_args(argv)
 
 
 def test_the_readme_states_the_measured_times():
