@@ -130,7 +130,8 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
 
 
 def _decide_skip(prop, impl, space, options, properties, verdicts) -> PropertyResult | None:
-    if properties and not prop.when(options) and prop.name in properties:
+    prerequisite = any(prop.name in other.requires for other in REGISTRY.values())  # runs whenever named
+    if properties and not prop.when(options) and prop.name in properties and not prerequisite:
         return PropertyResult(prop.name, SKIPPED, f"runs with {prop.selected_by}")
     missing = prop.needs - impl.capabilities
     if missing:

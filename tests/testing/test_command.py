@@ -251,10 +251,16 @@ def test_passing_properties_show_their_margin_and_regime(capsys):
     assert re.search(r"PASS  backward_reference \(1 example, worst [0-9.e-]+ of the bound, regime [a-z -]+\)", out), out
 
 
-def test_regimes_select_the_inputs(capsys):
-    assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "forward_reference",
+def test_regimes_select_the_inputs(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "result.json"
+    assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--property", "forward_reference", "--max-examples", "20",
                  "--regime", "well-conditioned", "--regime", "tiny batch", "--exclude-regime", "tiny batch",
-                 "--save-dir", "/nonexistent-never-written"]) == 0
+                 "--json", str(path)]) == 0
+    assert "regimes: well-conditioned" in capsys.readouterr().out
+    (result,) = json.loads(path.read_text())["properties"]
+    assert set(result["margin"]["per_regime"]) == {"well-conditioned"}
     assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "one_value_per_channel",
                  "--regime", "tiny batch"]) == 5
     assert "draws only from the regimes" in capsys.readouterr().out
