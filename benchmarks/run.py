@@ -32,7 +32,12 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:  # the comparison with PyTorch's native kernels is what this benchmark is for
+    sys.exit("benchmarks/run.py compares bnsym with PyTorch's native kernels and needs PyTorch: "
+             "pip install torch==2.13.0 (or pip install -e '.[test]', which installs it)")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -56,16 +56,26 @@ def _check(arguments: list[str]) -> int:
     # fast, without it. So `check` parses its own arguments.
     from bnsym.testing import command
 
+    return command.run(check_parser().parse_args(arguments))
+
+
+def check_parser() -> argparse.ArgumentParser:
+    """The parser of ``bnsym check``'s own options (imports the property library)."""
+    from bnsym.testing import command
+
     parser = argparse.ArgumentParser(prog="bnsym check", description=CHECK_DESCRIPTION)
     command.add_arguments(parser)
-    return command.run(parser.parse_args(arguments))
+    return parser
 
 
 CHECK_DESCRIPTION = "Verify a normalisation-layer implementation with bnsym's properties."
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnsym import __version__
+
     parser = argparse.ArgumentParser(prog="bnsym", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bnsym {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     derive = commands.add_parser("derive", help="regenerate every generated file from the SymPy derivation",

@@ -226,7 +226,8 @@ def _running_statistics_section() -> list[str]:
         "## Running statistics",
         "",
         "Every framework folds the batch statistics into running estimates with one exponential moving average; "
-        "they differ in what the momentum weighs and in the variance estimator (`docs/conventions.md`). The "
+        "they differ in what the momentum weighs, in the variance estimator and in zero-debiasing "
+        "(`bnsym/conventions.py`). The "
         "unbiased variance $\\frac{1}{M-1}\\sum_j (x_j - \\mu)^2$ is rewritten as "
         f"${to_latex(running_stats.bessel_corrected_variance())}$ (proved from the forward definition). With "
         "$m$ the momentum and $n$ the number of batches seen, including this one:",

@@ -3,15 +3,21 @@
 ``update_running_stats(running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
 ``(new_mean, new_var)`` and leaves its inputs untouched. ``mean`` and ``var`` are the batch mean and the *biased*
 batch variance (var = invstd**-2 - eps from :func:`bnsym.batch_norm_forward`), ``count`` the number of values per
-channel (M). The conventions (:mod:`bnsym.conventions`, ``docs/conventions.md``):
+channel (M). The conventions and their choices are in :mod:`bnsym.conventions`:
 
 * ``"torch"`` (default momentum 0.1): r <- (1 - m) r + m b, running_var from the unbiased batch variance
   var * M / (M - 1), as ``torch.nn.BatchNorm*d``. ``momentum=None`` is PyTorch's cumulative average.
 * ``"keras"``, ``"flax"`` (default momentum 0.99): r <- m r + (1 - m) b, biased variance, as
   ``keras.layers.BatchNormalization`` and ``flax.linen.BatchNorm``.
-* ``"cumulative"``: r <- (1 - 1/n) r + (1/n) b with n = ``num_batches_tracked``, the number of batches seen
-  *including this one* (PyTorch increments its counter before the update), unbiased variance.
-  ``num_batches_tracked`` is only read by this convention (and by ``"torch"`` with ``momentum=None``).
+* ``"chainer"`` (default momentum 0.9, Chainer's ``decay``): r <- m r + (1 - m) b, unbiased variance, as
+  ``chainer.links.BatchNormalization``.
+* ``"haiku"`` (momentum is Haiku's ``decay_rate``, default 0.9 here): the zero-debiased average of
+  ``hk.ExponentialMovingAverage``, r <- (1 - f) r + f b with f = (1 - m) / (1 - m^n), biased variance; needs
+  ``num_batches_tracked``.
+* ``"cumulative"``: r <- (1 - 1/n) r + (1/n) b, unbiased variance.
+
+``num_batches_tracked`` is n, the number of batches seen *including this one* (PyTorch and Haiku increment their
+counters before the update); only ``"cumulative"``, ``"haiku"`` (and ``"torch"`` with ``momentum=None``) read it.
 
 The results have the dtype of the running statistics (promoted between running_mean and running_var).
 """
@@ -29,7 +35,8 @@ from bnsym.conventions import CONVENTIONS
 
 __all__ = ["update_running_stats"]
 
-_DEFAULT = object()
+#: The default of ``momentum``: the convention's own (:attr:`bnsym.conventions.Convention.default_momentum`).
+DEFAULT = "default"
 
 
 def _vector(value, name: str, channels: int | None) -> np.ndarray:
@@ -41,13 +48,16 @@ def _vector(value, name: str, channels: int | None) -> np.ndarray:
     return array
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=_DEFAULT, convention="torch",
+def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
                          num_batches_tracked=None):
-    """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,)."""
+    """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,).
+
+    ``momentum="default"`` takes the convention's default (module docstring).
+    """
     if not isinstance(convention, str) or convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
     chosen = CONVENTIONS[convention]
-    if momentum is _DEFAULT:
+    if isinstance(momentum, str) and momentum == DEFAULT:
         momentum = chosen.default_momentum
     if convention == "torch" and momentum is None:
         chosen = CONVENTIONS["cumulative"]
@@ -63,22 +73,28 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
     if chosen.unbiased and count < 2:
         raise ValueError(f"the {convention} convention uses the unbiased variance var * M / (M - 1), which needs "
                          f"count >= 2, got count={count}")
-    dtype = np.result_type(running_mean.dtype, running_var.dtype)
-    kernels = generated_kernels()
-    if chosen.momentum_weighs is None:
+    arguments = []
+    if chosen.cumulative:
         if momentum is not None:
             raise ValueError(f"the cumulative average takes no momentum, got momentum={momentum!r}")
-        if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral)
-                or num_batches_tracked < 1):
-            raise ValueError("the cumulative average needs num_batches_tracked, the number of batches seen "
-                             f"including this one (an integer >= 1), got {num_batches_tracked!r}")
-        new_mean, new_var = kernels.running_stats_cumulative(running_mean, running_var, mean, var,
-                                                             int(num_batches_tracked), int(count))
     else:
+        if momentum is None and chosen.default_momentum is None:
+            raise ValueError(f"the {convention} convention has no default momentum: pass momentum (its decay)")
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not math.isfinite(momentum) \
                 or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-        kernel = getattr(kernels, f"running_stats_{chosen.name}")
-        args = (running_mean, running_var, mean, var, float(momentum))
-        new_mean, new_var = kernel(*args, int(count)) if chosen.unbiased else kernel(*args)
+        if chosen.debiased and momentum == 1:
+            raise ValueError(f"the {convention} convention divides by 1 - momentum**n: momentum must be < 1, got 1")
+        arguments.append(float(momentum))
+    if chosen.uses_batch_count:
+        if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral)
+                or num_batches_tracked < 1):
+            raise ValueError(f"the {chosen.name} convention needs num_batches_tracked, the number of batches seen "
+                             f"including this one (an integer >= 1), got {num_batches_tracked!r}")
+        arguments.append(int(num_batches_tracked))
+    if chosen.unbiased:
+        arguments.append(int(count))
+    dtype = np.result_type(running_mean.dtype, running_var.dtype)
+    kernel = getattr(generated_kernels(), f"running_stats_{chosen.name}")
+    new_mean, new_var = kernel(running_mean, running_var, mean, var, *arguments)
     return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)

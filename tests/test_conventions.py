@@ -67,11 +67,12 @@ def _table_rows(section, width):
 def test_running_statistics_table_is_bnsyms_conventions():
     rows = _table_rows(_section("## Batch norm: running statistics and defaults"), 5)
     assert {row[0] for row in rows} == set(CONVENTIONS), f"the document's conventions are {[r[0] for r in rows]}"
-    weights = {"new": "momentum", "old": "1 - momentum", None: "1/n after n batches"}
+    weights = {("new", False): "momentum", ("old", False): "1 - momentum", (None, False): "1/n after n batches",
+               ("old", True): "(1 - momentum) / (1 - momentum^n)"}
     for name, _, momentum, weight, variance in rows:
         convention = CONVENTIONS[name]
         assert momentum == str(convention.default_momentum), f"{name}: default momentum {momentum}"
-        assert weight == weights[convention.momentum_weighs], f"{name}: the weight of the batch is {weight}"
+        assert weight == weights[convention.momentum_weighs, convention.debiased], f"{name}: the weight is {weight}"
         assert variance == ("unbiased" if convention.unbiased else "biased"), f"{name}: {variance} variance"
 
 

@@ -246,6 +246,32 @@ def running_stats_cumulative(running_mean, running_var, mean, var, num_batches_t
     return new_mean, new_var
 
 
+def running_stats_chainer(running_mean, running_var, mean, var, momentum, count):
+    """Running statistics after one batch, chainer convention.
+
+    chainer.links.BatchNormalization: r = decay r + (1 - decay) b, running_var from the unbiased batch variance. var
+    is the biased batch variance; the unbiased one is M var / (M - 1)
+    (bnsym.symbolic.running_stats.bessel_corrected_variance).
+    """
+    tmp0 = 1 - momentum
+    new_mean = mean*tmp0 + momentum*running_mean
+    new_var = count*tmp0*var/(count - 1) + momentum*running_var
+    return new_mean, new_var
+
+
+def running_stats_haiku(running_mean, running_var, mean, var, momentum, num_batches_tracked):
+    """Running statistics after one batch, haiku convention.
+
+    haiku.BatchNorm (hk.ExponentialMovingAverage, zero_debias=True): hidden h = decay h + (1 - decay) b from h = 0,
+    average h / (1 - decay^n) after n batches, biased variance (Haiku has no default decay_rate; 0.9 is bnsym's)
+    """
+    tmp0 = (1 - momentum)/(1 - momentum**num_batches_tracked)
+    tmp1 = 1 - tmp0
+    new_mean = mean*tmp0 + running_mean*tmp1
+    new_var = running_var*tmp1 + tmp0*var
+    return new_mean, new_var
+
+
 #: Each kernel's parameters and results, in order: what the runtime passes and unpacks.
 SIGNATURES = {
     'batch_norm_forward': (('x', 'gamma', 'beta', 'eps', 'reducer'), ('y', 'mean', 'invstd')),
@@ -259,4 +285,6 @@ SIGNATURES = {
     'running_stats_keras': (('running_mean', 'running_var', 'mean', 'var', 'momentum'), ('new_mean', 'new_var')),
     'running_stats_flax': (('running_mean', 'running_var', 'mean', 'var', 'momentum'), ('new_mean', 'new_var')),
     'running_stats_cumulative': (('running_mean', 'running_var', 'mean', 'var', 'num_batches_tracked', 'count'), ('new_mean', 'new_var')),
+    'running_stats_chainer': (('running_mean', 'running_var', 'mean', 'var', 'momentum', 'count'), ('new_mean', 'new_var')),
+    'running_stats_haiku': (('running_mean', 'running_var', 'mean', 'var', 'momentum', 'num_batches_tracked'), ('new_mean', 'new_var')),
 }

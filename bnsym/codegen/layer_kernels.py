@@ -159,10 +159,11 @@ def _inference_backward(layer: Derivation) -> Kernel:
 def _running_stats(layer: Derivation, convention) -> Kernel:
     s, r = layer.symbols, running_stats.RUNNING
     new_mean, new_var = running_stats.update(convention)
-    weight = r.num_batches_tracked if convention.momentum_weighs is None else r.momentum
+    weights = ((() if convention.cumulative else (r.momentum,))
+               + ((r.num_batches_tracked,) if convention.uses_batch_count else ()))
     return Kernel(
         name=f"running_stats_{convention.name}",
-        inputs=(s.running_mean, s.running_var, s.mean, s.var, weight),
+        inputs=(s.running_mean, s.running_var, s.mean, s.var, *weights),
         steps=(),
         outputs=((r.new_mean, new_mean), (r.new_var, new_var)),
         summary=f"Running statistics after one batch, {convention.name} convention.",
