@@ -8,6 +8,7 @@ cannot be loaded or does not follow the protocol, a bad option, a file that is n
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -19,6 +20,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from bnsym.symbolic.running_stats import CONVENTIONS
 from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES
 from bnsym.testing.adapters import TargetError, load
+from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.runner import replay, run_properties, save_counterexample
 
@@ -40,6 +42,16 @@ def _integer(minimum: int, meaning: str):
 
 _positive = _integer(1, "at least 1")
 _seed = _integer(0, "non-negative")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "framework's convention")
     parser.add_argument("--order", type=int, choices=(1, 2), default=1,
                         help="2: also check the double backward of the mode (default 1)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run the implementation in a child process: a crash (SIGSEGV, SIGABRT, ...) or a call "
+                             "that does not return within --timeout fails the property, and the run goes on")
+    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help=f"with --isolate: seconds one call may take before its process is killed (default "
+                             f"{DEFAULT_TIMEOUT:g})")
 
 
 def _fail(message: str) -> int:
@@ -86,10 +104,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.isolate:
+        return _fail("--timeout needs --isolate (a call in the checker's own process cannot be stopped)")
     try:
-        impl = load(args.target)
+        impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT) if args.isolate \
+            else load(args.target)
     except (TargetError, TypeError) as error:
         return _fail(str(error))
+    try:
+        return _check(args, impl)
+    finally:
+        if args.isolate:
+            impl.close()  # no child outlives the run
+
+
+def _check(args: argparse.Namespace, impl) -> int:
     if args.replay:
         try:
             report = replay(impl, args.replay)
@@ -100,7 +129,10 @@ def _run(args: argparse.Namespace) -> int:
     options = CheckOptions(args.mode, args.convention, args.order)
     report = run_properties(impl, dtype=args.dtype, max_examples=args.max_examples, seed=args.seed,
                             properties=args.properties, options=options)
-    report.replay_command = f"bnsym check {shlex.quote(args.target)} --replay {{path}}"
+    isolation = ""
+    if args.isolate:  # a replay of a crash must not crash the checker
+        isolation = " --isolate" + (f" --timeout {args.timeout:g}" if args.timeout is not None else "")
+    report.replay_command = f"bnsym check {shlex.quote(args.target)}{isolation} --replay {{path}}"
     for result in report.results:
         if result.counterexample is not None:
             save_counterexample(result, Path(args.save_dir), options)

@@ -19,6 +19,7 @@ from hypothesis import seed as hypothesis_seed
 
 from bnsym.strategies import Example
 from bnsym.testing.adapters import Implementation
+from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY, Property, PropertyFailure
 
@@ -141,6 +142,13 @@ def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples
             failure = PropertyFailure(f"checking raised {type(error).__name__}: {error}")
             failures.append((example, failure))
             raise failure from error
+        except ImplementationCrashed as crash:  # --isolate: the implementation's process died or hung
+            failure = PropertyFailure(crash.message + ("; not shrunk, since every attempt could take the whole "
+                                                       "timeout" if crash.hung else ""))
+            failures.append((example, failure))
+            if crash.hung:
+                raise  # a BaseException: Hypothesis lets it through, which ends this property's run (below)
+            raise failure from None  # a failed example like any other: Hypothesis shrinks a deterministic crash
 
     test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
@@ -154,6 +162,8 @@ def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples
         if not failures:
             return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
                                   seconds=time.perf_counter() - start)
+    except ImplementationCrashed:  # a hang ended the run; its example is the last failure
+        pass
     seconds = time.perf_counter() - start
     if failures:
         example, failure = failures[-1]
@@ -239,6 +249,9 @@ def replay(impl: Implementation, path) -> Report:
         report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))
     except Exception as error:  # as in a normal run: a failure of the property, never a crash of the checker
         failure = PropertyFailure(f"checking raised {type(error).__name__}: {error}")
+        report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))
+    except ImplementationCrashed as crash:  # --isolate: the implementation's process died or hung
+        failure = PropertyFailure(crash.message)
         report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))
     report.seconds = time.perf_counter() - start
     return report
