@@ -26,7 +26,9 @@ Children are started with ``forkserver`` where the platform has it (a fresh work
 server that has already imported bnsym, so a run that shrinks a crashing example can afford one child per crash)
 and ``spawn`` elsewhere; never with a bare ``fork``, which is unsafe once torch or JAX have started threads. No
 child outlives the run: :meth:`IsolatedImplementation.close` (also on ``with`` exit and at interpreter exit) stops
-it, a timed-out child is killed, and on Linux a child is killed by the kernel when the checker dies.
+it, a timed-out child is killed, and a child whose checker is killed (no cleanup runs then) ends too: by the
+kernel's parent-death signal on Linux, and by a thread that watches the checker (for a hang in Python code)
+elsewhere.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import select
 import signal
 import sys
 import tempfile
@@ -93,15 +96,18 @@ def describe_death(exitcode: int | None) -> str:
 
 
 def implementation_stack(dump: str, limit: int = 3) -> str:
-    """The innermost ``limit`` frames of the implementation's call in a faulthandler dump, outermost first
-    ("planted.py:18 in forward > ctypes/__init__.py:519 in string_at"), or "" when the dump has none."""
+    """The Python stack of the implementation's call in a faulthandler dump, outermost first ("my_kernel.py:9 in
+    forward > ctypes/__init__.py:519 in string_at"), or "" when the dump has none. Deeper than ``limit`` frames,
+    the method that was called and the innermost ``limit - 1`` frames are kept ("a.py:3 in forward > ... > ...")."""
     for section in re.split(r"^(?:Current thread|Thread) .*$", dump, flags=re.MULTILINE):
         frames = re.findall(r'^\s*File "(.*)", line (\d+) in (\S+)', section, flags=re.MULTILINE)
         callers = [i for i, (path, _, function) in enumerate(frames)
                    if function == "_answer" and os.path.basename(path) == "isolation.py"]
         if callers and callers[0]:
-            inner = frames[:callers[0]][:limit]  # most recent call first
-            return " > ".join(f"{_short(path)}:{line} in {function}" for path, line, function in reversed(inner))
+            stack = [f"{_short(path)}:{line} in {function}" for path, line, function in frames[callers[0] - 1::-1]]
+            if len(stack) > limit:
+                stack = [stack[0], "...", *stack[len(stack) - limit + 1:]]
+            return " > ".join(stack)
     return ""
 
 
@@ -114,11 +120,17 @@ def _while_at(stack: str) -> str:
 
 
 def _short(path: str) -> str:
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive
-        return path
-    return path if relative.startswith("..") else relative
+    """``path`` relative to the current directory when it is below it, else relative to the ``sys.path`` entry it
+    was imported from ("ctypes/__init__.py", "torch/nn/functional.py"), else as it is."""
+    roots = [os.getcwd()] + sorted((p for p in sys.path if p and os.path.isabs(p)), key=len, reverse=True)
+    for root in roots:
+        try:
+            relative = os.path.relpath(path, root)
+        except ValueError:  # another drive
+            continue
+        if not relative.startswith(".."):
+            return relative
+    return path
 
 
 # ----- arrays in shared memory -----
@@ -177,10 +189,10 @@ class _Layout:
 
 class _Unconverted:
     """A result the child could not turn into a NumPy array (a torch tensor that requires grad, say): converting
-    it in the caller raises what converting it raised in the child."""
+    it in the caller raises what converting it raised in the child. Subclassed under the result's type name."""
 
-    def __init__(self, type_name: str, text: str, error_type: str, error: str):
-        self._type_name, self._text, self._error_type, self._error = type_name, text, error_type, error
+    def __init__(self, text: str, error_type: str, error: str):
+        self._text, self._error_type, self._error = text, error_type, error
 
     def __repr__(self) -> str:
         return self._text
@@ -193,7 +205,7 @@ def _opaque(value, error: Exception | None = None) -> _Unconverted:
     kind = type(value)
     stand_in = type(kind.__name__, (_Unconverted,), {"__qualname__": kind.__qualname__})
     reason = error or TypeError(f"a {kind.__module__}.{kind.__qualname__} cannot leave the isolated process")
-    return stand_in(kind.__name__, _safe_repr(value), _builtin_base(type(reason)).__name__, str(reason))
+    return stand_in(_safe_repr(value), _builtin_base(type(reason)).__name__, _safe_str(reason))
 
 
 def _safe_repr(value) -> str:
@@ -201,6 +213,13 @@ def _safe_repr(value) -> str:
         return repr(value)[:200]
     except Exception:
         return f"<{type(value).__name__}>"
+
+
+def _safe_str(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__} whose str() failed>"
 
 
 def _builtin_base(kind: type) -> type:
@@ -251,33 +270,58 @@ def _encode_result(value, layout: _Layout, arrays: list):
     return ("value", value)
 
 
-def _die_with_parent(spawned_by_main_thread: bool) -> None:
-    """Make sure this child does not outlive the checker, even when the checker is killed mid-call."""
+def _die_with_checker(checker: int, forkserver: bool, spawned_by_main_thread: bool) -> None:
+    """Make sure this child does not outlive the checker (process ``checker``), even when the checker is killed
+    while a call hangs."""
+    if forkserver:
+        # Every child of the fork server holds the server's "alive" pipe, which keeps the server running while any
+        # child lives. This one lets go of it: the server then ends with the checker, and the parent-death signal
+        # below ends this child with the server.
+        from multiprocessing import forkserver as server
+
+        alive = getattr(server._forkserver, "_forkserver_alive_fd", None)
+        if isinstance(alive, int):
+            os.close(alive)
+            server._forkserver._forkserver_alive_fd = None
     parent = os.getppid()
-    if sys.platform.startswith("linux") and spawned_by_main_thread:
+    if sys.platform.startswith("linux") and (forkserver or spawned_by_main_thread):
         import ctypes
 
-        try:  # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent (the thread that forked us) dies
+        try:  # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent (the thread that forked us) ends
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent:
+        if os.getppid() != parent:  # it ended before the request took effect
+            os._exit(1)
+
+    def watch():  # for platforms without PR_SET_PDEATHSIG (a hang in Python code lets this thread run)
+        try:
+            descriptor = os.pidfd_open(checker)
+        except (AttributeError, OSError):
+            descriptor = None
+        if descriptor is not None:
+            select.select([descriptor], [], [])  # readable when the checker has ended
+        else:
+            while True:
+                try:
+                    os.kill(checker, 0)
+                except ProcessLookupError:
+                    break
+                except OSError:
+                    pass
+                time.sleep(1.0)
         os._exit(1)
 
-    def watch():  # for platforms without PR_SET_PDEATHSIG, and a hang in Python code
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="bnsym-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="bnsym-checker-watch", daemon=True).start()
 
 
-def _serve(conn, source, environment: dict, spawned_by_main_thread: bool, stack_file: str) -> None:
+def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spawned_by_main_thread: bool,
+           stack_file: str) -> None:
     """The child's main loop: load the implementation, then answer calls until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the checker handles it (and stops this child), so the child must not
     # die of it first and be reported as a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(spawned_by_main_thread)
+    _die_with_checker(checker, forkserver, spawned_by_main_thread)
     # A crash writes the child's Python stacks to a file the parent reads (stderr would get one dump per shrinking
     # attempt); the parent asks for the same with SIGUSR1 before it kills a hung call.
     stacks = open(stack_file, "w")  # noqa: SIM115  (open for the life of the process, for faulthandler)
@@ -326,7 +370,7 @@ def _answer(conn, impl: Implementation, method: str, name: str, size: int, argum
             result = getattr(impl, method)(*args, **kwargs)
     except Exception as error:
         kind = type(error)
-        conn.send(("raised", _builtin_base(kind).__name__, kind.__module__, kind.__name__, str(error)))
+        conn.send(("raised", _builtin_base(kind).__name__, kind.__module__, kind.__name__, _safe_str(error)))
         return
     finally:
         del args, kwargs
@@ -406,6 +450,7 @@ class IsolatedImplementation(Implementation):
             self._context.set_forkserver_preload([__name__])
         self._lock = threading.RLock()
         self._process = self._conn = None
+        self._busy = False  # a call was sent and its answer not yet received
         self._label = label
         name, capabilities = self._start(loading=True)
         self._capabilities = capabilities
@@ -417,15 +462,15 @@ class IsolatedImplementation(Implementation):
     def _start(self, loading: bool) -> tuple[str, frozenset[str]]:
         """Start a child and load the implementation in it: (its name, its capabilities)."""
         conn, child_conn = self._context.Pipe(duplex=True)
-        # A forkserver's child forks from the server's main thread; a spawned one from ours, and the kernel's
-        # parent-death signal fires when that thread ends, which is the process's end only for the main thread.
-        by_main_thread = self._context.get_start_method() == "forkserver" or \
-            threading.current_thread() is threading.main_thread()
+        # A spawned child's parent-death signal fires when the thread that started it ends, which is the
+        # checker's end only for the main thread.
+        by_main_thread = threading.current_thread() is threading.main_thread()
+        forkserver = self._context.get_start_method() == "forkserver"
         descriptor, self._stack_file = tempfile.mkstemp(prefix="bnsym-isolated-", suffix=".stacks")
         os.close(descriptor)
         process = self._context.Process(target=_serve, name=f"bnsym-isolated {self._label}", daemon=False,
-                                        args=(child_conn, self._source, dict(os.environ), by_main_thread,
-                                              self._stack_file))
+                                        args=(child_conn, self._source, dict(os.environ), os.getpid(), forkserver,
+                                              by_main_thread, self._stack_file))
         process.start()
         child_conn.close()
         self._process, self._conn = process, conn
@@ -471,6 +516,7 @@ class IsolatedImplementation(Implementation):
         if self._conn is not None:
             self._conn.close()
         self._process = self._conn = None
+        self._busy = False
         _LIVE.discard(self)
         try:
             os.remove(self._stack_file)
@@ -495,11 +541,12 @@ class IsolatedImplementation(Implementation):
         with self._lock:
             if self._process is None:
                 return
-            try:
-                self._conn.send(("close",))
-            except (OSError, ValueError):
-                pass
-            self._process.join(2)
+            if not self._busy:  # a call interrupted (Ctrl-C) leaves the child busy: no point in asking
+                try:
+                    self._conn.send(("close",))
+                except (OSError, ValueError):
+                    pass
+                self._process.join(2)
             self._stop(kill=True)
 
     def __enter__(self) -> IsolatedImplementation:
@@ -569,6 +616,7 @@ class IsolatedImplementation(Implementation):
                     offset, strides = places[slot]
                     np.copyto(_view(segment.buf, offset, value.shape, value.dtype, strides), value)
                 deadline = time.monotonic() + self.timeout
+                self._busy = True
                 self._send(method, ("call", method, segment.name, segment.size, arguments, keywords, results_start,
                                     np.geterr()))
                 reply = self._receive(method, deadline)
@@ -576,6 +624,7 @@ class IsolatedImplementation(Implementation):
                     extra = SharedMemory(create=True, size=reply[1])
                     self._send(method, (extra.name, extra.size))
                     reply = self._receive(method, deadline)
+                self._busy = False
                 # Whatever the implementation wrote into its arguments shows in the caller's arrays, as in process.
                 for slot, value in originals.items():
                     if value.flags.writeable:

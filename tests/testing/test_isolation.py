@@ -161,11 +161,21 @@ def bounded():
 
 @pytest.fixture
 def planted(tmp_path, monkeypatch):
-    """The planted targets' file; every process that loads it appends its pid to ``planted.pids``."""
+    """The planted targets' file; every process that loads it appends its pid to ``pids`` next to it. A test that
+    fails leaves none of them running."""
     path = tmp_path / "planted.py"
     path.write_text(PLANTED)
     monkeypatch.setenv("BNSYM_TEST_PIDS", str(tmp_path / "pids"))
-    return path
+    yield path
+    kill_all(pid for pid in loaded_pids(path) if alive(pid))
+
+
+def kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def loaded_pids(planted: Path) -> list[int]:
@@ -262,34 +272,71 @@ def test_correct_target_passes_under_isolate(capsys):
     assert "0 failed" in out and "FAIL" not in out
 
 
+needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds processes in /proc")
+
+
+@needs_proc
 def test_nothing_outlives_the_cli(planted, tmp_path):
     """The whole `bnsym check --isolate` process tree is gone when the command returns: the implementation's
     children, and multiprocessing's helpers (the fork server, the shared-memory tracker)."""
-    if not Path("/proc/self/environ").exists():
-        pytest.skip("needs /proc")
     marker = f"BNSYM_ISOLATION_TEST_{uuid.uuid4().hex}"
     env = {**os.environ, marker: "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "bnsym.cli", *check(f"{planted}:Segfault", *PROPERTIES,
-                                                                       save_dir=tmp_path)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "crashed with SIGSEGV (signal 11) in forward" in result.stdout
-    assert "Fatal Python error" not in result.stderr  # the crash dumps go to the report, not the terminal
+    try:
+        result = subprocess.run([sys.executable, "-m", "bnsym.cli", *check(f"{planted}:Segfault", *PROPERTIES,
+                                                                           save_dir=tmp_path)],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "crashed with SIGSEGV (signal 11) in forward" in result.stdout
+        assert "Fatal Python error" not in result.stderr  # the crash dumps go to the report, not the terminal
+        assert_none_left(marker)
+    finally:
+        kill_all(processes_with(marker))
 
-    def survivors():
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                pass
-        return found
 
-    deadline = time.monotonic() + 10
-    while survivors() and time.monotonic() < deadline:
+def assert_none_left(marker: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert survivors() == []
+    assert processes_with(marker) == [], "processes left behind"
+
+
+def processes_with(marker: str) -> list[int]:
+    """The processes started with ``marker`` in their environment: a command and everything it started."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+@needs_proc
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=lambda how: how.name)
+def test_a_checker_killed_during_a_hang_takes_its_children_along(planted, tmp_path, how):
+    """Killed from outside (a CI job's timeout), the checker runs no cleanup: the kernel and the child's watch on
+    the checker end the hung child, and with it multiprocessing's helpers."""
+    marker = f"BNSYM_ISOLATION_TEST_{uuid.uuid4().hex}"
+    env = {**os.environ, marker: "1", "PYTHONPATH": str(ROOT)}
+    checker = subprocess.Popen([sys.executable, "-m", "bnsym.cli", *check(f"{planted}:Hang", "--property",
+                                                                          "forward_reference", "--timeout", "100",
+                                                                          save_dir=tmp_path)],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not loaded_pids(planted) and time.monotonic() < deadline:  # the child has loaded the target
+            time.sleep(0.1)
+        assert loaded_pids(planted), "the isolated child never loaded the target"
+        time.sleep(1.0)  # by now the first examples run, and one of them hangs
+        assert len(processes_with(marker)) >= 3  # the checker, the child, the fork server (and a tracker)
+        checker.send_signal(how)
+        checker.wait(timeout=30)
+        assert_none_left(marker)
+    finally:
+        checker.kill()
+        checker.wait(timeout=30)
+        kill_all(processes_with(marker))
 
 
 def test_timeout_needs_isolate(capsys):
@@ -472,6 +519,11 @@ def test_the_stack_of_the_implementation_is_read_from_a_faulthandler_dump():
     assert implementation_stack(dump) == ("/tmp/kernel.py:18 in forward > /usr/lib/python3.11/ctypes/__init__.py:519 "
                                           "in string_at")
     assert implementation_stack("Fatal Python error: Aborted\n") == ""
+    deep = "Current thread 0x1 (most recent call first):\n" + "".join(
+        f'  File "/lib/torch/f{i}.py", line {i} in f{i}\n' for i in range(5)) + \
+        '  File "/tmp/kernel.py", line 7 in forward\n  File "/x/bnsym/testing/isolation.py", line 292 in _answer\n'
+    assert implementation_stack(deep, limit=3) == "/tmp/kernel.py:7 in forward > ... > /lib/torch/f1.py:1 in f1 > " \
+                                                  "/lib/torch/f0.py:0 in f0"
 
 
 # ----- isolation changes nothing else -----
