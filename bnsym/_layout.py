@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnsym import _validation as v
+from bnsym._reduce import Reducer
 
 __all__ = ["Layout", "affine_inputs", "as_input", "generated_kernels", "gradient_inputs"]
 
@@ -40,6 +41,12 @@ class Layout:
         broadcast = tuple(channels if i == axis else 1 for i in range(x.ndim))
         count = x.size // channels if channels else 0
         return cls(x.shape, axis, channels, tuple(i for i in range(x.ndim) if i != axis), broadcast, count)
+
+    @property
+    def reducer(self) -> Reducer:
+        """The reductions the kernels need: over every axis but the channel axis, M values per channel; gamma and
+        beta are per channel, so their gradients need no further sum."""
+        return Reducer(self.axes, self.count)
 
     def channel(self, value, name: str, dtype) -> np.ndarray:
         """A (C,) argument, validated and reshaped for broadcasting against x."""

@@ -1,5 +1,10 @@
 """Per-group reductions for the generated kernels: accurate in float32, and fast on large arrays.
 
+Generated kernels never reduce by themselves: they receive a :class:`Reducer`, the one object through which the
+reduced axes, the group size M (``reducer.count``) and every sum reach them. A sharded (data-parallel) run replaces
+it by an object with the same three members whose ``sums`` adds the shards' totals and whose ``count`` is the
+global M; nothing in the kernels changes.
+
 Contract. ``batch_sum(a, axes)`` is ``numpy.sum(a, axis=axes, keepdims=True)`` and ``batch_dot(a, b, axes)`` is
 ``numpy.sum(a * b, axis=axes, keepdims=True)``, in the dtype of the fields, with two differences:
 
@@ -21,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["BLOCK", "RUN", "batch_dot", "batch_sum"]
+__all__ = ["BLOCK", "RUN", "Reducer", "batch_dot", "batch_sum", "parameter_sum"]
 
 #: The most contiguous values of one run (the H*W values of one image and channel in NCHW) in one float32 partial.
 RUN = 1024
@@ -43,19 +48,76 @@ def batch_dot(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> np.ndarray
     return _reduce((a, b), axes)
 
 
+class Reducer:
+    """The reductions of one call of a generated kernel: sums over ``axes``, groups of ``count`` values.
+
+    - ``axes``: the reduced axes of the fields (kept as length-1 axes in every result).
+    - ``count``: M, the number of values in one group.
+    - ``parameter_axes``: the axes on which the layer's parameters (gamma, beta) have length 1; a parameter's
+      gradient is summed over them (:meth:`parameter_sums`). Empty when every parameter is per group (batch norm).
+
+    ``sums(*terms)`` returns, for each term (a tuple of arrays that broadcast against each other), the sum over
+    ``axes`` of the product of its arrays, without materialising the product where the layout allows. The terms of
+    one call are independent of each other: that is the unit a sharded reducer all-reduces in one round.
+    """
+
+    __slots__ = ("axes", "count", "parameter_axes")
+
+    def __init__(self, axes: tuple[int, ...], count: int, parameter_axes: tuple[int, ...] = ()):
+        self.axes = tuple(axes)
+        self.count = count
+        self.parameter_axes = tuple(parameter_axes)
+
+    def __repr__(self) -> str:
+        return f"Reducer(axes={self.axes}, count={self.count}, parameter_axes={self.parameter_axes})"
+
+    def sums(self, *terms: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """The per-group sum of each term's product."""
+        return tuple(_reduce(tuple(term), self.axes) for term in terms)
+
+    def parameter_sums(self, *terms: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """The sum of each term's product over :attr:`parameter_axes`, in the parameters' broadcast shape."""
+        return tuple(parameter_sum(tuple(term), self.parameter_axes) for term in terms)
+
+
+def parameter_sum(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np.ndarray:
+    """sum(product of ``operands``) over ``axes`` (length-1 axes kept), accumulated in float64.
+
+    The operands broadcast against each other (fields, per-group statistics, parameters); the product is formed
+    in float64 blocks by einsum and never materialised whole.
+    """
+    dtype = np.result_type(*operands)
+    shape = np.broadcast_shapes(*(op.shape for op in operands))
+    return _float64_einsum(operands, shape, axes).astype(dtype)
+
+
+def _float64_einsum(operands, shape, axes) -> np.ndarray:
+    """sum over ``axes`` of the product of the broadcast operands, in float64, keeping the axes as length 1."""
+    ndim = len(shape)
+    letters = _letters(ndim)
+    kept = [i for i in range(ndim) if i not in axes]
+    # Each operand is labelled only on its axes of full length, so that einsum broadcasts the length-1 ones.
+    squeezed, subscripts = [], []
+    for op in operands:
+        op = op.reshape((1,) * (ndim - op.ndim) + op.shape)
+        full = [i for i in range(ndim) if op.shape[i] != 1 or shape[i] == 1]
+        squeezed.append(op.reshape([op.shape[i] for i in full]))
+        subscripts.append("".join(letters[i] for i in full))
+    out = "".join(letters[i] for i in kept)
+    total = np.einsum(",".join(subscripts) + "->" + out, *squeezed, dtype=np.float64)
+    return np.asarray(total).reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
+
+
 def _reduce(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np.ndarray:
     first = operands[0]
-    shape = first.shape
+    shape = first.shape if len(operands) == 1 else np.broadcast_shapes(*(op.shape for op in operands))
     dtype = first.dtype if len(operands) == 1 else np.result_type(*operands)
     keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
-    kept = [i for i in range(first.ndim) if i not in axes]
+    kept = [i for i in range(len(shape)) if i not in axes]
     contiguous = all(op.flags.c_contiguous and op.shape == shape for op in operands)
     if not kept or not contiguous or kept[-1] - kept[0] != len(kept) - 1:
-        # Any other layout: a correct, slower path that accumulates every value in float64.
-        letters = _letters(first.ndim)
-        out = "".join(letters[i] for i in kept)
-        total = np.einsum(",".join([letters] * len(operands)) + "->" + out, *operands, dtype=np.float64)
-        return total.astype(dtype).reshape(keep)
+        # Any other layout (or operands that broadcast): a correct, slower path that accumulates in float64.
+        return _float64_einsum(operands, shape, axes).astype(dtype)
     # Reduced axes before the kept ones are "rows"; the kept axes and the reduced axes after them make a row.
     rows = math.prod(shape[:kept[0]])
     channels = math.prod(shape[kept[0]:kept[-1] + 1])

@@ -36,7 +36,7 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
     x, layout, eps, dtype, gamma, beta = affine_inputs(x, gamma, beta, eps, axis)
     layout.require_training_batch()
     y, mean, invstd = generated_kernels().batch_norm_forward(x.astype(dtype, copy=False), gamma, beta,
-                                                             dtype.type(eps), layout.axes, layout.count)
+                                                             dtype.type(eps), layout.reducer)
     return y.astype(x.dtype, copy=False), mean.reshape(-1), invstd.reshape(-1)
 
 
@@ -58,6 +58,6 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, axis: int = 1):
     invstd = layout.channel(invstd, "invstd", dtype)
     layout.require_training_batch()
     dx, dgamma, dbeta = generated_kernels().batch_norm_backward(
-        dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, mean, invstd, layout.axes, layout.count)
+        dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, mean, invstd, layout.reducer)
     out = x.dtype
     return dx.astype(out, copy=False), dgamma.reshape(-1).astype(out), dbeta.reshape(-1).astype(out)

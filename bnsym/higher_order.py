@@ -52,7 +52,7 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     else:
         kernel = generated_kernels().batch_norm_inference_double_backward
     args = (ggx, gggamma, ggbeta, dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, mean, invstd)
-    gx, ggamma, gdy = kernel(*args, layout.axes, layout.count)
+    gx, ggamma, gdy = kernel(*args, layout.reducer)
     out = x.dtype
     return gx.astype(out, copy=False), np.reshape(ggamma, -1).astype(out), gdy.astype(out, copy=False)
 
@@ -66,5 +66,5 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps: float = 1e-5, axis: i
     tbeta = _channel_or_zero(layout, tbeta, "tbeta", dtype)
     layout.require_training_batch()
     y, ty = generated_kernels().batch_norm_jvp(x.astype(dtype, copy=False), gamma, beta, tx, tgamma, tbeta,
-                                      dtype.type(eps), layout.axes, layout.count)
+                                      dtype.type(eps), layout.reducer)
     return y.astype(x.dtype, copy=False), ty.astype(x.dtype, copy=False)

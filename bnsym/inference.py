@@ -48,6 +48,6 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps: 
     running_mean, running_var = _statistics(layout, running_mean, running_var, dtype)
     dx, dgamma, dbeta = generated_kernels().batch_norm_inference_backward(
         dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, running_mean, running_var,
-        dtype.type(eps), layout.axes, layout.count)
+        dtype.type(eps), layout.reducer)
     out = x.dtype
     return dx.astype(out, copy=False), dgamma.reshape(-1).astype(out), dbeta.reshape(-1).astype(out)

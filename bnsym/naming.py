@@ -14,10 +14,13 @@ Conventions:
 
 from __future__ import annotations
 
-__all__ = ["COUNT", "LATEX", "adjoint", "latex_name", "reduction_name", "second_order", "tangent"]
+__all__ = ["COUNT", "LATEX", "REDUCER", "adjoint", "latex_name", "reduction_name", "second_order", "tangent"]
 
 #: The code name of M, the number of elements in one group.
 COUNT = "count"
+
+#: The code name of the object that computes a kernel's reductions and knows M (bnsym._reduce.Reducer).
+REDUCER = "reducer"
 
 #: LaTeX for the base names; prefixed names (adjoints, tangents) are built from these.
 LATEX = {
@@ -30,6 +33,8 @@ LATEX = {
     "mean": r"\mu",
     "var": r"\sigma^2",
     "invstd": r"s",
+    "ms": r"\nu",
+    "invrms": r"r",
     "running_mean": r"\mu_{\mathrm{run}}",
     "running_var": r"\sigma^2_{\mathrm{run}}",
     "M": "M",

@@ -3,7 +3,7 @@
 ``update_running_stats(running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
 ``(new_mean, new_var)`` and leaves its inputs untouched. ``mean`` and ``var`` are the batch mean and the *biased*
 batch variance (var = invstd**-2 - eps from :func:`bnsym.batch_norm_forward`), ``count`` the number of values per
-channel (M). The conventions (:mod:`bnsym.symbolic.running_stats`, shared/conventions.md):
+channel (M). The conventions (:mod:`bnsym.conventions`, ``docs/conventions.md``):
 
 * ``"torch"`` (default momentum 0.1): r <- (1 - m) r + m b, running_var from the unbiased batch variance
   var * M / (M - 1), as ``torch.nn.BatchNorm*d``. ``momentum=None`` is PyTorch's cumulative average.
@@ -25,7 +25,7 @@ import numpy as np
 
 from bnsym import _validation as v
 from bnsym._layout import generated_kernels
-from bnsym.symbolic.running_stats import CONVENTIONS
+from bnsym.conventions import CONVENTIONS
 
 __all__ = ["update_running_stats"]
 

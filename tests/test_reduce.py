@@ -53,3 +53,31 @@ def test_float32_sum_over_many_rows_keeps_its_digits():
     """A row-by-row float32 sum of 10^5 values near 10^4 is off by about 8 in the mean; this is not."""
     x = np.full((100_000, 2), 10_000.5, np.float32)
     assert np.max(np.abs(batch_sum(x, (0,)) / 100_000 - 10_000.5)) < 1e-3
+
+
+def test_reducer_sums_broadcast_terms_and_parameter_sums():
+    """A term may mix full-size fields with per-group and per-parameter arrays (LayerNorm's gamma is per element,
+    its invstd per row); parameter_sums adds over the axes where the parameter has length 1."""
+    from bnsym._reduce import Reducer
+
+    rng = np.random.default_rng(3)
+    x, dy = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    gamma, invstd = rng.normal(size=(1, 7)), rng.normal(size=(5, 1))
+    reducer = Reducer(axes=(1,), count=7, parameter_axes=(0,))
+    sum_dy, sum_gamma_dy_x = reducer.sums((dy,), (gamma, dy, x))
+    np.testing.assert_allclose(sum_dy, dy.sum(axis=1, keepdims=True), rtol=1e-14)
+    np.testing.assert_allclose(sum_gamma_dy_x, (gamma * dy * x).sum(axis=1, keepdims=True), rtol=1e-13)
+    (dgamma, per_group) = reducer.parameter_sums((dy, x, invstd), (invstd,))
+    np.testing.assert_allclose(dgamma, (dy * x * invstd).sum(axis=0, keepdims=True), rtol=1e-13)
+    assert dgamma.shape == (1, 7) and per_group.shape == (1, 1)
+    np.testing.assert_allclose(per_group, invstd.sum(keepdims=True), rtol=1e-14)
+
+
+def test_parameter_sum_accumulates_float32_in_float64():
+    """LayerNorm's dgamma sums over every row: a float32 running total over 10^5 rows near 1e4 loses its digits."""
+    from bnsym._reduce import parameter_sum
+
+    x = np.full((100_000, 2), 10_000.5, np.float32)
+    total = parameter_sum((x,), (0,))
+    assert total.dtype == np.float32 and total.shape == (1, 2)
+    assert np.all(np.abs(total / 100_000 - 10_000.5) < 1e-3), total / 100_000

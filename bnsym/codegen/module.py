@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import sympy
 
-from bnsym.codegen.kernel import Kernel, render_kernel
+from bnsym.codegen.kernel import Kernel
+from bnsym.codegen.plan import plan_kernel
+from bnsym.codegen.printer import NumPyPlanPrinter
 
 __all__ = ["HEADER", "render_module"]
 
@@ -20,8 +22,20 @@ HEADER = """\
 
 def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> str:
     """The full text of a generated module: header, docstring, imports, then each kernel."""
+    plans = [plan_kernel(kernel) for kernel in kernels]
+    printer = NumPyPlanPrinter()
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
-             "import numpy", "", "from bnsym._reduce import batch_dot, batch_sum", ""]
-    for kernel in kernels:
-        parts += ["", render_kernel(kernel), ""]  # two blank lines before each function, as PEP 8 has it
+             "import numpy", ""]
+    for plan in plans:
+        parts += ["", printer.render(plan), ""]  # two blank lines before each function, as PEP 8 has it
+    parts += ["", "#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.",
+              "SIGNATURES = {"]
+    for plan in plans:
+        parts.append(f"    {plan.name!r}: ({_names(plan.parameters)}, {_names(s.name for s in plan.returns)}),")
+    parts += ["}", ""]
     return "\n".join(parts)
+
+
+def _names(names) -> str:
+    names = tuple(names)
+    return "(" + ", ".join(repr(n) for n in names) + ("," if len(names) == 1 else "") + ")"

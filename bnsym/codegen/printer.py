@@ -1,20 +1,27 @@
-"""The NumPy printer for derived expressions: SymPy's ``NumPyPrinter`` plus the batch reduction.
+"""Printers: a :class:`~bnsym.codegen.plan.KernelPlan` rendered as the source of one Python function.
 
-A reduction ``BatchSum(e)`` becomes ``batch_sum(e, axes)``, or ``batch_dot(a, b, axes)`` when ``e`` is the product
-of two fields ``a*b`` (so the product is never materialised), from :mod:`bnsym._reduce`; ``axes`` is a parameter of
-every generated kernel, and the group size ``M`` becomes the parameter ``count``. Any function the printer does
-not know is an error, never a silent fall-through: a kernel must be plain NumPy.
+Two layers, as in SymPy's own printers:
+
+* :class:`KernelPrinter` prints one expression (SymPy's ``NumPyPrinter`` with exact reciprocals, no floats and no
+  unknown functions; the group size ``M`` prints as ``count``);
+* :class:`NumPyPlanPrinter` prints a whole plan, one ``_render_<Statement>`` method per statement kind of
+  :mod:`bnsym.codegen.plan`. Reductions go through the kernel's ``reducer`` parameter (:class:`bnsym._reduce.
+  Reducer`), never through a module global, so that a sharded run can pass its own. A backend for another array
+  library or a compiled one is another plan printer over the same plan.
 """
 
 from __future__ import annotations
 
+import textwrap
+
 import sympy
 from sympy.printing.numpy import NumPyPrinter
 
-from bnsym.naming import COUNT
+from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
+from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M
 
-__all__ = ["KernelPrinter"]
+__all__ = ["KernelPrinter", "NumPyPlanPrinter"]
 
 
 class KernelPrinter(NumPyPrinter):
@@ -24,18 +31,6 @@ class KernelPrinter(NumPyPrinter):
 
     def __init__(self):
         super().__init__({"fully_qualified_modules": True, "allow_unknown_functions": False})
-
-    def _print_BatchSum(self, expr):
-        argument = expr.args[0]
-        factors = []
-        for factor in sympy.Mul.make_args(argument):
-            if isinstance(factor, sympy.Pow) and factor.exp == 2 and factor.base.is_Symbol:
-                factors += [factor.base, factor.base]
-            else:
-                factors.append(factor)
-        if len(factors) == 2 and all(f.is_Symbol for f in factors):
-            return "batch_dot(%s, %s, axes)" % (self._print(factors[0]), self._print(factors[1]))
-        return "batch_sum(%s, axes)" % self._print(argument)
 
     def _print_Symbol(self, expr):
         if expr == M:
@@ -57,3 +52,84 @@ class KernelPrinter(NumPyPrinter):
 
     def _print_Function(self, expr):
         raise TypeError(f"the kernel printer does not support the function {expr.func.__name__}")
+
+    def _print_BatchSum(self, expr):
+        raise TypeError(f"an unnamed reduction {expr} reached the kernel printer; plan_kernel names every one")
+
+    _print_ParameterSum = _print_BatchSum
+
+
+class NumPyPlanPrinter:
+    """Renders a :class:`KernelPlan` as a NumPy function: in-place evaluation, reductions through the reducer."""
+
+    #: The module that array functions come from, as printed (``numpy.sqrt``).
+    module = "numpy"
+
+    def __init__(self, indent: str = "    "):
+        self.indent = indent
+        self.expressions = KernelPrinter()
+
+    def doprint(self, expr: sympy.Expr) -> str:
+        return self.expressions.doprint(expr)
+
+    def render(self, plan: KernelPlan) -> str:
+        """The source of ``plan`` as a Python function (without a trailing blank line)."""
+        lines = [f"def {plan.name}({', '.join(plan.parameters)}):"]
+        width = 116 - len(self.indent)
+        doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
+        for paragraph in plan.docstring[1:]:
+            doc += [""] + textwrap.wrap(paragraph, width)
+        doc += ['"""']
+        lines += [self.indent + line if line else "" for line in doc]
+        body = []
+        if plan.uses_count and REDUCER in plan.parameters:
+            body.append(f"{COUNT} = {REDUCER}.count")
+        for statement in plan.statements:
+            body += getattr(self, f"_render_{type(statement).__name__}")(statement)
+        body.append(f"return {', '.join(s.name for s in plan.returns)}")
+        return "\n".join(lines + [self.indent + line for line in body])
+
+    # ----- one method per statement kind -----
+
+    def _render_Assign(self, statement: Assign) -> list[str]:
+        return [f"{statement.name.name} = {self.doprint(statement.expr)}"]
+
+    def _render_Reduce(self, statement: Reduce) -> list[str]:
+        method = "sums" if statement.over == "group" else "parameter_sums"
+        terms = ", ".join("(%s,)" % ", ".join(f.name for f in term) if len(term) == 1
+                          else "(%s)" % ", ".join(f.name for f in term) for term in statement.terms)
+        names = ", ".join(n.name for n in statement.names)
+        if len(statement.names) == 1:
+            names += ","
+        return [f"{names} = {REDUCER}.{method}({terms})"]
+
+    def _render_Accumulate(self, statement: Accumulate) -> list[str]:
+        out, form = statement.name.name, statement.form
+        monomial, coefficient = statement.start
+        lines = []
+        if statement.reuse is not None:
+            atom = statement.reuse.name
+            lines.append(f"{out} = {atom}  # reuses the buffer: nothing reads {atom} after this")
+            if coefficient == -1:
+                lines.append(f"{self.module}.negative({out}, out={out})")
+            elif coefficient != 1:
+                lines.append(f"{out} *= {self.doprint(coefficient)}")
+            for factor in sympy.Mul.make_args(monomial / statement.reuse):
+                if factor != 1:
+                    lines.append(f"{out} *= {self.doprint(factor)}")
+        else:
+            text = self.doprint(coefficient * monomial)
+            simple = coefficient == 1 and monomial.is_Symbol
+            lines.append(f"{out} = {self.module}.array({text})" if simple else f"{out} = {text}")
+        for term_monomial, term_coefficient in form.terms:
+            if (term_monomial, term_coefficient) == statement.start:
+                continue
+            if abs(term_coefficient) == 1:
+                lines.append(f"{out} {'+' if term_coefficient == 1 else '-'}= {self.doprint(term_monomial)}")
+            else:
+                lines.append(f"{out} += {self.doprint(term_coefficient * term_monomial)}")
+        if form.constant != 0:
+            lines.append(f"{out} += {self.doprint(form.constant)}")
+        if statement.scale != 1:
+            lines.append(f"{out} *= {self.doprint(statement.scale)}")
+        return lines

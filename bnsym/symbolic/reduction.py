@@ -21,11 +21,28 @@ from __future__ import annotations
 
 import sympy
 
-__all__ = ["BatchSum", "Field", "M", "is_field_expr", "outermost_sums"]
+__all__ = ["BatchSum", "Field", "M", "ParameterField", "ParameterSum", "is_field_expr", "is_full_field",
+           "outermost_sums"]
 
 
 class Field(sympy.Symbol):
     """A per-element quantity: one value for each of the M elements of a group."""
+
+
+class ParameterField(Field):
+    """A per-element quantity that every group shares: a parameter that varies within a group (layer norm's gamma
+    has one value per normalised position, the same for every sample). For the calculus it is a field like any
+    other; arrays of it have the parameter's broadcast shape, not the layer's full shape."""
+
+
+def is_full_field(expr: sympy.Expr) -> bool:
+    """True when ``expr`` has a field that is not a :class:`ParameterField` outside every reduction: an array of
+    it has the layer's full shape."""
+    if isinstance(expr, Field):
+        return not isinstance(expr, ParameterField)
+    if isinstance(expr, BatchSum | ParameterSum) or not expr.args:
+        return False
+    return any(is_full_field(arg) for arg in expr.args)
 
 
 #: The number of elements in one group (for batch norm: N times the spatial size).
@@ -36,7 +53,7 @@ def is_field_expr(expr: sympy.Expr) -> bool:
     """True when ``expr`` varies from element to element, i.e. has a :class:`Field` outside every reduction."""
     if isinstance(expr, Field):
         return True
-    if isinstance(expr, BatchSum) or not expr.args:
+    if isinstance(expr, BatchSum | ParameterSum) or not expr.args:
         return False
     return any(is_field_expr(arg) for arg in expr.args)
 
@@ -84,3 +101,32 @@ class BatchSum(sympy.Function):
 
     def _sympystr(self, printer):
         return "BatchSum(%s)" % printer.doprint(self.args[0])
+
+
+class ParameterSum(sympy.Function):
+    """``ParameterSum(e)``: e summed over every group that shares one parameter value; a parameter-shaped value.
+
+    A layer's statistics are per group, but a parameter (gamma, beta) may be shared by many groups: LayerNorm's
+    gamma has the normalised shape and is shared by every sample, InstanceNorm's per-channel gamma by every sample's
+    group of that channel. The gradient of such a parameter is the adjoint that the derivation finds for one group
+    (a field, or a channel scalar), summed over the groups that share the parameter. Derivations never need this
+    node: it only wraps a parameter's gradient when a kernel is built (:mod:`bnsym.codegen.layer_kernels`). It is
+    linear and pulls out numbers; nothing else is constant across groups, so nothing else is pulled out.
+    """
+
+    nargs = 1
+    is_commutative = True
+
+    @classmethod
+    def eval(cls, arg):
+        if isinstance(arg, sympy.Add):
+            return sympy.Add(*(cls(term) for term in arg.args))
+        coefficient, rest = arg.as_coeff_Mul()
+        if coefficient != 1:
+            return coefficient * cls(rest)
+        if arg == 0:
+            return sympy.S.Zero
+        return None
+
+    def _sympystr(self, printer):
+        return "ParameterSum(%s)" % printer.doprint(self.args[0])

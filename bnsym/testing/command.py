@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from bnsym.symbolic.running_stats import CONVENTIONS
+from bnsym.conventions import CONVENTIONS
 from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES
 from bnsym.testing.adapters import TargetError, load
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation

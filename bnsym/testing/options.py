@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnsym.symbolic.running_stats import CONVENTIONS
+from bnsym.conventions import CONVENTIONS
 
 __all__ = ["MODES", "CheckOptions"]
 
