@@ -96,13 +96,14 @@ def describe_death(exitcode: int | None) -> str:
 
 
 def implementation_stack(dump: str, limit: int = 3) -> str:
-    """The Python stack of the implementation's call in a faulthandler dump, outermost first ("my_kernel.py:9 in
-    forward > ctypes/__init__.py:519 in string_at"), or "" when the dump has none. Deeper than ``limit`` frames,
-    the method that was called and the innermost ``limit - 1`` frames are kept ("a.py:3 in forward > ... > ...")."""
+    """The Python stack of the implementation's call (or of its loading) in a faulthandler dump, outermost first
+    ("my_kernel.py:9 in forward > ctypes/__init__.py:519 in string_at"), or "" when the dump has none. Deeper than
+    ``limit`` frames, the outermost and the innermost ``limit - 1`` frames are kept ("a.py:3 in forward > ... >
+    ...")."""
     for section in re.split(r"^(?:Current thread|Thread) .*$", dump, flags=re.MULTILINE):
         frames = re.findall(r'^\s*File "(.*)", line (\d+) in (\S+)', section, flags=re.MULTILINE)
         callers = [i for i, (path, _, function) in enumerate(frames)
-                   if function == "_answer" and os.path.basename(path) == "isolation.py"]
+                   if function in ("_answer", "_serve") and os.path.basename(path) == "isolation.py"]
         if callers and callers[0]:
             stack = [f"{_short(path)}:{line} in {function}" for path, line, function in frames[callers[0] - 1::-1]]
             if len(stack) > limit:

@@ -363,6 +363,14 @@ def test_check_batchnorm_isolate_reports_the_crash(planted):
     assert_all_gone(loaded_pids(planted))
 
 
+def test_a_crash_is_not_taken_for_the_clear_error_a_property_accepts(planted):
+    """one_value_per_channel passes an implementation that raises on one value per channel (PyTorch does); a
+    process that dies there is no such error."""
+    with pytest.raises(CheckFailed) as failed:
+        check_batchnorm(f"{planted}:Exit", isolate=True, properties=["one_value_per_channel"], max_examples=5)
+    assert "the implementation exited with status 3 in forward" in str(failed.value)
+
+
 def test_check_batchnorm_isolate_takes_a_picklable_function():
     report = check_batchnorm(bnsym_forward, isolate=True, max_examples=3,
                              properties=["forward_reference", "one_value_per_channel"])
