@@ -1,9 +1,8 @@
 """Each difference between PyTorch's, Flax's and bnsym's normalisation layers that docs/conventions.md states,
-checked against the frameworks themselves (one test per statement, in the order of the document)."""
+checked against the frameworks themselves (in the order of the document)."""
 
 import dataclasses
 import inspect
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import bnsym
+from bnsym.conventions import CONVENTIONS
 
 from .test_family_vs_flax import _value_and_vjp
 
@@ -48,18 +48,64 @@ def _float64(cls, **options):
     return cls(dtype=jax.numpy.float64, param_dtype=jax.numpy.float64, **options)
 
 
+# -- Batch norm: running statistics and defaults ------------------------------------------------------------------
+
+
+def _section(heading):
+    return DOC.read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def _table_rows(section, width):
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == width and not set(cells[0]) <= {"-"}:
+            rows.append(cells)
+    return rows[1:]  # without the header
+
+
+def test_running_statistics_table_is_bnsyms_conventions():
+    rows = _table_rows(_section("## Batch norm: running statistics and defaults"), 5)
+    assert {row[0] for row in rows} == set(CONVENTIONS), f"the document's conventions are {[r[0] for r in rows]}"
+    weights = {"new": "momentum", "old": "1 - momentum", None: "1/n after n batches"}
+    for name, _, momentum, weight, variance in rows:
+        convention = CONVENTIONS[name]
+        assert momentum == str(convention.default_momentum), f"{name}: default momentum {momentum}"
+        assert weight == weights[convention.momentum_weighs], f"{name}: the weight of the batch is {weight}"
+        assert variance == ("unbiased" if convention.unbiased else "biased"), f"{name}: {variance} variance"
+
+
+def test_batch_norm_defaults_of_the_frameworks():
+    module = torch.nn.BatchNorm2d(3)
+    assert module.momentum == CONVENTIONS["torch"].default_momentum and module.eps == 1e-5
+    assert _flax_default(nn.BatchNorm, "momentum") == CONVENTIONS["flax"].default_momentum
+    assert _flax_default(nn.BatchNorm) == 1e-5
+    assert _default(bnsym.batch_norm_forward) == 1e-5
+    assert _default(bnsym.batch_norm_forward, "axis") == 1 and _flax_default(nn.BatchNorm, "axis") == -1
+
+
+def test_batch_norm_with_one_value_per_channel():
+    x = np.random.default_rng(11).normal(size=(1, 3))
+    message = "Expected more than 1 value per channel when training"
+    with pytest.raises(ValueError, match=message):
+        F.batch_norm(torch.tensor(x), None, None, training=True)
+    with pytest.raises(ValueError, match=message):
+        bnsym.batch_norm_forward(x, np.ones(3), np.zeros(3))
+    bias = np.array([0.5, -1.0, 2.0])
+    layer = _float64(nn.BatchNorm, use_running_average=False)
+    variables = layer.init(jax.random.PRNGKey(0), x)
+    variables = {"params": {"scale": np.ones(3), "bias": bias}, "batch_stats": variables["batch_stats"]}
+    y, _ = layer.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_array_equal(np.asarray(y), bias[None], err_msg="Flax's BatchNorm no longer returns the bias")
+
+
 # -- Default eps ------------------------------------------------------------------------------------------------
 
 
 def _documented_defaults():
     """The rows of the table under "## Default eps": {layer: (bnsym, PyTorch, Flax)}."""
-    section = DOC.read_text().split("## Default eps", 1)[1].split("\n## ", 1)[0]
-    rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and re.fullmatch(r"[a-zA-Z ]+ norm", cells[0]):
-            rows[cells[0]] = tuple(None if c == "None" else float(c) for c in cells[1:])
-    return rows
+    rows = _table_rows(_section("## Default eps"), 4)
+    return {row[0]: tuple(None if c == "None" else float(c) for c in row[1:]) for row in rows}
 
 
 def _default(function, name="eps"):
@@ -72,6 +118,8 @@ def _flax_default(cls, name="epsilon"):
 
 def test_default_eps_table():
     actual = {
+        "batch norm": (_default(bnsym.batch_norm_forward), (_default(F.batch_norm), torch.nn.BatchNorm2d(3).eps),
+                       _flax_default(nn.BatchNorm)),
         "layer norm": (_default(bnsym.layer_norm.forward), (_default(F.layer_norm), torch.nn.LayerNorm(3).eps),
                        _flax_default(nn.LayerNorm)),
         "RMS norm": (_default(bnsym.rms_norm.forward), (_default(F.rms_norm), torch.nn.RMSNorm(3).eps),
@@ -151,6 +199,11 @@ def test_flax_fast_variance_loses_digits_at_a_large_offset(dtype, offset, low, h
         errors[fast] = _relative(_flax(layer, x)[0], reference)
     assert low <= errors[True] <= high, f"use_fast_variance=True is off by {errors[True]:.1e}, not in [{low}, {high}]"
     assert errors[False] <= centred, f"use_fast_variance=False is off by {errors[False]:.1e} > {centred}"
+
+
+def test_flax_fast_variance_is_the_default():
+    for cls in (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm, nn.BatchNorm):
+        assert _flax_default(cls, "use_fast_variance") is True, f"Flax's {cls.__name__} changed its default"
 
 
 def test_flax_group_norm_fast_variance_too():
