@@ -326,6 +326,10 @@ def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spaw
     # A crash writes the child's Python stacks to a file the parent reads (stderr would get one dump per shrinking
     # attempt); the parent asks for the same with SIGUSR1 before it kills a hung call.
     stacks = open(stack_file, "w")  # noqa: SIM115  (open for the life of the process, for faulthandler)
+    try:  # the parent reads it through its own descriptor: gone from the disk when both processes are
+        os.unlink(stack_file)
+    except OSError:  # Windows keeps an open file; the parent removes it
+        pass
     faulthandler.enable(stacks, all_threads=True)
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, stacks, all_threads=True)
@@ -467,8 +471,7 @@ class IsolatedImplementation(Implementation):
         # checker's end only for the main thread.
         by_main_thread = threading.current_thread() is threading.main_thread()
         forkserver = self._context.get_start_method() == "forkserver"
-        descriptor, self._stack_file = tempfile.mkstemp(prefix="bnsym-isolated-", suffix=".stacks")
-        os.close(descriptor)
+        self._stacks, self._stack_file = tempfile.mkstemp(prefix="bnsym-isolated-", suffix=".stacks")
         process = self._context.Process(target=_serve, name=f"bnsym-isolated {self._label}", daemon=False,
                                         args=(child_conn, self._source, dict(os.environ), os.getpid(), forkserver,
                                               by_main_thread, self._stack_file))
@@ -505,13 +508,19 @@ class IsolatedImplementation(Implementation):
             os.kill(process.pid, signal.SIGUSR1)  # the child writes where it is (faulthandler), then is killed
             time.sleep(0.2)
         process.join(0 if hung else 5)  # a dying child closed its end of the pipe first: let it finish
-        try:
-            with open(self._stack_file) as dump:
-                stack = implementation_stack(dump.read())
-        except OSError:
-            stack = ""
+        stack = implementation_stack(self._read_stacks())
         self._stop(kill=True)
         return ("hung" if hung else describe_death(process.exitcode)), stack
+
+    def _read_stacks(self) -> str:
+        chunks = []
+        try:
+            os.lseek(self._stacks, 0, os.SEEK_SET)
+            while chunk := os.read(self._stacks, 1 << 16):
+                chunks.append(chunk)
+        except OSError:
+            pass
+        return b"".join(chunks).decode(errors="replace")
 
     def _forget(self) -> None:
         if self._conn is not None:
@@ -519,7 +528,8 @@ class IsolatedImplementation(Implementation):
         self._process = self._conn = None
         self._busy = False
         _LIVE.discard(self)
-        try:
+        os.close(self._stacks)
+        try:  # the child removes it once open; not when it died before
             os.remove(self._stack_file)
         except OSError:
             pass
