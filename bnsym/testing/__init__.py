@@ -20,6 +20,7 @@ from bnsym import strategies as bst
 from bnsym.testing import layer_properties  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
 from bnsym.testing.adapters import Implementation, TargetError, load
 from bnsym.testing.counterexamples import save_counterexample
+from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
@@ -53,7 +54,8 @@ def selected_regimes(regimes=None, exclude_regimes=None) -> tuple[str, ...]:
 
 def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0,
                     properties=None, save_dir=None, mode: str = "train", convention: str | None = None,
-                    order: int = 1, regimes=None, exclude_regimes=None) -> Report:
+                    order: int = 1, regimes=None, exclude_regimes=None, isolate: bool = False,
+                    timeout: float | None = None) -> Report:
     """Check a batch-norm implementation against every property it offers what is needed for.
 
     - ``impl``: a function ``forward(x, gamma, beta, eps)``, or an object (or a class constructible without
@@ -71,13 +73,25 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
     - ``order`` (default 1): 2 adds the double-backward properties of the mode.
     - ``regimes``, ``exclude_regimes`` (default None: every regime): the input regimes of
       :data:`bnsym.strategies.REGIMES` to draw from, and those to leave out.
+    - ``isolate`` (default False): run the implementation in a child process, where a crash (SIGSEGV, SIGABRT, the
+      out-of-memory killer) or a call that does not return within ``timeout`` seconds fails the property and the
+      check goes on (:mod:`bnsym.testing.isolation`). ``impl`` is then a target string as for ``bnsym check``
+      ("path/to/file.py:NAME", "package.module:NAME", "torch", "jax") or a picklable function, object or class.
+      A script that calls this at import time must do so under ``if __name__ == "__main__":``, as any
+      multiprocessing code must.
+    - ``timeout`` (default 60 with ``isolate``): seconds one call may take.
 
     Returns the :class:`Report` when every property holds; raises :class:`CheckFailed` (an AssertionError)
     carrying it otherwise, so that a pytest test is the one line ``check_batchnorm(MyBatchNorm())``, and
     :class:`NothingChecked` (a CheckFailed) when no property ran at all.
     """
     __tracebackhide__ = True  # pytest shows the report, not this function's source
-    implementation = load(impl) if isinstance(impl, str) else Implementation.wrap(impl)
+    if timeout is not None and not isolate:
+        raise ValueError("timeout needs isolate=True (a call in this process cannot be stopped)")
+    if isolate:
+        implementation = None  # started below, once the arguments are known to be valid
+    else:
+        implementation = load(impl) if isinstance(impl, str) else Implementation.wrap(impl)
     options = CheckOptions(mode, convention, order)
     try:
         resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly be float64
@@ -94,9 +108,15 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
         unknown = [p for p in properties if p not in REGISTRY]
         if unknown or not properties:
             raise ValueError(f"unknown properties {unknown!r}; known: {', '.join(REGISTRY)}")
-    report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
-                            properties=properties, options=options,
-                            regimes=selected_regimes(regimes, exclude_regimes))
+    if isolate:
+        implementation = IsolatedImplementation(impl, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+    try:
+        report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
+                                properties=properties, options=options,
+                                regimes=selected_regimes(regimes, exclude_regimes))
+    finally:
+        if isolate:
+            implementation.close()  # no child outlives the check
     if save_dir is not None:
         report.save_dir = Path(save_dir)
         for result in report.results:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -31,6 +32,7 @@ from bnsym.testing.counterexamples import (
     save_counterexample,
 )
 from bnsym.testing.files import write_atomically
+from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, IsolatedImplementation
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.runner import run_properties
 from bnsym.testing.sharded import SHARDED
@@ -61,6 +63,16 @@ def _integer(minimum: int, meaning: str):
 
 _positive = _integer(1, "at least 1")
 _seed = _integer(0, "non-negative")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the whole result as JSON (for CI)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw each property's margin per input regime "
                                                            "(needs matplotlib: pip install 'bnsym[plot]')")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run the implementation in a child process: a crash (SIGSEGV, SIGABRT, ...) or a call "
+                             "that does not return within --timeout fails the property, and the run goes on")
+    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help=f"with --isolate: seconds one call may take before its process is killed (default "
+                             f"{DEFAULT_TIMEOUT:g})")
     # ----- the sharded check (bnsym.testing.sharded) -----
     parser.add_argument("--shards", type=_positive, metavar="K",
                         help="check a data-parallel batch norm with the batch split into K shards (the sharded "
@@ -171,11 +189,27 @@ def _run(args: argparse.Namespace) -> int:
         if conflicts:
             return _fail(f"--replay {args.replay} runs the file's property with the file's options; these conflict "
                          f"with it: {'; '.join(conflicts)}")
+    if args.timeout is not None and not args.isolate:
+        return _fail("--timeout needs --isolate (a call in the checker's own process cannot be stopped)")
     try:
-        impl = load(args.target)
-        probe_protocol(impl)
+        impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT) if args.isolate \
+            else load(args.target)
     except (TargetError, TypeError) as error:
         return _fail(str(error))
+    try:
+        try:
+            probe_protocol(impl)
+        except TargetError as error:
+            return _fail(str(error))
+        except ImplementationCrashed:
+            pass  # the properties report the crash, with its example and replay file
+        return _check(args, impl)
+    finally:
+        if args.isolate:
+            impl.close()  # no child outlives the run
+
+
+def _check(args: argparse.Namespace, impl) -> int:
     if args.replay:
         report = replay(impl, args.replay)
         print(report)
@@ -189,7 +223,10 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     report = run_properties(impl, dtype=args.dtype, max_examples=args.max_examples, seed=args.seed,
                             properties=args.properties, options=options, regimes=regimes)
-    report.replay_command = f"bnsym check {shlex.quote(args.target)} --replay {{path}}"
+    isolation = ""
+    if args.isolate:  # a replay of a crash must not crash the checker
+        isolation = " --isolate" + (f" --timeout {args.timeout:g}" if args.timeout is not None else "")
+    report.replay_command = f"bnsym check {shlex.quote(args.target)}{isolation} --replay {{path}}"
     report.save_dir = Path(args.save_dir) if args.save_dir else DEFAULT_DIRECTORY
     for result in report.results:
         if result.counterexample is not None:

@@ -20,6 +20,7 @@ from bnsym.strategies import Example
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.files import write_atomically
+from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
@@ -98,6 +99,9 @@ def replay(impl: Implementation, path) -> Report:
             call_property(prop, impl, example, options)
             result = PropertyResult(name, PASSED, "", 1)
         except PropertyFailure as failure:
+            result = PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure))
+        except ImplementationCrashed as crash:  # --isolate: the implementation's process died or hung
+            failure = PropertyFailure(crash.message)
             result = PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure))
     if observation.worst:
         result.margins = {example.regime: observation.worst}

@@ -23,6 +23,7 @@ from bnsym import strategies as bst
 from bnsym.strategies import Example
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
+from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY, Property, Space
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
@@ -68,6 +69,14 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
             except PropertyFailure as failure:
                 failures.append((example, failure, _cause(failure, observation.nonfinite_forward, example)))
                 raise
+            except ImplementationCrashed as crash:  # --isolate: the implementation's process died or hung
+                failure = PropertyFailure(crash.message + ("; not shrunk, since every attempt could take the whole "
+                                                           "timeout" if crash.hung else ""))
+                failure.cause = f"crash: {crash.message}"
+                failures.append((example, failure, failure.cause))
+                if crash.hung:
+                    raise  # a BaseException: Hypothesis lets it through, which ends this property's run (below)
+                raise failure from None  # a failed example like any other: Hypothesis shrinks a deterministic crash
             finally:
                 if observation.worst or example.regime not in margins:
                     margins[example.regime] = max(margins.get(example.regime, 0.0), observation.worst)
@@ -84,6 +93,8 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
         if not failures:
             return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
                                   seconds=time.perf_counter() - start)
+    except ImplementationCrashed:  # a hang ended the run; its example is the last failure
+        pass
     seconds = time.perf_counter() - start
     compared = {regime: ratio for regime, ratio in margins.items() if ratio > 0}
     if failures:
