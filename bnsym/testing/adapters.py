@@ -471,7 +471,12 @@ def probe_protocol(impl: Implementation) -> None:
     another layout. Anything else (an exception, wrong numbers) is left to the properties to report."""
     from bnsym.strategies import make_example
     from bnsym.testing.failures import ProtocolError
-    from bnsym.testing.properties import call_backward, call_forward
+
+    layer = getattr(impl, "layer", "batch_norm")
+    if layer == "batch_norm":
+        from bnsym.testing.properties import call_backward, call_forward
+    else:
+        from bnsym.testing.family_properties import call_backward, call_forward
 
     def attempt(example):
         try:
@@ -484,6 +489,13 @@ def probe_protocol(impl: Implementation) -> None:
             return error
         return None
 
+    if layer != "batch_norm":
+        from bnsym.strategies import make_layer_example
+
+        for shape, size in _PROBES[layer]:
+            if attempt(make_layer_example(layer, shape, size, "well-conditioned", 1e-5, 0)) is not None:
+                return
+        return
     if attempt(make_example((4, 3), "well-conditioned", 1e-5, 0)) is not None:
         return
     error = attempt(make_example((2, 3, 4, 5), "well-conditioned", 1e-5, 0))
@@ -491,3 +503,8 @@ def probe_protocol(impl: Implementation) -> None:
         raise TargetError(f"{impl.name}: forward works on x of shape (4, 3) but on (2, 3, 4, 5) it raised {error}: "
                           "the protocol puts the channels on axis 1 (x of shape (N, C, ...)); wrap a channels-last "
                           "implementation in a transpose")
+
+
+#: The (shape, size) pairs the protocol of each other layer is first tried on.
+_PROBES = {"layer_norm": [((4, 3), 1), ((2, 3, 4), 2)], "rms_norm": [((4, 3), 1), ((2, 3, 4), 2)],
+           "group_norm": [((2, 6, 3), 2)], "instance_norm": [((2, 3, 4), 0)]}
