@@ -475,8 +475,12 @@ def _split(rng: np.random.Generator, count: int, parts: int) -> list[int]:
 
 
 def _normalised_entry(rng, ndim: int, count: int, rows: int) -> tuple[tuple[int, ...], int]:
-    k = int(rng.integers(1, min(2, ndim - 1) + 1))
-    return (*_split(rng, rows, ndim - k), *_split(rng, count, k)), k
+    # Four dimensions normalise two axes, both longer than 1 (normalising the last one only must differ).
+    k = 2 if ndim == 4 else int(rng.integers(1, min(2, ndim - 1) + 1)) if ndim > 4 else 1
+    if k == 1:
+        return (*_split(rng, rows, ndim - 1), count), 1
+    last = int(rng.integers(2, max(3, math.isqrt(count)) + 1))
+    return (*_split(rng, rows, ndim - 2), max(count // last, 2), last), 2
 
 
 def _grouped_entry(rng, ndim: int, count: int, samples: int) -> tuple[tuple[int, ...], int]:
