@@ -98,6 +98,14 @@ class Example:
     layer: str = "batch_norm"
     num_groups: int | None = None
 
+    def __repr__(self) -> str:
+        # One line, not every array: Hypothesis shows the repr of a failing example (and warns when it is long).
+        layer = "" if self.layer == "batch_norm" else f"{self.layer}, "
+        return f"Example({layer}{self.describe()}, seed {self.seed})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis's pretty printer would print every field
+        printer.text(repr(self))
+
     @cached_property
     def layout(self) -> GroupLayout:
         """Which values form a group, where the parameters live, M (:mod:`bnsym._family_layout`)."""
