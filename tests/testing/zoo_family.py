@@ -265,6 +265,15 @@ class RMSNormCentres(RMSNorm):
         return mean, self.invstd(((xg - mean) ** 2).mean(axis=grouping.axes, keepdims=True), eps)
 
 
+class LayerNormOnePassVariance(LayerNorm):
+    """var = E[x^2] - E[x]^2, as Flax's LayerNorm and GroupNorm compute it by default (use_fast_variance=True)."""
+
+    def statistics(self, xg, grouping, eps):
+        mean = xg.mean(axis=grouping.axes, keepdims=True)
+        var = np.maximum((xg * xg).mean(axis=grouping.axes, keepdims=True) - mean * mean, 0)
+        return mean, self.invstd(var, eps)
+
+
 class _DgammaNotSummed:
     """dgamma from the first sample only, not summed over the batch."""
 
@@ -348,6 +357,8 @@ _NAMES = {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm", "group_norm": "Group
 BUGS = [
     Bug("LayerNormOverBatch", "layer_norm", "statistics over the wrong axes (the batch axis)",
         ("forward_reference", "standardisation", "sample_independence")),
+    Bug("LayerNormOnePassVariance", "layer_norm", "variance as E[x^2] - E[x]^2 (Flax's use_fast_variance=True)",
+        ("forward_reference", "shift_invariance", "standardisation")),
     Bug("LayerNormLastAxisOnly", "layer_norm",
         "statistics over the wrong axes (the last axis only when several are normalised)",
         ("forward_reference", "standardisation")),
