@@ -226,7 +226,11 @@ FLOAT64_SLACK = 2.0**12
 @_register("float64_arithmetic", "structure", examples=_float64_examples, when=lambda options: False,
            selected_by="a finite-difference property that runs (it is their prerequisite)")
 def _float64_arithmetic(impl, example):
-    """float64 input is computed in float64 (the finite-difference properties evaluate the implementation there)."""
+    """float64 input is computed in float64 (the finite-difference properties evaluate the implementation there).
+
+    Unlike batch norm's, a y that is further off than a float32 computation could be is not taken for a precision
+    finding: that is a bug of its own, which the other properties report, and the finite-difference properties
+    still run (they report it too)."""
     y = call_forward(impl, example)
     if y.dtype != np.float64:
         raise PropertyFailure(f"float64 input gives y of dtype {y.dtype}: float64 is not computed in float64; the "
@@ -235,6 +239,9 @@ def _float64_arithmetic(impl, example):
     try:
         compare("y from float64 input", y, ref.y, FLOAT64_SLACK * _bound(example, ref).forward())
     except PropertyFailure as failure:
+        float32 = _bound(example, ref, dtype=np.float32).forward()
+        if not np.all(np.abs(_f64(y) - ref.y) <= float32):
+            return  # wrong beyond float32's bound too: a bug of its own, which the other properties report
         raise PropertyFailure("float64 input is not computed in float64: y is further from the float64 reference "
                               f"than {FLOAT64_SLACK:g} times float64's error bound, as a float32 computation is; the "
                               "finite-difference properties, which evaluate the implementation in float64, are "
@@ -292,7 +299,7 @@ def _forward_reference(impl, example):
 
 @_register("backward_reference", "gradients", needs=("forward", "backward"))
 def _backward_reference(impl, example):
-    """dx and the parameter gradients agree with bnsym's float64 backward within the bounds of the derived forms."""
+    """dx and the parameter gradients agree with bnsym's float64 backward within the derived bounds."""
     tolerances = _bound(example).backward(example.dy)
     for name, actual, expected, tolerance in zip(protocol(example.layer).gradients, call_backward(impl, example),
                                                  reference.backward(example), tolerances):
@@ -314,8 +321,9 @@ def _exact_reference(impl, example):
 
 @_register("standardisation", "standardisation")
 def _standardisation(impl, example):
-    """With gamma = 1 and beta = 0, per group mean(y) = 0 and mean(y^2) = var / (var + eps); RMS norm:
-    mean(y^2) = ms / (ms + eps)."""
+    """With gamma = 1, beta = 0: per group mean(y) = 0, mean(y^2) = var/(var + eps) (RMS norm: ms/(ms + eps)).
+
+    Each group is the layer's own: a row, a sample's C/G channels, a sample's channel."""
     ones = np.ones(example.gamma.shape, example.dtype)
     zeros = np.zeros(example.gamma.shape, example.dtype)
     ref = reference.forward(example, gamma=ones, beta=zeros)
@@ -348,7 +356,7 @@ def _equal_groups(example: Example) -> np.ndarray:
 
 @_register("identity_recovery", "standardisation")
 def _identity_recovery(impl, example):
-    """When every group holds the same values (permuted), gamma = sqrt(stat + eps) and beta = mean give y = x."""
+    """With every group a permutation of one set of values, gamma = sqrt(stat + eps), beta = mean give y = x."""
     x = _equal_groups(example)
     ref = reference.forward(example, x=x)
     statistic = ref.statistic.flat[0]
@@ -434,8 +442,9 @@ def _feature_permutation(example: Example) -> tuple[np.ndarray, int, str]:
 
 @_register("feature_permutation_equivariance", "invariances")
 def _feature_permutation_equivariance(impl, example):
-    """Permuting x's features together with gamma and beta, keeping every group together (layer norm: the last
-    axis; group norm: the channels within each group), permutes y the same way."""
+    """Permuting features with gamma and beta, keeping each group together, permutes y the same way.
+
+    Layer and RMS norm: the last axis; group norm: the channels within each group; instance norm: the channels."""
     permutation, axis, description = _feature_permutation(example)
     parameter_axis = example.gamma.ndim - 1 if axis == example.x.ndim - 1 else 0
     x = np.take(example.x, permutation, axis=axis)
@@ -530,8 +539,9 @@ def _dx_sums_to_zero(impl, example):
 
 @_register("dx_xhat_identity", "identities", needs=("forward", "backward"))
 def _dx_xhat_identity(impl, example):
-    """sum(dx x_hat) = s eps / (stat + eps) sum(gamma dy x_hat) per group (the gradient form of scale
-    invariance; stat is var, or RMS norm's ms)."""
+    """sum(dx x_hat) = s eps/(stat + eps) sum(gamma dy x_hat) per group, stat = var (RMS norm: ms).
+
+    The gradient form of scale invariance: dx is orthogonal to x_hat up to the effect of eps."""
     dx = call_backward(impl, example)[0]
     ref = reference.forward(example)
     compare("dx", dx, np.zeros(example.x.shape), np.inf)

@@ -63,6 +63,23 @@ def test_planted_bug_exits_1_on_the_command_line_naming_its_properties(bug, tmp_
     assert list(tmp_path.glob("*.npz")), "no counterexample was saved"
 
 
+def test_a_wrong_float64_result_is_not_taken_for_float32_arithmetic():
+    """float64_arithmetic reports a float32 computation once (and the finite-difference properties are skipped);
+    a y that is wrong beyond what float32 could explain is a bug of its own, and they run and report it."""
+    from tests.testing.zoo_family import LayerNormInFloat32, LayerNormLastAxisOnly
+
+    with pytest.raises(CheckFailed) as info:
+        check_normalization(LayerNormInFloat32(), layer="layer_norm", dtype="float32", max_examples=10)
+    report = info.value.report
+    assert report.failed == ["float64_arithmetic"], str(report)
+    assert {r.name for r in report.results if r.status == "skipped"} == {"forward_derivative",
+                                                                         "backward_finite_differences"}
+    with pytest.raises(CheckFailed) as info:
+        check_normalization(LayerNormLastAxisOnly(), layer="layer_norm", dtype="float32", max_examples=10,
+                            properties=["forward_derivative"])
+    assert info.value.report.failed == ["forward_derivative"], str(info.value.report)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_numpy_two_pass_and_bnsym_pass(layer, dtype):
@@ -80,3 +97,15 @@ def test_torch_and_jax_pass(target, layer, dtype):
     pytest.importorskip({"torch": "torch", "jax": "flax"}[target])
     report = check_normalization(target, layer=layer, dtype=dtype, max_examples=5)
     assert not report.skipped, str(report)
+
+
+def test_the_bug_classes_document_names_the_properties_that_catch_the_family_bugs():
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "bug-classes.md").read_text()
+    section = text[text.index("## The rest of the family"):text.index("## Data-parallel")]
+    named = set(re.findall(r"`([a-z_0-9]+)`", section))
+    known = {name for layer in LAYERS for name in properties_of(layer)}
+    assert named - known <= {"use_fast_variance", "check_normalization"}, f"unknown properties: {named - known}"
+    for bug in BUGS:
+        assert set(bug.caught_by) <= named, f"{bug.name}: {set(bug.caught_by) - named} missing from the document"

@@ -274,6 +274,15 @@ class LayerNormOnePassVariance(LayerNorm):
         return mean, self.invstd(var, eps)
 
 
+class LayerNormInFloat32(LayerNorm):
+    """Computes in float32 whatever it is given, and returns the input's dtype (as Keras does on its JAX and
+    torch backends)."""
+
+    def _forward(self, x, gamma, beta, eps, num_groups=None):
+        y = super()._forward(x.astype(np.float32), gamma.astype(np.float32), beta.astype(np.float32), eps)
+        return y.astype(x.dtype)
+
+
 class _DgammaNotSummed:
     """dgamma from the first sample only, not summed over the batch."""
 
@@ -359,6 +368,8 @@ BUGS = [
         ("forward_reference", "standardisation", "sample_independence")),
     Bug("LayerNormOnePassVariance", "layer_norm", "variance as E[x^2] - E[x]^2 (Flax's use_fast_variance=True)",
         ("forward_reference", "shift_invariance", "standardisation")),
+    Bug("LayerNormInFloat32", "layer_norm", "float64 input silently computed in float32",
+        ("float64_arithmetic", "forward_reference"), "float64"),
     Bug("LayerNormLastAxisOnly", "layer_norm",
         "statistics over the wrong axes (the last axis only when several are normalised)",
         ("forward_reference", "standardisation")),
