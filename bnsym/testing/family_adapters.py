@@ -136,28 +136,30 @@ def jax_implementation(layer: str) -> Implementation:
     compiled_backward = jax.jit(gradients, static_argnums=4)
     compiled_second = jax.jit(second, static_argnums=5)
 
+    # NumPy arrays go to the compiled functions as they are: jnp.asarray would compile a conversion of its own
+    # for every new shape.
     def scalar(value, x):
         # float16 cannot hold eps = 1e-5 accurately; Flax computes the statistics in float32 anyway.
-        return jnp.asarray(value, jnp.promote_types(x.dtype, jnp.float32))
+        return np.asarray(value, np.promote_types(x.dtype, np.float32))
 
     def arrays(values):
-        return tuple(jnp.asarray(v) for v in values)
+        return tuple(np.asarray(v) for v in values)
 
     def groups(num_groups):
         return None if num_groups is None else int(num_groups)
 
     def forward(x, params, eps, num_groups):
-        x = jnp.asarray(x)
+        x = np.asarray(x)
         return np.asarray(compiled_forward(x, arrays(params), scalar(eps, x), groups(num_groups)))
 
     def backward(dy, x, params, eps, num_groups):
-        x = jnp.asarray(x)
-        results = compiled_backward(jnp.asarray(dy), x, arrays(params), scalar(eps, x), groups(num_groups))
+        x = np.asarray(x)
+        results = compiled_backward(np.asarray(dy), x, arrays(params), scalar(eps, x), groups(num_groups))
         return tuple(np.asarray(r) for r in results)
 
     def double_backward(cotangents, dy, x, params, eps, num_groups):
-        x = jnp.asarray(x)
-        results = compiled_second(arrays(cotangents), jnp.asarray(dy), x, arrays(params), scalar(eps, x),
+        x = np.asarray(x)
+        results = compiled_second(arrays(cotangents), np.asarray(dy), x, arrays(params), scalar(eps, x),
                                   groups(num_groups))
         return tuple(np.asarray(r) for r in results)
 
