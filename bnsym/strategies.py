@@ -545,8 +545,7 @@ def _layer_pools(layer: str, shapes, names) -> dict[str, list[tuple[tuple[int, .
     entries = [(tuple(int(n) for n in shape), int(size)) for shape, size in shapes]
     if not entries:
         raise InvalidArgument(f"shapes={shapes!r} must be a non-empty collection of (shape, size) pairs")
-    counts = {entry: example_layout(layer, entry[0], _gamma_shape(layer, *entry), _groups(layer, entry[1])).count
-              for entry in entries}
+    counts = {entry: entry_layout(layer, *entry).count for entry in entries}
     pools = {}
     for name in names:
         if name == "tiny group":
@@ -559,7 +558,8 @@ def _layer_pools(layer: str, shapes, names) -> dict[str, list[tuple[tuple[int, .
     return pools
 
 
-def _gamma_shape(layer: str, shape: tuple[int, ...], size: int) -> tuple[int, ...]:
+def gamma_shape(layer: str, shape: tuple[int, ...], size: int) -> tuple[int, ...]:
+    """The shape of gamma (and beta) for a family layer's ``(shape, size)`` pool entry."""
     if layer in ("layer_norm", "rms_norm"):
         return tuple(shape[len(shape) - size:])
     return (shape[1],)
@@ -567,6 +567,11 @@ def _gamma_shape(layer: str, shape: tuple[int, ...], size: int) -> tuple[int, ..
 
 def _groups(layer: str, size: int) -> int | None:
     return size if layer == "group_norm" else None
+
+
+def entry_layout(layer: str, shape: tuple[int, ...], size: int) -> GroupLayout:
+    """The layout (groups, M) of a family layer's ``(shape, size)`` pool entry."""
+    return example_layout(layer, shape, gamma_shape(layer, shape, size), _groups(layer, size))
 
 
 def layer_examples(layer: str, *, dtype="float64", regimes=None, shapes=None,
@@ -613,9 +618,9 @@ def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: st
     if regime not in layer_regimes(layer):
         raise InvalidArgument(f"regime={regime!r} is not a regime of {layer}: {layer_regimes(layer)}")
     shape = tuple(int(n) for n in shape)
-    gamma_shape = _gamma_shape(layer, shape, size)
+    parameter_shape = gamma_shape(layer, shape, size)
     num_groups = _groups(layer, size)
-    layout = example_layout(layer, shape, gamma_shape, num_groups)
+    layout = example_layout(layer, shape, parameter_shape, num_groups)
     rng = np.random.default_rng(seed)
     per_group = layout.statistics_broadcast
     groups = math.prod(per_group)
@@ -642,10 +647,12 @@ def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: st
         level = rng.choice([-1.0, 1.0], groups) * 10.0 ** rng.uniform(0, 3, groups)
         x = np.where(group_values(constant), group_values(level) * np.ones(layout.grouped), x)
 
-    gamma = rng.normal(0, 1.5, gamma_shape)
-    gamma[rng.random(gamma_shape) < 0.15] = 0.0
-    beta = np.zeros(gamma_shape) if layer == "rms_norm" else rng.normal(0, 2, gamma_shape)
+    gamma = rng.normal(0, 1.5, parameter_shape)
+    gamma[rng.random(parameter_shape) < 0.15] = 0.0
+    beta = np.zeros(parameter_shape) if layer == "rms_norm" else rng.normal(0, 2, parameter_shape)
     dy = group_values(rng.uniform(-1, 1, groups)) + group_values(10.0 ** rng.uniform(-1, 1, groups)) * \
         rng.standard_normal(layout.grouped)
-    cast = lambda a: np.asarray(a, dtype=dtype).reshape(a.shape if a.shape == gamma_shape else shape)  # noqa: E731
-    return Example(cast(x), cast(gamma), cast(beta), float(eps), cast(dy), regime, int(seed), layer, num_groups)
+    field = lambda a: np.asarray(a, dtype=dtype).reshape(shape)  # noqa: E731  (from the grouped layout)
+    parameter = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+    return Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
+                   num_groups)

@@ -82,8 +82,7 @@ def _small_examples(space: Space) -> st.SearchStrategy[Example]:
     the run's pool entries that are that small, or one small shape of the layer."""
     def small(entry) -> bool:
         shape, size = entry
-        layout = bst.example_layout(space.layer, shape, bst._gamma_shape(space.layer, shape, size),
-                                    bst._groups(space.layer, size))
+        layout = bst.entry_layout(space.layer, shape, size)
         return layout.count <= reference.EXACT_MAX_COUNT and \
             math.prod(layout.statistics_shape) <= reference.EXACT_MAX_GROUPS
     entries = [e for e in space.shapes or () if small(e)] or [_TINY[space.layer]]
@@ -349,10 +348,10 @@ def _equal_groups(example: Example) -> np.ndarray:
     """x with every group holding a permutation of the first group's values: all groups share their statistics."""
     layout = example.layout
     grouped = _f64(example.x).reshape(layout.grouped)
-    rows = reference._by_group(grouped, layout)
+    rows = reference.by_group(grouped, layout)
     rng = example.rng(12)
     rows = np.stack([rng.permutation(rows[0]) for _ in rows])
-    return reference._from_groups(rows, layout).astype(example.dtype)
+    return reference.from_groups(rows, layout).astype(example.dtype)
 
 
 @_register("identity_recovery", "standardisation")

@@ -35,12 +35,14 @@ import numpy as np
 
 from bnsym._family_layout import GroupLayout
 from bnsym.strategies import Example
+from bnsym.symbolic.layers import derivation
+from bnsym.symbolic.reduction import is_field_expr
 from bnsym.testing.magnitude import compiled, evaluate
 from bnsym.testing.reference import ForwardReference
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
-__all__ = ["EXACT_MAX_COUNT", "EXACT_MAX_GROUPS", "GroupReference", "LayerBound", "backward", "double_backward",
-           "exact", "forward", "options"]
+__all__ = ["EXACT_MAX_COUNT", "EXACT_MAX_GROUPS", "GroupReference", "LayerBound", "backward", "by_group",
+           "double_backward", "exact", "forward", "from_groups", "options"]
 
 EXACT_MAX_COUNT = 4  # values per group for the exact reference: the instantiated expressions grow with M
 EXACT_MAX_GROUPS = 12  # each group is one mpmath evaluation
@@ -143,14 +145,14 @@ def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None
 
 # ----- the exact reference -----
 
-def _by_group(values: np.ndarray, layout: GroupLayout) -> np.ndarray:
-    """A grouped array as (number of groups, M): the reduced axes last, flattened."""
+def by_group(values: np.ndarray, layout: GroupLayout) -> np.ndarray:
+    """A grouped array as (number of groups, M): the reduced axes last, flattened (one row per group)."""
     moved = np.moveaxis(values, layout.axes, range(-len(layout.axes), 0))
     return moved.reshape(-1, layout.count)
 
 
-def _from_groups(values: np.ndarray, layout: GroupLayout) -> np.ndarray:
-    """The inverse of :func:`_by_group`, reshaped to x's shape."""
+def from_groups(values: np.ndarray, layout: GroupLayout) -> np.ndarray:
+    """The inverse of :func:`by_group`, reshaped to x's shape."""
     kept = [n for i, n in enumerate(layout.grouped) if i not in layout.axes]
     moved = values.reshape(*kept, *(layout.grouped[a] for a in layout.axes))
     return np.moveaxis(moved, range(-len(layout.axes), 0), layout.axes).reshape(layout.shape)
@@ -163,8 +165,7 @@ def _exact_functions(layer: str, n: int):
     import sympy
 
     from bnsym.symbolic.brute_force import Elements, instantiate
-    from bnsym.symbolic.layers import derivation
-    from bnsym.symbolic.reduction import Field, is_field_expr
+    from bnsym.symbolic.reduction import Field
 
     d = derivation(layer)
     s = d.symbols
@@ -201,11 +202,11 @@ def exact(example: Example, digits: int = 50) -> tuple[np.ndarray, ...]:
         raise ValueError(f"the exact reference is for M <= {EXACT_MAX_COUNT} values per group and at most "
                          f"{EXACT_MAX_GROUPS} groups, got M = {n} and {groups} groups")
     function, per_element, parameter_fields = _exact_functions(example.layer, n)
-    x, dy = (_by_group(_f64(a).reshape(layout.grouped), layout) for a in (example.x, example.dy))
+    x, dy = (by_group(_f64(a).reshape(layout.grouped), layout) for a in (example.x, example.dy))
     names = ("gamma", "beta") if example.layer != "rms_norm" else ("gamma",)
 
     def parameter_by_group(values):
-        return _by_group(np.broadcast_to(_f64(values).reshape(layout.parameter_broadcast), layout.grouped), layout)
+        return by_group(np.broadcast_to(_f64(values).reshape(layout.parameter_broadcast), layout.grouped), layout)
 
     parameters = [parameter_by_group(getattr(example, name)) for name in names]
     index = parameter_by_group(np.arange(example.gamma.size).reshape(example.gamma.shape)).astype(int)
@@ -231,7 +232,7 @@ def exact(example: Example, digits: int = 50) -> tuple[np.ndarray, ...]:
             for where, terms in adjoint.items():
                 total[where] = float(mpmath.fsum(terms))
             gradients.append(total.reshape(example.gamma.shape))
-    return (_from_groups(y, layout), _from_groups(dx, layout), *gradients)
+    return (from_groups(y, layout), from_groups(dx, layout), *gradients)
 
 
 # ----- error bounds from the derived closed forms -----
@@ -246,8 +247,6 @@ class LayerBound:
     """
 
     def __init__(self, example: Example, ref: GroupReference, *, dtype=None, gamma=None, beta=None):
-        from bnsym.symbolic.layers import derivation
-
         self.example, self.ref = example, ref
         self.dtype = np.dtype(dtype or example.dtype)
         self.derivation = derivation(example.layer)
@@ -332,8 +331,6 @@ class LayerBound:
 
     def parameter(self, expr, extra=None) -> np.ndarray:
         """Bound on a parameter gradient whose per-group adjoint is ``expr``, gamma-shaped."""
-        from bnsym.symbolic.reduction import is_field_expr
-
         raw, needed = self._raw(expr, extra)
         layout = self.ref.layout
         magnitude = compiled(expr).magnitude(needed, self.ref.count, len(layout.grouped), layout.axes)

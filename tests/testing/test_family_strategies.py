@@ -24,7 +24,7 @@ def test_the_checker_knows_every_declared_layer():
 
 
 def _layout(layer, shape, size):
-    return bst.example_layout(layer, shape, bst._gamma_shape(layer, shape, size), bst._groups(layer, size))
+    return bst.entry_layout(layer, shape, size)
 
 
 @pytest.mark.parametrize("layer", FAMILY)
@@ -71,7 +71,7 @@ def test_each_regime_produces_what_its_name_promises(layer):
                 continue
             example = bst.make_layer_example(layer, shape, size, regime, 1e-3, 7, "float32")
             assert example.x.shape == shape and example.x.dtype == np.float32 and example.layer == layer
-            assert example.gamma.shape == bst._gamma_shape(layer, shape, size)
+            assert example.gamma.shape == bst.gamma_shape(layer, shape, size)
             x = example.x.astype(np.float64).reshape(layout.grouped)
             mean = np.mean(x, axis=layout.axes)
             var = np.var(x, axis=layout.axes)
