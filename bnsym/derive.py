@@ -37,6 +37,30 @@ def _batch_norm_module() -> str:
     return render_module(kernels(), source="bnsym/symbolic/batch_norm.py", docstring=docstring)
 
 
+def _batch_norm_numba_module() -> str:
+    from bnsym.codegen.batch_norm_kernels import kernels
+    from bnsym.codegen.module import render_numba_module
+
+    docstring = (
+        "Batch-norm kernels compiled by Numba: fused loops printed from the same derivation as\n"
+        "bnsym._generated.batch_norm (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
+        "Imported only by backend=\"numba\" (the `fast` extra). Compiled on first use and cached on disk.\n")
+    return render_numba_module(kernels(), source="bnsym/symbolic/batch_norm.py", docstring=docstring,
+                               numpy_module="bnsym._generated.batch_norm")
+
+
+def _batch_norm_array_api_module() -> str:
+    from bnsym.codegen.batch_norm_kernels import kernels
+    from bnsym.codegen.module import render_array_api_module
+
+    docstring = (
+        "Batch-norm kernels for any array library (the array API standard, through array-api-compat), printed\n"
+        "from the same derivation as bnsym._generated.batch_norm (bnsym.codegen.array_api_printer says how).\n\n"
+        "Each kernel computes with the namespace of its first argument and returns arrays of that library on the\n"
+        "same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend=\"array_api\".\n")
+    return render_array_api_module(kernels(), source="bnsym/symbolic/batch_norm.py", docstring=docstring)
+
+
 def _batch_norm_document() -> str:
     from bnsym.document import render_batch_norm_document
 
@@ -45,6 +69,8 @@ def _batch_norm_document() -> str:
 
 GENERATED_FILES: tuple[GeneratedFile, ...] = (
     GeneratedFile("bnsym/_generated/batch_norm.py", _batch_norm_module),
+    GeneratedFile("bnsym/_generated/batch_norm_numba.py", _batch_norm_numba_module),
+    GeneratedFile("bnsym/_generated/batch_norm_array_api.py", _batch_norm_array_api_module),
     GeneratedFile("derivations/batch_norm.md", _batch_norm_document),
 )
 
