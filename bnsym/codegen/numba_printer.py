@@ -60,6 +60,10 @@ def module_prelude(numpy_module: str) -> list[str]:
         f"RUN = {RUN}",
         "#: Reductions may be reassociated (LLVM then vectorises a float32 sum); nothing else may.",
         'REASSOCIATE = {"reassoc"}',
+        "",
+        "# Numba starts its thread pool when a parallel function is called through its dispatcher; a driver loaded",
+        "# from the disk cache calls the parallel loops directly, and without a pool that call jumps to address 0.",
+        "numba.get_num_threads()",
     ]
 
 
