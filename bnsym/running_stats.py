@@ -24,7 +24,8 @@ import numbers
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym._layout import generated_kernels
+from bnsym._backends import resolve
+from bnsym._layout import xp_float_array
 from bnsym.symbolic.running_stats import CONVENTIONS
 
 __all__ = ["update_running_stats"]
@@ -32,18 +33,32 @@ __all__ = ["update_running_stats"]
 _DEFAULT = object()
 
 
-def _vector(value, name: str, channels: int | None) -> np.ndarray:
-    array = v.as_float_array(value, name)
+def _vector(value, name: str, channels: int | None, backend, device=None):
+    if backend.is_numpy:
+        array = v.as_float_array(value, name)
+    else:
+        array = xp_float_array(backend.xp, value, name, device=device)
+    shape = tuple(array.shape)
     if array.ndim != 1:
-        raise ValueError(f"{name} must have shape (C,), one value per channel, got shape {array.shape}")
-    if channels is not None and array.shape[0] != channels:
-        raise ValueError(f"{name} must have shape ({channels},) like running_mean, got shape {array.shape}")
+        raise ValueError(f"{name} must have shape (C,), one value per channel, got shape {shape}")
+    if channels is not None and shape[0] != channels:
+        raise ValueError(f"{name} must have shape ({channels},) like running_mean, got shape {shape}")
     return array
 
 
+def _all_nonnegative(values, backend) -> bool:
+    if backend.is_numpy:
+        return bool(np.all(values >= 0))
+    from array_api_compat import is_lazy_array
+
+    return True if is_lazy_array(values) else bool(backend.xp.all(values >= 0))
+
+
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=_DEFAULT, convention="torch",
-                         num_batches_tracked=None):
-    """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,)."""
+                         num_batches_tracked=None, backend="auto"):
+    """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,), of the
+    library of ``running_mean`` (``backend`` as in :mod:`bnsym._backends`; the compiled one runs NumPy here, as there
+    is no full-size array to fuse). Arrays that JAX may be tracing are not checked for negative values."""
     if not isinstance(convention, str) or convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
     chosen = CONVENTIONS[convention]
@@ -51,20 +66,29 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
         momentum = chosen.default_momentum
     if convention == "torch" and momentum is None:
         chosen = CONVENTIONS["cumulative"]
-    running_mean = _vector(running_mean, "running_mean", None)
+    chosen_backend = resolve(backend, running_mean)
+    device = None
+    if not chosen_backend.is_numpy:
+        from array_api_compat import device as device_of
+
+        running_mean = xp_float_array(chosen_backend.xp, running_mean, "running_mean")
+        device = device_of(running_mean)
+    running_mean = _vector(running_mean, "running_mean", None, chosen_backend, device)
     channels = running_mean.shape[0]
-    running_var = _vector(running_var, "running_var", channels)
-    mean, var = _vector(mean, "mean", channels), _vector(var, "var", channels)
+    running_var = _vector(running_var, "running_var", channels, chosen_backend, device)
+    mean = _vector(mean, "mean", channels, chosen_backend, device)
+    var = _vector(var, "var", channels, chosen_backend, device)
     for name, values in (("var", var), ("running_var", running_var)):
-        if not np.all(values >= 0):  # also refuses NaN
+        if not _all_nonnegative(values, chosen_backend):  # also refuses NaN
             raise ValueError(f"{name} must be >= 0 (and not NaN), got {values}")
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
         raise ValueError(f"count must be a positive integer (values per channel), got {count!r}")
     if chosen.unbiased and count < 2:
         raise ValueError(f"the {convention} convention uses the unbiased variance var * M / (M - 1), which needs "
                          f"count >= 2, got count={count}")
-    dtype = np.result_type(running_mean.dtype, running_var.dtype)
-    kernels = generated_kernels()
+    xp = chosen_backend.xp
+    dtype = xp.result_type(running_mean.dtype, running_var.dtype)
+    kernels = chosen_backend.kernels("batch_norm")
     if chosen.momentum_weighs is None:
         if momentum is not None:
             raise ValueError(f"the cumulative average takes no momentum, got momentum={momentum!r}")
@@ -81,4 +105,6 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
         kernel = getattr(kernels, f"running_stats_{chosen.name}")
         args = (running_mean, running_var, mean, var, float(momentum))
         new_mean, new_var = kernel(*args, int(count)) if chosen.unbiased else kernel(*args)
-    return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)
+    if chosen_backend.is_numpy:
+        return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)
+    return xp.astype(new_mean, dtype), xp.astype(new_var, dtype)
