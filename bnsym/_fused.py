@@ -46,16 +46,16 @@ class FusedLayout:
         scalars), or None when the compiled loops do not cover it (module docstring)."""
         if reducer is not None and (type(reducer) is not Reducer or reducer.parameter_axes):
             return None
-        if not all(isinstance(f, np.ndarray) for f in fields):
+        first = fields[0]
+        if not isinstance(first, np.ndarray) or first.dtype not in _DTYPES:
             return None
-        shape = fields[0].shape
-        if any(f.shape != shape or not f.flags.c_contiguous for f in fields):
-            return None
-        dtype = np.result_type(*fields, *per_group)
-        if dtype not in _DTYPES:
+        shape, dtype = first.shape, first.dtype
+        # The public functions pass fields of one dtype and shape; anything else is left to the NumPy kernel.
+        if any(not isinstance(f, np.ndarray) or f.shape != shape or f.dtype != dtype or not f.flags.c_contiguous
+               for f in fields):
             return None
         values = [np.asarray(v) for v in per_group]
-        if any(v.ndim not in (0, len(shape)) for v in values):
+        if any(v.dtype != dtype and v.ndim for v in values) or any(v.ndim not in (0, len(shape)) for v in values):
             return None
         if reducer is not None:
             kept = [k for k in range(len(shape)) if k not in reducer.axes]
@@ -80,8 +80,10 @@ class FusedLayout:
 
     def per_group(self, value) -> np.ndarray:
         """A per-group value (array shaped for broadcasting, or scalar) as a contiguous (groups,) array."""
-        broadcast = np.broadcast_to(np.asarray(value, dtype=self.dtype), self.group_shape)
-        return np.ascontiguousarray(broadcast).reshape(self.groups)
+        array = np.asarray(value, dtype=self.dtype)
+        if array.size == self.groups:  # already one value per group: a view when it is contiguous
+            return np.ascontiguousarray(array).reshape(self.groups)
+        return np.ascontiguousarray(np.broadcast_to(array, self.group_shape)).reshape(self.groups)
 
     def grouped(self, values: np.ndarray) -> np.ndarray:
         """A (groups,) result in the broadcast shape of the NumPy kernels (1 on every reduced axis)."""
