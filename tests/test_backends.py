@@ -18,7 +18,10 @@ from bnsym._reduce import Reducer
 from tests.backends import JIT, VIAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUMBA = pytest.importorskip("numba", reason="the compiled backend needs numba (the `fast` extra)")
+
+
+def _numba():
+    return pytest.importorskip("numba", reason="the compiled backend needs numba (the `fast` extra)")
 
 LAYOUTS = [  # shape, channel axis: each (rows, groups, inner) case of bnsym._fused, and the fallbacks
     ((64, 5), 1),  # (N, C): rows, one block
@@ -86,6 +89,7 @@ def test_non_contiguous_input_runs_and_matches():
     p = _problem((6, 5, 4), 1, np.float64)
     x = np.swapaxes(p["x"], 0, 2)  # (4, 5, 6), not C-contiguous
     for via in VIAS[:2]:
+        via.require()
         y, mean, invstd = via.batch_norm_forward(x, p["gamma"], p["beta"], axis=1)
         y_ref, mean_ref, _ = bnsym.batch_norm_forward(np.ascontiguousarray(x), p["gamma"], p["beta"], axis=1,
                                                       backend="numpy")
@@ -96,6 +100,7 @@ def test_non_contiguous_input_runs_and_matches():
 # ----- choosing a backend -----
 
 def test_auto_chooses_numba_for_numpy_and_array_api_for_other_libraries():
+    _numba()
     torch = pytest.importorskip("torch")
     assert _backends.resolve("auto", np.ones((2, 2))).name == "numba"
     assert _backends.resolve("auto", [[1.0, 2.0]]).name == "numba"
@@ -223,6 +228,7 @@ def test_compensated_totals_are_as_accurate_as_float64_ones():
 def test_a_sharded_reducer_gets_the_sums():
     """A reducer other than the local one (a data-parallel run's) is always asked for the sums: the compiled
     loops would bypass it, so the NumPy kernel runs."""
+    _numba()
     from bnsym._generated import batch_norm_numba
 
     class Counting(Reducer):
@@ -241,15 +247,16 @@ def test_a_sharded_reducer_gets_the_sums():
 
 def test_compiled_results_do_not_depend_on_the_thread_count():
     """Partials of fixed blocks are added in a fixed order, whatever the threads: bit-identical results."""
+    numba = _numba()
     p = _problem((300, 7), 1, np.float32)
-    before = NUMBA.get_num_threads()
+    before = numba.get_num_threads()
     results = []
     try:
         for threads in sorted({1, before}):
-            NUMBA.set_num_threads(threads)
+            numba.set_num_threads(threads)
             results.append(bnsym.batch_norm_forward(p["x"], p["gamma"], p["beta"], backend="numba"))
     finally:
-        NUMBA.set_num_threads(before)
+        numba.set_num_threads(before)
     for first, other in zip(results[0], results[-1]):
         np.testing.assert_array_equal(first, other)
 
@@ -257,6 +264,7 @@ def test_compiled_results_do_not_depend_on_the_thread_count():
 def test_compiled_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     """A fresh process compiles and caches; the next one loads the cache and calls the loops (a regression:
     loaded from the cache, the drivers once called the parallel loops before Numba's thread pool existed)."""
+    _numba()
     script = textwrap.dedent("""
         import numpy as np, bnsym
         x = np.array([[1.0], [3.0], [8.0]])
