@@ -81,18 +81,50 @@ class Reducer:
 
 
 def parameter_sum(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np.ndarray:
-    """sum(product of ``operands``) over ``axes`` (length-1 axes kept), accumulated in float64.
+    """sum(product of ``operands``) over ``axes`` (length-1 axes kept), never materialising the product.
 
-    The operands broadcast against each other (fields, per-group statistics, parameters); the product is formed
-    in float64 blocks by einsum and never materialised whole.
+    The operands broadcast against each other (fields, per-group statistics, parameters). float64 is summed by
+    einsum in float64. Lower precisions are summed in their own precision over blocks of the outermost summed axis
+    that hold at most :data:`BLOCK` values per parameter entry, and the block totals in float64 (as
+    :func:`batch_sum` does); when one block cannot be made that small, everything is accumulated in float64.
     """
     dtype = np.result_type(*operands)
     shape = np.broadcast_shapes(*(op.shape for op in operands))
-    return _float64_einsum(operands, shape, axes).astype(dtype)
+    summed = [a for a in axes if shape[a] > 1]
+    if dtype == np.float64 or not summed:
+        return _float64_einsum(operands, shape, axes).astype(dtype)
+    outer = summed[0]
+    inner = math.prod(shape[a] for a in summed[1:])
+    if inner > BLOCK:
+        return _float64_einsum(operands, shape, axes).astype(dtype)
+    step = max(1, BLOCK // inner)
+    total = None
+    for start in range(0, shape[outer], step):
+        block = tuple(_slice(op, shape, outer, start, step) for op in operands)
+        block_shape = shape[:outer] + (min(step, shape[outer] - start),) + shape[outer + 1:]
+        partial = _einsum(block, block_shape, axes, None)
+        total = partial.astype(np.float64) if total is None else total + partial
+    return total.astype(dtype)
+
+
+def _slice(op: np.ndarray, shape, axis: int, start: int, length: int) -> np.ndarray:
+    """``op``'s part of the block [start, start + length) of ``axis`` (all of it where ``op`` broadcasts there)."""
+    op = op.reshape((1,) * (len(shape) - op.ndim) + op.shape)
+    if op.shape[axis] == 1:
+        return op
+    index = [slice(None)] * len(shape)
+    index[axis] = slice(start, start + length)
+    return op[tuple(index)]
 
 
 def _float64_einsum(operands, shape, axes) -> np.ndarray:
     """sum over ``axes`` of the product of the broadcast operands, in float64, keeping the axes as length 1."""
+    return _einsum(operands, shape, axes, np.float64)
+
+
+def _einsum(operands, shape, axes, dtype) -> np.ndarray:
+    """sum over ``axes`` of the product of the broadcast operands, keeping the axes as length 1; ``dtype`` is the
+    accumulation dtype (None: the operands')."""
     ndim = len(shape)
     letters = _letters(ndim)
     kept = [i for i in range(ndim) if i not in axes]
@@ -104,7 +136,7 @@ def _float64_einsum(operands, shape, axes) -> np.ndarray:
         squeezed.append(op.reshape([op.shape[i] for i in full]))
         subscripts.append("".join(letters[i] for i in full))
     out = "".join(letters[i] for i in kept)
-    total = np.einsum(",".join(subscripts) + "->" + out, *squeezed, dtype=np.float64)
+    total = np.einsum(",".join(subscripts) + "->" + out, *squeezed, dtype=dtype)
     return np.asarray(total).reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
 
 

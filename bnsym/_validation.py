@@ -8,8 +8,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["as_float_array", "check_channel_vector", "check_eps", "check_same_shape", "compute_dtype",
-           "normalise_axis"]
+__all__ = ["as_float_array", "check_channel_vector", "check_eps", "check_num_groups", "check_same_shape",
+           "check_shaped", "compute_dtype", "normalise_axes", "normalise_axis", "normalise_channel_axis"]
 
 _FLOATS = (np.float16, np.float32, np.float64)
 
@@ -24,8 +24,9 @@ def as_float_array(value, name: str, *, min_ndim: int = 0) -> np.ndarray:
         raise TypeError(f"{name} must have a floating-point dtype (float16, float32 or float64), got dtype "
                         f"{array.dtype} with shape {array.shape}")
     if array.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimensions (batch, channels, ...), got shape "
-                         f"{array.shape}")
+        axes = " (batch, channels, ...)" if min_ndim == 2 else ""
+        raise ValueError(f"{name} must have at least {min_ndim} dimension{'s' if min_ndim != 1 else ''}{axes}, got "
+                         f"shape {array.shape}")
     return array
 
 
@@ -77,3 +78,48 @@ def check_same_shape(value, name: str, x_shape: tuple[int, ...]) -> np.ndarray:
     if array.shape != x_shape:
         raise ValueError(f"{name} must have the same shape as x, {x_shape}, got shape {array.shape}")
     return array
+
+
+def check_shaped(value, name: str, shape: tuple[int, ...], meaning: str) -> np.ndarray:
+    """A float array of exactly ``shape``; ``meaning`` says what the shape is, for the message (such as "one value
+    per channel of x (x has shape (2, 6, 3), channel axis 1)")."""
+    array = as_float_array(value, name)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, {meaning}, got shape {array.shape}")
+    return array
+
+
+def normalise_axes(axis, ndim: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``axis``, an integer or a tuple of distinct integers, as sorted non-negative indices into ``shape``."""
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    for one in axes:
+        if isinstance(one, bool) or not isinstance(one, numbers.Integral):
+            raise TypeError(f"axis must be an integer or a tuple of integers, got {axis!r} (an element of type "
+                            f"{type(one).__name__})")
+    if not axes:
+        raise ValueError(f"axis must name at least one axis of x (shape {shape}), got {axis!r}")
+    indices = tuple(normalise_axis(one, ndim, shape) for one in axes)
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"axis {axis!r} names the same axis of x (shape {shape}) twice")
+    return tuple(sorted(indices))
+
+
+def normalise_channel_axis(axis, ndim: int, shape: tuple[int, ...]) -> int:
+    """The channel axis of a per-sample layer (group and instance norm): any axis but 0, the batch axis."""
+    index = normalise_axis(axis, ndim, shape)
+    if index == 0:
+        raise ValueError(f"axis {axis} is the batch axis of x (shape {shape}); the channel axis must be another "
+                         "one (1 for NCHW, -1 for NHWC)")
+    return index
+
+
+def check_num_groups(num_groups, channels: int, shape: tuple[int, ...], axis: int) -> int:
+    """The number of channel groups: an integer >= 1 that divides the number of channels C = x.shape[axis]."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an integer, got {num_groups!r} of type {type(num_groups).__name__}")
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be at least 1, got {num_groups}")
+    if channels % num_groups:
+        raise ValueError(f"num_groups = {num_groups} does not divide the {channels} channels of x (x has shape "
+                         f"{shape} and channel axis {axis}): each group must hold the same number of channels")
+    return int(num_groups)

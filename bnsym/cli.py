@@ -51,14 +51,31 @@ def _derive(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(arguments: list[str]) -> int:
+    # The property library (and Hypothesis) is imported only for `bnsym check`: `bnsym derive` must work, and stay
+    # fast, without it. So `check` parses its own arguments.
     from bnsym.testing import command
 
-    return command.run(args)
+    return command.run(check_parser().parse_args(arguments))
+
+
+def check_parser() -> argparse.ArgumentParser:
+    """The parser of ``bnsym check``'s own options (imports the property library)."""
+    from bnsym.testing import command
+
+    parser = argparse.ArgumentParser(prog="bnsym check", description=CHECK_DESCRIPTION)
+    command.add_arguments(parser)
+    return parser
+
+
+CHECK_DESCRIPTION = "Verify a normalisation-layer implementation with bnsym's properties."
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnsym import __version__
+
     parser = argparse.ArgumentParser(prog="bnsym", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bnsym {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     derive = commands.add_parser("derive", help="regenerate every generated file from the SymPy derivation",
@@ -70,19 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--quiet", action="store_true", help="only list the files written")
     derive.set_defaults(handler=_derive)
 
-    check = commands.add_parser("check", help="verify a batch-norm implementation with the property library",
-                                description="Verify a batch-norm implementation with bnsym's properties.")
-    try:
-        from bnsym.testing import command
-    except ImportError:  # pragma: no cover - the property library ships with bnsym
-        command = None
-    if command is not None:
-        command.add_arguments(check)
-    check.set_defaults(handler=_check)
+    check = commands.add_parser("check", help="verify an implementation with the property library (bnsym check "
+                                               "--help for its options)", add_help=False)
+    check.add_argument("arguments", nargs=argparse.REMAINDER)
+    check.set_defaults(handler=lambda args: _check(args.arguments))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        return _check(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -26,53 +26,78 @@ class GeneratedFile:
     render: Callable[[], str]
 
 
-def _batch_norm_module() -> str:
-    from bnsym.codegen.batch_norm_kernels import kernels
-    from bnsym.codegen.module import render_module
+def _layer_module(name: str) -> Callable[[], str]:
+    def render() -> str:
+        from bnsym.codegen.layer_kernels import kernels
+        from bnsym.codegen.module import render_module
+        from bnsym.symbolic.layers import LAYERS
 
-    docstring = (
-        "Batch-norm kernels generated from the symbolic derivation in bnsym.symbolic.batch_norm.\n\n"
-        "The derivation, step by step, is derivations/batch_norm.md. These kernels take arrays already arranged "
-        "for\nbroadcasting and validate nothing: call them through the public functions in bnsym.\n")
-    return render_module(kernels(), source="bnsym/symbolic/batch_norm.py", docstring=docstring)
-
-
-def _batch_norm_numba_module() -> str:
-    from bnsym.codegen.batch_norm_kernels import kernels
-    from bnsym.codegen.module import render_numba_module
-
-    docstring = (
-        "Batch-norm kernels compiled by Numba: fused loops printed from the same derivation as\n"
-        "bnsym._generated.batch_norm (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
-        "Imported only by backend=\"numba\" (the `fast` extra). Compiled on first use and cached on disk.\n")
-    return render_numba_module(kernels(), source="bnsym/symbolic/batch_norm.py", docstring=docstring,
-                               numpy_module="bnsym._generated.batch_norm")
+        title = LAYERS[name].title
+        docstring = (
+            f"{title} kernels generated from the symbolic derivation (bnsym.symbolic.layers, layer {name!r}).\n\n"
+            f"The derivation, step by step, is derivations/{name}.md. These kernels take arrays already arranged "
+            "for\nbroadcasting and validate nothing: call them through the public functions in bnsym.\n")
+        return render_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring)
+    return render
 
 
-def _batch_norm_array_api_module() -> str:
-    from bnsym.codegen.batch_norm_kernels import kernels
-    from bnsym.codegen.module import render_array_api_module
+def _layer_numba_module(name: str) -> Callable[[], str]:
+    def render() -> str:
+        from bnsym.codegen.layer_kernels import kernels
+        from bnsym.codegen.module import render_numba_module
+        from bnsym.symbolic.layers import LAYERS
 
-    docstring = (
-        "Batch-norm kernels for any array library (the array API standard, through array-api-compat), printed\n"
-        "from the same derivation as bnsym._generated.batch_norm (bnsym.codegen.array_api_printer says how).\n\n"
-        "Each kernel computes with the namespace of its first argument and returns arrays of that library on the\n"
-        "same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend=\"array_api\".\n")
-    return render_array_api_module(kernels(), source="bnsym/symbolic/batch_norm.py", docstring=docstring)
-
-
-def _batch_norm_document() -> str:
-    from bnsym.document import render_batch_norm_document
-
-    return render_batch_norm_document()
+        title = LAYERS[name].title
+        docstring = (
+            f"{title} kernels compiled by Numba: fused loops printed from the same derivation as\n"
+            f"bnsym._generated.{name} (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
+            "Imported only by backend=\"numba\" (the `fast` extra). Compiled on first use and cached on disk.\n")
+        return render_numba_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
+                                   numpy_module=f"bnsym._generated.{name}")
+    return render
 
 
-GENERATED_FILES: tuple[GeneratedFile, ...] = (
-    GeneratedFile("bnsym/_generated/batch_norm.py", _batch_norm_module),
-    GeneratedFile("bnsym/_generated/batch_norm_numba.py", _batch_norm_numba_module),
-    GeneratedFile("bnsym/_generated/batch_norm_array_api.py", _batch_norm_array_api_module),
-    GeneratedFile("derivations/batch_norm.md", _batch_norm_document),
-)
+def _layer_array_api_module(name: str) -> Callable[[], str]:
+    def render() -> str:
+        from bnsym.codegen.layer_kernels import kernels
+        from bnsym.codegen.module import render_array_api_module
+        from bnsym.symbolic.layers import LAYERS
+
+        title = LAYERS[name].title
+        docstring = (
+            f"{title} kernels for any array library (the array API standard, through array-api-compat), printed\n"
+            f"from the same derivation as bnsym._generated.{name} (bnsym.codegen.array_api_printer says how).\n\n"
+            "Each kernel computes with the namespace of its first argument and returns arrays of that library on\n"
+            "the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by "
+            "backend=\"array_api\".\n")
+        return render_array_api_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring)
+    return render
+
+
+def _layer_document(name: str) -> Callable[[], str]:
+    def render() -> str:
+        from bnsym.document import render_layer_document
+
+        return render_layer_document(name)
+    return render
+
+
+def _generated_files() -> tuple[GeneratedFile, ...]:
+    # The registered layers, in declaration order; importing the declarations does not run any derivation.
+    from bnsym.symbolic.layers import LAYERS
+
+    files = []
+    for name in LAYERS:
+        files.append(GeneratedFile(f"bnsym/_generated/{name}.py", _layer_module(name)))
+        files.append(GeneratedFile(f"bnsym/_generated/{name}_numba.py", _layer_numba_module(name)))
+        files.append(GeneratedFile(f"bnsym/_generated/{name}_array_api.py", _layer_array_api_module(name)))
+        files.append(GeneratedFile(f"derivations/{name}.md", _layer_document(name)))
+    return tuple(files)
+
+
+#: Every generated file: for each registered layer, its kernel modules (NumPy, Numba, array API) and its derivation
+#: document.
+GENERATED_FILES: tuple[GeneratedFile, ...] = _generated_files()
 
 
 def find_root(root: str | os.PathLike | None = None) -> Path:

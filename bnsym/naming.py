@@ -33,6 +33,8 @@ LATEX = {
     "mean": r"\mu",
     "var": r"\sigma^2",
     "invstd": r"s",
+    "ms": r"\nu",
+    "invrms": r"r",
     "running_mean": r"\mu_{\mathrm{run}}",
     "running_var": r"\sigma^2_{\mathrm{run}}",
     "M": "M",

@@ -1,6 +1,13 @@
-"""What ``bnsym derive`` shows a person: the derived equations, and a numerical check of the generated code."""
+"""What ``bnsym derive`` shows a person: each layer's derived equations, and a numerical check of its generated code.
+
+The check calls the generated kernels of every registered layer through their declared ``SIGNATURES`` on a small
+two-dimensional layout built from the declaration alone (a group is a row when the parameters vary within a group,
+a column otherwise), so a new layer is checked with no code here.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import sympy
@@ -18,65 +25,115 @@ def _relative(numeric: float, analytic: float) -> float:
     return abs(numeric - analytic) / max(abs(numeric), 1e-300)
 
 
-def finite_difference_checks(seed: int = 0, shape=(6, 3, 4), eps: float = 1e-3) -> dict[str, float]:
-    """Relative errors of the generated derivatives against central finite differences, in float64.
+class _Kernels:
+    """Calls a layer's generated kernels by the names in their SIGNATURES."""
 
-    For random x, gamma, beta, dy and random directions (never ones: the gradient of sum(y) is zero):
+    def __init__(self, name: str, reducer):
+        self.name = name
+        self.module = importlib.import_module(f"bnsym._generated.{name}")
+        self.reducer = reducer
 
-    - ``backward``: <dx, u> + <dgamma, a> + <dbeta, b> against the central difference of <dy, y> along (u, a, b);
+    def has(self, kernel: str) -> bool:
+        return f"{self.name}_{kernel}" in self.module.SIGNATURES
+
+    def __call__(self, kernel: str, **arrays) -> dict[str, np.ndarray]:
+        full = f"{self.name}_{kernel}"
+        parameters, results = self.module.SIGNATURES[full]
+        arrays["reducer"] = self.reducer
+        values = getattr(self.module, full)(*(arrays[p] for p in parameters))
+        return dict(zip(results, values))
+
+
+def finite_difference_checks(name: str = "batch_norm", seed: int = 0, shape=(6, 5), eps: float = 1e-3
+                             ) -> dict[str, float]:
+    """Relative errors of layer ``name``'s generated derivatives against central finite differences, in float64.
+
+    For random inputs and random directions (never ones: the gradient of sum(y) is zero):
+
+    - ``backward``: <dx, u> + sum over parameters p of <dp, a_p> against the central difference of <dy, y> along
+      (u, a);
     - ``jvp``: <dy, ty> against the same central difference;
-    - ``double backward``: <gx, u> + <ggamma, a> + <gdy, v> against the central difference of
-      <ggx, dx> + gggamma . dgamma + ggbeta . dbeta along (u, a, v), with dx, dgamma, dbeta from the backward.
+    - ``double backward``: <gx, u> + <ggamma, a_gamma> + <gdy, v> against the central difference of
+      <ggx, dx> + sum over parameters of <ggp, dp> along (u, a_gamma, v), with the gradients from the backward.
     """
-    import bnsym
+    from bnsym._reduce import Reducer
+    from bnsym.symbolic.layers import LAYERS
 
+    declaration = LAYERS[name]
     rng = np.random.default_rng(seed)
-    channels = shape[1]
-    x = rng.normal(3.0, 2.0, size=shape)
-    gamma, beta, dy = rng.normal(size=channels), rng.normal(size=channels), rng.normal(size=shape)
-    u, a, b, v = rng.normal(size=shape), rng.normal(size=channels), rng.normal(size=channels), rng.normal(size=shape)
-    ggx, gggamma, ggbeta = rng.normal(size=shape), rng.normal(size=channels), rng.normal(size=channels)
+    rows, columns = shape
+    # A group is a row (parameters vary within it) or a column (one parameter value per group).
+    axes, count = ((1,), columns) if declaration.per_element_parameters else ((0,), rows)
+    kernels = _Kernels(name, Reducer(axes, count, (0,) if declaration.per_element_parameters else ()))
+    # The forward kernel's parameters say whether the layer has a shift (RMS norm has none).
+    parameters = ("gamma", "beta") if "beta" in kernels.module.SIGNATURES[f"{name}_forward"][0] else ("gamma",)
+
+    def draw(size):
+        return rng.normal(size=size)
+
+    x, dy, u, v, ggx = (draw(shape) for _ in range(5))
+    x = 3.0 + 2.0 * x
+    p = {k: draw((1, columns)) for k in parameters}
+    a = {k: draw((1, columns)) for k in parameters}
+    cotangent = {k: draw((1, columns)) for k in parameters}
+
+    def forward(h):
+        return kernels("forward", x=x + h * u, eps=eps, **{k: p[k] + h * a[k] for k in parameters})
 
     def loss(h):
-        return np.vdot(dy, bnsym.batch_norm_forward(x + h * u, gamma + h * a, beta + h * b, eps=eps)[0])
+        return np.vdot(dy, forward(h)["y"])
+
+    def backward_at(h):
+        xh, dyh = x + h * u, dy + h * v
+        # The saved statistics depend on x only; beta moving along with gamma changes nothing here.
+        saved = {k: w for k, w in forward(h).items() if k != "y"}
+        return kernels("backward", dy=dyh, x=xh, gamma=p["gamma"] + h * a["gamma"], **saved)
 
     def first_order(h):
-        xh, gh, dyh = x + h * u, gamma + h * a, dy + h * v
-        _, mean, invstd = bnsym.batch_norm_forward(xh, gh, beta, eps=eps)
-        dx, dgamma, dbeta = bnsym.batch_norm_backward(dyh, xh, gh, mean, invstd)
-        return np.vdot(ggx, dx) + np.vdot(gggamma, dgamma) + np.vdot(ggbeta, dbeta)
+        grads = backward_at(h)
+        return np.vdot(ggx, grads["dx"]) + sum(np.vdot(cotangent[k], grads["d" + k]) for k in parameters)
 
-    _, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=eps)
-    dx, dgamma, dbeta = bnsym.batch_norm_backward(dy, x, gamma, mean, invstd)
-    _, ty = bnsym.batch_norm_jvp(x, gamma, beta, u, a, b, eps=eps)
-    gx, ggamma, gdy = bnsym.batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd)
+    grads = backward_at(0.0)
+    tangents = {"t" + k: a[k] for k in parameters}
+    ty = kernels("jvp", x=x, eps=eps, tx=u, **p, **tangents)["ty"]
+    saved = {k: w for k, w in forward(0.0).items() if k != "y"}
+    second = kernels("double_backward", ggx=ggx, dy=dy, x=x, gamma=p["gamma"], **saved,
+                     **{"gg" + k: cotangent[k] for k in parameters})
     directional = _central(loss)
     return {
-        "backward": _relative(directional, np.vdot(dx, u) + np.vdot(dgamma, a) + np.vdot(dbeta, b)),
+        "backward": _relative(directional, np.vdot(grads["dx"], u) + sum(np.vdot(grads["d" + k], a[k])
+                                                                           for k in parameters)),
         "jvp": _relative(directional, np.vdot(dy, ty)),
-        "double backward": _relative(_central(first_order), np.vdot(gx, u) + np.vdot(ggamma, a) + np.vdot(gdy, v)),
+        "double backward": _relative(_central(first_order), np.vdot(second["gx"], u)
+                                     + np.vdot(second["ggamma"], a["gamma"]) + np.vdot(second["gdy"], v)),
     }
 
 
 def derivation_summary() -> str:
-    """The derived closed forms in plain text, and the finite-difference checks of the generated code."""
-    from bnsym.symbolic import batch_norm as bn
+    """Each layer's derived closed forms in plain text, and the finite-difference checks of its generated code."""
+    from bnsym.symbolic.layers import LAYERS, derivation
 
-    lines = ["Derived from the training forward pass (derivations/batch_norm.md has every step):", ""]
-    for definition in bn.training_forward().definitions:
-        lines.append(f"  {definition.name} = {definition.expr}")
-    for title, derivation in (("backward", bn.backward), ("eval-mode backward", bn.inference_backward),
-                              ("forward mode", bn.jvp)):
-        lines += ["", f"  {title}:"]
-        program, closed = derivation()
-        for name in program.outputs:
-            if name in closed:
-                lines.append(f"    {name} = {sympy.factor_terms(closed[name])}")
-    program, closed = bn.double_backward()
-    sizes = ", ".join(f"{name} ({sympy.count_ops(closed[name])} operations)" for name in program.outputs)
-    lines += ["", f"  double backward: {sizes}; see the document"]
-    lines += ["", "Check of the generated code (float64, shape (6, 3, 4), central finite differences, h = 1e-6):"]
-    for name, error in finite_difference_checks().items():
-        verdict = "ok" if error < 1e-6 else "MISMATCH"
-        lines.append(f"  {name:16s} relative error {error:.1e}  {verdict}")
+    lines = []
+    for name in LAYERS:
+        layer = derivation(name)
+        lines += [f"{layer.declaration.title} (derivations/{name}.md has every step):", ""]
+        for definition in layer.training_forward.definitions:
+            lines.append(f"  {definition.name} = {definition.expr}")
+        sections = [("backward", layer.backward)]
+        if layer.declaration.running_statistics:
+            sections.append(("eval-mode backward", layer.inference_backward))
+        sections.append(("forward mode", layer.jvp))
+        for title, (program, closed) in sections:
+            lines += ["", f"  {title}:"]
+            for output in program.outputs:
+                if output in closed:
+                    lines.append(f"    {output} = {sympy.factor_terms(closed[output])}")
+        program, closed = layer.double_backward
+        sizes = ", ".join(f"{o} ({sympy.count_ops(closed[o])} operations)" for o in program.outputs)
+        lines += ["", f"  double backward: {sizes}; see the document", ""]
+    lines += ["Check of the generated code (float64, shape (6, 5), central finite differences, h = 1e-6):"]
+    for name in LAYERS:
+        checks = ", ".join(f"{what} {error:.1e} {'ok' if error < 1e-6 else 'MISMATCH'}"
+                           for what, error in finite_difference_checks(name).items())
+        lines.append(f"  {name:14s} {checks}")
     return "\n".join(lines)

@@ -3,15 +3,21 @@
 ``update_running_stats(running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
 ``(new_mean, new_var)`` and leaves its inputs untouched. ``mean`` and ``var`` are the batch mean and the *biased*
 batch variance (var = invstd**-2 - eps from :func:`bnsym.batch_norm_forward`), ``count`` the number of values per
-channel (M). The conventions (:mod:`bnsym.symbolic.running_stats`, shared/conventions.md):
+channel (M). The conventions and their choices are in :mod:`bnsym.conventions`:
 
 * ``"torch"`` (default momentum 0.1): r <- (1 - m) r + m b, running_var from the unbiased batch variance
   var * M / (M - 1), as ``torch.nn.BatchNorm*d``. ``momentum=None`` is PyTorch's cumulative average.
 * ``"keras"``, ``"flax"`` (default momentum 0.99): r <- m r + (1 - m) b, biased variance, as
   ``keras.layers.BatchNormalization`` and ``flax.linen.BatchNorm``.
-* ``"cumulative"``: r <- (1 - 1/n) r + (1/n) b with n = ``num_batches_tracked``, the number of batches seen
-  *including this one* (PyTorch increments its counter before the update), unbiased variance.
-  ``num_batches_tracked`` is only read by this convention (and by ``"torch"`` with ``momentum=None``).
+* ``"chainer"`` (default momentum 0.9, Chainer's ``decay``): r <- m r + (1 - m) b, unbiased variance, as
+  ``chainer.links.BatchNormalization``.
+* ``"haiku"`` (momentum is Haiku's ``decay_rate``, default 0.9 here): the zero-debiased average of
+  ``hk.ExponentialMovingAverage``, r <- (1 - f) r + f b with f = (1 - m) / (1 - m^n), biased variance; needs
+  ``num_batches_tracked``.
+* ``"cumulative"``: r <- (1 - 1/n) r + (1/n) b, unbiased variance.
+
+``num_batches_tracked`` is n, the number of batches seen *including this one* (PyTorch and Haiku increment their
+counters before the update); only ``"cumulative"``, ``"haiku"`` (and ``"torch"`` with ``momentum=None``) read it.
 
 The results have the dtype of the running statistics (promoted between running_mean and running_var).
 """
@@ -26,11 +32,12 @@ import numpy as np
 from bnsym import _validation as v
 from bnsym._backends import resolve
 from bnsym._layout import xp_float_array
-from bnsym.symbolic.running_stats import CONVENTIONS
+from bnsym.conventions import CONVENTIONS
 
 __all__ = ["update_running_stats"]
 
-_DEFAULT = object()
+#: The default of ``momentum``: the convention's own (:attr:`bnsym.conventions.Convention.default_momentum`).
+DEFAULT = "default"
 
 
 def _vector(value, name: str, channels: int | None, backend, device=None):
@@ -54,57 +61,67 @@ def _all_nonnegative(values, backend) -> bool:
     return True if is_lazy_array(values) else bool(backend.xp.all(values >= 0))
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=_DEFAULT, convention="torch",
+def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
                          num_batches_tracked=None, backend="auto"):
     """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,), of the
-    library of ``running_mean`` (``backend`` as in :mod:`bnsym._backends`; the compiled one runs NumPy here, as there
-    is no full-size array to fuse). Arrays that JAX may be tracing are not checked for negative values."""
+    library of ``running_mean``.
+
+    ``momentum="default"`` takes the convention's default (module docstring). ``backend`` as in
+    :mod:`bnsym._backends` (the compiled one runs the NumPy kernels here: there is no full-size array to fuse);
+    arrays that JAX may be tracing are not checked for negative values.
+    """
     if not isinstance(convention, str) or convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
     chosen = CONVENTIONS[convention]
-    if momentum is _DEFAULT:
+    if isinstance(momentum, str) and momentum == DEFAULT:
         momentum = chosen.default_momentum
     if convention == "torch" and momentum is None:
         chosen = CONVENTIONS["cumulative"]
-    chosen_backend = resolve(backend, running_mean)
+    backend = resolve(backend, running_mean)
     device = None
-    if not chosen_backend.is_numpy:
+    if not backend.is_numpy:
         from array_api_compat import device as device_of
 
-        running_mean = xp_float_array(chosen_backend.xp, running_mean, "running_mean")
+        running_mean = xp_float_array(backend.xp, running_mean, "running_mean")
         device = device_of(running_mean)
-    running_mean = _vector(running_mean, "running_mean", None, chosen_backend, device)
+    running_mean = _vector(running_mean, "running_mean", None, backend, device)
     channels = running_mean.shape[0]
-    running_var = _vector(running_var, "running_var", channels, chosen_backend, device)
-    mean = _vector(mean, "mean", channels, chosen_backend, device)
-    var = _vector(var, "var", channels, chosen_backend, device)
+    running_var = _vector(running_var, "running_var", channels, backend, device)
+    mean = _vector(mean, "mean", channels, backend, device)
+    var = _vector(var, "var", channels, backend, device)
     for name, values in (("var", var), ("running_var", running_var)):
-        if not _all_nonnegative(values, chosen_backend):  # also refuses NaN
+        if not _all_nonnegative(values, backend):  # also refuses NaN
             raise ValueError(f"{name} must be >= 0 (and not NaN), got {values}")
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
         raise ValueError(f"count must be a positive integer (values per channel), got {count!r}")
     if chosen.unbiased and count < 2:
         raise ValueError(f"the {convention} convention uses the unbiased variance var * M / (M - 1), which needs "
                          f"count >= 2, got count={count}")
-    xp = chosen_backend.xp
-    dtype = xp.result_type(running_mean.dtype, running_var.dtype)
-    kernels = chosen_backend.kernels("batch_norm")
-    if chosen.momentum_weighs is None:
+    arguments = []
+    if chosen.cumulative:
         if momentum is not None:
             raise ValueError(f"the cumulative average takes no momentum, got momentum={momentum!r}")
-        if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral)
-                or num_batches_tracked < 1):
-            raise ValueError("the cumulative average needs num_batches_tracked, the number of batches seen "
-                             f"including this one (an integer >= 1), got {num_batches_tracked!r}")
-        new_mean, new_var = kernels.running_stats_cumulative(running_mean, running_var, mean, var,
-                                                             int(num_batches_tracked), int(count))
     else:
+        if momentum is None and chosen.default_momentum is None:
+            raise ValueError(f"the {convention} convention has no default momentum: pass momentum (its decay)")
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not math.isfinite(momentum) \
                 or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-        kernel = getattr(kernels, f"running_stats_{chosen.name}")
-        args = (running_mean, running_var, mean, var, float(momentum))
-        new_mean, new_var = kernel(*args, int(count)) if chosen.unbiased else kernel(*args)
-    if chosen_backend.is_numpy:
+        if chosen.debiased and momentum == 1:
+            raise ValueError(f"the {convention} convention divides by 1 - momentum**n: momentum must be < 1, got 1")
+        arguments.append(float(momentum))
+    if chosen.uses_batch_count:
+        if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral)
+                or num_batches_tracked < 1):
+            raise ValueError(f"the {chosen.name} convention needs num_batches_tracked, the number of batches seen "
+                             f"including this one (an integer >= 1), got {num_batches_tracked!r}")
+        arguments.append(int(num_batches_tracked))
+    if chosen.unbiased:
+        arguments.append(int(count))
+    xp = backend.xp
+    dtype = xp.result_type(running_mean.dtype, running_var.dtype)
+    kernel = getattr(backend.kernels("batch_norm"), f"running_stats_{chosen.name}")
+    new_mean, new_var = kernel(running_mean, running_var, mean, var, *arguments)
+    if backend.is_numpy:
         return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)
     return xp.astype(new_mean, dtype), xp.astype(new_var, dtype)

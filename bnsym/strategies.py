@@ -34,7 +34,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-__all__ = ["DTYPES", "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes", "epsilons", "regimes"]
+__all__ = ["DTYPES", "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes", "epsilons", "regimes",
+           "shape_pool"]
 
 REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant channel", "tiny batch",
            "wide dynamic range")
@@ -64,12 +65,19 @@ class Example:
 
     @property
     def count(self) -> int:
-        """M, the number of values per channel."""
-        return self.x.size // self.x.shape[1]
+        """M, the number of values per channel (also when there are no channels)."""
+        return math.prod(size for axis, size in enumerate(self.x.shape) if axis != 1)
 
     def describe(self) -> str:
-        return (f"x of shape {self.x.shape} ({self.dtype.name}, M = {self.count} per channel), regime "
-                f"\"{self.regime}\", eps = {self.eps:.3g}")
+        """One line naming every input that matters: shape, dtype, M, the ranges of x, gamma and beta (with the
+        number of zero gammas), eps and the regime."""
+        if self.x.ndim < 2 or self.x.shape[1] == 0:
+            return (f"x of shape {self.x.shape} ({self.dtype.name}, no channels: C = 0), eps = {self.eps:.3g}, regime "
+                    f"\"{self.regime}\"")
+        zeros = int(np.sum(self.gamma == 0))
+        gamma = _range(self.gamma) + (f" ({zeros} of {self.gamma.size} zero)" if zeros else "")
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, M = {self.count} per channel) in {_range(self.x)}, "
+                f"gamma {gamma}, beta {_range(self.beta)}, eps = {self.eps:.3g}, regime \"{self.regime}\"")
 
     def rng(self, salt: int = 0) -> np.random.Generator:
         """A generator for a property's own random draws, fixed by the example."""
@@ -79,6 +87,15 @@ class Example:
         values = {name: getattr(self, name) for name in ("x", "gamma", "beta", "eps", "dy", "regime", "seed")}
         values.update(changes)
         return Example(**values)
+
+
+def _range(values: np.ndarray) -> str:
+    """[min, max] of an array, or its one value."""
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        return "(empty)"
+    low, high = float(values.min()), float(values.max())
+    return f"= {low:.4g}" if low == high else f"[{low:.4g}, {high:.4g}]"
 
 
 # ----- argument validation, as in hypothesis.extra.numpy: at once, one error type, the bad value repeated -----
@@ -207,9 +224,53 @@ def channel_shapes(*, min_dims: int = 2, max_dims: int = 5, min_channels: int = 
     return shapes()
 
 
+def shape_pool(seed: int = 0, *, size: int = 6, min_dims: int = 2, max_dims: int = 5, max_channels: int = 4,
+               max_count: int = 512) -> tuple[tuple[int, ...], ...]:
+    """A small set of shapes (N, C, *spatial) for one run, smallest first, fixed by ``seed``.
+
+    A compiled implementation (jax.jit, torch.compile, tinygrad) compiles once per input shape; drawing every
+    example's shape from a handful per run keeps it to a handful of compilations, while different seeds still
+    cover different shapes. The pool always holds M = 2 and M = 3 (for "tiny batch"), shapes with at least two
+    channels (for "constant channel") and one shape of every number of dimensions from ``min_dims`` to
+    ``max_dims``; sorted by size, so that Hypothesis shrinks towards the smallest.
+
+    - ``seed`` (default 0): fixes the pool.
+    - ``size`` (default 6): the number of shapes, at least the number of dimensions covered plus 2.
+    - ``min_dims``, ``max_dims``, ``max_channels``, ``max_count``: as in :func:`channel_shapes`.
+
+    >>> pool = shape_pool(0)
+    >>> len(pool), min(shape[0] * shape[1] for shape in pool) <= 8
+    (6, True)
+    """
+    _check_pair("min_dims", min_dims, "max_dims", max_dims, 2)
+    _check_int("max_channels", max_channels, 1)
+    _check_int("max_count", max_count, 4)
+    _check_int("size", size, max_dims - min_dims + 3)
+    rng = np.random.default_rng([seed, 7919])
+    wide = min(2, max_channels)
+
+    def split(count: int, ndim: int, channels: int) -> tuple[int, ...]:
+        sizes, rest = [], count
+        for _ in range(ndim - 2):
+            divisors = [d for d in range(1, rest + 1) if rest % d == 0]
+            sizes.append(int(rng.choice(divisors)))
+            rest //= sizes[-1]
+        return (rest, channels, *sizes)
+
+    pool = {(2, 1 if max_channels == 1 else int(rng.integers(1, max_channels + 1))),
+            split(3, max(min_dims, min(3, max_dims)), wide)}
+    ndims = list(range(min_dims, max_dims + 1))
+    while len(pool) < size:
+        ndim = ndims.pop(0) if ndims else int(rng.integers(min_dims, max_dims + 1))
+        count = int(round(10 ** rng.uniform(math.log10(4), math.log10(max_count))))
+        channels = int(rng.integers(wide, max_channels + 1))
+        pool.add(split(count, ndim, channels))
+    return tuple(sorted(pool, key=lambda shape: (math.prod(shape), len(shape), shape)))
+
+
 def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, max_dims: int = 5,
                         max_channels: int = 4, max_count: int = 512, min_eps: float = 1e-5,
-                        max_eps: float = 0.1) -> st.SearchStrategy[Example]:
+                        max_eps: float = 0.1, shapes=None) -> st.SearchStrategy[Example]:
     """:class:`Example` batch-norm problems: x, gamma, beta, eps and a random upstream gradient dy.
 
     - ``dtype`` (default "float64"): the dtype of x, gamma, beta and dy; "float64", "float32" or "float16".
@@ -220,6 +281,9 @@ def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, 
     - ``max_count`` (default 512): the largest M (the "tiny batch" regime uses M = 2 or 3 regardless).
     - ``min_eps`` (default 1e-5): the smallest eps.
     - ``max_eps`` (default 0.1): the largest eps.
+    - ``shapes`` (default None: any shape within the limits above): draw shapes from this collection instead
+      (:func:`shape_pool`); each regime uses the ones it can ("tiny batch" those with M <= 3, "constant channel"
+      those with two channels or more when there are any), shrinking towards the first.
 
     >>> example = batch_norm_examples(dtype="float32", regimes=("large offset",)).example()
     >>> example.x.dtype.name, example.regime
@@ -231,10 +295,14 @@ def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, 
     _check_int("max_channels", max_channels, 1)
     _check_int("max_count", max_count, 2)
     eps_strategy = epsilons(min_eps=min_eps, max_eps=max_eps)
+    pools = None if shapes is None else _pools(shapes, names)
 
     @st.composite
     def examples(draw):
         regime = draw(st.sampled_from(names))
+        if pools is not None:
+            shape = draw(st.sampled_from(pools[regime]))
+            return make_example(shape, regime, draw(eps_strategy), draw(st.integers(0, 2**32 - 1)), resolved)
         low, high = (2, 3) if regime == "tiny batch" else (2, max_count)
         shape = draw(channel_shapes(min_dims=min_dims, max_dims=max_dims, max_channels=max_channels,
                                     min_channels=2 if regime == "constant channel" and max_channels > 1 else 1,
@@ -244,6 +312,28 @@ def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, 
         return make_example(shape, regime, eps, seed, resolved)
 
     return examples()
+
+
+def _pools(shapes, names) -> dict[str, list[tuple[int, ...]]]:
+    """The shapes each regime draws from (see ``shapes`` of :func:`batch_norm_examples`)."""
+    shapes = [tuple(int(n) for n in shape) for shape in shapes]
+    if not shapes or any(len(shape) < 2 or min(shape) < 1 for shape in shapes):
+        raise InvalidArgument(f"shapes={shapes!r} must be a non-empty collection of shapes (N, C, ...) of sizes >= 1")
+    usable = [s for s in shapes if math.prod(s) // s[1] >= 2]
+    if not usable:
+        raise InvalidArgument(f"shapes={shapes!r} has no shape with M >= 2 values per channel")
+    pools = {}
+    for name in names:
+        if name == "tiny batch":
+            pool = [s for s in usable if math.prod(s) // s[1] <= 3]
+        elif name == "constant channel":
+            pool = [s for s in usable if s[1] >= 2] or usable
+        else:
+            pool = usable
+        if not pool:
+            raise InvalidArgument(f"shapes={shapes!r} has no shape for the regime {name!r} (M = 2 or 3)")
+        pools[name] = pool
+    return pools
 
 
 def make_example(shape: tuple[int, ...], regime: str, eps: float, seed: int, dtype="float64") -> Example:

@@ -7,10 +7,32 @@ import bnsym
 
 
 def test_public_surface_is_pinned():
-    assert bnsym.__all__ == ["batch_norm_backward", "batch_norm_double_backward", "batch_norm_forward",
-                             "batch_norm_inference", "batch_norm_inference_backward", "batch_norm_jvp",
-                             "update_running_stats"], "the public surface changed: update this test and the README"
+    assert bnsym.__all__ == ["batch_norm", "batch_norm_backward", "batch_norm_double_backward", "batch_norm_forward",
+                             "batch_norm_inference", "batch_norm_inference_backward", "batch_norm_jvp", "group_norm",
+                             "instance_norm", "layer_norm", "rms_norm", "update_running_stats"], (
+        "the public surface changed: update this test and the README")
     assert bnsym.__all__ == sorted(bnsym.__all__), "__all__ must stay alphabetised"
+
+
+@pytest.mark.parametrize("layer, verbs", [
+    ("batch_norm", ["backward", "double_backward", "forward", "inference", "inference_backward", "jvp"]),
+    ("layer_norm", ["backward", "double_backward", "forward", "jvp"]),
+    ("rms_norm", ["backward", "double_backward", "forward", "jvp"]),
+    ("group_norm", ["backward", "double_backward", "forward", "jvp"]),
+    ("instance_norm", ["backward", "double_backward", "forward", "jvp"]),
+])
+def test_each_layer_module_offers_its_verbs(layer, verbs):
+    module = getattr(bnsym, layer)
+    assert module.__name__ == f"bnsym.{layer}", f"bnsym.{layer} is {module!r}, not the public module"
+    assert module.__all__ == verbs, f"bnsym.{layer} offers {module.__all__}: update this test and the README"
+    for verb in verbs:
+        assert callable(getattr(module, verb)) and getattr(module, verb).__doc__, f"bnsym.{layer}.{verb}"
+
+
+def test_batch_norm_module_is_the_top_level_functions():
+    """bnsym.batch_norm's verbs are the top-level batch_norm_* functions themselves, not copies."""
+    for verb in bnsym.batch_norm.__all__:
+        assert getattr(bnsym.batch_norm, verb) is getattr(bnsym, f"batch_norm_{verb}"), verb
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

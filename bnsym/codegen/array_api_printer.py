@@ -44,26 +44,20 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
 
     def _render_Accumulate(self, statement: Accumulate) -> list[str]:
         out, form = statement.name.name, statement.form
-        terms = list(form.terms)
-        if statement.reuse is not None:
-            first = next(t for t in terms if t[0] == statement.reuse)
-        else:  # a term that needs an operation anyway makes the new array; `out = dy` would alias an input
-            first = next((t for t in terms if t[1] != 1), terms[0])
-        terms.remove(first)
-        monomial, coefficient = first
-        if coefficient == 1:
-            text = self.doprint(monomial)
-            line = f"{out} = xp.asarray({text}, copy=True)" if monomial.is_Symbol else f"{out} = {text}"
+        monomial, coefficient = statement.start
+        if coefficient == 1 and monomial.is_Symbol:  # `out = dy` would alias an input: the additions would write it
+            lines = [f"{out} = xp.asarray({self.doprint(monomial)}, copy=True)"]
         else:
-            line = f"{out} = {self.doprint(coefficient * monomial)}"
-        lines = [line]
+            lines = [f"{out} = {self.doprint(coefficient * monomial)}"]
         if statement.reuse is not None:
             lines.append(f"del {statement.reuse.name}  # nothing reads it after this: free its memory now")
-        for monomial, coefficient in terms:
-            if abs(coefficient) == 1:
-                lines.append(f"{out} {'+' if coefficient == 1 else '-'}= {self.doprint(monomial)}")
+        for term_monomial, term_coefficient in form.terms:
+            if (term_monomial, term_coefficient) == statement.start:
+                continue
+            if abs(term_coefficient) == 1:
+                lines.append(f"{out} {'+' if term_coefficient == 1 else '-'}= {self.doprint(term_monomial)}")
             else:
-                lines.append(f"{out} += {self.doprint(coefficient * monomial)}")
+                lines.append(f"{out} += {self.doprint(term_coefficient * term_monomial)}")
         if form.constant != 0:
             lines.append(f"{out} += {self.doprint(form.constant)}")
         if statement.scale != 1:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from bnsym.symbolic.reduction import BatchSum, Field, is_field_expr
+from bnsym.symbolic.reduction import BatchSum, Field, ParameterField, is_field_expr, is_full_field
 
 __all__ = ["CoefficientForm", "atomise", "atomise_argument", "coefficient_form", "inline_field_steps"]
 
@@ -78,10 +78,16 @@ def atomise(expr: sympy.Expr, atoms: dict[sympy.Expr, sympy.Symbol], taken: set[
         return expr.func(*(atomise(arg, atoms, taken) for arg in expr.args))
     if isinstance(expr, sympy.Pow) and expr.exp.is_Integer:
         return sympy.Pow(atomise(expr.base, atoms, taken), expr.exp)
+    return _new_atom(expr, atoms, taken)
+
+
+def _new_atom(expr, atoms, taken) -> Field:
+    """The field symbol of the atom ``expr``, created once; a ParameterField when no full-size field is in it."""
     if expr not in atoms:
         name = _atom_name(expr, taken)
         taken.add(name)
-        atoms[expr] = Field(name, real=True)
+        kind = Field if is_full_field(expr) else ParameterField
+        atoms[expr] = kind(name, real=True)
     return atoms[expr]
 
 
@@ -103,11 +109,7 @@ def _factor_atomise(factor, atoms, taken):
         return sympy.Pow(_factor_atomise(factor.base, atoms, taken), factor.exp)
     if isinstance(factor, sympy.Add) and is_field_expr(factor):
         # A sum inside a product is an atom as a whole: distributing the product would split a centred value.
-        if factor not in atoms:
-            name = _atom_name(factor, taken)
-            taken.add(name)
-            atoms[factor] = Field(name, real=True)
-        return atoms[factor]
+        return _new_atom(factor, atoms, taken)
     return atomise(factor, atoms, taken)
 
 

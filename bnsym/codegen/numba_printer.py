@@ -40,7 +40,7 @@ from bnsym._reduce import BLOCK, RUN
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.codegen.printer import KernelPrinter
 from bnsym.naming import COUNT, REDUCER
-from bnsym.symbolic.reduction import M
+from bnsym.symbolic.reduction import M, ParameterField
 
 __all__ = ["NumbaPlanPrinter", "module_prelude"]
 
@@ -97,6 +97,21 @@ class _Printer(KernelPrinter):
                 return f"dtype(1)/{base}**{-int(expr.exp)}"
             return f"{base}**{int(expr.exp)}"
         return super()._print_Pow(expr, rational=rational)
+
+
+def _symbols(plan: KernelPlan) -> set:
+    """Every symbol that a plan's statements read or define."""
+    found: set = set()
+    for statement in plan.statements:
+        if isinstance(statement, Assign):
+            found |= statement.expr.free_symbols | {statement.name}
+        elif isinstance(statement, Reduce):
+            found |= {f for term in statement.terms for f in term}
+        else:
+            found |= {statement.name} | statement.scale.free_symbols | statement.form.constant.free_symbols
+            for monomial, coefficient in statement.form.terms:
+                found |= monomial.free_symbols | coefficient.free_symbols
+    return found
 
 
 class _Kinds:
@@ -233,6 +248,8 @@ class NumbaPlanPrinter:
             return "it reads no field (only per-group values): nothing to fuse"
         if any(isinstance(s, Reduce) and s.over != "group" for s in plan.statements):
             return "it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover"
+        if any(isinstance(symbol, ParameterField) for symbol in _symbols(plan)):
+            return "it reads a parameter that varies within a group (of the parameters' shape, not per group)"
         return None
 
     def _delegate(self, plan: KernelPlan, reason: str) -> str:
@@ -337,12 +354,9 @@ class NumbaPlanPrinter:
         return sympy.Mul(*term, evaluate=False) if len(term) > 1 else term[0]
 
     def _form(self, statement: Accumulate) -> sympy.Expr:
-        """The output's expression in the NumPy kernel's order: reused term first, then the rest, constant, scale."""
-        terms = list(statement.form.terms)
-        if statement.reuse is not None:
-            first = next(t for t in terms if t[0] == statement.reuse)
-            terms.remove(first)
-            terms.insert(0, first)
+        """The output's expression in the NumPy kernel's order: the start term first, then the rest, constant,
+        scale."""
+        terms = [statement.start] + [t for t in statement.form.terms if t != statement.start]
         total = None
         for monomial, coefficient in terms:
             term = monomial if coefficient == 1 else (sympy.Mul(-1, monomial, evaluate=False) if coefficient == -1

@@ -32,7 +32,7 @@ import sympy
 
 from bnsym.codegen.fields import CoefficientForm, atomise_argument, coefficient_form, common_factor, inline_field_steps
 from bnsym.naming import COUNT, REDUCER, reduction_name
-from bnsym.symbolic.reduction import BatchSum, Field, M, ParameterSum, is_field_expr
+from bnsym.symbolic.reduction import BatchSum, Field, M, ParameterSum, is_field_expr, is_full_field
 
 __all__ = ["Accumulate", "Assign", "KernelPlan", "Reduce", "plan_kernel"]
 
@@ -57,12 +57,17 @@ class Reduce:
 
 @dataclass(frozen=True)
 class Accumulate:
-    """A field output ``name = scale * (form)``, evaluated in place; ``reuse`` is the atom whose buffer it takes
-    over (nothing reads that atom afterwards), or None for a new buffer."""
+    """A field output ``name = scale * (form)``, evaluated in place.
+
+    Evaluation starts with the term ``start`` (a pair monomial, coefficient of ``form``), which has the full shape;
+    ``reuse`` is the atom of that monomial whose buffer the output takes over (nothing reads it afterwards), or
+    None when the start term is computed into a new buffer. The other terms are added to it.
+    """
 
     name: sympy.Symbol
     form: CoefficientForm
     scale: sympy.Expr
+    start: tuple[sympy.Expr, sympy.Expr]
     reuse: sympy.Symbol | None
 
 
@@ -226,6 +231,15 @@ def _coefficients(name: sympy.Symbol, form: CoefficientForm, owned: set, taken: 
     return CoefficientForm(terms, constant), named(scale, "scale"), definitions
 
 
+def _buffer_atom(monomial: sympy.Expr, owned: set) -> sympy.Symbol | None:
+    """The atom whose buffer an evaluation of ``monomial`` can start in: its one full-size factor, when that is an
+    atom of this kernel (``owned``) to the first power and every other factor is parameter-shaped."""
+    full = [f for f in sympy.Mul.make_args(monomial) if is_full_field(f)]
+    if len(full) == 1 and full[0] in owned:
+        return full[0]
+    return None
+
+
 # ----- scheduling -----
 
 @dataclass(frozen=True)
@@ -346,10 +360,17 @@ def plan_kernel(kernel) -> KernelPlan:
             (p,) = batch
             form, scale = p.payload
             read_later = set().union(*(q.uses for q in flat[position:]))
-            reusable = [t for t in form.terms if t[0] in owned and t[0] not in read_later]
+            reusable = [t for t in form.terms if _buffer_atom(t[0], owned) not in read_later | {None}]
             # Start with a term whose coefficient is not 1 (it needs a multiplication anyway): the others are added.
             reusable.sort(key=lambda t: abs(t[1]) == 1)
-            statements.append(Accumulate(p.name, form, scale, reusable[0][0] if reusable else None))
+            if reusable:
+                start, reuse = reusable[0], _buffer_atom(reusable[0][0], owned)
+            else:
+                full = [t for t in form.terms if is_full_field(t[0])]
+                if not full:
+                    raise ValueError(f"the field output {p.name} has no term of the full shape")
+                start, reuse = full[0], None
+            statements.append(Accumulate(p.name, form, scale, start, reuse))
         else:
             statements += [Assign(p.name, p.payload) for p in batch if p.name != p.payload]
 

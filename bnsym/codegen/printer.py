@@ -109,26 +109,29 @@ class NumPyPlanPrinter:
 
     def _render_Accumulate(self, statement: Accumulate) -> list[str]:
         out, form = statement.name.name, statement.form
-        terms = list(form.terms)
+        monomial, coefficient = statement.start
         lines = []
         if statement.reuse is not None:
-            monomial, coefficient = next(t for t in terms if t[0] == statement.reuse)
-            lines.append(f"{out} = {monomial.name}  # reuses the buffer: nothing reads {monomial.name} after this")
+            atom = statement.reuse.name
+            lines.append(f"{out} = {atom}  # reuses the buffer: nothing reads {atom} after this")
             if coefficient == -1:
                 lines.append(f"{self.module}.negative({out}, out={out})")
             elif coefficient != 1:
                 lines.append(f"{out} *= {self.doprint(coefficient)}")
+            for factor in sympy.Mul.make_args(monomial / statement.reuse):
+                if factor != 1:
+                    lines.append(f"{out} *= {self.doprint(factor)}")
         else:
-            monomial, coefficient = terms[0]
             text = self.doprint(coefficient * monomial)
             simple = coefficient == 1 and monomial.is_Symbol
             lines.append(f"{out} = {self.module}.array({text})" if simple else f"{out} = {text}")
-        terms.remove((monomial, coefficient))
-        for monomial, coefficient in terms:
-            if abs(coefficient) == 1:
-                lines.append(f"{out} {'+' if coefficient == 1 else '-'}= {self.doprint(monomial)}")
+        for term_monomial, term_coefficient in form.terms:
+            if (term_monomial, term_coefficient) == statement.start:
+                continue
+            if abs(term_coefficient) == 1:
+                lines.append(f"{out} {'+' if term_coefficient == 1 else '-'}= {self.doprint(term_monomial)}")
             else:
-                lines.append(f"{out} += {self.doprint(coefficient * monomial)}")
+                lines.append(f"{out} += {self.doprint(term_coefficient * term_monomial)}")
         if form.constant != 0:
             lines.append(f"{out} += {self.doprint(form.constant)}")
         if statement.scale != 1:

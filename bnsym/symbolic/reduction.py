@@ -21,11 +21,28 @@ from __future__ import annotations
 
 import sympy
 
-__all__ = ["BatchSum", "Field", "M", "ParameterSum", "is_field_expr", "outermost_sums"]
+__all__ = ["BatchSum", "Field", "M", "ParameterField", "ParameterSum", "is_field_expr", "is_full_field",
+           "outermost_sums"]
 
 
 class Field(sympy.Symbol):
     """A per-element quantity: one value for each of the M elements of a group."""
+
+
+class ParameterField(Field):
+    """A per-element quantity that every group shares: a parameter that varies within a group (layer norm's gamma
+    has one value per normalised position, the same for every sample). For the calculus it is a field like any
+    other; arrays of it have the parameter's broadcast shape, not the layer's full shape."""
+
+
+def is_full_field(expr: sympy.Expr) -> bool:
+    """True when ``expr`` has a field that is not a :class:`ParameterField` outside every reduction: an array of
+    it has the layer's full shape."""
+    if isinstance(expr, Field):
+        return not isinstance(expr, ParameterField)
+    if isinstance(expr, BatchSum | ParameterSum) or not expr.args:
+        return False
+    return any(is_full_field(arg) for arg in expr.args)
 
 
 #: The number of elements in one group (for batch norm: N times the spatial size).

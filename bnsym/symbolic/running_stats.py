@@ -1,70 +1,29 @@
-"""Running statistics: how each framework folds a batch's mean and variance into its running estimates.
+"""Running statistics: the update of each convention (:mod:`bnsym.conventions`) as a SymPy expression.
 
-These are conventions, not derivatives: shared/conventions.md has the facts, read from each framework's source.
-Every convention is one exponential moving average,
+These are conventions, not derivatives: the choices and where they come from are data in :mod:`bnsym.conventions`
+(SymPy-free, so that the runtime can read them); this module turns each convention into
 
     new = (1 - f) * running + f * batch,
 
-with f, the weight of the new batch, and the variance estimator chosen by the convention:
-
-* ``torch``: f = momentum (default 0.1), running_var from the *unbiased* batch variance
-  (``torch.nn.BatchNorm*d``, ``torch.nn.functional.batch_norm``);
-* ``keras``: f = 1 - momentum (default 0.99: momentum weighs the old value), biased variance
-  (``keras.layers.BatchNormalization``);
-* ``flax``: as keras (``flax.linen.BatchNorm``, momentum 0.99, biased);
-* ``cumulative``: f = 1 / n after n batches, the cumulative average, unbiased (PyTorch with ``momentum=None``,
-  where n is ``num_batches_tracked`` after it has counted the current batch).
-
-The unbiased variance, sum_i (x_i - mean)^2 / (M - 1), is rewritten in terms of the biased variance that the
-forward pass computes; :func:`bessel_corrected_variance` proves that rewrite from the forward definition.
+with f, the weight of the new batch, from the convention's choices (m the momentum, n the batches seen including
+this one): m or 1 - m by ``momentum_weighs``, (1 - d) / (1 - d^n) with d = 1 - (that weight) when ``debiased``,
+1 / n when ``cumulative``. The unbiased variance, sum_i (x_i - mean)^2 / (M - 1), is rewritten in terms of the
+biased variance that the forward pass computes; :func:`bessel_corrected_variance` proves that rewrite from the
+forward definition.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 
 import sympy
 
+from bnsym.conventions import CONVENTIONS, Convention
 from bnsym.symbolic import batch_norm as bn
 from bnsym.symbolic.reduction import BatchSum, M
 from bnsym.symbolic.rewrite import prove_fact
 
-__all__ = ["CONVENTIONS", "Convention", "RUNNING", "bessel_corrected_variance", "update"]
-
-
-@dataclass(frozen=True)
-class Convention:
-    """One framework's running-statistics update.
-
-    * ``name``: the name bnsym uses (``--convention`` of ``bnsym check``).
-    * ``default_momentum``: the framework's default, None where the update takes a batch count instead.
-    * ``momentum_weighs``: ``"new"`` when momentum is the weight of the batch, ``"old"`` when it is the weight of the
-      running value, None for the cumulative average.
-    * ``unbiased``: whether running_var receives the Bessel-corrected batch variance.
-    * ``source``: where the convention comes from.
-    """
-
-    name: str
-    default_momentum: float | None
-    momentum_weighs: str | None
-    unbiased: bool
-    source: str
-
-
-CONVENTIONS = {
-    c.name: c
-    for c in (
-        Convention("torch", 0.1, "new", True, "torch.nn.BatchNorm1d/2d/3d: r = (1 - momentum) r + momentum b, "
-                                               "running_var from the unbiased batch variance"),
-        Convention("keras", 0.99, "old", False, "keras.layers.BatchNormalization: r = momentum r + (1 - momentum) b, "
-                                                "biased variance"),
-        Convention("flax", 0.99, "old", False, "flax.linen.BatchNorm: r = momentum r + (1 - momentum) b, biased "
-                                               "variance"),
-        Convention("cumulative", None, None, True, "torch.nn.BatchNorm*d with momentum=None: r = (1 - 1/n) r + "
-                                                   "(1/n) b after n batches, unbiased variance"),
-    )
-}
+__all__ = ["CONVENTIONS", "Convention", "RUNNING", "bessel_corrected_variance", "update", "weight"]
 
 
 class _Running:
@@ -91,9 +50,21 @@ def bessel_corrected_variance() -> sympy.Expr:
     return rewritten
 
 
+def weight(convention: Convention) -> sympy.Expr:
+    """f, the weight of the new batch, in ``momentum`` and ``num_batches_tracked`` (module docstring)."""
+    r = RUNNING
+    if convention.cumulative:
+        return 1 / r.num_batches_tracked
+    f = r.momentum if convention.momentum_weighs == "new" else 1 - r.momentum
+    if convention.debiased:
+        decay = 1 - f
+        return f / (1 - decay**r.num_batches_tracked)
+    return f
+
+
 def update(convention: Convention) -> tuple[sympy.Expr, sympy.Expr]:
     """``(new_mean, new_var)`` for ``convention``, in the batch's ``mean`` and biased ``var``."""
     s, r = bn.SYMBOLS, RUNNING
-    weight = {"new": r.momentum, "old": 1 - r.momentum, None: 1 / r.num_batches_tracked}[convention.momentum_weighs]
+    f = weight(convention)
     batch_var = bessel_corrected_variance() if convention.unbiased else s.var
-    return ((1 - weight) * r.running_mean + weight * s.mean, (1 - weight) * r.running_var + weight * batch_var)
+    return (1 - f) * r.running_mean + f * s.mean, (1 - f) * r.running_var + f * batch_var

@@ -16,41 +16,82 @@ from pathlib import Path
 
 import numpy as np
 
+from bnsym import strategies as bst
 from bnsym.testing import layer_properties  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
-from bnsym.testing.adapters import Implementation, TargetError
+from bnsym.testing.adapters import Implementation, TargetError, load
+from bnsym.testing.counterexamples import save_counterexample
+from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import REGISTRY
-from bnsym.testing.runner import CheckFailed, Report, run_properties, save_counterexample
+from bnsym.testing.results import CheckFailed, NothingChecked, Report
+from bnsym.testing.runner import run_properties
 
-__all__ = ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "CheckOptions", "Implementation", "Report",
-           "TargetError", "check_batchnorm"]
+__all__ = ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "CheckOptions", "Implementation", "NothingChecked",
+           "Report", "TargetError", "check_batchnorm", "selected_regimes"]
 
 DEFAULT_MAX_EXAMPLES = 50
 PROPERTIES: tuple[str, ...] = tuple(REGISTRY)
 _DTYPES = ("float16", "float32", "float64")
 
 
+def selected_regimes(regimes=None, exclude_regimes=None) -> tuple[str, ...]:
+    """The input regimes of :data:`bnsym.strategies.REGIMES` that ``regimes`` (default all) names, less those
+    ``exclude_regimes`` names; ValueError for an unknown name or when none is left."""
+    def names(value, argument):
+        value = [value] if isinstance(value, str) else list(value)
+        unknown = [r for r in value if r not in bst.REGIMES]
+        if unknown:
+            raise ValueError(f"{argument} names unknown regimes {unknown!r}; known: {', '.join(bst.REGIMES)}")
+        return value
+
+    chosen = bst.REGIMES if regimes is None else tuple(names(regimes, "regimes"))
+    excluded = () if exclude_regimes is None else names(exclude_regimes, "exclude_regimes")
+    left = tuple(r for r in bst.REGIMES if r in chosen and r not in excluded)
+    if not left:
+        raise ValueError(f"no input regime is left (regimes={regimes!r}, exclude_regimes={exclude_regimes!r})")
+    return left
+
+
 def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0,
                     properties=None, save_dir=None, mode: str = "train", convention: str | None = None,
-                    order: int = 1) -> Report:
+                    order: int = 1, regimes=None, exclude_regimes=None, isolate: bool = False,
+                    timeout: float | None = None) -> Report:
     """Check a batch-norm implementation against every property it offers what is needed for.
 
     - ``impl``: a function ``forward(x, gamma, beta, eps)``, or an object (or a class constructible without
-      arguments) with ``forward`` and optionally ``backward``; see :mod:`bnsym.testing.adapters`.
+      arguments) with ``forward`` and optionally ``backward``; see :mod:`bnsym.testing.adapters`. A string is a
+      target as ``bnsym check`` takes it: ``"torch"``, ``"jax"``, ``"path/to/file.py:NAME"``,
+      ``"package.module:NAME"``.
     - ``dtype`` (default "float64"): the dtype of the inputs, "float64", "float32" or "float16".
     - ``max_examples`` (default 50): examples per property before it is taken to hold.
     - ``seed`` (default 0): the Hypothesis seed; the same seed tries the same examples.
-    - ``properties`` (default: all of :data:`PROPERTIES`): the names of the properties to run.
+    - ``properties`` (default: all of :data:`PROPERTIES` that the options select): the names of those to run.
     - ``save_dir`` (default None): a directory to save each failure's counterexample to as ``.npz``.
     - ``mode`` (default "train"): "train" checks the training forward and backward, "eval" the eval-mode methods.
-    - ``convention`` (default None): "torch", "keras", "flax" or "cumulative" adds the running-statistics
-      properties for that framework's convention.
+    - ``convention`` (default None): a preset of :mod:`bnsym.conventions` ("torch", "keras", "flax",
+      "cumulative", "chainer", "haiku") adds the running-statistics properties for that convention.
     - ``order`` (default 1): 2 adds the double-backward properties of the mode.
+    - ``regimes``, ``exclude_regimes`` (default None: every regime): the input regimes of
+      :data:`bnsym.strategies.REGIMES` to draw from, and those to leave out.
+    - ``isolate`` (default False): run the implementation in a child process, where a crash (SIGSEGV, SIGABRT, the
+      out-of-memory killer) or a call that does not return within ``timeout`` seconds fails the property and the
+      check goes on (:mod:`bnsym.testing.isolation`). ``impl`` is then a target string as for ``bnsym check``
+      ("path/to/file.py:NAME", "package.module:NAME", "torch", "jax") or a picklable function, object or class.
+      A script that calls this at import time must do so under ``if __name__ == "__main__":``, as any
+      multiprocessing code must.
+    - ``timeout`` (default 60 with ``isolate``): seconds one call may take.
 
     Returns the :class:`Report` when every property holds; raises :class:`CheckFailed` (an AssertionError)
-    carrying it otherwise, so that a pytest test is the one line ``check_batchnorm(MyBatchNorm())``.
+    carrying it otherwise, so that a pytest test is the one line ``check_batchnorm(MyBatchNorm())``, and
+    :class:`NothingChecked` (a CheckFailed) when no property ran at all.
     """
-    implementation = Implementation.wrap(impl)
+    __tracebackhide__ = True  # pytest shows the report, not this function's source
+    if timeout is not None and not isolate:
+        raise ValueError("timeout needs isolate=True (a call in this process cannot be stopped)")
+    if isolate:
+        implementation = None  # started below, once the arguments are known to be valid
+    else:
+        implementation = load(impl) if isinstance(impl, str) else Implementation.wrap(impl)
     options = CheckOptions(mode, convention, order)
     try:
         resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly be float64
@@ -67,12 +108,22 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
         unknown = [p for p in properties if p not in REGISTRY]
         if unknown or not properties:
             raise ValueError(f"unknown properties {unknown!r}; known: {', '.join(REGISTRY)}")
-    report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
-                            properties=properties, options=options)
+    if isolate:
+        implementation = IsolatedImplementation(impl, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+    try:
+        report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
+                                properties=properties, options=options,
+                                regimes=selected_regimes(regimes, exclude_regimes))
+    finally:
+        if isolate:
+            implementation.close()  # no child outlives the check
     if save_dir is not None:
+        report.save_dir = Path(save_dir)
         for result in report.results:
             if result.counterexample is not None:
                 save_counterexample(result, Path(save_dir), options)
-    if not report.ok:
+    if report.failed:
         raise CheckFailed(report)
+    if report.nothing_checked:
+        raise NothingChecked(report)
     return report

@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load"]
+__all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load", "resolve"]
 
 
 class TargetError(ValueError):
@@ -343,8 +344,13 @@ BUILTIN: dict[str, Callable[[], Implementation]] = {"jax": jax_implementation, "
 # ----- loading a target -----
 
 def _load_file(path: Path, target: str):
+    """Import a file as ``python path/to/file.py`` would see it: its directory first on sys.path (and kept there,
+    so that a sibling module imported later, inside a function, is found too)."""
     if not path.is_file():
         raise TargetError(f"{target}: no such file {str(path)!r}")
+    directory = str(path.resolve().parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
     module_name = f"_bnsym_target_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -353,8 +359,31 @@ def _load_file(path: Path, target: str):
         spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[module_name]
-        raise TargetError(f"{target}: importing {path} failed: {type(error).__name__}: {error}") from None
+        hint = ""
+        if isinstance(error, ModuleNotFoundError):
+            hint = (f" ({error.name!r} is not next to {path.name} nor installed: install it, or add the directory "
+                    "that holds it to PYTHONPATH)")
+        raise TargetError(f"{target}: importing {path} failed: {type(error).__name__}: {error}{hint}") from None
     return module
+
+
+def _load_module(location: str, target: str):
+    """Import ``package.module`` as ``python -m`` would: from the current directory first, then sys.path."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(location)
+    except ModuleNotFoundError as error:
+        if error.name and (location == error.name or location.startswith(error.name + ".")):
+            raise TargetError(f"{target}: there is no module {location!r} in the current directory ({cwd}) nor on "
+                              "sys.path; run bnsym from the directory that holds it, or add that directory to "
+                              "PYTHONPATH") from None
+        raise TargetError(f"{target}: importing module {location!r} failed: {type(error).__name__}: {error} (a "
+                          f"module it imports; install it, or add its directory to PYTHONPATH)") from None
+    except Exception as error:
+        raise TargetError(f"{target}: importing module {location!r} failed: {type(error).__name__}: "
+                          f"{error}") from None
 
 
 def load(target: str) -> Implementation:
@@ -367,21 +396,55 @@ def load(target: str) -> Implementation:
             return BUILTIN[target]()
         except ImportError as error:
             raise TargetError(f"the {target} adapter needs {target} installed: {error}") from None
+    return Implementation.wrap(resolve(target), name=target)
+
+
+def resolve(target: str):
+    """The object named by ``path/to/file.py:NAME`` or ``package.module:NAME`` (any protocol: the sharded check
+    loads its targets with it too). Raises :class:`TargetError` with a message for the user otherwise."""
+    if not isinstance(target, str) or not target:
+        raise TargetError(f"a target must be a non-empty string, got {target!r}")
     location, sep, attribute = target.rpartition(":")
     if not sep or not location or not attribute:
         raise TargetError(f"{target!r} is not a target: use torch, jax, path/to/file.py:NAME or package.module:NAME")
     if location.endswith(".py") or "/" in location or "\\" in location:
         module = _load_file(Path(location), target)
     else:
-        try:
-            module = importlib.import_module(location)
-        except Exception as error:
-            raise TargetError(f"{target}: importing module {location!r} failed: {type(error).__name__}: "
-                              f"{error}") from None
+        module = _load_module(location, target)
     try:
         impl = getattr(module, attribute)
     except AttributeError:
         names = sorted(n for n in vars(module) if not n.startswith("_"))
         raise TargetError(f"{target}: {location} has no attribute {attribute!r} (it has: {', '.join(names)})") \
             from None
-    return Implementation.wrap(impl, name=target)
+    return impl
+
+
+# ----- protocol mistakes, found before a run -----
+
+def probe_protocol(impl: Implementation) -> None:
+    """Call forward (and backward) once on a small input and raise :class:`TargetError` with one line when what
+    comes back breaks the protocol: a tuple from forward, a wrong number of gradients, a tensor that requires grad,
+    another layout. Anything else (an exception, wrong numbers) is left to the properties to report."""
+    from bnsym.strategies import make_example
+    from bnsym.testing.failures import ProtocolError
+    from bnsym.testing.properties import call_backward, call_forward
+
+    def attempt(example):
+        try:
+            call_forward(impl, example)
+            if impl.backward is not None:
+                call_backward(impl, example)
+        except ProtocolError as error:
+            raise TargetError(f"{impl.name}: {error.message}") from None
+        except Exception as error:  # reported by the properties, with an example
+            return error
+        return None
+
+    if attempt(make_example((4, 3), "well-conditioned", 1e-5, 0)) is not None:
+        return
+    error = attempt(make_example((2, 3, 4, 5), "well-conditioned", 1e-5, 0))
+    if error is not None and "broadcast" in str(error):
+        raise TargetError(f"{impl.name}: forward works on x of shape (4, 3) but on (2, 3, 4, 5) it raised {error}: "
+                          "the protocol puts the channels on axis 1 (x of shape (N, C, ...)); wrap a channels-last "
+                          "implementation in a transpose")

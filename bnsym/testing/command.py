@@ -1,13 +1,17 @@
 """``bnsym check TARGET``: run the property library on an implementation from the command line.
 
-Exit status: 0 when every property holds, 1 when one fails (the report names it, shows the minimal
-counterexample and saves it as ``.npz`` with the command that replays it), 2 on a usage error (a target that
-cannot be loaded or does not follow the protocol, a bad option, a file that is not a counterexample).
+Exit status: 0 when every property holds; 1 when one fails (the report names it, shows the minimal
+counterexample and saves it with the command that replays it); 2 on a usage error (a target that cannot be loaded
+or does not follow the protocol, a bad option, options that conflict with a ``--replay`` file, a file that is not a
+counterexample); 5 when nothing was checked (every property skipped or left out), as pytest exits when it collects
+no test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import shlex
 import sys
@@ -16,13 +20,32 @@ from pathlib import Path
 
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from bnsym.symbolic.running_stats import CONVENTIONS
-from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES
-from bnsym.testing.adapters import TargetError, load
+from bnsym.conventions import CONVENTIONS
+from bnsym.strategies import REGIMES
+from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES, selected_regimes, sharded
+from bnsym.testing.adapters import TargetError, load, probe_protocol
+from bnsym.testing.counterexamples import (
+    DEFAULT_DIRECTORY,
+    NotACounterexample,
+    load_counterexample,
+    replay,
+    save_counterexample,
+)
+from bnsym.testing.files import write_atomically
+from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, IsolatedImplementation
 from bnsym.testing.options import MODES, CheckOptions
-from bnsym.testing.runner import replay, run_properties, save_counterexample
+from bnsym.testing.runner import run_properties
+from bnsym.testing.sharded import SHARDED
 
 __all__ = ["add_arguments", "run"]
+
+_DEFAULTS = {"dtype": "float64", "mode": "train", "order": 1, "max_examples": DEFAULT_MAX_EXAMPLES, "seed": 0}
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    for key, value in _DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def _integer(minimum: int, meaning: str):
@@ -42,28 +65,58 @@ _positive = _integer(1, "at least 1")
 _seed = _integer(0, "non-negative")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Options default to None so that --replay can tell an option given from one left alone; _DEFAULTS fills them.
     parser.add_argument("target", help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
                                        "forward(x, gamma, beta, eps) or an object (or a class) with forward and "
                                        "optionally backward(dy, x, gamma, beta, eps)")
-    parser.add_argument("--dtype", choices=("float64", "float32", "float16"), default="float64",
+    parser.add_argument("--dtype", choices=("float64", "float32", "float16"),
                         help="the dtype of the inputs (default float64)")
-    parser.add_argument("--max-examples", type=_positive, default=DEFAULT_MAX_EXAMPLES,
+    parser.add_argument("--max-examples", type=_positive,
                         help=f"examples per property (default {DEFAULT_MAX_EXAMPLES})")
-    parser.add_argument("--seed", type=_seed, default=0, help="Hypothesis seed; the same seed, the same run "
-                                                              "(default 0)")
-    parser.add_argument("--property", action="append", choices=PROPERTIES, metavar="NAME", dest="properties",
-                        help="run only this property (repeatable); one of: " + ", ".join(PROPERTIES))
-    parser.add_argument("--save-dir", default=".", help="where failures' counterexamples are saved (default: the "
-                                                         "current directory)")
-    parser.add_argument("--replay", metavar="FILE.npz", help="re-run the property saved in a counterexample file")
-    parser.add_argument("--mode", choices=MODES, default="train",
+    parser.add_argument("--seed", type=_seed, help="Hypothesis seed; the same seed, the same run (default 0)")
+    parser.add_argument("--property", action="append", choices=PROPERTIES + tuple(SHARDED), metavar="NAME",
+                        dest="properties", help="run only this property (repeatable); one of: "
+                                                + ", ".join(PROPERTIES) + "; with --shards: " + ", ".join(SHARDED))
+    parser.add_argument("--regime", action="append", choices=REGIMES, metavar="REGIME", dest="regimes",
+                        help="draw inputs only from this regime (repeatable); one of: " + ", ".join(REGIMES))
+    parser.add_argument("--exclude-regime", action="append", choices=REGIMES, metavar="REGIME",
+                        dest="exclude_regimes", help="leave this input regime out (repeatable)")
+    parser.add_argument("--save-dir", help=f"the folder failures' counterexamples are saved in (default "
+                                           f"./{DEFAULT_DIRECTORY}/)")
+    parser.add_argument("--replay", metavar="FILE.npz", help="re-run the property saved in a counterexample file, "
+                                                             "with the file's options")
+    parser.add_argument("--mode", choices=MODES,
                         help="train (default): the training forward and backward; eval: the eval-mode methods")
     parser.add_argument("--convention", choices=tuple(CONVENTIONS),
                         help="also check the running statistics (train_forward, eval_forward) against this "
-                             "framework's convention")
-    parser.add_argument("--order", type=int, choices=(1, 2), default=1,
-                        help="2: also check the double backward of the mode (default 1)")
+                             "convention (bnsym.conventions)")
+    parser.add_argument("--order", type=int, choices=(1, 2), help="2: also check the double backward of the mode "
+                                                                  "(default 1)")
+    parser.add_argument("--json", metavar="FILE", help="also write the whole result as JSON (for CI)")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw each property's margin per input regime "
+                                                           "(needs matplotlib: pip install 'bnsym[plot]')")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run the implementation in a child process: a crash (SIGSEGV, SIGABRT, ...) or a call "
+                             "that does not return within --timeout fails the property, and the run goes on")
+    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help=f"with --isolate: seconds one call may take before its process is killed (default "
+                             f"{DEFAULT_TIMEOUT:g})")
+    # ----- the sharded check (bnsym.testing.sharded) -----
+    parser.add_argument("--shards", type=_positive, metavar="K",
+                        help="check a data-parallel batch norm with the batch split into K shards (the sharded "
+                             "protocol: sharded_forward(xs, ...), sharded_backward(dys, xs, ...)); built-in targets "
+                             "bnsym-torch, torch-sync and jax")
 
 
 def _fail(message: str) -> int:
@@ -85,25 +138,99 @@ def run(args: argparse.Namespace) -> int:
             set_hypothesis_home_dir(None)
 
 
+def _replay_conflicts(args: argparse.Namespace, name: str, dtype: str, options: CheckOptions) -> list[str]:
+    from_file = {"dtype": dtype, "mode": options.mode, "convention": options.convention, "order": options.order}
+    conflicts = [f"--{key} {getattr(args, key)} (the file's is {value})" for key, value in from_file.items()
+                 if getattr(args, key) is not None and getattr(args, key) != value]
+    if args.properties and args.properties != [name]:
+        conflicts.append(f"--property {' --property '.join(args.properties)} (the file's is {name})")
+    for option in ("max_examples", "seed", "regimes", "exclude_regimes"):
+        if getattr(args, option) is not None:
+            conflicts.append(f"--{option.replace('_', '-')} (a replay runs the file's one example)")
+    return conflicts
+
+
+def _write_json(report, path: str) -> None:
+    def write(stream):
+        json.dump(report.to_dict(), stream, indent=2, default=float)
+        stream.write("\n")
+
+    write_atomically(path, write, binary=False)
+
+
+def _outputs(report, args) -> None:
+    if args.json:
+        _write_json(report, args.json)
+    if args.plot:
+        from bnsym.testing.plot import plot_margins
+
+        plot_margins(report, args.plot)
+
+
 def _run(args: argparse.Namespace) -> int:
-    try:
-        impl = load(args.target)
-    except (TargetError, TypeError) as error:
-        return _fail(str(error))
+    if getattr(args, "shards", None) is not None:
+        _fill_defaults(args)
+        if args.save_dir is None:
+            args.save_dir = str(DEFAULT_DIRECTORY)
+        return sharded.run_command(args)
+    if args.properties and set(args.properties) & set(SHARDED):
+        return _fail(f"{', '.join(sorted(set(args.properties) & set(SHARDED)))} runs with --shards K")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail("--plot needs matplotlib: pip install 'bnsym[plot]'")
     if args.replay:
         try:
-            report = replay(impl, args.replay)
-        except ValueError as error:
+            name, example, options = load_counterexample(args.replay)
+        except NotACounterexample as error:
             return _fail(str(error))
+        conflicts = _replay_conflicts(args, name, example.dtype.name, options)
+        if conflicts:
+            return _fail(f"--replay {args.replay} runs the file's property with the file's options; these conflict "
+                         f"with it: {'; '.join(conflicts)}")
+    if args.timeout is not None and not args.isolate:
+        return _fail("--timeout needs --isolate (a call in the checker's own process cannot be stopped)")
+    try:
+        impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT) if args.isolate \
+            else load(args.target)
+    except (TargetError, TypeError) as error:
+        return _fail(str(error))
+    try:
+        try:
+            probe_protocol(impl)
+        except TargetError as error:
+            return _fail(str(error))
+        except ImplementationCrashed:
+            pass  # the properties report the crash, with its example and replay file
+        return _check(args, impl)
+    finally:
+        if args.isolate:
+            impl.close()  # no child outlives the run
+
+
+def _check(args: argparse.Namespace, impl) -> int:
+    if args.replay:
+        report = replay(impl, args.replay)
         print(report)
-        return 0 if report.ok else 1
+        _outputs(report, args)
+        return report.exit_status
+    _fill_defaults(args)
     options = CheckOptions(args.mode, args.convention, args.order)
+    try:
+        regimes = selected_regimes(args.regimes, args.exclude_regimes)
+    except ValueError as error:
+        return _fail(str(error))
     report = run_properties(impl, dtype=args.dtype, max_examples=args.max_examples, seed=args.seed,
-                            properties=args.properties, options=options)
-    report.replay_command = f"bnsym check {shlex.quote(args.target)} --replay {{path}}"
+                            properties=args.properties, options=options, regimes=regimes)
+    isolation = ""
+    if args.isolate:  # a replay of a crash must not crash the checker
+        isolation = " --isolate" + (f" --timeout {args.timeout:g}" if args.timeout is not None else "")
+    report.replay_command = f"bnsym check {shlex.quote(args.target)}{isolation} --replay {{path}}"
+    report.save_dir = Path(args.save_dir) if args.save_dir else DEFAULT_DIRECTORY
     for result in report.results:
         if result.counterexample is not None:
-            save_counterexample(result, Path(args.save_dir), options)
+            save_counterexample(result, report.save_dir, options)
     print(report)
-    return 0 if report.ok else 1
-
+    _outputs(report, args)
+    return report.exit_status

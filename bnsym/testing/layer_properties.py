@@ -25,14 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 
 import bnsym
+from bnsym.conventions import CONVENTIONS
 from bnsym.strategies import Example
 from bnsym.symbolic import batch_norm as bn
 from bnsym.symbolic.reduction import is_field_expr
-from bnsym.symbolic.running_stats import CONVENTIONS
 from bnsym.testing import reference
 from bnsym.testing.magnitude import compiled
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import _STEP, PropertyFailure, Worst, _as_array, _axes, compare, register
+from bnsym.testing.properties import _STEP, PropertyFailure, Worst, _axes, compare, register
+from bnsym.testing.protocol import check_layout, output_array, output_arrays
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
 __all__ = ["running_statistics"]
@@ -83,11 +84,7 @@ def _call(impl, method: str, *args):
 
 
 def _triple(result, method: str, names: tuple[str, str, str]):
-    try:
-        first, second, third = result
-    except (TypeError, ValueError):
-        raise PropertyFailure(f"{method} must return ({', '.join(names)}), got {type(result).__name__}") from None
-    return tuple(_as_array(a, f"{name} from {method}") for a, name in zip((first, second, third), names))
+    return output_arrays(result, method, names)
 
 
 def _inputs(example: Example, dtype, **replaced):
@@ -100,8 +97,10 @@ def _eval_forward(impl, example: Example, running, dtype=None, **replaced) -> np
     dtype = np.dtype(dtype or example.dtype)
     a = _inputs(example, dtype, **replaced)
     rm, rv = (np.array(r, dtype=dtype) for r in running)
-    return _as_array(_call(impl, "eval_forward", a["x"], a["gamma"], a["beta"], float(example.eps), rm, rv),
-                     "the result of eval_forward")
+    y = output_array(_call(impl, "eval_forward", a["x"], a["gamma"], a["beta"], float(example.eps), rm, rv),
+                     "y from eval_forward", method="eval_forward", expects="y alone, an array shaped like x")
+    check_layout(y, a["x"].shape, "y from eval_forward", "the shape of x")
+    return y
 
 
 def _eval_backward(impl, example: Example, running, dtype=None, **replaced):
@@ -241,7 +240,7 @@ def _central(along):
 
 
 @register("eval_backward_finite_differences", "eval", needs=("eval_forward", "eval_backward"), when=_eval_mode,
-          selected_by="--mode eval")
+          selected_by="--mode eval", requires=("float64_arithmetic",))
 def _eval_backward_finite_differences(impl, example):
     """Eval-mode backward equals central differences of eval_forward along a random direction (float64)."""
     ex = example.replace(**{n: getattr(example, n).astype(np.float64) for n in ("x", "gamma", "beta", "dy")})
@@ -308,36 +307,57 @@ def _convention_momentum(convention: str, example: Example, salt: int, full: boo
     invisible), or putting all weight on the batch when ``full``."""
     conv = CONVENTIONS[convention]
     rng = example.rng(salt)
-    if conv.momentum_weighs is None:
+    if conv.cumulative:
         return None, (0 if full else int(rng.integers(1, 6)))
     weight = 1.0 if full else float(rng.choice([0.1, 0.2, 0.3, 0.8]))
-    return (weight if conv.momentum_weighs == "new" else 1 - weight), int(rng.integers(0, 6))
+    momentum = weight if conv.momentum_weighs == "new" else 1 - weight
+    if conv.debiased:  # the first batch gets all the weight whatever the momentum; a momentum of 1 divides by 0
+        return (0.9 if full else momentum), (0 if full else int(rng.integers(0, 6)))
+    return momentum, int(rng.integers(0, 6))
+
+
+def _reads(convention, momentum) -> bool:
+    """Whether an implementation of ``convention`` can take this momentum (None only for the cumulative one)."""
+    conv = CONVENTIONS[convention]
+    if conv.cumulative or momentum is None:
+        return conv.cumulative
+    return not (conv.debiased and momentum >= 1)
 
 
 def _expected_update(convention, running, ref, momentum, num_batches_tracked):
     conv = CONVENTIONS[convention]
-    count = ref.count
-    batches = num_batches_tracked + 1 if conv.momentum_weighs is None else None
     return bnsym.update_running_stats(*(np.asarray(r, np.float64) for r in running), ref.mean.reshape(-1),
-                                      ref.var.reshape(-1), count, momentum=momentum, convention=convention,
-                                      num_batches_tracked=batches)
+                                      ref.var.reshape(-1), ref.count,
+                                      momentum=None if conv.cumulative else momentum, convention=convention,
+                                      num_batches_tracked=num_batches_tracked + 1 if conv.uses_batch_count else None)
+
+
+def _batch_weight(convention, momentum, num_batches_tracked) -> float:
+    """f, the weight of the batch in (1 - f) r + f b: the update itself evaluated on r = 0, b = 1, so that the
+    weight is the generated one and never typed here."""
+    zero, one = np.zeros(1), np.ones(1)
+    conv = CONVENTIONS[convention]
+    new_mean, _ = bnsym.update_running_stats(zero, zero, one, zero, 2, convention=convention,
+                                             momentum=None if conv.cumulative else momentum,
+                                             num_batches_tracked=num_batches_tracked + 1)
+    return float(new_mean[0])
 
 
 def _update_error(convention, running, bound: Bound, momentum, num_batches_tracked, previous=(0.0, 0.0)):
     """Bounds on the new running mean and variance: the batch statistics' errors through (1 - f) r + f b, the
-    errors ``previous`` already in r, and a few roundings of the update."""
+    errors ``previous`` already in r, and a few roundings of the update (several more where f itself is computed
+    from a power, as the debiased weight is)."""
     conv = CONVENTIONS[convention]
     ref = bound.reference
-    weight = {"new": momentum, "old": None if momentum is None else 1 - momentum,
-              None: 1 / (num_batches_tracked + 1)}[conv.momentum_weighs]
+    weight = _batch_weight(convention, momentum, num_batches_tracked)
     correction = ref.count / (ref.count - 1) if conv.unbiased else 1.0
     r_mean, r_var = (np.abs(np.asarray(r, np.float64)) for r in running)
     mean, var = np.abs(ref.mean.reshape(-1)), ref.var.reshape(-1)
-    u = bound.u
+    u = bound.u * (4 + (2 * num_batches_tracked + 4 if conv.debiased else 0))
     mean_error = (weight * bound.mean_error.reshape(-1) + abs(1 - weight) * previous[0]
-                  + 4 * u * (abs(1 - weight) * r_mean + weight * mean))
+                  + u * (abs(1 - weight) * r_mean + weight * mean))
     var_error = (weight * correction * bound.var_error.reshape(-1) + abs(1 - weight) * previous[1]
-                 + 4 * u * (abs(1 - weight) * r_var + weight * correction * var))
+                 + u * (abs(1 - weight) * r_var + weight * correction * var))
     return SAFETY * mean_error + bound.tiny, SAFETY * var_error + bound.tiny
 
 
@@ -355,7 +375,29 @@ def _train_step(impl, example: Example, x, running, momentum, num_batches_tracke
         if array.shape != (example.channels,):
             raise PropertyFailure(f"train_forward returned {name} of shape {array.shape}, expected "
                                   f"({example.channels},)")
-    return new_mean, new_var
+    return y, new_mean, new_var
+
+
+def _within(actual, expected, tolerance) -> bool:
+    actual = np.asarray(actual, np.float64)
+    return actual.shape == np.shape(expected) and bool(np.all(np.abs(actual - expected) <= tolerance))
+
+
+def _followed_convention(example, running, ref, bound, momentum, batches, actual, previous, tried: str) -> str:
+    """What to say about running statistics that do not follow ``tried``: the presets that they do follow."""
+    followed = []
+    for name, conv in CONVENTIONS.items():
+        if name == tried or conv.choices() == CONVENTIONS[tried].choices() or not _reads(name, momentum):
+            continue
+        expected = _expected_update(name, running, ref, momentum, batches)
+        tolerance = _update_error(name, running, bound, momentum, batches, previous)
+        if all(_within(a, e, t) for a, e, t in zip(actual, expected, tolerance)):
+            followed.append(name)
+    if not followed:
+        return f"they follow none of bnsym's conventions ({', '.join(CONVENTIONS)})"
+    conv = CONVENTIONS[followed[0]]
+    return (f"these running statistics follow the {' (or '.join(followed)}{')' * (len(followed) - 1)} convention "
+            f"({conv.describe()})")
 
 
 def _check_step(impl, example, options, x, running, momentum, batches, what, previous=(0.0, 0.0)):
@@ -365,11 +407,16 @@ def _check_step(impl, example, options, x, running, momentum, batches, what, pre
     if not all(np.all(np.abs(e) <= float(np.finfo(example.dtype).max)) for e in expected):
         raise _Unrepresentable  # the dtype cannot hold the statistics (float16, wide dynamic range): nothing to check
     tolerance = _update_error(options.convention, running, bound, momentum, batches, previous)
-    actual = _train_step(impl, example, x, running, momentum, batches)
+    _, *actual = _train_step(impl, example, x, running, momentum, batches)
     label = f"{what} ({options.convention} convention, momentum {momentum}, {batches} batches before)"
-    compare(f"running_mean after {label}", actual[0], expected[0], tolerance[0])
-    compare(f"running_var after {label}", actual[1], expected[1], tolerance[1])
-    return actual, tolerance
+    try:
+        compare(f"running_mean after {label}", actual[0], expected[0], tolerance[0])
+        compare(f"running_var after {label}", actual[1], expected[1], tolerance[1])
+    except PropertyFailure as failure:
+        verdict = _followed_convention(example, running, ref, bound, momentum, batches, actual, previous,
+                                       options.convention)
+        raise PropertyFailure(failure.message, failure.worst, verdict) from None
+    return tuple(actual), tolerance
 
 
 def _needs_two_values(example: Example) -> bool:
@@ -425,6 +472,41 @@ def _running_stats_several_steps(impl, example, options):
                                             f"step {step + 1} of 3", previous)
         except _Unrepresentable:
             return
+
+
+@register("train_forward_batch_statistics", "running statistics", needs=("train_forward",), when=_has_convention,
+          selected_by="--convention", takes_options=True)
+def _train_forward_batch_statistics(impl, example, options):
+    """The y of train_forward is the training forward: normalised with the batch's own statistics."""
+    if not _needs_two_values(example):
+        return
+    momentum, batches = _convention_momentum(options.convention, example, 27)
+    running = running_statistics(example)
+    y, new_mean, new_var = _train_step(impl, example, example.x, running, momentum, batches)
+    ref = reference.forward(example)
+    try:
+        compare("y from train_forward", y, ref.y, Bound.of(ref, example.dtype, example.gamma, example.beta).forward())
+    except PropertyFailure as failure:
+        raise PropertyFailure(failure.message, failure.worst, _what_train_forward_normalises_with(
+            example, y, running, (new_mean, new_var))) from None
+
+
+def _what_train_forward_normalises_with(example, y, running, updated) -> str:
+    """Which statistics a wrong training y was normalised with, when it is one of the running ones."""
+    beta = {"beta": _channel(example.beta, example.x.ndim)}
+    for statistics, what in ((updated, "the updated running statistics it returns (as Equinox's BatchNorm does in "
+                                       "its default 'ema' mode)"),
+                             (running, "the running statistics it was given")):
+        statistics = tuple(np.asarray(r, np.float64) for r in statistics)
+        if not all(np.all(np.isfinite(r)) and r.shape == (example.channels,) for r in statistics) \
+                or np.any(statistics[1] < 0):
+            continue
+        expected = bnsym.batch_norm_inference(*(a.astype(np.float64) for a in (example.x, example.gamma, example.beta)),
+                                              *statistics, eps=example.eps)
+        tolerance = _eval_atoms(example, statistics).tolerance(bn.inference_forward()[bn.SYMBOLS.y], extra=beta)
+        if _within(y, expected, tolerance):
+            return f"train_forward normalises with {what}, not with the batch's statistics"
+    return ""
 
 
 # ----- double backward -----
@@ -523,7 +605,7 @@ def _double_backward_reference_property(impl, example):
 
 
 @register("double_backward_finite_differences", "second order", needs=("backward", "double_backward"),
-          when=_second_order, selected_by="--order 2")
+          when=_second_order, selected_by="--order 2", requires=("float64_arithmetic",))
 def _double_backward_fd_property(impl, example):
     """The double backward equals central differences of the implementation's own backward (float64)."""
     _check_double_backward_fd(impl, example, None)
@@ -544,7 +626,7 @@ def _eval_double_backward_reference_property(impl, example):
 
 
 @register("eval_double_backward_finite_differences", "second order", needs=("eval_backward", "eval_double_backward"),
-          when=_eval_second_order, selected_by="--mode eval --order 2")
+          when=_eval_second_order, selected_by="--mode eval --order 2", requires=("float64_arithmetic",))
 def _eval_double_backward_fd_property(impl, example):
     """The eval double backward equals central differences of the implementation's eval backward (float64)."""
     _check_double_backward_fd(impl, example, running_statistics(example))

@@ -2,7 +2,7 @@
 
 - ``mode``: ``"train"`` (default) checks the training forward and backward; ``"eval"`` checks the eval-mode
   methods (``eval_forward``, ``eval_backward``, and with ``order=2`` ``eval_double_backward``).
-- ``convention``: ``"torch"``, ``"keras"``, ``"flax"`` or ``"cumulative"`` (:mod:`bnsym.symbolic.running_stats`)
+- ``convention``: a preset of :mod:`bnsym.conventions` (torch, keras, flax, cumulative, chainer, haiku)
   adds the running-statistics properties, which call ``train_forward`` and ``eval_forward``, and expect that
   convention. None (default) leaves them out.
 - ``order``: 2 adds the double-backward properties of the mode.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnsym.symbolic.running_stats import CONVENTIONS
+from bnsym.conventions import CONVENTIONS
 
 __all__ = ["MODES", "CheckOptions"]
 

@@ -32,34 +32,13 @@ from bnsym import strategies as bst
 from bnsym.strategies import Example
 from bnsym.testing import reference
 from bnsym.testing.adapters import Implementation
+from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
 from bnsym.testing.options import CheckOptions
+from bnsym.testing.protocol import check_layout, output_array, output_arrays
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
-__all__ = ["REGISTRY", "Property", "PropertyFailure", "Worst", "call_backward", "call_forward", "compare", "register"]
-
-
-@dataclass(frozen=True)
-class Worst:
-    """The element furthest outside its tolerance."""
-
-    what: str
-    index: tuple[int, ...]
-    expected: float
-    actual: float
-    tolerance: float
-
-    def __str__(self) -> str:
-        return (f"worst element of {self.what} at index {self.index}: expected {self.expected:.9g}, got "
-                f"{self.actual:.9g} (|difference| {abs(self.actual - self.expected):.3g} > tolerance "
-                f"{self.tolerance:.3g})")
-
-
-class PropertyFailure(AssertionError):
-    """A property does not hold on an example; ``worst`` locates the worst element when there is one."""
-
-    def __init__(self, message: str, worst: Worst | None = None):
-        super().__init__(message if worst is None else f"{message}; {worst}")
-        self.message, self.worst = message, worst
+__all__ = ["REGISTRY", "Property", "PropertyFailure", "ProtocolError", "Space", "Worst", "call_backward",
+           "call_forward", "compare", "register"]
 
 
 def train_first_order(options: CheckOptions) -> bool:
@@ -70,9 +49,12 @@ def train_first_order(options: CheckOptions) -> bool:
 @dataclass(frozen=True)
 class Property:
     """One named, reusable check. ``needs`` are capability names (``"forward"``, ``"backward"``, ``"eval_forward"``,
-    ...: :data:`bnsym.testing.adapters.SIGNATURES`); ``examples(dtype)`` is its Hypothesis strategy. ``when``
-    says which :class:`~bnsym.testing.options.CheckOptions` select it (``selected_by`` says it to a person);
-    ``takes_options`` makes the runner pass the options as a third argument to ``check``."""
+    ...: :data:`bnsym.testing.adapters.SIGNATURES`); ``examples(space)`` is its Hypothesis strategy for a
+    :class:`Space`. ``when`` says which :class:`~bnsym.testing.options.CheckOptions` select it (``selected_by``
+    says it to a person); ``takes_options`` makes the runner pass the options as a third argument to ``check``.
+    ``regimes`` are the input regimes it can draw from (None: all); ``requires`` names properties that must hold
+    for this one to mean anything (the runner runs them first, and skips this one, with the reason, when one
+    fails)."""
 
     name: str
     group: str
@@ -83,39 +65,46 @@ class Property:
     when: Callable[[CheckOptions], bool] = train_first_order
     selected_by: str = "train mode (the default --mode)"
     takes_options: bool = False
+    regimes: tuple[str, ...] | None = None
+    requires: tuple[str, ...] = ()
 
 
 REGISTRY: dict[str, Property] = {}
 
 
-def _general(dtype) -> st.SearchStrategy[Example]:
-    return bst.batch_norm_examples(dtype=dtype)
+@dataclass(frozen=True)
+class Space:
+    """Where one run draws its examples from: the dtype, the input regimes, and the pool of shapes
+    (:func:`bnsym.strategies.shape_pool`; None draws any shape). Every property's strategy is a function of it,
+    which is where a later parameter of the run (the layer, say) reaches the strategies."""
+
+    dtype: np.dtype
+    regimes: tuple[str, ...] = bst.REGIMES
+    shapes: tuple[tuple[int, ...], ...] | None = None
+
+    def usable(self, prop: Property) -> tuple[str, ...]:
+        """The regimes of this space that ``prop`` can draw from."""
+        return tuple(r for r in self.regimes if prop.regimes is None or r in prop.regimes)
+
+
+def _general(space: Space) -> st.SearchStrategy[Example]:
+    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, shapes=space.shapes)
 
 
 def register(name: str, group: str, needs=("forward",), examples=_general, *, when=train_first_order,
-             selected_by="train mode (the default --mode)", takes_options=False):
+             selected_by="train mode (the default --mode)", takes_options=False, regimes=None, requires=()):
     """Add the decorated check to :data:`REGISTRY`; its docstring's first line is the property's description."""
     def decorate(check):
         if name in REGISTRY:
             raise ValueError(f"a property named {name!r} is already registered")
         description = (check.__doc__ or name).strip().splitlines()[0]
         REGISTRY[name] = Property(name, group, frozenset(needs), description, check, examples, when, selected_by,
-                                  takes_options)
+                                  takes_options, regimes, tuple(requires))
         return check
     return decorate
 
 
 # ----- calling the implementation -----
-
-def _as_array(value, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except Exception as error:
-        raise PropertyFailure(f"{what} is not an array: {type(error).__name__}: {error}") from None
-    if array.dtype.kind not in "fiu":
-        raise PropertyFailure(f"{what} is not a floating-point array (dtype {array.dtype})")
-    return array
-
 
 def _cast(example: Example, *arrays):
     return [np.asarray(a, dtype=example.dtype) for a in arrays]
@@ -135,7 +124,13 @@ def call_forward(impl: Implementation, example: Example, *, x=None, gamma=None, 
         y = impl.forward(*arrays, eps)
     except Exception as error:
         raise PropertyFailure(f"forward raised {type(error).__name__}: {error}") from None
-    return _as_array(y, "the result of forward")
+    y = output_array(y, "y from forward", method="forward", expects="y alone, an array shaped like x")
+    check_layout(y, arrays[0].shape, "y from forward", "the shape of x")
+    observation = current()
+    if observation is not None and y.dtype.kind == "f" and not np.all(np.isfinite(y)) \
+            and all(np.all(np.isfinite(a)) for a in arrays):
+        observation.nonfinite_forward = True
+    return y
 
 
 def call_backward(impl: Implementation, example: Example, *, dy=None, x=None, gamma=None, eps=None, dtype=None):
@@ -148,12 +143,17 @@ def call_backward(impl: Implementation, example: Example, *, dy=None, x=None, ga
         result = impl.backward(*arrays, eps)
     except Exception as error:
         raise PropertyFailure(f"backward raised {type(error).__name__}: {error}") from None
-    try:
-        dx, dgamma, dbeta = result
-    except (TypeError, ValueError):
-        raise PropertyFailure(f"backward must return (dx, dgamma, dbeta), got {type(result).__name__}") from None
-    return tuple(_as_array(a, f"{name} from backward") for a, name in zip((dx, dgamma, dbeta),
-                                                                           ("dx", "dgamma", "dbeta")))
+    return checked_gradients(result, "backward", arrays[1].shape)
+
+
+def checked_gradients(result, method: str, shape, names=("dx", "dgamma", "dbeta")):
+    """(dx, dgamma, dbeta)-like results: three arrays, the first shaped like x, the others (C,)."""
+    arrays = output_arrays(result, method, names)
+    check_layout(arrays[0], shape, f"{names[0]} from {method}", "the shape of x")
+    for name, array in zip(names[1:], arrays[1:]):
+        if array.shape != (shape[1],) and array.size == shape[1]:
+            check_layout(array, (shape[1],), f"{name} from {method}", "(C,), one value per channel")
+    return arrays
 
 
 def compare(what: str, actual, expected, tolerance) -> None:
@@ -165,13 +165,19 @@ def compare(what: str, actual, expected, tolerance) -> None:
     actual = actual.astype(np.float64)
     tolerance = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), expected.shape)
     finite = np.isfinite(actual)
+    observation = current()
     if not finite.all():
+        if observation is not None:
+            observation.ratio(float("inf"))
         index = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise PropertyFailure(f"{what} is not finite in {int((~finite).sum())} of {actual.size} elements",
                               Worst(what, index, float(expected[index]), float(actual[index]),
                                     float(tolerance[index])))
+    difference = np.abs(actual - expected)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.abs(actual - expected) / tolerance
+        ratio = np.where(difference == 0, 0.0, difference / tolerance)  # 0/0: exact where nothing may differ
+    if observation is not None and actual.size and np.isfinite(tolerance).any():
+        observation.ratio(float(np.max(np.where(np.isfinite(tolerance), ratio, 0))))
     if actual.size and np.max(ratio) > 1:
         index = tuple(int(i) for i in np.unravel_index(np.argmax(ratio), ratio.shape))
         raise PropertyFailure(f"{what} is wrong",
@@ -215,6 +221,34 @@ def _gradient_shapes_and_dtypes(impl, example):
                                   f"and dtype {example.dtype}")
 
 
+def _float64_examples(space: Space) -> st.SearchStrategy[Example]:
+    return bst.batch_norm_examples(dtype="float64", regimes=("well-conditioned",), shapes=space.shapes)
+
+
+#: How much worse than float64's own error bound a float64 result may be before it is taken to be computed in a
+#: shorter type: float32 rounding is 2^29 times float64's, so a float64 kernel with a bug of its own (a one-pass
+#: variance on well-conditioned input is within a few times the bound) stays far below, float32 far above.
+FLOAT64_SLACK = 2.0**12
+
+
+@register("float64_arithmetic", "structure", examples=_float64_examples, when=lambda options: False,
+          selected_by="a finite-difference property that runs (it is their prerequisite)")
+def _float64_arithmetic(impl, example):
+    """float64 input is computed in float64 (the finite-difference properties evaluate the implementation there)."""
+    y = call_forward(impl, example)
+    if y.dtype != np.float64:
+        raise PropertyFailure(f"float64 input gives y of dtype {y.dtype}: float64 is not computed in float64; the "
+                              "finite-difference properties, which evaluate the implementation in float64, are skipped")
+    ref = reference.forward(example)
+    try:
+        compare("y from float64 input", y, ref.y, FLOAT64_SLACK * _bound(example, ref).forward())
+    except PropertyFailure as failure:
+        raise PropertyFailure("float64 input is not computed in float64: y is further from the float64 reference "
+                              f"than {FLOAT64_SLACK:g} times float64's error bound, as a float32 computation is; the "
+                              "finite-difference properties, which evaluate the implementation in float64, are "
+                              "skipped", failure.worst) from None
+
+
 @register("inputs_not_modified", "structure")
 def _inputs_not_modified(impl, example):
     """forward (and backward, when offered) leave their input arrays unchanged."""
@@ -254,22 +288,32 @@ def _finite_gradients(impl, example):
             compare(name, array, np.zeros(array.shape), np.inf)
 
 
-def _single_values(dtype) -> st.SearchStrategy[Example]:
-    shapes = st.tuples(st.integers(1, 4), st.integers(0, 2)).map(lambda cn: (1, cn[0]) + (1,) * cn[1])
-    return st.builds(bst.make_example, shapes, bst.regimes(names=("well-conditioned", "large offset")),
-                     bst.epsilons(), st.integers(0, 2**32 - 1), st.just(dtype))
+_SINGLE_VALUE_REGIMES = ("well-conditioned", "large offset")
 
 
-@register("one_value_per_channel", "structure", examples=_single_values)
+def _single_values(space: Space) -> st.SearchStrategy[Example]:
+    if space.shapes is None:
+        shapes = st.tuples(st.integers(1, 4), st.integers(0, 2)).map(lambda cn: (1, cn[0]) + (1,) * cn[1])
+    else:  # one value per channel, with the channels of the run's smallest shapes, in two and in four dimensions
+        channels = sorted({s[1] for s in space.shapes})[-2:]
+        shapes = st.sampled_from([(1, c) + (1,) * extra for extra in (0, 2) for c in channels])
+    regimes = tuple(r for r in space.regimes if r in _SINGLE_VALUE_REGIMES)
+    return st.builds(bst.make_example, shapes, bst.regimes(names=regimes), bst.epsilons(), st.integers(0, 2**32 - 1),
+                     st.just(space.dtype))
+
+
+@register("one_value_per_channel", "structure", examples=_single_values, regimes=_SINGLE_VALUE_REGIMES)
 def _one_value_per_channel(impl, example):
     """With one value per channel (shape (1, C) or (1, C, 1, 1)), a clear error, or y = beta and no NaN."""
     try:
         y = impl.forward(example.x, example.gamma, example.beta, example.eps)
     except Exception:
         return  # PyTorch's convention: an error ("Expected more than 1 value per channel when training")
-    beta = np.broadcast_to(example.beta.reshape((1, -1) + (1,) * (example.x.ndim - 2)), example.x.shape)
-    tolerance = SAFETY * unit_roundoff(example.dtype) * np.abs(beta) + float(np.finfo(example.dtype).tiny)
-    compare("y with one value per channel", _as_array(y, "the result of forward"), beta, tolerance)
+    y = output_array(y, "y from forward", method="forward", expects="y alone, an array shaped like x")
+    # The error bound of the forward pass at M = 1, derived as for any M (mean = x, var = 0, x_hat = 0): a fused
+    # x * k + (beta - mean * k) with k = gamma / sqrt(eps) returns beta only to about u |x gamma| / sqrt(eps).
+    ref = reference.forward(example)
+    compare("y with one value per channel", y, ref.y, _bound(example, ref).forward())
 
 
 # ----- comparison with bnsym's reference -----
@@ -291,8 +335,10 @@ def _backward_reference(impl, example):
         compare(name, actual, expected, tolerance)
 
 
-def _small(dtype) -> st.SearchStrategy[Example]:
-    return bst.batch_norm_examples(dtype=dtype, max_dims=4, max_channels=2, max_count=4)
+def _small(space: Space) -> st.SearchStrategy[Example]:
+    small = [s for s in space.shapes or () if len(s) <= 4 and math.prod(s) // s[1] <= reference.EXACT_MAX_COUNT - 2]
+    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, max_dims=4, max_channels=2, max_count=4,
+                                   shapes=small or None)
 
 
 @register("exact_reference", "gradients", needs=("forward", "backward"), examples=_small)
@@ -405,15 +451,15 @@ def _batch_permutation(impl, example):
 def _relayout(example: Example) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """A re-arrangement of the reduced axes (the channel axis stays at 1), and its description.
 
-    With spatial axes, the reduced axes (0, 2, 3, ...) are rotated, so the batch axis always moves (NCHW becomes
-    HCWN, say); a 2-D (N, C) input becomes (1, C, N), its samples laid out as positions.
+    With spatial axes, the reduced axes (0, 2, 3, ...) are rotated by one, so the batch axis always moves (NCHW
+    becomes HCWN); a 2-D (N, C) input becomes (1, C, N), its samples laid out as positions.
     """
     ndim = example.x.ndim
     if ndim == 2:
         return (lambda a: a.T[None]), "(N, C) -> (1, C, N)"
     reduced = list(_axes(ndim))
-    shift = int(example.rng(4).integers(1, len(reduced)))
-    rotated = reduced[shift:] + reduced[:shift]
+    # One rotation per shape, not one per example: a compiled implementation compiles once per new shape.
+    rotated = reduced[1:] + reduced[:1]
     order = (rotated[0], 1, *rotated[1:])
     return (lambda a: np.transpose(a, order)), f"axes {order}"
 
@@ -466,7 +512,7 @@ def _pair(gradients, direction) -> float:
     return math.fsum(float(np.sum(np.asarray(g, dtype=np.float64) * d)) for g, d in zip(gradients, direction))
 
 
-@register("forward_derivative", "gradients")
+@register("forward_derivative", "gradients", requires=("float64_arithmetic",))
 def _forward_derivative(impl, example):
     """The forward's own derivative, by central differences in float64, matches bnsym's exact gradient."""
     ex, estimate, error, direction = _directional_derivative(impl, example)
@@ -476,7 +522,8 @@ def _forward_derivative(impl, example):
                                                                                     direction))))
 
 
-@register("backward_finite_differences", "gradients", needs=("forward", "backward"))
+@register("backward_finite_differences", "gradients", needs=("forward", "backward"),
+          requires=("float64_arithmetic",))
 def _backward_finite_differences(impl, example):
     """<dx, u> + <dgamma, u_gamma> + <dbeta, u_beta> from backward equals central differences of forward (float64)."""
     ex, estimate, error, direction = _directional_derivative(impl, example)

@@ -46,9 +46,16 @@ def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None) -> For
     gamma = np.asarray(example.gamma if gamma is None else gamma, dtype=np.float64)
     beta = np.asarray(example.beta if beta is None else beta, dtype=np.float64)
     eps = example.eps if eps is None else eps
+    axes = (0,) + tuple(range(2, x.ndim))
+    if x.size == x.shape[1]:
+        # One value per channel: the public function refuses training there (PyTorch's rule), but the definition
+        # holds at M = 1: mean = x, var = 0, x_hat = 0, y = beta.
+        mean = x.reshape(_per_channel(gamma, x.ndim).shape)
+        invstd = np.broadcast_to(1 / np.sqrt(np.float64(eps)), mean.shape)
+        y = np.broadcast_to(_per_channel(beta, x.ndim), x.shape).copy()
+        return ForwardReference(y, np.zeros_like(x), mean, np.zeros_like(mean), invstd, 1)
     y, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=eps, axis=1)
     mean, invstd = _per_channel(mean, x.ndim), _per_channel(invstd, x.ndim)
-    axes = (0,) + tuple(range(2, x.ndim))
     # The variance itself, two-pass: 1/invstd^2 - eps would lose it when var << eps.
     var = np.mean((x - mean) ** 2, axis=axes, keepdims=True)
     return ForwardReference(y, (x - mean) * invstd, mean, var, invstd, x.size // x.shape[1])

@@ -1,151 +1,90 @@
-"""Runs properties under Hypothesis and collects a :class:`Report`.
+"""Runs properties under Hypothesis and collects a :class:`~bnsym.testing.results.Report`.
 
 Each property runs as its own Hypothesis test with a fixed seed (so a run is reproducible), no example database
 (nothing is written to the user's directory unless a save directory is given) and no deadline. Hypothesis
 shrinks a failing example, then replays the minimal one last: the last failure recorded is the minimal
-counterexample. A property whose needs the implementation does not offer is skipped, with the reason.
+counterexample. Every example's comparisons are watched (:func:`bnsym.testing.failures.observing`) for the
+property's margin per regime. A property whose needs the implementation does not offer is skipped, with the
+reason; so is one whose prerequisite (``requires``) failed.
+
+Shapes come from a small pool per run (:func:`bnsym.strategies.shape_pool`, fixed by the seed), so that a
+compiled implementation compiles a handful of times, not once per example.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 
+from bnsym import strategies as bst
 from bnsym.strategies import Example
 from bnsym.testing.adapters import Implementation
+from bnsym.testing.failures import PropertyFailure, observing
+from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import REGISTRY, Property, PropertyFailure
+from bnsym.testing.properties import REGISTRY, Property, Space
+from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 
-__all__ = ["CheckFailed", "Counterexample", "PropertyResult", "Report", "load_counterexample", "replay",
-           "run_properties", "save_counterexample"]
-
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+__all__ = ["call_property", "run_properties", "selection"]
 
 
-@dataclass
-class Counterexample:
-    example: Example
-    failure: PropertyFailure
-    path: Path | None = None
+def call_property(prop: Property, impl: Implementation, example: Example, options: CheckOptions) -> None:
+    """One example of one property; any exception but a PropertyFailure becomes one (a bug in a property, or an
+    implementation whose output trips a check, must not pass silently nor crash the report)."""
+    try:
+        if prop.takes_options:
+            prop.check(impl, example, options)
+        else:
+            prop.check(impl, example)
+    except PropertyFailure:
+        raise
+    except Exception as error:
+        raise PropertyFailure(f"checking raised {type(error).__name__}: {error}") from error
 
 
-@dataclass
-class PropertyResult:
-    name: str
-    status: str
-    reason: str = ""
-    examples: int = 0
-    counterexample: Counterexample | None = None
-    seconds: float = 0.0
+def _cause(failure: PropertyFailure, nonfinite_forward: bool, example: Example) -> str:
+    if failure.cause:
+        return failure.cause
+    if nonfinite_forward:
+        return "forward: forward returns NaN or infinity on finite input"
+    digest = hash(tuple(np.asarray(getattr(example, f)).tobytes() for f in ("x", "gamma", "beta")) + (example.eps,))
+    return f"example {digest}"
 
 
-@dataclass
-class Report:
-    """What ran, what held, what failed (with the minimal counterexample) and what was skipped and why."""
-
-    implementation: str
-    dtype: str
-    seed: int
-    max_examples: int
-    results: list[PropertyResult] = field(default_factory=list)
-    seconds: float = 0.0
-    replay_command: str | None = None  # the command that re-runs a saved counterexample, with {path} in it
-    options: CheckOptions = field(default_factory=CheckOptions)
-    not_selected: list[str] = field(default_factory=list)  # properties that the options leave out
-
-    def _names(self, status: str) -> list[str]:
-        return [r.name for r in self.results if r.status == status]
-
-    @property
-    def passed(self) -> list[str]:
-        return self._names(PASSED)
-
-    @property
-    def failed(self) -> list[str]:
-        return self._names(FAILED)
-
-    @property
-    def skipped(self) -> list[str]:
-        return self._names(SKIPPED)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def __str__(self) -> str:
-        lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
-                 f"to {self.max_examples} examples per property"]
-        skipped: dict[str, list[str]] = {}
-        for r in self.results:
-            if r.status == PASSED:
-                lines.append(f"  PASS  {r.name} ({r.examples} examples)")
-            elif r.status == SKIPPED:
-                skipped.setdefault(r.reason, []).append(r.name)
-            else:
-                lines.append(f"  FAIL  {r.name}: {REGISTRY[r.name].description if r.name in REGISTRY else ''}")
-                ce = r.counterexample
-                if ce is not None:
-                    lines.append(f"        {ce.failure}")
-                    lines.append(f"        minimal counterexample: {ce.example.describe()}")
-                    if ce.path is not None:
-                        lines.append(f"        saved to {ce.path}")
-                        if self.replay_command:
-                            lines.append(f"        replay: {self.replay_command.format(path=ce.path)}")
-                else:
-                    lines.append(f"        {r.reason}")
-        for reason, names in skipped.items():
-            lines.append(f"  SKIP  {', '.join(names)}: {reason}")
-        if self.not_selected:
-            lines.append(f"  (not selected by these options: {len(self.not_selected)} properties of other modes; "
-                         "see --mode, --convention, --order)")
-        lines.append(f"{len(self.results)} properties: {len(self.passed)} passed, {len(self.failed)} failed, "
-                     f"{len(self.skipped)} skipped ({self.seconds:.1f} s)")
-        return "\n".join(lines)
-
-
-class CheckFailed(AssertionError):
-    """Raised by :func:`bnsym.testing.check_batchnorm` when a property fails; ``report`` has the details."""
-
-    def __init__(self, report: Report):
-        super().__init__(f"batch norm check failed: {', '.join(report.failed)}\n{report}")
-        self.report = report
-
-
-def _call(prop: Property, impl: Implementation, example: Example, options: CheckOptions) -> None:
-    if prop.takes_options:
-        prop.check(impl, example, options)
-    else:
-        prop.check(impl, example)
-
-
-def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples: int, seed: int,
+def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: int, seed: int,
              options: CheckOptions) -> PropertyResult:
-    failures: list[tuple[Example, PropertyFailure]] = []
+    failures: list[tuple[Example, PropertyFailure, str]] = []
+    margins: dict[str, float] = {}
     count = 0
 
     def attempt(example: Example) -> None:
         nonlocal count
         count += 1
-        try:
-            _call(prop, impl, example, options)
-        except PropertyFailure as failure:
-            failures.append((example, failure))
-            raise
-        except Exception as error:  # a bug in a property must not pass silently, nor crash the whole report
-            failure = PropertyFailure(f"checking raised {type(error).__name__}: {error}")
-            failures.append((example, failure))
-            raise failure from error
+        with observing() as observation:
+            try:
+                call_property(prop, impl, example, options)
+            except PropertyFailure as failure:
+                failures.append((example, failure, _cause(failure, observation.nonfinite_forward, example)))
+                raise
+            except ImplementationCrashed as crash:  # --isolate: the implementation's process died or hung
+                failure = PropertyFailure(crash.message + ("; not shrunk, since every attempt could take the whole "
+                                                           "timeout" if crash.hung else ""))
+                failure.cause = f"crash: {crash.message}"
+                failures.append((example, failure, failure.cause))
+                if crash.hung:
+                    raise  # a BaseException: Hypothesis lets it through, which ends this property's run (below)
+                raise failure from None  # a failed example like any other: Hypothesis shrinks a deterministic crash
+            finally:
+                if observation.worst or example.regime not in margins:
+                    margins[example.regime] = max(margins.get(example.regime, 0.0), observation.worst)
 
     test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
                     verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
-        hypothesis_seed(seed)(given(prop.examples(dtype))(attempt)))
+        hypothesis_seed(seed)(given(prop.examples(space))(attempt)))
     start = time.perf_counter()
     try:
         with np.errstate(all="ignore"):
@@ -154,91 +93,65 @@ def _run_one(prop: Property, impl: Implementation, dtype: np.dtype, max_examples
         if not failures:
             return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
                                   seconds=time.perf_counter() - start)
+    except ImplementationCrashed:  # a hang ended the run; its example is the last failure
+        pass
     seconds = time.perf_counter() - start
+    compared = {regime: ratio for regime, ratio in margins.items() if ratio > 0}
     if failures:
-        example, failure = failures[-1]
-        return PropertyResult(prop.name, FAILED, failure.message, count, Counterexample(example, failure),
-                              seconds)
-    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds)
+        example, failure, cause = failures[-1]
+        return PropertyResult(prop.name, FAILED, failure.message, count, Counterexample(example, failure), seconds,
+                              compared, cause)
+    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=compared)
+
+
+def selection(options: CheckOptions, properties: list[str] | None, capabilities=None) -> list[str]:
+    """The properties to run, in registry order: those named (or those the options select), and what those of
+    them that the implementation can run (its ``capabilities``) require."""
+    chosen = set(properties) if properties else {n for n, p in REGISTRY.items() if p.when(options)}
+    for name in list(chosen):
+        prop = REGISTRY[name]
+        if prop.when(options) and (capabilities is None or prop.needs <= capabilities):
+            chosen.update(prop.requires)
+    return [name for name in REGISTRY if name in chosen]
 
 
 def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, seed: int,
-                   properties: list[str] | None = None, options: CheckOptions | None = None) -> Report:
-    """The properties that ``options`` select (or those named) on ``impl``, in registry order."""
+                   properties: list[str] | None = None, options: CheckOptions | None = None,
+                   regimes=bst.REGIMES, shapes=None) -> Report:
+    """The properties that ``options`` select (or those named) on ``impl``, in registry order, on examples of
+    ``regimes`` with shapes from ``shapes`` (default: the run's pool, :func:`bnsym.strategies.shape_pool`)."""
     options = options or CheckOptions()
-    report = Report(impl.name, np.dtype(dtype).name, seed, max_examples, options=options)
+    shapes = bst.shape_pool(seed) if shapes is None else tuple(tuple(s) for s in shapes)
+    space = Space(np.dtype(dtype), tuple(regimes), shapes)
+    report = Report(impl.name, space.dtype.name, seed, max_examples, options=options, regimes=space.regimes,
+                    shapes=shapes)
     start = time.perf_counter()
-    for name in properties or list(REGISTRY):
+    selected = selection(options, properties, impl.capabilities)
+    report.not_selected = [] if properties else [n for n in REGISTRY if n not in selected]
+    verdicts: dict[str, str] = {}
+    for name in selected:
         prop = REGISTRY[name]
-        if not prop.when(options):
-            if properties:  # named explicitly: say why it does not run
-                report.results.append(PropertyResult(name, SKIPPED, f"runs with {prop.selected_by}"))
-            else:
-                report.not_selected.append(name)
-            continue
-        missing = prop.needs - impl.capabilities
-        if missing:
-            report.results.append(PropertyResult(name, SKIPPED, f"needs {', '.join(sorted(missing))}, which the "
-                                                                f"implementation does not offer"))
-            continue
-        report.results.append(_run_one(prop, impl, np.dtype(dtype), max_examples, seed, options))
+        result = _decide_skip(prop, impl, space, options, properties, verdicts)
+        if result is None:
+            result = _run_one(prop, impl, space, max_examples, seed, options)
+        verdicts[name] = result.status
+        report.results.append(result)
     report.seconds = time.perf_counter() - start
     return report
 
 
-# ----- counterexamples on disk -----
-
-_FIELDS = ("x", "gamma", "beta", "dy")
-
-
-def save_counterexample(result: PropertyResult, directory: Path, options: CheckOptions | None = None) -> Path:
-    """Write the counterexample of a failed property to ``directory`` as ``.npz``; returns the path."""
-    options = options or CheckOptions()
-    ce = result.counterexample
-    ex = ce.example
-    digest = hashlib.sha256(b"".join(getattr(ex, f).tobytes() for f in _FIELDS)).hexdigest()[:8]
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"bnsym-counterexample-{result.name}-{digest}.npz"
-    np.savez(path, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed, mode=options.mode,
-             convention=options.convention or "", order=options.order, **{f: getattr(ex, f) for f in _FIELDS})
-    ce.path = path
-    return path
-
-
-def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
-    """(property name, example, options) from a file written by :func:`save_counterexample`."""
-    try:
-        with np.load(path) as data:
-            name = str(data["property"])
-            example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
-                              str(data["regime"]), int(data["seed"]))
-            options = CheckOptions(str(data["mode"]), str(data["convention"]) or None, int(data["order"]))
-    except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"{path} is not a bnsym counterexample: {error}") from None
-    if name not in REGISTRY:
-        raise ValueError(f"{path} names an unknown property {name!r}")
-    return name, example, options
-
-
-def replay(impl: Implementation, path) -> Report:
-    """Re-run the property saved in ``path`` on its example; the report has that one property. Only a file that
-    is not a counterexample raises (ValueError)."""
-    name, example, options = load_counterexample(path)
-    prop = REGISTRY[name]
-    report = Report(impl.name, example.dtype.name, example.seed, 1, options=options)
-    start = time.perf_counter()
+def _decide_skip(prop, impl, space, options, properties, verdicts) -> PropertyResult | None:
+    prerequisite = any(prop.name in other.requires for other in REGISTRY.values())  # runs whenever named
+    if properties and not prop.when(options) and prop.name in properties and not prerequisite:
+        return PropertyResult(prop.name, SKIPPED, f"runs with {prop.selected_by}")
     missing = prop.needs - impl.capabilities
     if missing:
-        report.results.append(PropertyResult(name, SKIPPED, f"needs {', '.join(sorted(missing))}"))
-        return report
-    try:
-        with np.errstate(all="ignore"):
-            _call(prop, impl, example, options)
-        report.results.append(PropertyResult(name, PASSED, "", 1))
-    except PropertyFailure as failure:
-        report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))
-    except Exception as error:  # as in a normal run: a failure of the property, never a crash of the checker
-        failure = PropertyFailure(f"checking raised {type(error).__name__}: {error}")
-        report.results.append(PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure)))
-    report.seconds = time.perf_counter() - start
-    return report
+        return PropertyResult(prop.name, SKIPPED, f"needs {', '.join(sorted(missing))}, which the implementation "
+                                                  "does not offer")
+    failed = [r for r in prop.requires if verdicts.get(r) == FAILED]
+    if failed:
+        return PropertyResult(prop.name, SKIPPED, f"needs what {', '.join(failed)} found missing (see its failure)")
+    if not space.usable(prop):
+        return PropertyResult(prop.name, SKIPPED, f"draws only from the regimes {', '.join(prop.regimes)}, which "
+                                                  "the selected regimes leave out")
+    return None

@@ -31,8 +31,9 @@ def test_buggy_target_exits_1_names_the_property_and_saves_a_replayable_countere
     assert "FAIL  forward_reference" in out
     assert "minimal counterexample: x of shape" in out and "float32" in out and "regime" in out
     assert "expected" in out and "got" in out
-    saved = list(tmp_path.glob("bnsym-counterexample-forward_reference-*.npz"))
+    saved = list(tmp_path.glob("forward_reference-*.npz"))
     assert len(saved) == 1
+    assert f"counterexamples saved in {tmp_path}/" in out and out.count(str(tmp_path)) == 2  # the folder, the replay
     assert f"--replay {saved[0]}" in out
     assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--replay", str(saved[0])]) == 1
     assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--replay", str(saved[0])]) == 0
@@ -67,11 +68,14 @@ def test_exception_and_nan_are_reported_failures_not_crashes(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["check", "no/such/file.py:f"], "no such file"),
     (["check", f"{EXAMPLE}:Missing"], "has no attribute 'Missing'"),
-    (["check", "no_such_module_xyz:f"], "importing module 'no_such_module_xyz' failed"),
+    (["check", "no_such_module_xyz:f"], "add that directory to PYTHONPATH"),
     (["check", "torch_but_not_a_target"], "is not a target"),
     (["check", "math:sqrt"], "forward must accept (x, gamma, beta, eps)"),
-    (["check", "torch", "--replay", str(EXAMPLE)], "is not a bnsym counterexample"),
-], ids=["missing-file", "missing-name", "missing-module", "no-colon", "wrong-signature", "bad-replay-file"])
+    (["check", "torch", "--replay", str(EXAMPLE)], "is not a bnsym counterexample (not an .npz archive)"),
+    (["check", "torch", "--replay", "no-such-file.npz"], "no such file"),
+    (["check", "torch", "--regime", "tiny batch", "--exclude-regime", "tiny batch"], "no input regime is left"),
+], ids=["missing-file", "missing-name", "missing-module", "no-colon", "wrong-signature", "bad-replay-file",
+        "missing-replay-file", "no-regime-left"])
 def test_usage_errors_exit_2(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
@@ -137,3 +141,143 @@ def test_replay_reports_an_exception_inside_a_property_as_a_failure(tmp_path, ca
     monkeypatch.setitem(REGISTRY, "standardisation", dataclasses.replace(REGISTRY["standardisation"], check=broken))
     assert main(["check", target, "--replay", str(saved)]) == 1
     assert "checking raised TypeError" in capsys.readouterr().out
+
+
+# ----- loading targets the way Python loads code -----
+
+def test_a_file_target_imports_its_sibling_modules(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "helpers_for_bn.py").write_text("import numpy as np\nAXES = None\n")
+    (tmp_path / "sibling_bn.py").write_text(textwrap.dedent("""
+        import helpers_for_bn
+        from tests.testing.zoo import TwoPass as Impl
+        assert helpers_for_bn.AXES is None
+    """))
+    monkeypatch.chdir(ROOT)
+    assert main(["check", f"{tmp_path / 'sibling_bn.py'}:Impl", "--property", "forward_reference",
+                 "--max-examples", "3"]) == 0, capsys.readouterr().err
+
+
+def test_a_module_target_resolves_from_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
+    package = tmp_path / "mykernels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "bn.py").write_text("import numpy as np\ndef forward(x, gamma, beta, eps):\n    return x\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "mykernels", raising=False)
+    status = main(["check", "mykernels.bn:forward", "--property", "shapes_and_dtypes", "--max-examples", "3",
+                   "--save-dir", str(tmp_path / "ce")])
+    assert status == 0, capsys.readouterr()
+
+
+def test_a_target_whose_dependency_is_missing_says_so(tmp_path, capsys):
+    target = tmp_path / "needs_missing.py"
+    target.write_text("import no_such_dependency_xyz\n")
+    assert main(["check", f"{target}:forward"]) == 2
+    err = capsys.readouterr().err
+    assert "'no_such_dependency_xyz' is not next to needs_missing.py nor installed" in err and "PYTHONPATH" in err
+
+
+# ----- nothing checked, replay conflicts, outputs -----
+
+def test_nothing_checked_exits_5_and_says_what_was_missing(capsys):
+    status = main(["check", f"{EXAMPLE}:MyBatchNorm", "--mode", "eval", "--property", "eval_forward_reference"])
+    out = capsys.readouterr().out
+    assert status == 5, out
+    assert "nothing was checked" in out and "needs eval_forward" in out
+
+
+def test_check_batchnorm_raises_when_nothing_is_checked():
+    from bnsym.testing import NothingChecked, check_batchnorm
+    from tests.testing.zoo import ForwardOnly
+
+    with pytest.raises(NothingChecked, match="nothing was checked: .*needs backward"):
+        check_batchnorm(ForwardOnly(), properties=["backward_reference", "dx_sums_to_zero"])
+
+
+@pytest.fixture(scope="module")
+def saved_counterexample(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("saved")
+    assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "forward_reference",
+                 "--save-dir", str(directory)]) == 1
+    return next(directory.glob("*.npz"))
+
+
+@pytest.mark.parametrize("option, word", [(["--dtype", "float64"], "--dtype float64 (the file's is float32)"),
+                                          (["--property", "standardisation"], "the file's is forward_reference"),
+                                          (["--order", "2"], "--order 2"), (["--seed", "3"], "--seed"),
+                                          (["--max-examples", "9"], "--max-examples")], ids=lambda o: str(o))
+def test_replay_with_conflicting_options_is_a_usage_error(saved_counterexample, option, word, capsys):
+    assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--replay", str(saved_counterexample), *option]) == 2
+    err = capsys.readouterr().err
+    assert "conflict" in err and word in err, err
+
+
+def test_replay_of_a_file_that_needs_pickles_never_advises_loading_them(tmp_path, capsys):
+    bad = tmp_path / "objects.npz"
+    np.savez(bad, property=np.array([{"a": 1}], dtype=object))
+    assert main(["check", "torch", "--replay", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a bnsym counterexample" in err and "allow_pickle" not in err
+
+
+def test_json_writes_the_whole_result(tmp_path, capsys):
+    path = tmp_path / "out" / "result.json"
+    assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "forward_reference",
+                 "--property", "dbeta_is_sum_dy", "--save-dir", str(tmp_path), "--json", str(path)]) == 1
+    import json
+
+    result = json.loads(path.read_text())
+    assert result["status"] == "failed" and result["exit_status"] == 1 and result["dtype"] == "float32"
+    assert {"python", "numpy", "bnsym", "hypothesis"} <= set(result["versions"])
+    by_name = {p["name"]: p for p in result["properties"]}
+    assert by_name["forward_reference"]["counterexample"]["file"].startswith(str(tmp_path))
+    assert by_name["dbeta_is_sum_dy"]["status"] == "passed"
+    assert 0 < by_name["dbeta_is_sum_dy"]["margin"]["worst"] <= 1
+
+
+def test_plot_draws_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "margins.png"
+    assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--property", "forward_reference", "--max-examples", "10",
+                 "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_passing_properties_show_their_margin_and_regime(capsys):
+    assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--property", "backward_reference", "--max-examples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"PASS  backward_reference \(1 example, worst [0-9.e-]+ of the bound, regime [a-z -]+\)", out), out
+
+
+def test_regimes_select_the_inputs(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "result.json"
+    assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--property", "forward_reference", "--max-examples", "20",
+                 "--regime", "well-conditioned", "--regime", "tiny batch", "--exclude-regime", "tiny batch",
+                 "--json", str(path)]) == 0
+    assert "regimes: well-conditioned" in capsys.readouterr().out
+    (result,) = json.loads(path.read_text())["properties"]
+    assert set(result["margin"]["per_regime"]) == {"well-conditioned"}
+    assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "one_value_per_channel",
+                 "--regime", "tiny batch"]) == 5
+    assert "draws only from the regimes" in capsys.readouterr().out
+
+
+def test_default_save_dir_is_one_folder_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", f"{EXAMPLE}:FastBatchNorm", "--dtype", "float32", "--property", "forward_reference",
+                 "--property", "shift_invariance"]) == 1
+    files = sorted(p.name for p in (tmp_path / "bnsym-counterexamples").iterdir())
+    assert len(files) == 2 and all(f.endswith(".npz") and not f.startswith(".") for f in files), files
+    assert capsys.readouterr().out.count("counterexamples saved in bnsym-counterexamples/") == 1
+
+
+def test_version(capsys):
+    import bnsym
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and bnsym.__version__ in capsys.readouterr().out

@@ -8,9 +8,10 @@ from bnsym.testing.properties import REGISTRY
 
 def test_public_names():
     assert bnsym.testing.__all__ == ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "CheckOptions",
-                                     "Implementation", "Report", "TargetError", "check_batchnorm"]
+                                     "Implementation", "NothingChecked", "Report", "TargetError", "check_batchnorm",
+                                     "selected_regimes"]
     assert bnsym.strategies.__all__ == ["DTYPES", "REGIMES", "Example", "batch_norm_examples", "channel_shapes",
-                                        "dtypes", "epsilons", "regimes"]
+                                        "dtypes", "epsilons", "regimes", "shape_pool"]
     for module in (bnsym.testing, bnsym.strategies):
         assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
 

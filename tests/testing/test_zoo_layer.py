@@ -4,13 +4,14 @@ of the layer, name the property, and pass correct implementations in float32 and
 import pytest
 
 from bnsym.cli import main
-from bnsym.testing import PROPERTIES, CheckFailed, check_batchnorm
-from tests.testing.zoo_layer import BUGS, CORRECT
+from bnsym.testing import PROPERTIES, CheckFailed, NothingChecked, check_batchnorm
+from tests.testing.zoo_layer import BUGS, CORRECT, EquinoxEma
 
-LAYER_BUG_CLASSES = {  # rows of shared/bug-classes.md beyond the training forward and backward
+LAYER_BUG_CLASSES = {  # bug classes beyond the training forward and backward
     "running_var without Bessel's correction (PyTorch convention)", "momentum convention flipped",
     "running statistics changed by an eval-mode forward", "double backward missing a term",
-    "cumulative average wrong",
+    "cumulative average wrong", "training output normalised with running statistics",
+    "double backward treating the batch mean as a constant",
 }
 ALL_OPTIONS = [{"mode": "eval"}, {"order": 2}, {"mode": "eval", "order": 2}]
 
@@ -59,9 +60,25 @@ def test_a_convention_the_implementation_does_not_follow_fails():
     assert info.value.report.failed == ["running_stats_one_step_from_zero"]
 
 
+@pytest.mark.parametrize("checked, follows", [("torch", "chainer"), ("flax", "haiku"), ("chainer", "torch")])
+def test_failing_running_statistics_name_the_convention_they_follow(checked, follows):
+    with pytest.raises(CheckFailed) as info:
+        check_batchnorm(CORRECT[{"torch": "torch_convention"}.get(follows, follows)](), convention=checked,
+                        max_examples=20, properties=["running_stats_one_step_from_zero", "running_stats_several_steps"])
+    assert f"these running statistics follow the {follows}" in str(info.value), str(info.value)
+
+
+def test_the_ema_mode_of_equinox_is_named():
+    with pytest.raises(CheckFailed) as info:
+        check_batchnorm(EquinoxEma(), convention="flax", max_examples=20, properties=["train_forward_batch_statistics"])
+    assert "normalises with the updated running statistics it returns" in str(info.value), str(info.value)
+
+
 def test_forward_only_implementation_says_what_the_options_skip():
-    report = check_batchnorm(lambda x, gamma, beta, eps: CORRECT["flax"]().forward(x, gamma, beta, eps),
-                             mode="eval", order=2, max_examples=5)
+    with pytest.raises(NothingChecked, match="nothing was checked") as info:
+        check_batchnorm(lambda x, gamma, beta, eps: CORRECT["flax"]().forward(x, gamma, beta, eps),
+                        mode="eval", order=2, max_examples=5)
+    report = info.value.report
     assert report.passed == []
     reasons = {r.name: r.reason for r in report.results}
     assert "needs eval_forward" in reasons["eval_forward_reference"]

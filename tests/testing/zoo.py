@@ -1,7 +1,7 @@
 """A zoo of batch norms for testing the checker: correct ones that must pass, and planted bugs that must be caught.
 
 Each bug is a small variation of :class:`TwoPass` (the textbook two-pass algorithm) reproducing a bug that real
-implementations shipped (``/work/shared/bug-classes.md``), with the properties that must catch it and the dtype
+implementations shipped (each named by its bug class), with the properties that must catch it and the dtype
 that exposes it. All follow the protocol of :mod:`bnsym.testing.adapters`: NumPy in and out, channel axis 1.
 """
 
@@ -260,6 +260,50 @@ class SquaredDy(TwoPass):
         return super().gradients(dy * np.abs(dy), x_hat, gamma, invstd, axes)[0], dgamma, dbeta
 
 
+class Float32Always(TwoPass):
+    """Computes in float32 whatever it is given and returns the input's dtype, as Keras does on its JAX and torch
+    backends (float32 by default): correct in float32, silently float32 for float64 input."""
+
+    def forward(self, x, gamma, beta, eps):
+        return super().forward(x.astype(np.float32), gamma.astype(np.float32), beta.astype(np.float32),
+                               eps).astype(x.dtype)
+
+    def backward(self, dy, x, gamma, beta, eps):
+        grads = super().backward(*(a.astype(np.float32) for a in (dy, x, gamma, beta)), eps)
+        return tuple(g.astype(x.dtype) for g in grads)
+
+
+class Float64Gradients(TwoPass):
+    """Gradients promoted to float64 for float32 input: the count of values per channel is a NumPy int64 that
+    meets a float32 array in a division (NumPy 2 keeps float32 for Python ints, not for int64 arrays)."""
+
+    def gradients(self, dy, x_hat, gamma, invstd, axes):
+        count = np.array(x_hat.size // x_hat.shape[1])
+        dbeta = dy.sum(axis=axes)
+        dgamma = (dy * x_hat).sum(axis=axes)
+        dx = gamma * invstd * (dy - _channel(dbeta, dy) / count - x_hat * _channel(dgamma, dy) / count)
+        return dx, dgamma.astype(np.float64), dbeta.astype(np.float64)
+
+    def backward(self, dy, x, gamma, beta, eps):
+        work = _work_dtype(x)
+        x, dy = x.astype(work), dy.astype(work)
+        mean, var = self.statistics(x, eps)
+        invstd = self.invstd(var, x.dtype.type(eps))
+        return self.gradients(dy, (x - mean) * invstd, _channel(gamma, x).astype(work), invstd, _axes(x))
+
+
+class FusedForm(TwoPass):
+    """Correct: y = x * k + (beta - mean * k) with k = gamma / sqrt(var + eps), as fused CPU kernels evaluate it.
+    With one value per channel it returns beta only to about u |x gamma| / sqrt(eps) (a false alarm once)."""
+
+    def forward(self, x, gamma, beta, eps):
+        out = x.dtype
+        x = x.astype(_work_dtype(x))
+        mean, var = self.statistics(x, eps)
+        k = _channel(gamma, x).astype(x.dtype) * self.invstd(var, x.dtype.type(eps))
+        return (x * k + (_channel(beta, x).astype(x.dtype) - mean * k)).astype(out)
+
+
 class ForwardOnly:
     """Correct, forward only: a plain function object (gradients are checked by finite differences)."""
 
@@ -273,7 +317,7 @@ class Bug:
     impl: type
     caught_by: tuple[str, ...]  # each of these properties must fail
     dtype: str = "float64"
-    bug_class: str = ""  # the row of shared/bug-classes.md
+    bug_class: str = ""  # the kind of bug, as real libraries shipped it
 
 
 BUGS = (
@@ -309,7 +353,13 @@ BUGS = (
     Bug("dx_gamma_twice", DxGammaTwice, ("dx_scales_with_gamma", "backward_finite_differences"),
         bug_class="gamma applied twice"),
     Bug("abs_dy", AbsDy, ("linearity_in_dy", "dbeta_is_sum_dy"), bug_class="gradients not linear in dy"),
+    Bug("float64_in_float32", Float32Always, ("float64_arithmetic",), "float32",
+        "float64 input silently computed in float32"),
+    Bug("float64_in_float32_in_a_float64_run", Float32Always, ("float64_arithmetic", "forward_reference"),
+        bug_class="float64 input silently computed in float32"),
+    Bug("float64_gradients", Float64Gradients, ("gradient_shapes_and_dtypes",), "float32",
+        "float64 gradients returned for float32 input"),
     Bug("squared_dy", SquaredDy, ("linearity_in_dy", "jacobian_symmetry"), bug_class="gradients not linear in dy"),
 )
 
-CORRECT = {"two_pass": TwoPass, "welford": Welford, "torch": Torch}
+CORRECT = {"two_pass": TwoPass, "welford": Welford, "torch": Torch, "fused_form": FusedForm}

@@ -2,7 +2,7 @@
 
 :class:`Layer` is a correct implementation of the whole protocol, in NumPy on top of bnsym's public functions, for
 one running-statistics convention; each bug overrides one method with a mistake that real implementations made
-(shared/bug-classes.md) and names the options that expose it and the properties that must catch it.
+(the bugs real libraries shipped) and names the options that expose it and the properties that must catch it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import bnsym
+from bnsym.conventions import CONVENTIONS
 
 
 def _biased_variance(x):
@@ -40,9 +41,9 @@ class Layer:
 
     def weight(self, momentum, num_batches_tracked):
         """What update_running_stats needs: (momentum, num_batches_tracked including this batch)."""
-        if self.convention == "cumulative":
-            return None, num_batches_tracked + 1
-        return momentum, None
+        convention = CONVENTIONS[self.convention]
+        return (None if convention.cumulative else momentum,
+                num_batches_tracked + 1 if convention.uses_batch_count else None)
 
     def train_forward(self, x, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked):
         y, mean, _ = bnsym.batch_norm_forward(x, gamma, beta, eps=eps)
@@ -68,6 +69,14 @@ class CumulativeLayer(Layer):
 
 class FlaxLayer(Layer):
     convention = "flax"
+
+
+class ChainerLayer(Layer):
+    convention = "chainer"
+
+
+class HaikuLayer(Layer):
+    convention = "haiku"
 
 
 class MomentumFlipped(Layer):
@@ -111,6 +120,61 @@ class CumulativeOffByOne(CumulativeLayer):
         return None, num_batches_tracked + 2
 
 
+class EquinoxEma(FlaxLayer):
+    """Equinox's BatchNorm in its default "ema" mode: a training step updates the running statistics and then
+    normalises the batch with them, not with the batch's own statistics."""
+
+    def train_forward(self, x, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked):
+        _, new_mean, new_var = super().train_forward(x, gamma, beta, eps, running_mean, running_var, momentum,
+                                                     num_batches_tracked)
+        return bnsym.batch_norm_inference(x, gamma, beta, new_mean, new_var, eps=eps), new_mean, new_var
+
+
+class ZeroTrainOutput(Layer):
+    """A train_forward that updates the running statistics right and returns zeros for y."""
+
+    def train_forward(self, x, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked):
+        _, new_mean, new_var = super().train_forward(x, gamma, beta, eps, running_mean, running_var, momentum,
+                                                     num_batches_tracked)
+        return np.zeros_like(x), new_mean, new_var
+
+
+class DetachedMeanDoubleBackward:
+    """The variance taken around a detached (constant) mean, as shipped libraries did: var = mean((x - c)^2) with
+    c = stop_gradient(mean(x)). The first derivative is right (sum(x - mean) = 0 hides it); the second is not, and
+    the Hessian stays symmetric. Written in PyTorch, whose autograd differentiates exactly what is written."""
+
+    def _y(self, x, gamma, beta, eps):
+        import torch
+
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = x.mean(dim=axes, keepdim=True)
+        var = ((x - mean.detach()) ** 2).mean(dim=axes, keepdim=True)
+        return gamma.reshape(shape) * (x - mean) / torch.sqrt(var + eps) + beta.reshape(shape)
+
+    def forward(self, x, gamma, beta, eps):
+        import torch
+
+        return self._y(*(torch.from_numpy(a) for a in (x, gamma, beta)), eps).numpy()
+
+    def backward(self, dy, x, gamma, beta, eps):
+        import torch
+
+        xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+        return tuple(g.numpy() for g in torch.autograd.grad(self._y(xt, gt, bt, eps), (xt, gt, bt),
+                                                             torch.from_numpy(dy)))
+
+    def double_backward(self, ggx, gggamma, ggbeta, dy, x, gamma, beta, eps):
+        import torch
+
+        xt, gt, bt, dyt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta, dy))
+        dx, dgamma, dbeta = torch.autograd.grad(self._y(xt, gt, bt, eps), (xt, gt, bt), dyt, create_graph=True)
+        total = ((dx * torch.from_numpy(ggx)).sum() + (dgamma * torch.from_numpy(gggamma)).sum()
+                 + (dbeta * torch.from_numpy(ggbeta)).sum())
+        return tuple(g.detach().numpy() for g in torch.autograd.grad(total, (xt, gt, dyt)))
+
+
 class DoubleBackwardMissingTerm(Layer):
     """gx without its gggamma term: the dependence of dgamma = sum(dy x_hat) on x through x_hat's numerator."""
 
@@ -151,6 +215,13 @@ BUGS = (
     LayerBug("cumulative_off_by_one", CumulativeOffByOne,
              ("running_stats_one_step_from_zero", "running_stats_full_momentum"), {"convention": "cumulative"},
              "cumulative average wrong"),
+    LayerBug("equinox_ema", EquinoxEma, ("train_forward_batch_statistics",), {"convention": "flax"},
+             "training output normalised with running statistics"),
+    LayerBug("zero_train_output", ZeroTrainOutput, ("train_forward_batch_statistics",), {"convention": "torch"},
+             "train_forward y not checked"),
+    LayerBug("detached_mean_double_backward", DetachedMeanDoubleBackward,
+             ("double_backward_reference", "double_backward_finite_differences"), {"order": 2},
+             "double backward treating the batch mean as a constant"),
     LayerBug("double_backward_missing_term", DoubleBackwardMissingTerm,
              ("double_backward_reference", "double_backward_finite_differences"), {"order": 2},
              "double backward missing a term"),
@@ -159,4 +230,5 @@ BUGS = (
              {"mode": "eval", "order": 2}, "double backward with an argument in the wrong place"),
 )
 
-CORRECT = {"torch_convention": Layer, "cumulative": CumulativeLayer, "flax": FlaxLayer}
+CORRECT = {"torch_convention": Layer, "cumulative": CumulativeLayer, "flax": FlaxLayer, "chainer": ChainerLayer,
+           "haiku": HaikuLayer}

@@ -1,0 +1,182 @@
+"""Which kernels each layer's generated module contains, and from which derivation each one comes.
+
+Nothing here is specific to one layer: the kernels of ``bnsym/_generated/<layer>.py`` come from the layer's
+:class:`~bnsym.symbolic.layers.Derivation`. The one rule about parameters lives here too: when a parameter is
+shared by several groups (:attr:`~bnsym.symbolic.layers.LayerDeclaration.shared_parameters`), its gradient is the
+derived per-group adjoint wrapped in :class:`~bnsym.symbolic.reduction.ParameterSum`, which the kernel evaluates as
+a sum over the groups that share it.
+"""
+
+from __future__ import annotations
+
+from bnsym.codegen.kernel import Kernel
+from bnsym.symbolic import running_stats
+from bnsym.symbolic.layers import Derivation, derivation
+from bnsym.symbolic.reduction import ParameterSum
+
+__all__ = ["kernels"]
+
+_LAYOUT = ("Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the "
+           "broadcast shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums "
+           "and knows M, the number of values per channel.")
+
+_GROUPED_LAYOUT = ("x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, "
+                   "invstd, invrms) have length 1 on every reduced axis; gamma and beta are shaped for "
+                   "broadcasting against x. `reducer` (bnsym._reduce.Reducer) takes the per-group sums, knows M, "
+                   "the number of values per group, and sums a parameter's gradient over the groups that share the "
+                   "parameter, so dgamma and dbeta come out in the parameters' broadcast shape.")
+
+
+def _layout(layer: Derivation) -> str:
+    return _GROUPED_LAYOUT if layer.declaration.shared_parameters else _LAYOUT
+
+
+def _per_parameter(layer: Derivation, gradients):
+    """Each (name, expression) with the expression summed over the groups that share the parameter, if any."""
+    if not layer.declaration.shared_parameters:
+        return tuple(gradients)
+    return tuple((name, ParameterSum(expr)) for name, expr in gradients)
+
+
+def _in_prose(layer: Derivation) -> str:
+    """The layer's title inside a sentence: "layer normalisation", "RMS normalisation"."""
+    title = layer.declaration.title
+    return title if title[:2].isupper() else title[0].lower() + title[1:]
+
+
+def _source(layer: Derivation, what: str) -> str:
+    return f"bnsym.symbolic.layers.derivation({layer.declaration.name!r}).{what}"
+
+
+def _x_hat_step(layer: Derivation):
+    s = layer.symbols
+    return ((s.x_hat, layer.training_forward[s.x_hat]),)
+
+
+def _forward(layer: Derivation) -> Kernel:
+    s = layer.symbols
+    program = layer.training_forward
+    return Kernel(
+        name=f"{layer.declaration.name}_forward",
+        inputs=tuple(program.inputs),
+        steps=tuple((d.name, d.expr) for d in program.definitions if d.name != s.y),
+        outputs=((s.y, program[s.y]),) + tuple((name, name) for name in layer.saved),
+        summary=f"Training-mode {_in_prose(layer)}: y, and the statistics "
+                f"({', '.join(n.name for n in layer.saved)}) that the backward pass reuses.",
+        derived_from=f"Written once in bnsym.symbolic.layers.{layer.declaration.forward.__name__}; this is its "
+                     "definition.",
+        notes=(_layout(layer),),
+    )
+
+
+def _backward(layer: Derivation) -> Kernel:
+    s = layer.symbols
+    program, closed = layer.backward
+    dx, *parameters = program.outputs
+    return Kernel(
+        name=f"{layer.declaration.name}_backward",
+        inputs=(s.dy, s.x, s.gamma, *layer.saved),
+        steps=_x_hat_step(layer),
+        outputs=((dx, closed[dx]),) + _per_parameter(layer, ((p, closed[p]) for p in parameters)),
+        summary=f"Training-mode backward: {', '.join(n.name for n in program.outputs)} for the upstream gradient dy.",
+        derived_from=f"Derived by reverse mode from the training forward pass ({_source(layer, 'backward')}), closed "
+                     f"form in x_hat and {' and '.join(n.name for n in layer.saved)}.",
+        notes=(_layout(layer),),
+    )
+
+
+def _double_backward(layer: Derivation, training: bool) -> Kernel:
+    s = layer.symbols
+    program, closed = layer.double_backward if training else layer.inference_double_backward
+    gx, ggamma, gdy = program.outputs
+    mode, source = ("Training", "double_backward") if training else ("Eval-mode", "inference_double_backward")
+    cotangents = (s.ggx, s.gggamma, s.ggbeta)[:1 + len(layer.parameters)]
+    notes = (_layout(layer),) if training else (
+        "mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.", _layout(layer))
+    terms = " + ".join(f"<{c.name}, d{u.name}>" for c, u in zip(cotangents, (s.x, *layer.parameters)))
+    name = layer.declaration.name
+    return Kernel(
+        name=f"{name}_{'' if training else 'inference_'}double_backward",
+        inputs=(*cotangents, s.dy, s.x, s.gamma, *layer.saved),
+        steps=_x_hat_step(layer),
+        outputs=((gx, closed[gx]),) + _per_parameter(layer, ((ggamma, closed[ggamma]),)) + ((gdy, closed[gdy]),),
+        summary=f"{mode} double backward: gradients of {terms} with respect to x, gamma and dy.",
+        derived_from=f"Derived by reverse mode through the derived backward ({_source(layer, source)}).",
+        notes=notes,
+    )
+
+
+def _jvp(layer: Derivation) -> Kernel:
+    s = layer.symbols
+    program, closed = layer.jvp
+    forward = layer.training_forward
+    y, ty = program.outputs
+    tangents = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
+    return Kernel(
+        name=f"{layer.declaration.name}_jvp",
+        inputs=(s.x, *layer.parameters, *(tangents[u] for u in (s.x, *layer.parameters)), s.eps),
+        steps=tuple((d.name, d.expr) for d in forward.definitions if d.name != s.y),
+        outputs=((y, forward[s.y]), (ty, closed[ty])),
+        summary=f"Training forward mode: y and its tangent ty along "
+                f"({', '.join(tangents[u].name for u in (s.x, *layer.parameters))}).",
+        derived_from=f"Derived by forward mode from the training forward pass ({_source(layer, 'jvp')}).",
+        notes=(_layout(layer),),
+    )
+
+
+# ----- eval mode and running statistics (layers that keep running statistics) -----
+
+def _inference_forward(layer: Derivation) -> Kernel:
+    s = layer.symbols
+    program = layer.inference_forward
+    return Kernel(
+        name=f"{layer.declaration.name}_inference",
+        inputs=(s.x, s.gamma, s.beta, s.running_mean, s.running_var, s.eps),
+        steps=tuple((d.name, d.expr) for d in program.definitions if d.name != s.y),
+        outputs=((s.y, program[s.y]),),
+        summary=f"Eval-mode {_in_prose(layer)}: normalise with the given running statistics.",
+        derived_from=f"{_source(layer, 'inference_forward')}: the training forward pass with mean and var frozen "
+                     "to running_mean and running_var.",
+        notes=(_layout(layer),),
+    )
+
+
+def _inference_backward(layer: Derivation) -> Kernel:
+    s = layer.symbols
+    program, closed = layer.inference_backward
+    forward = layer.inference_forward
+    return Kernel(
+        name=f"{layer.declaration.name}_inference_backward",
+        inputs=(s.dy, s.x, s.gamma, s.running_mean, s.running_var, s.eps),
+        steps=((s.invstd, forward[s.invstd]), (s.x_hat, forward[s.x_hat])),
+        outputs=tuple((name, closed[name]) for name in program.outputs),
+        summary="Eval-mode backward: dx, dgamma, dbeta with the running statistics held constant.",
+        derived_from=f"Derived by reverse mode from the eval forward pass ({_source(layer, 'inference_backward')}).",
+        notes=(_layout(layer),),
+    )
+
+
+def _running_stats(layer: Derivation, convention) -> Kernel:
+    s, r = layer.symbols, running_stats.RUNNING
+    new_mean, new_var = running_stats.update(convention)
+    weights = ((() if convention.cumulative else (r.momentum,))
+               + ((r.num_batches_tracked,) if convention.uses_batch_count else ()))
+    return Kernel(
+        name=f"running_stats_{convention.name}",
+        inputs=(s.running_mean, s.running_var, s.mean, s.var, *weights),
+        steps=(),
+        outputs=((r.new_mean, new_mean), (r.new_var, new_var)),
+        summary=f"Running statistics after one batch, {convention.name} convention.",
+        derived_from=convention.source + ". var is the biased batch variance; the unbiased one is M var / (M - 1) "
+                     "(bnsym.symbolic.running_stats.bessel_corrected_variance)." * convention.unbiased,
+    )
+
+
+def kernels(name: str) -> list[Kernel]:
+    """Every kernel of ``bnsym/_generated/<name>.py``, in the order they appear there."""
+    layer = derivation(name)
+    if not layer.declaration.running_statistics:
+        return [_forward(layer), _backward(layer), _double_backward(layer, True), _jvp(layer)]
+    return ([_forward(layer), _backward(layer), _inference_forward(layer), _inference_backward(layer),
+             _double_backward(layer, True), _double_backward(layer, False), _jvp(layer)]
+            + [_running_stats(layer, c) for c in running_stats.CONVENTIONS.values()])

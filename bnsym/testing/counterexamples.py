@@ -1,0 +1,110 @@
+"""Counterexample files: a failed property's minimal example on disk, and replaying it.
+
+A run saves each failure's counterexample into one folder (``bnsym check --save-dir``, default
+``./bnsym-counterexamples/``) as ``<property>-<hash>.npz``: the inputs (x, gamma, beta, dy, eps), the regime, the
+seed of the property's own random draws, the property and the options of the run. Files are written atomically
+(a temporary file in the folder, then renamed), so an interrupted run never leaves half a file. ``--replay FILE``
+re-runs that one property on that one example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from bnsym.strategies import Example
+from bnsym.testing.adapters import Implementation
+from bnsym.testing.failures import PropertyFailure, observing
+from bnsym.testing.files import write_atomically
+from bnsym.testing.isolation import ImplementationCrashed
+from bnsym.testing.options import CheckOptions
+from bnsym.testing.properties import REGISTRY
+from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
+from bnsym.testing.runner import call_property
+
+__all__ = ["DEFAULT_DIRECTORY", "NotACounterexample", "load_counterexample", "replay", "save_counterexample"]
+
+DEFAULT_DIRECTORY = Path("bnsym-counterexamples")
+FORMAT = 1  # the version of the file's fields, stored as bnsym_counterexample
+_ARRAYS = ("x", "gamma", "beta", "dy")
+
+
+class NotACounterexample(ValueError):
+    """A file given to ``--replay`` that is not a bnsym counterexample (a usage error)."""
+
+
+def save_counterexample(result: PropertyResult, directory, options: CheckOptions | None = None) -> Path:
+    """Write the counterexample of a failed property into ``directory`` (created if needed); returns the path."""
+    options = options or CheckOptions()
+    ce = result.counterexample
+    ex = ce.example
+    fields = dict(bnsym_counterexample=FORMAT, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed,
+                  mode=options.mode, convention=options.convention or "", order=options.order,
+                  **{f: getattr(ex, f) for f in _ARRAYS})
+    digest = hashlib.sha256(b"".join(np.asarray(v).tobytes() for v in fields.values())).hexdigest()[:8]
+    path = write_atomically(Path(directory) / f"{result.name}-{digest}.npz", lambda stream: np.savez(stream, **fields))
+    ce.path = path
+    return path
+
+
+def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
+    """(property name, example, options) from a file written by :func:`save_counterexample`; raises
+    :class:`NotACounterexample` for anything else."""
+    path = Path(path)
+    what = ("a bnsym counterexample is an .npz file written by a failed `bnsym check` (in bnsym-counterexamples/ "
+            "unless --save-dir said otherwise)")
+    if not path.is_file():
+        raise NotACounterexample(f"{path}: no such file; {what}")
+    if not zipfile.is_zipfile(path):
+        raise NotACounterexample(f"{path} is not a bnsym counterexample (not an .npz archive); {what}")
+    try:
+        # allow_pickle=False: a counterexample holds plain arrays, and a file that needs pickles is not one.
+        with np.load(path, allow_pickle=False) as data:
+            missing = [f for f in ("property", "regime", "eps", "seed", *_ARRAYS) if f not in data.files]
+            if missing:
+                raise NotACounterexample(f"{path} is not a bnsym counterexample: it has no {', '.join(missing)}; "
+                                         f"{what}")
+            name = str(data["property"])
+            example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
+                              str(data["regime"]), int(data["seed"]))
+            options = CheckOptions(str(data["mode"]) if "mode" in data.files else "train",
+                                   (str(data["convention"]) or None) if "convention" in data.files else None,
+                                   int(data["order"]) if "order" in data.files else 1)
+    except NotACounterexample:
+        raise
+    except Exception as error:  # a damaged archive, or fields of the wrong kind
+        reason = "its fields are not plain arrays" if "pickle" in str(error) else f"{type(error).__name__}: {error}"
+        raise NotACounterexample(f"{path} is not a bnsym counterexample ({reason}); {what}") from None
+    if name not in REGISTRY:
+        raise NotACounterexample(f"{path} names a property bnsym does not have: {name!r}")
+    return name, example, options
+
+
+def replay(impl: Implementation, path) -> Report:
+    """Re-run the property saved in ``path`` on its example; the report has that one property."""
+    name, example, options = load_counterexample(path)
+    prop = REGISTRY[name]
+    report = Report(impl.name, example.dtype.name, example.seed, 1, options=options, regimes=(example.regime,))
+    missing = prop.needs - impl.capabilities
+    if missing:
+        report.results.append(PropertyResult(name, SKIPPED, f"needs {', '.join(sorted(missing))}"))
+        return report
+    start = time.perf_counter()
+    with observing() as observation, np.errstate(all="ignore"):
+        try:
+            call_property(prop, impl, example, options)
+            result = PropertyResult(name, PASSED, "", 1)
+        except PropertyFailure as failure:
+            result = PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure))
+        except ImplementationCrashed as crash:  # --isolate: the implementation's process died or hung
+            failure = PropertyFailure(crash.message)
+            result = PropertyResult(name, FAILED, failure.message, 1, Counterexample(example, failure))
+    if observation.worst:
+        result.margins = {example.regime: observation.worst}
+    report.results.append(result)
+    report.seconds = time.perf_counter() - start
+    return report

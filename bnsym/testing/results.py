@@ -1,0 +1,252 @@
+"""What a check found: per property a verdict, its worst margin and its minimal counterexample; the text report a
+person reads and the JSON a CI system reads.
+
+The margin of a property is the largest ratio |observed error| / tolerance over every comparison it made, with the
+input regime where it occurred (and the worst per regime): 0.31 means the worst example used 31% of its error
+bound, above 1 is a failure. Failures that share one cause (the same protocol mistake, a NaN from the forward, or
+the same minimal example) are reported together under it.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bnsym.strategies import Example
+from bnsym.testing.options import CheckOptions
+
+__all__ = ["FAILED", "PASSED", "SKIPPED", "CheckFailed", "Counterexample", "NothingChecked", "PropertyResult",
+           "Report", "plural"]
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 example``, ``2 examples``, ``2 properties``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+
+
+@dataclass
+class Counterexample:
+    example: Example
+    failure: Exception  # a PropertyFailure
+    path: Path | None = None
+
+
+@dataclass
+class PropertyResult:
+    name: str
+    status: str
+    reason: str = ""
+    examples: int = 0
+    counterexample: Counterexample | None = None
+    seconds: float = 0.0
+    margins: dict[str, float] = field(default_factory=dict)  # regime -> worst |error| / tolerance
+    cause: str = ""  # what failures of several properties may share (see the module docstring)
+
+    @property
+    def margin(self) -> tuple[float, str] | None:
+        """(worst ratio, regime) over every regime, or None when the property compared no number."""
+        if not self.margins:
+            return None
+        regime = max(self.margins, key=self.margins.get)
+        return self.margins[regime], regime
+
+
+def _description(name: str) -> str:
+    from bnsym.testing.properties import REGISTRY
+
+    return REGISTRY[name].description if name in REGISTRY else ""
+
+
+@dataclass
+class Report:
+    """What ran, what held, what failed (with the minimal counterexample) and what was skipped and why."""
+
+    implementation: str
+    dtype: str
+    seed: int
+    max_examples: int
+    results: list[PropertyResult] = field(default_factory=list)
+    seconds: float = 0.0
+    replay_command: str | None = None  # the command that re-runs a saved counterexample, with {path} in it
+    options: CheckOptions = field(default_factory=CheckOptions)
+    not_selected: list[str] = field(default_factory=list)  # properties that the options leave out
+    regimes: tuple[str, ...] = ()
+    shapes: tuple[tuple[int, ...], ...] = ()
+    save_dir: Path | None = None
+
+    def _names(self, status: str) -> list[str]:
+        return [r.name for r in self.results if r.status == status]
+
+    @property
+    def passed(self) -> list[str]:
+        return self._names(PASSED)
+
+    @property
+    def failed(self) -> list[str]:
+        return self._names(FAILED)
+
+    @property
+    def skipped(self) -> list[str]:
+        return self._names(SKIPPED)
+
+    @property
+    def nothing_checked(self) -> bool:
+        """No property ran: every one was skipped or left out. Not a pass (exit status 5, as pytest's)."""
+        return not self.passed and not self.failed
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.nothing_checked
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failed else 5 if self.nothing_checked else 0
+
+    def why_nothing_checked(self) -> str:
+        reasons = sorted({r.reason for r in self.results if r.status == SKIPPED})
+        parts = [f"{plural(len(self.results), 'property')} selected, all skipped"] if self.results else \
+            ["no property selected"]
+        if reasons:
+            parts.append("; ".join(reasons))
+        if self.not_selected:
+            parts.append(f"{plural(len(self.not_selected), 'more property')} run with other options (--mode, "
+                         "--convention, --order)")
+        return "nothing was checked: " + "; ".join(parts)
+
+    # ----- text -----
+
+    def _failure_groups(self) -> list[list[PropertyResult]]:
+        groups: dict[str, list[PropertyResult]] = {}
+        for r in self.results:
+            if r.status == FAILED:
+                groups.setdefault(r.cause or f"property {r.name}", []).append(r)
+        return list(groups.values())
+
+    def _failure_lines(self, group: list[PropertyResult]) -> list[str]:
+        first = group[0]
+        lines = []
+        if len(group) == 1:
+            lines.append(f"  FAIL  {first.name}: {_description(first.name)}")
+            lines.append(f"        {first.counterexample.failure if first.counterexample else first.reason}")
+        else:
+            cause = first.cause.split(": ", 1)[-1] if first.cause.startswith(("protocol", "forward")) else \
+                "the same minimal counterexample"
+            lines.append(f"  FAIL  {len(group)} properties, one cause ({cause}): {', '.join(r.name for r in group)}")
+            for r in group:
+                lines.append(f"        {r.name}: {r.counterexample.failure if r.counterexample else r.reason}")
+        ce = first.counterexample
+        if ce is not None:
+            lines.append(f"        minimal counterexample: {ce.example.describe()}")
+            for r in group:
+                if r.counterexample is not None and r.counterexample.path is not None:
+                    lines.append(f"        saved as {r.counterexample.path.name}" if len(group) == 1 else
+                                 f"        {r.name} saved as {r.counterexample.path.name}")
+        return lines
+
+    def __str__(self) -> str:
+        regimes = "" if not self.regimes or len(self.regimes) >= 6 else f", regimes: {', '.join(self.regimes)}"
+        lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
+                 f"to {plural(self.max_examples, 'example')} per property{regimes}"]
+        skipped: dict[str, list[str]] = {}
+        for r in self.results:
+            if r.status == PASSED:
+                margin = r.margin
+                detail = plural(r.examples, "example")
+                if margin is not None:
+                    detail += f", worst {margin[0]:.2g} of the bound, regime {margin[1]}"
+                lines.append(f"  PASS  {r.name} ({detail})")
+            elif r.status == SKIPPED:
+                skipped.setdefault(r.reason, []).append(r.name)
+        for group in self._failure_groups():
+            lines.extend(self._failure_lines(group))
+        for reason, names in skipped.items():
+            lines.append(f"  SKIP  {', '.join(names)}: {reason}")
+        if self.not_selected:
+            lines.append(f"  (not selected by these options: {plural(len(self.not_selected), 'property')} of other "
+                         "modes; see --mode, --convention, --order)")
+        saved = [r.counterexample.path for r in self.results if r.counterexample and r.counterexample.path]
+        if saved:
+            lines.append(f"counterexamples saved in {saved[0].parent}{'/' if str(saved[0].parent) != '/' else ''}")
+            if self.replay_command:
+                lines.append(f"  replay one: {self.replay_command.format(path=saved[0])}")
+        summary = (f"{plural(len(self.results), 'property')}: {len(self.passed)} passed, {len(self.failed)} failed, "
+                   f"{len(self.skipped)} skipped ({self.seconds:.1f} s)")
+        lines.append(summary)
+        if self.nothing_checked:
+            lines.append(self.why_nothing_checked())
+        return "\n".join(lines)
+
+    # ----- JSON -----
+
+    def to_dict(self) -> dict:
+        """The whole result, for CI systems: every property with its verdict, margins and counterexample file, and
+        the run's options, seed and versions."""
+        def counterexample(r: PropertyResult):
+            ce = r.counterexample
+            if ce is None:
+                return None
+            return {"message": str(ce.failure), "input": ce.example.describe(), "shape": list(ce.example.x.shape),
+                    "regime": ce.example.regime, "eps": ce.example.eps,
+                    "file": None if ce.path is None else str(ce.path)}
+
+        status = "failed" if self.failed else "nothing checked" if self.nothing_checked else "passed"
+        return {
+            "implementation": self.implementation,
+            "status": status,
+            "exit_status": self.exit_status,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "max_examples": self.max_examples,
+            "options": {"mode": self.options.mode, "convention": self.options.convention,
+                        "order": self.options.order, "regimes": list(self.regimes)},
+            "shapes": [list(s) for s in self.shapes],
+            "seconds": round(self.seconds, 3),
+            "save_dir": None if self.save_dir is None else str(self.save_dir),
+            "versions": versions(),
+            "properties": [{
+                "name": r.name, "description": _description(r.name), "status": r.status, "reason": r.reason,
+                "examples": r.examples, "seconds": round(r.seconds, 3), "cause": r.cause or None,
+                "margin": None if r.margin is None else {"worst": r.margin[0], "regime": r.margin[1],
+                                                         "per_regime": dict(r.margins)},
+                "counterexample": counterexample(r)} for r in self.results],
+            "not_selected": list(self.not_selected),
+        }
+
+
+def versions() -> dict[str, str]:
+    """Python, bnsym, NumPy, Hypothesis, and the frameworks the run imported."""
+    import hypothesis
+
+    import bnsym
+
+    found = {"python": platform.python_version(), "bnsym": bnsym.__version__, "numpy": np.__version__,
+             "hypothesis": hypothesis.__version__}
+    for name in ("torch", "jax", "flax"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            found[name] = module.__version__
+    return found
+
+
+class CheckFailed(AssertionError):
+    """Raised by :func:`bnsym.testing.check_batchnorm` when a property fails; ``report`` has the details."""
+
+    def __init__(self, report: Report):
+        super().__init__(f"batch norm check failed: {', '.join(report.failed)}\n{report}")
+        self.report = report
+
+
+class NothingChecked(CheckFailed):
+    """Raised by :func:`bnsym.testing.check_batchnorm` when no property ran: nothing checked is not a pass."""
+
+    def __init__(self, report: Report):
+        AssertionError.__init__(self, f"batch norm check: {report.why_nothing_checked()}\n{report}")
+        self.report = report

@@ -1,0 +1,76 @@
+"""The built-in targets of ``bnsym check --shards``: bnsym-torch passes in float32 and float64 over 3 gloo processes
+(through the API: the command line's sharded path is tested on the zoo, and each load starts its own workers),
+torch-sync reports PyTorch's own reason for not running on a machine without a GPU, and jax passes over 4 host CPU
+devices with equal shards (in a fresh process: JAX fixes its number of devices when it starts)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnsym.cli import main
+from bnsym.testing.sharded import SHARDED, check_sharded, load
+
+pytest.importorskip("torch.distributed")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bnsym_torch():
+    impl = load("bnsym-torch", 3)
+    yield impl
+    impl.close()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bnsym_torch_passes(bnsym_torch, dtype):
+    report = check_sharded(bnsym_torch, shards=3, dtype=dtype, convention="torch", max_examples=15)
+    assert len(report.passed) == len(SHARDED), str(report)
+
+
+def test_torch_sync_reports_pytorch_s_reason_without_a_gpu(capsys):
+    import torch
+
+    code = main(["check", "torch-sync", "--shards", "2", "--max-examples", "5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    if torch.cuda.is_available():
+        assert "0 failed, 0 skipped" in out, out
+    else:
+        assert "SKIP" in out and "expected input tensor to be on GPU" in out, out
+        assert "0 passed, 0 failed" in out, out
+
+
+JAX_SCRIPT = """
+import sys
+from bnsym.cli import main
+from bnsym.testing.sharded import ShardedCheckFailed, check_sharded
+from bnsym.testing.sharded_adapters import jax_implementation
+
+codes = [main(["check", "jax", "--shards", "4", "--dtype", dtype, "--max-examples", "10", "--convention", "flax"])
+         for dtype in ("float64", "float32")]
+# Why the jax target takes equal shards: uneven ones, padded and masked (Flax's only way), are rejected.
+try:
+    check_sharded(jax_implementation(4, masked=True), shards=4, max_examples=30,
+                  properties=["sharded_forward_reference"])
+    print("MASKED UNEVEN SHARDS PASSED")
+except ShardedCheckFailed as failure:
+    print("masked uneven shards:", failure.report.failed)
+sys.exit(max(codes))
+"""
+
+
+@pytest.mark.slow
+def test_bnsym_check_jax_shards_4_exits_0_in_both_dtypes_and_uneven_shards_fail():
+    pytest.importorskip("flax")
+    script = JAX_SCRIPT
+    environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), environment.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("equal shards (the implementation takes no others)") == 2, result.stdout
+    assert result.stdout.count("5 passed, 0 failed, 0 skipped") == 2, result.stdout
+    assert "masked uneven shards: ['sharded_forward_reference']" in result.stdout, result.stdout
