@@ -406,9 +406,9 @@ def _family_cases():
 
     def group_norm():
         module = bnsym.group_norm
-        _, mean, invstd = module.forward(x, gamma, beta, EPS, groups=groups)
-        return (lambda: module.forward(x, gamma, beta, EPS, groups=groups),
-                lambda: module.backward(dy, x, gamma, mean, invstd, groups=groups))
+        _, mean, invstd = module.forward(x, gamma, beta, groups, EPS, axis=1)
+        return (lambda: module.forward(x, gamma, beta, groups, EPS, axis=1),
+                lambda: module.backward(dy, x, gamma, mean, invstd, groups, axis=1))
 
     cases.append((f"group norm {shape}, {groups} groups", "group_norm", group_norm,
                   (lambda: torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BACKENDS", "Backend", "resolve"]
+__all__ = ["BACKENDS", "Backend", "numpy_kernels", "resolve"]
 
 BACKENDS = ("auto", "numpy", "numba", "array_api")
 
@@ -53,6 +53,11 @@ def _is_numpy_input(x) -> bool:
         return True
     # An array of another library has the array API's namespace method, or at least a dtype and a shape.
     return not (hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype")))
+
+
+def numpy_kernels(layer: str):
+    """The generated NumPy kernels of ``layer``."""
+    return importlib.import_module(f"bnsym._generated.{layer}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ have one loop nest for each of the two cases.
 :meth:`FusedLayout.of` returns None for anything else, and the generated wrapper then runs the NumPy kernel:
 fields that are not C-contiguous or not of one float32/float64 dtype, kept axes that are not adjacent, a per-group
 value that varies along a reduced axis, and a reducer other than the local :class:`bnsym._reduce.Reducer` (a
-sharded run's reducer adds the shards' totals in its ``sums``, which compiled loops would bypass) or one that sums
-over parameter axes.
+sharded run's reducer adds the shards' totals in its ``sums``, which compiled loops would bypass). Kernels that sum
+over parameter axes are not compiled at all (the printer leaves them to NumPy).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class FusedLayout:
     def of(cls, reducer, fields, per_group) -> FusedLayout | None:
         """The layout of a call with these fields and per-group values (arrays shaped for broadcasting, or
         scalars), or None when the compiled loops do not cover it (module docstring)."""
-        if reducer is not None and (type(reducer) is not Reducer or reducer.parameter_axes):
+        if reducer is not None and type(reducer) is not Reducer:
             return None
         first = fields[0]
         if not isinstance(first, np.ndarray) or first.dtype not in _DTYPES:

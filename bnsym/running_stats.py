@@ -29,6 +29,7 @@ import numbers
 
 import numpy as np
 
+from bnsym import _backends
 from bnsym import _validation as v
 from bnsym._backends import resolve
 from bnsym._layout import xp_float_array
@@ -120,7 +121,10 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
         arguments.append(int(count))
     xp = backend.xp
     dtype = xp.result_type(running_mean.dtype, running_var.dtype)
-    kernel = getattr(backend.kernels("batch_norm"), f"running_stats_{chosen.name}")
+    # Per-channel arithmetic only: the compiled backend would run the NumPy kernels anyway (nothing to fuse), so
+    # the NumPy-based backends use them directly and never load Numba (nor start its threads) for this.
+    kernels = backend.kernels("batch_norm") if not backend.is_numpy else _backends.numpy_kernels("batch_norm")
+    kernel = getattr(kernels, f"running_stats_{chosen.name}")
     new_mean, new_var = kernel(running_mean, running_var, mean, var, *arguments)
     if backend.is_numpy:
         return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)

@@ -10,14 +10,15 @@
   JAX's x64 mode switched on for the call; ``JIT`` makes the call inside ``jax.jit``, the arrays traced and
   everything else static.
 
-``via.batch_norm_forward(x, gamma, beta, eps=..., axis=...)`` then behaves like the NumPy function. A variant whose
-library is not installed is skipped, with the reason.
+``via.batch_norm_forward(x, gamma, beta, eps=..., axis=...)`` and ``via.layer_norm.forward(...)`` then behave like
+the NumPy functions. A variant whose library is not installed is skipped, with the reason.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import types
 
 import numpy as np
 import pytest
@@ -43,8 +44,10 @@ class Via:
                 pytest.skip(f"backend variant {self.name} needs {module}, which is not installed")
 
     def __getattr__(self, name: str):
-        function = getattr(bnsym, name)
-        return functools.partial(self._call, function)
+        found = getattr(bnsym, name)
+        if isinstance(found, types.ModuleType):  # a layer module: via.layer_norm.forward(...)
+            return _ViaModule(self, found)
+        return functools.partial(self._call, found)
 
     def _call(self, function, *args, **kwargs):
         self.require()
@@ -76,7 +79,19 @@ class Via:
             return _to_numpy(run(*(jax.numpy.asarray(args[i]) for i in arrays)))
 
 
+class _ViaModule:
+    """A layer module (bnsym.layer_norm, ...) whose functions run through a backend variant."""
+
+    def __init__(self, via: Via, module):
+        self._via, self._module = via, module
+
+    def __getattr__(self, name: str):
+        return functools.partial(self._via._call, getattr(self._module, name))
+
+
 def _to_numpy(result):
+    if result is None:
+        return None
     if isinstance(result, tuple):
         return tuple(_to_numpy(r) for r in result)
     if hasattr(result, "detach"):
