@@ -1,43 +1,62 @@
-"""Benchmark bnsym's generated batch norm against PyTorch's native CPU kernels and hand-written NumPy.
+"""Benchmark bnsym's backends against PyTorch's native CPU kernels and hand-written NumPy.
 
 Run from the repository root::
 
-    python benchmarks/run.py            # the full table (a few minutes)
+    python benchmarks/run.py            # every table (several minutes)
     python benchmarks/run.py --quick    # fewer repeats, for a first look
 
-For each dtype and shape it times, interleaved within every repeat (the order rotates from one repeat to the
-next) and reported as medians over the repeats:
+It prints, in one run (so that every ratio compares figures measured minutes apart on the same machine):
 
-* forward: ``bnsym.batch_norm_forward``; ``torch.ops.aten.native_batch_norm``; a compact NumPy forward;
-* backward: ``bnsym.batch_norm_backward``; ``torch.ops.aten.native_batch_norm_backward``; the staged
-  "computational graph" NumPy backward of the tutorials; a compact hand-written NumPy backward.
+1. the machine and the **copy bandwidth**: ``numpy.copyto`` of 256 MB (one thread) and ``Tensor.copy_`` of 256 MB
+   (PyTorch's parallel copy) on 1 and 2 threads, in GB/s of bytes read plus bytes written;
+2. **the NumPy backend** (``backend="numpy"``, one operation per pass) against ``torch.ops.aten.native_batch_norm``
+   and ``native_batch_norm_backward`` on one thread, with the staged "computational graph" NumPy backward of the
+   tutorials and compact hand-written NumPy (``baselines.py``), float32 and float64, and tracemalloc's peak extra
+   memory during one call (results included) over the size of x;
+3. **every backend** against PyTorch's native kernels, float32, on 1 and 2 threads (``torch.set_num_threads`` and
+   ``numba.set_num_threads`` together): the compiled backend (``backend="numba"``) and the array-API backend on
+   torch tensors (``backend="array_api"``), each with the fraction of the copy bandwidth (same thread count) that
+   it reaches, counting the bytes each pass must move (forward: x read three times and y written, 16 bytes per
+   float32 element; backward: dy and x read twice and dx written, 20 bytes);
+4. the normalisation family (layer norm and RMS norm on (4096, 1024) and (8, 1024, 4096), group norm on
+   (32, 64, 56, 56) with 32 groups) against ``native_layer_norm``, ``_fused_rms_norm`` and ``native_group_norm``,
+   when bnsym has them (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
+5. the compiled backend's first-call time in a fresh process: compiling into an empty disk cache, then loading it;
+   and the time to regenerate every derivation (``python -m bnsym.cli derive --check``).
 
-PyTorch runs on one thread (``torch.set_num_threads(1)``), as NumPy's elementwise code does. NHWC tensors are
-handed to PyTorch as channels-last views of the same memory. The ratios come from the same run. Peak extra
-memory is tracemalloc's peak during one call, over the input's size (outputs included). Finally it times
-``python -m bnsym.cli derive --check`` in a fresh process: rendering every derivation from scratch.
+Within each table the implementations and thread counts take turns within every repeat (the order rotates from
+one repeat to the next) and every figure is a median over the repeats. NHWC tensors are handed to PyTorch as
+channels-last views of the same memory. Benchmarks are never timed tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
+# PyTorch and Numba each keep a pool of OpenMP threads, and by default a thread that finishes spins for a while
+# waiting for more work. With two pools taking turns on a machine of few cores, one pool's spinning threads take
+# the cores the other's threads need (a 0.2 ms call measured 40 ms). Sleeping at once is fair to both; it is set
+# before either library loads OpenMP, and printed with the machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 try:
     import torch
 except ImportError:  # the comparison with PyTorch's native kernels is what this benchmark is for
     sys.exit("benchmarks/run.py compares bnsym with PyTorch's native kernels and needs PyTorch: "
-             "pip install torch==2.13.0 (or pip install -e '.[test]', which installs it)")
+             "pip install torch==2.13.0 (or pip install -e '.[test]', which installs it and the optional backends)")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,6 +73,25 @@ SHAPES = [  # shape, channel axis, label
     ((32, 56, 56, 64), -1, "(32, 56, 56, 64) NHWC"),
 ]
 EPS = 1e-5
+COPY_BYTES = 256 * 2**20
+#: Bytes each pass of a batch-norm call must read and write, per element of x, in units of the element size.
+FORWARD_TRAFFIC = 4  # x read by the mean, by the variance and by the output pass; y written
+BACKWARD_TRAFFIC = 5  # dy and x read by the sums and by the output pass; dx written
+
+try:
+    import numba
+except ImportError:
+    numba = None
+
+
+def _has_backends() -> bool:
+    return "backend" in inspect.signature(bnsym.batch_norm_forward).parameters
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    if numba is not None:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _machine() -> str:
@@ -65,67 +103,20 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"PyTorch {torch.__version__} ({torch.get_num_threads()} thread); "
-            f"{datetime.date.today().isoformat()}")
+    versions = [f"Python {platform.python_version()}", f"NumPy {np.__version__}", f"PyTorch {torch.__version__}"]
+    if numba is not None:
+        versions.append(f"Numba {numba.__version__}")
+    try:
+        import array_api_compat
 
-
-class _Problem:
-    """One dtype and shape: the arrays for every implementation, and the callables to time."""
-
-    def __init__(self, shape, axis, dtype):
-        rng = np.random.default_rng(0)
-        self.x = rng.normal(3, 2, size=shape).astype(dtype)
-        self.dy = rng.normal(size=shape).astype(dtype)
-        channels = shape[axis]
-        self.gamma = rng.uniform(0.5, 2, size=channels).astype(dtype)
-        self.beta = rng.normal(size=channels).astype(dtype)
-        self.axis = axis
-        _, self.mean, self.invstd = bnsym.batch_norm_forward(self.x, self.gamma, self.beta, EPS, axis)
-        ndim = len(shape)
-        self.axes = tuple(i for i in range(ndim) if i != axis % ndim)
-        self.count = self.x.size // channels
-        broadcast = [1] * ndim
-        broadcast[axis] = channels
-        self.per_channel = [a.reshape(broadcast) for a in (self.gamma, self.mean, self.invstd, self.beta)]
-        # PyTorch wants the channel axis at 1: NHWC becomes a channels-last view of the same memory, no copy.
-        as_nchw = (lambda a: torch.from_numpy(np.moveaxis(a, -1, 1))) if axis == -1 else torch.from_numpy
-        self.tx, self.tdy = as_nchw(self.x), as_nchw(self.dy)
-        self.tgamma, self.tbeta = torch.from_numpy(self.gamma), torch.from_numpy(self.beta)
-        _, self.tmean, self.tinvstd = torch.ops.aten.native_batch_norm(self.tx, self.tgamma, self.tbeta, None, None,
-                                                                       True, 0.1, EPS)
-
-    def forward(self):
-        return {
-            "bnsym": lambda: bnsym.batch_norm_forward(self.x, self.gamma, self.beta, EPS, self.axis),
-            "torch": lambda: torch.ops.aten.native_batch_norm(self.tx, self.tgamma, self.tbeta, None, None, True,
-                                                              0.1, EPS),
-            "compact": lambda: baselines.compact_forward(self.x, self.per_channel[0], self.per_channel[3], EPS,
-                                                         self.axes, self.count),
-        }
-
-    def backward(self):
-        gamma, mean, invstd, _ = self.per_channel
-        return {
-            "bnsym": lambda: bnsym.batch_norm_backward(self.dy, self.x, self.gamma, self.mean, self.invstd, self.axis),
-            "torch": lambda: torch.ops.aten.native_batch_norm_backward(
-                self.tdy, self.tx, self.tgamma, None, None, self.tmean, self.tinvstd, True, EPS, [True, True, True]),
-            "staged": lambda: baselines.staged_backward(self.dy, self.x, gamma, mean, invstd, self.axes, self.count),
-            "compact": lambda: baselines.compact_backward(self.dy, self.x, gamma, mean, invstd, self.axes,
-                                                          self.count),
-        }
-
-    def check(self):
-        """Every implementation computes the same thing (else the timings would mean nothing)."""
-        tolerance = 1e-3 if self.x.dtype == np.float32 else 1e-9
-        reference = self.backward()["bnsym"]()[0]
-        scale = np.max(np.abs(reference))
-        for name, run in self.backward().items():
-            dx = run()[0]
-            dx = np.moveaxis(dx.numpy(), 1, -1) if name == "torch" and self.axis == -1 else np.asarray(dx)
-            error = np.max(np.abs(dx - reference)) / scale
-            if error > tolerance:
-                raise AssertionError(f"{name} backward differs from bnsym by {error:.1e} on {self.x.shape}")
+        versions.append(f"array-api-compat {array_api_compat.__version__}")
+    except ImportError:
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f"; load average {os.getloadavg()[0]:.2f} at the start"
+    return (f"{model}, {os.cpu_count()} cores; {', '.join(versions)}; {datetime.date.today().isoformat()}{load}; "
+            f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
 
 
 def _medians(functions: dict, repeats: int) -> dict:
@@ -133,7 +124,7 @@ def _medians(functions: dict, repeats: int) -> dict:
     names = list(functions)
     times = {name: [] for name in names}
     for name in names:
-        functions[name]()  # warm-up: first-touch page faults, lazy imports
+        functions[name]()  # warm-up: first-touch page faults, lazy imports, compilation
     for repeat in range(repeats):
         order = names[repeat % len(names):] + names[:repeat % len(names)]
         for name in order:
@@ -141,6 +132,14 @@ def _medians(functions: dict, repeats: int) -> dict:
             functions[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _threaded(threads: int, function):
+    """``function`` run on ``threads`` threads (set before every call, so that thread counts can take turns)."""
+    def run():
+        _set_threads(threads)
+        return function()
+    return run
 
 
 def _peak_extra(function, size: int) -> float:
@@ -155,30 +154,119 @@ def _peak_extra(function, size: int) -> float:
     return (peak - before) / size
 
 
-def _regeneration_seconds() -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bnsym.cli", "derive", "--check"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+# ----- 1. copy bandwidth -----
+
+def copy_bandwidth(repeats: int) -> dict:
+    """GB/s (bytes read + written) of a 256 MB copy: {threads: bandwidth} for PyTorch's copy, and NumPy's."""
+    source = np.ones(COPY_BYTES // 4, np.float32)
+    target = np.empty_like(source)
+    tsource, ttarget = torch.from_numpy(source), torch.from_numpy(target)
+    functions = {"numpy.copyto": _threaded(1, lambda: np.copyto(target, source))}
+    for threads in (1, 2):
+        functions[f"torch copy_ {threads}"] = _threaded(threads, lambda: ttarget.copy_(tsource))
+    seconds = _medians(functions, repeats)
+    bandwidth = {name: 2 * source.nbytes / s / 1e9 for name, s in seconds.items()}
+    print("Copy bandwidth, 256 MB, GB/s of bytes read + written: " + "; ".join(
+        f"{name}: {value:.1f}" for name, value in bandwidth.items()))
+    return {threads: max(bandwidth[f"torch copy_ {threads}"], bandwidth["numpy.copyto"]) for threads in (1, 2)}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 repeats instead of 15")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (overrides --quick)")
-    args = parser.parse_args(argv)
-    repeats = args.repeats or (5 if args.quick else 15)
-    torch.set_num_threads(1)
-    print(f"Machine: {_machine()}")
-    print(f"Medians of {repeats} interleaved repeats; times in ms; memory: peak extra / input size.\n")
+# ----- 2. the NumPy backend against torch and NumPy baselines -----
+
+class _Problem:
+    """One dtype and shape: the arrays for every implementation, and the callables to time."""
+
+    def __init__(self, shape, axis, dtype):
+        rng = np.random.default_rng(0)
+        self.x = rng.normal(3, 2, size=shape).astype(dtype)
+        self.dy = rng.normal(size=shape).astype(dtype)
+        channels = shape[axis]
+        self.gamma = rng.uniform(0.5, 2, size=channels).astype(dtype)
+        self.beta = rng.normal(size=channels).astype(dtype)
+        self.axis = axis
+        self.numpy = {"backend": "numpy"} if _has_backends() else {}
+        _, self.mean, self.invstd = bnsym.batch_norm_forward(self.x, self.gamma, self.beta, EPS, axis, **self.numpy)
+        ndim = len(shape)
+        self.axes = tuple(i for i in range(ndim) if i != axis % ndim)
+        self.count = self.x.size // channels
+        broadcast = [1] * ndim
+        broadcast[axis] = channels
+        self.per_channel = [a.reshape(broadcast) for a in (self.gamma, self.mean, self.invstd, self.beta)]
+        # PyTorch wants the channel axis at 1: NHWC becomes a channels-last view of the same memory, no copy.
+        as_nchw = (lambda a: torch.from_numpy(np.moveaxis(a, -1, 1))) if axis == -1 else torch.from_numpy
+        self.tx, self.tdy = as_nchw(self.x), as_nchw(self.dy)
+        self.tgamma, self.tbeta = torch.from_numpy(self.gamma), torch.from_numpy(self.beta)
+        _, self.tmean, self.tinvstd = torch.ops.aten.native_batch_norm(self.tx, self.tgamma, self.tbeta, None, None,
+                                                                       True, 0.1, EPS)
+        # The array-API backend takes torch tensors in bnsym's own layout (NHWC with axis=-1).
+        self.ax, self.ady = torch.from_numpy(self.x), torch.from_numpy(self.dy)
+
+    def torch_forward(self):
+        return torch.ops.aten.native_batch_norm(self.tx, self.tgamma, self.tbeta, None, None, True, 0.1, EPS)
+
+    def torch_backward(self):
+        return torch.ops.aten.native_batch_norm_backward(self.tdy, self.tx, self.tgamma, None, None, self.tmean,
+                                                         self.tinvstd, True, EPS, [True, True, True])
+
+    def bnsym_forward(self, backend):
+        if backend == "array_api":
+            return lambda: bnsym.batch_norm_forward(self.ax, self.tgamma, self.tbeta, EPS, self.axis,
+                                                    backend=backend)
+        kwargs = {"backend": backend} if _has_backends() else {}
+        return lambda: bnsym.batch_norm_forward(self.x, self.gamma, self.beta, EPS, self.axis, **kwargs)
+
+    def bnsym_backward(self, backend):
+        if backend == "array_api":
+            mean, invstd = torch.from_numpy(self.mean), torch.from_numpy(self.invstd)
+            return lambda: bnsym.batch_norm_backward(self.ady, self.ax, self.tgamma, mean, invstd, self.axis,
+                                                     backend=backend)
+        kwargs = {"backend": backend} if _has_backends() else {}
+        return lambda: bnsym.batch_norm_backward(self.dy, self.x, self.gamma, self.mean, self.invstd, self.axis,
+                                                 **kwargs)
+
+    def forward(self):
+        return {
+            "bnsym": self.bnsym_forward("numpy"),
+            "torch": self.torch_forward,
+            "compact": lambda: baselines.compact_forward(self.x, self.per_channel[0], self.per_channel[3], EPS,
+                                                         self.axes, self.count),
+        }
+
+    def backward(self):
+        gamma, mean, invstd, _ = self.per_channel
+        return {
+            "bnsym": self.bnsym_backward("numpy"),
+            "torch": self.torch_backward,
+            "staged": lambda: baselines.staged_backward(self.dy, self.x, gamma, mean, invstd, self.axes, self.count),
+            "compact": lambda: baselines.compact_backward(self.dy, self.x, gamma, mean, invstd, self.axes,
+                                                          self.count),
+        }
+
+    def check(self, backward: dict):
+        """Every implementation computes the same dx (else the timings would mean nothing)."""
+        tolerance = 1e-3 if self.x.dtype == np.float32 else 1e-9
+        reference = self.bnsym_backward("numpy")()[0]
+        scale = np.max(np.abs(reference))
+        for name, run in backward.items():
+            dx = run()[0]
+            if isinstance(dx, torch.Tensor):
+                dx = np.moveaxis(dx.numpy(), 1, -1) if name.startswith("torch") and self.axis == -1 else dx.numpy()
+            error = np.max(np.abs(np.asarray(dx) - reference)) / scale
+            if error > tolerance:
+                raise AssertionError(f"{name} backward differs from bnsym by {error:.1e} on {self.x.shape}")
+
+
+def numpy_backend_table(repeats: int) -> None:
+    print("\n## The NumPy backend, one thread (PyTorch on one thread)\n")
     print("| dtype | shape | fwd bnsym | fwd torch | **fwd bnsym/torch** | fwd compact | bwd bnsym | bwd torch | "
           "**bwd bnsym/torch** | bwd staged | bwd compact | **staged/bnsym** | compact/bnsym | mem fwd | "
           "**mem bwd** |")
     print("|" + "---|" * 15)
+    _set_threads(1)
     for dtype in (np.float32, np.float64):
         for shape, axis, label in SHAPES:
             problem = _Problem(shape, axis, dtype)
-            problem.check()
+            problem.check(problem.backward())
             forward = _medians(problem.forward(), repeats)
             backward = _medians(problem.backward(), repeats)
             size = problem.x.nbytes
@@ -192,8 +280,239 @@ def main(argv=None) -> None:
                   f"{ms['compact']:.2f} | **{backward['staged'] / backward['bnsym']:.1f}x** | "
                   f"{backward['compact'] / backward['bnsym']:.1f}x | {memory_forward:.2f} | "
                   f"**{memory_backward:.2f}** |", flush=True)
-    print(f"\nRegenerating every derivation (`python -m bnsym.cli derive --check`, fresh process): "
-          f"{_regeneration_seconds():.1f} s")
+
+
+# ----- 3. every backend against torch, 1 and 2 threads -----
+
+def _available_backends() -> list[str]:
+    if not _has_backends():
+        print("(skipped: this bnsym's public functions take no backend= argument)")
+        return []
+    backends = []
+    if numba is not None:
+        backends.append("numba")
+    else:
+        print('(backend="numba" skipped: Numba is not installed; pip install "bnsym[fast]")')
+    try:
+        import array_api_compat  # noqa: F401
+
+        backends.append("array_api")
+    except ImportError:
+        print('(backend="array_api" skipped: array-api-compat is not installed; pip install "bnsym[array-api]")')
+    return backends
+
+
+def backends_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) -> None:
+    print("\n## Every backend against PyTorch's native kernels, float32 (threads: torch and numba alike)\n")
+    backends = _available_backends()
+    if not backends:
+        return
+    names = {"numba": "numba", "array_api": "array-API on torch"}
+    header = ["threads", "shape", "fwd torch"]
+    for backend in backends:
+        header += [f"fwd {names[backend]}", f"**fwd {backend}/torch**"]
+    header += ["bwd torch"]
+    for backend in backends:
+        header += [f"bwd {names[backend]}", f"**bwd {backend}/torch**"]
+    header += ["fwd torch % copy", "bwd torch % copy"]
+    for backend in backends:
+        if backend == "numba":
+            header += ["**fwd numba % copy**", "**bwd numba % copy**"]
+    if "numba" in backends:
+        header += ["mem bwd numba"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for shape, axis, label in SHAPES:
+        problem = _Problem(shape, axis, np.float32)
+        backward_runs = {"torch": problem.torch_backward}
+        backward_runs.update({backend: problem.bnsym_backward(backend) for backend in backends})
+        problem.check(backward_runs)
+        forward_functions, backward_functions = {}, {}
+        for threads in thread_counts:
+            forward_functions[("torch", threads)] = _threaded(threads, problem.torch_forward)
+            backward_functions[("torch", threads)] = _threaded(threads, problem.torch_backward)
+            for backend in backends:
+                forward_functions[(backend, threads)] = _threaded(threads, problem.bnsym_forward(backend))
+                backward_functions[(backend, threads)] = _threaded(threads, problem.bnsym_backward(backend))
+        forward = _medians(forward_functions, repeats)
+        backward = _medians(backward_functions, repeats)
+        memory = None
+        if "numba" in backends:
+            _set_threads(1)
+            memory = _peak_extra(problem.bnsym_backward("numba"), problem.x.nbytes)
+        for threads in thread_counts:
+            def fraction(seconds, traffic, threads=threads, size=problem.x.nbytes):
+                return 100 * traffic * size / seconds / 1e9 / bandwidth[threads]
+            row = [str(threads), label, f"{1e3 * forward[('torch', threads)]:.2f}"]
+            for backend in backends:
+                seconds = forward[(backend, threads)]
+                row += [f"{1e3 * seconds:.2f}", f"**{seconds / forward[('torch', threads)]:.2f}x**"]
+            row.append(f"{1e3 * backward[('torch', threads)]:.2f}")
+            for backend in backends:
+                seconds = backward[(backend, threads)]
+                row += [f"{1e3 * seconds:.2f}", f"**{seconds / backward[('torch', threads)]:.2f}x**"]
+            row += [f"{fraction(forward[('torch', threads)], FORWARD_TRAFFIC):.0f}%",
+                    f"{fraction(backward[('torch', threads)], BACKWARD_TRAFFIC):.0f}%"]
+            if "numba" in backends:
+                row += [f"**{fraction(forward[('numba', threads)], FORWARD_TRAFFIC):.0f}%**",
+                        f"**{fraction(backward[('numba', threads)], BACKWARD_TRAFFIC):.0f}%**"]
+                row.append(f"{memory:.2f}")
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+# ----- 4. the normalisation family -----
+
+def _family_cases():
+    """(label, bnsym module name, bnsym calls, torch calls) for each family layer and shape, built lazily."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for shape in ((4096, 1024), (8, 1024, 4096)):
+        features = shape[-1]
+        x = rng.normal(3, 2, size=shape).astype(np.float32)
+        dy = rng.normal(size=shape).astype(np.float32)
+        gamma = rng.uniform(0.5, 2, size=features).astype(np.float32)
+        beta = rng.normal(size=features).astype(np.float32)
+        tx, tdy, tg, tb = (torch.from_numpy(a) for a in (x, dy, gamma, beta))
+        _, tmean, trstd = torch.ops.aten.native_layer_norm(tx, [features], tg, tb, EPS)
+        _, trms = torch.ops.aten._fused_rms_norm(tx, [features], tg, EPS)
+
+        def layer_norm(x=x, dy=dy, gamma=gamma, beta=beta):
+            module = bnsym.layer_norm
+            _, mean, invstd = module.forward(x, gamma, beta, EPS, -1)
+            return (lambda: module.forward(x, gamma, beta, EPS, -1),
+                    lambda: module.backward(dy, x, gamma, mean, invstd, -1))
+
+        def rms_norm(x=x, dy=dy, gamma=gamma):
+            module = bnsym.rms_norm
+            _, invrms = module.forward(x, gamma, EPS, -1)
+            return (lambda: module.forward(x, gamma, EPS, -1), lambda: module.backward(dy, x, gamma, invrms, -1))
+
+        cases.append((f"layer norm {shape}", "layer_norm", layer_norm,
+                      (lambda tx=tx, tg=tg, tb=tb, f=features: torch.ops.aten.native_layer_norm(tx, [f], tg, tb, EPS),
+                       lambda tdy=tdy, tx=tx, tg=tg, tb=tb, m=tmean, r=trstd, f=features:
+                       torch.ops.aten.native_layer_norm_backward(tdy, tx, [f], m, r, tg, tb, [True, True, True]))))
+        cases.append((f"RMS norm {shape}", "rms_norm", rms_norm,
+                      (lambda tx=tx, tg=tg, f=features: torch.ops.aten._fused_rms_norm(tx, [f], tg, EPS),
+                       lambda tdy=tdy, tx=tx, tg=tg, r=trms, f=features:
+                       torch.ops.aten._fused_rms_norm_backward(tdy, tx, [f], r, tg, [True, True]))))
+    shape, groups = (32, 64, 56, 56), 32
+    x = rng.normal(3, 2, size=shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    gamma = rng.uniform(0.5, 2, size=shape[1]).astype(np.float32)
+    beta = rng.normal(size=shape[1]).astype(np.float32)
+    tx, tdy, tg, tb = (torch.from_numpy(a) for a in (x, dy, gamma, beta))
+    n, c, hw = shape[0], shape[1], shape[2] * shape[3]
+    _, tmean, trstd = torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS)
+
+    def group_norm():
+        module = bnsym.group_norm
+        _, mean, invstd = module.forward(x, gamma, beta, groups, EPS, axis=1)
+        return (lambda: module.forward(x, gamma, beta, groups, EPS, axis=1),
+                lambda: module.backward(dy, x, gamma, mean, invstd, groups, axis=1))
+
+    cases.append((f"group norm {shape}, {groups} groups", "group_norm", group_norm,
+                  (lambda: torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS),
+                   lambda: torch.ops.aten.native_group_norm_backward(tdy, tx, tmean, trstd, tg, n, c, hw, groups,
+                                                                     [True, True, True]))))
+    return cases
+
+
+def family_table(repeats: int, thread_counts: tuple[int, ...]) -> None:
+    print("\n## The normalisation family against PyTorch's native kernels, float32 (bnsym's default backend)\n")
+    print("| threads | layer, shape | fwd torch | fwd bnsym | **fwd bnsym/torch** | bwd torch | bwd bnsym | "
+          "**bwd bnsym/torch** |")
+    print("|" + "---|" * 8)
+    for label, module, make, (torch_forward, torch_backward) in _family_cases():
+        if not hasattr(bnsym, module):
+            print(f"| | {label} | skipped: bnsym.{module} does not exist in this version |||||||")
+            continue
+        try:
+            bnsym_forward, bnsym_backward = make()
+            bnsym_forward()
+            bnsym_backward()
+        except (AttributeError, TypeError) as error:
+            print(f"| | {label} | skipped: bnsym.{module}'s functions take other arguments ({error}) |||||||")
+            continue
+        forward_functions, backward_functions = {}, {}
+        for threads in thread_counts:
+            forward_functions[("torch", threads)] = _threaded(threads, torch_forward)
+            forward_functions[("bnsym", threads)] = _threaded(threads, bnsym_forward)
+            backward_functions[("torch", threads)] = _threaded(threads, torch_backward)
+            backward_functions[("bnsym", threads)] = _threaded(threads, bnsym_backward)
+        forward = _medians(forward_functions, repeats)
+        backward = _medians(backward_functions, repeats)
+        for threads in thread_counts:
+            ft, fb = forward[("torch", threads)], forward[("bnsym", threads)]
+            bt, bb = backward[("torch", threads)], backward[("bnsym", threads)]
+            print(f"| {threads} | {label} | {1e3 * ft:.2f} | {1e3 * fb:.2f} | **{fb / ft:.2f}x** | {1e3 * bt:.2f} | "
+                  f"{1e3 * bb:.2f} | **{bb / bt:.2f}x** |", flush=True)
+
+
+# ----- 5. compile and regeneration time -----
+
+_FIRST_CALL = """
+import time
+start = time.perf_counter()
+import numpy as np, bnsym
+x = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+gamma = np.ones(16, np.float32)
+imported = time.perf_counter()
+y, mean, invstd = bnsym.batch_norm_forward(x, gamma, gamma, backend="numba")
+forward = time.perf_counter()
+bnsym.batch_norm_backward(x, x, gamma, mean, invstd, backend="numba")
+backward = time.perf_counter()
+print(imported - start, forward - imported, backward - forward)
+"""
+
+
+def compile_times() -> None:
+    if numba is None or not _has_backends():
+        print("\nCompiled backend: first-call time not measured (Numba is not installed, or no backend= argument)")
+        return
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        results = []
+        for _ in ("compile", "load"):
+            run = subprocess.run([sys.executable, "-c", _FIRST_CALL], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, check=True, timeout=900)
+            results.append([float(t) for t in run.stdout.split()])
+    (_, compile_forward, compile_backward), (_, load_forward, load_backward) = results
+    print(f"\nCompiled backend, first call in a fresh process (float32; Numba's disk cache in an empty directory): "
+          f"forward {compile_forward:.1f} s and backward {compile_backward:.1f} s to compile; from the cache in the "
+          f"next process: forward {load_forward:.2f} s, backward {load_backward:.2f} s")
+
+
+def _regeneration_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bnsym.cli", "derive", "--check"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 repeats instead of 15")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (overrides --quick)")
+    parser.add_argument("--threads", default="1,2", help="thread counts for tables 3 and 4 (default 1,2)")
+    parser.add_argument("--only", choices=["copy", "numpy", "backends", "family", "compile"], action="append",
+                        help="run only these tables (repeatable; the copy bandwidth is always measured)")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 15)
+    thread_counts = tuple(int(t) for t in args.threads.split(","))
+    chosen = set(args.only or ["copy", "numpy", "backends", "family", "compile"])
+    print(f"Machine: {_machine()}")
+    print(f"Medians of {repeats} interleaved repeats; times in ms; memory: peak extra / input size.\n")
+    bandwidth = copy_bandwidth(repeats)
+    if "numpy" in chosen:
+        numpy_backend_table(repeats)
+    if "backends" in chosen:
+        backends_table(repeats, bandwidth, thread_counts)
+    if "family" in chosen:
+        family_table(repeats, thread_counts)
+    if "compile" in chosen:
+        compile_times()
+        print(f"\nRegenerating every derivation (`python -m bnsym.cli derive --check`, fresh process): "
+              f"{_regeneration_seconds():.1f} s")
 
 
 if __name__ == "__main__":

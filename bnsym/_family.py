@@ -22,20 +22,20 @@ float16, a mean near 300 loses its fraction and the backward that reuses it its 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from bnsym import _validation as v
+from bnsym._backends import Backend, resolve
 from bnsym._family_layout import GroupLayout
 
 __all__ = ["Layer"]
 
 _FIELDS = ("x", "dy")
 _OPTIONAL_FIELDS = ("ggx", "tx")
-_AFFINE = {"gamma": np.ones, "beta": np.zeros}  # the value of a parameter that is None
+_AFFINE = {"gamma": 1, "beta": 0}  # the value of a parameter that is None
 _PARAMETER_DIRECTIONS = {"gggamma": "gamma", "ggbeta": "beta", "tgamma": "gamma", "tbeta": "beta"}
 _STATISTICS = ("mean", "invstd", "invrms")
 _FIELD_RESULTS = ("y", "dx", "gx", "gdy", "ty")
@@ -59,51 +59,54 @@ class Layer:
     min_ndim: int = 2
     single_value_error: str | None = None
 
-    def run(self, verb: str, arguments: dict, *, eps=_NO_EPS, **options) -> tuple:
-        """Validate ``arguments`` (the public function's, by name), call the kernel ``<name>_<verb>``, and return
-        its results arranged as the caller sees them, in the kernel's order."""
-        x = v.as_float_array(arguments["x"], "x", min_ndim=self.min_ndim)
-        layout = self.layout(x.shape, **options)
-        arrays = {"x": x}
+    def run(self, verb: str, arguments: dict, *, eps=_NO_EPS, backend="auto", **options) -> tuple:
+        """Validate ``arguments`` (the public function's, by name), call the kernel ``<name>_<verb>`` of the
+        ``backend`` (:mod:`bnsym._backends`), and return its results arranged as the caller sees them, in the
+        kernel's order."""
+        arrays = _Arrays(resolve(backend, arguments["x"]))
+        x = arrays.input(arguments["x"], "x", min_ndim=self.min_ndim)
+        layout = self.layout(tuple(x.shape), **options)
+        fields = {"x": x}
         if "dy" in arguments:
-            arrays["dy"] = v.check_same_shape(arguments["dy"], "dy", x.shape)
-        dtype = v.compute_dtype(np.result_type(*arrays.values()))
-        prepared = {name: layout.field(array, dtype) for name, array in arrays.items()}
+            fields["dy"] = arrays.same_shape(arguments["dy"], "dy", layout.shape)
+        dtype = arrays.compute_dtype(*fields.values())
+        prepared = {name: arrays.field(layout, array, dtype) for name, array in fields.items()}
         if eps is not _NO_EPS:
-            prepared["eps"] = dtype.type(v.check_eps(eps, dtype))
+            prepared["eps"] = arrays.eps(eps, dtype)
         absent = set()  # the parameters that are None: no affine part
         for name, value in arguments.items():
             if name in _FIELDS:
                 continue
             if name in _OPTIONAL_FIELDS:
-                prepared[name] = (np.zeros(layout.grouped, dtype) if value is None
-                                  else layout.field(v.check_same_shape(value, name, x.shape), dtype))
+                prepared[name] = (arrays.full(layout.grouped, 0, dtype) if value is None
+                                  else arrays.field(layout, arrays.same_shape(value, name, layout.shape), dtype))
             elif name in _AFFINE:
                 if value is None:
                     absent.add(name)
-                    prepared[name] = _AFFINE[name](layout.parameter_broadcast, dtype)
+                    prepared[name] = arrays.full(layout.parameter_broadcast, _AFFINE[name], dtype)
                 else:
-                    prepared[name] = layout.parameter(value, name, dtype)
+                    prepared[name] = arrays.parameter(layout, value, name, dtype)
             elif name in _PARAMETER_DIRECTIONS:
-                prepared[name] = self._direction(layout, name, value, arguments, dtype)
+                prepared[name] = self._direction(arrays, layout, name, value, arguments, dtype)
             elif name in _STATISTICS:
-                prepared[name] = layout.statistic(value, name, dtype)
+                prepared[name] = arrays.statistic(layout, value, name, dtype)
             else:
                 raise RuntimeError(f"bnsym.{self.name}.{verb} passed an argument {name!r} that has no role here")
         self._require_values(layout)
-        kernel, inputs, outputs = self._kernel(verb, set(prepared))
-        results = kernel(*(layout.reducer() if name == "reducer" else prepared[name] for name in inputs))
-        return tuple(self._result(layout, name, result, x.dtype, absent) for name, result in zip(outputs, results))
+        kernel, inputs, outputs = self._kernel(verb, set(prepared), arrays.backend)
+        results = kernel(*(arrays.reducer(layout) if name == "reducer" else prepared[name] for name in inputs))
+        return tuple(self._result(arrays, layout, name, result, x.dtype, absent)
+                     for name, result in zip(outputs, results))
 
-    def _direction(self, layout: GroupLayout, name: str, value, arguments: dict, dtype) -> np.ndarray:
+    def _direction(self, arrays: _Arrays, layout: GroupLayout, name: str, value, arguments: dict, dtype):
         """A cotangent or tangent of a parameter: None means zero; given for a parameter that is None, refused."""
         parameter = _PARAMETER_DIRECTIONS[name]
         if value is None:
-            return np.zeros(layout.parameter_broadcast, dtype)
+            return arrays.full(layout.parameter_broadcast, 0, dtype)
         if parameter in arguments and arguments[parameter] is None:
             raise ValueError(f"{name} was given, but {parameter} is None: the layer has no {parameter}, so {name} "
                              f"has nothing to belong to; pass {name}=None")
-        return layout.parameter(value, name, dtype)
+        return arrays.parameter(layout, value, name, dtype)
 
     def _require_values(self, layout: GroupLayout) -> None:
         if layout.count == 0:
@@ -112,9 +115,8 @@ class Layer:
         if layout.count == 1 and self.single_value_error is not None:
             raise ValueError(self.single_value_error.format(where=layout.where))
 
-    def _kernel(self, verb: str, available: set[str]):
-        # Imported on first use, not with bnsym, so that `bnsym derive` can regenerate a broken or missing module.
-        module = importlib.import_module(f"bnsym._generated.{self.name}")
+    def _kernel(self, verb: str, available: set[str], backend: Backend):
+        module = backend.kernels(self.name)
         name = f"{self.name}_{verb}"
         inputs, outputs = module.SIGNATURES[name]
         wanted = set(inputs) - {"reducer"}
@@ -123,12 +125,96 @@ class Layer:
                                f"{name} takes {list(inputs)}: the public function and the kernel disagree")
         return getattr(module, name), inputs, outputs
 
-    def _result(self, layout: GroupLayout, name: str, value: np.ndarray, dtype, absent: set[str]):
+    def _result(self, arrays: _Arrays, layout: GroupLayout, name: str, value, dtype, absent: set[str]):
         if name in _FIELD_RESULTS:
-            return layout.field_result(value, dtype)
+            return arrays.result(value, layout.shape, dtype)
         if name in _STATISTICS:
-            return layout.statistics_result(value)
+            return arrays.result(value, layout.statistics_shape)
         if name in _PARAMETER_GRADIENTS:
-            return None if _PARAMETER_GRADIENTS[name] in absent else layout.parameter_result(value, dtype)
+            return None if _PARAMETER_GRADIENTS[name] in absent else arrays.result(value, layout.parameter_shape, dtype)
         raise RuntimeError(f"the generated kernels of {self.name} returned {name!r}, which has no role in "
                            f"bnsym.{self.name}")
+
+
+class _Arrays:
+    """The array handling of one call, in the library of its backend: NumPy for the NumPy-based backends (through
+    :class:`GroupLayout`'s own methods), the array-API namespace ``xp`` otherwise (the same steps, with ``xp``;
+    arrays that are not of x's library are converted to it, on x's device)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.numpy = backend.is_numpy
+        self.xp = backend.xp
+        self.device = None
+
+    def input(self, value, name: str, *, min_ndim: int = 0):
+        if self.numpy:
+            return v.as_float_array(value, name, min_ndim=min_ndim)
+        from array_api_compat import device
+
+        from bnsym._layout import xp_float_array
+
+        array = xp_float_array(self.xp, value, name, min_ndim=min_ndim, device=self.device)
+        if self.device is None:
+            self.device = device(array)
+        return array
+
+    def same_shape(self, value, name: str, shape: tuple[int, ...]):
+        if self.numpy:
+            return v.check_same_shape(value, name, shape)
+        array = self.input(value, name)
+        if tuple(array.shape) != shape:
+            raise ValueError(f"{name} must have the same shape as x, {shape}, got shape {tuple(array.shape)}")
+        return array
+
+    def compute_dtype(self, *arrays):
+        if self.numpy:
+            return v.compute_dtype(np.result_type(*arrays))
+        dtype = self.xp.result_type(*arrays)
+        return self.xp.float32 if dtype == self.xp.float16 else dtype
+
+    def eps(self, value, dtype):
+        if self.numpy:
+            return dtype.type(v.check_eps(value, dtype))
+        name = next(n for n in ("float16", "float32", "float64") if dtype == getattr(self.xp, n))
+        return float(v.check_eps(value, np.dtype(name)))  # a Python float takes the arrays' dtype
+
+    def full(self, shape, value, dtype):
+        if self.numpy:
+            return np.full(shape, value, dtype)
+        return self.xp.full(shape, value, dtype=dtype, device=self.device)
+
+    def field(self, layout: GroupLayout, array, dtype):
+        if self.numpy:
+            return layout.field(array, dtype)
+        return self.xp.reshape(self.xp.astype(array, dtype, copy=False), layout.grouped)
+
+    def _shaped(self, layout: GroupLayout, value, name: str, shape, broadcast, meaning: str, dtype):
+        array = self.input(value, name)
+        if tuple(array.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, {meaning} ({layout.where}), got shape "
+                             f"{tuple(array.shape)}")
+        return self.xp.reshape(self.xp.astype(array, dtype, copy=False), broadcast)
+
+    def parameter(self, layout: GroupLayout, value, name: str, dtype):
+        if self.numpy:
+            return layout.parameter(value, name, dtype)
+        return self._shaped(layout, value, name, layout.parameter_shape, layout.parameter_broadcast,
+                            layout.parameter_meaning, dtype)
+
+    def statistic(self, layout: GroupLayout, value, name: str, dtype):
+        if self.numpy:
+            return layout.statistic(value, name, dtype)
+        return self._shaped(layout, value, name, layout.statistics_shape, layout.statistics_broadcast,
+                            layout.statistics_meaning, dtype)
+
+    def reducer(self, layout: GroupLayout):
+        return self.backend.reducer(layout.axes, layout.count, layout.parameter_axes)
+
+    def result(self, array, shape, dtype=None):
+        """A kernel's result in the caller's shape (and dtype, if given)."""
+        if self.numpy:
+            array = np.reshape(array, shape)
+            return array if dtype is None else array.astype(dtype, copy=False)
+        array = self.xp.reshape(array, shape)
+        return array if dtype is None else self.xp.astype(array, dtype, copy=False)

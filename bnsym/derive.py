@@ -41,6 +41,39 @@ def _layer_module(name: str) -> Callable[[], str]:
     return render
 
 
+def _layer_numba_module(name: str) -> Callable[[], str]:
+    def render() -> str:
+        from bnsym.codegen.layer_kernels import kernels
+        from bnsym.codegen.module import render_numba_module
+        from bnsym.symbolic.layers import LAYERS
+
+        title = LAYERS[name].title
+        docstring = (
+            f"{title} kernels compiled by Numba: fused loops printed from the same derivation as\n"
+            f"bnsym._generated.{name} (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
+            "Imported only by backend=\"numba\" (the `fast` extra). Compiled on first use and cached on disk.\n")
+        return render_numba_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
+                                   numpy_module=f"bnsym._generated.{name}")
+    return render
+
+
+def _layer_array_api_module(name: str) -> Callable[[], str]:
+    def render() -> str:
+        from bnsym.codegen.layer_kernels import kernels
+        from bnsym.codegen.module import render_array_api_module
+        from bnsym.symbolic.layers import LAYERS
+
+        title = LAYERS[name].title
+        docstring = (
+            f"{title} kernels for any array library (the array API standard, through array-api-compat), printed\n"
+            f"from the same derivation as bnsym._generated.{name} (bnsym.codegen.array_api_printer says how).\n\n"
+            "Each kernel computes with the namespace of its first argument and returns arrays of that library on\n"
+            "the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by "
+            "backend=\"array_api\".\n")
+        return render_array_api_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring)
+    return render
+
+
 def _layer_document(name: str) -> Callable[[], str]:
     def render() -> str:
         from bnsym.document import render_layer_document
@@ -56,11 +89,14 @@ def _generated_files() -> tuple[GeneratedFile, ...]:
     files = []
     for name in LAYERS:
         files.append(GeneratedFile(f"bnsym/_generated/{name}.py", _layer_module(name)))
+        files.append(GeneratedFile(f"bnsym/_generated/{name}_numba.py", _layer_numba_module(name)))
+        files.append(GeneratedFile(f"bnsym/_generated/{name}_array_api.py", _layer_array_api_module(name)))
         files.append(GeneratedFile(f"derivations/{name}.md", _layer_document(name)))
     return tuple(files)
 
 
-#: Every generated file: for each registered layer, its kernels module and its derivation document.
+#: Every generated file: for each registered layer, its kernel modules (NumPy, Numba, array API) and its derivation
+#: document.
 GENERATED_FILES: tuple[GeneratedFile, ...] = _generated_files()
 
 

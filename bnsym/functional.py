@@ -14,13 +14,13 @@ The wrappers only validate, arrange axes for broadcasting and cast; all arithmet
 
 from __future__ import annotations
 
-from bnsym._layout import affine_inputs, generated_kernels, gradient_inputs
+from bnsym._layout import affine_inputs, gradient_inputs
 
 __all__ = ["batch_norm_backward", "batch_norm_forward"]
 
 
 
-def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
+def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto"):
     """Training-mode batch norm.
 
     Returns ``(y, mean, invstd)``: ``y = gamma * (x - mean) * invstd + beta`` with the batch mean and
@@ -33,14 +33,14 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1):
     >>> np.round(y, 4).tolist(), mean.tolist()
     ([[-1.0, -1.0], [1.0, 1.0]], [2.0, 20.0])
     """
-    x, layout, eps, dtype, gamma, beta = affine_inputs(x, gamma, beta, eps, axis)
+    x, layout, eps, dtype, gamma, beta = affine_inputs(x, gamma, beta, eps, axis, backend)
     layout.require_training_batch()
-    y, mean, invstd = generated_kernels().batch_norm_forward(x.astype(dtype, copy=False), gamma, beta,
-                                                             dtype.type(eps), layout.reducer)
-    return y.astype(x.dtype, copy=False), mean.reshape(-1), invstd.reshape(-1)
+    y, mean, invstd = layout.kernels.batch_norm_forward(layout.cast(x, dtype), gamma, beta, layout.scalar(eps, dtype),
+                                                        layout.reducer)
+    return layout.cast(y, x.dtype), layout.flat(mean), layout.flat(invstd)
 
 
-def batch_norm_backward(dy, x, gamma, mean, invstd, axis: int = 1):
+def batch_norm_backward(dy, x, gamma, mean, invstd, axis: int = 1, *, backend: str = "auto"):
     """Training-mode backward for the upstream gradient ``dy``.
 
     ``mean`` and ``invstd`` are the values returned by :func:`batch_norm_forward` (shape (C,)). Returns
@@ -52,12 +52,12 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, axis: int = 1):
 
     where x_hat = (x - mean) * invstd and the sums run over each channel's M values.
     """
-    x, layout, dy, dtype = gradient_inputs(dy, x, axis)
+    x, layout, dy, dtype = gradient_inputs(dy, x, axis, backend)
     gamma = layout.channel(gamma, "gamma", dtype)
     mean = layout.channel(mean, "mean", dtype)
     invstd = layout.channel(invstd, "invstd", dtype)
     layout.require_training_batch()
-    dx, dgamma, dbeta = generated_kernels().batch_norm_backward(
-        dy.astype(dtype, copy=False), x.astype(dtype, copy=False), gamma, mean, invstd, layout.reducer)
+    dx, dgamma, dbeta = layout.kernels.batch_norm_backward(layout.cast(dy, dtype), layout.cast(x, dtype), gamma, mean,
+                                                          invstd, layout.reducer)
     out = x.dtype
-    return dx.astype(out, copy=False), dgamma.reshape(-1).astype(out), dbeta.reshape(-1).astype(out)
+    return layout.cast(dx, out), layout.flat(dgamma, out), layout.flat(dbeta, out)

@@ -27,7 +27,7 @@ __all__ = ["backward", "double_backward", "forward", "jvp"]
 _LAYER = Layer("group_norm", group_layout)
 
 
-def forward(x, gamma, beta, num_groups: int, eps: float = 1e-5, axis: int = 1):
+def forward(x, gamma, beta, num_groups: int, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto"):
     """Group norm of x: ``(y, mean, invstd)`` with the statistics of shape (N, num_groups).
 
     >>> import numpy as np, bnsym
@@ -36,27 +36,30 @@ def forward(x, gamma, beta, num_groups: int, eps: float = 1e-5, axis: int = 1):
     >>> np.round(y, 6).tolist(), mean.tolist()
     ([[-1.0, 1.0, -1.0, 1.0]], [[2.0, 20.0]])
     """
-    return _LAYER.run("forward", dict(x=x, gamma=gamma, beta=beta), eps=eps, axis=axis, num_groups=num_groups)
+    return _LAYER.run("forward", dict(x=x, gamma=gamma, beta=beta), eps=eps, axis=axis, num_groups=num_groups,
+                      backend=backend)
 
 
-def backward(dy, x, gamma, mean, invstd, num_groups: int, axis: int = 1):
+def backward(dy, x, gamma, mean, invstd, num_groups: int, axis: int = 1, *, backend: str = "auto"):
     """The gradients for the upstream gradient ``dy``: ``(dx, dgamma, dbeta)``, from the ``mean`` and ``invstd``
     that :func:`forward` returned. dgamma is None when ``gamma`` is None; dbeta is always computed (the backward
     does not see beta: drop it when the layer has no bias)."""
     return _LAYER.run("backward", dict(dy=dy, x=x, gamma=gamma, mean=mean, invstd=invstd), axis=axis,
-                      num_groups=num_groups)
+                      num_groups=num_groups, backend=backend)
 
 
-def double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, num_groups: int, axis: int = 1):
+def double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, num_groups: int, axis: int = 1, *,
+                    backend: str = "auto"):
     """The double backward: the gradients of ``<ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta>`` with respect to
     x, gamma and dy, ``(gx, ggamma, gdy)``. Any cotangent may be None, meaning zero; ggamma is None when ``gamma``
     is None."""
     return _LAYER.run("double_backward", dict(ggx=ggx, gggamma=gggamma, ggbeta=ggbeta, dy=dy, x=x, gamma=gamma,
-                                              mean=mean, invstd=invstd), axis=axis, num_groups=num_groups)
+                                              mean=mean, invstd=invstd), axis=axis, num_groups=num_groups,
+                      backend=backend)
 
 
-def jvp(x, gamma, beta, tx, tgamma, tbeta, num_groups: int, eps: float = 1e-5, axis: int = 1):
+def jvp(x, gamma, beta, tx, tgamma, tbeta, num_groups: int, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto"):
     """Forward mode: ``(y, ty)``, the output and its directional derivative along ``(tx, tgamma, tbeta)`` (tx
     shaped like x, tgamma and tbeta of shape (C,); None means zero)."""
     return _LAYER.run("jvp", dict(x=x, gamma=gamma, beta=beta, tx=tx, tgamma=tgamma, tbeta=tbeta), eps=eps,
-                      axis=axis, num_groups=num_groups)
+                      axis=axis, num_groups=num_groups, backend=backend)

@@ -27,7 +27,7 @@ __all__ = ["backward", "double_backward", "forward", "jvp"]
 _LAYER = Layer("layer_norm", normalised_axes_layout, min_ndim=1)
 
 
-def forward(x, gamma, beta, eps: float = 1e-5, axis=-1):
+def forward(x, gamma, beta, eps: float = 1e-5, axis=-1, *, backend: str = "auto"):
     """Layer norm of x: ``(y, mean, invstd)``, the statistics of each row of shape x.shape[:-k].
 
     >>> import numpy as np, bnsym
@@ -36,26 +36,26 @@ def forward(x, gamma, beta, eps: float = 1e-5, axis=-1):
     >>> np.round(y, 6).tolist(), mean.tolist()
     ([[-1.0, 1.0], [-1.0, 1.0]], [2.0, 20.0])
     """
-    return _LAYER.run("forward", dict(x=x, gamma=gamma, beta=beta), eps=eps, axis=axis)
+    return _LAYER.run("forward", dict(x=x, gamma=gamma, beta=beta), eps=eps, axis=axis, backend=backend)
 
 
-def backward(dy, x, gamma, mean, invstd, axis=-1):
+def backward(dy, x, gamma, mean, invstd, axis=-1, *, backend: str = "auto"):
     """The gradients for the upstream gradient ``dy``: ``(dx, dgamma, dbeta)``, from the ``mean`` and ``invstd``
     that :func:`forward` returned. dgamma is None when ``gamma`` is None; dbeta is always computed (the backward
     does not see beta: drop it when the layer has no bias)."""
-    return _LAYER.run("backward", dict(dy=dy, x=x, gamma=gamma, mean=mean, invstd=invstd), axis=axis)
+    return _LAYER.run("backward", dict(dy=dy, x=x, gamma=gamma, mean=mean, invstd=invstd), axis=axis, backend=backend)
 
 
-def double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axis=-1):
+def double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axis=-1, *, backend: str = "auto"):
     """The double backward: the gradients of ``<ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta>`` with respect to
     x, gamma and dy, ``(gx, ggamma, gdy)``, as ``torch.autograd.grad(..., create_graph=True)`` gives them. Any of
     the three cotangents may be None, meaning zero; ggamma is None when ``gamma`` is None."""
     return _LAYER.run("double_backward", dict(ggx=ggx, gggamma=gggamma, ggbeta=ggbeta, dy=dy, x=x, gamma=gamma,
-                                              mean=mean, invstd=invstd), axis=axis)
+                                              mean=mean, invstd=invstd), axis=axis, backend=backend)
 
 
-def jvp(x, gamma, beta, tx, tgamma, tbeta, eps: float = 1e-5, axis=-1):
+def jvp(x, gamma, beta, tx, tgamma, tbeta, eps: float = 1e-5, axis=-1, *, backend: str = "auto"):
     """Forward mode: ``(y, ty)``, the output and its directional derivative along ``(tx, tgamma, tbeta)`` (tx
     shaped like x, tgamma and tbeta of the normalised shape; None means zero)."""
     return _LAYER.run("jvp", dict(x=x, gamma=gamma, beta=beta, tx=tx, tgamma=tgamma, tbeta=tbeta), eps=eps,
-                      axis=axis)
+                      axis=axis, backend=backend)

@@ -27,7 +27,7 @@ __all__ = ["backward", "double_backward", "forward", "jvp"]
 _LAYER = Layer("rms_norm", normalised_axes_layout, min_ndim=1)
 
 
-def forward(x, gamma, eps: float = 1e-6, axis=-1):
+def forward(x, gamma, eps: float = 1e-6, axis=-1, *, backend: str = "auto"):
     """RMS norm of x: ``(y, invrms)``, ``invrms`` of each row of shape x.shape[:-k].
 
     >>> import numpy as np, bnsym
@@ -35,23 +35,23 @@ def forward(x, gamma, eps: float = 1e-6, axis=-1):
     >>> np.round(y * np.sqrt(12.5), 6).tolist()
     [[3.0, 4.0], [-3.0, 4.0]]
     """
-    return _LAYER.run("forward", dict(x=x, gamma=gamma), eps=eps, axis=axis)
+    return _LAYER.run("forward", dict(x=x, gamma=gamma), eps=eps, axis=axis, backend=backend)
 
 
-def backward(dy, x, gamma, invrms, axis=-1):
+def backward(dy, x, gamma, invrms, axis=-1, *, backend: str = "auto"):
     """The gradients for the upstream gradient ``dy``: ``(dx, dgamma)``, from the ``invrms`` that :func:`forward`
     returned; dgamma is None when ``gamma`` is None."""
-    return _LAYER.run("backward", dict(dy=dy, x=x, gamma=gamma, invrms=invrms), axis=axis)
+    return _LAYER.run("backward", dict(dy=dy, x=x, gamma=gamma, invrms=invrms), axis=axis, backend=backend)
 
 
-def double_backward(ggx, gggamma, dy, x, gamma, invrms, axis=-1):
+def double_backward(ggx, gggamma, dy, x, gamma, invrms, axis=-1, *, backend: str = "auto"):
     """The double backward: the gradients of ``<ggx, dx> + <gggamma, dgamma>`` with respect to x, gamma and dy,
     ``(gx, ggamma, gdy)``. Either cotangent may be None, meaning zero; ggamma is None when ``gamma`` is None."""
     return _LAYER.run("double_backward", dict(ggx=ggx, gggamma=gggamma, dy=dy, x=x, gamma=gamma, invrms=invrms),
-                      axis=axis)
+                      axis=axis, backend=backend)
 
 
-def jvp(x, gamma, tx, tgamma, eps: float = 1e-6, axis=-1):
+def jvp(x, gamma, tx, tgamma, eps: float = 1e-6, axis=-1, *, backend: str = "auto"):
     """Forward mode: ``(y, ty)``, the output and its directional derivative along ``(tx, tgamma)`` (None means
     zero)."""
-    return _LAYER.run("jvp", dict(x=x, gamma=gamma, tx=tx, tgamma=tgamma), eps=eps, axis=axis)
+    return _LAYER.run("jvp", dict(x=x, gamma=gamma, tx=tx, tgamma=tgamma), eps=eps, axis=axis, backend=backend)

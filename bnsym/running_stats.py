@@ -29,8 +29,10 @@ import numbers
 
 import numpy as np
 
+from bnsym import _backends
 from bnsym import _validation as v
-from bnsym._layout import generated_kernels
+from bnsym._backends import resolve
+from bnsym._layout import xp_float_array
 from bnsym.conventions import CONVENTIONS
 
 __all__ = ["update_running_stats"]
@@ -39,20 +41,35 @@ __all__ = ["update_running_stats"]
 DEFAULT = "default"
 
 
-def _vector(value, name: str, channels: int | None) -> np.ndarray:
-    array = v.as_float_array(value, name)
+def _vector(value, name: str, channels: int | None, backend, device=None):
+    if backend.is_numpy:
+        array = v.as_float_array(value, name)
+    else:
+        array = xp_float_array(backend.xp, value, name, device=device)
+    shape = tuple(array.shape)
     if array.ndim != 1:
-        raise ValueError(f"{name} must have shape (C,), one value per channel, got shape {array.shape}")
-    if channels is not None and array.shape[0] != channels:
-        raise ValueError(f"{name} must have shape ({channels},) like running_mean, got shape {array.shape}")
+        raise ValueError(f"{name} must have shape (C,), one value per channel, got shape {shape}")
+    if channels is not None and shape[0] != channels:
+        raise ValueError(f"{name} must have shape ({channels},) like running_mean, got shape {shape}")
     return array
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
-                         num_batches_tracked=None):
-    """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,).
+def _all_nonnegative(values, backend) -> bool:
+    if backend.is_numpy:
+        return bool(np.all(values >= 0))
+    from array_api_compat import is_lazy_array
 
-    ``momentum="default"`` takes the convention's default (module docstring).
+    return True if is_lazy_array(values) else bool(backend.xp.all(values >= 0))
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
+                         num_batches_tracked=None, backend="auto"):
+    """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,), of the
+    library of ``running_mean``.
+
+    ``momentum="default"`` takes the convention's default (module docstring). ``backend`` as in
+    :mod:`bnsym._backends` (the compiled one runs the NumPy kernels here: there is no full-size array to fuse);
+    arrays that JAX may be tracing are not checked for negative values.
     """
     if not isinstance(convention, str) or convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
@@ -61,12 +78,20 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
         momentum = chosen.default_momentum
     if convention == "torch" and momentum is None:
         chosen = CONVENTIONS["cumulative"]
-    running_mean = _vector(running_mean, "running_mean", None)
+    backend = resolve(backend, running_mean)
+    device = None
+    if not backend.is_numpy:
+        from array_api_compat import device as device_of
+
+        running_mean = xp_float_array(backend.xp, running_mean, "running_mean")
+        device = device_of(running_mean)
+    running_mean = _vector(running_mean, "running_mean", None, backend, device)
     channels = running_mean.shape[0]
-    running_var = _vector(running_var, "running_var", channels)
-    mean, var = _vector(mean, "mean", channels), _vector(var, "var", channels)
+    running_var = _vector(running_var, "running_var", channels, backend, device)
+    mean = _vector(mean, "mean", channels, backend, device)
+    var = _vector(var, "var", channels, backend, device)
     for name, values in (("var", var), ("running_var", running_var)):
-        if not np.all(values >= 0):  # also refuses NaN
+        if not _all_nonnegative(values, backend):  # also refuses NaN
             raise ValueError(f"{name} must be >= 0 (and not NaN), got {values}")
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
         raise ValueError(f"count must be a positive integer (values per channel), got {count!r}")
@@ -94,7 +119,13 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
         arguments.append(int(num_batches_tracked))
     if chosen.unbiased:
         arguments.append(int(count))
-    dtype = np.result_type(running_mean.dtype, running_var.dtype)
-    kernel = getattr(generated_kernels(), f"running_stats_{chosen.name}")
+    xp = backend.xp
+    dtype = xp.result_type(running_mean.dtype, running_var.dtype)
+    # Per-channel arithmetic only: the compiled backend would run the NumPy kernels anyway (nothing to fuse), so
+    # the NumPy-based backends use them directly and never load Numba (nor start its threads) for this.
+    kernels = backend.kernels("batch_norm") if not backend.is_numpy else _backends.numpy_kernels("batch_norm")
+    kernel = getattr(kernels, f"running_stats_{chosen.name}")
     new_mean, new_var = kernel(running_mean, running_var, mean, var, *arguments)
-    return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)
+    if backend.is_numpy:
+        return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)
+    return xp.astype(new_mean, dtype), xp.astype(new_var, dtype)

@@ -98,12 +98,13 @@ def test_float16_forward_then_backward_keeps_its_accuracy(layer):
 @pytest.mark.parametrize("layer", LAYERS)
 def test_public_arguments_are_the_kernels_in_the_same_order(layer):
     """Each public verb takes the arrays its generated kernel takes, in the kernel's order, then the layer's options
-    (eps, axis, num_groups): the kernels' SIGNATURES are the one list of arguments."""
+    (eps, axis, num_groups, backend): the kernels' SIGNATURES are the one list of arguments."""
     generated = importlib.import_module(f"bnsym._generated.{layer}")
     module = getattr(bnsym, layer)
     for verb in module.__all__:
         inputs, _ = generated.SIGNATURES[f"{layer}_{verb}"]
-        public = [p for p in inspect.signature(getattr(module, verb)).parameters if p not in ("axis", "num_groups")]
+        public = [p for p in inspect.signature(getattr(module, verb)).parameters
+                  if p not in ("axis", "num_groups", "backend")]
         assert public == [name for name in inputs if name != "reducer"], (
             f"bnsym.{layer}.{verb}{inspect.signature(getattr(module, verb))} against the kernel's {inputs}")
 

@@ -7,7 +7,7 @@ of sum(y) is zero, so dy = ones would prove nothing). Channel-last cases run tor
 axis moved to 1.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import bnsym
+from tests.backends import VIAS
 
 RTOL = 1e-10
 
@@ -32,9 +33,15 @@ class Case:
     options: dict = field(default_factory=dict)  # axis, num_groups
     eps: float = 1e-5
 
+    via: object = None  # a backend variant of tests/backends.py; None: bnsym's default backend
+
     @property
     def module(self):
-        return getattr(bnsym, self.layer)
+        return getattr(bnsym if self.via is None else self.via, self.layer)
+
+    def on(self, via) -> "Case":
+        """This case, run through the backend variant ``via``."""
+        return replace(self, via=via)
 
     @property
     def centred(self) -> bool:
@@ -139,8 +146,10 @@ def _tensors(*arrays, grad=False):
     return tuple(None if a is None else torch.tensor(a, requires_grad=grad) for a in arrays)
 
 
+@pytest.mark.parametrize("via", VIAS, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_and_backward_match_torch_autograd(case):
+def test_forward_and_backward_match_torch_autograd(case, via):
+    case = case.on(via)
     rng, x, gamma, beta = _inputs(case, 0)
     dy = rng.normal(size=case.shape)
     xt, gt, bt = _tensors(x, gamma, beta, grad=True)
@@ -156,8 +165,10 @@ def test_forward_and_backward_match_torch_autograd(case):
     assert len(grads) == (3 if case.centred else 2)
 
 
+@pytest.mark.parametrize("via", VIAS, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_double_backward_matches_autograd_with_create_graph(case):
+def test_double_backward_matches_autograd_with_create_graph(case, via):
+    case = case.on(via)
     rng, x, gamma, beta = _inputs(case, 1)
     dy, ggx = rng.normal(size=case.shape), rng.normal(size=case.shape)
     gggamma, ggbeta = rng.normal(size=gamma.shape), rng.normal(size=beta.shape)
@@ -178,8 +189,10 @@ def test_double_backward_matches_autograd_with_create_graph(case):
     _close(gdy, gdy_ref, f"{case.id}: gdy")
 
 
+@pytest.mark.parametrize("via", VIAS, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_jvp_matches_torch_func_jvp(case):
+def test_jvp_matches_torch_func_jvp(case, via):
+    case = case.on(via)
     rng, x, gamma, beta = _inputs(case, 2)
     tx, tgamma, tbeta = rng.normal(size=case.shape), rng.normal(size=gamma.shape), rng.normal(size=beta.shape)
     y_ref, ty_ref = torch.func.jvp(case.torch_forward, _tensors(x, gamma, beta), _tensors(tx, tgamma, tbeta))
@@ -191,8 +204,10 @@ def test_jvp_matches_torch_func_jvp(case):
 NO_AFFINE = [CASES[1], CASES[5], CASES[9], CASES[14], CASES[16]]
 
 
+@pytest.mark.parametrize("via", VIAS, ids=str)
 @pytest.mark.parametrize("case", NO_AFFINE, ids=[case.id for case in NO_AFFINE])
-def test_no_affine_part_matches_torch_with_no_weight_and_bias(case):
+def test_no_affine_part_matches_torch_with_no_weight_and_bias(case, via):
+    case = case.on(via)
     """gamma = beta = None is PyTorch's weight = bias = None; the gradient and second-order gradient for gamma come
     back as None, and the derivatives with respect to x are those of the layer without an affine part."""
     rng, x, _, _ = _inputs(case, 3)

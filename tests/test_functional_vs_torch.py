@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import bnsym
+from tests.backends import VIAS
 
 RTOL = 1e-12
 
@@ -45,16 +45,17 @@ def _torch_reference(x, gamma, beta, dy, eps, axis):
     return back(yt), back(xt.grad), gt.grad.numpy(), bt.grad.numpy()
 
 
+@pytest.mark.parametrize("via", VIAS, ids=str)
 @given(problems())
-def test_forward_and_backward_match_torch_autograd(problem):
+def test_forward_and_backward_match_torch_autograd(via, problem):
     shape, axis, seed, eps = problem
     rng = np.random.default_rng(seed)
     x = rng.normal(rng.normal(0, 3), rng.uniform(0.1, 3), size=shape)
     channels = shape[axis]
     gamma, beta = rng.normal(size=channels), rng.normal(size=channels)
     dy = rng.normal(size=shape)  # random, never ones: the gradient of sum(y) is zero
-    y, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=eps, axis=axis)
-    dx, dgamma, dbeta = bnsym.batch_norm_backward(dy, x, gamma, mean, invstd, axis=axis)
+    y, mean, invstd = via.batch_norm_forward(x, gamma, beta, eps=eps, axis=axis)
+    dx, dgamma, dbeta = via.batch_norm_backward(dy, x, gamma, mean, invstd, axis=axis)
     y_ref, dx_ref, dgamma_ref, dbeta_ref = _torch_reference(x, gamma, beta, dy, eps, axis)
     _close(y, y_ref, f"y, shape {shape}, axis {axis}")
     broadcast = [1] * len(shape)
@@ -65,14 +66,15 @@ def test_forward_and_backward_match_torch_autograd(problem):
     _close(dbeta, dbeta_ref, f"dbeta, shape {shape}, axis {axis}")
 
 
+@pytest.mark.parametrize("via", VIAS, ids=str)
 @pytest.mark.parametrize("axis", [1, -1], ids=["NCHW", "NHWC"])
-def test_saved_statistics_match_torch_native_batch_norm(axis):
+def test_saved_statistics_match_torch_native_batch_norm(axis, via):
     rng = np.random.default_rng(7)
     x = rng.normal(5, 2, size=(4, 3, 5, 6))
     if axis == -1:
         x = np.moveaxis(x, 1, -1)
     gamma, beta = rng.normal(size=3), rng.normal(size=3)
-    _, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=1e-3, axis=axis)
+    _, mean, invstd = via.batch_norm_forward(x, gamma, beta, eps=1e-3, axis=axis)
     _, mean_ref, invstd_ref = torch.ops.aten.native_batch_norm(
         torch.tensor(np.moveaxis(x, axis, 1)), torch.tensor(gamma), torch.tensor(beta), None, None, True, 0.1, 1e-3)
     _close(mean, mean_ref.numpy(), "mean")

@@ -10,7 +10,7 @@ from bnsym.codegen.kernel import Kernel
 from bnsym.codegen.plan import plan_kernel
 from bnsym.codegen.printer import NumPyPlanPrinter
 
-__all__ = ["HEADER", "render_module"]
+__all__ = ["HEADER", "render_array_api_module", "render_module", "render_numba_module"]
 
 #: The first lines of every generated file. ``{source}`` names the derivation it comes from.
 HEADER = """\
@@ -39,3 +39,37 @@ def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> 
 def _names(names) -> str:
     names = tuple(names)
     return "(" + ", ".join(repr(n) for n in names) + ("," if len(names) == 1 else "") + ")"
+
+
+def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: str, numpy_module: str) -> str:
+    """The full text of a generated module of compiled kernels (:mod:`bnsym.codegen.numba_printer`), each with the
+    signature of its NumPy kernel in ``numpy_module``, which it runs for what its loops do not cover."""
+    from bnsym.codegen.numba_printer import NumbaPlanPrinter, module_prelude
+
+    plans = [plan_kernel(kernel) for kernel in kernels]
+    printer = NumbaPlanPrinter()
+    parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
+             *module_prelude(numpy_module), ""]
+    for plan in plans:
+        parts += ["", printer.render(plan), ""]
+    parts += ["", "#: Each kernel's parameters and results, in order (those of the NumPy kernels).",
+              "SIGNATURES = numpy_kernels.SIGNATURES", ""]
+    return "\n".join(parts)
+
+
+def render_array_api_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> str:
+    """The full text of a generated module of array-API kernels (:mod:`bnsym.codegen.array_api_printer`)."""
+    from bnsym.codegen.array_api_printer import ArrayAPIPlanPrinter
+
+    plans = [plan_kernel(kernel) for kernel in kernels]
+    printer = ArrayAPIPlanPrinter()
+    parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
+             "from bnsym._array_api import namespace", ""]
+    for plan in plans:
+        parts += ["", printer.render(plan), ""]
+    parts += ["", "#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.",
+              "SIGNATURES = {"]
+    for plan in plans:
+        parts.append(f"    {plan.name!r}: ({_names(plan.parameters)}, {_names(s.name for s in plan.returns)}),")
+    parts += ["}", ""]
+    return "\n".join(parts)

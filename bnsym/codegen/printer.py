@@ -81,13 +81,17 @@ class NumPyPlanPrinter:
             doc += [""] + textwrap.wrap(paragraph, width)
         doc += ['"""']
         lines += [self.indent + line if line else "" for line in doc]
-        body = []
+        body = self._prologue(plan)
         if plan.uses_count and REDUCER in plan.parameters:
             body.append(f"{COUNT} = {REDUCER}.count")
         for statement in plan.statements:
             body += getattr(self, f"_render_{type(statement).__name__}")(statement)
         body.append(f"return {', '.join(s.name for s in plan.returns)}")
         return "\n".join(lines + [self.indent + line for line in body])
+
+    def _prologue(self, plan: KernelPlan) -> list[str]:
+        """Lines that open the body, before the statements (another printer's namespace lookup, say)."""
+        return []
 
     # ----- one method per statement kind -----
 

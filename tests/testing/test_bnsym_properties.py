@@ -8,36 +8,53 @@ import bnsym
 from bnsym import strategies as bst
 from bnsym.testing import check_batchnorm, reference
 from bnsym.testing.tolerance import Bound
+from tests.backends import VIAS
 
 
 class BnsymNCHW:
-    """bnsym.batch_norm_forward/backward with the channel axis at 1."""
+    """bnsym.batch_norm_forward/backward with the channel axis at 1 (through a backend variant of
+    tests/backends.py, or bnsym's own default)."""
+
+    def __init__(self, via=bnsym):
+        self.via = via
 
     def forward(self, x, gamma, beta, eps):
-        return bnsym.batch_norm_forward(x, gamma, beta, eps=eps, axis=1)[0]
+        return self.via.batch_norm_forward(x, gamma, beta, eps=eps, axis=1)[0]
 
     def backward(self, dy, x, gamma, beta, eps):
-        _, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=eps, axis=1)
-        return bnsym.batch_norm_backward(dy, x, gamma, mean, invstd, axis=1)
+        _, mean, invstd = self.via.batch_norm_forward(x, gamma, beta, eps=eps, axis=1)
+        return self.via.batch_norm_backward(dy, x, gamma, mean, invstd, axis=1)
 
 
-class BnsymNHWC:
+class BnsymNHWC(BnsymNCHW):
     """The same functions with axis=-1, on the input moved to channels-last (and the result moved back)."""
 
     def forward(self, x, gamma, beta, eps):
-        return np.moveaxis(bnsym.batch_norm_forward(np.moveaxis(x, 1, -1), gamma, beta, eps=eps, axis=-1)[0], -1, 1)
+        y = self.via.batch_norm_forward(np.ascontiguousarray(np.moveaxis(x, 1, -1)), gamma, beta, eps=eps, axis=-1)
+        return np.moveaxis(y[0], -1, 1)
 
     def backward(self, dy, x, gamma, beta, eps):
-        x, dy = np.moveaxis(x, 1, -1), np.moveaxis(dy, 1, -1)
-        _, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=eps, axis=-1)
-        dx, dgamma, dbeta = bnsym.batch_norm_backward(dy, x, gamma, mean, invstd, axis=-1)
+        x, dy = np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(dy, 1, -1))
+        _, mean, invstd = self.via.batch_norm_forward(x, gamma, beta, eps=eps, axis=-1)
+        dx, dgamma, dbeta = self.via.batch_norm_backward(dy, x, gamma, mean, invstd, axis=-1)
         return np.moveaxis(dx, -1, 1), dgamma, dbeta
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 @pytest.mark.parametrize("impl", [BnsymNCHW, BnsymNHWC], ids=lambda c: c.__name__)
 def test_bnsym_satisfies_every_property(impl, dtype):
+    """backend="auto": the compiled backend where Numba is installed (as in CI), else NumPy."""
     report = check_batchnorm(impl(), dtype=dtype, max_examples=20)
+    assert not report.skipped
+
+
+@pytest.mark.parametrize(("impl", "dtype"), [(BnsymNCHW, "float32"), (BnsymNHWC, "float64")],
+                         ids=["NCHW-float32", "NHWC-float64"])
+@pytest.mark.parametrize("via", [v for v in VIAS if v.name != "numba"], ids=str)
+def test_every_backend_satisfies_every_property(via, impl, dtype):
+    """The other backends (numba is the default above), fewer examples: every property, both layouts."""
+    via.require()
+    report = check_batchnorm(impl(via), dtype=dtype, max_examples=5)
     assert not report.skipped
 
 

@@ -1,0 +1,118 @@
+"""Which generated kernels a public function runs: ``backend="auto"``, ``"numpy"``, ``"numba"`` or ``"array_api"``.
+
+Every backend runs kernels printed from the same derivation (``bnsym._generated.<layer>``, ``<layer>_numba``,
+``<layer>_array_api``); they differ in how they evaluate it:
+
+* ``"numpy"``: NumPy, one operation per pass over memory; needs nothing beyond NumPy;
+* ``"numba"``: fused loops compiled by Numba, one pass over memory per stage, parallel over the threads that
+  ``numba.set_num_threads`` allows (``pip install "bnsym[fast]"``); NumPy arrays only;
+* ``"array_api"``: the array API standard through ``array-api-compat`` (``pip install "bnsym[array-api]"``): NumPy,
+  PyTorch (CPU, CUDA), JAX (also under ``jax.jit``) and CuPy arrays, results of the same library and device.
+
+``"auto"`` (the default) is ``"numba"`` for NumPy input when Numba is installed, else ``"numpy"``, and
+``"array_api"`` for the arrays of any other library. Asking by name for a backend whose extra is missing is an
+``ImportError`` that names the extra.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BACKENDS", "Backend", "numpy_kernels", "resolve"]
+
+BACKENDS = ("auto", "numpy", "numba", "array_api")
+
+_EXTRAS = {"numba": ("numba", "fast"), "array_api": ("array_api_compat", "array-api")}
+_SUFFIX = {"numpy": "", "numba": "_numba", "array_api": "_array_api"}
+
+
+def _installed(backend: str) -> bool:
+    return _findable(_EXTRAS[backend][0])
+
+
+@functools.cache
+def _findable(module: str) -> bool:
+    # Once per process: find_spec searches the path (40 us), which would be a third of a small batch norm's time.
+    return importlib.util.find_spec(module) is not None
+
+
+def _missing(backend: str, why: str = "") -> ImportError:
+    module, extra = _EXTRAS[backend]
+    return ImportError(f'backend="{backend}" needs {module}, which is not installed{why}: '
+                       f'pip install "bnsym[{extra}]"')
+
+
+def _is_numpy_input(x) -> bool:
+    """NumPy arrays, NumPy scalars and Python sequences go to the NumPy-based backends."""
+    if isinstance(x, np.ndarray | np.generic | list | tuple | int | float):
+        return True
+    # An array of another library has the array API's namespace method, or at least a dtype and a shape.
+    return not (hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype")))
+
+
+def numpy_kernels(layer: str):
+    """The generated NumPy kernels of ``layer``."""
+    return importlib.import_module(f"bnsym._generated.{layer}")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A resolved backend: its ``name`` and ``xp``, the namespace the public function handles arrays with (NumPy
+    itself for the NumPy-based backends)."""
+
+    name: str
+    xp: object
+
+    @property
+    def is_numpy(self) -> bool:
+        """The NumPy-based backends: arrays are NumPy arrays, validated and cast with NumPy."""
+        return self.name in ("numpy", "numba")
+
+    def kernels(self, layer: str = "batch_norm"):
+        """The generated module of ``layer``'s kernels for this backend."""
+        # Imported on first use, not with bnsym, so that `bnsym derive` can regenerate a broken or missing module.
+        return importlib.import_module(f"bnsym._generated.{layer}{_SUFFIX[self.name]}")
+
+    def reducer(self, axes: tuple[int, ...], count: int, parameter_axes: tuple[int, ...] = ()):
+        """The reducer the kernels of this backend take."""
+        if self.is_numpy:
+            from bnsym._reduce import Reducer
+
+            return Reducer(axes, count, parameter_axes)
+        from bnsym._array_api import ArrayAPIReducer
+
+        return ArrayAPIReducer(self.xp, axes, count, parameter_axes)
+
+
+def resolve(backend, x) -> Backend:
+    """The backend that runs a call whose main input is ``x`` (module docstring)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+    numpy_input = _is_numpy_input(x)
+    if backend == "auto":
+        if numpy_input:
+            backend = "numba" if _installed("numba") else "numpy"
+        else:
+            if not _installed("array_api"):
+                raise _missing("array_api", f" and x is a {type(x).__module__}.{type(x).__name__}")
+            backend = "array_api"
+    if backend in ("numpy", "numba"):
+        if not numpy_input:
+            raise TypeError(f'backend="{backend}" computes on NumPy arrays, got x of type '
+                            f'{type(x).__module__}.{type(x).__name__}: use backend="array_api" (or "auto") for '
+                            "the arrays of other libraries, or convert x with numpy.asarray")
+        if backend == "numba" and not _installed("numba"):
+            raise _missing("numba")
+        return Backend(backend, np)
+    if not _installed("array_api"):
+        raise _missing("array_api")
+    from bnsym._array_api import namespace
+
+    if numpy_input:
+        x = np.asarray(x)
+    return Backend("array_api", namespace(x))

@@ -1,0 +1,457 @@
+"""The compiled-CPU printer: a :class:`~bnsym.codegen.plan.KernelPlan` rendered as fused loops for Numba.
+
+Notation. The fields of a call are seen as ``(rows, groups, inner)`` arrays (:mod:`bnsym._fused`): ``groups`` are
+the kept axes (batch norm: the channels), ``rows`` the reduced axes before them and ``inner`` the reduced axes
+after them. An NCHW batch is (N, C, H*W); an (N, C) batch or an NHWC batch is (N*H*W, C, 1). Per-group values
+(statistics, coefficients, gamma) are ``(groups,)`` arrays; ``count`` (M) and what depends on it alone are scalars.
+
+What one plan becomes (every loop is printed from the plan's statements; nothing here knows a layer):
+
+* each :class:`~bnsym.codegen.plan.Reduce` stage: one function that makes **one pass** over the fields and returns
+  every total of the stage in float64. Two loop nests, chosen at run time by the layout: when ``inner == 1`` a
+  sweep over rows that accumulates every group side by side in float32 over blocks of at most ``BLOCK`` rows (the
+  inner loop runs along memory, never across rows); otherwise one contiguous run of ``inner`` values per row and
+  group, summed in float32 pieces of at most ``RUN`` values. Block and piece partials are added in float64: the
+  accuracy contract of :mod:`bnsym._reduce`. The partials of each block are stored and added in a fixed order, so
+  results do not depend on the number of threads. Field atoms such as ``x_minus_mean`` are never materialised:
+  they are computed in the loop body, as written (a difference stays a difference);
+* the consecutive :class:`~bnsym.codegen.plan.Accumulate` outputs at the end: **one** elementwise pass that writes
+  them all, each in its coefficient form, terms in the order of the NumPy kernel;
+* the per-group :class:`~bnsym.codegen.plan.Assign` statements between the stages: loops over the groups in a
+  driver function, in the plan's order, each value stored in the fields' dtype (as the NumPy kernels round them);
+* a Python wrapper with the NumPy kernel's signature that arranges the arrays (:class:`bnsym._fused.FusedLayout`)
+  and falls back to the NumPy kernel for what the loops do not cover (another layout, a sharded reducer, sums over
+  parameter axes).
+
+Loops are parallel over blocks of rows or over runs with ``numba.prange`` (as many threads as
+``numba.set_num_threads`` allows). Only the reduction stages are compiled with reassociation (``fastmath``
+"reassoc", so that LLVM vectorises a float32 sum); the elementwise passes keep IEEE semantics. Loop indices start
+at 0 on views of the fields: an index that LLVM cannot prove non-negative makes Numba emit its negative-index
+wrap-around, and the loop is then compiled to gathers, ten times slower.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import sympy
+
+from bnsym._reduce import BLOCK, RUN
+from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
+from bnsym.codegen.printer import KernelPrinter
+from bnsym.naming import COUNT, REDUCER
+from bnsym.symbolic.reduction import M, ParameterField
+
+__all__ = ["NumbaPlanPrinter", "module_prelude"]
+
+
+def module_prelude(numpy_module: str) -> list[str]:
+    """The imports and constants of a generated Numba module whose fallback kernels are in ``numpy_module``."""
+    return [
+        "import numba",
+        "import numpy",
+        "",
+        f"from {numpy_module.rsplit('.', 1)[0]} import {numpy_module.rsplit('.', 1)[1]} as numpy_kernels",
+        "from bnsym._fused import FusedLayout",
+        "",
+        "#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).",
+        f"BLOCK = {BLOCK}",
+        "#: At most this many contiguous values of one run go into one float32 partial sum (bnsym._reduce.RUN).",
+        f"RUN = {RUN}",
+        "#: Reductions may be reassociated (LLVM then vectorises a float32 sum); nothing else may.",
+        'REASSOCIATE = {"reassoc"}',
+        "",
+        "# Numba starts its thread pool when a parallel function is called through its dispatcher; a driver loaded",
+        "# from the disk cache calls the parallel loops directly, and without a pool that call jumps to address 0.",
+        "numba.get_num_threads()",
+    ]
+
+
+class _Printer(KernelPrinter):
+    """Prints one expression with symbols renamed (``mean`` -> ``mean[g]``) and, inside field loops, numbers in
+    the fields' dtype (Numba types ``3 * float32`` as float64, which would promote the whole loop)."""
+
+    def __init__(self, names: dict[str, str], typed_numbers: bool):
+        super().__init__()
+        self._settings["order"] = "none"  # print sums and products in the order built (the NumPy kernel's)
+        self.names = names
+        self.typed_numbers = typed_numbers
+
+    def _print_Symbol(self, expr):
+        if expr == M:
+            return self.names.get(COUNT, COUNT)
+        return self.names.get(expr.name, expr.name)
+
+    def _print_Integer(self, expr):
+        return f"dtype({int(expr)})" if self.typed_numbers else str(int(expr))
+
+    def _print_Rational(self, expr):
+        if self.typed_numbers:
+            return f"(dtype({expr.p})/dtype({expr.q}))"
+        return f"({expr.p}/{expr.q})"
+
+    def _print_Pow(self, expr, rational=False):
+        if self.typed_numbers and expr.exp.is_Integer:
+            base = self.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Pow"])
+            if expr.exp.is_negative:
+                return f"dtype(1)/{base}**{-int(expr.exp)}"
+            return f"{base}**{int(expr.exp)}"
+        return super()._print_Pow(expr, rational=rational)
+
+
+def _symbols(plan: KernelPlan) -> set:
+    """Every symbol that a plan's statements read or define."""
+    found: set = set()
+    for statement in plan.statements:
+        if isinstance(statement, Assign):
+            found |= statement.expr.free_symbols | {statement.name}
+        elif isinstance(statement, Reduce):
+            found |= {f for term in statement.terms for f in term}
+        else:
+            found |= {statement.name} | statement.scale.free_symbols | statement.form.constant.free_symbols
+            for monomial, coefficient in statement.form.terms:
+                found |= monomial.free_symbols | coefficient.free_symbols
+    return found
+
+
+class _Kinds:
+    """What each name of a plan is: a field, a field atom, a count-only scalar, a float64 total or per-group."""
+
+    def __init__(self, plan: KernelPlan):
+        self.plan = plan
+        self.inputs = tuple(p for p in plan.parameters if p not in (REDUCER, COUNT))
+        self.fields = set(plan.fields)
+        self.atoms = {s.name.name: s.expr for s in plan.statements if isinstance(s, Assign)
+                      and s.name.name in self.fields}
+        self.scalars: set[str] = set()
+        for s in plan.statements:
+            if isinstance(s, Assign) and s.name.name not in self.fields:
+                names = {f.name for f in s.expr.free_symbols if f != M}
+                if names <= self.scalars:
+                    self.scalars.add(s.name.name)
+        self.totals = {n.name for s in plan.statements if isinstance(s, Reduce) for n in s.names}
+
+    def field_symbols(self, expr_or_names) -> list[str]:
+        """The names a field loop reads for these expressions, atoms expanded, in first-seen order."""
+        seen: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in self.atoms:
+                for symbol in sorted(self.atoms[name].free_symbols, key=sympy.default_sort_key):
+                    visit(symbol.name if symbol != M else COUNT)
+            elif name not in seen:
+                seen.append(name)
+
+        for item in expr_or_names:
+            if isinstance(item, str):
+                visit(item)
+            else:
+                for symbol in sorted(item.free_symbols, key=sympy.default_sort_key):
+                    visit(symbol.name if symbol != M else COUNT)
+        return seen
+
+    def atoms_used(self, names: list[str]) -> list[str]:
+        """The atoms among the names read (directly or through other atoms), in definition order."""
+        used: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in self.atoms and name not in used:
+                used.add(name)
+                for symbol in self.atoms[name].free_symbols:
+                    visit(symbol.name)
+
+        for name in names:
+            visit(name)
+        return [a for a in self.atoms if a in used]
+
+
+class NumbaPlanPrinter:
+    """Renders a :class:`KernelPlan` as Numba functions and a wrapper with the NumPy kernel's signature."""
+
+    def __init__(self, indent: str = "    "):
+        self.indent = indent
+
+    # ----- the whole kernel -----
+
+    def render(self, plan: KernelPlan) -> str:
+        """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
+        kinds = _Kinds(plan)
+        reason = self._unsupported(plan, kinds)
+        if reason:
+            return self._delegate(plan, reason)
+        parts = []
+        stage = 0
+        calls = []  # the driver's body
+        group_lines: list[str] = []
+        allocated: set[str] = set()
+        statements = list(plan.statements)
+        index = 0
+        field_inputs = [n for n in kinds.inputs if n in kinds.fields]
+        first = field_inputs[0]
+        while index < len(statements):
+            statement = statements[index]
+            if isinstance(statement, Assign):
+                if statement.name.name in kinds.fields:
+                    pass  # an atom: computed inside the loops that read it
+                elif statement.name.name in kinds.scalars:
+                    self._flush(group_lines, calls)
+                    calls.append(f"{statement.name.name} = {self._scalar(statement.expr)}")
+                else:
+                    name = statement.name.name
+                    if name not in allocated:
+                        calls.append(f"{name} = numpy.empty(groups, {first}.dtype)")
+                        allocated.add(name)
+                    group_lines.append(f"{name}[g] = {self._group(statement.expr, kinds)}")
+                index += 1
+            elif isinstance(statement, Reduce):
+                self._flush(group_lines, calls)
+                stage += 1
+                function = f"_{plan.name}_stage{stage}"
+                source, arguments = self._stage(function, plan, statement, kinds, stage)
+                parts.append(source)
+                names = ", ".join(n.name for n in statement.names)
+                calls.append(f"{names}{',' if len(statement.names) == 1 else ''} = {function}("
+                             f"{', '.join(self._argument(a, kinds, first) for a in arguments)})")
+                index += 1
+            else:  # the field outputs: every Accumulate from here on, in one pass
+                self._flush(group_lines, calls)
+                outputs = [s for s in statements[index:] if isinstance(s, Accumulate)]
+                if len(outputs) != len(statements) - index:
+                    raise ValueError(f"{plan.name}: a statement follows the field outputs; the fused printer "
+                                     "evaluates them last, in one pass")
+                function = f"_{plan.name}_outputs"
+                source, arguments = self._outputs(function, plan, outputs, kinds)
+                parts.append(source)
+                calls.append(f"{function}({', '.join(self._argument(a, kinds, first) for a in arguments)})")
+                index = len(statements)
+        self._flush(group_lines, calls)
+        field_outputs = [s.name for s in plan.returns if s.name in kinds.fields]
+        group_outputs = [s.name for s in plan.returns if s.name not in kinds.fields]
+        for name in group_outputs:
+            if name not in allocated and name not in kinds.totals:
+                raise ValueError(f"{plan.name}: the result {name} is neither a field nor a per-group value")
+        calls.append(f"return {', '.join(group_outputs)}{',' if len(group_outputs) == 1 else ''}" if group_outputs
+                     else "return")
+        parts.append(self._driver(plan, kinds, calls, field_outputs))
+        parts.append(self._wrapper(plan, kinds, field_outputs, group_outputs))
+        return "\n\n\n".join(parts)
+
+    # ----- pieces -----
+
+    def _docstring(self, text: str) -> list[str]:
+        lines = textwrap.wrap(f'"""{text}"""', 116 - len(self.indent))
+        return [self.indent + line for line in lines]
+
+    def _unsupported(self, plan: KernelPlan, kinds: _Kinds) -> str | None:
+        """Why the loops do not cover ``plan`` (it is then delegated to the NumPy kernel), or None."""
+        if not any(n in kinds.fields for n in kinds.inputs):
+            return "it reads no field (only per-group values): nothing to fuse"
+        if any(isinstance(s, Reduce) and s.over != "group" for s in plan.statements):
+            return "it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover"
+        if any(isinstance(symbol, ParameterField) for symbol in _symbols(plan)):
+            return "it reads a parameter that varies within a group (of the parameters' shape, not per group)"
+        return None
+
+    def _delegate(self, plan: KernelPlan, reason: str) -> str:
+        return f"# {plan.name}: the NumPy kernel, because {reason}.\n{plan.name} = numpy_kernels.{plan.name}"
+
+    def _flush(self, group_lines: list[str], calls: list[str]) -> None:
+        if group_lines:
+            calls.append("for g in range(groups):")
+            calls.extend(self.indent + line for line in group_lines)
+            group_lines.clear()
+
+    def _scalar(self, expr: sympy.Expr) -> str:
+        return _Printer({}, typed_numbers=False).doprint(expr)
+
+    def _group(self, expr: sympy.Expr, kinds: _Kinds) -> str:
+        names = {s.name: s.name if s.name in kinds.scalars else f"{s.name}[g]" for s in expr.free_symbols if s != M}
+        return _Printer(names, typed_numbers=False).doprint(expr)
+
+    def _argument(self, name: str, kinds: _Kinds, first: str) -> str:
+        """How the driver passes ``name`` to a field loop: in the fields' dtype."""
+        if name in kinds.totals:
+            return f"{name}.astype({first}.dtype)"
+        if name in kinds.scalars or name == COUNT:
+            return f"{first}.dtype.type({name})"
+        return name
+
+    def _field_text(self, kinds: _Kinds, fields: list[str], groups: list[str], nest: str):
+        """Symbol names inside the innermost loop of a nest: ``x_r[g]``/``mean[g]`` or ``x_p[i]``/``mean_g``."""
+        if nest == "rows":
+            names = {f: f"{f}_r[g]" for f in fields} | {v: f"{v}[g]" for v in groups}
+        else:
+            names = {f: f"{f}_p[i]" for f in fields} | {v: f"{v}_g" for v in groups}
+        names.update({a: a for a in kinds.atoms})
+        return names
+
+    def _atom_lines(self, kinds: _Kinds, atoms: list[str], printer: _Printer) -> list[str]:
+        return [f"{a} = {printer.doprint(kinds.atoms[a])}" for a in atoms]
+
+    def _stage(self, function: str, plan: KernelPlan, statement: Reduce, kinds: _Kinds, stage: int):
+        reads = kinds.field_symbols([f.name for term in statement.terms for f in term])
+        fields = [n for n in reads if n in kinds.fields]
+        groups = [n for n in reads if n not in kinds.fields]
+        atoms = kinds.atoms_used([f.name for term in statement.terms for f in term])
+        arguments = fields + groups
+        first = fields[0]
+        k = range(len(statement.terms))
+        totals = [n.name for n in statement.names]
+        described = ", ".join("*".join(f.name for f in term) for term in statement.terms)
+        i = self.indent
+        lines = [
+            "@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)",
+            f"def {function}({', '.join(arguments)}):",
+            *self._docstring(f"Stage {stage} of {plan.name}, one pass over the fields: the per-group totals "
+                             f"(float64) of {described}."),
+            f"{i}rows, groups, inner = {first}.shape",
+            f"{i}dtype = {first}.dtype.type",
+            f"{i}if inner == 1:",
+            f"{i}{i}# (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.",
+        ]
+        rows = _Printer(self._field_text(kinds, fields, groups, "rows"), typed_numbers=True)
+        runs = _Printer(self._field_text(kinds, fields, groups, "runs"), typed_numbers=True)
+        i2, i3, i4, i5 = i * 2, i * 3, i * 4, i * 5
+        lines += [f"{i2}{f}_rows = {f}.reshape((rows, groups))" for f in fields]
+        lines += [f"{i2}parts = (rows + BLOCK - 1) // BLOCK"]
+        lines += [f"{i2}part{j} = numpy.empty((parts, groups))" for j in k]
+        lines += [f"{i2}for part in numba.prange(parts):"]
+        lines += [f"{i3}block{j} = numpy.zeros(groups, {first}.dtype)" for j in k]
+        lines += [f"{i3}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
+        lines += [f"{i4}{f}_r = {f}_rows[row]" for f in fields]
+        lines += [f"{i4}for g in range(groups):"]
+        lines += [f"{i5}{line}" for line in self._atom_lines(kinds, atoms, rows)]
+        lines += [f"{i5}block{j}[g] += {rows.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
+        lines += [f"{i3}part{j}[part] = block{j}" for j in k]
+        lines += [
+            f"{i}else:",
+            f"{i2}# (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.",
+            f"{i2}parts = rows",
+        ]
+        lines += [f"{i2}part{j} = numpy.empty((rows, groups))" for j in k]
+        lines += [f"{i2}for run in numba.prange(rows * groups):",
+                  f"{i3}row = run // groups",
+                  f"{i3}g = run % groups"]
+        lines += [f"{i3}{v}_g = {v}[g]" for v in groups]
+        lines += [f"{i3}total{j} = 0.0" for j in k]
+        lines += [f"{i3}for start in range(0, inner, RUN):"]
+        lines += [f"{i4}{f}_p = {f}[row, g, start:start + RUN]" for f in fields]
+        lines += [f"{i4}piece{j} = dtype(0)" for j in k]
+        lines += [f"{i4}for i in range({first}_p.size):"]
+        lines += [f"{i5}{line}" for line in self._atom_lines(kinds, atoms, runs)]
+        lines += [f"{i5}piece{j} += {runs.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
+        lines += [f"{i4}total{j} += piece{j}" for j in k]
+        lines += [f"{i3}part{j}[row, g] = total{j}" for j in k]
+        lines += [f"{i}{name} = numpy.zeros(groups)" for name in totals]
+        lines += [f"{i}for part in range(parts):", f"{i2}for g in range(groups):"]
+        lines += [f"{i3}{name}[g] += part{j}[part, g]" for j, name in zip(k, totals)]
+        lines += [f"{i}return {', '.join(totals)}{',' if len(totals) == 1 else ''}"]
+        return "\n".join(lines), arguments
+
+    @staticmethod
+    def _product(term) -> sympy.Expr:
+        # Built unevaluated so that x_minus_mean*x_minus_mean prints as such, not as a power.
+        return sympy.Mul(*term, evaluate=False) if len(term) > 1 else term[0]
+
+    def _form(self, statement: Accumulate) -> sympy.Expr:
+        """The output's expression in the NumPy kernel's order: the start term first, then the rest, constant,
+        scale."""
+        terms = [statement.start] + [t for t in statement.form.terms if t != statement.start]
+        total = None
+        for monomial, coefficient in terms:
+            term = monomial if coefficient == 1 else (sympy.Mul(-1, monomial, evaluate=False) if coefficient == -1
+                                                      else sympy.Mul(monomial, coefficient, evaluate=False))
+            total = term if total is None else sympy.Add(total, term, evaluate=False)
+        if statement.form.constant != 0:
+            total = sympy.Add(total, statement.form.constant, evaluate=False)
+        if statement.scale != 1:
+            total = sympy.Mul(total, statement.scale, evaluate=False)
+        return total
+
+    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], kinds: _Kinds):
+        expressions = [self._form(s) for s in outputs]
+        reads = kinds.field_symbols(expressions)
+        fields = [n for n in reads if n in kinds.fields]
+        groups = [n for n in reads if n not in kinds.fields]
+        atoms = kinds.atoms_used([s.name for e in expressions for s in e.free_symbols])
+        names = [s.name.name for s in outputs]
+        arguments = fields + groups + names
+        i = self.indent
+        i2, i3, i4, i5 = i * 2, i * 3, i * 4, i * 5
+        rows = _Printer(self._field_text(kinds, fields + names, groups, "rows"), typed_numbers=True)
+        runs = _Printer(self._field_text(kinds, fields + names, groups, "runs"), typed_numbers=True)
+        out = names[0]
+        lines = [
+            "@numba.njit(cache=True, parallel=True)",
+            f"def {function}({', '.join(arguments)}):",
+            *self._docstring(f"The field outputs of {plan.name} ({', '.join(names)}), written in one pass."),
+            f"{i}rows, groups, inner = {out}.shape",
+            f"{i}dtype = {out}.dtype.type",
+            f"{i}if inner == 1:",
+        ]
+        lines += [f"{i2}{f}_rows = {f}.reshape((rows, groups))" for f in fields + names]
+        lines += [f"{i2}for part in numba.prange((rows + BLOCK - 1) // BLOCK):",
+                  f"{i3}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
+        lines += [f"{i4}{f}_r = {f}_rows[row]" for f in fields + names]
+        lines += [f"{i4}for g in range(groups):"]
+        lines += [f"{i5}{line}" for line in self._atom_lines(kinds, atoms, rows)]
+        lines += [f"{i5}{rows.names[n]} = {rows.doprint(e)}" for n, e in zip(names, expressions)]
+        lines += [f"{i}else:",
+                  f"{i2}for run in numba.prange(rows * groups):",
+                  f"{i3}row = run // groups",
+                  f"{i3}g = run % groups"]
+        lines += [f"{i3}{v}_g = {v}[g]" for v in groups]
+        lines += [f"{i3}{f}_p = {f}[row, g]" for f in fields + names]
+        lines += [f"{i3}for i in range(inner):"]
+        lines += [f"{i4}{line}" for line in self._atom_lines(kinds, atoms, runs)]
+        lines += [f"{i4}{runs.names[n]} = {runs.doprint(e)}" for n, e in zip(names, expressions)]
+        return "\n".join(lines), arguments
+
+    def _driver(self, plan: KernelPlan, kinds: _Kinds, calls: list[str], field_outputs: list[str]) -> str:
+        inputs = list(kinds.inputs) + ([COUNT] if REDUCER in plan.parameters or COUNT in plan.parameters else [])
+        first = next(n for n in kinds.inputs if n in kinds.fields)
+        i = self.indent
+        lines = [
+            "@numba.njit(cache=True)",
+            f"def _{plan.name}({', '.join(inputs + field_outputs)}):",
+            *self._docstring(f"{plan.name} on (rows, groups, inner) fields and (groups,) per-group values: writes "
+                             f"{', '.join(field_outputs)} and returns the per-group results."),
+            f"{i}groups = {first}.shape[1]",
+        ]
+        lines += [i + line for line in calls]
+        return "\n".join(lines)
+
+    def _wrapper(self, plan: KernelPlan, kinds: _Kinds, field_outputs: list[str], group_outputs: list[str]) -> str:
+        i = self.indent
+        fields = [n for n in kinds.inputs if n in kinds.fields]
+        groups = [n for n in kinds.inputs if n not in kinds.fields]
+        reducer = REDUCER if REDUCER in plan.parameters else "None"
+        width = 116 - len(i)
+        doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
+        for paragraph in plan.docstring[1:] + (
+                "Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has "
+                "the layouts); any other layout, reducer or sum runs the NumPy kernel.",):
+            doc += [""] + textwrap.wrap(paragraph, width)
+        doc += ['"""']
+        lines = [f"def {plan.name}({', '.join(plan.parameters)}):"]
+        lines += [i + line if line else "" for line in doc]
+        lines += [f"{i}layout = FusedLayout.of({reducer}, fields=({', '.join(fields)},), "
+                  f"per_group=({', '.join(groups)}{',' if len(groups) == 1 else ''}))",
+                  f"{i}if layout is None:",
+                  f"{i}{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
+        lines += [f"{i}{n} = layout.empty()" for n in field_outputs]
+        arguments = [f"layout.fields({n})" if n in kinds.fields else f"layout.per_group({n})" for n in kinds.inputs]
+        if REDUCER in plan.parameters:
+            arguments.append(f"{REDUCER}.count")
+        elif COUNT in plan.parameters:
+            arguments.append(COUNT)
+        arguments += [f"layout.fields({n})" for n in field_outputs]
+        results = ", ".join(group_outputs)
+        call = f"_{plan.name}({', '.join(arguments)})"
+        if group_outputs:
+            lines.append(f"{i}{results}{',' if len(group_outputs) == 1 else ''} = {call}")
+        else:
+            lines.append(f"{i}{call}")
+        returned = [n if n in field_outputs else f"layout.grouped({n})" for n in (s.name for s in plan.returns)]
+        lines.append(f"{i}return {', '.join(returned)}")
+        return "\n".join(lines)
