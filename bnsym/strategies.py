@@ -1,4 +1,4 @@
-"""Hypothesis strategies for batch-norm inputs, in the value regimes where real implementations go wrong.
+"""Hypothesis strategies for normalisation-layer inputs, in the value regimes where real implementations go wrong.
 
 Notation: x has shape (N, C, *spatial) with the channel axis at 1 (the protocol of :mod:`bnsym.testing`); every
 channel holds M = x.size / C values, over which its statistics are taken.
@@ -23,29 +23,70 @@ The regimes, named as they appear in reports:
 gamma is drawn per channel from N(0, 1.5^2) with some channels exactly 0 (never all ones: gamma = 1 hides a
 gamma missing from dx); beta from N(0, 2^2); dy from N(b, s^2) per channel with random offset b and scale s, so
 that it is never ones and never has zero sum.
+
+The other layers of the family (layer, RMS, group and instance norm: :func:`layer_examples`) are drawn the same
+way, with their own *groups* in place of channels (a row over the normalised axes, a sample's C/G channels, a
+sample's channel) and gamma and beta of the layer's parameter shape, drawn per element. Their regimes
+(:func:`layer_regimes`) are batch norm's, per group: "constant group" and "tiny group" (M = 2 or 3 values per
+group) in place of "constant channel" and "tiny batch", and for RMS norm, which takes no mean, "mean square near
+eps" in place of "variance near eps". Their shapes come from :func:`layer_shape_pool`: pairs ``(shape, size)``
+where ``size`` is the number of normalised trailing axes (layer and RMS norm: gamma has shape ``shape[-size:]``),
+the number of groups (group norm), or 0 (instance norm).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-__all__ = ["DTYPES", "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes", "epsilons", "regimes",
-           "shape_pool"]
+from bnsym._family_layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
+
+__all__ = ["DTYPES", "LAYERS", "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes", "epsilons",
+           "layer_examples", "layer_regimes", "layer_shape_pool", "regimes", "shape_pool"]
 
 REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant channel", "tiny batch",
            "wide dynamic range")
 DTYPES = ("float64", "float32", "float16")
+#: The layers with strategies: batch norm (:func:`batch_norm_examples`) and the family (:func:`layer_examples`).
+LAYERS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm")
+_FAMILY_REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant group", "tiny group",
+                   "wide dynamic range")
+_RMS_REGIMES = ("well-conditioned", "large offset", "mean square near eps", "constant group", "tiny group",
+                "wide dynamic range")
+
+
+def example_layout(layer: str, shape: tuple[int, ...], gamma_shape: tuple[int, ...],
+                   num_groups: int | None = None) -> GroupLayout:
+    """Which values of x of ``shape`` form a group for ``layer`` (batch norm: channel axis 1; layer and RMS norm:
+    the trailing axes gamma's shape covers; group and instance norm: channel axis 1)."""
+    shape = tuple(shape)
+    if layer == "batch_norm":
+        reduced = (0,) + tuple(range(2, len(shape)))
+        return GroupLayout.of(shape, reduced=reduced, features=(1,), where=f"x has shape {shape}, channel axis 1",
+                              parameter_meaning="one value per channel", statistics_meaning="one value per channel")
+    if layer in ("layer_norm", "rms_norm"):
+        k = len(gamma_shape)
+        return normalised_axes_layout(shape, tuple(range(len(shape) - k, len(shape))) if k else -1)
+    if layer == "group_norm":
+        return group_layout(shape, 1, num_groups)
+    if layer == "instance_norm":
+        return instance_layout(shape, 1)
+    raise ValueError(f"unknown layer {layer!r}; known: {', '.join(LAYERS)}")
 
 
 @dataclass(frozen=True, eq=False)
 class Example:
-    """One batch-norm problem: inputs in ``dtype``, the regime that produced them, and a seed for the auxiliary
-    randomness of a property (directions, shifts, permutations), so that a saved example replays exactly."""
+    """One problem of a normalisation layer: inputs in ``dtype``, the regime that produced them, and a seed for the
+    auxiliary randomness of a property (directions, shifts, permutations), so that a saved example replays exactly.
+
+    ``layer`` (default "batch_norm") says which layer the inputs are for, and ``num_groups`` is group norm's number
+    of groups (None for the others). RMS norm has no beta: its ``beta`` is zeros of gamma's shape, never passed on.
+    """
 
     x: np.ndarray
     gamma: np.ndarray
@@ -54,6 +95,21 @@ class Example:
     dy: np.ndarray
     regime: str
     seed: int = 0
+    layer: str = "batch_norm"
+    num_groups: int | None = None
+
+    def __repr__(self) -> str:
+        # One line, not every array: Hypothesis shows the repr of a failing example (and warns when it is long).
+        layer = "" if self.layer == "batch_norm" else f"{self.layer}, "
+        return f"Example({layer}{self.describe()}, seed {self.seed})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis's pretty printer would print every field
+        printer.text(repr(self))
+
+    @cached_property
+    def layout(self) -> GroupLayout:
+        """Which values form a group, where the parameters live, M (:mod:`bnsym._family_layout`)."""
+        return example_layout(self.layer, self.x.shape, self.gamma.shape, self.num_groups)
 
     @property
     def dtype(self) -> np.dtype:
@@ -65,12 +121,16 @@ class Example:
 
     @property
     def count(self) -> int:
-        """M, the number of values per channel (also when there are no channels)."""
+        """M, the number of values per channel (per group for the other layers; also when there are no channels)."""
+        if self.layer != "batch_norm":
+            return self.layout.count
         return math.prod(size for axis, size in enumerate(self.x.shape) if axis != 1)
 
     def describe(self) -> str:
         """One line naming every input that matters: shape, dtype, M, the ranges of x, gamma and beta (with the
         number of zero gammas), eps and the regime."""
+        if self.layer != "batch_norm":
+            return self._describe_group()
         if self.x.ndim < 2 or self.x.shape[1] == 0:
             return (f"x of shape {self.x.shape} ({self.dtype.name}, no channels: C = 0), eps = {self.eps:.3g}, regime "
                     f"\"{self.regime}\"")
@@ -79,12 +139,29 @@ class Example:
         return (f"x of shape {self.x.shape} ({self.dtype.name}, M = {self.count} per channel) in {_range(self.x)}, "
                 f"gamma {gamma}, beta {_range(self.beta)}, eps = {self.eps:.3g}, regime \"{self.regime}\"")
 
+    def _describe_group(self) -> str:
+        layout = self.layout
+        groups = math.prod(layout.statistics_shape)
+        if self.layer in ("layer_norm", "rms_norm"):
+            how = f"normalised over the last {self.gamma.ndim} axis(es)"
+        elif self.layer == "group_norm":
+            how = f"{self.num_groups} groups of {self.x.shape[1] // self.num_groups} channel(s)"
+        else:
+            how = "per sample and channel"
+        zeros = int(np.sum(self.gamma == 0))
+        gamma = _range(self.gamma) + (f" ({zeros} of {self.gamma.size} zero)" if zeros else "")
+        beta = "" if self.layer == "rms_norm" else f", beta {_range(self.beta)}"
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, {how}: M = {layout.count} per group, {groups} "
+                f"group(s)) in {_range(self.x)}, gamma {gamma}{beta}, eps = {self.eps:.3g}, regime "
+                f"\"{self.regime}\"")
+
     def rng(self, salt: int = 0) -> np.random.Generator:
         """A generator for a property's own random draws, fixed by the example."""
         return np.random.default_rng([self.seed, salt])
 
     def replace(self, **changes) -> Example:
-        values = {name: getattr(self, name) for name in ("x", "gamma", "beta", "eps", "dy", "regime", "seed")}
+        values = {name: getattr(self, name) for name in ("x", "gamma", "beta", "eps", "dy", "regime", "seed",
+                                                         "layer", "num_groups")}
         values.update(changes)
         return Example(**values)
 
@@ -372,3 +449,210 @@ def make_example(shape: tuple[int, ...], regime: str, eps: float, seed: int, dty
         rng.standard_normal(shape)
     cast = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
     return Example(cast(x), cast(gamma), cast(beta), float(eps), cast(dy), regime, int(seed))
+
+
+# ----- the other layers of the family: layer, RMS, group and instance norm -----
+
+def _check_layer(layer, family_only: bool = True) -> str:
+    known = LAYERS[1:] if family_only else LAYERS
+    if layer not in known:
+        raise InvalidArgument(f"layer={layer!r} is not one of {known}")
+    return layer
+
+
+def layer_regimes(layer: str) -> tuple[str, ...]:
+    """The value regimes of ``layer`` (module docstring), the well-conditioned one first.
+
+    >>> layer_regimes("rms_norm")[2]
+    'mean square near eps'
+    """
+    _check_layer(layer, family_only=False)
+    if layer == "batch_norm":
+        return REGIMES
+    return _RMS_REGIMES if layer == "rms_norm" else _FAMILY_REGIMES
+
+
+def _split(rng: np.random.Generator, count: int, parts: int) -> list[int]:
+    """``count`` as a product of ``parts`` sizes, each a divisor drawn at random (the last takes the rest)."""
+    sizes, rest = [], count
+    for _ in range(parts - 1):
+        divisors = [d for d in range(1, rest + 1) if rest % d == 0]
+        sizes.append(int(rng.choice(divisors)))
+        rest //= sizes[-1]
+    return [*sizes, rest]
+
+
+def _normalised_entry(rng, ndim: int, count: int, rows: int) -> tuple[tuple[int, ...], int]:
+    # Four dimensions normalise two axes, both longer than 1 (normalising the last one only must differ).
+    k = 2 if ndim == 4 else int(rng.integers(1, min(2, ndim - 1) + 1)) if ndim > 4 else 1
+    if k == 1:
+        return (*_split(rng, rows, ndim - 1), count), 1
+    last = int(rng.integers(2, max(3, math.isqrt(count)) + 1))
+    return (*_split(rng, rows, ndim - 2), max(count // last, 2), last), 2
+
+
+def _grouped_entry(rng, ndim: int, count: int, samples: int) -> tuple[tuple[int, ...], int]:
+    # Two or three channels per group: with one, grouping contiguously or with a stride would be the same.
+    groups, per_group = int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    spatial = _split(rng, max(count // per_group, 1), ndim - 2) if ndim > 2 else []
+    return (samples, groups * per_group, *spatial), groups
+
+
+def _instance_entry(rng, ndim: int, count: int, samples: int) -> tuple[tuple[int, ...], int]:
+    return (samples, int(rng.integers(2, 5)), *_split(rng, max(count, 2), ndim - 2)), 0
+
+
+def layer_shape_pool(layer: str, seed: int = 0, *, size: int = 6,
+                     max_count: int = 256) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """A small set of ``(shape, size)`` pairs for one run of ``layer`` (module docstring), smallest first, fixed
+    by ``seed``: a compiled implementation compiles once per pair, not once per example.
+
+    The pool always holds groups of M = 2 and M = 3 values (for "tiny group"), shapes with two groups or more,
+    every number of dimensions the layer takes (layer and RMS norm: 2 to 4, with one and two normalised axes;
+    group norm: 2 to 5, with two to four groups of two or three channels; instance norm: 3 to 5, spatial size at
+    least 2, as PyTorch requires).
+
+    - ``layer``: "layer_norm", "rms_norm", "group_norm" or "instance_norm".
+    - ``seed`` (default 0): fixes the pool.
+    - ``size`` (default 6): the number of pairs, at least 5.
+    - ``max_count`` (default 256): the largest M.
+
+    >>> pool = layer_shape_pool("group_norm", 0)
+    >>> len(pool), all(shape[1] % groups == 0 for shape, groups in pool)
+    (6, True)
+    """
+    _check_layer(layer)
+    _check_int("size", size, 5)
+    _check_int("max_count", max_count, 4)
+    rng = np.random.default_rng([seed, 7919, LAYERS.index(layer)])
+    if layer in ("layer_norm", "rms_norm"):
+        pool = {((int(rng.integers(2, 5)), 2), 1), ((int(rng.integers(2, 4)), 1, 3), 2)}
+        ndims, make, low = [2, 3, 4], _normalised_entry, 2
+    elif layer == "group_norm":
+        pool = {((int(rng.integers(2, 4)), 4), 2), ((2, 6, 1), 2)}  # M = 2 (2 channels), M = 3 (3 channels)
+        ndims, make, low = [3, 4, 5], _grouped_entry, 2
+    else:
+        pool = {((int(rng.integers(2, 4)), int(rng.integers(1, 4)), 2), 0), ((2, int(rng.integers(1, 4)), 3, 1), 0)}
+        ndims, make, low = [3, 4, 5], _instance_entry, 3
+    while len(pool) < size:
+        ndim = ndims.pop(0) if ndims else int(rng.integers(low, 5))
+        count = int(round(10 ** rng.uniform(math.log10(4), math.log10(max_count))))
+        pool.add(make(rng, ndim, count, int(rng.integers(2, 6))))
+    return tuple(sorted(pool, key=lambda entry: (math.prod(entry[0]), len(entry[0]), entry)))
+
+
+def _layer_pools(layer: str, shapes, names) -> dict[str, list[tuple[tuple[int, ...], int]]]:
+    entries = [(tuple(int(n) for n in shape), int(size)) for shape, size in shapes]
+    if not entries:
+        raise InvalidArgument(f"shapes={shapes!r} must be a non-empty collection of (shape, size) pairs")
+    counts = {entry: entry_layout(layer, *entry).count for entry in entries}
+    pools = {}
+    for name in names:
+        if name == "tiny group":
+            pool = [e for e in entries if counts[e] <= 3]
+        else:
+            pool = [e for e in entries if counts[e] >= 2]
+        if not pool:
+            raise InvalidArgument(f"shapes={shapes!r} has no shape for the regime {name!r} of {layer}")
+        pools[name] = pool
+    return pools
+
+
+def gamma_shape(layer: str, shape: tuple[int, ...], size: int) -> tuple[int, ...]:
+    """The shape of gamma (and beta) for a family layer's ``(shape, size)`` pool entry."""
+    if layer in ("layer_norm", "rms_norm"):
+        return tuple(shape[len(shape) - size:])
+    return (shape[1],)
+
+
+def _groups(layer: str, size: int) -> int | None:
+    return size if layer == "group_norm" else None
+
+
+def entry_layout(layer: str, shape: tuple[int, ...], size: int) -> GroupLayout:
+    """The layout (groups, M) of a family layer's ``(shape, size)`` pool entry."""
+    return example_layout(layer, shape, gamma_shape(layer, shape, size), _groups(layer, size))
+
+
+def layer_examples(layer: str, *, dtype="float64", regimes=None, shapes=None,
+                   min_eps: float = 1e-5, max_eps: float = 0.1) -> st.SearchStrategy[Example]:
+    """:class:`Example` problems of a family layer: x, gamma, beta (of the layer's parameter shape), eps, dy.
+
+    - ``layer``: "layer_norm", "rms_norm", "group_norm" or "instance_norm".
+    - ``dtype`` (default "float64"): the dtype of x, gamma, beta and dy.
+    - ``regimes`` (default: all of :func:`layer_regimes`): the value regimes to draw from.
+    - ``shapes`` (default: :func:`layer_shape_pool` with seed 0): the ``(shape, size)`` pairs to draw from,
+      shrinking towards the first; "tiny group" uses those with M <= 3.
+    - ``min_eps``, ``max_eps`` (default 1e-5, 0.1): the range of eps.
+
+    >>> example = layer_examples("layer_norm", dtype="float32", regimes=("large offset",)).example()
+    >>> example.layer, example.gamma.shape == example.x.shape[example.x.ndim - example.gamma.ndim:]
+    ('layer_norm', True)
+    """
+    _check_layer(layer)
+    resolved = _check_dtype(dtype)
+    known = layer_regimes(layer)
+    names = known if regimes is None else tuple([regimes] if isinstance(regimes, str) else regimes)
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise InvalidArgument(f"regimes={regimes!r} must name regimes of {layer}: {known}")
+    pools = _layer_pools(layer, layer_shape_pool(layer) if shapes is None else shapes, names)
+    eps_strategy = epsilons(min_eps=min_eps, max_eps=max_eps)
+
+    @st.composite
+    def examples(draw):
+        regime = draw(st.sampled_from(names))
+        shape, size = draw(st.sampled_from(pools[regime]))
+        return make_layer_example(layer, shape, size, regime, draw(eps_strategy), draw(st.integers(0, 2**32 - 1)),
+                                  resolved)
+
+    return examples()
+
+
+def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: str, eps: float, seed: int,
+                       dtype="float64") -> Example:
+    """The example of ``regime`` for a family layer, a ``(shape, size)`` pair, eps and seed: the deterministic half
+    of :func:`layer_examples`. Values are drawn per group, as batch norm's are per channel."""
+    _check_layer(layer)
+    dtype = _check_dtype(dtype)
+    if regime not in layer_regimes(layer):
+        raise InvalidArgument(f"regime={regime!r} is not a regime of {layer}: {layer_regimes(layer)}")
+    shape = tuple(int(n) for n in shape)
+    parameter_shape = gamma_shape(layer, shape, size)
+    num_groups = _groups(layer, size)
+    layout = example_layout(layer, shape, parameter_shape, num_groups)
+    rng = np.random.default_rng(seed)
+    per_group = layout.statistics_broadcast
+    groups = math.prod(per_group)
+    z = rng.standard_normal(layout.grouped)
+
+    def group_values(values):
+        return np.asarray(values, dtype=np.float64).reshape(per_group)
+
+    if regime == "large offset":
+        mu = rng.choice([-1.0, 1.0], groups) * 10.0 ** rng.uniform(3, 4, groups)
+        x = group_values(mu) + group_values(10.0 ** rng.uniform(-0.3, 0.3, groups)) * z
+    elif regime in ("variance near eps", "mean square near eps"):
+        sigma = np.sqrt(eps * 10.0 ** rng.uniform(-1, 1, groups))
+        # RMS norm's statistic is the mean square: keep the mean within the spread, so that it stays near eps too.
+        mu = rng.normal(0, 1, groups) * (sigma if regime == "mean square near eps" else 1.0)
+        x = group_values(mu) + group_values(sigma) * z
+    elif regime == "wide dynamic range":
+        x = rng.choice([-1.0, 1.0], layout.grouped) * 10.0 ** rng.uniform(-3, 3, layout.grouped)
+    else:  # well-conditioned, tiny group, and the other groups of "constant group"
+        x = group_values(rng.normal(0, 2, groups)) + group_values(10.0 ** rng.uniform(-0.5, 0.5, groups)) * z
+    if regime == "constant group":
+        constant = rng.random(groups) < 0.5
+        constant[rng.integers(groups)] = True
+        level = rng.choice([-1.0, 1.0], groups) * 10.0 ** rng.uniform(0, 3, groups)
+        x = np.where(group_values(constant), group_values(level) * np.ones(layout.grouped), x)
+
+    gamma = rng.normal(0, 1.5, parameter_shape)
+    gamma[rng.random(parameter_shape) < 0.15] = 0.0
+    beta = np.zeros(parameter_shape) if layer == "rms_norm" else rng.normal(0, 2, parameter_shape)
+    dy = group_values(rng.uniform(-1, 1, groups)) + group_values(10.0 ** rng.uniform(-1, 1, groups)) * \
+        rng.standard_normal(layout.grouped)
+    field = lambda a: np.asarray(a, dtype=dtype).reshape(shape)  # noqa: E731  (from the grouped layout)
+    parameter = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+    return Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
+                   num_groups)

@@ -1,12 +1,14 @@
-"""bnsym's property library for batch norm: check any training-mode implementation, bnsym's own included.
+"""bnsym's property library for normalisation layers: check any training-mode implementation, bnsym's own included.
 
->>> from bnsym.testing import check_batchnorm
+>>> from bnsym.testing import check_batchnorm, check_normalization
 >>> report = check_batchnorm(my_batch_norm)          # doctest: +SKIP  (raises AssertionError on failure)
+>>> report = check_normalization(my_layer_norm, layer="layer_norm")   # doctest: +SKIP
 
-An implementation is a function ``forward(x, gamma, beta, eps) -> y`` or an object with ``forward`` and optionally
+A batch norm is a function ``forward(x, gamma, beta, eps) -> y`` or an object with ``forward`` and optionally
 ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``: NumPy arrays, channel axis 1, batch statistics,
-biased variance (:mod:`bnsym.testing.adapters`). The properties are in :mod:`bnsym.testing.properties`, their
-tolerances in :mod:`bnsym.testing.tolerance`.
+biased variance (:mod:`bnsym.testing.adapters`). The other layers follow their frameworks' functional forms
+(:mod:`bnsym.testing.family`). Batch norm's properties are in :mod:`bnsym.testing.properties` (tolerances in
+:mod:`bnsym.testing.tolerance`), the other layers' in :mod:`bnsym.testing.family_properties`.
 """
 
 from __future__ import annotations
@@ -17,36 +19,53 @@ from pathlib import Path
 import numpy as np
 
 from bnsym import strategies as bst
-from bnsym.testing import layer_properties  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
+from bnsym.testing import (
+    family_properties,  # noqa: F401  (registers the other layers' properties)
+    layer_properties,  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
+)
 from bnsym.testing.adapters import Implementation, TargetError, load
 from bnsym.testing.counterexamples import save_counterexample
+from bnsym.testing.family import LAYER_NAMES, protocol
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import REGISTRY
+from bnsym.testing.properties import REGISTRY, registry
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
 from bnsym.testing.runner import run_properties
 
-__all__ = ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "CheckOptions", "Implementation", "NothingChecked",
-           "Report", "TargetError", "check_batchnorm", "selected_regimes"]
+__all__ = ["DEFAULT_MAX_EXAMPLES", "LAYERS", "PROPERTIES", "CheckFailed", "CheckOptions", "Implementation",
+           "NothingChecked", "Report", "TargetError", "check_batchnorm", "check_normalization", "properties_of",
+           "selected_regimes"]
 
 DEFAULT_MAX_EXAMPLES = 50
+#: Batch norm's properties; :func:`properties_of` gives any layer's.
 PROPERTIES: tuple[str, ...] = tuple(REGISTRY)
+#: The layers the checker knows (``layer=`` of :func:`check_normalization`, ``bnsym check --layer``).
+LAYERS: tuple[str, ...] = LAYER_NAMES
 _DTYPES = ("float16", "float32", "float64")
 
 
-def selected_regimes(regimes=None, exclude_regimes=None) -> tuple[str, ...]:
-    """The input regimes of :data:`bnsym.strategies.REGIMES` that ``regimes`` (default all) names, less those
-    ``exclude_regimes`` names; ValueError for an unknown name or when none is left."""
+def properties_of(layer: str) -> tuple[str, ...]:
+    """The names of ``layer``'s properties, in the order they run (every option's; the options select which)."""
+    return tuple(registry(layer))
+
+
+def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_norm") -> tuple[str, ...]:
+    """The input regimes of ``layer`` (:func:`bnsym.strategies.layer_regimes`; batch norm's are
+    :data:`bnsym.strategies.REGIMES`) that ``regimes`` (default all) names, less those ``exclude_regimes`` names;
+    ValueError for an unknown name or when none is left."""
+    known = bst.layer_regimes(layer)
+
     def names(value, argument):
         value = [value] if isinstance(value, str) else list(value)
-        unknown = [r for r in value if r not in bst.REGIMES]
+        unknown = [r for r in value if r not in known]
         if unknown:
-            raise ValueError(f"{argument} names unknown regimes {unknown!r}; known: {', '.join(bst.REGIMES)}")
+            where = "" if layer == "batch_norm" else f" for {layer}"
+            raise ValueError(f"{argument} names unknown regimes {unknown!r}{where}; known: {', '.join(known)}")
         return value
 
-    chosen = bst.REGIMES if regimes is None else tuple(names(regimes, "regimes"))
+    chosen = known if regimes is None else tuple(names(regimes, "regimes"))
     excluded = () if exclude_regimes is None else names(exclude_regimes, "exclude_regimes")
-    left = tuple(r for r in bst.REGIMES if r in chosen and r not in excluded)
+    left = tuple(r for r in known if r in chosen and r not in excluded)
     if not left:
         raise ValueError(f"no input regime is left (regimes={regimes!r}, exclude_regimes={exclude_regimes!r})")
     return left
@@ -56,23 +75,43 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
                     properties=None, save_dir=None, mode: str = "train", convention: str | None = None,
                     order: int = 1, regimes=None, exclude_regimes=None, isolate: bool = False,
                     timeout: float | None = None) -> Report:
-    """Check a batch-norm implementation against every property it offers what is needed for.
+    """Check a batch-norm implementation against every property it offers what is needed for:
+    :func:`check_normalization` with ``layer="batch_norm"`` (its arguments, less the layer)."""
+    __tracebackhide__ = True  # pytest shows the report, not this function's source
+    return check_normalization(impl, layer="batch_norm", dtype=dtype, max_examples=max_examples, seed=seed,
+                               properties=properties, save_dir=save_dir, mode=mode, convention=convention,
+                               order=order, regimes=regimes, exclude_regimes=exclude_regimes, isolate=isolate,
+                               timeout=timeout)
 
-    - ``impl``: a function ``forward(x, gamma, beta, eps)``, or an object (or a class constructible without
+
+def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
+                        max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, properties=None, save_dir=None,
+                        mode: str = "train", convention: str | None = None, order: int = 1, regimes=None,
+                        exclude_regimes=None, isolate: bool = False, timeout: float | None = None) -> Report:
+    """Check an implementation of a normalisation layer against every property it offers what is needed for.
+
+    - ``layer`` (default "batch_norm"): "batch_norm", "layer_norm", "rms_norm", "group_norm" or "instance_norm";
+      the implementation follows that layer's protocol (:mod:`bnsym.testing.family`: for example layer norm's
+      ``forward(x, gamma, beta, eps)`` normalises over the trailing axes of x that ``gamma.shape`` names).
+
+    - ``impl``: a function ``forward`` in the layer's form, or an object (or a class constructible without
       arguments) with ``forward`` and optionally ``backward``; see :mod:`bnsym.testing.adapters`. A string is a
       target as ``bnsym check`` takes it: ``"torch"``, ``"jax"``, ``"path/to/file.py:NAME"``,
       ``"package.module:NAME"``.
     - ``dtype`` (default "float64"): the dtype of the inputs, "float64", "float32" or "float16".
     - ``max_examples`` (default 50): examples per property before it is taken to hold.
     - ``seed`` (default 0): the Hypothesis seed; the same seed tries the same examples.
-    - ``properties`` (default: all of :data:`PROPERTIES` that the options select): the names of those to run.
+    - ``properties`` (default: all of the layer's properties, :func:`properties_of`, that the options select): the
+      names of those to run.
     - ``save_dir`` (default None): a directory to save each failure's counterexample to as ``.npz``.
-    - ``mode`` (default "train"): "train" checks the training forward and backward, "eval" the eval-mode methods.
+    - ``mode`` (default "train"): "train" checks the training forward and backward, "eval" the eval-mode methods
+      (batch norm only).
     - ``convention`` (default None): a preset of :mod:`bnsym.conventions` ("torch", "keras", "flax",
-      "cumulative", "chainer", "haiku") adds the running-statistics properties for that convention.
+      "cumulative", "chainer", "haiku") adds the running-statistics properties for that convention (batch norm
+      only).
     - ``order`` (default 1): 2 adds the double-backward properties of the mode.
-    - ``regimes``, ``exclude_regimes`` (default None: every regime): the input regimes of
-      :data:`bnsym.strategies.REGIMES` to draw from, and those to leave out.
+    - ``regimes``, ``exclude_regimes`` (default None: every regime): the input regimes of the layer
+      (:func:`bnsym.strategies.layer_regimes`) to draw from, and those to leave out.
     - ``isolate`` (default False): run the implementation in a child process, where a crash (SIGSEGV, SIGABRT, the
       out-of-memory killer) or a call that does not return within ``timeout`` seconds fails the property and the
       check goes on (:mod:`bnsym.testing.isolation`). ``impl`` is then a target string as for ``bnsym check``
@@ -86,13 +125,14 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
     :class:`NothingChecked` (a CheckFailed) when no property ran at all.
     """
     __tracebackhide__ = True  # pytest shows the report, not this function's source
+    protocol(layer)  # an unknown layer: ValueError naming the known ones
     if timeout is not None and not isolate:
         raise ValueError("timeout needs isolate=True (a call in this process cannot be stopped)")
+    options = CheckOptions(mode, convention, order, layer)
     if isolate:
         implementation = None  # started below, once the arguments are known to be valid
     else:
-        implementation = load(impl) if isinstance(impl, str) else Implementation.wrap(impl)
-    options = CheckOptions(mode, convention, order)
+        implementation = load(impl, layer) if isinstance(impl, str) else Implementation.wrap(impl, layer=layer)
     try:
         resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly be float64
     except TypeError:
@@ -105,15 +145,18 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if properties is not None:
         properties = [properties] if isinstance(properties, str) else list(properties)
-        unknown = [p for p in properties if p not in REGISTRY]
+        known = registry(layer)
+        unknown = [p for p in properties if p not in known]
         if unknown or not properties:
-            raise ValueError(f"unknown properties {unknown!r}; known: {', '.join(REGISTRY)}")
+            where = "" if layer == "batch_norm" else f" for {layer}"
+            raise ValueError(f"unknown properties {unknown!r}{where}; known: {', '.join(known)}")
+    chosen_regimes = selected_regimes(regimes, exclude_regimes, layer)
     if isolate:
-        implementation = IsolatedImplementation(impl, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+        implementation = IsolatedImplementation(impl, timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                                                layer=layer)
     try:
         report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
-                                properties=properties, options=options,
-                                regimes=selected_regimes(regimes, exclude_regimes))
+                                properties=properties, options=options, regimes=chosen_regimes)
     finally:
         if isolate:
             implementation.close()  # no child outlives the check

@@ -1,6 +1,23 @@
 """The implementation protocol, the built-in adapters, and loading an implementation from a CLI target.
 
-An implementation under test is either
+Each layer has its protocol, following its framework's functional form (:mod:`bnsym.testing.family`):
+
+- batch norm (the default): ``forward(x, gamma, beta, eps)``, ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma,
+  dbeta)``, channel axis 1, and the optional methods below;
+- layer norm: ``forward(x, gamma, beta, eps)``, normalised over the trailing axes of x that ``gamma.shape`` names,
+  ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``;
+- RMS norm: ``forward(x, gamma, eps)``, ``backward(dy, x, gamma, eps) -> (dx, dgamma)``;
+- group norm: ``forward(x, gamma, beta, eps, num_groups)``, ``backward(dy, x, gamma, beta, eps, num_groups) ->
+  (dx, dgamma, dbeta)``, x of shape (N, C, *spatial), C split into num_groups contiguous groups;
+- instance norm: ``forward(x, gamma, beta, eps)``, ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``,
+  statistics per sample and channel over the spatial axes (channel axis 1);
+
+and optionally ``double_backward`` in the layer's form: the cotangents of the backward's results (``ggx, gggamma,
+ggbeta``; no ggbeta for RMS norm) followed by the backward's arguments, returning ``(gx, ggamma, gdy)``, the
+gradients of ``<ggx, dx> + <gggamma, dgamma> (+ <ggbeta, dbeta>)`` with respect to x, gamma and dy. dgamma and
+dbeta have gamma's shape (a parameter shared by several groups gets the sum of their gradients).
+
+For batch norm in detail, an implementation under test is either
 
 - a function ``forward(x, gamma, beta, eps) -> y``, or
 - an object with that ``forward`` method and, optionally, ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma,
@@ -26,7 +43,10 @@ variance. Optional methods (the checker runs the properties whose methods are of
 and is reported as skipped otherwise.
 
 Built-in adapters, by name: ``torch`` (``torch.nn.BatchNorm1d/2d/3d`` modules, gradients by autograd) and ``jax``
-(``flax.linen.BatchNorm``, gradients by ``jax.vjp``).
+(``flax.linen.BatchNorm``, gradients by ``jax.vjp``); for the other layers, the same names drive
+``torch.nn.functional.layer_norm``, ``rms_norm``, ``group_norm`` and ``instance_norm`` with autograd, and Flax's
+``LayerNorm``, ``RMSNorm`` and ``GroupNorm`` (instance norm: ``GroupNorm`` with one group per channel) with
+``jax.vjp``, jitted once per shape (:mod:`bnsym.testing.family_adapters`).
 """
 
 from __future__ import annotations
@@ -41,6 +61,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from bnsym.testing.family import protocol
 
 __all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load", "resolve"]
 
@@ -61,33 +83,27 @@ def _check_signature(function: Callable, name: str, arguments: tuple[str, ...], 
                           f"{name}{signature}") from None
 
 
-#: The methods of the protocol and their positional arguments (module docstring).
-SIGNATURES: dict[str, tuple[str, ...]] = {
-    "forward": ("x", "gamma", "beta", "eps"),
-    "backward": ("dy", "x", "gamma", "beta", "eps"),
-    "eval_forward": ("x", "gamma", "beta", "eps", "running_mean", "running_var"),
-    "eval_backward": ("dy", "x", "gamma", "beta", "eps", "running_mean", "running_var"),
-    "train_forward": ("x", "gamma", "beta", "eps", "running_mean", "running_var", "momentum",
-                      "num_batches_tracked"),
-    "double_backward": ("ggx", "gggamma", "ggbeta", "dy", "x", "gamma", "beta", "eps"),
-    "eval_double_backward": ("ggx", "gggamma", "ggbeta", "dy", "x", "gamma", "beta", "eps", "running_mean",
-                             "running_var"),
-}
+#: The methods of batch norm's protocol and their positional arguments (module docstring); the other layers' are
+#: in :data:`bnsym.testing.family.PROTOCOLS`.
+SIGNATURES: dict[str, tuple[str, ...]] = protocol("batch_norm").signatures
 OPTIONAL = tuple(name for name in SIGNATURES if name != "forward")
 
 
 class Implementation:
-    """A batch norm under test, following the protocol in the module docstring.
+    """A normalisation layer under test, following its layer's protocol (module docstring).
 
-    ``forward`` is required; ``backward`` and every other method of :data:`SIGNATURES` are optional keyword
-    arguments (None when not offered), available as attributes of the same name.
+    ``forward`` is required; ``backward`` and every other method of the layer's protocol (for batch norm,
+    :data:`SIGNATURES`) are optional keyword arguments (None when not offered), available as attributes of the
+    same name. ``layer`` (default "batch_norm") names the protocol.
     """
 
     def __init__(self, forward: Callable, backward: Callable | None = None, *, name: str = "implementation",
-                 **optional: Callable | None):
-        unknown = set(optional) - set(OPTIONAL)
+                 layer: str = "batch_norm", **optional: Callable | None):
+        signatures = protocol(layer).signatures
+        unknown = set(optional) - set(signatures) - {"forward", "backward"}
         if unknown:
-            raise TypeError(f"unknown protocol methods {sorted(unknown)}; the protocol has {', '.join(SIGNATURES)}")
+            raise TypeError(f"unknown protocol methods {sorted(unknown)}; the {protocol(layer).title} protocol has "
+                            f"{', '.join(signatures)}")
         methods = {"forward": forward, "backward": backward, **optional}
         for method, function in methods.items():
             if function is None and method != "forward":
@@ -95,20 +111,26 @@ class Implementation:
             if not callable(function):
                 raise TypeError(f"{method} must be callable{'' if method == 'forward' else ' or None'}, got "
                                 f"{function!r}")
-            _check_signature(function, method, SIGNATURES[method], name)
+            _check_signature(function, method, signatures[method], name)
         self.name = name
-        for method in SIGNATURES:
+        self.layer = layer
+        for method in SIGNATURES:  # batch norm's methods exist (None) on every implementation
+            setattr(self, method, None)
+        for method in signatures:
             setattr(self, method, methods.get(method))
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset(method for method in SIGNATURES if getattr(self, method) is not None)
+        return frozenset(method for method in protocol(self.layer).signatures if getattr(self, method) is not None)
 
     @classmethod
-    def wrap(cls, impl, name: str | None = None) -> Implementation:
-        """An Implementation from a function, an object with ``forward`` (and ``backward``), or a class of such
-        objects that needs no constructor arguments."""
+    def wrap(cls, impl, name: str | None = None, layer: str = "batch_norm") -> Implementation:
+        """An Implementation of ``layer`` from a function, an object with ``forward`` (and ``backward``), or a class
+        of such objects that needs no constructor arguments."""
         if isinstance(impl, Implementation):
+            if impl.layer != layer:
+                raise TargetError(f"{impl.name} is an implementation of {protocol(impl.layer).title}, not of "
+                                  f"{protocol(layer).title}")
             return impl
         if inspect.isclass(impl):
             try:
@@ -118,16 +140,32 @@ class Implementation:
                                   f"failed: {type(error).__name__}: {error}") from None
         label = name or getattr(impl, "__qualname__", None) or type(impl).__name__
         forward = getattr(impl, "forward", None)
+        optional = protocol(layer).optional
         if forward is not None:
-            return cls(forward, getattr(impl, "backward", None), name=label,
-                       **{method: getattr(impl, method, None) for method in OPTIONAL if method != "backward"})
+            return cls(forward, getattr(impl, "backward", None), name=label, layer=layer,
+                       **{method: getattr(impl, method, None) for method in optional if method != "backward"})
         if callable(impl):
-            return cls(impl, name=label)
-        raise TargetError(f"{label} is neither a function forward(x, gamma, beta, eps) nor an object with a "
+            return cls(impl, name=label, layer=layer)
+        raise TargetError(f"{label} is neither a function {protocol(layer).call('forward')} nor an object with a "
                           f"forward method")
 
 
 # ----- built-in adapters -----
+
+@contextmanager
+def torch_one_thread():
+    """Run torch on one intra-op thread, restoring the caller's setting after. The checker's arrays are small:
+    waking intra-op threads costs more than the work, and on a loaded 2-core machine it made each call 100x
+    slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 def torch_implementation() -> Implementation:
     """``torch.nn.BatchNorm1d/2d/3d`` (by the number of dimensions of x), in train and eval mode with its running
@@ -139,16 +177,7 @@ def torch_implementation() -> Implementation:
     def tensor(a, grad=False):
         return torch.tensor(np.asarray(a), requires_grad=grad)
 
-    @contextmanager
-    def one_thread():
-        # The checker's arrays are small: waking intra-op threads costs more than the work, and on a loaded
-        # 2-core machine it made each call 100x slower. The caller's setting is restored.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+    one_thread = torch_one_thread
 
     def module(x, gamma, beta, eps, *, running=None, momentum=0.1, num_batches_tracked=0, training=True):
         """A BatchNorm module holding gamma and beta (as tensors that require grad) and the running buffers."""
@@ -338,7 +367,20 @@ def jax_implementation() -> Implementation:
                           eval_double_backward=eval_double_backward)
 
 
-BUILTIN: dict[str, Callable[[], Implementation]] = {"jax": jax_implementation, "torch": torch_implementation}
+def _builtin(batch_norm: Callable[[], Implementation], framework: str) -> Callable[..., Implementation]:
+    def build(layer: str = "batch_norm") -> Implementation:
+        if layer == "batch_norm":
+            return batch_norm()
+        from bnsym.testing import family_adapters
+
+        return getattr(family_adapters, f"{framework}_implementation")(layer)
+    build.__doc__ = f"The built-in {framework} adapter of ``layer`` (default batch norm)."
+    return build
+
+
+#: The built-in adapters by target name; each takes the layer (default "batch_norm").
+BUILTIN: dict[str, Callable[..., Implementation]] = {"jax": _builtin(jax_implementation, "jax"),
+                                                     "torch": _builtin(torch_implementation, "torch")}
 
 
 # ----- loading a target -----
@@ -386,17 +428,18 @@ def _load_module(location: str, target: str):
                           f"{error}") from None
 
 
-def load(target: str) -> Implementation:
-    """The implementation named by a CLI target: ``torch``, ``jax``, ``path/to/file.py:NAME`` or
+def load(target: str, layer: str = "batch_norm") -> Implementation:
+    """The implementation of ``layer`` named by a CLI target: ``torch``, ``jax``, ``path/to/file.py:NAME`` or
     ``package.module:NAME``. Raises :class:`TargetError` with a message for the user otherwise."""
     if not isinstance(target, str) or not target:
         raise TargetError(f"a target must be a non-empty string, got {target!r}")
+    protocol(layer)  # an unknown layer is a ValueError before anything is imported
     if target in BUILTIN:
         try:
-            return BUILTIN[target]()
+            return BUILTIN[target](layer)
         except ImportError as error:
             raise TargetError(f"the {target} adapter needs {target} installed: {error}") from None
-    return Implementation.wrap(resolve(target), name=target)
+    return Implementation.wrap(resolve(target), name=target, layer=layer)
 
 
 def resolve(target: str):
@@ -428,7 +471,12 @@ def probe_protocol(impl: Implementation) -> None:
     another layout. Anything else (an exception, wrong numbers) is left to the properties to report."""
     from bnsym.strategies import make_example
     from bnsym.testing.failures import ProtocolError
-    from bnsym.testing.properties import call_backward, call_forward
+
+    layer = getattr(impl, "layer", "batch_norm")
+    if layer == "batch_norm":
+        from bnsym.testing.properties import call_backward, call_forward
+    else:
+        from bnsym.testing.family_properties import call_backward, call_forward
 
     def attempt(example):
         try:
@@ -441,6 +489,13 @@ def probe_protocol(impl: Implementation) -> None:
             return error
         return None
 
+    if layer != "batch_norm":
+        from bnsym.strategies import make_layer_example
+
+        for shape, size in _PROBES[layer]:
+            if attempt(make_layer_example(layer, shape, size, "well-conditioned", 1e-5, 0)) is not None:
+                return
+        return
     if attempt(make_example((4, 3), "well-conditioned", 1e-5, 0)) is not None:
         return
     error = attempt(make_example((2, 3, 4, 5), "well-conditioned", 1e-5, 0))
@@ -448,3 +503,8 @@ def probe_protocol(impl: Implementation) -> None:
         raise TargetError(f"{impl.name}: forward works on x of shape (4, 3) but on (2, 3, 4, 5) it raised {error}: "
                           "the protocol puts the channels on axis 1 (x of shape (N, C, ...)); wrap a channels-last "
                           "implementation in a transpose")
+
+
+#: The (shape, size) pairs the protocol of each other layer is first tried on.
+_PROBES = {"layer_norm": [((4, 3), 1), ((2, 3, 4), 2)], "rms_norm": [((4, 3), 1), ((2, 3, 4), 2)],
+           "group_norm": [((2, 6, 3), 2)], "instance_norm": [((2, 3, 4), 0)]}

@@ -1,5 +1,8 @@
 """``bnsym check TARGET``: run the property library on an implementation from the command line.
 
+``--layer`` (default batch_norm) names the layer, whose protocol the target follows and whose properties run
+(:mod:`bnsym.testing.family`).
+
 Exit status: 0 when every property holds; 1 when one fails (the report names it, shows the minimal
 counterexample and saves it with the command that replays it); 2 on a usage error (a target that cannot be loaded
 or does not follow the protocol, a bad option, options that conflict with a ``--replay`` file, a file that is not a
@@ -21,8 +24,8 @@ from pathlib import Path
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from bnsym.conventions import CONVENTIONS
-from bnsym.strategies import REGIMES
-from bnsym.testing import DEFAULT_MAX_EXAMPLES, PROPERTIES, selected_regimes, sharded
+from bnsym.strategies import layer_regimes
+from bnsym.testing import DEFAULT_MAX_EXAMPLES, LAYERS, properties_of, selected_regimes, sharded
 from bnsym.testing.adapters import TargetError, load, probe_protocol
 from bnsym.testing.counterexamples import (
     DEFAULT_DIRECTORY,
@@ -39,7 +42,11 @@ from bnsym.testing.sharded import SHARDED
 
 __all__ = ["add_arguments", "run"]
 
-_DEFAULTS = {"dtype": "float64", "mode": "train", "order": 1, "max_examples": DEFAULT_MAX_EXAMPLES, "seed": 0}
+_DEFAULTS = {"dtype": "float64", "mode": "train", "order": 1, "max_examples": DEFAULT_MAX_EXAMPLES, "seed": 0,
+             "layer": "batch_norm"}
+#: Every layer's properties and regimes, in order, without repeats (the choices of --property and --regime).
+_ALL_PROPERTIES = tuple(dict.fromkeys(name for layer in LAYERS for name in properties_of(layer)))
+_ALL_REGIMES = tuple(dict.fromkeys(regime for layer in LAYERS for regime in layer_regimes(layer)))
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
@@ -79,18 +86,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Options default to None so that --replay can tell an option given from one left alone; _DEFAULTS fills them.
     parser.add_argument("target", help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
                                        "forward(x, gamma, beta, eps) or an object (or a class) with forward and "
-                                       "optionally backward(dy, x, gamma, beta, eps)")
+                                       "optionally backward(dy, x, gamma, beta, eps), in the layer's form (--layer)")
+    parser.add_argument("--layer", choices=LAYERS,
+                        help="the layer the target implements, whose protocol it follows (default batch_norm): "
+                             "layer_norm forward(x, gamma, beta, eps) over the trailing axes gamma.shape names; "
+                             "rms_norm forward(x, gamma, eps); group_norm forward(x, gamma, beta, eps, num_groups); "
+                             "instance_norm forward(x, gamma, beta, eps); backward(dy, <forward's arguments>)")
     parser.add_argument("--dtype", choices=("float64", "float32", "float16"),
                         help="the dtype of the inputs (default float64)")
     parser.add_argument("--max-examples", type=_positive,
                         help=f"examples per property (default {DEFAULT_MAX_EXAMPLES})")
     parser.add_argument("--seed", type=_seed, help="Hypothesis seed; the same seed, the same run (default 0)")
-    parser.add_argument("--property", action="append", choices=PROPERTIES + tuple(SHARDED), metavar="NAME",
-                        dest="properties", help="run only this property (repeatable); one of: "
-                                                + ", ".join(PROPERTIES) + "; with --shards: " + ", ".join(SHARDED))
-    parser.add_argument("--regime", action="append", choices=REGIMES, metavar="REGIME", dest="regimes",
-                        help="draw inputs only from this regime (repeatable); one of: " + ", ".join(REGIMES))
-    parser.add_argument("--exclude-regime", action="append", choices=REGIMES, metavar="REGIME",
+    parser.add_argument("--property", action="append", choices=_ALL_PROPERTIES + tuple(SHARDED), metavar="NAME",
+                        dest="properties", help="run only this property (repeatable); one of the layer's: "
+                                                + "; ".join(f"{layer}: {', '.join(properties_of(layer))}"
+                                                            for layer in LAYERS)
+                                                + "; with --shards: " + ", ".join(SHARDED))
+    parser.add_argument("--regime", action="append", choices=_ALL_REGIMES, metavar="REGIME", dest="regimes",
+                        help="draw inputs only from this regime (repeatable); one of the layer's: "
+                             + "; ".join(f"{layer}: {', '.join(layer_regimes(layer))}" for layer in LAYERS))
+    parser.add_argument("--exclude-regime", action="append", choices=_ALL_REGIMES, metavar="REGIME",
                         dest="exclude_regimes", help="leave this input regime out (repeatable)")
     parser.add_argument("--save-dir", help=f"the folder failures' counterexamples are saved in (default "
                                            f"./{DEFAULT_DIRECTORY}/)")
@@ -139,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _replay_conflicts(args: argparse.Namespace, name: str, dtype: str, options: CheckOptions) -> list[str]:
-    from_file = {"dtype": dtype, "mode": options.mode, "convention": options.convention, "order": options.order}
+    from_file = {"dtype": dtype, "mode": options.mode, "convention": options.convention, "order": options.order,
+                 "layer": options.layer}
     conflicts = [f"--{key} {getattr(args, key)} (the file's is {value})" for key, value in from_file.items()
                  if getattr(args, key) is not None and getattr(args, key) != value]
     if args.properties and args.properties != [name]:
@@ -169,6 +185,8 @@ def _outputs(report, args) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if getattr(args, "shards", None) is not None:
+        if args.layer not in (None, "batch_norm"):
+            return _fail(f"--shards checks a data-parallel batch norm; --layer {args.layer} has no sharded check")
         _fill_defaults(args)
         if args.save_dir is None:
             args.save_dir = str(DEFAULT_DIRECTORY)
@@ -191,9 +209,14 @@ def _run(args: argparse.Namespace) -> int:
                          f"with it: {'; '.join(conflicts)}")
     if args.timeout is not None and not args.isolate:
         return _fail("--timeout needs --isolate (a call in the checker's own process cannot be stopped)")
+    layer = options.layer if args.replay else args.layer or "batch_norm"
+    if not args.replay:
+        problem = _layer_problem(args, layer)
+        if problem:
+            return _fail(problem)
     try:
-        impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT) if args.isolate \
-            else load(args.target)
+        impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, layer=layer) \
+            if args.isolate else load(args.target, layer)
     except (TargetError, TypeError) as error:
         return _fail(str(error))
     try:
@@ -209,6 +232,20 @@ def _run(args: argparse.Namespace) -> int:
             impl.close()  # no child outlives the run
 
 
+def _layer_problem(args: argparse.Namespace, layer: str) -> str:
+    """What the options ask that the layer does not have (a usage error), or ""."""
+    known = properties_of(layer)
+    unknown = [name for name in args.properties or () if name not in known]
+    if unknown:
+        return f"{', '.join(unknown)}: not a property of {layer}; its properties: {', '.join(known)}"
+    try:
+        CheckOptions(args.mode or "train", args.convention, args.order or 1, layer)
+        selected_regimes(args.regimes, args.exclude_regimes, layer)
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
 def _check(args: argparse.Namespace, impl) -> int:
     if args.replay:
         report = replay(impl, args.replay)
@@ -216,9 +253,9 @@ def _check(args: argparse.Namespace, impl) -> int:
         _outputs(report, args)
         return report.exit_status
     _fill_defaults(args)
-    options = CheckOptions(args.mode, args.convention, args.order)
+    options = CheckOptions(args.mode, args.convention, args.order, args.layer)
     try:
-        regimes = selected_regimes(args.regimes, args.exclude_regimes)
+        regimes = selected_regimes(args.regimes, args.exclude_regimes, args.layer)
     except ValueError as error:
         return _fail(str(error))
     report = run_properties(impl, dtype=args.dtype, max_examples=args.max_examples, seed=args.seed,

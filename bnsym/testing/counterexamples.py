@@ -2,7 +2,8 @@
 
 A run saves each failure's counterexample into one folder (``bnsym check --save-dir``, default
 ``./bnsym-counterexamples/``) as ``<property>-<hash>.npz``: the inputs (x, gamma, beta, dy, eps), the regime, the
-seed of the property's own random draws, the property and the options of the run. Files are written atomically
+seed of the property's own random draws, the property and the options of the run, with the layer (and group
+norm's number of groups; files without a layer are batch norm's). Files are written atomically
 (a temporary file in the folder, then renamed), so an interrupted run never leaves half a file. ``--replay FILE``
 re-runs that one property on that one example.
 """
@@ -22,7 +23,7 @@ from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.files import write_atomically
 from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import REGISTRY
+from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 from bnsym.testing.runner import call_property
 
@@ -45,6 +46,8 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
     fields = dict(bnsym_counterexample=FORMAT, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed,
                   mode=options.mode, convention=options.convention or "", order=options.order,
                   **{f: getattr(ex, f) for f in _ARRAYS})
+    if ex.layer != "batch_norm":  # batch norm's files stay as they were
+        fields.update(layer=ex.layer, num_groups=-1 if ex.num_groups is None else ex.num_groups)
     digest = hashlib.sha256(b"".join(np.asarray(v).tobytes() for v in fields.values())).hexdigest()[:8]
     path = write_atomically(Path(directory) / f"{result.name}-{digest}.npz", lambda stream: np.savez(stream, **fields))
     ce.path = path
@@ -69,25 +72,27 @@ def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
                 raise NotACounterexample(f"{path} is not a bnsym counterexample: it has no {', '.join(missing)}; "
                                          f"{what}")
             name = str(data["property"])
+            layer = str(data["layer"]) if "layer" in data.files else "batch_norm"
+            groups = int(data["num_groups"]) if "num_groups" in data.files else -1
             example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
-                              str(data["regime"]), int(data["seed"]))
+                              str(data["regime"]), int(data["seed"]), layer, None if groups < 0 else groups)
             options = CheckOptions(str(data["mode"]) if "mode" in data.files else "train",
                                    (str(data["convention"]) or None) if "convention" in data.files else None,
-                                   int(data["order"]) if "order" in data.files else 1)
+                                   int(data["order"]) if "order" in data.files else 1, layer)
     except NotACounterexample:
         raise
     except Exception as error:  # a damaged archive, or fields of the wrong kind
         reason = "its fields are not plain arrays" if "pickle" in str(error) else f"{type(error).__name__}: {error}"
         raise NotACounterexample(f"{path} is not a bnsym counterexample ({reason}); {what}") from None
-    if name not in REGISTRY:
-        raise NotACounterexample(f"{path} names a property bnsym does not have: {name!r}")
+    if name not in registry(options.layer):
+        raise NotACounterexample(f"{path} names a property bnsym does not have for {options.layer}: {name!r}")
     return name, example, options
 
 
 def replay(impl: Implementation, path) -> Report:
     """Re-run the property saved in ``path`` on its example; the report has that one property."""
     name, example, options = load_counterexample(path)
-    prop = REGISTRY[name]
+    prop = registry(options.layer)[name]
     report = Report(impl.name, example.dtype.name, example.seed, 1, options=options, regimes=(example.regime,))
     missing = prop.needs - impl.capabilities
     if missing:

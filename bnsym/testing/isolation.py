@@ -52,7 +52,8 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from bnsym.testing.adapters import SIGNATURES, Implementation, TargetError, load
+from bnsym.testing.adapters import Implementation, TargetError, load
+from bnsym.testing.family import protocol
 
 __all__ = ["DEFAULT_TIMEOUT", "ImplementationCrashed", "IsolatedImplementation"]
 
@@ -317,7 +318,7 @@ def _die_with_checker(checker: int, forkserver: bool, spawned_by_main_thread: bo
 
 
 def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spawned_by_main_thread: bool,
-           stack_file: str) -> None:
+           stack_file: str, layer: str = "batch_norm") -> None:
     """The child's main loop: load the implementation, then answer calls until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the checker handles it (and stops this child), so the child must not
     # die of it first and be reported as a crash.
@@ -336,7 +337,8 @@ def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spaw
     os.environ.clear()
     os.environ.update(environment)  # a forkserver's children inherit the server's environment, not the caller's
     try:
-        impl = load(source) if isinstance(source, str) else Implementation.wrap(pickle.loads(source))
+        impl = load(source, layer) if isinstance(source, str) \
+            else Implementation.wrap(pickle.loads(source), layer=layer)
     except Exception as error:
         message = str(error) if isinstance(error, TargetError | TypeError) else \
             f"loading it raised {type(error).__name__}: {error}"
@@ -428,12 +430,15 @@ class IsolatedImplementation(Implementation):
     """The implementation named by ``target`` (a CLI target string, or a picklable function, object or class),
     run in a child process with ``timeout`` seconds per call (module docstring).
 
+    ``layer`` (default "batch_norm") is the protocol the child loads it with (:mod:`bnsym.testing.family`).
+
     Raises :class:`~bnsym.testing.adapters.TargetError` when the target cannot be loaded (or crashes or hangs while
     loading), TypeError when an object cannot be pickled, ValueError for a timeout that is not a positive number.
     Use it as a context manager, or call :meth:`close`; an ``atexit`` handler closes what is left open.
     """
 
-    def __init__(self, target, *, timeout: float = DEFAULT_TIMEOUT, start_method: str | None = None):
+    def __init__(self, target, *, timeout: float = DEFAULT_TIMEOUT, start_method: str | None = None,
+                 layer: str = "batch_norm"):
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) \
                 or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -448,6 +453,7 @@ class IsolatedImplementation(Implementation):
                                 f"level, or pass a target string such as 'path/to/file.py:NAME'") from None
             label = getattr(target, "__qualname__", type(target).__name__)
         self.timeout = float(timeout)
+        self._layer = protocol(layer).name
         self._context = multiprocessing.get_context(start_method or _default_start_method())
         if self._context.get_start_method() == "forkserver":
             # Workers fork from a server that has imported bnsym already. This sets the preload of the process's
@@ -460,7 +466,7 @@ class IsolatedImplementation(Implementation):
         name, capabilities = self._start(loading=True)
         self._capabilities = capabilities
         super().__init__(**{method: _RemoteMethod(self, method) if method in capabilities else None
-                            for method in SIGNATURES}, name=name)
+                            for method in protocol(layer).signatures}, name=name, layer=layer)
 
     # -- the child's life --
 
@@ -474,7 +480,7 @@ class IsolatedImplementation(Implementation):
         self._stacks, self._stack_file = tempfile.mkstemp(prefix="bnsym-isolated-", suffix=".stacks")
         process = self._context.Process(target=_serve, name=f"bnsym-isolated {self._label}", daemon=False,
                                         args=(child_conn, self._source, dict(os.environ), os.getpid(), forkserver,
-                                              by_main_thread, self._stack_file))
+                                              by_main_thread, self._stack_file, self._layer))
         process.start()
         child_conn.close()
         self._process, self._conn = process, conn

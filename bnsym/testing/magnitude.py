@@ -23,7 +23,7 @@ import sympy
 
 from bnsym.symbolic.reduction import BatchSum, Field, M
 
-__all__ = ["MagnitudeBound", "compiled", "magnitude"]
+__all__ = ["MagnitudeBound", "compiled", "evaluate", "magnitude"]
 
 
 def _abs_symbol(symbol: sympy.Symbol) -> sympy.Symbol:
@@ -58,7 +58,8 @@ class MagnitudeBound:
     """The bound of the module docstring for one closed form, compiled once to NumPy.
 
     Atom values are given by name (``"x_hat"``, ``"gamma"``, ...): fields with the example's shape, channel
-    quantities with shape (1, C, 1, ...); reductions run over every axis but 1.
+    quantities with shape (1, C, 1, ...); reductions run over every axis but 1, or over ``axes`` when given (a
+    layer's groups: :attr:`bnsym._family_layout.GroupLayout.axes`, with group quantities of length 1 there).
     """
 
     def __init__(self, expr: sympy.Expr):
@@ -70,22 +71,39 @@ class MagnitudeBound:
         namespace = {"BatchSum": lambda a: np.sum(a, axis=self._axes, keepdims=True)}
         self._function = sympy.lambdify(arguments, mag, modules=[namespace, "numpy"])
 
-    def magnitude(self, values: dict[str, np.ndarray], count: int, ndim: int) -> np.ndarray:
+    def magnitude(self, values: dict[str, np.ndarray], count: int, ndim: int, axes=None) -> np.ndarray:
         """|E| at the magnitudes of ``values``."""
-        self._axes = (0,) + tuple(range(2, ndim))
+        self._axes = (0,) + tuple(range(2, ndim)) if axes is None else tuple(axes)
         arguments = [np.abs(np.asarray(values[s.name], dtype=np.float64)) for s in self.atoms]
         return np.asarray(self._function(*arguments, count), dtype=np.float64)
 
-    def bound(self, values: dict[str, np.ndarray], errors: dict[str, np.ndarray], *, u: float, k: float,
-              count: int, ndim: int) -> np.ndarray:
-        """k u |E|(|a|) + |E|(|a| + e) - |E|(|a|); atoms missing from ``errors`` are exact."""
-        nominal = self.magnitude(values, count, ndim)
+    def bound(self, values: dict[str, np.ndarray], errors: dict[str, np.ndarray], *, u: float, k,
+              count: int, ndim: int, axes=None) -> np.ndarray:
+        """k u |E|(|a|) + |E|(|a| + e) - |E|(|a|); atoms missing from ``errors`` are exact. ``k`` may be an array
+        (a growth per group)."""
+        nominal = self.magnitude(values, count, ndim, axes)
         moved = {name: np.abs(np.asarray(value, np.float64)) + np.asarray(errors.get(name, 0.0), np.float64)
                  for name, value in values.items()}
-        return k * u * nominal + (self.magnitude(moved, count, ndim) - nominal)
+        return k * u * nominal + (self.magnitude(moved, count, ndim, axes) - nominal)
 
 
 @cache
 def compiled(expr: sympy.Expr) -> MagnitudeBound:
     """A :class:`MagnitudeBound` per expression, compiled once per process."""
     return MagnitudeBound(expr)
+
+
+@cache
+def _signed(expr: sympy.Expr):
+    atoms = tuple(sorted((s for s in expr.free_symbols if s != M), key=lambda s: s.name))
+    axes: list[tuple[int, ...]] = [()]
+    namespace = {"BatchSum": lambda a: np.sum(a, axis=axes[0], keepdims=True)}
+    return atoms, axes, sympy.lambdify([*atoms, M], expr, modules=[namespace, "numpy"])
+
+
+def evaluate(expr: sympy.Expr, values: dict[str, np.ndarray], count: int, axes: tuple[int, ...]) -> np.ndarray:
+    """The value of ``expr`` (signs kept) at ``values``, reductions over ``axes``: float64, for the atoms of a
+    bound."""
+    atoms, where, function = _signed(expr)
+    where[0] = tuple(axes)
+    return np.asarray(function(*(np.asarray(values[s.name], np.float64) for s in atoms), count), np.float64)

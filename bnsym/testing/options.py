@@ -1,4 +1,9 @@
-"""What a check covers beyond the training forward and backward: eval mode, running statistics, second order.
+"""What a check covers: the layer, and beyond the training forward and backward: eval mode, running statistics,
+second order.
+
+- ``layer``: which layer's protocol and properties (:mod:`bnsym.testing.family`): ``"batch_norm"`` (default),
+  ``"layer_norm"``, ``"rms_norm"``, ``"group_norm"`` or ``"instance_norm"``. Only batch norm has an eval mode and
+  running statistics.
 
 - ``mode``: ``"train"`` (default) checks the training forward and backward; ``"eval"`` checks the eval-mode
   methods (``eval_forward``, ``eval_backward``, and with ``order=2`` ``eval_double_backward``).
@@ -13,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bnsym.conventions import CONVENTIONS
+from bnsym.testing.family import LAYER_NAMES, protocol
 
 __all__ = ["MODES", "CheckOptions"]
 
@@ -26,8 +32,14 @@ class CheckOptions:
     mode: str = "train"
     convention: str | None = None
     order: int = 1
+    layer: str = "batch_norm"
 
     def __post_init__(self):
+        if self.layer not in LAYER_NAMES:
+            raise ValueError(f"layer must be one of {LAYER_NAMES}, got {self.layer!r}")
+        if self.layer != "batch_norm" and (self.mode != "train" or self.convention is not None):
+            raise ValueError(f"{protocol(self.layer).title} has no eval mode and no running statistics: mode "
+                             f"{self.mode!r} and convention {self.convention!r} are batch norm's only")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.convention is not None and self.convention not in CONVENTIONS:
@@ -36,7 +48,8 @@ class CheckOptions:
             raise ValueError(f"order must be 1 or 2, got {self.order!r}")
 
     def describe(self) -> str:
-        parts = [f"{self.mode} mode"]
+        parts = [] if self.layer == "batch_norm" else [protocol(self.layer).title]
+        parts.append(f"{self.mode} mode")
         if self.convention:
             parts.append(f"{self.convention} running statistics")
         if self.order == 2:

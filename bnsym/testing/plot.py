@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym.strategies import REGIMES
+from bnsym.strategies import layer_regimes
 from bnsym.testing.files import write_atomically
 from bnsym.testing.results import FAILED, Report
 
@@ -27,7 +27,8 @@ def plot_margins(report: Report, path) -> Path:
     from matplotlib.colors import LogNorm
 
     rows = [r for r in report.results if r.margins or r.status == FAILED]
-    regimes = [g for g in REGIMES if any(g in r.margins for r in rows)] or list(report.regimes or REGIMES)
+    known = layer_regimes(report.options.layer)
+    regimes = [g for g in known if any(g in r.margins for r in rows)] or list(report.regimes or known)
     values = np.full((len(rows), len(regimes)), np.nan)
     for i, r in enumerate(rows):
         for j, regime in enumerate(regimes):

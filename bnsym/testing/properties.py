@@ -33,12 +33,13 @@ from bnsym.strategies import Example
 from bnsym.testing import reference
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
+from bnsym.testing.family import LAYER_NAMES
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.protocol import check_layout, output_array, output_arrays
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
-__all__ = ["REGISTRY", "Property", "PropertyFailure", "ProtocolError", "Space", "Worst", "call_backward",
-           "call_forward", "compare", "register"]
+__all__ = ["REGISTRIES", "REGISTRY", "Property", "PropertyFailure", "ProtocolError", "Space", "Worst", "call_backward",
+           "call_forward", "compare", "register", "registry"]
 
 
 def train_first_order(options: CheckOptions) -> bool:
@@ -69,18 +70,30 @@ class Property:
     requires: tuple[str, ...] = ()
 
 
-REGISTRY: dict[str, Property] = {}
+#: Each layer's properties by name, in the order they run. A property written for several layers (the generic ones
+#: of :mod:`bnsym.testing.family_properties`) is in each of their registries, under one name.
+REGISTRIES: dict[str, dict[str, Property]] = {layer: {} for layer in LAYER_NAMES}
+#: Batch norm's properties.
+REGISTRY: dict[str, Property] = REGISTRIES["batch_norm"]
+
+
+def registry(layer: str) -> dict[str, Property]:
+    """The properties of ``layer`` by name; ValueError for an unknown layer."""
+    if layer not in REGISTRIES:
+        raise ValueError(f"unknown layer {layer!r}; known: {', '.join(REGISTRIES)}")
+    return REGISTRIES[layer]
 
 
 @dataclass(frozen=True)
 class Space:
-    """Where one run draws its examples from: the dtype, the input regimes, and the pool of shapes
-    (:func:`bnsym.strategies.shape_pool`; None draws any shape). Every property's strategy is a function of it,
-    which is where a later parameter of the run (the layer, say) reaches the strategies."""
+    """Where one run draws its examples from: the dtype, the input regimes, the pool of shapes
+    (:func:`bnsym.strategies.shape_pool`, or :func:`bnsym.strategies.layer_shape_pool` for the other layers;
+    None draws any shape) and the layer. Every property's strategy is a function of it."""
 
     dtype: np.dtype
     regimes: tuple[str, ...] = bst.REGIMES
-    shapes: tuple[tuple[int, ...], ...] | None = None
+    shapes: tuple | None = None
+    layer: str = "batch_norm"
 
     def usable(self, prop: Property) -> tuple[str, ...]:
         """The regimes of this space that ``prop`` can draw from."""
@@ -92,14 +105,19 @@ def _general(space: Space) -> st.SearchStrategy[Example]:
 
 
 def register(name: str, group: str, needs=("forward",), examples=_general, *, when=train_first_order,
-             selected_by="train mode (the default --mode)", takes_options=False, regimes=None, requires=()):
-    """Add the decorated check to :data:`REGISTRY`; its docstring's first line is the property's description."""
+             selected_by="train mode (the default --mode)", takes_options=False, regimes=None, requires=(),
+             layers=("batch_norm",), description: str | None = None):
+    """Add the decorated check to the registries of ``layers`` (default batch norm's, :data:`REGISTRY`); its
+    docstring's first line is the property's description unless ``description`` is given."""
     def decorate(check):
-        if name in REGISTRY:
-            raise ValueError(f"a property named {name!r} is already registered")
-        description = (check.__doc__ or name).strip().splitlines()[0]
-        REGISTRY[name] = Property(name, group, frozenset(needs), description, check, examples, when, selected_by,
-                                  takes_options, regimes, tuple(requires))
+        for layer in layers:
+            if name in registry(layer):
+                raise ValueError(f"a property named {name!r} is already registered for {layer}")
+        text = description or (check.__doc__ or name).strip().splitlines()[0]
+        prop = Property(name, group, frozenset(needs), text, check, examples, when, selected_by, takes_options,
+                        regimes, tuple(requires))
+        for layer in layers:
+            REGISTRIES[layer][name] = prop
         return check
     return decorate
 

@@ -59,10 +59,11 @@ class PropertyResult:
         return self.margins[regime], regime
 
 
-def _description(name: str) -> str:
-    from bnsym.testing.properties import REGISTRY
+def _description(name: str, layer: str = "batch_norm") -> str:
+    from bnsym.testing.properties import registry
 
-    return REGISTRY[name].description if name in REGISTRY else ""
+    properties = registry(layer)
+    return properties[name].description if name in properties else ""
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Report:
         first = group[0]
         lines = []
         if len(group) == 1:
-            lines.append(f"  FAIL  {first.name}: {_description(first.name)}")
+            lines.append(f"  FAIL  {first.name}: {_description(first.name, self.options.layer)}")
             lines.append(f"        {first.counterexample.failure if first.counterexample else first.reason}")
         else:
             cause = first.cause.split(": ", 1)[-1] if first.cause.startswith(("protocol", "forward")) else \
@@ -205,14 +206,17 @@ class Report:
             "dtype": self.dtype,
             "seed": self.seed,
             "max_examples": self.max_examples,
-            "options": {"mode": self.options.mode, "convention": self.options.convention,
-                        "order": self.options.order, "regimes": list(self.regimes)},
-            "shapes": [list(s) for s in self.shapes],
+            "options": {"layer": self.options.layer, "mode": self.options.mode,
+                        "convention": self.options.convention, "order": self.options.order,
+                        "regimes": list(self.regimes)},
+            "shapes": [list(s) if self.options.layer == "batch_norm" else {"shape": list(s[0]), "size": s[1]}
+                       for s in self.shapes],
             "seconds": round(self.seconds, 3),
             "save_dir": None if self.save_dir is None else str(self.save_dir),
             "versions": versions(),
             "properties": [{
-                "name": r.name, "description": _description(r.name), "status": r.status, "reason": r.reason,
+                "name": r.name, "description": _description(r.name, self.options.layer), "status": r.status,
+                "reason": r.reason,
                 "examples": r.examples, "seconds": round(r.seconds, 3), "cause": r.cause or None,
                 "margin": None if r.margin is None else {"worst": r.margin[0], "regime": r.margin[1],
                                                          "per_regime": dict(r.margins)},
@@ -236,17 +240,25 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _title(report: Report) -> str:
+    from bnsym.testing.family import protocol
+
+    return protocol(report.options.layer).title
+
+
 class CheckFailed(AssertionError):
-    """Raised by :func:`bnsym.testing.check_batchnorm` when a property fails; ``report`` has the details."""
+    """Raised by :func:`bnsym.testing.check_normalization` (and ``check_batchnorm``) when a property fails;
+    ``report`` has the details."""
 
     def __init__(self, report: Report):
-        super().__init__(f"batch norm check failed: {', '.join(report.failed)}\n{report}")
+        super().__init__(f"{_title(report)} check failed: {', '.join(report.failed)}\n{report}")
         self.report = report
 
 
 class NothingChecked(CheckFailed):
-    """Raised by :func:`bnsym.testing.check_batchnorm` when no property ran: nothing checked is not a pass."""
+    """Raised by :func:`bnsym.testing.check_normalization` (and ``check_batchnorm``) when no property ran: nothing
+    checked is not a pass."""
 
     def __init__(self, report: Report):
-        AssertionError.__init__(self, f"batch norm check: {report.why_nothing_checked()}\n{report}")
+        AssertionError.__init__(self, f"{_title(report)} check: {report.why_nothing_checked()}\n{report}")
         self.report = report

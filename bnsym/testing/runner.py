@@ -7,8 +7,10 @@ counterexample. Every example's comparisons are watched (:func:`bnsym.testing.fa
 property's margin per regime. A property whose needs the implementation does not offer is skipped, with the
 reason; so is one whose prerequisite (``requires``) failed.
 
-Shapes come from a small pool per run (:func:`bnsym.strategies.shape_pool`, fixed by the seed), so that a
-compiled implementation compiles a handful of times, not once per example.
+Shapes come from a small pool per run (:func:`bnsym.strategies.shape_pool`, or
+:func:`bnsym.strategies.layer_shape_pool` for the other layers, fixed by the seed), so that a compiled
+implementation compiles a handful of times, not once per example. The layer of the run (``options.layer``) selects
+the registry of properties (:func:`bnsym.testing.properties.registry`), the regimes and the pool.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import REGISTRY, Property, Space
+from bnsym.testing.properties import Property, Space, registry
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 
 __all__ = ["call_property", "run_properties", "selection"]
@@ -50,7 +52,8 @@ def _cause(failure: PropertyFailure, nonfinite_forward: bool, example: Example) 
         return failure.cause
     if nonfinite_forward:
         return "forward: forward returns NaN or infinity on finite input"
-    digest = hash(tuple(np.asarray(getattr(example, f)).tobytes() for f in ("x", "gamma", "beta")) + (example.eps,))
+    digest = hash(tuple(np.asarray(getattr(example, f)).tobytes() for f in ("x", "gamma", "beta"))
+                  + (example.eps, example.num_groups))
     return f"example {digest}"
 
 
@@ -107,30 +110,43 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
 def selection(options: CheckOptions, properties: list[str] | None, capabilities=None) -> list[str]:
     """The properties to run, in registry order: those named (or those the options select), and what those of
     them that the implementation can run (its ``capabilities``) require."""
-    chosen = set(properties) if properties else {n for n, p in REGISTRY.items() if p.when(options)}
+    properties_of_layer = registry(options.layer)
+    chosen = set(properties) if properties else {n for n, p in properties_of_layer.items() if p.when(options)}
     for name in list(chosen):
-        prop = REGISTRY[name]
+        prop = properties_of_layer[name]
         if prop.when(options) and (capabilities is None or prop.needs <= capabilities):
             chosen.update(prop.requires)
-    return [name for name in REGISTRY if name in chosen]
+    return [name for name in properties_of_layer if name in chosen]
+
+
+def _pool(layer: str, seed: int, shapes) -> tuple:
+    if layer == "batch_norm":
+        return bst.shape_pool(seed) if shapes is None else tuple(tuple(s) for s in shapes)
+    if shapes is None:
+        return bst.layer_shape_pool(layer, seed)
+    return tuple((tuple(shape), int(size)) for shape, size in shapes)
 
 
 def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, seed: int,
                    properties: list[str] | None = None, options: CheckOptions | None = None,
-                   regimes=bst.REGIMES, shapes=None) -> Report:
+                   regimes=None, shapes=None) -> Report:
     """The properties that ``options`` select (or those named) on ``impl``, in registry order, on examples of
-    ``regimes`` with shapes from ``shapes`` (default: the run's pool, :func:`bnsym.strategies.shape_pool`)."""
+    ``regimes`` (default: every regime of the layer) with shapes from ``shapes`` (default: the run's pool,
+    :func:`bnsym.strategies.shape_pool`; for the other layers, ``(shape, size)`` pairs of
+    :func:`bnsym.strategies.layer_shape_pool`)."""
     options = options or CheckOptions()
-    shapes = bst.shape_pool(seed) if shapes is None else tuple(tuple(s) for s in shapes)
-    space = Space(np.dtype(dtype), tuple(regimes), shapes)
+    shapes = _pool(options.layer, seed, shapes)
+    regimes = bst.layer_regimes(options.layer) if regimes is None else tuple(regimes)
+    space = Space(np.dtype(dtype), regimes, shapes, options.layer)
     report = Report(impl.name, space.dtype.name, seed, max_examples, options=options, regimes=space.regimes,
                     shapes=shapes)
     start = time.perf_counter()
     selected = selection(options, properties, impl.capabilities)
-    report.not_selected = [] if properties else [n for n in REGISTRY if n not in selected]
+    properties_of_layer = registry(options.layer)
+    report.not_selected = [] if properties else [n for n in properties_of_layer if n not in selected]
     verdicts: dict[str, str] = {}
     for name in selected:
-        prop = REGISTRY[name]
+        prop = properties_of_layer[name]
         result = _decide_skip(prop, impl, space, options, properties, verdicts)
         if result is None:
             result = _run_one(prop, impl, space, max_examples, seed, options)
@@ -141,7 +157,7 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
 
 
 def _decide_skip(prop, impl, space, options, properties, verdicts) -> PropertyResult | None:
-    prerequisite = any(prop.name in other.requires for other in REGISTRY.values())  # runs whenever named
+    prerequisite = any(prop.name in other.requires for other in registry(options.layer).values())  # runs if named
     if properties and not prop.when(options) and prop.name in properties and not prerequisite:
         return PropertyResult(prop.name, SKIPPED, f"runs with {prop.selected_by}")
     missing = prop.needs - impl.capabilities

@@ -465,8 +465,17 @@ class ShardedReport:
         return self._names(SKIPPED)
 
     @property
+    def nothing_checked(self) -> bool:
+        """No property ran (every one skipped): not a pass (exit status 5, as pytest's when it collects no test)."""
+        return not self.passed and not self.failed
+
+    @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.nothing_checked
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failed else 5 if self.nothing_checked else 0
 
     def __str__(self) -> str:
         split = "equal shards (the implementation takes no others)" if self.equal_shards else "uneven shards"
@@ -491,6 +500,8 @@ class ShardedReport:
                             lines.append(f"        replay: {self.replay_command.format(path=ce.path)}")
         for reason, names in skipped.items():
             lines.append(f"  SKIP  {', '.join(names)}: {reason}")
+        if self.nothing_checked:
+            lines.append("nothing was checked: every property was skipped (the reasons are above)")
         lines.append(f"{len(self.results)} properties: {len(self.passed)} passed, {len(self.failed)} failed, "
                      f"{len(self.skipped)} skipped ({self.seconds:.1f} s)")
         return "\n".join(lines)
@@ -695,4 +706,4 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         impl.close()
     print(report)
-    return 0 if report.ok else 1
+    return report.exit_status

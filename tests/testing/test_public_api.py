@@ -3,15 +3,17 @@
 import bnsym.strategies
 import bnsym.testing
 from bnsym.testing.adapters import SIGNATURES
-from bnsym.testing.properties import REGISTRY
+from bnsym.testing.family import PROTOCOLS
+from bnsym.testing.properties import REGISTRIES, REGISTRY
 
 
 def test_public_names():
-    assert bnsym.testing.__all__ == ["DEFAULT_MAX_EXAMPLES", "PROPERTIES", "CheckFailed", "CheckOptions",
+    assert bnsym.testing.__all__ == ["DEFAULT_MAX_EXAMPLES", "LAYERS", "PROPERTIES", "CheckFailed", "CheckOptions",
                                      "Implementation", "NothingChecked", "Report", "TargetError", "check_batchnorm",
-                                     "selected_regimes"]
-    assert bnsym.strategies.__all__ == ["DTYPES", "REGIMES", "Example", "batch_norm_examples", "channel_shapes",
-                                        "dtypes", "epsilons", "regimes", "shape_pool"]
+                                     "check_normalization", "properties_of", "selected_regimes"]
+    assert bnsym.strategies.__all__ == ["DTYPES", "LAYERS", "REGIMES", "Example", "batch_norm_examples",
+                                        "channel_shapes", "dtypes", "epsilons", "layer_examples", "layer_regimes",
+                                        "layer_shape_pool", "regimes", "shape_pool"]
     for module in (bnsym.testing, bnsym.strategies):
         assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
 
@@ -20,11 +22,15 @@ def test_every_property_is_named_grouped_and_described():
     groups = {"structure", "reference", "standardisation", "gradients", "identities", "invariances", "eval",
               "running statistics", "second order"}
     assert set(bnsym.testing.PROPERTIES) == set(REGISTRY)
-    for prop in REGISTRY.values():
-        assert prop.group in groups, prop.name
-        assert prop.needs and prop.needs <= set(SIGNATURES), f"{prop.name} needs {prop.needs}"
-        assert prop.description and prop.description != prop.name
-        assert prop.selected_by, f"{prop.name} does not say which options select it"
+    assert set(REGISTRIES) == set(bnsym.testing.LAYERS) == set(PROTOCOLS)
+    assert PROTOCOLS["batch_norm"].signatures is SIGNATURES  # batch norm's protocol is the one adapters documents
+    for layer, registry in REGISTRIES.items():
+        assert bnsym.testing.properties_of(layer) == tuple(registry)
+        for prop in registry.values():
+            assert prop.group in groups, prop.name
+            assert prop.needs and prop.needs <= set(PROTOCOLS[layer].signatures), f"{prop.name} needs {prop.needs}"
+            assert prop.description and prop.description != prop.name
+            assert prop.selected_by, f"{prop.name} does not say which options select it"
 
 
 def test_check_failed_is_an_assertion_error():

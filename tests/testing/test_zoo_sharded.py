@@ -83,17 +83,22 @@ def test_an_implementation_of_equal_shards_gets_equal_shards():
 
 
 def test_an_unavailable_implementation_is_skipped_with_its_reason():
-    report = check_sharded(Unavailable(), shards=SHARDS, max_examples=5)
-    assert report.passed == [] and report.failed == []
+    """Nothing checked is not a pass: check_sharded raises, and the report says why each property was skipped."""
+    with pytest.raises(ShardedCheckFailed) as raised:
+        check_sharded(Unavailable(), shards=SHARDS, max_examples=5)
+    report = raised.value.report
+    assert report.passed == [] and report.failed == [] and report.exit_status == 5
+    assert "nothing was checked" in str(report)
     assert {r.reason for r in report.results} == {"needs a GPU (this is a test)"}
 
 
 def test_running_statistics_need_a_convention():
     report = check_sharded(CORRECT["two_rounds"](), shards=SHARDS, max_examples=5)
     assert "sharded_running_statistics" not in report.passed + report.skipped
-    report = check_sharded(CORRECT["two_rounds"](), shards=SHARDS, max_examples=5,
-                           properties=["sharded_running_statistics"])
-    assert report.skipped == ["sharded_running_statistics"]
+    with pytest.raises(ShardedCheckFailed) as raised:  # named alone without a convention: nothing is checked
+        check_sharded(CORRECT["two_rounds"](), shards=SHARDS, max_examples=5,
+                      properties=["sharded_running_statistics"])
+    assert raised.value.report.skipped == ["sharded_running_statistics"]
 
 
 @settings(max_examples=200)

@@ -1,0 +1,369 @@
+"""References and error bounds for layer, RMS, group and instance norm, from bnsym's derivation of each layer.
+
+Notation. A layer normalises *groups* of M values (:mod:`bnsym._family_layout`): x is seen in the kernels' grouped
+layout (``layout.grouped``: group norm's channel axis split into (G, C/G)), a group spans ``layout.axes``, and
+group quantities (mean, var or ms, the scale s = invstd or invrms) have length 1 there. gamma and beta have the
+layout's parameter broadcast shape; a parameter shared by several groups gets the sum of their gradients over
+``layout.parameter_axes``.
+
+- :func:`forward`, :func:`backward`, :func:`double_backward`: bnsym's public functions (``bnsym.layer_norm``, ...)
+  run in float64 on the example's inputs as given (already rounded to the dtype under test), so an implementation
+  is compared with what it should have computed from the very values it was given.
+- :func:`exact`: the derived closed forms of y, dx and the parameter adjoints, instantiated for one group of M
+  values (:func:`bnsym.symbolic.brute_force.instantiate`) and evaluated in mpmath at 50 digits group by group; a
+  parameter's gradient is the mpmath sum over the groups that share it.
+- :class:`LayerBound`: the tolerances, by :mod:`bnsym.testing.magnitude`'s running error analysis of each derived
+  closed form (y, dx, dgamma, dbeta, gx, ggamma, gdy), read from ``bnsym.symbolic.layers.derivation(layer)``. Its
+  atoms are x_hat, the scale s, dy, gamma, beta and the cotangents. The errors of x_hat and s: for a centred layer
+  (mean, variance) :class:`bnsym.testing.tolerance.Bound`'s model of a correct two-pass or Welford summation per
+  group, as batch norm's second-order properties use it (a magnitude bound of (x - mean) s would charge it with
+  |x| + |mean| in place of |x - mean|, as large at a large offset as a one-pass variance's error); for RMS norm,
+  which cancels nothing, the layer's own forward program definition by definition: the magnitude bound of the
+  mean square (exact for a sum of squares) and of x s, and the negative power s = (ms + eps)**(-1/2) by the mean
+  value theorem. A reduction over a (nearly) constant group gets the worst-case growth M, as batch norm's mean
+  does. The reference's own float64 rounding is part of u.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from functools import cache, cached_property
+
+import numpy as np
+
+from bnsym._family_layout import GroupLayout
+from bnsym.strategies import Example
+from bnsym.symbolic.layers import derivation
+from bnsym.symbolic.reduction import is_field_expr
+from bnsym.testing.magnitude import compiled, evaluate
+from bnsym.testing.reference import ForwardReference
+from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
+
+__all__ = ["EXACT_MAX_COUNT", "EXACT_MAX_GROUPS", "GroupReference", "LayerBound", "backward", "by_group",
+           "double_backward", "exact", "forward", "from_groups", "options"]
+
+EXACT_MAX_COUNT = 4  # values per group for the exact reference: the instantiated expressions grow with M
+EXACT_MAX_GROUPS = 12  # each group is one mpmath evaluation
+
+
+def options(example: Example) -> dict:
+    """The keyword arguments of bnsym's public functions that say how the example's x is grouped."""
+    if example.layer in ("layer_norm", "rms_norm"):
+        k = example.gamma.ndim
+        return {"axis": tuple(range(example.x.ndim - k, example.x.ndim))}
+    if example.layer == "group_norm":
+        return {"num_groups": example.num_groups, "axis": 1}
+    return {"axis": 1}
+
+
+def _module(layer: str):
+    return importlib.import_module(f"bnsym.{layer}")
+
+
+def _f64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class GroupReference:
+    """The float64 forward pass of one example, in the grouped layout.
+
+    ``y`` has x's shape; ``x`` and ``x_hat`` are grouped; ``mean``, ``var`` (the variance of x's group, two-pass,
+    for every layer), ``statistic`` (var, or RMS norm's mean square ms) and ``scale`` (invstd or invrms) are
+    group-shaped. ``saved`` are the statistics the public forward returns, as the public backward takes them.
+    """
+
+    layout: GroupLayout
+    y: np.ndarray
+    x: np.ndarray
+    x_hat: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    statistic: np.ndarray
+    scale: np.ndarray
+    saved: tuple[np.ndarray, ...]
+    centred: bool
+
+    @property
+    def count(self) -> int:
+        return self.layout.count
+
+    def grouped(self, values) -> np.ndarray:
+        """An array shaped like x, in the grouped layout (float64)."""
+        return _f64(values).reshape(self.layout.grouped)
+
+    def parameter(self, values) -> np.ndarray:
+        """A parameter (gamma-shaped) in its broadcast shape (float64)."""
+        return _f64(values).reshape(self.layout.parameter_broadcast)
+
+
+def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None) -> GroupReference:
+    """The float64 reference of ``example`` (or of it with some inputs replaced), from bnsym's public forward."""
+    x = _f64(example.x if x is None else x)
+    gamma = _f64(example.gamma if gamma is None else gamma)
+    beta = _f64(example.beta if beta is None else beta)
+    eps = float(example.eps if eps is None else eps)
+    layout = example.layout if x.shape == example.x.shape else example.replace(x=x).layout
+    module = _module(example.layer)
+    centred = example.layer != "rms_norm"
+    if centred:
+        y, *saved = module.forward(x, gamma, beta, eps=eps, **options(example))
+    else:
+        y, *saved = module.forward(x, gamma, eps=eps, **options(example))
+    grouped = x.reshape(layout.grouped)
+    mean = np.mean(grouped, axis=layout.axes, keepdims=True)
+    var = np.mean((grouped - mean) ** 2, axis=layout.axes, keepdims=True)  # two-pass: invstd**-2 - eps loses it
+    scale = saved[-1].reshape(layout.statistics_broadcast)
+    if centred:
+        statistic, x_hat = var, (grouped - mean) * scale
+    else:
+        statistic, x_hat = np.mean(grouped**2, axis=layout.axes, keepdims=True), grouped * scale
+    return GroupReference(layout, y, grouped, x_hat, mean, var, statistic, scale, tuple(saved), centred)
+
+
+def backward(example: Example, *, dy=None, x=None, gamma=None, eps=None) -> tuple[np.ndarray, ...]:
+    """(dx, dgamma, dbeta), or (dx, dgamma) for RMS norm, in float64 from bnsym's public backward."""
+    x = _f64(example.x if x is None else x)
+    gamma = _f64(example.gamma if gamma is None else gamma)
+    dy = _f64(example.dy if dy is None else dy)
+    ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma), eps=eps)
+    return tuple(_module(example.layer).backward(dy, x, gamma, *ref.saved, **options(example)))
+
+
+def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None) -> tuple[np.ndarray, ...]:
+    """(gx, ggamma, gdy) in float64 from bnsym's public double backward; ``cotangents`` are (ggx, gggamma,
+    ggbeta), or (ggx, gggamma) for RMS norm."""
+    x = _f64(example.x if x is None else x)
+    gamma = _f64(example.gamma if gamma is None else gamma)
+    dy = _f64(example.dy if dy is None else dy)
+    ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma))
+    return tuple(_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, x, gamma, *ref.saved,
+                                                        **options(example)))
+
+
+# ----- the exact reference -----
+
+def by_group(values: np.ndarray, layout: GroupLayout) -> np.ndarray:
+    """A grouped array as (number of groups, M): the reduced axes last, flattened (one row per group)."""
+    moved = np.moveaxis(values, layout.axes, range(-len(layout.axes), 0))
+    return moved.reshape(-1, layout.count)
+
+
+def from_groups(values: np.ndarray, layout: GroupLayout) -> np.ndarray:
+    """The inverse of :func:`by_group`, reshaped to x's shape."""
+    kept = [n for i, n in enumerate(layout.grouped) if i not in layout.axes]
+    moved = values.reshape(*kept, *(layout.grouped[a] for a in layout.axes))
+    return np.moveaxis(moved, range(-len(layout.axes), 0), layout.axes).reshape(layout.shape)
+
+
+@cache
+def _exact_functions(layer: str, n: int):
+    """mpmath function of (x_0.., dy_0.., gamma (n values or one), [beta], eps) -> [y_0.., dx_0.., adjoints...],
+    and for each parameter adjoint whether it is per element (n values) or per group (one)."""
+    import sympy
+
+    from bnsym.symbolic.brute_force import Elements, instantiate
+    from bnsym.symbolic.reduction import Field
+
+    d = derivation(layer)
+    s = d.symbols
+    program, closed = d.backward
+    forward_program = d.training_forward
+    elements = Elements(n)
+    outputs = [instantiate(s.y, elements, i, forward_program) for i in range(n)]
+    outputs += [instantiate(closed[program.outputs[0]], elements, i, forward_program) for i in range(n)]
+    per_element = []
+    for name in program.outputs[1:]:
+        field = is_field_expr(closed[name])
+        per_element.append(field)
+        outputs += [instantiate(closed[name], elements, i, forward_program) for i in range(n if field else 1)]
+    arguments = [*elements[s.x], *elements[s.dy]]
+    parameter_fields = []
+    for p in d.parameters:
+        parameter_fields.append(isinstance(p, Field))
+        arguments += list(elements[p]) if isinstance(p, Field) else [p]
+    arguments.append(s.eps)
+    return sympy.lambdify(arguments, outputs, modules="mpmath"), tuple(per_element), tuple(parameter_fields)
+
+
+def exact(example: Example, digits: int = 50) -> tuple[np.ndarray, ...]:
+    """(y, dx, dgamma[, dbeta]) of ``example`` from the derived expressions in mpmath, as float64 arrays.
+
+    Every input float converts to mpmath exactly; the only rounding is the final conversion to float64.
+    """
+    import mpmath
+
+    layout = example.layout
+    n = layout.count
+    groups = math.prod(layout.statistics_shape)
+    if n > EXACT_MAX_COUNT or groups > EXACT_MAX_GROUPS:
+        raise ValueError(f"the exact reference is for M <= {EXACT_MAX_COUNT} values per group and at most "
+                         f"{EXACT_MAX_GROUPS} groups, got M = {n} and {groups} groups")
+    function, per_element, parameter_fields = _exact_functions(example.layer, n)
+    x, dy = (by_group(_f64(a).reshape(layout.grouped), layout) for a in (example.x, example.dy))
+    names = ("gamma", "beta") if example.layer != "rms_norm" else ("gamma",)
+
+    def parameter_by_group(values):
+        return by_group(np.broadcast_to(_f64(values).reshape(layout.parameter_broadcast), layout.grouped), layout)
+
+    parameters = [parameter_by_group(getattr(example, name)) for name in names]
+    index = parameter_by_group(np.arange(example.gamma.size).reshape(example.gamma.shape)).astype(int)
+    y, dx = np.empty((groups, n)), np.empty((groups, n))
+    sums: list[dict[int, list]] = [{} for _ in per_element]
+    with mpmath.workdps(digits):
+        for g in range(groups):
+            args = [*x[g], *dy[g]]
+            for values, field in zip(parameters, parameter_fields):
+                args += list(values[g]) if field else [values[g][0]]
+            args = [mpmath.mpf(float(v)) for v in (*args, example.eps)]
+            out = function(*args)
+            y[g] = [float(v) for v in out[:n]]
+            dx[g] = [float(v) for v in out[n:2 * n]]
+            position = 2 * n
+            for adjoint, field in enumerate(per_element):
+                for i in range(n if field else 1):
+                    sums[adjoint].setdefault(int(index[g][i]), []).append(out[position + i])
+                position += n if field else 1
+        gradients = []
+        for adjoint in sums:
+            total = np.zeros(example.gamma.size)
+            for where, terms in adjoint.items():
+                total[where] = float(mpmath.fsum(terms))
+            gradients.append(total.reshape(example.gamma.shape))
+    return (from_groups(y, layout), from_groups(dx, layout), *gradients)
+
+
+# ----- error bounds from the derived closed forms -----
+
+class LayerBound:
+    """Error bounds of a correct implementation of ``example``'s layer running in ``dtype`` (module docstring).
+
+    ``field(expr)`` bounds a per-element closed form (shaped like x); ``parameter(expr)`` a parameter gradient
+    (gamma-shaped: the per-group bound summed over the groups that share the parameter, plus the rounding of that
+    sum); ``forward()``, ``backward(dy)`` and ``double_backward(cotangents, dy)`` the outputs of each pass.
+    ``gamma`` and ``beta`` replace the example's (gamma-shaped).
+    """
+
+    def __init__(self, example: Example, ref: GroupReference, *, dtype=None, gamma=None, beta=None):
+        self.example, self.ref = example, ref
+        self.dtype = np.dtype(dtype or example.dtype)
+        self.derivation = derivation(example.layer)
+        self.u = unit_roundoff(self.dtype) + unit_roundoff(np.float64)
+        self.k = growth(ref.count)
+        self.tiny = float(np.finfo(self.dtype).tiny) * 16
+        self.values = {"x": ref.x, "x_hat": ref.x_hat, "mean": ref.mean, "var": ref.statistic, "ms": ref.statistic,
+                       self.derivation.scale.name: ref.scale,
+                       "gamma": ref.parameter(example.gamma if gamma is None else gamma),
+                       "beta": ref.parameter(example.beta if beta is None else beta),
+                       "eps": np.float64(example.eps)}
+
+    @cached_property
+    def _model(self) -> Bound:
+        """tolerance.Bound's model of the mean and the two-pass variance, on the groups' statistics."""
+        r = self.ref
+        reference = ForwardReference(r.x_hat, r.x_hat, r.mean, r.var, r.scale, r.count)  # (y is not used)
+        return Bound(reference, self.dtype, None, None)
+
+    @cached_property
+    def errors(self) -> dict[str, np.ndarray]:
+        """Bounds on the errors of the forward program's definitions (mean, var or ms, the scale, x_hat)."""
+        r = self.ref
+        sigma, magnitude = np.sqrt(r.var), np.abs(r.mean)
+        near_constant = sigma <= np.maximum(4 * math.sqrt(r.count) * self.u,
+                                            2 * r.count * unit_roundoff(np.float64)) * magnitude
+        k_statistics = self.k + np.where(near_constant, r.count, 0)
+        errors: dict[str, np.ndarray] = {}
+        if r.centred:
+            # Centring cancels: the magnitude bound of (x - mean) s would charge the rounding and the error of s with
+            # |x| + |mean| in place of |x - mean|, as large at a large offset as a one-pass variance's error. The
+            # model of a correct two-pass or Welford summation (batch norm's, per group) bounds them instead.
+            model = self._model
+            errors.update(mean=model.mean_error, var=model.var_error, invstd=model.delta * r.scale,
+                          x_hat=model.delta * (1 + np.abs(r.x_hat)))
+        y = self.derivation.symbols.y
+        for definition in self.derivation.training_forward.definitions:
+            name = definition.name.name
+            if definition.name == y or name in errors:
+                continue
+            errors[name] = self._definition_error(definition.expr, errors, k_statistics)
+        return errors
+
+    def _definition_error(self, expr, errors, k) -> np.ndarray:
+        layout = self.ref.layout
+        ndim = len(layout.grouped)
+        if expr.is_Pow and expr.exp.is_negative:
+            # s = B**p with p < 0 (1/sqrt(var + eps)): by the mean value theorem |B'**p - B**p| <= |p| L**(p-1) e
+            # for |B' - B| <= e, where L > 0 is the least B' can be: B - e, or the floor the derivation's symbols
+            # give B (var and ms are sums of squares, nonnegative even when computed: B >= eps); and both powers
+            # lie in (0, floor**p]. Plus the rounding of the square root and the division.
+            base = evaluate(expr.base, self.values, self.ref.count, layout.axes)
+            e = compiled(expr.base).bound(self.values, errors, u=self.u, k=k, count=self.ref.count, ndim=ndim,
+                                          axes=layout.axes)
+            p = float(expr.exp)
+            zeroed = {symbol: 0 for symbol in expr.base.free_symbols
+                      if symbol.is_nonnegative and not symbol.is_positive}
+            floor = evaluate(expr.base.xreplace(zeroed), self.values, self.ref.count, layout.axes) \
+                if zeroed else np.zeros_like(base)
+            lower = np.maximum(base - e, floor)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                moved = np.where(lower > 0, abs(p) * np.abs(lower) ** (p - 1) * e, np.inf)
+                moved = np.where(floor > 0, np.minimum(moved, np.abs(floor) ** p), moved)
+            return moved + 2 * self.u * np.abs(base) ** p
+        return compiled(expr).bound(self.values, errors, u=self.u, k=k, count=self.ref.count, ndim=ndim,
+                                    axes=layout.axes)
+
+    def _raw(self, expr, extra=None) -> tuple[np.ndarray, dict]:
+        values = dict(self.values, **(extra or {}))
+        bound = compiled(expr)
+        needed = {s.name: values[s.name] for s in bound.atoms}
+        layout = self.ref.layout
+        raw = bound.bound(needed, self.errors, u=self.u, k=self.k, count=self.ref.count, ndim=len(layout.grouped),
+                          axes=layout.axes)
+        return raw, needed
+
+    def field(self, expr, extra=None) -> np.ndarray:
+        """Elementwise bound on a per-element closed form, shaped like x."""
+        raw, _ = self._raw(expr, extra)
+        layout = self.ref.layout
+        return (SAFETY * np.broadcast_to(raw, layout.grouped) + self.tiny).reshape(layout.shape)
+
+    def parameter(self, expr, extra=None) -> np.ndarray:
+        """Bound on a parameter gradient whose per-group adjoint is ``expr``, gamma-shaped."""
+        raw, needed = self._raw(expr, extra)
+        layout = self.ref.layout
+        magnitude = compiled(expr).magnitude(needed, self.ref.count, len(layout.grouped), layout.axes)
+        shape = layout.grouped if is_field_expr(expr) else np.broadcast_shapes(raw.shape, layout.statistics_broadcast)
+        raw, magnitude = np.broadcast_to(raw, shape), np.broadcast_to(magnitude, shape)
+        terms = math.prod(layout.grouped[a] for a in layout.parameter_axes)
+        summed = (np.sum(raw, axis=layout.parameter_axes, keepdims=True)
+                  + growth(terms) * self.u * np.sum(magnitude, axis=layout.parameter_axes, keepdims=True))
+        return (SAFETY * summed + self.tiny).reshape(self.example.gamma.shape)
+
+    def _outputs(self, program_and_closed, extra) -> list[np.ndarray]:
+        program, closed = program_and_closed
+        fields = {"dx", "gx", "gdy"}
+        return [self.field(closed[name], extra) if name.name in fields else self.parameter(closed[name], extra)
+                for name in program.outputs]
+
+    def forward(self) -> np.ndarray:
+        """Elementwise bound on |y - y_exact|, shaped like x."""
+        program = self.derivation.training_forward
+        return self.field(program[self.derivation.symbols.y])
+
+    def backward(self, dy) -> list[np.ndarray]:
+        """Bounds on dx (like x) and the parameter gradients (gamma-shaped), in the backward's order."""
+        return self._outputs(self.derivation.backward, {"dy": self.ref.grouped(dy)})
+
+    def double_backward(self, cotangents, dy) -> list[np.ndarray]:
+        """Bounds on gx (like x), ggamma (gamma-shaped) and gdy (like x)."""
+        names = ("ggx", "gggamma", "ggbeta")
+        extra = {"dy": self.ref.grouped(dy), "ggx": self.ref.grouped(cotangents[0])}
+        extra.update({name: self.ref.parameter(c) for name, c in zip(names[1:], cotangents[1:])})
+        return self._outputs(self.derivation.double_backward, extra)
+
+    def slack(self, *values) -> float:
+        """The float64 rounding of a checker-side reduction over ``values``: negligible, but never zero."""
+        return SAFETY * growth(self.ref.count) * unit_roundoff(np.float64) * sum(
+            float(np.sum(np.abs(v))) for v in values)

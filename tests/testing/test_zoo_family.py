@@ -1,0 +1,111 @@
+"""The checker of layer, RMS, group and instance norm is tested as hard as batch norm's: every planted bug of every
+layer is caught by the properties named for it, through check_normalization and through `bnsym check --layer`
+(exit 1, the properties named in the report), and the correct implementations (bnsym's own, torch, jax and the
+plain NumPy two-pass of zoo_family.py) pass in float16, float32 and float64. Example counts are small: the
+default-size runs of torch and jax are measured in the README, not here."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bnsym.cli import main
+from bnsym.testing import CheckFailed, check_normalization, properties_of
+from tests.testing.zoo_family import BUGS, LAYERS, TWO_PASS, Bnsym
+
+ZOO = Path(__file__).with_name("zoo_family.py")
+
+#: The bug classes every layer must have a planted bug of, and those of one layer only.
+EVERY_LAYER = {"dgamma not summed over the batch", "eps outside the square root",
+               "dx missing the term through the statistics", "float16 accumulation"}
+OWN = {"layer_norm": {"statistics over the wrong axes (the batch axis)",
+                      "statistics over the wrong axes (the last axis only when several are normalised)"},
+       "rms_norm": {"RMS norm that centres",
+                    "statistics over the wrong axes (the last axis only when several are normalised)"},
+       "group_norm": {"group norm grouping channels with a stride instead of contiguously"},
+       "instance_norm": {"statistics over the wrong axes (the batch axis: batch norm)"}}
+
+
+def test_zoo_covers_every_bug_class_of_every_layer():
+    for layer in LAYERS:
+        classes = {bug.bug_class for bug in BUGS if bug.layer == layer}
+        assert EVERY_LAYER | OWN[layer] <= classes, (layer, EVERY_LAYER | OWN[layer] - classes)
+    for bug in BUGS:
+        assert bug.caught_by and set(bug.caught_by) <= set(properties_of(bug.layer)), \
+            f"{bug.name} names properties {bug.layer} does not have"
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
+def test_planted_bug_is_caught_by_its_properties(bug):
+    with pytest.raises(CheckFailed) as info:
+        check_normalization(bug.impl(), layer=bug.layer, dtype=bug.dtype, properties=list(bug.caught_by),
+                            max_examples=20)
+    report = info.value.report
+    missed = set(bug.caught_by) - set(report.failed)
+    assert not missed, f"{bug.name} ({bug.bug_class}) was not caught by {sorted(missed)}:\n{report}"
+    for result in report.results:  # every failure comes with its minimal counterexample
+        if result.status == "failed":
+            assert result.counterexample is not None, f"{result.name} failed without a counterexample"
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
+def test_planted_bug_exits_1_on_the_command_line_naming_its_properties(bug, tmp_path, capsys):
+    properties = [word for name in bug.caught_by for word in ("--property", name)]
+    status = main(["check", f"{ZOO}:{bug.name}", "--layer", bug.layer, "--dtype", bug.dtype, "--max-examples", "20",
+                   "--save-dir", str(tmp_path), "--json", str(tmp_path / "result.json"), *properties])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    failed = [p["name"] for p in json.loads((tmp_path / "result.json").read_text())["properties"]
+              if p["status"] == "failed"]
+    assert set(bug.caught_by) <= set(failed), out
+    for name in bug.caught_by:
+        assert f"  FAIL  {name}" in out or f"        {name}: " in out, f"{name} is not named in the report:\n{out}"
+    assert list(tmp_path.glob("*.npz")), "no counterexample was saved"
+
+
+def test_a_wrong_float64_result_is_not_taken_for_float32_arithmetic():
+    """float64_arithmetic reports a float32 computation once (and the finite-difference properties are skipped);
+    a y that is wrong beyond what float32 could explain is a bug of its own, and they run and report it."""
+    from tests.testing.zoo_family import LayerNormInFloat32, LayerNormLastAxisOnly
+
+    with pytest.raises(CheckFailed) as info:
+        check_normalization(LayerNormInFloat32(), layer="layer_norm", dtype="float32", max_examples=10)
+    report = info.value.report
+    assert report.failed == ["float64_arithmetic"], str(report)
+    assert {r.name for r in report.results if r.status == "skipped"} == {"forward_derivative",
+                                                                         "backward_finite_differences"}
+    with pytest.raises(CheckFailed) as info:
+        check_normalization(LayerNormLastAxisOnly(), layer="layer_norm", dtype="float32", max_examples=10,
+                            properties=["forward_derivative"])
+    assert info.value.report.failed == ["forward_derivative"], str(info.value.report)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_numpy_two_pass_and_bnsym_pass(layer, dtype):
+    report = check_normalization(TWO_PASS[layer](), layer=layer, dtype=dtype, max_examples=8)
+    assert not report.skipped, f"the two-pass offers forward and backward, yet {report.skipped} were skipped"
+    report = check_normalization(Bnsym(layer), layer=layer, dtype=dtype, max_examples=8, order=2)
+    assert {"double_backward_reference", "hessian_symmetry"} <= set(report.passed), str(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("target", ["torch", "jax"])
+def test_torch_and_jax_pass(target, layer, dtype):
+    pytest.importorskip({"torch": "torch", "jax": "flax"}[target])
+    report = check_normalization(target, layer=layer, dtype=dtype, max_examples=5)
+    assert not report.skipped, str(report)
+
+
+def test_the_bug_classes_document_names_the_properties_that_catch_the_family_bugs():
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "bug-classes.md").read_text()
+    section = text[text.index("## The rest of the family"):text.index("## Data-parallel")]
+    named = set(re.findall(r"`([a-z_0-9]+)`", section))
+    known = {name for layer in LAYERS for name in properties_of(layer)}
+    assert named - known <= {"use_fast_variance", "check_normalization"}, f"unknown properties: {named - known}"
+    for bug in BUGS:
+        assert set(bug.caught_by) <= named, f"{bug.name}: {set(bug.caught_by) - named} missing from the document"
