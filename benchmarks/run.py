@@ -19,8 +19,9 @@ It prints, in one run (so that every ratio compares figures measured minutes apa
    it reaches, counting the bytes each pass must move (forward: x read three times and y written, 16 bytes per
    float32 element; backward: dy and x read twice and dx written, 20 bytes);
 4. the normalisation family (layer norm and RMS norm on (4096, 1024) and (8, 1024, 4096), group norm on
-   (32, 64, 56, 56) with 32 groups) against ``native_layer_norm``, ``_fused_rms_norm`` and ``native_group_norm``,
-   when bnsym has them (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
+   (32, 64, 56, 56) with 32 groups) against ``native_layer_norm``, ``_fused_rms_norm`` (its backward: autograd
+   through ``F.rms_norm``, as PyTorch 2.13 has no CPU kernel for it) and ``native_group_norm``, when bnsym has them
+   (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
 5. the compiled backend's first-call time in a fresh process: compiling into an empty disk cache, then loading it;
    and the time to regenerate every derivation (``python -m bnsym.cli derive --check``).
 
@@ -374,7 +375,10 @@ def _family_cases():
         beta = rng.normal(size=features).astype(np.float32)
         tx, tdy, tg, tb = (torch.from_numpy(a) for a in (x, dy, gamma, beta))
         _, tmean, trstd = torch.ops.aten.native_layer_norm(tx, [features], tg, tb, EPS)
-        _, trms = torch.ops.aten._fused_rms_norm(tx, [features], tg, EPS)
+        # PyTorch 2.13 has no CPU kernel for _fused_rms_norm_backward: its CPU backward is autograd through
+        # F.rms_norm, timed alone (the graph built once and kept).
+        rx, rg = tx.clone().requires_grad_(), tg.clone().requires_grad_()
+        ry = torch.nn.functional.rms_norm(rx, [features], rg, EPS)
 
         def layer_norm(x=x, dy=dy, gamma=gamma, beta=beta):
             module = bnsym.layer_norm
@@ -393,8 +397,7 @@ def _family_cases():
                        torch.ops.aten.native_layer_norm_backward(tdy, tx, [f], m, r, tg, tb, [True, True, True]))))
         cases.append((f"RMS norm {shape}", "rms_norm", rms_norm,
                       (lambda tx=tx, tg=tg, f=features: torch.ops.aten._fused_rms_norm(tx, [f], tg, EPS),
-                       lambda tdy=tdy, tx=tx, tg=tg, r=trms, f=features:
-                       torch.ops.aten._fused_rms_norm_backward(tdy, tx, [f], r, tg, [True, True]))))
+                       lambda tdy=tdy, ry=ry, rx=rx, rg=rg: torch.autograd.grad(ry, (rx, rg), tdy, retain_graph=True))))
     shape, groups = (32, 64, 56, 56), 32
     x = rng.normal(3, 2, size=shape).astype(np.float32)
     dy = rng.normal(size=shape).astype(np.float32)

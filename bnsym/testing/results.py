@@ -20,7 +20,7 @@ from bnsym.strategies import Example
 from bnsym.testing.options import CheckOptions
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "CheckFailed", "Counterexample", "NothingChecked", "PropertyResult",
-           "Report", "plural"]
+           "Report", "plural", "Verdicts"]
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -66,22 +66,10 @@ def _description(name: str, layer: str = "batch_norm") -> str:
     return properties[name].description if name in properties else ""
 
 
-@dataclass
-class Report:
-    """What ran, what held, what failed (with the minimal counterexample) and what was skipped and why."""
+class Verdicts:
+    """The verdicts of a report's ``results`` (a list of :class:`PropertyResult`), shared by every kind of report."""
 
-    implementation: str
-    dtype: str
-    seed: int
-    max_examples: int
-    results: list[PropertyResult] = field(default_factory=list)
-    seconds: float = 0.0
-    replay_command: str | None = None  # the command that re-runs a saved counterexample, with {path} in it
-    options: CheckOptions = field(default_factory=CheckOptions)
-    not_selected: list[str] = field(default_factory=list)  # properties that the options leave out
-    regimes: tuple[str, ...] = ()
-    shapes: tuple[tuple[int, ...], ...] = ()
-    save_dir: Path | None = None
+    results: list[PropertyResult]
 
     def _names(self, status: str) -> list[str]:
         return [r.name for r in self.results if r.status == status]
@@ -110,6 +98,24 @@ class Report:
     @property
     def exit_status(self) -> int:
         return 1 if self.failed else 5 if self.nothing_checked else 0
+
+
+@dataclass
+class Report(Verdicts):
+    """What ran, what held, what failed (with the minimal counterexample) and what was skipped and why."""
+
+    implementation: str
+    dtype: str
+    seed: int
+    max_examples: int
+    results: list[PropertyResult] = field(default_factory=list)
+    seconds: float = 0.0
+    replay_command: str | None = None  # the command that re-runs a saved counterexample, with {path} in it
+    options: CheckOptions = field(default_factory=CheckOptions)
+    not_selected: list[str] = field(default_factory=list)  # properties that the options leave out
+    regimes: tuple[str, ...] = ()
+    shapes: tuple[tuple[int, ...], ...] = ()
+    save_dir: Path | None = None
 
     def why_nothing_checked(self) -> str:
         reasons = sorted({r.reason for r in self.results if r.status == SKIPPED})

@@ -59,6 +59,7 @@ from bnsym.testing import reference
 from bnsym.testing.adapters import TargetError, resolve
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import PropertyFailure, compare
+from bnsym.testing.results import Verdicts
 from bnsym.testing.runner import FAILED, PASSED, SKIPPED, PropertyResult
 from bnsym.testing.tolerance import SAFETY, Bound, unit_roundoff
 
@@ -435,7 +436,7 @@ def _running_statistics(impl, ex, options):
 # ----- running -----
 
 @dataclass
-class ShardedReport:
+class ShardedReport(Verdicts):
     """What ran, what held, what failed (with the minimal counterexample), what was skipped and why."""
 
     implementation: str
@@ -448,34 +449,6 @@ class ShardedReport:
     results: list[PropertyResult] = field(default_factory=list)
     seconds: float = 0.0
     replay_command: str | None = None
-
-    def _names(self, status: str) -> list[str]:
-        return [r.name for r in self.results if r.status == status]
-
-    @property
-    def passed(self) -> list[str]:
-        return self._names(PASSED)
-
-    @property
-    def failed(self) -> list[str]:
-        return self._names(FAILED)
-
-    @property
-    def skipped(self) -> list[str]:
-        return self._names(SKIPPED)
-
-    @property
-    def nothing_checked(self) -> bool:
-        """No property ran (every one skipped): not a pass (exit status 5, as pytest's when it collects no test)."""
-        return not self.passed and not self.failed
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.nothing_checked
-
-    @property
-    def exit_status(self) -> int:
-        return 1 if self.failed else 5 if self.nothing_checked else 0
 
     def __str__(self) -> str:
         split = "equal shards (the implementation takes no others)" if self.equal_shards else "uneven shards"
