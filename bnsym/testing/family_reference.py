@@ -109,9 +109,9 @@ def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None) -> Gro
     module = _module(example.layer)
     centred = example.layer != "rms_norm"
     if centred:
-        y, *saved = module.forward(x, gamma, beta, eps=eps, **options(example))
+        y, *saved = module.forward(x, gamma, beta, eps=eps, **options(example), backend="numpy")
     else:
-        y, *saved = module.forward(x, gamma, eps=eps, **options(example))
+        y, *saved = module.forward(x, gamma, eps=eps, **options(example), backend="numpy")
     grouped = x.reshape(layout.grouped)
     mean = np.mean(grouped, axis=layout.axes, keepdims=True)
     var = np.mean((grouped - mean) ** 2, axis=layout.axes, keepdims=True)  # two-pass: invstd**-2 - eps loses it
@@ -129,7 +129,7 @@ def backward(example: Example, *, dy=None, x=None, gamma=None, eps=None) -> tupl
     gamma = _f64(example.gamma if gamma is None else gamma)
     dy = _f64(example.dy if dy is None else dy)
     ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma), eps=eps)
-    return tuple(_module(example.layer).backward(dy, x, gamma, *ref.saved, **options(example)))
+    return tuple(_module(example.layer).backward(dy, x, gamma, *ref.saved, **options(example), backend="numpy"))
 
 
 def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None) -> tuple[np.ndarray, ...]:
@@ -140,7 +140,7 @@ def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None
     dy = _f64(example.dy if dy is None else dy)
     ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma))
     return tuple(_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, x, gamma, *ref.saved,
-                                                        **options(example)))
+                                                        **options(example), backend="numpy"))
 
 
 # ----- the exact reference -----

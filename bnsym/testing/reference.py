@@ -54,7 +54,7 @@ def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None) -> For
         invstd = np.broadcast_to(1 / np.sqrt(np.float64(eps)), mean.shape)
         y = np.broadcast_to(_per_channel(beta, x.ndim), x.shape).copy()
         return ForwardReference(y, np.zeros_like(x), mean, np.zeros_like(mean), invstd, 1)
-    y, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=eps, axis=1)
+    y, mean, invstd = bnsym.batch_norm_forward(x, gamma, beta, eps=eps, axis=1, backend="numpy")
     mean, invstd = _per_channel(mean, x.ndim), _per_channel(invstd, x.ndim)
     # The variance itself, two-pass: 1/invstd^2 - eps would lose it when var << eps.
     var = np.mean((x - mean) ** 2, axis=axes, keepdims=True)
@@ -67,8 +67,8 @@ def backward(example: Example, *, dy=None, x=None, gamma=None, eps=None):
     gamma = np.asarray(example.gamma if gamma is None else gamma, dtype=np.float64)
     dy = np.asarray(example.dy if dy is None else dy, dtype=np.float64)
     eps = example.eps if eps is None else eps
-    _, mean, invstd = bnsym.batch_norm_forward(x, gamma, np.zeros_like(gamma), eps=eps, axis=1)
-    return bnsym.batch_norm_backward(dy, x, gamma, mean, invstd, axis=1)
+    _, mean, invstd = bnsym.batch_norm_forward(x, gamma, np.zeros_like(gamma), eps=eps, axis=1, backend="numpy")
+    return bnsym.batch_norm_backward(dy, x, gamma, mean, invstd, axis=1, backend="numpy")
 
 
 @cache
