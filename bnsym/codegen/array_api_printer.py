@@ -43,7 +43,7 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
         return [f"xp = namespace({plan.parameters[0]})"]
 
     def _render_Accumulate(self, statement: Accumulate) -> list[str]:
-        out, form = statement.name.name, statement.form
+        out = statement.name.name
         monomial, coefficient = statement.start
         if coefficient == 1 and monomial.is_Symbol:  # `out = dy` would alias an input: the additions would write it
             lines = [f"{out} = xp.asarray({self.doprint(monomial)}, copy=True)"]
@@ -51,15 +51,4 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
             lines = [f"{out} = {self.doprint(coefficient * monomial)}"]
         if statement.reuse is not None:
             lines.append(f"del {statement.reuse.name}  # nothing reads it after this: free its memory now")
-        for term_monomial, term_coefficient in form.terms:
-            if (term_monomial, term_coefficient) == statement.start:
-                continue
-            if abs(term_coefficient) == 1:
-                lines.append(f"{out} {'+' if term_coefficient == 1 else '-'}= {self.doprint(term_monomial)}")
-            else:
-                lines.append(f"{out} += {self.doprint(term_coefficient * term_monomial)}")
-        if form.constant != 0:
-            lines.append(f"{out} += {self.doprint(form.constant)}")
-        if statement.scale != 1:
-            lines.append(f"{out} *= {self.doprint(statement.scale)}")
-        return lines
+        return lines + self._remaining_terms(statement)

@@ -108,7 +108,7 @@ class NumPyPlanPrinter:
         return [f"{names} = {REDUCER}.{method}({terms})"]
 
     def _render_Accumulate(self, statement: Accumulate) -> list[str]:
-        out, form = statement.name.name, statement.form
+        out = statement.name.name
         monomial, coefficient = statement.start
         lines = []
         if statement.reuse is not None:
@@ -125,6 +125,12 @@ class NumPyPlanPrinter:
             text = self.doprint(coefficient * monomial)
             simple = coefficient == 1 and monomial.is_Symbol
             lines.append(f"{out} = {self.module}.array({text})" if simple else f"{out} = {text}")
+        return lines + self._remaining_terms(statement)
+
+    def _remaining_terms(self, statement: Accumulate) -> list[str]:
+        """The augmented assignments that add every term but the start, the constant, then apply the scale."""
+        out, form = statement.name.name, statement.form
+        lines = []
         for term_monomial, term_coefficient in form.terms:
             if (term_monomial, term_coefficient) == statement.start:
                 continue
