@@ -13,10 +13,7 @@ biased variance (:mod:`bnsym.testing.adapters`). The other layers follow their f
 
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
-
-import numpy as np
 
 from bnsym import strategies as bst
 from bnsym.testing import (
@@ -27,7 +24,7 @@ from bnsym.testing.adapters import Implementation, TargetError, load
 from bnsym.testing.counterexamples import save_counterexample
 from bnsym.testing.family import LAYER_NAMES, protocol
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
-from bnsym.testing.options import CheckOptions
+from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import REGISTRY, registry
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
 from bnsym.testing.runner import run_properties
@@ -41,7 +38,6 @@ DEFAULT_MAX_EXAMPLES = 50
 PROPERTIES: tuple[str, ...] = tuple(REGISTRY)
 #: The layers the checker knows (``layer=`` of :func:`check_normalization`, ``bnsym check --layer``).
 LAYERS: tuple[str, ...] = LAYER_NAMES
-_DTYPES = ("float16", "float32", "float64")
 
 
 def properties_of(layer: str) -> tuple[str, ...]:
@@ -133,16 +129,7 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
         implementation = None  # started below, once the arguments are known to be valid
     else:
         implementation = load(impl, layer) if isinstance(impl, str) else Implementation.wrap(impl, layer=layer)
-    try:
-        resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly be float64
-    except TypeError:
-        resolved = None
-    if resolved is None or resolved.name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    resolved, max_examples, seed = run_arguments(dtype, max_examples, seed)
     if properties is not None:
         properties = [properties] if isinstance(properties, str) else list(properties)
         known = registry(layer)
@@ -155,7 +142,7 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
         implementation = IsolatedImplementation(impl, timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
                                                 layer=layer)
     try:
-        report = run_properties(implementation, dtype=resolved, max_examples=int(max_examples), seed=int(seed),
+        report = run_properties(implementation, dtype=resolved, max_examples=max_examples, seed=seed,
                                 properties=properties, options=options, regimes=chosen_regimes)
     finally:
         if isolate:

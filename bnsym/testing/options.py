@@ -15,7 +15,10 @@ second order.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+
+import numpy as np
 
 from bnsym.conventions import CONVENTIONS
 from bnsym.testing.family import LAYER_NAMES, protocol
@@ -55,3 +58,22 @@ class CheckOptions:
         if self.order == 2:
             parts.append("order 2")
         return ", ".join(parts)
+
+
+#: The input dtypes a check can draw.
+DTYPES = ("float16", "float32", "float64")
+
+
+def run_arguments(dtype, max_examples, seed) -> tuple[np.dtype, int, int]:
+    """``(dtype, max_examples, seed)`` of a check from Python, validated: ValueError naming the bad one."""
+    try:
+        resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly be float64
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return resolved, int(max_examples), int(seed)

@@ -57,7 +57,7 @@ from bnsym.conventions import CONVENTIONS
 from bnsym.strategies import Example
 from bnsym.testing import reference
 from bnsym.testing.adapters import TargetError, resolve
-from bnsym.testing.options import CheckOptions
+from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import PropertyFailure, compare
 from bnsym.testing.results import Verdicts
 from bnsym.testing.runner import FAILED, PASSED, SKIPPED, PropertyResult
@@ -69,7 +69,6 @@ __all__ = ["SHARDED", "ShardedCheckFailed", "ShardedExample", "ShardedImplementa
 #: The regime only the sharded check draws: every shard gets its own offset, so the shard means differ.
 DIFFERENT_MEANS = "shards with different means"
 _METHODS = ("sharded_forward", "sharded_backward", "sharded_train_forward")
-_DTYPES = ("float64", "float32", "float16")
 
 
 # ----- examples -----
@@ -568,16 +567,7 @@ def check_sharded(impl, *, shards: int, dtype="float64", max_examples: int = 50,
     ``shards`` shards; returns the report, or raises :class:`ShardedCheckFailed` (an AssertionError) carrying it."""
     if isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1:
         raise ValueError(f"shards must be a positive integer (the number of workers), got {shards!r}")
-    try:
-        resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly be float64
-    except TypeError:
-        resolved = None
-    if resolved is None or resolved.name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    resolved, max_examples, seed = run_arguments(dtype, max_examples, seed)
     if convention is not None and convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {tuple(CONVENTIONS)} or None, got {convention!r}")
     implementation = ShardedImplementation.wrap(impl)
