@@ -24,7 +24,7 @@ import numpy as np
 
 from bnsym._reduce import Reducer
 
-__all__ = ["FusedLayout"]
+__all__ = ["FusedLayout", "GroupLocalLayout"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -91,4 +91,100 @@ class FusedLayout:
 
     def empty(self) -> np.ndarray:
         """A new field (allocated by NumPy, which asks the kernel for huge pages: faster first touch)."""
+        return np.empty(self.shape, self.dtype)
+
+
+@dataclass(frozen=True)
+class GroupLocalLayout:
+    """One call's arrangement for the group-local loops: every group is a contiguous run of ``inner`` values.
+
+    That is the case when the reduced axes of C-contiguous fields are the trailing axes (layer norm and RMS norm
+    over their normalised axes, group norm and instance norm on channel-first input): the fields are (groups,
+    inner) arrays and the loops finish one group (every stage, then its outputs) while its values are in cache.
+
+    Parameters. A parameter (gamma and its (co)tangents) has the broadcast shape of :attr:`parameter_shape`,
+    length 1 on ``reducer.parameter_axes``. The loops see it as a (P, Q) array: group ``g`` reads row ``g % P``,
+    and value ``i`` of a group reads column ``i // S``, with ``S = inner // Q``. So the axes along which a parameter
+    varies must be trailing kept axes (P: group norm's G, instance norm's C; 1 for layer norm) and leading reduced
+    axes (Q: layer norm's normalised positions, group norm's C/G channels; 1 for instance norm). A parameter's
+    gradient comes back from the loops as a (P, Q) array, in :attr:`parameter_shape` by :meth:`parameter_result`.
+
+    :meth:`of` returns None for anything else (the generated wrapper then runs the NumPy kernel).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    groups: int
+    inner: int
+    P: int
+    Q: int
+    group_shape: tuple[int, ...]
+    parameter_shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, reducer, fields, per_group, parameters) -> GroupLocalLayout | None:
+        """The layout of a call with these fields, per-group values (arrays shaped for broadcasting, or scalars)
+        and parameters (arrays of the parameters' broadcast shape), or None when the loops do not cover it."""
+        if type(reducer) is not Reducer:
+            return None
+        first = fields[0]
+        if not isinstance(first, np.ndarray) or first.dtype not in _DTYPES:
+            return None
+        shape, dtype, ndim = first.shape, first.dtype, first.ndim
+        if any(not isinstance(f, np.ndarray) or f.shape != shape or f.dtype != dtype or not f.flags.c_contiguous
+               for f in fields):
+            return None
+        reduced = sorted(reducer.axes)
+        kept = ndim - len(reduced)
+        if reduced != list(range(kept, ndim)):
+            return None  # the reduced axes are not the trailing ones: a group is not one contiguous run
+        parameter_shape = tuple(1 if a in reducer.parameter_axes else n for a, n in enumerate(shape))
+        varying = [a for a in range(ndim) if parameter_shape[a] != 1]
+        on_groups = [a for a in varying if a < kept]
+        on_values = [a for a in varying if a >= kept]
+        if on_groups and on_groups != list(range(on_groups[0], kept)):
+            return None
+        if on_values and on_values != list(range(kept, on_values[-1] + 1)):
+            return None
+        for value in per_group:
+            value = np.asarray(value)
+            if value.ndim and (value.ndim != ndim or value.dtype != dtype
+                               or any(n not in (1, shape[a]) or (a >= kept and n != 1)
+                                      for a, n in enumerate(value.shape))):
+                return None
+        for value in parameters:
+            if not isinstance(value, np.ndarray) or value.ndim != ndim or value.dtype != dtype or any(
+                    n not in (1, parameter_shape[a]) for a, n in enumerate(value.shape)):
+                return None
+        groups, inner = math.prod(shape[:kept]), math.prod(shape[kept:])
+        P = math.prod(shape[a] for a in on_groups)
+        Q = math.prod(shape[a] for a in on_values)
+        group_shape = tuple(n if a < kept else 1 for a, n in enumerate(shape))
+        return cls(tuple(shape), dtype, groups, inner, P, Q, group_shape, parameter_shape)
+
+    def fields(self, array: np.ndarray) -> np.ndarray:
+        """A field as (groups, inner): a view."""
+        return array.reshape(self.groups, self.inner)
+
+    def per_group(self, value) -> np.ndarray:
+        """A per-group value (array shaped for broadcasting, or scalar) as a contiguous (groups,) array."""
+        array = np.asarray(value, dtype=self.dtype)
+        if array.size == self.groups:
+            return np.ascontiguousarray(array).reshape(self.groups)
+        return np.ascontiguousarray(np.broadcast_to(array, self.group_shape)).reshape(self.groups)
+
+    def parameter(self, value: np.ndarray) -> np.ndarray:
+        """A parameter as a contiguous (P, Q) array (module docstring)."""
+        return np.ascontiguousarray(np.broadcast_to(value, self.parameter_shape)).reshape(self.P, self.Q)
+
+    def parameter_result(self, values: np.ndarray) -> np.ndarray:
+        """A (P, Q) parameter gradient in the parameters' broadcast shape."""
+        return values.reshape(self.parameter_shape)
+
+    def grouped(self, values: np.ndarray) -> np.ndarray:
+        """A (groups,) result in the broadcast shape of the NumPy kernels (1 on every reduced axis)."""
+        return values.reshape(self.group_shape)
+
+    def empty(self) -> np.ndarray:
+        """A new field."""
         return np.empty(self.shape, self.dtype)

@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import instance_norm as numpy_kernels
-from bnsym._fused import FusedLayout
+from bnsym._fused import FusedLayout, GroupLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -181,12 +181,270 @@ def instance_norm_forward(x, gamma, beta, eps, reducer):
     return y, layout.grouped(mean), layout.grouped(invstd)
 
 
-# instance_norm_backward: the NumPy kernel, because it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover.
-instance_norm_backward = numpy_kernels.instance_norm_backward
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_backward_pass1(dy, x, mean, Q, S):
+    """One pass of instance_norm_backward over one group of Q*S values: dy, dy*x_minus_mean. Totals in float64."""
+    dtype = dy.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(dy_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += dy_p[i]
+            piece1 += dy_p[i]*x_minus_mean
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
 
 
-# instance_norm_double_backward: the NumPy kernel, because it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover.
-instance_norm_double_backward = numpy_kernels.instance_norm_double_backward
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_backward_pass2(coef_, sum_dy, Q, S, block0, block1, partial0, partial1):
+    """One pass of instance_norm_backward over one group of Q*S values: its share of the parameter sums of coef_,
+    sum_dy. Parameter shares go to the block's float32 rows block<k> when S == 1, else to its float64 rows
+    partial<k>."""
+    partial0[0] += coef_
+    partial1[0] += sum_dy
+
+
+@numba.njit(cache=True)
+def _instance_norm_backward_outputs(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, Q, S, dx):
+    """The field outputs of instance_norm_backward (dx) for one group."""
+    dtype = dx.dtype.type
+    dy_p = dy
+    x_p = x
+    dx_p = dx
+    for i in range(dx_p.size):
+        x_minus_mean = -mean + x_p[i]
+        dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]) + dx_shift)*dx_scale
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_backward(dy, x, gamma_groups, mean_groups, invstd_groups, count, P, Q, dx):
+    """instance_norm_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block
+    of BLOCK groups per parallel iteration."""
+    groups, inner = dy.shape
+    S = inner // Q
+    dtype = dy.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_coef_ = numpy.zeros((blocks, P, Q))
+    parts_psum_sum_dy = numpy.zeros((blocks, P, Q))
+    for block in numba.prange(blocks):
+        block_psum_coef_ = numpy.zeros((P, Q), dy.dtype)
+        block_psum_sum_dy = numpy.zeros((P, Q), dy.dtype)
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            gamma = gamma_groups[g]
+            mean = mean_groups[g]
+            invstd = invstd_groups[g]
+            dx_scale = dtype(gamma*invstd)
+            total_sum_dy, total_sum_dy_x_minus_mean = _instance_norm_backward_pass1(dy[g], x[g], mean, Q, S)
+            sum_dy = dtype(total_sum_dy)
+            sum_dy_x_minus_mean = dtype(total_sum_dy_x_minus_mean)
+            coef_ = dtype(sum_dy_x_minus_mean*invstd)
+            dx_coef_x_minus_mean = dtype(-sum_dy_x_minus_mean*tmp0*invstd**2)
+            dx_shift = dtype(-sum_dy*tmp0)
+            _instance_norm_backward_pass2(coef_, sum_dy, Q, S, block_psum_coef_[p], block_psum_sum_dy[p], parts_psum_coef_[block, p], parts_psum_sum_dy[block, p])
+            _instance_norm_backward_outputs(dy[g], x[g], mean, dx_coef_x_minus_mean, dx_scale, dx_shift, Q, S, dx[g])
+        if S == 1:
+            for p in range(P):
+                for q in range(Q):
+                    parts_psum_coef_[block, p, q] += block_psum_coef_[p, q]
+                    parts_psum_sum_dy[block, p, q] += block_psum_sum_dy[p, q]
+    total_psum_coef_ = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_coef_ += parts_psum_coef_[block]
+    psum_coef_ = total_psum_coef_.astype(dy.dtype)
+    total_psum_sum_dy = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_sum_dy += parts_psum_sum_dy[block]
+    psum_sum_dy = total_psum_sum_dy.astype(dy.dtype)
+    dgamma = psum_coef_
+    dbeta = psum_sum_dy
+    return dgamma, dbeta
+
+
+def instance_norm_backward(dy, x, gamma, mean, invstd, reducer):
+    """Training-mode backward: dx, dgamma, dbeta for the upstream gradient dy.
+
+    Derived by reverse mode from the training forward pass
+    (bnsym.symbolic.layers.derivation('instance_norm').backward), closed form in x_hat and mean and invstd.
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(gamma, mean, invstd), parameters=())
+    if layout is None or layout.Q != 1:
+        return numpy_kernels.instance_norm_backward(dy, x, gamma, mean, invstd, reducer)
+    dx = layout.empty()
+    dgamma, dbeta = _instance_norm_backward(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+    return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_double_backward_pass1(dy, ggx, x, mean, Q, S):
+    """One pass of instance_norm_double_backward over one group of Q*S values: dy, ggx, dy*ggx, dy*x_minus_mean,
+    ggx*x_minus_mean. Totals in float64."""
+    dtype = dy.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    total4 = 0.0
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        ggx_p = ggx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        piece2 = dtype(0)
+        piece3 = dtype(0)
+        piece4 = dtype(0)
+        for i in range(dy_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += dy_p[i]
+            piece1 += ggx_p[i]
+            piece2 += dy_p[i]*ggx_p[i]
+            piece3 += dy_p[i]*x_minus_mean
+            piece4 += ggx_p[i]*x_minus_mean
+        total0 += piece0
+        total1 += piece1
+        total2 += piece2
+        total3 += piece3
+        total4 += piece4
+    return total0, total1, total2, total3, total4
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_double_backward_pass2(coef_, coef_0, coef_1, Q, S, block0, block1, block2, partial0, partial1, partial2):
+    """One pass of instance_norm_double_backward over one group of Q*S values: its share of the parameter sums of
+    coef_, coef_0, coef_1. Parameter shares go to the block's float32 rows block<k> when S == 1, else to its float64
+    rows partial<k>."""
+    partial0[0] += coef_
+    partial1[0] += coef_0
+    partial2[0] += coef_1
+
+
+@numba.njit(cache=True)
+def _instance_norm_double_backward_outputs(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp10, gdy_shift, tmp12, Q, S, gx, gdy):
+    """The field outputs of instance_norm_double_backward (gx, gdy) for one group."""
+    dtype = gx.dtype.type
+    dy_p = dy
+    ggx_p = ggx
+    x_p = x
+    gx_p = gx
+    gdy_p = gdy
+    for i in range(gx_p.size):
+        x_minus_mean = -mean + x_p[i]
+        gx_p[i] = ((dy_p[i]*tmp10 + ggx_p[i]*gx_coef_ggx) + x_minus_mean*gx_coef_x_minus_mean) + gx_shift
+        gdy_p[i] = (x_minus_mean*tmp10 + ggx_p[i]*tmp12) + gdy_shift
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, gamma_groups, mean_groups, invstd_groups, count, P, Q, gx, gdy):
+    """instance_norm_double_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values,
+    one block of BLOCK groups per parallel iteration."""
+    groups, inner = ggx.shape
+    S = inner // Q
+    dtype = ggx.dtype.type
+    tmp1 = 1/count
+    tmp11 = 1/(count**2)
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_coef_ = numpy.zeros((blocks, P, Q))
+    parts_psum_coef_0 = numpy.zeros((blocks, P, Q))
+    parts_psum_coef_1 = numpy.zeros((blocks, P, Q))
+    for block in numba.prange(blocks):
+        block_psum_coef_ = numpy.zeros((P, Q), ggx.dtype)
+        block_psum_coef_0 = numpy.zeros((P, Q), ggx.dtype)
+        block_psum_coef_1 = numpy.zeros((P, Q), ggx.dtype)
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            gggamma = gggamma_groups[g]
+            ggbeta = ggbeta_groups[g]
+            gamma = gamma_groups[g]
+            mean = mean_groups[g]
+            invstd = invstd_groups[g]
+            tmp2 = dtype(tmp1*invstd)
+            tmp6 = dtype(gggamma*count)
+            tmp7 = dtype(invstd**2)
+            tmp12 = dtype(gamma*invstd)
+            total_sum_dy, total_sum_ggx, total_sum_dy_ggx, total_sum_dy_x_minus_mean, total_sum_ggx_x_minus_mean = _instance_norm_double_backward_pass1(dy[g], ggx[g], x[g], mean, Q, S)
+            sum_dy = dtype(total_sum_dy)
+            sum_ggx = dtype(total_sum_ggx)
+            sum_dy_ggx = dtype(total_sum_dy_ggx)
+            sum_dy_x_minus_mean = dtype(total_sum_dy_x_minus_mean)
+            sum_ggx_x_minus_mean = dtype(total_sum_ggx_x_minus_mean)
+            tmp0 = dtype(sum_dy_ggx*invstd)
+            tmp3 = dtype(sum_dy*sum_ggx)
+            tmp4 = dtype(sum_dy_x_minus_mean*invstd**3)
+            tmp5 = dtype(tmp1*tmp4)
+            tmp8 = dtype(gamma*sum_ggx_x_minus_mean)
+            tmp9 = dtype(tmp6 - tmp7*tmp8)
+            tmp10 = dtype(tmp2*tmp9)
+            coef_ = dtype(tmp0)
+            coef_0 = dtype(tmp2*tmp3)
+            coef_1 = dtype(sum_ggx_x_minus_mean*tmp5)
+            gx_coef_ggx = dtype(-gamma*tmp5)
+            gx_coef_x_minus_mean = dtype(-tmp11*tmp7*(-tmp12*tmp3 - 3*tmp4*tmp8 + gamma*tmp0*count + sum_dy_x_minus_mean*tmp6*invstd))
+            gx_shift = dtype(gamma*sum_ggx*tmp11*tmp4 - sum_dy*tmp11*tmp9*invstd)
+            gdy_shift = dtype(ggbeta - sum_ggx*tmp1*tmp12)
+            _instance_norm_double_backward_pass2(coef_, coef_0, coef_1, Q, S, block_psum_coef_[p], block_psum_coef_0[p], block_psum_coef_1[p], parts_psum_coef_[block, p], parts_psum_coef_0[block, p], parts_psum_coef_1[block, p])
+            _instance_norm_double_backward_outputs(dy[g], ggx[g], x[g], mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp10, gdy_shift, tmp12, Q, S, gx[g], gdy[g])
+        if S == 1:
+            for p in range(P):
+                for q in range(Q):
+                    parts_psum_coef_[block, p, q] += block_psum_coef_[p, q]
+                    parts_psum_coef_0[block, p, q] += block_psum_coef_0[p, q]
+                    parts_psum_coef_1[block, p, q] += block_psum_coef_1[p, q]
+    total_psum_coef_ = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_coef_ += parts_psum_coef_[block]
+    psum_coef_ = total_psum_coef_.astype(ggx.dtype)
+    total_psum_coef_0 = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_coef_0 += parts_psum_coef_0[block]
+    psum_coef_0 = total_psum_coef_0.astype(ggx.dtype)
+    total_psum_coef_1 = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_coef_1 += parts_psum_coef_1[block]
+    psum_coef_1 = total_psum_coef_1.astype(ggx.dtype)
+    ggamma = psum_coef_ - psum_coef_0 - psum_coef_1
+    return ggamma,
+
+
+def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer):
+    """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
+    gamma and dy.
+
+    Derived by reverse mode through the derived backward
+    (bnsym.symbolic.layers.derivation('instance_norm').double_backward).
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(gggamma, ggbeta, gamma, mean, invstd), parameters=())
+    if layout is None or layout.Q != 1:
+        return numpy_kernels.instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
+    gx = layout.empty()
+    gdy = layout.empty()
+    ggamma, = _instance_norm_double_backward(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+    return gx, layout.parameter_result(ggamma), gdy
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)

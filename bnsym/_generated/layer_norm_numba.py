@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import layer_norm as numpy_kernels
-from bnsym._fused import FusedLayout
+from bnsym._fused import FusedLayout, GroupLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -26,20 +26,600 @@ REASSOCIATE = {"reassoc"}
 numba.get_num_threads()
 
 
-# layer_norm_forward: the NumPy kernel, because it reads a parameter that varies within a group (of the parameters' shape, not per group).
-layer_norm_forward = numpy_kernels.layer_norm_forward
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _layer_norm_forward_pass1(x, Q, S):
+    """One pass of layer_norm_forward over one group of Q*S values: x. Totals in float64."""
+    dtype = x.dtype.type
+    total0 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        for i in range(x_p.size):
+            piece0 += x_p[i]
+        total0 += piece0
+    return total0,
 
 
-# layer_norm_backward: the NumPy kernel, because it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover.
-layer_norm_backward = numpy_kernels.layer_norm_backward
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _layer_norm_forward_pass2(x, mean, Q, S):
+    """One pass of layer_norm_forward over one group of Q*S values: x_minus_mean*x_minus_mean. Totals in float64."""
+    dtype = x.dtype.type
+    total0 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        for i in range(x_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += x_minus_mean*x_minus_mean
+        total0 += piece0
+    return total0,
 
 
-# layer_norm_double_backward: the NumPy kernel, because it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover.
-layer_norm_double_backward = numpy_kernels.layer_norm_double_backward
+@numba.njit(cache=True)
+def _layer_norm_forward_outputs(x, beta, gamma, mean, invstd, Q, S, y):
+    """The field outputs of layer_norm_forward (y) for one group."""
+    dtype = y.dtype.type
+    if S == 1:
+        x_p = x
+        y_p = y
+        beta_p = beta
+        gamma_p = gamma
+        for i in range(y_p.size):
+            x_minus_mean = -mean + x_p[i]
+            y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
+    else:
+        for q in range(Q):
+            beta_q = beta[q]
+            gamma_q = gamma[q]
+            x_p = x[q * S:q * S + S]
+            y_p = y[q * S:q * S + S]
+            for i in range(S):
+                x_minus_mean = -mean + x_p[i]
+                y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
 
 
-# layer_norm_jvp: the NumPy kernel, because it reads a parameter that varies within a group (of the parameters' shape, not per group).
-layer_norm_jvp = numpy_kernels.layer_norm_jvp
+@numba.njit(cache=True, parallel=True)
+def _layer_norm_forward(x, gamma, beta, eps_groups, count, P, Q, y):
+    """layer_norm_forward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    mean_groups = numpy.empty(groups, x.dtype)
+    invstd_groups = numpy.empty(groups, x.dtype)
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            eps = eps_groups[g]
+            total_sum_x, = _layer_norm_forward_pass1(x[g], Q, S)
+            sum_x = dtype(total_sum_x)
+            mean = dtype(sum_x*tmp0)
+            total_sum_x_minus_mean_x_minus_mean, = _layer_norm_forward_pass2(x[g], mean, Q, S)
+            sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+            var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
+            invstd = dtype(1/numpy.sqrt(var + eps))
+            _layer_norm_forward_outputs(x[g], beta[p], gamma[p], mean, invstd, Q, S, y[g])
+            mean_groups[g] = mean
+            invstd_groups[g] = invstd
+    return mean_groups, invstd_groups
+
+
+def layer_norm_forward(x, gamma, beta, eps, reducer):
+    """Training-mode layer normalisation: y, and the statistics (mean, invstd) that the backward pass reuses.
+
+    Written once in bnsym.symbolic.layers.centred_forward; this is its definition.
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
+    if layout is None:
+        return numpy_kernels.layer_norm_forward(x, gamma, beta, eps, reducer)
+    y = layout.empty()
+    mean, invstd = _layer_norm_forward(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+    return y, layout.grouped(mean), layout.grouped(invstd)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _layer_norm_backward_pass1(dy, x, gamma, mean, invstd, Q, S, block0, block1, partial0, partial1):
+    """One pass of layer_norm_backward over one group of Q*S values: dy*gamma, dy*x_minus_mean*gamma; its share of
+    the parameter sums of dy*x_minus_mean*invstd, dy. Totals in float64. Parameter shares go to the block's float32
+    rows block<k> when S == 1, else to its float64 rows partial<k>."""
+    dtype = dy.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    if S == 1:
+        for start in range(0, Q * S, RUN):
+            dy_p = dy[start:start + RUN]
+            x_p = x[start:start + RUN]
+            gamma_p = gamma[start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            block0_p = block0[start:start + RUN]
+            block1_p = block1[start:start + RUN]
+            for i in range(dy_p.size):
+                x_minus_mean = -mean + x_p[i]
+                piece0 += dy_p[i]*gamma_p[i]
+                piece1 += dy_p[i]*x_minus_mean*gamma_p[i]
+                block0_p[i] += dy_p[i]*x_minus_mean*invstd
+                block1_p[i] += dy_p[i]
+            total0 += piece0
+            total1 += piece1
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            for start in range(0, S, RUN):
+                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+                x_p = x[q * S + start:q * S + min(S, start + RUN)]
+                piece0 = dtype(0)
+                piece1 = dtype(0)
+                share0 = dtype(0)
+                share1 = dtype(0)
+                for i in range(dy_p.size):
+                    x_minus_mean = -mean + x_p[i]
+                    piece0 += dy_p[i]*gamma_q
+                    piece1 += dy_p[i]*x_minus_mean*gamma_q
+                    share0 += dy_p[i]*x_minus_mean*invstd
+                    share1 += dy_p[i]
+                total0 += piece0
+                total1 += piece1
+                partial0[q] += share0
+                partial1[q] += share1
+    return total0, total1
+
+
+@numba.njit(cache=True)
+def _layer_norm_backward_outputs(dy, x, gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx):
+    """The field outputs of layer_norm_backward (dx) for one group."""
+    dtype = dx.dtype.type
+    if S == 1:
+        dy_p = dy
+        x_p = x
+        dx_p = dx
+        gamma_p = gamma
+        for i in range(dx_p.size):
+            x_minus_mean = -mean + x_p[i]
+            dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_p[i]) + dx_shift)*invstd
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            dy_p = dy[q * S:q * S + S]
+            x_p = x[q * S:q * S + S]
+            dx_p = dx[q * S:q * S + S]
+            for i in range(S):
+                x_minus_mean = -mean + x_p[i]
+                dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_q) + dx_shift)*invstd
+
+
+@numba.njit(cache=True, parallel=True)
+def _layer_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, dx):
+    """layer_norm_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration."""
+    groups, inner = dy.shape
+    S = inner // Q
+    dtype = dy.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_dy_x_minus_mean_invstd = numpy.zeros((blocks, P, Q))
+    parts_psum_dy = numpy.zeros((blocks, P, Q))
+    for block in numba.prange(blocks):
+        block_psum_dy_x_minus_mean_invstd = numpy.zeros((P, Q), dy.dtype)
+        block_psum_dy = numpy.zeros((P, Q), dy.dtype)
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            mean = mean_groups[g]
+            invstd = invstd_groups[g]
+            total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _layer_norm_backward_pass1(dy[g], x[g], gamma[p], mean, invstd, Q, S, block_psum_dy_x_minus_mean_invstd[p], block_psum_dy[p], parts_psum_dy_x_minus_mean_invstd[block, p], parts_psum_dy[block, p])
+            sum_dy_gamma = dtype(total_sum_dy_gamma)
+            sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
+            dx_coef_x_minus_mean = dtype(-sum_dy_gamma_x_minus_mean*tmp0*invstd**2)
+            dx_shift = dtype(-sum_dy_gamma*tmp0)
+            _layer_norm_backward_outputs(dy[g], x[g], gamma[p], mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx[g])
+        if S == 1:
+            for p in range(P):
+                for q in range(Q):
+                    parts_psum_dy_x_minus_mean_invstd[block, p, q] += block_psum_dy_x_minus_mean_invstd[p, q]
+                    parts_psum_dy[block, p, q] += block_psum_dy[p, q]
+    total_psum_dy_x_minus_mean_invstd = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_dy_x_minus_mean_invstd += parts_psum_dy_x_minus_mean_invstd[block]
+    psum_dy_x_minus_mean_invstd = total_psum_dy_x_minus_mean_invstd.astype(dy.dtype)
+    total_psum_dy = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_dy += parts_psum_dy[block]
+    psum_dy = total_psum_dy.astype(dy.dtype)
+    dgamma = psum_dy_x_minus_mean_invstd
+    dbeta = psum_dy
+    return dgamma, dbeta
+
+
+def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
+    """Training-mode backward: dx, dgamma, dbeta for the upstream gradient dy.
+
+    Derived by reverse mode from the training forward pass
+    (bnsym.symbolic.layers.derivation('layer_norm').backward), closed form in x_hat and mean and invstd.
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
+    if layout is None:
+        return numpy_kernels.layer_norm_backward(dy, x, gamma, mean, invstd, reducer)
+    dx = layout.empty()
+    dgamma, dbeta = _layer_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+    return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _layer_norm_double_backward_pass1(ggx, dy, x, gamma, gggamma, mean, Q, S):
+    """One pass of layer_norm_double_backward over one group of Q*S values: ggx, dy*gamma, dy*gggamma,
+    ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma. Totals in float64."""
+    dtype = ggx.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    total4 = 0.0
+    total5 = 0.0
+    total6 = 0.0
+    if S == 1:
+        for start in range(0, Q * S, RUN):
+            ggx_p = ggx[start:start + RUN]
+            dy_p = dy[start:start + RUN]
+            x_p = x[start:start + RUN]
+            gamma_p = gamma[start:start + RUN]
+            gggamma_p = gggamma[start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            piece2 = dtype(0)
+            piece3 = dtype(0)
+            piece4 = dtype(0)
+            piece5 = dtype(0)
+            piece6 = dtype(0)
+            for i in range(ggx_p.size):
+                tmp0 = -mean + x_p[i]
+                x_minus_mean = tmp0
+                piece0 += ggx_p[i]
+                piece1 += dy_p[i]*gamma_p[i]
+                piece2 += dy_p[i]*gggamma_p[i]
+                piece3 += ggx_p[i]*x_minus_mean
+                piece4 += dy_p[i]*ggx_p[i]*gamma_p[i]
+                piece5 += dy_p[i]*x_minus_mean*gamma_p[i]
+                piece6 += dy_p[i]*x_minus_mean*gggamma_p[i]
+            total0 += piece0
+            total1 += piece1
+            total2 += piece2
+            total3 += piece3
+            total4 += piece4
+            total5 += piece5
+            total6 += piece6
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            gggamma_q = gggamma[q]
+            for start in range(0, S, RUN):
+                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
+                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+                x_p = x[q * S + start:q * S + min(S, start + RUN)]
+                piece0 = dtype(0)
+                piece1 = dtype(0)
+                piece2 = dtype(0)
+                piece3 = dtype(0)
+                piece4 = dtype(0)
+                piece5 = dtype(0)
+                piece6 = dtype(0)
+                for i in range(ggx_p.size):
+                    tmp0 = -mean + x_p[i]
+                    x_minus_mean = tmp0
+                    piece0 += ggx_p[i]
+                    piece1 += dy_p[i]*gamma_q
+                    piece2 += dy_p[i]*gggamma_q
+                    piece3 += ggx_p[i]*x_minus_mean
+                    piece4 += dy_p[i]*ggx_p[i]*gamma_q
+                    piece5 += dy_p[i]*x_minus_mean*gamma_q
+                    piece6 += dy_p[i]*x_minus_mean*gggamma_q
+                total0 += piece0
+                total1 += piece1
+                total2 += piece2
+                total3 += piece3
+                total4 += piece4
+                total5 += piece5
+                total6 += piece6
+    return total0, total1, total2, total3, total4, total5, total6
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _layer_norm_double_backward_pass2(dy, ggx, x, invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, block0, block1, partial0, partial1):
+    """One pass of layer_norm_double_backward over one group of Q*S values: its share of the parameter sums of
+    dy*ggx*invstd, dy*field_0*coef_dy_field_0. Parameter shares go to the block's float32 rows block<k> when S == 1,
+    else to its float64 rows partial<k>."""
+    dtype = dy.dtype.type
+    if S == 1:
+        for start in range(0, Q * S, RUN):
+            dy_p = dy[start:start + RUN]
+            ggx_p = ggx[start:start + RUN]
+            x_p = x[start:start + RUN]
+            block0_p = block0[start:start + RUN]
+            block1_p = block1[start:start + RUN]
+            for i in range(dy_p.size):
+                tmp0 = -mean + x_p[i]
+                field_0 = sum_ggx + tmp0*tmp2
+                block0_p[i] += dy_p[i]*ggx_p[i]*invstd
+                block1_p[i] += dy_p[i]*field_0*coef_dy_field_0
+    else:
+        for q in range(Q):
+            for start in range(0, S, RUN):
+                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
+                x_p = x[q * S + start:q * S + min(S, start + RUN)]
+                share0 = dtype(0)
+                share1 = dtype(0)
+                for i in range(dy_p.size):
+                    tmp0 = -mean + x_p[i]
+                    field_0 = sum_ggx + tmp0*tmp2
+                    share0 += dy_p[i]*ggx_p[i]*invstd
+                    share1 += dy_p[i]*field_0*coef_dy_field_0
+                partial0[q] += share0
+                partial1[q] += share1
+
+
+@numba.njit(cache=True)
+def _layer_norm_double_backward_outputs(dy, ggx, x, gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, count, Q, S, gx, gdy):
+    """The field outputs of layer_norm_double_backward (gx, gdy) for one group."""
+    dtype = gx.dtype.type
+    if S == 1:
+        dy_p = dy
+        ggx_p = ggx
+        x_p = x
+        gx_p = gx
+        gdy_p = gdy
+        gamma_p = gamma
+        gggamma_p = gggamma
+        ggbeta_p = ggbeta
+        for i in range(gx_p.size):
+            tmp0 = -mean + x_p[i]
+            x_minus_mean = tmp0
+            field_1 = count*gggamma_p[i] - tmp2*gamma_p[i]
+            gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
+            gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_p[i]*gdy_coef_gamma) + ggbeta_p[i]) + (ggx_p[i]*gamma_p[i])*invstd
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            gggamma_q = gggamma[q]
+            ggbeta_q = ggbeta[q]
+            dy_p = dy[q * S:q * S + S]
+            ggx_p = ggx[q * S:q * S + S]
+            x_p = x[q * S:q * S + S]
+            gx_p = gx[q * S:q * S + S]
+            gdy_p = gdy[q * S:q * S + S]
+            for i in range(S):
+                tmp0 = -mean + x_p[i]
+                x_minus_mean = tmp0
+                field_1 = count*gggamma_q - tmp2*gamma_q
+                gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
+                gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_q*gdy_coef_gamma) + ggbeta_q) + (ggx_p[i]*gamma_q)*invstd
+
+
+@numba.njit(cache=True, parallel=True)
+def _layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, P, Q, gx, gdy):
+    """layer_norm_double_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one
+    block of BLOCK groups per parallel iteration."""
+    groups, inner = ggx.shape
+    S = inner // Q
+    dtype = ggx.dtype.type
+    tmp3 = 1/count
+    tmp7 = 1/(count**2)
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_dy_ggx_invstd = numpy.zeros((blocks, P, Q))
+    parts_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((blocks, P, Q))
+    for block in numba.prange(blocks):
+        block_psum_dy_ggx_invstd = numpy.zeros((P, Q), ggx.dtype)
+        block_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((P, Q), ggx.dtype)
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            mean = mean_groups[g]
+            invstd = invstd_groups[g]
+            tmp1 = dtype(invstd**2)
+            tmp4 = dtype(tmp3*invstd)
+            tmp5 = dtype(invstd**3)
+            tmp8 = dtype(invstd*count)
+            coef_dy_field_0 = dtype(tmp4)
+            total_sum_ggx, total_sum_dy_gamma, total_sum_dy_gggamma, total_sum_ggx_x_minus_mean, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x_minus_mean, total_sum_dy_gggamma_x_minus_mean = _layer_norm_double_backward_pass1(ggx[g], dy[g], x[g], gamma[p], gggamma[p], mean, Q, S)
+            sum_ggx = dtype(total_sum_ggx)
+            sum_dy_gamma = dtype(total_sum_dy_gamma)
+            sum_dy_gggamma = dtype(total_sum_dy_gggamma)
+            sum_ggx_x_minus_mean = dtype(total_sum_ggx_x_minus_mean)
+            sum_dy_gamma_ggx = dtype(total_sum_dy_gamma_ggx)
+            sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
+            sum_dy_gggamma_x_minus_mean = dtype(total_sum_dy_gggamma_x_minus_mean)
+            tmp2 = dtype(sum_ggx_x_minus_mean*tmp1)
+            tmp6 = dtype(sum_dy_gamma_x_minus_mean*tmp5)
+            gx_coef_ggx = dtype(-tmp3*tmp6)
+            gx_coef_x_minus_mean = dtype(-tmp1*tmp7*(sum_dy_gamma_ggx*tmp8 + sum_dy_gggamma_x_minus_mean*tmp8 - 3*sum_ggx_x_minus_mean*tmp6 - sum_dy_gamma*sum_ggx*invstd))
+            gx_shift = dtype(-sum_dy_gggamma*tmp4 + sum_ggx*tmp6*tmp7 + sum_dy_gamma*sum_ggx_x_minus_mean*tmp5*tmp7)
+            gdy_coef_gamma = dtype(-sum_ggx*tmp4)
+            _layer_norm_double_backward_pass2(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, block_psum_dy_ggx_invstd[p], block_psum_dy_field_0_coef_dy_field_0[p], parts_psum_dy_ggx_invstd[block, p], parts_psum_dy_field_0_coef_dy_field_0[block, p])
+            _layer_norm_double_backward_outputs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], ggbeta[p], mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, dtype(count), Q, S, gx[g], gdy[g])
+        if S == 1:
+            for p in range(P):
+                for q in range(Q):
+                    parts_psum_dy_ggx_invstd[block, p, q] += block_psum_dy_ggx_invstd[p, q]
+                    parts_psum_dy_field_0_coef_dy_field_0[block, p, q] += block_psum_dy_field_0_coef_dy_field_0[p, q]
+    total_psum_dy_ggx_invstd = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_dy_ggx_invstd += parts_psum_dy_ggx_invstd[block]
+    psum_dy_ggx_invstd = total_psum_dy_ggx_invstd.astype(ggx.dtype)
+    total_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_dy_field_0_coef_dy_field_0 += parts_psum_dy_field_0_coef_dy_field_0[block]
+    psum_dy_field_0_coef_dy_field_0 = total_psum_dy_field_0_coef_dy_field_0.astype(ggx.dtype)
+    ggamma = psum_dy_ggx_invstd - psum_dy_field_0_coef_dy_field_0
+    return ggamma,
+
+
+def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer):
+    """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
+    gamma and dy.
+
+    Derived by reverse mode through the derived backward
+    (bnsym.symbolic.layers.derivation('layer_norm').double_backward).
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
+    if layout is None:
+        return numpy_kernels.layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
+    gx = layout.empty()
+    gdy = layout.empty()
+    ggamma, = _layer_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+    return gx, layout.parameter_result(ggamma), gdy
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _layer_norm_jvp_pass1(tx, x, Q, S):
+    """One pass of layer_norm_jvp over one group of Q*S values: tx, x. Totals in float64."""
+    dtype = tx.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        tx_p = tx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(tx_p.size):
+            piece0 += tx_p[i]
+            piece1 += x_p[i]
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _layer_norm_jvp_pass2(tx, x, mean, Q, S):
+    """One pass of layer_norm_jvp over one group of Q*S values: tx*x_minus_mean, x_minus_mean*x_minus_mean. Totals
+    in float64."""
+    dtype = tx.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        tx_p = tx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(tx_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += tx_p[i]*x_minus_mean
+            piece1 += x_minus_mean*x_minus_mean
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
+
+
+@numba.njit(cache=True)
+def _layer_norm_jvp_outputs(x, tx, beta, gamma, tgamma, tbeta, mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, count, Q, S, y, ty):
+    """The field outputs of layer_norm_jvp (y, ty) for one group."""
+    dtype = y.dtype.type
+    if S == 1:
+        x_p = x
+        tx_p = tx
+        y_p = y
+        ty_p = ty
+        beta_p = beta
+        gamma_p = gamma
+        tgamma_p = tgamma
+        tbeta_p = tbeta
+        for i in range(y_p.size):
+            x_minus_mean = -mean + x_p[i]
+            field_0 = count*tgamma_p[i] - sum_tx_x_minus_mean*invstd**2*gamma_p[i]
+            y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
+            ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_p[i]*ty_coef_gamma) + tbeta_p[i]) + (tx_p[i]*gamma_p[i])*invstd
+    else:
+        for q in range(Q):
+            beta_q = beta[q]
+            gamma_q = gamma[q]
+            tgamma_q = tgamma[q]
+            tbeta_q = tbeta[q]
+            x_p = x[q * S:q * S + S]
+            tx_p = tx[q * S:q * S + S]
+            y_p = y[q * S:q * S + S]
+            ty_p = ty[q * S:q * S + S]
+            for i in range(S):
+                x_minus_mean = -mean + x_p[i]
+                field_0 = count*tgamma_q - sum_tx_x_minus_mean*invstd**2*gamma_q
+                y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
+                ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_q*ty_coef_gamma) + tbeta_q) + (tx_p[i]*gamma_q)*invstd
+
+
+@numba.njit(cache=True, parallel=True)
+def _layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, y, ty):
+    """layer_norm_jvp on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            eps = eps_groups[g]
+            total_sum_tx, total_sum_x = _layer_norm_jvp_pass1(tx[g], x[g], Q, S)
+            sum_tx = dtype(total_sum_tx)
+            sum_x = dtype(total_sum_x)
+            mean = dtype(sum_x*tmp0)
+            total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _layer_norm_jvp_pass2(tx[g], x[g], mean, Q, S)
+            sum_tx_x_minus_mean = dtype(total_sum_tx_x_minus_mean)
+            sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+            var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
+            invstd = dtype(1/numpy.sqrt(var + eps))
+            tmp1 = dtype(tmp0*invstd)
+            ty_coef_gamma = dtype(-sum_tx*tmp1)
+            _layer_norm_jvp_outputs(x[g], tx[g], beta[p], gamma[p], tgamma[p], tbeta[p], mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, dtype(count), Q, S, y[g], ty[g])
+    return
+
+
+def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
+    """Training forward mode: y and its tangent ty along (tx, tgamma, tbeta).
+
+    Derived by forward mode from the training forward pass (bnsym.symbolic.layers.derivation('layer_norm').jvp).
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
+    if layout is None:
+        return numpy_kernels.layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
+    y = layout.empty()
+    ty = layout.empty()
+    _layer_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+    return y, ty
 
 
 #: Each kernel's parameters and results, in order (those of the NumPy kernels).

@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import rms_norm as numpy_kernels
-from bnsym._fused import FusedLayout
+from bnsym._fused import FusedLayout, GroupLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -26,20 +26,470 @@ REASSOCIATE = {"reassoc"}
 numba.get_num_threads()
 
 
-# rms_norm_forward: the NumPy kernel, because it reads a parameter that varies within a group (of the parameters' shape, not per group).
-rms_norm_forward = numpy_kernels.rms_norm_forward
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _rms_norm_forward_pass1(x, Q, S):
+    """One pass of rms_norm_forward over one group of Q*S values: x*x. Totals in float64."""
+    dtype = x.dtype.type
+    total0 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        for i in range(x_p.size):
+            piece0 += x_p[i]*x_p[i]
+        total0 += piece0
+    return total0,
 
 
-# rms_norm_backward: the NumPy kernel, because it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover.
-rms_norm_backward = numpy_kernels.rms_norm_backward
+@numba.njit(cache=True)
+def _rms_norm_forward_outputs(x, gamma, invrms, Q, S, y):
+    """The field outputs of rms_norm_forward (y) for one group."""
+    dtype = y.dtype.type
+    if S == 1:
+        x_p = x
+        y_p = y
+        gamma_p = gamma
+        for i in range(y_p.size):
+            y_p[i] = (x_p[i]*gamma_p[i])*invrms
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            x_p = x[q * S:q * S + S]
+            y_p = y[q * S:q * S + S]
+            for i in range(S):
+                y_p[i] = (x_p[i]*gamma_q)*invrms
 
 
-# rms_norm_double_backward: the NumPy kernel, because it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover.
-rms_norm_double_backward = numpy_kernels.rms_norm_double_backward
+@numba.njit(cache=True, parallel=True)
+def _rms_norm_forward(x, gamma, eps_groups, count, P, Q, y):
+    """rms_norm_forward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
+    blocks = (groups + BLOCK - 1) // BLOCK
+    invrms_groups = numpy.empty(groups, x.dtype)
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            eps = eps_groups[g]
+            total_sum_x_x, = _rms_norm_forward_pass1(x[g], Q, S)
+            sum_x_x = dtype(total_sum_x_x)
+            ms = dtype(sum_x_x/count)
+            invrms = dtype(1/numpy.sqrt(ms + eps))
+            _rms_norm_forward_outputs(x[g], gamma[p], invrms, Q, S, y[g])
+            invrms_groups[g] = invrms
+    return invrms_groups,
 
 
-# rms_norm_jvp: the NumPy kernel, because it reads a parameter that varies within a group (of the parameters' shape, not per group).
-rms_norm_jvp = numpy_kernels.rms_norm_jvp
+def rms_norm_forward(x, gamma, eps, reducer):
+    """Training-mode RMS normalisation: y, and the statistics (invrms) that the backward pass reuses.
+
+    Written once in bnsym.symbolic.layers.rms_forward; this is its definition.
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma,))
+    if layout is None:
+        return numpy_kernels.rms_norm_forward(x, gamma, eps, reducer)
+    y = layout.empty()
+    invrms, = _rms_norm_forward(layout.fields(x), layout.parameter(gamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+    return y, layout.grouped(invrms)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _rms_norm_backward_pass1(dy, x, gamma, invrms, Q, S, block0, partial0):
+    """One pass of rms_norm_backward over one group of Q*S values: dy*x*gamma; its share of the parameter sums of
+    dy*x*invrms. Totals in float64. Parameter shares go to the block's float32 rows block<k> when S == 1, else to
+    its float64 rows partial<k>."""
+    dtype = dy.dtype.type
+    total0 = 0.0
+    if S == 1:
+        for start in range(0, Q * S, RUN):
+            dy_p = dy[start:start + RUN]
+            x_p = x[start:start + RUN]
+            gamma_p = gamma[start:start + RUN]
+            piece0 = dtype(0)
+            block0_p = block0[start:start + RUN]
+            for i in range(dy_p.size):
+                piece0 += dy_p[i]*x_p[i]*gamma_p[i]
+                block0_p[i] += dy_p[i]*x_p[i]*invrms
+            total0 += piece0
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            for start in range(0, S, RUN):
+                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+                x_p = x[q * S + start:q * S + min(S, start + RUN)]
+                piece0 = dtype(0)
+                share0 = dtype(0)
+                for i in range(dy_p.size):
+                    piece0 += dy_p[i]*x_p[i]*gamma_q
+                    share0 += dy_p[i]*x_p[i]*invrms
+                total0 += piece0
+                partial0[q] += share0
+    return total0,
+
+
+@numba.njit(cache=True)
+def _rms_norm_backward_outputs(dy, x, gamma, dx_coef_x, invrms, Q, S, dx):
+    """The field outputs of rms_norm_backward (dx) for one group."""
+    dtype = dx.dtype.type
+    if S == 1:
+        dy_p = dy
+        x_p = x
+        dx_p = dx
+        gamma_p = gamma
+        for i in range(dx_p.size):
+            dx_p[i] = (x_p[i]*dx_coef_x + dy_p[i]*gamma_p[i])*invrms
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            dy_p = dy[q * S:q * S + S]
+            x_p = x[q * S:q * S + S]
+            dx_p = dx[q * S:q * S + S]
+            for i in range(S):
+                dx_p[i] = (x_p[i]*dx_coef_x + dy_p[i]*gamma_q)*invrms
+
+
+@numba.njit(cache=True, parallel=True)
+def _rms_norm_backward(dy, x, gamma, invrms_groups, count, P, Q, dx):
+    """rms_norm_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration."""
+    groups, inner = dy.shape
+    S = inner // Q
+    dtype = dy.dtype.type
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_dy_x_invrms = numpy.zeros((blocks, P, Q))
+    for block in numba.prange(blocks):
+        block_psum_dy_x_invrms = numpy.zeros((P, Q), dy.dtype)
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            invrms = invrms_groups[g]
+            total_sum_dy_gamma_x, = _rms_norm_backward_pass1(dy[g], x[g], gamma[p], invrms, Q, S, block_psum_dy_x_invrms[p], parts_psum_dy_x_invrms[block, p])
+            sum_dy_gamma_x = dtype(total_sum_dy_gamma_x)
+            dx_coef_x = dtype(-sum_dy_gamma_x*invrms**2/count)
+            _rms_norm_backward_outputs(dy[g], x[g], gamma[p], dx_coef_x, invrms, Q, S, dx[g])
+        if S == 1:
+            for p in range(P):
+                for q in range(Q):
+                    parts_psum_dy_x_invrms[block, p, q] += block_psum_dy_x_invrms[p, q]
+    total_psum_dy_x_invrms = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_dy_x_invrms += parts_psum_dy_x_invrms[block]
+    psum_dy_x_invrms = total_psum_dy_x_invrms.astype(dy.dtype)
+    dgamma = psum_dy_x_invrms
+    return dgamma,
+
+
+def rms_norm_backward(dy, x, gamma, invrms, reducer):
+    """Training-mode backward: dx, dgamma for the upstream gradient dy.
+
+    Derived by reverse mode from the training forward pass (bnsym.symbolic.layers.derivation('rms_norm').backward),
+    closed form in x_hat and invrms.
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(invrms,), parameters=(gamma,))
+    if layout is None:
+        return numpy_kernels.rms_norm_backward(dy, x, gamma, invrms, reducer)
+    dx = layout.empty()
+    dgamma, = _rms_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(dx))
+    return dx, layout.parameter_result(dgamma)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _rms_norm_double_backward_pass1(ggx, x, dy, gamma, gggamma, Q, S):
+    """One pass of rms_norm_double_backward over one group of Q*S values: ggx*x, dy*ggx*gamma, dy*x*gamma,
+    dy*x*gggamma. Totals in float64."""
+    dtype = ggx.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    if S == 1:
+        for start in range(0, Q * S, RUN):
+            ggx_p = ggx[start:start + RUN]
+            x_p = x[start:start + RUN]
+            dy_p = dy[start:start + RUN]
+            gamma_p = gamma[start:start + RUN]
+            gggamma_p = gggamma[start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            piece2 = dtype(0)
+            piece3 = dtype(0)
+            for i in range(ggx_p.size):
+                piece0 += ggx_p[i]*x_p[i]
+                piece1 += dy_p[i]*ggx_p[i]*gamma_p[i]
+                piece2 += dy_p[i]*x_p[i]*gamma_p[i]
+                piece3 += dy_p[i]*x_p[i]*gggamma_p[i]
+            total0 += piece0
+            total1 += piece1
+            total2 += piece2
+            total3 += piece3
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            gggamma_q = gggamma[q]
+            for start in range(0, S, RUN):
+                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
+                x_p = x[q * S + start:q * S + min(S, start + RUN)]
+                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+                piece0 = dtype(0)
+                piece1 = dtype(0)
+                piece2 = dtype(0)
+                piece3 = dtype(0)
+                for i in range(ggx_p.size):
+                    piece0 += ggx_p[i]*x_p[i]
+                    piece1 += dy_p[i]*ggx_p[i]*gamma_q
+                    piece2 += dy_p[i]*x_p[i]*gamma_q
+                    piece3 += dy_p[i]*x_p[i]*gggamma_q
+                total0 += piece0
+                total1 += piece1
+                total2 += piece2
+                total3 += piece3
+    return total0, total1, total2, total3
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _rms_norm_double_backward_pass2(dy, ggx, x, invrms, coef_dy_x, Q, S, block0, block1, partial0, partial1):
+    """One pass of rms_norm_double_backward over one group of Q*S values: its share of the parameter sums of
+    dy*ggx*invrms, dy*x*coef_dy_x. Parameter shares go to the block's float32 rows block<k> when S == 1, else to its
+    float64 rows partial<k>."""
+    dtype = dy.dtype.type
+    if S == 1:
+        for start in range(0, Q * S, RUN):
+            dy_p = dy[start:start + RUN]
+            ggx_p = ggx[start:start + RUN]
+            x_p = x[start:start + RUN]
+            block0_p = block0[start:start + RUN]
+            block1_p = block1[start:start + RUN]
+            for i in range(dy_p.size):
+                block0_p[i] += dy_p[i]*ggx_p[i]*invrms
+                block1_p[i] += dy_p[i]*x_p[i]*coef_dy_x
+    else:
+        for q in range(Q):
+            for start in range(0, S, RUN):
+                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
+                x_p = x[q * S + start:q * S + min(S, start + RUN)]
+                share0 = dtype(0)
+                share1 = dtype(0)
+                for i in range(dy_p.size):
+                    share0 += dy_p[i]*ggx_p[i]*invrms
+                    share1 += dy_p[i]*x_p[i]*coef_dy_x
+                partial0[q] += share0
+                partial1[q] += share1
+
+
+@numba.njit(cache=True)
+def _rms_norm_double_backward_outputs(dy, ggx, x, gamma, gggamma, sum_ggx_x, tmp0, gx_coef_dy_field_0, gx_coef_ggx, gx_coef_x, invrms, count, tmp1, Q, S, gx, gdy):
+    """The field outputs of rms_norm_double_backward (gx, gdy) for one group."""
+    dtype = gx.dtype.type
+    if S == 1:
+        dy_p = dy
+        ggx_p = ggx
+        x_p = x
+        gx_p = gx
+        gdy_p = gdy
+        gamma_p = gamma
+        gggamma_p = gggamma
+        for i in range(gx_p.size):
+            field_0 = count*gggamma_p[i] - sum_ggx_x*tmp0*gamma_p[i]
+            gx_p[i] = (ggx_p[i]*gx_coef_ggx + x_p[i]*gx_coef_x) + (dy_p[i]*field_0)*gx_coef_dy_field_0
+            gdy_p[i] = (ggx_p[i]*gamma_p[i] + (x_p[i]*field_0)*tmp1)*invrms
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            gggamma_q = gggamma[q]
+            dy_p = dy[q * S:q * S + S]
+            ggx_p = ggx[q * S:q * S + S]
+            x_p = x[q * S:q * S + S]
+            gx_p = gx[q * S:q * S + S]
+            gdy_p = gdy[q * S:q * S + S]
+            for i in range(S):
+                field_0 = count*gggamma_q - sum_ggx_x*tmp0*gamma_q
+                gx_p[i] = (ggx_p[i]*gx_coef_ggx + x_p[i]*gx_coef_x) + (dy_p[i]*field_0)*gx_coef_dy_field_0
+                gdy_p[i] = (ggx_p[i]*gamma_q + (x_p[i]*field_0)*tmp1)*invrms
+
+
+@numba.njit(cache=True, parallel=True)
+def _rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms_groups, count, P, Q, gx, gdy):
+    """rms_norm_double_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one
+    block of BLOCK groups per parallel iteration."""
+    groups, inner = ggx.shape
+    S = inner // Q
+    dtype = ggx.dtype.type
+    tmp1 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_dy_ggx_invrms = numpy.zeros((blocks, P, Q))
+    parts_psum_dy_x_coef_dy_x = numpy.zeros((blocks, P, Q))
+    for block in numba.prange(blocks):
+        block_psum_dy_ggx_invrms = numpy.zeros((P, Q), ggx.dtype)
+        block_psum_dy_x_coef_dy_x = numpy.zeros((P, Q), ggx.dtype)
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            invrms = invrms_groups[g]
+            tmp0 = dtype(invrms**2)
+            tmp2 = dtype(invrms**3)
+            tmp3 = dtype(tmp1*tmp2)
+            tmp4 = dtype(invrms*count)
+            gx_coef_dy_field_0 = dtype(tmp1*invrms)
+            total_sum_ggx_x, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x, total_sum_dy_gggamma_x = _rms_norm_double_backward_pass1(ggx[g], x[g], dy[g], gamma[p], gggamma[p], Q, S)
+            sum_ggx_x = dtype(total_sum_ggx_x)
+            sum_dy_gamma_ggx = dtype(total_sum_dy_gamma_ggx)
+            sum_dy_gamma_x = dtype(total_sum_dy_gamma_x)
+            sum_dy_gggamma_x = dtype(total_sum_dy_gggamma_x)
+            coef_dy_x = dtype(sum_ggx_x*tmp3)
+            gx_coef_ggx = dtype(-sum_dy_gamma_x*tmp3)
+            gx_coef_x = dtype(-tmp0*(sum_dy_gamma_ggx*tmp4 + sum_dy_gggamma_x*tmp4 - 3*sum_dy_gamma_x*sum_ggx_x*tmp2)/count**2)
+            _rms_norm_double_backward_pass2(dy[g], ggx[g], x[g], invrms, coef_dy_x, Q, S, block_psum_dy_ggx_invrms[p], block_psum_dy_x_coef_dy_x[p], parts_psum_dy_ggx_invrms[block, p], parts_psum_dy_x_coef_dy_x[block, p])
+            _rms_norm_double_backward_outputs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], sum_ggx_x, tmp0, gx_coef_dy_field_0, gx_coef_ggx, gx_coef_x, invrms, dtype(count), dtype(tmp1), Q, S, gx[g], gdy[g])
+        if S == 1:
+            for p in range(P):
+                for q in range(Q):
+                    parts_psum_dy_ggx_invrms[block, p, q] += block_psum_dy_ggx_invrms[p, q]
+                    parts_psum_dy_x_coef_dy_x[block, p, q] += block_psum_dy_x_coef_dy_x[p, q]
+    total_psum_dy_ggx_invrms = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_dy_ggx_invrms += parts_psum_dy_ggx_invrms[block]
+    psum_dy_ggx_invrms = total_psum_dy_ggx_invrms.astype(ggx.dtype)
+    total_psum_dy_x_coef_dy_x = numpy.zeros((P, Q))
+    for block in range(blocks):
+        total_psum_dy_x_coef_dy_x += parts_psum_dy_x_coef_dy_x[block]
+    psum_dy_x_coef_dy_x = total_psum_dy_x_coef_dy_x.astype(ggx.dtype)
+    ggamma = psum_dy_ggx_invrms - psum_dy_x_coef_dy_x
+    return ggamma,
+
+
+def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
+    """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> with respect to x, gamma and dy.
+
+    Derived by reverse mode through the derived backward
+    (bnsym.symbolic.layers.derivation('rms_norm').double_backward).
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(invrms,), parameters=(gggamma, gamma))
+    if layout is None:
+        return numpy_kernels.rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer)
+    gx = layout.empty()
+    gdy = layout.empty()
+    ggamma, = _rms_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+    return gx, layout.parameter_result(ggamma), gdy
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _rms_norm_jvp_pass1(x, tx, Q, S):
+    """One pass of rms_norm_jvp over one group of Q*S values: x*x, tx*x. Totals in float64."""
+    dtype = x.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        tx_p = tx[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(x_p.size):
+            piece0 += x_p[i]*x_p[i]
+            piece1 += tx_p[i]*x_p[i]
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
+
+
+@numba.njit(cache=True)
+def _rms_norm_jvp_outputs(x, tx, gamma, tgamma, invrms, sum_tx_x, count, tmp0, Q, S, y, ty):
+    """The field outputs of rms_norm_jvp (y, ty) for one group."""
+    dtype = y.dtype.type
+    if S == 1:
+        x_p = x
+        tx_p = tx
+        y_p = y
+        ty_p = ty
+        gamma_p = gamma
+        tgamma_p = tgamma
+        for i in range(y_p.size):
+            field_0 = count*tgamma_p[i] - sum_tx_x*invrms**2*gamma_p[i]
+            y_p[i] = (x_p[i]*gamma_p[i])*invrms
+            ty_p[i] = (tx_p[i]*gamma_p[i] + (x_p[i]*field_0)*tmp0)*invrms
+    else:
+        for q in range(Q):
+            gamma_q = gamma[q]
+            tgamma_q = tgamma[q]
+            x_p = x[q * S:q * S + S]
+            tx_p = tx[q * S:q * S + S]
+            y_p = y[q * S:q * S + S]
+            ty_p = ty[q * S:q * S + S]
+            for i in range(S):
+                field_0 = count*tgamma_q - sum_tx_x*invrms**2*gamma_q
+                y_p[i] = (x_p[i]*gamma_q)*invrms
+                ty_p[i] = (tx_p[i]*gamma_q + (x_p[i]*field_0)*tmp0)*invrms
+
+
+@numba.njit(cache=True, parallel=True)
+def _rms_norm_jvp(x, gamma, tx, tgamma, eps_groups, count, P, Q, y, ty):
+    """rms_norm_jvp on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of BLOCK
+    groups per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            eps = eps_groups[g]
+            total_sum_x_x, total_sum_tx_x = _rms_norm_jvp_pass1(x[g], tx[g], Q, S)
+            sum_x_x = dtype(total_sum_x_x)
+            sum_tx_x = dtype(total_sum_tx_x)
+            ms = dtype(sum_x_x*tmp0)
+            invrms = dtype(1/numpy.sqrt(ms + eps))
+            _rms_norm_jvp_outputs(x[g], tx[g], gamma[p], tgamma[p], invrms, sum_tx_x, dtype(count), dtype(tmp0), Q, S, y[g], ty[g])
+    return
+
+
+def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
+    """Training forward mode: y and its tangent ty along (tx, tgamma).
+
+    Derived by forward mode from the training forward pass (bnsym.symbolic.layers.derivation('rms_norm').jvp).
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    """
+    layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, tgamma))
+    if layout is None:
+        return numpy_kernels.rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer)
+    y = layout.empty()
+    ty = layout.empty()
+    _rms_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.fields(tx), layout.parameter(tgamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+    return y, ty
 
 
 #: Each kernel's parameters and results, in order (those of the NumPy kernels).

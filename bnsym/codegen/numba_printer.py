@@ -42,7 +42,7 @@ from bnsym.codegen.printer import KernelPrinter
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["NumbaPlanPrinter", "module_prelude"]
+__all__ = ["NumbaPlanPrinter", "Printer", "module_prelude", "plan_symbols"]
 
 
 def module_prelude(numpy_module: str) -> list[str]:
@@ -52,7 +52,7 @@ def module_prelude(numpy_module: str) -> list[str]:
         "import numpy",
         "",
         f"from {numpy_module.rsplit('.', 1)[0]} import {numpy_module.rsplit('.', 1)[1]} as numpy_kernels",
-        "from bnsym._fused import FusedLayout",
+        "from bnsym._fused import FusedLayout, GroupLocalLayout",
         "",
         "#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).",
         f"BLOCK = {BLOCK}",
@@ -67,7 +67,7 @@ def module_prelude(numpy_module: str) -> list[str]:
     ]
 
 
-class _Printer(KernelPrinter):
+class Printer(KernelPrinter):
     """Prints one expression with symbols renamed (``mean`` -> ``mean[g]``) and, inside field loops, numbers in
     the fields' dtype (Numba types ``3 * float32`` as float64, which would promote the whole loop)."""
 
@@ -99,7 +99,7 @@ class _Printer(KernelPrinter):
         return super()._print_Pow(expr, rational=rational)
 
 
-def _symbols(plan: KernelPlan) -> set:
+def plan_symbols(plan: KernelPlan) -> set:
     """Every symbol that a plan's statements read or define."""
     found: set = set()
     for statement in plan.statements:
@@ -178,6 +178,13 @@ class NumbaPlanPrinter:
         kinds = _Kinds(plan)
         reason = self._unsupported(plan, kinds)
         if reason:
+            # Parameters that vary within a group and parameter sums: the group-local loops cover them for groups
+            # that are contiguous runs (their wrapper runs the NumPy kernel for any other layout).
+            from bnsym.codegen.numba_local import GroupLocalPrinter
+
+            local = GroupLocalPrinter.unsupported(plan) if "parameter" in reason else reason
+            if local is None:
+                return GroupLocalPrinter(self.indent).render(plan)
             return self._delegate(plan, reason)
         parts = []
         stage = 0
@@ -248,7 +255,7 @@ class NumbaPlanPrinter:
             return "it reads no field (only per-group values): nothing to fuse"
         if any(isinstance(s, Reduce) and s.over != "group" for s in plan.statements):
             return "it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover"
-        if any(isinstance(symbol, ParameterField) for symbol in _symbols(plan)):
+        if any(isinstance(symbol, ParameterField) for symbol in plan_symbols(plan)):
             return "it reads a parameter that varies within a group (of the parameters' shape, not per group)"
         return None
 
@@ -262,11 +269,11 @@ class NumbaPlanPrinter:
             group_lines.clear()
 
     def _scalar(self, expr: sympy.Expr) -> str:
-        return _Printer({}, typed_numbers=False).doprint(expr)
+        return Printer({}, typed_numbers=False).doprint(expr)
 
     def _group(self, expr: sympy.Expr, kinds: _Kinds) -> str:
         names = {s.name: s.name if s.name in kinds.scalars else f"{s.name}[g]" for s in expr.free_symbols if s != M}
-        return _Printer(names, typed_numbers=False).doprint(expr)
+        return Printer(names, typed_numbers=False).doprint(expr)
 
     def _argument(self, name: str, kinds: _Kinds, first: str) -> str:
         """How the driver passes ``name`` to a field loop: in the fields' dtype."""
@@ -285,7 +292,7 @@ class NumbaPlanPrinter:
         names.update({a: a for a in kinds.atoms})
         return names
 
-    def _atom_lines(self, kinds: _Kinds, atoms: list[str], printer: _Printer) -> list[str]:
+    def _atom_lines(self, kinds: _Kinds, atoms: list[str], printer: Printer) -> list[str]:
         return [f"{a} = {printer.doprint(kinds.atoms[a])}" for a in atoms]
 
     def _stage(self, function: str, plan: KernelPlan, statement: Reduce, kinds: _Kinds, stage: int):
@@ -309,8 +316,8 @@ class NumbaPlanPrinter:
             f"{i}if inner == 1:",
             f"{i}{i}# (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.",
         ]
-        rows = _Printer(self._field_text(kinds, fields, groups, "rows"), typed_numbers=True)
-        runs = _Printer(self._field_text(kinds, fields, groups, "runs"), typed_numbers=True)
+        rows = Printer(self._field_text(kinds, fields, groups, "rows"), typed_numbers=True)
+        runs = Printer(self._field_text(kinds, fields, groups, "runs"), typed_numbers=True)
         i2, i3, i4, i5 = i * 2, i * 3, i * 4, i * 5
         lines += [f"{i2}{f}_rows = {f}.reshape((rows, groups))" for f in fields]
         lines += [f"{i2}parts = (rows + BLOCK - 1) // BLOCK"]
@@ -378,8 +385,8 @@ class NumbaPlanPrinter:
         arguments = fields + groups + names
         i = self.indent
         i2, i3, i4, i5 = i * 2, i * 3, i * 4, i * 5
-        rows = _Printer(self._field_text(kinds, fields + names, groups, "rows"), typed_numbers=True)
-        runs = _Printer(self._field_text(kinds, fields + names, groups, "runs"), typed_numbers=True)
+        rows = Printer(self._field_text(kinds, fields + names, groups, "rows"), typed_numbers=True)
+        runs = Printer(self._field_text(kinds, fields + names, groups, "runs"), typed_numbers=True)
         out = names[0]
         lines = [
             "@numba.njit(cache=True, parallel=True)",

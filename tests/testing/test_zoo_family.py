@@ -93,6 +93,16 @@ def test_numpy_two_pass_and_bnsym_pass(layer, dtype):
     assert {"double_backward_reference", "hessian_symmetry"} <= set(report.passed), str(report)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba", "array_api"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_bnsym_passes_through_every_backend(layer, backend):
+    """The property library on every layer through each backend named explicitly (the test above runs the default
+    one): the compiled loops and the array-API kernels must pass as the NumPy kernels do, float32 channel-first
+    input included (the compiled group-local loops' layout)."""
+    report = check_normalization(Bnsym(layer, backend), layer=layer, dtype="float32", max_examples=6, order=2)
+    assert {"double_backward_reference", "hessian_symmetry"} <= set(report.passed), str(report)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 @pytest.mark.parametrize("layer", LAYERS)

@@ -175,16 +175,18 @@ TWO_PASS = {"layer_norm": LayerNorm, "rms_norm": RMSNorm, "group_norm": GroupNor
 
 class Bnsym:
     """Correct: bnsym's own public functions (``bnsym.layer_norm`` and the others), in the layer's protocol, with
-    the double backward."""
+    the double backward, through ``backend`` (bnsym's default: "auto")."""
 
-    def __init__(self, layer: str):
+    def __init__(self, layer: str, backend: str = "auto"):
         self.layer = layer
         self.module = getattr(bnsym, layer)
+        self.backend = backend
 
     def _options(self, x, gamma, num_groups):
         if self.layer in ("layer_norm", "rms_norm"):
-            return {"axis": tuple(range(x.ndim - gamma.ndim, x.ndim))}
-        return {"num_groups": num_groups, "axis": 1} if self.layer == "group_norm" else {"axis": 1}
+            return {"axis": tuple(range(x.ndim - gamma.ndim, x.ndim)), "backend": self.backend}
+        options = {"num_groups": num_groups, "axis": 1} if self.layer == "group_norm" else {"axis": 1}
+        return options | {"backend": self.backend}
 
     def _split(self, args, cotangents=0):
         """(cotangents, dy, x, gamma, beta, eps, num_groups) from the protocol's positional arguments."""

@@ -1,0 +1,441 @@
+"""The compiled-CPU printer for kernels whose groups are contiguous runs: one group finished while it is in cache.
+
+:mod:`bnsym.codegen.numba_printer` makes one pass over memory per stage of reductions. When every group is a
+contiguous run of ``inner`` values ((groups, inner) fields: layer norm and RMS norm over their trailing axes, group
+norm and instance norm on channel-first input; :class:`bnsym._fused.GroupLocalLayout`), a group of a few thousand
+values fits in the core's cache, and the loops printed here do better: for each group they take every stage of its
+sums, its per-group values and its field outputs one after another, so that the fields are read from memory once
+and the outputs written once, whatever the number of stages. This is also how these loops read what the stage
+printer does not:
+
+* **a parameter that varies within a group** (layer norm's gamma, group norm's per-channel gamma): a (P, Q) array;
+  group ``g`` reads row ``g % P``, value ``i`` of a group column ``i // S`` (``S = inner // Q``). Two loop nests:
+  ``S == 1`` (one parameter value per position: a flat loop along memory) and ``S > 1`` (a loop over the Q
+  parameter values, each covering a run of S values);
+* **a sum over the groups that share a parameter** (``Reduce(over="parameter")``: dgamma of layer norm): each group
+  adds its share to a (P, Q) partial of its block of at most ``BLOCK`` groups, in float32 when ``S == 1`` (at most
+  ``BLOCK`` values per entry) and in float64 otherwise (after float32 pieces of at most ``RUN`` values); block
+  partials are float64 and added in a fixed order, so results do not depend on the number of threads.
+
+Every loop that sums is a function of its own compiled with reassociation (LLVM vectorises a float32 sum); the
+per-group arithmetic and the output loops keep IEEE semantics. The parallel loop runs over blocks of ``BLOCK``
+groups (``numba.prange``). Sums of one group follow the accuracy contract of :mod:`bnsym._reduce`: float32 pieces of
+at most ``RUN`` contiguous values, float64 totals. Per-group values are rounded to the fields' dtype as the NumPy
+kernels round them.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import sympy
+
+from bnsym.codegen.numba_printer import NumbaPlanPrinter, Printer, plan_symbols
+from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
+from bnsym.naming import COUNT, REDUCER
+from bnsym.symbolic.reduction import M, ParameterField
+
+__all__ = ["GroupLocalPrinter"]
+
+
+class _Names:
+    """What each name of a plan is, for the group-local loops.
+
+    ``fields``: full-size inputs and outputs; ``parameters``: parameter-shaped inputs (:class:`ParameterField`);
+    ``atoms``: element-valued assignments (computed in the loop bodies, never stored); ``scalars``: values of M
+    alone; ``parameter_values``: parameter sums and what is computed from them (after the loops); everything else
+    is a per-group value.
+    """
+
+    def __init__(self, plan: KernelPlan):
+        symbols = plan_symbols(plan)
+        self.parameters = [p for p in plan.parameters
+                           if any(isinstance(s, ParameterField) and s.name == p for s in symbols)]
+        self.inputs = [p for p in plan.parameters if p not in (REDUCER, COUNT)]
+        self.fields = [n for n in self.inputs if n in plan.fields and n not in self.parameters]
+        self.outputs = [s.name.name for s in plan.statements if isinstance(s, Accumulate)]
+        element = set(plan.fields) - set(self.outputs)
+        self.atoms: dict[str, sympy.Expr] = {}
+        self.scalars: list[tuple[str, sympy.Expr]] = []
+        self.parameter_values = {n.name for s in plan.statements if isinstance(s, Reduce) and s.over == "parameter"
+                                 for n in s.names}
+        scalar_names: set[str] = set()
+        for s in plan.statements:
+            if not isinstance(s, Assign):
+                continue
+            reads = {f.name for f in s.expr.free_symbols if f != M}
+            if reads & element:
+                element.add(s.name.name)
+                self.atoms[s.name.name] = s.expr
+            elif reads & self.parameter_values:
+                self.parameter_values.add(s.name.name)
+            elif reads <= scalar_names:
+                scalar_names.add(s.name.name)
+                self.scalars.append((s.name.name, s.expr))
+        self.scalar_names = scalar_names
+        self.element = element
+
+    def read(self, exprs) -> list[str]:
+        """The names that loops evaluating ``exprs`` (expressions or names) read, atoms expanded, first seen first;
+        ``count`` for M."""
+        seen: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in self.atoms:
+                for symbol in sorted(self.atoms[name].free_symbols, key=sympy.default_sort_key):
+                    visit(COUNT if symbol == M else symbol.name)
+            elif name not in seen:
+                seen.append(name)
+
+        for item in exprs:
+            if isinstance(item, str):
+                visit(item)
+            else:
+                for symbol in sorted(item.free_symbols, key=sympy.default_sort_key):
+                    visit(COUNT if symbol == M else symbol.name)
+        return seen
+
+    def atoms_used(self, exprs) -> list[str]:
+        """The atoms that ``exprs`` read (directly or through other atoms), in definition order."""
+        used: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in self.atoms and name not in used:
+                used.add(name)
+                for symbol in self.atoms[name].free_symbols:
+                    visit(symbol.name)
+
+        for item in exprs:
+            for name in ([item] if isinstance(item, str) else [s.name for s in item.free_symbols]):
+                visit(name)
+        return [a for a in self.atoms if a in used]
+
+
+class GroupLocalPrinter:
+    """Renders a :class:`KernelPlan` that reduces through its reducer as group-local Numba loops (module
+    docstring), with a wrapper of the NumPy kernel's signature that runs the NumPy kernel for other layouts."""
+
+    def __init__(self, indent: str = "    "):
+        self.indent = indent
+
+    @staticmethod
+    def unsupported(plan: KernelPlan) -> str | None:
+        """Why these loops do not cover ``plan``, or None."""
+        if REDUCER not in plan.parameters:
+            return "it does not reduce: nothing to take group by group"
+        names = _Names(plan)
+        if not names.fields:
+            return "it reads no field"
+        accumulates = [i for i, s in enumerate(plan.statements) if isinstance(s, Accumulate)]
+        if accumulates and accumulates != list(range(accumulates[0], len(plan.statements))):
+            return "a statement follows its field outputs"
+        for s in plan.statements:
+            if isinstance(s, Assign) and s.name.name in names.element | names.parameter_values:
+                continue
+            reads = (set().union(*({f.name for f in t} for t in s.terms)) if isinstance(s, Reduce)
+                     else {f.name for f in (s.expr.free_symbols if isinstance(s, Assign)
+                                            else _form(s).free_symbols)})
+            if reads & names.parameter_values:
+                return "a per-group value or a field reads a parameter sum"
+        return None
+
+    # ----- the whole kernel -----
+
+    def render(self, plan: KernelPlan) -> str:
+        names = _Names(plan)
+        helpers: list[str] = []
+        body: list[str] = []  # the body of the loop over one block's groups
+        after: list[str] = []  # after the parallel loop: parameter sums and what reads them
+        sums: list[str] = []  # the parameter sums, in order
+        field_less: list[str] = []  # parameter sums of per-group values (no field): need Q == 1
+        statements = list(plan.statements)
+        merged = self._merges(statements, names)
+        stage = 0
+        outputs = [s for s in statements if isinstance(s, Accumulate)]
+        for index, statement in enumerate(statements):
+            if isinstance(statement, Assign):
+                name = statement.name.name
+                if name in names.element or name in names.scalar_names:
+                    continue  # atoms: in the loop bodies; scalars: before the loop
+                if name in names.parameter_values:
+                    after.append(f"{name} = {Printer({}, typed_numbers=False).doprint(statement.expr)}")
+                else:
+                    body.append(f"{name} = dtype({Printer({}, typed_numbers=False).doprint(statement.expr)})")
+            elif isinstance(statement, Reduce) and (statement.over == "group" or index not in merged):
+                stage += 1
+                group = statement if statement.over == "group" else None
+                parameter = next((statements[j] for j, k in merged.items() if k == index), None) if group else statement
+                function = f"_{plan.name}_pass{stage}"
+                source, arguments, lacking = self._loop(function, plan, group, parameter, names)
+                helpers.append(source)
+                call = f"{function}({', '.join(arguments)})"
+                if group:
+                    totals = [f"total_{n.name}" for n in statement.names]
+                    body.append(f"{', '.join(totals)}{',' if len(totals) == 1 else ''} = {call}")
+                    body += [f"{n.name} = dtype({t})" for n, t in zip(statement.names, totals)]
+                else:
+                    body.append(call)
+                if parameter:
+                    sums += [n.name for n in parameter.names]
+                    field_less += lacking
+        if outputs:
+            function = f"_{plan.name}_outputs"
+            source, arguments = self._outputs(function, plan, outputs, names)
+            helpers.append(source)
+            body.append(f"{function}({', '.join(arguments)})")
+        group_results = [s.name for s in plan.returns if s.name not in names.fields and s.name not in names.outputs
+                         and s.name not in names.parameter_values]
+        body += [f"{n}_groups[g] = {n}" for n in group_results]
+        main = self._main(plan, names, body, after, sums, group_results)
+        wrapper = self._wrapper(plan, names, group_results, bool(field_less))
+        return "\n\n\n".join(helpers + [main, wrapper])
+
+    # ----- helpers -----
+
+    def _merges(self, statements, names: _Names) -> dict[int, int]:
+        """{index of a parameter Reduce: index of the group Reduce whose pass also takes it}: the earliest group
+        stage before which everything its terms read is known (layer norm's dgamma and dbeta join the pass that
+        sums dy*gamma), so that a group's values are read once fewer. The others get a pass of their own."""
+        known = set(names.inputs) | names.scalar_names | {COUNT}
+        group_stages: list[tuple[int, set]] = []
+        merges: dict[int, int] = {}
+        for index, statement in enumerate(statements):
+            if isinstance(statement, Reduce) and statement.over == "group":
+                group_stages.append((index, set(known)))
+                known |= {n.name for n in statement.names}
+            elif isinstance(statement, Reduce):
+                reads = set(names.read([f.name for term in statement.terms for f in term]))
+                earlier = [stage for stage, available in group_stages if reads <= available
+                           and stage not in merges.values()]
+                if earlier:
+                    merges[index] = earlier[0]
+            elif isinstance(statement, Assign):
+                known.add(statement.name.name)
+        return merges
+
+    def _docstring(self, text: str, indent: str | None = None) -> list[str]:
+        indent = self.indent if indent is None else indent
+        return [indent + line for line in textwrap.wrap(f'"""{text}"""', 116 - len(indent))]
+
+    def _split(self, names: _Names, read: list[str]):
+        """(fields, parameters, per-group values, scalars) among the names a loop reads."""
+        fields = [n for n in read if n in names.fields or n in names.outputs]
+        parameters = [n for n in read if n in names.parameters]
+        scalars = [n for n in read if n in names.scalar_names or n == COUNT]
+        per_group = [n for n in read if n not in fields + parameters + scalars]
+        return fields, parameters, per_group, scalars
+
+    def _call_arguments(self, fields, parameters, per_group, scalars) -> list[str]:
+        """How the group loop passes these to a helper: rows of group g, parameter row p, values in dtype."""
+        return ([f"{f}[g]" for f in fields] + [f"{p}[p]" for p in parameters] + per_group
+                + [f"dtype({s})" for s in scalars] + ["Q", "S"])
+
+    def _texts(self, names: _Names, fields, parameters, nest: str) -> dict[str, str]:
+        """Symbol names in the innermost loop: ``x_p[i]`` for fields, ``gamma_p[i]`` (``S == 1``) or ``gamma_q``
+        (``S > 1``) for parameters; per-group values and scalars keep their names, atoms theirs."""
+        texts = {f: f"{f}_p[i]" for f in fields}
+        texts |= {p: (f"{p}_p[i]" if nest == "flat" else f"{p}_q") for p in parameters}
+        return texts | {a: a for a in names.atoms}
+
+    def _atom_lines(self, names: _Names, atoms: list[str], printer: Printer) -> list[str]:
+        return [f"{a} = {printer.doprint(names.atoms[a])}" for a in atoms]
+
+    def _pieces(self, fields, parameters, depth: int, nest: str, inner_lines, before, after) -> list[str]:
+        """The loops over one group's values in pieces of at most RUN: ``before`` each piece, ``inner_lines`` for
+        each value, ``after`` each piece."""
+        i = self.indent
+        d = i * depth
+        lines: list[str] = []
+        if nest == "flat":
+            lines += [f"{d}for start in range(0, Q * S, RUN):"]
+            lines += [f"{d}{i}{f}_p = {f}[start:start + RUN]" for f in fields + parameters]
+        else:
+            lines += [f"{d}for q in range(Q):"]
+            lines += [f"{d}{i}{p}_q = {p}[q]" for p in parameters]
+            lines += [f"{d}{i}for start in range(0, S, RUN):"]
+            d += i
+            lines += [f"{d}{i}{f}_p = {f}[q * S + start:q * S + min(S, start + RUN)]" for f in fields]
+        lines += [f"{d}{i}{line}" for line in before]
+        count = f"{fields[0]}_p.size" if fields else ("min(RUN, Q * S - start)" if nest == "flat" else
+                                                      "min(RUN, S - start)")
+        lines += [f"{d}{i}for i in range({count}):"]
+        lines += [f"{d}{i}{i}{line}" for line in inner_lines]
+        lines += [f"{d}{i}{line}" for line in after(nest)]
+        return lines
+
+    def _loop(self, function: str, plan: KernelPlan, group: Reduce | None, parameter: Reduce | None, names: _Names):
+        """One pass over a group's values that takes the sums of ``group`` (returned as float64 totals) and adds
+        the group's share of the parameter sums of ``parameter`` (to the block's float32 rows ``block<k>`` when
+        ``S == 1``, else to its float64 rows ``partial<k>``). Returns (source, call arguments, the parameter sums
+        of per-group values only)."""
+        group_terms = group.terms if group else ()
+        parameter_terms = parameter.terms if parameter else ()
+        factors = [f.name for term in group_terms + parameter_terms for f in term]
+        fields, parameters, per_group, scalars = self._split(names, names.read(factors))
+        atoms = names.atoms_used(factors)
+        k = range(len(group_terms))
+        element = [j for j, t in enumerate(parameter_terms) if any(f.name in names.element for f in t)]
+        lacking = [parameter.names[j].name for j in range(len(parameter_terms)) if j not in element]
+        blocks = [f"block{j}" for j in range(len(parameter_terms))]
+        partials = [f"partial{j}" for j in range(len(parameter_terms))]
+        described = "; ".join(part for part in (
+            ", ".join("*".join(f.name for f in t) for t in group_terms),
+            ("its share of the parameter sums of " + ", ".join("*".join(f.name for f in t) for t in parameter_terms))
+            if parameter_terms else "") if part)
+        i = self.indent
+        lines = ["@numba.njit(cache=True, fastmath=REASSOCIATE)",
+                 f"def {function}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'])}"
+                 f"{''.join(', ' + n for n in blocks + partials)}):",
+                 *self._docstring(f"One pass of {plan.name} over one group of Q*S values: {described}."
+                                  + (" Totals in float64." if group_terms else "")
+                                  + (" Parameter shares go to the block's float32 rows block<k> when S == 1, else "
+                                     "to its float64 rows partial<k>." if parameter_terms else ""))]
+        if fields + parameters:
+            lines.append(f"{i}dtype = {(fields + parameters)[0]}.dtype.type")
+        lines += [f"{i}total{j} = 0.0" for j in k]
+        for j in range(len(parameter_terms)):
+            if j not in element:  # a per-group value: once per group (the parameters do not vary within a group)
+                value = Printer({}, typed_numbers=bool(fields + parameters)).doprint(_product(parameter_terms[j]))
+                lines.append(f"{i}partial{j}[0] += {value}")
+
+        def loops(nest: str, depth: int) -> list[str]:
+            printer = Printer(self._texts(names, fields, parameters, nest), typed_numbers=True)
+            inner = self._atom_lines(names, atoms, printer)
+            inner += [f"piece{j} += {printer.doprint(_product(t))}" for j, t in zip(k, group_terms)]
+            before = [f"piece{j} = dtype(0)" for j in k]
+            if nest == "flat":
+                inner += [f"block{j}_p[i] += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
+                before += [f"block{j}_p = block{j}[start:start + RUN]" for j in element]
+            else:
+                inner += [f"share{j} += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
+                before += [f"share{j} = dtype(0)" for j in element]
+            return self._pieces(fields, parameters, depth, nest, inner, before,
+                                lambda nest: [f"total{j} += piece{j}" for j in k]
+                                + ([f"partial{j}[q] += share{j}" for j in element] if nest == "runs" else []))
+
+        if group_terms or element:
+            lines += self._nests(bool(parameters or element), loops)
+        if group_terms:
+            lines += [f"{i}return {', '.join(f'total{j}' for j in k)}{',' if len(k) == 1 else ''}"]
+        arguments = self._call_arguments(fields, parameters, per_group, scalars)
+        if parameter:
+            arguments += [f"block_{n.name}[p]" for n in parameter.names]
+            arguments += [f"parts_{n.name}[block, p]" for n in parameter.names]
+        return "\n".join(lines), arguments, lacking
+
+    def _nests(self, both: bool, loops) -> list[str]:
+        """Both loop nests (chosen by S at run time) when a parameter is read or summed, else the flat one."""
+        i = self.indent
+        if not both:
+            return loops("flat", 1)
+        return [f"{i}if S == 1:", *loops("flat", 2), f"{i}else:", *loops("runs", 2)]
+
+    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: _Names):
+        expressions = [_form(s) for s in outputs]
+        written = [s.name.name for s in outputs]
+        fields, parameters, per_group, scalars = self._split(names, names.read(expressions))
+        fields = [f for f in fields if f not in written]
+        atoms = names.atoms_used(expressions)
+        i = self.indent
+        lines = ["@numba.njit(cache=True)",
+                 f"def {function}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'] + written)}):",
+                 *self._docstring(f"The field outputs of {plan.name} ({', '.join(written)}) for one group.")]
+
+        def loops(nest: str, depth: int) -> list[str]:
+            d = i * depth
+            printer = Printer(self._texts(names, fields + written, parameters, nest), typed_numbers=True)
+            out: list[str] = []
+            if nest == "flat":
+                out += [f"{d}{f}_p = {f}" for f in fields + written + parameters]
+                out += [f"{d}for i in range({written[0]}_p.size):"]
+                inner = d + i
+            else:
+                out += [f"{d}for q in range(Q):"]
+                out += [f"{d}{i}{p}_q = {p}[q]" for p in parameters]
+                out += [f"{d}{i}{f}_p = {f}[q * S:q * S + S]" for f in fields + written]
+                out += [f"{d}{i}for i in range(S):"]
+                inner = d + i + i
+            out += [f"{inner}{line}" for line in self._atom_lines(names, atoms, printer)]
+            out += [f"{inner}{printer.names[n]} = {printer.doprint(e)}" for n, e in zip(written, expressions)]
+            return out
+
+        lines.append(f"{i}dtype = {written[0]}.dtype.type")
+        lines += self._nests(bool(parameters), loops)
+        arguments = self._call_arguments(fields, parameters, per_group, scalars) + [f"{n}[g]" for n in written]
+        return "\n".join(lines), arguments
+
+    def _main(self, plan: KernelPlan, names: _Names, body: list[str], after: list[str], sums: list[str],
+              group_results: list[str]) -> str:
+        i = self.indent
+        i2, i3, i4 = i * 2, i * 3, i * 4
+        inputs = [f"{n}_groups" if n not in names.fields + names.parameters else n for n in names.inputs]
+        first = names.fields[0]
+        per_group_inputs = [n for n in names.inputs if n not in names.fields + names.parameters]
+        lines = ["@numba.njit(cache=True, parallel=True)",
+                 f"def _{plan.name}({', '.join(inputs + [COUNT, 'P', 'Q'] + names.outputs)}):",
+                 *self._docstring(f"{plan.name} on (groups, inner) fields, (P, Q) parameters and (groups,) per-group "
+                                  "values, one block of BLOCK groups per parallel iteration."),
+                 f"{i}groups, inner = {first}.shape",
+                 f"{i}S = inner // Q",
+                 f"{i}dtype = {first}.dtype.type"]
+        lines += [f"{i}{n} = {Printer({}, typed_numbers=False).doprint(e)}" for n, e in names.scalars]
+        lines += [f"{i}blocks = (groups + BLOCK - 1) // BLOCK"]
+        lines += [f"{i}parts_{n} = numpy.zeros((blocks, P, Q))" for n in sums]
+        lines += [f"{i}{n}_groups = numpy.empty(groups, {first}.dtype)" for n in group_results]
+        lines += [f"{i}for block in numba.prange(blocks):"]
+        lines += [f"{i2}block_{n} = numpy.zeros((P, Q), {first}.dtype)" for n in sums]
+        lines += [f"{i2}for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):",
+                  f"{i3}p = g % P"]
+        lines += [f"{i3}{n} = {n}_groups[g]" for n in per_group_inputs]
+        lines += [f"{i3}{line}" for line in body]
+        if sums:
+            lines += [f"{i2}if S == 1:", f"{i3}for p in range(P):", f"{i4}for q in range(Q):"]
+            lines += [f"{i4}{i}parts_{n}[block, p, q] += block_{n}[p, q]" for n in sums]
+        for n in sums:  # the block partials in a fixed order: the same result on any number of threads
+            lines += [f"{i}total_{n} = numpy.zeros((P, Q))", f"{i}for block in range(blocks):",
+                      f"{i2}total_{n} += parts_{n}[block]", f"{i}{n} = total_{n}.astype({first}.dtype)"]
+        lines += [f"{i}{line}" for line in after]
+        results = [s.name for s in plan.returns if s.name not in names.outputs]
+        returned = [f"{n}_groups" if n in group_results else n for n in results]
+        lines.append(f"{i}return {', '.join(returned)}{',' if len(returned) == 1 else ''}" if returned
+                     else f"{i}return")
+        return "\n".join(lines)
+
+    def _wrapper(self, plan: KernelPlan, names: _Names, group_results: list[str], needs_q1: bool) -> str:
+        i = self.indent
+        per_group = [n for n in names.inputs if n not in names.fields + names.parameters]
+        width = 116 - len(i)
+        doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
+        for paragraph in plan.docstring[1:] + (
+                "Compiled: each group's stages and outputs one after another while the group is in cache "
+                "(bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.",):
+            doc += [""] + textwrap.wrap(paragraph, width)
+        doc += ['"""']
+        lines = [f"def {plan.name}({', '.join(plan.parameters)}):"]
+        lines += [i + line if line else "" for line in doc]
+        tuple_of = lambda items: f"({', '.join(items)}{',' if len(items) == 1 else ''})"  # noqa: E731
+        lines += [f"{i}layout = GroupLocalLayout.of({REDUCER}, fields={tuple_of(names.fields)}, "
+                  f"per_group={tuple_of(per_group)}, parameters={tuple_of(names.parameters)})"]
+        condition = "layout is None" + (" or layout.Q != 1" if needs_q1 else "")
+        lines += [f"{i}if {condition}:", f"{i}{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
+        lines += [f"{i}{n} = layout.empty()" for n in names.outputs]
+        arguments = [f"layout.fields({n})" if n in names.fields else
+                     f"layout.parameter({n})" if n in names.parameters else f"layout.per_group({n})"
+                     for n in names.inputs]
+        arguments += [f"{REDUCER}.count", "layout.P", "layout.Q"] + [f"layout.fields({n})" for n in names.outputs]
+        results = [s.name for s in plan.returns if s.name not in names.outputs]
+        call = f"_{plan.name}({', '.join(arguments)})"
+        lines.append(f"{i}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
+                     else f"{i}{call}")
+        returned = [n if n in names.outputs else f"layout.grouped({n})" if n in group_results
+                    else f"layout.parameter_result({n})" for n in (s.name for s in plan.returns)]
+        lines.append(f"{i}return {', '.join(returned)}")
+        return "\n".join(lines)
+
+
+def _product(term) -> sympy.Expr:
+    return NumbaPlanPrinter._product(term)
+
+
+def _form(statement: Accumulate) -> sympy.Expr:
+    return NumbaPlanPrinter._form(None, statement)
