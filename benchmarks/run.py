@@ -364,7 +364,8 @@ def backends_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]
 # ----- 4. the normalisation family -----
 
 def _family_cases():
-    """(label, bnsym module name, bnsym calls, torch calls) for each family layer and shape, built lazily."""
+    """(label, bnsym module name, bnsym calls, torch calls, size of x in bytes) for each family layer and shape, the
+    bnsym calls built lazily."""
     rng = np.random.default_rng(0)
     cases = []
     for shape in ((4096, 1024), (8, 1024, 4096)):
@@ -394,10 +395,12 @@ def _family_cases():
         cases.append((f"layer norm {shape}", "layer_norm", layer_norm,
                       (lambda tx=tx, tg=tg, tb=tb, f=features: torch.ops.aten.native_layer_norm(tx, [f], tg, tb, EPS),
                        lambda tdy=tdy, tx=tx, tg=tg, tb=tb, m=tmean, r=trstd, f=features:
-                       torch.ops.aten.native_layer_norm_backward(tdy, tx, [f], m, r, tg, tb, [True, True, True]))))
+                       torch.ops.aten.native_layer_norm_backward(tdy, tx, [f], m, r, tg, tb, [True, True, True])),
+                      x.nbytes))
         cases.append((f"RMS norm {shape}", "rms_norm", rms_norm,
                       (lambda tx=tx, tg=tg, f=features: torch.ops.aten._fused_rms_norm(tx, [f], tg, EPS),
-                       lambda tdy=tdy, ry=ry, rx=rx, rg=rg: torch.autograd.grad(ry, (rx, rg), tdy, retain_graph=True))))
+                       lambda tdy=tdy, ry=ry, rx=rx, rg=rg: torch.autograd.grad(ry, (rx, rg), tdy, retain_graph=True)),
+                      x.nbytes))
     shape, groups = (32, 64, 56, 56), 32
     x = rng.normal(3, 2, size=shape).astype(np.float32)
     dy = rng.normal(size=shape).astype(np.float32)
@@ -416,25 +419,30 @@ def _family_cases():
     cases.append((f"group norm {shape}, {groups} groups", "group_norm", group_norm,
                   (lambda: torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS),
                    lambda: torch.ops.aten.native_group_norm_backward(tdy, tx, tmean, trstd, tg, n, c, hw, groups,
-                                                                     [True, True, True]))))
+                                                                     [True, True, True])),
+                  x.nbytes))
     return cases
 
 
-def family_table(repeats: int, thread_counts: tuple[int, ...]) -> None:
+def family_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) -> None:
+    """Each family layer against PyTorch's kernel, with the fraction of the copy bandwidth reached (a forward must
+    read x and write y, a backward read dy and x and write dx: 8 and 12 bytes per float32 element, the traffic of
+    one pass over memory) and tracemalloc's peak extra memory of bnsym's backward over the size of x."""
     print("\n## The normalisation family against PyTorch's native kernels, float32 (bnsym's default backend)\n")
     print("| threads | layer, shape | fwd torch | fwd bnsym | **fwd bnsym/torch** | bwd torch | bwd bnsym | "
-          "**bwd bnsym/torch** |")
-    print("|" + "---|" * 8)
-    for label, module, make, (torch_forward, torch_backward) in _family_cases():
+          "**bwd bnsym/torch** | fwd torch % copy | bwd torch % copy | **fwd bnsym % copy** | **bwd bnsym % copy** "
+          "| mem bwd bnsym |")
+    print("|" + "---|" * 13)
+    for label, module, make, (torch_forward, torch_backward), size in _family_cases():
         if not hasattr(bnsym, module):
-            print(f"| | {label} | skipped: bnsym.{module} does not exist in this version |||||||")
+            print(f"| | {label} | skipped: bnsym.{module} does not exist in this version |||||||||||")
             continue
         try:
             bnsym_forward, bnsym_backward = make()
             bnsym_forward()
             bnsym_backward()
         except (AttributeError, TypeError) as error:
-            print(f"| | {label} | skipped: bnsym.{module}'s functions take other arguments ({error}) |||||||")
+            print(f"| | {label} | skipped: bnsym.{module}'s functions take other arguments ({error}) |||||||||||")
             continue
         forward_functions, backward_functions = {}, {}
         for threads in thread_counts:
@@ -444,11 +452,17 @@ def family_table(repeats: int, thread_counts: tuple[int, ...]) -> None:
             backward_functions[("bnsym", threads)] = _threaded(threads, bnsym_backward)
         forward = _medians(forward_functions, repeats)
         backward = _medians(backward_functions, repeats)
+        memory = _peak_extra(bnsym_backward, size)
         for threads in thread_counts:
             ft, fb = forward[("torch", threads)], forward[("bnsym", threads)]
             bt, bb = backward[("torch", threads)], backward[("bnsym", threads)]
+
+            def copy(seconds, arrays, threads=threads, size=size):
+                return 100 * arrays * size / seconds / 1e9 / bandwidth[threads]
+
             print(f"| {threads} | {label} | {1e3 * ft:.2f} | {1e3 * fb:.2f} | **{fb / ft:.2f}x** | {1e3 * bt:.2f} | "
-                  f"{1e3 * bb:.2f} | **{bb / bt:.2f}x** |", flush=True)
+                  f"{1e3 * bb:.2f} | **{bb / bt:.2f}x** | {copy(ft, 2):.0f}% | {copy(bt, 3):.0f}% | "
+                  f"**{copy(fb, 2):.0f}%** | **{copy(bb, 3):.0f}%** | {memory:.2f} |", flush=True)
 
 
 # ----- 5. compile and regeneration time -----
@@ -511,7 +525,7 @@ def main(argv=None) -> None:
     if "backends" in chosen:
         backends_table(repeats, bandwidth, thread_counts)
     if "family" in chosen:
-        family_table(repeats, thread_counts)
+        family_table(repeats, bandwidth, thread_counts)
     if "compile" in chosen:
         compile_times()
         print(f"\nRegenerating every derivation (`python -m bnsym.cli derive --check`, fresh process): "

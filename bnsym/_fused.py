@@ -54,24 +54,23 @@ class FusedLayout:
         if any(not isinstance(f, np.ndarray) or f.shape != shape or f.dtype != dtype or not f.flags.c_contiguous
                for f in fields):
             return None
-        values = [np.asarray(v) for v in per_group]
-        if any(v.dtype != dtype and v.ndim for v in values) or any(v.ndim not in (0, len(shape)) for v in values):
-            return None
+        values = [v if isinstance(v, np.ndarray) else np.asarray(v) for v in per_group]
         if reducer is not None:
             kept = [k for k in range(len(shape)) if k not in reducer.axes]
         else:  # a kernel that does not reduce: the groups are the axes along which a per-group value varies
             kept = sorted({k for v in values if v.ndim for k in range(len(shape)) if v.shape[k] != 1})
-        if any(v.ndim and any(v.shape[k] not in (1, shape[k]) or (k not in kept and v.shape[k] != 1)
-                              for k in range(len(shape))) for v in values):
-            return None
         if kept and kept != list(range(kept[0], kept[-1] + 1)):
             return None
+        group_shape = tuple(n if k in kept else 1 for k, n in enumerate(shape))
+        for v in values:  # scalars, or arrays of the fields' dtype that vary along kept axes only
+            if v.ndim and (v.ndim != len(shape) or v.dtype != dtype
+                           or any(n != 1 and n != m for n, m in zip(v.shape, group_shape))):
+                return None
         first = kept[0] if kept else len(shape)
         last = kept[-1] + 1 if kept else len(shape)
         rows, groups, inner = math.prod(shape[:first]), math.prod(shape[first:last]), math.prod(shape[last:])
         if not kept:  # every axis is reduced: one group, one run
             rows, groups, inner = 1, 1, math.prod(shape)
-        group_shape = tuple(n if k in kept else 1 for k, n in enumerate(shape))
         return cls(tuple(shape), dtype, rows, groups, inner, group_shape)
 
     def fields(self, array: np.ndarray) -> np.ndarray:
@@ -81,6 +80,8 @@ class FusedLayout:
     def per_group(self, value) -> np.ndarray:
         """A per-group value (array shaped for broadcasting, or scalar) as a contiguous (groups,) array."""
         array = np.asarray(value, dtype=self.dtype)
+        if array.ndim == 0:  # eps
+            return np.full(self.groups, array)
         if array.size == self.groups:  # already one value per group: a view when it is contiguous
             return np.ascontiguousarray(array).reshape(self.groups)
         return np.ascontiguousarray(np.broadcast_to(array, self.group_shape)).reshape(self.groups)
@@ -169,6 +170,8 @@ class GroupLocalLayout:
     def per_group(self, value) -> np.ndarray:
         """A per-group value (array shaped for broadcasting, or scalar) as a contiguous (groups,) array."""
         array = np.asarray(value, dtype=self.dtype)
+        if array.ndim == 0:  # eps
+            return np.full(self.groups, array)
         if array.size == self.groups:
             return np.ascontiguousarray(array).reshape(self.groups)
         return np.ascontiguousarray(np.broadcast_to(array, self.group_shape)).reshape(self.groups)

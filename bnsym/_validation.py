@@ -3,6 +3,7 @@ argument and the shapes involved, before any arithmetic runs."""
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -55,12 +56,19 @@ def check_eps(eps, dtype) -> float:
         raise ValueError(f"eps must be finite and greater than 0, got {eps!r}, which overflows a float") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"eps must be finite and greater than 0, got {eps!r}")
-    with np.errstate(over="ignore", under="ignore"):
-        rounded = np.dtype(dtype).type(value)
+    rounded = _rounded(value, np.dtype(dtype))
     if not np.isfinite(rounded) or rounded <= 0:
         raise ValueError(f"eps = {eps!r} is {rounded} in {np.dtype(dtype).name}, the dtype the arithmetic runs in; "
                          "it must be finite and greater than 0 there")
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _rounded(value: float, dtype: np.dtype):
+    """``value`` rounded to ``dtype``; cached, because a layer is called with the same eps again and again and the
+    error state that the rounding needs costs more than the rest of a small call's validation."""
+    with np.errstate(over="ignore", under="ignore"):
+        return dtype.type(value)
 
 
 def check_channel_vector(value, name: str, channels: int, x_shape: tuple[int, ...], axis: int) -> np.ndarray:
