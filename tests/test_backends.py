@@ -261,6 +261,32 @@ def test_compiled_results_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(first, other)
 
 
+@pytest.mark.parametrize(("layer", "shape", "options"), [("layer_norm", (200, 30), {"axis": -1}),
+                                                     ("group_norm", (70, 6, 5, 5), {"num_groups": 3, "axis": 1})],
+                         ids=["layer_norm", "group_norm"])
+def test_compiled_family_results_do_not_depend_on_the_thread_count(layer, shape, options):
+    """The group-local loops too: parameter gradients summed over 200 rows (four blocks of 64) or 70 samples come
+    out bit-identical on one thread and on all of them."""
+    numba = _numba()
+    rng = np.random.default_rng(1)
+    x = (5 + rng.normal(size=shape)).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    parameter_shape = shape[-1:] if layer == "layer_norm" else shape[1:2]
+    gamma = rng.uniform(0.5, 2, size=parameter_shape).astype(np.float32)
+    module = getattr(bnsym, layer)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            _, mean, invstd = module.forward(x, gamma, gamma, backend="numba", **options)
+            results.append(module.backward(dy, x, gamma, mean, invstd, backend="numba", **options))
+    finally:
+        numba.set_num_threads(before)
+    for first, other in zip(results[0], results[-1]):
+        np.testing.assert_array_equal(first, other)
+
+
 def test_compiled_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     """A fresh process compiles and caches; the next one loads the cache and calls the loops (a regression:
     loaded from the cache, the drivers once called the parallel loops before Numba's thread pool existed)."""
