@@ -478,7 +478,12 @@ y, mean, invstd = bnsym.batch_norm_forward(x, gamma, gamma, backend="numba")
 forward = time.perf_counter()
 bnsym.batch_norm_backward(x, x, gamma, mean, invstd, backend="numba")
 backward = time.perf_counter()
-print(imported - start, forward - imported, backward - forward)
+y, mean, invstd = bnsym.layer_norm.forward(x, gamma, gamma, backend="numba")
+layer_forward = time.perf_counter()
+bnsym.layer_norm.backward(x, x, gamma, mean, invstd, backend="numba")
+layer_backward = time.perf_counter()
+print(imported - start, forward - imported, backward - forward, layer_forward - backward,
+      layer_backward - layer_forward)
 """
 
 
@@ -493,10 +498,11 @@ def compile_times() -> None:
             run = subprocess.run([sys.executable, "-c", _FIRST_CALL], cwd=ROOT, env=env, capture_output=True,
                                  text=True, check=True, timeout=900)
             results.append([float(t) for t in run.stdout.split()])
-    (_, compile_forward, compile_backward), (_, load_forward, load_backward) = results
-    print(f"\nCompiled backend, first call in a fresh process (float32; Numba's disk cache in an empty directory): "
-          f"forward {compile_forward:.1f} s and backward {compile_backward:.1f} s to compile; from the cache in the "
-          f"next process: forward {load_forward:.2f} s, backward {load_backward:.2f} s")
+    compiled, loaded = results
+    print("\nCompiled backend, first call in a fresh process (float32; Numba's disk cache in an empty directory): "
+          f"batch norm forward {compiled[1]:.1f} s and backward {compiled[2]:.1f} s, layer norm forward "
+          f"{compiled[3]:.1f} s and backward {compiled[4]:.1f} s to compile; from the cache in the next process: "
+          f"{loaded[1]:.2f} s, {loaded[2]:.2f} s, {loaded[3]:.2f} s and {loaded[4]:.2f} s")
 
 
 def _regeneration_seconds() -> float:

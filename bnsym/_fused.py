@@ -178,6 +178,8 @@ class GroupLocalLayout:
 
     def parameter(self, value: np.ndarray) -> np.ndarray:
         """A parameter as a contiguous (P, Q) array (module docstring)."""
+        if value.shape == self.parameter_shape and value.flags.c_contiguous:
+            return value.reshape(self.P, self.Q)
         return np.ascontiguousarray(np.broadcast_to(value, self.parameter_shape)).reshape(self.P, self.Q)
 
     def parameter_result(self, values: np.ndarray) -> np.ndarray:
