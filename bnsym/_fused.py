@@ -11,8 +11,11 @@ have one loop nest for each of the two cases.
 :meth:`FusedLayout.of` returns None for anything else, and the generated wrapper then runs the NumPy kernel:
 fields that are not C-contiguous or not of one float32/float64 dtype, kept axes that are not adjacent, a per-group
 value that varies along a reduced axis, and a reducer other than the local :class:`bnsym._reduce.Reducer` (a
-sharded run's reducer adds the shards' totals in its ``sums``, which compiled loops would bypass). Kernels that sum
-over parameter axes are not compiled at all (the printer leaves them to NumPy).
+sharded run's reducer adds the shards' totals in its ``sums``, which compiled loops would bypass).
+
+:class:`GroupLocalLayout` is the arrangement of the group-local loops (:mod:`bnsym.codegen.numba_local`), which
+read parameters that vary within a group and sum parameter gradients: fields as (groups, inner) when every group
+is one contiguous run, parameters as (P, Q).
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ What one plan becomes (every loop is printed from the plan's statements; nothing
 * the per-group :class:`~bnsym.codegen.plan.Assign` statements between the stages: loops over the groups in a
   driver function, in the plan's order, each value stored in the fields' dtype (as the NumPy kernels round them);
 * a Python wrapper with the NumPy kernel's signature that arranges the arrays (:class:`bnsym._fused.FusedLayout`)
-  and falls back to the NumPy kernel for what the loops do not cover (another layout, a sharded reducer, sums over
-  parameter axes).
+  and falls back to the NumPy kernel for what the loops do not cover (another layout, a sharded reducer).
+
+A plan that reads a parameter varying within a group or sums a parameter's gradient over groups is printed by
+:mod:`bnsym.codegen.numba_local` instead (group-local loops, for groups that are contiguous runs).
 
 Loops are parallel over blocks of rows or over runs with ``numba.prange`` (as many threads as
 ``numba.set_num_threads`` allows). Only the reduction stages are compiled with reassociation (``fastmath``
