@@ -26,7 +26,13 @@ import math
 
 from bnsym._reduce import BLOCK, RUN
 
-__all__ = ["ArrayAPIReducer", "has_float64", "namespace"]
+__all__ = ["CHUNKS", "MIN_CHUNK", "ArrayAPIReducer", "add_product", "has_float64", "in_place_allowed", "namespace"]
+
+#: A product that a reduction needs is formed in chunks of at most 1/CHUNKS of its size (``ArrayAPIReducer._reduce``).
+CHUNKS = 64
+
+#: ... but no chunk is smaller than this many bytes: below it, the cost of one more call outweighs the memory.
+MIN_CHUNK = 1 << 18
 
 
 def namespace(*arrays):
@@ -44,6 +50,45 @@ def has_float64(xp, array) -> bool:
         return "float64" in xp.__array_namespace_info__().dtypes(device=device(array), kind="real floating")
     except (AttributeError, TypeError):  # a namespace older than the 2023.12 inspection API
         return hasattr(xp, "float64")
+
+
+def in_place_allowed(*arrays) -> bool:
+    """Whether a kernel may update the arrays it created itself in place (``arrays``: its arguments).
+
+    False for JAX arrays (immutable: an augmented assignment makes a new array anyway) and while PyTorch's autograd
+    records the call (grad mode on and an argument requires grad): autograd may then have saved any array the
+    kernel made, and writing into it would break the backward pass. True otherwise (NumPy, CuPy, PyTorch without
+    autograd). Arguments that are not arrays (eps) are ignored.
+    """
+    from array_api_compat import is_jax_array, is_torch_array
+
+    if any(is_jax_array(a) for a in arrays):
+        return False
+    tensors = [a for a in arrays if is_torch_array(a)]
+    if tensors and any(t.requires_grad for t in tensors):
+        import torch
+
+        return not torch.is_grad_enabled()
+    return True
+
+
+def add_product(out, *factors, in_place: bool):
+    """``out += factors[0] * factors[1] * ...``, returning ``out``: the product formed chunk by chunk.
+
+    ``out`` is a full-size array that the kernel created; the factors broadcast against it. When ``in_place``
+    (:func:`in_place_allowed`), the product is formed and added one chunk of ``out`` at a time (slices of its
+    leading axes, each at most 1/:data:`CHUNKS` of it), so that no temporary as large as ``out`` exists; else
+    (JAX, PyTorch's autograd) it is one ``out += product``. The multiplications happen in the order given, so the
+    values are the same either way.
+    """
+    if not in_place:
+        out += _product(factors)
+        return out
+    itemsize = out.dtype.itemsize
+    target = max(math.prod(out.shape) * itemsize // CHUNKS, MIN_CHUNK)
+    for index in _chunk_indices(tuple(out.shape), itemsize, target):
+        out[index] += _product([_index(factor, out.ndim, index) for factor in factors], in_place=True)
+    return out
 
 
 class ArrayAPIReducer:
@@ -68,28 +113,104 @@ class ArrayAPIReducer:
         return f"ArrayAPIReducer(xp={self.xp.__name__}, axes={self.axes}, count={self.count})"
 
     def sums(self, *terms):
-        """The per-group sum of each term's product (the product is formed, then summed)."""
-        return tuple(self._sum(self._product(term), self.axes) for term in terms)
+        """The per-group sum of each term's product, formed and summed chunk by chunk (:meth:`_reduce`)."""
+        return tuple(self._reduce(term, self.axes) for term in terms)
 
     def parameter_sums(self, *terms):
         """The sum of each term's product over :attr:`parameter_axes`, in the parameters' broadcast shape."""
-        return tuple(self._sum(self._product(term), self.parameter_axes) for term in terms)
+        return tuple(self._reduce(term, self.parameter_axes) for term in terms)
 
     # ----- internals -----
 
+    def _reduce(self, term, axes: tuple[int, ...], target: int | None = None):
+        """sum(product of the term's factors) over ``axes``, keeping them as length-1 axes.
+
+        The array API has no ``out=`` and no multiply-and-sum that every library evaluates without the product
+        (PyTorch's ``linalg.vecdot`` forms it; NumPy's ``vecdot`` along a strided axis is several times slower
+        than a sum), so the product of full-size fields would be a temporary as large as the input. Instead it is
+        formed and summed one chunk at a time: slices of the leading axes, each at most 1/:data:`CHUNKS` of the
+        whole (and at least :data:`MIN_CHUNK` bytes). Each chunk is summed as a whole array is (the same float32
+        partials, float64 totals); the chunks' totals are added in float64 along a reduced axis and placed side by
+        side along a kept one, then returned in the arrays' dtype.
+
+        Not chunked: JAX arrays (XLA fuses the product into the reduction, and a loop would only lengthen the
+        traced program), and float32 on a device without float64, whose totals are one compensated sum of all the
+        partials.
+        """
+        xp = self.xp
+        shape = _broadcast_shape(term)
+        dtype = term[0].dtype
+        nbytes = math.prod(shape) * dtype.itemsize
+        if target is None:
+            target = max(nbytes // CHUNKS, MIN_CHUNK)
+        if (not axes or nbytes <= target or _is_jax(term[0])
+                or dtype != xp.float64 and not self._float64_totals(term[0])):
+            return self._sum(self._product(term), axes)
+        kept = [i for i, n in enumerate(shape) if i not in axes and n > 1]
+        result_bytes = math.prod(shape[i] for i in kept) * 8
+        if kept and result_bytes > target // 4:
+            # A large result (a parameter's gradient summed over a few rows): its float64 totals, a running one
+            # and a chunk's, would be large temporaries, so reduce it piece by piece along a kept axis; each piece
+            # is final, in the arrays' dtype, and written into the result where the library allows.
+            axis = kept[0]
+            step = max(1, target // 4 // (result_bytes // shape[axis]))
+            pieces = ((start, tuple(_slice(factor, len(shape), axis, start, start + step) for factor in term))
+                      for start in range(0, shape[axis], step))
+            if not in_place_allowed(*term):
+                return xp.concat([self._reduce(piece, axes, target) for _, piece in pieces], axis=axis)
+            from array_api_compat import device
+
+            result = xp.empty(tuple(1 if i in axes else n for i, n in enumerate(shape)), dtype=dtype,
+                              device=device(term[0]))
+            for start, piece in pieces:
+                result[(slice(None),) * axis + (slice(start, start + step),)] = self._reduce(piece, axes, target)
+            return result
+        totals = self._chunked(term, shape, axes, 0, target, dtype.itemsize)
+        return totals if dtype == xp.float64 else xp.astype(totals, dtype)
+
+    def _chunked(self, term, shape, axes, axis, target, itemsize):
+        """float64 totals (or float64 sums) of the product over ``axes``, slicing ``axis`` and, if need be, the
+        axes after it; ``shape`` is the product's shape."""
+        slice_bytes = math.prod(shape[axis + 1:]) * itemsize
+        if math.prod(shape[axis:]) * itemsize <= target or axis == len(shape) - 1:
+            return self._wide_sum(self._product(term), axes)
+        step = max(1, target // slice_bytes)
+        parts, total = [], None
+        for start in range(0, shape[axis], step):
+            chunk = tuple(_slice(factor, len(shape), axis, start, start + step) for factor in term)
+            if slice_bytes > target:  # one slice of this axis is still too large: slice the next axis too
+                chunk_shape = shape[:axis] + (1,) + shape[axis + 1:]
+                part = self._chunked(chunk, chunk_shape, axes, axis + 1, target, itemsize)
+            else:
+                part = self._wide_sum(self._product(chunk), axes)
+            if axis not in axes:
+                parts.append(part)
+            else:  # a running total: the chunks' totals are as large as the result, which may be a parameter's
+                total = part if total is None else total + part
+                del part
+        return self.xp.concat(parts, axis=axis) if axis not in axes else total
+
     def _product(self, term):
-        product = term[0]
-        for factor in term[1:]:
-            product = product * factor
-        return product
+        return _product(term, in_place=len(term) > 2 and in_place_allowed(*term))
+
+    def _float64_totals(self, like) -> bool:
+        """Whether the partials of a float32 sum are added in float64 (``float64_totals``, class docstring)."""
+        return has_float64(self.xp, like) if self.float64_totals is None else self.float64_totals
 
     def _sum(self, a, axes: tuple[int, ...]):
-        xp = self.xp
-        keep = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+        """The sum of ``a`` over ``axes`` (kept as length 1), in ``a``'s dtype."""
         if not axes:
             return a
+        total = self._wide_sum(a, axes)
+        return total if total.dtype == a.dtype else self.xp.astype(total, a.dtype)
+
+    def _wide_sum(self, a, axes: tuple[int, ...]):
+        """The sum of ``a`` over ``axes`` (kept as length 1): in float64 when ``a`` is float64 or its partials are
+        added in float64 (module docstring), else a compensated sum in ``a``'s dtype."""
+        xp = self.xp
         if a.dtype == xp.float64:
             return xp.sum(a, axis=axes, keepdims=True)
+        keep = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
         kept = [i for i in range(a.ndim) if i not in axes]
         if kept and kept != list(range(kept[0], kept[-1] + 1)):
             # Kept axes apart from each other: bring them together (a copy), then sum as runs.
@@ -135,13 +256,10 @@ class ArrayAPIReducer:
         return xp.reshape(xp.permute_dims(partial, (0, 2, 1)), (-1, groups))
 
     def _total(self, partials, like):
-        """(n, groups) partials -> (groups,) totals in the partials' dtype."""
+        """(n, groups) partials -> (groups,) totals: float64 ones, or compensated ones in the partials' dtype."""
         xp = self.xp
-        wide = self.float64_totals
-        if wide is None:
-            wide = has_float64(xp, like)
-        if wide:
-            return xp.astype(xp.sum(xp.astype(partials, xp.float64), axis=0), partials.dtype)
+        if self._float64_totals(like):
+            return xp.sum(xp.astype(partials, xp.float64), axis=0)
         return _compensated_sum(xp, partials)
 
 
@@ -161,3 +279,67 @@ def _compensated_sum(xp, partials):
         high = total
         low = low[0::2, ...] + low[1::2, ...] + error
     return high[0, ...] + low[0, ...]
+
+
+def _broadcast_shape(arrays) -> tuple[int, ...]:
+    """The shape that ``arrays`` broadcast to (aligned on their last axes)."""
+    ndim = max(a.ndim for a in arrays)
+    shape = [1] * ndim
+    for a in arrays:
+        for i, n in enumerate(a.shape, start=ndim - a.ndim):
+            if n != 1:
+                shape[i] = n
+    return tuple(shape)
+
+
+def _slice(a, ndim: int, axis: int, start: int, stop: int):
+    """``a[..., start:stop, ...]`` on ``axis`` of the broadcast shape (of ``ndim`` axes), unless ``a`` broadcasts
+    along it (length 1 or absent): then ``a`` itself."""
+    own = axis - (ndim - a.ndim)
+    if own < 0 or a.shape[own] == 1:
+        return a
+    return a[(slice(None),) * own + (slice(start, stop),)]
+
+
+def _is_jax(array) -> bool:
+    from array_api_compat import is_jax_array
+
+    return is_jax_array(array)
+
+
+def _product(factors, in_place: bool = False):
+    """The product of ``factors``, in order; with ``in_place``, the third and later are multiplied into the array
+    that the first multiplication made when it has the whole shape (one temporary instead of two)."""
+    product = factors[0]
+    for i, factor in enumerate(factors[1:]):
+        if in_place and i and _broadcast_shape((product, factor)) == tuple(product.shape):
+            product *= factor
+        else:
+            product = product * factor
+    return product
+
+
+def _chunk_indices(shape: tuple[int, ...], itemsize: int, target: int, axis: int = 0, prefix: tuple = ()):
+    """Index tuples (slices of the leading axes) that cover an array of ``shape``, each at most ``target`` bytes
+    when slicing the leading axes can achieve it."""
+    slice_bytes = math.prod(shape[axis + 1:]) * itemsize
+    if math.prod(shape[axis:]) * itemsize <= target or axis == len(shape) - 1 and slice_bytes > target:
+        yield prefix
+        return
+    step = max(1, target // slice_bytes)
+    for start in range(0, shape[axis], step):
+        index = prefix + (slice(start, start + step),)
+        if slice_bytes > target:
+            yield from _chunk_indices(shape, itemsize, target, axis + 1, index)
+        else:
+            yield index
+
+
+def _index(a, ndim: int, index: tuple):
+    """``a`` restricted to the chunk ``index`` of the broadcast shape (``ndim`` axes); a scalar or an axis on which
+    ``a`` broadcasts is left whole."""
+    if not hasattr(a, "shape"):
+        return a
+    for axis, part in enumerate(index):
+        a = _slice(a, ndim, axis, part.start, part.stop)
+    return a
