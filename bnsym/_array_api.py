@@ -282,7 +282,9 @@ def _compensated_sum(xp, partials):
 
 
 def _broadcast_shape(arrays) -> tuple[int, ...]:
-    """The shape that ``arrays`` broadcast to (aligned on their last axes)."""
+    """The shape that ``arrays`` broadcast to (aligned on their last axes); Python numbers among them count as
+    arrays of no axes."""
+    arrays = [a for a in arrays if hasattr(a, "shape")]
     ndim = max(a.ndim for a in arrays)
     shape = [1] * ndim
     for a in arrays:
