@@ -156,7 +156,11 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     tmp1 = invstd*tmp0
     field_0 = -gamma*invstd**2*sum_tx_x_minus_mean + tgamma*count
     ty_coef_gamma = -sum_tx*tmp1
-    y = x_minus_mean*gamma*invstd
+    if in_place:
+        y = x_minus_mean*gamma
+        y *= invstd
+    else:
+        y = x_minus_mean*gamma*invstd
     y += beta
     if in_place:
         ty = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this

@@ -24,11 +24,16 @@ def rms_norm_forward(x, gamma, eps, reducer):
     broadcast shape.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, eps)
     count = reducer.count
     sum_x_x, = reducer.sums((x, x))
     ms = sum_x_x/count
     invrms = 1/xp.sqrt(eps + ms)
-    y = x*gamma*invrms
+    if in_place:
+        y = x*gamma
+        y *= invrms
+    else:
+        y = x*gamma*invrms
     return y, invrms
 
 
@@ -113,7 +118,11 @@ def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
     ms = sum_x_x*tmp0
     invrms = 1/xp.sqrt(eps + ms)
     field_0 = -gamma*invrms**2*sum_tx_x + tgamma*count
-    y = x*gamma*invrms
+    if in_place:
+        y = x*gamma
+        y *= invrms
+    else:
+        y = x*gamma*invrms
     ty = tx*gamma
     ty = add_product(ty, x, field_0, tmp0, in_place=in_place)
     ty *= invrms

@@ -15,6 +15,9 @@ from the NumPy printer in what the standard and the libraries allow:
     ``in_place`` (``y = x_minus_mean``, then ``y *= gamma``), and is a new array otherwise; the atom is deleted at
     once, so that its memory is free before the next term is added;
   - a field output is never started in the buffer of an input (``dx = xp.asarray(dy, copy=True)``, not ``dx = dy``);
+    one that starts with a product of three factors or more starts with the product of a field and one factor,
+    a new array, and multiplies the others into it when ``in_place`` (``y = x*gamma``, ``y *= invrms``): one
+    array as large as the input instead of two;
   - a term that is a product (``dx += dy*gamma``) is added by :func:`bnsym._array_api.add_product`, which forms it
     one chunk of the output at a time when ``in_place``, so that no temporary as large as the input exists; other
     terms are added with augmented assignments (``y += beta``: in place on a PyTorch or NumPy array that the kernel
@@ -58,9 +61,14 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
         super().__init__(indent)
         self.expressions = _ArrayAPIExpressionPrinter()
 
+    def render(self, plan: KernelPlan) -> str:
+        self._fields = {str(name) for name in plan.fields}
+        return super().render(plan)
+
     def _prologue(self, plan: KernelPlan) -> list[str]:
         lines = [f"xp = namespace({plan.parameters[0]})"]
-        if any(isinstance(s, Accumulate) and (s.reuse is not None or self._has_product_term(s))
+        if any(isinstance(s, Accumulate) and (s.reuse is not None or self._has_product_term(s)
+                                              or self._split_start(s) is not None)
                for s in plan.statements):
             arguments = ", ".join(p for p in plan.parameters if p != REDUCER)
             lines.append(f"{IN_PLACE} = in_place_allowed({arguments})")
@@ -81,6 +89,11 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
                      f"del {atom}  # nothing reads it after this: free its memory now"]
         elif coefficient == 1 and monomial.is_Symbol:  # `out = dy` would alias an input: the additions would write it
             lines = [f"{out} = xp.asarray({self.doprint(monomial)}, copy=True)"]
+        elif (split := self._split_start(statement)) is not None:  # `x*gamma*invrms` would make two full arrays
+            first, rest = split
+            lines = [f"if {IN_PLACE}:", f"{self.indent}{out} = {self.doprint(first)}",
+                     *(f"{self.indent}{out} *= {self.doprint(factor)}" for factor in rest),
+                     "else:", f"{self.indent}{out} = {self.doprint(coefficient * monomial)}"]
         else:
             lines = [f"{out} = {self.doprint(coefficient * monomial)}"]
         return lines + self._remaining_terms(statement)
@@ -91,6 +104,19 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
             return super()._add_term(out, monomial, coefficient)
         factors = ", ".join(self.doprint(factor) for factor in term.as_ordered_factors())
         return f"{out} = add_product({out}, {factors}, in_place={IN_PLACE})"
+
+    def _split_start(self, statement: Accumulate):
+        """For a start term of three factors or more, one of them a field: (a product of two factors, the field
+        first, that is the output's new array; the other factors, to multiply into it in place). Else None."""
+        if statement.reuse is not None:
+            return None
+        monomial, coefficient = statement.start
+        factors = list((coefficient * monomial).as_ordered_factors())
+        fields = [f for f in factors if f.is_Symbol and f.name in self._fields]
+        if len(factors) < 3 or not fields:
+            return None
+        factors.remove(fields[0])
+        return fields[0] * factors[0], factors[1:]
 
     @staticmethod
     def _has_product_term(statement: Accumulate) -> bool:
