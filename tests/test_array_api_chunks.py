@@ -3,7 +3,8 @@
 Chunking only happens on arrays larger than ``MIN_CHUNK`` bytes; here ``MIN_CHUNK`` is lowered so that small arrays
 of awkward shapes are cut into many chunks: a leading axis that the chunk length does not divide, a length-1 axis,
 a leading axis too short to give small enough chunks (the next axis is sliced too), a large result (a parameter's
-gradient, reduced piece by piece along a kept axis). Memory itself is measured in benchmarks/memory.py, not here.
+gradient, reduced piece by piece along a kept axis), runs longer than ``RUN`` in equal pieces or not. Memory
+itself is measured in benchmarks/memory.py, not here.
 """
 
 import math
@@ -22,6 +23,7 @@ CASES = [  # shape, reduced axes, parameter axes
     ((5, 67), (1,), (0,)),  # rows kept (layer norm): chunks are placed side by side
     ((3, 1, 7, 11), (0, 2, 3), ()),  # NCHW with a length-1 channel axis
     ((2, 3, 1500), (0, 2), ()),  # a short leading axis: one slice is too large, the next axis is sliced too
+    ((2, 3, 1031), (0, 2), ()),  # runs of a prime length above RUN: a piece of RUN values and a short one
     ((4, 6, 5, 3), (1, 2, 3), (0,)),  # layer norm over (C, H, W) with an elementwise affine: a large result
     ((5, 6, 7), (1,), ()),  # kept axes on both sides of the reduced one
 ]
