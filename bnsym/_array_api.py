@@ -18,6 +18,11 @@ a float32 (or float16) sum is taken in two levels, as in :mod:`bnsym._reduce`:
 
 float64 arrays are summed directly (their own precision is the contract). Values of the totals are returned in the
 arrays' dtype, with the reduced axes kept as length 1.
+
+Memory. The array API has no ``out=``, so a product of full-size fields would be a temporary as large as the input.
+The reducer forms the products it sums one chunk at a time (:meth:`ArrayAPIReducer._reduce`), and the kernels add
+product terms to their outputs with :func:`add_product`, which does the same when :func:`in_place_allowed` says
+that the kernel may write into the arrays it made.
 """
 
 from __future__ import annotations
