@@ -177,7 +177,7 @@ class ArrayAPIReducer:
         """float64 totals (or float64 sums) of the product over ``axes``, slicing ``axis`` and, if need be, the
         axes after it; ``shape`` is the product's shape."""
         slice_bytes = math.prod(shape[axis + 1:]) * itemsize
-        if math.prod(shape[axis:]) * itemsize <= target or axis == len(shape) - 1:
+        if math.prod(shape[axis:]) * itemsize <= target:
             return self._wide_sum(self._product(term), axes)
         step = max(1, target // slice_bytes)
         parts, total = [], None
@@ -331,10 +331,10 @@ def _product(factors, in_place: bool = False):
 
 
 def _chunk_indices(shape: tuple[int, ...], itemsize: int, target: int, axis: int = 0, prefix: tuple = ()):
-    """Index tuples (slices of the leading axes) that cover an array of ``shape``, each at most ``target`` bytes
-    when slicing the leading axes can achieve it."""
+    """Index tuples (slices of the leading axes) that cover an array of ``shape``, each of at most ``target``
+    bytes (or one element)."""
     slice_bytes = math.prod(shape[axis + 1:]) * itemsize
-    if math.prod(shape[axis:]) * itemsize <= target or axis == len(shape) - 1 and slice_bytes > target:
+    if math.prod(shape[axis:]) * itemsize <= target:
         yield prefix
         return
     step = max(1, target // slice_bytes)
