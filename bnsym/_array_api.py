@@ -134,9 +134,9 @@ class ArrayAPIReducer:
         (PyTorch's ``linalg.vecdot`` forms it; NumPy's ``vecdot`` along a strided axis is several times slower
         than a sum), so the product of full-size fields would be a temporary as large as the input. Instead it is
         formed and summed one chunk at a time: slices of the leading axes, each at most 1/:data:`CHUNKS` of the
-        whole (and at least :data:`MIN_CHUNK` bytes). Each chunk is summed as a whole array is (the same float32
-        partials, float64 totals); the chunks' totals are added in float64 along a reduced axis and placed side by
-        side along a kept one, then returned in the arrays' dtype.
+        whole (and at least :data:`MIN_CHUNK` bytes). Each chunk is cut into float32 partials as a whole array is
+        (at most BLOCK rows or RUN contiguous values each), and the partials of all chunks are added in float64
+        at once, then returned in the arrays' dtype.
 
         Not chunked: JAX arrays (XLA fuses the product into the reduction, and a loop would only lengthen the
         traced program), and float32 on a device without float64, whose totals are one compensated sum of all the
@@ -170,30 +170,41 @@ class ArrayAPIReducer:
             for start, piece in pieces:
                 result[(slice(None),) * axis + (slice(start, start + step),)] = self._reduce(piece, axes, target)
             return result
-        totals = self._chunked(term, shape, axes, 0, target, dtype.itemsize)
-        return totals if dtype == xp.float64 else xp.astype(totals, dtype)
+        partials = self._chunked(term, shape, axes, 0, target, dtype.itemsize)
+        totals = xp.reshape(self._total(partials, term[0]), tuple(1 if i in axes else n for i, n in enumerate(shape)))
+        return totals if totals.dtype == dtype else xp.astype(totals, dtype)
 
     def _chunked(self, term, shape, axes, axis, target, itemsize):
-        """float64 totals (or float64 sums) of the product over ``axes``, slicing ``axis`` and, if need be, the
-        axes after it; ``shape`` is the product's shape."""
-        slice_bytes = math.prod(shape[axis + 1:]) * itemsize
+        """The partials of the term's product over ``axes`` (as :meth:`_partials`), slicing ``axis`` and, if need
+        be, the axes after it; ``shape`` is the product's shape. The chunks' partials are stacked (chunks along a
+        reduced axis) or placed side by side (along a kept axis, in the order of the groups), so that one
+        :meth:`_total` adds them all: a few operations per chunk."""
         if math.prod(shape[axis:]) * itemsize <= target:
-            return self._wide_sum(self._product(term), axes)
+            return self._partials(self._product(term), axes)
+        slice_bytes = math.prod(shape[axis + 1:]) * itemsize
         step = max(1, target // slice_bytes)
-        parts, total = [], None
+        parts, held = [], 0
         for start in range(0, shape[axis], step):
             chunk = tuple(_slice(factor, len(shape), axis, start, start + step) for factor in term)
             if slice_bytes > target:  # one slice of this axis is still too large: slice the next axis too
                 chunk_shape = shape[:axis] + (1,) + shape[axis + 1:]
-                part = self._chunked(chunk, chunk_shape, axes, axis + 1, target, itemsize)
+                parts.append(self._chunked(chunk, chunk_shape, axes, axis + 1, target, itemsize))
             else:
-                part = self._wide_sum(self._product(chunk), axes)
-            if axis not in axes:
-                parts.append(part)
-            else:  # a running total: the chunks' totals are as large as the result, which may be a parameter's
-                total = part if total is None else total + part
-                del part
-        return self.xp.concat(parts, axis=axis) if axis not in axes else total
+                parts.append(self._partials(self._product(chunk), axes))
+            held += math.prod(parts[-1].shape) * parts[-1].dtype.itemsize
+            if axis in axes and held > target // 4 and len(parts) > 1:
+                # The partials held grow with the chunks (a parameter's gradient over few rows: as large as the
+                # result per chunk): add them up into one float64 row.
+                parts = [self.xp.sum(self._stack(parts, 0, wide=True), axis=0, keepdims=True)]
+                held = math.prod(parts[0].shape) * 8
+        return self._stack(parts, 0 if axis in axes else 1)
+
+    def _stack(self, parts, axis: int, wide: bool = False):
+        """``concat(parts, axis)``, in float64 if ``wide`` or if any part is float64 (one that was added up)."""
+        xp = self.xp
+        if wide or any(part.dtype == xp.float64 for part in parts):
+            parts = [part if part.dtype == xp.float64 else xp.astype(part, xp.float64) for part in parts]
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=axis)
 
     def _product(self, term):
         return _product(term, in_place=len(term) > 2 and in_place_allowed(*term))
@@ -216,6 +227,14 @@ class ArrayAPIReducer:
         if a.dtype == xp.float64:
             return xp.sum(a, axis=axes, keepdims=True)
         keep = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+        return xp.reshape(self._total(self._partials(a, axes), a), keep)
+
+    def _partials(self, a, axes: tuple[int, ...]):
+        """(n, groups) partial sums of ``a`` over ``axes``, the groups in the order of the kept axes: float32 sums
+        of at most BLOCK rows or RUN contiguous values, or for a float64 ``a`` its sums, n = 1."""
+        xp = self.xp
+        if a.dtype == xp.float64:
+            return xp.reshape(xp.sum(a, axis=axes, keepdims=True), (1, -1))
         kept = [i for i in range(a.ndim) if i not in axes]
         if kept and kept != list(range(kept[0], kept[-1] + 1)):
             # Kept axes apart from each other: bring them together (a copy), then sum as runs.
@@ -229,10 +248,8 @@ class ArrayAPIReducer:
         else:
             rows, groups, inner = 1, 1, math.prod(a.shape)
         if inner == 1:
-            partials = self._block_partials(xp.reshape(a, (rows, groups)))
-        else:
-            partials = self._run_partials(xp.reshape(a, (rows, groups, inner)))
-        return xp.reshape(self._total(partials, a), keep)
+            return self._block_partials(xp.reshape(a, (rows, groups)))
+        return self._run_partials(xp.reshape(a, (rows, groups, inner)))
 
     def _block_partials(self, a):
         """(rows, groups) -> (blocks, groups): sums of at most BLOCK rows, in the arrays' dtype."""
@@ -267,6 +284,8 @@ class ArrayAPIReducer:
     def _total(self, partials, like):
         """(n, groups) partials -> (groups,) totals: float64 ones, or compensated ones in the partials' dtype."""
         xp = self.xp
+        if partials.dtype == xp.float64:
+            return xp.sum(partials, axis=0)
         if self._float64_totals(like):
             return xp.sum(xp.astype(partials, xp.float64), axis=0)
         return _compensated_sum(xp, partials)
