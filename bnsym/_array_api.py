@@ -18,6 +18,11 @@ a float32 (or float16) sum is taken in two levels, as in :mod:`bnsym._reduce`:
 
 float64 arrays are summed directly (their own precision is the contract). Values of the totals are returned in the
 arrays' dtype, with the reduced axes kept as length 1.
+
+Memory. The array API has no ``out=``, so a product of full-size fields would be a temporary as large as the input.
+The reducer forms the products it sums one chunk at a time (:meth:`ArrayAPIReducer._reduce`), and the kernels add
+product terms to their outputs with :func:`add_product`, which does the same when :func:`in_place_allowed` says
+that the kernel may write into the arrays it made.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ import math
 
 from bnsym._reduce import BLOCK, RUN
 
-__all__ = ["ArrayAPIReducer", "has_float64", "namespace"]
+__all__ = ["CHUNKS", "MIN_CHUNK", "ArrayAPIReducer", "add_product", "has_float64", "in_place_allowed", "namespace"]
+
+#: A product that a reduction needs is formed in chunks of at most 1/CHUNKS of its size (``ArrayAPIReducer._reduce``).
+CHUNKS = 64
+
+#: ... but no chunk is smaller than this many bytes: below it, the cost of one more call outweighs the memory.
+MIN_CHUNK = 1 << 18
 
 
 def namespace(*arrays):
@@ -44,6 +55,45 @@ def has_float64(xp, array) -> bool:
         return "float64" in xp.__array_namespace_info__().dtypes(device=device(array), kind="real floating")
     except (AttributeError, TypeError):  # a namespace older than the 2023.12 inspection API
         return hasattr(xp, "float64")
+
+
+def in_place_allowed(*arrays) -> bool:
+    """Whether a kernel may update the arrays it created itself in place (``arrays``: its arguments).
+
+    False for JAX arrays (immutable: an augmented assignment makes a new array anyway) and while PyTorch's autograd
+    records the call (grad mode on and an argument requires grad): autograd may then have saved any array the
+    kernel made, and writing into it would break the backward pass. True otherwise (NumPy, CuPy, PyTorch without
+    autograd). Arguments that are not arrays (eps) are ignored.
+    """
+    from array_api_compat import is_jax_array, is_torch_array
+
+    if any(is_jax_array(a) for a in arrays):
+        return False
+    tensors = [a for a in arrays if is_torch_array(a)]
+    if tensors and any(t.requires_grad for t in tensors):
+        import torch
+
+        return not torch.is_grad_enabled()
+    return True
+
+
+def add_product(out, *factors, in_place: bool):
+    """``out += factors[0] * factors[1] * ...``, returning ``out``: the product formed chunk by chunk.
+
+    ``out`` is a full-size array that the kernel created; the factors broadcast against it. When ``in_place``
+    (:func:`in_place_allowed`), the product is formed and added one chunk of ``out`` at a time (slices of its
+    leading axes, each at most 1/:data:`CHUNKS` of it), so that no temporary as large as ``out`` exists; else
+    (JAX, PyTorch's autograd) it is one ``out += product``. The multiplications happen in the order given, so the
+    values are the same either way.
+    """
+    if not in_place:
+        out += _product(factors)
+        return out
+    itemsize = out.dtype.itemsize
+    target = max(math.prod(out.shape) * itemsize // CHUNKS, MIN_CHUNK)
+    for index in _chunk_indices(tuple(out.shape), itemsize, target):
+        out[index] += _product([_index(factor, out.ndim, index) for factor in factors], in_place=True)
+    return out
 
 
 class ArrayAPIReducer:
@@ -68,28 +118,123 @@ class ArrayAPIReducer:
         return f"ArrayAPIReducer(xp={self.xp.__name__}, axes={self.axes}, count={self.count})"
 
     def sums(self, *terms):
-        """The per-group sum of each term's product (the product is formed, then summed)."""
-        return tuple(self._sum(self._product(term), self.axes) for term in terms)
+        """The per-group sum of each term's product, formed and summed chunk by chunk (:meth:`_reduce`)."""
+        return tuple(self._reduce(term, self.axes) for term in terms)
 
     def parameter_sums(self, *terms):
         """The sum of each term's product over :attr:`parameter_axes`, in the parameters' broadcast shape."""
-        return tuple(self._sum(self._product(term), self.parameter_axes) for term in terms)
+        return tuple(self._reduce(term, self.parameter_axes) for term in terms)
 
     # ----- internals -----
 
+    def _reduce(self, term, axes: tuple[int, ...], target: int | None = None):
+        """sum(product of the term's factors) over ``axes``, keeping them as length-1 axes.
+
+        The array API has no ``out=`` and no multiply-and-sum that every library evaluates without the product
+        (PyTorch's ``linalg.vecdot`` forms it; NumPy's ``vecdot`` along a strided axis is several times slower
+        than a sum), so the product of full-size fields would be a temporary as large as the input. Instead it is
+        formed and summed one chunk at a time: slices of the leading axes, each at most 1/:data:`CHUNKS` of the
+        whole (and at least :data:`MIN_CHUNK` bytes). Each chunk is cut into float32 partials as a whole array is
+        (at most BLOCK rows or RUN contiguous values each), and the partials of all chunks are added in float64
+        at once, then returned in the arrays' dtype.
+
+        Not chunked: JAX arrays (XLA fuses the product into the reduction, and a loop would only lengthen the
+        traced program), and float32 on a device without float64, whose totals are one compensated sum of all the
+        partials.
+        """
+        xp = self.xp
+        shape = _broadcast_shape(term)
+        dtype = term[0].dtype
+        nbytes = math.prod(shape) * dtype.itemsize
+        if target is None:
+            target = max(nbytes // CHUNKS, MIN_CHUNK)
+        if (not axes or nbytes <= target or _is_jax(term[0])
+                or dtype != xp.float64 and not self._float64_totals(term[0])):
+            return self._sum(self._product(term), axes)
+        kept = [i for i, n in enumerate(shape) if i not in axes and n > 1]
+        result_bytes = math.prod(shape[i] for i in kept) * 8
+        if kept and result_bytes > target // 4:
+            # A large result (a parameter's gradient summed over a few rows): its float64 totals, a running one
+            # and a chunk's, would be large temporaries, so reduce it piece by piece along a kept axis; each piece
+            # is final, in the arrays' dtype, and written into the result where the library allows.
+            axis = kept[0]
+            step = max(1, target // 4 // (result_bytes // shape[axis]))
+            pieces = ((start, tuple(_slice(factor, len(shape), axis, start, start + step) for factor in term))
+                      for start in range(0, shape[axis], step))
+            if not in_place_allowed(*term):
+                return xp.concat([self._reduce(piece, axes, target) for _, piece in pieces], axis=axis)
+            from array_api_compat import device
+
+            result = xp.empty(tuple(1 if i in axes else n for i, n in enumerate(shape)), dtype=dtype,
+                              device=device(term[0]))
+            for start, piece in pieces:
+                result[(slice(None),) * axis + (slice(start, start + step),)] = self._reduce(piece, axes, target)
+            return result
+        partials = self._chunked(term, shape, axes, 0, target, dtype.itemsize)
+        totals = xp.reshape(self._total(partials, term[0]), tuple(1 if i in axes else n for i, n in enumerate(shape)))
+        return totals if totals.dtype == dtype else xp.astype(totals, dtype)
+
+    def _chunked(self, term, shape, axes, axis, target, itemsize):
+        """The partials of the term's product over ``axes`` (as :meth:`_partials`), slicing ``axis`` and, if need
+        be, the axes after it; ``shape`` is the product's shape. The chunks' partials are stacked (chunks along a
+        reduced axis) or placed side by side (along a kept axis, in the order of the groups), so that one
+        :meth:`_total` adds them all: a few operations per chunk."""
+        if math.prod(shape[axis:]) * itemsize <= target:
+            return self._partials(self._product(term), axes)
+        slice_bytes = math.prod(shape[axis + 1:]) * itemsize
+        step = max(1, target // slice_bytes)
+        parts, held = [], 0
+        for start in range(0, shape[axis], step):
+            chunk = tuple(_slice(factor, len(shape), axis, start, start + step) for factor in term)
+            if slice_bytes > target:  # one slice of this axis is still too large: slice the next axis too
+                chunk_shape = shape[:axis] + (1,) + shape[axis + 1:]
+                parts.append(self._chunked(chunk, chunk_shape, axes, axis + 1, target, itemsize))
+            else:
+                parts.append(self._partials(self._product(chunk), axes))
+            held += math.prod(parts[-1].shape) * parts[-1].dtype.itemsize
+            if axis in axes and held > target // 4 and len(parts) > 1:
+                # The partials held grow with the chunks (a parameter's gradient over few rows: as large as the
+                # result per chunk): add them up into one float64 row.
+                parts = [self.xp.sum(self._stack(parts, 0, wide=True), axis=0, keepdims=True)]
+                held = math.prod(parts[0].shape) * 8
+        return self._stack(parts, 0 if axis in axes else 1)
+
+    def _stack(self, parts, axis: int, wide: bool = False):
+        """``concat(parts, axis)``, in float64 if ``wide`` or if any part is float64 (one that was added up)."""
+        xp = self.xp
+        if wide or any(part.dtype == xp.float64 for part in parts):
+            parts = [part if part.dtype == xp.float64 else xp.astype(part, xp.float64) for part in parts]
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=axis)
+
     def _product(self, term):
-        product = term[0]
-        for factor in term[1:]:
-            product = product * factor
-        return product
+        return _product(term, in_place=len(term) > 2 and in_place_allowed(*term))
+
+    def _float64_totals(self, like) -> bool:
+        """Whether the partials of a float32 sum are added in float64 (``float64_totals``, class docstring)."""
+        return has_float64(self.xp, like) if self.float64_totals is None else self.float64_totals
 
     def _sum(self, a, axes: tuple[int, ...]):
-        xp = self.xp
-        keep = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+        """The sum of ``a`` over ``axes`` (kept as length 1), in ``a``'s dtype."""
         if not axes:
             return a
+        total = self._wide_sum(a, axes)
+        return total if total.dtype == a.dtype else self.xp.astype(total, a.dtype)
+
+    def _wide_sum(self, a, axes: tuple[int, ...]):
+        """The sum of ``a`` over ``axes`` (kept as length 1): in float64 when ``a`` is float64 or its partials are
+        added in float64 (module docstring), else a compensated sum in ``a``'s dtype."""
+        xp = self.xp
         if a.dtype == xp.float64:
             return xp.sum(a, axis=axes, keepdims=True)
+        keep = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+        return xp.reshape(self._total(self._partials(a, axes), a), keep)
+
+    def _partials(self, a, axes: tuple[int, ...]):
+        """(n, groups) partial sums of ``a`` over ``axes``, the groups in the order of the kept axes: float32 sums
+        of at most BLOCK rows or RUN contiguous values, or for a float64 ``a`` its sums, n = 1."""
+        xp = self.xp
+        if a.dtype == xp.float64:
+            return xp.reshape(xp.sum(a, axis=axes, keepdims=True), (1, -1))
         kept = [i for i in range(a.ndim) if i not in axes]
         if kept and kept != list(range(kept[0], kept[-1] + 1)):
             # Kept axes apart from each other: bring them together (a copy), then sum as runs.
@@ -103,10 +248,8 @@ class ArrayAPIReducer:
         else:
             rows, groups, inner = 1, 1, math.prod(a.shape)
         if inner == 1:
-            partials = self._block_partials(xp.reshape(a, (rows, groups)))
-        else:
-            partials = self._run_partials(xp.reshape(a, (rows, groups, inner)))
-        return xp.reshape(self._total(partials, a), keep)
+            return self._block_partials(xp.reshape(a, (rows, groups)))
+        return self._run_partials(xp.reshape(a, (rows, groups, inner)))
 
     def _block_partials(self, a):
         """(rows, groups) -> (blocks, groups): sums of at most BLOCK rows, in the arrays' dtype."""
@@ -124,6 +267,10 @@ class ArrayAPIReducer:
         """(rows, groups, inner) -> (rows * pieces, groups): sums of at most RUN contiguous values."""
         xp = self.xp
         rows, groups, inner = a.shape
+        piece = _even_piece(inner)
+        if piece:  # pieces of one length: a reshape, no slices (which XLA would not fuse with the product)
+            return xp.reshape(xp.permute_dims(xp.sum(xp.reshape(a, (rows, groups, inner // piece, piece)), axis=3),
+                                              (0, 2, 1)), (-1, groups))
         whole = inner - inner % RUN
         partials = []
         if whole:
@@ -135,13 +282,12 @@ class ArrayAPIReducer:
         return xp.reshape(xp.permute_dims(partial, (0, 2, 1)), (-1, groups))
 
     def _total(self, partials, like):
-        """(n, groups) partials -> (groups,) totals in the partials' dtype."""
+        """(n, groups) partials -> (groups,) totals: float64 ones, or compensated ones in the partials' dtype."""
         xp = self.xp
-        wide = self.float64_totals
-        if wide is None:
-            wide = has_float64(xp, like)
-        if wide:
-            return xp.astype(xp.sum(xp.astype(partials, xp.float64), axis=0), partials.dtype)
+        if partials.dtype == xp.float64:
+            return xp.sum(partials, axis=0)
+        if self._float64_totals(like):
+            return xp.sum(xp.astype(partials, xp.float64), axis=0)
         return _compensated_sum(xp, partials)
 
 
@@ -161,3 +307,80 @@ def _compensated_sum(xp, partials):
         high = total
         low = low[0::2, ...] + low[1::2, ...] + error
     return high[0, ...] + low[0, ...]
+
+
+def _broadcast_shape(arrays) -> tuple[int, ...]:
+    """The shape that ``arrays`` broadcast to (aligned on their last axes); Python numbers among them count as
+    arrays of no axes."""
+    arrays = [a for a in arrays if hasattr(a, "shape")]
+    ndim = max(a.ndim for a in arrays)
+    shape = [1] * ndim
+    for a in arrays:
+        for i, n in enumerate(a.shape, start=ndim - a.ndim):
+            if n != 1:
+                shape[i] = n
+    return tuple(shape)
+
+
+def _slice(a, ndim: int, axis: int, start: int, stop: int):
+    """``a[..., start:stop, ...]`` on ``axis`` of the broadcast shape (of ``ndim`` axes), unless ``a`` broadcasts
+    along it (length 1 or absent): then ``a`` itself."""
+    own = axis - (ndim - a.ndim)
+    if own < 0 or a.shape[own] == 1:
+        return a
+    return a[(slice(None),) * own + (slice(start, stop),)]
+
+
+def _is_jax(array) -> bool:
+    from array_api_compat import is_jax_array
+
+    return is_jax_array(array)
+
+
+def _product(factors, in_place: bool = False):
+    """The product of ``factors``, in order; with ``in_place``, the third and later are multiplied into the array
+    that the first multiplication made when it has the whole shape (one temporary instead of two)."""
+    product = factors[0]
+    for i, factor in enumerate(factors[1:]):
+        if in_place and i and _broadcast_shape((product, factor)) == tuple(product.shape):
+            product *= factor
+        else:
+            product = product * factor
+    return product
+
+
+def _chunk_indices(shape: tuple[int, ...], itemsize: int, target: int, axis: int = 0, prefix: tuple = ()):
+    """Index tuples (slices of the leading axes) that cover an array of ``shape``, each of at most ``target``
+    bytes (or one element)."""
+    slice_bytes = math.prod(shape[axis + 1:]) * itemsize
+    if math.prod(shape[axis:]) * itemsize <= target:
+        yield prefix
+        return
+    step = max(1, target // slice_bytes)
+    for start in range(0, shape[axis], step):
+        index = prefix + (slice(start, start + step),)
+        if slice_bytes > target:
+            yield from _chunk_indices(shape, itemsize, target, axis + 1, index)
+        else:
+            yield index
+
+
+def _index(a, ndim: int, index: tuple):
+    """``a`` restricted to the chunk ``index`` of the broadcast shape (``ndim`` axes); a scalar or an axis on which
+    ``a`` broadcasts is left whole."""
+    if not hasattr(a, "shape"):
+        return a
+    for axis, part in enumerate(index):
+        a = _slice(a, ndim, axis, part.start, part.stop)
+    return a
+
+
+def _even_piece(inner: int) -> int:
+    """The longest piece length of at most RUN that divides ``inner`` into equal pieces, if it is at least RUN / 2
+    (at most twice as many partials as pieces of RUN would give); 0 if there is none (a prime ``inner``, say)."""
+    if inner <= RUN:
+        return inner
+    for length in range(RUN, RUN // 2 - 1, -1):
+        if inner % length == 0:
+            return length
+    return 0

@@ -9,7 +9,7 @@ Each kernel computes with the namespace of its first argument and returns arrays
 the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend="array_api".
 """
 
-from bnsym._array_api import namespace
+from bnsym._array_api import add_product, in_place_allowed, namespace
 
 
 def batch_norm_forward(x, gamma, beta, eps, reducer):
@@ -22,6 +22,7 @@ def batch_norm_forward(x, gamma, beta, eps, reducer):
     number of values per channel.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, beta, eps)
     count = reducer.count
     tmp0 = 1/count
     sum_x, = reducer.sums((x,))
@@ -31,7 +32,11 @@ def batch_norm_forward(x, gamma, beta, eps, reducer):
     var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/xp.sqrt(eps + var)
     y_coef_x_minus_mean = gamma*invstd
-    y = x_minus_mean*y_coef_x_minus_mean
+    if in_place:
+        y = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        y *= y_coef_x_minus_mean
+    else:
+        y = x_minus_mean*y_coef_x_minus_mean
     del x_minus_mean  # nothing reads it after this: free its memory now
     y += beta
     return y, mean, invstd
@@ -48,6 +53,7 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     number of values per channel.
     """
     xp = namespace(dy)
+    in_place = in_place_allowed(dy, x, gamma, mean, invstd)
     count = reducer.count
     tmp0 = 1/count
     x_minus_mean = x - mean
@@ -57,7 +63,11 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     dx_shift = -sum_dy*tmp0
     dgamma = invstd*sum_dy_x_minus_mean
     dbeta = sum_dy
-    dx = x_minus_mean*dx_coef_x_minus_mean
+    if in_place:
+        dx = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        dx *= dx_coef_x_minus_mean
+    else:
+        dx = x_minus_mean*dx_coef_x_minus_mean
     del x_minus_mean  # nothing reads it after this: free its memory now
     dx += dy
     dx += dx_shift
@@ -76,10 +86,15 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     number of values per channel.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, beta, running_mean, running_var, eps)
     x_minus_running_mean = x - running_mean
     invstd = 1/xp.sqrt(eps + running_var)
     y_coef_x_minus_running_mean = gamma*invstd
-    y = x_minus_running_mean*y_coef_x_minus_running_mean
+    if in_place:
+        y = x_minus_running_mean  # takes over its buffer: nothing reads x_minus_running_mean after this
+        y *= y_coef_x_minus_running_mean
+    else:
+        y = x_minus_running_mean*y_coef_x_minus_running_mean
     del x_minus_running_mean  # nothing reads it after this: free its memory now
     y += beta
     return y
@@ -118,6 +133,7 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     number of values per channel.
     """
     xp = namespace(ggx)
+    in_place = in_place_allowed(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd)
     count = reducer.count
     tmp0 = 1/count
     tmp1 = count*gggamma
@@ -138,12 +154,16 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     ggamma = invstd*sum_dy_ggx - invstd*tmp0*tmp10 - sum_ggx_x_minus_mean*tmp7
     gdy_shift = ggbeta - sum_ggx*tmp0*tmp9
     gx = dy*tmp5
-    gx += ggx*gx_coef_ggx
-    gx += x_minus_mean*gx_coef_x_minus_mean
+    gx = add_product(gx, ggx, gx_coef_ggx, in_place=in_place)
+    gx = add_product(gx, x_minus_mean, gx_coef_x_minus_mean, in_place=in_place)
     gx += gx_shift
-    gdy = x_minus_mean*tmp5
+    if in_place:
+        gdy = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        gdy *= tmp5
+    else:
+        gdy = x_minus_mean*tmp5
     del x_minus_mean  # nothing reads it after this: free its memory now
-    gdy += ggx*tmp9
+    gdy = add_product(gdy, ggx, tmp9, in_place=in_place)
     gdy += gdy_shift
     return gx, ggamma, gdy
 
@@ -162,15 +182,20 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     number of values per channel.
     """
     xp = namespace(ggx)
+    in_place = in_place_allowed(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd)
     tmp0 = gggamma*invstd
     x_minus_mean = x - mean
     gdy_coef_ggx = gamma*invstd
     sum_dy_ggx, = reducer.sums((dy, ggx))
     ggamma = invstd*sum_dy_ggx
     gx = dy*tmp0
-    gdy = x_minus_mean*tmp0
+    if in_place:
+        gdy = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        gdy *= tmp0
+    else:
+        gdy = x_minus_mean*tmp0
     del x_minus_mean  # nothing reads it after this: free its memory now
-    gdy += ggx*gdy_coef_ggx
+    gdy = add_product(gdy, ggx, gdy_coef_ggx, in_place=in_place)
     gdy += ggbeta
     return gx, ggamma, gdy
 
@@ -185,6 +210,7 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     number of values per channel.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, beta, tx, tgamma, tbeta, eps)
     count = reducer.count
     tmp0 = 1/count
     sum_tx, sum_x = reducer.sums((tx,), (x,))
@@ -198,9 +224,13 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     ty_shift = -sum_tx*tmp0*tmp1 + tbeta
     y = x_minus_mean*tmp1
     y += beta
-    ty = x_minus_mean*ty_coef_x_minus_mean
+    if in_place:
+        ty = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        ty *= ty_coef_x_minus_mean
+    else:
+        ty = x_minus_mean*ty_coef_x_minus_mean
     del x_minus_mean  # nothing reads it after this: free its memory now
-    ty += tx*tmp1
+    ty = add_product(ty, tx, tmp1, in_place=in_place)
     ty += ty_shift
     return y, ty
 

@@ -9,7 +9,7 @@ Each kernel computes with the namespace of its first argument and returns arrays
 the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend="array_api".
 """
 
-from bnsym._array_api import namespace
+from bnsym._array_api import add_product, in_place_allowed, namespace
 
 
 def instance_norm_forward(x, gamma, beta, eps, reducer):
@@ -24,6 +24,7 @@ def instance_norm_forward(x, gamma, beta, eps, reducer):
     broadcast shape.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, beta, eps)
     count = reducer.count
     tmp0 = 1/count
     sum_x, = reducer.sums((x,))
@@ -33,7 +34,11 @@ def instance_norm_forward(x, gamma, beta, eps, reducer):
     var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/xp.sqrt(eps + var)
     y_coef_x_minus_mean = gamma*invstd
-    y = x_minus_mean*y_coef_x_minus_mean
+    if in_place:
+        y = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        y *= y_coef_x_minus_mean
+    else:
+        y = x_minus_mean*y_coef_x_minus_mean
     del x_minus_mean  # nothing reads it after this: free its memory now
     y += beta
     return y, mean, invstd
@@ -52,6 +57,7 @@ def instance_norm_backward(dy, x, gamma, mean, invstd, reducer):
     broadcast shape.
     """
     xp = namespace(dy)
+    in_place = in_place_allowed(dy, x, gamma, mean, invstd)
     count = reducer.count
     tmp0 = 1/count
     x_minus_mean = x - mean
@@ -63,7 +69,11 @@ def instance_norm_backward(dy, x, gamma, mean, invstd, reducer):
     psum_coef_, psum_sum_dy = reducer.parameter_sums((coef_,), (sum_dy,))
     dgamma = psum_coef_
     dbeta = psum_sum_dy
-    dx = x_minus_mean*dx_coef_x_minus_mean
+    if in_place:
+        dx = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        dx *= dx_coef_x_minus_mean
+    else:
+        dx = x_minus_mean*dx_coef_x_minus_mean
     del x_minus_mean  # nothing reads it after this: free its memory now
     dx += dy
     dx += dx_shift
@@ -85,6 +95,7 @@ def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invs
     broadcast shape.
     """
     xp = namespace(ggx)
+    in_place = in_place_allowed(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd)
     count = reducer.count
     tmp1 = 1/count
     tmp2 = invstd*tmp1
@@ -111,12 +122,16 @@ def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invs
     psum_coef_, psum_coef_0, psum_coef_1 = reducer.parameter_sums((coef_,), (coef_0,), (coef_1,))
     ggamma = psum_coef_ - psum_coef_0 - psum_coef_1
     gx = dy*tmp10
-    gx += ggx*gx_coef_ggx
-    gx += x_minus_mean*gx_coef_x_minus_mean
+    gx = add_product(gx, ggx, gx_coef_ggx, in_place=in_place)
+    gx = add_product(gx, x_minus_mean, gx_coef_x_minus_mean, in_place=in_place)
     gx += gx_shift
-    gdy = x_minus_mean*tmp10
+    if in_place:
+        gdy = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        gdy *= tmp10
+    else:
+        gdy = x_minus_mean*tmp10
     del x_minus_mean  # nothing reads it after this: free its memory now
-    gdy += ggx*tmp12
+    gdy = add_product(gdy, ggx, tmp12, in_place=in_place)
     gdy += gdy_shift
     return gx, ggamma, gdy
 
@@ -133,6 +148,7 @@ def instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     broadcast shape.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, beta, tx, tgamma, tbeta, eps)
     count = reducer.count
     tmp0 = 1/count
     sum_tx, sum_x = reducer.sums((tx,), (x,))
@@ -146,9 +162,13 @@ def instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     ty_shift = -sum_tx*tmp0*tmp1 + tbeta
     y = x_minus_mean*tmp1
     y += beta
-    ty = x_minus_mean*ty_coef_x_minus_mean
+    if in_place:
+        ty = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        ty *= ty_coef_x_minus_mean
+    else:
+        ty = x_minus_mean*ty_coef_x_minus_mean
     del x_minus_mean  # nothing reads it after this: free its memory now
-    ty += tx*tmp1
+    ty = add_product(ty, tx, tmp1, in_place=in_place)
     ty += ty_shift
     return y, ty
 

@@ -9,7 +9,7 @@ Each kernel computes with the namespace of its first argument and returns arrays
 the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend="array_api".
 """
 
-from bnsym._array_api import namespace
+from bnsym._array_api import add_product, in_place_allowed, namespace
 
 
 def layer_norm_forward(x, gamma, beta, eps, reducer):
@@ -24,6 +24,7 @@ def layer_norm_forward(x, gamma, beta, eps, reducer):
     broadcast shape.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, beta, eps)
     count = reducer.count
     tmp0 = 1/count
     sum_x, = reducer.sums((x,))
@@ -32,7 +33,12 @@ def layer_norm_forward(x, gamma, beta, eps, reducer):
     sum_x_minus_mean_x_minus_mean, = reducer.sums((x_minus_mean, x_minus_mean))
     var = sum_x_minus_mean_x_minus_mean*tmp0
     invstd = 1/xp.sqrt(eps + var)
-    y = x_minus_mean*gamma*invstd
+    if in_place:
+        y = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        y *= invstd
+        y *= gamma
+    else:
+        y = x_minus_mean*gamma*invstd
     del x_minus_mean  # nothing reads it after this: free its memory now
     y += beta
     return y, mean, invstd
@@ -51,6 +57,7 @@ def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
     broadcast shape.
     """
     xp = namespace(dy)
+    in_place = in_place_allowed(dy, x, gamma, mean, invstd)
     count = reducer.count
     tmp0 = 1/count
     x_minus_mean = x - mean
@@ -60,9 +67,13 @@ def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
     psum_dy_x_minus_mean_invstd, psum_dy = reducer.parameter_sums((dy, x_minus_mean, invstd), (dy,))
     dgamma = psum_dy_x_minus_mean_invstd
     dbeta = psum_dy
-    dx = x_minus_mean*dx_coef_x_minus_mean
+    if in_place:
+        dx = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        dx *= dx_coef_x_minus_mean
+    else:
+        dx = x_minus_mean*dx_coef_x_minus_mean
     del x_minus_mean  # nothing reads it after this: free its memory now
-    dx += dy*gamma
+    dx = add_product(dx, dy, gamma, in_place=in_place)
     dx += dx_shift
     dx *= invstd
     return dx, dgamma, dbeta
@@ -82,6 +93,7 @@ def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     broadcast shape.
     """
     xp = namespace(ggx)
+    in_place = in_place_allowed(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd)
     count = reducer.count
     tmp0 = x - mean
     tmp1 = invstd**2
@@ -104,14 +116,19 @@ def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     psum_dy_ggx_invstd, psum_dy_field_0_coef_dy_field_0 = reducer.parameter_sums((dy, ggx, invstd), (dy, field_0, coef_dy_field_0))
     ggamma = -psum_dy_field_0_coef_dy_field_0 + psum_dy_ggx_invstd
     gx = ggx*gx_coef_ggx
-    gx += x_minus_mean*gx_coef_x_minus_mean
-    gx += dy*field_1*tmp4
+    gx = add_product(gx, x_minus_mean, gx_coef_x_minus_mean, in_place=in_place)
+    gx = add_product(gx, dy, field_1, tmp4, in_place=in_place)
     gx += gx_shift
-    gdy = x_minus_mean*field_1*tmp4
+    if in_place:
+        gdy = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        gdy *= tmp4
+        gdy *= field_1
+    else:
+        gdy = x_minus_mean*field_1*tmp4
     del x_minus_mean  # nothing reads it after this: free its memory now
-    gdy += gamma*gdy_coef_gamma
+    gdy = add_product(gdy, gamma, gdy_coef_gamma, in_place=in_place)
     gdy += ggbeta
-    gdy += ggx*gamma*invstd
+    gdy = add_product(gdy, ggx, gamma, invstd, in_place=in_place)
     return gx, ggamma, gdy
 
 
@@ -127,6 +144,7 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     broadcast shape.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, beta, tx, tgamma, tbeta, eps)
     count = reducer.count
     tmp0 = 1/count
     sum_tx, sum_x = reducer.sums((tx,), (x,))
@@ -138,13 +156,22 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     tmp1 = invstd*tmp0
     field_0 = -gamma*invstd**2*sum_tx_x_minus_mean + tgamma*count
     ty_coef_gamma = -sum_tx*tmp1
-    y = x_minus_mean*gamma*invstd
+    if in_place:
+        y = x_minus_mean*gamma
+        y *= invstd
+    else:
+        y = x_minus_mean*gamma*invstd
     y += beta
-    ty = x_minus_mean*field_0*tmp1
+    if in_place:
+        ty = x_minus_mean  # takes over its buffer: nothing reads x_minus_mean after this
+        ty *= tmp1
+        ty *= field_0
+    else:
+        ty = x_minus_mean*field_0*tmp1
     del x_minus_mean  # nothing reads it after this: free its memory now
-    ty += gamma*ty_coef_gamma
+    ty = add_product(ty, gamma, ty_coef_gamma, in_place=in_place)
     ty += tbeta
-    ty += tx*gamma*invstd
+    ty = add_product(ty, tx, gamma, invstd, in_place=in_place)
     return y, ty
 
 

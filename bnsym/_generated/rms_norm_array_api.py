@@ -9,7 +9,7 @@ Each kernel computes with the namespace of its first argument and returns arrays
 the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend="array_api".
 """
 
-from bnsym._array_api import namespace
+from bnsym._array_api import add_product, in_place_allowed, namespace
 
 
 def rms_norm_forward(x, gamma, eps, reducer):
@@ -24,11 +24,16 @@ def rms_norm_forward(x, gamma, eps, reducer):
     broadcast shape.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, eps)
     count = reducer.count
     sum_x_x, = reducer.sums((x, x))
     ms = sum_x_x/count
     invrms = 1/xp.sqrt(eps + ms)
-    y = x*gamma*invrms
+    if in_place:
+        y = x*gamma
+        y *= invrms
+    else:
+        y = x*gamma*invrms
     return y, invrms
 
 
@@ -45,13 +50,14 @@ def rms_norm_backward(dy, x, gamma, invrms, reducer):
     broadcast shape.
     """
     xp = namespace(dy)
+    in_place = in_place_allowed(dy, x, gamma, invrms)
     count = reducer.count
     sum_dy_gamma_x, = reducer.sums((dy, x, gamma))
     dx_coef_x = -invrms**2*sum_dy_gamma_x/count
     psum_dy_x_invrms, = reducer.parameter_sums((dy, x, invrms))
     dgamma = psum_dy_x_invrms
     dx = x*dx_coef_x
-    dx += dy*gamma
+    dx = add_product(dx, dy, gamma, in_place=in_place)
     dx *= invrms
     return dx, dgamma
 
@@ -69,6 +75,7 @@ def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
     broadcast shape.
     """
     xp = namespace(ggx)
+    in_place = in_place_allowed(ggx, gggamma, dy, x, gamma, invrms)
     count = reducer.count
     tmp0 = invrms**2
     tmp1 = 1/count
@@ -84,10 +91,10 @@ def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
     psum_dy_ggx_invrms, psum_dy_x_coef_dy_x = reducer.parameter_sums((dy, ggx, invrms), (dy, x, coef_dy_x))
     ggamma = psum_dy_ggx_invrms - psum_dy_x_coef_dy_x
     gx = ggx*gx_coef_ggx
-    gx += x*gx_coef_x
-    gx += dy*field_0*gx_coef_dy_field_0
+    gx = add_product(gx, x, gx_coef_x, in_place=in_place)
+    gx = add_product(gx, dy, field_0, gx_coef_dy_field_0, in_place=in_place)
     gdy = ggx*gamma
-    gdy += x*field_0*tmp1
+    gdy = add_product(gdy, x, field_0, tmp1, in_place=in_place)
     gdy *= invrms
     return gx, ggamma, gdy
 
@@ -104,15 +111,20 @@ def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
     broadcast shape.
     """
     xp = namespace(x)
+    in_place = in_place_allowed(x, gamma, tx, tgamma, eps)
     count = reducer.count
     tmp0 = 1/count
     sum_x_x, sum_tx_x = reducer.sums((x, x), (tx, x))
     ms = sum_x_x*tmp0
     invrms = 1/xp.sqrt(eps + ms)
     field_0 = -gamma*invrms**2*sum_tx_x + tgamma*count
-    y = x*gamma*invrms
+    if in_place:
+        y = x*gamma
+        y *= invrms
+    else:
+        y = x*gamma*invrms
     ty = tx*gamma
-    ty += x*field_0*tmp0
+    ty = add_product(ty, x, field_0, tmp0, in_place=in_place)
     ty *= invrms
     return y, ty
 

@@ -59,14 +59,15 @@ def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: st
 
 def render_array_api_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> str:
     """The full text of a generated module of array-API kernels (:mod:`bnsym.codegen.array_api_printer`)."""
-    from bnsym.codegen.array_api_printer import ArrayAPIPlanPrinter
+    from bnsym.codegen.array_api_printer import ArrayAPIPlanPrinter, helpers_used
 
     plans = [plan_kernel(kernel) for kernel in kernels]
     printer = ArrayAPIPlanPrinter()
+    functions = [printer.render(plan) for plan in plans]
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
-             "from bnsym._array_api import namespace", ""]
-    for plan in plans:
-        parts += ["", printer.render(plan), ""]
+             f"from bnsym._array_api import {', '.join(helpers_used(chr(10).join(functions)))}", ""]
+    for function in functions:
+        parts += ["", function, ""]
     parts += ["", "#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.",
               "SIGNATURES = {"]
     for plan in plans:

@@ -134,12 +134,15 @@ class NumPyPlanPrinter:
         for term_monomial, term_coefficient in form.terms:
             if (term_monomial, term_coefficient) == statement.start:
                 continue
-            if abs(term_coefficient) == 1:
-                lines.append(f"{out} {'+' if term_coefficient == 1 else '-'}= {self.doprint(term_monomial)}")
-            else:
-                lines.append(f"{out} += {self.doprint(term_coefficient * term_monomial)}")
+            lines.append(self._add_term(out, term_monomial, term_coefficient))
         if form.constant != 0:
             lines.append(f"{out} += {self.doprint(form.constant)}")
         if statement.scale != 1:
             lines.append(f"{out} *= {self.doprint(statement.scale)}")
         return lines
+
+    def _add_term(self, out: str, monomial: sympy.Expr, coefficient: sympy.Expr) -> str:
+        """The line that adds ``coefficient * monomial`` to the output ``out``."""
+        if abs(coefficient) == 1:
+            return f"{out} {'+' if coefficient == 1 else '-'}= {self.doprint(monomial)}"
+        return f"{out} += {self.doprint(coefficient * monomial)}"
