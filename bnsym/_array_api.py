@@ -29,15 +29,18 @@ from __future__ import annotations
 
 import math
 
+from bnsym import _chunks as chunks
+from bnsym._chunks import broadcast_shape as _broadcast_shape
+from bnsym._chunks import product as _product
+from bnsym._chunks import slice_along as _slice
 from bnsym._reduce import BLOCK, RUN
 
 __all__ = ["CHUNKS", "MIN_CHUNK", "ArrayAPIReducer", "add_product", "has_float64", "in_place_allowed", "namespace"]
 
-#: A product that a reduction needs is formed in chunks of at most 1/CHUNKS of its size (``ArrayAPIReducer._reduce``).
-CHUNKS = 64
-
-#: ... but no chunk is smaller than this many bytes: below it, the cost of one more call outweighs the memory.
-MIN_CHUNK = 1 << 18
+#: A product that a reduction needs is formed in chunks of at most 1/CHUNKS of its size (``ArrayAPIReducer._reduce``),
+#: and no chunk is smaller than MIN_CHUNK bytes (the defaults of :mod:`bnsym._chunks`).
+CHUNKS = chunks.CHUNKS
+MIN_CHUNK = chunks.MIN_CHUNK
 
 
 def namespace(*arrays):
@@ -78,22 +81,14 @@ def in_place_allowed(*arrays) -> bool:
 
 
 def add_product(out, *factors, in_place: bool):
-    """``out += factors[0] * factors[1] * ...``, returning ``out``: the product formed chunk by chunk.
-
-    ``out`` is a full-size array that the kernel created; the factors broadcast against it. When ``in_place``
-    (:func:`in_place_allowed`), the product is formed and added one chunk of ``out`` at a time (slices of its
-    leading axes, each at most 1/:data:`CHUNKS` of it), so that no temporary as large as ``out`` exists; else
-    (JAX, PyTorch's autograd) it is one ``out += product``. The multiplications happen in the order given, so the
-    values are the same either way.
-    """
+    """``out += factors[0] * factors[1] * ...``, returning ``out``: when ``in_place`` (:func:`in_place_allowed`),
+    formed one chunk of ``out`` at a time by :func:`bnsym._chunks.add_product` (at most 1/:data:`CHUNKS` of it, at
+    least :data:`MIN_CHUNK` bytes), so that no temporary as large as ``out`` exists; else (JAX, PyTorch's autograd)
+    one ``out += product``. The multiplications happen in the order given, so the values are the same either way."""
     if not in_place:
         out += _product(factors)
         return out
-    itemsize = out.dtype.itemsize
-    target = max(math.prod(out.shape) * itemsize // CHUNKS, MIN_CHUNK)
-    for index in _chunk_indices(tuple(out.shape), itemsize, target):
-        out[index] += _product([_index(factor, out.ndim, index) for factor in factors], in_place=True)
-    return out
+    return chunks.add_product(out, *factors, count=CHUNKS, smallest=MIN_CHUNK)
 
 
 class ArrayAPIReducer:
@@ -309,70 +304,10 @@ def _compensated_sum(xp, partials):
     return high[0, ...] + low[0, ...]
 
 
-def _broadcast_shape(arrays) -> tuple[int, ...]:
-    """The shape that ``arrays`` broadcast to (aligned on their last axes); Python numbers among them count as
-    arrays of no axes."""
-    arrays = [a for a in arrays if hasattr(a, "shape")]
-    ndim = max(a.ndim for a in arrays)
-    shape = [1] * ndim
-    for a in arrays:
-        for i, n in enumerate(a.shape, start=ndim - a.ndim):
-            if n != 1:
-                shape[i] = n
-    return tuple(shape)
-
-
-def _slice(a, ndim: int, axis: int, start: int, stop: int):
-    """``a[..., start:stop, ...]`` on ``axis`` of the broadcast shape (of ``ndim`` axes), unless ``a`` broadcasts
-    along it (length 1 or absent): then ``a`` itself."""
-    own = axis - (ndim - a.ndim)
-    if own < 0 or a.shape[own] == 1:
-        return a
-    return a[(slice(None),) * own + (slice(start, stop),)]
-
-
 def _is_jax(array) -> bool:
     from array_api_compat import is_jax_array
 
     return is_jax_array(array)
-
-
-def _product(factors, in_place: bool = False):
-    """The product of ``factors``, in order; with ``in_place``, the third and later are multiplied into the array
-    that the first multiplication made when it has the whole shape (one temporary instead of two)."""
-    product = factors[0]
-    for i, factor in enumerate(factors[1:]):
-        if in_place and i and _broadcast_shape((product, factor)) == tuple(product.shape):
-            product *= factor
-        else:
-            product = product * factor
-    return product
-
-
-def _chunk_indices(shape: tuple[int, ...], itemsize: int, target: int, axis: int = 0, prefix: tuple = ()):
-    """Index tuples (slices of the leading axes) that cover an array of ``shape``, each of at most ``target``
-    bytes (or one element)."""
-    slice_bytes = math.prod(shape[axis + 1:]) * itemsize
-    if math.prod(shape[axis:]) * itemsize <= target:
-        yield prefix
-        return
-    step = max(1, target // slice_bytes)
-    for start in range(0, shape[axis], step):
-        index = prefix + (slice(start, start + step),)
-        if slice_bytes > target:
-            yield from _chunk_indices(shape, itemsize, target, axis + 1, index)
-        else:
-            yield index
-
-
-def _index(a, ndim: int, index: tuple):
-    """``a`` restricted to the chunk ``index`` of the broadcast shape (``ndim`` axes); a scalar or an axis on which
-    ``a`` broadcasts is left whole."""
-    if not hasattr(a, "shape"):
-        return a
-    for axis, part in enumerate(index):
-        a = _slice(a, ndim, axis, part.start, part.stop)
-    return a
 
 
 def _even_piece(inner: int) -> int:

@@ -98,6 +98,8 @@ def parameter_sum(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np
     if inner > BLOCK:
         return _float64_einsum(operands, shape, axes).astype(dtype)
     step = max(1, BLOCK // inner)
+    if step >= shape[outer]:  # one block: its partial is the total (no float64 copy of a parameter-sized array)
+        return _einsum(operands, shape, axes, None)
     total = None
     for start in range(0, shape[outer], step):
         block = tuple(_slice(op, shape, outer, start, step) for op in operands)

@@ -10,6 +10,8 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
+from bnsym._chunks import add_product
+
 
 def batch_norm_forward(x, gamma, beta, eps, reducer):
     """Training-mode batch normalisation: y, and the statistics (mean, invstd) that the backward pass reuses.
@@ -132,12 +134,12 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     ggamma = invstd*sum_dy_ggx - invstd*tmp0*tmp10 - sum_ggx_x_minus_mean*tmp7
     gdy_shift = ggbeta - sum_ggx*tmp0*tmp9
     gx = dy*tmp5
-    gx += ggx*gx_coef_ggx
-    gx += x_minus_mean*gx_coef_x_minus_mean
+    gx = add_product(gx, ggx, gx_coef_ggx)
+    gx = add_product(gx, x_minus_mean, gx_coef_x_minus_mean)
     gx += gx_shift
     gdy = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     gdy *= tmp5
-    gdy += ggx*tmp9
+    gdy = add_product(gdy, ggx, tmp9)
     gdy += gdy_shift
     return gx, ggamma, gdy
 
@@ -163,7 +165,7 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     gx = dy*tmp0
     gdy = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     gdy *= tmp0
-    gdy += ggx*gdy_coef_ggx
+    gdy = add_product(gdy, ggx, gdy_coef_ggx)
     gdy += ggbeta
     return gx, ggamma, gdy
 
@@ -192,7 +194,7 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     y += beta
     ty = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     ty *= ty_coef_x_minus_mean
-    ty += tx*tmp1
+    ty = add_product(ty, tx, tmp1)
     ty += ty_shift
     return y, ty
 

@@ -208,34 +208,41 @@ def _group_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, 
     dtype = dy.dtype.type
     tmp0 = 1/count
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_x_minus_mean_invstd = numpy.zeros((blocks, P, Q))
-    parts_psum_dy = numpy.zeros((blocks, P, Q))
+    parts_psum_dy_x_minus_mean_invstd = numpy.zeros((blocks, P, Q), dy.dtype)
+    parts_psum_dy = numpy.zeros((blocks, P, Q), dy.dtype)
+    wide_psum_dy_x_minus_mean_invstd = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy = numpy.zeros((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
-        block_psum_dy_x_minus_mean_invstd = numpy.zeros((P, Q), dy.dtype)
-        block_psum_dy = numpy.zeros((P, Q), dy.dtype)
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             mean = mean_groups[g]
             invstd = invstd_groups[g]
-            total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _group_norm_backward_pass1(dy[g], x[g], gamma[p], mean, invstd, Q, S, block_psum_dy_x_minus_mean_invstd[p], block_psum_dy[p], parts_psum_dy_x_minus_mean_invstd[block, p], parts_psum_dy[block, p])
+            total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _group_norm_backward_pass1(dy[g], x[g], gamma[p], mean, invstd, Q, S, parts_psum_dy_x_minus_mean_invstd[block, p], parts_psum_dy[block, p], wide_psum_dy_x_minus_mean_invstd[block, p], wide_psum_dy[block, p])
             sum_dy_gamma = dtype(total_sum_dy_gamma)
             sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
             dx_coef_x_minus_mean = dtype(-sum_dy_gamma_x_minus_mean*tmp0*invstd**2)
             dx_shift = dtype(-sum_dy_gamma*tmp0)
             _group_norm_backward_outputs(dy[g], x[g], gamma[p], mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx[g])
-        if S == 1:
-            for p in range(P):
-                for q in range(Q):
-                    parts_psum_dy_x_minus_mean_invstd[block, p, q] += block_psum_dy_x_minus_mean_invstd[p, q]
-                    parts_psum_dy[block, p, q] += block_psum_dy[p, q]
-    total_psum_dy_x_minus_mean_invstd = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_dy_x_minus_mean_invstd += parts_psum_dy_x_minus_mean_invstd[block]
-    psum_dy_x_minus_mean_invstd = total_psum_dy_x_minus_mean_invstd.astype(dy.dtype)
-    total_psum_dy = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_dy += parts_psum_dy[block]
-    psum_dy = total_psum_dy.astype(dy.dtype)
+    if S == 1 and blocks == 1:
+        psum_dy_x_minus_mean_invstd = parts_psum_dy_x_minus_mean_invstd[0]
+    else:
+        total_psum_dy_x_minus_mean_invstd = numpy.zeros((P, Q))
+        for block in range(blocks):
+            if S == 1:
+                total_psum_dy_x_minus_mean_invstd += parts_psum_dy_x_minus_mean_invstd[block]
+            else:
+                total_psum_dy_x_minus_mean_invstd += wide_psum_dy_x_minus_mean_invstd[block]
+        psum_dy_x_minus_mean_invstd = total_psum_dy_x_minus_mean_invstd.astype(dy.dtype)
+    if S == 1 and blocks == 1:
+        psum_dy = parts_psum_dy[0]
+    else:
+        total_psum_dy = numpy.zeros((P, Q))
+        for block in range(blocks):
+            if S == 1:
+                total_psum_dy += parts_psum_dy[block]
+            else:
+                total_psum_dy += wide_psum_dy[block]
+        psum_dy = total_psum_dy.astype(dy.dtype)
     dgamma = psum_dy_x_minus_mean_invstd
     dbeta = psum_dy
     return dgamma, dbeta
@@ -424,11 +431,11 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
     tmp3 = 1/count
     tmp7 = 1/(count**2)
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_ggx_invstd = numpy.zeros((blocks, P, Q))
-    parts_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((blocks, P, Q))
+    parts_psum_dy_ggx_invstd = numpy.zeros((blocks, P, Q), ggx.dtype)
+    parts_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((blocks, P, Q), ggx.dtype)
+    wide_psum_dy_ggx_invstd = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
-        block_psum_dy_ggx_invstd = numpy.zeros((P, Q), ggx.dtype)
-        block_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((P, Q), ggx.dtype)
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             mean = mean_groups[g]
@@ -452,21 +459,28 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
             gx_coef_x_minus_mean = dtype(-tmp1*tmp7*(sum_dy_gamma_ggx*tmp8 + sum_dy_gggamma_x_minus_mean*tmp8 - 3*sum_ggx_x_minus_mean*tmp6 - sum_dy_gamma*sum_ggx*invstd))
             gx_shift = dtype(-sum_dy_gggamma*tmp4 + sum_ggx*tmp6*tmp7 + sum_dy_gamma*sum_ggx_x_minus_mean*tmp5*tmp7)
             gdy_coef_gamma = dtype(-sum_ggx*tmp4)
-            _group_norm_double_backward_pass2(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, block_psum_dy_ggx_invstd[p], block_psum_dy_field_0_coef_dy_field_0[p], parts_psum_dy_ggx_invstd[block, p], parts_psum_dy_field_0_coef_dy_field_0[block, p])
+            _group_norm_double_backward_pass2(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, parts_psum_dy_ggx_invstd[block, p], parts_psum_dy_field_0_coef_dy_field_0[block, p], wide_psum_dy_ggx_invstd[block, p], wide_psum_dy_field_0_coef_dy_field_0[block, p])
             _group_norm_double_backward_outputs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], ggbeta[p], mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, dtype(count), Q, S, gx[g], gdy[g])
-        if S == 1:
-            for p in range(P):
-                for q in range(Q):
-                    parts_psum_dy_ggx_invstd[block, p, q] += block_psum_dy_ggx_invstd[p, q]
-                    parts_psum_dy_field_0_coef_dy_field_0[block, p, q] += block_psum_dy_field_0_coef_dy_field_0[p, q]
-    total_psum_dy_ggx_invstd = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_dy_ggx_invstd += parts_psum_dy_ggx_invstd[block]
-    psum_dy_ggx_invstd = total_psum_dy_ggx_invstd.astype(ggx.dtype)
-    total_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_dy_field_0_coef_dy_field_0 += parts_psum_dy_field_0_coef_dy_field_0[block]
-    psum_dy_field_0_coef_dy_field_0 = total_psum_dy_field_0_coef_dy_field_0.astype(ggx.dtype)
+    if S == 1 and blocks == 1:
+        psum_dy_ggx_invstd = parts_psum_dy_ggx_invstd[0]
+    else:
+        total_psum_dy_ggx_invstd = numpy.zeros((P, Q))
+        for block in range(blocks):
+            if S == 1:
+                total_psum_dy_ggx_invstd += parts_psum_dy_ggx_invstd[block]
+            else:
+                total_psum_dy_ggx_invstd += wide_psum_dy_ggx_invstd[block]
+        psum_dy_ggx_invstd = total_psum_dy_ggx_invstd.astype(ggx.dtype)
+    if S == 1 and blocks == 1:
+        psum_dy_field_0_coef_dy_field_0 = parts_psum_dy_field_0_coef_dy_field_0[0]
+    else:
+        total_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((P, Q))
+        for block in range(blocks):
+            if S == 1:
+                total_psum_dy_field_0_coef_dy_field_0 += parts_psum_dy_field_0_coef_dy_field_0[block]
+            else:
+                total_psum_dy_field_0_coef_dy_field_0 += wide_psum_dy_field_0_coef_dy_field_0[block]
+        psum_dy_field_0_coef_dy_field_0 = total_psum_dy_field_0_coef_dy_field_0.astype(ggx.dtype)
     ggamma = psum_dy_ggx_invstd - psum_dy_field_0_coef_dy_field_0
     return ggamma,
 

@@ -10,6 +10,8 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
+from bnsym._chunks import add_product
+
 
 def instance_norm_forward(x, gamma, beta, eps, reducer):
     """Training-mode instance normalisation: y, and the statistics (mean, invstd) that the backward pass reuses.
@@ -107,12 +109,12 @@ def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invs
     psum_coef_, psum_coef_0, psum_coef_1 = reducer.parameter_sums((coef_,), (coef_0,), (coef_1,))
     ggamma = psum_coef_ - psum_coef_0 - psum_coef_1
     gx = dy*tmp10
-    gx += ggx*gx_coef_ggx
-    gx += x_minus_mean*gx_coef_x_minus_mean
+    gx = add_product(gx, ggx, gx_coef_ggx)
+    gx = add_product(gx, x_minus_mean, gx_coef_x_minus_mean)
     gx += gx_shift
     gdy = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     gdy *= tmp10
-    gdy += ggx*tmp12
+    gdy = add_product(gdy, ggx, tmp12)
     gdy += gdy_shift
     return gx, ggamma, gdy
 
@@ -143,7 +145,7 @@ def instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     y += beta
     ty = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     ty *= ty_coef_x_minus_mean
-    ty += tx*tmp1
+    ty = add_product(ty, tx, tmp1)
     ty += ty_shift
     return y, ty
 

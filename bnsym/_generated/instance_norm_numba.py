@@ -231,11 +231,11 @@ def _instance_norm_backward(dy, x, gamma_groups, mean_groups, invstd_groups, cou
     dtype = dy.dtype.type
     tmp0 = 1/count
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_coef_ = numpy.zeros((blocks, P, Q))
-    parts_psum_sum_dy = numpy.zeros((blocks, P, Q))
+    parts_psum_coef_ = numpy.zeros((blocks, P, Q), dy.dtype)
+    parts_psum_sum_dy = numpy.zeros((blocks, P, Q), dy.dtype)
+    wide_psum_coef_ = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    wide_psum_sum_dy = numpy.zeros((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
-        block_psum_coef_ = numpy.zeros((P, Q), dy.dtype)
-        block_psum_sum_dy = numpy.zeros((P, Q), dy.dtype)
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             gamma = gamma_groups[g]
@@ -248,20 +248,15 @@ def _instance_norm_backward(dy, x, gamma_groups, mean_groups, invstd_groups, cou
             coef_ = dtype(sum_dy_x_minus_mean*invstd)
             dx_coef_x_minus_mean = dtype(-sum_dy_x_minus_mean*tmp0*invstd**2)
             dx_shift = dtype(-sum_dy*tmp0)
-            _instance_norm_backward_pass2(coef_, sum_dy, Q, S, block_psum_coef_[p], block_psum_sum_dy[p], parts_psum_coef_[block, p], parts_psum_sum_dy[block, p])
+            _instance_norm_backward_pass2(coef_, sum_dy, Q, S, parts_psum_coef_[block, p], parts_psum_sum_dy[block, p], wide_psum_coef_[block, p], wide_psum_sum_dy[block, p])
             _instance_norm_backward_outputs(dy[g], x[g], mean, dx_coef_x_minus_mean, dx_scale, dx_shift, Q, S, dx[g])
-        if S == 1:
-            for p in range(P):
-                for q in range(Q):
-                    parts_psum_coef_[block, p, q] += block_psum_coef_[p, q]
-                    parts_psum_sum_dy[block, p, q] += block_psum_sum_dy[p, q]
     total_psum_coef_ = numpy.zeros((P, Q))
     for block in range(blocks):
-        total_psum_coef_ += parts_psum_coef_[block]
+        total_psum_coef_ += wide_psum_coef_[block]
     psum_coef_ = total_psum_coef_.astype(dy.dtype)
     total_psum_sum_dy = numpy.zeros((P, Q))
     for block in range(blocks):
-        total_psum_sum_dy += parts_psum_sum_dy[block]
+        total_psum_sum_dy += wide_psum_sum_dy[block]
     psum_sum_dy = total_psum_sum_dy.astype(dy.dtype)
     dgamma = psum_coef_
     dbeta = psum_sum_dy
@@ -360,13 +355,13 @@ def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, ga
     tmp1 = 1/count
     tmp11 = 1/(count**2)
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_coef_ = numpy.zeros((blocks, P, Q))
-    parts_psum_coef_0 = numpy.zeros((blocks, P, Q))
-    parts_psum_coef_1 = numpy.zeros((blocks, P, Q))
+    parts_psum_coef_ = numpy.zeros((blocks, P, Q), ggx.dtype)
+    parts_psum_coef_0 = numpy.zeros((blocks, P, Q), ggx.dtype)
+    parts_psum_coef_1 = numpy.zeros((blocks, P, Q), ggx.dtype)
+    wide_psum_coef_ = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    wide_psum_coef_0 = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    wide_psum_coef_1 = numpy.zeros((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
-        block_psum_coef_ = numpy.zeros((P, Q), ggx.dtype)
-        block_psum_coef_0 = numpy.zeros((P, Q), ggx.dtype)
-        block_psum_coef_1 = numpy.zeros((P, Q), ggx.dtype)
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             gggamma = gggamma_groups[g]
@@ -398,25 +393,19 @@ def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, ga
             gx_coef_x_minus_mean = dtype(-tmp11*tmp7*(-tmp12*tmp3 - 3*tmp4*tmp8 + gamma*tmp0*count + sum_dy_x_minus_mean*tmp6*invstd))
             gx_shift = dtype(gamma*sum_ggx*tmp11*tmp4 - sum_dy*tmp11*tmp9*invstd)
             gdy_shift = dtype(ggbeta - sum_ggx*tmp1*tmp12)
-            _instance_norm_double_backward_pass2(coef_, coef_0, coef_1, Q, S, block_psum_coef_[p], block_psum_coef_0[p], block_psum_coef_1[p], parts_psum_coef_[block, p], parts_psum_coef_0[block, p], parts_psum_coef_1[block, p])
+            _instance_norm_double_backward_pass2(coef_, coef_0, coef_1, Q, S, parts_psum_coef_[block, p], parts_psum_coef_0[block, p], parts_psum_coef_1[block, p], wide_psum_coef_[block, p], wide_psum_coef_0[block, p], wide_psum_coef_1[block, p])
             _instance_norm_double_backward_outputs(dy[g], ggx[g], x[g], mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp10, gdy_shift, tmp12, Q, S, gx[g], gdy[g])
-        if S == 1:
-            for p in range(P):
-                for q in range(Q):
-                    parts_psum_coef_[block, p, q] += block_psum_coef_[p, q]
-                    parts_psum_coef_0[block, p, q] += block_psum_coef_0[p, q]
-                    parts_psum_coef_1[block, p, q] += block_psum_coef_1[p, q]
     total_psum_coef_ = numpy.zeros((P, Q))
     for block in range(blocks):
-        total_psum_coef_ += parts_psum_coef_[block]
+        total_psum_coef_ += wide_psum_coef_[block]
     psum_coef_ = total_psum_coef_.astype(ggx.dtype)
     total_psum_coef_0 = numpy.zeros((P, Q))
     for block in range(blocks):
-        total_psum_coef_0 += parts_psum_coef_0[block]
+        total_psum_coef_0 += wide_psum_coef_0[block]
     psum_coef_0 = total_psum_coef_0.astype(ggx.dtype)
     total_psum_coef_1 = numpy.zeros((P, Q))
     for block in range(blocks):
-        total_psum_coef_1 += parts_psum_coef_1[block]
+        total_psum_coef_1 += wide_psum_coef_1[block]
     psum_coef_1 = total_psum_coef_1.astype(ggx.dtype)
     ggamma = psum_coef_ - psum_coef_0 - psum_coef_1
     return ggamma,

@@ -10,6 +10,8 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
+from bnsym._chunks import add_product
+
 
 def layer_norm_forward(x, gamma, beta, eps, reducer):
     """Training-mode layer normalisation: y, and the statistics (mean, invstd) that the backward pass reuses.
@@ -60,7 +62,7 @@ def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
     dbeta = psum_dy
     dx = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     dx *= dx_coef_x_minus_mean
-    dx += dy*gamma
+    dx = add_product(dx, dy, gamma)
     dx += dx_shift
     dx *= invstd
     return dx, dgamma, dbeta
@@ -101,15 +103,15 @@ def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     psum_dy_ggx_invstd, psum_dy_field_0_coef_dy_field_0 = reducer.parameter_sums((dy, ggx, invstd), (dy, field_0, coef_dy_field_0))
     ggamma = -psum_dy_field_0_coef_dy_field_0 + psum_dy_ggx_invstd
     gx = ggx*gx_coef_ggx
-    gx += x_minus_mean*gx_coef_x_minus_mean
-    gx += dy*field_1*tmp4
+    gx = add_product(gx, x_minus_mean, gx_coef_x_minus_mean)
+    gx = add_product(gx, dy, field_1, tmp4)
     gx += gx_shift
     gdy = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     gdy *= tmp4
     gdy *= field_1
-    gdy += gamma*gdy_coef_gamma
+    gdy = add_product(gdy, gamma, gdy_coef_gamma)
     gdy += ggbeta
-    gdy += ggx*gamma*invstd
+    gdy = add_product(gdy, ggx, gamma, invstd)
     return gx, ggamma, gdy
 
 
@@ -135,14 +137,15 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     tmp1 = invstd*tmp0
     field_0 = -gamma*invstd**2*sum_tx_x_minus_mean + tgamma*count
     ty_coef_gamma = -sum_tx*tmp1
-    y = x_minus_mean*gamma*invstd
+    y = x_minus_mean*gamma
+    y *= invstd
     y += beta
     ty = x_minus_mean  # reuses the buffer: nothing reads x_minus_mean after this
     ty *= tmp1
     ty *= field_0
-    ty += gamma*ty_coef_gamma
+    ty = add_product(ty, gamma, ty_coef_gamma)
     ty += tbeta
-    ty += tx*gamma*invstd
+    ty = add_product(ty, tx, gamma, invstd)
     return y, ty
 
 

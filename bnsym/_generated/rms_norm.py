@@ -10,6 +10,8 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
+from bnsym._chunks import add_product
+
 
 def rms_norm_forward(x, gamma, eps, reducer):
     """Training-mode RMS normalisation: y, and the statistics (invrms) that the backward pass reuses.
@@ -26,7 +28,8 @@ def rms_norm_forward(x, gamma, eps, reducer):
     sum_x_x, = reducer.sums((x, x))
     ms = sum_x_x/count
     invrms = 1/numpy.sqrt(eps + ms)
-    y = x*gamma*invrms
+    y = x*gamma
+    y *= invrms
     return y, invrms
 
 
@@ -48,7 +51,7 @@ def rms_norm_backward(dy, x, gamma, invrms, reducer):
     psum_dy_x_invrms, = reducer.parameter_sums((dy, x, invrms))
     dgamma = psum_dy_x_invrms
     dx = x*dx_coef_x
-    dx += dy*gamma
+    dx = add_product(dx, dy, gamma)
     dx *= invrms
     return dx, dgamma
 
@@ -80,10 +83,10 @@ def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
     psum_dy_ggx_invrms, psum_dy_x_coef_dy_x = reducer.parameter_sums((dy, ggx, invrms), (dy, x, coef_dy_x))
     ggamma = psum_dy_ggx_invrms - psum_dy_x_coef_dy_x
     gx = ggx*gx_coef_ggx
-    gx += x*gx_coef_x
-    gx += dy*field_0*gx_coef_dy_field_0
+    gx = add_product(gx, x, gx_coef_x)
+    gx = add_product(gx, dy, field_0, gx_coef_dy_field_0)
     gdy = ggx*gamma
-    gdy += x*field_0*tmp1
+    gdy = add_product(gdy, x, field_0, tmp1)
     gdy *= invrms
     return gx, ggamma, gdy
 
@@ -105,9 +108,10 @@ def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
     ms = sum_x_x*tmp0
     invrms = 1/numpy.sqrt(eps + ms)
     field_0 = -gamma*invrms**2*sum_tx_x + tgamma*count
-    y = x*gamma*invrms
+    y = x*gamma
+    y *= invrms
     ty = tx*gamma
-    ty += x*field_0*tmp0
+    ty = add_product(ty, x, field_0, tmp0)
     ty *= invrms
     return y, ty
 

@@ -166,24 +166,26 @@ def _rms_norm_backward(dy, x, gamma, invrms_groups, count, P, Q, dx):
     S = inner // Q
     dtype = dy.dtype.type
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_x_invrms = numpy.zeros((blocks, P, Q))
+    parts_psum_dy_x_invrms = numpy.zeros((blocks, P, Q), dy.dtype)
+    wide_psum_dy_x_invrms = numpy.zeros((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
-        block_psum_dy_x_invrms = numpy.zeros((P, Q), dy.dtype)
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             invrms = invrms_groups[g]
-            total_sum_dy_gamma_x, = _rms_norm_backward_pass1(dy[g], x[g], gamma[p], invrms, Q, S, block_psum_dy_x_invrms[p], parts_psum_dy_x_invrms[block, p])
+            total_sum_dy_gamma_x, = _rms_norm_backward_pass1(dy[g], x[g], gamma[p], invrms, Q, S, parts_psum_dy_x_invrms[block, p], wide_psum_dy_x_invrms[block, p])
             sum_dy_gamma_x = dtype(total_sum_dy_gamma_x)
             dx_coef_x = dtype(-sum_dy_gamma_x*invrms**2/count)
             _rms_norm_backward_outputs(dy[g], x[g], gamma[p], dx_coef_x, invrms, Q, S, dx[g])
-        if S == 1:
-            for p in range(P):
-                for q in range(Q):
-                    parts_psum_dy_x_invrms[block, p, q] += block_psum_dy_x_invrms[p, q]
-    total_psum_dy_x_invrms = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_dy_x_invrms += parts_psum_dy_x_invrms[block]
-    psum_dy_x_invrms = total_psum_dy_x_invrms.astype(dy.dtype)
+    if S == 1 and blocks == 1:
+        psum_dy_x_invrms = parts_psum_dy_x_invrms[0]
+    else:
+        total_psum_dy_x_invrms = numpy.zeros((P, Q))
+        for block in range(blocks):
+            if S == 1:
+                total_psum_dy_x_invrms += parts_psum_dy_x_invrms[block]
+            else:
+                total_psum_dy_x_invrms += wide_psum_dy_x_invrms[block]
+        psum_dy_x_invrms = total_psum_dy_x_invrms.astype(dy.dtype)
     dgamma = psum_dy_x_invrms
     return dgamma,
 
@@ -335,11 +337,11 @@ def _rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms_groups, count, 
     dtype = ggx.dtype.type
     tmp1 = 1/count
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_ggx_invrms = numpy.zeros((blocks, P, Q))
-    parts_psum_dy_x_coef_dy_x = numpy.zeros((blocks, P, Q))
+    parts_psum_dy_ggx_invrms = numpy.zeros((blocks, P, Q), ggx.dtype)
+    parts_psum_dy_x_coef_dy_x = numpy.zeros((blocks, P, Q), ggx.dtype)
+    wide_psum_dy_ggx_invrms = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy_x_coef_dy_x = numpy.zeros((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
-        block_psum_dy_ggx_invrms = numpy.zeros((P, Q), ggx.dtype)
-        block_psum_dy_x_coef_dy_x = numpy.zeros((P, Q), ggx.dtype)
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             invrms = invrms_groups[g]
@@ -356,21 +358,28 @@ def _rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms_groups, count, 
             coef_dy_x = dtype(sum_ggx_x*tmp3)
             gx_coef_ggx = dtype(-sum_dy_gamma_x*tmp3)
             gx_coef_x = dtype(-tmp0*(sum_dy_gamma_ggx*tmp4 + sum_dy_gggamma_x*tmp4 - 3*sum_dy_gamma_x*sum_ggx_x*tmp2)/count**2)
-            _rms_norm_double_backward_pass2(dy[g], ggx[g], x[g], invrms, coef_dy_x, Q, S, block_psum_dy_ggx_invrms[p], block_psum_dy_x_coef_dy_x[p], parts_psum_dy_ggx_invrms[block, p], parts_psum_dy_x_coef_dy_x[block, p])
+            _rms_norm_double_backward_pass2(dy[g], ggx[g], x[g], invrms, coef_dy_x, Q, S, parts_psum_dy_ggx_invrms[block, p], parts_psum_dy_x_coef_dy_x[block, p], wide_psum_dy_ggx_invrms[block, p], wide_psum_dy_x_coef_dy_x[block, p])
             _rms_norm_double_backward_outputs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], sum_ggx_x, tmp0, gx_coef_dy_field_0, gx_coef_ggx, gx_coef_x, invrms, dtype(count), dtype(tmp1), Q, S, gx[g], gdy[g])
-        if S == 1:
-            for p in range(P):
-                for q in range(Q):
-                    parts_psum_dy_ggx_invrms[block, p, q] += block_psum_dy_ggx_invrms[p, q]
-                    parts_psum_dy_x_coef_dy_x[block, p, q] += block_psum_dy_x_coef_dy_x[p, q]
-    total_psum_dy_ggx_invrms = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_dy_ggx_invrms += parts_psum_dy_ggx_invrms[block]
-    psum_dy_ggx_invrms = total_psum_dy_ggx_invrms.astype(ggx.dtype)
-    total_psum_dy_x_coef_dy_x = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_dy_x_coef_dy_x += parts_psum_dy_x_coef_dy_x[block]
-    psum_dy_x_coef_dy_x = total_psum_dy_x_coef_dy_x.astype(ggx.dtype)
+    if S == 1 and blocks == 1:
+        psum_dy_ggx_invrms = parts_psum_dy_ggx_invrms[0]
+    else:
+        total_psum_dy_ggx_invrms = numpy.zeros((P, Q))
+        for block in range(blocks):
+            if S == 1:
+                total_psum_dy_ggx_invrms += parts_psum_dy_ggx_invrms[block]
+            else:
+                total_psum_dy_ggx_invrms += wide_psum_dy_ggx_invrms[block]
+        psum_dy_ggx_invrms = total_psum_dy_ggx_invrms.astype(ggx.dtype)
+    if S == 1 and blocks == 1:
+        psum_dy_x_coef_dy_x = parts_psum_dy_x_coef_dy_x[0]
+    else:
+        total_psum_dy_x_coef_dy_x = numpy.zeros((P, Q))
+        for block in range(blocks):
+            if S == 1:
+                total_psum_dy_x_coef_dy_x += parts_psum_dy_x_coef_dy_x[block]
+            else:
+                total_psum_dy_x_coef_dy_x += wide_psum_dy_x_coef_dy_x[block]
+        psum_dy_x_coef_dy_x = total_psum_dy_x_coef_dy_x.astype(ggx.dtype)
     ggamma = psum_dy_ggx_invrms - psum_dy_x_coef_dy_x
     return ggamma,
 

@@ -61,10 +61,6 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
         super().__init__(indent)
         self.expressions = _ArrayAPIExpressionPrinter()
 
-    def render(self, plan: KernelPlan) -> str:
-        self._fields = {str(name) for name in plan.fields}
-        return super().render(plan)
-
     def _prologue(self, plan: KernelPlan) -> list[str]:
         lines = [f"xp = namespace({plan.parameters[0]})"]
         if any(isinstance(s, Accumulate) and (s.reuse is not None or self._has_product_term(s)
@@ -104,19 +100,6 @@ class ArrayAPIPlanPrinter(NumPyPlanPrinter):
             return super()._add_term(out, monomial, coefficient)
         factors = ", ".join(self.doprint(factor) for factor in term.as_ordered_factors())
         return f"{out} = add_product({out}, {factors}, in_place={IN_PLACE})"
-
-    def _split_start(self, statement: Accumulate):
-        """For a start term of three factors or more, one of them a field: (a product of two factors, the field
-        first, that is the output's new array; the other factors, to multiply into it in place). Else None."""
-        if statement.reuse is not None:
-            return None
-        monomial, coefficient = statement.start
-        factors = list((coefficient * monomial).as_ordered_factors())
-        fields = [f for f in factors if f.is_Symbol and f.name in self._fields]
-        if len(factors) < 3 or not fields:
-            return None
-        factors.remove(fields[0])
-        return fields[0] * factors[0], factors[1:]
 
     @staticmethod
     def _has_product_term(statement: Accumulate) -> bool:

@@ -24,10 +24,13 @@ def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> 
     """The full text of a generated module: header, docstring, imports, then each kernel."""
     plans = [plan_kernel(kernel) for kernel in kernels]
     printer = NumPyPlanPrinter()
-    parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
-             "import numpy", ""]
-    for plan in plans:
-        parts += ["", printer.render(plan), ""]  # two blank lines before each function, as PEP 8 has it
+    functions = [printer.render(plan) for plan in plans]
+    imports = ["import numpy"]
+    if any("add_product(" in function for function in functions):
+        imports += ["", "from bnsym._chunks import add_product"]
+    parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "", *imports, ""]
+    for function in functions:
+        parts += ["", function, ""]  # two blank lines before each function, as PEP 8 has it
     parts += ["", "#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.",
               "SIGNATURES = {"]
     for plan in plans:

@@ -186,7 +186,7 @@ class GroupLocalPrinter:
         group_results = [s.name for s in plan.returns if s.name not in names.fields and s.name not in names.outputs
                          and s.name not in names.parameter_values]
         body += [f"{n}_groups[g] = {n}" for n in group_results]
-        main = self._main(plan, names, body, after, sums, group_results)
+        main = self._main(plan, names, body, after, sums, field_less, group_results)
         wrapper = self._wrapper(plan, names, group_results, bool(field_less))
         return "\n\n\n".join(helpers + [main, wrapper])
 
@@ -319,8 +319,8 @@ class GroupLocalPrinter:
             lines += [f"{i}return {', '.join(f'total{j}' for j in k)}{',' if len(k) == 1 else ''}"]
         arguments = self._call_arguments(fields, parameters, per_group, scalars)
         if parameter:
-            arguments += [f"block_{n.name}[p]" for n in parameter.names]
             arguments += [f"parts_{n.name}[block, p]" for n in parameter.names]
+            arguments += [f"wide_{n.name}[block, p]" for n in parameter.names]
         return "\n".join(lines), arguments, lacking
 
     def _nests(self, both: bool, loops) -> list[str]:
@@ -365,7 +365,7 @@ class GroupLocalPrinter:
         return "\n".join(lines), arguments
 
     def _main(self, plan: KernelPlan, names: _Names, body: list[str], after: list[str], sums: list[str],
-              group_results: list[str]) -> str:
+              field_less: list[str], group_results: list[str]) -> str:
         i = self.indent
         i2, i3, i4 = i * 2, i * 3, i * 4
         inputs = [f"{n}_groups" if n not in names.fields + names.parameters else n for n in names.inputs]
@@ -380,20 +380,26 @@ class GroupLocalPrinter:
                  f"{i}dtype = {first}.dtype.type"]
         lines += [f"{i}{n} = {Printer({}, typed_numbers=False).doprint(e)}" for n, e in names.scalars]
         lines += [f"{i}blocks = (groups + BLOCK - 1) // BLOCK"]
-        lines += [f"{i}parts_{n} = numpy.zeros((blocks, P, Q))" for n in sums]
+        # Each parameter sum's partials per block: in the fields' dtype when S == 1 (a float32 partial covers at
+        # most BLOCK groups), in float64 when S > 1 (a block adds many float32 pieces) and for per-group terms.
+        lines += [f"{i}parts_{n} = numpy.zeros((blocks, P, Q), {first}.dtype)" for n in sums]
+        lines += [f"{i}wide_{n} = numpy.zeros((blocks, P, Q if S > 1 else 1))" for n in sums]
         lines += [f"{i}{n}_groups = numpy.empty(groups, {first}.dtype)" for n in group_results]
-        lines += [f"{i}for block in numba.prange(blocks):"]
-        lines += [f"{i2}block_{n} = numpy.zeros((P, Q), {first}.dtype)" for n in sums]
-        lines += [f"{i2}for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):",
+        lines += [f"{i}for block in numba.prange(blocks):",
+                  f"{i2}for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):",
                   f"{i3}p = g % P"]
         lines += [f"{i3}{n} = {n}_groups[g]" for n in per_group_inputs]
         lines += [f"{i3}{line}" for line in body]
-        if sums:
-            lines += [f"{i2}if S == 1:", f"{i3}for p in range(P):", f"{i4}for q in range(Q):"]
-            lines += [f"{i4}{i}parts_{n}[block, p, q] += block_{n}[p, q]" for n in sums]
         for n in sums:  # the block partials in a fixed order: the same result on any number of threads
-            lines += [f"{i}total_{n} = numpy.zeros((P, Q))", f"{i}for block in range(blocks):",
-                      f"{i2}total_{n} += parts_{n}[block]", f"{i}{n} = total_{n}.astype({first}.dtype)"]
+            if n in field_less:  # per-group terms: float64 partials only (and Q == 1)
+                lines += [f"{i}total_{n} = numpy.zeros((P, Q))", f"{i}for block in range(blocks):",
+                          f"{i2}total_{n} += wide_{n}[block]", f"{i}{n} = total_{n}.astype({first}.dtype)"]
+                continue
+            total = [f"{i2}total_{n} = numpy.zeros((P, Q))", f"{i2}for block in range(blocks):",
+                     f"{i3}if S == 1:", f"{i4}total_{n} += parts_{n}[block]", f"{i3}else:",
+                     f"{i4}total_{n} += wide_{n}[block]", f"{i2}{n} = total_{n}.astype({first}.dtype)"]
+            # One block of float32 partials is the total: no float64 copy of a parameter-sized array.
+            lines += [f"{i}if S == 1 and blocks == 1:", f"{i2}{n} = parts_{n}[0]", f"{i}else:", *total]
         lines += [f"{i}{line}" for line in after]
         results = [s.name for s in plan.returns if s.name not in names.outputs]
         returned = [f"{n}_groups" if n in group_results else n for n in results]

@@ -74,6 +74,7 @@ class NumPyPlanPrinter:
 
     def render(self, plan: KernelPlan) -> str:
         """The source of ``plan`` as a Python function (without a trailing blank line)."""
+        self._fields = {str(name) for name in plan.fields}
         lines = [f"def {plan.name}({', '.join(plan.parameters)}):"]
         width = 116 - len(self.indent)
         doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
@@ -121,11 +122,28 @@ class NumPyPlanPrinter:
             for factor in sympy.Mul.make_args(monomial / statement.reuse):
                 if factor != 1:
                     lines.append(f"{out} *= {self.doprint(factor)}")
+        elif (split := self._split_start(statement)) is not None:  # `x*gamma*invrms` would make two full arrays
+            first, rest = split
+            lines.append(f"{out} = {self.doprint(first)}")
+            lines += [f"{out} *= {self.doprint(factor)}" for factor in rest]
         else:
             text = self.doprint(coefficient * monomial)
             simple = coefficient == 1 and monomial.is_Symbol
             lines.append(f"{out} = {self.module}.array({text})" if simple else f"{out} = {text}")
         return lines + self._remaining_terms(statement)
+
+    def _split_start(self, statement: Accumulate):
+        """For a start term of three factors or more, one of them a field: (a product of two factors, the field
+        first, that is the output's new array; the other factors, to multiply into it in place). Else None."""
+        if statement.reuse is not None:
+            return None
+        monomial, coefficient = statement.start
+        factors = list((coefficient * monomial).as_ordered_factors())
+        fields = [f for f in factors if f.is_Symbol and f.name in self._fields]
+        if len(factors) < 3 or not fields:
+            return None
+        factors.remove(fields[0])
+        return fields[0] * factors[0], factors[1:]
 
     def _remaining_terms(self, statement: Accumulate) -> list[str]:
         """The augmented assignments that add every term but the start, the constant, then apply the scale."""
@@ -142,7 +160,12 @@ class NumPyPlanPrinter:
         return lines
 
     def _add_term(self, out: str, monomial: sympy.Expr, coefficient: sympy.Expr) -> str:
-        """The line that adds ``coefficient * monomial`` to the output ``out``."""
+        """The line that adds ``coefficient * monomial`` to the output ``out``: a product through
+        :func:`bnsym._chunks.add_product`, formed one chunk of ``out`` at a time (``out += dy*gamma`` would make a
+        temporary as large as ``out``)."""
+        term = coefficient * monomial
+        if term.is_Mul:
+            return f"{out} = add_product({out}, {', '.join(self.doprint(f) for f in term.as_ordered_factors())})"
         if abs(coefficient) == 1:
             return f"{out} {'+' if coefficient == 1 else '-'}= {self.doprint(monomial)}"
         return f"{out} += {self.doprint(coefficient * monomial)}"
