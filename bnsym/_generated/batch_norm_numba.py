@@ -58,7 +58,9 @@ def _batch_norm_forward_stage1(x):
                     piece0 += x_p[i]
                 total0 += piece0
             part0[row, g] = total0
-    sum_x = numpy.zeros(groups)
+    sum_x = numpy.empty(groups)
+    for g in range(groups):
+        sum_x[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_x[g] += part0[part, g]
@@ -101,7 +103,9 @@ def _batch_norm_forward_stage2(x, mean):
                     piece0 += x_minus_mean*x_minus_mean
                 total0 += piece0
             part0[row, g] = total0
-    sum_x_minus_mean_x_minus_mean = numpy.zeros(groups)
+    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_x_minus_mean_x_minus_mean[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_x_minus_mean_x_minus_mean[g] += part0[part, g]
@@ -228,8 +232,11 @@ def _batch_norm_backward_stage1(dy, x, mean):
                 total1 += piece1
             part0[row, g] = total0
             part1[row, g] = total1
-    sum_dy = numpy.zeros(groups)
-    sum_dy_x_minus_mean = numpy.zeros(groups)
+    sum_dy = numpy.empty(groups)
+    sum_dy_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy[g] = 0.0
+        sum_dy_x_minus_mean[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_dy[g] += part0[part, g]
@@ -427,8 +434,11 @@ def _batch_norm_inference_backward_stage1(dy, x, running_mean):
                 total1 += piece1
             part0[row, g] = total0
             part1[row, g] = total1
-    sum_dy = numpy.zeros(groups)
-    sum_dy_x_minus_running_mean = numpy.zeros(groups)
+    sum_dy = numpy.empty(groups)
+    sum_dy_x_minus_running_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy[g] = 0.0
+        sum_dy_x_minus_running_mean[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_dy[g] += part0[part, g]
@@ -584,11 +594,17 @@ def _batch_norm_double_backward_stage1(dy, ggx, x, mean):
             part2[row, g] = total2
             part3[row, g] = total3
             part4[row, g] = total4
-    sum_dy = numpy.zeros(groups)
-    sum_ggx = numpy.zeros(groups)
-    sum_dy_ggx = numpy.zeros(groups)
-    sum_dy_x_minus_mean = numpy.zeros(groups)
-    sum_ggx_x_minus_mean = numpy.zeros(groups)
+    sum_dy = numpy.empty(groups)
+    sum_ggx = numpy.empty(groups)
+    sum_dy_ggx = numpy.empty(groups)
+    sum_dy_x_minus_mean = numpy.empty(groups)
+    sum_ggx_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy[g] = 0.0
+        sum_ggx[g] = 0.0
+        sum_dy_ggx[g] = 0.0
+        sum_dy_x_minus_mean[g] = 0.0
+        sum_ggx_x_minus_mean[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_dy[g] += part0[part, g]
@@ -745,7 +761,9 @@ def _batch_norm_inference_double_backward_stage1(dy, ggx):
                     piece0 += dy_p[i]*ggx_p[i]
                 total0 += piece0
             part0[row, g] = total0
-    sum_dy_ggx = numpy.zeros(groups)
+    sum_dy_ggx = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy_ggx[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_dy_ggx[g] += part0[part, g]
@@ -881,8 +899,11 @@ def _batch_norm_jvp_stage1(tx, x):
                 total1 += piece1
             part0[row, g] = total0
             part1[row, g] = total1
-    sum_tx = numpy.zeros(groups)
-    sum_x = numpy.zeros(groups)
+    sum_tx = numpy.empty(groups)
+    sum_x = numpy.empty(groups)
+    for g in range(groups):
+        sum_tx[g] = 0.0
+        sum_x[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_tx[g] += part0[part, g]
@@ -939,8 +960,11 @@ def _batch_norm_jvp_stage2(tx, x, mean):
                 total1 += piece1
             part0[row, g] = total0
             part1[row, g] = total1
-    sum_tx_x_minus_mean = numpy.zeros(groups)
-    sum_x_minus_mean_x_minus_mean = numpy.zeros(groups)
+    sum_tx_x_minus_mean = numpy.empty(groups)
+    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_tx_x_minus_mean[g] = 0.0
+        sum_x_minus_mean_x_minus_mean[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_tx_x_minus_mean[g] += part0[part, g]

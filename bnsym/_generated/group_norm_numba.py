@@ -208,11 +208,18 @@ def _group_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, 
     dtype = dy.dtype.type
     tmp0 = 1/count
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_x_minus_mean_invstd = numpy.zeros((blocks, P, Q), dy.dtype)
-    parts_psum_dy = numpy.zeros((blocks, P, Q), dy.dtype)
-    wide_psum_dy_x_minus_mean_invstd = numpy.zeros((blocks, P, Q if S > 1 else 1))
-    wide_psum_dy = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    parts_psum_dy_x_minus_mean_invstd = numpy.empty((blocks, P, Q), dy.dtype)
+    parts_psum_dy = numpy.empty((blocks, P, Q), dy.dtype)
+    wide_psum_dy_x_minus_mean_invstd = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy = numpy.empty((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_dy_x_minus_mean_invstd[block, p, q] = 0
+                parts_psum_dy[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_dy_x_minus_mean_invstd[block, p, q] = 0.0
+                wide_psum_dy[block, p, q] = 0.0
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             mean = mean_groups[g]
@@ -226,23 +233,29 @@ def _group_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, 
     if S == 1 and blocks == 1:
         psum_dy_x_minus_mean_invstd = parts_psum_dy_x_minus_mean_invstd[0]
     else:
-        total_psum_dy_x_minus_mean_invstd = numpy.zeros((P, Q))
-        for block in range(blocks):
-            if S == 1:
-                total_psum_dy_x_minus_mean_invstd += parts_psum_dy_x_minus_mean_invstd[block]
-            else:
-                total_psum_dy_x_minus_mean_invstd += wide_psum_dy_x_minus_mean_invstd[block]
-        psum_dy_x_minus_mean_invstd = total_psum_dy_x_minus_mean_invstd.astype(dy.dtype)
+        psum_dy_x_minus_mean_invstd = numpy.empty((P, Q), dy.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_x_minus_mean_invstd[block, p, q]
+                    else:
+                        total += wide_psum_dy_x_minus_mean_invstd[block, p, q]
+                psum_dy_x_minus_mean_invstd[p, q] = total
     if S == 1 and blocks == 1:
         psum_dy = parts_psum_dy[0]
     else:
-        total_psum_dy = numpy.zeros((P, Q))
-        for block in range(blocks):
-            if S == 1:
-                total_psum_dy += parts_psum_dy[block]
-            else:
-                total_psum_dy += wide_psum_dy[block]
-        psum_dy = total_psum_dy.astype(dy.dtype)
+        psum_dy = numpy.empty((P, Q), dy.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy[block, p, q]
+                    else:
+                        total += wide_psum_dy[block, p, q]
+                psum_dy[p, q] = total
     dgamma = psum_dy_x_minus_mean_invstd
     dbeta = psum_dy
     return dgamma, dbeta
@@ -431,11 +444,18 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
     tmp3 = 1/count
     tmp7 = 1/(count**2)
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_ggx_invstd = numpy.zeros((blocks, P, Q), ggx.dtype)
-    parts_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((blocks, P, Q), ggx.dtype)
-    wide_psum_dy_ggx_invstd = numpy.zeros((blocks, P, Q if S > 1 else 1))
-    wide_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    parts_psum_dy_ggx_invstd = numpy.empty((blocks, P, Q), ggx.dtype)
+    parts_psum_dy_field_0_coef_dy_field_0 = numpy.empty((blocks, P, Q), ggx.dtype)
+    wide_psum_dy_ggx_invstd = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy_field_0_coef_dy_field_0 = numpy.empty((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_dy_ggx_invstd[block, p, q] = 0
+                parts_psum_dy_field_0_coef_dy_field_0[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_dy_ggx_invstd[block, p, q] = 0.0
+                wide_psum_dy_field_0_coef_dy_field_0[block, p, q] = 0.0
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             mean = mean_groups[g]
@@ -464,23 +484,29 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
     if S == 1 and blocks == 1:
         psum_dy_ggx_invstd = parts_psum_dy_ggx_invstd[0]
     else:
-        total_psum_dy_ggx_invstd = numpy.zeros((P, Q))
-        for block in range(blocks):
-            if S == 1:
-                total_psum_dy_ggx_invstd += parts_psum_dy_ggx_invstd[block]
-            else:
-                total_psum_dy_ggx_invstd += wide_psum_dy_ggx_invstd[block]
-        psum_dy_ggx_invstd = total_psum_dy_ggx_invstd.astype(ggx.dtype)
+        psum_dy_ggx_invstd = numpy.empty((P, Q), ggx.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_ggx_invstd[block, p, q]
+                    else:
+                        total += wide_psum_dy_ggx_invstd[block, p, q]
+                psum_dy_ggx_invstd[p, q] = total
     if S == 1 and blocks == 1:
         psum_dy_field_0_coef_dy_field_0 = parts_psum_dy_field_0_coef_dy_field_0[0]
     else:
-        total_psum_dy_field_0_coef_dy_field_0 = numpy.zeros((P, Q))
-        for block in range(blocks):
-            if S == 1:
-                total_psum_dy_field_0_coef_dy_field_0 += parts_psum_dy_field_0_coef_dy_field_0[block]
-            else:
-                total_psum_dy_field_0_coef_dy_field_0 += wide_psum_dy_field_0_coef_dy_field_0[block]
-        psum_dy_field_0_coef_dy_field_0 = total_psum_dy_field_0_coef_dy_field_0.astype(ggx.dtype)
+        psum_dy_field_0_coef_dy_field_0 = numpy.empty((P, Q), ggx.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_field_0_coef_dy_field_0[block, p, q]
+                    else:
+                        total += wide_psum_dy_field_0_coef_dy_field_0[block, p, q]
+                psum_dy_field_0_coef_dy_field_0[p, q] = total
     ggamma = psum_dy_ggx_invstd - psum_dy_field_0_coef_dy_field_0
     return ggamma,
 

@@ -58,7 +58,9 @@ def _instance_norm_forward_stage1(x):
                     piece0 += x_p[i]
                 total0 += piece0
             part0[row, g] = total0
-    sum_x = numpy.zeros(groups)
+    sum_x = numpy.empty(groups)
+    for g in range(groups):
+        sum_x[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_x[g] += part0[part, g]
@@ -101,7 +103,9 @@ def _instance_norm_forward_stage2(x, mean):
                     piece0 += x_minus_mean*x_minus_mean
                 total0 += piece0
             part0[row, g] = total0
-    sum_x_minus_mean_x_minus_mean = numpy.zeros(groups)
+    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_x_minus_mean_x_minus_mean[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_x_minus_mean_x_minus_mean[g] += part0[part, g]
@@ -231,11 +235,18 @@ def _instance_norm_backward(dy, x, gamma_groups, mean_groups, invstd_groups, cou
     dtype = dy.dtype.type
     tmp0 = 1/count
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_coef_ = numpy.zeros((blocks, P, Q), dy.dtype)
-    parts_psum_sum_dy = numpy.zeros((blocks, P, Q), dy.dtype)
-    wide_psum_coef_ = numpy.zeros((blocks, P, Q if S > 1 else 1))
-    wide_psum_sum_dy = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    parts_psum_coef_ = numpy.empty((blocks, P, Q), dy.dtype)
+    parts_psum_sum_dy = numpy.empty((blocks, P, Q), dy.dtype)
+    wide_psum_coef_ = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_sum_dy = numpy.empty((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_coef_[block, p, q] = 0
+                parts_psum_sum_dy[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_coef_[block, p, q] = 0.0
+                wide_psum_sum_dy[block, p, q] = 0.0
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             gamma = gamma_groups[g]
@@ -250,14 +261,20 @@ def _instance_norm_backward(dy, x, gamma_groups, mean_groups, invstd_groups, cou
             dx_shift = dtype(-sum_dy*tmp0)
             _instance_norm_backward_pass2(coef_, sum_dy, Q, S, parts_psum_coef_[block, p], parts_psum_sum_dy[block, p], wide_psum_coef_[block, p], wide_psum_sum_dy[block, p])
             _instance_norm_backward_outputs(dy[g], x[g], mean, dx_coef_x_minus_mean, dx_scale, dx_shift, Q, S, dx[g])
-    total_psum_coef_ = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_coef_ += wide_psum_coef_[block]
-    psum_coef_ = total_psum_coef_.astype(dy.dtype)
-    total_psum_sum_dy = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_sum_dy += wide_psum_sum_dy[block]
-    psum_sum_dy = total_psum_sum_dy.astype(dy.dtype)
+    psum_coef_ = numpy.empty((P, Q), dy.dtype)
+    for p in range(P):
+        for q in range(Q):
+            total = 0.0
+            for block in range(blocks):
+                total += wide_psum_coef_[block, p, q]
+            psum_coef_[p, q] = total
+    psum_sum_dy = numpy.empty((P, Q), dy.dtype)
+    for p in range(P):
+        for q in range(Q):
+            total = 0.0
+            for block in range(blocks):
+                total += wide_psum_sum_dy[block, p, q]
+            psum_sum_dy[p, q] = total
     dgamma = psum_coef_
     dbeta = psum_sum_dy
     return dgamma, dbeta
@@ -355,13 +372,22 @@ def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, ga
     tmp1 = 1/count
     tmp11 = 1/(count**2)
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_coef_ = numpy.zeros((blocks, P, Q), ggx.dtype)
-    parts_psum_coef_0 = numpy.zeros((blocks, P, Q), ggx.dtype)
-    parts_psum_coef_1 = numpy.zeros((blocks, P, Q), ggx.dtype)
-    wide_psum_coef_ = numpy.zeros((blocks, P, Q if S > 1 else 1))
-    wide_psum_coef_0 = numpy.zeros((blocks, P, Q if S > 1 else 1))
-    wide_psum_coef_1 = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    parts_psum_coef_ = numpy.empty((blocks, P, Q), ggx.dtype)
+    parts_psum_coef_0 = numpy.empty((blocks, P, Q), ggx.dtype)
+    parts_psum_coef_1 = numpy.empty((blocks, P, Q), ggx.dtype)
+    wide_psum_coef_ = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_coef_0 = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_coef_1 = numpy.empty((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_coef_[block, p, q] = 0
+                parts_psum_coef_0[block, p, q] = 0
+                parts_psum_coef_1[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_coef_[block, p, q] = 0.0
+                wide_psum_coef_0[block, p, q] = 0.0
+                wide_psum_coef_1[block, p, q] = 0.0
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             gggamma = gggamma_groups[g]
@@ -395,18 +421,27 @@ def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, ga
             gdy_shift = dtype(ggbeta - sum_ggx*tmp1*tmp12)
             _instance_norm_double_backward_pass2(coef_, coef_0, coef_1, Q, S, parts_psum_coef_[block, p], parts_psum_coef_0[block, p], parts_psum_coef_1[block, p], wide_psum_coef_[block, p], wide_psum_coef_0[block, p], wide_psum_coef_1[block, p])
             _instance_norm_double_backward_outputs(dy[g], ggx[g], x[g], mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp10, gdy_shift, tmp12, Q, S, gx[g], gdy[g])
-    total_psum_coef_ = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_coef_ += wide_psum_coef_[block]
-    psum_coef_ = total_psum_coef_.astype(ggx.dtype)
-    total_psum_coef_0 = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_coef_0 += wide_psum_coef_0[block]
-    psum_coef_0 = total_psum_coef_0.astype(ggx.dtype)
-    total_psum_coef_1 = numpy.zeros((P, Q))
-    for block in range(blocks):
-        total_psum_coef_1 += wide_psum_coef_1[block]
-    psum_coef_1 = total_psum_coef_1.astype(ggx.dtype)
+    psum_coef_ = numpy.empty((P, Q), ggx.dtype)
+    for p in range(P):
+        for q in range(Q):
+            total = 0.0
+            for block in range(blocks):
+                total += wide_psum_coef_[block, p, q]
+            psum_coef_[p, q] = total
+    psum_coef_0 = numpy.empty((P, Q), ggx.dtype)
+    for p in range(P):
+        for q in range(Q):
+            total = 0.0
+            for block in range(blocks):
+                total += wide_psum_coef_0[block, p, q]
+            psum_coef_0[p, q] = total
+    psum_coef_1 = numpy.empty((P, Q), ggx.dtype)
+    for p in range(P):
+        for q in range(Q):
+            total = 0.0
+            for block in range(blocks):
+                total += wide_psum_coef_1[block, p, q]
+            psum_coef_1[p, q] = total
     ggamma = psum_coef_ - psum_coef_0 - psum_coef_1
     return ggamma,
 
@@ -481,8 +516,11 @@ def _instance_norm_jvp_stage1(tx, x):
                 total1 += piece1
             part0[row, g] = total0
             part1[row, g] = total1
-    sum_tx = numpy.zeros(groups)
-    sum_x = numpy.zeros(groups)
+    sum_tx = numpy.empty(groups)
+    sum_x = numpy.empty(groups)
+    for g in range(groups):
+        sum_tx[g] = 0.0
+        sum_x[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_tx[g] += part0[part, g]
@@ -539,8 +577,11 @@ def _instance_norm_jvp_stage2(tx, x, mean):
                 total1 += piece1
             part0[row, g] = total0
             part1[row, g] = total1
-    sum_tx_x_minus_mean = numpy.zeros(groups)
-    sum_x_minus_mean_x_minus_mean = numpy.zeros(groups)
+    sum_tx_x_minus_mean = numpy.empty(groups)
+    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_tx_x_minus_mean[g] = 0.0
+        sum_x_minus_mean_x_minus_mean[g] = 0.0
     for part in range(parts):
         for g in range(groups):
             sum_tx_x_minus_mean[g] += part0[part, g]

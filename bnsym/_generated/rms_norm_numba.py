@@ -166,9 +166,14 @@ def _rms_norm_backward(dy, x, gamma, invrms_groups, count, P, Q, dx):
     S = inner // Q
     dtype = dy.dtype.type
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_x_invrms = numpy.zeros((blocks, P, Q), dy.dtype)
-    wide_psum_dy_x_invrms = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    parts_psum_dy_x_invrms = numpy.empty((blocks, P, Q), dy.dtype)
+    wide_psum_dy_x_invrms = numpy.empty((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_dy_x_invrms[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_dy_x_invrms[block, p, q] = 0.0
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             invrms = invrms_groups[g]
@@ -179,13 +184,16 @@ def _rms_norm_backward(dy, x, gamma, invrms_groups, count, P, Q, dx):
     if S == 1 and blocks == 1:
         psum_dy_x_invrms = parts_psum_dy_x_invrms[0]
     else:
-        total_psum_dy_x_invrms = numpy.zeros((P, Q))
-        for block in range(blocks):
-            if S == 1:
-                total_psum_dy_x_invrms += parts_psum_dy_x_invrms[block]
-            else:
-                total_psum_dy_x_invrms += wide_psum_dy_x_invrms[block]
-        psum_dy_x_invrms = total_psum_dy_x_invrms.astype(dy.dtype)
+        psum_dy_x_invrms = numpy.empty((P, Q), dy.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_x_invrms[block, p, q]
+                    else:
+                        total += wide_psum_dy_x_invrms[block, p, q]
+                psum_dy_x_invrms[p, q] = total
     dgamma = psum_dy_x_invrms
     return dgamma,
 
@@ -337,11 +345,18 @@ def _rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms_groups, count, 
     dtype = ggx.dtype.type
     tmp1 = 1/count
     blocks = (groups + BLOCK - 1) // BLOCK
-    parts_psum_dy_ggx_invrms = numpy.zeros((blocks, P, Q), ggx.dtype)
-    parts_psum_dy_x_coef_dy_x = numpy.zeros((blocks, P, Q), ggx.dtype)
-    wide_psum_dy_ggx_invrms = numpy.zeros((blocks, P, Q if S > 1 else 1))
-    wide_psum_dy_x_coef_dy_x = numpy.zeros((blocks, P, Q if S > 1 else 1))
+    parts_psum_dy_ggx_invrms = numpy.empty((blocks, P, Q), ggx.dtype)
+    parts_psum_dy_x_coef_dy_x = numpy.empty((blocks, P, Q), ggx.dtype)
+    wide_psum_dy_ggx_invrms = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy_x_coef_dy_x = numpy.empty((blocks, P, Q if S > 1 else 1))
     for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_dy_ggx_invrms[block, p, q] = 0
+                parts_psum_dy_x_coef_dy_x[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_dy_ggx_invrms[block, p, q] = 0.0
+                wide_psum_dy_x_coef_dy_x[block, p, q] = 0.0
         for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
             p = g % P
             invrms = invrms_groups[g]
@@ -363,23 +378,29 @@ def _rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms_groups, count, 
     if S == 1 and blocks == 1:
         psum_dy_ggx_invrms = parts_psum_dy_ggx_invrms[0]
     else:
-        total_psum_dy_ggx_invrms = numpy.zeros((P, Q))
-        for block in range(blocks):
-            if S == 1:
-                total_psum_dy_ggx_invrms += parts_psum_dy_ggx_invrms[block]
-            else:
-                total_psum_dy_ggx_invrms += wide_psum_dy_ggx_invrms[block]
-        psum_dy_ggx_invrms = total_psum_dy_ggx_invrms.astype(ggx.dtype)
+        psum_dy_ggx_invrms = numpy.empty((P, Q), ggx.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_ggx_invrms[block, p, q]
+                    else:
+                        total += wide_psum_dy_ggx_invrms[block, p, q]
+                psum_dy_ggx_invrms[p, q] = total
     if S == 1 and blocks == 1:
         psum_dy_x_coef_dy_x = parts_psum_dy_x_coef_dy_x[0]
     else:
-        total_psum_dy_x_coef_dy_x = numpy.zeros((P, Q))
-        for block in range(blocks):
-            if S == 1:
-                total_psum_dy_x_coef_dy_x += parts_psum_dy_x_coef_dy_x[block]
-            else:
-                total_psum_dy_x_coef_dy_x += wide_psum_dy_x_coef_dy_x[block]
-        psum_dy_x_coef_dy_x = total_psum_dy_x_coef_dy_x.astype(ggx.dtype)
+        psum_dy_x_coef_dy_x = numpy.empty((P, Q), ggx.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_x_coef_dy_x[block, p, q]
+                    else:
+                        total += wide_psum_dy_x_coef_dy_x[block, p, q]
+                psum_dy_x_coef_dy_x[p, q] = total
     ggamma = psum_dy_ggx_invrms - psum_dy_x_coef_dy_x
     return ggamma,
 

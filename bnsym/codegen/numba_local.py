@@ -382,24 +382,35 @@ class GroupLocalPrinter:
         lines += [f"{i}blocks = (groups + BLOCK - 1) // BLOCK"]
         # Each parameter sum's partials per block: in the fields' dtype when S == 1 (a float32 partial covers at
         # most BLOCK groups), in float64 when S > 1 (a block adds many float32 pieces) and for per-group terms.
-        lines += [f"{i}parts_{n} = numpy.zeros((blocks, P, Q), {first}.dtype)" for n in sums]
-        lines += [f"{i}wide_{n} = numpy.zeros((blocks, P, Q if S > 1 else 1))" for n in sums]
+        # Zeroed and added by loops, not array expressions: Numba would make each of those a parallel region of its
+        # own, and waking the threads for one costs more than its work (tens of microseconds when they sleep).
+        lines += [f"{i}parts_{n} = numpy.empty((blocks, P, Q), {first}.dtype)" for n in sums]
+        lines += [f"{i}wide_{n} = numpy.empty((blocks, P, Q if S > 1 else 1))" for n in sums]
         lines += [f"{i}{n}_groups = numpy.empty(groups, {first}.dtype)" for n in group_results]
-        lines += [f"{i}for block in numba.prange(blocks):",
-                  f"{i2}for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):",
+        lines += [f"{i}for block in numba.prange(blocks):"]
+        if sums:
+            lines += [f"{i2}for p in range(P):", f"{i3}for q in range(Q):"]
+            lines += [f"{i4}parts_{n}[block, p, q] = 0" for n in sums]
+            lines += [f"{i3}for q in range(Q if S > 1 else 1):"]
+            lines += [f"{i4}wide_{n}[block, p, q] = 0.0" for n in sums]
+        lines += [f"{i2}for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):",
                   f"{i3}p = g % P"]
         lines += [f"{i3}{n} = {n}_groups[g]" for n in per_group_inputs]
         lines += [f"{i3}{line}" for line in body]
         for n in sums:  # the block partials in a fixed order: the same result on any number of threads
             if n in field_less:  # per-group terms: float64 partials only (and Q == 1)
-                lines += [f"{i}total_{n} = numpy.zeros((P, Q))", f"{i}for block in range(blocks):",
-                          f"{i2}total_{n} += wide_{n}[block]", f"{i}{n} = total_{n}.astype({first}.dtype)"]
-                continue
-            total = [f"{i2}total_{n} = numpy.zeros((P, Q))", f"{i2}for block in range(blocks):",
-                     f"{i3}if S == 1:", f"{i4}total_{n} += parts_{n}[block]", f"{i3}else:",
-                     f"{i4}total_{n} += wide_{n}[block]", f"{i2}{n} = total_{n}.astype({first}.dtype)"]
-            # One block of float32 partials is the total: no float64 copy of a parameter-sized array.
-            lines += [f"{i}if S == 1 and blocks == 1:", f"{i2}{n} = parts_{n}[0]", f"{i}else:", *total]
+                add = [f"{i4}total += wide_{n}[block, p, q]"]
+            else:
+                add = [f"{i4}if S == 1:", f"{i4}{i}total += parts_{n}[block, p, q]", f"{i4}else:",
+                       f"{i4}{i}total += wide_{n}[block, p, q]"]
+            total = [f"{i}{n} = numpy.empty((P, Q), {first}.dtype)", f"{i}for p in range(P):",
+                     f"{i2}for q in range(Q):", f"{i3}total = 0.0", f"{i3}for block in range(blocks):", *add,
+                     f"{i3}{n}[p, q] = total"]
+            if n in field_less:
+                lines += total
+            else:  # one block of partials in the fields' dtype is the total: no copy of a parameter-sized array
+                lines += [f"{i}if S == 1 and blocks == 1:", f"{i2}{n} = parts_{n}[0]", f"{i}else:",
+                          *(i + line for line in total)]
         lines += [f"{i}{line}" for line in after]
         results = [s.name for s in plan.returns if s.name not in names.outputs]
         returned = [f"{n}_groups" if n in group_results else n for n in results]
