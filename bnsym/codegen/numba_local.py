@@ -13,9 +13,14 @@ printer does not:
   ``S == 1`` (one parameter value per position: a flat loop along memory) and ``S > 1`` (a loop over the Q
   parameter values, each covering a run of S values);
 * **a sum over the groups that share a parameter** (``Reduce(over="parameter")``: dgamma of layer norm): each group
-  adds its share to a (P, Q) partial of its block of at most ``BLOCK`` groups, in float32 when ``S == 1`` (at most
-  ``BLOCK`` values per entry) and in float64 otherwise (after float32 pieces of at most ``RUN`` values); block
-  partials are float64 and added in a fixed order, so results do not depend on the number of threads.
+  adds its share to a (P, Q) partial of its block of at most ``BLOCK`` groups, in the fields' dtype when ``S == 1``
+  (at most ``BLOCK`` values per entry) and in float64 otherwise (after float32 pieces of at most ``RUN`` values);
+  the block partials are added in float64, in a fixed order, so results do not depend on the number of threads.
+  A parameter sum joins the earliest pass over the group that can take it (layer norm's dgamma and dbeta ride along
+  the pass that sums dy*gamma), so that the group is read once fewer.
+
+No array expressions in the parallel function: Numba would make each one a parallel region of its own, and waking
+the threads for it costs more than its work.
 
 Every loop that sums is a function of its own compiled with reassociation (LLVM vectorises a float32 sum); the
 per-group arithmetic and the output loops keep IEEE semantics. The parallel loop runs over blocks of ``BLOCK``
