@@ -507,7 +507,10 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
                     else:
                         total += wide_psum_dy_field_0_coef_dy_field_0[block, p, q]
                 psum_dy_field_0_coef_dy_field_0[p, q] = total
-    ggamma = psum_dy_ggx_invstd - psum_dy_field_0_coef_dy_field_0
+    ggamma = numpy.empty((P, Q), dtype)
+    for p in range(P):
+        for q in range(Q):
+            ggamma[p, q] = psum_dy_ggx_invstd[p, q] - psum_dy_field_0_coef_dy_field_0[p, q]
     return ggamma,
 
 

@@ -442,7 +442,10 @@ def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, ga
             for block in range(blocks):
                 total += wide_psum_coef_1[block, p, q]
             psum_coef_1[p, q] = total
-    ggamma = psum_coef_ - psum_coef_0 - psum_coef_1
+    ggamma = numpy.empty((P, Q), dtype)
+    for p in range(P):
+        for q in range(Q):
+            ggamma[p, q] = psum_coef_[p, q] - psum_coef_0[p, q] - psum_coef_1[p, q]
     return ggamma,
 
 

@@ -401,7 +401,10 @@ def _rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms_groups, count, 
                     else:
                         total += wide_psum_dy_x_coef_dy_x[block, p, q]
                 psum_dy_x_coef_dy_x[p, q] = total
-    ggamma = psum_dy_ggx_invrms - psum_dy_x_coef_dy_x
+    ggamma = numpy.empty((P, Q), dtype)
+    for p in range(P):
+        for q in range(Q):
+            ggamma[p, q] = psum_dy_ggx_invrms[p, q] - psum_dy_x_coef_dy_x[p, q]
     return ggamma,
 
 

@@ -163,7 +163,13 @@ class GroupLocalPrinter:
                 if name in names.element or name in names.scalar_names:
                     continue  # atoms: in the loop bodies; scalars: before the loop
                 if name in names.parameter_values:
-                    after.append(f"{name} = {Printer({}, typed_numbers=False).doprint(statement.expr)}")
+                    if statement.expr.is_Symbol:  # another name for a parameter sum
+                        after.append(f"{name} = {statement.expr.name}")
+                        continue
+                    values = {n: f"{n}[p, q]" for n in names.parameter_values}
+                    expr = Printer(values, typed_numbers=True).doprint(statement.expr)
+                    after += [f"{name} = numpy.empty((P, Q), dtype)", "for p in range(P):",
+                              f"{self.indent}for q in range(Q):", f"{self.indent * 2}{name}[p, q] = {expr}"]
                 else:
                     body.append(f"{name} = dtype({Printer({}, typed_numbers=False).doprint(statement.expr)})")
             elif isinstance(statement, Reduce) and (statement.over == "group" or index not in merged):
