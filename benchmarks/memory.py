@@ -29,13 +29,14 @@ import os
 import re
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tracing import peak_extra  # noqa: E402
 
 import bnsym  # noqa: E402
 
@@ -94,15 +95,8 @@ def _functions(label, options, backend):
 
 
 def _peak_tracemalloc(function, size):
-    function()
-    gc.collect()
-    tracemalloc.start()
-    before, _ = tracemalloc.get_traced_memory()
-    result = function()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del result
-    return (peak - before) / size
+    function()  # warm-up: compilation and lazy imports are not the call's memory
+    return peak_extra(function, size)
 
 
 def _status():

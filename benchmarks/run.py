@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 # PyTorch and Numba each keep a pool of OpenMP threads, and by default a thread that finishes spins for a while
@@ -64,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baselines  # noqa: E402
+from tracing import peak_extra  # noqa: E402
 
 import bnsym  # noqa: E402
 
@@ -141,18 +141,6 @@ def _threaded(threads: int, function):
         _set_threads(threads)
         return function()
     return run
-
-
-def _peak_extra(function, size: int) -> float:
-    """tracemalloc's peak during one call (results included), as a multiple of ``size`` bytes."""
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    before, _ = tracemalloc.get_traced_memory()
-    result = function()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del result
-    return (peak - before) / size
 
 
 # ----- 1. copy bandwidth -----
@@ -271,8 +259,8 @@ def numpy_backend_table(repeats: int) -> None:
             forward = _medians(problem.forward(), repeats)
             backward = _medians(problem.backward(), repeats)
             size = problem.x.nbytes
-            memory_forward = _peak_extra(problem.forward()["bnsym"], size)
-            memory_backward = _peak_extra(problem.backward()["bnsym"], size)
+            memory_forward = peak_extra(problem.forward()["bnsym"], size)
+            memory_backward = peak_extra(problem.backward()["bnsym"], size)
             ms = {k: 1e3 * v for k, v in backward.items()}
             fms = {k: 1e3 * v for k, v in forward.items()}
             print(f"| {np.dtype(dtype).name} | {label} | {fms['bnsym']:.2f} | {fms['torch']:.2f} | "
@@ -340,7 +328,7 @@ def backends_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]
         memory = None
         if "numba" in backends:
             _set_threads(1)
-            memory = _peak_extra(problem.bnsym_backward("numba"), problem.x.nbytes)
+            memory = peak_extra(problem.bnsym_backward("numba"), problem.x.nbytes)
         for threads in thread_counts:
             def fraction(seconds, traffic, threads=threads, size=problem.x.nbytes):
                 return 100 * traffic * size / seconds / 1e9 / bandwidth[threads]
@@ -452,7 +440,7 @@ def family_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) 
             backward_functions[("bnsym", threads)] = _threaded(threads, bnsym_backward)
         forward = _medians(forward_functions, repeats)
         backward = _medians(backward_functions, repeats)
-        memory = _peak_extra(bnsym_backward, size)
+        memory = peak_extra(bnsym_backward, size)
         for threads in thread_counts:
             ft, fb = forward[("torch", threads)], forward[("bnsym", threads)]
             bt, bb = backward[("torch", threads)], backward[("bnsym", threads)]

@@ -35,7 +35,7 @@ import textwrap
 
 import sympy
 
-from bnsym.codegen.numba_printer import NumbaPlanPrinter, Printer, plan_symbols
+from bnsym.codegen.numba_printer import NumbaPlanPrinter, Printer, atoms_used, names_read, plan_symbols
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
@@ -83,37 +83,11 @@ class _Names:
     def read(self, exprs) -> list[str]:
         """The names that loops evaluating ``exprs`` (expressions or names) read, atoms expanded, first seen first;
         ``count`` for M."""
-        seen: list[str] = []
-
-        def visit(name: str) -> None:
-            if name in self.atoms:
-                for symbol in sorted(self.atoms[name].free_symbols, key=sympy.default_sort_key):
-                    visit(COUNT if symbol == M else symbol.name)
-            elif name not in seen:
-                seen.append(name)
-
-        for item in exprs:
-            if isinstance(item, str):
-                visit(item)
-            else:
-                for symbol in sorted(item.free_symbols, key=sympy.default_sort_key):
-                    visit(COUNT if symbol == M else symbol.name)
-        return seen
+        return names_read(self.atoms, exprs)
 
     def atoms_used(self, exprs) -> list[str]:
         """The atoms that ``exprs`` read (directly or through other atoms), in definition order."""
-        used: set[str] = set()
-
-        def visit(name: str) -> None:
-            if name in self.atoms and name not in used:
-                used.add(name)
-                for symbol in self.atoms[name].free_symbols:
-                    visit(symbol.name)
-
-        for item in exprs:
-            for name in ([item] if isinstance(item, str) else [s.name for s in item.free_symbols]):
-                visit(name)
-        return [a for a in self.atoms if a in used]
+        return atoms_used(self.atoms, exprs)
 
 
 class GroupLocalPrinter:

@@ -44,7 +44,7 @@ from bnsym.codegen.printer import KernelPrinter
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["NumbaPlanPrinter", "Printer", "module_prelude", "plan_symbols"]
+__all__ = ["NumbaPlanPrinter", "Printer", "atoms_used", "module_prelude", "names_read", "plan_symbols"]
 
 
 def module_prelude(numpy_module: str) -> list[str]:
@@ -135,36 +135,49 @@ class _Kinds:
 
     def field_symbols(self, expr_or_names) -> list[str]:
         """The names a field loop reads for these expressions, atoms expanded, in first-seen order."""
-        seen: list[str] = []
-
-        def visit(name: str) -> None:
-            if name in self.atoms:
-                for symbol in sorted(self.atoms[name].free_symbols, key=sympy.default_sort_key):
-                    visit(symbol.name if symbol != M else COUNT)
-            elif name not in seen:
-                seen.append(name)
-
-        for item in expr_or_names:
-            if isinstance(item, str):
-                visit(item)
-            else:
-                for symbol in sorted(item.free_symbols, key=sympy.default_sort_key):
-                    visit(symbol.name if symbol != M else COUNT)
-        return seen
+        return names_read(self.atoms, expr_or_names)
 
     def atoms_used(self, names: list[str]) -> list[str]:
         """The atoms among the names read (directly or through other atoms), in definition order."""
-        used: set[str] = set()
+        return atoms_used(self.atoms, names)
 
-        def visit(name: str) -> None:
-            if name in self.atoms and name not in used:
-                used.add(name)
-                for symbol in self.atoms[name].free_symbols:
-                    visit(symbol.name)
 
-        for name in names:
+def names_read(atoms: dict, exprs) -> list[str]:
+    """The names that a loop evaluating ``exprs`` (expressions, or names) reads, in first-seen order, each atom
+    (``atoms``: name -> its expression, computed in the loop body) replaced by what it reads; M reads ``count``."""
+    seen: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in atoms:
+            for symbol in sorted(atoms[name].free_symbols, key=sympy.default_sort_key):
+                visit(symbol.name if symbol != M else COUNT)
+        elif name not in seen:
+            seen.append(name)
+
+    for item in exprs:
+        if isinstance(item, str):
+            visit(item)
+        else:
+            for symbol in sorted(item.free_symbols, key=sympy.default_sort_key):
+                visit(symbol.name if symbol != M else COUNT)
+    return seen
+
+
+def atoms_used(atoms: dict, exprs) -> list[str]:
+    """The atoms that ``exprs`` (expressions, or names) read, directly or through other atoms, in the order of
+    ``atoms`` (their definition order)."""
+    used: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in atoms and name not in used:
+            used.add(name)
+            for symbol in atoms[name].free_symbols:
+                visit(symbol.name)
+
+    for item in exprs:
+        for name in ([item] if isinstance(item, str) else [s.name for s in item.free_symbols]):
             visit(name)
-        return [a for a in self.atoms if a in used]
+    return [a for a in atoms if a in used]
 
 
 class NumbaPlanPrinter:
