@@ -180,6 +180,13 @@ def atoms_used(atoms: dict, exprs) -> list[str]:
     return [a for a in atoms if a in used]
 
 
+def _reads_parameters(plan: KernelPlan) -> bool:
+    """Whether ``plan`` sums over the groups that share a parameter or reads a parameter that varies within a
+    group: what the stage loops do not cover."""
+    return (any(isinstance(s, Reduce) and s.over != "group" for s in plan.statements)
+            or any(isinstance(symbol, ParameterField) for symbol in plan_symbols(plan)))
+
+
 class NumbaPlanPrinter:
     """Renders a :class:`KernelPlan` as Numba functions and a wrapper with the NumPy kernel's signature."""
 
@@ -191,15 +198,15 @@ class NumbaPlanPrinter:
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
         kinds = _Kinds(plan)
-        reason = self._unsupported(plan, kinds)
-        if reason:
+        if _reads_parameters(plan):
             # Parameters that vary within a group and parameter sums: the group-local loops cover them for groups
             # that are contiguous runs (their wrapper runs the NumPy kernel for any other layout).
             from bnsym.codegen.numba_local import GroupLocalPrinter
 
-            local = GroupLocalPrinter.unsupported(plan) if "parameter" in reason else reason
-            if local is None:
+            if GroupLocalPrinter.unsupported(plan) is None:
                 return GroupLocalPrinter(self.indent).render(plan)
+        reason = self._unsupported(plan, kinds)
+        if reason:
             return self._delegate(plan, reason)
         parts = []
         stage = 0
