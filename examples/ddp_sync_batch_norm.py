@@ -30,4 +30,7 @@ for step in range(3):
     optimiser.step()
     if rank == 0:
         print(f"step {step}: running mean of the batch norm {model.module[1].running_mean[:3].tolist()}")
+# DistributedDataParallel and the last autograd graph hold the process group: release them first, so that gloo's
+# threads stop here and not while the interpreter is being torn down (where PyTorch can abort the process).
+del model, optimiser, loss
 dist.destroy_process_group()
