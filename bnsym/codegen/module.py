@@ -31,12 +31,16 @@ def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> 
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "", *imports, ""]
     for function in functions:
         parts += ["", function, ""]  # two blank lines before each function, as PEP 8 has it
-    parts += ["", "#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.",
-              "SIGNATURES = {"]
-    for plan in plans:
-        parts.append(f"    {plan.name!r}: ({_names(plan.parameters)}, {_names(s.name for s in plan.returns)}),")
-    parts += ["}", ""]
-    return "\n".join(parts)
+    return "\n".join(parts + _signatures(plans))
+
+
+def _signatures(plans) -> list[str]:
+    """The closing lines of a generated module: its ``SIGNATURES`` table, each kernel's inputs and results."""
+    lines = ["", "#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.",
+             "SIGNATURES = {"]
+    lines += [f"    {plan.name!r}: ({_names(plan.parameters)}, {_names(s.name for s in plan.returns)}),"
+              for plan in plans]
+    return lines + ["}", ""]
 
 
 def _names(names) -> str:
@@ -71,9 +75,4 @@ def render_array_api_module(kernels: Sequence[Kernel], *, source: str, docstring
              f"from bnsym._array_api import {', '.join(helpers_used(chr(10).join(functions)))}", ""]
     for function in functions:
         parts += ["", function, ""]
-    parts += ["", "#: Each kernel's parameters and results, in order: what the runtime passes and unpacks.",
-              "SIGNATURES = {"]
-    for plan in plans:
-        parts.append(f"    {plan.name!r}: ({_names(plan.parameters)}, {_names(s.name for s in plan.returns)}),")
-    parts += ["}", ""]
-    return "\n".join(parts)
+    return "\n".join(parts + _signatures(plans))

@@ -35,7 +35,15 @@ import textwrap
 
 import sympy
 
-from bnsym.codegen.numba_printer import NumbaPlanPrinter, Printer, atoms_used, names_read, plan_symbols
+from bnsym.codegen.numba_printer import (
+    NumbaPlanPrinter,
+    Printer,
+    atoms_used,
+    names_read,
+    plan_symbols,
+    python_tuple,
+    wrapper_head,
+)
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
@@ -406,18 +414,11 @@ class GroupLocalPrinter:
     def _wrapper(self, plan: KernelPlan, names: _Names, group_results: list[str], needs_q1: bool) -> str:
         i = self.indent
         per_group = [n for n in names.inputs if n not in names.fields + names.parameters]
-        width = 116 - len(i)
-        doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
-        for paragraph in plan.docstring[1:] + (
-                "Compiled: each group's stages and outputs one after another while the group is in cache "
-                "(bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.",):
-            doc += [""] + textwrap.wrap(paragraph, width)
-        doc += ['"""']
-        lines = [f"def {plan.name}({', '.join(plan.parameters)}):"]
-        lines += [i + line if line else "" for line in doc]
-        tuple_of = lambda items: f"({', '.join(items)}{',' if len(items) == 1 else ''})"  # noqa: E731
-        lines += [f"{i}layout = GroupLocalLayout.of({REDUCER}, fields={tuple_of(names.fields)}, "
-                  f"per_group={tuple_of(per_group)}, parameters={tuple_of(names.parameters)})"]
+        lines = wrapper_head(plan, i, "Compiled: each group's stages and outputs one after another while the group "
+                             "is in cache (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy "
+                             "kernel.")
+        lines += [f"{i}layout = GroupLocalLayout.of({REDUCER}, fields={python_tuple(names.fields)}, "
+                  f"per_group={python_tuple(per_group)}, parameters={python_tuple(names.parameters)})"]
         condition = "layout is None" + (" or layout.Q != 1" if needs_q1 else "")
         lines += [f"{i}if {condition}:", f"{i}{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
         lines += [f"{i}{n} = layout.empty()" for n in names.outputs]

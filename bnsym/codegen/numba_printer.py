@@ -44,7 +44,8 @@ from bnsym.codegen.printer import KernelPrinter
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["NumbaPlanPrinter", "Printer", "atoms_used", "module_prelude", "names_read", "plan_symbols"]
+__all__ = ["NumbaPlanPrinter", "Printer", "atoms_used", "module_prelude", "names_read", "plan_symbols",
+           "python_tuple", "wrapper_head"]
 
 
 def module_prelude(numpy_module: str) -> list[str]:
@@ -178,6 +179,23 @@ def atoms_used(atoms: dict, exprs) -> list[str]:
         for name in ([item] if isinstance(item, str) else [s.name for s in item.free_symbols]):
             visit(name)
     return [a for a in atoms if a in used]
+
+
+def python_tuple(items) -> str:
+    """The source of a tuple of these names: ``(a,)`` for one."""
+    items = list(items)
+    return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+
+
+def wrapper_head(plan: KernelPlan, indent: str, compiled: str) -> list[str]:
+    """The ``def`` line and docstring of a compiled kernel's wrapper: the NumPy kernel's paragraphs, then
+    ``compiled``, a paragraph on what the loops cover."""
+    width = 116 - len(indent)
+    doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
+    for paragraph in plan.docstring[1:] + (compiled,):
+        doc += [""] + textwrap.wrap(paragraph, width)
+    doc += ['"""']
+    return [f"def {plan.name}({', '.join(plan.parameters)}):"] + [indent + line if line else "" for line in doc]
 
 
 def _reads_parameters(plan: KernelPlan) -> bool:
@@ -458,17 +476,11 @@ class NumbaPlanPrinter:
         fields = [n for n in kinds.inputs if n in kinds.fields]
         groups = [n for n in kinds.inputs if n not in kinds.fields]
         reducer = REDUCER if REDUCER in plan.parameters else "None"
-        width = 116 - len(i)
-        doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
-        for paragraph in plan.docstring[1:] + (
-                "Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has "
-                "the layouts); any other layout, reducer or sum runs the NumPy kernel.",):
-            doc += [""] + textwrap.wrap(paragraph, width)
-        doc += ['"""']
-        lines = [f"def {plan.name}({', '.join(plan.parameters)}):"]
-        lines += [i + line if line else "" for line in doc]
+        lines = wrapper_head(plan, i, "Compiled: one pass over memory per reduction stage and one for the field "
+                             "outputs (bnsym._fused has the layouts); any other layout, reducer or sum runs the NumPy "
+                             "kernel.")
         lines += [f"{i}layout = FusedLayout.of({reducer}, fields=({', '.join(fields)},), "
-                  f"per_group=({', '.join(groups)}{',' if len(groups) == 1 else ''}))",
+                  f"per_group={python_tuple(groups)})",
                   f"{i}if layout is None:",
                   f"{i}{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
         lines += [f"{i}{n} = layout.empty()" for n in field_outputs]
