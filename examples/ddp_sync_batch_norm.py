@@ -6,6 +6,8 @@ Each process trains on its own part of every batch (the parts need not be the sa
 statistics of the whole batch, and DistributedDataParallel averages the gradients.
 """
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -30,7 +32,9 @@ for step in range(3):
     optimiser.step()
     if rank == 0:
         print(f"step {step}: running mean of the batch norm {model.module[1].running_mean[:3].tolist()}")
-# DistributedDataParallel and the last autograd graph hold the process group: release them first, so that gloo's
-# threads stop here and not while the interpreter is being torn down (where PyTorch can abort the process).
-del model, optimiser, loss
 dist.destroy_process_group()
+# PyTorch's gloo backend frees each finished collective on a thread of its own, and a collective started during a
+# backward pass holds a Python object, so that thread needs the GIL to free it. A thread that asks for the GIL once
+# the interpreter has begun to shut down aborts the whole process ("terminate called without an active
+# exception"). Give it the GIL for a moment before the script ends.
+time.sleep(0.2)

@@ -180,8 +180,9 @@ def test_data_parallel_training_equals_one_process(groups, workers, steps):
 
 @pytest.mark.slow
 def test_the_readme_torchrun_example_runs():
-    """examples/ddp_sync_batch_norm.py under torchrun, two processes: trains, and exits cleanly (a process group
-    kept alive by the autograd graph once aborted the processes at exit)."""
+    """examples/ddp_sync_batch_norm.py under torchrun, two processes: trains, and exits cleanly (PyTorch's gloo
+    worker threads, freeing a collective made during backward after the interpreter began to shut down, aborted
+    the processes at exit in about one run in seven on a busy machine; docs/data-parallel.md)."""
     import os
     import subprocess
     import sys
