@@ -19,9 +19,10 @@ It prints, in one run (so that every ratio compares figures measured minutes apa
    it reaches, counting the bytes each pass must move (forward: x read three times and y written, 16 bytes per
    float32 element; backward: dy and x read twice and dx written, 20 bytes);
 4. the normalisation family (layer norm and RMS norm on (4096, 1024) and (8, 1024, 4096), group norm on
-   (32, 64, 56, 56) with 32 groups) against ``native_layer_norm``, ``_fused_rms_norm`` (its backward: autograd
-   through ``F.rms_norm``, as PyTorch 2.13 has no CPU kernel for it) and ``native_group_norm``, when bnsym has them
-   (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
+   (32, 64, 56, 56) NCHW and (32, 56, 56, 64) NHWC with 32 groups) against ``native_layer_norm``,
+   ``_fused_rms_norm`` (its backward: autograd through ``F.rms_norm``, as PyTorch 2.13 has no CPU kernel for it)
+   and ``native_group_norm``, when bnsym has them (``bnsym.layer_norm.forward`` ...); a missing one is reported
+   and skipped;
 5. the compiled backend's first-call time in a fresh process: compiling into an empty disk cache, then loading it;
    and the time to regenerate every derivation (``python -m bnsym.cli derive --check``).
 
@@ -389,26 +390,33 @@ def _family_cases():
                       (lambda tx=tx, tg=tg, f=features: torch.ops.aten._fused_rms_norm(tx, [f], tg, EPS),
                        lambda tdy=tdy, ry=ry, rx=rx, rg=rg: torch.autograd.grad(ry, (rx, rg), tdy, retain_graph=True)),
                       x.nbytes))
-    shape, groups = (32, 64, 56, 56), 32
-    x = rng.normal(3, 2, size=shape).astype(np.float32)
-    dy = rng.normal(size=shape).astype(np.float32)
-    gamma = rng.uniform(0.5, 2, size=shape[1]).astype(np.float32)
-    beta = rng.normal(size=shape[1]).astype(np.float32)
-    tx, tdy, tg, tb = (torch.from_numpy(a) for a in (x, dy, gamma, beta))
-    n, c, hw = shape[0], shape[1], shape[2] * shape[3]
-    _, tmean, trstd = torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS)
+    groups = 32
+    for shape, axis, layout in (((32, 64, 56, 56), 1, "NCHW"), ((32, 56, 56, 64), -1, "NHWC")):
+        x = rng.normal(3, 2, size=shape).astype(np.float32)
+        dy = rng.normal(size=shape).astype(np.float32)
+        channels = shape[axis]
+        gamma = rng.uniform(0.5, 2, size=channels).astype(np.float32)
+        beta = rng.normal(size=channels).astype(np.float32)
+        # PyTorch gets NHWC as a channels-last view of the same memory (its kernels have a channels-last path)
+        as_nchw = (lambda a: torch.from_numpy(a)) if axis == 1 else (lambda a: torch.from_numpy(a).permute(0, 3, 1, 2))
+        tx, tdy = as_nchw(x), as_nchw(dy)
+        tg, tb = torch.from_numpy(gamma), torch.from_numpy(beta)
+        n, c, hw = tx.shape[0], tx.shape[1], tx.shape[2] * tx.shape[3]
+        _, tmean, trstd = torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS)
 
-    def group_norm():
-        module = bnsym.group_norm
-        _, mean, invstd = module.forward(x, gamma, beta, groups, EPS, axis=1)
-        return (lambda: module.forward(x, gamma, beta, groups, EPS, axis=1),
-                lambda: module.backward(dy, x, gamma, mean, invstd, groups, axis=1))
+        def group_norm(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis):
+            module = bnsym.group_norm
+            _, mean, invstd = module.forward(x, gamma, beta, groups, EPS, axis=axis)
+            return (lambda: module.forward(x, gamma, beta, groups, EPS, axis=axis),
+                    lambda: module.backward(dy, x, gamma, mean, invstd, groups, axis=axis))
 
-    cases.append((f"group norm {shape}, {groups} groups", "group_norm", group_norm,
-                  (lambda: torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS),
-                   lambda: torch.ops.aten.native_group_norm_backward(tdy, tx, tmean, trstd, tg, n, c, hw, groups,
-                                                                     [True, True, True])),
-                  x.nbytes))
+        cases.append((f"group norm {shape} {layout}, {groups} groups", "group_norm", group_norm,
+                      (lambda tx=tx, tg=tg, tb=tb, n=n, c=c, hw=hw:
+                       torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS),
+                       lambda tdy=tdy, tx=tx, m=tmean, r=trstd, tg=tg, n=n, c=c, hw=hw:
+                       torch.ops.aten.native_group_norm_backward(tdy, tx, m, r, tg, n, c, hw, groups,
+                                                                 [True, True, True])),
+                      x.nbytes))
     return cases
 
 

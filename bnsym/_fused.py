@@ -15,7 +15,9 @@ sharded run's reducer adds the shards' totals in its ``sums``, which compiled lo
 
 :class:`GroupLocalLayout` is the arrangement of the group-local loops (:mod:`bnsym.codegen.numba_local`), which
 read parameters that vary within a group and sum parameter gradients: fields as (groups, inner) when every group
-is one contiguous run, parameters as (P, Q).
+is one contiguous run, parameters as (P, Q). :class:`InterleavedLayout` is the arrangement of the same kernels'
+sample-wise loops (:mod:`bnsym.codegen.numba_interleaved`) for channel-last group and instance norm, whose groups
+interleave within each sample: fields as (B, R, K), parameters as (K,), per-group values as (B, G).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 
 from bnsym._reduce import Reducer
 
-__all__ = ["FusedLayout", "GroupLocalLayout"]
+__all__ = ["FusedLayout", "GroupLocalLayout", "InterleavedLayout"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -191,6 +193,99 @@ class GroupLocalLayout:
 
     def grouped(self, values: np.ndarray) -> np.ndarray:
         """A (groups,) result in the broadcast shape of the NumPy kernels (1 on every reduced axis)."""
+        return values.reshape(self.group_shape)
+
+    def empty(self) -> np.ndarray:
+        """A new field."""
+        return np.empty(self.shape, self.dtype)
+
+
+@dataclass(frozen=True)
+class InterleavedLayout:
+    """One call's arrangement for the sample-wise loops: the groups of a sample interleave along its last axes.
+
+    That is channel-last group norm and instance norm. Their kernels see x as (N, *spatial, G, C/G) (instance norm:
+    (N, *spatial, C), so C/G is 1) and reduce the spatial axes and C/G, keeping N and G. As fields of shape
+    (B, R, K) (a view of C-contiguous fields), sample ``b`` is one contiguous block of R rows of K = G*S values,
+    and group ``(b, g)`` is the values ``[b, r, g*S + s]`` for every row r and every s < S:
+
+    * ``B``: the leading kept axes (the samples);
+    * ``R``: the reduced axes between them and the trailing kept axes (the spatial positions);
+    * ``G``: the trailing kept axes (the groups of a sample);
+    * ``S``: the reduced axes after them (the channels of a group; 1 for instance norm).
+
+    Parameters vary along the G and S axes and on no other (one value per channel): a (K,) array. Per-group values
+    are (B, G) arrays. :meth:`of` returns None for anything else (the generated wrapper then runs the NumPy kernel).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    B: int
+    R: int
+    G: int
+    S: int
+    group_shape: tuple[int, ...]
+    parameter_shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, reducer, fields, per_group, parameters) -> InterleavedLayout | None:
+        """The layout of a call with these fields, per-group values (arrays shaped for broadcasting, or scalars)
+        and parameters (arrays of the parameters' broadcast shape), or None when the loops do not cover it."""
+        if type(reducer) is not Reducer:
+            return None
+        first = fields[0]
+        if not isinstance(first, np.ndarray) or first.dtype not in _DTYPES:
+            return None
+        shape, dtype, ndim = first.shape, first.dtype, first.ndim
+        if any(not isinstance(f, np.ndarray) or f.shape != shape or f.dtype != dtype or not f.flags.c_contiguous
+               for f in fields):
+            return None
+        reduced = set(reducer.axes)
+        kept = [a for a in range(ndim) if a not in reduced]
+        # kept: a leading run [0, k0) and one more run [k1, k2); reduced: [k0, k1) and [k2, ndim)
+        k0 = next((a for a in range(ndim) if a in reduced), ndim)
+        k1 = next((a for a in range(k0, ndim) if a not in reduced), ndim)
+        k2 = next((a for a in range(k1, ndim) if a in reduced), ndim)
+        if k0 == 0 or k1 == ndim or kept != list(range(k0)) + list(range(k1, k2)):
+            return None
+        parameter_shape = tuple(1 if a in reducer.parameter_axes else n for a, n in enumerate(shape))
+        if parameter_shape != tuple(1 if a < k1 else n for a, n in enumerate(shape)):
+            return None  # the parameters must have one value per channel (per position along the G and S axes)
+        group_shape = tuple(n if a in kept else 1 for a, n in enumerate(shape))
+        for value in per_group:
+            value = np.asarray(value)
+            if value.ndim and (value.ndim != ndim or value.dtype != dtype
+                               or any(n not in (1, m) for n, m in zip(value.shape, group_shape))):
+                return None
+        for value in parameters:
+            if not isinstance(value, np.ndarray) or value.ndim != ndim or value.dtype != dtype or any(
+                    n not in (1, m) for n, m in zip(value.shape, parameter_shape)):
+                return None
+        B, R = math.prod(shape[:k0]), math.prod(shape[k0:k1])
+        G, S = math.prod(shape[k1:k2]), math.prod(shape[k2:])
+        return cls(tuple(shape), dtype, B, R, G, S, group_shape, parameter_shape)
+
+    def fields(self, array: np.ndarray) -> np.ndarray:
+        """A field as (B, R, K): a view."""
+        return array.reshape(self.B, self.R, self.G * self.S)
+
+    def per_group(self, value) -> np.ndarray:
+        """A per-group value (array shaped for broadcasting, or scalar) as a contiguous (B, G) array."""
+        array = np.asarray(value, dtype=self.dtype)
+        if array.ndim == 0:  # eps
+            return np.full((self.B, self.G), array)
+        return np.ascontiguousarray(np.broadcast_to(array, self.group_shape)).reshape(self.B, self.G)
+
+    def parameter(self, value: np.ndarray) -> np.ndarray:
+        """A parameter as a contiguous (K,) array, one value per channel."""
+        return np.ascontiguousarray(np.broadcast_to(value, self.parameter_shape)).reshape(self.G * self.S)
+
+    def parameter_result(self, values: np.ndarray) -> np.ndarray:
+        """A (K,) parameter gradient in the parameters' broadcast shape."""
+        return values.reshape(self.parameter_shape)
+
+    def grouped(self, values: np.ndarray) -> np.ndarray:
+        """A (B, G) result in the broadcast shape of the NumPy kernels (1 on every reduced axis)."""
         return values.reshape(self.group_shape)
 
     def empty(self) -> np.ndarray:

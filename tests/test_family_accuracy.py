@@ -4,7 +4,8 @@ The contract of tests/test_accuracy.py: with x = offset + N(0, std), a float32 l
 rounding of the mean itself, about eps32 * |offset| relative to std, and every result must stay within ``UNITS``
 times that. The shapes are chosen so that every level of the compiled loops' sums is used: groups longer than one
 float32 piece (1024 values), parameter gradients summed over more groups than one float32 block (64), group norm's
-runs of H*W values per parameter (S > 1), and instance norm's per-group parameter sums.
+runs of H*W values per parameter (S > 1), instance norm's per-group parameter sums, and channel-last group and
+instance norm (the compiled backend's sample-wise loops: blocks of 64 rows, float64 totals per channel).
 """
 
 import numpy as np
@@ -23,6 +24,8 @@ CASES = [  # layer, shape, options, parameter shape, offset, std
     ("group_norm", (4, 8, 40, 40), {"num_groups": 2, "axis": 1}, (8,), 1e4, 1.0),
     ("group_norm", (300, 64), {"num_groups": 2, "axis": 1}, (64,), 1e4, 1.0),
     ("instance_norm", (70, 4, 48, 48), {"axis": 1}, (4,), 1e4, 1.0),
+    ("group_norm", (4, 40, 40, 8), {"num_groups": 2, "axis": -1}, (8,), 1e4, 1.0),
+    ("instance_norm", (20, 48, 48, 4), {"axis": -1}, (4,), 1e4, 1.0),
 ]
 
 

@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import batch_norm as numpy_kernels
-from bnsym._fused import FusedLayout, GroupLocalLayout
+from bnsym._fused import FusedLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64

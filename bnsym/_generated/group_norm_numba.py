@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import group_norm as numpy_kernels
-from bnsym._fused import FusedLayout, GroupLocalLayout
+from bnsym._fused import GroupLocalLayout, InterleavedLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -106,6 +106,118 @@ def _group_norm_forward(x, gamma, beta, eps_groups, count, P, Q, y):
     return mean_groups, invstd_groups
 
 
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_forward_sample_pass1(x, S):
+    """One pass of group_norm_forward over one sample's (R, K) values, every group side by side: x. Totals in
+    float64, each group's repeated for its S channels."""
+    K = x.shape[-1]
+    R = x.shape[0]
+    dtype = x.dtype.type
+    totals0 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, x.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            x_r = x[r]
+            for c in range(K):
+                pieces0[c] += x_r[c]
+        for c in range(K):
+            totals0[c] += pieces0[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+    return totals0,
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_forward_sample_pass2(x, mean, S):
+    """One pass of group_norm_forward over one sample's (R, K) values, every group side by side:
+    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    K = x.shape[-1]
+    R = x.shape[0]
+    dtype = x.dtype.type
+    totals0 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, x.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            x_r = x[r]
+            for c in range(K):
+                x_minus_mean = -mean[c] + x_r[c]
+                pieces0[c] += x_minus_mean*x_minus_mean
+        for c in range(K):
+            totals0[c] += pieces0[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+    return totals0,
+
+
+@numba.njit(cache=True)
+def _group_norm_forward_sample_outputs(x, beta, gamma, mean, invstd, y):
+    """The field outputs of group_norm_forward (y) for one sample's (R, K) values."""
+    dtype = y.dtype.type
+    R, K = y.shape
+    for r in range(R):
+        x_r = x[r]
+        y_r = y[r]
+        for c in range(K):
+            x_minus_mean = -mean[c] + x_r[c]
+            y_r[c] = (x_minus_mean*gamma[c])*invstd[c] + beta[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_forward_samples(x, gamma, beta, eps_groups, count, S, y):
+    """group_norm_forward on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample per parallel
+    iteration."""
+    B, R, K = x.shape
+    G = K // S
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    rows_eps = numpy.empty((B, K), x.dtype)
+    rows_sum_x = numpy.empty((B, K), x.dtype)
+    rows_mean = numpy.empty((B, K), x.dtype)
+    rows_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K), x.dtype)
+    rows_var = numpy.empty((B, K), x.dtype)
+    rows_invstd = numpy.empty((B, K), x.dtype)
+    mean_groups = numpy.empty((B, G), x.dtype)
+    invstd_groups = numpy.empty((B, G), x.dtype)
+    for b in numba.prange(B):
+        eps = rows_eps[b]
+        sum_x = rows_sum_x[b]
+        mean = rows_mean[b]
+        sum_x_minus_mean_x_minus_mean = rows_sum_x_minus_mean_x_minus_mean[b]
+        var = rows_var[b]
+        invstd = rows_invstd[b]
+        for c in range(K):
+            eps[c] = eps_groups[b, c // S]
+        total_sum_x, = _group_norm_forward_sample_pass1(x[b], S)
+        for c in range(K):
+            sum_x[c] = dtype(total_sum_x[c])
+        for c in range(K):
+            mean[c] = dtype(sum_x[c]*tmp0)
+        total_sum_x_minus_mean_x_minus_mean, = _group_norm_forward_sample_pass2(x[b], mean, S)
+        for c in range(K):
+            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+        for c in range(K):
+            var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
+        for c in range(K):
+            invstd[c] = dtype(1/numpy.sqrt(var[c] + eps[c]))
+        _group_norm_forward_sample_outputs(x[b], beta, gamma, mean, invstd, y[b])
+        for g in range(G):
+            mean_groups[b, g] = mean[g * S]
+            invstd_groups[b, g] = invstd[g * S]
+    return mean_groups, invstd_groups
+
+
 def group_norm_forward(x, gamma, beta, eps, reducer):
     """Training-mode group normalisation: y, and the statistics (mean, invstd) that the backward pass reuses.
 
@@ -118,14 +230,20 @@ def group_norm_forward(x, gamma, beta, eps, reducer):
     broadcast shape.
 
     Compiled: each group's stages and outputs one after another while the group is in cache
-    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
-    if layout is None:
-        return numpy_kernels.group_norm_forward(x, gamma, beta, eps, reducer)
-    y = layout.empty()
-    mean, invstd = _group_norm_forward(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
-    return y, layout.grouped(mean), layout.grouped(invstd)
+    if layout is not None:
+        y = layout.empty()
+        mean, invstd = _group_norm_forward(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        return y, layout.grouped(mean), layout.grouped(invstd)
+    layout = InterleavedLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
+    if layout is not None:
+        y = layout.empty()
+        mean, invstd = _group_norm_forward_samples(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y))
+        return y, layout.grouped(mean), layout.grouped(invstd)
+    return numpy_kernels.group_norm_forward(x, gamma, beta, eps, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -261,6 +379,123 @@ def _group_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, 
     return dgamma, dbeta
 
 
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_backward_sample_pass1(dy, x, gamma, mean, invstd, S, shares0, shares1):
+    """One pass of group_norm_backward over one sample's (R, K) values, every group side by side: dy*gamma,
+    dy*x_minus_mean*gamma; its share of the parameter sums of dy*x_minus_mean*invstd, dy. Totals in float64, each
+    group's repeated for its S channels. Shares are added to the float64 rows shares<k>."""
+    K = dy.shape[-1]
+    R = dy.shape[0]
+    dtype = dy.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, dy.dtype)
+    pieces1 = numpy.empty(K, dy.dtype)
+    parts0 = numpy.empty(K, dy.dtype)
+    parts1 = numpy.empty(K, dy.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+            parts0[c] = 0
+            parts1[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            dy_r = dy[r]
+            x_r = x[r]
+            for c in range(K):
+                x_minus_mean = -mean[c] + x_r[c]
+                pieces0[c] += dy_r[c]*gamma[c]
+                pieces1[c] += dy_r[c]*x_minus_mean*gamma[c]
+                parts0[c] += dy_r[c]*x_minus_mean*invstd[c]
+                parts1[c] += dy_r[c]
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+            shares0[c] += parts0[c]
+            shares1[c] += parts1[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+    return totals0, totals1
+
+
+@numba.njit(cache=True)
+def _group_norm_backward_sample_outputs(dy, x, gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, dx):
+    """The field outputs of group_norm_backward (dx) for one sample's (R, K) values."""
+    dtype = dx.dtype.type
+    R, K = dx.shape
+    for r in range(R):
+        dy_r = dy[r]
+        x_r = x[r]
+        dx_r = dx[r]
+        for c in range(K):
+            x_minus_mean = -mean[c] + x_r[c]
+            dx_r[c] = ((x_minus_mean*dx_coef_x_minus_mean[c] + dy_r[c]*gamma[c]) + dx_shift[c])*invstd[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_backward_samples(dy, x, gamma, mean_groups, invstd_groups, count, S, dx):
+    """group_norm_backward on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample per parallel
+    iteration."""
+    B, R, K = dy.shape
+    G = K // S
+    dtype = dy.dtype.type
+    tmp0 = 1/count
+    rows_mean = numpy.empty((B, K), dy.dtype)
+    rows_invstd = numpy.empty((B, K), dy.dtype)
+    rows_sum_dy_gamma = numpy.empty((B, K), dy.dtype)
+    rows_sum_dy_gamma_x_minus_mean = numpy.empty((B, K), dy.dtype)
+    rows_dx_coef_x_minus_mean = numpy.empty((B, K), dy.dtype)
+    rows_dx_shift = numpy.empty((B, K), dy.dtype)
+    shares_psum_dy_x_minus_mean_invstd = numpy.empty((B, K))
+    shares_psum_dy = numpy.empty((B, K))
+    for b in numba.prange(B):
+        for c in range(K):
+            shares_psum_dy_x_minus_mean_invstd[b, c] = 0.0
+            shares_psum_dy[b, c] = 0.0
+        mean = rows_mean[b]
+        invstd = rows_invstd[b]
+        sum_dy_gamma = rows_sum_dy_gamma[b]
+        sum_dy_gamma_x_minus_mean = rows_sum_dy_gamma_x_minus_mean[b]
+        dx_coef_x_minus_mean = rows_dx_coef_x_minus_mean[b]
+        dx_shift = rows_dx_shift[b]
+        for c in range(K):
+            mean[c] = mean_groups[b, c // S]
+            invstd[c] = invstd_groups[b, c // S]
+        total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _group_norm_backward_sample_pass1(dy[b], x[b], gamma, mean, invstd, S, shares_psum_dy_x_minus_mean_invstd[b], shares_psum_dy[b])
+        for c in range(K):
+            sum_dy_gamma[c] = dtype(total_sum_dy_gamma[c])
+            sum_dy_gamma_x_minus_mean[c] = dtype(total_sum_dy_gamma_x_minus_mean[c])
+        for c in range(K):
+            dx_coef_x_minus_mean[c] = dtype(-sum_dy_gamma_x_minus_mean[c]*tmp0*invstd[c]**2)
+        for c in range(K):
+            dx_shift[c] = dtype(-sum_dy_gamma[c]*tmp0)
+        _group_norm_backward_sample_outputs(dy[b], x[b], gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, dx[b])
+    psum_dy_x_minus_mean_invstd = numpy.empty(K, dy.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_dy_x_minus_mean_invstd[b, c]
+        psum_dy_x_minus_mean_invstd[c] = total
+    psum_dy = numpy.empty(K, dy.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_dy[b, c]
+        psum_dy[c] = total
+    dgamma = psum_dy_x_minus_mean_invstd
+    dbeta = psum_dy
+    return dgamma, dbeta
+
+
 def group_norm_backward(dy, x, gamma, mean, invstd, reducer):
     """Training-mode backward: dx, dgamma, dbeta for the upstream gradient dy.
 
@@ -274,14 +509,20 @@ def group_norm_backward(dy, x, gamma, mean, invstd, reducer):
     broadcast shape.
 
     Compiled: each group's stages and outputs one after another while the group is in cache
-    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
-    if layout is None:
-        return numpy_kernels.group_norm_backward(dy, x, gamma, mean, invstd, reducer)
-    dx = layout.empty()
-    dgamma, dbeta = _group_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
-    return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    if layout is not None:
+        dx = layout.empty()
+        dgamma, dbeta = _group_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    layout = InterleavedLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
+    if layout is not None:
+        dx = layout.empty()
+        dgamma, dbeta = _group_norm_backward_samples(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(dx))
+        return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    return numpy_kernels.group_norm_backward(dy, x, gamma, mean, invstd, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -514,6 +755,254 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
     return ggamma,
 
 
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_double_backward_sample_pass1(ggx, dy, x, gamma, gggamma, mean, S):
+    """One pass of group_norm_double_backward over one sample's (R, K) values, every group side by side: ggx,
+    dy*gamma, dy*gggamma, ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma. Totals in
+    float64, each group's repeated for its S channels."""
+    K = ggx.shape[-1]
+    R = ggx.shape[0]
+    dtype = ggx.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    totals2 = numpy.zeros(K)
+    totals3 = numpy.zeros(K)
+    totals4 = numpy.zeros(K)
+    totals5 = numpy.zeros(K)
+    totals6 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, ggx.dtype)
+    pieces1 = numpy.empty(K, ggx.dtype)
+    pieces2 = numpy.empty(K, ggx.dtype)
+    pieces3 = numpy.empty(K, ggx.dtype)
+    pieces4 = numpy.empty(K, ggx.dtype)
+    pieces5 = numpy.empty(K, ggx.dtype)
+    pieces6 = numpy.empty(K, ggx.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+            pieces2[c] = 0
+            pieces3[c] = 0
+            pieces4[c] = 0
+            pieces5[c] = 0
+            pieces6[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            ggx_r = ggx[r]
+            dy_r = dy[r]
+            x_r = x[r]
+            for c in range(K):
+                tmp0 = -mean[c] + x_r[c]
+                x_minus_mean = tmp0
+                pieces0[c] += ggx_r[c]
+                pieces1[c] += dy_r[c]*gamma[c]
+                pieces2[c] += dy_r[c]*gggamma[c]
+                pieces3[c] += ggx_r[c]*x_minus_mean
+                pieces4[c] += dy_r[c]*ggx_r[c]*gamma[c]
+                pieces5[c] += dy_r[c]*x_minus_mean*gamma[c]
+                pieces6[c] += dy_r[c]*x_minus_mean*gggamma[c]
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+            totals2[c] += pieces2[c]
+            totals3[c] += pieces3[c]
+            totals4[c] += pieces4[c]
+            totals5[c] += pieces5[c]
+            totals6[c] += pieces6[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals2[g * S + s]
+        for s in range(S):
+            totals2[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals3[g * S + s]
+        for s in range(S):
+            totals3[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals4[g * S + s]
+        for s in range(S):
+            totals4[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals5[g * S + s]
+        for s in range(S):
+            totals5[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals6[g * S + s]
+        for s in range(S):
+            totals6[g * S + s] = total
+    return totals0, totals1, totals2, totals3, totals4, totals5, totals6
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_double_backward_sample_pass2(dy, ggx, x, invstd, sum_ggx, mean, tmp2, coef_dy_field_0, S, shares0, shares1):
+    """One pass of group_norm_double_backward over one sample's (R, K) values, every group side by side: its share
+    of the parameter sums of dy*ggx*invstd, dy*field_0*coef_dy_field_0. Shares are added to the float64 rows
+    shares<k>."""
+    K = dy.shape[-1]
+    R = dy.shape[0]
+    dtype = dy.dtype.type
+    parts0 = numpy.empty(K, dy.dtype)
+    parts1 = numpy.empty(K, dy.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            parts0[c] = 0
+            parts1[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            dy_r = dy[r]
+            ggx_r = ggx[r]
+            x_r = x[r]
+            for c in range(K):
+                tmp0 = -mean[c] + x_r[c]
+                field_0 = sum_ggx[c] + tmp0*tmp2[c]
+                parts0[c] += dy_r[c]*ggx_r[c]*invstd[c]
+                parts1[c] += dy_r[c]*field_0*coef_dy_field_0[c]
+        for c in range(K):
+            shares0[c] += parts0[c]
+            shares1[c] += parts1[c]
+
+
+@numba.njit(cache=True)
+def _group_norm_double_backward_sample_outputs(dy, ggx, x, gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, count, gx, gdy):
+    """The field outputs of group_norm_double_backward (gx, gdy) for one sample's (R, K) values."""
+    dtype = gx.dtype.type
+    R, K = gx.shape
+    for r in range(R):
+        dy_r = dy[r]
+        ggx_r = ggx[r]
+        x_r = x[r]
+        gx_r = gx[r]
+        gdy_r = gdy[r]
+        for c in range(K):
+            tmp0 = -mean[c] + x_r[c]
+            x_minus_mean = tmp0
+            field_1 = count*gggamma[c] - tmp2[c]*gamma[c]
+            gx_r[c] = ((ggx_r[c]*gx_coef_ggx[c] + x_minus_mean*gx_coef_x_minus_mean[c]) + (dy_r[c]*field_1)*tmp4[c]) + gx_shift[c]
+            gdy_r[c] = (((x_minus_mean*field_1)*tmp4[c] + gamma[c]*gdy_coef_gamma[c]) + ggbeta[c]) + (ggx_r[c]*gamma[c])*invstd[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_double_backward_samples(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, S, gx, gdy):
+    """group_norm_double_backward on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample per
+    parallel iteration."""
+    B, R, K = ggx.shape
+    G = K // S
+    dtype = ggx.dtype.type
+    tmp3 = 1/count
+    tmp7 = 1/(count**2)
+    rows_mean = numpy.empty((B, K), ggx.dtype)
+    rows_invstd = numpy.empty((B, K), ggx.dtype)
+    rows_tmp1 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp4 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp5 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp8 = numpy.empty((B, K), ggx.dtype)
+    rows_coef_dy_field_0 = numpy.empty((B, K), ggx.dtype)
+    rows_sum_ggx = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy_gamma = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy_gggamma = numpy.empty((B, K), ggx.dtype)
+    rows_sum_ggx_x_minus_mean = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy_gamma_ggx = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy_gamma_x_minus_mean = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy_gggamma_x_minus_mean = numpy.empty((B, K), ggx.dtype)
+    rows_tmp2 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp6 = numpy.empty((B, K), ggx.dtype)
+    rows_gx_coef_ggx = numpy.empty((B, K), ggx.dtype)
+    rows_gx_coef_x_minus_mean = numpy.empty((B, K), ggx.dtype)
+    rows_gx_shift = numpy.empty((B, K), ggx.dtype)
+    rows_gdy_coef_gamma = numpy.empty((B, K), ggx.dtype)
+    shares_psum_dy_ggx_invstd = numpy.empty((B, K))
+    shares_psum_dy_field_0_coef_dy_field_0 = numpy.empty((B, K))
+    for b in numba.prange(B):
+        for c in range(K):
+            shares_psum_dy_ggx_invstd[b, c] = 0.0
+            shares_psum_dy_field_0_coef_dy_field_0[b, c] = 0.0
+        mean = rows_mean[b]
+        invstd = rows_invstd[b]
+        tmp1 = rows_tmp1[b]
+        tmp4 = rows_tmp4[b]
+        tmp5 = rows_tmp5[b]
+        tmp8 = rows_tmp8[b]
+        coef_dy_field_0 = rows_coef_dy_field_0[b]
+        sum_ggx = rows_sum_ggx[b]
+        sum_dy_gamma = rows_sum_dy_gamma[b]
+        sum_dy_gggamma = rows_sum_dy_gggamma[b]
+        sum_ggx_x_minus_mean = rows_sum_ggx_x_minus_mean[b]
+        sum_dy_gamma_ggx = rows_sum_dy_gamma_ggx[b]
+        sum_dy_gamma_x_minus_mean = rows_sum_dy_gamma_x_minus_mean[b]
+        sum_dy_gggamma_x_minus_mean = rows_sum_dy_gggamma_x_minus_mean[b]
+        tmp2 = rows_tmp2[b]
+        tmp6 = rows_tmp6[b]
+        gx_coef_ggx = rows_gx_coef_ggx[b]
+        gx_coef_x_minus_mean = rows_gx_coef_x_minus_mean[b]
+        gx_shift = rows_gx_shift[b]
+        gdy_coef_gamma = rows_gdy_coef_gamma[b]
+        for c in range(K):
+            mean[c] = mean_groups[b, c // S]
+            invstd[c] = invstd_groups[b, c // S]
+        for c in range(K):
+            tmp1[c] = dtype(invstd[c]**2)
+        for c in range(K):
+            tmp4[c] = dtype(tmp3*invstd[c])
+        for c in range(K):
+            tmp5[c] = dtype(invstd[c]**3)
+        for c in range(K):
+            tmp8[c] = dtype(invstd[c]*count)
+        for c in range(K):
+            coef_dy_field_0[c] = dtype(tmp4[c])
+        total_sum_ggx, total_sum_dy_gamma, total_sum_dy_gggamma, total_sum_ggx_x_minus_mean, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x_minus_mean, total_sum_dy_gggamma_x_minus_mean = _group_norm_double_backward_sample_pass1(ggx[b], dy[b], x[b], gamma, gggamma, mean, S)
+        for c in range(K):
+            sum_ggx[c] = dtype(total_sum_ggx[c])
+            sum_dy_gamma[c] = dtype(total_sum_dy_gamma[c])
+            sum_dy_gggamma[c] = dtype(total_sum_dy_gggamma[c])
+            sum_ggx_x_minus_mean[c] = dtype(total_sum_ggx_x_minus_mean[c])
+            sum_dy_gamma_ggx[c] = dtype(total_sum_dy_gamma_ggx[c])
+            sum_dy_gamma_x_minus_mean[c] = dtype(total_sum_dy_gamma_x_minus_mean[c])
+            sum_dy_gggamma_x_minus_mean[c] = dtype(total_sum_dy_gggamma_x_minus_mean[c])
+        for c in range(K):
+            tmp2[c] = dtype(sum_ggx_x_minus_mean[c]*tmp1[c])
+        for c in range(K):
+            tmp6[c] = dtype(sum_dy_gamma_x_minus_mean[c]*tmp5[c])
+        for c in range(K):
+            gx_coef_ggx[c] = dtype(-tmp3*tmp6[c])
+        for c in range(K):
+            gx_coef_x_minus_mean[c] = dtype(-tmp1[c]*tmp7*(sum_dy_gamma_ggx[c]*tmp8[c] + sum_dy_gggamma_x_minus_mean[c]*tmp8[c] - 3*sum_ggx_x_minus_mean[c]*tmp6[c] - sum_dy_gamma[c]*sum_ggx[c]*invstd[c]))
+        for c in range(K):
+            gx_shift[c] = dtype(-sum_dy_gggamma[c]*tmp4[c] + sum_ggx[c]*tmp6[c]*tmp7 + sum_dy_gamma[c]*sum_ggx_x_minus_mean[c]*tmp5[c]*tmp7)
+        for c in range(K):
+            gdy_coef_gamma[c] = dtype(-sum_ggx[c]*tmp4[c])
+        _group_norm_double_backward_sample_pass2(dy[b], ggx[b], x[b], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, S, shares_psum_dy_ggx_invstd[b], shares_psum_dy_field_0_coef_dy_field_0[b])
+        _group_norm_double_backward_sample_outputs(dy[b], ggx[b], x[b], gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, dtype(count), gx[b], gdy[b])
+    psum_dy_ggx_invstd = numpy.empty(K, ggx.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_dy_ggx_invstd[b, c]
+        psum_dy_ggx_invstd[c] = total
+    psum_dy_field_0_coef_dy_field_0 = numpy.empty(K, ggx.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_dy_field_0_coef_dy_field_0[b, c]
+        psum_dy_field_0_coef_dy_field_0[c] = total
+    ggamma = numpy.empty(K, dtype)
+    for c in range(K):
+        ggamma[c] = psum_dy_ggx_invstd[c] - psum_dy_field_0_coef_dy_field_0[c]
+    return ggamma,
+
+
 def group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer):
     """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
     gamma and dy.
@@ -528,15 +1017,22 @@ def group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     broadcast shape.
 
     Compiled: each group's stages and outputs one after another while the group is in cache
-    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
-    if layout is None:
-        return numpy_kernels.group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
-    gx = layout.empty()
-    gdy = layout.empty()
-    ggamma, = _group_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
-    return gx, layout.parameter_result(ggamma), gdy
+    if layout is not None:
+        gx = layout.empty()
+        gdy = layout.empty()
+        ggamma, = _group_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        return gx, layout.parameter_result(ggamma), gdy
+    layout = InterleavedLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
+    if layout is not None:
+        gx = layout.empty()
+        gdy = layout.empty()
+        ggamma, = _group_norm_double_backward_samples(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(gx), layout.fields(gdy))
+        return gx, layout.parameter_result(ggamma), gdy
+    return numpy_kernels.group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -642,6 +1138,153 @@ def _group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, 
     return
 
 
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_jvp_sample_pass1(tx, x, S):
+    """One pass of group_norm_jvp over one sample's (R, K) values, every group side by side: tx, x. Totals in
+    float64, each group's repeated for its S channels."""
+    K = tx.shape[-1]
+    R = tx.shape[0]
+    dtype = tx.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, tx.dtype)
+    pieces1 = numpy.empty(K, tx.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            tx_r = tx[r]
+            x_r = x[r]
+            for c in range(K):
+                pieces0[c] += tx_r[c]
+                pieces1[c] += x_r[c]
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+    return totals0, totals1
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_jvp_sample_pass2(tx, x, mean, S):
+    """One pass of group_norm_jvp over one sample's (R, K) values, every group side by side: tx*x_minus_mean,
+    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    K = tx.shape[-1]
+    R = tx.shape[0]
+    dtype = tx.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, tx.dtype)
+    pieces1 = numpy.empty(K, tx.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            tx_r = tx[r]
+            x_r = x[r]
+            for c in range(K):
+                x_minus_mean = -mean[c] + x_r[c]
+                pieces0[c] += tx_r[c]*x_minus_mean
+                pieces1[c] += x_minus_mean*x_minus_mean
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+    return totals0, totals1
+
+
+@numba.njit(cache=True)
+def _group_norm_jvp_sample_outputs(x, tx, beta, gamma, tgamma, tbeta, mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, count, y, ty):
+    """The field outputs of group_norm_jvp (y, ty) for one sample's (R, K) values."""
+    dtype = y.dtype.type
+    R, K = y.shape
+    for r in range(R):
+        x_r = x[r]
+        tx_r = tx[r]
+        y_r = y[r]
+        ty_r = ty[r]
+        for c in range(K):
+            x_minus_mean = -mean[c] + x_r[c]
+            field_0 = count*tgamma[c] - sum_tx_x_minus_mean[c]*invstd[c]**2*gamma[c]
+            y_r[c] = (x_minus_mean*gamma[c])*invstd[c] + beta[c]
+            ty_r[c] = (((x_minus_mean*field_0)*tmp1[c] + gamma[c]*ty_coef_gamma[c]) + tbeta[c]) + (tx_r[c]*gamma[c])*invstd[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_jvp_samples(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, S, y, ty):
+    """group_norm_jvp on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample per parallel
+    iteration."""
+    B, R, K = x.shape
+    G = K // S
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    rows_eps = numpy.empty((B, K), x.dtype)
+    rows_sum_tx = numpy.empty((B, K), x.dtype)
+    rows_sum_x = numpy.empty((B, K), x.dtype)
+    rows_mean = numpy.empty((B, K), x.dtype)
+    rows_sum_tx_x_minus_mean = numpy.empty((B, K), x.dtype)
+    rows_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K), x.dtype)
+    rows_var = numpy.empty((B, K), x.dtype)
+    rows_invstd = numpy.empty((B, K), x.dtype)
+    rows_tmp1 = numpy.empty((B, K), x.dtype)
+    rows_ty_coef_gamma = numpy.empty((B, K), x.dtype)
+    for b in numba.prange(B):
+        eps = rows_eps[b]
+        sum_tx = rows_sum_tx[b]
+        sum_x = rows_sum_x[b]
+        mean = rows_mean[b]
+        sum_tx_x_minus_mean = rows_sum_tx_x_minus_mean[b]
+        sum_x_minus_mean_x_minus_mean = rows_sum_x_minus_mean_x_minus_mean[b]
+        var = rows_var[b]
+        invstd = rows_invstd[b]
+        tmp1 = rows_tmp1[b]
+        ty_coef_gamma = rows_ty_coef_gamma[b]
+        for c in range(K):
+            eps[c] = eps_groups[b, c // S]
+        total_sum_tx, total_sum_x = _group_norm_jvp_sample_pass1(tx[b], x[b], S)
+        for c in range(K):
+            sum_tx[c] = dtype(total_sum_tx[c])
+            sum_x[c] = dtype(total_sum_x[c])
+        for c in range(K):
+            mean[c] = dtype(sum_x[c]*tmp0)
+        total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _group_norm_jvp_sample_pass2(tx[b], x[b], mean, S)
+        for c in range(K):
+            sum_tx_x_minus_mean[c] = dtype(total_sum_tx_x_minus_mean[c])
+            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+        for c in range(K):
+            var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
+        for c in range(K):
+            invstd[c] = dtype(1/numpy.sqrt(var[c] + eps[c]))
+        for c in range(K):
+            tmp1[c] = dtype(tmp0*invstd[c])
+        for c in range(K):
+            ty_coef_gamma[c] = dtype(-sum_tx[c]*tmp1[c])
+        _group_norm_jvp_sample_outputs(x[b], tx[b], beta, gamma, tgamma, tbeta, mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, dtype(count), y[b], ty[b])
+    return
+
+
 def group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     """Training forward mode: y and its tangent ty along (tx, tgamma, tbeta).
 
@@ -654,15 +1297,22 @@ def group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     broadcast shape.
 
     Compiled: each group's stages and outputs one after another while the group is in cache
-    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
-    if layout is None:
-        return numpy_kernels.group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
-    y = layout.empty()
-    ty = layout.empty()
-    _group_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
-    return y, ty
+    if layout is not None:
+        y = layout.empty()
+        ty = layout.empty()
+        _group_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        return y, ty
+    layout = InterleavedLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
+    if layout is not None:
+        y = layout.empty()
+        ty = layout.empty()
+        _group_norm_jvp_samples(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y), layout.fields(ty))
+        return y, ty
+    return numpy_kernels.group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
 
 
 #: Each kernel's parameters and results, in order (those of the NumPy kernels).

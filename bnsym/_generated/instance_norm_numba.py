@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import instance_norm as numpy_kernels
-from bnsym._fused import FusedLayout, GroupLocalLayout
+from bnsym._fused import FusedLayout, GroupLocalLayout, InterleavedLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -280,6 +280,137 @@ def _instance_norm_backward(dy, x, gamma_groups, mean_groups, invstd_groups, cou
     return dgamma, dbeta
 
 
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_backward_sample_pass1(dy, x, mean, S):
+    """One pass of instance_norm_backward over one sample's (R, K) values, every group side by side: dy,
+    dy*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    K = dy.shape[-1]
+    R = dy.shape[0]
+    dtype = dy.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, dy.dtype)
+    pieces1 = numpy.empty(K, dy.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            dy_r = dy[r]
+            x_r = x[r]
+            for c in range(K):
+                x_minus_mean = -mean[c] + x_r[c]
+                pieces0[c] += dy_r[c]
+                pieces1[c] += dy_r[c]*x_minus_mean
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+    return totals0, totals1
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_backward_sample_pass2(coef_, sum_dy, S, shares0, shares1):
+    """One pass of instance_norm_backward over one sample's (R, K) values, every group side by side: its share of
+    the parameter sums of coef_, sum_dy. Shares are added to the float64 rows shares<k>."""
+    K = coef_.shape[-1]
+    for c in range(K):
+        shares0[c] += coef_[c]
+    for c in range(K):
+        shares1[c] += sum_dy[c]
+
+
+@numba.njit(cache=True)
+def _instance_norm_backward_sample_outputs(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx):
+    """The field outputs of instance_norm_backward (dx) for one sample's (R, K) values."""
+    dtype = dx.dtype.type
+    R, K = dx.shape
+    for r in range(R):
+        dy_r = dy[r]
+        x_r = x[r]
+        dx_r = dx[r]
+        for c in range(K):
+            x_minus_mean = -mean[c] + x_r[c]
+            dx_r[c] = ((x_minus_mean*dx_coef_x_minus_mean[c] + dy_r[c]) + dx_shift[c])*dx_scale[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_backward_samples(dy, x, gamma_groups, mean_groups, invstd_groups, count, S, dx):
+    """instance_norm_backward on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample per
+    parallel iteration."""
+    B, R, K = dy.shape
+    G = K // S
+    dtype = dy.dtype.type
+    tmp0 = 1/count
+    rows_gamma = numpy.empty((B, K), dy.dtype)
+    rows_mean = numpy.empty((B, K), dy.dtype)
+    rows_invstd = numpy.empty((B, K), dy.dtype)
+    rows_dx_scale = numpy.empty((B, K), dy.dtype)
+    rows_sum_dy = numpy.empty((B, K), dy.dtype)
+    rows_sum_dy_x_minus_mean = numpy.empty((B, K), dy.dtype)
+    rows_coef_ = numpy.empty((B, K), dy.dtype)
+    rows_dx_coef_x_minus_mean = numpy.empty((B, K), dy.dtype)
+    rows_dx_shift = numpy.empty((B, K), dy.dtype)
+    shares_psum_coef_ = numpy.empty((B, K))
+    shares_psum_sum_dy = numpy.empty((B, K))
+    for b in numba.prange(B):
+        for c in range(K):
+            shares_psum_coef_[b, c] = 0.0
+            shares_psum_sum_dy[b, c] = 0.0
+        gamma = rows_gamma[b]
+        mean = rows_mean[b]
+        invstd = rows_invstd[b]
+        dx_scale = rows_dx_scale[b]
+        sum_dy = rows_sum_dy[b]
+        sum_dy_x_minus_mean = rows_sum_dy_x_minus_mean[b]
+        coef_ = rows_coef_[b]
+        dx_coef_x_minus_mean = rows_dx_coef_x_minus_mean[b]
+        dx_shift = rows_dx_shift[b]
+        for c in range(K):
+            gamma[c] = gamma_groups[b, c // S]
+            mean[c] = mean_groups[b, c // S]
+            invstd[c] = invstd_groups[b, c // S]
+        for c in range(K):
+            dx_scale[c] = dtype(gamma[c]*invstd[c])
+        total_sum_dy, total_sum_dy_x_minus_mean = _instance_norm_backward_sample_pass1(dy[b], x[b], mean, S)
+        for c in range(K):
+            sum_dy[c] = dtype(total_sum_dy[c])
+            sum_dy_x_minus_mean[c] = dtype(total_sum_dy_x_minus_mean[c])
+        for c in range(K):
+            coef_[c] = dtype(sum_dy_x_minus_mean[c]*invstd[c])
+        for c in range(K):
+            dx_coef_x_minus_mean[c] = dtype(-sum_dy_x_minus_mean[c]*tmp0*invstd[c]**2)
+        for c in range(K):
+            dx_shift[c] = dtype(-sum_dy[c]*tmp0)
+        _instance_norm_backward_sample_pass2(coef_, sum_dy, S, shares_psum_coef_[b], shares_psum_sum_dy[b])
+        _instance_norm_backward_sample_outputs(dy[b], x[b], mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx[b])
+    psum_coef_ = numpy.empty(K, dy.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_coef_[b, c]
+        psum_coef_[c] = total
+    psum_sum_dy = numpy.empty(K, dy.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_sum_dy[b, c]
+        psum_sum_dy[c] = total
+    dgamma = psum_coef_
+    dbeta = psum_sum_dy
+    return dgamma, dbeta
+
+
 def instance_norm_backward(dy, x, gamma, mean, invstd, reducer):
     """Training-mode backward: dx, dgamma, dbeta for the upstream gradient dy.
 
@@ -293,14 +424,20 @@ def instance_norm_backward(dy, x, gamma, mean, invstd, reducer):
     broadcast shape.
 
     Compiled: each group's stages and outputs one after another while the group is in cache
-    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(gamma, mean, invstd), parameters=())
-    if layout is None or layout.Q != 1:
-        return numpy_kernels.instance_norm_backward(dy, x, gamma, mean, invstd, reducer)
-    dx = layout.empty()
-    dgamma, dbeta = _instance_norm_backward(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
-    return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    if layout is not None and layout.Q == 1:
+        dx = layout.empty()
+        dgamma, dbeta = _instance_norm_backward(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    layout = InterleavedLayout.of(reducer, fields=(dy, x), per_group=(gamma, mean, invstd), parameters=())
+    if layout is not None and layout.S == 1:
+        dx = layout.empty()
+        dgamma, dbeta = _instance_norm_backward_samples(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(dx))
+        return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    return numpy_kernels.instance_norm_backward(dy, x, gamma, mean, invstd, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -449,6 +586,254 @@ def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, ga
     return ggamma,
 
 
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_double_backward_sample_pass1(dy, ggx, x, mean, S):
+    """One pass of instance_norm_double_backward over one sample's (R, K) values, every group side by side: dy, ggx,
+    dy*ggx, dy*x_minus_mean, ggx*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    K = dy.shape[-1]
+    R = dy.shape[0]
+    dtype = dy.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    totals2 = numpy.zeros(K)
+    totals3 = numpy.zeros(K)
+    totals4 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, dy.dtype)
+    pieces1 = numpy.empty(K, dy.dtype)
+    pieces2 = numpy.empty(K, dy.dtype)
+    pieces3 = numpy.empty(K, dy.dtype)
+    pieces4 = numpy.empty(K, dy.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+            pieces2[c] = 0
+            pieces3[c] = 0
+            pieces4[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            dy_r = dy[r]
+            ggx_r = ggx[r]
+            x_r = x[r]
+            for c in range(K):
+                x_minus_mean = -mean[c] + x_r[c]
+                pieces0[c] += dy_r[c]
+                pieces1[c] += ggx_r[c]
+                pieces2[c] += dy_r[c]*ggx_r[c]
+                pieces3[c] += dy_r[c]*x_minus_mean
+                pieces4[c] += ggx_r[c]*x_minus_mean
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+            totals2[c] += pieces2[c]
+            totals3[c] += pieces3[c]
+            totals4[c] += pieces4[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals2[g * S + s]
+        for s in range(S):
+            totals2[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals3[g * S + s]
+        for s in range(S):
+            totals3[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals4[g * S + s]
+        for s in range(S):
+            totals4[g * S + s] = total
+    return totals0, totals1, totals2, totals3, totals4
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_double_backward_sample_pass2(coef_, coef_0, coef_1, S, shares0, shares1, shares2):
+    """One pass of instance_norm_double_backward over one sample's (R, K) values, every group side by side: its
+    share of the parameter sums of coef_, coef_0, coef_1. Shares are added to the float64 rows shares<k>."""
+    K = coef_.shape[-1]
+    for c in range(K):
+        shares0[c] += coef_[c]
+    for c in range(K):
+        shares1[c] += coef_0[c]
+    for c in range(K):
+        shares2[c] += coef_1[c]
+
+
+@numba.njit(cache=True)
+def _instance_norm_double_backward_sample_outputs(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp10, gdy_shift, tmp12, gx, gdy):
+    """The field outputs of instance_norm_double_backward (gx, gdy) for one sample's (R, K) values."""
+    dtype = gx.dtype.type
+    R, K = gx.shape
+    for r in range(R):
+        dy_r = dy[r]
+        ggx_r = ggx[r]
+        x_r = x[r]
+        gx_r = gx[r]
+        gdy_r = gdy[r]
+        for c in range(K):
+            x_minus_mean = -mean[c] + x_r[c]
+            gx_r[c] = ((dy_r[c]*tmp10[c] + ggx_r[c]*gx_coef_ggx[c]) + x_minus_mean*gx_coef_x_minus_mean[c]) + gx_shift[c]
+            gdy_r[c] = (x_minus_mean*tmp10[c] + ggx_r[c]*tmp12[c]) + gdy_shift[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_double_backward_samples(ggx, gggamma_groups, ggbeta_groups, dy, x, gamma_groups, mean_groups, invstd_groups, count, S, gx, gdy):
+    """instance_norm_double_backward on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample
+    per parallel iteration."""
+    B, R, K = ggx.shape
+    G = K // S
+    dtype = ggx.dtype.type
+    tmp1 = 1/count
+    tmp11 = 1/(count**2)
+    rows_gggamma = numpy.empty((B, K), ggx.dtype)
+    rows_ggbeta = numpy.empty((B, K), ggx.dtype)
+    rows_gamma = numpy.empty((B, K), ggx.dtype)
+    rows_mean = numpy.empty((B, K), ggx.dtype)
+    rows_invstd = numpy.empty((B, K), ggx.dtype)
+    rows_tmp2 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp6 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp7 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp12 = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy = numpy.empty((B, K), ggx.dtype)
+    rows_sum_ggx = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy_ggx = numpy.empty((B, K), ggx.dtype)
+    rows_sum_dy_x_minus_mean = numpy.empty((B, K), ggx.dtype)
+    rows_sum_ggx_x_minus_mean = numpy.empty((B, K), ggx.dtype)
+    rows_tmp0 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp3 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp4 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp5 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp8 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp9 = numpy.empty((B, K), ggx.dtype)
+    rows_tmp10 = numpy.empty((B, K), ggx.dtype)
+    rows_coef_ = numpy.empty((B, K), ggx.dtype)
+    rows_coef_0 = numpy.empty((B, K), ggx.dtype)
+    rows_coef_1 = numpy.empty((B, K), ggx.dtype)
+    rows_gx_coef_ggx = numpy.empty((B, K), ggx.dtype)
+    rows_gx_coef_x_minus_mean = numpy.empty((B, K), ggx.dtype)
+    rows_gx_shift = numpy.empty((B, K), ggx.dtype)
+    rows_gdy_shift = numpy.empty((B, K), ggx.dtype)
+    shares_psum_coef_ = numpy.empty((B, K))
+    shares_psum_coef_0 = numpy.empty((B, K))
+    shares_psum_coef_1 = numpy.empty((B, K))
+    for b in numba.prange(B):
+        for c in range(K):
+            shares_psum_coef_[b, c] = 0.0
+            shares_psum_coef_0[b, c] = 0.0
+            shares_psum_coef_1[b, c] = 0.0
+        gggamma = rows_gggamma[b]
+        ggbeta = rows_ggbeta[b]
+        gamma = rows_gamma[b]
+        mean = rows_mean[b]
+        invstd = rows_invstd[b]
+        tmp2 = rows_tmp2[b]
+        tmp6 = rows_tmp6[b]
+        tmp7 = rows_tmp7[b]
+        tmp12 = rows_tmp12[b]
+        sum_dy = rows_sum_dy[b]
+        sum_ggx = rows_sum_ggx[b]
+        sum_dy_ggx = rows_sum_dy_ggx[b]
+        sum_dy_x_minus_mean = rows_sum_dy_x_minus_mean[b]
+        sum_ggx_x_minus_mean = rows_sum_ggx_x_minus_mean[b]
+        tmp0 = rows_tmp0[b]
+        tmp3 = rows_tmp3[b]
+        tmp4 = rows_tmp4[b]
+        tmp5 = rows_tmp5[b]
+        tmp8 = rows_tmp8[b]
+        tmp9 = rows_tmp9[b]
+        tmp10 = rows_tmp10[b]
+        coef_ = rows_coef_[b]
+        coef_0 = rows_coef_0[b]
+        coef_1 = rows_coef_1[b]
+        gx_coef_ggx = rows_gx_coef_ggx[b]
+        gx_coef_x_minus_mean = rows_gx_coef_x_minus_mean[b]
+        gx_shift = rows_gx_shift[b]
+        gdy_shift = rows_gdy_shift[b]
+        for c in range(K):
+            gggamma[c] = gggamma_groups[b, c // S]
+            ggbeta[c] = ggbeta_groups[b, c // S]
+            gamma[c] = gamma_groups[b, c // S]
+            mean[c] = mean_groups[b, c // S]
+            invstd[c] = invstd_groups[b, c // S]
+        for c in range(K):
+            tmp2[c] = dtype(tmp1*invstd[c])
+        for c in range(K):
+            tmp6[c] = dtype(gggamma[c]*count)
+        for c in range(K):
+            tmp7[c] = dtype(invstd[c]**2)
+        for c in range(K):
+            tmp12[c] = dtype(gamma[c]*invstd[c])
+        total_sum_dy, total_sum_ggx, total_sum_dy_ggx, total_sum_dy_x_minus_mean, total_sum_ggx_x_minus_mean = _instance_norm_double_backward_sample_pass1(dy[b], ggx[b], x[b], mean, S)
+        for c in range(K):
+            sum_dy[c] = dtype(total_sum_dy[c])
+            sum_ggx[c] = dtype(total_sum_ggx[c])
+            sum_dy_ggx[c] = dtype(total_sum_dy_ggx[c])
+            sum_dy_x_minus_mean[c] = dtype(total_sum_dy_x_minus_mean[c])
+            sum_ggx_x_minus_mean[c] = dtype(total_sum_ggx_x_minus_mean[c])
+        for c in range(K):
+            tmp0[c] = dtype(sum_dy_ggx[c]*invstd[c])
+        for c in range(K):
+            tmp3[c] = dtype(sum_dy[c]*sum_ggx[c])
+        for c in range(K):
+            tmp4[c] = dtype(sum_dy_x_minus_mean[c]*invstd[c]**3)
+        for c in range(K):
+            tmp5[c] = dtype(tmp1*tmp4[c])
+        for c in range(K):
+            tmp8[c] = dtype(gamma[c]*sum_ggx_x_minus_mean[c])
+        for c in range(K):
+            tmp9[c] = dtype(tmp6[c] - tmp7[c]*tmp8[c])
+        for c in range(K):
+            tmp10[c] = dtype(tmp2[c]*tmp9[c])
+        for c in range(K):
+            coef_[c] = dtype(tmp0[c])
+        for c in range(K):
+            coef_0[c] = dtype(tmp2[c]*tmp3[c])
+        for c in range(K):
+            coef_1[c] = dtype(sum_ggx_x_minus_mean[c]*tmp5[c])
+        for c in range(K):
+            gx_coef_ggx[c] = dtype(-gamma[c]*tmp5[c])
+        for c in range(K):
+            gx_coef_x_minus_mean[c] = dtype(-tmp11*tmp7[c]*(-tmp12[c]*tmp3[c] - 3*tmp4[c]*tmp8[c] + gamma[c]*tmp0[c]*count + sum_dy_x_minus_mean[c]*tmp6[c]*invstd[c]))
+        for c in range(K):
+            gx_shift[c] = dtype(gamma[c]*sum_ggx[c]*tmp11*tmp4[c] - sum_dy[c]*tmp11*tmp9[c]*invstd[c])
+        for c in range(K):
+            gdy_shift[c] = dtype(ggbeta[c] - sum_ggx[c]*tmp1*tmp12[c])
+        _instance_norm_double_backward_sample_pass2(coef_, coef_0, coef_1, S, shares_psum_coef_[b], shares_psum_coef_0[b], shares_psum_coef_1[b])
+        _instance_norm_double_backward_sample_outputs(dy[b], ggx[b], x[b], mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp10, gdy_shift, tmp12, gx[b], gdy[b])
+    psum_coef_ = numpy.empty(K, ggx.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_coef_[b, c]
+        psum_coef_[c] = total
+    psum_coef_0 = numpy.empty(K, ggx.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_coef_0[b, c]
+        psum_coef_0[c] = total
+    psum_coef_1 = numpy.empty(K, ggx.dtype)
+    for c in range(K):
+        total = 0.0
+        for b in range(B):
+            total += shares_psum_coef_1[b, c]
+        psum_coef_1[c] = total
+    ggamma = numpy.empty(K, dtype)
+    for c in range(K):
+        ggamma[c] = psum_coef_[c] - psum_coef_0[c] - psum_coef_1[c]
+    return ggamma,
+
+
 def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer):
     """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
     gamma and dy.
@@ -463,15 +848,22 @@ def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invs
     broadcast shape.
 
     Compiled: each group's stages and outputs one after another while the group is in cache
-    (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(gggamma, ggbeta, gamma, mean, invstd), parameters=())
-    if layout is None or layout.Q != 1:
-        return numpy_kernels.instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
-    gx = layout.empty()
-    gdy = layout.empty()
-    ggamma, = _instance_norm_double_backward(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
-    return gx, layout.parameter_result(ggamma), gdy
+    if layout is not None and layout.Q == 1:
+        gx = layout.empty()
+        gdy = layout.empty()
+        ggamma, = _instance_norm_double_backward(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        return gx, layout.parameter_result(ggamma), gdy
+    layout = InterleavedLayout.of(reducer, fields=(ggx, dy, x), per_group=(gggamma, ggbeta, gamma, mean, invstd), parameters=())
+    if layout is not None and layout.S == 1:
+        gx = layout.empty()
+        gdy = layout.empty()
+        ggamma, = _instance_norm_double_backward_samples(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(gx), layout.fields(gdy))
+        return gx, layout.parameter_result(ggamma), gdy
+    return numpy_kernels.instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)

@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import layer_norm as numpy_kernels
-from bnsym._fused import FusedLayout, GroupLocalLayout
+from bnsym._fused import GroupLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -121,11 +121,11 @@ def layer_norm_forward(x, gamma, beta, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
-    if layout is None:
-        return numpy_kernels.layer_norm_forward(x, gamma, beta, eps, reducer)
-    y = layout.empty()
-    mean, invstd = _layer_norm_forward(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
-    return y, layout.grouped(mean), layout.grouped(invstd)
+    if layout is not None:
+        y = layout.empty()
+        mean, invstd = _layer_norm_forward(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        return y, layout.grouped(mean), layout.grouped(invstd)
+    return numpy_kernels.layer_norm_forward(x, gamma, beta, eps, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -277,11 +277,11 @@ def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
-    if layout is None:
-        return numpy_kernels.layer_norm_backward(dy, x, gamma, mean, invstd, reducer)
-    dx = layout.empty()
-    dgamma, dbeta = _layer_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
-    return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    if layout is not None:
+        dx = layout.empty()
+        dgamma, dbeta = _layer_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    return numpy_kernels.layer_norm_backward(dy, x, gamma, mean, invstd, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -531,12 +531,12 @@ def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
-    if layout is None:
-        return numpy_kernels.layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
-    gx = layout.empty()
-    gdy = layout.empty()
-    ggamma, = _layer_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
-    return gx, layout.parameter_result(ggamma), gdy
+    if layout is not None:
+        gx = layout.empty()
+        gdy = layout.empty()
+        ggamma, = _layer_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        return gx, layout.parameter_result(ggamma), gdy
+    return numpy_kernels.layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -657,12 +657,12 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
-    if layout is None:
-        return numpy_kernels.layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
-    y = layout.empty()
-    ty = layout.empty()
-    _layer_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
-    return y, ty
+    if layout is not None:
+        y = layout.empty()
+        ty = layout.empty()
+        _layer_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        return y, ty
+    return numpy_kernels.layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
 
 
 #: Each kernel's parameters and results, in order (those of the NumPy kernels).

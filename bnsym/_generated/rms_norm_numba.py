@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import rms_norm as numpy_kernels
-from bnsym._fused import FusedLayout, GroupLocalLayout
+from bnsym._fused import GroupLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -96,11 +96,11 @@ def rms_norm_forward(x, gamma, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma,))
-    if layout is None:
-        return numpy_kernels.rms_norm_forward(x, gamma, eps, reducer)
-    y = layout.empty()
-    invrms, = _rms_norm_forward(layout.fields(x), layout.parameter(gamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
-    return y, layout.grouped(invrms)
+    if layout is not None:
+        y = layout.empty()
+        invrms, = _rms_norm_forward(layout.fields(x), layout.parameter(gamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        return y, layout.grouped(invrms)
+    return numpy_kernels.rms_norm_forward(x, gamma, eps, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -214,11 +214,11 @@ def rms_norm_backward(dy, x, gamma, invrms, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(invrms,), parameters=(gamma,))
-    if layout is None:
-        return numpy_kernels.rms_norm_backward(dy, x, gamma, invrms, reducer)
-    dx = layout.empty()
-    dgamma, = _rms_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(dx))
-    return dx, layout.parameter_result(dgamma)
+    if layout is not None:
+        dx = layout.empty()
+        dgamma, = _rms_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        return dx, layout.parameter_result(dgamma)
+    return numpy_kernels.rms_norm_backward(dy, x, gamma, invrms, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -424,12 +424,12 @@ def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(invrms,), parameters=(gggamma, gamma))
-    if layout is None:
-        return numpy_kernels.rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer)
-    gx = layout.empty()
-    gdy = layout.empty()
-    ggamma, = _rms_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
-    return gx, layout.parameter_result(ggamma), gdy
+    if layout is not None:
+        gx = layout.empty()
+        gdy = layout.empty()
+        ggamma, = _rms_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        return gx, layout.parameter_result(ggamma), gdy
+    return numpy_kernels.rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -517,12 +517,12 @@ def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, tgamma))
-    if layout is None:
-        return numpy_kernels.rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer)
-    y = layout.empty()
-    ty = layout.empty()
-    _rms_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.fields(tx), layout.parameter(tgamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
-    return y, ty
+    if layout is not None:
+        y = layout.empty()
+        ty = layout.empty()
+        _rms_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.fields(tx), layout.parameter(tgamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        return y, ty
+    return numpy_kernels.rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer)
 
 
 #: Each kernel's parameters and results, in order (those of the NumPy kernels).

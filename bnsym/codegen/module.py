@@ -48,17 +48,20 @@ def _names(names) -> str:
     return "(" + ", ".join(repr(n) for n in names) + ("," if len(names) == 1 else "") + ")"
 
 
-def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: str, numpy_module: str) -> str:
+def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: str, numpy_module: str,
+                        interleaved: bool = False) -> str:
     """The full text of a generated module of compiled kernels (:mod:`bnsym.codegen.numba_printer`), each with the
-    signature of its NumPy kernel in ``numpy_module``, which it runs for what its loops do not cover."""
+    signature of its NumPy kernel in ``numpy_module``, which it runs for what its loops do not cover.
+    ``interleaved``: the layer's groups interleave on channel-last input (sample-wise loops are added)."""
     from bnsym.codegen.numba_printer import NumbaPlanPrinter, module_prelude
 
     plans = [plan_kernel(kernel) for kernel in kernels]
-    printer = NumbaPlanPrinter()
+    printer = NumbaPlanPrinter(interleaved=interleaved)
+    functions = [printer.render(plan) for plan in plans]
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
-             *module_prelude(numpy_module), ""]
-    for plan in plans:
-        parts += ["", printer.render(plan), ""]
+             *module_prelude(numpy_module, "\n".join(functions)), ""]
+    for function in functions:
+        parts += ["", function, ""]
     parts += ["", "#: Each kernel's parameters and results, in order (those of the NumPy kernels).",
               "SIGNATURES = numpy_kernels.SIGNATURES", ""]
     return "\n".join(parts)

@@ -48,10 +48,10 @@ from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["GroupLocalPrinter"]
+__all__ = ["GroupLocalPrinter", "PlanNames", "merged_passes", "split_names"]
 
 
-class _Names:
+class PlanNames:
     """What each name of a plan is, for the group-local loops.
 
     ``fields``: full-size inputs and outputs; ``parameters``: parameter-shaped inputs (:class:`ParameterField`);
@@ -102,15 +102,18 @@ class GroupLocalPrinter:
     """Renders a :class:`KernelPlan` that reduces through its reducer as group-local Numba loops (module
     docstring), with a wrapper of the NumPy kernel's signature that runs the NumPy kernel for other layouts."""
 
-    def __init__(self, indent: str = "    "):
+    def __init__(self, indent: str = "    ", interleaved: bool = False):
+        """``interleaved``: also print the sample-wise loops of :mod:`bnsym.codegen.numba_interleaved` (for a layer
+        whose groups interleave on channel-last input), and a wrapper that chooses between the two layouts."""
         self.indent = indent
+        self.interleaved = interleaved
 
     @staticmethod
     def unsupported(plan: KernelPlan) -> str | None:
         """Why these loops do not cover ``plan``, or None."""
         if REDUCER not in plan.parameters:
             return "it does not reduce: nothing to take group by group"
-        names = _Names(plan)
+        names = PlanNames(plan)
         if not names.fields:
             return "it reads no field"
         accumulates = [i for i, s in enumerate(plan.statements) if isinstance(s, Accumulate)]
@@ -129,14 +132,14 @@ class GroupLocalPrinter:
     # ----- the whole kernel -----
 
     def render(self, plan: KernelPlan) -> str:
-        names = _Names(plan)
+        names = PlanNames(plan)
         helpers: list[str] = []
         body: list[str] = []  # the body of the loop over one block's groups
         after: list[str] = []  # after the parallel loop: parameter sums and what reads them
         sums: list[str] = []  # the parameter sums, in order
         field_less: list[str] = []  # parameter sums of per-group values (no field): need Q == 1
         statements = list(plan.statements)
-        merged = self._merges(statements, names)
+        merged = merged_passes(statements, names)
         stage = 0
         outputs = [s for s in statements if isinstance(s, Accumulate)]
         for index, statement in enumerate(statements):
@@ -180,57 +183,35 @@ class GroupLocalPrinter:
                          and s.name not in names.parameter_values]
         body += [f"{n}_groups[g] = {n}" for n in group_results]
         main = self._main(plan, names, body, after, sums, field_less, group_results)
-        wrapper = self._wrapper(plan, names, group_results, bool(field_less))
+        interleaved = None
+        if self.interleaved:
+            from bnsym.codegen.numba_interleaved import InterleavedPrinter
+
+            source, needs_s1 = InterleavedPrinter(self.indent).render(plan)
+            helpers.append(main)
+            main, interleaved = source, needs_s1
+        wrapper = self._wrapper(plan, names, group_results, bool(field_less), interleaved)
         return "\n\n\n".join(helpers + [main, wrapper])
 
     # ----- helpers -----
 
-    def _merges(self, statements, names: _Names) -> dict[int, int]:
-        """{index of a parameter Reduce: index of the group Reduce whose pass also takes it}: the earliest group
-        stage before which everything its terms read is known (layer norm's dgamma and dbeta join the pass that
-        sums dy*gamma), so that a group's values are read once fewer. The others get a pass of their own."""
-        known = set(names.inputs) | names.scalar_names | {COUNT}
-        group_stages: list[tuple[int, set]] = []
-        merges: dict[int, int] = {}
-        for index, statement in enumerate(statements):
-            if isinstance(statement, Reduce) and statement.over == "group":
-                group_stages.append((index, set(known)))
-                known |= {n.name for n in statement.names}
-            elif isinstance(statement, Reduce):
-                reads = set(names.read([f.name for term in statement.terms for f in term]))
-                earlier = [stage for stage, available in group_stages if reads <= available
-                           and stage not in merges.values()]
-                if earlier:
-                    merges[index] = earlier[0]
-            elif isinstance(statement, Assign):
-                known.add(statement.name.name)
-        return merges
-
     def _docstring(self, text: str, indent: str | None = None) -> list[str]:
         indent = self.indent if indent is None else indent
         return [indent + line for line in textwrap.wrap(f'"""{text}"""', 116 - len(indent))]
-
-    def _split(self, names: _Names, read: list[str]):
-        """(fields, parameters, per-group values, scalars) among the names a loop reads."""
-        fields = [n for n in read if n in names.fields or n in names.outputs]
-        parameters = [n for n in read if n in names.parameters]
-        scalars = [n for n in read if n in names.scalar_names or n == COUNT]
-        per_group = [n for n in read if n not in fields + parameters + scalars]
-        return fields, parameters, per_group, scalars
 
     def _call_arguments(self, fields, parameters, per_group, scalars) -> list[str]:
         """How the group loop passes these to a helper: rows of group g, parameter row p, values in dtype."""
         return ([f"{f}[g]" for f in fields] + [f"{p}[p]" for p in parameters] + per_group
                 + [f"dtype({s})" for s in scalars] + ["Q", "S"])
 
-    def _texts(self, names: _Names, fields, parameters, nest: str) -> dict[str, str]:
+    def _texts(self, names: PlanNames, fields, parameters, nest: str) -> dict[str, str]:
         """Symbol names in the innermost loop: ``x_p[i]`` for fields, ``gamma_p[i]`` (``S == 1``) or ``gamma_q``
         (``S > 1``) for parameters; per-group values and scalars keep their names, atoms theirs."""
         texts = {f: f"{f}_p[i]" for f in fields}
         texts |= {p: (f"{p}_p[i]" if nest == "flat" else f"{p}_q") for p in parameters}
         return texts | {a: a for a in names.atoms}
 
-    def _atom_lines(self, names: _Names, atoms: list[str], printer: Printer) -> list[str]:
+    def _atom_lines(self, names: PlanNames, atoms: list[str], printer: Printer) -> list[str]:
         return [f"{a} = {printer.doprint(names.atoms[a])}" for a in atoms]
 
     def _pieces(self, fields, parameters, depth: int, nest: str, inner_lines, before, after) -> list[str]:
@@ -256,7 +237,7 @@ class GroupLocalPrinter:
         lines += [f"{d}{i}{line}" for line in after(nest)]
         return lines
 
-    def _loop(self, function: str, plan: KernelPlan, group: Reduce | None, parameter: Reduce | None, names: _Names):
+    def _loop(self, function: str, plan: KernelPlan, group: Reduce | None, parameter: Reduce | None, names: PlanNames):
         """One pass over a group's values that takes the sums of ``group`` (returned as float64 totals) and adds
         the group's share of the parameter sums of ``parameter`` (to the block's float32 rows ``block<k>`` when
         ``S == 1``, else to its float64 rows ``partial<k>``). Returns (source, call arguments, the parameter sums
@@ -264,7 +245,7 @@ class GroupLocalPrinter:
         group_terms = group.terms if group else ()
         parameter_terms = parameter.terms if parameter else ()
         factors = [f.name for term in group_terms + parameter_terms for f in term]
-        fields, parameters, per_group, scalars = self._split(names, names.read(factors))
+        fields, parameters, per_group, scalars = split_names(names, names.read(factors))
         atoms = names.atoms_used(factors)
         k = range(len(group_terms))
         element = [j for j, t in enumerate(parameter_terms) if any(f.name in names.element for f in t)]
@@ -323,10 +304,10 @@ class GroupLocalPrinter:
             return loops("flat", 1)
         return [f"{i}if S == 1:", *loops("flat", 2), f"{i}else:", *loops("runs", 2)]
 
-    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: _Names):
+    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: PlanNames):
         expressions = [_form(s) for s in outputs]
         written = [s.name.name for s in outputs]
-        fields, parameters, per_group, scalars = self._split(names, names.read(expressions))
+        fields, parameters, per_group, scalars = split_names(names, names.read(expressions))
         fields = [f for f in fields if f not in written]
         atoms = names.atoms_used(expressions)
         i = self.indent
@@ -357,7 +338,7 @@ class GroupLocalPrinter:
         arguments = self._call_arguments(fields, parameters, per_group, scalars) + [f"{n}[g]" for n in written]
         return "\n".join(lines), arguments
 
-    def _main(self, plan: KernelPlan, names: _Names, body: list[str], after: list[str], sums: list[str],
+    def _main(self, plan: KernelPlan, names: PlanNames, body: list[str], after: list[str], sums: list[str],
               field_less: list[str], group_results: list[str]) -> str:
         i = self.indent
         i2, i3, i4 = i * 2, i * 3, i * 4
@@ -411,29 +392,81 @@ class GroupLocalPrinter:
                      else f"{i}return")
         return "\n".join(lines)
 
-    def _wrapper(self, plan: KernelPlan, names: _Names, group_results: list[str], needs_q1: bool) -> str:
+    def _wrapper(self, plan: KernelPlan, names: PlanNames, group_results: list[str], needs_q1: bool,
+                 interleaved: bool | None) -> str:
+        """The wrapper with the NumPy kernel's signature: the group-local loops when the groups are contiguous
+        runs, the sample-wise ones when they interleave (``interleaved`` is None when those are not printed, else
+        whether they need S == 1), and the NumPy kernel for anything else."""
         i = self.indent
         per_group = [n for n in names.inputs if n not in names.fields + names.parameters]
-        lines = wrapper_head(plan, i, "Compiled: each group's stages and outputs one after another while the group "
-                             "is in cache (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy "
-                             "kernel.")
-        lines += [f"{i}layout = GroupLocalLayout.of({REDUCER}, fields={python_tuple(names.fields)}, "
-                  f"per_group={python_tuple(per_group)}, parameters={python_tuple(names.parameters)})"]
-        condition = "layout is None" + (" or layout.Q != 1" if needs_q1 else "")
-        lines += [f"{i}if {condition}:", f"{i}{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
-        lines += [f"{i}{n} = layout.empty()" for n in names.outputs]
+        covers = ("each group's stages and outputs one after another while the group is in cache "
+                  "(bnsym.codegen.numba_local)")
+        if interleaved is not None:
+            covers += (", or, on channel-last input, one sample at a time with its groups side by side "
+                       "(bnsym.codegen.numba_interleaved)")
+        lines = wrapper_head(plan, i, f"Compiled: {covers}; any other layout or reducer runs the NumPy kernel.")
+        of = (f"{REDUCER}, fields={python_tuple(names.fields)}, per_group={python_tuple(per_group)}, "
+              f"parameters={python_tuple(names.parameters)}")
+        lines += [f"{i}layout = GroupLocalLayout.of({of})",
+                  f"{i}if layout is not None{' and layout.Q == 1' if needs_q1 else ''}:"]
+        lines += self._call(plan, names, group_results, f"_{plan.name}", ["layout.P", "layout.Q"])
+        if interleaved is not None:
+            from bnsym.codegen.numba_interleaved import samples_function
+
+            lines += [f"{i}layout = InterleavedLayout.of({of})",
+                      f"{i}if layout is not None{' and layout.S == 1' if interleaved else ''}:"]
+            lines += self._call(plan, names, group_results, samples_function(plan), ["layout.S"])
+        lines += [f"{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
+        return "\n".join(lines)
+
+    def _call(self, plan: KernelPlan, names: PlanNames, group_results: list[str], function: str,
+              shape: list[str]) -> list[str]:
+        """The wrapper's lines (inside its ``if``) that call ``function`` with the arrays arranged by ``layout``
+        and ``shape`` (what the function takes after M), and return its results as the NumPy kernel does."""
+        i2 = self.indent * 2
+        lines = [f"{i2}{n} = layout.empty()" for n in names.outputs]
         arguments = [f"layout.fields({n})" if n in names.fields else
                      f"layout.parameter({n})" if n in names.parameters else f"layout.per_group({n})"
                      for n in names.inputs]
-        arguments += [f"{REDUCER}.count", "layout.P", "layout.Q"] + [f"layout.fields({n})" for n in names.outputs]
+        arguments += [f"{REDUCER}.count", *shape] + [f"layout.fields({n})" for n in names.outputs]
         results = [s.name for s in plan.returns if s.name not in names.outputs]
-        call = f"_{plan.name}({', '.join(arguments)})"
-        lines.append(f"{i}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
-                     else f"{i}{call}")
+        call = f"{function}({', '.join(arguments)})"
+        lines.append(f"{i2}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
+                     else f"{i2}{call}")
         returned = [n if n in names.outputs else f"layout.grouped({n})" if n in group_results
                     else f"layout.parameter_result({n})" for n in (s.name for s in plan.returns)]
-        lines.append(f"{i}return {', '.join(returned)}")
-        return "\n".join(lines)
+        return lines + [f"{i2}return {', '.join(returned)}"]
+
+
+def merged_passes(statements, names: PlanNames) -> dict[int, int]:
+    """{index of a parameter Reduce: index of the group Reduce whose pass also takes it}: the earliest group
+    stage before which everything its terms read is known (layer norm's dgamma and dbeta join the pass that
+    sums dy*gamma), so that a group's values are read once fewer. The others get a pass of their own."""
+    known = set(names.inputs) | names.scalar_names | {COUNT}
+    group_stages: list[tuple[int, set]] = []
+    merges: dict[int, int] = {}
+    for index, statement in enumerate(statements):
+        if isinstance(statement, Reduce) and statement.over == "group":
+            group_stages.append((index, set(known)))
+            known |= {n.name for n in statement.names}
+        elif isinstance(statement, Reduce):
+            reads = set(names.read([f.name for term in statement.terms for f in term]))
+            earlier = [stage for stage, available in group_stages if reads <= available
+                       and stage not in merges.values()]
+            if earlier:
+                merges[index] = earlier[0]
+        elif isinstance(statement, Assign):
+            known.add(statement.name.name)
+    return merges
+
+
+def split_names(names: PlanNames, read: list[str]):
+    """(fields, parameters, per-group values, scalars) among the names a loop reads."""
+    fields = [n for n in read if n in names.fields or n in names.outputs]
+    parameters = [n for n in read if n in names.parameters]
+    scalars = [n for n in read if n in names.scalar_names or n == COUNT]
+    per_group = [n for n in read if n not in fields + parameters + scalars]
+    return fields, parameters, per_group, scalars
 
 
 def _product(term) -> sympy.Expr:

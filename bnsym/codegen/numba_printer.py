@@ -48,14 +48,20 @@ __all__ = ["NumbaPlanPrinter", "Printer", "atoms_used", "module_prelude", "names
            "python_tuple", "wrapper_head"]
 
 
-def module_prelude(numpy_module: str) -> list[str]:
-    """The imports and constants of a generated Numba module whose fallback kernels are in ``numpy_module``."""
+#: The layouts of bnsym._fused that a generated wrapper may use.
+LAYOUTS = ("FusedLayout", "GroupLocalLayout", "InterleavedLayout")
+
+
+def module_prelude(numpy_module: str, functions: str) -> list[str]:
+    """The imports and constants of a generated Numba module whose fallback kernels are in ``numpy_module``, for
+    the source ``functions`` of its kernels (which layouts they use)."""
+    layouts = [name for name in LAYOUTS if f"{name}.of(" in functions]
     return [
         "import numba",
         "import numpy",
         "",
         f"from {numpy_module.rsplit('.', 1)[0]} import {numpy_module.rsplit('.', 1)[1]} as numpy_kernels",
-        "from bnsym._fused import FusedLayout, GroupLocalLayout",
+        f"from bnsym._fused import {', '.join(layouts)}",
         "",
         "#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).",
         f"BLOCK = {BLOCK}",
@@ -208,8 +214,11 @@ def _reads_parameters(plan: KernelPlan) -> bool:
 class NumbaPlanPrinter:
     """Renders a :class:`KernelPlan` as Numba functions and a wrapper with the NumPy kernel's signature."""
 
-    def __init__(self, indent: str = "    "):
+    def __init__(self, indent: str = "    ", interleaved: bool = False):
+        """``interleaved``: the layer's groups interleave on channel-last input (a layer with a channel axis); the
+        group-local printer then adds sample-wise loops for that layout."""
         self.indent = indent
+        self.interleaved = interleaved
 
     # ----- the whole kernel -----
 
@@ -222,7 +231,7 @@ class NumbaPlanPrinter:
             from bnsym.codegen.numba_local import GroupLocalPrinter
 
             if GroupLocalPrinter.unsupported(plan) is None:
-                return GroupLocalPrinter(self.indent).render(plan)
+                return GroupLocalPrinter(self.indent, self.interleaved).render(plan)
         reason = self._unsupported(plan, kinds)
         if reason:
             return self._delegate(plan, reason)

@@ -120,6 +120,8 @@ class LayerDeclaration:
     * ``shared_parameters``: one parameter value serves several groups, so a parameter's gradient is summed over
       them (every layer but batch norm).
     * ``running_statistics``: the layer keeps running statistics and has an eval mode (batch norm).
+    * ``channel_axis``: the layer takes a channel axis, which may be the last one: on channel-last input the groups
+      of a sample interleave in memory (group norm, instance norm; the compiled kernels add loops for that).
     * ``group``: what one group of M values is, in prose (for the derivation document).
     * ``statistics_over``, ``parameters``: the reduction axes and the parameter axes, in prose.
     * ``conventions``: where the frameworks' conventions differ, one paragraph each (for the document).
@@ -135,6 +137,7 @@ class LayerDeclaration:
     statistics_over: str
     parameters: str
     conventions: tuple[str, ...] = ()
+    channel_axis: bool = False
 
     @property
     def centred(self) -> bool:
@@ -318,6 +321,7 @@ LAYERS: dict[str, LayerDeclaration] = {
         LayerDeclaration(
             "batch_norm", "Batch normalisation", centred_forward, per_element_parameters=False,
             shared_parameters=False, running_statistics=True,
+            channel_axis=True,
             group="one channel: its values over the batch and every spatial position",
             statistics_over="every axis but the channel axis", parameters="one value per channel"),
         LayerDeclaration(
@@ -345,6 +349,7 @@ LAYERS: dict[str, LayerDeclaration] = {
         LayerDeclaration(
             "group_norm", "Group normalisation", centred_forward, per_element_parameters=True,
             shared_parameters=True, running_statistics=False,
+            channel_axis=True,
             group="one sample's values over C/G consecutive channels and every spatial position",
             statistics_over="per sample, the channels split into G contiguous groups, with the spatial axes",
             parameters="one value per channel",
@@ -358,6 +363,7 @@ LAYERS: dict[str, LayerDeclaration] = {
         LayerDeclaration(
             "instance_norm", "Instance normalisation", centred_forward, per_element_parameters=False,
             shared_parameters=True, running_statistics=False,
+            channel_axis=True,
             group="one sample's values of one channel over the spatial positions",
             statistics_over="per sample and channel, the spatial axes", parameters="one value per channel",
             conventions=(

@@ -1,0 +1,243 @@
+"""The compiled-CPU printer for kernels whose groups interleave within each sample: channel-last group and instance
+norm, one sample at a time with all of its groups side by side.
+
+Notation (:class:`bnsym._fused.InterleavedLayout`). Fields are (B, R, K) arrays: sample ``b`` is one contiguous
+block of R rows of K = G*S values, and group ``(b, g)`` is the values ``[b, r, g*S + s]`` of every row r (channel
+``c = g*S + s``). Parameters are (K,) arrays, one value per channel; per-group values are (B, G) arrays.
+
+The plans are those that :mod:`bnsym.codegen.numba_local` prints as group-local loops (a parameter that varies
+within a group, or a parameter sum), with its names and its merged passes; its wrapper chooses between the two
+layouts. What one plan becomes here:
+
+* **per-group values, one per channel.** Every per-group value of a sample is kept as a (K,) row that repeats a
+  group's value for each of its S channels (the same arithmetic, once per channel), so that the loops over a row
+  read every value along memory and LLVM vectorises them;
+* **each stage of sums: one pass over the sample.** The terms of every channel are accumulated in (K,) float32
+  rows over blocks of at most ``BLOCK`` rows, then added to float64 per-channel totals; a group's total is the
+  float64 sum of its S channels' totals. The inner loop runs along one row of K values (never across rows). This
+  is the accuracy contract of :mod:`bnsym._reduce`: float32 pieces of at most BLOCK values, float64 totals;
+* **parameter sums.** Each sample adds its share to a (K,) float64 row of its own (a per-group term only when
+  S == 1); the rows are added in sample order after the parallel loop, so results do not depend on the number of
+  threads;
+* **the field outputs: one pass over the sample.**
+
+The parallel loop runs over samples (``numba.prange``). Every per-sample row is allocated before it, as a (B, K)
+array, so that nothing is allocated in the parallel loop and no array expression makes a parallel region of its
+own (see :mod:`bnsym.codegen.numba_local`).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from bnsym.codegen.numba_local import PlanNames, _form, _product, merged_passes, split_names
+from bnsym.codegen.numba_printer import Printer
+from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
+from bnsym.naming import COUNT
+
+__all__ = ["InterleavedPrinter", "samples_function"]
+
+
+def samples_function(plan: KernelPlan) -> str:
+    """The name of the parallel function that the wrapper calls for this layout."""
+    return f"_{plan.name}_samples"
+
+
+class InterleavedPrinter:
+    """Renders a :class:`KernelPlan` that :class:`~bnsym.codegen.numba_local.GroupLocalPrinter` covers as
+    sample-wise Numba loops (module docstring): the helpers and the parallel function, not the wrapper."""
+
+    def __init__(self, indent: str = "    "):
+        self.indent = indent
+
+    def render(self, plan: KernelPlan) -> tuple[str, bool]:
+        """(source of the helpers and the parallel function, whether the call needs S == 1: a parameter sum of a
+        per-group term)."""
+        names = PlanNames(plan)
+        i = self.indent
+        helpers: list[str] = []
+        body: list[str] = []  # the body of the loop over samples
+        after: list[str] = []  # after the parallel loop: parameter sums and what reads them
+        sums: list[str] = []
+        field_less: list[str] = []
+        rows: list[str] = []  # per-group values kept as (B, K) arrays, one row per sample
+        statements = list(plan.statements)
+        merged = merged_passes(statements, names)
+        per_group = [n for n in names.inputs if n not in names.fields + names.parameters]
+        rows += per_group
+        stage = 0
+        for index, statement in enumerate(statements):
+            if isinstance(statement, Assign):
+                name = statement.name.name
+                if name in names.element or name in names.scalar_names:
+                    continue
+                if name in names.parameter_values:
+                    if statement.expr.is_Symbol:
+                        after.append(f"{name} = {statement.expr.name}")
+                        continue
+                    values = {n: f"{n}[c]" for n in names.parameter_values}
+                    expr = Printer(values, typed_numbers=True).doprint(statement.expr)
+                    after += [f"{name} = numpy.empty(K, dtype)", "for c in range(K):", f"{i}{name}[c] = {expr}"]
+                else:
+                    texts = {n: f"{n}[c]" for n in rows}
+                    expr = Printer(texts, typed_numbers=False).doprint(statement.expr)
+                    rows.append(name)
+                    body += ["for c in range(K):", f"{i}{name}[c] = dtype({expr})"]
+            elif isinstance(statement, Reduce) and (statement.over == "group" or index not in merged):
+                stage += 1
+                group = statement if statement.over == "group" else None
+                parameter = next((statements[j] for j, k in merged.items() if k == index), None) if group else statement
+                function = f"_{plan.name}_sample_pass{stage}"
+                source, arguments, lacking = self._pass(function, plan, group, parameter, names)
+                helpers.append(source)
+                call = f"{function}({', '.join(arguments)})"
+                if group:
+                    totals = [f"total_{n.name}" for n in statement.names]
+                    body.append(f"{', '.join(totals)}{',' if len(totals) == 1 else ''} = {call}")
+                    body += ["for c in range(K):"] + [f"{i}{n.name}[c] = dtype({t}[c])"
+                                                      for n, t in zip(statement.names, totals)]
+                    rows += [n.name for n in statement.names]
+                else:
+                    body.append(call)
+                if parameter:
+                    sums += [n.name for n in parameter.names]
+                    field_less += lacking
+        outputs = [s for s in statements if isinstance(s, Accumulate)]
+        if outputs:
+            function = f"_{plan.name}_sample_outputs"
+            source, arguments = self._outputs(function, plan, outputs, names)
+            helpers.append(source)
+            body.append(f"{function}({', '.join(arguments)})")
+        group_results = [s.name for s in plan.returns if s.name not in names.fields and s.name not in names.outputs
+                         and s.name not in names.parameter_values]
+        if group_results:
+            body += ["for g in range(G):"] + [f"{i}{n}_groups[b, g] = {n}[g * S]" for n in group_results]
+        main = self._main(plan, names, rows, body, after, sums, group_results)
+        return "\n\n\n".join(helpers + [main]), bool(field_less)
+
+    # ----- helpers -----
+
+    def _docstring(self, text: str) -> list[str]:
+        return [self.indent + line for line in textwrap.wrap(f'"""{text}"""', 116 - len(self.indent))]
+
+    def _pass(self, function: str, plan: KernelPlan, group: Reduce | None, parameter: Reduce | None,
+              names: PlanNames):
+        """One pass over a sample's rows that returns the float64 totals of ``group``'s sums (each group's total
+        repeated for its S channels) and adds the sample's share of ``parameter``'s sums to its float64 rows
+        ``shares<k>``. Returns (source, call arguments, the parameter sums of per-group terms only)."""
+        group_terms = group.terms if group else ()
+        parameter_terms = parameter.terms if parameter else ()
+        factors = [f.name for term in group_terms + parameter_terms for f in term]
+        fields, parameters, per_group, scalars = split_names(names, names.read(factors))
+        atoms = names.atoms_used(factors)
+        element = [j for j, t in enumerate(parameter_terms) if any(f.name in names.element for f in t)]
+        lacking = [parameter.names[j].name for j in range(len(parameter_terms)) if j not in element]
+        k = range(len(group_terms))
+        shares = [f"shares{j}" for j in range(len(parameter_terms))]
+        described = "; ".join(part for part in (
+            ", ".join("*".join(f.name for f in t) for t in group_terms),
+            ("its share of the parameter sums of " + ", ".join("*".join(f.name for f in t) for t in parameter_terms))
+            if parameter_terms else "") if part)
+        i, i2, i3 = self.indent, self.indent * 2, self.indent * 3
+        lines = ["@numba.njit(cache=True, fastmath=REASSOCIATE)",
+                 f"def {function}({', '.join(fields + parameters + per_group + scalars + ['S'] + shares)}):",
+                 *self._docstring(f"One pass of {plan.name} over one sample's (R, K) values, every group side by "
+                                  f"side: {described}."
+                                  + (" Totals in float64, each group's repeated for its S channels." if group_terms
+                                     else "")
+                                  + (" Shares are added to the float64 rows shares<k>." if parameter_terms else ""))]
+        reference = (fields + parameters + per_group + shares)[0]
+        lines.append(f"{i}K = {reference}.shape[-1]")
+        if fields:
+            lines += [f"{i}R = {fields[0]}.shape[0]", f"{i}dtype = {fields[0]}.dtype.type"]
+        texts = {f: f"{f}_r[c]" for f in fields} | {n: f"{n}[c]" for n in parameters + per_group}
+        texts |= {a: a for a in names.atoms}
+        printer = Printer(texts, typed_numbers=True)
+        for j in range(len(parameter_terms)):
+            if j not in element:  # a per-group term (S == 1): once per sample and channel
+                value = Printer({n: f"{n}[c]" for n in per_group}, typed_numbers=False).doprint(
+                    _product(parameter_terms[j]))
+                lines += [f"{i}for c in range(K):", f"{i2}shares{j}[c] += {value}"]
+        if group_terms or element:
+            lines += [f"{i}totals{j} = numpy.zeros(K)" for j in k]
+            lines += [f"{i}pieces{j} = numpy.empty(K, {fields[0]}.dtype)" for j in k]
+            lines += [f"{i}parts{j} = numpy.empty(K, {fields[0]}.dtype)" for j in element]
+            lines += [f"{i}for start in range(0, R, BLOCK):", f"{i2}for c in range(K):"]
+            lines += [f"{i3}pieces{j}[c] = 0" for j in k] + [f"{i3}parts{j}[c] = 0" for j in element]
+            lines += [f"{i2}for r in range(start, min(R, start + BLOCK)):"]
+            lines += [f"{i3}{f}_r = {f}[r]" for f in fields]
+            lines += [f"{i3}for c in range(K):"]
+            lines += [f"{i3}{i}{a} = {printer.doprint(names.atoms[a])}" for a in atoms]
+            lines += [f"{i3}{i}pieces{j}[c] += {printer.doprint(_product(t))}" for j, t in zip(k, group_terms)]
+            lines += [f"{i3}{i}parts{j}[c] += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
+            lines += [f"{i2}for c in range(K):"]
+            lines += [f"{i3}totals{j}[c] += pieces{j}[c]" for j in k]
+            lines += [f"{i3}shares{j}[c] += parts{j}[c]" for j in element]
+        if group_terms:
+            lines += [f"{i}for g in range(K // S):"]
+            for j in k:
+                lines += [f"{i2}total = 0.0", f"{i2}for s in range(S):", f"{i3}total += totals{j}[g * S + s]",
+                          f"{i2}for s in range(S):", f"{i3}totals{j}[g * S + s] = total"]
+            lines += [f"{i}return {', '.join(f'totals{j}' for j in k)}{',' if len(k) == 1 else ''}"]
+        arguments = ([f"{f}[b]" for f in fields] + parameters + per_group + [f"dtype({s})" for s in scalars]
+                     + ["S"] + [f"shares_{n.name}[b]" for n in (parameter.names if parameter else ())])
+        return "\n".join(lines), arguments, lacking
+
+    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: PlanNames):
+        expressions = [_form(s) for s in outputs]
+        written = [s.name.name for s in outputs]
+        fields, parameters, per_group, scalars = split_names(names, names.read(expressions))
+        fields = [f for f in fields if f not in written]
+        atoms = names.atoms_used(expressions)
+        i, i2, i3 = self.indent, self.indent * 2, self.indent * 3
+        texts = {f: f"{f}_r[c]" for f in fields + written} | {n: f"{n}[c]" for n in parameters + per_group}
+        printer = Printer(texts | {a: a for a in names.atoms}, typed_numbers=True)
+        lines = ["@numba.njit(cache=True)",
+                 f"def {function}({', '.join(fields + parameters + per_group + scalars + written)}):",
+                 *self._docstring(f"The field outputs of {plan.name} ({', '.join(written)}) for one sample's (R, K) "
+                                  "values."),
+                 f"{i}dtype = {written[0]}.dtype.type",
+                 f"{i}R, K = {written[0]}.shape",
+                 f"{i}for r in range(R):"]
+        lines += [f"{i2}{f}_r = {f}[r]" for f in fields + written]
+        lines += [f"{i2}for c in range(K):"]
+        lines += [f"{i3}{a} = {printer.doprint(names.atoms[a])}" for a in atoms]
+        lines += [f"{i3}{printer.names[n]} = {printer.doprint(e)}" for n, e in zip(written, expressions)]
+        arguments = ([f"{f}[b]" for f in fields] + parameters + per_group + [f"dtype({s})" for s in scalars]
+                     + [f"{n}[b]" for n in written])
+        return "\n".join(lines), arguments
+
+    def _main(self, plan: KernelPlan, names: PlanNames, rows: list[str], body: list[str], after: list[str],
+              sums: list[str], group_results: list[str]) -> str:
+        i, i2, i3 = self.indent, self.indent * 2, self.indent * 3
+        per_group_inputs = [n for n in names.inputs if n not in names.fields + names.parameters]
+        inputs = [f"{n}_groups" if n in per_group_inputs else n for n in names.inputs]
+        first = names.fields[0]
+        lines = ["@numba.njit(cache=True, parallel=True)",
+                 f"def {samples_function(plan)}({', '.join(inputs + [COUNT, 'S'] + names.outputs)}):",
+                 *self._docstring(f"{plan.name} on (B, R, K) fields, (K,) parameters and (B, G) per-group values, "
+                                  "one sample per parallel iteration."),
+                 f"{i}B, R, K = {first}.shape",
+                 f"{i}G = K // S",
+                 f"{i}dtype = {first}.dtype.type"]
+        lines += [f"{i}{n} = {Printer({}, typed_numbers=False).doprint(e)}" for n, e in names.scalars]
+        lines += [f"{i}rows_{n} = numpy.empty((B, K), {first}.dtype)" for n in rows]
+        lines += [f"{i}shares_{n} = numpy.empty((B, K))" for n in sums]  # zeroed in the loop: numpy.zeros
+        # would be a parallel region of its own
+        lines += [f"{i}{n}_groups = numpy.empty((B, G), {first}.dtype)" for n in group_results]
+        lines += [f"{i}for b in numba.prange(B):"]
+        if sums:
+            lines += [f"{i2}for c in range(K):"] + [f"{i3}shares_{n}[b, c] = 0.0" for n in sums]
+        lines += [f"{i2}{n} = rows_{n}[b]" for n in rows]
+        if per_group_inputs:
+            lines += [f"{i2}for c in range(K):"] + [f"{i3}{n}[c] = {n}_groups[b, c // S]" for n in per_group_inputs]
+        lines += [f"{i2}{line}" for line in body]
+        for n in sums:  # the samples' shares in a fixed order: the same result on any number of threads
+            lines += [f"{i}{n} = numpy.empty(K, {first}.dtype)", f"{i}for c in range(K):", f"{i2}total = 0.0",
+                      f"{i2}for b in range(B):", f"{i3}total += shares_{n}[b, c]", f"{i2}{n}[c] = total"]
+        lines += [f"{i}{line}" for line in after]
+        results = [s.name for s in plan.returns if s.name not in names.outputs]
+        returned = [f"{n}_groups" if n in group_results else n for n in results]
+        lines.append(f"{i}return {', '.join(returned)}{',' if len(returned) == 1 else ''}" if returned
+                     else f"{i}return")
+        return "\n".join(lines)
