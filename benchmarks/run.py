@@ -19,10 +19,10 @@ It prints, in one run (so that every ratio compares figures measured minutes apa
    it reaches, counting the bytes each pass must move (forward: x read three times and y written, 16 bytes per
    float32 element; backward: dy and x read twice and dx written, 20 bytes);
 4. the normalisation family (layer norm and RMS norm on (4096, 1024) and (8, 1024, 4096), group norm on
-   (32, 64, 56, 56) NCHW and (32, 56, 56, 64) NHWC with 32 groups) against ``native_layer_norm``,
-   ``_fused_rms_norm`` (its backward: autograd through ``F.rms_norm``, as PyTorch 2.13 has no CPU kernel for it)
-   and ``native_group_norm``, when bnsym has them (``bnsym.layer_norm.forward`` ...); a missing one is reported
-   and skipped;
+   (32, 64, 56, 56) NCHW and (32, 56, 56, 64) NHWC with 32 groups, instance norm on the same two shapes) against
+   ``native_layer_norm``, ``_fused_rms_norm`` (its backward: autograd through ``F.rms_norm``, as PyTorch 2.13 has
+   no CPU kernel for it), ``native_group_norm`` and ``F.instance_norm`` (its backward: autograd), when bnsym has
+   them (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
 5. the compiled backend's first-call time in a fresh process: compiling into an empty disk cache, then loading it;
    and the time to regenerate every derivation (``python -m bnsym.cli derive --check``).
 
@@ -416,6 +416,31 @@ def _family_cases():
                        lambda tdy=tdy, tx=tx, m=tmean, r=trstd, tg=tg, n=n, c=c, hw=hw:
                        torch.ops.aten.native_group_norm_backward(tdy, tx, m, r, tg, n, c, hw, groups,
                                                                  [True, True, True])),
+                      x.nbytes))
+    for shape, axis, layout in (((32, 64, 56, 56), 1, "NCHW"), ((32, 56, 56, 64), -1, "NHWC")):
+        x = rng.normal(3, 2, size=shape).astype(np.float32)
+        dy = rng.normal(size=shape).astype(np.float32)
+        channels = shape[axis]
+        gamma = rng.uniform(0.5, 2, size=channels).astype(np.float32)
+        beta = rng.normal(size=channels).astype(np.float32)
+        as_nchw = (lambda a: torch.from_numpy(a)) if axis == 1 else (lambda a: torch.from_numpy(a).permute(0, 3, 1, 2))
+        tx, tdy = as_nchw(x), as_nchw(dy)
+        tg, tb = torch.from_numpy(gamma), torch.from_numpy(beta)
+        # PyTorch's instance norm is batch norm on an (1, N*C, H, W) view, with no kernel of its own: its forward is
+        # F.instance_norm, its backward autograd through it (the graph built once and kept).
+        ix, ig, ib = tx.clone().requires_grad_(), tg.clone().requires_grad_(), tb.clone().requires_grad_()
+        iy = torch.nn.functional.instance_norm(ix, weight=ig, bias=ib, eps=EPS)
+
+        def instance_norm(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis):
+            module = bnsym.instance_norm
+            _, mean, invstd = module.forward(x, gamma, beta, EPS, axis=axis)
+            return (lambda: module.forward(x, gamma, beta, EPS, axis=axis),
+                    lambda: module.backward(dy, x, gamma, mean, invstd, axis=axis))
+
+        cases.append((f"instance norm {shape} {layout}", "instance_norm", instance_norm,
+                      (lambda tx=tx, tg=tg, tb=tb: torch.nn.functional.instance_norm(tx, weight=tg, bias=tb, eps=EPS),
+                       lambda tdy=tdy, iy=iy, ix=ix, ig=ig, ib=ib:
+                       torch.autograd.grad(iy, (ix, ig, ib), tdy, retain_graph=True)),
                       x.nbytes))
     return cases
 

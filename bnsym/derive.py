@@ -53,7 +53,8 @@ def _layer_numba_module(name: str) -> Callable[[], str]:
             f"bnsym._generated.{name} (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
             "Imported only by backend=\"numba\" (the `fast` extra). Compiled on first use and cached on disk.\n")
         return render_numba_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
-                                   numpy_module=f"bnsym._generated.{name}", interleaved=LAYERS[name].channel_axis)
+                                   numpy_module=f"bnsym._generated.{name}", per_sample=LAYERS[name].per_sample,
+                                   channel_axis=LAYERS[name].channel_axis)
     return render
 
 

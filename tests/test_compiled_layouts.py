@@ -63,8 +63,8 @@ CASES = [
     ("group_norm", (3, 70, 9, 8), {"num_groups": 4, "axis": -1}, ("forward", "backward", "double_backward", "jvp")),
     ("group_norm", (2, 130, 6), {"num_groups": 6, "axis": 2}, ("forward", "backward", "double_backward", "jvp")),
     ("group_norm", (2, 8, 5, 5), {"num_groups": 2, "axis": 1}, ("forward", "backward", "double_backward", "jvp")),
-    ("instance_norm", (3, 70, 9, 5), {"axis": -1}, ("backward", "double_backward")),
-    ("instance_norm", (3, 5, 70, 9), {"axis": 1}, ("backward", "double_backward")),
+    ("instance_norm", (3, 70, 9, 5), {"axis": -1}, ("forward", "backward", "double_backward", "jvp")),
+    ("instance_norm", (3, 5, 70, 9), {"axis": 1}, ("forward", "backward", "double_backward", "jvp")),
 ]
 
 

@@ -12,7 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import instance_norm as numpy_kernels
-from bnsym._fused import FusedLayout, GroupLocalLayout, InterleavedLayout
+from bnsym._fused import GroupLocalLayout, InterleavedLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
 BLOCK = 64
@@ -26,141 +26,198 @@ REASSOCIATE = {"reassoc"}
 numba.get_num_threads()
 
 
-@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _instance_norm_forward_stage1(x):
-    """Stage 1 of instance_norm_forward, one pass over the fields: the per-group totals (float64) of x."""
-    rows, groups, inner = x.shape
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_forward_pass1(x, Q, S):
+    """One pass of instance_norm_forward over one group of Q*S values: x. Totals in float64."""
     dtype = x.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, x.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                for g in range(groups):
-                    block0[g] += x_r[g]
-            part0[part] = block0
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            total0 = 0.0
-            for start in range(0, inner, RUN):
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                for i in range(x_p.size):
-                    piece0 += x_p[i]
-                total0 += piece0
-            part0[row, g] = total0
-    sum_x = numpy.empty(groups)
-    for g in range(groups):
-        sum_x[g] = 0.0
-    for part in range(parts):
-        for g in range(groups):
-            sum_x[g] += part0[part, g]
-    return sum_x,
+    total0 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        for i in range(x_p.size):
+            piece0 += x_p[i]
+        total0 += piece0
+    return total0,
 
 
-@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _instance_norm_forward_stage2(x, mean):
-    """Stage 2 of instance_norm_forward, one pass over the fields: the per-group totals (float64) of
-    x_minus_mean*x_minus_mean."""
-    rows, groups, inner = x.shape
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_forward_pass2(x, mean, Q, S):
+    """One pass of instance_norm_forward over one group of Q*S values: x_minus_mean*x_minus_mean. Totals in
+    float64."""
     dtype = x.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, x.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    block0[g] += x_minus_mean*x_minus_mean
-            part0[part] = block0
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            total0 = 0.0
-            for start in range(0, inner, RUN):
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                for i in range(x_p.size):
-                    x_minus_mean = -mean_g + x_p[i]
-                    piece0 += x_minus_mean*x_minus_mean
-                total0 += piece0
-            part0[row, g] = total0
-    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
-    for g in range(groups):
-        sum_x_minus_mean_x_minus_mean[g] = 0.0
-    for part in range(parts):
-        for g in range(groups):
-            sum_x_minus_mean_x_minus_mean[g] += part0[part, g]
-    return sum_x_minus_mean_x_minus_mean,
-
-
-@numba.njit(cache=True, parallel=True)
-def _instance_norm_forward_outputs(x, mean, beta, y_coef_x_minus_mean, y):
-    """The field outputs of instance_norm_forward (y), written in one pass."""
-    rows, groups, inner = y.shape
-    dtype = y.dtype.type
-    if inner == 1:
-        x_rows = x.reshape((rows, groups))
-        y_rows = y.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                y_r = y_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    y_r[g] = x_minus_mean*y_coef_x_minus_mean[g] + beta[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            beta_g = beta[g]
-            y_coef_x_minus_mean_g = y_coef_x_minus_mean[g]
-            x_p = x[row, g]
-            y_p = y[row, g]
-            for i in range(inner):
-                x_minus_mean = -mean_g + x_p[i]
-                y_p[i] = x_minus_mean*y_coef_x_minus_mean_g + beta_g
+    total0 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        for i in range(x_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += x_minus_mean*x_minus_mean
+        total0 += piece0
+    return total0,
 
 
 @numba.njit(cache=True)
-def _instance_norm_forward(x, gamma, beta, eps, count, y):
-    """instance_norm_forward on (rows, groups, inner) fields and (groups,) per-group values: writes y and returns
-    the per-group results."""
-    groups = x.shape[1]
+def _instance_norm_forward_outputs(x, mean, beta, y_coef_x_minus_mean, Q, S, y):
+    """The field outputs of instance_norm_forward (y) for one group."""
+    dtype = y.dtype.type
+    x_p = x
+    y_p = y
+    for i in range(y_p.size):
+        x_minus_mean = -mean + x_p[i]
+        y_p[i] = x_minus_mean*y_coef_x_minus_mean + beta
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_forward(x, gamma_groups, beta_groups, eps_groups, count, P, Q, y):
+    """instance_norm_forward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block
+    of BLOCK groups per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
     tmp0 = 1/count
-    sum_x, = _instance_norm_forward_stage1(x)
-    mean = numpy.empty(groups, x.dtype)
-    for g in range(groups):
-        mean[g] = sum_x[g]*tmp0
-    sum_x_minus_mean_x_minus_mean, = _instance_norm_forward_stage2(x, mean)
-    var = numpy.empty(groups, x.dtype)
-    invstd = numpy.empty(groups, x.dtype)
-    y_coef_x_minus_mean = numpy.empty(groups, x.dtype)
-    for g in range(groups):
-        var[g] = sum_x_minus_mean_x_minus_mean[g]*tmp0
-        invstd[g] = 1/numpy.sqrt(var[g] + eps[g])
-        y_coef_x_minus_mean[g] = gamma[g]*invstd[g]
-    _instance_norm_forward_outputs(x, mean, beta, y_coef_x_minus_mean, y)
-    return mean, invstd
+    blocks = (groups + BLOCK - 1) // BLOCK
+    mean_groups = numpy.empty(groups, x.dtype)
+    invstd_groups = numpy.empty(groups, x.dtype)
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            gamma = gamma_groups[g]
+            beta = beta_groups[g]
+            eps = eps_groups[g]
+            total_sum_x, = _instance_norm_forward_pass1(x[g], Q, S)
+            sum_x = dtype(total_sum_x)
+            mean = dtype(sum_x*tmp0)
+            total_sum_x_minus_mean_x_minus_mean, = _instance_norm_forward_pass2(x[g], mean, Q, S)
+            sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+            var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
+            invstd = dtype(1/numpy.sqrt(var + eps))
+            y_coef_x_minus_mean = dtype(gamma*invstd)
+            _instance_norm_forward_outputs(x[g], mean, beta, y_coef_x_minus_mean, Q, S, y[g])
+            mean_groups[g] = mean
+            invstd_groups[g] = invstd
+    return mean_groups, invstd_groups
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_forward_sample_pass1(x, S):
+    """One pass of instance_norm_forward over one sample's (R, K) values, every group side by side: x. Totals in
+    float64, each group's repeated for its S channels."""
+    K = x.shape[-1]
+    R = x.shape[0]
+    dtype = x.dtype.type
+    totals0 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, x.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            x_r = x[r]
+            for c in range(K):
+                pieces0[c] += x_r[c]
+        for c in range(K):
+            totals0[c] += pieces0[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+    return totals0,
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_forward_sample_pass2(x, mean, S):
+    """One pass of instance_norm_forward over one sample's (R, K) values, every group side by side:
+    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    K = x.shape[-1]
+    R = x.shape[0]
+    dtype = x.dtype.type
+    totals0 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, x.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            x_r = x[r]
+            for c in range(K):
+                x_minus_mean = -mean[c] + x_r[c]
+                pieces0[c] += x_minus_mean*x_minus_mean
+        for c in range(K):
+            totals0[c] += pieces0[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+    return totals0,
+
+
+@numba.njit(cache=True)
+def _instance_norm_forward_sample_outputs(x, mean, beta, y_coef_x_minus_mean, y):
+    """The field outputs of instance_norm_forward (y) for one sample's (R, K) values."""
+    dtype = y.dtype.type
+    R, K = y.shape
+    for r in range(R):
+        x_r = x[r]
+        y_r = y[r]
+        for c in range(K):
+            x_minus_mean = -mean[c] + x_r[c]
+            y_r[c] = x_minus_mean*y_coef_x_minus_mean[c] + beta[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_forward_samples(x, gamma_groups, beta_groups, eps_groups, count, S, y):
+    """instance_norm_forward on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample per
+    parallel iteration."""
+    B, R, K = x.shape
+    G = K // S
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    rows_gamma = numpy.empty((B, K), x.dtype)
+    rows_beta = numpy.empty((B, K), x.dtype)
+    rows_eps = numpy.empty((B, K), x.dtype)
+    rows_sum_x = numpy.empty((B, K), x.dtype)
+    rows_mean = numpy.empty((B, K), x.dtype)
+    rows_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K), x.dtype)
+    rows_var = numpy.empty((B, K), x.dtype)
+    rows_invstd = numpy.empty((B, K), x.dtype)
+    rows_y_coef_x_minus_mean = numpy.empty((B, K), x.dtype)
+    mean_groups = numpy.empty((B, G), x.dtype)
+    invstd_groups = numpy.empty((B, G), x.dtype)
+    for b in numba.prange(B):
+        gamma = rows_gamma[b]
+        beta = rows_beta[b]
+        eps = rows_eps[b]
+        sum_x = rows_sum_x[b]
+        mean = rows_mean[b]
+        sum_x_minus_mean_x_minus_mean = rows_sum_x_minus_mean_x_minus_mean[b]
+        var = rows_var[b]
+        invstd = rows_invstd[b]
+        y_coef_x_minus_mean = rows_y_coef_x_minus_mean[b]
+        for c in range(K):
+            gamma[c] = gamma_groups[b, c // S]
+            beta[c] = beta_groups[b, c // S]
+            eps[c] = eps_groups[b, c // S]
+        total_sum_x, = _instance_norm_forward_sample_pass1(x[b], S)
+        for c in range(K):
+            sum_x[c] = dtype(total_sum_x[c])
+        for c in range(K):
+            mean[c] = dtype(sum_x[c]*tmp0)
+        total_sum_x_minus_mean_x_minus_mean, = _instance_norm_forward_sample_pass2(x[b], mean, S)
+        for c in range(K):
+            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+        for c in range(K):
+            var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
+        for c in range(K):
+            invstd[c] = dtype(1/numpy.sqrt(var[c] + eps[c]))
+        for c in range(K):
+            y_coef_x_minus_mean[c] = dtype(gamma[c]*invstd[c])
+        _instance_norm_forward_sample_outputs(x[b], mean, beta, y_coef_x_minus_mean, y[b])
+        for g in range(G):
+            mean_groups[b, g] = mean[g * S]
+            invstd_groups[b, g] = invstd[g * S]
+    return mean_groups, invstd_groups
 
 
 def instance_norm_forward(x, gamma, beta, eps, reducer):
@@ -174,15 +231,21 @@ def instance_norm_forward(x, gamma, beta, eps, reducer):
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
-    layout = FusedLayout.of(reducer, fields=(x,), per_group=(gamma, beta, eps))
-    if layout is None:
-        return numpy_kernels.instance_norm_forward(x, gamma, beta, eps, reducer)
-    y = layout.empty()
-    mean, invstd = _instance_norm_forward(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.fields(y))
-    return y, layout.grouped(mean), layout.grouped(invstd)
+    layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(gamma, beta, eps), parameters=())
+    if layout is not None:
+        y = layout.empty()
+        mean, invstd = _instance_norm_forward(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        return y, layout.grouped(mean), layout.grouped(invstd)
+    layout = InterleavedLayout.of(reducer, fields=(x,), per_group=(gamma, beta, eps), parameters=())
+    if layout is not None:
+        y = layout.empty()
+        mean, invstd = _instance_norm_forward_samples(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y))
+        return y, layout.grouped(mean), layout.grouped(invstd)
+    return numpy_kernels.instance_norm_forward(x, gamma, beta, eps, reducer)
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
@@ -866,186 +929,252 @@ def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invs
     return numpy_kernels.instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 
 
-@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _instance_norm_jvp_stage1(tx, x):
-    """Stage 1 of instance_norm_jvp, one pass over the fields: the per-group totals (float64) of tx, x."""
-    rows, groups, inner = tx.shape
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_jvp_pass1(tx, x, Q, S):
+    """One pass of instance_norm_jvp over one group of Q*S values: tx, x. Totals in float64."""
     dtype = tx.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        tx_rows = tx.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        part1 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, tx.dtype)
-            block1 = numpy.zeros(groups, tx.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                tx_r = tx_rows[row]
-                x_r = x_rows[row]
-                for g in range(groups):
-                    block0[g] += tx_r[g]
-                    block1[g] += x_r[g]
-            part0[part] = block0
-            part1[part] = block1
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        part1 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            total0 = 0.0
-            total1 = 0.0
-            for start in range(0, inner, RUN):
-                tx_p = tx[row, g, start:start + RUN]
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                for i in range(tx_p.size):
-                    piece0 += tx_p[i]
-                    piece1 += x_p[i]
-                total0 += piece0
-                total1 += piece1
-            part0[row, g] = total0
-            part1[row, g] = total1
-    sum_tx = numpy.empty(groups)
-    sum_x = numpy.empty(groups)
-    for g in range(groups):
-        sum_tx[g] = 0.0
-        sum_x[g] = 0.0
-    for part in range(parts):
-        for g in range(groups):
-            sum_tx[g] += part0[part, g]
-            sum_x[g] += part1[part, g]
-    return sum_tx, sum_x
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        tx_p = tx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(tx_p.size):
+            piece0 += tx_p[i]
+            piece1 += x_p[i]
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
 
 
-@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _instance_norm_jvp_stage2(tx, x, mean):
-    """Stage 2 of instance_norm_jvp, one pass over the fields: the per-group totals (float64) of tx*x_minus_mean,
-    x_minus_mean*x_minus_mean."""
-    rows, groups, inner = tx.shape
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_jvp_pass2(tx, x, mean, Q, S):
+    """One pass of instance_norm_jvp over one group of Q*S values: tx*x_minus_mean, x_minus_mean*x_minus_mean.
+    Totals in float64."""
     dtype = tx.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        tx_rows = tx.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        part1 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, tx.dtype)
-            block1 = numpy.zeros(groups, tx.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                tx_r = tx_rows[row]
-                x_r = x_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    block0[g] += tx_r[g]*x_minus_mean
-                    block1[g] += x_minus_mean*x_minus_mean
-            part0[part] = block0
-            part1[part] = block1
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        part1 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            total0 = 0.0
-            total1 = 0.0
-            for start in range(0, inner, RUN):
-                tx_p = tx[row, g, start:start + RUN]
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                for i in range(tx_p.size):
-                    x_minus_mean = -mean_g + x_p[i]
-                    piece0 += tx_p[i]*x_minus_mean
-                    piece1 += x_minus_mean*x_minus_mean
-                total0 += piece0
-                total1 += piece1
-            part0[row, g] = total0
-            part1[row, g] = total1
-    sum_tx_x_minus_mean = numpy.empty(groups)
-    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
-    for g in range(groups):
-        sum_tx_x_minus_mean[g] = 0.0
-        sum_x_minus_mean_x_minus_mean[g] = 0.0
-    for part in range(parts):
-        for g in range(groups):
-            sum_tx_x_minus_mean[g] += part0[part, g]
-            sum_x_minus_mean_x_minus_mean[g] += part1[part, g]
-    return sum_tx_x_minus_mean, sum_x_minus_mean_x_minus_mean
-
-
-@numba.njit(cache=True, parallel=True)
-def _instance_norm_jvp_outputs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty):
-    """The field outputs of instance_norm_jvp (y, ty), written in one pass."""
-    rows, groups, inner = y.shape
-    dtype = y.dtype.type
-    if inner == 1:
-        x_rows = x.reshape((rows, groups))
-        tx_rows = tx.reshape((rows, groups))
-        y_rows = y.reshape((rows, groups))
-        ty_rows = ty.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                tx_r = tx_rows[row]
-                y_r = y_rows[row]
-                ty_r = ty_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    y_r[g] = x_minus_mean*tmp1[g] + beta[g]
-                    ty_r[g] = (x_minus_mean*ty_coef_x_minus_mean[g] + tx_r[g]*tmp1[g]) + ty_shift[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            beta_g = beta[g]
-            tmp1_g = tmp1[g]
-            ty_coef_x_minus_mean_g = ty_coef_x_minus_mean[g]
-            ty_shift_g = ty_shift[g]
-            x_p = x[row, g]
-            tx_p = tx[row, g]
-            y_p = y[row, g]
-            ty_p = ty[row, g]
-            for i in range(inner):
-                x_minus_mean = -mean_g + x_p[i]
-                y_p[i] = x_minus_mean*tmp1_g + beta_g
-                ty_p[i] = (x_minus_mean*ty_coef_x_minus_mean_g + tx_p[i]*tmp1_g) + ty_shift_g
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        tx_p = tx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(tx_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += tx_p[i]*x_minus_mean
+            piece1 += x_minus_mean*x_minus_mean
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
 
 
 @numba.njit(cache=True)
-def _instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, count, y, ty):
-    """instance_norm_jvp on (rows, groups, inner) fields and (groups,) per-group values: writes y, ty and returns
-    the per-group results."""
-    groups = x.shape[1]
+def _instance_norm_jvp_outputs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, Q, S, y, ty):
+    """The field outputs of instance_norm_jvp (y, ty) for one group."""
+    dtype = y.dtype.type
+    x_p = x
+    tx_p = tx
+    y_p = y
+    ty_p = ty
+    for i in range(y_p.size):
+        x_minus_mean = -mean + x_p[i]
+        y_p[i] = x_minus_mean*tmp1 + beta
+        ty_p[i] = (x_minus_mean*ty_coef_x_minus_mean + tx_p[i]*tmp1) + ty_shift
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_jvp(x, gamma_groups, beta_groups, tx, tgamma_groups, tbeta_groups, eps_groups, count, P, Q, y, ty):
+    """instance_norm_jvp on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
     tmp0 = 1/count
-    sum_tx, sum_x = _instance_norm_jvp_stage1(tx, x)
-    mean = numpy.empty(groups, x.dtype)
-    for g in range(groups):
-        mean[g] = sum_x[g]*tmp0
-    sum_tx_x_minus_mean, sum_x_minus_mean_x_minus_mean = _instance_norm_jvp_stage2(tx, x, mean)
-    var = numpy.empty(groups, x.dtype)
-    invstd = numpy.empty(groups, x.dtype)
-    tmp1 = numpy.empty(groups, x.dtype)
-    ty_coef_x_minus_mean = numpy.empty(groups, x.dtype)
-    ty_shift = numpy.empty(groups, x.dtype)
-    for g in range(groups):
-        var[g] = sum_x_minus_mean_x_minus_mean[g]*tmp0
-        invstd[g] = 1/numpy.sqrt(var[g] + eps[g])
-        tmp1[g] = gamma[g]*invstd[g]
-        ty_coef_x_minus_mean[g] = tmp0*invstd[g]*(tgamma[g]*count - gamma[g]*sum_tx_x_minus_mean[g]*invstd[g]**2)
-        ty_shift[g] = tbeta[g] - sum_tx[g]*tmp0*tmp1[g]
-    _instance_norm_jvp_outputs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty)
+    blocks = (groups + BLOCK - 1) // BLOCK
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            gamma = gamma_groups[g]
+            beta = beta_groups[g]
+            tgamma = tgamma_groups[g]
+            tbeta = tbeta_groups[g]
+            eps = eps_groups[g]
+            total_sum_tx, total_sum_x = _instance_norm_jvp_pass1(tx[g], x[g], Q, S)
+            sum_tx = dtype(total_sum_tx)
+            sum_x = dtype(total_sum_x)
+            mean = dtype(sum_x*tmp0)
+            total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _instance_norm_jvp_pass2(tx[g], x[g], mean, Q, S)
+            sum_tx_x_minus_mean = dtype(total_sum_tx_x_minus_mean)
+            sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+            var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
+            invstd = dtype(1/numpy.sqrt(var + eps))
+            tmp1 = dtype(gamma*invstd)
+            ty_coef_x_minus_mean = dtype(tmp0*invstd*(tgamma*count - gamma*sum_tx_x_minus_mean*invstd**2))
+            ty_shift = dtype(tbeta - sum_tx*tmp0*tmp1)
+            _instance_norm_jvp_outputs(x[g], tx[g], mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, Q, S, y[g], ty[g])
+    return
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_jvp_sample_pass1(tx, x, S):
+    """One pass of instance_norm_jvp over one sample's (R, K) values, every group side by side: tx, x. Totals in
+    float64, each group's repeated for its S channels."""
+    K = tx.shape[-1]
+    R = tx.shape[0]
+    dtype = tx.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, tx.dtype)
+    pieces1 = numpy.empty(K, tx.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            tx_r = tx[r]
+            x_r = x[r]
+            for c in range(K):
+                pieces0[c] += tx_r[c]
+                pieces1[c] += x_r[c]
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+    return totals0, totals1
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _instance_norm_jvp_sample_pass2(tx, x, mean, S):
+    """One pass of instance_norm_jvp over one sample's (R, K) values, every group side by side: tx*x_minus_mean,
+    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    K = tx.shape[-1]
+    R = tx.shape[0]
+    dtype = tx.dtype.type
+    totals0 = numpy.zeros(K)
+    totals1 = numpy.zeros(K)
+    pieces0 = numpy.empty(K, tx.dtype)
+    pieces1 = numpy.empty(K, tx.dtype)
+    for start in range(0, R, BLOCK):
+        for c in range(K):
+            pieces0[c] = 0
+            pieces1[c] = 0
+        for r in range(start, min(R, start + BLOCK)):
+            tx_r = tx[r]
+            x_r = x[r]
+            for c in range(K):
+                x_minus_mean = -mean[c] + x_r[c]
+                pieces0[c] += tx_r[c]*x_minus_mean
+                pieces1[c] += x_minus_mean*x_minus_mean
+        for c in range(K):
+            totals0[c] += pieces0[c]
+            totals1[c] += pieces1[c]
+    for g in range(K // S):
+        total = 0.0
+        for s in range(S):
+            total += totals0[g * S + s]
+        for s in range(S):
+            totals0[g * S + s] = total
+        total = 0.0
+        for s in range(S):
+            total += totals1[g * S + s]
+        for s in range(S):
+            totals1[g * S + s] = total
+    return totals0, totals1
+
+
+@numba.njit(cache=True)
+def _instance_norm_jvp_sample_outputs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty):
+    """The field outputs of instance_norm_jvp (y, ty) for one sample's (R, K) values."""
+    dtype = y.dtype.type
+    R, K = y.shape
+    for r in range(R):
+        x_r = x[r]
+        tx_r = tx[r]
+        y_r = y[r]
+        ty_r = ty[r]
+        for c in range(K):
+            x_minus_mean = -mean[c] + x_r[c]
+            y_r[c] = x_minus_mean*tmp1[c] + beta[c]
+            ty_r[c] = (x_minus_mean*ty_coef_x_minus_mean[c] + tx_r[c]*tmp1[c]) + ty_shift[c]
+
+
+@numba.njit(cache=True, parallel=True)
+def _instance_norm_jvp_samples(x, gamma_groups, beta_groups, tx, tgamma_groups, tbeta_groups, eps_groups, count, S, y, ty):
+    """instance_norm_jvp on (B, R, K) fields, (K,) parameters and (B, G) per-group values, one sample per parallel
+    iteration."""
+    B, R, K = x.shape
+    G = K // S
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    rows_gamma = numpy.empty((B, K), x.dtype)
+    rows_beta = numpy.empty((B, K), x.dtype)
+    rows_tgamma = numpy.empty((B, K), x.dtype)
+    rows_tbeta = numpy.empty((B, K), x.dtype)
+    rows_eps = numpy.empty((B, K), x.dtype)
+    rows_sum_tx = numpy.empty((B, K), x.dtype)
+    rows_sum_x = numpy.empty((B, K), x.dtype)
+    rows_mean = numpy.empty((B, K), x.dtype)
+    rows_sum_tx_x_minus_mean = numpy.empty((B, K), x.dtype)
+    rows_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K), x.dtype)
+    rows_var = numpy.empty((B, K), x.dtype)
+    rows_invstd = numpy.empty((B, K), x.dtype)
+    rows_tmp1 = numpy.empty((B, K), x.dtype)
+    rows_ty_coef_x_minus_mean = numpy.empty((B, K), x.dtype)
+    rows_ty_shift = numpy.empty((B, K), x.dtype)
+    for b in numba.prange(B):
+        gamma = rows_gamma[b]
+        beta = rows_beta[b]
+        tgamma = rows_tgamma[b]
+        tbeta = rows_tbeta[b]
+        eps = rows_eps[b]
+        sum_tx = rows_sum_tx[b]
+        sum_x = rows_sum_x[b]
+        mean = rows_mean[b]
+        sum_tx_x_minus_mean = rows_sum_tx_x_minus_mean[b]
+        sum_x_minus_mean_x_minus_mean = rows_sum_x_minus_mean_x_minus_mean[b]
+        var = rows_var[b]
+        invstd = rows_invstd[b]
+        tmp1 = rows_tmp1[b]
+        ty_coef_x_minus_mean = rows_ty_coef_x_minus_mean[b]
+        ty_shift = rows_ty_shift[b]
+        for c in range(K):
+            gamma[c] = gamma_groups[b, c // S]
+            beta[c] = beta_groups[b, c // S]
+            tgamma[c] = tgamma_groups[b, c // S]
+            tbeta[c] = tbeta_groups[b, c // S]
+            eps[c] = eps_groups[b, c // S]
+        total_sum_tx, total_sum_x = _instance_norm_jvp_sample_pass1(tx[b], x[b], S)
+        for c in range(K):
+            sum_tx[c] = dtype(total_sum_tx[c])
+            sum_x[c] = dtype(total_sum_x[c])
+        for c in range(K):
+            mean[c] = dtype(sum_x[c]*tmp0)
+        total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _instance_norm_jvp_sample_pass2(tx[b], x[b], mean, S)
+        for c in range(K):
+            sum_tx_x_minus_mean[c] = dtype(total_sum_tx_x_minus_mean[c])
+            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+        for c in range(K):
+            var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
+        for c in range(K):
+            invstd[c] = dtype(1/numpy.sqrt(var[c] + eps[c]))
+        for c in range(K):
+            tmp1[c] = dtype(gamma[c]*invstd[c])
+        for c in range(K):
+            ty_coef_x_minus_mean[c] = dtype(tmp0*invstd[c]*(tgamma[c]*count - gamma[c]*sum_tx_x_minus_mean[c]*invstd[c]**2))
+        for c in range(K):
+            ty_shift[c] = dtype(tbeta[c] - sum_tx[c]*tmp0*tmp1[c])
+        _instance_norm_jvp_sample_outputs(x[b], tx[b], mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y[b], ty[b])
     return
 
 
@@ -1060,16 +1189,23 @@ def instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: each group's stages and outputs one after another while the group is in cache
+    (bnsym.codegen.numba_local), or, on channel-last input, one sample at a time with its groups side by side
+    (bnsym.codegen.numba_interleaved); any other layout or reducer runs the NumPy kernel.
     """
-    layout = FusedLayout.of(reducer, fields=(x, tx,), per_group=(gamma, beta, tgamma, tbeta, eps))
-    if layout is None:
-        return numpy_kernels.instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
-    y = layout.empty()
-    ty = layout.empty()
-    _instance_norm_jvp(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.fields(y), layout.fields(ty))
-    return y, ty
+    layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(gamma, beta, tgamma, tbeta, eps), parameters=())
+    if layout is not None:
+        y = layout.empty()
+        ty = layout.empty()
+        _instance_norm_jvp(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        return y, ty
+    layout = InterleavedLayout.of(reducer, fields=(x, tx), per_group=(gamma, beta, tgamma, tbeta, eps), parameters=())
+    if layout is not None:
+        y = layout.empty()
+        ty = layout.empty()
+        _instance_norm_jvp_samples(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y), layout.fields(ty))
+        return y, ty
+    return numpy_kernels.instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
 
 
 #: Each kernel's parameters and results, in order (those of the NumPy kernels).

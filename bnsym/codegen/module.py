@@ -49,14 +49,15 @@ def _names(names) -> str:
 
 
 def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: str, numpy_module: str,
-                        interleaved: bool = False) -> str:
+                        per_sample: bool = False, channel_axis: bool = False) -> str:
     """The full text of a generated module of compiled kernels (:mod:`bnsym.codegen.numba_printer`), each with the
     signature of its NumPy kernel in ``numpy_module``, which it runs for what its loops do not cover.
-    ``interleaved``: the layer's groups interleave on channel-last input (sample-wise loops are added)."""
+    ``per_sample`` and ``channel_axis`` are the layer's (:class:`bnsym.symbolic.layers.LayerDeclaration`): which
+    loops its kernels get."""
     from bnsym.codegen.numba_printer import NumbaPlanPrinter, module_prelude
 
     plans = [plan_kernel(kernel) for kernel in kernels]
-    printer = NumbaPlanPrinter(interleaved=interleaved)
+    printer = NumbaPlanPrinter(per_sample=per_sample, channel_axis=channel_axis)
     functions = [printer.render(plan) for plan in plans]
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
              *module_prelude(numpy_module, "\n".join(functions)), ""]

@@ -22,8 +22,10 @@ What one plan becomes (every loop is printed from the plan's statements; nothing
 * a Python wrapper with the NumPy kernel's signature that arranges the arrays (:class:`bnsym._fused.FusedLayout`)
   and falls back to the NumPy kernel for what the loops do not cover (another layout, a sharded reducer).
 
-A plan that reads a parameter varying within a group or sums a parameter's gradient over groups is printed by
-:mod:`bnsym.codegen.numba_local` instead (group-local loops, for groups that are contiguous runs).
+A plan that reads a parameter varying within a group or sums a parameter's gradient over groups, and any plan of
+a layer whose groups lie within one sample (every layer but batch norm), is printed by
+:mod:`bnsym.codegen.numba_local` instead (group-local loops, for groups that are contiguous runs, and
+:mod:`bnsym.codegen.numba_interleaved` for groups that interleave on channel-last input).
 
 Loops are parallel over blocks of rows or over runs with ``numba.prange`` (as many threads as
 ``numba.set_num_threads`` allows). Only the reduction stages are compiled with reassociation (``fastmath``
@@ -214,24 +216,28 @@ def _reads_parameters(plan: KernelPlan) -> bool:
 class NumbaPlanPrinter:
     """Renders a :class:`KernelPlan` as Numba functions and a wrapper with the NumPy kernel's signature."""
 
-    def __init__(self, indent: str = "    ", interleaved: bool = False):
-        """``interleaved``: the layer's groups interleave on channel-last input (a layer with a channel axis); the
-        group-local printer then adds sample-wise loops for that layout."""
+    def __init__(self, indent: str = "    ", per_sample: bool = False, channel_axis: bool = False):
+        """``per_sample``: every group of the layer lies within one sample, so every plan that the group-local
+        loops cover gets them (not only those that read a parameter varying within a group or sum a parameter);
+        ``channel_axis``: the layer's groups interleave on channel-last input, so the group-local printer adds
+        sample-wise loops for that layout."""
         self.indent = indent
-        self.interleaved = interleaved
+        self.per_sample = per_sample
+        self.channel_axis = channel_axis
 
     # ----- the whole kernel -----
 
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
         kinds = _Kinds(plan)
-        if _reads_parameters(plan):
+        if _reads_parameters(plan) or self.per_sample:
             # Parameters that vary within a group and parameter sums: the group-local loops cover them for groups
-            # that are contiguous runs (their wrapper runs the NumPy kernel for any other layout).
+            # that are contiguous runs (their wrapper runs the NumPy kernel for any other layout). Groups within a
+            # sample: a group in cache is cheaper than a pass over memory per stage, so they take every such plan.
             from bnsym.codegen.numba_local import GroupLocalPrinter
 
             if GroupLocalPrinter.unsupported(plan) is None:
-                return GroupLocalPrinter(self.indent, self.interleaved).render(plan)
+                return GroupLocalPrinter(self.indent, self.per_sample and self.channel_axis).render(plan)
         reason = self._unsupported(plan, kinds)
         if reason:
             return self._delegate(plan, reason)

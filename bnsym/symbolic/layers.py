@@ -120,6 +120,8 @@ class LayerDeclaration:
     * ``shared_parameters``: one parameter value serves several groups, so a parameter's gradient is summed over
       them (every layer but batch norm).
     * ``running_statistics``: the layer keeps running statistics and has an eval mode (batch norm).
+    * ``per_sample``: every group lies within one sample (every layer but batch norm), so the compiled kernels can
+      finish one group (or one sample) at a time while it is in cache.
     * ``channel_axis``: the layer takes a channel axis, which may be the last one: on channel-last input the groups
       of a sample interleave in memory (group norm, instance norm; the compiled kernels add loops for that).
     * ``group``: what one group of M values is, in prose (for the derivation document).
@@ -137,6 +139,7 @@ class LayerDeclaration:
     statistics_over: str
     parameters: str
     conventions: tuple[str, ...] = ()
+    per_sample: bool = True
     channel_axis: bool = False
 
     @property
@@ -321,7 +324,7 @@ LAYERS: dict[str, LayerDeclaration] = {
         LayerDeclaration(
             "batch_norm", "Batch normalisation", centred_forward, per_element_parameters=False,
             shared_parameters=False, running_statistics=True,
-            channel_axis=True,
+            per_sample=False, channel_axis=True,
             group="one channel: its values over the batch and every spatial position",
             statistics_over="every axis but the channel axis", parameters="one value per channel"),
         LayerDeclaration(
