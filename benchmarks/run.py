@@ -403,12 +403,22 @@ def _family_cases():
         tg, tb = torch.from_numpy(gamma), torch.from_numpy(beta)
         n, c, hw = tx.shape[0], tx.shape[1], tx.shape[2] * tx.shape[3]
         _, tmean, trstd = torch.ops.aten.native_group_norm(tx, tg, tb, n, c, hw, groups, EPS)
+        # PyTorch's instance norm is batch norm on an (1, N*C, H, W) view, with no kernel of its own: its forward is
+        # F.instance_norm, its backward autograd through it (the graph built once and kept).
+        ix, ig, ib = tx.clone().requires_grad_(), tg.clone().requires_grad_(), tb.clone().requires_grad_()
+        iy = torch.nn.functional.instance_norm(ix, weight=ig, bias=ib, eps=EPS)
 
         def group_norm(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis):
             module = bnsym.group_norm
             _, mean, invstd = module.forward(x, gamma, beta, groups, EPS, axis=axis)
             return (lambda: module.forward(x, gamma, beta, groups, EPS, axis=axis),
                     lambda: module.backward(dy, x, gamma, mean, invstd, groups, axis=axis))
+
+        def instance_norm(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis):
+            module = bnsym.instance_norm
+            _, mean, invstd = module.forward(x, gamma, beta, EPS, axis=axis)
+            return (lambda: module.forward(x, gamma, beta, EPS, axis=axis),
+                    lambda: module.backward(dy, x, gamma, mean, invstd, axis=axis))
 
         cases.append((f"group norm {shape} {layout}, {groups} groups", "group_norm", group_norm,
                       (lambda tx=tx, tg=tg, tb=tb, n=n, c=c, hw=hw:
@@ -417,26 +427,6 @@ def _family_cases():
                        torch.ops.aten.native_group_norm_backward(tdy, tx, m, r, tg, n, c, hw, groups,
                                                                  [True, True, True])),
                       x.nbytes))
-    for shape, axis, layout in (((32, 64, 56, 56), 1, "NCHW"), ((32, 56, 56, 64), -1, "NHWC")):
-        x = rng.normal(3, 2, size=shape).astype(np.float32)
-        dy = rng.normal(size=shape).astype(np.float32)
-        channels = shape[axis]
-        gamma = rng.uniform(0.5, 2, size=channels).astype(np.float32)
-        beta = rng.normal(size=channels).astype(np.float32)
-        as_nchw = (lambda a: torch.from_numpy(a)) if axis == 1 else (lambda a: torch.from_numpy(a).permute(0, 3, 1, 2))
-        tx, tdy = as_nchw(x), as_nchw(dy)
-        tg, tb = torch.from_numpy(gamma), torch.from_numpy(beta)
-        # PyTorch's instance norm is batch norm on an (1, N*C, H, W) view, with no kernel of its own: its forward is
-        # F.instance_norm, its backward autograd through it (the graph built once and kept).
-        ix, ig, ib = tx.clone().requires_grad_(), tg.clone().requires_grad_(), tb.clone().requires_grad_()
-        iy = torch.nn.functional.instance_norm(ix, weight=ig, bias=ib, eps=EPS)
-
-        def instance_norm(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis):
-            module = bnsym.instance_norm
-            _, mean, invstd = module.forward(x, gamma, beta, EPS, axis=axis)
-            return (lambda: module.forward(x, gamma, beta, EPS, axis=axis),
-                    lambda: module.backward(dy, x, gamma, mean, invstd, axis=axis))
-
         cases.append((f"instance norm {shape} {layout}", "instance_norm", instance_norm,
                       (lambda tx=tx, tg=tg, tb=tb: torch.nn.functional.instance_norm(tx, weight=tg, bias=tb, eps=EPS),
                        lambda tdy=tdy, iy=iy, ix=ix, ig=ig, ib=ib:

@@ -34,8 +34,26 @@ __all__ = ["FusedLayout", "GroupLocalLayout", "InterleavedLayout"]
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+class _Results:
+    """Results back in the NumPy kernels' shapes, for every layout (each has ``shape``, ``dtype`` and
+    ``group_shape``; those with parameters ``parameter_shape``)."""
+
+    def grouped(self, values: np.ndarray) -> np.ndarray:
+        """Per-group results ((groups,) or (B, G)) in the broadcast shape of the NumPy kernels (1 on every reduced
+        axis)."""
+        return values.reshape(self.group_shape)
+
+    def parameter_result(self, values: np.ndarray) -> np.ndarray:
+        """A parameter gradient ((P, Q) or (K,)) in the parameters' broadcast shape."""
+        return values.reshape(self.parameter_shape)
+
+    def empty(self) -> np.ndarray:
+        """A new field (allocated by NumPy, which asks the kernel for huge pages: faster first touch)."""
+        return np.empty(self.shape, self.dtype)
+
+
 @dataclass(frozen=True)
-class FusedLayout:
+class FusedLayout(_Results):
     """One call's arrangement: the fields' ``shape`` and ``dtype``, and its (rows, groups, inner) view."""
 
     shape: tuple[int, ...]
@@ -91,17 +109,11 @@ class FusedLayout:
             return np.ascontiguousarray(array).reshape(self.groups)
         return np.ascontiguousarray(np.broadcast_to(array, self.group_shape)).reshape(self.groups)
 
-    def grouped(self, values: np.ndarray) -> np.ndarray:
-        """A (groups,) result in the broadcast shape of the NumPy kernels (1 on every reduced axis)."""
-        return values.reshape(self.group_shape)
 
-    def empty(self) -> np.ndarray:
-        """A new field (allocated by NumPy, which asks the kernel for huge pages: faster first touch)."""
-        return np.empty(self.shape, self.dtype)
 
 
 @dataclass(frozen=True)
-class GroupLocalLayout:
+class GroupLocalLayout(_Results):
     """One call's arrangement for the group-local loops: every group is a contiguous run of ``inner`` values.
 
     That is the case when the reduced axes of C-contiguous fields are the trailing axes (layer norm and RMS norm
@@ -131,15 +143,11 @@ class GroupLocalLayout:
     def of(cls, reducer, fields, per_group, parameters) -> GroupLocalLayout | None:
         """The layout of a call with these fields, per-group values (arrays shaped for broadcasting, or scalars)
         and parameters (arrays of the parameters' broadcast shape), or None when the loops do not cover it."""
-        if type(reducer) is not Reducer:
+        found = _local_fields(reducer, fields)
+        if found is None:
             return None
-        first = fields[0]
-        if not isinstance(first, np.ndarray) or first.dtype not in _DTYPES:
-            return None
-        shape, dtype, ndim = first.shape, first.dtype, first.ndim
-        if any(not isinstance(f, np.ndarray) or f.shape != shape or f.dtype != dtype or not f.flags.c_contiguous
-               for f in fields):
-            return None
+        shape, dtype = found
+        ndim = len(shape)
         reduced = sorted(reducer.axes)
         kept = ndim - len(reduced)
         if reduced != list(range(kept, ndim)):
@@ -152,20 +160,13 @@ class GroupLocalLayout:
             return None
         if on_values and on_values != list(range(kept, on_values[-1] + 1)):
             return None
-        for value in per_group:
-            value = np.asarray(value)
-            if value.ndim and (value.ndim != ndim or value.dtype != dtype
-                               or any(n not in (1, shape[a]) or (a >= kept and n != 1)
-                                      for a, n in enumerate(value.shape))):
-                return None
-        for value in parameters:
-            if not isinstance(value, np.ndarray) or value.ndim != ndim or value.dtype != dtype or any(
-                    n not in (1, parameter_shape[a]) for a, n in enumerate(value.shape)):
-                return None
+        group_shape = tuple(n if a < kept else 1 for a, n in enumerate(shape))
+        if not (_broadcastable(per_group, group_shape, dtype, scalars=True)
+                and _broadcastable(parameters, parameter_shape, dtype, scalars=False)):
+            return None
         groups, inner = math.prod(shape[:kept]), math.prod(shape[kept:])
         P = math.prod(shape[a] for a in on_groups)
         Q = math.prod(shape[a] for a in on_values)
-        group_shape = tuple(n if a < kept else 1 for a, n in enumerate(shape))
         return cls(tuple(shape), dtype, groups, inner, P, Q, group_shape, parameter_shape)
 
     def fields(self, array: np.ndarray) -> np.ndarray:
@@ -187,21 +188,12 @@ class GroupLocalLayout:
             return value.reshape(self.P, self.Q)
         return np.ascontiguousarray(np.broadcast_to(value, self.parameter_shape)).reshape(self.P, self.Q)
 
-    def parameter_result(self, values: np.ndarray) -> np.ndarray:
-        """A (P, Q) parameter gradient in the parameters' broadcast shape."""
-        return values.reshape(self.parameter_shape)
 
-    def grouped(self, values: np.ndarray) -> np.ndarray:
-        """A (groups,) result in the broadcast shape of the NumPy kernels (1 on every reduced axis)."""
-        return values.reshape(self.group_shape)
 
-    def empty(self) -> np.ndarray:
-        """A new field."""
-        return np.empty(self.shape, self.dtype)
 
 
 @dataclass(frozen=True)
-class InterleavedLayout:
+class InterleavedLayout(_Results):
     """One call's arrangement for the sample-wise loops: the groups of a sample interleave along its last axes.
 
     That is channel-last group norm and instance norm. Their kernels see x as (N, *spatial, G, C/G) (instance norm:
@@ -231,15 +223,11 @@ class InterleavedLayout:
     def of(cls, reducer, fields, per_group, parameters) -> InterleavedLayout | None:
         """The layout of a call with these fields, per-group values (arrays shaped for broadcasting, or scalars)
         and parameters (arrays of the parameters' broadcast shape), or None when the loops do not cover it."""
-        if type(reducer) is not Reducer:
+        found = _local_fields(reducer, fields)
+        if found is None:
             return None
-        first = fields[0]
-        if not isinstance(first, np.ndarray) or first.dtype not in _DTYPES:
-            return None
-        shape, dtype, ndim = first.shape, first.dtype, first.ndim
-        if any(not isinstance(f, np.ndarray) or f.shape != shape or f.dtype != dtype or not f.flags.c_contiguous
-               for f in fields):
-            return None
+        shape, dtype = found
+        ndim = len(shape)
         reduced = set(reducer.axes)
         kept = [a for a in range(ndim) if a not in reduced]
         # kept: a leading run [0, k0) and one more run [k1, k2); reduced: [k0, k1) and [k2, ndim)
@@ -252,15 +240,9 @@ class InterleavedLayout:
         if parameter_shape != tuple(1 if a < k1 else n for a, n in enumerate(shape)):
             return None  # the parameters must have one value per channel (per position along the G and S axes)
         group_shape = tuple(n if a in kept else 1 for a, n in enumerate(shape))
-        for value in per_group:
-            value = np.asarray(value)
-            if value.ndim and (value.ndim != ndim or value.dtype != dtype
-                               or any(n not in (1, m) for n, m in zip(value.shape, group_shape))):
-                return None
-        for value in parameters:
-            if not isinstance(value, np.ndarray) or value.ndim != ndim or value.dtype != dtype or any(
-                    n not in (1, m) for n, m in zip(value.shape, parameter_shape)):
-                return None
+        if not (_broadcastable(per_group, group_shape, dtype, scalars=True)
+                and _broadcastable(parameters, parameter_shape, dtype, scalars=False)):
+            return None
         B, R = math.prod(shape[:k0]), math.prod(shape[k0:k1])
         G, S = math.prod(shape[k1:k2]), math.prod(shape[k2:])
         return cls(tuple(shape), dtype, B, R, G, S, group_shape, parameter_shape)
@@ -280,14 +262,33 @@ class InterleavedLayout:
         """A parameter as a contiguous (K,) array, one value per channel."""
         return np.ascontiguousarray(np.broadcast_to(value, self.parameter_shape)).reshape(self.G * self.S)
 
-    def parameter_result(self, values: np.ndarray) -> np.ndarray:
-        """A (K,) parameter gradient in the parameters' broadcast shape."""
-        return values.reshape(self.parameter_shape)
 
-    def grouped(self, values: np.ndarray) -> np.ndarray:
-        """A (B, G) result in the broadcast shape of the NumPy kernels (1 on every reduced axis)."""
-        return values.reshape(self.group_shape)
 
-    def empty(self) -> np.ndarray:
-        """A new field."""
-        return np.empty(self.shape, self.dtype)
+
+
+def _local_fields(reducer, fields) -> tuple[tuple[int, ...], np.dtype] | None:
+    """The (shape, dtype) of fields that the group-local and sample-wise loops take: the local reducer (a sharded
+    run's reducer adds the shards' totals in its sums, which the loops would bypass) and C-contiguous arrays of one
+    shape and one dtype, float32 or float64. None otherwise."""
+    if type(reducer) is not Reducer:
+        return None
+    first = fields[0]
+    if not isinstance(first, np.ndarray) or first.dtype not in _DTYPES:
+        return None
+    if any(not isinstance(f, np.ndarray) or f.shape != first.shape or f.dtype != first.dtype
+           or not f.flags.c_contiguous for f in fields):
+        return None
+    return first.shape, first.dtype
+
+
+def _broadcastable(values, shape: tuple[int, ...], dtype, scalars: bool) -> bool:
+    """Whether every value is an array of ``dtype`` with one length 1 or ``shape``'s on each of its axes (or, when
+    ``scalars``, a scalar such as eps)."""
+    for value in values:
+        array = np.asarray(value) if scalars else value
+        if scalars and array.ndim == 0:
+            continue
+        if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != len(shape) or any(
+                n not in (1, m) for n, m in zip(array.shape, shape)):
+            return False
+    return True

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import textwrap
 
-from bnsym.codegen.numba_local import PlanNames, _form, _product, merged_passes, split_names
+from bnsym.codegen.numba_local import PlanNames, _form, _product, loop_steps, split_names
 from bnsym.codegen.numba_printer import Printer
-from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
+from bnsym.codegen.plan import Accumulate, KernelPlan, Reduce
 from bnsym.naming import COUNT
 
 __all__ = ["InterleavedPrinter", "samples_function"]
@@ -60,49 +60,38 @@ class InterleavedPrinter:
         after: list[str] = []  # after the parallel loop: parameter sums and what reads them
         sums: list[str] = []
         field_less: list[str] = []
-        rows: list[str] = []  # per-group values kept as (B, K) arrays, one row per sample
-        statements = list(plan.statements)
-        merged = merged_passes(statements, names)
-        per_group = [n for n in names.inputs if n not in names.fields + names.parameters]
-        rows += per_group
-        stage = 0
-        for index, statement in enumerate(statements):
-            if isinstance(statement, Assign):
-                name = statement.name.name
-                if name in names.element or name in names.scalar_names:
+        # per-group values, kept as (B, K) arrays (one row per sample): the inputs, then each value computed
+        rows = [n for n in names.inputs if n not in names.fields + names.parameters]
+        for step in loop_steps(plan.statements, names):
+            if step.kind == "parameter value":
+                name, expr = step.statement.name.name, step.statement.expr
+                if expr.is_Symbol:
+                    after.append(f"{name} = {expr.name}")
                     continue
-                if name in names.parameter_values:
-                    if statement.expr.is_Symbol:
-                        after.append(f"{name} = {statement.expr.name}")
-                        continue
-                    values = {n: f"{n}[c]" for n in names.parameter_values}
-                    expr = Printer(values, typed_numbers=True).doprint(statement.expr)
-                    after += [f"{name} = numpy.empty(K, dtype)", "for c in range(K):", f"{i}{name}[c] = {expr}"]
-                else:
-                    texts = {n: f"{n}[c]" for n in rows}
-                    expr = Printer(texts, typed_numbers=False).doprint(statement.expr)
-                    rows.append(name)
-                    body += ["for c in range(K):", f"{i}{name}[c] = dtype({expr})"]
-            elif isinstance(statement, Reduce) and (statement.over == "group" or index not in merged):
-                stage += 1
-                group = statement if statement.over == "group" else None
-                parameter = next((statements[j] for j, k in merged.items() if k == index), None) if group else statement
-                function = f"_{plan.name}_sample_pass{stage}"
-                source, arguments, lacking = self._pass(function, plan, group, parameter, names)
+                printed = Printer({n: f"{n}[c]" for n in names.parameter_values}, typed_numbers=True).doprint(expr)
+                after += [f"{name} = numpy.empty(K, dtype)", "for c in range(K):", f"{i}{name}[c] = {printed}"]
+            elif step.kind == "group value":
+                name, expr = step.statement.name.name, step.statement.expr
+                printed = Printer({n: f"{n}[c]" for n in rows}, typed_numbers=False).doprint(expr)
+                rows.append(name)
+                body += ["for c in range(K):", f"{i}{name}[c] = dtype({printed})"]
+            else:
+                function = f"_{plan.name}_sample_pass{step.stage}"
+                source, arguments, lacking = self._pass(function, plan, step.group, step.parameter, names)
                 helpers.append(source)
                 call = f"{function}({', '.join(arguments)})"
-                if group:
-                    totals = [f"total_{n.name}" for n in statement.names]
+                if step.group:
+                    totals = [f"total_{n.name}" for n in step.group.names]
                     body.append(f"{', '.join(totals)}{',' if len(totals) == 1 else ''} = {call}")
                     body += ["for c in range(K):"] + [f"{i}{n.name}[c] = dtype({t}[c])"
-                                                      for n, t in zip(statement.names, totals)]
-                    rows += [n.name for n in statement.names]
+                                                      for n, t in zip(step.group.names, totals)]
+                    rows += [n.name for n in step.group.names]
                 else:
                     body.append(call)
-                if parameter:
-                    sums += [n.name for n in parameter.names]
+                if step.parameter:
+                    sums += [n.name for n in step.parameter.names]
                     field_less += lacking
-        outputs = [s for s in statements if isinstance(s, Accumulate)]
+        outputs = [s for s in plan.statements if isinstance(s, Accumulate)]
         if outputs:
             function = f"_{plan.name}_sample_outputs"
             source, arguments = self._outputs(function, plan, outputs, names)

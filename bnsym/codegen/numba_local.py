@@ -32,6 +32,7 @@ kernels round them.
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 
 import sympy
 
@@ -48,7 +49,7 @@ from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["GroupLocalPrinter", "PlanNames", "merged_passes", "split_names"]
+__all__ = ["GroupLocalPrinter", "LoopStep", "PlanNames", "loop_steps", "merged_passes", "split_names"]
 
 
 class PlanNames:
@@ -138,41 +139,32 @@ class GroupLocalPrinter:
         after: list[str] = []  # after the parallel loop: parameter sums and what reads them
         sums: list[str] = []  # the parameter sums, in order
         field_less: list[str] = []  # parameter sums of per-group values (no field): need Q == 1
-        statements = list(plan.statements)
-        merged = merged_passes(statements, names)
-        stage = 0
-        outputs = [s for s in statements if isinstance(s, Accumulate)]
-        for index, statement in enumerate(statements):
-            if isinstance(statement, Assign):
-                name = statement.name.name
-                if name in names.element or name in names.scalar_names:
-                    continue  # atoms: in the loop bodies; scalars: before the loop
-                if name in names.parameter_values:
-                    if statement.expr.is_Symbol:  # another name for a parameter sum
-                        after.append(f"{name} = {statement.expr.name}")
-                        continue
-                    values = {n: f"{n}[p, q]" for n in names.parameter_values}
-                    expr = Printer(values, typed_numbers=True).doprint(statement.expr)
-                    after += [f"{name} = numpy.empty((P, Q), dtype)", "for p in range(P):",
-                              f"{self.indent}for q in range(Q):", f"{self.indent * 2}{name}[p, q] = {expr}"]
-                else:
-                    body.append(f"{name} = dtype({Printer({}, typed_numbers=False).doprint(statement.expr)})")
-            elif isinstance(statement, Reduce) and (statement.over == "group" or index not in merged):
-                stage += 1
-                group = statement if statement.over == "group" else None
-                parameter = next((statements[j] for j, k in merged.items() if k == index), None) if group else statement
-                function = f"_{plan.name}_pass{stage}"
-                source, arguments, lacking = self._loop(function, plan, group, parameter, names)
+        outputs = [s for s in plan.statements if isinstance(s, Accumulate)]
+        for step in loop_steps(plan.statements, names):
+            if step.kind == "parameter value":
+                name, expr = step.statement.name.name, step.statement.expr
+                if expr.is_Symbol:  # another name for a parameter sum
+                    after.append(f"{name} = {expr.name}")
+                    continue
+                printed = Printer({n: f"{n}[p, q]" for n in names.parameter_values}, typed_numbers=True).doprint(expr)
+                after += [f"{name} = numpy.empty((P, Q), dtype)", "for p in range(P):",
+                          f"{self.indent}for q in range(Q):", f"{self.indent * 2}{name}[p, q] = {printed}"]
+            elif step.kind == "group value":
+                name, expr = step.statement.name.name, step.statement.expr
+                body.append(f"{name} = dtype({Printer({}, typed_numbers=False).doprint(expr)})")
+            else:
+                function = f"_{plan.name}_pass{step.stage}"
+                source, arguments, lacking = self._loop(function, plan, step.group, step.parameter, names)
                 helpers.append(source)
                 call = f"{function}({', '.join(arguments)})"
-                if group:
-                    totals = [f"total_{n.name}" for n in statement.names]
+                if step.group:
+                    totals = [f"total_{n.name}" for n in step.group.names]
                     body.append(f"{', '.join(totals)}{',' if len(totals) == 1 else ''} = {call}")
-                    body += [f"{n.name} = dtype({t})" for n, t in zip(statement.names, totals)]
+                    body += [f"{n.name} = dtype({t})" for n, t in zip(step.group.names, totals)]
                 else:
                     body.append(call)
-                if parameter:
-                    sums += [n.name for n in parameter.names]
+                if step.parameter:
+                    sums += [n.name for n in step.parameter.names]
                     field_less += lacking
         if outputs:
             function = f"_{plan.name}_outputs"
@@ -436,6 +428,44 @@ class GroupLocalPrinter:
         returned = [n if n in names.outputs else f"layout.grouped({n})" if n in group_results
                     else f"layout.parameter_result({n})" for n in (s.name for s in plan.returns)]
         return lines + [f"{i2}return {', '.join(returned)}"]
+
+
+@dataclass(frozen=True)
+class LoopStep:
+    """One step of the loops over a group (or a sample), in the plan's order (:func:`loop_steps`).
+
+    ``kind``: "group value" (a per-group :class:`Assign`, in ``statement``), "parameter value" (an Assign computed
+    from parameter sums, after the loops) or "pass" (one pass over the values: ``stage``, its 1-based number, the
+    group sums ``group`` and the parameter sums ``parameter`` that it takes, either may be None).
+    """
+
+    kind: str
+    statement: Assign | None = None
+    stage: int = 0
+    group: Reduce | None = None
+    parameter: Reduce | None = None
+
+
+def loop_steps(statements, names: PlanNames):
+    """The :class:`LoopStep` of a plan's statements, for the group-local and the sample-wise printers: atoms (computed
+    in the loop bodies) and scalars (before the loops) are left out, and each parameter sum rides along the pass
+    that :func:`merged_passes` gives it, or gets a pass of its own."""
+    statements = list(statements)
+    merged = merged_passes(statements, names)
+    stage = 0
+    for index, statement in enumerate(statements):
+        if isinstance(statement, Assign):
+            name = statement.name.name
+            if name in names.element or name in names.scalar_names:
+                continue
+            yield LoopStep("parameter value" if name in names.parameter_values else "group value", statement)
+        elif isinstance(statement, Reduce) and (statement.over == "group" or index not in merged):
+            stage += 1
+            if statement.over == "group":
+                parameter = next((statements[j] for j, k in merged.items() if k == index), None)
+                yield LoopStep("pass", stage=stage, group=statement, parameter=parameter)
+            else:
+                yield LoopStep("pass", stage=stage, parameter=statement)
 
 
 def merged_passes(statements, names: PlanNames) -> dict[int, int]:
