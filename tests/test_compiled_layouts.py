@@ -58,13 +58,20 @@ def _all_kernels(module, a, options, kernels):
     return {kernel: calls[kernel] for kernel in kernels}
 
 
-# layer, shape, options, the kernels printed as group-local (and sample-wise) loops
+ALL = ("forward", "backward", "double_backward", "jvp")
+
+# layer, shape, options, the kernels that run compiled loops
 CASES = [
-    ("group_norm", (3, 70, 9, 8), {"num_groups": 4, "axis": -1}, ("forward", "backward", "double_backward", "jvp")),
-    ("group_norm", (2, 130, 6), {"num_groups": 6, "axis": 2}, ("forward", "backward", "double_backward", "jvp")),
-    ("group_norm", (2, 8, 5, 5), {"num_groups": 2, "axis": 1}, ("forward", "backward", "double_backward", "jvp")),
-    ("instance_norm", (3, 70, 9, 5), {"axis": -1}, ("forward", "backward", "double_backward", "jvp")),
-    ("instance_norm", (3, 5, 70, 9), {"axis": 1}, ("forward", "backward", "double_backward", "jvp")),
+    ("group_norm", (3, 70, 9, 8), {"num_groups": 4, "axis": -1}, ALL),  # channel-last, C/G = 2
+    ("group_norm", (2, 130, 6), {"num_groups": 6, "axis": 2}, ALL),  # channel-last, C/G = 1
+    ("group_norm", (3, 100, 6), {"num_groups": 1, "axis": -1}, ALL),  # channel-last, one group
+    ("group_norm", (2, 1, 1, 8), {"num_groups": 4, "axis": -1}, ALL),  # one spatial position
+    ("group_norm", (1, 5, 7, 6), {"num_groups": 3, "axis": -1}, ALL),  # one sample
+    ("group_norm", (2, 5, 8, 1), {"num_groups": 4, "axis": 2}, ALL),  # channel axis before a spatial axis of 1
+    ("group_norm", (2, 8, 5, 5), {"num_groups": 2, "axis": 1}, ALL),  # channel-first: group-local loops
+    ("instance_norm", (3, 70, 9, 5), {"axis": -1}, ALL),
+    ("instance_norm", (2, 1, 3, 8), {"axis": -1}, ALL),
+    ("instance_norm", (3, 5, 70, 9), {"axis": 1}, ALL),
 ]
 
 
@@ -72,8 +79,8 @@ CASES = [
 @pytest.mark.parametrize(("layer", "shape", "options", "kernels"), CASES,
                          ids=[f"{c[0]}-{c[1]}-axis{c[2]['axis']}" for c in CASES])
 def test_compiled_loops_cover_the_layout_and_match_numpy(monkeypatch, layer, shape, options, kernels, dtype):
-    """Channel-last group norm (C/G > 1 and C/G == 1) and instance norm run sample-wise loops, channel-first ones
-    group-local loops; both agree with the NumPy kernels (rows > 64, so that every float32 block level is used)."""
+    """Channel-last group norm (C/G > 1, C/G == 1, one group, one position, one sample) and instance norm run
+    sample-wise loops, channel-first ones group-local loops; both agree with the NumPy kernels."""
     module = getattr(bnsym, layer)
     generated = importlib.import_module(f"bnsym._generated.{layer}_numba")
     arguments = _arguments(layer, shape, options, dtype)
@@ -92,15 +99,30 @@ def test_compiled_loops_cover_the_layout_and_match_numpy(monkeypatch, layer, sha
             assert error <= tolerance, f"{layer} {shape} {kernel} result {k}: relative error {error:.2e}"
 
 
+def test_a_channel_axis_before_longer_spatial_axes_runs_the_numpy_kernel_and_matches():
+    """(N, H, C, W) with W > 1: the groups are neither contiguous runs nor interleaved along the last axis, so the
+    compiled wrapper runs the NumPy kernel (InterleavedLayout refuses it), with the same results."""
+    options = {"num_groups": 4, "axis": 2}
+    a = _arguments("group_norm", (2, 5, 8, 3), options, np.float64)
+    _, mean, invstd = bnsym.group_norm.forward(a["x"], a["gamma"], a["beta"], backend="numpy", **options)
+    for backend_result, numpy_result in zip(
+            bnsym.group_norm.backward(a["dy"], a["x"], a["gamma"], mean, invstd, backend="numba", **options),
+            bnsym.group_norm.backward(a["dy"], a["x"], a["gamma"], mean, invstd, backend="numpy", **options)):
+        np.testing.assert_allclose(backend_result, numpy_result, rtol=1e-12, atol=1e-12)
+    assert _layout((2, 5, 4, 2, 3), (1, 3, 4), (0, 1, 4)) is None
+
+
 def test_compiled_channel_last_results_do_not_depend_on_the_thread_count():
     """The sample-wise loops add the samples' shares of dgamma and dbeta in sample order: bit-identical on one
-    thread and on all of them."""
+    thread and on two."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here: nothing to compare")
     a = _arguments("group_norm", (9, 70, 3, 6), {"axis": -1}, np.float32, seed=2)
     options = {"num_groups": 3, "axis": -1}
     before = numba.get_num_threads()
     results = []
     try:
-        for threads in sorted({1, before}):
+        for threads in (1, 2):
             numba.set_num_threads(threads)
             _, mean, invstd = bnsym.group_norm.forward(a["x"], a["gamma"], a["beta"], backend="numba", **options)
             results.append(bnsym.group_norm.backward(a["dy"], a["x"], a["gamma"], mean, invstd, backend="numba",
@@ -108,15 +130,16 @@ def test_compiled_channel_last_results_do_not_depend_on_the_thread_count():
     finally:
         numba.set_num_threads(before)
     for name, first, other in zip(("dx", "dgamma", "dbeta"), results[0], results[-1]):
-        np.testing.assert_array_equal(first, other, err_msg=f"{name} differs between 1 and {before} threads")
+        np.testing.assert_array_equal(first, other, err_msg=f"{name} differs between 1 and 2 threads")
 
 
-def _layout(shape, reduced, parameter_axes, parameter_shape=None, fields=None, per_group=(), reducer=None):
-    x = np.zeros(shape, np.float32) if fields is None else fields
-    gamma = np.zeros(parameter_shape or tuple(1 if a in parameter_axes else n for a, n in enumerate(shape)),
-                     np.float32)
+def _layout(shape, reduced, parameter_axes, fields=None, per_group=(), reducer=None, parameter_dtype=np.float32):
+    """InterleavedLayout.of for float32 fields of ``shape`` (or ``fields``, a tuple) and a parameter that varies
+    on the axes not in ``parameter_axes``."""
+    fields = (np.zeros(shape, np.float32),) if fields is None else fields
+    gamma = np.zeros(tuple(1 if a in parameter_axes else n for a, n in enumerate(shape)), parameter_dtype)
     count = int(np.prod([shape[a] for a in reduced]))
-    return InterleavedLayout.of(reducer or Reducer(reduced, count, parameter_axes), fields=(x,),
+    return InterleavedLayout.of(reducer or Reducer(reduced, count, parameter_axes), fields=fields,
                                 per_group=per_group, parameters=(gamma,))
 
 
@@ -135,9 +158,15 @@ def test_interleaved_layout_reads_channel_last_group_norm():
     ("batch norm over N: no leading kept axis", (6, 3, 4, 5), (0, 1, 2), (0, 1, 2), {}),
     ("a parameter that does not vary along C/G", (2, 3, 4, 5, 2), (1, 2, 4), (0, 1, 2, 4), {}),
     ("a field that is not C-contiguous", (2, 3, 4, 5), (1, 2), (0, 1, 2),
-     {"fields": np.zeros((5, 4, 3, 2), np.float32).transpose()}),
+     {"fields": (np.zeros((5, 4, 3, 2), np.float32).transpose(),)}),
     ("a per-group value that varies along a reduced axis", (2, 3, 4, 5), (1, 2), (0, 1, 2),
      {"per_group": (np.zeros((2, 3, 1, 5), np.float32),)}),
+    ("a per-group value of another dtype", (2, 3, 4, 5), (1, 2), (0, 1, 2),
+     {"per_group": (np.zeros((2, 1, 1, 5), np.float64),)}),
+    ("a parameter of another dtype", (2, 3, 4, 5), (1, 2), (0, 1, 2), {"parameter_dtype": np.float64}),
+    ("fields of two dtypes", (2, 3, 4, 5), (1, 2), (0, 1, 2),
+     {"fields": (np.zeros((2, 3, 4, 5), np.float32), np.zeros((2, 3, 4, 5), np.float64))}),
+    ("float16 fields", (2, 3, 4, 5), (1, 2), (0, 1, 2), {"fields": (np.zeros((2, 3, 4, 5), np.float16),)}),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_interleaved_layout_refuses_what_its_loops_do_not_cover(case, shape, reduced, parameter_axes, extra):
     assert _layout(shape, reduced, parameter_axes, **extra) is None, case

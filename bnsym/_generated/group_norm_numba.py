@@ -106,59 +106,48 @@ def _group_norm_forward(x, gamma, beta, eps_groups, count, P, Q, y):
     return mean_groups, invstd_groups
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_forward_sample_pass1(x, S):
-    """One pass of group_norm_forward over one sample's (R, K) values, every group side by side: x. Totals in
-    float64, each group's repeated for its S channels."""
+@numba.njit(cache=True)
+def _group_norm_forward_sample_pass1(x, S, totals0):
+    """One pass of group_norm_forward over one sample's (R, K) values, every group side by side: x. Totals go to the
+    float64 rows totals<k>, each group's total repeated for its S channels."""
     K = x.shape[-1]
     R = x.shape[0]
     dtype = x.dtype.type
-    totals0 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, x.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+    for r in range(R):
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            x_r = x[r]
-            for c in range(K):
-                pieces0[c] += x_r[c]
-        for c in range(K):
-            totals0[c] += pieces0[c]
+            totals0[c] += x_r[c]
     for g in range(K // S):
         total = 0.0
         for s in range(S):
             total += totals0[g * S + s]
         for s in range(S):
             totals0[g * S + s] = total
-    return totals0,
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_forward_sample_pass2(x, mean, S):
+@numba.njit(cache=True)
+def _group_norm_forward_sample_pass2(x, mean, S, totals0):
     """One pass of group_norm_forward over one sample's (R, K) values, every group side by side:
-    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    x_minus_mean*x_minus_mean. Totals go to the float64 rows totals<k>, each group's total repeated for its S
+    channels."""
     K = x.shape[-1]
     R = x.shape[0]
     dtype = x.dtype.type
-    totals0 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, x.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+    for r in range(R):
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            x_r = x[r]
-            for c in range(K):
-                x_minus_mean = -mean[c] + x_r[c]
-                pieces0[c] += x_minus_mean*x_minus_mean
-        for c in range(K):
-            totals0[c] += pieces0[c]
+            x_minus_mean = -mean[c] + x_r[c]
+            totals0[c] += x_minus_mean*x_minus_mean
     for g in range(K // S):
         total = 0.0
         for s in range(S):
             total += totals0[g * S + s]
         for s in range(S):
             totals0[g * S + s] = total
-    return totals0,
 
 
 @numba.njit(cache=True)
@@ -188,6 +177,8 @@ def _group_norm_forward_samples(x, gamma, beta, eps_groups, count, S, y):
     rows_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K), x.dtype)
     rows_var = numpy.empty((B, K), x.dtype)
     rows_invstd = numpy.empty((B, K), x.dtype)
+    wide_sum_x = numpy.empty((B, K))
+    wide_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K))
     mean_groups = numpy.empty((B, G), x.dtype)
     invstd_groups = numpy.empty((B, G), x.dtype)
     for b in numba.prange(B):
@@ -199,14 +190,14 @@ def _group_norm_forward_samples(x, gamma, beta, eps_groups, count, S, y):
         invstd = rows_invstd[b]
         for c in range(K):
             eps[c] = eps_groups[b, c // S]
-        total_sum_x, = _group_norm_forward_sample_pass1(x[b], S)
+        _group_norm_forward_sample_pass1(x[b], S, wide_sum_x[b])
         for c in range(K):
-            sum_x[c] = dtype(total_sum_x[c])
+            sum_x[c] = dtype(wide_sum_x[b, c])
         for c in range(K):
             mean[c] = dtype(sum_x[c]*tmp0)
-        total_sum_x_minus_mean_x_minus_mean, = _group_norm_forward_sample_pass2(x[b], mean, S)
+        _group_norm_forward_sample_pass2(x[b], mean, S, wide_sum_x_minus_mean_x_minus_mean[b])
         for c in range(K):
-            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+            sum_x_minus_mean_x_minus_mean[c] = dtype(wide_sum_x_minus_mean_x_minus_mean[b, c])
         for c in range(K):
             var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
         for c in range(K):
@@ -379,40 +370,27 @@ def _group_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, 
     return dgamma, dbeta
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_backward_sample_pass1(dy, x, gamma, mean, invstd, S, shares0, shares1):
+@numba.njit(cache=True)
+def _group_norm_backward_sample_pass1(dy, x, gamma, mean, invstd, S, totals0, totals1, shares0, shares1):
     """One pass of group_norm_backward over one sample's (R, K) values, every group side by side: dy*gamma,
-    dy*x_minus_mean*gamma; its share of the parameter sums of dy*x_minus_mean*invstd, dy. Totals in float64, each
-    group's repeated for its S channels. Shares are added to the float64 rows shares<k>."""
+    dy*x_minus_mean*gamma; its share of the parameter sums of dy*x_minus_mean*invstd, dy. Totals go to the float64
+    rows totals<k>, each group's total repeated for its S channels. Shares are added to the float64 rows
+    shares<k>."""
     K = dy.shape[-1]
     R = dy.shape[0]
     dtype = dy.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, dy.dtype)
-    pieces1 = numpy.empty(K, dy.dtype)
-    parts0 = numpy.empty(K, dy.dtype)
-    parts1 = numpy.empty(K, dy.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+    for r in range(R):
+        dy_r = dy[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-            parts0[c] = 0
-            parts1[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            dy_r = dy[r]
-            x_r = x[r]
-            for c in range(K):
-                x_minus_mean = -mean[c] + x_r[c]
-                pieces0[c] += dy_r[c]*gamma[c]
-                pieces1[c] += dy_r[c]*x_minus_mean*gamma[c]
-                parts0[c] += dy_r[c]*x_minus_mean*invstd[c]
-                parts1[c] += dy_r[c]
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
-            shares0[c] += parts0[c]
-            shares1[c] += parts1[c]
+            x_minus_mean = -mean[c] + x_r[c]
+            totals0[c] += dy_r[c]*gamma[c]
+            totals1[c] += dy_r[c]*x_minus_mean*gamma[c]
+            shares0[c] += dy_r[c]*x_minus_mean*invstd[c]
+            shares1[c] += dy_r[c]
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -424,7 +402,6 @@ def _group_norm_backward_sample_pass1(dy, x, gamma, mean, invstd, S, shares0, sh
             total += totals1[g * S + s]
         for s in range(S):
             totals1[g * S + s] = total
-    return totals0, totals1
 
 
 @numba.njit(cache=True)
@@ -455,6 +432,8 @@ def _group_norm_backward_samples(dy, x, gamma, mean_groups, invstd_groups, count
     rows_sum_dy_gamma_x_minus_mean = numpy.empty((B, K), dy.dtype)
     rows_dx_coef_x_minus_mean = numpy.empty((B, K), dy.dtype)
     rows_dx_shift = numpy.empty((B, K), dy.dtype)
+    wide_sum_dy_gamma = numpy.empty((B, K))
+    wide_sum_dy_gamma_x_minus_mean = numpy.empty((B, K))
     shares_psum_dy_x_minus_mean_invstd = numpy.empty((B, K))
     shares_psum_dy = numpy.empty((B, K))
     for b in numba.prange(B):
@@ -470,10 +449,10 @@ def _group_norm_backward_samples(dy, x, gamma, mean_groups, invstd_groups, count
         for c in range(K):
             mean[c] = mean_groups[b, c // S]
             invstd[c] = invstd_groups[b, c // S]
-        total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _group_norm_backward_sample_pass1(dy[b], x[b], gamma, mean, invstd, S, shares_psum_dy_x_minus_mean_invstd[b], shares_psum_dy[b])
+        _group_norm_backward_sample_pass1(dy[b], x[b], gamma, mean, invstd, S, wide_sum_dy_gamma[b], wide_sum_dy_gamma_x_minus_mean[b], shares_psum_dy_x_minus_mean_invstd[b], shares_psum_dy[b])
         for c in range(K):
-            sum_dy_gamma[c] = dtype(total_sum_dy_gamma[c])
-            sum_dy_gamma_x_minus_mean[c] = dtype(total_sum_dy_gamma_x_minus_mean[c])
+            sum_dy_gamma[c] = dtype(wide_sum_dy_gamma[b, c])
+            sum_dy_gamma_x_minus_mean[c] = dtype(wide_sum_dy_gamma_x_minus_mean[b, c])
         for c in range(K):
             dx_coef_x_minus_mean[c] = dtype(-sum_dy_gamma_x_minus_mean[c]*tmp0*invstd[c]**2)
         for c in range(K):
@@ -755,59 +734,36 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
     return ggamma,
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_double_backward_sample_pass1(ggx, dy, x, gamma, gggamma, mean, S):
+@numba.njit(cache=True)
+def _group_norm_double_backward_sample_pass1(ggx, dy, x, gamma, gggamma, mean, S, totals0, totals1, totals2, totals3, totals4, totals5, totals6):
     """One pass of group_norm_double_backward over one sample's (R, K) values, every group side by side: ggx,
-    dy*gamma, dy*gggamma, ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma. Totals in
-    float64, each group's repeated for its S channels."""
+    dy*gamma, dy*gggamma, ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma. Totals go
+    to the float64 rows totals<k>, each group's total repeated for its S channels."""
     K = ggx.shape[-1]
     R = ggx.shape[0]
     dtype = ggx.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    totals2 = numpy.zeros(K)
-    totals3 = numpy.zeros(K)
-    totals4 = numpy.zeros(K)
-    totals5 = numpy.zeros(K)
-    totals6 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, ggx.dtype)
-    pieces1 = numpy.empty(K, ggx.dtype)
-    pieces2 = numpy.empty(K, ggx.dtype)
-    pieces3 = numpy.empty(K, ggx.dtype)
-    pieces4 = numpy.empty(K, ggx.dtype)
-    pieces5 = numpy.empty(K, ggx.dtype)
-    pieces6 = numpy.empty(K, ggx.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+        totals2[c] = 0.0
+        totals3[c] = 0.0
+        totals4[c] = 0.0
+        totals5[c] = 0.0
+        totals6[c] = 0.0
+    for r in range(R):
+        ggx_r = ggx[r]
+        dy_r = dy[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-            pieces2[c] = 0
-            pieces3[c] = 0
-            pieces4[c] = 0
-            pieces5[c] = 0
-            pieces6[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            ggx_r = ggx[r]
-            dy_r = dy[r]
-            x_r = x[r]
-            for c in range(K):
-                tmp0 = -mean[c] + x_r[c]
-                x_minus_mean = tmp0
-                pieces0[c] += ggx_r[c]
-                pieces1[c] += dy_r[c]*gamma[c]
-                pieces2[c] += dy_r[c]*gggamma[c]
-                pieces3[c] += ggx_r[c]*x_minus_mean
-                pieces4[c] += dy_r[c]*ggx_r[c]*gamma[c]
-                pieces5[c] += dy_r[c]*x_minus_mean*gamma[c]
-                pieces6[c] += dy_r[c]*x_minus_mean*gggamma[c]
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
-            totals2[c] += pieces2[c]
-            totals3[c] += pieces3[c]
-            totals4[c] += pieces4[c]
-            totals5[c] += pieces5[c]
-            totals6[c] += pieces6[c]
+            tmp0 = -mean[c] + x_r[c]
+            x_minus_mean = tmp0
+            totals0[c] += ggx_r[c]
+            totals1[c] += dy_r[c]*gamma[c]
+            totals2[c] += dy_r[c]*gggamma[c]
+            totals3[c] += ggx_r[c]*x_minus_mean
+            totals4[c] += dy_r[c]*ggx_r[c]*gamma[c]
+            totals5[c] += dy_r[c]*x_minus_mean*gamma[c]
+            totals6[c] += dy_r[c]*x_minus_mean*gggamma[c]
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -844,10 +800,9 @@ def _group_norm_double_backward_sample_pass1(ggx, dy, x, gamma, gggamma, mean, S
             total += totals6[g * S + s]
         for s in range(S):
             totals6[g * S + s] = total
-    return totals0, totals1, totals2, totals3, totals4, totals5, totals6
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
+@numba.njit(cache=True)
 def _group_norm_double_backward_sample_pass2(dy, ggx, x, invstd, sum_ggx, mean, tmp2, coef_dy_field_0, S, shares0, shares1):
     """One pass of group_norm_double_backward over one sample's (R, K) values, every group side by side: its share
     of the parameter sums of dy*ggx*invstd, dy*field_0*coef_dy_field_0. Shares are added to the float64 rows
@@ -855,24 +810,15 @@ def _group_norm_double_backward_sample_pass2(dy, ggx, x, invstd, sum_ggx, mean, 
     K = dy.shape[-1]
     R = dy.shape[0]
     dtype = dy.dtype.type
-    parts0 = numpy.empty(K, dy.dtype)
-    parts1 = numpy.empty(K, dy.dtype)
-    for start in range(0, R, BLOCK):
+    for r in range(R):
+        dy_r = dy[r]
+        ggx_r = ggx[r]
+        x_r = x[r]
         for c in range(K):
-            parts0[c] = 0
-            parts1[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            dy_r = dy[r]
-            ggx_r = ggx[r]
-            x_r = x[r]
-            for c in range(K):
-                tmp0 = -mean[c] + x_r[c]
-                field_0 = sum_ggx[c] + tmp0*tmp2[c]
-                parts0[c] += dy_r[c]*ggx_r[c]*invstd[c]
-                parts1[c] += dy_r[c]*field_0*coef_dy_field_0[c]
-        for c in range(K):
-            shares0[c] += parts0[c]
-            shares1[c] += parts1[c]
+            tmp0 = -mean[c] + x_r[c]
+            field_0 = sum_ggx[c] + tmp0*tmp2[c]
+            shares0[c] += dy_r[c]*ggx_r[c]*invstd[c]
+            shares1[c] += dy_r[c]*field_0*coef_dy_field_0[c]
 
 
 @numba.njit(cache=True)
@@ -923,6 +869,13 @@ def _group_norm_double_backward_samples(ggx, gggamma, ggbeta, dy, x, gamma, mean
     rows_gx_coef_x_minus_mean = numpy.empty((B, K), ggx.dtype)
     rows_gx_shift = numpy.empty((B, K), ggx.dtype)
     rows_gdy_coef_gamma = numpy.empty((B, K), ggx.dtype)
+    wide_sum_ggx = numpy.empty((B, K))
+    wide_sum_dy_gamma = numpy.empty((B, K))
+    wide_sum_dy_gggamma = numpy.empty((B, K))
+    wide_sum_ggx_x_minus_mean = numpy.empty((B, K))
+    wide_sum_dy_gamma_ggx = numpy.empty((B, K))
+    wide_sum_dy_gamma_x_minus_mean = numpy.empty((B, K))
+    wide_sum_dy_gggamma_x_minus_mean = numpy.empty((B, K))
     shares_psum_dy_ggx_invstd = numpy.empty((B, K))
     shares_psum_dy_field_0_coef_dy_field_0 = numpy.empty((B, K))
     for b in numba.prange(B):
@@ -962,15 +915,15 @@ def _group_norm_double_backward_samples(ggx, gggamma, ggbeta, dy, x, gamma, mean
             tmp8[c] = dtype(invstd[c]*count)
         for c in range(K):
             coef_dy_field_0[c] = dtype(tmp4[c])
-        total_sum_ggx, total_sum_dy_gamma, total_sum_dy_gggamma, total_sum_ggx_x_minus_mean, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x_minus_mean, total_sum_dy_gggamma_x_minus_mean = _group_norm_double_backward_sample_pass1(ggx[b], dy[b], x[b], gamma, gggamma, mean, S)
+        _group_norm_double_backward_sample_pass1(ggx[b], dy[b], x[b], gamma, gggamma, mean, S, wide_sum_ggx[b], wide_sum_dy_gamma[b], wide_sum_dy_gggamma[b], wide_sum_ggx_x_minus_mean[b], wide_sum_dy_gamma_ggx[b], wide_sum_dy_gamma_x_minus_mean[b], wide_sum_dy_gggamma_x_minus_mean[b])
         for c in range(K):
-            sum_ggx[c] = dtype(total_sum_ggx[c])
-            sum_dy_gamma[c] = dtype(total_sum_dy_gamma[c])
-            sum_dy_gggamma[c] = dtype(total_sum_dy_gggamma[c])
-            sum_ggx_x_minus_mean[c] = dtype(total_sum_ggx_x_minus_mean[c])
-            sum_dy_gamma_ggx[c] = dtype(total_sum_dy_gamma_ggx[c])
-            sum_dy_gamma_x_minus_mean[c] = dtype(total_sum_dy_gamma_x_minus_mean[c])
-            sum_dy_gggamma_x_minus_mean[c] = dtype(total_sum_dy_gggamma_x_minus_mean[c])
+            sum_ggx[c] = dtype(wide_sum_ggx[b, c])
+            sum_dy_gamma[c] = dtype(wide_sum_dy_gamma[b, c])
+            sum_dy_gggamma[c] = dtype(wide_sum_dy_gggamma[b, c])
+            sum_ggx_x_minus_mean[c] = dtype(wide_sum_ggx_x_minus_mean[b, c])
+            sum_dy_gamma_ggx[c] = dtype(wide_sum_dy_gamma_ggx[b, c])
+            sum_dy_gamma_x_minus_mean[c] = dtype(wide_sum_dy_gamma_x_minus_mean[b, c])
+            sum_dy_gggamma_x_minus_mean[c] = dtype(wide_sum_dy_gggamma_x_minus_mean[b, c])
         for c in range(K):
             tmp2[c] = dtype(sum_ggx_x_minus_mean[c]*tmp1[c])
         for c in range(K):
@@ -1138,30 +1091,22 @@ def _group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, 
     return
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_jvp_sample_pass1(tx, x, S):
-    """One pass of group_norm_jvp over one sample's (R, K) values, every group side by side: tx, x. Totals in
-    float64, each group's repeated for its S channels."""
+@numba.njit(cache=True)
+def _group_norm_jvp_sample_pass1(tx, x, S, totals0, totals1):
+    """One pass of group_norm_jvp over one sample's (R, K) values, every group side by side: tx, x. Totals go to the
+    float64 rows totals<k>, each group's total repeated for its S channels."""
     K = tx.shape[-1]
     R = tx.shape[0]
     dtype = tx.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, tx.dtype)
-    pieces1 = numpy.empty(K, tx.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+    for r in range(R):
+        tx_r = tx[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            tx_r = tx[r]
-            x_r = x[r]
-            for c in range(K):
-                pieces0[c] += tx_r[c]
-                pieces1[c] += x_r[c]
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
+            totals0[c] += tx_r[c]
+            totals1[c] += x_r[c]
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -1173,34 +1118,26 @@ def _group_norm_jvp_sample_pass1(tx, x, S):
             total += totals1[g * S + s]
         for s in range(S):
             totals1[g * S + s] = total
-    return totals0, totals1
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_jvp_sample_pass2(tx, x, mean, S):
+@numba.njit(cache=True)
+def _group_norm_jvp_sample_pass2(tx, x, mean, S, totals0, totals1):
     """One pass of group_norm_jvp over one sample's (R, K) values, every group side by side: tx*x_minus_mean,
-    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    x_minus_mean*x_minus_mean. Totals go to the float64 rows totals<k>, each group's total repeated for its S
+    channels."""
     K = tx.shape[-1]
     R = tx.shape[0]
     dtype = tx.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, tx.dtype)
-    pieces1 = numpy.empty(K, tx.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+    for r in range(R):
+        tx_r = tx[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            tx_r = tx[r]
-            x_r = x[r]
-            for c in range(K):
-                x_minus_mean = -mean[c] + x_r[c]
-                pieces0[c] += tx_r[c]*x_minus_mean
-                pieces1[c] += x_minus_mean*x_minus_mean
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
+            x_minus_mean = -mean[c] + x_r[c]
+            totals0[c] += tx_r[c]*x_minus_mean
+            totals1[c] += x_minus_mean*x_minus_mean
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -1212,7 +1149,6 @@ def _group_norm_jvp_sample_pass2(tx, x, mean, S):
             total += totals1[g * S + s]
         for s in range(S):
             totals1[g * S + s] = total
-    return totals0, totals1
 
 
 @numba.njit(cache=True)
@@ -1250,6 +1186,10 @@ def _group_norm_jvp_samples(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count
     rows_invstd = numpy.empty((B, K), x.dtype)
     rows_tmp1 = numpy.empty((B, K), x.dtype)
     rows_ty_coef_gamma = numpy.empty((B, K), x.dtype)
+    wide_sum_tx = numpy.empty((B, K))
+    wide_sum_x = numpy.empty((B, K))
+    wide_sum_tx_x_minus_mean = numpy.empty((B, K))
+    wide_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K))
     for b in numba.prange(B):
         eps = rows_eps[b]
         sum_tx = rows_sum_tx[b]
@@ -1263,16 +1203,16 @@ def _group_norm_jvp_samples(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count
         ty_coef_gamma = rows_ty_coef_gamma[b]
         for c in range(K):
             eps[c] = eps_groups[b, c // S]
-        total_sum_tx, total_sum_x = _group_norm_jvp_sample_pass1(tx[b], x[b], S)
+        _group_norm_jvp_sample_pass1(tx[b], x[b], S, wide_sum_tx[b], wide_sum_x[b])
         for c in range(K):
-            sum_tx[c] = dtype(total_sum_tx[c])
-            sum_x[c] = dtype(total_sum_x[c])
+            sum_tx[c] = dtype(wide_sum_tx[b, c])
+            sum_x[c] = dtype(wide_sum_x[b, c])
         for c in range(K):
             mean[c] = dtype(sum_x[c]*tmp0)
-        total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _group_norm_jvp_sample_pass2(tx[b], x[b], mean, S)
+        _group_norm_jvp_sample_pass2(tx[b], x[b], mean, S, wide_sum_tx_x_minus_mean[b], wide_sum_x_minus_mean_x_minus_mean[b])
         for c in range(K):
-            sum_tx_x_minus_mean[c] = dtype(total_sum_tx_x_minus_mean[c])
-            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+            sum_tx_x_minus_mean[c] = dtype(wide_sum_tx_x_minus_mean[b, c])
+            sum_x_minus_mean_x_minus_mean[c] = dtype(wide_sum_x_minus_mean_x_minus_mean[b, c])
         for c in range(K):
             var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
         for c in range(K):

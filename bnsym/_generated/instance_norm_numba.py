@@ -98,59 +98,48 @@ def _instance_norm_forward(x, gamma_groups, beta_groups, eps_groups, count, P, Q
     return mean_groups, invstd_groups
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _instance_norm_forward_sample_pass1(x, S):
-    """One pass of instance_norm_forward over one sample's (R, K) values, every group side by side: x. Totals in
-    float64, each group's repeated for its S channels."""
+@numba.njit(cache=True)
+def _instance_norm_forward_sample_pass1(x, S, totals0):
+    """One pass of instance_norm_forward over one sample's (R, K) values, every group side by side: x. Totals go to
+    the float64 rows totals<k>, each group's total repeated for its S channels."""
     K = x.shape[-1]
     R = x.shape[0]
     dtype = x.dtype.type
-    totals0 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, x.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+    for r in range(R):
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            x_r = x[r]
-            for c in range(K):
-                pieces0[c] += x_r[c]
-        for c in range(K):
-            totals0[c] += pieces0[c]
+            totals0[c] += x_r[c]
     for g in range(K // S):
         total = 0.0
         for s in range(S):
             total += totals0[g * S + s]
         for s in range(S):
             totals0[g * S + s] = total
-    return totals0,
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _instance_norm_forward_sample_pass2(x, mean, S):
+@numba.njit(cache=True)
+def _instance_norm_forward_sample_pass2(x, mean, S, totals0):
     """One pass of instance_norm_forward over one sample's (R, K) values, every group side by side:
-    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    x_minus_mean*x_minus_mean. Totals go to the float64 rows totals<k>, each group's total repeated for its S
+    channels."""
     K = x.shape[-1]
     R = x.shape[0]
     dtype = x.dtype.type
-    totals0 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, x.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+    for r in range(R):
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            x_r = x[r]
-            for c in range(K):
-                x_minus_mean = -mean[c] + x_r[c]
-                pieces0[c] += x_minus_mean*x_minus_mean
-        for c in range(K):
-            totals0[c] += pieces0[c]
+            x_minus_mean = -mean[c] + x_r[c]
+            totals0[c] += x_minus_mean*x_minus_mean
     for g in range(K // S):
         total = 0.0
         for s in range(S):
             total += totals0[g * S + s]
         for s in range(S):
             totals0[g * S + s] = total
-    return totals0,
 
 
 @numba.njit(cache=True)
@@ -183,6 +172,8 @@ def _instance_norm_forward_samples(x, gamma_groups, beta_groups, eps_groups, cou
     rows_var = numpy.empty((B, K), x.dtype)
     rows_invstd = numpy.empty((B, K), x.dtype)
     rows_y_coef_x_minus_mean = numpy.empty((B, K), x.dtype)
+    wide_sum_x = numpy.empty((B, K))
+    wide_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K))
     mean_groups = numpy.empty((B, G), x.dtype)
     invstd_groups = numpy.empty((B, G), x.dtype)
     for b in numba.prange(B):
@@ -199,14 +190,14 @@ def _instance_norm_forward_samples(x, gamma_groups, beta_groups, eps_groups, cou
             gamma[c] = gamma_groups[b, c // S]
             beta[c] = beta_groups[b, c // S]
             eps[c] = eps_groups[b, c // S]
-        total_sum_x, = _instance_norm_forward_sample_pass1(x[b], S)
+        _instance_norm_forward_sample_pass1(x[b], S, wide_sum_x[b])
         for c in range(K):
-            sum_x[c] = dtype(total_sum_x[c])
+            sum_x[c] = dtype(wide_sum_x[b, c])
         for c in range(K):
             mean[c] = dtype(sum_x[c]*tmp0)
-        total_sum_x_minus_mean_x_minus_mean, = _instance_norm_forward_sample_pass2(x[b], mean, S)
+        _instance_norm_forward_sample_pass2(x[b], mean, S, wide_sum_x_minus_mean_x_minus_mean[b])
         for c in range(K):
-            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+            sum_x_minus_mean_x_minus_mean[c] = dtype(wide_sum_x_minus_mean_x_minus_mean[b, c])
         for c in range(K):
             var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
         for c in range(K):
@@ -343,31 +334,23 @@ def _instance_norm_backward(dy, x, gamma_groups, mean_groups, invstd_groups, cou
     return dgamma, dbeta
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _instance_norm_backward_sample_pass1(dy, x, mean, S):
+@numba.njit(cache=True)
+def _instance_norm_backward_sample_pass1(dy, x, mean, S, totals0, totals1):
     """One pass of instance_norm_backward over one sample's (R, K) values, every group side by side: dy,
-    dy*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    dy*x_minus_mean. Totals go to the float64 rows totals<k>, each group's total repeated for its S channels."""
     K = dy.shape[-1]
     R = dy.shape[0]
     dtype = dy.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, dy.dtype)
-    pieces1 = numpy.empty(K, dy.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+    for r in range(R):
+        dy_r = dy[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            dy_r = dy[r]
-            x_r = x[r]
-            for c in range(K):
-                x_minus_mean = -mean[c] + x_r[c]
-                pieces0[c] += dy_r[c]
-                pieces1[c] += dy_r[c]*x_minus_mean
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
+            x_minus_mean = -mean[c] + x_r[c]
+            totals0[c] += dy_r[c]
+            totals1[c] += dy_r[c]*x_minus_mean
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -379,10 +362,9 @@ def _instance_norm_backward_sample_pass1(dy, x, mean, S):
             total += totals1[g * S + s]
         for s in range(S):
             totals1[g * S + s] = total
-    return totals0, totals1
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
+@numba.njit(cache=True)
 def _instance_norm_backward_sample_pass2(coef_, sum_dy, S, shares0, shares1):
     """One pass of instance_norm_backward over one sample's (R, K) values, every group side by side: its share of
     the parameter sums of coef_, sum_dy. Shares are added to the float64 rows shares<k>."""
@@ -424,6 +406,8 @@ def _instance_norm_backward_samples(dy, x, gamma_groups, mean_groups, invstd_gro
     rows_coef_ = numpy.empty((B, K), dy.dtype)
     rows_dx_coef_x_minus_mean = numpy.empty((B, K), dy.dtype)
     rows_dx_shift = numpy.empty((B, K), dy.dtype)
+    wide_sum_dy = numpy.empty((B, K))
+    wide_sum_dy_x_minus_mean = numpy.empty((B, K))
     shares_psum_coef_ = numpy.empty((B, K))
     shares_psum_sum_dy = numpy.empty((B, K))
     for b in numba.prange(B):
@@ -445,10 +429,10 @@ def _instance_norm_backward_samples(dy, x, gamma_groups, mean_groups, invstd_gro
             invstd[c] = invstd_groups[b, c // S]
         for c in range(K):
             dx_scale[c] = dtype(gamma[c]*invstd[c])
-        total_sum_dy, total_sum_dy_x_minus_mean = _instance_norm_backward_sample_pass1(dy[b], x[b], mean, S)
+        _instance_norm_backward_sample_pass1(dy[b], x[b], mean, S, wide_sum_dy[b], wide_sum_dy_x_minus_mean[b])
         for c in range(K):
-            sum_dy[c] = dtype(total_sum_dy[c])
-            sum_dy_x_minus_mean[c] = dtype(total_sum_dy_x_minus_mean[c])
+            sum_dy[c] = dtype(wide_sum_dy[b, c])
+            sum_dy_x_minus_mean[c] = dtype(wide_sum_dy_x_minus_mean[b, c])
         for c in range(K):
             coef_[c] = dtype(sum_dy_x_minus_mean[c]*invstd[c])
         for c in range(K):
@@ -649,47 +633,31 @@ def _instance_norm_double_backward(ggx, gggamma_groups, ggbeta_groups, dy, x, ga
     return ggamma,
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _instance_norm_double_backward_sample_pass1(dy, ggx, x, mean, S):
+@numba.njit(cache=True)
+def _instance_norm_double_backward_sample_pass1(dy, ggx, x, mean, S, totals0, totals1, totals2, totals3, totals4):
     """One pass of instance_norm_double_backward over one sample's (R, K) values, every group side by side: dy, ggx,
-    dy*ggx, dy*x_minus_mean, ggx*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    dy*ggx, dy*x_minus_mean, ggx*x_minus_mean. Totals go to the float64 rows totals<k>, each group's total repeated
+    for its S channels."""
     K = dy.shape[-1]
     R = dy.shape[0]
     dtype = dy.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    totals2 = numpy.zeros(K)
-    totals3 = numpy.zeros(K)
-    totals4 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, dy.dtype)
-    pieces1 = numpy.empty(K, dy.dtype)
-    pieces2 = numpy.empty(K, dy.dtype)
-    pieces3 = numpy.empty(K, dy.dtype)
-    pieces4 = numpy.empty(K, dy.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+        totals2[c] = 0.0
+        totals3[c] = 0.0
+        totals4[c] = 0.0
+    for r in range(R):
+        dy_r = dy[r]
+        ggx_r = ggx[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-            pieces2[c] = 0
-            pieces3[c] = 0
-            pieces4[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            dy_r = dy[r]
-            ggx_r = ggx[r]
-            x_r = x[r]
-            for c in range(K):
-                x_minus_mean = -mean[c] + x_r[c]
-                pieces0[c] += dy_r[c]
-                pieces1[c] += ggx_r[c]
-                pieces2[c] += dy_r[c]*ggx_r[c]
-                pieces3[c] += dy_r[c]*x_minus_mean
-                pieces4[c] += ggx_r[c]*x_minus_mean
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
-            totals2[c] += pieces2[c]
-            totals3[c] += pieces3[c]
-            totals4[c] += pieces4[c]
+            x_minus_mean = -mean[c] + x_r[c]
+            totals0[c] += dy_r[c]
+            totals1[c] += ggx_r[c]
+            totals2[c] += dy_r[c]*ggx_r[c]
+            totals3[c] += dy_r[c]*x_minus_mean
+            totals4[c] += ggx_r[c]*x_minus_mean
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -716,10 +684,9 @@ def _instance_norm_double_backward_sample_pass1(dy, ggx, x, mean, S):
             total += totals4[g * S + s]
         for s in range(S):
             totals4[g * S + s] = total
-    return totals0, totals1, totals2, totals3, totals4
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
+@numba.njit(cache=True)
 def _instance_norm_double_backward_sample_pass2(coef_, coef_0, coef_1, S, shares0, shares1, shares2):
     """One pass of instance_norm_double_backward over one sample's (R, K) values, every group side by side: its
     share of the parameter sums of coef_, coef_0, coef_1. Shares are added to the float64 rows shares<k>."""
@@ -786,6 +753,11 @@ def _instance_norm_double_backward_samples(ggx, gggamma_groups, ggbeta_groups, d
     rows_gx_coef_x_minus_mean = numpy.empty((B, K), ggx.dtype)
     rows_gx_shift = numpy.empty((B, K), ggx.dtype)
     rows_gdy_shift = numpy.empty((B, K), ggx.dtype)
+    wide_sum_dy = numpy.empty((B, K))
+    wide_sum_ggx = numpy.empty((B, K))
+    wide_sum_dy_ggx = numpy.empty((B, K))
+    wide_sum_dy_x_minus_mean = numpy.empty((B, K))
+    wide_sum_ggx_x_minus_mean = numpy.empty((B, K))
     shares_psum_coef_ = numpy.empty((B, K))
     shares_psum_coef_0 = numpy.empty((B, K))
     shares_psum_coef_1 = numpy.empty((B, K))
@@ -836,13 +808,13 @@ def _instance_norm_double_backward_samples(ggx, gggamma_groups, ggbeta_groups, d
             tmp7[c] = dtype(invstd[c]**2)
         for c in range(K):
             tmp12[c] = dtype(gamma[c]*invstd[c])
-        total_sum_dy, total_sum_ggx, total_sum_dy_ggx, total_sum_dy_x_minus_mean, total_sum_ggx_x_minus_mean = _instance_norm_double_backward_sample_pass1(dy[b], ggx[b], x[b], mean, S)
+        _instance_norm_double_backward_sample_pass1(dy[b], ggx[b], x[b], mean, S, wide_sum_dy[b], wide_sum_ggx[b], wide_sum_dy_ggx[b], wide_sum_dy_x_minus_mean[b], wide_sum_ggx_x_minus_mean[b])
         for c in range(K):
-            sum_dy[c] = dtype(total_sum_dy[c])
-            sum_ggx[c] = dtype(total_sum_ggx[c])
-            sum_dy_ggx[c] = dtype(total_sum_dy_ggx[c])
-            sum_dy_x_minus_mean[c] = dtype(total_sum_dy_x_minus_mean[c])
-            sum_ggx_x_minus_mean[c] = dtype(total_sum_ggx_x_minus_mean[c])
+            sum_dy[c] = dtype(wide_sum_dy[b, c])
+            sum_ggx[c] = dtype(wide_sum_ggx[b, c])
+            sum_dy_ggx[c] = dtype(wide_sum_dy_ggx[b, c])
+            sum_dy_x_minus_mean[c] = dtype(wide_sum_dy_x_minus_mean[b, c])
+            sum_ggx_x_minus_mean[c] = dtype(wide_sum_ggx_x_minus_mean[b, c])
         for c in range(K):
             tmp0[c] = dtype(sum_dy_ggx[c]*invstd[c])
         for c in range(K):
@@ -1016,30 +988,22 @@ def _instance_norm_jvp(x, gamma_groups, beta_groups, tx, tgamma_groups, tbeta_gr
     return
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _instance_norm_jvp_sample_pass1(tx, x, S):
-    """One pass of instance_norm_jvp over one sample's (R, K) values, every group side by side: tx, x. Totals in
-    float64, each group's repeated for its S channels."""
+@numba.njit(cache=True)
+def _instance_norm_jvp_sample_pass1(tx, x, S, totals0, totals1):
+    """One pass of instance_norm_jvp over one sample's (R, K) values, every group side by side: tx, x. Totals go to
+    the float64 rows totals<k>, each group's total repeated for its S channels."""
     K = tx.shape[-1]
     R = tx.shape[0]
     dtype = tx.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, tx.dtype)
-    pieces1 = numpy.empty(K, tx.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+    for r in range(R):
+        tx_r = tx[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            tx_r = tx[r]
-            x_r = x[r]
-            for c in range(K):
-                pieces0[c] += tx_r[c]
-                pieces1[c] += x_r[c]
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
+            totals0[c] += tx_r[c]
+            totals1[c] += x_r[c]
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -1051,34 +1015,26 @@ def _instance_norm_jvp_sample_pass1(tx, x, S):
             total += totals1[g * S + s]
         for s in range(S):
             totals1[g * S + s] = total
-    return totals0, totals1
 
 
-@numba.njit(cache=True, fastmath=REASSOCIATE)
-def _instance_norm_jvp_sample_pass2(tx, x, mean, S):
+@numba.njit(cache=True)
+def _instance_norm_jvp_sample_pass2(tx, x, mean, S, totals0, totals1):
     """One pass of instance_norm_jvp over one sample's (R, K) values, every group side by side: tx*x_minus_mean,
-    x_minus_mean*x_minus_mean. Totals in float64, each group's repeated for its S channels."""
+    x_minus_mean*x_minus_mean. Totals go to the float64 rows totals<k>, each group's total repeated for its S
+    channels."""
     K = tx.shape[-1]
     R = tx.shape[0]
     dtype = tx.dtype.type
-    totals0 = numpy.zeros(K)
-    totals1 = numpy.zeros(K)
-    pieces0 = numpy.empty(K, tx.dtype)
-    pieces1 = numpy.empty(K, tx.dtype)
-    for start in range(0, R, BLOCK):
+    for c in range(K):
+        totals0[c] = 0.0
+        totals1[c] = 0.0
+    for r in range(R):
+        tx_r = tx[r]
+        x_r = x[r]
         for c in range(K):
-            pieces0[c] = 0
-            pieces1[c] = 0
-        for r in range(start, min(R, start + BLOCK)):
-            tx_r = tx[r]
-            x_r = x[r]
-            for c in range(K):
-                x_minus_mean = -mean[c] + x_r[c]
-                pieces0[c] += tx_r[c]*x_minus_mean
-                pieces1[c] += x_minus_mean*x_minus_mean
-        for c in range(K):
-            totals0[c] += pieces0[c]
-            totals1[c] += pieces1[c]
+            x_minus_mean = -mean[c] + x_r[c]
+            totals0[c] += tx_r[c]*x_minus_mean
+            totals1[c] += x_minus_mean*x_minus_mean
     for g in range(K // S):
         total = 0.0
         for s in range(S):
@@ -1090,7 +1046,6 @@ def _instance_norm_jvp_sample_pass2(tx, x, mean, S):
             total += totals1[g * S + s]
         for s in range(S):
             totals1[g * S + s] = total
-    return totals0, totals1
 
 
 @numba.njit(cache=True)
@@ -1132,6 +1087,10 @@ def _instance_norm_jvp_samples(x, gamma_groups, beta_groups, tx, tgamma_groups, 
     rows_tmp1 = numpy.empty((B, K), x.dtype)
     rows_ty_coef_x_minus_mean = numpy.empty((B, K), x.dtype)
     rows_ty_shift = numpy.empty((B, K), x.dtype)
+    wide_sum_tx = numpy.empty((B, K))
+    wide_sum_x = numpy.empty((B, K))
+    wide_sum_tx_x_minus_mean = numpy.empty((B, K))
+    wide_sum_x_minus_mean_x_minus_mean = numpy.empty((B, K))
     for b in numba.prange(B):
         gamma = rows_gamma[b]
         beta = rows_beta[b]
@@ -1154,16 +1113,16 @@ def _instance_norm_jvp_samples(x, gamma_groups, beta_groups, tx, tgamma_groups, 
             tgamma[c] = tgamma_groups[b, c // S]
             tbeta[c] = tbeta_groups[b, c // S]
             eps[c] = eps_groups[b, c // S]
-        total_sum_tx, total_sum_x = _instance_norm_jvp_sample_pass1(tx[b], x[b], S)
+        _instance_norm_jvp_sample_pass1(tx[b], x[b], S, wide_sum_tx[b], wide_sum_x[b])
         for c in range(K):
-            sum_tx[c] = dtype(total_sum_tx[c])
-            sum_x[c] = dtype(total_sum_x[c])
+            sum_tx[c] = dtype(wide_sum_tx[b, c])
+            sum_x[c] = dtype(wide_sum_x[b, c])
         for c in range(K):
             mean[c] = dtype(sum_x[c]*tmp0)
-        total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _instance_norm_jvp_sample_pass2(tx[b], x[b], mean, S)
+        _instance_norm_jvp_sample_pass2(tx[b], x[b], mean, S, wide_sum_tx_x_minus_mean[b], wide_sum_x_minus_mean_x_minus_mean[b])
         for c in range(K):
-            sum_tx_x_minus_mean[c] = dtype(total_sum_tx_x_minus_mean[c])
-            sum_x_minus_mean_x_minus_mean[c] = dtype(total_sum_x_minus_mean_x_minus_mean[c])
+            sum_tx_x_minus_mean[c] = dtype(wide_sum_tx_x_minus_mean[b, c])
+            sum_x_minus_mean_x_minus_mean[c] = dtype(wide_sum_x_minus_mean_x_minus_mean[b, c])
         for c in range(K):
             var[c] = dtype(sum_x_minus_mean_x_minus_mean[c]*tmp0)
         for c in range(K):

@@ -5,25 +5,29 @@ Notation (:class:`bnsym._fused.InterleavedLayout`). Fields are (B, R, K) arrays:
 block of R rows of K = G*S values, and group ``(b, g)`` is the values ``[b, r, g*S + s]`` of every row r (channel
 ``c = g*S + s``). Parameters are (K,) arrays, one value per channel; per-group values are (B, G) arrays.
 
-The plans are those that :mod:`bnsym.codegen.numba_local` prints as group-local loops (a parameter that varies
-within a group, or a parameter sum), with its names and its merged passes; its wrapper chooses between the two
+The plans are those that :mod:`bnsym.codegen.numba_local` prints as group-local loops (every plan of a layer whose
+groups lie within one sample that :meth:`~bnsym.codegen.numba_local.GroupLocalPrinter.unsupported` accepts), with
+its names and its steps (:func:`~bnsym.codegen.numba_local.loop_steps`); its wrapper chooses between the two
 layouts. What one plan becomes here:
 
 * **per-group values, one per channel.** Every per-group value of a sample is kept as a (K,) row that repeats a
   group's value for each of its S channels (the same arithmetic, once per channel), so that the loops over a row
   read every value along memory and LLVM vectorises them;
-* **each stage of sums: one pass over the sample.** The terms of every channel are accumulated in (K,) float32
-  rows over blocks of at most ``BLOCK`` rows, then added to float64 per-channel totals; a group's total is the
-  float64 sum of its S channels' totals. The inner loop runs along one row of K values (never across rows). This
-  is the accuracy contract of :mod:`bnsym._reduce`: float32 pieces of at most BLOCK values, float64 totals;
+* **each stage of sums: one pass over the sample.** Every term, computed in the fields' dtype, is added to a float64
+  total of its channel, row after row; a group's total is the float64 sum of its S channels' totals. The inner loop
+  runs along one row of K values (never across rows), so the float64 additions are vectorised across channels and
+  cost no more than float32 ones would. Float32 partial sums, as the other loops keep, would here add a channel's
+  terms one after another with nothing to pair them: on a sample of a few dozen rows at a large offset, that
+  measured up to 3.7 units of the accuracy contract's bound, which allows 2 (``tests/test_family_accuracy.py``);
 * **parameter sums.** Each sample adds its share to a (K,) float64 row of its own (a per-group term only when
   S == 1); the rows are added in sample order after the parallel loop, so results do not depend on the number of
   threads;
 * **the field outputs: one pass over the sample.**
 
-The parallel loop runs over samples (``numba.prange``). Every per-sample row is allocated before it, as a (B, K)
-array, so that nothing is allocated in the parallel loop and no array expression makes a parallel region of its
-own (see :mod:`bnsym.codegen.numba_local`).
+The parallel loop runs over samples (``numba.prange``): a batch of one sample runs on one thread. Every per-sample
+row (per-group values, float64 totals, parameter shares) is allocated before it, as a (B, K) array, so that nothing
+is allocated in the parallel loop and no array expression makes a parallel region of its own (see
+:mod:`bnsym.codegen.numba_local`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class InterleavedPrinter:
         after: list[str] = []  # after the parallel loop: parameter sums and what reads them
         sums: list[str] = []
         field_less: list[str] = []
+        wides: list[str] = []  # the group sums, whose float64 totals are (B, K) arrays
         # per-group values, kept as (B, K) arrays (one row per sample): the inputs, then each value computed
         rows = [n for n in names.inputs if n not in names.fields + names.parameters]
         for step in loop_steps(plan.statements, names):
@@ -80,14 +85,12 @@ class InterleavedPrinter:
                 source, arguments, lacking = self._pass(function, plan, step.group, step.parameter, names)
                 helpers.append(source)
                 call = f"{function}({', '.join(arguments)})"
+                body.append(call)
                 if step.group:
-                    totals = [f"total_{n.name}" for n in step.group.names]
-                    body.append(f"{', '.join(totals)}{',' if len(totals) == 1 else ''} = {call}")
-                    body += ["for c in range(K):"] + [f"{i}{n.name}[c] = dtype({t}[c])"
-                                                      for n, t in zip(step.group.names, totals)]
+                    body += ["for c in range(K):"] + [f"{i}{n.name}[c] = dtype(wide_{n.name}[b, c])"
+                                                      for n in step.group.names]
                     rows += [n.name for n in step.group.names]
-                else:
-                    body.append(call)
+                    wides += [n.name for n in step.group.names]
                 if step.parameter:
                     sums += [n.name for n in step.parameter.names]
                     field_less += lacking
@@ -101,7 +104,7 @@ class InterleavedPrinter:
                          and s.name not in names.parameter_values]
         if group_results:
             body += ["for g in range(G):"] + [f"{i}{n}_groups[b, g] = {n}[g * S]" for n in group_results]
-        main = self._main(plan, names, rows, body, after, sums, group_results)
+        main = self._main(plan, names, rows, wides, body, after, sums, group_results)
         return "\n\n\n".join(helpers + [main]), bool(field_less)
 
     # ----- helpers -----
@@ -128,14 +131,15 @@ class InterleavedPrinter:
             ("its share of the parameter sums of " + ", ".join("*".join(f.name for f in t) for t in parameter_terms))
             if parameter_terms else "") if part)
         i, i2, i3 = self.indent, self.indent * 2, self.indent * 3
-        lines = ["@numba.njit(cache=True, fastmath=REASSOCIATE)",
-                 f"def {function}({', '.join(fields + parameters + per_group + scalars + ['S'] + shares)}):",
+        totals = [f"totals{j}" for j in k]
+        lines = ["@numba.njit(cache=True)",
+                 f"def {function}({', '.join(fields + parameters + per_group + scalars + ['S'] + totals + shares)}):",
                  *self._docstring(f"One pass of {plan.name} over one sample's (R, K) values, every group side by "
                                   f"side: {described}."
-                                  + (" Totals in float64, each group's repeated for its S channels." if group_terms
-                                     else "")
+                                  + (" Totals go to the float64 rows totals<k>, each group's total repeated for its S "
+                                     "channels." if group_terms else "")
                                   + (" Shares are added to the float64 rows shares<k>." if parameter_terms else ""))]
-        reference = (fields + parameters + per_group + shares)[0]
+        reference = (fields + parameters + per_group + totals + shares)[0]
         lines.append(f"{i}K = {reference}.shape[-1]")
         if fields:
             lines += [f"{i}R = {fields[0]}.shape[0]", f"{i}dtype = {fields[0]}.dtype.type"]
@@ -147,29 +151,26 @@ class InterleavedPrinter:
                 value = Printer({n: f"{n}[c]" for n in per_group}, typed_numbers=False).doprint(
                     _product(parameter_terms[j]))
                 lines += [f"{i}for c in range(K):", f"{i2}shares{j}[c] += {value}"]
+        if group_terms:
+            lines += [f"{i}for c in range(K):"] + [f"{i2}totals{j}[c] = 0.0" for j in k]
         if group_terms or element:
-            lines += [f"{i}totals{j} = numpy.zeros(K)" for j in k]
-            lines += [f"{i}pieces{j} = numpy.empty(K, {fields[0]}.dtype)" for j in k]
-            lines += [f"{i}parts{j} = numpy.empty(K, {fields[0]}.dtype)" for j in element]
-            lines += [f"{i}for start in range(0, R, BLOCK):", f"{i2}for c in range(K):"]
-            lines += [f"{i3}pieces{j}[c] = 0" for j in k] + [f"{i3}parts{j}[c] = 0" for j in element]
-            lines += [f"{i2}for r in range(start, min(R, start + BLOCK)):"]
-            lines += [f"{i3}{f}_r = {f}[r]" for f in fields]
-            lines += [f"{i3}for c in range(K):"]
-            lines += [f"{i3}{i}{a} = {printer.doprint(names.atoms[a])}" for a in atoms]
-            lines += [f"{i3}{i}pieces{j}[c] += {printer.doprint(_product(t))}" for j, t in zip(k, group_terms)]
-            lines += [f"{i3}{i}parts{j}[c] += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
+            # Each term, rounded in the fields' dtype, is added to a float64 total of its channel, row after row.
+            # (In float32, a channel's terms would be added one after another, with nothing to pair them up when
+            # there are few rows: at a large offset that loses more than the accuracy contract allows.)
+            lines += [f"{i}for r in range(R):"]
+            lines += [f"{i2}{f}_r = {f}[r]" for f in fields]
             lines += [f"{i2}for c in range(K):"]
-            lines += [f"{i3}totals{j}[c] += pieces{j}[c]" for j in k]
-            lines += [f"{i3}shares{j}[c] += parts{j}[c]" for j in element]
+            lines += [f"{i3}{a} = {printer.doprint(names.atoms[a])}" for a in atoms]
+            lines += [f"{i3}totals{j}[c] += {printer.doprint(_product(t))}" for j, t in zip(k, group_terms)]
+            lines += [f"{i3}shares{j}[c] += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
         if group_terms:
             lines += [f"{i}for g in range(K // S):"]
             for j in k:
                 lines += [f"{i2}total = 0.0", f"{i2}for s in range(S):", f"{i3}total += totals{j}[g * S + s]",
                           f"{i2}for s in range(S):", f"{i3}totals{j}[g * S + s] = total"]
-            lines += [f"{i}return {', '.join(f'totals{j}' for j in k)}{',' if len(k) == 1 else ''}"]
         arguments = ([f"{f}[b]" for f in fields] + parameters + per_group + [f"dtype({s})" for s in scalars]
-                     + ["S"] + [f"shares_{n.name}[b]" for n in (parameter.names if parameter else ())])
+                     + ["S"] + [f"wide_{n.name}[b]" for n in (group.names if group else ())]
+                     + [f"shares_{n.name}[b]" for n in (parameter.names if parameter else ())])
         return "\n".join(lines), arguments, lacking
 
     def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: PlanNames):
@@ -196,8 +197,8 @@ class InterleavedPrinter:
                      + [f"{n}[b]" for n in written])
         return "\n".join(lines), arguments
 
-    def _main(self, plan: KernelPlan, names: PlanNames, rows: list[str], body: list[str], after: list[str],
-              sums: list[str], group_results: list[str]) -> str:
+    def _main(self, plan: KernelPlan, names: PlanNames, rows: list[str], wides: list[str], body: list[str],
+              after: list[str], sums: list[str], group_results: list[str]) -> str:
         i, i2, i3 = self.indent, self.indent * 2, self.indent * 3
         per_group_inputs = [n for n in names.inputs if n not in names.fields + names.parameters]
         inputs = [f"{n}_groups" if n in per_group_inputs else n for n in names.inputs]
@@ -211,6 +212,7 @@ class InterleavedPrinter:
                  f"{i}dtype = {first}.dtype.type"]
         lines += [f"{i}{n} = {Printer({}, typed_numbers=False).doprint(e)}" for n, e in names.scalars]
         lines += [f"{i}rows_{n} = numpy.empty((B, K), {first}.dtype)" for n in rows]
+        lines += [f"{i}wide_{n} = numpy.empty((B, K))" for n in wides]
         lines += [f"{i}shares_{n} = numpy.empty((B, K))" for n in sums]  # zeroed in the loop: numpy.zeros
         # would be a parallel region of its own
         lines += [f"{i}{n}_groups = numpy.empty((B, G), {first}.dtype)" for n in group_results]

@@ -101,7 +101,8 @@ class PlanNames:
 
 class GroupLocalPrinter:
     """Renders a :class:`KernelPlan` that reduces through its reducer as group-local Numba loops (module
-    docstring), with a wrapper of the NumPy kernel's signature that runs the NumPy kernel for other layouts."""
+    docstring), with a wrapper of the NumPy kernel's signature that runs them for groups that are contiguous runs,
+    the sample-wise loops (when printed) for groups that interleave, and the NumPy kernel for any other layout."""
 
     def __init__(self, indent: str = "    ", interleaved: bool = False):
         """``interleaved``: also print the sample-wise loops of :mod:`bnsym.codegen.numba_interleaved` (for a layer

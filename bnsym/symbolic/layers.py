@@ -122,11 +122,9 @@ class LayerDeclaration:
     * ``running_statistics``: the layer keeps running statistics and has an eval mode (batch norm).
     * ``per_sample``: every group lies within one sample (every layer but batch norm), so the compiled kernels can
       finish one group (or one sample) at a time while it is in cache.
-    * ``channel_axis``: the layer takes a channel axis, which may be the last one: on channel-last input the groups
-      of a sample interleave in memory (group norm, instance norm; the compiled kernels add loops for that).
-    * ``group``: what one group of M values is, in prose (for the derivation document).
-    * ``statistics_over``, ``parameters``: the reduction axes and the parameter axes, in prose.
-    * ``conventions``: where the frameworks' conventions differ, one paragraph each (for the document).
+    * ``channel_axis``: the layer takes a channel axis, which may be the last one. With ``per_sample`` (group norm,
+      instance norm), the groups of a sample then interleave in memory on channel-last input, and the compiled
+      kernels add sample-wise loops for that; batch norm's channel axis needs none.
     """
 
     name: str
