@@ -22,6 +22,10 @@ printer does not:
 No array expressions in the parallel function: Numba would make each one a parallel region of its own, and waking
 the threads for it costs more than its work.
 
+For a layer whose groups interleave on channel-last input, the module also gets the sample-wise loops of
+:mod:`bnsym.codegen.numba_interleaved`, printed from the same steps (:func:`loop_steps`), and the wrapper tries the
+group-local layout first, then the interleaved one, then the NumPy kernel.
+
 Every loop that sums is a function of its own compiled with reassociation (LLVM vectorises a float32 sum); the
 per-group arithmetic and the output loops keep IEEE semantics. The parallel loop runs over blocks of ``BLOCK``
 groups (``numba.prange``). Sums of one group follow the accuracy contract of :mod:`bnsym._reduce`: float32 pieces of
@@ -175,16 +179,15 @@ class GroupLocalPrinter:
         group_results = [s.name for s in plan.returns if s.name not in names.fields and s.name not in names.outputs
                          and s.name not in names.parameter_values]
         body += [f"{n}_groups[g] = {n}" for n in group_results]
-        main = self._main(plan, names, body, after, sums, field_less, group_results)
-        interleaved = None
+        parts = helpers + [self._main(plan, names, body, after, sums, field_less, group_results)]
+        needs_s1 = None  # the sample-wise loops are not printed
         if self.interleaved:
             from bnsym.codegen.numba_interleaved import InterleavedPrinter
 
             source, needs_s1 = InterleavedPrinter(self.indent).render(plan)
-            helpers.append(main)
-            main, interleaved = source, needs_s1
-        wrapper = self._wrapper(plan, names, group_results, bool(field_less), interleaved)
-        return "\n\n\n".join(helpers + [main, wrapper])
+            parts.append(source)
+        parts.append(self._wrapper(plan, names, group_results, bool(field_less), needs_s1))
+        return "\n\n\n".join(parts)
 
     # ----- helpers -----
 

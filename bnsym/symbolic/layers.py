@@ -120,6 +120,9 @@ class LayerDeclaration:
     * ``shared_parameters``: one parameter value serves several groups, so a parameter's gradient is summed over
       them (every layer but batch norm).
     * ``running_statistics``: the layer keeps running statistics and has an eval mode (batch norm).
+    * ``group``: what one group of M values is, in prose (for the derivation document).
+    * ``statistics_over``, ``parameters``: the reduction axes and the parameter axes, in prose.
+    * ``conventions``: where the frameworks' conventions differ, one paragraph each (for the document).
     * ``per_sample``: every group lies within one sample (every layer but batch norm), so the compiled kernels can
       finish one group (or one sample) at a time while it is in cache.
     * ``channel_axis``: the layer takes a channel axis, which may be the last one. With ``per_sample`` (group norm,
