@@ -94,17 +94,14 @@ class InterleavedPrinter:
                 if step.parameter:
                     sums += [n.name for n in step.parameter.names]
                     field_less += lacking
-        outputs = [s for s in plan.statements if isinstance(s, Accumulate)]
-        if outputs:
+        if names.accumulates:
             function = f"_{plan.name}_sample_outputs"
-            source, arguments = self._outputs(function, plan, outputs, names)
+            source, arguments = self._outputs(function, plan, names.accumulates, names)
             helpers.append(source)
             body.append(f"{function}({', '.join(arguments)})")
-        group_results = [s.name for s in plan.returns if s.name not in names.fields and s.name not in names.outputs
-                         and s.name not in names.parameter_values]
-        if group_results:
-            body += ["for g in range(G):"] + [f"{i}{n}_groups[b, g] = {n}[g * S]" for n in group_results]
-        main = self._main(plan, names, rows, wides, body, after, sums, group_results)
+        if names.group_results:
+            body += ["for g in range(G):"] + [f"{i}{n}_groups[b, g] = {n}[g * S]" for n in names.group_results]
+        main = self._main(plan, names, rows, wides, body, after, sums)
         return "\n\n\n".join(helpers + [main]), bool(field_less)
 
     # ----- helpers -----
@@ -198,7 +195,7 @@ class InterleavedPrinter:
         return "\n".join(lines), arguments
 
     def _main(self, plan: KernelPlan, names: PlanNames, rows: list[str], wides: list[str], body: list[str],
-              after: list[str], sums: list[str], group_results: list[str]) -> str:
+              after: list[str], sums: list[str]) -> str:
         i, i2, i3 = self.indent, self.indent * 2, self.indent * 3
         per_group_inputs = [n for n in names.inputs if n not in names.fields + names.parameters]
         inputs = [f"{n}_groups" if n in per_group_inputs else n for n in names.inputs]
@@ -215,7 +212,7 @@ class InterleavedPrinter:
         lines += [f"{i}wide_{n} = numpy.empty((B, K))" for n in wides]
         lines += [f"{i}shares_{n} = numpy.empty((B, K))" for n in sums]  # zeroed in the loop: numpy.zeros
         # would be a parallel region of its own
-        lines += [f"{i}{n}_groups = numpy.empty((B, G), {first}.dtype)" for n in group_results]
+        lines += [f"{i}{n}_groups = numpy.empty((B, G), {first}.dtype)" for n in names.group_results]
         lines += [f"{i}for b in numba.prange(B):"]
         if sums:
             lines += [f"{i2}for c in range(K):"] + [f"{i3}shares_{n}[b, c] = 0.0" for n in sums]
@@ -228,7 +225,7 @@ class InterleavedPrinter:
                       f"{i2}for b in range(B):", f"{i3}total += shares_{n}[b, c]", f"{i2}{n}[c] = total"]
         lines += [f"{i}{line}" for line in after]
         results = [s.name for s in plan.returns if s.name not in names.outputs]
-        returned = [f"{n}_groups" if n in group_results else n for n in results]
+        returned = [f"{n}_groups" if n in names.group_results else n for n in results]
         lines.append(f"{i}return {', '.join(returned)}{',' if len(returned) == 1 else ''}" if returned
                      else f"{i}return")
         return "\n".join(lines)

@@ -62,7 +62,8 @@ class PlanNames:
     ``fields``: full-size inputs and outputs; ``parameters``: parameter-shaped inputs (:class:`ParameterField`);
     ``atoms``: element-valued assignments (computed in the loop bodies, never stored); ``scalars``: values of M
     alone; ``parameter_values``: parameter sums and what is computed from them (after the loops); everything else
-    is a per-group value.
+    is a per-group value. ``accumulates``: the field outputs' statements; ``group_results``: the per-group values
+    that the kernel returns (its statistics).
     """
 
     def __init__(self, plan: KernelPlan):
@@ -71,7 +72,8 @@ class PlanNames:
                            if any(isinstance(s, ParameterField) and s.name == p for s in symbols)]
         self.inputs = [p for p in plan.parameters if p not in (REDUCER, COUNT)]
         self.fields = [n for n in self.inputs if n in plan.fields and n not in self.parameters]
-        self.outputs = [s.name.name for s in plan.statements if isinstance(s, Accumulate)]
+        self.accumulates = [s for s in plan.statements if isinstance(s, Accumulate)]
+        self.outputs = [s.name.name for s in self.accumulates]
         element = set(plan.fields) - set(self.outputs)
         self.atoms: dict[str, sympy.Expr] = {}
         self.scalars: list[tuple[str, sympy.Expr]] = []
@@ -92,6 +94,8 @@ class PlanNames:
                 self.scalars.append((s.name.name, s.expr))
         self.scalar_names = scalar_names
         self.element = element
+        self.group_results = [s.name for s in plan.returns if s.name not in self.fields and s.name not in self.outputs
+                              and s.name not in self.parameter_values]
 
     def read(self, exprs) -> list[str]:
         """The names that loops evaluating ``exprs`` (expressions or names) read, atoms expanded, first seen first;
@@ -144,7 +148,6 @@ class GroupLocalPrinter:
         after: list[str] = []  # after the parallel loop: parameter sums and what reads them
         sums: list[str] = []  # the parameter sums, in order
         field_less: list[str] = []  # parameter sums of per-group values (no field): need Q == 1
-        outputs = [s for s in plan.statements if isinstance(s, Accumulate)]
         for step in loop_steps(plan.statements, names):
             if step.kind == "parameter value":
                 name, expr = step.statement.name.name, step.statement.expr
@@ -171,22 +174,20 @@ class GroupLocalPrinter:
                 if step.parameter:
                     sums += [n.name for n in step.parameter.names]
                     field_less += lacking
-        if outputs:
+        if names.accumulates:
             function = f"_{plan.name}_outputs"
-            source, arguments = self._outputs(function, plan, outputs, names)
+            source, arguments = self._outputs(function, plan, names.accumulates, names)
             helpers.append(source)
             body.append(f"{function}({', '.join(arguments)})")
-        group_results = [s.name for s in plan.returns if s.name not in names.fields and s.name not in names.outputs
-                         and s.name not in names.parameter_values]
-        body += [f"{n}_groups[g] = {n}" for n in group_results]
-        parts = helpers + [self._main(plan, names, body, after, sums, field_less, group_results)]
+        body += [f"{n}_groups[g] = {n}" for n in names.group_results]
+        parts = helpers + [self._main(plan, names, body, after, sums, field_less)]
         needs_s1 = None  # the sample-wise loops are not printed
         if self.interleaved:
             from bnsym.codegen.numba_interleaved import InterleavedPrinter
 
             source, needs_s1 = InterleavedPrinter(self.indent).render(plan)
             parts.append(source)
-        parts.append(self._wrapper(plan, names, group_results, bool(field_less), needs_s1))
+        parts.append(self._wrapper(plan, names, bool(field_less), needs_s1))
         return "\n\n\n".join(parts)
 
     # ----- helpers -----
@@ -335,7 +336,7 @@ class GroupLocalPrinter:
         return "\n".join(lines), arguments
 
     def _main(self, plan: KernelPlan, names: PlanNames, body: list[str], after: list[str], sums: list[str],
-              field_less: list[str], group_results: list[str]) -> str:
+              field_less: list[str]) -> str:
         i = self.indent
         i2, i3, i4 = i * 2, i * 3, i * 4
         inputs = [f"{n}_groups" if n not in names.fields + names.parameters else n for n in names.inputs]
@@ -356,7 +357,7 @@ class GroupLocalPrinter:
         # own, and waking the threads for one costs more than its work (tens of microseconds when they sleep).
         lines += [f"{i}parts_{n} = numpy.empty((blocks, P, Q), {first}.dtype)" for n in sums]
         lines += [f"{i}wide_{n} = numpy.empty((blocks, P, Q if S > 1 else 1))" for n in sums]
-        lines += [f"{i}{n}_groups = numpy.empty(groups, {first}.dtype)" for n in group_results]
+        lines += [f"{i}{n}_groups = numpy.empty(groups, {first}.dtype)" for n in names.group_results]
         lines += [f"{i}for block in numba.prange(blocks):"]
         if sums:
             lines += [f"{i2}for p in range(P):", f"{i3}for q in range(Q):"]
@@ -383,12 +384,12 @@ class GroupLocalPrinter:
                           *(i + line for line in total)]
         lines += [f"{i}{line}" for line in after]
         results = [s.name for s in plan.returns if s.name not in names.outputs]
-        returned = [f"{n}_groups" if n in group_results else n for n in results]
+        returned = [f"{n}_groups" if n in names.group_results else n for n in results]
         lines.append(f"{i}return {', '.join(returned)}{',' if len(returned) == 1 else ''}" if returned
                      else f"{i}return")
         return "\n".join(lines)
 
-    def _wrapper(self, plan: KernelPlan, names: PlanNames, group_results: list[str], needs_q1: bool,
+    def _wrapper(self, plan: KernelPlan, names: PlanNames, needs_q1: bool,
                  interleaved: bool | None) -> str:
         """The wrapper with the NumPy kernel's signature: the group-local loops when the groups are contiguous
         runs, the sample-wise ones when they interleave (``interleaved`` is None when those are not printed, else
@@ -405,17 +406,17 @@ class GroupLocalPrinter:
               f"parameters={python_tuple(names.parameters)}")
         lines += [f"{i}layout = GroupLocalLayout.of({of})",
                   f"{i}if layout is not None{' and layout.Q == 1' if needs_q1 else ''}:"]
-        lines += self._call(plan, names, group_results, f"_{plan.name}", ["layout.P", "layout.Q"])
+        lines += self._call(plan, names, f"_{plan.name}", ["layout.P", "layout.Q"])
         if interleaved is not None:
             from bnsym.codegen.numba_interleaved import samples_function
 
             lines += [f"{i}layout = InterleavedLayout.of({of})",
                       f"{i}if layout is not None{' and layout.S == 1' if interleaved else ''}:"]
-            lines += self._call(plan, names, group_results, samples_function(plan), ["layout.S"])
+            lines += self._call(plan, names, samples_function(plan), ["layout.S"])
         lines += [f"{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
         return "\n".join(lines)
 
-    def _call(self, plan: KernelPlan, names: PlanNames, group_results: list[str], function: str,
+    def _call(self, plan: KernelPlan, names: PlanNames, function: str,
               shape: list[str]) -> list[str]:
         """The wrapper's lines (inside its ``if``) that call ``function`` with the arrays arranged by ``layout``
         and ``shape`` (what the function takes after M), and return its results as the NumPy kernel does."""
@@ -429,7 +430,7 @@ class GroupLocalPrinter:
         call = f"{function}({', '.join(arguments)})"
         lines.append(f"{i2}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
                      else f"{i2}{call}")
-        returned = [n if n in names.outputs else f"layout.grouped({n})" if n in group_results
+        returned = [n if n in names.outputs else f"layout.grouped({n})" if n in names.group_results
                     else f"layout.parameter_result({n})" for n in (s.name for s in plan.returns)]
         return lines + [f"{i2}return {', '.join(returned)}"]
 
