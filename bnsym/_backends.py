@@ -12,6 +12,10 @@ Every backend runs kernels printed from the same derivation (``bnsym._generated.
 ``"auto"`` (the default) is ``"numba"`` for NumPy input when Numba is installed, else ``"numpy"``, and
 ``"array_api"`` for the arrays of any other library. Asking by name for a backend whose extra is missing is an
 ``ImportError`` that names the extra.
+
+``"auto"`` never waits on the compiler: a compiled kernel that is not ready (in memory or in Numba's disk cache)
+is compiled in the background while the call runs the NumPy kernel (:mod:`bnsym._compiled`,
+:mod:`bnsym._background`). ``"numba"`` named explicitly compiles on the spot, and says so when that takes long.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Backend:
 
     name: str
     xp: object
+    #: The compiled backend's policy (:mod:`bnsym._compiled`): WAIT when named, BACKGROUND when chosen by "auto".
+    compile_policy: str = "wait"
 
     @property
     def is_numpy(self) -> bool:
@@ -76,6 +82,8 @@ class Backend:
     def kernels(self, layer: str = "batch_norm"):
         """The generated module of ``layer``'s kernels for this backend."""
         # Imported on first use, not with bnsym, so that `bnsym derive` can regenerate a broken or missing module.
+        if self.name == "numba":
+            return _compiled_kernels(layer, self.compile_policy)
         return importlib.import_module(f"bnsym._generated.{layer}{_SUFFIX[self.name]}")
 
     def reducer(self, axes: tuple[int, ...], count: int, parameter_axes: tuple[int, ...] = ()):
@@ -89,14 +97,50 @@ class Backend:
         return ArrayAPIReducer(self.xp, axes, count, parameter_axes)
 
 
+class _CompiledKernels:
+    """A generated ``_numba`` module's kernels, each called under a compile policy; under BACKGROUND, a kernel
+    that is not compiled yet runs its NumPy twin (same derivation, same signature) instead."""
+
+    def __init__(self, layer: str, compile_policy: str):
+        self._module = importlib.import_module(f"bnsym._generated.{layer}_numba")
+        self._numpy = numpy_kernels(layer)
+        self._policy = compile_policy
+        self.SIGNATURES = self._module.SIGNATURES
+
+    def __getattr__(self, name: str):
+        if name not in self.SIGNATURES:
+            return getattr(self._module, name)
+        compiled, fallback, policy = getattr(self._module, name), getattr(self._numpy, name), self._policy
+        from bnsym._compiled import NotCompiled
+        from bnsym._compiled import policy as compile_policy
+
+        @functools.wraps(compiled)
+        def kernel(*args):
+            with compile_policy(policy):
+                try:
+                    return compiled(*args)
+                except NotCompiled:
+                    return fallback(*args)
+
+        setattr(self, name, kernel)  # found directly from now on
+        return kernel
+
+
+@functools.cache
+def _compiled_kernels(layer: str, compile_policy: str) -> _CompiledKernels:
+    return _CompiledKernels(layer, compile_policy)
+
+
 def resolve(backend, x) -> Backend:
     """The backend that runs a call whose main input is ``x`` (module docstring)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
     numpy_input = _is_numpy_input(x)
+    compile_policy = "wait"
     if backend == "auto":
         if numpy_input:
             backend = "numba" if _installed("numba") else "numpy"
+            compile_policy = "background"
         else:
             if not _installed("array_api"):
                 raise _missing("array_api", f" and x is a {type(x).__module__}.{type(x).__name__}")
@@ -108,7 +152,7 @@ def resolve(backend, x) -> Backend:
                             "the arrays of other libraries, or convert x with numpy.asarray")
         if backend == "numba" and not _installed("numba"):
             raise _missing("numba")
-        return Backend(backend, np)
+        return Backend(backend, np, compile_policy)
     if not _installed("array_api"):
         raise _missing("array_api")
     from bnsym._array_api import namespace

@@ -51,6 +51,44 @@ def _derive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    import importlib.util
+    import time
+
+    from bnsym import precompile
+
+    if importlib.util.find_spec("numba") is None:
+        print('bnsym compile: the compiled backend needs Numba, which is not installed: pip install -e ".[fast]" '
+              "from a clone of bnsym", file=sys.stderr)
+        return 2
+    try:
+        chosen = precompile.kernels(args.layer, args.dtype, args.layout)
+    except ValueError as error:
+        print(f"bnsym compile: {error}", file=sys.stderr)
+        return 2
+    missing = [k for k in chosen if not k.cached]
+    print(f"bnsym compile: {len(chosen)} kernels for {', '.join(args.layer or precompile.CASES)}; "
+          f"{len(chosen) - len(missing)} in Numba's disk cache already, {len(missing)} to compile with "
+          f"{min(args.jobs, max(len(missing), 1))} process(es)")
+    failed = []
+    started = time.perf_counter()
+
+    def report(kernel, seconds: float, error: str) -> None:
+        nonlocal done
+        done += 1
+        if error:
+            failed.append((kernel, error))
+        bar = precompile.progress_bar(done, len(missing))
+        print(f"{bar}  {kernel.label}: {'FAILED' if error else f'{seconds:.1f} s'}", flush=True)
+
+    done = 0
+    precompile.compile_kernels(missing, workers=args.jobs, on_done=report)
+    for kernel, error in failed:
+        print(f"bnsym compile: {kernel.label} did not compile: {error}", file=sys.stderr)
+    print(f"bnsym compile: done in {time.perf_counter() - started:.1f} s; {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def _check(arguments: list[str]) -> int:
     # The property library (and Hypothesis) is imported only for `bnsym check`: `bnsym derive` must work, and stay
     # fast, without it. So `check` parses its own arguments.
@@ -71,6 +109,16 @@ def check_parser() -> argparse.ArgumentParser:
 CHECK_DESCRIPTION = "Verify a normalisation-layer implementation with bnsym's properties."
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bnsym import __version__
 
@@ -86,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--root", help="the source checkout to write into (default: the one bnsym runs from)")
     derive.add_argument("--quiet", action="store_true", help="only list the files written")
     derive.set_defaults(handler=_derive)
+
+    from bnsym.precompile import CASES, DTYPES, LAYOUTS
+
+    compile_ = commands.add_parser(
+        "compile", help="compile the compiled backend's kernels ahead of time (into Numba's disk cache)",
+        description="Compile the Numba kernels of the chosen layers, dtypes and layouts (all by default) into "
+                    "Numba's disk cache, so that no call compiles anything later. Kernels in the cache already "
+                    "are skipped.")
+    compile_.add_argument("--layer", action="append", choices=tuple(CASES),
+                          help="a layer to compile (repeat for several; default: every layer)")
+    compile_.add_argument("--dtype", action="append", choices=DTYPES, help="a dtype (repeat; default: both)")
+    compile_.add_argument("--layout", action="append", choices=LAYOUTS,
+                          help="an input layout (repeat; default: every layout)")
+    compile_.add_argument("--jobs", "-j", type=_positive, default=2,
+                          help="compiling processes at once (default: 2)")
+    compile_.set_defaults(handler=_compile)
 
     check = commands.add_parser("check", help="verify an implementation with the property library (bnsym check "
                                                "--help for its options)", add_help=False)

@@ -1,6 +1,10 @@
-"""Hypothesis profiles: CI runs derandomised, so every CI run tries the same examples."""
+"""Hypothesis profiles: CI runs derandomised, so every CI run tries the same examples. And no background
+compilation: backend="auto" would otherwise start a process compiling kernels that no test waits for (the tests of
+that switch turn it on for their own subprocesses)."""
 
 import os
+
+os.environ.setdefault("BNSYM_BACKGROUND_COMPILE", "0")
 
 from hypothesis import HealthCheck, settings
 

@@ -12,6 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import batch_norm as numpy_kernels
+from bnsym._compiled import run_compiled
 from bnsym._fused import FusedLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
@@ -179,7 +180,7 @@ def batch_norm_forward(x, gamma, beta, eps, reducer):
     if layout is None:
         return numpy_kernels.batch_norm_forward(x, gamma, beta, eps, reducer)
     y = layout.empty()
-    mean, invstd = _batch_norm_forward(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.fields(y))
+    mean, invstd = run_compiled(_batch_norm_forward, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.fields(y))
     return y, layout.grouped(mean), layout.grouped(invstd)
 
 
@@ -317,7 +318,7 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     if layout is None:
         return numpy_kernels.batch_norm_backward(dy, x, gamma, mean, invstd, reducer)
     dx = layout.empty()
-    dgamma, dbeta = _batch_norm_backward(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(dx))
+    dgamma, dbeta = run_compiled(_batch_norm_backward, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(dx))
     return dx, layout.grouped(dgamma), layout.grouped(dbeta)
 
 
@@ -381,7 +382,7 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     if layout is None:
         return numpy_kernels.batch_norm_inference(x, gamma, beta, running_mean, running_var, eps)
     y = layout.empty()
-    _batch_norm_inference(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), layout.fields(y))
+    run_compiled(_batch_norm_inference, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), layout.fields(y))
     return y
 
 
@@ -508,7 +509,7 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, 
     if layout is None:
         return numpy_kernels.batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, reducer)
     dx = layout.empty()
-    dgamma, dbeta = _batch_norm_inference_backward(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), reducer.count, layout.fields(dx))
+    dgamma, dbeta = run_compiled(_batch_norm_inference_backward, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), reducer.count, layout.fields(dx))
     return dx, layout.grouped(dgamma), layout.grouped(dbeta)
 
 
@@ -721,7 +722,7 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
         return numpy_kernels.batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
     gx = layout.empty()
     gdy = layout.empty()
-    ggamma, = _batch_norm_double_backward(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
+    ggamma, = run_compiled(_batch_norm_double_backward, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
     return gx, layout.grouped(ggamma), gdy
 
 
@@ -850,7 +851,7 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
         return numpy_kernels.batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
     gx = layout.empty()
     gdy = layout.empty()
-    ggamma, = _batch_norm_inference_double_backward(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
+    ggamma, = run_compiled(_batch_norm_inference_double_backward, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
     return gx, layout.grouped(ggamma), gdy
 
 
@@ -1054,7 +1055,7 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
         return numpy_kernels.batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
     y = layout.empty()
     ty = layout.empty()
-    _batch_norm_jvp(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.fields(y), layout.fields(ty))
+    run_compiled(_batch_norm_jvp, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.fields(y), layout.fields(ty))
     return y, ty
 
 

@@ -12,6 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import group_norm as numpy_kernels
+from bnsym._compiled import run_compiled
 from bnsym._fused import GroupLocalLayout, InterleavedLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
@@ -227,12 +228,12 @@ def group_norm_forward(x, gamma, beta, eps, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
     if layout is not None:
         y = layout.empty()
-        mean, invstd = _group_norm_forward(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        mean, invstd = run_compiled(_group_norm_forward, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
         return y, layout.grouped(mean), layout.grouped(invstd)
     layout = InterleavedLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
     if layout is not None:
         y = layout.empty()
-        mean, invstd = _group_norm_forward_samples(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y))
+        mean, invstd = run_compiled(_group_norm_forward_samples, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y))
         return y, layout.grouped(mean), layout.grouped(invstd)
     return numpy_kernels.group_norm_forward(x, gamma, beta, eps, reducer)
 
@@ -494,12 +495,12 @@ def group_norm_backward(dy, x, gamma, mean, invstd, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
     if layout is not None:
         dx = layout.empty()
-        dgamma, dbeta = _group_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        dgamma, dbeta = run_compiled(_group_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
     layout = InterleavedLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
     if layout is not None:
         dx = layout.empty()
-        dgamma, dbeta = _group_norm_backward_samples(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(dx))
+        dgamma, dbeta = run_compiled(_group_norm_backward_samples, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(dx))
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
     return numpy_kernels.group_norm_backward(dy, x, gamma, mean, invstd, reducer)
 
@@ -977,13 +978,13 @@ def group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     if layout is not None:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = _group_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        ggamma, = run_compiled(_group_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
         return gx, layout.parameter_result(ggamma), gdy
     layout = InterleavedLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
     if layout is not None:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = _group_norm_double_backward_samples(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(gx), layout.fields(gdy))
+        ggamma, = run_compiled(_group_norm_double_backward_samples, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(gx), layout.fields(gdy))
         return gx, layout.parameter_result(ggamma), gdy
     return numpy_kernels.group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 
@@ -1244,13 +1245,13 @@ def group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     if layout is not None:
         y = layout.empty()
         ty = layout.empty()
-        _group_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        run_compiled(_group_norm_jvp, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
         return y, ty
     layout = InterleavedLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
     if layout is not None:
         y = layout.empty()
         ty = layout.empty()
-        _group_norm_jvp_samples(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y), layout.fields(ty))
+        run_compiled(_group_norm_jvp_samples, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y), layout.fields(ty))
         return y, ty
     return numpy_kernels.group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
 

@@ -12,6 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import instance_norm as numpy_kernels
+from bnsym._compiled import run_compiled
 from bnsym._fused import GroupLocalLayout, InterleavedLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
@@ -229,12 +230,12 @@ def instance_norm_forward(x, gamma, beta, eps, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(gamma, beta, eps), parameters=())
     if layout is not None:
         y = layout.empty()
-        mean, invstd = _instance_norm_forward(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        mean, invstd = run_compiled(_instance_norm_forward, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
         return y, layout.grouped(mean), layout.grouped(invstd)
     layout = InterleavedLayout.of(reducer, fields=(x,), per_group=(gamma, beta, eps), parameters=())
     if layout is not None:
         y = layout.empty()
-        mean, invstd = _instance_norm_forward_samples(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y))
+        mean, invstd = run_compiled(_instance_norm_forward_samples, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y))
         return y, layout.grouped(mean), layout.grouped(invstd)
     return numpy_kernels.instance_norm_forward(x, gamma, beta, eps, reducer)
 
@@ -477,12 +478,12 @@ def instance_norm_backward(dy, x, gamma, mean, invstd, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(gamma, mean, invstd), parameters=())
     if layout is not None and layout.Q == 1:
         dx = layout.empty()
-        dgamma, dbeta = _instance_norm_backward(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        dgamma, dbeta = run_compiled(_instance_norm_backward, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
     layout = InterleavedLayout.of(reducer, fields=(dy, x), per_group=(gamma, mean, invstd), parameters=())
     if layout is not None and layout.S == 1:
         dx = layout.empty()
-        dgamma, dbeta = _instance_norm_backward_samples(layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(dx))
+        dgamma, dbeta = run_compiled(_instance_norm_backward_samples, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(dx))
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
     return numpy_kernels.instance_norm_backward(dy, x, gamma, mean, invstd, reducer)
 
@@ -890,13 +891,13 @@ def instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invs
     if layout is not None and layout.Q == 1:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = _instance_norm_double_backward(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        ggamma, = run_compiled(_instance_norm_double_backward, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
         return gx, layout.parameter_result(ggamma), gdy
     layout = InterleavedLayout.of(reducer, fields=(ggx, dy, x), per_group=(gggamma, ggbeta, gamma, mean, invstd), parameters=())
     if layout is not None and layout.S == 1:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = _instance_norm_double_backward_samples(layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(gx), layout.fields(gdy))
+        ggamma, = run_compiled(_instance_norm_double_backward_samples, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.S, layout.fields(gx), layout.fields(gdy))
         return gx, layout.parameter_result(ggamma), gdy
     return numpy_kernels.instance_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 
@@ -1156,13 +1157,13 @@ def instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     if layout is not None:
         y = layout.empty()
         ty = layout.empty()
-        _instance_norm_jvp(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        run_compiled(_instance_norm_jvp, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
         return y, ty
     layout = InterleavedLayout.of(reducer, fields=(x, tx), per_group=(gamma, beta, tgamma, tbeta, eps), parameters=())
     if layout is not None:
         y = layout.empty()
         ty = layout.empty()
-        _instance_norm_jvp_samples(layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y), layout.fields(ty))
+        run_compiled(_instance_norm_jvp_samples, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.S, layout.fields(y), layout.fields(ty))
         return y, ty
     return numpy_kernels.instance_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
 

@@ -12,6 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import layer_norm as numpy_kernels
+from bnsym._compiled import run_compiled
 from bnsym._fused import GroupLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
@@ -123,7 +124,7 @@ def layer_norm_forward(x, gamma, beta, eps, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
     if layout is not None:
         y = layout.empty()
-        mean, invstd = _layer_norm_forward(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        mean, invstd = run_compiled(_layer_norm_forward, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
         return y, layout.grouped(mean), layout.grouped(invstd)
     return numpy_kernels.layer_norm_forward(x, gamma, beta, eps, reducer)
 
@@ -279,7 +280,7 @@ def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
     if layout is not None:
         dx = layout.empty()
-        dgamma, dbeta = _layer_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        dgamma, dbeta = run_compiled(_layer_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
     return numpy_kernels.layer_norm_backward(dy, x, gamma, mean, invstd, reducer)
 
@@ -534,7 +535,7 @@ def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     if layout is not None:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = _layer_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        ggamma, = run_compiled(_layer_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
         return gx, layout.parameter_result(ggamma), gdy
     return numpy_kernels.layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 
@@ -660,7 +661,7 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     if layout is not None:
         y = layout.empty()
         ty = layout.empty()
-        _layer_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        run_compiled(_layer_norm_jvp, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
         return y, ty
     return numpy_kernels.layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
 

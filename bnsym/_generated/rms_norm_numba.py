@@ -12,6 +12,7 @@ import numba
 import numpy
 
 from bnsym._generated import rms_norm as numpy_kernels
+from bnsym._compiled import run_compiled
 from bnsym._fused import GroupLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
@@ -98,7 +99,7 @@ def rms_norm_forward(x, gamma, eps, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma,))
     if layout is not None:
         y = layout.empty()
-        invrms, = _rms_norm_forward(layout.fields(x), layout.parameter(gamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        invrms, = run_compiled(_rms_norm_forward, layout.fields(x), layout.parameter(gamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
         return y, layout.grouped(invrms)
     return numpy_kernels.rms_norm_forward(x, gamma, eps, reducer)
 
@@ -216,7 +217,7 @@ def rms_norm_backward(dy, x, gamma, invrms, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(invrms,), parameters=(gamma,))
     if layout is not None:
         dx = layout.empty()
-        dgamma, = _rms_norm_backward(layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        dgamma, = run_compiled(_rms_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(dx))
         return dx, layout.parameter_result(dgamma)
     return numpy_kernels.rms_norm_backward(dy, x, gamma, invrms, reducer)
 
@@ -427,7 +428,7 @@ def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
     if layout is not None:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = _rms_norm_double_backward(layout.fields(ggx), layout.parameter(gggamma), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        ggamma, = run_compiled(_rms_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
         return gx, layout.parameter_result(ggamma), gdy
     return numpy_kernels.rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer)
 
@@ -520,7 +521,7 @@ def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
     if layout is not None:
         y = layout.empty()
         ty = layout.empty()
-        _rms_norm_jvp(layout.fields(x), layout.parameter(gamma), layout.fields(tx), layout.parameter(tgamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        run_compiled(_rms_norm_jvp, layout.fields(x), layout.parameter(gamma), layout.fields(tx), layout.parameter(tgamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
         return y, ty
     return numpy_kernels.rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer)
 

@@ -427,7 +427,7 @@ class GroupLocalPrinter:
                      for n in names.inputs]
         arguments += [f"{REDUCER}.count", *shape] + [f"layout.fields({n})" for n in names.outputs]
         results = [s.name for s in plan.returns if s.name not in names.outputs]
-        call = f"{function}({', '.join(arguments)})"
+        call = f"run_compiled({function}, {', '.join(arguments)})"
         lines.append(f"{i2}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
                      else f"{i2}{call}")
         returned = [n if n in names.outputs else f"layout.grouped({n})" if n in names.group_results

@@ -63,6 +63,7 @@ def module_prelude(numpy_module: str, functions: str) -> list[str]:
         "import numpy",
         "",
         f"from {numpy_module.rsplit('.', 1)[0]} import {numpy_module.rsplit('.', 1)[1]} as numpy_kernels",
+        "from bnsym._compiled import run_compiled",
         f"from bnsym._fused import {', '.join(layouts)}",
         "",
         "#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).",
@@ -506,7 +507,7 @@ class NumbaPlanPrinter:
             arguments.append(COUNT)
         arguments += [f"layout.fields({n})" for n in field_outputs]
         results = ", ".join(group_outputs)
-        call = f"_{plan.name}({', '.join(arguments)})"
+        call = f"run_compiled(_{plan.name}, {', '.join(arguments)})"
         if group_outputs:
             lines.append(f"{i}{results}{',' if len(group_outputs) == 1 else ''} = {call}")
         else:

@@ -1,0 +1,207 @@
+"""Compiling kernels in other processes, so that ``backend="auto"`` never waits on Numba.
+
+:class:`CompilerPool` runs ``python -m bnsym._compile_worker`` processes (one per worker) and hands them jobs: a
+loop function (Numba dispatcher) and the argument types to compile it for. Each worker fills Numba's disk cache,
+where the caller's process then finds the kernel ready (:func:`bnsym._compiled.ready_on_disk`). The workers are
+separate interpreters started with ``subprocess``, not ``multiprocessing``: nothing of the caller's main module is
+imported again, and the caller's threads and Numba thread pool are not forked. They end when the caller exits
+(what they finished stays on disk) or when their pool is closed.
+
+:func:`request` is the background service of ``backend="auto"`` (:mod:`bnsym._compiled`): one worker, started on
+the first request, each kernel requested once. Setting the environment variable ``BNSYM_BACKGROUND_COMPILE=0``
+turns it off: ``auto`` then runs the compiled kernels that are ready and the NumPy kernels otherwise, and never
+compiles (the test suite does this, so that no test waits for compilations it does not need).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import itertools
+import json
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bnsym._compiled import describe, logger
+
+__all__ = ["CompilerPool", "Outcome", "enabled", "request", "status", "wait"]
+
+ENVIRONMENT_SWITCH = "BNSYM_BACKGROUND_COMPILE"
+#: A kernel whose compilation finished but which is still not found in the disk cache is asked for this many
+#: times at most (a cache the workers cannot write to); after that the NumPy kernel serves it in this process.
+ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One finished job: the loop function and types, whether it compiled, how long it took, and the error."""
+
+    dispatcher: object
+    types: tuple
+    ok: bool
+    seconds: float
+    error: str = ""
+
+
+class CompilerPool:
+    """Worker processes that compile jobs; ``on_done(outcome)`` is called (in a pool thread) as each ends."""
+
+    def __init__(self, workers: int, on_done: Callable[[Outcome], None]):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self._jobs: queue.Queue = queue.Queue()
+        self._on_done = on_done
+        self._processes: list[subprocess.Popen] = []
+        self._ids = itertools.count()
+        self._closed = False
+        for _ in range(workers):
+            process = _start_worker()
+            self._processes.append(process)
+            threading.Thread(target=self._serve, args=(process,), daemon=True, name="bnsym-compile").start()
+        atexit.register(self.close)
+
+    def submit(self, dispatcher, types: tuple) -> None:
+        """Compile ``dispatcher`` for ``types`` in the next free worker."""
+        self._jobs.put((dispatcher, types))
+
+    def close(self) -> None:
+        """Stop the workers now (a compilation under way is abandoned; finished ones stay on disk)."""
+        self._closed = True
+        for process in self._processes:
+            _stop(process)
+        for _ in self._processes:
+            self._jobs.put(None)
+
+    def _serve(self, process: subprocess.Popen) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None or self._closed:
+                return
+            dispatcher, types = job
+            outcome = self._run(process, dispatcher, types)
+            if self._closed:
+                return
+            self._on_done(outcome)
+            if process.poll() is not None:  # the worker died: its jobs go to the others, or fail from now on
+                process = _start_worker()
+                self._processes.append(process)
+
+    def _run(self, process: subprocess.Popen, dispatcher, types: tuple) -> Outcome:
+        function = dispatcher.py_func
+        message = (next(self._ids), function.__module__, function.__name__, function.__code__.co_filename, types)
+        try:
+            process.stdin.write(base64.b64encode(pickle.dumps(message)) + b"\n")
+            process.stdin.flush()
+            line = process.stdout.readline()
+            answer = json.loads(line)
+        except (OSError, ValueError) as error:  # a broken pipe, or no answer: the worker is gone
+            return Outcome(dispatcher, types, False, 0.0, f"the compiling process ended ({error})")
+        return Outcome(dispatcher, types, answer["ok"], answer["seconds"], answer["error"])
+
+
+def _start_worker() -> subprocess.Popen:
+    environment = dict(os.environ)
+    # The worker imports the same bnsym as this process (a clone on sys.path, an editable install, ...).
+    environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+    return subprocess.Popen([sys.executable, "-m", "bnsym._compile_worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environment)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def enabled() -> bool:
+    """Whether ``backend="auto"`` compiles in the background (the module docstring's switch)."""
+    return os.environ.get(ENVIRONMENT_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class _Service:
+    """The background compilation of ``backend="auto"``: one worker, each kernel asked for at most
+    :data:`ATTEMPTS` times."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pool: CompilerPool | None = None
+        self._pending: set = set()
+        self._asked: dict = {}
+        self.finished: list[Outcome] = []
+
+    def request(self, dispatcher, types: tuple) -> None:
+        key = (dispatcher, types)
+        with self._lock:
+            if key in self._pending or self._asked.get(key, 0) >= ATTEMPTS:
+                return
+            self._asked[key] = self._asked.get(key, 0) + 1
+            if self._pool is None:
+                try:
+                    self._pool = CompilerPool(1, self._done)
+                except OSError as error:
+                    self._asked[key] = ATTEMPTS
+                    logger.warning("bnsym: could not start a process to compile kernels in the background (%s); "
+                                   "backend='auto' runs the NumPy kernels", error)
+                    return
+            self._pending.add(key)
+        self._pool.submit(dispatcher, types)
+
+    def _done(self, outcome: Outcome) -> None:
+        with self._lock:
+            key = (outcome.dispatcher, outcome.types)
+            self._pending.discard(key)
+            self.finished.append(outcome)
+            if not outcome.ok:
+                self._asked[key] = ATTEMPTS
+                logger.warning("bnsym: compiling %s in the background failed (%s); backend='auto' runs the NumPy "
+                               "kernel for it", describe(outcome.dispatcher, outcome.types), outcome.error)
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"pending": len(self._pending), "finished": len(self.finished),
+                    "failed": sum(not outcome.ok for outcome in self.finished)}
+
+
+_service = _Service()
+
+
+def request(dispatcher, types: tuple) -> None:
+    """Compile ``dispatcher`` for ``types`` in the background, unless it is under way, has been asked for
+    :data:`ATTEMPTS` times, or the background compilation is switched off."""
+    if enabled():
+        _service.request(dispatcher, types)
+
+
+def wait(timeout: float) -> bool:
+    """Block until the background compilations asked for so far have finished (True), or ``timeout`` seconds
+    pass (False). For benchmarks and tests; a program never needs to call it."""
+    return _service.wait(timeout)
+
+
+def status() -> dict:
+    """Counts of the background compilations: ``pending``, ``finished`` and ``failed``."""
+    return _service.status()
