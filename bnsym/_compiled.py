@@ -67,7 +67,7 @@ def run_compiled(dispatcher, *args):
         key = _fingerprint(args)
     except (TypeError, ValueError):  # a value Numba's fingerprint does not take: decide by its types
         key = None
-    if key is not None and key in _ready.get(dispatcher, ()):
+    if key is not None and key in _ready.get(dispatcher, ()) and _policy.get() != RECORD:
         return dispatcher(*args)
     return _first_call(dispatcher, key, args)
 

@@ -28,37 +28,21 @@ numba.get_num_threads()
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_forward_stage1(x):
-    """Stage 1 of batch_norm_forward, one pass over the fields: the per-group totals (float64) of x."""
+def _batch_norm_forward_stage1_rows(x):
+    """Stage 1 of batch_norm_forward, one pass over the fields: the per-group totals (float64) of x. Fields with
+    inner == 1 (groups side by side in every row)."""
     rows, groups, inner = x.shape
     dtype = x.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, x.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                for g in range(groups):
-                    block0[g] += x_r[g]
-            part0[part] = block0
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            total0 = 0.0
-            for start in range(0, inner, RUN):
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                for i in range(x_p.size):
-                    piece0 += x_p[i]
-                total0 += piece0
-            part0[row, g] = total0
+    x_rows = x.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, x.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            x_r = x_rows[row]
+            for g in range(groups):
+                block0[g] += x_r[g]
+        part0[part] = block0
     sum_x = numpy.empty(groups)
     for g in range(groups):
         sum_x[g] = 0.0
@@ -69,41 +53,80 @@ def _batch_norm_forward_stage1(x):
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_forward_stage2(x, mean):
-    """Stage 2 of batch_norm_forward, one pass over the fields: the per-group totals (float64) of
-    x_minus_mean*x_minus_mean."""
+def _batch_norm_forward_stage1_runs(x):
+    """Stage 1 of batch_norm_forward, one pass over the fields: the per-group totals (float64) of x. Fields with
+    inner > 1 (one contiguous run per row and group)."""
     rows, groups, inner = x.shape
     dtype = x.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, x.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    block0[g] += x_minus_mean*x_minus_mean
-            part0[part] = block0
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            total0 = 0.0
-            for start in range(0, inner, RUN):
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                for i in range(x_p.size):
-                    x_minus_mean = -mean_g + x_p[i]
-                    piece0 += x_minus_mean*x_minus_mean
-                total0 += piece0
-            part0[row, g] = total0
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        total0 = 0.0
+        for start in range(0, inner, RUN):
+            x_p = x[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            for i in range(x_p.size):
+                piece0 += x_p[i]
+            total0 += piece0
+        part0[row, g] = total0
+    sum_x = numpy.empty(groups)
+    for g in range(groups):
+        sum_x[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_x[g] += part0[part, g]
+    return sum_x,
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_forward_stage2_rows(x, mean):
+    """Stage 2 of batch_norm_forward, one pass over the fields: the per-group totals (float64) of
+    x_minus_mean*x_minus_mean. Fields with inner == 1 (groups side by side in every row)."""
+    rows, groups, inner = x.shape
+    dtype = x.dtype.type
+    x_rows = x.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, x.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            x_r = x_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                block0[g] += x_minus_mean*x_minus_mean
+        part0[part] = block0
+    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_x_minus_mean_x_minus_mean[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_x_minus_mean_x_minus_mean[g] += part0[part, g]
+    return sum_x_minus_mean_x_minus_mean,
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_forward_stage2_runs(x, mean):
+    """Stage 2 of batch_norm_forward, one pass over the fields: the per-group totals (float64) of
+    x_minus_mean*x_minus_mean. Fields with inner > 1 (one contiguous run per row and group)."""
+    rows, groups, inner = x.shape
+    dtype = x.dtype.type
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        total0 = 0.0
+        for start in range(0, inner, RUN):
+            x_p = x[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            for i in range(x_p.size):
+                x_minus_mean = -mean_g + x_p[i]
+                piece0 += x_minus_mean*x_minus_mean
+            total0 += piece0
+        part0[row, g] = total0
     sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
     for g in range(groups):
         sum_x_minus_mean_x_minus_mean[g] = 0.0
@@ -114,45 +137,52 @@ def _batch_norm_forward_stage2(x, mean):
 
 
 @numba.njit(cache=True, parallel=True)
-def _batch_norm_forward_outputs(x, mean, beta, y_coef_x_minus_mean, y):
-    """The field outputs of batch_norm_forward (y), written in one pass."""
+def _batch_norm_forward_outputs_rows(x, mean, beta, y_coef_x_minus_mean, y):
+    """The field outputs of batch_norm_forward (y), written in one pass. Fields with inner == 1 (groups side by side
+    in every row)."""
     rows, groups, inner = y.shape
     dtype = y.dtype.type
-    if inner == 1:
-        x_rows = x.reshape((rows, groups))
-        y_rows = y.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                y_r = y_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    y_r[g] = x_minus_mean*y_coef_x_minus_mean[g] + beta[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            beta_g = beta[g]
-            y_coef_x_minus_mean_g = y_coef_x_minus_mean[g]
-            x_p = x[row, g]
-            y_p = y[row, g]
-            for i in range(inner):
-                x_minus_mean = -mean_g + x_p[i]
-                y_p[i] = x_minus_mean*y_coef_x_minus_mean_g + beta_g
+    x_rows = x.reshape((rows, groups))
+    y_rows = y.reshape((rows, groups))
+    for part in numba.prange((rows + BLOCK - 1) // BLOCK):
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            x_r = x_rows[row]
+            y_r = y_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                y_r[g] = x_minus_mean*y_coef_x_minus_mean[g] + beta[g]
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_norm_forward_outputs_runs(x, mean, beta, y_coef_x_minus_mean, y):
+    """The field outputs of batch_norm_forward (y), written in one pass. Fields with inner > 1 (one contiguous run
+    per row and group)."""
+    rows, groups, inner = y.shape
+    dtype = y.dtype.type
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        beta_g = beta[g]
+        y_coef_x_minus_mean_g = y_coef_x_minus_mean[g]
+        x_p = x[row, g]
+        y_p = y[row, g]
+        for i in range(inner):
+            x_minus_mean = -mean_g + x_p[i]
+            y_p[i] = x_minus_mean*y_coef_x_minus_mean_g + beta_g
 
 
 @numba.njit(cache=True)
-def _batch_norm_forward(x, gamma, beta, eps, count, y):
+def _batch_norm_forward_rows(x, gamma, beta, eps, count, y):
     """batch_norm_forward on (rows, groups, inner) fields and (groups,) per-group values: writes y and returns the
-    per-group results."""
+    per-group results. Fields with inner == 1 (groups side by side in every row)."""
     groups = x.shape[1]
     tmp0 = 1/count
-    sum_x, = _batch_norm_forward_stage1(x)
+    sum_x, = _batch_norm_forward_stage1_rows(x)
     mean = numpy.empty(groups, x.dtype)
     for g in range(groups):
         mean[g] = sum_x[g]*tmp0
-    sum_x_minus_mean_x_minus_mean, = _batch_norm_forward_stage2(x, mean)
+    sum_x_minus_mean_x_minus_mean, = _batch_norm_forward_stage2_rows(x, mean)
     var = numpy.empty(groups, x.dtype)
     invstd = numpy.empty(groups, x.dtype)
     y_coef_x_minus_mean = numpy.empty(groups, x.dtype)
@@ -160,7 +190,29 @@ def _batch_norm_forward(x, gamma, beta, eps, count, y):
         var[g] = sum_x_minus_mean_x_minus_mean[g]*tmp0
         invstd[g] = 1/numpy.sqrt(var[g] + eps[g])
         y_coef_x_minus_mean[g] = gamma[g]*invstd[g]
-    _batch_norm_forward_outputs(x, mean, beta, y_coef_x_minus_mean, y)
+    _batch_norm_forward_outputs_rows(x, mean, beta, y_coef_x_minus_mean, y)
+    return mean, invstd
+
+
+@numba.njit(cache=True)
+def _batch_norm_forward_runs(x, gamma, beta, eps, count, y):
+    """batch_norm_forward on (rows, groups, inner) fields and (groups,) per-group values: writes y and returns the
+    per-group results. Fields with inner > 1 (one contiguous run per row and group)."""
+    groups = x.shape[1]
+    tmp0 = 1/count
+    sum_x, = _batch_norm_forward_stage1_runs(x)
+    mean = numpy.empty(groups, x.dtype)
+    for g in range(groups):
+        mean[g] = sum_x[g]*tmp0
+    sum_x_minus_mean_x_minus_mean, = _batch_norm_forward_stage2_runs(x, mean)
+    var = numpy.empty(groups, x.dtype)
+    invstd = numpy.empty(groups, x.dtype)
+    y_coef_x_minus_mean = numpy.empty(groups, x.dtype)
+    for g in range(groups):
+        var[g] = sum_x_minus_mean_x_minus_mean[g]*tmp0
+        invstd[g] = 1/numpy.sqrt(var[g] + eps[g])
+        y_coef_x_minus_mean[g] = gamma[g]*invstd[g]
+    _batch_norm_forward_outputs_runs(x, mean, beta, y_coef_x_minus_mean, y)
     return mean, invstd
 
 
@@ -180,59 +232,73 @@ def batch_norm_forward(x, gamma, beta, eps, reducer):
     if layout is None:
         return numpy_kernels.batch_norm_forward(x, gamma, beta, eps, reducer)
     y = layout.empty()
-    mean, invstd = run_compiled(_batch_norm_forward, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.fields(y))
+    mean, invstd = run_compiled(_batch_norm_forward_rows if layout.inner == 1 else _batch_norm_forward_runs, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(eps), reducer.count, layout.fields(y))
     return y, layout.grouped(mean), layout.grouped(invstd)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_backward_stage1(dy, x, mean):
+def _batch_norm_backward_stage1_rows(dy, x, mean):
     """Stage 1 of batch_norm_backward, one pass over the fields: the per-group totals (float64) of dy,
-    dy*x_minus_mean."""
+    dy*x_minus_mean. Fields with inner == 1 (groups side by side in every row)."""
     rows, groups, inner = dy.shape
     dtype = dy.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        dy_rows = dy.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        part1 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, dy.dtype)
-            block1 = numpy.zeros(groups, dy.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                x_r = x_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    block0[g] += dy_r[g]
-                    block1[g] += dy_r[g]*x_minus_mean
-            part0[part] = block0
-            part1[part] = block1
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        part1 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            total0 = 0.0
-            total1 = 0.0
-            for start in range(0, inner, RUN):
-                dy_p = dy[row, g, start:start + RUN]
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                for i in range(dy_p.size):
-                    x_minus_mean = -mean_g + x_p[i]
-                    piece0 += dy_p[i]
-                    piece1 += dy_p[i]*x_minus_mean
-                total0 += piece0
-                total1 += piece1
-            part0[row, g] = total0
-            part1[row, g] = total1
+    dy_rows = dy.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    part1 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, dy.dtype)
+        block1 = numpy.zeros(groups, dy.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            x_r = x_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                block0[g] += dy_r[g]
+                block1[g] += dy_r[g]*x_minus_mean
+        part0[part] = block0
+        part1[part] = block1
+    sum_dy = numpy.empty(groups)
+    sum_dy_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy[g] = 0.0
+        sum_dy_x_minus_mean[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_dy[g] += part0[part, g]
+            sum_dy_x_minus_mean[g] += part1[part, g]
+    return sum_dy, sum_dy_x_minus_mean
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_backward_stage1_runs(dy, x, mean):
+    """Stage 1 of batch_norm_backward, one pass over the fields: the per-group totals (float64) of dy,
+    dy*x_minus_mean. Fields with inner > 1 (one contiguous run per row and group)."""
+    rows, groups, inner = dy.shape
+    dtype = dy.dtype.type
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    part1 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        total0 = 0.0
+        total1 = 0.0
+        for start in range(0, inner, RUN):
+            dy_p = dy[row, g, start:start + RUN]
+            x_p = x[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            for i in range(dy_p.size):
+                x_minus_mean = -mean_g + x_p[i]
+                piece0 += dy_p[i]
+                piece1 += dy_p[i]*x_minus_mean
+            total0 += piece0
+            total1 += piece1
+        part0[row, g] = total0
+        part1[row, g] = total1
     sum_dy = numpy.empty(groups)
     sum_dy_x_minus_mean = numpy.empty(groups)
     for g in range(groups):
@@ -246,48 +312,55 @@ def _batch_norm_backward_stage1(dy, x, mean):
 
 
 @numba.njit(cache=True, parallel=True)
-def _batch_norm_backward_outputs(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx):
-    """The field outputs of batch_norm_backward (dx), written in one pass."""
+def _batch_norm_backward_outputs_rows(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx):
+    """The field outputs of batch_norm_backward (dx), written in one pass. Fields with inner == 1 (groups side by
+    side in every row)."""
     rows, groups, inner = dx.shape
     dtype = dx.dtype.type
-    if inner == 1:
-        dy_rows = dy.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        dx_rows = dx.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                x_r = x_rows[row]
-                dx_r = dx_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    dx_r[g] = ((x_minus_mean*dx_coef_x_minus_mean[g] + dy_r[g]) + dx_shift[g])*dx_scale[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            dx_coef_x_minus_mean_g = dx_coef_x_minus_mean[g]
-            dx_scale_g = dx_scale[g]
-            dx_shift_g = dx_shift[g]
-            dy_p = dy[row, g]
-            x_p = x[row, g]
-            dx_p = dx[row, g]
-            for i in range(inner):
-                x_minus_mean = -mean_g + x_p[i]
-                dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean_g + dy_p[i]) + dx_shift_g)*dx_scale_g
+    dy_rows = dy.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    dx_rows = dx.reshape((rows, groups))
+    for part in numba.prange((rows + BLOCK - 1) // BLOCK):
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            x_r = x_rows[row]
+            dx_r = dx_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                dx_r[g] = ((x_minus_mean*dx_coef_x_minus_mean[g] + dy_r[g]) + dx_shift[g])*dx_scale[g]
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_norm_backward_outputs_runs(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx):
+    """The field outputs of batch_norm_backward (dx), written in one pass. Fields with inner > 1 (one contiguous run
+    per row and group)."""
+    rows, groups, inner = dx.shape
+    dtype = dx.dtype.type
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        dx_coef_x_minus_mean_g = dx_coef_x_minus_mean[g]
+        dx_scale_g = dx_scale[g]
+        dx_shift_g = dx_shift[g]
+        dy_p = dy[row, g]
+        x_p = x[row, g]
+        dx_p = dx[row, g]
+        for i in range(inner):
+            x_minus_mean = -mean_g + x_p[i]
+            dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean_g + dy_p[i]) + dx_shift_g)*dx_scale_g
 
 
 @numba.njit(cache=True)
-def _batch_norm_backward(dy, x, gamma, mean, invstd, count, dx):
+def _batch_norm_backward_rows(dy, x, gamma, mean, invstd, count, dx):
     """batch_norm_backward on (rows, groups, inner) fields and (groups,) per-group values: writes dx and returns the
-    per-group results."""
+    per-group results. Fields with inner == 1 (groups side by side in every row)."""
     groups = dy.shape[1]
     tmp0 = 1/count
     dx_scale = numpy.empty(groups, dy.dtype)
     for g in range(groups):
         dx_scale[g] = gamma[g]*invstd[g]
-    sum_dy, sum_dy_x_minus_mean = _batch_norm_backward_stage1(dy, x, mean)
+    sum_dy, sum_dy_x_minus_mean = _batch_norm_backward_stage1_rows(dy, x, mean)
     dx_coef_x_minus_mean = numpy.empty(groups, dy.dtype)
     dx_shift = numpy.empty(groups, dy.dtype)
     dgamma = numpy.empty(groups, dy.dtype)
@@ -297,7 +370,30 @@ def _batch_norm_backward(dy, x, gamma, mean, invstd, count, dx):
         dx_shift[g] = -sum_dy[g]*tmp0
         dgamma[g] = sum_dy_x_minus_mean[g]*invstd[g]
         dbeta[g] = sum_dy[g]
-    _batch_norm_backward_outputs(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx)
+    _batch_norm_backward_outputs_rows(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx)
+    return dgamma, dbeta
+
+
+@numba.njit(cache=True)
+def _batch_norm_backward_runs(dy, x, gamma, mean, invstd, count, dx):
+    """batch_norm_backward on (rows, groups, inner) fields and (groups,) per-group values: writes dx and returns the
+    per-group results. Fields with inner > 1 (one contiguous run per row and group)."""
+    groups = dy.shape[1]
+    tmp0 = 1/count
+    dx_scale = numpy.empty(groups, dy.dtype)
+    for g in range(groups):
+        dx_scale[g] = gamma[g]*invstd[g]
+    sum_dy, sum_dy_x_minus_mean = _batch_norm_backward_stage1_runs(dy, x, mean)
+    dx_coef_x_minus_mean = numpy.empty(groups, dy.dtype)
+    dx_shift = numpy.empty(groups, dy.dtype)
+    dgamma = numpy.empty(groups, dy.dtype)
+    dbeta = numpy.empty(groups, dy.dtype)
+    for g in range(groups):
+        dx_coef_x_minus_mean[g] = -sum_dy_x_minus_mean[g]*tmp0*invstd[g]**2
+        dx_shift[g] = -sum_dy[g]*tmp0
+        dgamma[g] = sum_dy_x_minus_mean[g]*invstd[g]
+        dbeta[g] = sum_dy[g]
+    _batch_norm_backward_outputs_runs(dy, x, mean, dx_coef_x_minus_mean, dx_scale, dx_shift, dx)
     return dgamma, dbeta
 
 
@@ -318,50 +414,71 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     if layout is None:
         return numpy_kernels.batch_norm_backward(dy, x, gamma, mean, invstd, reducer)
     dx = layout.empty()
-    dgamma, dbeta = run_compiled(_batch_norm_backward, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(dx))
+    dgamma, dbeta = run_compiled(_batch_norm_backward_rows if layout.inner == 1 else _batch_norm_backward_runs, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(dx))
     return dx, layout.grouped(dgamma), layout.grouped(dbeta)
 
 
 @numba.njit(cache=True, parallel=True)
-def _batch_norm_inference_outputs(x, running_mean, beta, y_coef_x_minus_running_mean, y):
-    """The field outputs of batch_norm_inference (y), written in one pass."""
+def _batch_norm_inference_outputs_rows(x, running_mean, beta, y_coef_x_minus_running_mean, y):
+    """The field outputs of batch_norm_inference (y), written in one pass. Fields with inner == 1 (groups side by
+    side in every row)."""
     rows, groups, inner = y.shape
     dtype = y.dtype.type
-    if inner == 1:
-        x_rows = x.reshape((rows, groups))
-        y_rows = y.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                y_r = y_rows[row]
-                for g in range(groups):
-                    x_minus_running_mean = -running_mean[g] + x_r[g]
-                    y_r[g] = x_minus_running_mean*y_coef_x_minus_running_mean[g] + beta[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            running_mean_g = running_mean[g]
-            beta_g = beta[g]
-            y_coef_x_minus_running_mean_g = y_coef_x_minus_running_mean[g]
-            x_p = x[row, g]
-            y_p = y[row, g]
-            for i in range(inner):
-                x_minus_running_mean = -running_mean_g + x_p[i]
-                y_p[i] = x_minus_running_mean*y_coef_x_minus_running_mean_g + beta_g
+    x_rows = x.reshape((rows, groups))
+    y_rows = y.reshape((rows, groups))
+    for part in numba.prange((rows + BLOCK - 1) // BLOCK):
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            x_r = x_rows[row]
+            y_r = y_rows[row]
+            for g in range(groups):
+                x_minus_running_mean = -running_mean[g] + x_r[g]
+                y_r[g] = x_minus_running_mean*y_coef_x_minus_running_mean[g] + beta[g]
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_norm_inference_outputs_runs(x, running_mean, beta, y_coef_x_minus_running_mean, y):
+    """The field outputs of batch_norm_inference (y), written in one pass. Fields with inner > 1 (one contiguous run
+    per row and group)."""
+    rows, groups, inner = y.shape
+    dtype = y.dtype.type
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        running_mean_g = running_mean[g]
+        beta_g = beta[g]
+        y_coef_x_minus_running_mean_g = y_coef_x_minus_running_mean[g]
+        x_p = x[row, g]
+        y_p = y[row, g]
+        for i in range(inner):
+            x_minus_running_mean = -running_mean_g + x_p[i]
+            y_p[i] = x_minus_running_mean*y_coef_x_minus_running_mean_g + beta_g
 
 
 @numba.njit(cache=True)
-def _batch_norm_inference(x, gamma, beta, running_mean, running_var, eps, y):
+def _batch_norm_inference_rows(x, gamma, beta, running_mean, running_var, eps, y):
     """batch_norm_inference on (rows, groups, inner) fields and (groups,) per-group values: writes y and returns the
-    per-group results."""
+    per-group results. Fields with inner == 1 (groups side by side in every row)."""
     groups = x.shape[1]
     invstd = numpy.empty(groups, x.dtype)
     y_coef_x_minus_running_mean = numpy.empty(groups, x.dtype)
     for g in range(groups):
         invstd[g] = 1/numpy.sqrt(running_var[g] + eps[g])
         y_coef_x_minus_running_mean[g] = gamma[g]*invstd[g]
-    _batch_norm_inference_outputs(x, running_mean, beta, y_coef_x_minus_running_mean, y)
+    _batch_norm_inference_outputs_rows(x, running_mean, beta, y_coef_x_minus_running_mean, y)
+    return
+
+
+@numba.njit(cache=True)
+def _batch_norm_inference_runs(x, gamma, beta, running_mean, running_var, eps, y):
+    """batch_norm_inference on (rows, groups, inner) fields and (groups,) per-group values: writes y and returns the
+    per-group results. Fields with inner > 1 (one contiguous run per row and group)."""
+    groups = x.shape[1]
+    invstd = numpy.empty(groups, x.dtype)
+    y_coef_x_minus_running_mean = numpy.empty(groups, x.dtype)
+    for g in range(groups):
+        invstd[g] = 1/numpy.sqrt(running_var[g] + eps[g])
+        y_coef_x_minus_running_mean[g] = gamma[g]*invstd[g]
+    _batch_norm_inference_outputs_runs(x, running_mean, beta, y_coef_x_minus_running_mean, y)
     return
 
 
@@ -382,59 +499,73 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     if layout is None:
         return numpy_kernels.batch_norm_inference(x, gamma, beta, running_mean, running_var, eps)
     y = layout.empty()
-    run_compiled(_batch_norm_inference, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), layout.fields(y))
+    run_compiled(_batch_norm_inference_rows if layout.inner == 1 else _batch_norm_inference_runs, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), layout.fields(y))
     return y
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_inference_backward_stage1(dy, x, running_mean):
+def _batch_norm_inference_backward_stage1_rows(dy, x, running_mean):
     """Stage 1 of batch_norm_inference_backward, one pass over the fields: the per-group totals (float64) of dy,
-    dy*x_minus_running_mean."""
+    dy*x_minus_running_mean. Fields with inner == 1 (groups side by side in every row)."""
     rows, groups, inner = dy.shape
     dtype = dy.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        dy_rows = dy.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        part1 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, dy.dtype)
-            block1 = numpy.zeros(groups, dy.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                x_r = x_rows[row]
-                for g in range(groups):
-                    x_minus_running_mean = -running_mean[g] + x_r[g]
-                    block0[g] += dy_r[g]
-                    block1[g] += dy_r[g]*x_minus_running_mean
-            part0[part] = block0
-            part1[part] = block1
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        part1 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            running_mean_g = running_mean[g]
-            total0 = 0.0
-            total1 = 0.0
-            for start in range(0, inner, RUN):
-                dy_p = dy[row, g, start:start + RUN]
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                for i in range(dy_p.size):
-                    x_minus_running_mean = -running_mean_g + x_p[i]
-                    piece0 += dy_p[i]
-                    piece1 += dy_p[i]*x_minus_running_mean
-                total0 += piece0
-                total1 += piece1
-            part0[row, g] = total0
-            part1[row, g] = total1
+    dy_rows = dy.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    part1 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, dy.dtype)
+        block1 = numpy.zeros(groups, dy.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            x_r = x_rows[row]
+            for g in range(groups):
+                x_minus_running_mean = -running_mean[g] + x_r[g]
+                block0[g] += dy_r[g]
+                block1[g] += dy_r[g]*x_minus_running_mean
+        part0[part] = block0
+        part1[part] = block1
+    sum_dy = numpy.empty(groups)
+    sum_dy_x_minus_running_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy[g] = 0.0
+        sum_dy_x_minus_running_mean[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_dy[g] += part0[part, g]
+            sum_dy_x_minus_running_mean[g] += part1[part, g]
+    return sum_dy, sum_dy_x_minus_running_mean
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_inference_backward_stage1_runs(dy, x, running_mean):
+    """Stage 1 of batch_norm_inference_backward, one pass over the fields: the per-group totals (float64) of dy,
+    dy*x_minus_running_mean. Fields with inner > 1 (one contiguous run per row and group)."""
+    rows, groups, inner = dy.shape
+    dtype = dy.dtype.type
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    part1 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        running_mean_g = running_mean[g]
+        total0 = 0.0
+        total1 = 0.0
+        for start in range(0, inner, RUN):
+            dy_p = dy[row, g, start:start + RUN]
+            x_p = x[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            for i in range(dy_p.size):
+                x_minus_running_mean = -running_mean_g + x_p[i]
+                piece0 += dy_p[i]
+                piece1 += dy_p[i]*x_minus_running_mean
+            total0 += piece0
+            total1 += piece1
+        part0[row, g] = total0
+        part1[row, g] = total1
     sum_dy = numpy.empty(groups)
     sum_dy_x_minus_running_mean = numpy.empty(groups)
     for g in range(groups):
@@ -448,47 +579,74 @@ def _batch_norm_inference_backward_stage1(dy, x, running_mean):
 
 
 @numba.njit(cache=True, parallel=True)
-def _batch_norm_inference_backward_outputs(dy, dx_coef_dy, dx):
-    """The field outputs of batch_norm_inference_backward (dx), written in one pass."""
+def _batch_norm_inference_backward_outputs_rows(dy, dx_coef_dy, dx):
+    """The field outputs of batch_norm_inference_backward (dx), written in one pass. Fields with inner == 1 (groups
+    side by side in every row)."""
     rows, groups, inner = dx.shape
     dtype = dx.dtype.type
-    if inner == 1:
-        dy_rows = dy.reshape((rows, groups))
-        dx_rows = dx.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                dx_r = dx_rows[row]
-                for g in range(groups):
-                    dx_r[g] = dy_r[g]*dx_coef_dy[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            dx_coef_dy_g = dx_coef_dy[g]
-            dy_p = dy[row, g]
-            dx_p = dx[row, g]
-            for i in range(inner):
-                dx_p[i] = dy_p[i]*dx_coef_dy_g
+    dy_rows = dy.reshape((rows, groups))
+    dx_rows = dx.reshape((rows, groups))
+    for part in numba.prange((rows + BLOCK - 1) // BLOCK):
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            dx_r = dx_rows[row]
+            for g in range(groups):
+                dx_r[g] = dy_r[g]*dx_coef_dy[g]
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_norm_inference_backward_outputs_runs(dy, dx_coef_dy, dx):
+    """The field outputs of batch_norm_inference_backward (dx), written in one pass. Fields with inner > 1 (one
+    contiguous run per row and group)."""
+    rows, groups, inner = dx.shape
+    dtype = dx.dtype.type
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        dx_coef_dy_g = dx_coef_dy[g]
+        dy_p = dy[row, g]
+        dx_p = dx[row, g]
+        for i in range(inner):
+            dx_p[i] = dy_p[i]*dx_coef_dy_g
 
 
 @numba.njit(cache=True)
-def _batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, count, dx):
+def _batch_norm_inference_backward_rows(dy, x, gamma, running_mean, running_var, eps, count, dx):
     """batch_norm_inference_backward on (rows, groups, inner) fields and (groups,) per-group values: writes dx and
-    returns the per-group results."""
+    returns the per-group results. Fields with inner == 1 (groups side by side in every row)."""
     groups = dy.shape[1]
     invstd = numpy.empty(groups, dy.dtype)
     dx_coef_dy = numpy.empty(groups, dy.dtype)
     for g in range(groups):
         invstd[g] = 1/numpy.sqrt(running_var[g] + eps[g])
         dx_coef_dy[g] = gamma[g]*invstd[g]
-    sum_dy, sum_dy_x_minus_running_mean = _batch_norm_inference_backward_stage1(dy, x, running_mean)
+    sum_dy, sum_dy_x_minus_running_mean = _batch_norm_inference_backward_stage1_rows(dy, x, running_mean)
     dgamma = numpy.empty(groups, dy.dtype)
     dbeta = numpy.empty(groups, dy.dtype)
     for g in range(groups):
         dgamma[g] = sum_dy_x_minus_running_mean[g]*invstd[g]
         dbeta[g] = sum_dy[g]
-    _batch_norm_inference_backward_outputs(dy, dx_coef_dy, dx)
+    _batch_norm_inference_backward_outputs_rows(dy, dx_coef_dy, dx)
+    return dgamma, dbeta
+
+
+@numba.njit(cache=True)
+def _batch_norm_inference_backward_runs(dy, x, gamma, running_mean, running_var, eps, count, dx):
+    """batch_norm_inference_backward on (rows, groups, inner) fields and (groups,) per-group values: writes dx and
+    returns the per-group results. Fields with inner > 1 (one contiguous run per row and group)."""
+    groups = dy.shape[1]
+    invstd = numpy.empty(groups, dy.dtype)
+    dx_coef_dy = numpy.empty(groups, dy.dtype)
+    for g in range(groups):
+        invstd[g] = 1/numpy.sqrt(running_var[g] + eps[g])
+        dx_coef_dy[g] = gamma[g]*invstd[g]
+    sum_dy, sum_dy_x_minus_running_mean = _batch_norm_inference_backward_stage1_runs(dy, x, running_mean)
+    dgamma = numpy.empty(groups, dy.dtype)
+    dbeta = numpy.empty(groups, dy.dtype)
+    for g in range(groups):
+        dgamma[g] = sum_dy_x_minus_running_mean[g]*invstd[g]
+        dbeta[g] = sum_dy[g]
+    _batch_norm_inference_backward_outputs_runs(dy, dx_coef_dy, dx)
     return dgamma, dbeta
 
 
@@ -509,92 +667,115 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, 
     if layout is None:
         return numpy_kernels.batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, reducer)
     dx = layout.empty()
-    dgamma, dbeta = run_compiled(_batch_norm_inference_backward, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), reducer.count, layout.fields(dx))
+    dgamma, dbeta = run_compiled(_batch_norm_inference_backward_rows if layout.inner == 1 else _batch_norm_inference_backward_runs, layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(running_mean), layout.per_group(running_var), layout.per_group(eps), reducer.count, layout.fields(dx))
     return dx, layout.grouped(dgamma), layout.grouped(dbeta)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_double_backward_stage1(dy, ggx, x, mean):
+def _batch_norm_double_backward_stage1_rows(dy, ggx, x, mean):
     """Stage 1 of batch_norm_double_backward, one pass over the fields: the per-group totals (float64) of dy, ggx,
-    dy*ggx, dy*x_minus_mean, ggx*x_minus_mean."""
+    dy*ggx, dy*x_minus_mean, ggx*x_minus_mean. Fields with inner == 1 (groups side by side in every row)."""
     rows, groups, inner = dy.shape
     dtype = dy.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        dy_rows = dy.reshape((rows, groups))
-        ggx_rows = ggx.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        part1 = numpy.empty((parts, groups))
-        part2 = numpy.empty((parts, groups))
-        part3 = numpy.empty((parts, groups))
-        part4 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, dy.dtype)
-            block1 = numpy.zeros(groups, dy.dtype)
-            block2 = numpy.zeros(groups, dy.dtype)
-            block3 = numpy.zeros(groups, dy.dtype)
-            block4 = numpy.zeros(groups, dy.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                ggx_r = ggx_rows[row]
-                x_r = x_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    block0[g] += dy_r[g]
-                    block1[g] += ggx_r[g]
-                    block2[g] += dy_r[g]*ggx_r[g]
-                    block3[g] += dy_r[g]*x_minus_mean
-                    block4[g] += ggx_r[g]*x_minus_mean
-            part0[part] = block0
-            part1[part] = block1
-            part2[part] = block2
-            part3[part] = block3
-            part4[part] = block4
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        part1 = numpy.empty((rows, groups))
-        part2 = numpy.empty((rows, groups))
-        part3 = numpy.empty((rows, groups))
-        part4 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            total0 = 0.0
-            total1 = 0.0
-            total2 = 0.0
-            total3 = 0.0
-            total4 = 0.0
-            for start in range(0, inner, RUN):
-                dy_p = dy[row, g, start:start + RUN]
-                ggx_p = ggx[row, g, start:start + RUN]
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                piece2 = dtype(0)
-                piece3 = dtype(0)
-                piece4 = dtype(0)
-                for i in range(dy_p.size):
-                    x_minus_mean = -mean_g + x_p[i]
-                    piece0 += dy_p[i]
-                    piece1 += ggx_p[i]
-                    piece2 += dy_p[i]*ggx_p[i]
-                    piece3 += dy_p[i]*x_minus_mean
-                    piece4 += ggx_p[i]*x_minus_mean
-                total0 += piece0
-                total1 += piece1
-                total2 += piece2
-                total3 += piece3
-                total4 += piece4
-            part0[row, g] = total0
-            part1[row, g] = total1
-            part2[row, g] = total2
-            part3[row, g] = total3
-            part4[row, g] = total4
+    dy_rows = dy.reshape((rows, groups))
+    ggx_rows = ggx.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    part1 = numpy.empty((parts, groups))
+    part2 = numpy.empty((parts, groups))
+    part3 = numpy.empty((parts, groups))
+    part4 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, dy.dtype)
+        block1 = numpy.zeros(groups, dy.dtype)
+        block2 = numpy.zeros(groups, dy.dtype)
+        block3 = numpy.zeros(groups, dy.dtype)
+        block4 = numpy.zeros(groups, dy.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            ggx_r = ggx_rows[row]
+            x_r = x_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                block0[g] += dy_r[g]
+                block1[g] += ggx_r[g]
+                block2[g] += dy_r[g]*ggx_r[g]
+                block3[g] += dy_r[g]*x_minus_mean
+                block4[g] += ggx_r[g]*x_minus_mean
+        part0[part] = block0
+        part1[part] = block1
+        part2[part] = block2
+        part3[part] = block3
+        part4[part] = block4
+    sum_dy = numpy.empty(groups)
+    sum_ggx = numpy.empty(groups)
+    sum_dy_ggx = numpy.empty(groups)
+    sum_dy_x_minus_mean = numpy.empty(groups)
+    sum_ggx_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy[g] = 0.0
+        sum_ggx[g] = 0.0
+        sum_dy_ggx[g] = 0.0
+        sum_dy_x_minus_mean[g] = 0.0
+        sum_ggx_x_minus_mean[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_dy[g] += part0[part, g]
+            sum_ggx[g] += part1[part, g]
+            sum_dy_ggx[g] += part2[part, g]
+            sum_dy_x_minus_mean[g] += part3[part, g]
+            sum_ggx_x_minus_mean[g] += part4[part, g]
+    return sum_dy, sum_ggx, sum_dy_ggx, sum_dy_x_minus_mean, sum_ggx_x_minus_mean
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_double_backward_stage1_runs(dy, ggx, x, mean):
+    """Stage 1 of batch_norm_double_backward, one pass over the fields: the per-group totals (float64) of dy, ggx,
+    dy*ggx, dy*x_minus_mean, ggx*x_minus_mean. Fields with inner > 1 (one contiguous run per row and group)."""
+    rows, groups, inner = dy.shape
+    dtype = dy.dtype.type
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    part1 = numpy.empty((rows, groups))
+    part2 = numpy.empty((rows, groups))
+    part3 = numpy.empty((rows, groups))
+    part4 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        total0 = 0.0
+        total1 = 0.0
+        total2 = 0.0
+        total3 = 0.0
+        total4 = 0.0
+        for start in range(0, inner, RUN):
+            dy_p = dy[row, g, start:start + RUN]
+            ggx_p = ggx[row, g, start:start + RUN]
+            x_p = x[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            piece2 = dtype(0)
+            piece3 = dtype(0)
+            piece4 = dtype(0)
+            for i in range(dy_p.size):
+                x_minus_mean = -mean_g + x_p[i]
+                piece0 += dy_p[i]
+                piece1 += ggx_p[i]
+                piece2 += dy_p[i]*ggx_p[i]
+                piece3 += dy_p[i]*x_minus_mean
+                piece4 += ggx_p[i]*x_minus_mean
+            total0 += piece0
+            total1 += piece1
+            total2 += piece2
+            total3 += piece3
+            total4 += piece4
+        part0[row, g] = total0
+        part1[row, g] = total1
+        part2[row, g] = total2
+        part3[row, g] = total3
+        part4[row, g] = total4
     sum_dy = numpy.empty(groups)
     sum_ggx = numpy.empty(groups)
     sum_dy_ggx = numpy.empty(groups)
@@ -617,53 +798,60 @@ def _batch_norm_double_backward_stage1(dy, ggx, x, mean):
 
 
 @numba.njit(cache=True, parallel=True)
-def _batch_norm_double_backward_outputs(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp5, gdy_shift, tmp9, gx, gdy):
-    """The field outputs of batch_norm_double_backward (gx, gdy), written in one pass."""
+def _batch_norm_double_backward_outputs_rows(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp5, gdy_shift, tmp9, gx, gdy):
+    """The field outputs of batch_norm_double_backward (gx, gdy), written in one pass. Fields with inner == 1
+    (groups side by side in every row)."""
     rows, groups, inner = gx.shape
     dtype = gx.dtype.type
-    if inner == 1:
-        dy_rows = dy.reshape((rows, groups))
-        ggx_rows = ggx.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        gx_rows = gx.reshape((rows, groups))
-        gdy_rows = gdy.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                ggx_r = ggx_rows[row]
-                x_r = x_rows[row]
-                gx_r = gx_rows[row]
-                gdy_r = gdy_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    gx_r[g] = ((dy_r[g]*tmp5[g] + ggx_r[g]*gx_coef_ggx[g]) + x_minus_mean*gx_coef_x_minus_mean[g]) + gx_shift[g]
-                    gdy_r[g] = (x_minus_mean*tmp5[g] + ggx_r[g]*tmp9[g]) + gdy_shift[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            gx_coef_ggx_g = gx_coef_ggx[g]
-            gx_coef_x_minus_mean_g = gx_coef_x_minus_mean[g]
-            gx_shift_g = gx_shift[g]
-            tmp5_g = tmp5[g]
-            gdy_shift_g = gdy_shift[g]
-            tmp9_g = tmp9[g]
-            dy_p = dy[row, g]
-            ggx_p = ggx[row, g]
-            x_p = x[row, g]
-            gx_p = gx[row, g]
-            gdy_p = gdy[row, g]
-            for i in range(inner):
-                x_minus_mean = -mean_g + x_p[i]
-                gx_p[i] = ((dy_p[i]*tmp5_g + ggx_p[i]*gx_coef_ggx_g) + x_minus_mean*gx_coef_x_minus_mean_g) + gx_shift_g
-                gdy_p[i] = (x_minus_mean*tmp5_g + ggx_p[i]*tmp9_g) + gdy_shift_g
+    dy_rows = dy.reshape((rows, groups))
+    ggx_rows = ggx.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    gx_rows = gx.reshape((rows, groups))
+    gdy_rows = gdy.reshape((rows, groups))
+    for part in numba.prange((rows + BLOCK - 1) // BLOCK):
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            ggx_r = ggx_rows[row]
+            x_r = x_rows[row]
+            gx_r = gx_rows[row]
+            gdy_r = gdy_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                gx_r[g] = ((dy_r[g]*tmp5[g] + ggx_r[g]*gx_coef_ggx[g]) + x_minus_mean*gx_coef_x_minus_mean[g]) + gx_shift[g]
+                gdy_r[g] = (x_minus_mean*tmp5[g] + ggx_r[g]*tmp9[g]) + gdy_shift[g]
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_norm_double_backward_outputs_runs(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp5, gdy_shift, tmp9, gx, gdy):
+    """The field outputs of batch_norm_double_backward (gx, gdy), written in one pass. Fields with inner > 1 (one
+    contiguous run per row and group)."""
+    rows, groups, inner = gx.shape
+    dtype = gx.dtype.type
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        gx_coef_ggx_g = gx_coef_ggx[g]
+        gx_coef_x_minus_mean_g = gx_coef_x_minus_mean[g]
+        gx_shift_g = gx_shift[g]
+        tmp5_g = tmp5[g]
+        gdy_shift_g = gdy_shift[g]
+        tmp9_g = tmp9[g]
+        dy_p = dy[row, g]
+        ggx_p = ggx[row, g]
+        x_p = x[row, g]
+        gx_p = gx[row, g]
+        gdy_p = gdy[row, g]
+        for i in range(inner):
+            x_minus_mean = -mean_g + x_p[i]
+            gx_p[i] = ((dy_p[i]*tmp5_g + ggx_p[i]*gx_coef_ggx_g) + x_minus_mean*gx_coef_x_minus_mean_g) + gx_shift_g
+            gdy_p[i] = (x_minus_mean*tmp5_g + ggx_p[i]*tmp9_g) + gdy_shift_g
 
 
 @numba.njit(cache=True)
-def _batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, count, gx, gdy):
+def _batch_norm_double_backward_rows(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, count, gx, gdy):
     """batch_norm_double_backward on (rows, groups, inner) fields and (groups,) per-group values: writes gx, gdy and
-    returns the per-group results."""
+    returns the per-group results. Fields with inner == 1 (groups side by side in every row)."""
     groups = ggx.shape[1]
     tmp0 = 1/count
     tmp1 = numpy.empty(groups, ggx.dtype)
@@ -675,7 +863,7 @@ def _batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd
     tmp9 = numpy.empty(groups, ggx.dtype)
     for g in range(groups):
         tmp9[g] = gamma[g]*invstd[g]
-    sum_dy, sum_ggx, sum_dy_ggx, sum_dy_x_minus_mean, sum_ggx_x_minus_mean = _batch_norm_double_backward_stage1(dy, ggx, x, mean)
+    sum_dy, sum_ggx, sum_dy_ggx, sum_dy_x_minus_mean, sum_ggx_x_minus_mean = _batch_norm_double_backward_stage1_rows(dy, ggx, x, mean)
     tmp3 = numpy.empty(groups, ggx.dtype)
     tmp4 = numpy.empty(groups, ggx.dtype)
     tmp5 = numpy.empty(groups, ggx.dtype)
@@ -699,7 +887,50 @@ def _batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd
         gx_shift[g] = -sum_dy[g]*tmp4[g]*tmp8 + gamma[g]*sum_ggx[g]*tmp6[g]*tmp8
         ggamma[g] = sum_dy_ggx[g]*invstd[g] - sum_ggx_x_minus_mean[g]*tmp7[g] - tmp0*tmp10[g]*invstd[g]
         gdy_shift[g] = ggbeta[g] - sum_ggx[g]*tmp0*tmp9[g]
-    _batch_norm_double_backward_outputs(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp5, gdy_shift, tmp9, gx, gdy)
+    _batch_norm_double_backward_outputs_rows(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp5, gdy_shift, tmp9, gx, gdy)
+    return ggamma,
+
+
+@numba.njit(cache=True)
+def _batch_norm_double_backward_runs(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, count, gx, gdy):
+    """batch_norm_double_backward on (rows, groups, inner) fields and (groups,) per-group values: writes gx, gdy and
+    returns the per-group results. Fields with inner > 1 (one contiguous run per row and group)."""
+    groups = ggx.shape[1]
+    tmp0 = 1/count
+    tmp1 = numpy.empty(groups, ggx.dtype)
+    tmp2 = numpy.empty(groups, ggx.dtype)
+    for g in range(groups):
+        tmp1[g] = gggamma[g]*count
+        tmp2[g] = invstd[g]**2
+    tmp8 = 1/(count**2)
+    tmp9 = numpy.empty(groups, ggx.dtype)
+    for g in range(groups):
+        tmp9[g] = gamma[g]*invstd[g]
+    sum_dy, sum_ggx, sum_dy_ggx, sum_dy_x_minus_mean, sum_ggx_x_minus_mean = _batch_norm_double_backward_stage1_runs(dy, ggx, x, mean)
+    tmp3 = numpy.empty(groups, ggx.dtype)
+    tmp4 = numpy.empty(groups, ggx.dtype)
+    tmp5 = numpy.empty(groups, ggx.dtype)
+    tmp6 = numpy.empty(groups, ggx.dtype)
+    tmp7 = numpy.empty(groups, ggx.dtype)
+    tmp10 = numpy.empty(groups, ggx.dtype)
+    gx_coef_ggx = numpy.empty(groups, ggx.dtype)
+    gx_coef_x_minus_mean = numpy.empty(groups, ggx.dtype)
+    gx_shift = numpy.empty(groups, ggx.dtype)
+    ggamma = numpy.empty(groups, ggx.dtype)
+    gdy_shift = numpy.empty(groups, ggx.dtype)
+    for g in range(groups):
+        tmp3[g] = gamma[g]*sum_ggx_x_minus_mean[g]
+        tmp4[g] = invstd[g]*(tmp1[g] - tmp2[g]*tmp3[g])
+        tmp5[g] = tmp0*tmp4[g]
+        tmp6[g] = sum_dy_x_minus_mean[g]*invstd[g]**3
+        tmp7[g] = tmp0*tmp6[g]
+        tmp10[g] = sum_dy[g]*sum_ggx[g]
+        gx_coef_ggx[g] = -gamma[g]*tmp7[g]
+        gx_coef_x_minus_mean[g] = -tmp2[g]*tmp8*(-tmp10[g]*tmp9[g] - 3*tmp3[g]*tmp6[g] + sum_dy_x_minus_mean[g]*tmp1[g]*invstd[g] + gamma[g]*sum_dy_ggx[g]*invstd[g]*count)
+        gx_shift[g] = -sum_dy[g]*tmp4[g]*tmp8 + gamma[g]*sum_ggx[g]*tmp6[g]*tmp8
+        ggamma[g] = sum_dy_ggx[g]*invstd[g] - sum_ggx_x_minus_mean[g]*tmp7[g] - tmp0*tmp10[g]*invstd[g]
+        gdy_shift[g] = ggbeta[g] - sum_ggx[g]*tmp0*tmp9[g]
+    _batch_norm_double_backward_outputs_runs(dy, ggx, x, mean, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp5, gdy_shift, tmp9, gx, gdy)
     return ggamma,
 
 
@@ -722,46 +953,57 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
         return numpy_kernels.batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
     gx = layout.empty()
     gdy = layout.empty()
-    ggamma, = run_compiled(_batch_norm_double_backward, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
+    ggamma, = run_compiled(_batch_norm_double_backward_rows if layout.inner == 1 else _batch_norm_double_backward_runs, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
     return gx, layout.grouped(ggamma), gdy
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_inference_double_backward_stage1(dy, ggx):
+def _batch_norm_inference_double_backward_stage1_rows(dy, ggx):
     """Stage 1 of batch_norm_inference_double_backward, one pass over the fields: the per-group totals (float64) of
-    dy*ggx."""
+    dy*ggx. Fields with inner == 1 (groups side by side in every row)."""
     rows, groups, inner = dy.shape
     dtype = dy.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        dy_rows = dy.reshape((rows, groups))
-        ggx_rows = ggx.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, dy.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                ggx_r = ggx_rows[row]
-                for g in range(groups):
-                    block0[g] += dy_r[g]*ggx_r[g]
-            part0[part] = block0
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            total0 = 0.0
-            for start in range(0, inner, RUN):
-                dy_p = dy[row, g, start:start + RUN]
-                ggx_p = ggx[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                for i in range(dy_p.size):
-                    piece0 += dy_p[i]*ggx_p[i]
-                total0 += piece0
-            part0[row, g] = total0
+    dy_rows = dy.reshape((rows, groups))
+    ggx_rows = ggx.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, dy.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            ggx_r = ggx_rows[row]
+            for g in range(groups):
+                block0[g] += dy_r[g]*ggx_r[g]
+        part0[part] = block0
+    sum_dy_ggx = numpy.empty(groups)
+    for g in range(groups):
+        sum_dy_ggx[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_dy_ggx[g] += part0[part, g]
+    return sum_dy_ggx,
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_inference_double_backward_stage1_runs(dy, ggx):
+    """Stage 1 of batch_norm_inference_double_backward, one pass over the fields: the per-group totals (float64) of
+    dy*ggx. Fields with inner > 1 (one contiguous run per row and group)."""
+    rows, groups, inner = dy.shape
+    dtype = dy.dtype.type
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        total0 = 0.0
+        for start in range(0, inner, RUN):
+            dy_p = dy[row, g, start:start + RUN]
+            ggx_p = ggx[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            for i in range(dy_p.size):
+                piece0 += dy_p[i]*ggx_p[i]
+            total0 += piece0
+        part0[row, g] = total0
     sum_dy_ggx = numpy.empty(groups)
     for g in range(groups):
         sum_dy_ggx[g] = 0.0
@@ -772,61 +1014,86 @@ def _batch_norm_inference_double_backward_stage1(dy, ggx):
 
 
 @numba.njit(cache=True, parallel=True)
-def _batch_norm_inference_double_backward_outputs(dy, ggx, x, tmp0, mean, gdy_coef_ggx, ggbeta, gx, gdy):
-    """The field outputs of batch_norm_inference_double_backward (gx, gdy), written in one pass."""
+def _batch_norm_inference_double_backward_outputs_rows(dy, ggx, x, tmp0, mean, gdy_coef_ggx, ggbeta, gx, gdy):
+    """The field outputs of batch_norm_inference_double_backward (gx, gdy), written in one pass. Fields with inner
+    == 1 (groups side by side in every row)."""
     rows, groups, inner = gx.shape
     dtype = gx.dtype.type
-    if inner == 1:
-        dy_rows = dy.reshape((rows, groups))
-        ggx_rows = ggx.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        gx_rows = gx.reshape((rows, groups))
-        gdy_rows = gdy.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                dy_r = dy_rows[row]
-                ggx_r = ggx_rows[row]
-                x_r = x_rows[row]
-                gx_r = gx_rows[row]
-                gdy_r = gdy_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    gx_r[g] = dy_r[g]*tmp0[g]
-                    gdy_r[g] = (x_minus_mean*tmp0[g] + ggx_r[g]*gdy_coef_ggx[g]) + ggbeta[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            tmp0_g = tmp0[g]
-            mean_g = mean[g]
-            gdy_coef_ggx_g = gdy_coef_ggx[g]
-            ggbeta_g = ggbeta[g]
-            dy_p = dy[row, g]
-            ggx_p = ggx[row, g]
-            x_p = x[row, g]
-            gx_p = gx[row, g]
-            gdy_p = gdy[row, g]
-            for i in range(inner):
-                x_minus_mean = -mean_g + x_p[i]
-                gx_p[i] = dy_p[i]*tmp0_g
-                gdy_p[i] = (x_minus_mean*tmp0_g + ggx_p[i]*gdy_coef_ggx_g) + ggbeta_g
+    dy_rows = dy.reshape((rows, groups))
+    ggx_rows = ggx.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    gx_rows = gx.reshape((rows, groups))
+    gdy_rows = gdy.reshape((rows, groups))
+    for part in numba.prange((rows + BLOCK - 1) // BLOCK):
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            dy_r = dy_rows[row]
+            ggx_r = ggx_rows[row]
+            x_r = x_rows[row]
+            gx_r = gx_rows[row]
+            gdy_r = gdy_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                gx_r[g] = dy_r[g]*tmp0[g]
+                gdy_r[g] = (x_minus_mean*tmp0[g] + ggx_r[g]*gdy_coef_ggx[g]) + ggbeta[g]
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_norm_inference_double_backward_outputs_runs(dy, ggx, x, tmp0, mean, gdy_coef_ggx, ggbeta, gx, gdy):
+    """The field outputs of batch_norm_inference_double_backward (gx, gdy), written in one pass. Fields with inner >
+    1 (one contiguous run per row and group)."""
+    rows, groups, inner = gx.shape
+    dtype = gx.dtype.type
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        tmp0_g = tmp0[g]
+        mean_g = mean[g]
+        gdy_coef_ggx_g = gdy_coef_ggx[g]
+        ggbeta_g = ggbeta[g]
+        dy_p = dy[row, g]
+        ggx_p = ggx[row, g]
+        x_p = x[row, g]
+        gx_p = gx[row, g]
+        gdy_p = gdy[row, g]
+        for i in range(inner):
+            x_minus_mean = -mean_g + x_p[i]
+            gx_p[i] = dy_p[i]*tmp0_g
+            gdy_p[i] = (x_minus_mean*tmp0_g + ggx_p[i]*gdy_coef_ggx_g) + ggbeta_g
 
 
 @numba.njit(cache=True)
-def _batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, count, gx, gdy):
+def _batch_norm_inference_double_backward_rows(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, count, gx, gdy):
     """batch_norm_inference_double_backward on (rows, groups, inner) fields and (groups,) per-group values: writes
-    gx, gdy and returns the per-group results."""
+    gx, gdy and returns the per-group results. Fields with inner == 1 (groups side by side in every row)."""
     groups = ggx.shape[1]
     tmp0 = numpy.empty(groups, ggx.dtype)
     gdy_coef_ggx = numpy.empty(groups, ggx.dtype)
     for g in range(groups):
         tmp0[g] = gggamma[g]*invstd[g]
         gdy_coef_ggx[g] = gamma[g]*invstd[g]
-    sum_dy_ggx, = _batch_norm_inference_double_backward_stage1(dy, ggx)
+    sum_dy_ggx, = _batch_norm_inference_double_backward_stage1_rows(dy, ggx)
     ggamma = numpy.empty(groups, ggx.dtype)
     for g in range(groups):
         ggamma[g] = sum_dy_ggx[g]*invstd[g]
-    _batch_norm_inference_double_backward_outputs(dy, ggx, x, tmp0, mean, gdy_coef_ggx, ggbeta, gx, gdy)
+    _batch_norm_inference_double_backward_outputs_rows(dy, ggx, x, tmp0, mean, gdy_coef_ggx, ggbeta, gx, gdy)
+    return ggamma,
+
+
+@numba.njit(cache=True)
+def _batch_norm_inference_double_backward_runs(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, count, gx, gdy):
+    """batch_norm_inference_double_backward on (rows, groups, inner) fields and (groups,) per-group values: writes
+    gx, gdy and returns the per-group results. Fields with inner > 1 (one contiguous run per row and group)."""
+    groups = ggx.shape[1]
+    tmp0 = numpy.empty(groups, ggx.dtype)
+    gdy_coef_ggx = numpy.empty(groups, ggx.dtype)
+    for g in range(groups):
+        tmp0[g] = gggamma[g]*invstd[g]
+        gdy_coef_ggx[g] = gamma[g]*invstd[g]
+    sum_dy_ggx, = _batch_norm_inference_double_backward_stage1_runs(dy, ggx)
+    ggamma = numpy.empty(groups, ggx.dtype)
+    for g in range(groups):
+        ggamma[g] = sum_dy_ggx[g]*invstd[g]
+    _batch_norm_inference_double_backward_outputs_runs(dy, ggx, x, tmp0, mean, gdy_coef_ggx, ggbeta, gx, gdy)
     return ggamma,
 
 
@@ -851,55 +1118,32 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
         return numpy_kernels.batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
     gx = layout.empty()
     gdy = layout.empty()
-    ggamma, = run_compiled(_batch_norm_inference_double_backward, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
+    ggamma, = run_compiled(_batch_norm_inference_double_backward_rows if layout.inner == 1 else _batch_norm_inference_double_backward_runs, layout.fields(ggx), layout.per_group(gggamma), layout.per_group(ggbeta), layout.fields(dy), layout.fields(x), layout.per_group(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.fields(gx), layout.fields(gdy))
     return gx, layout.grouped(ggamma), gdy
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_jvp_stage1(tx, x):
-    """Stage 1 of batch_norm_jvp, one pass over the fields: the per-group totals (float64) of tx, x."""
+def _batch_norm_jvp_stage1_rows(tx, x):
+    """Stage 1 of batch_norm_jvp, one pass over the fields: the per-group totals (float64) of tx, x. Fields with
+    inner == 1 (groups side by side in every row)."""
     rows, groups, inner = tx.shape
     dtype = tx.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        tx_rows = tx.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        part1 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, tx.dtype)
-            block1 = numpy.zeros(groups, tx.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                tx_r = tx_rows[row]
-                x_r = x_rows[row]
-                for g in range(groups):
-                    block0[g] += tx_r[g]
-                    block1[g] += x_r[g]
-            part0[part] = block0
-            part1[part] = block1
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        part1 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            total0 = 0.0
-            total1 = 0.0
-            for start in range(0, inner, RUN):
-                tx_p = tx[row, g, start:start + RUN]
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                for i in range(tx_p.size):
-                    piece0 += tx_p[i]
-                    piece1 += x_p[i]
-                total0 += piece0
-                total1 += piece1
-            part0[row, g] = total0
-            part1[row, g] = total1
+    tx_rows = tx.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    part1 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, tx.dtype)
+        block1 = numpy.zeros(groups, tx.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            tx_r = tx_rows[row]
+            x_r = x_rows[row]
+            for g in range(groups):
+                block0[g] += tx_r[g]
+                block1[g] += x_r[g]
+        part0[part] = block0
+        part1[part] = block1
     sum_tx = numpy.empty(groups)
     sum_x = numpy.empty(groups)
     for g in range(groups):
@@ -913,54 +1157,106 @@ def _batch_norm_jvp_stage1(tx, x):
 
 
 @numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
-def _batch_norm_jvp_stage2(tx, x, mean):
-    """Stage 2 of batch_norm_jvp, one pass over the fields: the per-group totals (float64) of tx*x_minus_mean,
-    x_minus_mean*x_minus_mean."""
+def _batch_norm_jvp_stage1_runs(tx, x):
+    """Stage 1 of batch_norm_jvp, one pass over the fields: the per-group totals (float64) of tx, x. Fields with
+    inner > 1 (one contiguous run per row and group)."""
     rows, groups, inner = tx.shape
     dtype = tx.dtype.type
-    if inner == 1:
-        # (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.
-        tx_rows = tx.reshape((rows, groups))
-        x_rows = x.reshape((rows, groups))
-        parts = (rows + BLOCK - 1) // BLOCK
-        part0 = numpy.empty((parts, groups))
-        part1 = numpy.empty((parts, groups))
-        for part in numba.prange(parts):
-            block0 = numpy.zeros(groups, tx.dtype)
-            block1 = numpy.zeros(groups, tx.dtype)
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                tx_r = tx_rows[row]
-                x_r = x_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    block0[g] += tx_r[g]*x_minus_mean
-                    block1[g] += x_minus_mean*x_minus_mean
-            part0[part] = block0
-            part1[part] = block1
-    else:
-        # (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.
-        parts = rows
-        part0 = numpy.empty((rows, groups))
-        part1 = numpy.empty((rows, groups))
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            total0 = 0.0
-            total1 = 0.0
-            for start in range(0, inner, RUN):
-                tx_p = tx[row, g, start:start + RUN]
-                x_p = x[row, g, start:start + RUN]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                for i in range(tx_p.size):
-                    x_minus_mean = -mean_g + x_p[i]
-                    piece0 += tx_p[i]*x_minus_mean
-                    piece1 += x_minus_mean*x_minus_mean
-                total0 += piece0
-                total1 += piece1
-            part0[row, g] = total0
-            part1[row, g] = total1
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    part1 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        total0 = 0.0
+        total1 = 0.0
+        for start in range(0, inner, RUN):
+            tx_p = tx[row, g, start:start + RUN]
+            x_p = x[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            for i in range(tx_p.size):
+                piece0 += tx_p[i]
+                piece1 += x_p[i]
+            total0 += piece0
+            total1 += piece1
+        part0[row, g] = total0
+        part1[row, g] = total1
+    sum_tx = numpy.empty(groups)
+    sum_x = numpy.empty(groups)
+    for g in range(groups):
+        sum_tx[g] = 0.0
+        sum_x[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_tx[g] += part0[part, g]
+            sum_x[g] += part1[part, g]
+    return sum_tx, sum_x
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_jvp_stage2_rows(tx, x, mean):
+    """Stage 2 of batch_norm_jvp, one pass over the fields: the per-group totals (float64) of tx*x_minus_mean,
+    x_minus_mean*x_minus_mean. Fields with inner == 1 (groups side by side in every row)."""
+    rows, groups, inner = tx.shape
+    dtype = tx.dtype.type
+    tx_rows = tx.reshape((rows, groups))
+    x_rows = x.reshape((rows, groups))
+    parts = (rows + BLOCK - 1) // BLOCK
+    part0 = numpy.empty((parts, groups))
+    part1 = numpy.empty((parts, groups))
+    for part in numba.prange(parts):
+        block0 = numpy.zeros(groups, tx.dtype)
+        block1 = numpy.zeros(groups, tx.dtype)
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            tx_r = tx_rows[row]
+            x_r = x_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                block0[g] += tx_r[g]*x_minus_mean
+                block1[g] += x_minus_mean*x_minus_mean
+        part0[part] = block0
+        part1[part] = block1
+    sum_tx_x_minus_mean = numpy.empty(groups)
+    sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
+    for g in range(groups):
+        sum_tx_x_minus_mean[g] = 0.0
+        sum_x_minus_mean_x_minus_mean[g] = 0.0
+    for part in range(parts):
+        for g in range(groups):
+            sum_tx_x_minus_mean[g] += part0[part, g]
+            sum_x_minus_mean_x_minus_mean[g] += part1[part, g]
+    return sum_tx_x_minus_mean, sum_x_minus_mean_x_minus_mean
+
+
+@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)
+def _batch_norm_jvp_stage2_runs(tx, x, mean):
+    """Stage 2 of batch_norm_jvp, one pass over the fields: the per-group totals (float64) of tx*x_minus_mean,
+    x_minus_mean*x_minus_mean. Fields with inner > 1 (one contiguous run per row and group)."""
+    rows, groups, inner = tx.shape
+    dtype = tx.dtype.type
+    parts = rows
+    part0 = numpy.empty((rows, groups))
+    part1 = numpy.empty((rows, groups))
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        total0 = 0.0
+        total1 = 0.0
+        for start in range(0, inner, RUN):
+            tx_p = tx[row, g, start:start + RUN]
+            x_p = x[row, g, start:start + RUN]
+            piece0 = dtype(0)
+            piece1 = dtype(0)
+            for i in range(tx_p.size):
+                x_minus_mean = -mean_g + x_p[i]
+                piece0 += tx_p[i]*x_minus_mean
+                piece1 += x_minus_mean*x_minus_mean
+            total0 += piece0
+            total1 += piece1
+        part0[row, g] = total0
+        part1[row, g] = total1
     sum_tx_x_minus_mean = numpy.empty(groups)
     sum_x_minus_mean_x_minus_mean = numpy.empty(groups)
     for g in range(groups):
@@ -974,55 +1270,62 @@ def _batch_norm_jvp_stage2(tx, x, mean):
 
 
 @numba.njit(cache=True, parallel=True)
-def _batch_norm_jvp_outputs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty):
-    """The field outputs of batch_norm_jvp (y, ty), written in one pass."""
+def _batch_norm_jvp_outputs_rows(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty):
+    """The field outputs of batch_norm_jvp (y, ty), written in one pass. Fields with inner == 1 (groups side by side
+    in every row)."""
     rows, groups, inner = y.shape
     dtype = y.dtype.type
-    if inner == 1:
-        x_rows = x.reshape((rows, groups))
-        tx_rows = tx.reshape((rows, groups))
-        y_rows = y.reshape((rows, groups))
-        ty_rows = ty.reshape((rows, groups))
-        for part in numba.prange((rows + BLOCK - 1) // BLOCK):
-            for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
-                x_r = x_rows[row]
-                tx_r = tx_rows[row]
-                y_r = y_rows[row]
-                ty_r = ty_rows[row]
-                for g in range(groups):
-                    x_minus_mean = -mean[g] + x_r[g]
-                    y_r[g] = x_minus_mean*tmp1[g] + beta[g]
-                    ty_r[g] = (x_minus_mean*ty_coef_x_minus_mean[g] + tx_r[g]*tmp1[g]) + ty_shift[g]
-    else:
-        for run in numba.prange(rows * groups):
-            row = run // groups
-            g = run % groups
-            mean_g = mean[g]
-            beta_g = beta[g]
-            tmp1_g = tmp1[g]
-            ty_coef_x_minus_mean_g = ty_coef_x_minus_mean[g]
-            ty_shift_g = ty_shift[g]
-            x_p = x[row, g]
-            tx_p = tx[row, g]
-            y_p = y[row, g]
-            ty_p = ty[row, g]
-            for i in range(inner):
-                x_minus_mean = -mean_g + x_p[i]
-                y_p[i] = x_minus_mean*tmp1_g + beta_g
-                ty_p[i] = (x_minus_mean*ty_coef_x_minus_mean_g + tx_p[i]*tmp1_g) + ty_shift_g
+    x_rows = x.reshape((rows, groups))
+    tx_rows = tx.reshape((rows, groups))
+    y_rows = y.reshape((rows, groups))
+    ty_rows = ty.reshape((rows, groups))
+    for part in numba.prange((rows + BLOCK - 1) // BLOCK):
+        for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):
+            x_r = x_rows[row]
+            tx_r = tx_rows[row]
+            y_r = y_rows[row]
+            ty_r = ty_rows[row]
+            for g in range(groups):
+                x_minus_mean = -mean[g] + x_r[g]
+                y_r[g] = x_minus_mean*tmp1[g] + beta[g]
+                ty_r[g] = (x_minus_mean*ty_coef_x_minus_mean[g] + tx_r[g]*tmp1[g]) + ty_shift[g]
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_norm_jvp_outputs_runs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty):
+    """The field outputs of batch_norm_jvp (y, ty), written in one pass. Fields with inner > 1 (one contiguous run
+    per row and group)."""
+    rows, groups, inner = y.shape
+    dtype = y.dtype.type
+    for run in numba.prange(rows * groups):
+        row = run // groups
+        g = run % groups
+        mean_g = mean[g]
+        beta_g = beta[g]
+        tmp1_g = tmp1[g]
+        ty_coef_x_minus_mean_g = ty_coef_x_minus_mean[g]
+        ty_shift_g = ty_shift[g]
+        x_p = x[row, g]
+        tx_p = tx[row, g]
+        y_p = y[row, g]
+        ty_p = ty[row, g]
+        for i in range(inner):
+            x_minus_mean = -mean_g + x_p[i]
+            y_p[i] = x_minus_mean*tmp1_g + beta_g
+            ty_p[i] = (x_minus_mean*ty_coef_x_minus_mean_g + tx_p[i]*tmp1_g) + ty_shift_g
 
 
 @numba.njit(cache=True)
-def _batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, count, y, ty):
+def _batch_norm_jvp_rows(x, gamma, beta, tx, tgamma, tbeta, eps, count, y, ty):
     """batch_norm_jvp on (rows, groups, inner) fields and (groups,) per-group values: writes y, ty and returns the
-    per-group results."""
+    per-group results. Fields with inner == 1 (groups side by side in every row)."""
     groups = x.shape[1]
     tmp0 = 1/count
-    sum_tx, sum_x = _batch_norm_jvp_stage1(tx, x)
+    sum_tx, sum_x = _batch_norm_jvp_stage1_rows(tx, x)
     mean = numpy.empty(groups, x.dtype)
     for g in range(groups):
         mean[g] = sum_x[g]*tmp0
-    sum_tx_x_minus_mean, sum_x_minus_mean_x_minus_mean = _batch_norm_jvp_stage2(tx, x, mean)
+    sum_tx_x_minus_mean, sum_x_minus_mean_x_minus_mean = _batch_norm_jvp_stage2_rows(tx, x, mean)
     var = numpy.empty(groups, x.dtype)
     invstd = numpy.empty(groups, x.dtype)
     tmp1 = numpy.empty(groups, x.dtype)
@@ -1034,7 +1337,33 @@ def _batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, count, y, ty):
         tmp1[g] = gamma[g]*invstd[g]
         ty_coef_x_minus_mean[g] = tmp0*invstd[g]*(tgamma[g]*count - gamma[g]*sum_tx_x_minus_mean[g]*invstd[g]**2)
         ty_shift[g] = tbeta[g] - sum_tx[g]*tmp0*tmp1[g]
-    _batch_norm_jvp_outputs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty)
+    _batch_norm_jvp_outputs_rows(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty)
+    return
+
+
+@numba.njit(cache=True)
+def _batch_norm_jvp_runs(x, gamma, beta, tx, tgamma, tbeta, eps, count, y, ty):
+    """batch_norm_jvp on (rows, groups, inner) fields and (groups,) per-group values: writes y, ty and returns the
+    per-group results. Fields with inner > 1 (one contiguous run per row and group)."""
+    groups = x.shape[1]
+    tmp0 = 1/count
+    sum_tx, sum_x = _batch_norm_jvp_stage1_runs(tx, x)
+    mean = numpy.empty(groups, x.dtype)
+    for g in range(groups):
+        mean[g] = sum_x[g]*tmp0
+    sum_tx_x_minus_mean, sum_x_minus_mean_x_minus_mean = _batch_norm_jvp_stage2_runs(tx, x, mean)
+    var = numpy.empty(groups, x.dtype)
+    invstd = numpy.empty(groups, x.dtype)
+    tmp1 = numpy.empty(groups, x.dtype)
+    ty_coef_x_minus_mean = numpy.empty(groups, x.dtype)
+    ty_shift = numpy.empty(groups, x.dtype)
+    for g in range(groups):
+        var[g] = sum_x_minus_mean_x_minus_mean[g]*tmp0
+        invstd[g] = 1/numpy.sqrt(var[g] + eps[g])
+        tmp1[g] = gamma[g]*invstd[g]
+        ty_coef_x_minus_mean[g] = tmp0*invstd[g]*(tgamma[g]*count - gamma[g]*sum_tx_x_minus_mean[g]*invstd[g]**2)
+        ty_shift[g] = tbeta[g] - sum_tx[g]*tmp0*tmp1[g]
+    _batch_norm_jvp_outputs_runs(x, tx, mean, beta, tmp1, ty_coef_x_minus_mean, ty_shift, y, ty)
     return
 
 
@@ -1055,7 +1384,7 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
         return numpy_kernels.batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
     y = layout.empty()
     ty = layout.empty()
-    run_compiled(_batch_norm_jvp, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.fields(y), layout.fields(ty))
+    run_compiled(_batch_norm_jvp_rows if layout.inner == 1 else _batch_norm_jvp_runs, layout.fields(x), layout.per_group(gamma), layout.per_group(beta), layout.fields(tx), layout.per_group(tgamma), layout.per_group(tbeta), layout.per_group(eps), reducer.count, layout.fields(y), layout.fields(ty))
     return y, ty
 
 

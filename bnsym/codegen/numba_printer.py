@@ -8,10 +8,12 @@ after them. An NCHW batch is (N, C, H*W); an (N, C) batch or an NHWC batch is (N
 What one plan becomes (every loop is printed from the plan's statements; nothing here knows a layer):
 
 * each :class:`~bnsym.codegen.plan.Reduce` stage: one function that makes **one pass** over the fields and returns
-  every total of the stage in float64. Two loop nests, chosen at run time by the layout: when ``inner == 1`` a
-  sweep over rows that accumulates every group side by side in float32 over blocks of at most ``BLOCK`` rows (the
-  inner loop runs along memory, never across rows); otherwise one contiguous run of ``inner`` values per row and
-  group, summed in float32 pieces of at most ``RUN`` values. Block and piece partials are added in float64: the
+  every total of the stage in float64, in two variants (``_rows`` and ``_runs``), one loop nest each: when
+  ``inner == 1`` a sweep over rows that accumulates every group side by side in float32 over blocks of at most
+  ``BLOCK`` rows (the inner loop runs along memory, never across rows); otherwise one contiguous run of ``inner``
+  values per row and group, summed in float32 pieces of at most ``RUN`` values. The wrapper chooses the variant by
+  the layout, so a call compiles only the nest it runs (the two nests of one function took three times as long to
+  compile as the runs nest alone). Block and piece partials are added in float64: the
   accuracy contract of :mod:`bnsym._reduce`. The partials of each block are stored and added in a fixed order, so
   results do not depend on the number of threads. Field atoms such as ``x_minus_mean`` are never materialised:
   they are computed in the loop body, as written (a difference stays a difference);
@@ -19,8 +21,10 @@ What one plan becomes (every loop is printed from the plan's statements; nothing
   them all, each in its coefficient form, terms in the order of the NumPy kernel;
 * the per-group :class:`~bnsym.codegen.plan.Assign` statements between the stages: loops over the groups in a
   driver function, in the plan's order, each value stored in the fields' dtype (as the NumPy kernels round them);
-* a Python wrapper with the NumPy kernel's signature that arranges the arrays (:class:`bnsym._fused.FusedLayout`)
-  and falls back to the NumPy kernel for what the loops do not cover (another layout, a sharded reducer).
+* a driver per variant (``_<kernel>_rows``, ``_<kernel>_runs``) that calls the stages and outputs of its nest;
+* a Python wrapper with the NumPy kernel's signature that arranges the arrays (:class:`bnsym._fused.FusedLayout`),
+  runs the driver of the layout's nest, and falls back to the NumPy kernel for what the loops do not cover
+  (another layout, a sharded reducer).
 
 A plan that reads a parameter varying within a group or sums a parameter's gradient over groups, and any plan of
 a layer whose groups lie within one sample (every layer but batch norm), is printed by
@@ -49,6 +53,12 @@ from bnsym.symbolic.reduction import M, ParameterField
 __all__ = ["NumbaPlanPrinter", "Printer", "atoms_used", "module_prelude", "names_read", "plan_symbols",
            "python_tuple", "wrapper_head"]
 
+
+#: The two loop nests of the fused loops (module docstring): groups side by side in every row, or contiguous runs.
+NESTS = ("rows", "runs")
+NEST = "<nest>"  # where a driver's calls name the variant of its nest
+_NEST_NOTES = {"rows": "Fields with inner == 1 (groups side by side in every row).",
+               "runs": "Fields with inner > 1 (one contiguous run per row and group)."}
 
 #: The layouts of bnsym._fused that a generated wrapper may use.
 LAYOUTS = ("FusedLayout", "GroupLocalLayout", "InterleavedLayout")
@@ -273,7 +283,7 @@ class NumbaPlanPrinter:
                 source, arguments = self._stage(function, plan, statement, kinds, stage)
                 parts.append(source)
                 names = ", ".join(n.name for n in statement.names)
-                calls.append(f"{names}{',' if len(statement.names) == 1 else ''} = {function}("
+                calls.append(f"{names}{',' if len(statement.names) == 1 else ''} = {function}_{NEST}("
                              f"{', '.join(self._argument(a, kinds, first) for a in arguments)})")
                 index += 1
             else:  # the field outputs: every Accumulate from here on, in one pass
@@ -285,7 +295,7 @@ class NumbaPlanPrinter:
                 function = f"_{plan.name}_outputs"
                 source, arguments = self._outputs(function, plan, outputs, kinds)
                 parts.append(source)
-                calls.append(f"{function}({', '.join(self._argument(a, kinds, first) for a in arguments)})")
+                calls.append(f"{function}_{NEST}({', '.join(self._argument(a, kinds, first) for a in arguments)})")
                 index = len(statements)
         self._flush(group_lines, calls)
         field_outputs = [s.name for s in plan.returns if s.name in kinds.fields]
@@ -295,7 +305,8 @@ class NumbaPlanPrinter:
                 raise ValueError(f"{plan.name}: the result {name} is neither a field nor a per-group value")
         calls.append(f"return {', '.join(group_outputs)}{',' if len(group_outputs) == 1 else ''}" if group_outputs
                      else "return")
-        parts.append(self._driver(plan, kinds, calls, field_outputs))
+        parts += [self._driver(plan, kinds, [line.replace(NEST, nest) for line in calls], field_outputs, nest)
+                  for nest in NESTS]
         parts.append(self._wrapper(plan, kinds, field_outputs, group_outputs))
         return "\n\n\n".join(parts)
 
@@ -352,6 +363,8 @@ class NumbaPlanPrinter:
         return [f"{a} = {printer.doprint(kinds.atoms[a])}" for a in atoms]
 
     def _stage(self, function: str, plan: KernelPlan, statement: Reduce, kinds: _Kinds, stage: int):
+        """Stage ``stage``'s two variants, ``function``_rows and ``function``_runs (module docstring), and the
+        arguments they take."""
         reads = kinds.field_symbols([f.name for term in statement.terms for f in term])
         fields = [n for n in reads if n in kinds.fields]
         groups = [n for n in reads if n not in kinds.fields]
@@ -362,57 +375,68 @@ class NumbaPlanPrinter:
         totals = [n.name for n in statement.names]
         described = ", ".join("*".join(f.name for f in term) for term in statement.terms)
         i = self.indent
-        lines = [
-            "@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)",
-            f"def {function}({', '.join(arguments)}):",
-            *self._docstring(f"Stage {stage} of {plan.name}, one pass over the fields: the per-group totals "
-                             f"(float64) of {described}."),
-            f"{i}rows, groups, inner = {first}.shape",
-            f"{i}dtype = {first}.dtype.type",
-            f"{i}if inner == 1:",
-            f"{i}{i}# (rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows.",
-        ]
+        i2, i3 = i * 2, i * 3
+        sources = []
+        for nest in NESTS:
+            lines = [
+                "@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)",
+                f"def {function}_{nest}({', '.join(arguments)}):",
+                *self._docstring(f"Stage {stage} of {plan.name}, one pass over the fields: the per-group totals "
+                                 f"(float64) of {described}. {_NEST_NOTES[nest]}"),
+                f"{i}rows, groups, inner = {first}.shape",
+                f"{i}dtype = {first}.dtype.type",
+            ]
+            nest_lines = self._stage_rows if nest == "rows" else self._stage_runs
+            lines += [i + line for line in nest_lines(statement, kinds, fields, groups, atoms, k)]
+            # Loops, not array expressions: Numba would make each of those a parallel region of its own, and waking
+            # the threads for it costs more than the work (with OMP_WAIT_POLICY=PASSIVE, tens of microseconds each).
+            lines += [f"{i}{name} = numpy.empty(groups)" for name in totals]
+            lines += [f"{i}for g in range(groups):"] + [f"{i2}{name}[g] = 0.0" for name in totals]
+            lines += [f"{i}for part in range(parts):", f"{i2}for g in range(groups):"]
+            lines += [f"{i3}{name}[g] += part{j}[part, g]" for j, name in zip(k, totals)]
+            lines += [f"{i}return {', '.join(totals)}{',' if len(totals) == 1 else ''}"]
+            sources.append("\n".join(lines))
+        return "\n\n\n".join(sources), arguments
+
+    def _stage_rows(self, statement: Reduce, kinds: _Kinds, fields, groups, atoms, k) -> list[str]:
+        """(rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows."""
+        i = self.indent
+        i2, i3 = i * 2, i * 3
         rows = Printer(self._field_text(kinds, fields, groups, "rows"), typed_numbers=True)
+        first = fields[0]
+        lines = [f"{f}_rows = {f}.reshape((rows, groups))" for f in fields]
+        lines += ["parts = (rows + BLOCK - 1) // BLOCK"]
+        lines += [f"part{j} = numpy.empty((parts, groups))" for j in k]
+        lines += ["for part in numba.prange(parts):"]
+        lines += [f"{i}block{j} = numpy.zeros(groups, {first}.dtype)" for j in k]
+        lines += [f"{i}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
+        lines += [f"{i2}{f}_r = {f}_rows[row]" for f in fields]
+        lines += [f"{i2}for g in range(groups):"]
+        lines += [f"{i3}{line}" for line in self._atom_lines(kinds, atoms, rows)]
+        lines += [f"{i3}block{j}[g] += {rows.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
+        lines += [f"{i}part{j}[part] = block{j}" for j in k]
+        return lines
+
+    def _stage_runs(self, statement: Reduce, kinds: _Kinds, fields, groups, atoms, k) -> list[str]:
+        """(rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN."""
+        i = self.indent
+        i2, i3 = i * 2, i * 3
         runs = Printer(self._field_text(kinds, fields, groups, "runs"), typed_numbers=True)
-        i2, i3, i4, i5 = i * 2, i * 3, i * 4, i * 5
-        lines += [f"{i2}{f}_rows = {f}.reshape((rows, groups))" for f in fields]
-        lines += [f"{i2}parts = (rows + BLOCK - 1) // BLOCK"]
-        lines += [f"{i2}part{j} = numpy.empty((parts, groups))" for j in k]
-        lines += [f"{i2}for part in numba.prange(parts):"]
-        lines += [f"{i3}block{j} = numpy.zeros(groups, {first}.dtype)" for j in k]
-        lines += [f"{i3}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
-        lines += [f"{i4}{f}_r = {f}_rows[row]" for f in fields]
-        lines += [f"{i4}for g in range(groups):"]
-        lines += [f"{i5}{line}" for line in self._atom_lines(kinds, atoms, rows)]
-        lines += [f"{i5}block{j}[g] += {rows.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
-        lines += [f"{i3}part{j}[part] = block{j}" for j in k]
-        lines += [
-            f"{i}else:",
-            f"{i2}# (rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN.",
-            f"{i2}parts = rows",
-        ]
-        lines += [f"{i2}part{j} = numpy.empty((rows, groups))" for j in k]
-        lines += [f"{i2}for run in numba.prange(rows * groups):",
-                  f"{i3}row = run // groups",
-                  f"{i3}g = run % groups"]
-        lines += [f"{i3}{v}_g = {v}[g]" for v in groups]
-        lines += [f"{i3}total{j} = 0.0" for j in k]
-        lines += [f"{i3}for start in range(0, inner, RUN):"]
-        lines += [f"{i4}{f}_p = {f}[row, g, start:start + RUN]" for f in fields]
-        lines += [f"{i4}piece{j} = dtype(0)" for j in k]
-        lines += [f"{i4}for i in range({first}_p.size):"]
-        lines += [f"{i5}{line}" for line in self._atom_lines(kinds, atoms, runs)]
-        lines += [f"{i5}piece{j} += {runs.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
-        lines += [f"{i4}total{j} += piece{j}" for j in k]
-        lines += [f"{i3}part{j}[row, g] = total{j}" for j in k]
-        # Loops, not array expressions: Numba would make each of those a parallel region of its own, and waking the
-        # threads for it costs more than the work (with OMP_WAIT_POLICY=PASSIVE, tens of microseconds each).
-        lines += [f"{i}{name} = numpy.empty(groups)" for name in totals]
-        lines += [f"{i}for g in range(groups):"] + [f"{i2}{name}[g] = 0.0" for name in totals]
-        lines += [f"{i}for part in range(parts):", f"{i2}for g in range(groups):"]
-        lines += [f"{i3}{name}[g] += part{j}[part, g]" for j, name in zip(k, totals)]
-        lines += [f"{i}return {', '.join(totals)}{',' if len(totals) == 1 else ''}"]
-        return "\n".join(lines), arguments
+        first = fields[0]
+        lines = ["parts = rows"]
+        lines += [f"part{j} = numpy.empty((rows, groups))" for j in k]
+        lines += ["for run in numba.prange(rows * groups):", f"{i}row = run // groups", f"{i}g = run % groups"]
+        lines += [f"{i}{v}_g = {v}[g]" for v in groups]
+        lines += [f"{i}total{j} = 0.0" for j in k]
+        lines += [f"{i}for start in range(0, inner, RUN):"]
+        lines += [f"{i2}{f}_p = {f}[row, g, start:start + RUN]" for f in fields]
+        lines += [f"{i2}piece{j} = dtype(0)" for j in k]
+        lines += [f"{i2}for i in range({first}_p.size):"]
+        lines += [f"{i3}{line}" for line in self._atom_lines(kinds, atoms, runs)]
+        lines += [f"{i3}piece{j} += {runs.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
+        lines += [f"{i2}total{j} += piece{j}" for j in k]
+        lines += [f"{i}part{j}[row, g] = total{j}" for j in k]
+        return lines
 
     @staticmethod
     def _product(term) -> sympy.Expr:
@@ -435,6 +459,7 @@ class NumbaPlanPrinter:
         return total
 
     def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], kinds: _Kinds):
+        """The field outputs' two variants, ``function``_rows and ``function``_runs, and their arguments."""
         expressions = [self._form(s) for s in outputs]
         reads = kinds.field_symbols(expressions)
         fields = [n for n in reads if n in kinds.fields]
@@ -443,45 +468,48 @@ class NumbaPlanPrinter:
         names = [s.name.name for s in outputs]
         arguments = fields + groups + names
         i = self.indent
-        i2, i3, i4, i5 = i * 2, i * 3, i * 4, i * 5
-        rows = Printer(self._field_text(kinds, fields + names, groups, "rows"), typed_numbers=True)
-        runs = Printer(self._field_text(kinds, fields + names, groups, "runs"), typed_numbers=True)
+        i2, i3, i4 = i * 2, i * 3, i * 4
         out = names[0]
-        lines = [
-            "@numba.njit(cache=True, parallel=True)",
-            f"def {function}({', '.join(arguments)}):",
-            *self._docstring(f"The field outputs of {plan.name} ({', '.join(names)}), written in one pass."),
-            f"{i}rows, groups, inner = {out}.shape",
-            f"{i}dtype = {out}.dtype.type",
-            f"{i}if inner == 1:",
-        ]
-        lines += [f"{i2}{f}_rows = {f}.reshape((rows, groups))" for f in fields + names]
-        lines += [f"{i2}for part in numba.prange((rows + BLOCK - 1) // BLOCK):",
-                  f"{i3}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
-        lines += [f"{i4}{f}_r = {f}_rows[row]" for f in fields + names]
-        lines += [f"{i4}for g in range(groups):"]
-        lines += [f"{i5}{line}" for line in self._atom_lines(kinds, atoms, rows)]
-        lines += [f"{i5}{rows.names[n]} = {rows.doprint(e)}" for n, e in zip(names, expressions)]
-        lines += [f"{i}else:",
-                  f"{i2}for run in numba.prange(rows * groups):",
-                  f"{i3}row = run // groups",
-                  f"{i3}g = run % groups"]
-        lines += [f"{i3}{v}_g = {v}[g]" for v in groups]
-        lines += [f"{i3}{f}_p = {f}[row, g]" for f in fields + names]
-        lines += [f"{i3}for i in range(inner):"]
-        lines += [f"{i4}{line}" for line in self._atom_lines(kinds, atoms, runs)]
-        lines += [f"{i4}{runs.names[n]} = {runs.doprint(e)}" for n, e in zip(names, expressions)]
-        return "\n".join(lines), arguments
+        sources = []
+        for nest in NESTS:
+            printer = Printer(self._field_text(kinds, fields + names, groups, nest), typed_numbers=True)
+            lines = [
+                "@numba.njit(cache=True, parallel=True)",
+                f"def {function}_{nest}({', '.join(arguments)}):",
+                *self._docstring(f"The field outputs of {plan.name} ({', '.join(names)}), written in one pass. "
+                                 f"{_NEST_NOTES[nest]}"),
+                f"{i}rows, groups, inner = {out}.shape",
+                f"{i}dtype = {out}.dtype.type",
+            ]
+            if nest == "rows":
+                lines += [f"{i}{f}_rows = {f}.reshape((rows, groups))" for f in fields + names]
+                lines += [f"{i}for part in numba.prange((rows + BLOCK - 1) // BLOCK):",
+                          f"{i2}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
+                lines += [f"{i3}{f}_r = {f}_rows[row]" for f in fields + names]
+                lines += [f"{i3}for g in range(groups):"]
+                body = i4
+            else:
+                lines += [f"{i}for run in numba.prange(rows * groups):", f"{i2}row = run // groups",
+                          f"{i2}g = run % groups"]
+                lines += [f"{i2}{v}_g = {v}[g]" for v in groups]
+                lines += [f"{i2}{f}_p = {f}[row, g]" for f in fields + names]
+                lines += [f"{i2}for i in range(inner):"]
+                body = i3
+            lines += [f"{body}{line}" for line in self._atom_lines(kinds, atoms, printer)]
+            lines += [f"{body}{printer.names[n]} = {printer.doprint(e)}" for n, e in zip(names, expressions)]
+            sources.append("\n".join(lines))
+        return "\n\n\n".join(sources), arguments
 
-    def _driver(self, plan: KernelPlan, kinds: _Kinds, calls: list[str], field_outputs: list[str]) -> str:
+    def _driver(self, plan: KernelPlan, kinds: _Kinds, calls: list[str], field_outputs: list[str],
+                nest: str) -> str:
         inputs = list(kinds.inputs) + ([COUNT] if REDUCER in plan.parameters or COUNT in plan.parameters else [])
         first = next(n for n in kinds.inputs if n in kinds.fields)
         i = self.indent
         lines = [
             "@numba.njit(cache=True)",
-            f"def _{plan.name}({', '.join(inputs + field_outputs)}):",
+            f"def _{plan.name}_{nest}({', '.join(inputs + field_outputs)}):",
             *self._docstring(f"{plan.name} on (rows, groups, inner) fields and (groups,) per-group values: writes "
-                             f"{', '.join(field_outputs)} and returns the per-group results."),
+                             f"{', '.join(field_outputs)} and returns the per-group results. {_NEST_NOTES[nest]}"),
             f"{i}groups = {first}.shape[1]",
         ]
         lines += [i + line for line in calls]
@@ -507,7 +535,7 @@ class NumbaPlanPrinter:
             arguments.append(COUNT)
         arguments += [f"layout.fields({n})" for n in field_outputs]
         results = ", ".join(group_outputs)
-        call = f"run_compiled(_{plan.name}, {', '.join(arguments)})"
+        call = f"run_compiled(_{plan.name}_rows if layout.inner == 1 else _{plan.name}_runs, {', '.join(arguments)})"
         if group_outputs:
             lines.append(f"{i}{results}{',' if len(group_outputs) == 1 else ''} = {call}")
         else:
