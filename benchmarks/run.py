@@ -23,8 +23,10 @@ It prints, in one run (so that every ratio compares figures measured minutes apa
    ``native_layer_norm``, ``_fused_rms_norm`` (its backward: autograd through ``F.rms_norm``, as PyTorch 2.13 has
    no CPU kernel for it), ``native_group_norm`` and ``F.instance_norm`` (its backward: autograd), when bnsym has
    them (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
-5. the compiled backend's first-call time in a fresh process: compiling into an empty disk cache, then loading it;
-   and the time to regenerate every derivation (``python -m bnsym.cli derive --check``).
+5. **first-call latency** in a fresh process with an empty Numba disk cache: every layer's forward and backward
+   with ``backend="auto"`` (NumPy kernels at once, the compiled ones prepared in a background process; and when
+   that finished, the same calls compiled), with ``backend="numba"`` (compiled on the spot), and with ``"numba"``
+   from the disk cache; and the time to regenerate every derivation (``python -m bnsym.cli derive --check``).
 
 Within each table the implementations and thread counts take turns within every repeat (the order rotates from
 one repeat to the next) and every figure is a median over the repeats. NHWC tensors are handed to PyTorch as
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
+import json
 import os
 import platform
 import statistics
@@ -476,44 +479,73 @@ def family_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) 
                   f"**{copy(fb, 2):.0f}%** | **{copy(bb, 3):.0f}%** | {memory:.2f} |", flush=True)
 
 
-# ----- 5. compile and regeneration time -----
+# ----- 5. first-call latency and regeneration time -----
 
 _FIRST_CALL = """
-import time
+import json, sys, time
 start = time.perf_counter()
 import numpy as np, bnsym
-x = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
-gamma = np.ones(16, np.float32)
-imported = time.perf_counter()
-y, mean, invstd = bnsym.batch_norm_forward(x, gamma, gamma, backend="numba")
-forward = time.perf_counter()
-bnsym.batch_norm_backward(x, x, gamma, mean, invstd, backend="numba")
-backward = time.perf_counter()
-y, mean, invstd = bnsym.layer_norm.forward(x, gamma, gamma, backend="numba")
-layer_forward = time.perf_counter()
-bnsym.layer_norm.backward(x, x, gamma, mean, invstd, backend="numba")
-layer_backward = time.perf_counter()
-print(imported - start, forward - imported, backward - forward, layer_forward - backward,
-      layer_backward - layer_forward)
+from bnsym import _background
+backend = sys.argv[1]
+rng = np.random.default_rng(0)
+images = rng.normal(size=(32, 64, 8, 8)).astype(np.float32)   # NCHW, the README's first snippet
+rows = rng.normal(size=(256, 1024)).astype(np.float32)
+channels, features = np.ones(64, np.float32), np.ones(1024, np.float32)
+imported = time.perf_counter() - start
+calls = {
+    "batch norm": (bnsym.batch_norm, images, channels, {"axis": 1}),
+    "layer norm": (bnsym.layer_norm, rows, features, {}),
+    "RMS norm": (bnsym.rms_norm, rows, features, {}),
+    "group norm": (bnsym.group_norm, images, channels, {"num_groups": 8}),
+    "instance norm": (bnsym.instance_norm, images, channels, {}),
+}
+def run(module, x, gamma, options):
+    affine = (gamma,) if module is bnsym.rms_norm else (gamma, gamma * 0)
+    t0 = time.perf_counter()
+    y, *saved = module.forward(x, *affine, **options, backend=backend)
+    t1 = time.perf_counter()
+    module.backward(x[::-1].copy(), x, gamma, *saved, **options, backend=backend)
+    return t1 - t0, time.perf_counter() - t1
+times = {}
+for layer, call in calls.items():
+    times[layer] = run(*call)
+result = {"imported": imported, "first": times, "total": time.perf_counter() - start}
+if backend == "auto":
+    waited = time.perf_counter()
+    result["background"] = _background.wait(1800) and time.perf_counter() - start
+    result["then"] = {layer: run(*call) for layer, call in calls.items()}
+print(json.dumps(result))
 """
 
 
 def compile_times() -> None:
+    """First calls of every layer's forward and backward in fresh processes with an empty Numba disk cache:
+    ``auto`` (NumPy kernels at once, the compiled ones prepared in the background), ``numba`` (compiled on the
+    spot), and ``numba`` again from the disk cache that run left."""
     if numba is None or not _has_backends():
         print("\nCompiled backend: first-call time not measured (Numba is not installed, or no backend= argument)")
         return
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        results = []
-        for _ in ("compile", "load"):
-            run = subprocess.run([sys.executable, "-c", _FIRST_CALL], cwd=ROOT, env=env, capture_output=True,
-                                 text=True, check=True, timeout=900)
-            results.append([float(t) for t in run.stdout.split()])
-    compiled, loaded = results
-    print("\nCompiled backend, first call in a fresh process (float32; Numba's disk cache in an empty directory): "
-          f"batch norm forward {compiled[1]:.1f} s and backward {compiled[2]:.1f} s, layer norm forward "
-          f"{compiled[3]:.1f} s and backward {compiled[4]:.1f} s to compile; from the cache in the next process: "
-          f"{loaded[1]:.2f} s, {loaded[2]:.2f} s, {loaded[3]:.2f} s and {loaded[4]:.2f} s")
+    runs = {}
+    with tempfile.TemporaryDirectory() as auto_cache, tempfile.TemporaryDirectory() as numba_cache:
+        for label, backend, cache in (("auto, empty cache", "auto", auto_cache),
+                                      ("numba, empty cache", "numba", numba_cache),
+                                      ("numba, from the disk cache", "numba", numba_cache)):
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, BNSYM_BACKGROUND_COMPILE="1")
+            started = time.perf_counter()
+            run = subprocess.run([sys.executable, "-c", _FIRST_CALL, backend], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, check=True, timeout=1800)
+            runs[label] = json.loads(run.stdout.splitlines()[-1]) | {"wall": time.perf_counter() - started}
+    print("\nFirst call in a fresh process (float32; batch, group and instance norm on (32, 64, 8, 8) NCHW, layer and "
+          "RMS norm on (256, 1024)); seconds, forward / backward:\n")
+    print("| layer | " + " | ".join(runs) + " |")
+    print("|---|" + "---|" * len(runs))
+    for layer in runs["auto, empty cache"]["first"]:
+        print(f"| {layer} | " + " | ".join("{:.2f} / {:.2f}".format(*r["first"][layer]) for r in runs.values()) + " |")
+    print("| all ten calls, import included | " + " | ".join(f"{r['total']:.2f}" for r in runs.values()) + " |")
+    auto = runs["auto, empty cache"]
+    then = ", ".join("{} {:.3f} / {:.3f}".format(layer, *t) for layer, t in auto["then"].items())
+    print(f"\nauto: every background compilation finished {auto['background']:.1f} s after the process started; "
+          f"the same calls then ran compiled: {then}")
 
 
 def _regeneration_seconds() -> float:

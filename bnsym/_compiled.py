@@ -112,14 +112,15 @@ def ready_on_disk(dispatcher, types: tuple) -> bool:
 def describe(dispatcher, types: tuple) -> str:
     """What a compilation is, in a user's words: the kernel (its loop function) and the argument dtypes."""
     dtypes = sorted({str(getattr(t, "dtype", "")) for t in types} - {""})
-    module = getattr(dispatcher.py_func, "__module__", "").rsplit(".", 1)[-1].removesuffix("_numba")
-    return f"{module} {dispatcher.py_func.__name__.lstrip('_')} ({', '.join(dtypes) or 'no arrays'})"
+    layer = getattr(dispatcher.py_func, "__module__", "").rsplit(".", 1)[-1].removesuffix("_numba")
+    function = dispatcher.py_func.__name__.lstrip("_").removeprefix(f"{layer}_")
+    return f"{layer}.{function} ({', '.join(dtypes) or 'no arrays'})"
 
 
 def compiling_note(dispatcher, types: tuple) -> str:
     """The announcement of a compilation in the caller's thread."""
-    return (f"bnsym: compiling the compiled kernel {describe(dispatcher, types)} with Numba; this happens once per "
-            "kernel, layout and dtype (the machine code is cached on disk), and `bnsym compile` does it ahead of time")
+    return (f"bnsym: compiling {describe(dispatcher, types)} with Numba, once: the machine code is cached on disk "
+            "for later calls and processes (`bnsym compile` does this ahead of time for every kernel)")
 
 
 def _compile_announced(dispatcher, types: tuple, args):
