@@ -51,10 +51,13 @@ def _layer_numba_module(name: str) -> Callable[[], str]:
         docstring = (
             f"{title} kernels compiled by Numba: fused loops printed from the same derivation as\n"
             f"bnsym._generated.{name} (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
-            "Imported only by backend=\"numba\" (the `fast` extra). Compiled on first use and cached on disk.\n")
+            "Imported by backend=\"numba\" and \"auto\" (the `fast` extra). Each loop function compiles when a\n"
+            "call first needs it (under \"auto\", in a background process: bnsym._compiled says when) and is\n"
+            "cached on disk.\n")
         return render_numba_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
                                    numpy_module=f"bnsym._generated.{name}", per_sample=LAYERS[name].per_sample,
-                                   channel_axis=LAYERS[name].channel_axis)
+                                   channel_axis=LAYERS[name].channel_axis,
+                                   parameter_per_value=LAYERS[name].parameter_per_value)
     return render
 
 

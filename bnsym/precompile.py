@@ -27,15 +27,18 @@ LAYOUTS = ("channel-first", "channel-last", "rows")
 
 #: One small input per layer and layout: x's shape, the layer's options, and its parameters' shape. Every
 #: argument of a public function is made from these by its name (:func:`_arguments`).
-CASES: dict[str, dict[str, tuple[tuple[int, ...], dict, tuple[int, ...]]]] = {
-    "batch_norm": {"channel-first": ((4, 6, 3, 5), {"axis": 1}, (6,)),
-                   "channel-last": ((4, 3, 5, 6), {"axis": -1}, (6,))},
-    "layer_norm": {"rows": ((4, 3, 10), {"axis": -1}, (10,))},
-    "rms_norm": {"rows": ((4, 3, 10), {"axis": -1}, (10,))},
-    "group_norm": {"channel-first": ((2, 6, 3, 5), {"axis": 1, "num_groups": 3}, (6,)),
-                   "channel-last": ((2, 3, 5, 6), {"axis": -1, "num_groups": 3}, (6,))},
-    "instance_norm": {"channel-first": ((2, 6, 3, 5), {"axis": 1}, (6,)),
-                      "channel-last": ((2, 3, 5, 6), {"axis": -1}, (6,))},
+#: A layout may need more than one input: an (N, C) batch takes group norm's loops for one value per channel, an
+#: image batch its loops for runs of spatial values.
+CASES: dict[str, dict[str, tuple[tuple[tuple[int, ...], dict, tuple[int, ...]], ...]]] = {
+    "batch_norm": {"channel-first": (((4, 6, 3, 5), {"axis": 1}, (6,)),),
+                   "channel-last": (((4, 3, 5, 6), {"axis": -1}, (6,)),)},
+    "layer_norm": {"rows": (((4, 3, 10), {"axis": -1}, (10,)),)},
+    "rms_norm": {"rows": (((4, 3, 10), {"axis": -1}, (10,)),)},
+    "group_norm": {"channel-first": (((2, 6, 3, 5), {"axis": 1, "num_groups": 3}, (6,)),
+                                     ((5, 6), {"axis": 1, "num_groups": 3}, (6,))),
+                   "channel-last": (((2, 3, 5, 6), {"axis": -1, "num_groups": 3}, (6,)),)},
+    "instance_norm": {"channel-first": (((2, 6, 3, 5), {"axis": 1}, (6,)),),
+                      "channel-last": (((2, 3, 5, 6), {"axis": -1}, (6,)),)},
 }
 
 _FIELDS = ("x", "dy", "ggx", "tx")
@@ -67,14 +70,15 @@ def kernels(layers: Iterable[str] | None = None, dtypes: Iterable[str] | None = 
     found: dict[tuple, Kernel] = {}
     for layer in layers:
         module = getattr(bnsym, layer)
-        for layout, (shape, options, parameter_shape) in CASES[layer].items():
+        for layout, cases in CASES[layer].items():
             if layout not in layouts:
                 continue
             for dtype in dtypes:
                 _compiled.recorded.clear()
                 with _compiled.policy(_compiled.RECORD):
-                    for verb in module.__all__:
-                        _record(getattr(module, verb), shape, options, parameter_shape, np.dtype(dtype), module)
+                    for shape, options, parameter_shape in cases:
+                        for verb in module.__all__:
+                            _record(getattr(module, verb), shape, options, parameter_shape, np.dtype(dtype), module)
                 for dispatcher, types in _compiled.recorded:
                     function = dispatcher.py_func.__name__.lstrip("_").removeprefix(f"{layer}_")
                     label = f"{layer}.{function} ({layout}, {dtype})"

@@ -5,7 +5,9 @@
 """Batch normalisation kernels compiled by Numba: fused loops printed from the same derivation as
 bnsym._generated.batch_norm (bnsym.codegen.numba_printer says how), with the same signatures.
 
-Imported only by backend="numba" (the `fast` extra). Compiled on first use and cached on disk.
+Imported by backend="numba" and "auto" (the `fast` extra). Each loop function compiles when a
+call first needs it (under "auto", in a background process: bnsym._compiled says when) and is
+cached on disk.
 """
 
 import numba

@@ -5,7 +5,9 @@
 """Group normalisation kernels compiled by Numba: fused loops printed from the same derivation as
 bnsym._generated.group_norm (bnsym.codegen.numba_printer says how), with the same signatures.
 
-Imported only by backend="numba" (the `fast` extra). Compiled on first use and cached on disk.
+Imported by backend="numba" and "auto" (the `fast` extra). Each loop function compiles when a
+call first needs it (under "auto", in a background process: bnsym._compiled says when) and is
+cached on disk.
 """
 
 import numba
@@ -57,32 +59,37 @@ def _group_norm_forward_pass2(x, mean, Q, S):
 
 
 @numba.njit(cache=True)
-def _group_norm_forward_outputs(x, beta, gamma, mean, invstd, Q, S, y):
-    """The field outputs of group_norm_forward (y) for one group."""
+def _group_norm_forward_outputs_flat(x, beta, gamma, mean, invstd, Q, S, y):
+    """The field outputs of group_norm_forward (y) for one group. For S == 1 (one parameter value per position)."""
     dtype = y.dtype.type
-    if S == 1:
-        x_p = x
-        y_p = y
-        beta_p = beta
-        gamma_p = gamma
-        for i in range(y_p.size):
+    x_p = x
+    y_p = y
+    beta_p = beta
+    gamma_p = gamma
+    for i in range(y_p.size):
+        x_minus_mean = -mean + x_p[i]
+        y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
+
+
+@numba.njit(cache=True)
+def _group_norm_forward_outputs_runs(x, beta, gamma, mean, invstd, Q, S, y):
+    """The field outputs of group_norm_forward (y) for one group. For S > 1 (a run of S values per parameter
+    value)."""
+    dtype = y.dtype.type
+    for q in range(Q):
+        beta_q = beta[q]
+        gamma_q = gamma[q]
+        x_p = x[q * S:q * S + S]
+        y_p = y[q * S:q * S + S]
+        for i in range(S):
             x_minus_mean = -mean + x_p[i]
-            y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
-    else:
-        for q in range(Q):
-            beta_q = beta[q]
-            gamma_q = gamma[q]
-            x_p = x[q * S:q * S + S]
-            y_p = y[q * S:q * S + S]
-            for i in range(S):
-                x_minus_mean = -mean + x_p[i]
-                y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
+            y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_norm_forward(x, gamma, beta, eps_groups, count, P, Q, y):
+def _group_norm_forward_flat(x, gamma, beta, eps_groups, count, P, Q, y):
     """group_norm_forward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
-    BLOCK groups per parallel iteration."""
+    BLOCK groups per parallel iteration. For S == 1 (one parameter value per position)."""
     groups, inner = x.shape
     S = inner // Q
     dtype = x.dtype.type
@@ -101,7 +108,35 @@ def _group_norm_forward(x, gamma, beta, eps_groups, count, P, Q, y):
             sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
             var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
             invstd = dtype(1/numpy.sqrt(var + eps))
-            _group_norm_forward_outputs(x[g], beta[p], gamma[p], mean, invstd, Q, S, y[g])
+            _group_norm_forward_outputs_flat(x[g], beta[p], gamma[p], mean, invstd, Q, S, y[g])
+            mean_groups[g] = mean
+            invstd_groups[g] = invstd
+    return mean_groups, invstd_groups
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_forward_runs(x, gamma, beta, eps_groups, count, P, Q, y):
+    """group_norm_forward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration. For S > 1 (a run of S values per parameter value)."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    mean_groups = numpy.empty(groups, x.dtype)
+    invstd_groups = numpy.empty(groups, x.dtype)
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            eps = eps_groups[g]
+            total_sum_x, = _group_norm_forward_pass1(x[g], Q, S)
+            sum_x = dtype(total_sum_x)
+            mean = dtype(sum_x*tmp0)
+            total_sum_x_minus_mean_x_minus_mean, = _group_norm_forward_pass2(x[g], mean, Q, S)
+            sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+            var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
+            invstd = dtype(1/numpy.sqrt(var + eps))
+            _group_norm_forward_outputs_runs(x[g], beta[p], gamma[p], mean, invstd, Q, S, y[g])
             mean_groups[g] = mean
             invstd_groups[g] = invstd
     return mean_groups, invstd_groups
@@ -228,7 +263,7 @@ def group_norm_forward(x, gamma, beta, eps, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
     if layout is not None:
         y = layout.empty()
-        mean, invstd = run_compiled(_group_norm_forward, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        mean, invstd = run_compiled(_group_norm_forward_flat if layout.inner == layout.Q else _group_norm_forward_runs, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
         return y, layout.grouped(mean), layout.grouped(invstd)
     layout = InterleavedLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
     if layout is not None:
@@ -239,80 +274,95 @@ def group_norm_forward(x, gamma, beta, eps, reducer):
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_backward_pass1(dy, x, gamma, mean, invstd, Q, S, block0, block1, partial0, partial1):
+def _group_norm_backward_pass1_flat(dy, x, gamma, mean, invstd, Q, S, block0, block1, partial0, partial1):
     """One pass of group_norm_backward over one group of Q*S values: dy*gamma, dy*x_minus_mean*gamma; its share of
     the parameter sums of dy*x_minus_mean*invstd, dy. Totals in float64. Parameter shares go to the block's float32
-    rows block<k> when S == 1, else to its float64 rows partial<k>."""
+    rows block<k>. For S == 1 (one parameter value per position)."""
     dtype = dy.dtype.type
     total0 = 0.0
     total1 = 0.0
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            dy_p = dy[start:start + RUN]
-            x_p = x[start:start + RUN]
-            gamma_p = gamma[start:start + RUN]
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        x_p = x[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        block0_p = block0[start:start + RUN]
+        block1_p = block1[start:start + RUN]
+        for i in range(dy_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += dy_p[i]*gamma_p[i]
+            piece1 += dy_p[i]*x_minus_mean*gamma_p[i]
+            block0_p[i] += dy_p[i]*x_minus_mean*invstd
+            block1_p[i] += dy_p[i]
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_backward_pass1_runs(dy, x, gamma, mean, invstd, Q, S, block0, block1, partial0, partial1):
+    """One pass of group_norm_backward over one group of Q*S values: dy*gamma, dy*x_minus_mean*gamma; its share of
+    the parameter sums of dy*x_minus_mean*invstd, dy. Totals in float64. Parameter shares go to the block's float64
+    rows partial<k>. For S > 1 (a run of S values per parameter value)."""
+    dtype = dy.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    for q in range(Q):
+        gamma_q = gamma[q]
+        for start in range(0, S, RUN):
+            dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+            x_p = x[q * S + start:q * S + min(S, start + RUN)]
             piece0 = dtype(0)
             piece1 = dtype(0)
-            block0_p = block0[start:start + RUN]
-            block1_p = block1[start:start + RUN]
+            share0 = dtype(0)
+            share1 = dtype(0)
             for i in range(dy_p.size):
                 x_minus_mean = -mean + x_p[i]
-                piece0 += dy_p[i]*gamma_p[i]
-                piece1 += dy_p[i]*x_minus_mean*gamma_p[i]
-                block0_p[i] += dy_p[i]*x_minus_mean*invstd
-                block1_p[i] += dy_p[i]
+                piece0 += dy_p[i]*gamma_q
+                piece1 += dy_p[i]*x_minus_mean*gamma_q
+                share0 += dy_p[i]*x_minus_mean*invstd
+                share1 += dy_p[i]
             total0 += piece0
             total1 += piece1
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            for start in range(0, S, RUN):
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                share0 = dtype(0)
-                share1 = dtype(0)
-                for i in range(dy_p.size):
-                    x_minus_mean = -mean + x_p[i]
-                    piece0 += dy_p[i]*gamma_q
-                    piece1 += dy_p[i]*x_minus_mean*gamma_q
-                    share0 += dy_p[i]*x_minus_mean*invstd
-                    share1 += dy_p[i]
-                total0 += piece0
-                total1 += piece1
-                partial0[q] += share0
-                partial1[q] += share1
+            partial0[q] += share0
+            partial1[q] += share1
     return total0, total1
 
 
 @numba.njit(cache=True)
-def _group_norm_backward_outputs(dy, x, gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx):
-    """The field outputs of group_norm_backward (dx) for one group."""
+def _group_norm_backward_outputs_flat(dy, x, gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx):
+    """The field outputs of group_norm_backward (dx) for one group. For S == 1 (one parameter value per
+    position)."""
     dtype = dx.dtype.type
-    if S == 1:
-        dy_p = dy
-        x_p = x
-        dx_p = dx
-        gamma_p = gamma
-        for i in range(dx_p.size):
+    dy_p = dy
+    x_p = x
+    dx_p = dx
+    gamma_p = gamma
+    for i in range(dx_p.size):
+        x_minus_mean = -mean + x_p[i]
+        dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_p[i]) + dx_shift)*invstd
+
+
+@numba.njit(cache=True)
+def _group_norm_backward_outputs_runs(dy, x, gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx):
+    """The field outputs of group_norm_backward (dx) for one group. For S > 1 (a run of S values per parameter
+    value)."""
+    dtype = dx.dtype.type
+    for q in range(Q):
+        gamma_q = gamma[q]
+        dy_p = dy[q * S:q * S + S]
+        x_p = x[q * S:q * S + S]
+        dx_p = dx[q * S:q * S + S]
+        for i in range(S):
             x_minus_mean = -mean + x_p[i]
-            dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_p[i]) + dx_shift)*invstd
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            dy_p = dy[q * S:q * S + S]
-            x_p = x[q * S:q * S + S]
-            dx_p = dx[q * S:q * S + S]
-            for i in range(S):
-                x_minus_mean = -mean + x_p[i]
-                dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_q) + dx_shift)*invstd
+            dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_q) + dx_shift)*invstd
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, dx):
+def _group_norm_backward_flat(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, dx):
     """group_norm_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
-    BLOCK groups per parallel iteration."""
+    BLOCK groups per parallel iteration. For S == 1 (one parameter value per position)."""
     groups, inner = dy.shape
     S = inner // Q
     dtype = dy.dtype.type
@@ -334,12 +384,74 @@ def _group_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, 
             p = g % P
             mean = mean_groups[g]
             invstd = invstd_groups[g]
-            total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _group_norm_backward_pass1(dy[g], x[g], gamma[p], mean, invstd, Q, S, parts_psum_dy_x_minus_mean_invstd[block, p], parts_psum_dy[block, p], wide_psum_dy_x_minus_mean_invstd[block, p], wide_psum_dy[block, p])
+            total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _group_norm_backward_pass1_flat(dy[g], x[g], gamma[p], mean, invstd, Q, S, parts_psum_dy_x_minus_mean_invstd[block, p], parts_psum_dy[block, p], wide_psum_dy_x_minus_mean_invstd[block, p], wide_psum_dy[block, p])
             sum_dy_gamma = dtype(total_sum_dy_gamma)
             sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
             dx_coef_x_minus_mean = dtype(-sum_dy_gamma_x_minus_mean*tmp0*invstd**2)
             dx_shift = dtype(-sum_dy_gamma*tmp0)
-            _group_norm_backward_outputs(dy[g], x[g], gamma[p], mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx[g])
+            _group_norm_backward_outputs_flat(dy[g], x[g], gamma[p], mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx[g])
+    if S == 1 and blocks == 1:
+        psum_dy_x_minus_mean_invstd = parts_psum_dy_x_minus_mean_invstd[0]
+    else:
+        psum_dy_x_minus_mean_invstd = numpy.empty((P, Q), dy.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_x_minus_mean_invstd[block, p, q]
+                    else:
+                        total += wide_psum_dy_x_minus_mean_invstd[block, p, q]
+                psum_dy_x_minus_mean_invstd[p, q] = total
+    if S == 1 and blocks == 1:
+        psum_dy = parts_psum_dy[0]
+    else:
+        psum_dy = numpy.empty((P, Q), dy.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy[block, p, q]
+                    else:
+                        total += wide_psum_dy[block, p, q]
+                psum_dy[p, q] = total
+    dgamma = psum_dy_x_minus_mean_invstd
+    dbeta = psum_dy
+    return dgamma, dbeta
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_backward_runs(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, dx):
+    """group_norm_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration. For S > 1 (a run of S values per parameter value)."""
+    groups, inner = dy.shape
+    S = inner // Q
+    dtype = dy.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_dy_x_minus_mean_invstd = numpy.empty((blocks, P, Q), dy.dtype)
+    parts_psum_dy = numpy.empty((blocks, P, Q), dy.dtype)
+    wide_psum_dy_x_minus_mean_invstd = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy = numpy.empty((blocks, P, Q if S > 1 else 1))
+    for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_dy_x_minus_mean_invstd[block, p, q] = 0
+                parts_psum_dy[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_dy_x_minus_mean_invstd[block, p, q] = 0.0
+                wide_psum_dy[block, p, q] = 0.0
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            mean = mean_groups[g]
+            invstd = invstd_groups[g]
+            total_sum_dy_gamma, total_sum_dy_gamma_x_minus_mean = _group_norm_backward_pass1_runs(dy[g], x[g], gamma[p], mean, invstd, Q, S, parts_psum_dy_x_minus_mean_invstd[block, p], parts_psum_dy[block, p], wide_psum_dy_x_minus_mean_invstd[block, p], wide_psum_dy[block, p])
+            sum_dy_gamma = dtype(total_sum_dy_gamma)
+            sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
+            dx_coef_x_minus_mean = dtype(-sum_dy_gamma_x_minus_mean*tmp0*invstd**2)
+            dx_shift = dtype(-sum_dy_gamma*tmp0)
+            _group_norm_backward_outputs_runs(dy[g], x[g], gamma[p], mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx[g])
     if S == 1 and blocks == 1:
         psum_dy_x_minus_mean_invstd = parts_psum_dy_x_minus_mean_invstd[0]
     else:
@@ -495,7 +607,7 @@ def group_norm_backward(dy, x, gamma, mean, invstd, reducer):
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
     if layout is not None:
         dx = layout.empty()
-        dgamma, dbeta = run_compiled(_group_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        dgamma, dbeta = run_compiled(_group_norm_backward_flat if layout.inner == layout.Q else _group_norm_backward_runs, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
     layout = InterleavedLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
     if layout is not None:
@@ -506,9 +618,10 @@ def group_norm_backward(dy, x, gamma, mean, invstd, reducer):
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_double_backward_pass1(ggx, dy, x, gamma, gggamma, mean, Q, S):
+def _group_norm_double_backward_pass1_flat(ggx, dy, x, gamma, gggamma, mean, Q, S):
     """One pass of group_norm_double_backward over one group of Q*S values: ggx, dy*gamma, dy*gggamma,
-    ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma. Totals in float64."""
+    ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma. Totals in float64. For S == 1
+    (one parameter value per position)."""
     dtype = ggx.dtype.type
     total0 = 0.0
     total1 = 0.0
@@ -517,13 +630,59 @@ def _group_norm_double_backward_pass1(ggx, dy, x, gamma, gggamma, mean, Q, S):
     total4 = 0.0
     total5 = 0.0
     total6 = 0.0
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            ggx_p = ggx[start:start + RUN]
-            dy_p = dy[start:start + RUN]
-            x_p = x[start:start + RUN]
-            gamma_p = gamma[start:start + RUN]
-            gggamma_p = gggamma[start:start + RUN]
+    for start in range(0, Q * S, RUN):
+        ggx_p = ggx[start:start + RUN]
+        dy_p = dy[start:start + RUN]
+        x_p = x[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        gggamma_p = gggamma[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        piece2 = dtype(0)
+        piece3 = dtype(0)
+        piece4 = dtype(0)
+        piece5 = dtype(0)
+        piece6 = dtype(0)
+        for i in range(ggx_p.size):
+            tmp0 = -mean + x_p[i]
+            x_minus_mean = tmp0
+            piece0 += ggx_p[i]
+            piece1 += dy_p[i]*gamma_p[i]
+            piece2 += dy_p[i]*gggamma_p[i]
+            piece3 += ggx_p[i]*x_minus_mean
+            piece4 += dy_p[i]*ggx_p[i]*gamma_p[i]
+            piece5 += dy_p[i]*x_minus_mean*gamma_p[i]
+            piece6 += dy_p[i]*x_minus_mean*gggamma_p[i]
+        total0 += piece0
+        total1 += piece1
+        total2 += piece2
+        total3 += piece3
+        total4 += piece4
+        total5 += piece5
+        total6 += piece6
+    return total0, total1, total2, total3, total4, total5, total6
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_double_backward_pass1_runs(ggx, dy, x, gamma, gggamma, mean, Q, S):
+    """One pass of group_norm_double_backward over one group of Q*S values: ggx, dy*gamma, dy*gggamma,
+    ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma. Totals in float64. For S > 1 (a
+    run of S values per parameter value)."""
+    dtype = ggx.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    total4 = 0.0
+    total5 = 0.0
+    total6 = 0.0
+    for q in range(Q):
+        gamma_q = gamma[q]
+        gggamma_q = gggamma[q]
+        for start in range(0, S, RUN):
+            ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
+            dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+            x_p = x[q * S + start:q * S + min(S, start + RUN)]
             piece0 = dtype(0)
             piece1 = dtype(0)
             piece2 = dtype(0)
@@ -535,12 +694,12 @@ def _group_norm_double_backward_pass1(ggx, dy, x, gamma, gggamma, mean, Q, S):
                 tmp0 = -mean + x_p[i]
                 x_minus_mean = tmp0
                 piece0 += ggx_p[i]
-                piece1 += dy_p[i]*gamma_p[i]
-                piece2 += dy_p[i]*gggamma_p[i]
+                piece1 += dy_p[i]*gamma_q
+                piece2 += dy_p[i]*gggamma_q
                 piece3 += ggx_p[i]*x_minus_mean
-                piece4 += dy_p[i]*ggx_p[i]*gamma_p[i]
-                piece5 += dy_p[i]*x_minus_mean*gamma_p[i]
-                piece6 += dy_p[i]*x_minus_mean*gggamma_p[i]
+                piece4 += dy_p[i]*ggx_p[i]*gamma_q
+                piece5 += dy_p[i]*x_minus_mean*gamma_q
+                piece6 += dy_p[i]*x_minus_mean*gggamma_q
             total0 += piece0
             total1 += piece1
             total2 += piece2
@@ -548,117 +707,97 @@ def _group_norm_double_backward_pass1(ggx, dy, x, gamma, gggamma, mean, Q, S):
             total4 += piece4
             total5 += piece5
             total6 += piece6
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            gggamma_q = gggamma[q]
-            for start in range(0, S, RUN):
-                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                piece2 = dtype(0)
-                piece3 = dtype(0)
-                piece4 = dtype(0)
-                piece5 = dtype(0)
-                piece6 = dtype(0)
-                for i in range(ggx_p.size):
-                    tmp0 = -mean + x_p[i]
-                    x_minus_mean = tmp0
-                    piece0 += ggx_p[i]
-                    piece1 += dy_p[i]*gamma_q
-                    piece2 += dy_p[i]*gggamma_q
-                    piece3 += ggx_p[i]*x_minus_mean
-                    piece4 += dy_p[i]*ggx_p[i]*gamma_q
-                    piece5 += dy_p[i]*x_minus_mean*gamma_q
-                    piece6 += dy_p[i]*x_minus_mean*gggamma_q
-                total0 += piece0
-                total1 += piece1
-                total2 += piece2
-                total3 += piece3
-                total4 += piece4
-                total5 += piece5
-                total6 += piece6
     return total0, total1, total2, total3, total4, total5, total6
 
 
 @numba.njit(cache=True, fastmath=REASSOCIATE)
-def _group_norm_double_backward_pass2(dy, ggx, x, invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, block0, block1, partial0, partial1):
+def _group_norm_double_backward_pass2_flat(dy, ggx, x, invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, block0, block1, partial0, partial1):
     """One pass of group_norm_double_backward over one group of Q*S values: its share of the parameter sums of
-    dy*ggx*invstd, dy*field_0*coef_dy_field_0. Parameter shares go to the block's float32 rows block<k> when S == 1,
-    else to its float64 rows partial<k>."""
+    dy*ggx*invstd, dy*field_0*coef_dy_field_0. Parameter shares go to the block's float32 rows block<k>. For S == 1
+    (one parameter value per position)."""
     dtype = dy.dtype.type
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            dy_p = dy[start:start + RUN]
-            ggx_p = ggx[start:start + RUN]
-            x_p = x[start:start + RUN]
-            block0_p = block0[start:start + RUN]
-            block1_p = block1[start:start + RUN]
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        ggx_p = ggx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        block0_p = block0[start:start + RUN]
+        block1_p = block1[start:start + RUN]
+        for i in range(dy_p.size):
+            tmp0 = -mean + x_p[i]
+            field_0 = sum_ggx + tmp0*tmp2
+            block0_p[i] += dy_p[i]*ggx_p[i]*invstd
+            block1_p[i] += dy_p[i]*field_0*coef_dy_field_0
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _group_norm_double_backward_pass2_runs(dy, ggx, x, invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, block0, block1, partial0, partial1):
+    """One pass of group_norm_double_backward over one group of Q*S values: its share of the parameter sums of
+    dy*ggx*invstd, dy*field_0*coef_dy_field_0. Parameter shares go to the block's float64 rows partial<k>. For S > 1
+    (a run of S values per parameter value)."""
+    dtype = dy.dtype.type
+    for q in range(Q):
+        for start in range(0, S, RUN):
+            dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
+            ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
+            x_p = x[q * S + start:q * S + min(S, start + RUN)]
+            share0 = dtype(0)
+            share1 = dtype(0)
             for i in range(dy_p.size):
                 tmp0 = -mean + x_p[i]
                 field_0 = sum_ggx + tmp0*tmp2
-                block0_p[i] += dy_p[i]*ggx_p[i]*invstd
-                block1_p[i] += dy_p[i]*field_0*coef_dy_field_0
-    else:
-        for q in range(Q):
-            for start in range(0, S, RUN):
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                share0 = dtype(0)
-                share1 = dtype(0)
-                for i in range(dy_p.size):
-                    tmp0 = -mean + x_p[i]
-                    field_0 = sum_ggx + tmp0*tmp2
-                    share0 += dy_p[i]*ggx_p[i]*invstd
-                    share1 += dy_p[i]*field_0*coef_dy_field_0
-                partial0[q] += share0
-                partial1[q] += share1
+                share0 += dy_p[i]*ggx_p[i]*invstd
+                share1 += dy_p[i]*field_0*coef_dy_field_0
+            partial0[q] += share0
+            partial1[q] += share1
 
 
 @numba.njit(cache=True)
-def _group_norm_double_backward_outputs(dy, ggx, x, gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, count, Q, S, gx, gdy):
-    """The field outputs of group_norm_double_backward (gx, gdy) for one group."""
+def _group_norm_double_backward_outputs_flat(dy, ggx, x, gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, count, Q, S, gx, gdy):
+    """The field outputs of group_norm_double_backward (gx, gdy) for one group. For S == 1 (one parameter value per
+    position)."""
     dtype = gx.dtype.type
-    if S == 1:
-        dy_p = dy
-        ggx_p = ggx
-        x_p = x
-        gx_p = gx
-        gdy_p = gdy
-        gamma_p = gamma
-        gggamma_p = gggamma
-        ggbeta_p = ggbeta
-        for i in range(gx_p.size):
+    dy_p = dy
+    ggx_p = ggx
+    x_p = x
+    gx_p = gx
+    gdy_p = gdy
+    gamma_p = gamma
+    gggamma_p = gggamma
+    ggbeta_p = ggbeta
+    for i in range(gx_p.size):
+        tmp0 = -mean + x_p[i]
+        x_minus_mean = tmp0
+        field_1 = count*gggamma_p[i] - tmp2*gamma_p[i]
+        gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
+        gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_p[i]*gdy_coef_gamma) + ggbeta_p[i]) + (ggx_p[i]*gamma_p[i])*invstd
+
+
+@numba.njit(cache=True)
+def _group_norm_double_backward_outputs_runs(dy, ggx, x, gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, count, Q, S, gx, gdy):
+    """The field outputs of group_norm_double_backward (gx, gdy) for one group. For S > 1 (a run of S values per
+    parameter value)."""
+    dtype = gx.dtype.type
+    for q in range(Q):
+        gamma_q = gamma[q]
+        gggamma_q = gggamma[q]
+        ggbeta_q = ggbeta[q]
+        dy_p = dy[q * S:q * S + S]
+        ggx_p = ggx[q * S:q * S + S]
+        x_p = x[q * S:q * S + S]
+        gx_p = gx[q * S:q * S + S]
+        gdy_p = gdy[q * S:q * S + S]
+        for i in range(S):
             tmp0 = -mean + x_p[i]
             x_minus_mean = tmp0
-            field_1 = count*gggamma_p[i] - tmp2*gamma_p[i]
+            field_1 = count*gggamma_q - tmp2*gamma_q
             gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
-            gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_p[i]*gdy_coef_gamma) + ggbeta_p[i]) + (ggx_p[i]*gamma_p[i])*invstd
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            gggamma_q = gggamma[q]
-            ggbeta_q = ggbeta[q]
-            dy_p = dy[q * S:q * S + S]
-            ggx_p = ggx[q * S:q * S + S]
-            x_p = x[q * S:q * S + S]
-            gx_p = gx[q * S:q * S + S]
-            gdy_p = gdy[q * S:q * S + S]
-            for i in range(S):
-                tmp0 = -mean + x_p[i]
-                x_minus_mean = tmp0
-                field_1 = count*gggamma_q - tmp2*gamma_q
-                gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
-                gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_q*gdy_coef_gamma) + ggbeta_q) + (ggx_p[i]*gamma_q)*invstd
+            gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_q*gdy_coef_gamma) + ggbeta_q) + (ggx_p[i]*gamma_q)*invstd
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, P, Q, gx, gdy):
+def _group_norm_double_backward_flat(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, P, Q, gx, gdy):
     """group_norm_double_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one
-    block of BLOCK groups per parallel iteration."""
+    block of BLOCK groups per parallel iteration. For S == 1 (one parameter value per position)."""
     groups, inner = ggx.shape
     S = inner // Q
     dtype = ggx.dtype.type
@@ -686,7 +825,7 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
             tmp5 = dtype(invstd**3)
             tmp8 = dtype(invstd*count)
             coef_dy_field_0 = dtype(tmp4)
-            total_sum_ggx, total_sum_dy_gamma, total_sum_dy_gggamma, total_sum_ggx_x_minus_mean, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x_minus_mean, total_sum_dy_gggamma_x_minus_mean = _group_norm_double_backward_pass1(ggx[g], dy[g], x[g], gamma[p], gggamma[p], mean, Q, S)
+            total_sum_ggx, total_sum_dy_gamma, total_sum_dy_gggamma, total_sum_ggx_x_minus_mean, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x_minus_mean, total_sum_dy_gggamma_x_minus_mean = _group_norm_double_backward_pass1_flat(ggx[g], dy[g], x[g], gamma[p], gggamma[p], mean, Q, S)
             sum_ggx = dtype(total_sum_ggx)
             sum_dy_gamma = dtype(total_sum_dy_gamma)
             sum_dy_gggamma = dtype(total_sum_dy_gggamma)
@@ -700,8 +839,88 @@ def _group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups,
             gx_coef_x_minus_mean = dtype(-tmp1*tmp7*(sum_dy_gamma_ggx*tmp8 + sum_dy_gggamma_x_minus_mean*tmp8 - 3*sum_ggx_x_minus_mean*tmp6 - sum_dy_gamma*sum_ggx*invstd))
             gx_shift = dtype(-sum_dy_gggamma*tmp4 + sum_ggx*tmp6*tmp7 + sum_dy_gamma*sum_ggx_x_minus_mean*tmp5*tmp7)
             gdy_coef_gamma = dtype(-sum_ggx*tmp4)
-            _group_norm_double_backward_pass2(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, parts_psum_dy_ggx_invstd[block, p], parts_psum_dy_field_0_coef_dy_field_0[block, p], wide_psum_dy_ggx_invstd[block, p], wide_psum_dy_field_0_coef_dy_field_0[block, p])
-            _group_norm_double_backward_outputs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], ggbeta[p], mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, dtype(count), Q, S, gx[g], gdy[g])
+            _group_norm_double_backward_pass2_flat(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, parts_psum_dy_ggx_invstd[block, p], parts_psum_dy_field_0_coef_dy_field_0[block, p], wide_psum_dy_ggx_invstd[block, p], wide_psum_dy_field_0_coef_dy_field_0[block, p])
+            _group_norm_double_backward_outputs_flat(dy[g], ggx[g], x[g], gamma[p], gggamma[p], ggbeta[p], mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, dtype(count), Q, S, gx[g], gdy[g])
+    if S == 1 and blocks == 1:
+        psum_dy_ggx_invstd = parts_psum_dy_ggx_invstd[0]
+    else:
+        psum_dy_ggx_invstd = numpy.empty((P, Q), ggx.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_ggx_invstd[block, p, q]
+                    else:
+                        total += wide_psum_dy_ggx_invstd[block, p, q]
+                psum_dy_ggx_invstd[p, q] = total
+    if S == 1 and blocks == 1:
+        psum_dy_field_0_coef_dy_field_0 = parts_psum_dy_field_0_coef_dy_field_0[0]
+    else:
+        psum_dy_field_0_coef_dy_field_0 = numpy.empty((P, Q), ggx.dtype)
+        for p in range(P):
+            for q in range(Q):
+                total = 0.0
+                for block in range(blocks):
+                    if S == 1:
+                        total += parts_psum_dy_field_0_coef_dy_field_0[block, p, q]
+                    else:
+                        total += wide_psum_dy_field_0_coef_dy_field_0[block, p, q]
+                psum_dy_field_0_coef_dy_field_0[p, q] = total
+    ggamma = numpy.empty((P, Q), dtype)
+    for p in range(P):
+        for q in range(Q):
+            ggamma[p, q] = psum_dy_ggx_invstd[p, q] - psum_dy_field_0_coef_dy_field_0[p, q]
+    return ggamma,
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_double_backward_runs(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, P, Q, gx, gdy):
+    """group_norm_double_backward on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one
+    block of BLOCK groups per parallel iteration. For S > 1 (a run of S values per parameter value)."""
+    groups, inner = ggx.shape
+    S = inner // Q
+    dtype = ggx.dtype.type
+    tmp3 = 1/count
+    tmp7 = 1/(count**2)
+    blocks = (groups + BLOCK - 1) // BLOCK
+    parts_psum_dy_ggx_invstd = numpy.empty((blocks, P, Q), ggx.dtype)
+    parts_psum_dy_field_0_coef_dy_field_0 = numpy.empty((blocks, P, Q), ggx.dtype)
+    wide_psum_dy_ggx_invstd = numpy.empty((blocks, P, Q if S > 1 else 1))
+    wide_psum_dy_field_0_coef_dy_field_0 = numpy.empty((blocks, P, Q if S > 1 else 1))
+    for block in numba.prange(blocks):
+        for p in range(P):
+            for q in range(Q):
+                parts_psum_dy_ggx_invstd[block, p, q] = 0
+                parts_psum_dy_field_0_coef_dy_field_0[block, p, q] = 0
+            for q in range(Q if S > 1 else 1):
+                wide_psum_dy_ggx_invstd[block, p, q] = 0.0
+                wide_psum_dy_field_0_coef_dy_field_0[block, p, q] = 0.0
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            mean = mean_groups[g]
+            invstd = invstd_groups[g]
+            tmp1 = dtype(invstd**2)
+            tmp4 = dtype(tmp3*invstd)
+            tmp5 = dtype(invstd**3)
+            tmp8 = dtype(invstd*count)
+            coef_dy_field_0 = dtype(tmp4)
+            total_sum_ggx, total_sum_dy_gamma, total_sum_dy_gggamma, total_sum_ggx_x_minus_mean, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x_minus_mean, total_sum_dy_gggamma_x_minus_mean = _group_norm_double_backward_pass1_runs(ggx[g], dy[g], x[g], gamma[p], gggamma[p], mean, Q, S)
+            sum_ggx = dtype(total_sum_ggx)
+            sum_dy_gamma = dtype(total_sum_dy_gamma)
+            sum_dy_gggamma = dtype(total_sum_dy_gggamma)
+            sum_ggx_x_minus_mean = dtype(total_sum_ggx_x_minus_mean)
+            sum_dy_gamma_ggx = dtype(total_sum_dy_gamma_ggx)
+            sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
+            sum_dy_gggamma_x_minus_mean = dtype(total_sum_dy_gggamma_x_minus_mean)
+            tmp2 = dtype(sum_ggx_x_minus_mean*tmp1)
+            tmp6 = dtype(sum_dy_gamma_x_minus_mean*tmp5)
+            gx_coef_ggx = dtype(-tmp3*tmp6)
+            gx_coef_x_minus_mean = dtype(-tmp1*tmp7*(sum_dy_gamma_ggx*tmp8 + sum_dy_gggamma_x_minus_mean*tmp8 - 3*sum_ggx_x_minus_mean*tmp6 - sum_dy_gamma*sum_ggx*invstd))
+            gx_shift = dtype(-sum_dy_gggamma*tmp4 + sum_ggx*tmp6*tmp7 + sum_dy_gamma*sum_ggx_x_minus_mean*tmp5*tmp7)
+            gdy_coef_gamma = dtype(-sum_ggx*tmp4)
+            _group_norm_double_backward_pass2_runs(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, parts_psum_dy_ggx_invstd[block, p], parts_psum_dy_field_0_coef_dy_field_0[block, p], wide_psum_dy_ggx_invstd[block, p], wide_psum_dy_field_0_coef_dy_field_0[block, p])
+            _group_norm_double_backward_outputs_runs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], ggbeta[p], mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, dtype(count), Q, S, gx[g], gdy[g])
     if S == 1 and blocks == 1:
         psum_dy_ggx_invstd = parts_psum_dy_ggx_invstd[0]
     else:
@@ -978,7 +1197,7 @@ def group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     if layout is not None:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = run_compiled(_group_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        ggamma, = run_compiled(_group_norm_double_backward_flat if layout.inner == layout.Q else _group_norm_double_backward_runs, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
         return gx, layout.parameter_result(ggamma), gdy
     layout = InterleavedLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
     if layout is not None:
@@ -1030,44 +1249,49 @@ def _group_norm_jvp_pass2(tx, x, mean, Q, S):
 
 
 @numba.njit(cache=True)
-def _group_norm_jvp_outputs(x, tx, beta, gamma, tgamma, tbeta, mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, count, Q, S, y, ty):
-    """The field outputs of group_norm_jvp (y, ty) for one group."""
+def _group_norm_jvp_outputs_flat(x, tx, beta, gamma, tgamma, tbeta, mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, count, Q, S, y, ty):
+    """The field outputs of group_norm_jvp (y, ty) for one group. For S == 1 (one parameter value per position)."""
     dtype = y.dtype.type
-    if S == 1:
-        x_p = x
-        tx_p = tx
-        y_p = y
-        ty_p = ty
-        beta_p = beta
-        gamma_p = gamma
-        tgamma_p = tgamma
-        tbeta_p = tbeta
-        for i in range(y_p.size):
+    x_p = x
+    tx_p = tx
+    y_p = y
+    ty_p = ty
+    beta_p = beta
+    gamma_p = gamma
+    tgamma_p = tgamma
+    tbeta_p = tbeta
+    for i in range(y_p.size):
+        x_minus_mean = -mean + x_p[i]
+        field_0 = count*tgamma_p[i] - sum_tx_x_minus_mean*invstd**2*gamma_p[i]
+        y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
+        ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_p[i]*ty_coef_gamma) + tbeta_p[i]) + (tx_p[i]*gamma_p[i])*invstd
+
+
+@numba.njit(cache=True)
+def _group_norm_jvp_outputs_runs(x, tx, beta, gamma, tgamma, tbeta, mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, count, Q, S, y, ty):
+    """The field outputs of group_norm_jvp (y, ty) for one group. For S > 1 (a run of S values per parameter
+    value)."""
+    dtype = y.dtype.type
+    for q in range(Q):
+        beta_q = beta[q]
+        gamma_q = gamma[q]
+        tgamma_q = tgamma[q]
+        tbeta_q = tbeta[q]
+        x_p = x[q * S:q * S + S]
+        tx_p = tx[q * S:q * S + S]
+        y_p = y[q * S:q * S + S]
+        ty_p = ty[q * S:q * S + S]
+        for i in range(S):
             x_minus_mean = -mean + x_p[i]
-            field_0 = count*tgamma_p[i] - sum_tx_x_minus_mean*invstd**2*gamma_p[i]
-            y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
-            ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_p[i]*ty_coef_gamma) + tbeta_p[i]) + (tx_p[i]*gamma_p[i])*invstd
-    else:
-        for q in range(Q):
-            beta_q = beta[q]
-            gamma_q = gamma[q]
-            tgamma_q = tgamma[q]
-            tbeta_q = tbeta[q]
-            x_p = x[q * S:q * S + S]
-            tx_p = tx[q * S:q * S + S]
-            y_p = y[q * S:q * S + S]
-            ty_p = ty[q * S:q * S + S]
-            for i in range(S):
-                x_minus_mean = -mean + x_p[i]
-                field_0 = count*tgamma_q - sum_tx_x_minus_mean*invstd**2*gamma_q
-                y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
-                ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_q*ty_coef_gamma) + tbeta_q) + (tx_p[i]*gamma_q)*invstd
+            field_0 = count*tgamma_q - sum_tx_x_minus_mean*invstd**2*gamma_q
+            y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
+            ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_q*ty_coef_gamma) + tbeta_q) + (tx_p[i]*gamma_q)*invstd
 
 
 @numba.njit(cache=True, parallel=True)
-def _group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, y, ty):
+def _group_norm_jvp_flat(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, y, ty):
     """group_norm_jvp on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
-    BLOCK groups per parallel iteration."""
+    BLOCK groups per parallel iteration. For S == 1 (one parameter value per position)."""
     groups, inner = x.shape
     S = inner // Q
     dtype = x.dtype.type
@@ -1088,7 +1312,35 @@ def _group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, 
             invstd = dtype(1/numpy.sqrt(var + eps))
             tmp1 = dtype(tmp0*invstd)
             ty_coef_gamma = dtype(-sum_tx*tmp1)
-            _group_norm_jvp_outputs(x[g], tx[g], beta[p], gamma[p], tgamma[p], tbeta[p], mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, dtype(count), Q, S, y[g], ty[g])
+            _group_norm_jvp_outputs_flat(x[g], tx[g], beta[p], gamma[p], tgamma[p], tbeta[p], mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, dtype(count), Q, S, y[g], ty[g])
+    return
+
+
+@numba.njit(cache=True, parallel=True)
+def _group_norm_jvp_runs(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, y, ty):
+    """group_norm_jvp on (groups, inner) fields, (P, Q) parameters and (groups,) per-group values, one block of
+    BLOCK groups per parallel iteration. For S > 1 (a run of S values per parameter value)."""
+    groups, inner = x.shape
+    S = inner // Q
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    blocks = (groups + BLOCK - 1) // BLOCK
+    for block in numba.prange(blocks):
+        for g in range(block * BLOCK, min(groups, block * BLOCK + BLOCK)):
+            p = g % P
+            eps = eps_groups[g]
+            total_sum_tx, total_sum_x = _group_norm_jvp_pass1(tx[g], x[g], Q, S)
+            sum_tx = dtype(total_sum_tx)
+            sum_x = dtype(total_sum_x)
+            mean = dtype(sum_x*tmp0)
+            total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _group_norm_jvp_pass2(tx[g], x[g], mean, Q, S)
+            sum_tx_x_minus_mean = dtype(total_sum_tx_x_minus_mean)
+            sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+            var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
+            invstd = dtype(1/numpy.sqrt(var + eps))
+            tmp1 = dtype(tmp0*invstd)
+            ty_coef_gamma = dtype(-sum_tx*tmp1)
+            _group_norm_jvp_outputs_runs(x[g], tx[g], beta[p], gamma[p], tgamma[p], tbeta[p], mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, dtype(count), Q, S, y[g], ty[g])
     return
 
 
@@ -1245,7 +1497,7 @@ def group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     if layout is not None:
         y = layout.empty()
         ty = layout.empty()
-        run_compiled(_group_norm_jvp, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        run_compiled(_group_norm_jvp_flat if layout.inner == layout.Q else _group_norm_jvp_runs, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
         return y, ty
     layout = InterleavedLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
     if layout is not None:

@@ -5,7 +5,9 @@
 """Layer normalisation kernels compiled by Numba: fused loops printed from the same derivation as
 bnsym._generated.layer_norm (bnsym.codegen.numba_printer says how), with the same signatures.
 
-Imported only by backend="numba" (the `fast` extra). Compiled on first use and cached on disk.
+Imported by backend="numba" and "auto" (the `fast` extra). Each loop function compiles when a
+call first needs it (under "auto", in a background process: bnsym._compiled says when) and is
+cached on disk.
 """
 
 import numba
@@ -60,23 +62,13 @@ def _layer_norm_forward_pass2(x, mean, Q, S):
 def _layer_norm_forward_outputs(x, beta, gamma, mean, invstd, Q, S, y):
     """The field outputs of layer_norm_forward (y) for one group."""
     dtype = y.dtype.type
-    if S == 1:
-        x_p = x
-        y_p = y
-        beta_p = beta
-        gamma_p = gamma
-        for i in range(y_p.size):
-            x_minus_mean = -mean + x_p[i]
-            y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
-    else:
-        for q in range(Q):
-            beta_q = beta[q]
-            gamma_q = gamma[q]
-            x_p = x[q * S:q * S + S]
-            y_p = y[q * S:q * S + S]
-            for i in range(S):
-                x_minus_mean = -mean + x_p[i]
-                y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
+    x_p = x
+    y_p = y
+    beta_p = beta
+    gamma_p = gamma
+    for i in range(y_p.size):
+        x_minus_mean = -mean + x_p[i]
+        y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
 
 
 @numba.njit(cache=True, parallel=True)
@@ -122,7 +114,7 @@ def layer_norm_forward(x, gamma, beta, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         y = layout.empty()
         mean, invstd = run_compiled(_layer_norm_forward, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
         return y, layout.grouped(mean), layout.grouped(invstd)
@@ -137,43 +129,22 @@ def _layer_norm_backward_pass1(dy, x, gamma, mean, invstd, Q, S, block0, block1,
     dtype = dy.dtype.type
     total0 = 0.0
     total1 = 0.0
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            dy_p = dy[start:start + RUN]
-            x_p = x[start:start + RUN]
-            gamma_p = gamma[start:start + RUN]
-            piece0 = dtype(0)
-            piece1 = dtype(0)
-            block0_p = block0[start:start + RUN]
-            block1_p = block1[start:start + RUN]
-            for i in range(dy_p.size):
-                x_minus_mean = -mean + x_p[i]
-                piece0 += dy_p[i]*gamma_p[i]
-                piece1 += dy_p[i]*x_minus_mean*gamma_p[i]
-                block0_p[i] += dy_p[i]*x_minus_mean*invstd
-                block1_p[i] += dy_p[i]
-            total0 += piece0
-            total1 += piece1
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            for start in range(0, S, RUN):
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                share0 = dtype(0)
-                share1 = dtype(0)
-                for i in range(dy_p.size):
-                    x_minus_mean = -mean + x_p[i]
-                    piece0 += dy_p[i]*gamma_q
-                    piece1 += dy_p[i]*x_minus_mean*gamma_q
-                    share0 += dy_p[i]*x_minus_mean*invstd
-                    share1 += dy_p[i]
-                total0 += piece0
-                total1 += piece1
-                partial0[q] += share0
-                partial1[q] += share1
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        x_p = x[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        block0_p = block0[start:start + RUN]
+        block1_p = block1[start:start + RUN]
+        for i in range(dy_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += dy_p[i]*gamma_p[i]
+            piece1 += dy_p[i]*x_minus_mean*gamma_p[i]
+            block0_p[i] += dy_p[i]*x_minus_mean*invstd
+            block1_p[i] += dy_p[i]
+        total0 += piece0
+        total1 += piece1
     return total0, total1
 
 
@@ -181,23 +152,13 @@ def _layer_norm_backward_pass1(dy, x, gamma, mean, invstd, Q, S, block0, block1,
 def _layer_norm_backward_outputs(dy, x, gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx):
     """The field outputs of layer_norm_backward (dx) for one group."""
     dtype = dx.dtype.type
-    if S == 1:
-        dy_p = dy
-        x_p = x
-        dx_p = dx
-        gamma_p = gamma
-        for i in range(dx_p.size):
-            x_minus_mean = -mean + x_p[i]
-            dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_p[i]) + dx_shift)*invstd
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            dy_p = dy[q * S:q * S + S]
-            x_p = x[q * S:q * S + S]
-            dx_p = dx[q * S:q * S + S]
-            for i in range(S):
-                x_minus_mean = -mean + x_p[i]
-                dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_q) + dx_shift)*invstd
+    dy_p = dy
+    x_p = x
+    dx_p = dx
+    gamma_p = gamma
+    for i in range(dx_p.size):
+        x_minus_mean = -mean + x_p[i]
+        dx_p[i] = ((x_minus_mean*dx_coef_x_minus_mean + dy_p[i]*gamma_p[i]) + dx_shift)*invstd
 
 
 @numba.njit(cache=True, parallel=True)
@@ -278,7 +239,7 @@ def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         dx = layout.empty()
         dgamma, dbeta = run_compiled(_layer_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
@@ -297,69 +258,36 @@ def _layer_norm_double_backward_pass1(ggx, dy, x, gamma, gggamma, mean, Q, S):
     total4 = 0.0
     total5 = 0.0
     total6 = 0.0
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            ggx_p = ggx[start:start + RUN]
-            dy_p = dy[start:start + RUN]
-            x_p = x[start:start + RUN]
-            gamma_p = gamma[start:start + RUN]
-            gggamma_p = gggamma[start:start + RUN]
-            piece0 = dtype(0)
-            piece1 = dtype(0)
-            piece2 = dtype(0)
-            piece3 = dtype(0)
-            piece4 = dtype(0)
-            piece5 = dtype(0)
-            piece6 = dtype(0)
-            for i in range(ggx_p.size):
-                tmp0 = -mean + x_p[i]
-                x_minus_mean = tmp0
-                piece0 += ggx_p[i]
-                piece1 += dy_p[i]*gamma_p[i]
-                piece2 += dy_p[i]*gggamma_p[i]
-                piece3 += ggx_p[i]*x_minus_mean
-                piece4 += dy_p[i]*ggx_p[i]*gamma_p[i]
-                piece5 += dy_p[i]*x_minus_mean*gamma_p[i]
-                piece6 += dy_p[i]*x_minus_mean*gggamma_p[i]
-            total0 += piece0
-            total1 += piece1
-            total2 += piece2
-            total3 += piece3
-            total4 += piece4
-            total5 += piece5
-            total6 += piece6
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            gggamma_q = gggamma[q]
-            for start in range(0, S, RUN):
-                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                piece2 = dtype(0)
-                piece3 = dtype(0)
-                piece4 = dtype(0)
-                piece5 = dtype(0)
-                piece6 = dtype(0)
-                for i in range(ggx_p.size):
-                    tmp0 = -mean + x_p[i]
-                    x_minus_mean = tmp0
-                    piece0 += ggx_p[i]
-                    piece1 += dy_p[i]*gamma_q
-                    piece2 += dy_p[i]*gggamma_q
-                    piece3 += ggx_p[i]*x_minus_mean
-                    piece4 += dy_p[i]*ggx_p[i]*gamma_q
-                    piece5 += dy_p[i]*x_minus_mean*gamma_q
-                    piece6 += dy_p[i]*x_minus_mean*gggamma_q
-                total0 += piece0
-                total1 += piece1
-                total2 += piece2
-                total3 += piece3
-                total4 += piece4
-                total5 += piece5
-                total6 += piece6
+    for start in range(0, Q * S, RUN):
+        ggx_p = ggx[start:start + RUN]
+        dy_p = dy[start:start + RUN]
+        x_p = x[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        gggamma_p = gggamma[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        piece2 = dtype(0)
+        piece3 = dtype(0)
+        piece4 = dtype(0)
+        piece5 = dtype(0)
+        piece6 = dtype(0)
+        for i in range(ggx_p.size):
+            tmp0 = -mean + x_p[i]
+            x_minus_mean = tmp0
+            piece0 += ggx_p[i]
+            piece1 += dy_p[i]*gamma_p[i]
+            piece2 += dy_p[i]*gggamma_p[i]
+            piece3 += ggx_p[i]*x_minus_mean
+            piece4 += dy_p[i]*ggx_p[i]*gamma_p[i]
+            piece5 += dy_p[i]*x_minus_mean*gamma_p[i]
+            piece6 += dy_p[i]*x_minus_mean*gggamma_p[i]
+        total0 += piece0
+        total1 += piece1
+        total2 += piece2
+        total3 += piece3
+        total4 += piece4
+        total5 += piece5
+        total6 += piece6
     return total0, total1, total2, total3, total4, total5, total6
 
 
@@ -369,70 +297,37 @@ def _layer_norm_double_backward_pass2(dy, ggx, x, invstd, sum_ggx, mean, tmp2, c
     dy*ggx*invstd, dy*field_0*coef_dy_field_0. Parameter shares go to the block's float32 rows block<k> when S == 1,
     else to its float64 rows partial<k>."""
     dtype = dy.dtype.type
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            dy_p = dy[start:start + RUN]
-            ggx_p = ggx[start:start + RUN]
-            x_p = x[start:start + RUN]
-            block0_p = block0[start:start + RUN]
-            block1_p = block1[start:start + RUN]
-            for i in range(dy_p.size):
-                tmp0 = -mean + x_p[i]
-                field_0 = sum_ggx + tmp0*tmp2
-                block0_p[i] += dy_p[i]*ggx_p[i]*invstd
-                block1_p[i] += dy_p[i]*field_0*coef_dy_field_0
-    else:
-        for q in range(Q):
-            for start in range(0, S, RUN):
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                share0 = dtype(0)
-                share1 = dtype(0)
-                for i in range(dy_p.size):
-                    tmp0 = -mean + x_p[i]
-                    field_0 = sum_ggx + tmp0*tmp2
-                    share0 += dy_p[i]*ggx_p[i]*invstd
-                    share1 += dy_p[i]*field_0*coef_dy_field_0
-                partial0[q] += share0
-                partial1[q] += share1
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        ggx_p = ggx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        block0_p = block0[start:start + RUN]
+        block1_p = block1[start:start + RUN]
+        for i in range(dy_p.size):
+            tmp0 = -mean + x_p[i]
+            field_0 = sum_ggx + tmp0*tmp2
+            block0_p[i] += dy_p[i]*ggx_p[i]*invstd
+            block1_p[i] += dy_p[i]*field_0*coef_dy_field_0
 
 
 @numba.njit(cache=True)
 def _layer_norm_double_backward_outputs(dy, ggx, x, gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_gamma, invstd, count, Q, S, gx, gdy):
     """The field outputs of layer_norm_double_backward (gx, gdy) for one group."""
     dtype = gx.dtype.type
-    if S == 1:
-        dy_p = dy
-        ggx_p = ggx
-        x_p = x
-        gx_p = gx
-        gdy_p = gdy
-        gamma_p = gamma
-        gggamma_p = gggamma
-        ggbeta_p = ggbeta
-        for i in range(gx_p.size):
-            tmp0 = -mean + x_p[i]
-            x_minus_mean = tmp0
-            field_1 = count*gggamma_p[i] - tmp2*gamma_p[i]
-            gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
-            gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_p[i]*gdy_coef_gamma) + ggbeta_p[i]) + (ggx_p[i]*gamma_p[i])*invstd
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            gggamma_q = gggamma[q]
-            ggbeta_q = ggbeta[q]
-            dy_p = dy[q * S:q * S + S]
-            ggx_p = ggx[q * S:q * S + S]
-            x_p = x[q * S:q * S + S]
-            gx_p = gx[q * S:q * S + S]
-            gdy_p = gdy[q * S:q * S + S]
-            for i in range(S):
-                tmp0 = -mean + x_p[i]
-                x_minus_mean = tmp0
-                field_1 = count*gggamma_q - tmp2*gamma_q
-                gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
-                gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_q*gdy_coef_gamma) + ggbeta_q) + (ggx_p[i]*gamma_q)*invstd
+    dy_p = dy
+    ggx_p = ggx
+    x_p = x
+    gx_p = gx
+    gdy_p = gdy
+    gamma_p = gamma
+    gggamma_p = gggamma
+    ggbeta_p = ggbeta
+    for i in range(gx_p.size):
+        tmp0 = -mean + x_p[i]
+        x_minus_mean = tmp0
+        field_1 = count*gggamma_p[i] - tmp2*gamma_p[i]
+        gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
+        gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + gamma_p[i]*gdy_coef_gamma) + ggbeta_p[i]) + (ggx_p[i]*gamma_p[i])*invstd
 
 
 @numba.njit(cache=True, parallel=True)
@@ -532,7 +427,7 @@ def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         gx = layout.empty()
         gdy = layout.empty()
         ggamma, = run_compiled(_layer_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
@@ -584,35 +479,19 @@ def _layer_norm_jvp_pass2(tx, x, mean, Q, S):
 def _layer_norm_jvp_outputs(x, tx, beta, gamma, tgamma, tbeta, mean, invstd, sum_tx_x_minus_mean, tmp1, ty_coef_gamma, count, Q, S, y, ty):
     """The field outputs of layer_norm_jvp (y, ty) for one group."""
     dtype = y.dtype.type
-    if S == 1:
-        x_p = x
-        tx_p = tx
-        y_p = y
-        ty_p = ty
-        beta_p = beta
-        gamma_p = gamma
-        tgamma_p = tgamma
-        tbeta_p = tbeta
-        for i in range(y_p.size):
-            x_minus_mean = -mean + x_p[i]
-            field_0 = count*tgamma_p[i] - sum_tx_x_minus_mean*invstd**2*gamma_p[i]
-            y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
-            ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_p[i]*ty_coef_gamma) + tbeta_p[i]) + (tx_p[i]*gamma_p[i])*invstd
-    else:
-        for q in range(Q):
-            beta_q = beta[q]
-            gamma_q = gamma[q]
-            tgamma_q = tgamma[q]
-            tbeta_q = tbeta[q]
-            x_p = x[q * S:q * S + S]
-            tx_p = tx[q * S:q * S + S]
-            y_p = y[q * S:q * S + S]
-            ty_p = ty[q * S:q * S + S]
-            for i in range(S):
-                x_minus_mean = -mean + x_p[i]
-                field_0 = count*tgamma_q - sum_tx_x_minus_mean*invstd**2*gamma_q
-                y_p[i] = (x_minus_mean*gamma_q)*invstd + beta_q
-                ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_q*ty_coef_gamma) + tbeta_q) + (tx_p[i]*gamma_q)*invstd
+    x_p = x
+    tx_p = tx
+    y_p = y
+    ty_p = ty
+    beta_p = beta
+    gamma_p = gamma
+    tgamma_p = tgamma
+    tbeta_p = tbeta
+    for i in range(y_p.size):
+        x_minus_mean = -mean + x_p[i]
+        field_0 = count*tgamma_p[i] - sum_tx_x_minus_mean*invstd**2*gamma_p[i]
+        y_p[i] = (x_minus_mean*gamma_p[i])*invstd + beta_p[i]
+        ty_p[i] = (((x_minus_mean*field_0)*tmp1 + gamma_p[i]*ty_coef_gamma) + tbeta_p[i]) + (tx_p[i]*gamma_p[i])*invstd
 
 
 @numba.njit(cache=True, parallel=True)
@@ -658,7 +537,7 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         y = layout.empty()
         ty = layout.empty()
         run_compiled(_layer_norm_jvp, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))

@@ -5,7 +5,9 @@
 """RMS normalisation kernels compiled by Numba: fused loops printed from the same derivation as
 bnsym._generated.rms_norm (bnsym.codegen.numba_printer says how), with the same signatures.
 
-Imported only by backend="numba" (the `fast` extra). Compiled on first use and cached on disk.
+Imported by backend="numba" and "auto" (the `fast` extra). Each loop function compiles when a
+call first needs it (under "auto", in a background process: bnsym._compiled says when) and is
+cached on disk.
 """
 
 import numba
@@ -45,19 +47,11 @@ def _rms_norm_forward_pass1(x, Q, S):
 def _rms_norm_forward_outputs(x, gamma, invrms, Q, S, y):
     """The field outputs of rms_norm_forward (y) for one group."""
     dtype = y.dtype.type
-    if S == 1:
-        x_p = x
-        y_p = y
-        gamma_p = gamma
-        for i in range(y_p.size):
-            y_p[i] = (x_p[i]*gamma_p[i])*invrms
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            x_p = x[q * S:q * S + S]
-            y_p = y[q * S:q * S + S]
-            for i in range(S):
-                y_p[i] = (x_p[i]*gamma_q)*invrms
+    x_p = x
+    y_p = y
+    gamma_p = gamma
+    for i in range(y_p.size):
+        y_p[i] = (x_p[i]*gamma_p[i])*invrms
 
 
 @numba.njit(cache=True, parallel=True)
@@ -97,7 +91,7 @@ def rms_norm_forward(x, gamma, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma,))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         y = layout.empty()
         invrms, = run_compiled(_rms_norm_forward, layout.fields(x), layout.parameter(gamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
         return y, layout.grouped(invrms)
@@ -111,30 +105,16 @@ def _rms_norm_backward_pass1(dy, x, gamma, invrms, Q, S, block0, partial0):
     its float64 rows partial<k>."""
     dtype = dy.dtype.type
     total0 = 0.0
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            dy_p = dy[start:start + RUN]
-            x_p = x[start:start + RUN]
-            gamma_p = gamma[start:start + RUN]
-            piece0 = dtype(0)
-            block0_p = block0[start:start + RUN]
-            for i in range(dy_p.size):
-                piece0 += dy_p[i]*x_p[i]*gamma_p[i]
-                block0_p[i] += dy_p[i]*x_p[i]*invrms
-            total0 += piece0
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            for start in range(0, S, RUN):
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                piece0 = dtype(0)
-                share0 = dtype(0)
-                for i in range(dy_p.size):
-                    piece0 += dy_p[i]*x_p[i]*gamma_q
-                    share0 += dy_p[i]*x_p[i]*invrms
-                total0 += piece0
-                partial0[q] += share0
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        x_p = x[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        piece0 = dtype(0)
+        block0_p = block0[start:start + RUN]
+        for i in range(dy_p.size):
+            piece0 += dy_p[i]*x_p[i]*gamma_p[i]
+            block0_p[i] += dy_p[i]*x_p[i]*invrms
+        total0 += piece0
     return total0,
 
 
@@ -142,21 +122,12 @@ def _rms_norm_backward_pass1(dy, x, gamma, invrms, Q, S, block0, partial0):
 def _rms_norm_backward_outputs(dy, x, gamma, dx_coef_x, invrms, Q, S, dx):
     """The field outputs of rms_norm_backward (dx) for one group."""
     dtype = dx.dtype.type
-    if S == 1:
-        dy_p = dy
-        x_p = x
-        dx_p = dx
-        gamma_p = gamma
-        for i in range(dx_p.size):
-            dx_p[i] = (x_p[i]*dx_coef_x + dy_p[i]*gamma_p[i])*invrms
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            dy_p = dy[q * S:q * S + S]
-            x_p = x[q * S:q * S + S]
-            dx_p = dx[q * S:q * S + S]
-            for i in range(S):
-                dx_p[i] = (x_p[i]*dx_coef_x + dy_p[i]*gamma_q)*invrms
+    dy_p = dy
+    x_p = x
+    dx_p = dx
+    gamma_p = gamma
+    for i in range(dx_p.size):
+        dx_p[i] = (x_p[i]*dx_coef_x + dy_p[i]*gamma_p[i])*invrms
 
 
 @numba.njit(cache=True, parallel=True)
@@ -215,7 +186,7 @@ def rms_norm_backward(dy, x, gamma, invrms, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(dy, x), per_group=(invrms,), parameters=(gamma,))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         dx = layout.empty()
         dgamma, = run_compiled(_rms_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(dx))
         return dx, layout.parameter_result(dgamma)
@@ -231,47 +202,25 @@ def _rms_norm_double_backward_pass1(ggx, x, dy, gamma, gggamma, Q, S):
     total1 = 0.0
     total2 = 0.0
     total3 = 0.0
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            ggx_p = ggx[start:start + RUN]
-            x_p = x[start:start + RUN]
-            dy_p = dy[start:start + RUN]
-            gamma_p = gamma[start:start + RUN]
-            gggamma_p = gggamma[start:start + RUN]
-            piece0 = dtype(0)
-            piece1 = dtype(0)
-            piece2 = dtype(0)
-            piece3 = dtype(0)
-            for i in range(ggx_p.size):
-                piece0 += ggx_p[i]*x_p[i]
-                piece1 += dy_p[i]*ggx_p[i]*gamma_p[i]
-                piece2 += dy_p[i]*x_p[i]*gamma_p[i]
-                piece3 += dy_p[i]*x_p[i]*gggamma_p[i]
-            total0 += piece0
-            total1 += piece1
-            total2 += piece2
-            total3 += piece3
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            gggamma_q = gggamma[q]
-            for start in range(0, S, RUN):
-                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                piece0 = dtype(0)
-                piece1 = dtype(0)
-                piece2 = dtype(0)
-                piece3 = dtype(0)
-                for i in range(ggx_p.size):
-                    piece0 += ggx_p[i]*x_p[i]
-                    piece1 += dy_p[i]*ggx_p[i]*gamma_q
-                    piece2 += dy_p[i]*x_p[i]*gamma_q
-                    piece3 += dy_p[i]*x_p[i]*gggamma_q
-                total0 += piece0
-                total1 += piece1
-                total2 += piece2
-                total3 += piece3
+    for start in range(0, Q * S, RUN):
+        ggx_p = ggx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        dy_p = dy[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        gggamma_p = gggamma[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        piece2 = dtype(0)
+        piece3 = dtype(0)
+        for i in range(ggx_p.size):
+            piece0 += ggx_p[i]*x_p[i]
+            piece1 += dy_p[i]*ggx_p[i]*gamma_p[i]
+            piece2 += dy_p[i]*x_p[i]*gamma_p[i]
+            piece3 += dy_p[i]*x_p[i]*gggamma_p[i]
+        total0 += piece0
+        total1 += piece1
+        total2 += piece2
+        total3 += piece3
     return total0, total1, total2, total3
 
 
@@ -281,60 +230,32 @@ def _rms_norm_double_backward_pass2(dy, ggx, x, invrms, coef_dy_x, Q, S, block0,
     dy*ggx*invrms, dy*x*coef_dy_x. Parameter shares go to the block's float32 rows block<k> when S == 1, else to its
     float64 rows partial<k>."""
     dtype = dy.dtype.type
-    if S == 1:
-        for start in range(0, Q * S, RUN):
-            dy_p = dy[start:start + RUN]
-            ggx_p = ggx[start:start + RUN]
-            x_p = x[start:start + RUN]
-            block0_p = block0[start:start + RUN]
-            block1_p = block1[start:start + RUN]
-            for i in range(dy_p.size):
-                block0_p[i] += dy_p[i]*ggx_p[i]*invrms
-                block1_p[i] += dy_p[i]*x_p[i]*coef_dy_x
-    else:
-        for q in range(Q):
-            for start in range(0, S, RUN):
-                dy_p = dy[q * S + start:q * S + min(S, start + RUN)]
-                ggx_p = ggx[q * S + start:q * S + min(S, start + RUN)]
-                x_p = x[q * S + start:q * S + min(S, start + RUN)]
-                share0 = dtype(0)
-                share1 = dtype(0)
-                for i in range(dy_p.size):
-                    share0 += dy_p[i]*ggx_p[i]*invrms
-                    share1 += dy_p[i]*x_p[i]*coef_dy_x
-                partial0[q] += share0
-                partial1[q] += share1
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        ggx_p = ggx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        block0_p = block0[start:start + RUN]
+        block1_p = block1[start:start + RUN]
+        for i in range(dy_p.size):
+            block0_p[i] += dy_p[i]*ggx_p[i]*invrms
+            block1_p[i] += dy_p[i]*x_p[i]*coef_dy_x
 
 
 @numba.njit(cache=True)
 def _rms_norm_double_backward_outputs(dy, ggx, x, gamma, gggamma, sum_ggx_x, tmp0, gx_coef_dy_field_0, gx_coef_ggx, gx_coef_x, invrms, count, tmp1, Q, S, gx, gdy):
     """The field outputs of rms_norm_double_backward (gx, gdy) for one group."""
     dtype = gx.dtype.type
-    if S == 1:
-        dy_p = dy
-        ggx_p = ggx
-        x_p = x
-        gx_p = gx
-        gdy_p = gdy
-        gamma_p = gamma
-        gggamma_p = gggamma
-        for i in range(gx_p.size):
-            field_0 = count*gggamma_p[i] - sum_ggx_x*tmp0*gamma_p[i]
-            gx_p[i] = (ggx_p[i]*gx_coef_ggx + x_p[i]*gx_coef_x) + (dy_p[i]*field_0)*gx_coef_dy_field_0
-            gdy_p[i] = (ggx_p[i]*gamma_p[i] + (x_p[i]*field_0)*tmp1)*invrms
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            gggamma_q = gggamma[q]
-            dy_p = dy[q * S:q * S + S]
-            ggx_p = ggx[q * S:q * S + S]
-            x_p = x[q * S:q * S + S]
-            gx_p = gx[q * S:q * S + S]
-            gdy_p = gdy[q * S:q * S + S]
-            for i in range(S):
-                field_0 = count*gggamma_q - sum_ggx_x*tmp0*gamma_q
-                gx_p[i] = (ggx_p[i]*gx_coef_ggx + x_p[i]*gx_coef_x) + (dy_p[i]*field_0)*gx_coef_dy_field_0
-                gdy_p[i] = (ggx_p[i]*gamma_q + (x_p[i]*field_0)*tmp1)*invrms
+    dy_p = dy
+    ggx_p = ggx
+    x_p = x
+    gx_p = gx
+    gdy_p = gdy
+    gamma_p = gamma
+    gggamma_p = gggamma
+    for i in range(gx_p.size):
+        field_0 = count*gggamma_p[i] - sum_ggx_x*tmp0*gamma_p[i]
+        gx_p[i] = (ggx_p[i]*gx_coef_ggx + x_p[i]*gx_coef_x) + (dy_p[i]*field_0)*gx_coef_dy_field_0
+        gdy_p[i] = (ggx_p[i]*gamma_p[i] + (x_p[i]*field_0)*tmp1)*invrms
 
 
 @numba.njit(cache=True, parallel=True)
@@ -425,7 +346,7 @@ def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(invrms,), parameters=(gggamma, gamma))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         gx = layout.empty()
         gdy = layout.empty()
         ggamma, = run_compiled(_rms_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(invrms), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
@@ -456,29 +377,16 @@ def _rms_norm_jvp_pass1(x, tx, Q, S):
 def _rms_norm_jvp_outputs(x, tx, gamma, tgamma, invrms, sum_tx_x, count, tmp0, Q, S, y, ty):
     """The field outputs of rms_norm_jvp (y, ty) for one group."""
     dtype = y.dtype.type
-    if S == 1:
-        x_p = x
-        tx_p = tx
-        y_p = y
-        ty_p = ty
-        gamma_p = gamma
-        tgamma_p = tgamma
-        for i in range(y_p.size):
-            field_0 = count*tgamma_p[i] - sum_tx_x*invrms**2*gamma_p[i]
-            y_p[i] = (x_p[i]*gamma_p[i])*invrms
-            ty_p[i] = (tx_p[i]*gamma_p[i] + (x_p[i]*field_0)*tmp0)*invrms
-    else:
-        for q in range(Q):
-            gamma_q = gamma[q]
-            tgamma_q = tgamma[q]
-            x_p = x[q * S:q * S + S]
-            tx_p = tx[q * S:q * S + S]
-            y_p = y[q * S:q * S + S]
-            ty_p = ty[q * S:q * S + S]
-            for i in range(S):
-                field_0 = count*tgamma_q - sum_tx_x*invrms**2*gamma_q
-                y_p[i] = (x_p[i]*gamma_q)*invrms
-                ty_p[i] = (tx_p[i]*gamma_q + (x_p[i]*field_0)*tmp0)*invrms
+    x_p = x
+    tx_p = tx
+    y_p = y
+    ty_p = ty
+    gamma_p = gamma
+    tgamma_p = tgamma
+    for i in range(y_p.size):
+        field_0 = count*tgamma_p[i] - sum_tx_x*invrms**2*gamma_p[i]
+        y_p[i] = (x_p[i]*gamma_p[i])*invrms
+        ty_p[i] = (tx_p[i]*gamma_p[i] + (x_p[i]*field_0)*tmp0)*invrms
 
 
 @numba.njit(cache=True, parallel=True)
@@ -518,7 +426,7 @@ def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
     (bnsym.codegen.numba_local); any other layout or reducer runs the NumPy kernel.
     """
     layout = GroupLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, tgamma))
-    if layout is not None:
+    if layout is not None and layout.inner == layout.Q:
         y = layout.empty()
         ty = layout.empty()
         run_compiled(_rms_norm_jvp, layout.fields(x), layout.parameter(gamma), layout.fields(tx), layout.parameter(tgamma), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))

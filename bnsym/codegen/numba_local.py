@@ -11,7 +11,9 @@ printer does not:
 * **a parameter that varies within a group** (layer norm's gamma, group norm's per-channel gamma): a (P, Q) array;
   group ``g`` reads row ``g % P``, value ``i`` of a group column ``i // S`` (``S = inner // Q``). Two loop nests:
   ``S == 1`` (one parameter value per position: a flat loop along memory) and ``S > 1`` (a loop over the Q
-  parameter values, each covering a run of S values);
+  parameter values, each covering a run of S values). Each is a function of its own (``_flat`` and ``_runs``),
+  called by a driver of its own, and the wrapper runs the driver of the call's nest: a call compiles only the nest
+  it runs (both nests in one function took a quarter longer to compile);
 * **a sum over the groups that share a parameter** (``Reduce(over="parameter")``: dgamma of layer norm): each group
   adds its share to a (P, Q) partial of its block of at most ``BLOCK`` groups, in the fields' dtype when ``S == 1``
   (at most ``BLOCK`` values per entry) and in float64 otherwise (after float32 pieces of at most ``RUN`` values);
@@ -53,7 +55,13 @@ from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["GroupLocalPrinter", "LoopStep", "PlanNames", "loop_steps", "merged_passes", "split_names"]
+__all__ = ["NESTS", "GroupLocalPrinter", "LoopStep", "PlanNames", "loop_steps", "merged_passes", "split_names"]
+
+#: The two loop nests over a group (module docstring): S == 1, and runs of S > 1 values per parameter value.
+NESTS = ("flat", "runs")
+_NEST = "<nest>"  # where the driver's body names the variant of its nest
+_NEST_NOTES = {"flat": "For S == 1 (one parameter value per position).",
+               "runs": "For S > 1 (a run of S values per parameter value)."}
 
 
 class PlanNames:
@@ -112,11 +120,14 @@ class GroupLocalPrinter:
     docstring), with a wrapper of the NumPy kernel's signature that runs them for groups that are contiguous runs,
     the sample-wise loops (when printed) for groups that interleave, and the NumPy kernel for any other layout."""
 
-    def __init__(self, indent: str = "    ", interleaved: bool = False):
+    def __init__(self, indent: str = "    ", interleaved: bool = False, nests: tuple[str, ...] = NESTS):
         """``interleaved``: also print the sample-wise loops of :mod:`bnsym.codegen.numba_interleaved` (for a layer
-        whose groups interleave on channel-last input), and a wrapper that chooses between the two layouts."""
+        whose groups interleave on channel-last input), and a wrapper that chooses between the two layouts;
+        ``nests``: the loop nests to print (("flat",) for a layer whose parameters have one value per value of a
+        group: its wrapper then runs the NumPy kernel for S > 1, which its public functions never pass)."""
         self.indent = indent
         self.interleaved = interleaved
+        self.nests = nests
 
     @staticmethod
     def unsupported(plan: KernelPlan) -> str | None:
@@ -162,9 +173,9 @@ class GroupLocalPrinter:
                 body.append(f"{name} = dtype({Printer({}, typed_numbers=False).doprint(expr)})")
             else:
                 function = f"_{plan.name}_pass{step.stage}"
-                source, arguments, lacking = self._loop(function, plan, step.group, step.parameter, names)
-                helpers.append(source)
-                call = f"{function}({', '.join(arguments)})"
+                sources, arguments, lacking = self._loop(function, plan, step.group, step.parameter, names)
+                helpers += sources
+                call = f"{function}{_NEST if len(sources) > 1 else ''}({', '.join(arguments)})"
                 if step.group:
                     totals = [f"total_{n.name}" for n in step.group.names]
                     body.append(f"{', '.join(totals)}{',' if len(totals) == 1 else ''} = {call}")
@@ -176,18 +187,22 @@ class GroupLocalPrinter:
                     field_less += lacking
         if names.accumulates:
             function = f"_{plan.name}_outputs"
-            source, arguments = self._outputs(function, plan, names.accumulates, names)
-            helpers.append(source)
-            body.append(f"{function}({', '.join(arguments)})")
+            sources, arguments = self._outputs(function, plan, names.accumulates, names)
+            helpers += sources
+            body.append(f"{function}{_NEST if len(sources) > 1 else ''}({', '.join(arguments)})")
         body += [f"{n}_groups[g] = {n}" for n in names.group_results]
-        parts = helpers + [self._main(plan, names, body, after, sums, field_less)]
+        split = any(_NEST in line for line in body)  # a driver per nest, or one for both
+        nests = NESTS if split else (None,)
+        parts = helpers + [self._main(plan, names, [line.replace(_NEST, f"_{nest}") for line in body], after, sums,
+                                      field_less, nest) for nest in nests]
         needs_s1 = None  # the sample-wise loops are not printed
         if self.interleaved:
             from bnsym.codegen.numba_interleaved import InterleavedPrinter
 
             source, needs_s1 = InterleavedPrinter(self.indent).render(plan)
             parts.append(source)
-        parts.append(self._wrapper(plan, names, bool(field_less), needs_s1))
+        flat_only = len(self.nests) == 1 and bool(names.parameters)
+        parts.append(self._wrapper(plan, names, bool(field_less), needs_s1, split, flat_only))
         return "\n\n\n".join(parts)
 
     # ----- helpers -----
@@ -254,20 +269,26 @@ class GroupLocalPrinter:
             ("its share of the parameter sums of " + ", ".join("*".join(f.name for f in t) for t in parameter_terms))
             if parameter_terms else "") if part)
         i = self.indent
-        lines = ["@numba.njit(cache=True, fastmath=REASSOCIATE)",
-                 f"def {function}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'])}"
-                 f"{''.join(', ' + n for n in blocks + partials)}):",
-                 *self._docstring(f"One pass of {plan.name} over one group of Q*S values: {described}."
-                                  + (" Totals in float64." if group_terms else "")
-                                  + (" Parameter shares go to the block's float32 rows block<k> when S == 1, else "
-                                     "to its float64 rows partial<k>." if parameter_terms else ""))]
-        if fields + parameters:
-            lines.append(f"{i}dtype = {(fields + parameters)[0]}.dtype.type")
-        lines += [f"{i}total{j} = 0.0" for j in k]
-        for j in range(len(parameter_terms)):
-            if j not in element:  # a per-group value: once per group (the parameters do not vary within a group)
-                value = Printer({}, typed_numbers=bool(fields + parameters)).doprint(_product(parameter_terms[j]))
-                lines.append(f"{i}partial{j}[0] += {value}")
+
+        def head(name: str, nest: str | None) -> list[str]:
+            shares = ((" Parameter shares go to the block's float32 rows block<k>." if nest == "flat" else
+                       " Parameter shares go to the block's float64 rows partial<k>." if nest == "runs" else
+                       " Parameter shares go to the block's float32 rows block<k> when S == 1, else to its float64 "
+                       "rows partial<k>.") if parameter_terms else "")
+            lines = ["@numba.njit(cache=True, fastmath=REASSOCIATE)",
+                     f"def {name}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'])}"
+                     f"{''.join(', ' + n for n in blocks + partials)}):",
+                     *self._docstring(f"One pass of {plan.name} over one group of Q*S values: {described}."
+                                      + (" Totals in float64." if group_terms else "") + shares
+                                      + (f" {_NEST_NOTES[nest]}" if nest else ""))]
+            if fields + parameters:
+                lines.append(f"{i}dtype = {(fields + parameters)[0]}.dtype.type")
+            lines += [f"{i}total{j} = 0.0" for j in k]
+            for j in range(len(parameter_terms)):
+                if j not in element:  # a per-group value: once per group (the parameters do not vary within a group)
+                    value = Printer({}, typed_numbers=bool(fields + parameters)).doprint(_product(parameter_terms[j]))
+                    lines.append(f"{i}partial{j}[0] += {value}")
+            return lines
 
         def loops(nest: str, depth: int) -> list[str]:
             printer = Printer(self._texts(names, fields, parameters, nest), typed_numbers=True)
@@ -284,22 +305,17 @@ class GroupLocalPrinter:
                                 lambda nest: [f"total{j} += piece{j}" for j in k]
                                 + ([f"partial{j}[q] += share{j}" for j in element] if nest == "runs" else []))
 
-        if group_terms or element:
-            lines += self._nests(bool(parameters or element), loops)
-        if group_terms:
-            lines += [f"{i}return {', '.join(f'total{j}' for j in k)}{',' if len(k) == 1 else ''}"]
+        returned = [f"{i}return {', '.join(f'total{j}' for j in k)}{',' if len(k) == 1 else ''}"] if group_terms else []
+        if (group_terms or element) and (parameters or element) and len(self.nests) > 1:  # a function per nest
+            sources = ["\n".join(head(f"{function}_{nest}", nest) + loops(nest, 1) + returned) for nest in NESTS]
+        else:
+            sources = ["\n".join(head(function, None) + (loops("flat", 1) if group_terms or element else [])
+                                  + returned)]
         arguments = self._call_arguments(fields, parameters, per_group, scalars)
         if parameter:
             arguments += [f"parts_{n.name}[block, p]" for n in parameter.names]
             arguments += [f"wide_{n.name}[block, p]" for n in parameter.names]
-        return "\n".join(lines), arguments, lacking
-
-    def _nests(self, both: bool, loops) -> list[str]:
-        """Both loop nests (chosen by S at run time) when a parameter is read or summed, else the flat one."""
-        i = self.indent
-        if not both:
-            return loops("flat", 1)
-        return [f"{i}if S == 1:", *loops("flat", 2), f"{i}else:", *loops("runs", 2)]
+        return sources, arguments, lacking
 
     def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: PlanNames):
         expressions = [_form(s) for s in outputs]
@@ -308,9 +324,13 @@ class GroupLocalPrinter:
         fields = [f for f in fields if f not in written]
         atoms = names.atoms_used(expressions)
         i = self.indent
-        lines = ["@numba.njit(cache=True)",
-                 f"def {function}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'] + written)}):",
-                 *self._docstring(f"The field outputs of {plan.name} ({', '.join(written)}) for one group.")]
+
+        def head(name: str, nest: str | None) -> list[str]:
+            return ["@numba.njit(cache=True)",
+                    f"def {name}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'] + written)}):",
+                    *self._docstring(f"The field outputs of {plan.name} ({', '.join(written)}) for one group."
+                                     + (f" {_NEST_NOTES[nest]}" if nest else "")),
+                    f"{i}dtype = {written[0]}.dtype.type"]
 
         def loops(nest: str, depth: int) -> list[str]:
             d = i * depth
@@ -330,22 +350,28 @@ class GroupLocalPrinter:
             out += [f"{inner}{printer.names[n]} = {printer.doprint(e)}" for n, e in zip(written, expressions)]
             return out
 
-        lines.append(f"{i}dtype = {written[0]}.dtype.type")
-        lines += self._nests(bool(parameters), loops)
+        if parameters and len(self.nests) > 1:  # the nests differ: a function for each
+            sources = ["\n".join(head(f"{function}_{nest}", nest) + loops(nest, 1)) for nest in NESTS]
+        else:
+            sources = ["\n".join(head(function, None) + loops("flat", 1))]
         arguments = self._call_arguments(fields, parameters, per_group, scalars) + [f"{n}[g]" for n in written]
-        return "\n".join(lines), arguments
+        return sources, arguments
 
     def _main(self, plan: KernelPlan, names: PlanNames, body: list[str], after: list[str], sums: list[str],
-              field_less: list[str]) -> str:
+              field_less: list[str], nest: str | None) -> str:
+        """The parallel driver over blocks of groups; ``_<kernel>_<nest>`` when the nests have drivers of their
+        own (``nest`` None: one driver for both)."""
         i = self.indent
         i2, i3, i4 = i * 2, i * 3, i * 4
         inputs = [f"{n}_groups" if n not in names.fields + names.parameters else n for n in names.inputs]
         first = names.fields[0]
         per_group_inputs = [n for n in names.inputs if n not in names.fields + names.parameters]
+        suffix = f"_{nest}" if nest else ""
         lines = ["@numba.njit(cache=True, parallel=True)",
-                 f"def _{plan.name}({', '.join(inputs + [COUNT, 'P', 'Q'] + names.outputs)}):",
+                 f"def _{plan.name}{suffix}({', '.join(inputs + [COUNT, 'P', 'Q'] + names.outputs)}):",
                  *self._docstring(f"{plan.name} on (groups, inner) fields, (P, Q) parameters and (groups,) per-group "
-                                  "values, one block of BLOCK groups per parallel iteration."),
+                                  "values, one block of BLOCK groups per parallel iteration."
+                                  + (f" {_NEST_NOTES[nest]}" if nest else "")),
                  f"{i}groups, inner = {first}.shape",
                  f"{i}S = inner // Q",
                  f"{i}dtype = {first}.dtype.type"]
@@ -390,7 +416,7 @@ class GroupLocalPrinter:
         return "\n".join(lines)
 
     def _wrapper(self, plan: KernelPlan, names: PlanNames, needs_q1: bool,
-                 interleaved: bool | None) -> str:
+                 interleaved: bool | None, split: bool, flat_only: bool) -> str:
         """The wrapper with the NumPy kernel's signature: the group-local loops when the groups are contiguous
         runs, the sample-wise ones when they interleave (``interleaved`` is None when those are not printed, else
         whether they need S == 1), and the NumPy kernel for anything else."""
@@ -405,8 +431,11 @@ class GroupLocalPrinter:
         of = (f"{REDUCER}, fields={python_tuple(names.fields)}, per_group={python_tuple(per_group)}, "
               f"parameters={python_tuple(names.parameters)}")
         lines += [f"{i}layout = GroupLocalLayout.of({of})",
-                  f"{i}if layout is not None{' and layout.Q == 1' if needs_q1 else ''}:"]
-        lines += self._call(plan, names, f"_{plan.name}", ["layout.P", "layout.Q"])
+                  f"{i}if layout is not None{' and layout.Q == 1' if needs_q1 else ''}"
+                  f"{' and layout.inner == layout.Q' if flat_only else ''}:"]
+        driver = (f"_{plan.name}_flat if layout.inner == layout.Q else _{plan.name}_runs" if split
+                  else f"_{plan.name}")
+        lines += self._call(plan, names, driver, ["layout.P", "layout.Q"])
         if interleaved is not None:
             from bnsym.codegen.numba_interleaved import samples_function
 

@@ -227,14 +227,17 @@ def _reads_parameters(plan: KernelPlan) -> bool:
 class NumbaPlanPrinter:
     """Renders a :class:`KernelPlan` as Numba functions and a wrapper with the NumPy kernel's signature."""
 
-    def __init__(self, indent: str = "    ", per_sample: bool = False, channel_axis: bool = False):
+    def __init__(self, indent: str = "    ", per_sample: bool = False, channel_axis: bool = False,
+                 parameter_per_value: bool = False):
         """``per_sample``: every group of the layer lies within one sample, so every plan that the group-local
         loops cover gets them (not only those that read a parameter varying within a group or sum a parameter);
         ``channel_axis``: the layer's groups interleave on channel-last input, so the group-local printer adds
-        sample-wise loops for that layout."""
+        sample-wise loops for that layout; ``parameter_per_value``: a parameter has one value per value of a group,
+        so the group-local loops need their flat nest only."""
         self.indent = indent
         self.per_sample = per_sample
         self.channel_axis = channel_axis
+        self.parameter_per_value = parameter_per_value
 
     # ----- the whole kernel -----
 
@@ -245,10 +248,12 @@ class NumbaPlanPrinter:
             # Parameters that vary within a group and parameter sums: the group-local loops cover them for groups
             # that are contiguous runs (their wrapper runs the NumPy kernel for any other layout). Groups within a
             # sample: a group in cache is cheaper than a pass over memory per stage, so they take every such plan.
+            from bnsym.codegen.numba_local import NESTS as NESTS_LOCAL
             from bnsym.codegen.numba_local import GroupLocalPrinter
 
             if GroupLocalPrinter.unsupported(plan) is None:
-                return GroupLocalPrinter(self.indent, self.per_sample and self.channel_axis).render(plan)
+                return GroupLocalPrinter(self.indent, self.per_sample and self.channel_axis,
+                                         nests=("flat",) if self.parameter_per_value else NESTS_LOCAL).render(plan)
         reason = self._unsupported(plan, kinds)
         if reason:
             return self._delegate(plan, reason)

@@ -128,6 +128,9 @@ class LayerDeclaration:
     * ``channel_axis``: the layer takes a channel axis, which may be the last one. With ``per_sample`` (group norm,
       instance norm), the groups of a sample then interleave in memory on channel-last input, and the compiled
       kernels add sample-wise loops for that; batch norm's channel axis needs none.
+    * ``parameter_per_value``: gamma (and beta) hold one value for every value of a group (layer and RMS norm: the
+      normalised shape), so the compiled group-local loops only ever see one parameter value per position and need
+      no loop nest for runs of values that share one.
     """
 
     name: str
@@ -142,6 +145,7 @@ class LayerDeclaration:
     conventions: tuple[str, ...] = ()
     per_sample: bool = True
     channel_axis: bool = False
+    parameter_per_value: bool = False
 
     @property
     def centred(self) -> bool:
@@ -330,7 +334,7 @@ LAYERS: dict[str, LayerDeclaration] = {
             statistics_over="every axis but the channel axis", parameters="one value per channel"),
         LayerDeclaration(
             "layer_norm", "Layer normalisation", centred_forward, per_element_parameters=True,
-            shared_parameters=True, running_statistics=False,
+            shared_parameters=True, running_statistics=False, parameter_per_value=True,
             group="one sample's values over the trailing normalised axes",
             statistics_over="the trailing normalised axes", parameters="the shape of the normalised axes",
             conventions=(
@@ -342,7 +346,7 @@ LAYERS: dict[str, LayerDeclaration] = {
                 "`use_fast_variance=False`.")),
         LayerDeclaration(
             "rms_norm", "RMS normalisation", rms_forward, per_element_parameters=True,
-            shared_parameters=True, running_statistics=False,
+            shared_parameters=True, running_statistics=False, parameter_per_value=True,
             group="one sample's values over the trailing normalised axes",
             statistics_over="the trailing normalised axes (nothing is centred)",
             parameters="the shape of the normalised axes (a scale gamma only, no beta)",
