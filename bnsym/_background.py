@@ -19,6 +19,7 @@ import atexit
 import base64
 import itertools
 import json
+import logging
 import os
 import pickle
 import queue
@@ -29,9 +30,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bnsym._compiled import describe, logger
+__all__ = ["CompilerPool", "Outcome", "describe", "enabled", "request", "status", "wait"]
 
-__all__ = ["CompilerPool", "Outcome", "enabled", "request", "status", "wait"]
+logger = logging.getLogger("bnsym")
 
 ENVIRONMENT_SWITCH = "BNSYM_BACKGROUND_COMPILE"
 #: A kernel whose compilation finished but which is still not found in the disk cache is asked for this many
@@ -41,13 +42,15 @@ ATTEMPTS = 2
 
 @dataclass(frozen=True)
 class Outcome:
-    """One finished job: the loop function and types, whether it compiled, how long it took, and the error."""
+    """One finished job: the loop function and types, whether it compiled, how long it took, the error, and
+    whether the worker process ended under it."""
 
     dispatcher: object
     types: tuple
     ok: bool
     seconds: float
     error: str = ""
+    worker_ended: bool = False
 
 
 class CompilerPool:
@@ -61,6 +64,7 @@ class CompilerPool:
         self._processes: list[subprocess.Popen] = []
         self._ids = itertools.count()
         self._closed = False
+        self._owner = os.getpid()  # a forked child inherits the pool, but the workers stay its parent's
         for _ in range(workers):
             process = _start_worker()
             self._processes.append(process)
@@ -73,6 +77,8 @@ class CompilerPool:
 
     def close(self) -> None:
         """Stop the workers now (a compilation under way is abandoned; finished ones stay on disk)."""
+        if os.getpid() != self._owner:
+            return
         self._closed = True
         for process in self._processes:
             _stop(process)
@@ -102,8 +108,16 @@ class CompilerPool:
             line = process.stdout.readline()
             answer = json.loads(line)
         except (OSError, ValueError) as error:  # a broken pipe, or no answer: the worker is gone
-            return Outcome(dispatcher, types, False, 0.0, f"the compiling process ended ({error})")
+            return Outcome(dispatcher, types, False, 0.0, f"the compiling process ended ({error})", worker_ended=True)
         return Outcome(dispatcher, types, answer["ok"], answer["seconds"], answer["error"])
+
+
+def describe(dispatcher, types: tuple) -> str:
+    """What a compilation is, in a user's words: the kernel (its loop function) and the argument dtypes."""
+    dtypes = sorted({str(getattr(t, "dtype", "")) for t in types} - {""})
+    layer = getattr(dispatcher.py_func, "__module__", "").rsplit(".", 1)[-1].removesuffix("_numba")
+    function = dispatcher.py_func.__name__.lstrip("_").removeprefix(f"{layer}_")
+    return f"{layer}.{function} ({', '.join(dtypes) or 'no arrays'})"
 
 
 def _start_worker() -> subprocess.Popen:
@@ -140,12 +154,13 @@ class _Service:
         self._pool: CompilerPool | None = None
         self._pending: set = set()
         self._asked: dict = {}
+        self._broken = False  # a worker ended under a job: no more background compilation in this process
         self.finished: list[Outcome] = []
 
     def request(self, dispatcher, types: tuple) -> None:
         key = (dispatcher, types)
         with self._lock:
-            if key in self._pending or self._asked.get(key, 0) >= ATTEMPTS:
+            if self._broken or key in self._pending or self._asked.get(key, 0) >= ATTEMPTS:
                 return
             self._asked[key] = self._asked.get(key, 0) + 1
             if self._pool is None:
@@ -164,7 +179,13 @@ class _Service:
             key = (outcome.dispatcher, outcome.types)
             self._pending.discard(key)
             self.finished.append(outcome)
-            if not outcome.ok:
+            if outcome.worker_ended and not self._broken:
+                self._broken = True
+                self._pending.clear()  # nothing more will come back
+                logger.warning("bnsym: the process compiling kernels in the background ended (%s); backend='auto' "
+                               "runs the NumPy kernels for what is not compiled yet (backend='numba' or "
+                               "`bnsym compile` compiles them)", outcome.error)
+            elif not outcome.ok:
                 self._asked[key] = ATTEMPTS
                 logger.warning("bnsym: compiling %s in the background failed (%s); backend='auto' runs the NumPy "
                                "kernel for it", describe(outcome.dispatcher, outcome.types), outcome.error)
@@ -187,6 +208,16 @@ class _Service:
 
 
 _service = _Service()
+
+
+def _new_service_in_child() -> None:
+    # A forked child (a data-loader worker, say) has none of the parent's threads: it starts a service of its own
+    # if it needs one, and leaves the parent's worker alone (CompilerPool.close checks the process).
+    global _service
+    _service = _Service()
+
+
+os.register_at_fork(after_in_child=_new_service_in_child)
 
 
 def request(dispatcher, types: tuple) -> None:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import threading
 import time
 
-__all__ = ["BACKGROUND", "RECORD", "WAIT", "NotCompiled", "compiling_note", "policy", "ready_on_disk", "recorded",
-           "run_compiled"]
+from bnsym import _background
+from bnsym._background import describe, logger
+
+__all__ = ["BACKGROUND", "RECORD", "WAIT", "NotCompiled", "compiling_note", "describe", "policy", "ready_on_disk",
+           "recorded", "run_compiled"]
 
 WAIT = "wait"
 BACKGROUND = "background"
@@ -37,8 +39,6 @@ RECORD = "record"
 
 #: Announce a compilation in the caller's thread once it has run this long (seconds).
 ANNOUNCE_AFTER = 1.0
-
-logger = logging.getLogger("bnsym")
 
 _policy = contextvars.ContextVar("bnsym_compile_policy", default=WAIT)
 _ready: dict[object, set] = {}  # dispatcher -> argument fingerprints whose machine code is loaded
@@ -86,8 +86,6 @@ def _first_call(dispatcher, key, args):
         raise NotCompiled(describe(dispatcher, types))
     if types not in dispatcher.overloads and not ready_on_disk(dispatcher, types):
         if mode == BACKGROUND:
-            from bnsym import _background
-
             _background.request(dispatcher, types)
             raise NotCompiled(describe(dispatcher, types))
         result = _compile_announced(dispatcher, types, args)
@@ -107,14 +105,6 @@ def ready_on_disk(dispatcher, types: tuple) -> bool:
         return key in cache._cache_file._load_index()
     except Exception:  # no cache, an unreadable index or another Numba: not known to be ready
         return False
-
-
-def describe(dispatcher, types: tuple) -> str:
-    """What a compilation is, in a user's words: the kernel (its loop function) and the argument dtypes."""
-    dtypes = sorted({str(getattr(t, "dtype", "")) for t in types} - {""})
-    layer = getattr(dispatcher.py_func, "__module__", "").rsplit(".", 1)[-1].removesuffix("_numba")
-    function = dispatcher.py_func.__name__.lstrip("_").removeprefix(f"{layer}_")
-    return f"{layer}.{function} ({', '.join(dtypes) or 'no arrays'})"
 
 
 def compiling_note(dispatcher, types: tuple) -> str:

@@ -98,6 +98,42 @@ def test_the_switch_is_off_when_the_environment_says_so(monkeypatch):
     assert _background.enabled()
 
 
+def test_a_worker_that_ends_turns_the_background_compilation_off(monkeypatch, caplog):
+    """A compiling process that dies (killed, or an interpreter that cannot import bnsym) is said once, and auto
+    then keeps to the NumPy kernels instead of starting process after process."""
+    started = []
+
+    def dying_worker():
+        started.append(1)
+        return subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    monkeypatch.setattr(_background, "_start_worker", dying_worker)
+    service = _background._Service()
+    values = np.arange(3.0)
+    with caplog.at_level(logging.WARNING, logger="bnsym"):
+        service.request(_toy_maximum, (numba.typeof(values),))
+        assert service.wait(60), "a job whose worker died was left pending"
+        service.request(_scaled_sum, (numba.typeof(values), numba.float64))
+        assert service.wait(60)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "the process compiling kernels in the background ended" in messages[0], messages
+    assert service.status()["pending"] == 0
+    assert len(started) <= 2, f"{len(started)} worker processes started after the first one died"
+
+
+def test_a_forked_child_leaves_its_parents_workers_alone():
+    pool = _background.CompilerPool(1, lambda outcome: None)
+    try:
+        worker = pool._processes[0]
+        pool._owner = -1  # as the pool looks from a forked child
+        pool.close()
+        assert worker.poll() is None, "closing the pool in a child stopped the parent's worker"
+    finally:
+        pool._owner = os.getpid()
+        pool.close()
+    assert worker.poll() is not None, "closing the pool in its own process left the worker running"
+
+
 def _run(script: str, cache: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``script`` in a fresh interpreter with its own Numba cache and the background compilation on."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), _background.ENVIRONMENT_SWITCH: "1",
