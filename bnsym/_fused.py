@@ -5,7 +5,7 @@ groups (batch norm: the channels). When the kept axes are adjacent, a C-contiguo
 array of shape (rows, groups, inner): ``rows`` is the product of the reduced axes before the kept ones, ``groups``
 the product of the kept axes, ``inner`` the product of the reduced axes after them. NCHW batch norm is
 (N, C, H*W), whose groups are runs of H*W contiguous values; (N, C) and NHWC batch norm are (N, C, 1) and
-(N*H*W, C, 1), whose groups sit side by side in every row. The generated loops (:mod:`bnsym.codegen.numba_printer`)
+(N*H*W, C, 1), whose groups sit side by side in every row. The generated loops (:mod:`bnsym.codegen.numba_stages`)
 have one loop nest for each of the two cases.
 
 :meth:`FusedLayout.of` returns None for anything else, and the generated wrapper then runs the NumPy kernel:

@@ -55,7 +55,8 @@ def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: st
     signature of its NumPy kernel in ``numpy_module``, which it runs for what its loops do not cover.
     ``per_sample``, ``channel_axis`` and ``parameter_per_value`` are the layer's
     (:class:`bnsym.symbolic.layers.LayerDeclaration`): which loops its kernels get."""
-    from bnsym.codegen.numba_printer import NumbaPlanPrinter, module_prelude
+    from bnsym.codegen.numba_printer import NumbaPlanPrinter
+    from bnsym.codegen.numba_text import module_prelude
 
     plans = [plan_kernel(kernel) for kernel in kernels]
     printer = NumbaPlanPrinter(per_sample=per_sample, channel_axis=channel_axis,

@@ -7,7 +7,7 @@ block of R rows of K = G*S values, and group ``(b, g)`` is the values ``[b, r, g
 
 The plans are those that :mod:`bnsym.codegen.numba_local` prints as group-local loops (every plan of a layer whose
 groups lie within one sample that :meth:`~bnsym.codegen.numba_local.GroupLocalPrinter.unsupported` accepts), with
-its names and its steps (:func:`~bnsym.codegen.numba_local.loop_steps`); its wrapper chooses between the two
+its names and its steps (:func:`~bnsym.codegen.numba_plan.loop_steps`); its wrapper chooses between the two
 layouts. What one plan becomes here:
 
 * **per-group values, one per channel.** Every per-group value of a sample is kept as a (K,) row that repeats a
@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import textwrap
 
-from bnsym.codegen.numba_local import PlanNames, _form, _product, loop_steps, split_names
-from bnsym.codegen.numba_printer import Printer
+from bnsym.codegen.numba_plan import PlanNames, form, loop_steps, product, split_names
+from bnsym.codegen.numba_text import CompiledLoops, Printer
 from bnsym.codegen.plan import Accumulate, KernelPlan, Reduce
 from bnsym.naming import COUNT
 
@@ -54,9 +54,9 @@ class InterleavedPrinter:
     def __init__(self, indent: str = "    "):
         self.indent = indent
 
-    def render(self, plan: KernelPlan) -> tuple[str, bool]:
-        """(source of the helpers and the parallel function, whether the call needs S == 1: a parameter sum of a
-        per-group term)."""
+    def render(self, plan: KernelPlan) -> CompiledLoops:
+        """The helpers and the parallel function; the call needs S == 1 when a parameter sum has a per-group
+        term."""
         names = PlanNames(plan)
         i = self.indent
         helpers: list[str] = []
@@ -102,7 +102,8 @@ class InterleavedPrinter:
         if names.group_results:
             body += ["for g in range(G):"] + [f"{i}{n}_groups[b, g] = {n}[g * S]" for n in names.group_results]
         main = self._main(plan, names, rows, wides, body, after, sums)
-        return "\n\n\n".join(helpers + [main]), bool(field_less)
+        return CompiledLoops("\n\n\n".join(helpers + [main]), samples_function(plan),
+                             " and layout.S == 1" if field_less else "", ["layout.S"])
 
     # ----- helpers -----
 
@@ -146,7 +147,7 @@ class InterleavedPrinter:
         for j in range(len(parameter_terms)):
             if j not in element:  # a per-group term (S == 1): once per sample and channel
                 value = Printer({n: f"{n}[c]" for n in per_group}, typed_numbers=False).doprint(
-                    _product(parameter_terms[j]))
+                    product(parameter_terms[j]))
                 lines += [f"{i}for c in range(K):", f"{i2}shares{j}[c] += {value}"]
         if group_terms:
             lines += [f"{i}for c in range(K):"] + [f"{i2}totals{j}[c] = 0.0" for j in k]
@@ -158,8 +159,8 @@ class InterleavedPrinter:
             lines += [f"{i2}{f}_r = {f}[r]" for f in fields]
             lines += [f"{i2}for c in range(K):"]
             lines += [f"{i3}{a} = {printer.doprint(names.atoms[a])}" for a in atoms]
-            lines += [f"{i3}totals{j}[c] += {printer.doprint(_product(t))}" for j, t in zip(k, group_terms)]
-            lines += [f"{i3}shares{j}[c] += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
+            lines += [f"{i3}totals{j}[c] += {printer.doprint(product(t))}" for j, t in zip(k, group_terms)]
+            lines += [f"{i3}shares{j}[c] += {printer.doprint(product(parameter_terms[j]))}" for j in element]
         if group_terms:
             lines += [f"{i}for g in range(K // S):"]
             for j in k:
@@ -171,7 +172,7 @@ class InterleavedPrinter:
         return "\n".join(lines), arguments, lacking
 
     def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: PlanNames):
-        expressions = [_form(s) for s in outputs]
+        expressions = [form(s) for s in outputs]
         written = [s.name.name for s in outputs]
         fields, parameters, per_group, scalars = split_names(names, names.read(expressions))
         fields = [f for f in fields if f not in written]

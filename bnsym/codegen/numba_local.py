@@ -1,6 +1,6 @@
 """The compiled-CPU printer for kernels whose groups are contiguous runs: one group finished while it is in cache.
 
-:mod:`bnsym.codegen.numba_printer` makes one pass over memory per stage of reductions. When every group is a
+:mod:`bnsym.codegen.numba_stages` makes one pass over memory per stage of reductions. When every group is a
 contiguous run of ``inner`` values ((groups, inner) fields: layer norm and RMS norm over their trailing axes, group
 norm and instance norm on channel-first input; :class:`bnsym._fused.GroupLocalLayout`), a group of a few thousand
 values fits in the core's cache, and the loops printed here do better: for each group they take every stage of its
@@ -25,8 +25,9 @@ No array expressions in the parallel function: Numba would make each one a paral
 the threads for it costs more than its work.
 
 For a layer whose groups interleave on channel-last input, the module also gets the sample-wise loops of
-:mod:`bnsym.codegen.numba_interleaved`, printed from the same steps (:func:`loop_steps`), and the wrapper tries the
-group-local layout first, then the interleaved one, then the NumPy kernel.
+:mod:`bnsym.codegen.numba_interleaved`, printed from the same steps (:func:`bnsym.codegen.numba_plan.loop_steps`),
+and the wrapper (:mod:`bnsym.codegen.numba_printer`) tries the group-local layout first, then the interleaved one,
+then the NumPy kernel.
 
 Every loop that sums is a function of its own compiled with reassociation (LLVM vectorises a float32 sum); the
 per-group arithmetic and the output loops keep IEEE semantics. The parallel loop runs over blocks of ``BLOCK``
@@ -38,24 +39,13 @@ kernels round them.
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
 
-import sympy
-
-from bnsym.codegen.numba_printer import (
-    NumbaPlanPrinter,
-    Printer,
-    atoms_used,
-    names_read,
-    plan_symbols,
-    python_tuple,
-    wrapper_head,
-)
+from bnsym.codegen.numba_plan import PlanNames, form, loop_steps, product, split_names
+from bnsym.codegen.numba_text import CompiledLoops, Printer
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
-from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["NESTS", "GroupLocalPrinter", "LoopStep", "PlanNames", "loop_steps", "merged_passes", "split_names"]
+__all__ = ["NESTS", "GroupLocalPrinter"]
 
 #: The two loop nests over a group (module docstring): S == 1, and runs of S > 1 values per parameter value.
 NESTS = ("flat", "runs")
@@ -64,69 +54,15 @@ _NEST_NOTES = {"flat": "For S == 1 (one parameter value per position).",
                "runs": "For S > 1 (a run of S values per parameter value)."}
 
 
-class PlanNames:
-    """What each name of a plan is, for the group-local loops.
-
-    ``fields``: full-size inputs and outputs; ``parameters``: parameter-shaped inputs (:class:`ParameterField`);
-    ``atoms``: element-valued assignments (computed in the loop bodies, never stored); ``scalars``: values of M
-    alone; ``parameter_values``: parameter sums and what is computed from them (after the loops); everything else
-    is a per-group value. ``accumulates``: the field outputs' statements; ``group_results``: the per-group values
-    that the kernel returns (its statistics).
-    """
-
-    def __init__(self, plan: KernelPlan):
-        symbols = plan_symbols(plan)
-        self.parameters = [p for p in plan.parameters
-                           if any(isinstance(s, ParameterField) and s.name == p for s in symbols)]
-        self.inputs = [p for p in plan.parameters if p not in (REDUCER, COUNT)]
-        self.fields = [n for n in self.inputs if n in plan.fields and n not in self.parameters]
-        self.accumulates = [s for s in plan.statements if isinstance(s, Accumulate)]
-        self.outputs = [s.name.name for s in self.accumulates]
-        element = set(plan.fields) - set(self.outputs)
-        self.atoms: dict[str, sympy.Expr] = {}
-        self.scalars: list[tuple[str, sympy.Expr]] = []
-        self.parameter_values = {n.name for s in plan.statements if isinstance(s, Reduce) and s.over == "parameter"
-                                 for n in s.names}
-        scalar_names: set[str] = set()
-        for s in plan.statements:
-            if not isinstance(s, Assign):
-                continue
-            reads = {f.name for f in s.expr.free_symbols if f != M}
-            if reads & element:
-                element.add(s.name.name)
-                self.atoms[s.name.name] = s.expr
-            elif reads & self.parameter_values:
-                self.parameter_values.add(s.name.name)
-            elif reads <= scalar_names:
-                scalar_names.add(s.name.name)
-                self.scalars.append((s.name.name, s.expr))
-        self.scalar_names = scalar_names
-        self.element = element
-        self.group_results = [s.name for s in plan.returns if s.name not in self.fields and s.name not in self.outputs
-                              and s.name not in self.parameter_values]
-
-    def read(self, exprs) -> list[str]:
-        """The names that loops evaluating ``exprs`` (expressions or names) read, atoms expanded, first seen first;
-        ``count`` for M."""
-        return names_read(self.atoms, exprs)
-
-    def atoms_used(self, exprs) -> list[str]:
-        """The atoms that ``exprs`` read (directly or through other atoms), in definition order."""
-        return atoms_used(self.atoms, exprs)
-
-
 class GroupLocalPrinter:
     """Renders a :class:`KernelPlan` that reduces through its reducer as group-local Numba loops (module
     docstring), with a wrapper of the NumPy kernel's signature that runs them for groups that are contiguous runs,
     the sample-wise loops (when printed) for groups that interleave, and the NumPy kernel for any other layout."""
 
-    def __init__(self, indent: str = "    ", interleaved: bool = False, nests: tuple[str, ...] = NESTS):
-        """``interleaved``: also print the sample-wise loops of :mod:`bnsym.codegen.numba_interleaved` (for a layer
-        whose groups interleave on channel-last input), and a wrapper that chooses between the two layouts;
-        ``nests``: the loop nests to print (("flat",) for a layer whose parameters have one value per value of a
+    def __init__(self, indent: str = "    ", nests: tuple[str, ...] = NESTS):
+        """``nests``: the loop nests to print (("flat",) for a layer whose parameters have one value per value of a
         group: its wrapper then runs the NumPy kernel for S > 1, which its public functions never pass)."""
         self.indent = indent
-        self.interleaved = interleaved
         self.nests = nests
 
     @staticmethod
@@ -145,7 +81,7 @@ class GroupLocalPrinter:
                 continue
             reads = (set().union(*({f.name for f in t} for t in s.terms)) if isinstance(s, Reduce)
                      else {f.name for f in (s.expr.free_symbols if isinstance(s, Assign)
-                                            else _form(s).free_symbols)})
+                                            else form(s).free_symbols)})
             if reads & names.parameter_values:
                 return "a per-group value or a field reads a parameter sum"
         return None
@@ -195,15 +131,11 @@ class GroupLocalPrinter:
         nests = NESTS if split else (None,)
         parts = helpers + [self._main(plan, names, [line.replace(_NEST, f"_{nest}") for line in body], after, sums,
                                       field_less, nest) for nest in nests]
-        needs_s1 = None  # the sample-wise loops are not printed
-        if self.interleaved:
-            from bnsym.codegen.numba_interleaved import InterleavedPrinter
-
-            source, needs_s1 = InterleavedPrinter(self.indent).render(plan)
-            parts.append(source)
         flat_only = len(self.nests) == 1 and bool(names.parameters)
-        parts.append(self._wrapper(plan, names, bool(field_less), needs_s1, split, flat_only))
-        return "\n\n\n".join(parts)
+        condition = ((" and layout.Q == 1" if field_less else "")
+                     + (" and layout.inner == layout.Q" if flat_only else ""))
+        driver = f"_{plan.name}_flat if layout.inner == layout.Q else _{plan.name}_runs" if split else f"_{plan.name}"
+        return CompiledLoops("\n\n\n".join(parts), driver, condition, ["layout.P", "layout.Q"])
 
     # ----- helpers -----
 
@@ -286,20 +218,20 @@ class GroupLocalPrinter:
             lines += [f"{i}total{j} = 0.0" for j in k]
             for j in range(len(parameter_terms)):
                 if j not in element:  # a per-group value: once per group (the parameters do not vary within a group)
-                    value = Printer({}, typed_numbers=bool(fields + parameters)).doprint(_product(parameter_terms[j]))
+                    value = Printer({}, typed_numbers=bool(fields + parameters)).doprint(product(parameter_terms[j]))
                     lines.append(f"{i}partial{j}[0] += {value}")
             return lines
 
         def loops(nest: str, depth: int) -> list[str]:
             printer = Printer(self._texts(names, fields, parameters, nest), typed_numbers=True)
             inner = self._atom_lines(names, atoms, printer)
-            inner += [f"piece{j} += {printer.doprint(_product(t))}" for j, t in zip(k, group_terms)]
+            inner += [f"piece{j} += {printer.doprint(product(t))}" for j, t in zip(k, group_terms)]
             before = [f"piece{j} = dtype(0)" for j in k]
             if nest == "flat":
-                inner += [f"block{j}_p[i] += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
+                inner += [f"block{j}_p[i] += {printer.doprint(product(parameter_terms[j]))}" for j in element]
                 before += [f"block{j}_p = block{j}[start:start + RUN]" for j in element]
             else:
-                inner += [f"share{j} += {printer.doprint(_product(parameter_terms[j]))}" for j in element]
+                inner += [f"share{j} += {printer.doprint(product(parameter_terms[j]))}" for j in element]
                 before += [f"share{j} = dtype(0)" for j in element]
             return self._pieces(fields, parameters, depth, nest, inner, before,
                                 lambda nest: [f"total{j} += piece{j}" for j in k]
@@ -318,7 +250,7 @@ class GroupLocalPrinter:
         return sources, arguments, lacking
 
     def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: PlanNames):
-        expressions = [_form(s) for s in outputs]
+        expressions = [form(s) for s in outputs]
         written = [s.name.name for s in outputs]
         fields, parameters, per_group, scalars = split_names(names, names.read(expressions))
         fields = [f for f in fields if f not in written]
@@ -414,128 +346,3 @@ class GroupLocalPrinter:
         lines.append(f"{i}return {', '.join(returned)}{',' if len(returned) == 1 else ''}" if returned
                      else f"{i}return")
         return "\n".join(lines)
-
-    def _wrapper(self, plan: KernelPlan, names: PlanNames, needs_q1: bool,
-                 interleaved: bool | None, split: bool, flat_only: bool) -> str:
-        """The wrapper with the NumPy kernel's signature: the group-local loops when the groups are contiguous
-        runs, the sample-wise ones when they interleave (``interleaved`` is None when those are not printed, else
-        whether they need S == 1), and the NumPy kernel for anything else."""
-        i = self.indent
-        per_group = [n for n in names.inputs if n not in names.fields + names.parameters]
-        covers = ("each group's stages and outputs one after another while the group is in cache "
-                  "(bnsym.codegen.numba_local)")
-        if interleaved is not None:
-            covers += (", or, on channel-last input, one sample at a time with its groups side by side "
-                       "(bnsym.codegen.numba_interleaved)")
-        lines = wrapper_head(plan, i, f"Compiled: {covers}; any other layout or reducer runs the NumPy kernel.")
-        of = (f"{REDUCER}, fields={python_tuple(names.fields)}, per_group={python_tuple(per_group)}, "
-              f"parameters={python_tuple(names.parameters)}")
-        lines += [f"{i}layout = GroupLocalLayout.of({of})",
-                  f"{i}if layout is not None{' and layout.Q == 1' if needs_q1 else ''}"
-                  f"{' and layout.inner == layout.Q' if flat_only else ''}:"]
-        driver = (f"_{plan.name}_flat if layout.inner == layout.Q else _{plan.name}_runs" if split
-                  else f"_{plan.name}")
-        lines += self._call(plan, names, driver, ["layout.P", "layout.Q"])
-        if interleaved is not None:
-            from bnsym.codegen.numba_interleaved import samples_function
-
-            lines += [f"{i}layout = InterleavedLayout.of({of})",
-                      f"{i}if layout is not None{' and layout.S == 1' if interleaved else ''}:"]
-            lines += self._call(plan, names, samples_function(plan), ["layout.S"])
-        lines += [f"{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
-        return "\n".join(lines)
-
-    def _call(self, plan: KernelPlan, names: PlanNames, function: str,
-              shape: list[str]) -> list[str]:
-        """The wrapper's lines (inside its ``if``) that call ``function`` with the arrays arranged by ``layout``
-        and ``shape`` (what the function takes after M), and return its results as the NumPy kernel does."""
-        i2 = self.indent * 2
-        lines = [f"{i2}{n} = layout.empty()" for n in names.outputs]
-        arguments = [f"layout.fields({n})" if n in names.fields else
-                     f"layout.parameter({n})" if n in names.parameters else f"layout.per_group({n})"
-                     for n in names.inputs]
-        arguments += [f"{REDUCER}.count", *shape] + [f"layout.fields({n})" for n in names.outputs]
-        results = [s.name for s in plan.returns if s.name not in names.outputs]
-        call = f"run_compiled({function}, {', '.join(arguments)})"
-        lines.append(f"{i2}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
-                     else f"{i2}{call}")
-        returned = [n if n in names.outputs else f"layout.grouped({n})" if n in names.group_results
-                    else f"layout.parameter_result({n})" for n in (s.name for s in plan.returns)]
-        return lines + [f"{i2}return {', '.join(returned)}"]
-
-
-@dataclass(frozen=True)
-class LoopStep:
-    """One step of the loops over a group (or a sample), in the plan's order (:func:`loop_steps`).
-
-    ``kind``: "group value" (a per-group :class:`Assign`, in ``statement``), "parameter value" (an Assign computed
-    from parameter sums, after the loops) or "pass" (one pass over the values: ``stage``, its 1-based number, the
-    group sums ``group`` and the parameter sums ``parameter`` that it takes, either may be None).
-    """
-
-    kind: str
-    statement: Assign | None = None
-    stage: int = 0
-    group: Reduce | None = None
-    parameter: Reduce | None = None
-
-
-def loop_steps(statements, names: PlanNames):
-    """The :class:`LoopStep` of a plan's statements, for the group-local and the sample-wise printers: atoms (computed
-    in the loop bodies) and scalars (before the loops) are left out, and each parameter sum rides along the pass
-    that :func:`merged_passes` gives it, or gets a pass of its own."""
-    statements = list(statements)
-    merged = merged_passes(statements, names)
-    stage = 0
-    for index, statement in enumerate(statements):
-        if isinstance(statement, Assign):
-            name = statement.name.name
-            if name in names.element or name in names.scalar_names:
-                continue
-            yield LoopStep("parameter value" if name in names.parameter_values else "group value", statement)
-        elif isinstance(statement, Reduce) and (statement.over == "group" or index not in merged):
-            stage += 1
-            if statement.over == "group":
-                parameter = next((statements[j] for j, k in merged.items() if k == index), None)
-                yield LoopStep("pass", stage=stage, group=statement, parameter=parameter)
-            else:
-                yield LoopStep("pass", stage=stage, parameter=statement)
-
-
-def merged_passes(statements, names: PlanNames) -> dict[int, int]:
-    """{index of a parameter Reduce: index of the group Reduce whose pass also takes it}: the earliest group
-    stage before which everything its terms read is known (layer norm's dgamma and dbeta join the pass that
-    sums dy*gamma), so that a group's values are read once fewer. The others get a pass of their own."""
-    known = set(names.inputs) | names.scalar_names | {COUNT}
-    group_stages: list[tuple[int, set]] = []
-    merges: dict[int, int] = {}
-    for index, statement in enumerate(statements):
-        if isinstance(statement, Reduce) and statement.over == "group":
-            group_stages.append((index, set(known)))
-            known |= {n.name for n in statement.names}
-        elif isinstance(statement, Reduce):
-            reads = set(names.read([f.name for term in statement.terms for f in term]))
-            earlier = [stage for stage, available in group_stages if reads <= available
-                       and stage not in merges.values()]
-            if earlier:
-                merges[index] = earlier[0]
-        elif isinstance(statement, Assign):
-            known.add(statement.name.name)
-    return merges
-
-
-def split_names(names: PlanNames, read: list[str]):
-    """(fields, parameters, per-group values, scalars) among the names a loop reads."""
-    fields = [n for n in read if n in names.fields or n in names.outputs]
-    parameters = [n for n in read if n in names.parameters]
-    scalars = [n for n in read if n in names.scalar_names or n == COUNT]
-    per_group = [n for n in read if n not in fields + parameters + scalars]
-    return fields, parameters, per_group, scalars
-
-
-def _product(term) -> sympy.Expr:
-    return NumbaPlanPrinter._product(term)
-
-
-def _form(statement: Accumulate) -> sympy.Expr:
-    return NumbaPlanPrinter._form(None, statement)

@@ -1,550 +1,128 @@
-"""The compiled-CPU printer: a :class:`~bnsym.codegen.plan.KernelPlan` rendered as fused loops for Numba.
+"""The compiled-CPU (Numba) backend's printer: for each kernel plan, the loop strategies that run it, chosen here.
 
-Notation. The fields of a call are seen as ``(rows, groups, inner)`` arrays (:mod:`bnsym._fused`): ``groups`` are
-the kept axes (batch norm: the channels), ``rows`` the reduced axes before them and ``inner`` the reduced axes
-after them. An NCHW batch is (N, C, H*W); an (N, C) batch or an NHWC batch is (N*H*W, C, 1). Per-group values
-(statistics, coefficients, gamma) are ``(groups,)`` arrays; ``count`` (M) and what depends on it alone are scalars.
+Three strategies, each a printer paired with the runtime layout of :mod:`bnsym._fused` whose arrays its loops take
+(:data:`STRATEGIES`):
 
-What one plan becomes (every loop is printed from the plan's statements; nothing here knows a layer):
+* **stage loops** (:mod:`bnsym.codegen.numba_stages`, ``FusedLayout``): one pass over memory per stage of sums, for
+  groups that span the batch (batch norm);
+* **group-local loops** (:mod:`bnsym.codegen.numba_local`, ``GroupLocalLayout``): one group finished while it is in
+  cache, for groups that are contiguous runs (layer and RMS norm, group and instance norm on channel-first input),
+  and for any plan that reads a parameter varying within a group or sums a parameter's gradient;
+* **sample-wise loops** (:mod:`bnsym.codegen.numba_interleaved`, ``InterleavedLayout``): one sample at a time with
+  its groups side by side, for groups that interleave on channel-last input (group and instance norm).
 
-* each :class:`~bnsym.codegen.plan.Reduce` stage: one function that makes **one pass** over the fields and returns
-  every total of the stage in float64, in two variants (``_rows`` and ``_runs``), one loop nest each: when
-  ``inner == 1`` a sweep over rows that accumulates every group side by side in float32 over blocks of at most
-  ``BLOCK`` rows (the inner loop runs along memory, never across rows); otherwise one contiguous run of ``inner``
-  values per row and group, summed in float32 pieces of at most ``RUN`` values. The wrapper chooses the variant by
-  the layout, so a call compiles only the nest it runs (the two nests of one function took three times as long to
-  compile as the runs nest alone). Block and piece partials are added in float64: the
-  accuracy contract of :mod:`bnsym._reduce`. The partials of each block are stored and added in a fixed order, so
-  results do not depend on the number of threads. Field atoms such as ``x_minus_mean`` are never materialised:
-  they are computed in the loop body, as written (a difference stays a difference);
-* the consecutive :class:`~bnsym.codegen.plan.Accumulate` outputs at the end: **one** elementwise pass that writes
-  them all, each in its coefficient form, terms in the order of the NumPy kernel;
-* the per-group :class:`~bnsym.codegen.plan.Assign` statements between the stages: loops over the groups in a
-  driver function, in the plan's order, each value stored in the fields' dtype (as the NumPy kernels round them);
-* a driver per variant (``_<kernel>_rows``, ``_<kernel>_runs``) that calls the stages and outputs of its nest;
-* a Python wrapper with the NumPy kernel's signature that arranges the arrays (:class:`bnsym._fused.FusedLayout`),
-  runs the driver of the layout's nest, and falls back to the NumPy kernel for what the loops do not cover
-  (another layout, a sharded reducer).
-
-A plan that reads a parameter varying within a group or sums a parameter's gradient over groups, and any plan of
-a layer whose groups lie within one sample (every layer but batch norm), is printed by
-:mod:`bnsym.codegen.numba_local` instead (group-local loops, for groups that are contiguous runs, and
-:mod:`bnsym.codegen.numba_interleaved` for groups that interleave on channel-last input).
-
-Loops are parallel over blocks of rows or over runs with ``numba.prange`` (as many threads as
-``numba.set_num_threads`` allows). Only the reduction stages are compiled with reassociation (``fastmath``
-"reassoc", so that LLVM vectorises a float32 sum); the elementwise passes keep IEEE semantics. Loop indices start
-at 0 on views of the fields: an index that LLVM cannot prove non-negative makes Numba emit its negative-index
-wrap-around, and the loop is then compiled to gathers, ten times slower.
+:class:`NumbaPlanPrinter` chooses from the layer's declaration (``per_sample``, ``channel_axis``,
+``parameter_per_value``) and the plan; a kernel whose groups lie within one sample gets the group-local loops and,
+with a channel axis, the sample-wise ones too, and its wrapper tries them in that order before the NumPy kernel.
+The printers share :mod:`bnsym.codegen.numba_text` and :mod:`bnsym.codegen.numba_plan` and never import each
+other; only this module knows all three.
 """
 
 from __future__ import annotations
 
-import textwrap
+from dataclasses import dataclass
 
-import sympy
+from bnsym.codegen.numba_interleaved import InterleavedPrinter
+from bnsym.codegen.numba_local import NESTS as LOCAL_NESTS
+from bnsym.codegen.numba_local import GroupLocalPrinter
+from bnsym.codegen.numba_plan import PlanNames
+from bnsym.codegen.numba_stages import StageLoopPrinter
+from bnsym.codegen.numba_text import CompiledLoops, module_prelude, python_tuple, reads_parameters, wrapper_head
+from bnsym.codegen.plan import KernelPlan
+from bnsym.naming import REDUCER
 
-from bnsym._reduce import BLOCK, RUN
-from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
-from bnsym.codegen.printer import KernelPrinter
-from bnsym.naming import COUNT, REDUCER
-from bnsym.symbolic.reduction import M, ParameterField
-
-__all__ = ["NumbaPlanPrinter", "Printer", "atoms_used", "module_prelude", "names_read", "plan_symbols",
-           "python_tuple", "wrapper_head"]
-
-
-#: The two loop nests of the fused loops (module docstring): groups side by side in every row, or contiguous runs.
-NESTS = ("rows", "runs")
-NEST = "<nest>"  # where a driver's calls name the variant of its nest
-_NEST_NOTES = {"rows": "Fields with inner == 1 (groups side by side in every row).",
-               "runs": "Fields with inner > 1 (one contiguous run per row and group)."}
-
-#: The layouts of bnsym._fused that a generated wrapper may use.
-LAYOUTS = ("FusedLayout", "GroupLocalLayout", "InterleavedLayout")
+__all__ = ["GROUP_LOCAL", "SAMPLE_WISE", "STAGES", "STRATEGIES", "NumbaPlanPrinter", "Strategy", "module_prelude"]
 
 
-def module_prelude(numpy_module: str, functions: str) -> list[str]:
-    """The imports and constants of a generated Numba module whose fallback kernels are in ``numpy_module``, for
-    the source ``functions`` of its kernels (which layouts they use)."""
-    layouts = [name for name in LAYOUTS if f"{name}.of(" in functions]
-    return [
-        "import numba",
-        "import numpy",
-        "",
-        f"from {numpy_module.rsplit('.', 1)[0]} import {numpy_module.rsplit('.', 1)[1]} as numpy_kernels",
-        "from bnsym._compiled import run_compiled",
-        f"from bnsym._fused import {', '.join(layouts)}",
-        "",
-        "#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).",
-        f"BLOCK = {BLOCK}",
-        "#: At most this many contiguous values of one run go into one float32 partial sum (bnsym._reduce.RUN).",
-        f"RUN = {RUN}",
-        "#: Reductions may be reassociated (LLVM then vectorises a float32 sum); nothing else may.",
-        'REASSOCIATE = {"reassoc"}',
-        "",
-        "# Numba starts its thread pool when a parallel function is called through its dispatcher; a driver loaded",
-        "# from the disk cache calls the parallel loops directly, and without a pool that call jumps to address 0.",
-        "numba.get_num_threads()",
-    ]
+@dataclass(frozen=True)
+class Strategy:
+    """One way of compiling a kernel: its ``printer``, the runtime ``layout`` (a class of :mod:`bnsym._fused`)
+    whose arrays its loops take, and what it ``covers``, in the words of the generated wrapper's docstring."""
+
+    name: str
+    printer: type
+    layout: str
+    covers: str
 
 
-class Printer(KernelPrinter):
-    """Prints one expression with symbols renamed (``mean`` -> ``mean[g]``) and, inside field loops, numbers in
-    the fields' dtype (Numba types ``3 * float32`` as float64, which would promote the whole loop)."""
-
-    def __init__(self, names: dict[str, str], typed_numbers: bool):
-        super().__init__()
-        self._settings["order"] = "none"  # print sums and products in the order built (the NumPy kernel's)
-        self.names = names
-        self.typed_numbers = typed_numbers
-
-    def _print_Symbol(self, expr):
-        if expr == M:
-            return self.names.get(COUNT, COUNT)
-        return self.names.get(expr.name, expr.name)
-
-    def _print_Integer(self, expr):
-        return f"dtype({int(expr)})" if self.typed_numbers else str(int(expr))
-
-    def _print_Rational(self, expr):
-        if self.typed_numbers:
-            return f"(dtype({expr.p})/dtype({expr.q}))"
-        return f"({expr.p}/{expr.q})"
-
-    def _print_Pow(self, expr, rational=False):
-        if self.typed_numbers and expr.exp.is_Integer:
-            base = self.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Pow"])
-            if expr.exp.is_negative:
-                return f"dtype(1)/{base}**{-int(expr.exp)}"
-            return f"{base}**{int(expr.exp)}"
-        return super()._print_Pow(expr, rational=rational)
-
-
-def plan_symbols(plan: KernelPlan) -> set:
-    """Every symbol that a plan's statements read or define."""
-    found: set = set()
-    for statement in plan.statements:
-        if isinstance(statement, Assign):
-            found |= statement.expr.free_symbols | {statement.name}
-        elif isinstance(statement, Reduce):
-            found |= {f for term in statement.terms for f in term}
-        else:
-            found |= {statement.name} | statement.scale.free_symbols | statement.form.constant.free_symbols
-            for monomial, coefficient in statement.form.terms:
-                found |= monomial.free_symbols | coefficient.free_symbols
-    return found
-
-
-class _Kinds:
-    """What each name of a plan is: a field, a field atom, a count-only scalar, a float64 total or per-group."""
-
-    def __init__(self, plan: KernelPlan):
-        self.plan = plan
-        self.inputs = tuple(p for p in plan.parameters if p not in (REDUCER, COUNT))
-        self.fields = set(plan.fields)
-        self.atoms = {s.name.name: s.expr for s in plan.statements if isinstance(s, Assign)
-                      and s.name.name in self.fields}
-        self.scalars: set[str] = set()
-        for s in plan.statements:
-            if isinstance(s, Assign) and s.name.name not in self.fields:
-                names = {f.name for f in s.expr.free_symbols if f != M}
-                if names <= self.scalars:
-                    self.scalars.add(s.name.name)
-        self.totals = {n.name for s in plan.statements if isinstance(s, Reduce) for n in s.names}
-
-    def field_symbols(self, expr_or_names) -> list[str]:
-        """The names a field loop reads for these expressions, atoms expanded, in first-seen order."""
-        return names_read(self.atoms, expr_or_names)
-
-    def atoms_used(self, names: list[str]) -> list[str]:
-        """The atoms among the names read (directly or through other atoms), in definition order."""
-        return atoms_used(self.atoms, names)
-
-
-def names_read(atoms: dict, exprs) -> list[str]:
-    """The names that a loop evaluating ``exprs`` (expressions, or names) reads, in first-seen order, each atom
-    (``atoms``: name -> its expression, computed in the loop body) replaced by what it reads; M reads ``count``."""
-    seen: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in atoms:
-            for symbol in sorted(atoms[name].free_symbols, key=sympy.default_sort_key):
-                visit(symbol.name if symbol != M else COUNT)
-        elif name not in seen:
-            seen.append(name)
-
-    for item in exprs:
-        if isinstance(item, str):
-            visit(item)
-        else:
-            for symbol in sorted(item.free_symbols, key=sympy.default_sort_key):
-                visit(symbol.name if symbol != M else COUNT)
-    return seen
-
-
-def atoms_used(atoms: dict, exprs) -> list[str]:
-    """The atoms that ``exprs`` (expressions, or names) read, directly or through other atoms, in the order of
-    ``atoms`` (their definition order)."""
-    used: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in atoms and name not in used:
-            used.add(name)
-            for symbol in atoms[name].free_symbols:
-                visit(symbol.name)
-
-    for item in exprs:
-        for name in ([item] if isinstance(item, str) else [s.name for s in item.free_symbols]):
-            visit(name)
-    return [a for a in atoms if a in used]
-
-
-def python_tuple(items) -> str:
-    """The source of a tuple of these names: ``(a,)`` for one."""
-    items = list(items)
-    return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
-
-
-def wrapper_head(plan: KernelPlan, indent: str, compiled: str) -> list[str]:
-    """The ``def`` line and docstring of a compiled kernel's wrapper: the NumPy kernel's paragraphs, then
-    ``compiled``, a paragraph on what the loops cover."""
-    width = 116 - len(indent)
-    doc = textwrap.wrap(f'"""{plan.docstring[0]}', width)
-    for paragraph in plan.docstring[1:] + (compiled,):
-        doc += [""] + textwrap.wrap(paragraph, width)
-    doc += ['"""']
-    return [f"def {plan.name}({', '.join(plan.parameters)}):"] + [indent + line if line else "" for line in doc]
-
-
-def _reads_parameters(plan: KernelPlan) -> bool:
-    """Whether ``plan`` sums over the groups that share a parameter or reads a parameter that varies within a
-    group: what the stage loops do not cover."""
-    return (any(isinstance(s, Reduce) and s.over != "group" for s in plan.statements)
-            or any(isinstance(symbol, ParameterField) for symbol in plan_symbols(plan)))
+STAGES = Strategy("stage loops", StageLoopPrinter, "FusedLayout",
+                  "one pass over memory per reduction stage and one for the field outputs")
+GROUP_LOCAL = Strategy("group-local loops", GroupLocalPrinter, "GroupLocalLayout",
+                       "each group's stages and outputs one after another while the group is in cache "
+                       "(bnsym.codegen.numba_local)")
+SAMPLE_WISE = Strategy("sample-wise loops", InterleavedPrinter, "InterleavedLayout",
+                       "on channel-last input, one sample at a time with its groups side by side "
+                       "(bnsym.codegen.numba_interleaved)")
+STRATEGIES = (STAGES, GROUP_LOCAL, SAMPLE_WISE)
 
 
 class NumbaPlanPrinter:
-    """Renders a :class:`KernelPlan` as Numba functions and a wrapper with the NumPy kernel's signature."""
+    """Renders a :class:`KernelPlan` as the Numba functions of its strategies and a wrapper with the NumPy
+    kernel's signature (module docstring)."""
 
     def __init__(self, indent: str = "    ", per_sample: bool = False, channel_axis: bool = False,
                  parameter_per_value: bool = False):
         """``per_sample``: every group of the layer lies within one sample, so every plan that the group-local
         loops cover gets them (not only those that read a parameter varying within a group or sum a parameter);
-        ``channel_axis``: the layer's groups interleave on channel-last input, so the group-local printer adds
-        sample-wise loops for that layout; ``parameter_per_value``: a parameter has one value per value of a group,
-        so the group-local loops need their flat nest only."""
+        ``channel_axis``: the layer's groups interleave on channel-last input, so the sample-wise loops are added
+        for that layout; ``parameter_per_value``: a parameter has one value per value of a group, so the
+        group-local loops need their flat nest only."""
         self.indent = indent
         self.per_sample = per_sample
         self.channel_axis = channel_axis
         self.parameter_per_value = parameter_per_value
 
-    # ----- the whole kernel -----
+    def strategies(self, plan: KernelPlan) -> tuple[Strategy, ...]:
+        """The strategies that run ``plan``, in the order its wrapper tries them: the one place that chooses."""
+        # Parameters that vary within a group and parameter sums: the group-local loops cover them for groups that
+        # are contiguous runs. Groups within a sample: a group in cache is cheaper than a pass over memory per
+        # stage, so they take every such plan.
+        if (reads_parameters(plan) or self.per_sample) and GroupLocalPrinter.unsupported(plan) is None:
+            return (GROUP_LOCAL, SAMPLE_WISE) if self.per_sample and self.channel_axis else (GROUP_LOCAL,)
+        return (STAGES,)
 
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
-        kinds = _Kinds(plan)
-        if _reads_parameters(plan) or self.per_sample:
-            # Parameters that vary within a group and parameter sums: the group-local loops cover them for groups
-            # that are contiguous runs (their wrapper runs the NumPy kernel for any other layout). Groups within a
-            # sample: a group in cache is cheaper than a pass over memory per stage, so they take every such plan.
-            from bnsym.codegen.numba_local import NESTS as NESTS_LOCAL
-            from bnsym.codegen.numba_local import GroupLocalPrinter
+        chosen = self.strategies(plan)
+        if chosen == (STAGES,):
+            return StageLoopPrinter(self.indent).render(plan)
+        loops = [self._printer(strategy).render(plan) for strategy in chosen]
+        return "\n\n\n".join([loop.source for loop in loops] + [self._wrapper(plan, chosen, loops)])
 
-            if GroupLocalPrinter.unsupported(plan) is None:
-                return GroupLocalPrinter(self.indent, self.per_sample and self.channel_axis,
-                                         nests=("flat",) if self.parameter_per_value else NESTS_LOCAL).render(plan)
-        reason = self._unsupported(plan, kinds)
-        if reason:
-            return self._delegate(plan, reason)
-        parts = []
-        stage = 0
-        calls = []  # the driver's body
-        group_lines: list[str] = []
-        allocated: set[str] = set()
-        statements = list(plan.statements)
-        index = 0
-        field_inputs = [n for n in kinds.inputs if n in kinds.fields]
-        first = field_inputs[0]
-        while index < len(statements):
-            statement = statements[index]
-            if isinstance(statement, Assign):
-                if statement.name.name in kinds.fields:
-                    pass  # an atom: computed inside the loops that read it
-                elif statement.name.name in kinds.scalars:
-                    self._flush(group_lines, calls)
-                    calls.append(f"{statement.name.name} = {self._scalar(statement.expr)}")
-                else:
-                    name = statement.name.name
-                    if name not in allocated:
-                        calls.append(f"{name} = numpy.empty(groups, {first}.dtype)")
-                        allocated.add(name)
-                    group_lines.append(f"{name}[g] = {self._group(statement.expr, kinds)}")
-                index += 1
-            elif isinstance(statement, Reduce):
-                self._flush(group_lines, calls)
-                stage += 1
-                function = f"_{plan.name}_stage{stage}"
-                source, arguments = self._stage(function, plan, statement, kinds, stage)
-                parts.append(source)
-                names = ", ".join(n.name for n in statement.names)
-                calls.append(f"{names}{',' if len(statement.names) == 1 else ''} = {function}_{NEST}("
-                             f"{', '.join(self._argument(a, kinds, first) for a in arguments)})")
-                index += 1
-            else:  # the field outputs: every Accumulate from here on, in one pass
-                self._flush(group_lines, calls)
-                outputs = [s for s in statements[index:] if isinstance(s, Accumulate)]
-                if len(outputs) != len(statements) - index:
-                    raise ValueError(f"{plan.name}: a statement follows the field outputs; the fused printer "
-                                     "evaluates them last, in one pass")
-                function = f"_{plan.name}_outputs"
-                source, arguments = self._outputs(function, plan, outputs, kinds)
-                parts.append(source)
-                calls.append(f"{function}_{NEST}({', '.join(self._argument(a, kinds, first) for a in arguments)})")
-                index = len(statements)
-        self._flush(group_lines, calls)
-        field_outputs = [s.name for s in plan.returns if s.name in kinds.fields]
-        group_outputs = [s.name for s in plan.returns if s.name not in kinds.fields]
-        for name in group_outputs:
-            if name not in allocated and name not in kinds.totals:
-                raise ValueError(f"{plan.name}: the result {name} is neither a field nor a per-group value")
-        calls.append(f"return {', '.join(group_outputs)}{',' if len(group_outputs) == 1 else ''}" if group_outputs
-                     else "return")
-        parts += [self._driver(plan, kinds, [line.replace(NEST, nest) for line in calls], field_outputs, nest)
-                  for nest in NESTS]
-        parts.append(self._wrapper(plan, kinds, field_outputs, group_outputs))
-        return "\n\n\n".join(parts)
+    def _printer(self, strategy: Strategy):
+        if strategy is GROUP_LOCAL:
+            return GroupLocalPrinter(self.indent, nests=("flat",) if self.parameter_per_value else LOCAL_NESTS)
+        return strategy.printer(self.indent)
 
-    # ----- pieces -----
-
-    def _docstring(self, text: str) -> list[str]:
-        lines = textwrap.wrap(f'"""{text}"""', 116 - len(self.indent))
-        return [self.indent + line for line in lines]
-
-    def _unsupported(self, plan: KernelPlan, kinds: _Kinds) -> str | None:
-        """Why the loops do not cover ``plan`` (it is then delegated to the NumPy kernel), or None."""
-        if not any(n in kinds.fields for n in kinds.inputs):
-            return "it reads no field (only per-group values): nothing to fuse"
-        if any(isinstance(s, Reduce) and s.over != "group" for s in plan.statements):
-            return "it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover"
-        if any(isinstance(symbol, ParameterField) for symbol in plan_symbols(plan)):
-            return "it reads a parameter that varies within a group (of the parameters' shape, not per group)"
-        return None
-
-    def _delegate(self, plan: KernelPlan, reason: str) -> str:
-        return f"# {plan.name}: the NumPy kernel, because {reason}.\n{plan.name} = numpy_kernels.{plan.name}"
-
-    def _flush(self, group_lines: list[str], calls: list[str]) -> None:
-        if group_lines:
-            calls.append("for g in range(groups):")
-            calls.extend(self.indent + line for line in group_lines)
-            group_lines.clear()
-
-    def _scalar(self, expr: sympy.Expr) -> str:
-        return Printer({}, typed_numbers=False).doprint(expr)
-
-    def _group(self, expr: sympy.Expr, kinds: _Kinds) -> str:
-        names = {s.name: s.name if s.name in kinds.scalars else f"{s.name}[g]" for s in expr.free_symbols if s != M}
-        return Printer(names, typed_numbers=False).doprint(expr)
-
-    def _argument(self, name: str, kinds: _Kinds, first: str) -> str:
-        """How the driver passes ``name`` to a field loop: in the fields' dtype."""
-        if name in kinds.totals:
-            return f"{name}.astype({first}.dtype)"
-        if name in kinds.scalars or name == COUNT:
-            return f"{first}.dtype.type({name})"
-        return name
-
-    def _field_text(self, kinds: _Kinds, fields: list[str], groups: list[str], nest: str):
-        """Symbol names inside the innermost loop of a nest: ``x_r[g]``/``mean[g]`` or ``x_p[i]``/``mean_g``."""
-        if nest == "rows":
-            names = {f: f"{f}_r[g]" for f in fields} | {v: f"{v}[g]" for v in groups}
-        else:
-            names = {f: f"{f}_p[i]" for f in fields} | {v: f"{v}_g" for v in groups}
-        names.update({a: a for a in kinds.atoms})
-        return names
-
-    def _atom_lines(self, kinds: _Kinds, atoms: list[str], printer: Printer) -> list[str]:
-        return [f"{a} = {printer.doprint(kinds.atoms[a])}" for a in atoms]
-
-    def _stage(self, function: str, plan: KernelPlan, statement: Reduce, kinds: _Kinds, stage: int):
-        """Stage ``stage``'s two variants, ``function``_rows and ``function``_runs (module docstring), and the
-        arguments they take."""
-        reads = kinds.field_symbols([f.name for term in statement.terms for f in term])
-        fields = [n for n in reads if n in kinds.fields]
-        groups = [n for n in reads if n not in kinds.fields]
-        atoms = kinds.atoms_used([f.name for term in statement.terms for f in term])
-        arguments = fields + groups
-        first = fields[0]
-        k = range(len(statement.terms))
-        totals = [n.name for n in statement.names]
-        described = ", ".join("*".join(f.name for f in term) for term in statement.terms)
+    def _wrapper(self, plan: KernelPlan, chosen: tuple[Strategy, ...], loops: list[CompiledLoops]) -> str:
+        """The wrapper with the NumPy kernel's signature: each strategy's loops for its layout, in order, and the
+        NumPy kernel for anything else."""
         i = self.indent
-        i2, i3 = i * 2, i * 3
-        sources = []
-        for nest in NESTS:
-            lines = [
-                "@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)",
-                f"def {function}_{nest}({', '.join(arguments)}):",
-                *self._docstring(f"Stage {stage} of {plan.name}, one pass over the fields: the per-group totals "
-                                 f"(float64) of {described}. {_NEST_NOTES[nest]}"),
-                f"{i}rows, groups, inner = {first}.shape",
-                f"{i}dtype = {first}.dtype.type",
-            ]
-            nest_lines = self._stage_rows if nest == "rows" else self._stage_runs
-            lines += [i + line for line in nest_lines(statement, kinds, fields, groups, atoms, k)]
-            # Loops, not array expressions: Numba would make each of those a parallel region of its own, and waking
-            # the threads for it costs more than the work (with OMP_WAIT_POLICY=PASSIVE, tens of microseconds each).
-            lines += [f"{i}{name} = numpy.empty(groups)" for name in totals]
-            lines += [f"{i}for g in range(groups):"] + [f"{i2}{name}[g] = 0.0" for name in totals]
-            lines += [f"{i}for part in range(parts):", f"{i2}for g in range(groups):"]
-            lines += [f"{i3}{name}[g] += part{j}[part, g]" for j, name in zip(k, totals)]
-            lines += [f"{i}return {', '.join(totals)}{',' if len(totals) == 1 else ''}"]
-            sources.append("\n".join(lines))
-        return "\n\n\n".join(sources), arguments
-
-    def _stage_rows(self, statement: Reduce, kinds: _Kinds, fields, groups, atoms, k) -> list[str]:
-        """(rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows."""
-        i = self.indent
-        i2, i3 = i * 2, i * 3
-        rows = Printer(self._field_text(kinds, fields, groups, "rows"), typed_numbers=True)
-        first = fields[0]
-        lines = [f"{f}_rows = {f}.reshape((rows, groups))" for f in fields]
-        lines += ["parts = (rows + BLOCK - 1) // BLOCK"]
-        lines += [f"part{j} = numpy.empty((parts, groups))" for j in k]
-        lines += ["for part in numba.prange(parts):"]
-        lines += [f"{i}block{j} = numpy.zeros(groups, {first}.dtype)" for j in k]
-        lines += [f"{i}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
-        lines += [f"{i2}{f}_r = {f}_rows[row]" for f in fields]
-        lines += [f"{i2}for g in range(groups):"]
-        lines += [f"{i3}{line}" for line in self._atom_lines(kinds, atoms, rows)]
-        lines += [f"{i3}block{j}[g] += {rows.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
-        lines += [f"{i}part{j}[part] = block{j}" for j in k]
-        return lines
-
-    def _stage_runs(self, statement: Reduce, kinds: _Kinds, fields, groups, atoms, k) -> list[str]:
-        """(rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN."""
-        i = self.indent
-        i2, i3 = i * 2, i * 3
-        runs = Printer(self._field_text(kinds, fields, groups, "runs"), typed_numbers=True)
-        first = fields[0]
-        lines = ["parts = rows"]
-        lines += [f"part{j} = numpy.empty((rows, groups))" for j in k]
-        lines += ["for run in numba.prange(rows * groups):", f"{i}row = run // groups", f"{i}g = run % groups"]
-        lines += [f"{i}{v}_g = {v}[g]" for v in groups]
-        lines += [f"{i}total{j} = 0.0" for j in k]
-        lines += [f"{i}for start in range(0, inner, RUN):"]
-        lines += [f"{i2}{f}_p = {f}[row, g, start:start + RUN]" for f in fields]
-        lines += [f"{i2}piece{j} = dtype(0)" for j in k]
-        lines += [f"{i2}for i in range({first}_p.size):"]
-        lines += [f"{i3}{line}" for line in self._atom_lines(kinds, atoms, runs)]
-        lines += [f"{i3}piece{j} += {runs.doprint(self._product(term))}" for j, term in zip(k, statement.terms)]
-        lines += [f"{i2}total{j} += piece{j}" for j in k]
-        lines += [f"{i}part{j}[row, g] = total{j}" for j in k]
-        return lines
-
-    @staticmethod
-    def _product(term) -> sympy.Expr:
-        # Built unevaluated so that x_minus_mean*x_minus_mean prints as such, not as a power.
-        return sympy.Mul(*term, evaluate=False) if len(term) > 1 else term[0]
-
-    def _form(self, statement: Accumulate) -> sympy.Expr:
-        """The output's expression in the NumPy kernel's order: the start term first, then the rest, constant,
-        scale."""
-        terms = [statement.start] + [t for t in statement.form.terms if t != statement.start]
-        total = None
-        for monomial, coefficient in terms:
-            term = monomial if coefficient == 1 else (sympy.Mul(-1, monomial, evaluate=False) if coefficient == -1
-                                                      else sympy.Mul(monomial, coefficient, evaluate=False))
-            total = term if total is None else sympy.Add(total, term, evaluate=False)
-        if statement.form.constant != 0:
-            total = sympy.Add(total, statement.form.constant, evaluate=False)
-        if statement.scale != 1:
-            total = sympy.Mul(total, statement.scale, evaluate=False)
-        return total
-
-    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], kinds: _Kinds):
-        """The field outputs' two variants, ``function``_rows and ``function``_runs, and their arguments."""
-        expressions = [self._form(s) for s in outputs]
-        reads = kinds.field_symbols(expressions)
-        fields = [n for n in reads if n in kinds.fields]
-        groups = [n for n in reads if n not in kinds.fields]
-        atoms = kinds.atoms_used([s.name for e in expressions for s in e.free_symbols])
-        names = [s.name.name for s in outputs]
-        arguments = fields + groups + names
-        i = self.indent
-        i2, i3, i4 = i * 2, i * 3, i * 4
-        out = names[0]
-        sources = []
-        for nest in NESTS:
-            printer = Printer(self._field_text(kinds, fields + names, groups, nest), typed_numbers=True)
-            lines = [
-                "@numba.njit(cache=True, parallel=True)",
-                f"def {function}_{nest}({', '.join(arguments)}):",
-                *self._docstring(f"The field outputs of {plan.name} ({', '.join(names)}), written in one pass. "
-                                 f"{_NEST_NOTES[nest]}"),
-                f"{i}rows, groups, inner = {out}.shape",
-                f"{i}dtype = {out}.dtype.type",
-            ]
-            if nest == "rows":
-                lines += [f"{i}{f}_rows = {f}.reshape((rows, groups))" for f in fields + names]
-                lines += [f"{i}for part in numba.prange((rows + BLOCK - 1) // BLOCK):",
-                          f"{i2}for row in range(part * BLOCK, min(rows, part * BLOCK + BLOCK)):"]
-                lines += [f"{i3}{f}_r = {f}_rows[row]" for f in fields + names]
-                lines += [f"{i3}for g in range(groups):"]
-                body = i4
-            else:
-                lines += [f"{i}for run in numba.prange(rows * groups):", f"{i2}row = run // groups",
-                          f"{i2}g = run % groups"]
-                lines += [f"{i2}{v}_g = {v}[g]" for v in groups]
-                lines += [f"{i2}{f}_p = {f}[row, g]" for f in fields + names]
-                lines += [f"{i2}for i in range(inner):"]
-                body = i3
-            lines += [f"{body}{line}" for line in self._atom_lines(kinds, atoms, printer)]
-            lines += [f"{body}{printer.names[n]} = {printer.doprint(e)}" for n, e in zip(names, expressions)]
-            sources.append("\n".join(lines))
-        return "\n\n\n".join(sources), arguments
-
-    def _driver(self, plan: KernelPlan, kinds: _Kinds, calls: list[str], field_outputs: list[str],
-                nest: str) -> str:
-        inputs = list(kinds.inputs) + ([COUNT] if REDUCER in plan.parameters or COUNT in plan.parameters else [])
-        first = next(n for n in kinds.inputs if n in kinds.fields)
-        i = self.indent
-        lines = [
-            "@numba.njit(cache=True)",
-            f"def _{plan.name}_{nest}({', '.join(inputs + field_outputs)}):",
-            *self._docstring(f"{plan.name} on (rows, groups, inner) fields and (groups,) per-group values: writes "
-                             f"{', '.join(field_outputs)} and returns the per-group results. {_NEST_NOTES[nest]}"),
-            f"{i}groups = {first}.shape[1]",
-        ]
-        lines += [i + line for line in calls]
+        names = PlanNames(plan)
+        per_group = [n for n in names.inputs if n not in names.fields + names.parameters]
+        covers = ", or, ".join(strategy.covers for strategy in chosen)
+        lines = wrapper_head(plan, i, f"Compiled: {covers}; any other layout or reducer runs the NumPy kernel.")
+        of = (f"{REDUCER}, fields={python_tuple(names.fields)}, per_group={python_tuple(per_group)}, "
+              f"parameters={python_tuple(names.parameters)}")
+        for strategy, loop in zip(chosen, loops):
+            lines += [f"{i}layout = {strategy.layout}.of({of})", f"{i}if layout is not None{loop.condition}:"]
+            lines += self._call(plan, names, loop.driver, loop.shape)
+        lines += [f"{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
         return "\n".join(lines)
 
-    def _wrapper(self, plan: KernelPlan, kinds: _Kinds, field_outputs: list[str], group_outputs: list[str]) -> str:
-        i = self.indent
-        fields = [n for n in kinds.inputs if n in kinds.fields]
-        groups = [n for n in kinds.inputs if n not in kinds.fields]
-        reducer = REDUCER if REDUCER in plan.parameters else "None"
-        lines = wrapper_head(plan, i, "Compiled: one pass over memory per reduction stage and one for the field "
-                             "outputs (bnsym._fused has the layouts); any other layout, reducer or sum runs the NumPy "
-                             "kernel.")
-        lines += [f"{i}layout = FusedLayout.of({reducer}, fields=({', '.join(fields)},), "
-                  f"per_group={python_tuple(groups)})",
-                  f"{i}if layout is None:",
-                  f"{i}{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
-        lines += [f"{i}{n} = layout.empty()" for n in field_outputs]
-        arguments = [f"layout.fields({n})" if n in kinds.fields else f"layout.per_group({n})" for n in kinds.inputs]
-        if REDUCER in plan.parameters:
-            arguments.append(f"{REDUCER}.count")
-        elif COUNT in plan.parameters:
-            arguments.append(COUNT)
-        arguments += [f"layout.fields({n})" for n in field_outputs]
-        results = ", ".join(group_outputs)
-        call = f"run_compiled(_{plan.name}_rows if layout.inner == 1 else _{plan.name}_runs, {', '.join(arguments)})"
-        if group_outputs:
-            lines.append(f"{i}{results}{',' if len(group_outputs) == 1 else ''} = {call}")
-        else:
-            lines.append(f"{i}{call}")
-        returned = [n if n in field_outputs else f"layout.grouped({n})" for n in (s.name for s in plan.returns)]
-        lines.append(f"{i}return {', '.join(returned)}")
-        return "\n".join(lines)
+    def _call(self, plan: KernelPlan, names: PlanNames, function: str, shape: list[str]) -> list[str]:
+        """The wrapper's lines (inside its ``if``) that call ``function`` with the arrays arranged by ``layout``
+        and ``shape`` (what the function takes after M), and return its results as the NumPy kernel does."""
+        i2 = self.indent * 2
+        lines = [f"{i2}{n} = layout.empty()" for n in names.outputs]
+        arguments = [f"layout.fields({n})" if n in names.fields else
+                     f"layout.parameter({n})" if n in names.parameters else f"layout.per_group({n})"
+                     for n in names.inputs]
+        arguments += [f"{REDUCER}.count", *shape] + [f"layout.fields({n})" for n in names.outputs]
+        results = [s.name for s in plan.returns if s.name not in names.outputs]
+        call = f"run_compiled({function}, {', '.join(arguments)})"
+        lines.append(f"{i2}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
+                     else f"{i2}{call}")
+        returned = [n if n in names.outputs else f"layout.grouped({n})" if n in names.group_results
+                    else f"layout.parameter_result({n})" for n in (s.name for s in plan.returns)]
+        return lines + [f"{i2}return {', '.join(returned)}"]
