@@ -17,13 +17,14 @@ __all__ = ["LoopStep", "PlanNames", "form", "loop_steps", "merged_passes", "prod
 
 
 class PlanNames:
-    """What each name of a plan is, for the group-local loops.
+    """What each name of a plan is, for every loop printer: the one analysis of a plan.
 
     ``fields``: full-size inputs and outputs; ``parameters``: parameter-shaped inputs (:class:`ParameterField`);
     ``atoms``: element-valued assignments (computed in the loop bodies, never stored); ``scalars``: values of M
     alone; ``parameter_values``: parameter sums and what is computed from them (after the loops); everything else
     is a per-group value. ``accumulates``: the field outputs' statements; ``group_results``: the per-group values
-    that the kernel returns (its statistics).
+    that the kernel returns (its statistics); ``every_field``: every full-size name; ``totals``: the names of the
+    group sums.
     """
 
     def __init__(self, plan: KernelPlan):
@@ -54,6 +55,8 @@ class PlanNames:
                 self.scalars.append((s.name.name, s.expr))
         self.scalar_names = scalar_names
         self.element = element
+        self.every_field = set(plan.fields)  # full-size values: inputs, atoms and outputs
+        self.totals = {n.name for s in plan.statements if isinstance(s, Reduce) for n in s.names}
         self.group_results = [s.name for s in plan.returns if s.name not in self.fields and s.name not in self.outputs
                               and s.name not in self.parameter_values]
 

@@ -44,8 +44,8 @@ import textwrap
 
 import sympy
 
-from bnsym.codegen.numba_plan import form, product
-from bnsym.codegen.numba_text import Printer, atoms_used, names_read, plan_symbols, python_tuple, wrapper_head
+from bnsym.codegen.numba_plan import PlanNames, form, product
+from bnsym.codegen.numba_text import Printer, plan_symbols, python_tuple, wrapper_head
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
@@ -59,32 +59,6 @@ NEST = "<nest>"  # where a driver's calls name the variant of its nest
 _NEST_NOTES = {"rows": "Fields with inner == 1 (groups side by side in every row).",
                "runs": "Fields with inner > 1 (one contiguous run per row and group)."}
 
-class _Kinds:
-    """What each name of a plan is: a field, a field atom, a count-only scalar, a float64 total or per-group."""
-
-    def __init__(self, plan: KernelPlan):
-        self.plan = plan
-        self.inputs = tuple(p for p in plan.parameters if p not in (REDUCER, COUNT))
-        self.fields = set(plan.fields)
-        self.atoms = {s.name.name: s.expr for s in plan.statements if isinstance(s, Assign)
-                      and s.name.name in self.fields}
-        self.scalars: set[str] = set()
-        for s in plan.statements:
-            if isinstance(s, Assign) and s.name.name not in self.fields:
-                names = {f.name for f in s.expr.free_symbols if f != M}
-                if names <= self.scalars:
-                    self.scalars.add(s.name.name)
-        self.totals = {n.name for s in plan.statements if isinstance(s, Reduce) for n in s.names}
-
-    def field_symbols(self, expr_or_names) -> list[str]:
-        """The names a field loop reads for these expressions, atoms expanded, in first-seen order."""
-        return names_read(self.atoms, expr_or_names)
-
-    def atoms_used(self, names: list[str]) -> list[str]:
-        """The atoms among the names read (directly or through other atoms), in definition order."""
-        return atoms_used(self.atoms, names)
-
-
 class StageLoopPrinter:
     """Renders a :class:`KernelPlan` as stage loops (module docstring): the Numba functions and a wrapper with the
     NumPy kernel's signature, or, for a plan the loops do not cover, the NumPy kernel itself."""
@@ -97,11 +71,11 @@ class StageLoopPrinter:
     @staticmethod
     def unsupported(plan: KernelPlan) -> str | None:
         """Why the stage loops do not cover ``plan`` (it is then delegated to the NumPy kernel), or None."""
-        return StageLoopPrinter._unsupported(plan, _Kinds(plan))
+        return StageLoopPrinter._unsupported(plan, PlanNames(plan))
 
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
-        kinds = _Kinds(plan)
+        kinds = PlanNames(plan)
         reason = self._unsupported(plan, kinds)
         if reason:
             return self._delegate(plan, reason)
@@ -112,14 +86,14 @@ class StageLoopPrinter:
         allocated: set[str] = set()
         statements = list(plan.statements)
         index = 0
-        field_inputs = [n for n in kinds.inputs if n in kinds.fields]
+        field_inputs = [n for n in kinds.inputs if n in kinds.every_field]
         first = field_inputs[0]
         while index < len(statements):
             statement = statements[index]
             if isinstance(statement, Assign):
-                if statement.name.name in kinds.fields:
+                if statement.name.name in kinds.every_field:
                     pass  # an atom: computed inside the loops that read it
-                elif statement.name.name in kinds.scalars:
+                elif statement.name.name in kinds.scalar_names:
                     self._flush(group_lines, calls)
                     calls.append(f"{statement.name.name} = {self._scalar(statement.expr)}")
                 else:
@@ -151,8 +125,8 @@ class StageLoopPrinter:
                 calls.append(f"{function}_{NEST}({', '.join(self._argument(a, kinds, first) for a in arguments)})")
                 index = len(statements)
         self._flush(group_lines, calls)
-        field_outputs = [s.name for s in plan.returns if s.name in kinds.fields]
-        group_outputs = [s.name for s in plan.returns if s.name not in kinds.fields]
+        field_outputs = [s.name for s in plan.returns if s.name in kinds.every_field]
+        group_outputs = [s.name for s in plan.returns if s.name not in kinds.every_field]
         for name in group_outputs:
             if name not in allocated and name not in kinds.totals:
                 raise ValueError(f"{plan.name}: the result {name} is neither a field nor a per-group value")
@@ -170,9 +144,9 @@ class StageLoopPrinter:
         return [self.indent + line for line in lines]
 
     @staticmethod
-    def _unsupported(plan: KernelPlan, kinds: _Kinds) -> str | None:
+    def _unsupported(plan: KernelPlan, kinds: PlanNames) -> str | None:
         """Why the loops do not cover ``plan`` (it is then delegated to the NumPy kernel), or None."""
-        if not any(n in kinds.fields for n in kinds.inputs):
+        if not any(n in kinds.every_field for n in kinds.inputs):
             return "it reads no field (only per-group values): nothing to fuse"
         if any(isinstance(s, Reduce) and s.over != "group" for s in plan.statements):
             return "it sums over the axes a parameter is shared on (parameter_sums), which these loops do not cover"
@@ -192,19 +166,20 @@ class StageLoopPrinter:
     def _scalar(self, expr: sympy.Expr) -> str:
         return Printer({}, typed_numbers=False).doprint(expr)
 
-    def _group(self, expr: sympy.Expr, kinds: _Kinds) -> str:
-        names = {s.name: s.name if s.name in kinds.scalars else f"{s.name}[g]" for s in expr.free_symbols if s != M}
+    def _group(self, expr: sympy.Expr, kinds: PlanNames) -> str:
+        names = {s.name: s.name if s.name in kinds.scalar_names else f"{s.name}[g]"
+                 for s in expr.free_symbols if s != M}
         return Printer(names, typed_numbers=False).doprint(expr)
 
-    def _argument(self, name: str, kinds: _Kinds, first: str) -> str:
+    def _argument(self, name: str, kinds: PlanNames, first: str) -> str:
         """How the driver passes ``name`` to a field loop: in the fields' dtype."""
         if name in kinds.totals:
             return f"{name}.astype({first}.dtype)"
-        if name in kinds.scalars or name == COUNT:
+        if name in kinds.scalar_names or name == COUNT:
             return f"{first}.dtype.type({name})"
         return name
 
-    def _field_text(self, kinds: _Kinds, fields: list[str], groups: list[str], nest: str):
+    def _field_text(self, kinds: PlanNames, fields: list[str], groups: list[str], nest: str):
         """Symbol names inside the innermost loop of a nest: ``x_r[g]``/``mean[g]`` or ``x_p[i]``/``mean_g``."""
         if nest == "rows":
             names = {f: f"{f}_r[g]" for f in fields} | {v: f"{v}[g]" for v in groups}
@@ -213,15 +188,15 @@ class StageLoopPrinter:
         names.update({a: a for a in kinds.atoms})
         return names
 
-    def _atom_lines(self, kinds: _Kinds, atoms: list[str], printer: Printer) -> list[str]:
+    def _atom_lines(self, kinds: PlanNames, atoms: list[str], printer: Printer) -> list[str]:
         return [f"{a} = {printer.doprint(kinds.atoms[a])}" for a in atoms]
 
-    def _stage(self, function: str, plan: KernelPlan, statement: Reduce, kinds: _Kinds, stage: int):
+    def _stage(self, function: str, plan: KernelPlan, statement: Reduce, kinds: PlanNames, stage: int):
         """Stage ``stage``'s two variants, ``function``_rows and ``function``_runs (module docstring), and the
         arguments they take."""
-        reads = kinds.field_symbols([f.name for term in statement.terms for f in term])
-        fields = [n for n in reads if n in kinds.fields]
-        groups = [n for n in reads if n not in kinds.fields]
+        reads = kinds.read([f.name for term in statement.terms for f in term])
+        fields = [n for n in reads if n in kinds.every_field]
+        groups = [n for n in reads if n not in kinds.every_field]
         atoms = kinds.atoms_used([f.name for term in statement.terms for f in term])
         arguments = fields + groups
         first = fields[0]
@@ -252,7 +227,7 @@ class StageLoopPrinter:
             sources.append("\n".join(lines))
         return "\n\n\n".join(sources), arguments
 
-    def _stage_rows(self, statement: Reduce, kinds: _Kinds, fields, groups, atoms, k) -> list[str]:
+    def _stage_rows(self, statement: Reduce, kinds: PlanNames, fields, groups, atoms, k) -> list[str]:
         """(rows, groups): sweep the rows; every group is accumulated side by side over BLOCK rows."""
         i = self.indent
         i2, i3 = i * 2, i * 3
@@ -271,7 +246,7 @@ class StageLoopPrinter:
         lines += [f"{i}part{j}[part] = block{j}" for j in k]
         return lines
 
-    def _stage_runs(self, statement: Reduce, kinds: _Kinds, fields, groups, atoms, k) -> list[str]:
+    def _stage_runs(self, statement: Reduce, kinds: PlanNames, fields, groups, atoms, k) -> list[str]:
         """(rows, groups, inner): one contiguous run of `inner` values per row and group, in pieces of RUN."""
         i = self.indent
         i2, i3 = i * 2, i * 3
@@ -292,12 +267,12 @@ class StageLoopPrinter:
         lines += [f"{i}part{j}[row, g] = total{j}" for j in k]
         return lines
 
-    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], kinds: _Kinds):
+    def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], kinds: PlanNames):
         """The field outputs' two variants, ``function``_rows and ``function``_runs, and their arguments."""
         expressions = [form(s) for s in outputs]
-        reads = kinds.field_symbols(expressions)
-        fields = [n for n in reads if n in kinds.fields]
-        groups = [n for n in reads if n not in kinds.fields]
+        reads = kinds.read(expressions)
+        fields = [n for n in reads if n in kinds.every_field]
+        groups = [n for n in reads if n not in kinds.every_field]
         atoms = kinds.atoms_used([s.name for e in expressions for s in e.free_symbols])
         names = [s.name.name for s in outputs]
         arguments = fields + groups + names
@@ -334,10 +309,10 @@ class StageLoopPrinter:
             sources.append("\n".join(lines))
         return "\n\n\n".join(sources), arguments
 
-    def _driver(self, plan: KernelPlan, kinds: _Kinds, calls: list[str], field_outputs: list[str],
+    def _driver(self, plan: KernelPlan, kinds: PlanNames, calls: list[str], field_outputs: list[str],
                 nest: str) -> str:
         inputs = list(kinds.inputs) + ([COUNT] if REDUCER in plan.parameters or COUNT in plan.parameters else [])
-        first = next(n for n in kinds.inputs if n in kinds.fields)
+        first = next(n for n in kinds.inputs if n in kinds.every_field)
         i = self.indent
         lines = [
             "@numba.njit(cache=True)",
@@ -349,10 +324,10 @@ class StageLoopPrinter:
         lines += [i + line for line in calls]
         return "\n".join(lines)
 
-    def _wrapper(self, plan: KernelPlan, kinds: _Kinds, field_outputs: list[str], group_outputs: list[str]) -> str:
+    def _wrapper(self, plan: KernelPlan, kinds: PlanNames, field_outputs: list[str], group_outputs: list[str]) -> str:
         i = self.indent
-        fields = [n for n in kinds.inputs if n in kinds.fields]
-        groups = [n for n in kinds.inputs if n not in kinds.fields]
+        fields = [n for n in kinds.inputs if n in kinds.every_field]
+        groups = [n for n in kinds.inputs if n not in kinds.every_field]
         reducer = REDUCER if REDUCER in plan.parameters else "None"
         lines = wrapper_head(plan, i, "Compiled: one pass over memory per reduction stage and one for the field "
                              "outputs (bnsym._fused has the layouts); any other layout, reducer or sum runs the NumPy "
@@ -362,7 +337,8 @@ class StageLoopPrinter:
                   f"{i}if layout is None:",
                   f"{i}{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
         lines += [f"{i}{n} = layout.empty()" for n in field_outputs]
-        arguments = [f"layout.fields({n})" if n in kinds.fields else f"layout.per_group({n})" for n in kinds.inputs]
+        arguments = [f"layout.fields({n})" if n in kinds.every_field else f"layout.per_group({n})"
+                     for n in kinds.inputs]
         if REDUCER in plan.parameters:
             arguments.append(f"{REDUCER}.count")
         elif COUNT in plan.parameters:
