@@ -355,6 +355,11 @@ def backends_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]
 
 # ----- 4. the normalisation family -----
 
+#: The family table's backend: the compiled one, named (under "auto" a call runs the NumPy kernels until the
+#: compiled one is ready, which would make the first repeats time another backend).
+FAMILY_BACKEND = "numba" if numba is not None else "numpy"
+
+
 def _family_cases():
     """(label, bnsym module name, bnsym calls, torch calls, size of x in bytes) for each family layer and shape, the
     bnsym calls built lazily."""
@@ -375,14 +380,15 @@ def _family_cases():
 
         def layer_norm(x=x, dy=dy, gamma=gamma, beta=beta):
             module = bnsym.layer_norm
-            _, mean, invstd = module.forward(x, gamma, beta, EPS, -1)
-            return (lambda: module.forward(x, gamma, beta, EPS, -1),
-                    lambda: module.backward(dy, x, gamma, mean, invstd, -1))
+            _, mean, invstd = module.forward(x, gamma, beta, EPS, -1, backend=FAMILY_BACKEND)
+            return (lambda: module.forward(x, gamma, beta, EPS, -1, backend=FAMILY_BACKEND),
+                    lambda: module.backward(dy, x, gamma, mean, invstd, -1, backend=FAMILY_BACKEND))
 
         def rms_norm(x=x, dy=dy, gamma=gamma):
             module = bnsym.rms_norm
-            _, invrms = module.forward(x, gamma, EPS, -1)
-            return (lambda: module.forward(x, gamma, EPS, -1), lambda: module.backward(dy, x, gamma, invrms, -1))
+            _, invrms = module.forward(x, gamma, EPS, -1, backend=FAMILY_BACKEND)
+            return (lambda: module.forward(x, gamma, EPS, -1, backend=FAMILY_BACKEND),
+                    lambda: module.backward(dy, x, gamma, invrms, -1, backend=FAMILY_BACKEND))
 
         cases.append((f"layer norm {shape}", "layer_norm", layer_norm,
                       (lambda tx=tx, tg=tg, tb=tb, f=features: torch.ops.aten.native_layer_norm(tx, [f], tg, tb, EPS),
@@ -413,15 +419,16 @@ def _family_cases():
 
         def group_norm(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis):
             module = bnsym.group_norm
-            _, mean, invstd = module.forward(x, gamma, beta, groups, EPS, axis=axis)
-            return (lambda: module.forward(x, gamma, beta, groups, EPS, axis=axis),
-                    lambda: module.backward(dy, x, gamma, mean, invstd, groups, axis=axis))
+            _, mean, invstd = module.forward(x, gamma, beta, groups, EPS, axis=axis, backend=FAMILY_BACKEND)
+            return (lambda: module.forward(x, gamma, beta, groups, EPS, axis=axis, backend=FAMILY_BACKEND),
+                    lambda: module.backward(dy, x, gamma, mean, invstd, groups, axis=axis,
+                                                   backend=FAMILY_BACKEND))
 
         def instance_norm(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis):
             module = bnsym.instance_norm
-            _, mean, invstd = module.forward(x, gamma, beta, EPS, axis=axis)
-            return (lambda: module.forward(x, gamma, beta, EPS, axis=axis),
-                    lambda: module.backward(dy, x, gamma, mean, invstd, axis=axis))
+            _, mean, invstd = module.forward(x, gamma, beta, EPS, axis=axis, backend=FAMILY_BACKEND)
+            return (lambda: module.forward(x, gamma, beta, EPS, axis=axis, backend=FAMILY_BACKEND),
+                    lambda: module.backward(dy, x, gamma, mean, invstd, axis=axis, backend=FAMILY_BACKEND))
 
         cases.append((f"group norm {shape} {layout}, {groups} groups", "group_norm", group_norm,
                       (lambda tx=tx, tg=tg, tb=tb, n=n, c=c, hw=hw:
@@ -442,7 +449,8 @@ def family_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) 
     """Each family layer against PyTorch's kernel, with the fraction of the copy bandwidth reached (a forward must
     read x and write y, a backward read dy and x and write dx: 8 and 12 bytes per float32 element, the traffic of
     one pass over memory) and tracemalloc's peak extra memory of bnsym's backward over the size of x."""
-    print("\n## The normalisation family against PyTorch's native kernels, float32 (bnsym's default backend)\n")
+    print("\n## The normalisation family against PyTorch's native kernels, float32 "
+          f"(backend={FAMILY_BACKEND!r})\n")
     print("| threads | layer, shape | fwd torch | fwd bnsym | **fwd bnsym/torch** | bwd torch | bwd bnsym | "
           "**bwd bnsym/torch** | fwd torch % copy | bwd torch % copy | **fwd bnsym % copy** | **bwd bnsym % copy** "
           "| mem bwd bnsym |")
