@@ -113,3 +113,27 @@ def test_constant_channel_gives_beta_without_nan():
     y, _, invstd = bnsym.batch_norm_forward(x, np.array([2.0, -1.0]), np.array([0.5, 3.0]), eps=1e-5)
     np.testing.assert_array_equal(y, np.broadcast_to([0.5, 3.0], (6, 2)))
     assert np.all(np.isfinite(invstd))
+
+
+@pytest.mark.parametrize("layer", ["batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm"])
+def test_each_runtime_layer_agrees_with_its_derivation_on_running_statistics(layer):
+    """The runtime's declaration (``_LAYER`` of the public module) keeps running statistics exactly when the symbolic
+    declaration does, and then the generated module has the eval-mode and running-statistics kernels it calls."""
+    from bnsym._backends import numpy_kernels
+    from bnsym.symbolic.layers import LAYERS
+
+    runtime = getattr(bnsym, layer)._LAYER
+    assert runtime.name == layer
+    keeps = LAYERS[layer].running_statistics
+    assert runtime.running_statistics == keeps, (
+        f"bnsym.{layer} declares running_statistics={runtime.running_statistics}, its derivation {keeps}")
+    signatures = numpy_kernels(layer).SIGNATURES
+    eval_kernels = {f"{layer}_inference", f"{layer}_inference_backward", f"{layer}_inference_double_backward"}
+    assert eval_kernels <= set(signatures) if keeps else not eval_kernels & set(signatures)
+    assert any(name.startswith("running_stats_") for name in signatures) == keeps
+
+
+def test_a_layer_without_running_statistics_has_no_eval_mode():
+    x = np.random.default_rng(3).normal(size=(4, 3, 5))
+    with pytest.raises(ValueError, match="keeps no running statistics"):
+        bnsym.layer_norm._LAYER.run("forward", dict(x=x, gamma=None, beta=None), eps=1e-5, axis=-1, training=False)
