@@ -34,6 +34,7 @@ float16, a mean near 300 loses its fraction and the backward that reuses it its 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ class Layer:
         kernel_name = self._kernel_name(verb, training)
         arrays = _Arrays(resolve(backend, arguments["x"]))
         x = arrays.input(arguments["x"], "x", min_ndim=self.min_ndim)
-        layout = self.layout(tuple(x.shape), **options)
+        layout = _layout(self.layout, tuple(x.shape), options)
         fields = {"x": x}
         if "dy" in arguments:
             fields["dy"] = arrays.same_shape(arguments["dy"], "dy", layout.shape)
@@ -184,6 +185,22 @@ class Layer:
             return None if _PARAMETER_GRADIENTS[name] in absent else arrays.result(value, layout.parameter_shape, dtype)
         raise RuntimeError(f"the generated kernels of {self.name} returned {name!r}, which has no role in "
                            f"bnsym.{self.name}")
+
+
+def _layout(layout: Callable[..., GroupLayout], shape: tuple[int, ...], options: dict) -> GroupLayout:
+    """``layout(shape, **options)``, remembered for options of plain integers (and tuples of them): a layer is
+    called with the same shapes again and again, and working out a layout costs as much as a small call's
+    arithmetic. Other options (such as ``axis=1.0``, which must be refused, or a list) are never looked up, so that
+    a value equal to an integer is never taken for it."""
+    if all(type(value) is int or (type(value) is tuple and all(type(a) is int for a in value))
+           for value in options.values()):
+        return _remembered_layout(layout, shape, tuple(options.items()))
+    return layout(shape, **options)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_layout(layout: Callable[..., GroupLayout], shape: tuple[int, ...], options: tuple) -> GroupLayout:
+    return layout(shape, **dict(options))
 
 
 class _Arrays:
