@@ -33,8 +33,9 @@ from bnsym._family import Layer
 from bnsym._family_layout import channel_layout
 from bnsym.running_stats import DEFAULT
 
-__all__ = ["backward", "double_backward", "forward", "inference", "inference_backward", "jvp",
-           "update_running_stats"]
+# update_running_stats is public (bnsym.update_running_stats) but not a verb of __all__: bnsym.precompile calls every
+# name of a layer module's __all__ as a kernel verb on x-shaped arguments, and it takes per-channel arrays only.
+__all__ = ["backward", "double_backward", "forward", "inference", "inference_backward", "jvp"]
 
 _LAYER = Layer("batch_norm", channel_layout, running_statistics=True,
                single_value_error="Expected more than 1 value per channel when training ({where}: one value per "
