@@ -136,3 +136,20 @@ def test_a_layer_without_running_statistics_has_no_eval_mode():
     x = np.random.default_rng(3).normal(size=(4, 3, 5))
     with pytest.raises(ValueError, match="keeps no running statistics"):
         bnsym.layer_norm._LAYER.run("forward", dict(x=x, gamma=None, beta=None), eps=1e-5, axis=-1, training=False)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_batch_norm_on_empty_input(backend):
+    """Eval mode takes an empty batch (nothing to normalise, parameter gradients zero); training refuses a batch of
+    no values per channel and takes x with no channel (empty results)."""
+    rm, rv, gamma = np.zeros(3), np.ones(3), np.ones(3)
+    empty = np.ones((0, 3))
+    assert bnsym.batch_norm_inference(empty, gamma, None, rm, rv, backend=backend).shape == (0, 3)
+    dx, dgamma, dbeta = bnsym.batch_norm_inference_backward(empty, empty, gamma, rm, rv, backend=backend)
+    assert dx.shape == (0, 3)
+    np.testing.assert_array_equal(dgamma, np.zeros(3), err_msg="the sum over no values must be zero")
+    np.testing.assert_array_equal(dbeta, np.zeros(3), err_msg="the sum over no values must be zero")
+    with pytest.raises(ValueError, match=r"no values to normalise.*\(0, 3\)"):
+        bnsym.batch_norm_forward(empty, None, None, backend=backend)
+    y, mean, invstd = bnsym.batch_norm_forward(np.ones((4, 0)), None, None, backend=backend)
+    assert y.shape == (4, 0) and mean.shape == invstd.shape == (0,)
