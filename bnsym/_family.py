@@ -1,10 +1,21 @@
-"""The public verbs of the normalisation family (forward, backward, double_backward, jvp), written once.
+"""The public verbs of every layer (forward, backward, double_backward, jvp; eval mode and running statistics for
+the layers that keep them), written once.
 
-A public layer module (``bnsym.layer_norm``, ...) declares one :class:`Layer`: its name (the generated module
-``bnsym._generated.<name>`` and its kernels ``<name>_<verb>``), how x's shape and the layer's options become a
-:class:`~bnsym._family_layout.GroupLayout`, and its rules for small groups. Each public function passes its
-arguments by name to :meth:`Layer.run`, which validates each by its role (the tables below), arranges it for the
-kernels, calls the generated kernel with the arguments its ``SIGNATURES`` entry names, and arranges the results back.
+A public layer module (``bnsym.batch_norm``, ``bnsym.layer_norm``, ...) declares one :class:`Layer`: its name (the
+generated module ``bnsym._generated.<name>`` and its kernels ``<name>_<verb>``), how x's shape and the layer's
+options become a :class:`~bnsym._family_layout.GroupLayout`, its rules for small groups, and whether it keeps
+running statistics. Each public function passes its arguments by name to :meth:`Layer.run`, which validates each by
+its role (the tables below), arranges it for the kernels, calls the generated kernel with the arguments its
+``SIGNATURES`` entry names, and arranges the results back.
+
+Modes. ``training=True`` (the default) runs the training kernels ``<name>_<verb>``, whose statistics are the
+batch's own (computed by ``forward``, saved for the others); a group must hold at least one value, and the layer may
+refuse groups of one (``single_value_error``). ``training=False`` is eval mode, which only a layer that keeps
+running statistics has: the statistics are constants (``running_mean`` and ``running_var``; for the double
+backward, the ``mean`` and ``invstd`` made from them), so groups of any size are fine, and the kernels are the
+layer's ``<name>_inference`` (forward), ``<name>_inference_backward`` and ``<name>_inference_double_backward``.
+:meth:`Layer.update_running_stats` folds a training batch's statistics into the running ones
+(:mod:`bnsym.running_stats`).
 
 Roles, by argument name (the names of the generated kernels' signatures):
 
@@ -12,7 +23,8 @@ Roles, by argument name (the names of the generated kernels' signatures):
 * parameters, of the layer's parameter shape: gamma, beta (None means no affine part: gamma = 1, beta = 0, and the
   gradient for that parameter comes back as None), and their cotangents and tangents gggamma, ggbeta, tgamma, tbeta
   (None means zero);
-* statistics saved by the forward pass: mean, invstd, invrms (the statistics shape, such as (N, G));
+* statistics saved by the forward pass: mean, invstd, invrms (the statistics shape, such as (N, G) or (C,));
+* running statistics (eval mode): running_mean, running_var (the statistics shape; running_var must be >= 0);
 * eps, a scalar; the reducer (built from the layout: the reduced axes, M, the parameter-gradient axes).
 
 dtypes: arithmetic runs in float32 for float16 input, else in the dtype of x (and dy); fields and parameter
@@ -22,12 +34,14 @@ float16, a mean near 300 loses its fraction and the backward that reuses it its 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from bnsym import _validation as v
+from bnsym import running_stats
 from bnsym._backends import Backend, resolve
 from bnsym._family_layout import GroupLayout
 
@@ -38,34 +52,43 @@ _OPTIONAL_FIELDS = ("ggx", "tx")
 _AFFINE = {"gamma": 1, "beta": 0}  # the value of a parameter that is None
 _PARAMETER_DIRECTIONS = {"gggamma": "gamma", "ggbeta": "beta", "tgamma": "gamma", "tbeta": "beta"}
 _STATISTICS = ("mean", "invstd", "invrms")
+_RUNNING_STATISTICS = {"running_mean": False, "running_var": True}  # name: whether it must be >= 0
 _FIELD_RESULTS = ("y", "dx", "gx", "gdy", "ty")
 _PARAMETER_GRADIENTS = {"dgamma": "gamma", "dbeta": "beta", "ggamma": "gamma"}
 
 _NO_EPS = object()
 
+#: Eval mode's kernel for each verb that has one: ``<name>_<kernel>`` (bnsym.codegen.layer_kernels names them).
+_EVAL_KERNELS = {"forward": "inference", "backward": "inference_backward",
+                 "double_backward": "inference_double_backward"}
+
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer of the family, as its public module declares it.
+    """One layer, as its public module declares it.
 
     ``layout(shape, **options)`` validates the layer's options (``axis``, ``num_groups``) against x's shape and
     returns the layout. ``min_ndim`` is the fewest dimensions x may have. ``single_value_error``, when set, is the
-    message (with ``{where}``, the layout's description) for groups of one value, which the layer refuses
-    (instance norm, as PyTorch does); every layer refuses groups of no value.
+    message (with ``{where}``, the layout's description) for groups of one value, which the layer refuses in
+    training (batch norm and instance norm, as PyTorch does); every layer refuses groups of no value in training.
+    ``running_statistics``: the layer keeps running statistics, so it has an eval mode (``training=False``) and
+    :meth:`update_running_stats` (batch norm).
     """
 
     name: str
     layout: Callable[..., GroupLayout]
     min_ndim: int = 2
     single_value_error: str | None = None
+    running_statistics: bool = False
 
-    def run(self, verb: str, arguments: dict, *, eps=_NO_EPS, backend="auto", **options) -> tuple:
-        """Validate ``arguments`` (the public function's, by name), call the kernel ``<name>_<verb>`` of the
-        ``backend`` (:mod:`bnsym._backends`), and return its results arranged as the caller sees them, in the
-        kernel's order."""
+    def run(self, verb: str, arguments: dict, *, eps=_NO_EPS, backend="auto", training=True, **options) -> tuple:
+        """Validate ``arguments`` (the public function's, by name), call the kernel of ``verb`` in the mode that
+        ``training`` says (module docstring) of the ``backend`` (:mod:`bnsym._backends`), and return its results
+        arranged as the caller sees them, in the kernel's order."""
+        kernel_name = self._kernel_name(verb, training)
         arrays = _Arrays(resolve(backend, arguments["x"]))
         x = arrays.input(arguments["x"], "x", min_ndim=self.min_ndim)
-        layout = self.layout(tuple(x.shape), **options)
+        layout = _layout(self.layout, tuple(x.shape), options)
         fields = {"x": x}
         if "dy" in arguments:
             fields["dy"] = arrays.same_shape(arguments["dy"], "dy", layout.shape)
@@ -90,13 +113,42 @@ class Layer:
                 prepared[name] = self._direction(arrays, layout, name, value, arguments, dtype)
             elif name in _STATISTICS:
                 prepared[name] = arrays.statistic(layout, value, name, dtype)
+            elif name in _RUNNING_STATISTICS:
+                prepared[name] = arrays.statistic(layout, value, name, dtype)
+                if _RUNNING_STATISTICS[name] and not arrays.all_nonnegative(prepared[name]):  # also refuses NaN
+                    raise ValueError(f"{name} must be >= 0 (and not NaN), got {arrays.flat(prepared[name])}")
             else:
                 raise RuntimeError(f"bnsym.{self.name}.{verb} passed an argument {name!r} that has no role here")
-        self._require_values(layout)
-        kernel, inputs, outputs = self._kernel(verb, set(prepared), arrays.backend)
+        if training:  # the statistics come from the batch; in eval mode they are given, and any group size will do
+            self._require_values(layout)
+        kernel, inputs, outputs = self._kernel(kernel_name, set(prepared), arrays.backend)
         results = kernel(*(arrays.reducer(layout) if name == "reducer" else prepared[name] for name in inputs))
+        if len(outputs) == 1:  # a kernel of one output returns it alone
+            results = (results,)
         return tuple(self._result(arrays, layout, name, result, x.dtype, absent)
                      for name, result in zip(outputs, results))
+
+    def update_running_stats(self, running_mean, running_var, mean, var, count, **options):
+        """The running statistics after one training batch (:func:`bnsym.running_stats.update`), with this layer's
+        kernels."""
+        self._require_running_statistics("update_running_stats")
+        return running_stats.update(self.name, running_mean, running_var, mean, var, count, **options)
+
+    def _kernel_name(self, verb: str, training) -> str:
+        """The generated kernel that runs ``verb`` in the mode ``training`` asks for."""
+        if not isinstance(training, bool):
+            raise TypeError(f"training must be True or False, got {training!r}")
+        if training:
+            return f"{self.name}_{verb}"
+        self._require_running_statistics(f"{verb} with training=False")
+        if verb not in _EVAL_KERNELS:
+            raise RuntimeError(f"bnsym.{self.name}.{verb} has no eval mode (training=False)")
+        return f"{self.name}_{_EVAL_KERNELS[verb]}"
+
+    def _require_running_statistics(self, what: str) -> None:
+        if not self.running_statistics:
+            raise ValueError(f"bnsym.{self.name} keeps no running statistics, so it has no eval mode and no running "
+                             f"statistics to update ({what})")
 
     def _direction(self, arrays: _Arrays, layout: GroupLayout, name: str, value, arguments: dict, dtype):
         """A cotangent or tangent of a parameter: None means zero; given for a parameter that is None, refused."""
@@ -115,14 +167,13 @@ class Layer:
         if layout.count == 1 and self.single_value_error is not None:
             raise ValueError(self.single_value_error.format(where=layout.where))
 
-    def _kernel(self, verb: str, available: set[str], backend: Backend):
+    def _kernel(self, name: str, available: set[str], backend: Backend):
         module = backend.kernels(self.name)
-        name = f"{self.name}_{verb}"
         inputs, outputs = module.SIGNATURES[name]
         wanted = set(inputs) - {"reducer"}
         if wanted != available:
-            raise RuntimeError(f"bnsym.{self.name}.{verb} prepared {sorted(available)} but the generated kernel "
-                               f"{name} takes {list(inputs)}: the public function and the kernel disagree")
+            raise RuntimeError(f"bnsym.{self.name} prepared {sorted(available)} but the generated kernel {name} "
+                               f"takes {list(inputs)}: the public function and the kernel disagree")
         return getattr(module, name), inputs, outputs
 
     def _result(self, arrays: _Arrays, layout: GroupLayout, name: str, value, dtype, absent: set[str]):
@@ -134,6 +185,22 @@ class Layer:
             return None if _PARAMETER_GRADIENTS[name] in absent else arrays.result(value, layout.parameter_shape, dtype)
         raise RuntimeError(f"the generated kernels of {self.name} returned {name!r}, which has no role in "
                            f"bnsym.{self.name}")
+
+
+def _layout(layout: Callable[..., GroupLayout], shape: tuple[int, ...], options: dict) -> GroupLayout:
+    """``layout(shape, **options)``, remembered for options of plain integers (and tuples of them): a layer is
+    called with the same shapes again and again, and working out a layout costs as much as a small call's
+    arithmetic. Other options (such as ``axis=1.0``, which must be refused, or a list) are never looked up, so that
+    a value equal to an integer is never taken for it."""
+    if all(type(value) is int or (type(value) is tuple and all(type(a) is int for a in value))
+           for value in options.values()):
+        return _remembered_layout(layout, shape, tuple(options.items()))
+    return layout(shape, **options)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_layout(layout: Callable[..., GroupLayout], shape: tuple[int, ...], options: tuple) -> GroupLayout:
+    return layout(shape, **dict(options))
 
 
 class _Arrays:
@@ -152,9 +219,7 @@ class _Arrays:
             return v.as_float_array(value, name, min_ndim=min_ndim)
         from array_api_compat import device
 
-        from bnsym._layout import xp_float_array
-
-        array = xp_float_array(self.xp, value, name, min_ndim=min_ndim, device=self.device)
+        array = v.xp_float_array(self.xp, value, name, min_ndim=min_ndim, device=self.device)
         if self.device is None:
             self.device = device(array)
         return array
@@ -207,6 +272,19 @@ class _Arrays:
             return layout.statistic(value, name, dtype)
         return self._shaped(layout, value, name, layout.statistics_shape, layout.statistics_broadcast,
                             layout.statistics_meaning, dtype)
+
+    def all_nonnegative(self, array) -> bool:
+        """Whether every value is >= 0 (and none is NaN); True without looking for arrays that cannot be read
+        here (JAX arrays, which may be traced inside jax.jit)."""
+        if self.numpy:
+            return bool(np.all(array >= 0))
+        from array_api_compat import is_lazy_array
+
+        return True if is_lazy_array(array) else bool(self.xp.all(array >= 0))
+
+    def flat(self, array):
+        """A per-group array as one row of values, for a message."""
+        return np.reshape(array, -1) if self.numpy else self.xp.reshape(array, (-1,))
 
     def reducer(self, layout: GroupLayout):
         return self.backend.reducer(layout.axes, layout.count, layout.parameter_axes)

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnsym import _validation as v
-from bnsym._reduce import Reducer
 
-__all__ = ["GroupLayout", "group_layout", "instance_layout", "normalised_axes_layout"]
+__all__ = ["GroupLayout", "channel_layout", "group_layout", "instance_layout", "normalised_axes_layout"]
 
 
 @dataclass(frozen=True)
@@ -103,25 +102,10 @@ class GroupLayout:
         return array.astype(dtype, copy=False).reshape(self.parameter_broadcast)
 
     def statistic(self, value, name: str, dtype) -> np.ndarray:
-        """A saved statistic (mean, invstd, invrms): validated to the statistics shape, then group-shaped."""
+        """A statistic, saved by the forward pass (mean, invstd, invrms) or running (running_mean, running_var):
+        validated to the statistics shape, then group-shaped."""
         array = v.check_shaped(value, name, self.statistics_shape, f"{self.statistics_meaning} ({self.where})")
         return array.astype(dtype, copy=False).reshape(self.statistics_broadcast)
-
-    # Results, arranged back as the caller sees them.
-
-    def field_result(self, array: np.ndarray, dtype) -> np.ndarray:
-        return array.reshape(self.shape).astype(dtype, copy=False)
-
-    def parameter_result(self, array: np.ndarray, dtype) -> np.ndarray:
-        return np.reshape(array, self.parameter_shape).astype(dtype, copy=False)
-
-    def statistics_result(self, array: np.ndarray) -> np.ndarray:
-        return np.reshape(array, self.statistics_shape)
-
-    def reducer(self) -> Reducer:
-        """The local reducer the kernels sum with: the reduced axes, M, and the axes a parameter gradient sums
-        over (those on which the parameters have length 1)."""
-        return Reducer(self.axes, self.count, self.parameter_axes)
 
 
 def normalised_axes_layout(shape: tuple[int, ...], axis) -> GroupLayout:
@@ -135,6 +119,17 @@ def normalised_axes_layout(shape: tuple[int, ...], axis) -> GroupLayout:
     return GroupLayout.of(shape, reduced=axes, features=axes, where=f"x has shape {shape}, normalised axes {axes}",
                           parameter_meaning="the normalised shape of x",
                           statistics_meaning="one value per row of x, the shape of its unnormalised leading axes")
+
+
+def channel_layout(shape: tuple[int, ...], axis) -> GroupLayout:
+    """Batch norm: each channel of x (the axis ``axis``: 1 for NCHW, -1 for NHWC) is one group, normalised over
+    every other axis (the batch and the spatial positions); the parameters and the statistics have one value per
+    channel, shape (C,)."""
+    channel = v.normalise_axis(axis, len(shape), shape)
+    return GroupLayout.of(shape, reduced=tuple(a for a in range(len(shape)) if a != channel), features=(channel,),
+                          where=f"x has shape {shape}, channel axis {channel}",
+                          parameter_meaning="one value per channel of x",
+                          statistics_meaning="one value per channel of x")
 
 
 def group_layout(shape: tuple[int, ...], axis, num_groups) -> GroupLayout:

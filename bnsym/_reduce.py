@@ -147,6 +147,8 @@ def _reduce(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np.ndarr
     shape = first.shape if len(operands) == 1 else np.broadcast_shapes(*(op.shape for op in operands))
     dtype = first.dtype if len(operands) == 1 else np.result_type(*operands)
     keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    if 0 in shape:  # no groups (an empty result), or groups of no values (sums of nothing: zero)
+        return np.zeros(keep, dtype)
     kept = [i for i in range(len(shape)) if i not in axes]
     contiguous = all(op.flags.c_contiguous and op.shape == shape for op in operands)
     if not kept or not contiguous or kept[-1] - kept[0] != len(kept) - 1:

@@ -1,5 +1,8 @@
 """Argument checks for the public functions: every bad input becomes a ValueError or TypeError that names the
-argument and the shapes involved, before any arithmetic runs."""
+argument and the shapes involved, before any arithmetic runs.
+
+The checks take NumPy arrays (the NumPy-based backends), except :func:`xp_float_array`, the array-API backend's
+conversion of an argument to the library of x."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["as_float_array", "check_channel_vector", "check_eps", "check_num_groups", "check_same_shape",
-           "check_shaped", "compute_dtype", "normalise_axes", "normalise_axis", "normalise_channel_axis"]
+__all__ = ["as_float_array", "check_eps", "check_num_groups", "check_same_shape", "check_shaped", "compute_dtype",
+           "normalise_axes", "normalise_axis", "normalise_channel_axis", "xp_float_array"]
 
 _FLOATS = (np.float16, np.float32, np.float64)
 
@@ -29,6 +32,30 @@ def as_float_array(value, name: str, *, min_ndim: int = 0) -> np.ndarray:
         raise ValueError(f"{name} must have at least {min_ndim} dimension{'s' if min_ndim != 1 else ''}{axes}, got "
                          f"shape {array.shape}")
     return array
+
+
+def xp_float_array(xp, value, name: str, *, min_ndim: int = 0, device=None):
+    """``value`` as a floating-point array of namespace ``xp`` (converted there, on ``device``, when it is a NumPy
+    array, a list or a number), or a TypeError/ValueError naming ``name``."""
+    from array_api_compat import array_namespace
+
+    try:
+        same = array_namespace(value) is xp and not isinstance(value, int | float)
+    except TypeError:
+        same = False
+    if not same:
+        try:
+            value = xp.asarray(np.asarray(value) if isinstance(value, list | tuple) else value, device=device)
+        except Exception as error:  # ragged lists, objects of another library, ...
+            raise TypeError(f"{name} must be an array of floating-point numbers of the same library as x "
+                            f"({xp.__name__}); converting it failed: {error}") from None
+    if value.dtype not in (xp.float16, xp.float32, xp.float64):
+        raise TypeError(f"{name} must have a floating-point dtype (float16, float32 or float64), got dtype "
+                        f"{value.dtype} with shape {tuple(value.shape)}")
+    if value.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions (batch, channels, ...), got shape "
+                         f"{tuple(value.shape)}")
+    return value
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -69,15 +96,6 @@ def _rounded(value: float, dtype: np.dtype):
     error state that the rounding needs costs more than the rest of a small call's validation."""
     with np.errstate(over="ignore", under="ignore"):
         return dtype.type(value)
-
-
-def check_channel_vector(value, name: str, channels: int, x_shape: tuple[int, ...], axis: int) -> np.ndarray:
-    """A per-channel parameter: a float array of shape (C,) where C = x.shape[axis]."""
-    array = as_float_array(value, name)
-    if array.shape != (channels,):
-        raise ValueError(f"{name} must have shape ({channels},), one value per channel of x (x has shape {x_shape} "
-                         f"and channel axis {axis}), got shape {array.shape}")
-    return array
 
 
 def check_same_shape(value, name: str, x_shape: tuple[int, ...]) -> np.ndarray:

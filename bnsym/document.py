@@ -16,7 +16,7 @@ from bnsym.symbolic.layers import derivation
 from bnsym.symbolic.program import Definition
 from bnsym.symbolic.reduction import BatchSum
 
-__all__ = ["render_batch_norm_document", "render_layer_document"]
+__all__ = ["render_layer_document"]
 
 GENERATED_NOTICE = ("<!-- GENERATED FILE: written by `bnsym derive` from bnsym/symbolic/layers.py. "
                     "Do not edit by hand; `bnsym derive --check` fails when it is stale. -->")
@@ -197,11 +197,6 @@ def render_layer_document(name: str) -> str:
 
         out += [render_sharded_section()]
     return "\n".join(out)
-
-
-def render_batch_norm_document() -> str:
-    """The Markdown text of ``derivations/batch_norm.md``."""
-    return render_layer_document("batch_norm")
 
 
 def _eval_sections(layer) -> list[str]:

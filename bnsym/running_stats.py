@@ -1,9 +1,12 @@
-"""Running statistics after one training batch, in each framework's convention.
+"""Running statistics after one training batch, in each framework's convention, for any layer that keeps them.
 
-``update_running_stats(running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
-``(new_mean, new_var)`` and leaves its inputs untouched. ``mean`` and ``var`` are the batch mean and the *biased*
-batch variance (var = invstd**-2 - eps from :func:`bnsym.batch_norm_forward`), ``count`` the number of values per
-channel (M). The conventions and their choices are in :mod:`bnsym.conventions`:
+``update(layer, running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
+``(new_mean, new_var)`` and leaves its inputs untouched; ``layer`` names the layer whose generated kernels
+(``running_stats_<convention>``) compute it, and a layer reaches it through
+:meth:`bnsym._family.Layer.update_running_stats` (batch norm's is :func:`bnsym.update_running_stats`). ``mean`` and
+``var`` are the batch mean and the *biased* batch variance (var = invstd**-2 - eps from the layer's forward), one
+value per channel, shape (C,); ``count`` is the number of values that made each of them (M). The conventions and
+their choices are in :mod:`bnsym.conventions`:
 
 * ``"torch"`` (default momentum 0.1): r <- (1 - m) r + m b, running_var from the unbiased batch variance
   var * M / (M - 1), as ``torch.nn.BatchNorm*d``. ``momentum=None`` is PyTorch's cumulative average.
@@ -32,10 +35,9 @@ import numpy as np
 from bnsym import _backends
 from bnsym import _validation as v
 from bnsym._backends import resolve
-from bnsym._layout import xp_float_array
 from bnsym.conventions import CONVENTIONS
 
-__all__ = ["update_running_stats"]
+__all__ = ["DEFAULT", "update"]
 
 #: The default of ``momentum``: the convention's own (:attr:`bnsym.conventions.Convention.default_momentum`).
 DEFAULT = "default"
@@ -45,7 +47,7 @@ def _vector(value, name: str, channels: int | None, backend, device=None):
     if backend.is_numpy:
         array = v.as_float_array(value, name)
     else:
-        array = xp_float_array(backend.xp, value, name, device=device)
+        array = v.xp_float_array(backend.xp, value, name, device=device)
     shape = tuple(array.shape)
     if array.ndim != 1:
         raise ValueError(f"{name} must have shape (C,), one value per channel, got shape {shape}")
@@ -62,10 +64,10 @@ def _all_nonnegative(values, backend) -> bool:
     return True if is_lazy_array(values) else bool(backend.xp.all(values >= 0))
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
-                         num_batches_tracked=None, backend="auto"):
+def update(layer: str, running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
+           num_batches_tracked=None, backend="auto"):
     """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,), of the
-    library of ``running_mean``.
+    library of ``running_mean``, computed by the kernels of ``bnsym._generated.<layer>``.
 
     ``momentum="default"`` takes the convention's default (module docstring). ``backend`` as in
     :mod:`bnsym._backends` (the compiled one runs the NumPy kernels here: there is no full-size array to fuse);
@@ -83,7 +85,7 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
     if not backend.is_numpy:
         from array_api_compat import device as device_of
 
-        running_mean = xp_float_array(backend.xp, running_mean, "running_mean")
+        running_mean = v.xp_float_array(backend.xp, running_mean, "running_mean")
         device = device_of(running_mean)
     running_mean = _vector(running_mean, "running_mean", None, backend, device)
     channels = running_mean.shape[0]
@@ -123,7 +125,7 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
     dtype = xp.result_type(running_mean.dtype, running_var.dtype)
     # Per-channel arithmetic only: the compiled backend would run the NumPy kernels anyway (nothing to fuse), so
     # the NumPy-based backends use them directly and never load Numba (nor start its threads) for this.
-    kernels = backend.kernels("batch_norm") if not backend.is_numpy else _backends.numpy_kernels("batch_norm")
+    kernels = backend.kernels(layer) if not backend.is_numpy else _backends.numpy_kernels(layer)
     kernel = getattr(kernels, f"running_stats_{chosen.name}")
     new_mean, new_var = kernel(running_mean, running_var, mean, var, *arguments)
     if backend.is_numpy:

@@ -84,6 +84,34 @@ def test_every_function_matches_the_numpy_backend(via, shape, axis, dtype):
         assert error <= tolerance, f"{via} {name}: relative difference {error:.1e} from the NumPy backend"
 
 
+@pytest.mark.parametrize("via", [v for v in VIAS if v.name != "numpy"] + [JIT], ids=str)
+def test_batch_norm_without_an_affine_part_matches_the_numpy_backend(via):
+    """gamma=None and beta=None (no affine part) on every backend, eval mode included: the results of the NumPy
+    backend, and None for the gradient of a parameter that is None."""
+    axis = 1
+    p = _problem((6, 4, 5, 3), axis, np.float64)
+    numpy = next(v for v in VIAS if v.name == "numpy")
+
+    def results(v):
+        y, mean, invstd = v.batch_norm_forward(p["x"], None, None, axis=axis)
+        dx, dgamma, dbeta = v.batch_norm_backward(p["dy"], p["x"], None, mean, invstd, axis=axis)
+        assert dgamma is None, f"{v}: dgamma for gamma=None is {dgamma!r}"
+        y_eval = v.batch_norm_inference(p["x"], None, None, p["running_mean"], p["running_var"], axis=axis)
+        dx_eval, dgamma, _ = v.batch_norm_inference_backward(p["dy"], p["x"], None, p["running_mean"],
+                                                             p["running_var"], axis=axis)
+        assert dgamma is None, f"{v}: eval-mode dgamma for gamma=None is {dgamma!r}"
+        gx, ggamma, gdy = v.batch_norm_double_backward(p["ggx"], None, p["beta"], p["dy"], p["x"], None, mean,
+                                                       invstd, axis=axis)
+        assert ggamma is None, f"{v}: ggamma for gamma=None is {ggamma!r}"
+        return {"y": y, "mean": mean, "invstd": invstd, "dx": dx, "dbeta": dbeta, "eval y": y_eval,
+                "eval dx": dx_eval, "gx": gx, "gdy": gdy}
+
+    expected, actual = results(numpy), results(via)
+    for name, value in expected.items():
+        error = np.max(np.abs(actual[name].astype(np.float64) - value)) / max(np.max(np.abs(value)), 1)
+        assert error <= 1e-12, f"{via} {name}: relative difference {error:.1e} from the NumPy backend"
+
+
 def test_non_contiguous_input_runs_and_matches():
     """A transposed view is outside the compiled loops' layouts: the NumPy kernel runs, with the same results."""
     p = _problem((6, 5, 4), 1, np.float64)

@@ -1,6 +1,7 @@
 """Which layouts the compiled family kernels run their own loops on, and that those loops agree with the NumPy
 kernels there: group-local loops for groups that are contiguous runs (channel-first, trailing normalised axes),
-sample-wise loops for channel-last group and instance norm (bnsym._fused.InterleavedLayout).
+sample-wise loops for channel-last group and instance norm (bnsym._fused.InterleavedLayout), and batch norm's
+(rows, channels, inner) loops for NCHW, NHWC and (N, C) (bnsym._fused.FusedLayout), eval mode included.
 
 A fallback to the NumPy kernel is correct but slow (channel-last group norm took 30 times PyTorch's time before it
 had loops of its own), so these tests make the fallback raise to prove that the loops ran.
@@ -39,7 +40,7 @@ def _arguments(layer, shape, options, dtype, seed=0):
     field = lambda: (3 + 2 * rng.normal(size=shape)).astype(dtype)  # noqa: E731
     vector = lambda: rng.normal(size=channels).astype(dtype)  # noqa: E731
     return dict(x=field(), dy=field(), ggx=field(), tx=field(), gamma=vector(), beta=vector(), ggg=vector(),
-                ggb=vector())
+                ggb=vector(), running_mean=vector(), running_var=rng.uniform(0.5, 2.0, size=channels).astype(dtype))
 
 
 def _all_kernels(module, a, options, kernels):
@@ -54,11 +55,21 @@ def _all_kernels(module, a, options, kernels):
                                                                   **options),
         "jvp": lambda backend: module.jvp(a["x"], a["gamma"], a["beta"], a["tx"], a["ggg"], a["ggb"],
                                           backend=backend, **options),
+        # eval mode, for the layers with running statistics (a single result comes back as a tuple of one here)
+        "inference": lambda backend: (module.inference(a["x"], a["gamma"], a["beta"], a["running_mean"],
+                                                       a["running_var"], backend=backend, **options),),
+        "inference_backward": lambda backend: module.inference_backward(a["dy"], a["x"], a["gamma"],
+                                                                        a["running_mean"], a["running_var"],
+                                                                        backend=backend, **options),
+        "inference_double_backward": lambda backend: module.double_backward(
+            a["ggx"], a["ggg"], a["ggb"], a["dy"], a["x"], a["gamma"], a["running_mean"],
+            1 / np.sqrt(a["running_var"] + 1e-5), backend=backend, training=False, **options),
     }
     return {kernel: calls[kernel] for kernel in kernels}
 
 
 ALL = ("forward", "backward", "double_backward", "jvp")
+EVAL = ("inference", "inference_backward", "inference_double_backward")
 
 # layer, shape, options, the kernels that run compiled loops
 CASES = [
@@ -72,6 +83,9 @@ CASES = [
     ("instance_norm", (3, 70, 9, 5), {"axis": -1}, ALL),
     ("instance_norm", (2, 1, 3, 8), {"axis": -1}, ALL),
     ("instance_norm", (3, 5, 70, 9), {"axis": 1}, ALL),
+    ("batch_norm", (3, 5, 7, 6), {"axis": 1}, ALL + EVAL),  # NCHW: channels of runs of H*W values
+    ("batch_norm", (3, 7, 6, 5), {"axis": -1}, ALL + EVAL),  # NHWC: channels side by side in every row
+    ("batch_norm", (20, 5), {"axis": 1}, ALL + EVAL),  # (N, C)
 ]
 
 
@@ -80,7 +94,8 @@ CASES = [
                          ids=[f"{c[0]}-{c[1]}-axis{c[2]['axis']}" for c in CASES])
 def test_compiled_loops_cover_the_layout_and_match_numpy(monkeypatch, layer, shape, options, kernels, dtype):
     """Channel-last group norm (C/G > 1, C/G == 1, one group, one position, one sample) and instance norm run
-    sample-wise loops, channel-first ones group-local loops; both agree with the NumPy kernels."""
+    sample-wise loops, channel-first ones group-local loops, batch norm its (rows, channels, inner) loops; all
+    agree with the NumPy kernels."""
     module = getattr(bnsym, layer)
     generated = importlib.import_module(f"bnsym._generated.{layer}_numba")
     arguments = _arguments(layer, shape, options, dtype)

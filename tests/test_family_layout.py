@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from bnsym._family_layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
-from bnsym._layout import Layout
+from bnsym._family_layout import GroupLayout, channel_layout, group_layout, instance_layout, normalised_axes_layout
 
 # (id, layout, grouped shape, reduced axes, parameter-gradient axes, parameter shape, statistics shape, M)
 CASES = [
@@ -64,15 +63,19 @@ def test_group_norm_groups_are_contiguous_channels_and_never_copy_x(shape, axis)
 
 
 @pytest.mark.parametrize("shape, axis", [((4, 3), 1), ((4, 3, 5), 1), ((4, 5, 6, 3), -1), ((2, 3, 2, 2, 2), 1)])
-def test_the_generic_layout_reproduces_batch_norms(shape, axis):
-    """Batch norm declared generically (reduce every axis but the channel axis, parameters on it) gives the axes,
-    broadcast shape and M of batch norm's own Layout."""
+def test_batch_norms_layout_is_one_group_per_channel(shape, axis):
+    """Batch norm's layout: every axis but the channel axis reduced, parameters and statistics of shape (C,) on the
+    channel axis, M = x.size / C, and no axis split."""
     channel = axis % len(shape)
-    generic = GroupLayout.of(shape, reduced=tuple(a for a in range(len(shape)) if a != channel), features=(channel,),
-                             where="", parameter_meaning="", statistics_meaning="")
-    layout = Layout.of(np.empty(shape), axis)
-    assert generic.axes == layout.axes
-    assert generic.parameter_axes == layout.axes, "batch norm's parameters live on its statistics' axis"
-    assert generic.parameter_broadcast == generic.statistics_broadcast == layout.broadcast
-    assert generic.count == layout.count
-    assert generic.statistics_shape == generic.parameter_shape == (layout.channels,)
+    layout = channel_layout(shape, axis)
+    others = tuple(a for a in range(len(shape)) if a != channel)
+    broadcast = tuple(n if a == channel else 1 for a, n in enumerate(shape))
+    assert layout.grouped == shape, "batch norm's kernels see x as it is"
+    assert layout.axes == others
+    assert layout.parameter_axes == others, "batch norm's parameters live on its statistics' axis"
+    assert layout.parameter_broadcast == layout.statistics_broadcast == broadcast
+    assert layout.count == int(np.prod(shape)) // shape[channel]
+    assert layout.statistics_shape == layout.parameter_shape == (shape[channel],)
+    assert layout == GroupLayout.of(shape, reduced=others, features=(channel,), where=layout.where,
+                                    parameter_meaning=layout.parameter_meaning,
+                                    statistics_meaning=layout.statistics_meaning)

@@ -30,9 +30,11 @@ def test_each_layer_module_offers_its_verbs(layer, verbs):
 
 
 def test_batch_norm_module_is_the_top_level_functions():
-    """bnsym.batch_norm's verbs are the top-level batch_norm_* functions themselves, not copies."""
+    """bnsym.batch_norm's verbs are the top-level batch_norm_* functions themselves, not copies; so is its
+    update_running_stats."""
     for verb in bnsym.batch_norm.__all__:
         assert getattr(bnsym.batch_norm, verb) is getattr(bnsym, f"batch_norm_{verb}"), verb
+    assert bnsym.batch_norm.update_running_stats is bnsym.update_running_stats
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -110,3 +112,44 @@ def test_constant_channel_gives_beta_without_nan():
     y, _, invstd = bnsym.batch_norm_forward(x, np.array([2.0, -1.0]), np.array([0.5, 3.0]), eps=1e-5)
     np.testing.assert_array_equal(y, np.broadcast_to([0.5, 3.0], (6, 2)))
     assert np.all(np.isfinite(invstd))
+
+
+@pytest.mark.parametrize("layer", ["batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm"])
+def test_each_runtime_layer_agrees_with_its_derivation_on_running_statistics(layer):
+    """The runtime's declaration (``_LAYER`` of the public module) keeps running statistics exactly when the symbolic
+    declaration does, and then the generated module has the eval-mode and running-statistics kernels it calls."""
+    from bnsym._backends import numpy_kernels
+    from bnsym.symbolic.layers import LAYERS
+
+    runtime = getattr(bnsym, layer)._LAYER
+    assert runtime.name == layer
+    keeps = LAYERS[layer].running_statistics
+    assert runtime.running_statistics == keeps, (
+        f"bnsym.{layer} declares running_statistics={runtime.running_statistics}, its derivation {keeps}")
+    signatures = numpy_kernels(layer).SIGNATURES
+    eval_kernels = {f"{layer}_inference", f"{layer}_inference_backward", f"{layer}_inference_double_backward"}
+    assert eval_kernels <= set(signatures) if keeps else not eval_kernels & set(signatures)
+    assert any(name.startswith("running_stats_") for name in signatures) == keeps
+
+
+def test_a_layer_without_running_statistics_has_no_eval_mode():
+    x = np.random.default_rng(3).normal(size=(4, 3, 5))
+    with pytest.raises(ValueError, match="keeps no running statistics"):
+        bnsym.layer_norm._LAYER.run("forward", dict(x=x, gamma=None, beta=None), eps=1e-5, axis=-1, training=False)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_batch_norm_on_empty_input(backend):
+    """Eval mode takes an empty batch (nothing to normalise, parameter gradients zero); training refuses a batch of
+    no values per channel and takes x with no channel (empty results)."""
+    rm, rv, gamma = np.zeros(3), np.ones(3), np.ones(3)
+    empty = np.ones((0, 3))
+    assert bnsym.batch_norm_inference(empty, gamma, None, rm, rv, backend=backend).shape == (0, 3)
+    dx, dgamma, dbeta = bnsym.batch_norm_inference_backward(empty, empty, gamma, rm, rv, backend=backend)
+    assert dx.shape == (0, 3)
+    np.testing.assert_array_equal(dgamma, np.zeros(3), err_msg="the sum over no values must be zero")
+    np.testing.assert_array_equal(dbeta, np.zeros(3), err_msg="the sum over no values must be zero")
+    with pytest.raises(ValueError, match=r"no values to normalise.*\(0, 3\)"):
+        bnsym.batch_norm_forward(empty, None, None, backend=backend)
+    y, mean, invstd = bnsym.batch_norm_forward(np.ones((4, 0)), None, None, backend=backend)
+    assert y.shape == (4, 0) and mean.shape == invstd.shape == (0,)

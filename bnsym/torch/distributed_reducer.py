@@ -74,7 +74,6 @@ class DistributedReducer:
         self.group, self.device = group, device
         self.local = Reducer(self.axes, local_count)
         self.local_totals: list[tuple[np.ndarray, ...]] = []
-        self.collectives = 0
         self._answered = answered  # (the array whose sum round 1 carried, its local total, its global total)
 
     @classmethod
@@ -86,7 +85,6 @@ class DistributedReducer:
         total, count = all_reduce_arrays([local_sum, np.array([local_count], dtype=np.float64)], group, device)
         reducer = cls(axes, local_count, int(round(float(count[0]))), group, device,
                       answered=(x, local_sum, total))
-        reducer.collectives = 1
         return reducer
 
     def sums(self, *terms) -> tuple[np.ndarray, ...]:
@@ -97,7 +95,6 @@ class DistributedReducer:
             return (total,)
         local = _local_sums(self.local, terms)
         self.local_totals.append(local)
-        self.collectives += 1
         return tuple(all_reduce_arrays(local, self.group, self.device))
 
     def parameter_sums(self, *terms) -> tuple[np.ndarray, ...]:

@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnsym._reduce import Reducer
-from bnsym.running_stats import update_running_stats
+from bnsym.batch_norm import update_running_stats
 from bnsym.torch.distributed_reducer import DistributedReducer, LocalTotals
 
 __all__ = ["SyncBatchNorm"]
