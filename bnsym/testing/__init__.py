@@ -26,7 +26,7 @@ from bnsym.testing.family import LAYER_NAMES, protocol
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import REGISTRY, registry
-from bnsym.testing.results import CheckFailed, NothingChecked, Report
+from bnsym.testing.results import FAILED, CheckFailed, NothingChecked, Report
 from bnsym.testing.runner import run_properties
 
 __all__ = ["DEFAULT_MAX_EXAMPLES", "LAYERS", "PROPERTIES", "CheckFailed", "CheckOptions", "Implementation",
@@ -150,7 +150,7 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
     if save_dir is not None:
         report.save_dir = Path(save_dir)
         for result in report.results:
-            if result.counterexample is not None:
+            if result.counterexample is not None and result.status == FAILED:
                 save_counterexample(result, Path(save_dir), options)
     if report.failed:
         raise CheckFailed(report)

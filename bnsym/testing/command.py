@@ -37,6 +37,7 @@ from bnsym.testing.counterexamples import (
 from bnsym.testing.files import write_atomically
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, IsolatedImplementation
 from bnsym.testing.options import MODES, CheckOptions
+from bnsym.testing.results import FAILED
 from bnsym.testing.runner import run_properties
 from bnsym.testing.sharded import SHARDED
 
@@ -266,7 +267,7 @@ def _check(args: argparse.Namespace, impl) -> int:
     report.replay_command = f"bnsym check {shlex.quote(args.target)}{isolation} --replay {{path}}"
     report.save_dir = Path(args.save_dir) if args.save_dir else DEFAULT_DIRECTORY
     for result in report.results:
-        if result.counterexample is not None:
+        if result.counterexample is not None and result.status == FAILED:
             save_counterexample(result, report.save_dir, options)
     print(report)
     _outputs(report, args)

@@ -19,10 +19,13 @@ import numpy as np
 from bnsym.strategies import Example
 from bnsym.testing.options import CheckOptions
 
-__all__ = ["FAILED", "PASSED", "SKIPPED", "CheckFailed", "Counterexample", "NothingChecked", "PropertyResult",
+__all__ = ["FAILED", "NOTED", "PASSED", "SKIPPED", "CheckFailed", "Counterexample", "NothingChecked", "PropertyResult",
            "Report", "plural", "Verdicts"]
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+#: A finding that does not decide this run: a property that concerns other dtypes' runs failed (float64_arithmetic
+#: in a float32 run). Reported, in the text and the JSON, and what requires it is skipped; the exit status is not 1.
+NOTED = "noted"
 
 
 def plural(count: int, noun: str) -> str:
@@ -87,9 +90,14 @@ class Verdicts:
         return self._names(SKIPPED)
 
     @property
+    def noted(self) -> list[str]:
+        """Properties whose failure is a note in this run (:data:`NOTED`): reported, not failing it."""
+        return self._names(NOTED)
+
+    @property
     def nothing_checked(self) -> bool:
         """No property ran: every one was skipped or left out. Not a pass (exit status 5, as pytest's)."""
-        return not self.passed and not self.failed
+        return not self.passed and not self.failed and not self.noted
 
     @property
     def ok(self) -> bool:
@@ -158,6 +166,15 @@ class Report(Verdicts):
                                  f"        {r.name} saved as {r.counterexample.path.name}")
         return lines
 
+    def _note_lines(self, r: PropertyResult) -> list[str]:
+        lines = [f"  NOTE  {r.name}: {_description(r.name, self.options.layer)}",
+                 f"        {r.counterexample.failure if r.counterexample else r.reason}",
+                 f"        (a note, not a failure: this {self.dtype} run checks {self.dtype} arithmetic; a run in the "
+                 "dtype it concerns fails on it)"]
+        if r.counterexample is not None:
+            lines.append(f"        example: {r.counterexample.example.describe()}")
+        return lines
+
     def __str__(self) -> str:
         regimes = "" if not self.regimes or len(self.regimes) >= 6 else f", regimes: {', '.join(self.regimes)}"
         lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
@@ -174,6 +191,9 @@ class Report(Verdicts):
                 skipped.setdefault(r.reason, []).append(r.name)
         for group in self._failure_groups():
             lines.extend(self._failure_lines(group))
+        for r in self.results:
+            if r.status == NOTED:
+                lines.extend(self._note_lines(r))
         for reason, names in skipped.items():
             lines.append(f"  SKIP  {', '.join(names)}: {reason}")
         if self.not_selected:
@@ -184,8 +204,9 @@ class Report(Verdicts):
             lines.append(f"counterexamples saved in {saved[0].parent}{'/' if str(saved[0].parent) != '/' else ''}")
             if self.replay_command:
                 lines.append(f"  replay one: {self.replay_command.format(path=saved[0])}")
-        summary = (f"{plural(len(self.results), 'property')}: {len(self.passed)} passed, {len(self.failed)} failed, "
-                   f"{len(self.skipped)} skipped ({self.seconds:.1f} s)")
+        noted = f", {len(self.noted)} noted" if self.noted else ""
+        summary = (f"{plural(len(self.results), 'property')}: {len(self.passed)} passed, {len(self.failed)} failed"
+                   f"{noted}, {len(self.skipped)} skipped ({self.seconds:.1f} s)")
         lines.append(summary)
         if self.nothing_checked:
             lines.append(self.why_nothing_checked())
@@ -227,6 +248,8 @@ class Report(Verdicts):
                 "margin": None if r.margin is None else {"worst": r.margin[0], "regime": r.margin[1],
                                                          "per_regime": dict(r.margins)},
                 "counterexample": counterexample(r)} for r in self.results],
+            "notes": [{"name": r.name, "message": str(r.counterexample.failure) if r.counterexample else r.reason}
+                      for r in self.results if r.status == NOTED],
             "not_selected": list(self.not_selected),
         }
 

@@ -28,7 +28,7 @@ from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import Property, Space, registry
-from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
+from bnsym.testing.results import FAILED, NOTED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 
 __all__ = ["call_property", "run_properties", "selection"]
 
@@ -150,6 +150,8 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
         result = _decide_skip(prop, impl, space, options, properties, verdicts)
         if result is None:
             result = _run_one(prop, impl, space, max_examples, seed, options)
+            if result.status == FAILED and not prop.concerns_run(space.dtype):
+                result.status = NOTED  # found and reported, but not the question of this run's dtype
         verdicts[name] = result.status
         report.results.append(result)
     report.seconds = time.perf_counter() - start
@@ -164,9 +166,10 @@ def _decide_skip(prop, impl, space, options, properties, verdicts) -> PropertyRe
     if missing:
         return PropertyResult(prop.name, SKIPPED, f"needs {', '.join(sorted(missing))}, which the implementation "
                                                   "does not offer")
-    failed = [r for r in prop.requires if verdicts.get(r) == FAILED]
+    failed = [r for r in prop.requires if verdicts.get(r) in (FAILED, NOTED)]
     if failed:
-        return PropertyResult(prop.name, SKIPPED, f"needs what {', '.join(failed)} found missing (see its failure)")
+        where = "note" if all(verdicts[r] == NOTED for r in failed) else "failure"
+        return PropertyResult(prop.name, SKIPPED, f"needs what {', '.join(failed)} found missing (see its {where})")
     if not space.usable(prop):
         return PropertyResult(prop.name, SKIPPED, f"draws only from the regimes {', '.join(prop.regimes)}, which "
                                                   "the selected regimes leave out")

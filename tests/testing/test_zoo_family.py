@@ -68,14 +68,13 @@ def test_planted_bug_exits_1_on_the_command_line_naming_its_properties(bug, tmp_
 
 
 def test_a_wrong_float64_result_is_not_taken_for_float32_arithmetic():
-    """float64_arithmetic reports a float32 computation once (and the finite-difference properties are skipped);
-    a y that is wrong beyond what float32 could explain is a bug of its own, and they run and report it."""
+    """float64_arithmetic notes a float32 computation once in a float32 run (and the finite-difference properties
+    are skipped); a y that is wrong beyond what float32 could explain is a bug of its own, and they run and report
+    it."""
     from tests.testing.zoo_family import LayerNormInFloat32, LayerNormLastAxisOnly
 
-    with pytest.raises(CheckFailed) as info:
-        check_normalization(LayerNormInFloat32(), layer="layer_norm", dtype="float32", max_examples=10)
-    report = info.value.report
-    assert report.failed == ["float64_arithmetic"], str(report)
+    report = check_normalization(LayerNormInFloat32(), layer="layer_norm", dtype="float32", max_examples=10)
+    assert report.noted == ["float64_arithmetic"] and not report.failed, str(report)
     assert {r.name for r in report.results if r.status == "skipped"} == {"forward_derivative",
                                                                          "backward_finite_differences"}
     with pytest.raises(CheckFailed) as info:

@@ -285,6 +285,34 @@ class LayerNormInFloat32(LayerNorm):
         return y.astype(x.dtype)
 
 
+class LayerNormMaxVarEps(LayerNorm):
+    """1 / sqrt(max(var, eps)): float64 arithmetic with a wrong formula."""
+
+    def invstd(self, var, eps):
+        return 1 / np.sqrt(np.maximum(var, eps))
+
+
+class LayerNormEpsInFloat32(LayerNorm):
+    """eps rounded to float32 whatever the dtype (a kernel whose eps argument is a C float)."""
+
+    def invstd(self, var, eps):
+        return 1 / np.sqrt(var + np.float64(np.float32(eps)))
+
+
+class RMSNormStatisticsInFloat32(RMSNorm):
+    """As Hugging Face's LlamaRMSNorm: x_hat computed in float32 from any input, gamma applied in the input's dtype,
+    so y of float64 input is not representable in float32, yet it is float32 arithmetic."""
+
+    def _forward(self, x, gamma, beta, eps, num_groups=None):
+        x_hat = super()._forward(x.astype(np.float32), np.ones(gamma.shape, np.float32), None, eps)
+        return gamma.astype(x.dtype) * x_hat.astype(x.dtype)
+
+    def _backward(self, dy, x, gamma, eps, num_groups=None, with_beta=True):
+        gradients = super()._backward(dy.astype(np.float32), x.astype(np.float32), gamma.astype(np.float32), eps,
+                                      with_beta=with_beta)
+        return tuple(g.astype(x.dtype) for g in gradients)
+
+
 class _DgammaNotSummed:
     """dgamma from the first sample only, not summed over the batch."""
 
