@@ -96,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float64", "float32", "float16"),
                         help="the dtype of the inputs (default float64)")
     parser.add_argument("--max-examples", type=_positive,
-                        help=f"examples per property (default {DEFAULT_MAX_EXAMPLES})")
+                        help=f"examples per property (default {DEFAULT_MAX_EXAMPLES}), plus one of each input regime "
+                             "the draws miss")
     parser.add_argument("--seed", type=_seed, help="Hypothesis seed; the same seed, the same run (default 0)")
     parser.add_argument("--property", action="append", choices=_ALL_PROPERTIES + tuple(SHARDED), metavar="NAME",
                         dest="properties", help="run only this property (repeatable); one of the layer's: "

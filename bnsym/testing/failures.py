@@ -65,8 +65,10 @@ class ProtocolError(PropertyFailure):
 class Observation:
     worst: float = 0.0
     nonfinite_forward: bool = False
+    compared: bool = False  # whether any number was compared (a worst of 0 is then exact agreement, a margin)
 
     def ratio(self, value: float) -> None:
+        self.compared = True
         if value > self.worst or value != value:  # NaN: as bad as it gets
             self.worst = float("inf") if value != value else value
 

@@ -55,8 +55,9 @@ class PropertyResult:
 
     @property
     def margin(self) -> tuple[float, str] | None:
-        """(worst ratio, regime) over every regime, or None when the property compared no number."""
-        if not self.margins:
+        """(worst ratio, regime) over every regime, or None when the property compared no number or agreed exactly
+        everywhere (``margins`` then holds each regime's 0)."""
+        if not self.margins or max(self.margins.values()) == 0:
             return None
         regime = max(self.margins, key=self.margins.get)
         return self.margins[regime], regime
@@ -178,7 +179,7 @@ class Report(Verdicts):
     def __str__(self) -> str:
         regimes = "" if not self.regimes or len(self.regimes) >= 6 else f", regimes: {', '.join(self.regimes)}"
         lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
-                 f"to {plural(self.max_examples, 'example')} per property{regimes}"]
+                 f"to {plural(self.max_examples, 'example')} per property and one of each regime they miss{regimes}"]
         skipped: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == PASSED:
@@ -245,8 +246,9 @@ class Report(Verdicts):
                 "name": r.name, "description": _description(r.name, self.options.layer), "status": r.status,
                 "reason": r.reason,
                 "examples": r.examples, "seconds": round(r.seconds, 3), "cause": r.cause or None,
-                "margin": None if r.margin is None else {"worst": r.margin[0], "regime": r.margin[1],
-                                                         "per_regime": dict(r.margins)},
+                "margin": None if not r.margins else {"worst": max(r.margins.values()),
+                                                      "regime": max(r.margins, key=r.margins.get),
+                                                      "per_regime": dict(r.margins)},
                 "counterexample": counterexample(r)} for r in self.results],
             "notes": [{"name": r.name, "message": str(r.counterexample.failure) if r.counterexample else r.reason}
                       for r in self.results if r.status == NOTED],

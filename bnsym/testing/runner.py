@@ -15,6 +15,7 @@ the registry of properties (:func:`bnsym.testing.properties.registry`), the regi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -60,7 +61,8 @@ def _cause(failure: PropertyFailure, nonfinite_forward: bool, example: Example) 
 def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: int, seed: int,
              options: CheckOptions) -> PropertyResult:
     failures: list[tuple[Example, PropertyFailure, str]] = []
-    margins: dict[str, float] = {}
+    margins: dict[str, float] = {}  # every regime drawn: the worst ratio of its examples (0 when none compared)
+    compared: set[str] = set()  # the regimes whose examples compared a number with a tolerance
     count = 0
 
     def attempt(example: Example) -> None:
@@ -83,28 +85,48 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
             finally:
                 if observation.worst or example.regime not in margins:
                     margins[example.regime] = max(margins.get(example.regime, 0.0), observation.worst)
+                if observation.compared:
+                    compared.add(example.regime)
 
-    test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
-                    suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
-                    verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
-        hypothesis_seed(seed)(given(prop.examples(space))(attempt)))
+    def run(examples, size: int) -> PropertyResult | None:
+        """Run ``size`` examples of the strategy; a result when the run itself broke (not a property failure)."""
+        test = settings(max_examples=size, database=None, deadline=None, derandomize=False,
+                        suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
+                        verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
+            hypothesis_seed(seed)(given(examples)(attempt)))
+        try:
+            with np.errstate(all="ignore"):
+                test()
+        except Exception as error:
+            if not failures:
+                return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
+                                      seconds=time.perf_counter() - start)
+        return None
+
     start = time.perf_counter()
     try:
-        with np.errstate(all="ignore"):
-            test()
-    except Exception as error:
-        if not failures:
-            return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
-                                  seconds=time.perf_counter() - start)
+        broken = run(prop.examples(space), max_examples)
+        # Stratified, not hoped for: a regime the run's draws missed (or, for a property that compares numbers, drew
+        # without comparing any: sample_independence with one sample) gets an example of its own, so that every run
+        # sees every regime, with its margin. A strategy that does not draw from the space's regimes (one fixed
+        # regime, as float64_arithmetic's) shows it on the first such example, and is left alone.
+        for regime in space.usable(prop):
+            if broken or failures or regime in (compared or margins):
+                continue
+            broken = run(prop.examples(dataclasses.replace(space, regimes=(regime,))), 1)
+            if regime not in margins:
+                break
+        if broken:
+            return broken
     except ImplementationCrashed:  # a hang ended the run; its example is the last failure
         pass
     seconds = time.perf_counter() - start
-    compared = {regime: ratio for regime, ratio in margins.items() if ratio > 0}
+    shown = {regime: ratio for regime, ratio in margins.items() if regime in compared or ratio > 0}
     if failures:
         example, failure, cause = failures[-1]
         return PropertyResult(prop.name, FAILED, failure.message, count, Counterexample(example, failure), seconds,
-                              compared, cause)
-    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=compared)
+                              shown, cause)
+    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=shown)
 
 
 def selection(options: CheckOptions, properties: list[str] | None, capabilities=None) -> list[str]:
