@@ -46,7 +46,16 @@ from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, curren
 from bnsym.testing.family import FAMILY, protocol
 from bnsym.testing.family_reference import LayerBound
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.properties import _STEP, FLOAT64_MIN_COUNT, FLOAT64_SLACK, Space, compare, judge_float64, register
+from bnsym.testing.properties import (
+    _STEP,
+    FLOAT64_MIN_COUNT,
+    FLOAT64_SLACK,
+    Space,
+    compare,
+    judge_float64,
+    register,
+    second_dy,
+)
 from bnsym.testing.protocol import output_array, output_arrays
 
 __all__ = ["call", "call_backward", "call_double_backward", "call_forward"]
@@ -66,7 +75,8 @@ def _second_order(options: CheckOptions) -> bool:
 # ----- strategies -----
 
 def _examples(space: Space) -> st.SearchStrategy[Example]:
-    return bst.layer_examples(space.layer, dtype=space.dtype, regimes=space.regimes, shapes=space.shapes)
+    return bst.layer_examples(space.layer, dtype=space.dtype, regimes=space.regimes, shapes=space.shapes,
+                              min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 def _float64_examples(space: Space) -> st.SearchStrategy[Example]:
@@ -74,7 +84,8 @@ def _float64_examples(space: Space) -> st.SearchStrategy[Example]:
     shapes = space.shapes
     if shapes is not None:
         shapes = [e for e in shapes if bst.entry_layout(space.layer, *e).count >= FLOAT64_MIN_COUNT] or shapes
-    return bst.layer_examples(space.layer, dtype="float64", regimes=("well-conditioned",), shapes=shapes)
+    return bst.layer_examples(space.layer, dtype="float64", regimes=("well-conditioned",), shapes=shapes,
+                              min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 _TINY = {"layer_norm": ((3, 2), 1), "rms_norm": ((3, 2), 1), "group_norm": ((2, 4), 2),
@@ -90,7 +101,8 @@ def _small_examples(space: Space) -> st.SearchStrategy[Example]:
         return layout.count <= reference.EXACT_MAX_COUNT and \
             math.prod(layout.statistics_shape) <= reference.EXACT_MAX_GROUPS
     entries = [e for e in space.shapes or () if small(e)] or [_TINY[space.layer]]
-    return bst.layer_examples(space.layer, dtype=space.dtype, regimes=space.regimes, shapes=entries)
+    return bst.layer_examples(space.layer, dtype=space.dtype, regimes=space.regimes, shapes=entries,
+                              min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 def _register(name: str, group: str, needs=("forward",), *, layers=FAMILY, examples=_examples, when=None,
@@ -276,14 +288,14 @@ def _finite_gradients(impl, example):
 
 # ----- against bnsym's reference and the exact evaluation -----
 
-@_register("forward_reference", "reference")
+@_register("forward_reference", "reference", long_groups=True)
 def _forward_reference(impl, example):
     """y agrees with bnsym's float64 reference within the error bound of the dtype, from the derived closed form."""
     ref = reference.forward(example)
     compare("y", call_forward(impl, example), ref.y, _bound(example, ref).forward())
 
 
-@_register("backward_reference", "gradients", needs=("forward", "backward"))
+@_register("backward_reference", "gradients", needs=("forward", "backward"), long_groups=True)
 def _backward_reference(impl, example):
     """dx and the parameter gradients agree with bnsym's float64 backward within the derived bounds."""
     tolerances = _bound(example).backward(example.dy)
@@ -569,9 +581,7 @@ def _dbeta_is_sum_dy(impl, example):
             bound.backward(example.dy)[2] + bound.slack(example.dy))
 
 
-def _second_dy(example: Example, salt: int) -> np.ndarray:
-    rng = example.rng(salt)
-    return (10.0 ** rng.uniform(-1, 1) * rng.standard_normal(example.x.shape)).astype(example.dtype)
+_second_dy = second_dy  # batch norm's, for every layer (the layout says where the groups are)
 
 
 @_register("linearity_in_dy", "identities", needs=("forward", "backward"))

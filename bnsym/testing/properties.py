@@ -29,6 +29,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnsym import strategies as bst
+from bnsym._representable import dy_scale
 from bnsym.strategies import Example
 from bnsym.testing import arithmetic, reference
 from bnsym.testing.adapters import Implementation
@@ -56,7 +57,8 @@ class Property:
     ``regimes`` are the input regimes it can draw from (None: all); ``requires`` names properties that must hold
     for this one to mean anything (the runner runs them first, and skips this one, with the reason, when one
     fails); ``concerns`` (None: every dtype) are the dtypes of the runs whose verdict a failure decides
-    (:meth:`concerns_run`)."""
+    (:meth:`concerns_run`); ``long_groups`` properties also run on the run's long groups
+    (``Space.long_shapes``)."""
 
     name: str
     group: str
@@ -70,6 +72,7 @@ class Property:
     regimes: tuple[str, ...] | None = None
     requires: tuple[str, ...] = ()
     concerns: tuple[str, ...] | None = None
+    long_groups: bool = False
 
     def concerns_run(self, dtype) -> bool:
         """Whether a failure of this property fails a run in ``dtype``. A property that ``concerns`` only some
@@ -97,12 +100,16 @@ def registry(layer: str) -> dict[str, Property]:
 class Space:
     """Where one run draws its examples from: the dtype, the input regimes, the pool of shapes
     (:func:`bnsym.strategies.shape_pool`, or :func:`bnsym.strategies.layer_shape_pool` for the other layers;
-    None draws any shape) and the layer. Every property's strategy is a function of it."""
+    None draws any shape), the layer and the range of eps. Every property's strategy is a function of it.
+    ``long_shapes`` are the run's shapes with long groups (:func:`bnsym.strategies.long_shapes`), which the
+    properties that take them (``Property.long_groups``) also run on."""
 
     dtype: np.dtype
     regimes: tuple[str, ...] = bst.REGIMES
     shapes: tuple | None = None
     layer: str = "batch_norm"
+    eps: tuple[float, float] = (bst.MIN_EPS, bst.MAX_EPS)
+    long_shapes: tuple = ()
 
     def usable(self, prop: Property) -> tuple[str, ...]:
         """The regimes of this space that ``prop`` can draw from."""
@@ -110,12 +117,13 @@ class Space:
 
 
 def _general(space: Space) -> st.SearchStrategy[Example]:
-    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, shapes=space.shapes)
+    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, shapes=space.shapes,
+                                   min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 def register(name: str, group: str, needs=("forward",), examples=_general, *, when=train_first_order,
              selected_by="train mode (the default --mode)", takes_options=False, regimes=None, requires=(),
-             layers=("batch_norm",), description: str | None = None, concerns=None):
+             layers=("batch_norm",), description: str | None = None, concerns=None, long_groups=False):
     """Add the decorated check to the registries of ``layers`` (default batch norm's, :data:`REGISTRY`); its
     docstring's first line is the property's description unless ``description`` is given."""
     def decorate(check):
@@ -124,7 +132,7 @@ def register(name: str, group: str, needs=("forward",), examples=_general, *, wh
                 raise ValueError(f"a property named {name!r} is already registered for {layer}")
         text = description or (check.__doc__ or name).strip().splitlines()[0]
         prop = Property(name, group, frozenset(needs), text, check, examples, when, selected_by, takes_options,
-                        regimes, tuple(requires), None if concerns is None else tuple(concerns))
+                        regimes, tuple(requires), None if concerns is None else tuple(concerns), long_groups)
         for layer in layers:
             REGISTRIES[layer][name] = prop
         return check
@@ -258,7 +266,8 @@ def _float64_examples(space: Space) -> st.SearchStrategy[Example]:
     shapes = space.shapes
     if shapes is not None:
         shapes = [s for s in shapes if math.prod(s) // s[1] >= FLOAT64_MIN_COUNT] or shapes
-    return bst.batch_norm_examples(dtype="float64", regimes=("well-conditioned",), shapes=shapes)
+    return bst.batch_norm_examples(dtype="float64", regimes=("well-conditioned",), shapes=shapes,
+                                   min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 #: How much worse than float64's own error bound a float64 result may be before the checker asks whether it was
@@ -358,7 +367,8 @@ def _single_values(space: Space) -> st.SearchStrategy[Example]:
         channels = sorted({s[1] for s in space.shapes})[-2:]
         shapes = st.sampled_from([(1, c) + (1,) * extra for extra in (0, 2) for c in channels])
     regimes = tuple(r for r in space.regimes if r in _SINGLE_VALUE_REGIMES)
-    return st.builds(bst.make_example, shapes, bst.regimes(names=regimes), bst.epsilons(), st.integers(0, 2**32 - 1),
+    return st.builds(bst.make_example, shapes, bst.regimes(names=regimes),
+                     bst.epsilons(min_eps=space.eps[0], max_eps=space.eps[1]), st.integers(0, 2**32 - 1),
                      st.just(space.dtype))
 
 
@@ -378,14 +388,14 @@ def _one_value_per_channel(impl, example):
 
 # ----- comparison with bnsym's reference -----
 
-@register("forward_reference", "reference")
+@register("forward_reference", "reference", long_groups=True)
 def _forward_reference(impl, example):
     """y agrees with bnsym's float64 reference within the error bound of the dtype."""
     ref = reference.forward(example)
     compare("y", call_forward(impl, example), ref.y, _bound(example, ref).forward())
 
 
-@register("backward_reference", "gradients", needs=("forward", "backward"))
+@register("backward_reference", "gradients", needs=("forward", "backward"), long_groups=True)
 def _backward_reference(impl, example):
     """dx, dgamma, dbeta agree with bnsym's generated backward in float64 within the error bound of the dtype."""
     ref = reference.forward(example)
@@ -398,7 +408,7 @@ def _backward_reference(impl, example):
 def _small(space: Space) -> st.SearchStrategy[Example]:
     small = [s for s in space.shapes or () if len(s) <= 4 and math.prod(s) // s[1] <= reference.EXACT_MAX_COUNT - 2]
     return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, max_dims=4, max_channels=2, max_count=4,
-                                   shapes=small or None)
+                                   shapes=small or None, min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 @register("exact_reference", "gradients", needs=("forward", "backward"), examples=_small)
@@ -650,10 +660,16 @@ def _dgamma_is_sum_dy_xhat(impl, example):
             _bound(example, ref).backward(dy)[1] + _reference_slack(ref, dy * ref.x_hat))
 
 
-def _second_dy(example: Example, salt: int) -> np.ndarray:
+def second_dy(example: Example, salt: int) -> np.ndarray:
+    """Another upstream gradient for the example, random, in its dtype: scaled as the example's dy is, by a power of
+    two when needed, so that its exact gradients are within the dtype's range (:mod:`bnsym._representable`)."""
     rng = example.rng(salt)
-    scale = 10.0 ** rng.uniform(-1, 1)
-    return (scale * rng.standard_normal(example.x.shape)).astype(example.dtype)
+    dy = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(example.x.shape)
+    scale = dy_scale(example.layout, example.x, example.gamma, dy.astype(example.dtype), example.eps, example.dtype)
+    return (scale * dy).astype(example.dtype)
+
+
+_second_dy = second_dy
 
 
 def _compare_gradients(what: str, combine, ref_combine, tolerances):

@@ -125,6 +125,7 @@ class Report(Verdicts):
     regimes: tuple[str, ...] = ()
     shapes: tuple[tuple[int, ...], ...] = ()
     save_dir: Path | None = None
+    long_shapes: tuple = ()  # the run's shapes with long groups (bnsym.strategies.long_shapes)
 
     def why_nothing_checked(self) -> str:
         reasons = sorted({r.reason for r in self.results if r.status == SKIPPED})
@@ -167,6 +168,14 @@ class Report(Verdicts):
                                  f"        {r.name} saved as {r.counterexample.path.name}")
         return lines
 
+    def _long_groups(self) -> str:
+        from bnsym.strategies import entry_count
+
+        if not self.long_shapes:
+            return ""
+        counts = sorted({entry_count(self.options.layer, entry) for entry in self.long_shapes})
+        return f", long groups of {', '.join(str(n) for n in counts)} values"
+
     def _note_lines(self, r: PropertyResult) -> list[str]:
         lines = [f"  NOTE  {r.name}: {_description(r.name, self.options.layer)}",
                  f"        {r.counterexample.failure if r.counterexample else r.reason}",
@@ -179,7 +188,8 @@ class Report(Verdicts):
     def __str__(self) -> str:
         regimes = "" if not self.regimes or len(self.regimes) >= 6 else f", regimes: {', '.join(self.regimes)}"
         lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
-                 f"to {plural(self.max_examples, 'example')} per property and one of each regime they miss{regimes}"]
+                 f"to {plural(self.max_examples, 'example')} per property and one of each regime they miss{regimes}"
+                 f"{self._long_groups()}"]
         skipped: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == PASSED:
@@ -237,8 +247,8 @@ class Report(Verdicts):
             "options": {"layer": self.options.layer, "mode": self.options.mode,
                         "convention": self.options.convention, "order": self.options.order,
                         "regimes": list(self.regimes)},
-            "shapes": [list(s) if self.options.layer == "batch_norm" else {"shape": list(s[0]), "size": s[1]}
-                       for s in self.shapes],
+            "shapes": [_entry_json(s) for s in self.shapes],
+            "long_shapes": [_entry_json(s) for s in self.long_shapes],
             "seconds": round(self.seconds, 3),
             "save_dir": None if self.save_dir is None else str(self.save_dir),
             "versions": versions(),
@@ -254,6 +264,13 @@ class Report(Verdicts):
                       for r in self.results if r.status == NOTED],
             "not_selected": list(self.not_selected),
         }
+
+
+def _entry_json(entry):
+    """A pool entry for JSON: batch norm's is a shape, the other layers' a (shape, size) pair."""
+    if entry and isinstance(entry[0], tuple):
+        return {"shape": list(entry[0]), "size": entry[1]}
+    return list(entry)
 
 
 def versions() -> dict[str, str]:

@@ -21,6 +21,7 @@ import time
 import numpy as np
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import InvalidArgument
 
 from bnsym import strategies as bst
 from bnsym.strategies import Example
@@ -116,6 +117,16 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
             broken = run(prop.examples(dataclasses.replace(space, regimes=(regime,))), 1)
             if regime not in margins:
                 break
+        # The smallest eps on a constant group, where eps alone keeps 1/sqrt(var + eps) finite: a kernel that
+        # rounds eps = 1e-12 to zero in float16 divides by zero there.
+        for regime in (r for r in space.usable(prop) if r in bst.CONSTANT_REGIMES):
+            if not (broken or failures):
+                broken = run(prop.examples(dataclasses.replace(space, regimes=(regime,), eps=(space.eps[0],) * 2)), 1)
+        # Long groups: each of the run's long shapes, in the regimes it can hold (not the tiny ones).
+        for entry in space.long_shapes if prop.long_groups else ():
+            long_space = dataclasses.replace(space, shapes=(entry,), regimes=_holdable(prop, space, entry))
+            if not (broken or failures) and long_space.regimes:
+                broken = run(prop.examples(long_space), LONG_EXAMPLES)
         if broken:
             return broken
     except ImplementationCrashed:  # a hang ended the run; its example is the last failure
@@ -127,6 +138,23 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
         return PropertyResult(prop.name, FAILED, failure.message, count, Counterexample(example, failure), seconds,
                               shown, cause)
     return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=shown)
+
+
+#: Examples per long shape for a property that takes long groups: the simplest (well-conditioned) and one drawn.
+LONG_EXAMPLES = 2
+
+
+def _holdable(prop: Property, space: Space, entry) -> tuple[str, ...]:
+    """The regimes of the space that the examples of ``prop`` can draw on the one shape ``entry`` (a strategy
+    refuses a regime none of its shapes can hold, such as a tiny group on a long one)."""
+    regimes = []
+    for regime in space.usable(prop):
+        try:
+            prop.examples(dataclasses.replace(space, shapes=(entry,), regimes=(regime,)))
+        except InvalidArgument:
+            continue
+        regimes.append(regime)
+    return tuple(regimes)
 
 
 def selection(options: CheckOptions, properties: list[str] | None, capabilities=None) -> list[str]:
@@ -159,9 +187,10 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
     options = options or CheckOptions()
     shapes = _pool(options.layer, seed, shapes)
     regimes = bst.layer_regimes(options.layer) if regimes is None else tuple(regimes)
-    space = Space(np.dtype(dtype), regimes, shapes, options.layer)
+    space = Space(np.dtype(dtype), regimes, shapes, options.layer, long_shapes=bst.long_shapes(options.layer, shapes,
+                                                                                               seed))
     report = Report(impl.name, space.dtype.name, seed, max_examples, options=options, regimes=space.regimes,
-                    shapes=shapes)
+                    shapes=shapes, long_shapes=space.long_shapes)
     start = time.perf_counter()
     selected = selection(options, properties, impl.capabilities)
     properties_of_layer = registry(options.layer)

@@ -135,7 +135,7 @@ def sharded_examples(*, dtype="float64", shards: int, equal_shards: bool = False
         spatial = tuple(1 if regime == "tiny batch" else draw(st.integers(1, 4)) for _ in range(spatial_dims))
         if batch * int(np.prod(spatial)) < 2:  # training needs two values per channel in all
             spatial = (2,) + spatial[1:] if spatial else (2,)
-        eps = draw(bst.epsilons())
+        eps = draw(bst.epsilons(min_eps=1e-5))  # the sharded check keeps its range (not yet widened to 1e-12)
         seed = draw(st.integers(0, 2**32 - 1))
         base = "well-conditioned" if regime == DIFFERENT_MEANS else regime
         example = bst.make_example((batch, channels, *spatial), base, eps, seed, resolved)

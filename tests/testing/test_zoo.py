@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bnsym.testing import PROPERTIES, CheckFailed, check_batchnorm
+from tests.testing.known_defects import assert_only_torch_float16_eps_failures
 from tests.testing.zoo import BUGS, CORRECT, ForwardOnly
 
 BUG_CLASSES = {  # bug classes that concern training forward/backward: each needs a planted bug
@@ -65,7 +66,13 @@ def test_planted_bug_is_caught_by_its_properties(bug):
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 @pytest.mark.parametrize("name", sorted(CORRECT))
 def test_correct_implementation_passes(name, dtype):
-    report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=20 if dtype == "float16" else 30)
+    try:
+        report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=20 if dtype == "float16" else 30)
+    except CheckFailed as failure:
+        if (name, dtype) != ("torch", "float16"):
+            raise
+        assert_only_torch_float16_eps_failures(failure.report, "batch_norm")  # PyTorch rounds eps to float16
+        return
     assert not report.skipped, f"{name} offers forward and backward, yet {report.skipped} were skipped"
 
 

