@@ -122,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                   "(default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the whole result as JSON (for CI)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw each property's margin per input regime "
-                                                           "(needs matplotlib: pip install 'bnsym[plot]')")
+                                                           "(needs matplotlib: pip install -e '.[plot]')")
     parser.add_argument("--isolate", action="store_true",
                         help="run the implementation in a child process: a crash (SIGSEGV, SIGABRT, ...) or a call "
                              "that does not return within --timeout fails the property, and the run goes on")
@@ -199,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _fail("--plot needs matplotlib: pip install 'bnsym[plot]'")
+            return _fail("--plot needs matplotlib: pip install -e '.[plot]'")
     if args.replay:
         try:
             name, example, options = load_counterexample(args.replay)
