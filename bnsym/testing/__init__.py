@@ -151,7 +151,8 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
         report.save_dir = Path(save_dir)
         for result in report.results:
             if result.counterexample is not None and result.status == FAILED:
-                save_counterexample(result, Path(save_dir), options)
+                target = impl if isinstance(impl, str) else report.implementation
+                save_counterexample(result, Path(save_dir), options, target)
     if report.failed:
         raise CheckFailed(report)
     if report.nothing_checked:

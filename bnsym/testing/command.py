@@ -177,12 +177,15 @@ def _write_json(report, path: str) -> None:
 
 
 def _outputs(report, args) -> None:
+    """Write the --json and --plot files, each followed by a line saying where it went."""
     if args.json:
         _write_json(report, args.json)
+        print(f"result written as JSON to {args.json}")
     if args.plot:
         from bnsym.testing.plot import plot_margins
 
         plot_margins(report, args.plot)
+        print(f"margins plotted to {args.plot}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -269,7 +272,7 @@ def _check(args: argparse.Namespace, impl) -> int:
     report.save_dir = Path(args.save_dir) if args.save_dir else DEFAULT_DIRECTORY
     for result in report.results:
         if result.counterexample is not None and result.status == FAILED:
-            save_counterexample(result, report.save_dir, options)
+            save_counterexample(result, report.save_dir, options, args.target)
     print(report)
     _outputs(report, args)
     return report.exit_status

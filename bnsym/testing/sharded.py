@@ -37,7 +37,6 @@ rounding of adding K per-worker gradients.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import numbers
 import shlex
 import sys
@@ -57,6 +56,8 @@ from bnsym.conventions import CONVENTIONS
 from bnsym.strategies import Example
 from bnsym.testing import reference
 from bnsym.testing.adapters import TargetError, resolve
+from bnsym.testing.files import write_atomically
+from bnsym.testing.naming import counterexample_name
 from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import PropertyFailure, compare
 from bnsym.testing.results import Verdicts
@@ -585,15 +586,17 @@ def check_sharded(impl, *, shards: int, dtype="float64", max_examples: int = 50,
 _FIELDS = ("x", "gamma", "beta", "dy")
 
 
-def save_counterexample(result: PropertyResult, directory: Path, shards: int, convention: str | None) -> Path:
+def save_counterexample(result: PropertyResult, directory: Path, shards: int, convention: str | None,
+                        target: str = "target") -> Path:
+    """Write a failed sharded property's counterexample of ``target`` into ``directory``, atomically, named as the
+    other counterexamples are (:mod:`bnsym.testing.naming`); returns the path."""
     ce = result.counterexample
     ex = ce.example.example
-    digest = hashlib.sha256(b"".join(getattr(ex, f).tobytes() for f in _FIELDS)
-                            + np.asarray(ce.example.sizes).tobytes()).hexdigest()[:8]
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"bnsym-counterexample-{result.name}-{digest}.npz"
-    np.savez(path, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed, sizes=np.asarray(ce.example.sizes),
-             shards=shards, convention=convention or "", **{f: getattr(ex, f) for f in _FIELDS})
+    fields = dict(property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed, sizes=np.asarray(ce.example.sizes),
+                  shards=shards, convention=convention or "", **{f: getattr(ex, f) for f in _FIELDS})
+    name = counterexample_name(target, result.name, b"".join(getattr(ex, f).tobytes() for f in _FIELDS)
+                               + np.asarray(ce.example.sizes).tobytes())
+    path = write_atomically(Path(directory) / name, lambda stream: np.savez(stream, **fields))
     ce.path = path
     return path
 
@@ -665,7 +668,7 @@ def run_command(args: argparse.Namespace) -> int:
                                      "--replay {path}")
             for result in report.results:
                 if result.counterexample is not None:
-                    save_counterexample(result, Path(args.save_dir), args.shards, args.convention)
+                    save_counterexample(result, Path(args.save_dir), args.shards, args.convention, args.target)
     finally:
         impl.close()
     print(report)

@@ -31,7 +31,7 @@ def test_buggy_target_exits_1_names_the_property_and_saves_a_replayable_countere
     assert "FAIL  forward_reference" in out
     assert "minimal counterexample: x of shape" in out and "float32" in out and "regime" in out
     assert "expected" in out and "got" in out
-    saved = list(tmp_path.glob("forward_reference-*.npz"))
+    saved = list(tmp_path.glob("*-forward_reference-*.npz"))
     assert len(saved) == 1
     assert f"counterexamples saved in {tmp_path}/" in out and out.count(str(tmp_path)) == 2  # the folder, the replay
     assert f"--replay {saved[0]}" in out
@@ -235,6 +235,7 @@ def test_json_writes_the_whole_result(tmp_path, capsys):
     assert by_name["forward_reference"]["counterexample"]["file"].startswith(str(tmp_path))
     assert by_name["dbeta_is_sum_dy"]["status"] == "passed"
     assert 0 < by_name["dbeta_is_sum_dy"]["margin"]["worst"] <= 1
+    assert f"result written as JSON to {path}" in capsys.readouterr().out, "--json did not say where it wrote"
 
 
 def test_plot_draws_a_png(tmp_path, capsys):
@@ -243,6 +244,7 @@ def test_plot_draws_a_png(tmp_path, capsys):
     assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--property", "forward_reference", "--max-examples", "10",
                  "--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"margins plotted to {path}" in capsys.readouterr().out, "--plot did not say where it wrote"
 
 
 def test_passing_properties_show_their_margin_and_regime(capsys):
@@ -282,3 +284,21 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and bnsym.__version__ in capsys.readouterr().out
+
+
+def test_two_targets_checked_into_one_folder_keep_their_own_counterexamples(tmp_path, capsys):
+    """The same property failing on the same example for two targets: two files, each named by its target, and
+    the folder's default name is ignored by git."""
+    from bnsym.testing.counterexamples import DEFAULT_DIRECTORY
+
+    zoo = Path(__file__).with_name("zoo.py")
+    for name in ("EpsOutsideSqrt", "MaxVarEps"):
+        assert main(["check", f"{zoo}:{name}", "--property", "forward_reference", "--max-examples", "5",
+                     "--save-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    files = sorted(path.name for path in tmp_path.glob("*.npz"))
+    assert len(files) == 2, f"one target's counterexample overwrote the other's: {files}\n{out}"
+    assert files[0].startswith("zoo.EpsOutsideSqrt-forward_reference-"), files
+    assert files[1].startswith("zoo.MaxVarEps-forward_reference-"), files
+    gitignore = (Path(__file__).resolve().parents[2] / ".gitignore").read_text().splitlines()
+    assert f"{DEFAULT_DIRECTORY}/" in gitignore, f"{DEFAULT_DIRECTORY}/ is not in .gitignore"

@@ -228,7 +228,7 @@ def test_crash_fails_the_property_with_its_signal_and_the_run_goes_on(planted, t
     # reported and saved.
     shape = re.search(r"minimal counterexample: x of shape \((\d+),", out)
     assert shape and int(shape[1]) >= 3, out
-    saved = list((tmp_path / "saved").glob("shapes_and_dtypes-*.npz"))
+    saved = list((tmp_path / "saved").glob("*-shapes_and_dtypes-*.npz"))
     assert len(saved) == 1
     assert f"replay one: bnsym check {target} --isolate --replay {saved[0]}" in out
     # The next property ran in a fresh child and passed; the run completed.
@@ -260,7 +260,7 @@ def test_hang_is_killed_after_the_timeout_and_the_run_goes_on(planted, tmp_path,
     assert re.search(rf"forward did not return within 2 s \(killed while at {re.escape(str(planted))}:\d+ in "
                      r"forward", out), out
     assert "not shrunk" in out  # each shrinking attempt could wait the whole timeout
-    (saved,) = tmp_path.glob("shapes_and_dtypes-*.npz")
+    (saved,) = tmp_path.glob("*-shapes_and_dtypes-*.npz")
     assert f"--isolate --timeout 2 --replay {saved}" in out
     assert "PASS  one_value_per_channel" in out
     assert "2 properties: 1 passed, 1 failed" in out
