@@ -1,5 +1,5 @@
 """The ``bnsym`` command: ``bnsym derive`` regenerates (or checks) the generated files, ``bnsym check`` verifies a
-batch-norm implementation against the property library."""
+normalisation-layer implementation (batch, layer, RMS, group or instance norm) against the property library."""
 
 from __future__ import annotations
 
@@ -69,12 +69,16 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 CHECK_DESCRIPTION = "Verify a normalisation-layer implementation with bnsym's properties."
+#: What `bnsym --help` says: plain text (the module docstring's markup is for Sphinx and editors).
+DESCRIPTION = ("Normalisation layers derived symbolically, and checked: 'bnsym derive' regenerates (or, with "
+               "--check, checks) the generated code and derivations; 'bnsym check TARGET' verifies a batch, layer, "
+               "RMS, group or instance norm implementation (--layer) against the property library.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from bnsym import __version__
 
-    parser = argparse.ArgumentParser(prog="bnsym", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bnsym", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"bnsym {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

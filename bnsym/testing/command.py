@@ -37,6 +37,7 @@ from bnsym.testing.counterexamples import (
 from bnsym.testing.files import write_atomically
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, IsolatedImplementation
 from bnsym.testing.options import MODES, CheckOptions
+from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED
 from bnsym.testing.runner import run_properties
 from bnsym.testing.sharded import SHARDED
@@ -85,7 +86,8 @@ def _seconds(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Options default to None so that --replay can tell an option given from one left alone; _DEFAULTS fills them.
-    parser.add_argument("target", help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
+    parser.add_argument("target", nargs="?",
+                        help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
                                        "forward(x, gamma, beta, eps) or an object (or a class) with forward and "
                                        "optionally backward(dy, x, gamma, beta, eps), in the layer's form (--layer)")
     parser.add_argument("--layer", choices=LAYERS,
@@ -100,10 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the draws miss")
     parser.add_argument("--seed", type=_seed, help="Hypothesis seed; the same seed, the same run (default 0)")
     parser.add_argument("--property", action="append", choices=_ALL_PROPERTIES + tuple(SHARDED), metavar="NAME",
-                        dest="properties", help="run only this property (repeatable); one of the layer's: "
-                                                + "; ".join(f"{layer}: {', '.join(properties_of(layer))}"
-                                                            for layer in LAYERS)
-                                                + "; with --shards: " + ", ".join(SHARDED))
+                        dest="properties", help="run only this property (repeatable); one of the layer's, which "
+                                                "`bnsym check --layer L --list-properties` lists")
+    parser.add_argument("--list-properties", action="store_true",
+                        help="list the properties of --layer (with --shards: the sharded ones), what each checks "
+                             "and the options that select it, then exit")
     parser.add_argument("--regime", action="append", choices=_ALL_REGIMES, metavar="REGIME", dest="regimes",
                         help="draw inputs only from this regime (repeatable); one of the layer's: "
                              + "; ".join(f"{layer}: {', '.join(layer_regimes(layer))}" for layer in LAYERS))
@@ -141,10 +144,30 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _list_properties(args: argparse.Namespace) -> int:
+    """Print the properties of the layer (or the sharded check), one a line with what it checks; exit status 0."""
+    if getattr(args, "shards", None) is not None:
+        for name, prop in SHARDED.items():
+            print(f"{name}: {prop.description}")
+        return 0
+    layer = args.layer or "batch_norm"
+    for name in properties_of(layer):
+        prop = registry(layer)[name]
+        default = prop.when(CheckOptions(layer=layer))
+        selected = "" if default else f" [runs with {prop.selected_by}]"
+        print(f"{name}: {prop.description}{selected}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     # Hypothesis caches what it learns about the source code under ./.hypothesis even without an example
     # database; `bnsym check` should not leave that in the user's directory, so it keeps it in a temporary one
     # (unless HYPOTHESIS_STORAGE_DIRECTORY says where it should go).
+    if args.list_properties:
+        return _list_properties(args)
+    if args.target is None:
+        return _fail("the target is missing: bnsym check TARGET (torch, jax, path/to/file.py:NAME or "
+                     "package.module:NAME); bnsym check --help says more")
     if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
         return _run(args)
     with tempfile.TemporaryDirectory(prefix="bnsym-check-") as home:

@@ -302,3 +302,34 @@ def test_two_targets_checked_into_one_folder_keep_their_own_counterexamples(tmp_
     assert files[1].startswith("zoo.MaxVarEps-forward_reference-"), files
     gitignore = (Path(__file__).resolve().parents[2] / ".gitignore").read_text().splitlines()
     assert f"{DEFAULT_DIRECTORY}/" in gitignore, f"{DEFAULT_DIRECTORY}/ is not in .gitignore"
+
+
+def test_the_help_is_plain_text_about_every_layer_and_short_on_property_names(capsys):
+    from bnsym.cli import build_parser, check_parser
+    from bnsym.testing import LAYERS, properties_of
+
+    top = build_parser().format_help()
+    assert "``" not in top and "batch-norm implementation" not in top, f"bnsym --help shows markup or calls it a " \
+                                                                      f"batch-norm checker:\n{top}"
+    assert "layer" in top and "RMS" in top, top
+    check = check_parser().format_help()
+    names = {name for layer in LAYERS for name in properties_of(layer)}
+    listed = [name for name in names if re.search(rf"\b{name}\b", check)]
+    assert len(listed) <= 3, f"bnsym check --help lists {len(listed)} property names: {sorted(listed)}"
+    assert "--list-properties" in check, check
+
+
+@pytest.mark.parametrize("layer", ["batch_norm", "rms_norm"])
+def test_list_properties_lists_the_layers_own_with_what_each_checks(layer, capsys):
+    from bnsym.testing import properties_of
+
+    assert main(["check", "--layer", layer, "--list-properties"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == list(properties_of(layer)), lines
+    assert all(len(line.split(": ", 1)[1]) > 10 for line in lines), "a property without its description"
+    assert any("[runs with --order 2]" in line for line in lines), "the options that select a property are missing"
+
+
+def test_a_missing_target_is_a_usage_error(capsys):
+    assert main(["check", "--layer", "layer_norm"]) == 2
+    assert "the target is missing" in capsys.readouterr().err
