@@ -136,8 +136,9 @@ class Layout:
     def require_training_batch(self) -> None:
         """Training needs two values per channel (PyTorch's rule and message)."""
         if self.count <= 1:
+            values = "value" if self.count == 1 else "values"
             raise ValueError(f"Expected more than 1 value per channel when training, got x of shape {self.shape} "
-                             f"with channel axis {self.axis} ({self.count} value(s) per channel)")
+                             f"with channel axis {self.axis} ({self.count} {values} per channel)")
 
 
 def xp_float_array(xp, value, name: str, *, min_ndim: int = 0, device=None):

@@ -31,7 +31,8 @@ def _derive(args: argparse.Namespace) -> int:
                 sys.stdout.write("\n")
         if stale:
             names = ", ".join(path for path, _ in stale)
-            print(f"bnsym derive --check: {len(stale)} generated file(s) are stale: {names}. "
+            are = "file is" if len(stale) == 1 else "files are"
+            print(f"bnsym derive --check: {len(stale)} generated {are} stale: {names}. "
                   "Regenerate them with `bnsym derive` and commit the result.", file=sys.stderr)
             recorded = derive.recorded_sympy_versions(root) - {sympy_version()}
             if recorded:

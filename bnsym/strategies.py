@@ -145,16 +145,17 @@ class Example:
         layout = self.layout
         groups = math.prod(layout.statistics_shape)
         if self.layer in ("layer_norm", "rms_norm"):
-            how = f"normalised over the last {self.gamma.ndim} axis(es)"
+            how = "normalised over the last axis" if self.gamma.ndim == 1 else \
+                f"normalised over the last {self.gamma.ndim} axes"
         elif self.layer == "group_norm":
-            how = f"{self.num_groups} groups of {self.x.shape[1] // self.num_groups} channel(s)"
+            how = f"{_count(self.num_groups, 'group')} of {_count(self.x.shape[1] // self.num_groups, 'channel')}"
         else:
             how = "per sample and channel"
         zeros = int(np.sum(self.gamma == 0))
         gamma = _range(self.gamma) + (f" ({zeros} of {self.gamma.size} zero)" if zeros else "")
         beta = "" if self.layer == "rms_norm" else f", beta {_range(self.beta)}"
-        return (f"x of shape {self.x.shape} ({self.dtype.name}, {how}: M = {layout.count} per group, {groups} "
-                f"group(s)) in {_range(self.x)}, gamma {gamma}{beta}, eps = {self.eps:.3g}, regime "
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, {how}: M = {layout.count} per group, "
+                f"{_count(groups, 'group')}) in {_range(self.x)}, gamma {gamma}{beta}, eps = {self.eps:.3g}, regime "
                 f"\"{self.regime}\"")
 
     def rng(self, salt: int = 0) -> np.random.Generator:
@@ -166,6 +167,11 @@ class Example:
                                                          "layer", "num_groups")}
         values.update(changes)
         return Example(**values)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 group``, ``2 groups``: a count with its noun in the right number."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _range(values: np.ndarray) -> str:

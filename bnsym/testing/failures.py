@@ -34,12 +34,16 @@ class Worst:
     expected: float
     actual: float
     tolerance: float
+    #: How the two values are named: a reference and a result ("expected", "got") by default; two estimates of one
+    #: quantity, neither of them the truth, are named for what they are.
+    labels: tuple[str, str] = ("expected", "got")
 
     def __str__(self) -> str:
         digits = _digits(self.expected, self.actual)
         difference = abs(self.actual - self.expected)
         relative = f", relative {difference / abs(self.expected):.3g}" if self.expected else ""
-        return (f"worst element of {self.what} at index {self.index}: expected {self.expected:.{digits}g}, got "
+        first, second = self.labels
+        return (f"worst element of {self.what} at index {self.index}: {first} {self.expected:.{digits}g}, {second} "
                 f"{self.actual:.{digits}g} (|difference| {difference:.3g}{relative}; tolerance {self.tolerance:.3g})")
 
 

@@ -48,6 +48,7 @@ from bnsym.testing.family_reference import LayerBound
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import (
     _STEP,
+    FINITE_DIFFERENCE_LABELS,
     FLOAT64_MIN_COUNT,
     FLOAT64_SLACK,
     Space,
@@ -519,7 +520,8 @@ def _backward_finite_differences(impl, example):
     gradients = call_backward(impl, ex)
     tolerances = _bound(ex).backward(ex.dy)
     error += sum(float(np.sum(t * np.abs(d))) for t, d in zip(tolerances, directions))
-    compare("<backward(dy), u> - <dy, J u> by central differences", _pair(gradients, directions), estimate, error)
+    compare("<backward(dy), u> against central differences of the forward along u", _pair(gradients, directions),
+            estimate, error, labels=FINITE_DIFFERENCE_LABELS)
 
 
 # ----- identities of the backward pass -----

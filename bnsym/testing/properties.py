@@ -191,8 +191,13 @@ def checked_gradients(result, method: str, shape, names=("dx", "dgamma", "dbeta"
     return arrays
 
 
-def compare(what: str, actual, expected, tolerance) -> None:
-    """Fail unless |actual - expected| <= tolerance elementwise, naming the worst element."""
+#: The two values of a finite-difference comparison: both the implementation's, neither the truth.
+FINITE_DIFFERENCE_LABELS = ("central differences of the forward give", "its backward gives")
+
+
+def compare(what: str, actual, expected, tolerance, labels: tuple[str, str] = ("expected", "got")) -> None:
+    """Fail unless |actual - expected| <= tolerance elementwise, naming the worst element (``labels`` name the two
+    values in the report when they are not a reference and a result)."""
     actual = np.asarray(actual)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
@@ -207,7 +212,7 @@ def compare(what: str, actual, expected, tolerance) -> None:
         index = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise PropertyFailure(f"{what} is not finite in {int((~finite).sum())} of {actual.size} elements",
                               Worst(what, index, float(expected[index]), float(actual[index]),
-                                    float(tolerance[index])))
+                                    float(tolerance[index]), labels))
     difference = np.abs(actual - expected)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(difference == 0, 0.0, difference / tolerance)  # 0/0: exact where nothing may differ
@@ -217,7 +222,7 @@ def compare(what: str, actual, expected, tolerance) -> None:
         index = tuple(int(i) for i in np.unravel_index(np.argmax(ratio), ratio.shape))
         raise PropertyFailure(f"{what} is wrong",
                               Worst(what, index, float(expected[index]), float(actual[index]),
-                                    float(tolerance[index])))
+                                    float(tolerance[index]), labels))
 
 
 def _axes(ndim: int) -> tuple[int, ...]:
@@ -601,7 +606,8 @@ def _backward_finite_differences(impl, example):
     ref = reference.forward(ex)
     tolerances = _bound(ex, ref).backward(ex.dy)
     error += sum(float(np.sum(t * np.abs(d))) for t, d in zip(tolerances, direction))
-    compare("<backward(dy), u> - <dy, J u> by central differences", _pair(gradients, direction), estimate, error)
+    compare("<backward(dy), u> against central differences of the forward along u", _pair(gradients, direction),
+            estimate, error, labels=FINITE_DIFFERENCE_LABELS)
 
 
 # ----- reference-free identities of the backward pass -----

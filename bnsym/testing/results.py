@@ -40,6 +40,7 @@ class Counterexample:
     example: Example
     failure: Exception  # a PropertyFailure
     path: Path | None = None
+    shrunk: bool = True  # False for a hang: every attempt to shrink it could wait the whole timeout
 
 
 @dataclass
@@ -128,15 +129,13 @@ class Report(Verdicts):
     long_shapes: tuple = ()  # the run's shapes with long groups (bnsym.strategies.long_shapes)
 
     def why_nothing_checked(self) -> str:
-        reasons = sorted({r.reason for r in self.results if r.status == SKIPPED})
-        parts = [f"{plural(len(self.results), 'property')} selected, all skipped"] if self.results else \
-            ["no property selected"]
-        if reasons:
-            parts.append("; ".join(reasons))
-        if self.not_selected:
-            parts.append(f"{plural(len(self.not_selected), 'more property')} run with other options (--mode, "
-                         "--convention, --order)")
-        return "nothing was checked: " + "; ".join(parts)
+        """One line: nothing ran, and where the reasons are (the SKIP lines and the not-selected line of the report
+        say each once; this line does not repeat them)."""
+        if not self.results:
+            return ("nothing was checked: no property selected (the options select properties of another mode; see "
+                    "--mode, --convention, --order)")
+        return (f"nothing was checked: {plural(len(self.results), 'property')} selected, all skipped (each SKIP line "
+                "says why)")
 
     # ----- text -----
 
@@ -161,7 +160,8 @@ class Report(Verdicts):
                 lines.append(f"        {r.name}: {r.counterexample.failure if r.counterexample else r.reason}")
         ce = first.counterexample
         if ce is not None:
-            lines.append(f"        minimal counterexample: {ce.example.describe()}")
+            label = "minimal counterexample" if ce.shrunk else "counterexample (the first that hung, not shrunk)"
+            lines.append(f"        {label}: {ce.example.describe()}")
             for r in group:
                 if r.counterexample is not None and r.counterexample.path is not None:
                     lines.append(f"        saved as {r.counterexample.path.name}" if len(group) == 1 else

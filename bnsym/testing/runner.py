@@ -79,6 +79,7 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
                 failure = PropertyFailure(crash.message + ("; not shrunk, since every attempt could take the whole "
                                                            "timeout" if crash.hung else ""))
                 failure.cause = f"crash: {crash.message}"
+                failure.shrunk = not crash.hung
                 failures.append((example, failure, failure.cause))
                 if crash.hung:
                     raise  # a BaseException: Hypothesis lets it through, which ends this property's run (below)
@@ -135,8 +136,8 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
     shown = {regime: ratio for regime, ratio in margins.items() if regime in compared or ratio > 0}
     if failures:
         example, failure, cause = failures[-1]
-        return PropertyResult(prop.name, FAILED, failure.message, count, Counterexample(example, failure), seconds,
-                              shown, cause)
+        counterexample = Counterexample(example, failure, shrunk=getattr(failure, "shrunk", True))
+        return PropertyResult(prop.name, FAILED, failure.message, count, counterexample, seconds, shown, cause)
     return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=shown)
 
 

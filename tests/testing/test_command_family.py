@@ -102,8 +102,8 @@ def test_an_implementation_of_another_layer_is_refused():
 def test_a_family_example_describes_its_groups():
     example = make_layer_example("group_norm", (2, 6, 5), 3, "constant group", 1e-3, 1, "float32")
     line = example.describe()
-    assert "3 groups of 2 channel(s): M = 10 per group, 6 group(s)" in line and "regime \"constant group\"" in line
+    assert "3 groups of 2 channels: M = 10 per group, 6 groups" in line and "regime \"constant group\"" in line
     example = make_layer_example("rms_norm", (4, 2, 3), 2, "tiny group", 1e-3, 1)
-    assert "normalised over the last 2 axis(es): M = 6 per group" in example.describe()
+    assert "normalised over the last 2 axes: M = 6 per group" in example.describe()
     assert "beta" not in example.describe()  # RMS norm has none
     assert repr(example).startswith("Example(rms_norm, x of shape (4, 2, 3)")

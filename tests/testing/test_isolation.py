@@ -260,6 +260,8 @@ def test_hang_is_killed_after_the_timeout_and_the_run_goes_on(planted, tmp_path,
     assert re.search(rf"forward did not return within 2 s \(killed while at {re.escape(str(planted))}:\d+ in "
                      r"forward", out), out
     assert "not shrunk" in out  # each shrinking attempt could wait the whole timeout
+    assert "counterexample (the first that hung, not shrunk): x of shape" in out, out
+    assert "minimal counterexample" not in out, f"an unshrunk hang is called minimal:\n{out}"
     (saved,) = tmp_path.glob("*-shapes_and_dtypes-*.npz")
     assert f"--isolate --timeout 2 --replay {saved}" in out
     assert "PASS  one_value_per_channel" in out
