@@ -36,6 +36,7 @@ from bnsym.testing.counterexamples import (
 )
 from bnsym.testing.files import write_atomically
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, IsolatedImplementation
+from bnsym.testing.layer_guess import suggestion
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED
@@ -246,18 +247,25 @@ def _run(args: argparse.Namespace) -> int:
         impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, layer=layer) \
             if args.isolate else load(args.target, layer)
     except (TargetError, TypeError) as error:
-        return _fail(str(error))
+        return _fail(_with_suggestion(args, layer, error))
     try:
         try:
             probe_protocol(impl)
         except TargetError as error:
-            return _fail(str(error))
+            return _fail(_with_suggestion(args, layer, error))
         except ImplementationCrashed:
             pass  # the properties report the crash, with its example and replay file
         return _check(args, impl)
     finally:
         if args.isolate:
             impl.close()  # no child outlives the run
+
+
+def _with_suggestion(args: argparse.Namespace, layer: str, error: Exception) -> str:
+    """The usage error's line, led by "did you mean `--layer L`?" when the target computes another layer (not with
+    --isolate, where loading the target in this process could crash it, nor with --replay)."""
+    hint = "" if args.isolate or args.replay else suggestion(args.target, layer)
+    return f"{hint}\n(checked as {layer}: {error})" if hint else str(error)
 
 
 def _layer_problem(args: argparse.Namespace, layer: str) -> str:
@@ -297,5 +305,9 @@ def _check(args: argparse.Namespace, impl) -> int:
         if result.counterexample is not None and result.status == FAILED:
             save_counterexample(result, report.save_dir, options, args.target)
     print(report)
+    if "forward_reference" in report.failed and not args.isolate:  # the wrong --layer, perhaps
+        hint = suggestion(args.target, args.layer)
+        if hint:
+            print(hint)
     _outputs(report, args)
     return report.exit_status

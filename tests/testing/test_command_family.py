@@ -107,3 +107,20 @@ def test_a_family_example_describes_its_groups():
     assert "normalised over the last 2 axes: M = 6 per group" in example.describe()
     assert "beta" not in example.describe()  # RMS norm has none
     assert repr(example).startswith("Example(rms_norm, x of shape (4, 2, 3)")
+
+
+def test_forgetting_layer_gets_did_you_mean(tmp_path, capsys):
+    """A layer norm checked as a batch norm (no --layer): the usage error leads with the layer it computes, not with
+    advice about transposes; an instance norm checked as a batch norm fails forward_reference and is told too."""
+    zoo = Path(__file__).with_name("zoo_family.py")
+    assert main(["check", f"{zoo}:LayerNorm", "--save-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnsym check: did you mean `--layer layer_norm`?"), err
+    assert main(["check", f"{zoo}:InstanceNorm", "--property", "forward_reference", "--max-examples", "5",
+                 "--save-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "did you mean `--layer instance_norm`?" in out, out
+    assert main(["check", f"{zoo}:LayerNormEpsOutsideSqrt", "--layer", "layer_norm", "--property",
+                 "forward_reference", "--max-examples", "5", "--save-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "did you mean" not in out, f"a buggy layer norm checked as one was sent to another layer:\n{out}"
