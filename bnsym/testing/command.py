@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -34,6 +35,7 @@ from bnsym.testing.counterexamples import (
     replay,
     save_counterexample,
 )
+from bnsym.testing.crash_report import report_crashes
 from bnsym.testing.files import write_atomically
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, IsolatedImplementation
 from bnsym.testing.layer_guess import suggestion
@@ -169,14 +171,17 @@ def run(args: argparse.Namespace) -> int:
     if args.target is None:
         return _fail("the target is missing: bnsym check TARGET (torch, jax, path/to/file.py:NAME or "
                      "package.module:NAME); bnsym check --help says more")
-    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-        return _run(args)
-    with tempfile.TemporaryDirectory(prefix="bnsym-check-") as home:
-        set_hypothesis_home_dir(home)
-        try:
+    # In the checker's own process, a segfault of the implementation says where it happened and what --isolate
+    # does; with --isolate, the child's crash is a finding and its dump goes to the report.
+    with nullcontext() if args.isolate else report_crashes():
+        if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
             return _run(args)
-        finally:
-            set_hypothesis_home_dir(None)
+        with tempfile.TemporaryDirectory(prefix="bnsym-check-") as home:
+            set_hypothesis_home_dir(home)
+            try:
+                return _run(args)
+            finally:
+                set_hypothesis_home_dir(None)
 
 
 def _replay_conflicts(args: argparse.Namespace, name: str, dtype: str, options: CheckOptions) -> list[str]:

@@ -560,3 +560,16 @@ def test_an_isolated_check_reports_exactly_what_an_in_process_check_reports(name
                 for r in failed.value.report.results]
 
     assert outcome(bug.impl, isolate=True, timeout=60) == outcome(bug.impl())
+
+
+def test_a_segfault_without_isolate_says_where_and_what_isolate_does(planted, tmp_path):
+    """Without --isolate a segfault ends the run (exit -11/139); with stdout piped the report is lost, but stderr has
+    the traceback down to the implementation's line, and the hint that --isolate makes it a finding."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "bnsym.cli", "check", f"{planted}:Segfault", "--property",
+                             "forward_reference", "--save-dir", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode in (-11, 139), (result.returncode, result.stderr)
+    assert "Fatal Python error: Segmentation fault" in result.stderr, result.stderr
+    assert re.search(rf'File "{re.escape(str(planted))}", line \d+ in forward', result.stderr), result.stderr
+    assert "With --isolate it runs in a child process" in result.stderr, result.stderr
