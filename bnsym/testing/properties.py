@@ -732,7 +732,12 @@ def _dx_invariant_to_dy_shift(impl, example):
     rng = example.rng(8)
     c = rng.standard_normal(example.channels) * 10.0 ** rng.uniform(-1, 1)
     dy = example.dy.astype(np.float64)
-    shifted = (dy + c.reshape((1, -1) + (1,) * (dy.ndim - 2))).astype(example.dtype)
+    shift = c.reshape((1, -1) + (1,) * (dy.ndim - 2))
+    # The shift scaled as dy is (bnsym._representable): dx(dy + c) is dx(dy) exactly, but an implementation forms
+    # gamma s (dy + c) on the way, which must stay within the dtype's range (float16 at eps = 1e-12).
+    scale = dy_scale(example.layout, example.x, example.gamma, (dy + shift).astype(example.dtype), example.eps,
+                     example.dtype)
+    shifted = (dy + scale * shift).astype(example.dtype)
     ref = reference.forward(example)
     bound = _bound(example, ref)
     first, second = call_backward(impl, example), call_backward(impl, example, dy=shifted)

@@ -124,3 +124,12 @@ def test_forgetting_layer_gets_did_you_mean(tmp_path, capsys):
                  "forward_reference", "--max-examples", "5", "--save-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "did you mean" not in out, f"a buggy layer norm checked as one was sent to another layer:\n{out}"
+
+
+def test_a_target_of_every_layer_is_not_sent_to_another():
+    """torch is every layer: when its float16 batch norm fails (PyTorch rounds eps to float16), the failure is about
+    the dtype, and no other layer is suggested."""
+    pytest.importorskip("torch")
+    from bnsym.testing.layer_guess import guess_layer
+
+    assert guess_layer("torch", "batch_norm") is None
