@@ -56,6 +56,7 @@ from bnsym.conventions import CONVENTIONS
 from bnsym.strategies import Example
 from bnsym.testing import reference
 from bnsym.testing.adapters import TargetError, resolve
+from bnsym.testing.failures import observing
 from bnsym.testing.files import write_atomically
 from bnsym.testing.naming import counterexample_name
 from bnsym.testing.options import CheckOptions, run_arguments
@@ -69,6 +70,8 @@ __all__ = ["SHARDED", "ShardedCheckFailed", "ShardedExample", "ShardedImplementa
 
 #: The regime only the sharded check draws: every shard gets its own offset, so the shard means differ.
 DIFFERENT_MEANS = "shards with different means"
+#: The regimes of the sharded check: batch norm's, and shards with different means. Every run sees each of them.
+SHARDED_REGIMES = (*bst.REGIMES, DIFFERENT_MEANS)
 _METHODS = ("sharded_forward", "sharded_backward", "sharded_train_forward")
 
 
@@ -105,10 +108,11 @@ def _shard_sizes(draw, batch: int, shards: int) -> tuple[int, ...]:
 
 
 def sharded_examples(*, dtype="float64", shards: int, equal_shards: bool = False,
-                     max_per_shard: int = 4) -> st.SearchStrategy[ShardedExample]:
+                     max_per_shard: int = 4, regimes=None) -> st.SearchStrategy[ShardedExample]:
     """:class:`ShardedExample` problems: a batch of the regimes of :func:`bnsym.strategies.batch_norm_examples` (and
     "shards with different means"), split into ``shards`` shards.
 
+    - ``regimes`` (default None: every regime, :data:`SHARDED_REGIMES`): the regimes to draw from.
     - ``dtype`` (default "float64"): the dtype of the arrays.
     - ``shards``: K, the number of shards, at least 1.
     - ``equal_shards`` (default False): every shard the same size (1 to ``max_per_shard`` samples); otherwise
@@ -119,7 +123,10 @@ def sharded_examples(*, dtype="float64", shards: int, equal_shards: bool = False
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ValueError(f"shards must be a positive integer, got {shards!r}")
     resolved = np.dtype(dtype)
-    names = (*bst.REGIMES, DIFFERENT_MEANS)
+    names = SHARDED_REGIMES if regimes is None else tuple(regimes)
+    unknown = [name for name in names if name not in SHARDED_REGIMES]
+    if unknown or not names:
+        raise ValueError(f"regimes={regimes!r} must name regimes of the sharded check: {SHARDED_REGIMES}")
 
     @st.composite
     def examples(draw):
@@ -496,39 +503,56 @@ class _Counterexample:
 
 
 def _run_one(prop: ShardedProperty, impl, strategy, max_examples: int, seed: int, options) -> PropertyResult:
+    """One sharded property: ``max_examples`` examples of ``strategy(regimes)`` (None: every regime), then one of
+    each regime the draws missed (stratified, as the unsharded runner does), with each regime's worst margin."""
     failures: list[tuple[ShardedExample, PropertyFailure]] = []
+    margins: dict[str, float] = {}
     count = 0
 
     def attempt(ex: ShardedExample) -> None:
         nonlocal count
         count += 1
-        try:
-            prop.check(impl, ex, options)
-        except PropertyFailure as failure:
-            failures.append((ex, failure))
-            raise
-        except Exception as error:  # a bug in a property must not pass silently, nor crash the whole report
-            failure = PropertyFailure(f"checking raised {type(error).__name__}: {error}")
-            failures.append((ex, failure))
-            raise failure from error
+        with observing() as observation:
+            try:
+                prop.check(impl, ex, options)
+            except PropertyFailure as failure:
+                failures.append((ex, failure))
+                raise
+            except Exception as error:  # a bug in a property must not pass silently, nor crash the whole report
+                failure = PropertyFailure(f"checking raised {type(error).__name__}: {error}")
+                failures.append((ex, failure))
+                raise failure from error
+            finally:
+                regime = ex.example.regime
+                margins[regime] = max(margins.get(regime, 0.0), observation.worst)
 
-    test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
-                    suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
-                    verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
-        hypothesis_seed(seed)(given(strategy)(attempt)))
+    def run(examples, size: int) -> PropertyResult | None:
+        test = settings(max_examples=size, database=None, deadline=None, derandomize=False,
+                        suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
+                        verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
+            hypothesis_seed(seed)(given(examples)(attempt)))
+        try:
+            with np.errstate(all="ignore"):
+                test()
+        except Exception as error:
+            if not failures:
+                return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
+                                      seconds=time.perf_counter() - start)
+        return None
+
     start = time.perf_counter()
-    try:
-        with np.errstate(all="ignore"):
-            test()
-    except Exception as error:
-        if not failures:
-            return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
-                                  seconds=time.perf_counter() - start)
+    broken = run(strategy(None), max_examples)
+    for regime in SHARDED_REGIMES:
+        if not (broken or failures) and regime not in margins:
+            broken = run(strategy((regime,)), 1)
+    if broken:
+        return broken
     seconds = time.perf_counter() - start
     if failures:
         example, failure = failures[-1]
-        return PropertyResult(prop.name, FAILED, failure.message, count, _Counterexample(example, failure), seconds)
-    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds)
+        return PropertyResult(prop.name, FAILED, failure.message, count, _Counterexample(example, failure), seconds,
+                              margins)
+    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=margins)
 
 
 def run_sharded(impl: ShardedImplementation, *, shards: int, dtype="float64", max_examples: int = 50, seed: int = 0,
@@ -543,7 +567,8 @@ def run_sharded(impl: ShardedImplementation, *, shards: int, dtype="float64", ma
     if unknown:
         raise ValueError(f"unknown sharded properties {unknown}; known: {', '.join(SHARDED)}")
     reason = impl.unavailable
-    strategy = sharded_examples(dtype=dtype, shards=shards, equal_shards=impl.equal_shards)
+    def strategy(regimes):
+        return sharded_examples(dtype=dtype, shards=shards, equal_shards=impl.equal_shards, regimes=regimes)
     for name in names:
         prop = SHARDED[name]
         if prop.needs_convention and convention is None:
