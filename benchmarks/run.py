@@ -285,13 +285,13 @@ def _available_backends() -> list[str]:
     if numba is not None:
         backends.append("numba")
     else:
-        print('(backend="numba" skipped: Numba is not installed; pip install "bnsym[fast]")')
+        print('(backend="numba" skipped: Numba is not installed; pip install -e ".[fast]")')
     try:
         import array_api_compat  # noqa: F401
 
         backends.append("array_api")
     except ImportError:
-        print('(backend="array_api" skipped: array-api-compat is not installed; pip install "bnsym[array-api]")')
+        print('(backend="array_api" skipped: array-api-compat is not installed; pip install -e ".[array-api]")')
     return backends
 
 

@@ -5,8 +5,8 @@ Every backend runs kernels printed from the same derivation (``bnsym._generated.
 
 * ``"numpy"``: NumPy, one operation per pass over memory; needs nothing beyond NumPy;
 * ``"numba"``: fused loops compiled by Numba, one pass over memory per stage, parallel over the threads that
-  ``numba.set_num_threads`` allows (``pip install "bnsym[fast]"``); NumPy arrays only;
-* ``"array_api"``: the array API standard through ``array-api-compat`` (``pip install "bnsym[array-api]"``): NumPy,
+  ``numba.set_num_threads`` allows (``pip install -e ".[fast]"``); NumPy arrays only;
+* ``"array_api"``: the array API standard through ``array-api-compat`` (``pip install -e ".[array-api]"``): NumPy,
   PyTorch (CPU, CUDA), JAX (also under ``jax.jit``) and CuPy arrays, results of the same library and device.
 
 ``"auto"`` (the default) is ``"numba"`` for NumPy input when Numba is installed, else ``"numpy"``, and
@@ -48,7 +48,7 @@ def _findable(module: str) -> bool:
 def _missing(backend: str, why: str = "") -> ImportError:
     module, extra = _EXTRAS[backend]
     return ImportError(f'backend="{backend}" needs {module}, which is not installed{why}: '
-                       f'pip install "bnsym[{extra}]"')
+                       f'pip install -e ".[{extra}]" from a clone of bnsym (it is not published on PyPI)')
 
 
 def _is_numpy_input(x) -> bool:

@@ -114,8 +114,9 @@ def normalised_axes_layout(shape: tuple[int, ...], axis) -> GroupLayout:
     axes = v.normalise_axes(axis, len(shape), shape)
     trailing = tuple(range(len(shape) - len(axes), len(shape)))
     if axes != trailing:
+        many = "axis" if len(axes) == 1 else "axes"
         raise ValueError(f"axis {axis!r} must name trailing axes of x (shape {shape}): the normalised axes are the "
-                         f"last ones, such as {trailing} for {len(axes)} axis(es), got axes {axes}")
+                         f"last ones, such as {trailing} for {len(axes)} {many}, got axes {axes}")
     return GroupLayout.of(shape, reduced=axes, features=axes, where=f"x has shape {shape}, normalised axes {axes}",
                           parameter_meaning="the normalised shape of x",
                           statistics_meaning="one value per row of x, the shape of its unnormalised leading axes")

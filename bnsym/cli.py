@@ -1,5 +1,5 @@
 """The ``bnsym`` command: ``bnsym derive`` regenerates (or checks) the generated files, ``bnsym check`` verifies a
-batch-norm implementation against the property library."""
+normalisation-layer implementation (batch, layer, RMS, group or instance norm) against the property library."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def _derive(args: argparse.Namespace) -> int:
                 sys.stdout.write("\n")
         if stale:
             names = ", ".join(path for path, _ in stale)
-            print(f"bnsym derive --check: {len(stale)} generated file(s) are stale: {names}. "
+            are = "file is" if len(stale) == 1 else "files are"
+            print(f"bnsym derive --check: {len(stale)} generated {are} stale: {names}. "
                   "Regenerate them with `bnsym derive` and commit the result.", file=sys.stderr)
             recorded = derive.recorded_sympy_versions(root) - {sympy_version()}
             if recorded:
@@ -107,6 +108,10 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 CHECK_DESCRIPTION = "Verify a normalisation-layer implementation with bnsym's properties."
+#: What `bnsym --help` says: plain text (the module docstring's markup is for Sphinx and editors).
+DESCRIPTION = ("Normalisation layers derived symbolically, and checked: 'bnsym derive' regenerates (or, with "
+               "--check, checks) the generated code and derivations; 'bnsym check TARGET' verifies a batch, layer, "
+               "RMS, group or instance norm implementation (--layer) against the property library.")
 
 
 def _positive(text: str) -> int:
@@ -122,7 +127,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from bnsym import __version__
 
-    parser = argparse.ArgumentParser(prog="bnsym", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bnsym", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"bnsym {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -12,6 +12,8 @@ import importlib
 import numpy as np
 import sympy
 
+from bnsym import naming
+
 __all__ = ["derivation_summary", "finite_difference_checks"]
 
 _STEP = 1e-6
@@ -123,11 +125,23 @@ def derivation_summary() -> str:
         if layer.declaration.running_statistics:
             sections.append(("eval-mode backward", layer.inference_backward))
         sections.append(("forward mode", layer.jvp))
+        # A parameter shared by several groups (every layer but batch norm) gets the sum of the per-group adjoint
+        # over the groups that share it: the closed form is one group's, so the sum is printed around it.
+        shared = {naming.adjoint(str(p)): str(p) for p in layer.parameters} if layer.declaration.shared_parameters \
+            else {}
         for title, (program, closed) in sections:
             lines += ["", f"  {title}:"]
             for output in program.outputs:
                 if output in closed:
-                    lines.append(f"    {output} = {sympy.factor_terms(closed[output])}")
+                    expression = sympy.factor_terms(closed[output])
+                    if str(output) in shared:
+                        lines.append(f"    {output} = sum over the groups sharing {shared[str(output)]} of "
+                                     f"({expression})")
+                    else:
+                        lines.append(f"    {output} = {expression}")
+            if shared and any(str(output) in shared for output in program.outputs):
+                lines.append(f"    (the parameters have {layer.declaration.parameters}, while a group is "
+                             f"{layer.declaration.group}: each parameter value serves several groups)")
         program, closed = layer.double_backward
         sizes = ", ".join(f"{o} ({sympy.count_ops(closed[o])} operations)" for o in program.outputs)
         lines += ["", f"  double backward: {sizes}; see the document", ""]

@@ -45,9 +45,11 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from bnsym._family_layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
+from bnsym._representable import dy_scale
 
-__all__ = ["DTYPES", "LAYERS", "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes", "epsilons",
-           "layer_examples", "layer_regimes", "layer_shape_pool", "regimes", "shape_pool"]
+__all__ = ["CONSTANT_REGIMES", "DTYPES", "LAYERS", "LONG_GROUP_LENGTHS", "MIN_EPS", "REGIMES", "Example",
+           "batch_norm_examples", "channel_shapes", "dtypes", "entry_count", "epsilons", "layer_examples",
+           "layer_regimes", "layer_shape_pool", "long_shapes", "regimes", "shape_pool"]
 
 REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant channel", "tiny batch",
            "wide dynamic range")
@@ -143,16 +145,17 @@ class Example:
         layout = self.layout
         groups = math.prod(layout.statistics_shape)
         if self.layer in ("layer_norm", "rms_norm"):
-            how = f"normalised over the last {self.gamma.ndim} axis(es)"
+            how = "normalised over the last axis" if self.gamma.ndim == 1 else \
+                f"normalised over the last {self.gamma.ndim} axes"
         elif self.layer == "group_norm":
-            how = f"{self.num_groups} groups of {self.x.shape[1] // self.num_groups} channel(s)"
+            how = f"{_count(self.num_groups, 'group')} of {_count(self.x.shape[1] // self.num_groups, 'channel')}"
         else:
             how = "per sample and channel"
         zeros = int(np.sum(self.gamma == 0))
         gamma = _range(self.gamma) + (f" ({zeros} of {self.gamma.size} zero)" if zeros else "")
         beta = "" if self.layer == "rms_norm" else f", beta {_range(self.beta)}"
-        return (f"x of shape {self.x.shape} ({self.dtype.name}, {how}: M = {layout.count} per group, {groups} "
-                f"group(s)) in {_range(self.x)}, gamma {gamma}{beta}, eps = {self.eps:.3g}, regime "
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, {how}: M = {layout.count} per group, "
+                f"{_count(groups, 'group')}) in {_range(self.x)}, gamma {gamma}{beta}, eps = {self.eps:.3g}, regime "
                 f"\"{self.regime}\"")
 
     def rng(self, salt: int = 0) -> np.random.Generator:
@@ -164,6 +167,11 @@ class Example:
                                                          "layer", "num_groups")}
         values.update(changes)
         return Example(**values)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 group``, ``2 groups``: a count with its noun in the right number."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _range(values: np.ndarray) -> str:
@@ -239,13 +247,24 @@ def regimes(*, names=REGIMES) -> st.SearchStrategy[str]:
     return st.sampled_from(_check_regimes(names, "names"))
 
 
-def epsilons(*, min_eps: float = 1e-5, max_eps: float = 0.1) -> st.SearchStrategy[float]:
-    """eps values, log-uniform in [min_eps, max_eps], with the end points and 1e-3 (the Keras default) favoured.
+#: The smallest eps drawn by default: BERT's layer norm uses 1e-12, below float16's smallest subnormal (a float16
+#: kernel that rounds eps to float16 divides by zero on a constant group).
+MIN_EPS = 1e-12
+#: The largest eps drawn by default.
+MAX_EPS = 0.1
+#: eps values real models use, drawn often; the first is where eps shrinks to (PyTorch's default).
+COMMON_EPS = (1e-5, 1e-12, 1e-6, 1e-3)
 
-    - ``min_eps`` (default 1e-5, PyTorch's default): the smallest eps, > 0.
+
+def epsilons(*, min_eps: float = MIN_EPS, max_eps: float = MAX_EPS) -> st.SearchStrategy[float]:
+    """eps values, log-uniform in [min_eps, max_eps], with the end points and the values of :data:`COMMON_EPS` in
+    range (1e-5, PyTorch's default; 1e-12, BERT's; 1e-6; 1e-3, Keras's) favoured, shrinking towards 1e-5 (or
+    min_eps when 1e-5 is out of range).
+
+    - ``min_eps`` (default 1e-12): the smallest eps, > 0.
     - ``max_eps`` (default 0.1): the largest eps, >= min_eps.
 
-    >>> 1e-5 <= epsilons().example() <= 0.1
+    >>> 1e-12 <= epsilons().example() <= 0.1
     True
     """
     for name, value in (("min_eps", min_eps), ("max_eps", max_eps)):
@@ -253,7 +272,7 @@ def epsilons(*, min_eps: float = 1e-5, max_eps: float = 0.1) -> st.SearchStrateg
             raise InvalidArgument(f"{name}={value!r} must be a finite number greater than 0")
     if min_eps > max_eps:
         raise InvalidArgument(f"min_eps={min_eps!r} must not exceed max_eps={max_eps!r}")
-    special = sorted({v for v in (min_eps, 1e-3, max_eps) if min_eps <= v <= max_eps})
+    special = list(dict.fromkeys(float(v) for v in (*COMMON_EPS, min_eps, max_eps) if min_eps <= v <= max_eps))
     low, high = math.log10(min_eps), math.log10(max_eps)
     spread = st.floats(low, high).map(lambda e: float(min(max(10.0**e, min_eps), max_eps)))
     return st.one_of(st.sampled_from(special), spread)
@@ -345,9 +364,94 @@ def shape_pool(seed: int = 0, *, size: int = 6, min_dims: int = 2, max_dims: int
     return tuple(sorted(pool, key=lambda shape: (math.prod(shape), len(shape), shape)))
 
 
+#: The lengths of long groups, by kind: just above a power of two (a block of 1024 and a few values), a block and a
+#: half or so (a partial block of hundreds), several blocks and a partial one. Each run takes one of each kind.
+LONG_GROUP_LENGTHS = ((1025, 1027, 1031, 1039), (1536, 1280, 1792, 2560), (4097, 3073, 4099, 5121))
+#: The regimes with constant groups (batch norm's channels): where eps alone keeps 1/sqrt(var + eps) finite.
+CONSTANT_REGIMES = ("constant channel", "constant group")
+
+
+def _entry_parts(entry) -> tuple[tuple[int, ...], int | None]:
+    """(shape, size) of a pool entry: batch norm's are shapes, the other layers' ``(shape, size)`` pairs."""
+    if entry and isinstance(entry[0], tuple):
+        return tuple(int(n) for n in entry[0]), int(entry[1])
+    return tuple(int(n) for n in entry), None
+
+
+def _entry_of(shape, size):
+    return tuple(shape) if size is None else (tuple(shape), size)
+
+
+def _entry_layout(layer: str, entry) -> GroupLayout:
+    shape, size = _entry_parts(entry)
+    return example_layout(layer, shape, (shape[1],)) if size is None else entry_layout(layer, shape, size)
+
+
+def entry_count(layer: str, entry) -> int:
+    """M, the values per group, of a pool entry of ``layer`` (a shape for batch norm, ``(shape, size)`` else)."""
+    return _entry_layout(layer, entry).count
+
+
+def _stretched(layer: str, entry, length: int):
+    """Entries like ``entry`` whose groups hold at least ``length`` values: one axis that lengthens every group
+    (found from the layout: doubling it doubles M and keeps the number of groups) made long enough. Yields
+    (values over length, size of x, entry)."""
+    shape, size = _entry_parts(entry)
+    try:
+        layout = _entry_layout(layer, entry)
+    except ValueError:
+        return
+    for axis, extent in enumerate(shape):
+        doubled = list(shape)
+        doubled[axis] = 2 * extent
+        try:
+            longer = _entry_layout(layer, _entry_of(doubled, size))
+        except ValueError:
+            continue
+        if longer.count != 2 * layout.count or longer.statistics_shape != layout.statistics_shape:
+            continue
+        # M is proportional to this axis (M = extent * count / extent); the first long enough extent the layout
+        # takes (group norm's channel axis must stay a multiple of the number of groups).
+        need = -(-length * extent // layout.count)
+        for stretch in range(need, need + 8):
+            stretched = list(shape)
+            stretched[axis] = stretch
+            candidate = _entry_of(stretched, size)
+            try:
+                count = _entry_layout(layer, candidate).count
+            except ValueError:
+                continue
+            if count >= length:
+                yield count - length, math.prod(stretched), candidate
+                break
+
+
+def long_shapes(layer: str, pool, seed: int = 0) -> tuple:
+    """Pool entries with groups of several thousand values for one run of ``layer``, fixed by ``seed``: for each kind
+    of :data:`LONG_GROUP_LENGTHS` one length (1025, 1536 and 4097 values, for instance), so that a kernel's code path
+    for rows longer than one block, of a length that is not a multiple of the block, runs in every run. Each is an
+    entry of the run's ``pool`` (:func:`shape_pool`, :func:`layer_shape_pool`) with one axis lengthened, the one
+    whose length the groups are made of (read from the layer's layout), so the length is met exactly where the
+    other axes of a group allow (group norm's 2 or 3 channels per group may round it up by one or two).
+
+    >>> pool = layer_shape_pool("layer_norm", 0)
+    >>> [entry_count("layer_norm", entry) >= 1025 for entry in long_shapes("layer_norm", pool, 0)]
+    [True, True, True]
+    """
+    _check_layer(layer, family_only=False)
+    rng = np.random.default_rng([seed, 104729])
+    entries = []
+    for lengths in LONG_GROUP_LENGTHS:
+        length = int(rng.choice(lengths))
+        candidates = [c for entry in pool for c in _stretched(layer, entry, length)]
+        if candidates:
+            entries.append(min(candidates)[2])
+    return tuple(dict.fromkeys(entries))
+
+
 def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, max_dims: int = 5,
-                        max_channels: int = 4, max_count: int = 512, min_eps: float = 1e-5,
-                        max_eps: float = 0.1, shapes=None) -> st.SearchStrategy[Example]:
+                        max_channels: int = 4, max_count: int = 512, min_eps: float = MIN_EPS,
+                        max_eps: float = MAX_EPS, shapes=None) -> st.SearchStrategy[Example]:
     """:class:`Example` batch-norm problems: x, gamma, beta, eps and a random upstream gradient dy.
 
     - ``dtype`` (default "float64"): the dtype of x, gamma, beta and dy; "float64", "float32" or "float16".
@@ -356,7 +460,7 @@ def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, 
     - ``max_dims`` (default 5): the most dimensions of x.
     - ``max_channels`` (default 4): the most channels C.
     - ``max_count`` (default 512): the largest M (the "tiny batch" regime uses M = 2 or 3 regardless).
-    - ``min_eps`` (default 1e-5): the smallest eps.
+    - ``min_eps`` (default 1e-12): the smallest eps.
     - ``max_eps`` (default 0.1): the largest eps.
     - ``shapes`` (default None: any shape within the limits above): draw shapes from this collection instead
       (:func:`shape_pool`); each regime uses the ones it can ("tiny batch" those with M <= 3, "constant channel"
@@ -448,7 +552,17 @@ def make_example(shape: tuple[int, ...], regime: str, eps: float, seed: int, dty
     dy = channel_values(rng.uniform(-1, 1, channels)) + channel_values(10.0 ** rng.uniform(-1, 1, channels)) * \
         rng.standard_normal(shape)
     cast = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
-    return Example(cast(x), cast(gamma), cast(beta), float(eps), cast(dy), regime, int(seed))
+    example = Example(cast(x), cast(gamma), cast(beta), float(eps), cast(dy), regime, int(seed))
+    return _within_range(example, dy)
+
+
+def _within_range(example: Example, dy: np.ndarray) -> Example:
+    """The example with its float64 ``dy`` scaled by a power of two, when needed, so that its exact gradients are
+    within the dtype's range (:mod:`bnsym._representable`: float16 with eps = 1e-12 on a constant group)."""
+    scale = dy_scale(example.layout, example.x, example.gamma, example.dy, example.eps, example.dtype)
+    if scale == 1:
+        return example
+    return example.replace(dy=np.asarray(np.asarray(dy, np.float64) * scale, dtype=example.dtype))
 
 
 # ----- the other layers of the family: layer, RMS, group and instance norm -----
@@ -575,7 +689,7 @@ def entry_layout(layer: str, shape: tuple[int, ...], size: int) -> GroupLayout:
 
 
 def layer_examples(layer: str, *, dtype="float64", regimes=None, shapes=None,
-                   min_eps: float = 1e-5, max_eps: float = 0.1) -> st.SearchStrategy[Example]:
+                   min_eps: float = MIN_EPS, max_eps: float = MAX_EPS) -> st.SearchStrategy[Example]:
     """:class:`Example` problems of a family layer: x, gamma, beta (of the layer's parameter shape), eps, dy.
 
     - ``layer``: "layer_norm", "rms_norm", "group_norm" or "instance_norm".
@@ -583,7 +697,7 @@ def layer_examples(layer: str, *, dtype="float64", regimes=None, shapes=None,
     - ``regimes`` (default: all of :func:`layer_regimes`): the value regimes to draw from.
     - ``shapes`` (default: :func:`layer_shape_pool` with seed 0): the ``(shape, size)`` pairs to draw from,
       shrinking towards the first; "tiny group" uses those with M <= 3.
-    - ``min_eps``, ``max_eps`` (default 1e-5, 0.1): the range of eps.
+    - ``min_eps``, ``max_eps`` (default 1e-12, 0.1): the range of eps.
 
     >>> example = layer_examples("layer_norm", dtype="float32", regimes=("large offset",)).example()
     >>> example.layer, example.gamma.shape == example.x.shape[example.x.ndim - example.gamma.ndim:]
@@ -654,5 +768,6 @@ def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: st
         rng.standard_normal(layout.grouped)
     field = lambda a: np.asarray(a, dtype=dtype).reshape(shape)  # noqa: E731  (from the grouped layout)
     parameter = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
-    return Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
-                   num_groups)
+    example = Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
+                      num_groups)
+    return _within_range(example, np.reshape(dy, shape))

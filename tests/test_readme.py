@@ -62,3 +62,34 @@ def test_the_readme_states_the_measured_times():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+#: A sample output in the README: the command in a comment, then its whole output in a text block.
+_SAMPLE = re.compile(r"^<!-- output of: (bnsym [^\n]*?) -->\n```text\n(.*?)^```", flags=re.S | re.M)
+
+
+def _normalised(text: str) -> str:
+    return re.sub(r"\(\d+\.\d s\)", "(T s)", text).strip()  # the run's time in seconds varies
+
+
+def test_every_sample_output_is_marked_with_its_command():
+    """A block that shows a check's output says which command printed it (and the test below runs it)."""
+    samples = {output for _, output in _SAMPLE.findall(README)}
+    for block in re.findall(r"^```(?:text)?\n(.*?)^```", README, flags=re.S | re.M):
+        if re.search(r"^bnsym check: |^  (FAIL|PASS)  ", block, flags=re.M):
+            assert block in samples, f"a sample output without the command that printed it:\n{block}"
+    assert len(samples) >= 2, "the README lost its sample outputs"
+
+
+@pytest.mark.parametrize("command, output", _SAMPLE.findall(README), ids=lambda value: value[:60])
+def test_every_sample_output_is_the_real_output_of_its_command(command, output, tmp_path, monkeypatch, capsys):
+    """Run from a folder holding the repository's examples/ (so that the paths print as in the README and the
+    counterexample files land in the test's folder)."""
+    from bnsym.cli import main
+
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    main(shlex.split(command)[1:])
+    printed = capsys.readouterr().out
+    assert _normalised(printed) == _normalised(output), \
+        f"the README's sample output of `{command}` is not what it prints; it prints:\n{printed}"

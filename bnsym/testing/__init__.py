@@ -11,11 +11,9 @@ biased variance (:mod:`bnsym.testing.adapters`). The other layers follow their f
 :mod:`bnsym.testing.tolerance`), the other layers' in :mod:`bnsym.testing.family_properties`.
 """
 
-from __future__ import annotations
+from pathlib import Path as _Path
 
-from pathlib import Path
-
-from bnsym import strategies as bst
+from bnsym import strategies as _bst
 from bnsym.testing import (
     family_properties,  # noqa: F401  (registers the other layers' properties)
     layer_properties,  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
@@ -26,6 +24,7 @@ from bnsym.testing.family import LAYER_NAMES, protocol
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import REGISTRY, registry
+from bnsym.testing.results import FAILED as _FAILED
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
 from bnsym.testing.runner import run_properties
 
@@ -49,7 +48,7 @@ def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_nor
     """The input regimes of ``layer`` (:func:`bnsym.strategies.layer_regimes`; batch norm's are
     :data:`bnsym.strategies.REGIMES`) that ``regimes`` (default all) names, less those ``exclude_regimes`` names;
     ValueError for an unknown name or when none is left."""
-    known = bst.layer_regimes(layer)
+    known = _bst.layer_regimes(layer)
 
     def names(value, argument):
         value = [value] if isinstance(value, str) else list(value)
@@ -148,10 +147,11 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
         if isolate:
             implementation.close()  # no child outlives the check
     if save_dir is not None:
-        report.save_dir = Path(save_dir)
+        report.save_dir = _Path(save_dir)
         for result in report.results:
-            if result.counterexample is not None:
-                save_counterexample(result, Path(save_dir), options)
+            if result.counterexample is not None and result.status == _FAILED:
+                target = impl if isinstance(impl, str) else report.implementation
+                save_counterexample(result, _Path(save_dir), options, target)
     if report.failed:
         raise CheckFailed(report)
     if report.nothing_checked:

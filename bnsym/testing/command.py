@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -34,9 +35,13 @@ from bnsym.testing.counterexamples import (
     replay,
     save_counterexample,
 )
+from bnsym.testing.crash_report import report_crashes
 from bnsym.testing.files import write_atomically
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, IsolatedImplementation
+from bnsym.testing.layer_guess import suggestion
 from bnsym.testing.options import MODES, CheckOptions
+from bnsym.testing.properties import registry
+from bnsym.testing.results import FAILED
 from bnsym.testing.runner import run_properties
 from bnsym.testing.sharded import SHARDED
 
@@ -84,7 +89,8 @@ def _seconds(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Options default to None so that --replay can tell an option given from one left alone; _DEFAULTS fills them.
-    parser.add_argument("target", help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
+    parser.add_argument("target", nargs="?",
+                        help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
                                        "forward(x, gamma, beta, eps) or an object (or a class) with forward and "
                                        "optionally backward(dy, x, gamma, beta, eps), in the layer's form (--layer)")
     parser.add_argument("--layer", choices=LAYERS,
@@ -95,13 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float64", "float32", "float16"),
                         help="the dtype of the inputs (default float64)")
     parser.add_argument("--max-examples", type=_positive,
-                        help=f"examples per property (default {DEFAULT_MAX_EXAMPLES})")
+                        help=f"examples per property (default {DEFAULT_MAX_EXAMPLES}), plus one of each input regime "
+                             "the draws miss")
     parser.add_argument("--seed", type=_seed, help="Hypothesis seed; the same seed, the same run (default 0)")
     parser.add_argument("--property", action="append", choices=_ALL_PROPERTIES + tuple(SHARDED), metavar="NAME",
-                        dest="properties", help="run only this property (repeatable); one of the layer's: "
-                                                + "; ".join(f"{layer}: {', '.join(properties_of(layer))}"
-                                                            for layer in LAYERS)
-                                                + "; with --shards: " + ", ".join(SHARDED))
+                        dest="properties", help="run only this property (repeatable); one of the layer's, which "
+                                                "`bnsym check --layer L --list-properties` lists")
+    parser.add_argument("--list-properties", action="store_true",
+                        help="list the properties of --layer (with --shards: the sharded ones), what each checks "
+                             "and the options that select it, then exit")
     parser.add_argument("--regime", action="append", choices=_ALL_REGIMES, metavar="REGIME", dest="regimes",
                         help="draw inputs only from this regime (repeatable); one of the layer's: "
                              + "; ".join(f"{layer}: {', '.join(layer_regimes(layer))}" for layer in LAYERS))
@@ -120,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                   "(default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the whole result as JSON (for CI)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw each property's margin per input regime "
-                                                           "(needs matplotlib: pip install 'bnsym[plot]')")
+                                                           "(needs matplotlib: pip install -e '.[plot]')")
     parser.add_argument("--isolate", action="store_true",
                         help="run the implementation in a child process: a crash (SIGSEGV, SIGABRT, ...) or a call "
                              "that does not return within --timeout fails the property, and the run goes on")
@@ -139,18 +147,41 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _list_properties(args: argparse.Namespace) -> int:
+    """Print the properties of the layer (or the sharded check), one a line with what it checks; exit status 0."""
+    if getattr(args, "shards", None) is not None:
+        for name, prop in SHARDED.items():
+            print(f"{name}: {prop.description}")
+        return 0
+    layer = args.layer or "batch_norm"
+    for name in properties_of(layer):
+        prop = registry(layer)[name]
+        default = prop.when(CheckOptions(layer=layer))
+        selected = "" if default else f" [runs with {prop.selected_by}]"
+        print(f"{name}: {prop.description}{selected}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     # Hypothesis caches what it learns about the source code under ./.hypothesis even without an example
     # database; `bnsym check` should not leave that in the user's directory, so it keeps it in a temporary one
     # (unless HYPOTHESIS_STORAGE_DIRECTORY says where it should go).
-    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-        return _run(args)
-    with tempfile.TemporaryDirectory(prefix="bnsym-check-") as home:
-        set_hypothesis_home_dir(home)
-        try:
+    if args.list_properties:
+        return _list_properties(args)
+    if args.target is None:
+        return _fail("the target is missing: bnsym check TARGET (torch, jax, path/to/file.py:NAME or "
+                     "package.module:NAME); bnsym check --help says more")
+    # In the checker's own process, a segfault of the implementation says where it happened and what --isolate
+    # does; with --isolate, the child's crash is a finding and its dump goes to the report.
+    with nullcontext() if args.isolate else report_crashes():
+        if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
             return _run(args)
-        finally:
-            set_hypothesis_home_dir(None)
+        with tempfile.TemporaryDirectory(prefix="bnsym-check-") as home:
+            set_hypothesis_home_dir(home)
+            try:
+                return _run(args)
+            finally:
+                set_hypothesis_home_dir(None)
 
 
 def _replay_conflicts(args: argparse.Namespace, name: str, dtype: str, options: CheckOptions) -> list[str]:
@@ -175,12 +206,15 @@ def _write_json(report, path: str) -> None:
 
 
 def _outputs(report, args) -> None:
+    """Write the --json and --plot files, each followed by a line saying where it went."""
     if args.json:
         _write_json(report, args.json)
+        print(f"result written as JSON to {args.json}")
     if args.plot:
         from bnsym.testing.plot import plot_margins
 
         plot_margins(report, args.plot)
+        print(f"margins plotted to {args.plot}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -197,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _fail("--plot needs matplotlib: pip install 'bnsym[plot]'")
+            return _fail("--plot needs matplotlib: pip install -e '.[plot]'")
     if args.replay:
         try:
             name, example, options = load_counterexample(args.replay)
@@ -218,18 +252,25 @@ def _run(args: argparse.Namespace) -> int:
         impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, layer=layer) \
             if args.isolate else load(args.target, layer)
     except (TargetError, TypeError) as error:
-        return _fail(str(error))
+        return _fail(_with_suggestion(args, layer, error))
     try:
         try:
             probe_protocol(impl)
         except TargetError as error:
-            return _fail(str(error))
+            return _fail(_with_suggestion(args, layer, error))
         except ImplementationCrashed:
             pass  # the properties report the crash, with its example and replay file
         return _check(args, impl)
     finally:
         if args.isolate:
             impl.close()  # no child outlives the run
+
+
+def _with_suggestion(args: argparse.Namespace, layer: str, error: Exception) -> str:
+    """The usage error's line, led by "did you mean `--layer L`?" when the target computes another layer (not with
+    --isolate, where loading the target in this process could crash it, nor with --replay)."""
+    hint = "" if args.isolate or args.replay else suggestion(args.target, layer)
+    return f"{hint}\n(checked as {layer}: {error})" if hint else str(error)
 
 
 def _layer_problem(args: argparse.Namespace, layer: str) -> str:
@@ -266,8 +307,12 @@ def _check(args: argparse.Namespace, impl) -> int:
     report.replay_command = f"bnsym check {shlex.quote(args.target)}{isolation} --replay {{path}}"
     report.save_dir = Path(args.save_dir) if args.save_dir else DEFAULT_DIRECTORY
     for result in report.results:
-        if result.counterexample is not None:
-            save_counterexample(result, report.save_dir, options)
+        if result.counterexample is not None and result.status == FAILED:
+            save_counterexample(result, report.save_dir, options, args.target)
     print(report)
+    if "forward_reference" in report.failed and not args.isolate:  # the wrong --layer, perhaps
+        hint = suggestion(args.target, args.layer)
+        if hint:
+            print(hint)
     _outputs(report, args)
     return report.exit_status

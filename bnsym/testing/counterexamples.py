@@ -1,7 +1,8 @@
 """Counterexample files: a failed property's minimal example on disk, and replaying it.
 
 A run saves each failure's counterexample into one folder (``bnsym check --save-dir``, default
-``./bnsym-counterexamples/``) as ``<property>-<hash>.npz``: the inputs (x, gamma, beta, dy, eps), the regime, the
+``./bnsym-counterexamples/``) as ``<target>-<property>-<hash>.npz`` (:mod:`bnsym.testing.naming`: two targets
+checked into one folder never overwrite each other's files): the inputs (x, gamma, beta, dy, eps), the regime, the
 seed of the property's own random draws, the property and the options of the run, with the layer (and group
 norm's number of groups; files without a layer are batch norm's). Files are written atomically
 (a temporary file in the folder, then renamed), so an interrupted run never leaves half a file. ``--replay FILE``
@@ -10,7 +11,6 @@ re-runs that one property on that one example.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import zipfile
 from pathlib import Path
@@ -22,6 +22,7 @@ from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.files import write_atomically
 from bnsym.testing.isolation import ImplementationCrashed
+from bnsym.testing.naming import counterexample_name
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
@@ -38,8 +39,10 @@ class NotACounterexample(ValueError):
     """A file given to ``--replay`` that is not a bnsym counterexample (a usage error)."""
 
 
-def save_counterexample(result: PropertyResult, directory, options: CheckOptions | None = None) -> Path:
-    """Write the counterexample of a failed property into ``directory`` (created if needed); returns the path."""
+def save_counterexample(result: PropertyResult, directory, options: CheckOptions | None = None,
+                        target: str = "target") -> Path:
+    """Write the counterexample of a failed property of ``target`` into ``directory`` (created if needed), named so
+    that no other target's or example's file can take its name (:mod:`bnsym.testing.naming`); returns the path."""
     options = options or CheckOptions()
     ce = result.counterexample
     ex = ce.example
@@ -48,8 +51,8 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
                   **{f: getattr(ex, f) for f in _ARRAYS})
     if ex.layer != "batch_norm":  # batch norm's files stay as they were
         fields.update(layer=ex.layer, num_groups=-1 if ex.num_groups is None else ex.num_groups)
-    digest = hashlib.sha256(b"".join(np.asarray(v).tobytes() for v in fields.values())).hexdigest()[:8]
-    path = write_atomically(Path(directory) / f"{result.name}-{digest}.npz", lambda stream: np.savez(stream, **fields))
+    name = counterexample_name(target, result.name, b"".join(np.asarray(v).tobytes() for v in fields.values()))
+    path = write_atomically(Path(directory) / name, lambda stream: np.savez(stream, **fields))
     ce.path = path
     return path
 

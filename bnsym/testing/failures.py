@@ -34,12 +34,16 @@ class Worst:
     expected: float
     actual: float
     tolerance: float
+    #: How the two values are named: a reference and a result ("expected", "got") by default; two estimates of one
+    #: quantity, neither of them the truth, are named for what they are.
+    labels: tuple[str, str] = ("expected", "got")
 
     def __str__(self) -> str:
         digits = _digits(self.expected, self.actual)
         difference = abs(self.actual - self.expected)
         relative = f", relative {difference / abs(self.expected):.3g}" if self.expected else ""
-        return (f"worst element of {self.what} at index {self.index}: expected {self.expected:.{digits}g}, got "
+        first, second = self.labels
+        return (f"worst element of {self.what} at index {self.index}: {first} {self.expected:.{digits}g}, {second} "
                 f"{self.actual:.{digits}g} (|difference| {difference:.3g}{relative}; tolerance {self.tolerance:.3g})")
 
 
@@ -65,8 +69,10 @@ class ProtocolError(PropertyFailure):
 class Observation:
     worst: float = 0.0
     nonfinite_forward: bool = False
+    compared: bool = False  # whether any number was compared (a worst of 0 is then exact agreement, a margin)
 
     def ratio(self, value: float) -> None:
+        self.compared = True
         if value > self.worst or value != value:  # NaN: as bad as it gets
             self.worst = float("inf") if value != value else value
 

@@ -261,8 +261,9 @@ def _eval_backward_finite_differences(impl, example):
     tolerances = _tolerances(atoms, bn.inference_backward, ex.x.shape)
     error = SAFETY * (truncation + float(np.sum(np.abs(ex.dy) * y_tol)) / _STEP)
     error += sum(float(np.sum(t * np.abs(d))) for t, d in zip(tolerances, (ux, ug, ub)))
-    compare("<eval_backward(dy), u> - <dy, J u> by central differences", _pair(gradients, (ux, ug, ub)), estimate,
-            error)
+    compare("<eval_backward(dy), u> against central differences of eval_forward along u",
+            _pair(gradients, (ux, ug, ub)), estimate, error,
+            labels=("central differences of eval_forward give", "its eval_backward gives"))
 
 
 @register("eval_leaves_running_stats_unchanged", "running statistics", needs=("eval_forward",),

@@ -1,7 +1,7 @@
 """A picture of a check's margins: for each property and input regime, the worst |observed error| / tolerance.
 
 A kernel author sees at a glance which regime eats the error budget: a cell near 1 is close to failing, above 1
-(red) has failed. Needs matplotlib (``pip install 'bnsym[plot]'``); imported only when a plot is asked for.
+(red) has failed. Needs matplotlib (``pip install -e '.[plot]'``); imported only when a plot is asked for.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnsym import strategies as bst
+from bnsym._representable import dy_scale
 from bnsym.strategies import Example
-from bnsym.testing import reference
+from bnsym.testing import arithmetic, reference
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
 from bnsym.testing.family import LAYER_NAMES
@@ -55,7 +56,9 @@ class Property:
     says it to a person); ``takes_options`` makes the runner pass the options as a third argument to ``check``.
     ``regimes`` are the input regimes it can draw from (None: all); ``requires`` names properties that must hold
     for this one to mean anything (the runner runs them first, and skips this one, with the reason, when one
-    fails)."""
+    fails); ``concerns`` (None: every dtype) are the dtypes of the runs whose verdict a failure decides
+    (:meth:`concerns_run`); ``long_groups`` properties also run on the run's long groups
+    (``Space.long_shapes``)."""
 
     name: str
     group: str
@@ -68,6 +71,15 @@ class Property:
     takes_options: bool = False
     regimes: tuple[str, ...] | None = None
     requires: tuple[str, ...] = ()
+    concerns: tuple[str, ...] | None = None
+    long_groups: bool = False
+
+    def concerns_run(self, dtype) -> bool:
+        """Whether a failure of this property fails a run in ``dtype``. A property that ``concerns`` only some
+        dtypes (float64_arithmetic: float64) is a note in a run of another dtype: found and reported, with the
+        properties that require it skipped, but the run's question (is the float32 arithmetic right?) is not
+        answered by it."""
+        return self.concerns is None or np.dtype(dtype).name in self.concerns
 
 
 #: Each layer's properties by name, in the order they run. A property written for several layers (the generic ones
@@ -88,12 +100,16 @@ def registry(layer: str) -> dict[str, Property]:
 class Space:
     """Where one run draws its examples from: the dtype, the input regimes, the pool of shapes
     (:func:`bnsym.strategies.shape_pool`, or :func:`bnsym.strategies.layer_shape_pool` for the other layers;
-    None draws any shape) and the layer. Every property's strategy is a function of it."""
+    None draws any shape), the layer and the range of eps. Every property's strategy is a function of it.
+    ``long_shapes`` are the run's shapes with long groups (:func:`bnsym.strategies.long_shapes`), which the
+    properties that take them (``Property.long_groups``) also run on."""
 
     dtype: np.dtype
     regimes: tuple[str, ...] = bst.REGIMES
     shapes: tuple | None = None
     layer: str = "batch_norm"
+    eps: tuple[float, float] = (bst.MIN_EPS, bst.MAX_EPS)
+    long_shapes: tuple = ()
 
     def usable(self, prop: Property) -> tuple[str, ...]:
         """The regimes of this space that ``prop`` can draw from."""
@@ -101,12 +117,13 @@ class Space:
 
 
 def _general(space: Space) -> st.SearchStrategy[Example]:
-    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, shapes=space.shapes)
+    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, shapes=space.shapes,
+                                   min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 def register(name: str, group: str, needs=("forward",), examples=_general, *, when=train_first_order,
              selected_by="train mode (the default --mode)", takes_options=False, regimes=None, requires=(),
-             layers=("batch_norm",), description: str | None = None):
+             layers=("batch_norm",), description: str | None = None, concerns=None, long_groups=False):
     """Add the decorated check to the registries of ``layers`` (default batch norm's, :data:`REGISTRY`); its
     docstring's first line is the property's description unless ``description`` is given."""
     def decorate(check):
@@ -115,7 +132,7 @@ def register(name: str, group: str, needs=("forward",), examples=_general, *, wh
                 raise ValueError(f"a property named {name!r} is already registered for {layer}")
         text = description or (check.__doc__ or name).strip().splitlines()[0]
         prop = Property(name, group, frozenset(needs), text, check, examples, when, selected_by, takes_options,
-                        regimes, tuple(requires))
+                        regimes, tuple(requires), None if concerns is None else tuple(concerns), long_groups)
         for layer in layers:
             REGISTRIES[layer][name] = prop
         return check
@@ -174,8 +191,13 @@ def checked_gradients(result, method: str, shape, names=("dx", "dgamma", "dbeta"
     return arrays
 
 
-def compare(what: str, actual, expected, tolerance) -> None:
-    """Fail unless |actual - expected| <= tolerance elementwise, naming the worst element."""
+#: The two values of a finite-difference comparison: both the implementation's, neither the truth.
+FINITE_DIFFERENCE_LABELS = ("central differences of the forward give", "its backward gives")
+
+
+def compare(what: str, actual, expected, tolerance, labels: tuple[str, str] = ("expected", "got")) -> None:
+    """Fail unless |actual - expected| <= tolerance elementwise, naming the worst element (``labels`` name the two
+    values in the report when they are not a reference and a result)."""
     actual = np.asarray(actual)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
@@ -190,7 +212,7 @@ def compare(what: str, actual, expected, tolerance) -> None:
         index = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise PropertyFailure(f"{what} is not finite in {int((~finite).sum())} of {actual.size} elements",
                               Worst(what, index, float(expected[index]), float(actual[index]),
-                                    float(tolerance[index])))
+                                    float(tolerance[index]), labels))
     difference = np.abs(actual - expected)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(difference == 0, 0.0, difference / tolerance)  # 0/0: exact where nothing may differ
@@ -200,7 +222,7 @@ def compare(what: str, actual, expected, tolerance) -> None:
         index = tuple(int(i) for i in np.unravel_index(np.argmax(ratio), ratio.shape))
         raise PropertyFailure(f"{what} is wrong",
                               Worst(what, index, float(expected[index]), float(actual[index]),
-                                    float(tolerance[index])))
+                                    float(tolerance[index]), labels))
 
 
 def _axes(ndim: int) -> tuple[int, ...]:
@@ -239,32 +261,66 @@ def _gradient_shapes_and_dtypes(impl, example):
                                   f"and dtype {example.dtype}")
 
 
+#: The fewest values per group float64_arithmetic draws: with M = 2 every standardisation without eps (and
+#: sqrt(max(var, eps))) gives x_hat = +-1 whatever x is, which would look like a result that ignores small moves of x
+#: (:mod:`bnsym.testing.arithmetic`).
+FLOAT64_MIN_COUNT = 4
+
+
 def _float64_examples(space: Space) -> st.SearchStrategy[Example]:
-    return bst.batch_norm_examples(dtype="float64", regimes=("well-conditioned",), shapes=space.shapes)
+    shapes = space.shapes
+    if shapes is not None:
+        shapes = [s for s in shapes if math.prod(s) // s[1] >= FLOAT64_MIN_COUNT] or shapes
+    return bst.batch_norm_examples(dtype="float64", regimes=("well-conditioned",), shapes=shapes,
+                                   min_eps=space.eps[0], max_eps=space.eps[1])
 
 
-#: How much worse than float64's own error bound a float64 result may be before it is taken to be computed in a
-#: shorter type: float32 rounding is 2^29 times float64's, so a float64 kernel with a bug of its own (a one-pass
-#: variance on well-conditioned input is within a few times the bound) stays far below, float32 far above.
+#: How much worse than float64's own error bound a float64 result may be before the checker asks whether it was
+#: computed in a shorter type (:mod:`bnsym.testing.arithmetic`): float32 rounding is 2^29 times float64's, so a
+#: correct float64 kernel (a one-pass variance on well-conditioned input is within a few times the bound) stays far
+#: below.
 FLOAT64_SLACK = 2.0**12
+
+#: The message of a float64_arithmetic finding, before the evidence.
+NOT_FLOAT64 = "float64 input is not computed in float64"
+SKIPS_DIFFERENCES = ("the finite-difference properties, which evaluate the implementation in float64, are skipped")
+
+
+def judge_float64(example: Example, y, reference_y, tolerance, forward, reference_at) -> None:
+    """The float64_arithmetic verdict (every layer's) on float64 ``y`` from ``forward(x)`` at the example's x, with
+    the float64 ``reference_y`` from ``reference_at(x)`` and the float64 arithmetic's ``tolerance``: fails only when
+    y is further off than that *and* its values show a shorter arithmetic (:func:`bnsym.testing.arithmetic.judge`).
+    A y off for another reason is a float64 bug of its own: nothing is recorded here, the other properties report
+    it."""
+    y = np.asarray(y)
+    if y.dtype != np.float64:
+        raise PropertyFailure(f"{NOT_FLOAT64}: float64 input gives y of dtype {y.dtype}; {SKIPS_DIFFERENCES}")
+    with np.errstate(invalid="ignore"):
+        within = np.all(np.abs(y - reference_y) <= tolerance)
+    if within:
+        compare("y from float64 input", y, reference_y, tolerance)  # the margin, for the report
+        return
+    evidence = arithmetic.judge(y, forward, reference_at, example.x, reference_y, example.rng(41))
+    if not evidence:
+        return
+    try:
+        compare("y from float64 input", y, reference_y, tolerance)
+    except PropertyFailure as failure:
+        raise PropertyFailure(f"{NOT_FLOAT64}: y is further from the float64 reference than {FLOAT64_SLACK:g} times "
+                              f"float64's error bound, and {evidence}; {SKIPS_DIFFERENCES}", failure.worst) from None
 
 
 @register("float64_arithmetic", "structure", examples=_float64_examples, when=lambda options: False,
-          selected_by="a finite-difference property that runs (it is their prerequisite)")
+          selected_by="a finite-difference property that runs (it is their prerequisite)", concerns=("float64",))
 def _float64_arithmetic(impl, example):
-    """float64 input is computed in float64 (the finite-difference properties evaluate the implementation there)."""
-    y = call_forward(impl, example)
-    if y.dtype != np.float64:
-        raise PropertyFailure(f"float64 input gives y of dtype {y.dtype}: float64 is not computed in float64; the "
-                              "finite-difference properties, which evaluate the implementation in float64, are skipped")
+    """float64 input is computed in float64 (the finite-difference properties evaluate the implementation there).
+
+    A y far from the reference is taken for a shorter arithmetic only when its values show one
+    (:mod:`bnsym.testing.arithmetic`); otherwise it is a float64 bug of its own, which the other properties report,
+    and the finite-difference properties run."""
     ref = reference.forward(example)
-    try:
-        compare("y from float64 input", y, ref.y, FLOAT64_SLACK * _bound(example, ref).forward())
-    except PropertyFailure as failure:
-        raise PropertyFailure("float64 input is not computed in float64: y is further from the float64 reference "
-                              f"than {FLOAT64_SLACK:g} times float64's error bound, as a float32 computation is; the "
-                              "finite-difference properties, which evaluate the implementation in float64, are "
-                              "skipped", failure.worst) from None
+    judge_float64(example, call_forward(impl, example), ref.y, FLOAT64_SLACK * _bound(example, ref).forward(),
+                  lambda x: call_forward(impl, example, x=x), lambda x: reference.forward(example, x=x).y)
 
 
 @register("inputs_not_modified", "structure")
@@ -316,7 +372,8 @@ def _single_values(space: Space) -> st.SearchStrategy[Example]:
         channels = sorted({s[1] for s in space.shapes})[-2:]
         shapes = st.sampled_from([(1, c) + (1,) * extra for extra in (0, 2) for c in channels])
     regimes = tuple(r for r in space.regimes if r in _SINGLE_VALUE_REGIMES)
-    return st.builds(bst.make_example, shapes, bst.regimes(names=regimes), bst.epsilons(), st.integers(0, 2**32 - 1),
+    return st.builds(bst.make_example, shapes, bst.regimes(names=regimes),
+                     bst.epsilons(min_eps=space.eps[0], max_eps=space.eps[1]), st.integers(0, 2**32 - 1),
                      st.just(space.dtype))
 
 
@@ -336,14 +393,14 @@ def _one_value_per_channel(impl, example):
 
 # ----- comparison with bnsym's reference -----
 
-@register("forward_reference", "reference")
+@register("forward_reference", "reference", long_groups=True)
 def _forward_reference(impl, example):
     """y agrees with bnsym's float64 reference within the error bound of the dtype."""
     ref = reference.forward(example)
     compare("y", call_forward(impl, example), ref.y, _bound(example, ref).forward())
 
 
-@register("backward_reference", "gradients", needs=("forward", "backward"))
+@register("backward_reference", "gradients", needs=("forward", "backward"), long_groups=True)
 def _backward_reference(impl, example):
     """dx, dgamma, dbeta agree with bnsym's generated backward in float64 within the error bound of the dtype."""
     ref = reference.forward(example)
@@ -356,7 +413,7 @@ def _backward_reference(impl, example):
 def _small(space: Space) -> st.SearchStrategy[Example]:
     small = [s for s in space.shapes or () if len(s) <= 4 and math.prod(s) // s[1] <= reference.EXACT_MAX_COUNT - 2]
     return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, max_dims=4, max_channels=2, max_count=4,
-                                   shapes=small or None)
+                                   shapes=small or None, min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 @register("exact_reference", "gradients", needs=("forward", "backward"), examples=_small)
@@ -549,7 +606,8 @@ def _backward_finite_differences(impl, example):
     ref = reference.forward(ex)
     tolerances = _bound(ex, ref).backward(ex.dy)
     error += sum(float(np.sum(t * np.abs(d))) for t, d in zip(tolerances, direction))
-    compare("<backward(dy), u> - <dy, J u> by central differences", _pair(gradients, direction), estimate, error)
+    compare("<backward(dy), u> against central differences of the forward along u", _pair(gradients, direction),
+            estimate, error, labels=FINITE_DIFFERENCE_LABELS)
 
 
 # ----- reference-free identities of the backward pass -----
@@ -608,10 +666,16 @@ def _dgamma_is_sum_dy_xhat(impl, example):
             _bound(example, ref).backward(dy)[1] + _reference_slack(ref, dy * ref.x_hat))
 
 
-def _second_dy(example: Example, salt: int) -> np.ndarray:
+def second_dy(example: Example, salt: int) -> np.ndarray:
+    """Another upstream gradient for the example, random, in its dtype: scaled as the example's dy is, by a power of
+    two when needed, so that its exact gradients are within the dtype's range (:mod:`bnsym._representable`)."""
     rng = example.rng(salt)
-    scale = 10.0 ** rng.uniform(-1, 1)
-    return (scale * rng.standard_normal(example.x.shape)).astype(example.dtype)
+    dy = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(example.x.shape)
+    scale = dy_scale(example.layout, example.x, example.gamma, dy.astype(example.dtype), example.eps, example.dtype)
+    return (scale * dy).astype(example.dtype)
+
+
+_second_dy = second_dy
 
 
 def _compare_gradients(what: str, combine, ref_combine, tolerances):
@@ -668,7 +732,12 @@ def _dx_invariant_to_dy_shift(impl, example):
     rng = example.rng(8)
     c = rng.standard_normal(example.channels) * 10.0 ** rng.uniform(-1, 1)
     dy = example.dy.astype(np.float64)
-    shifted = (dy + c.reshape((1, -1) + (1,) * (dy.ndim - 2))).astype(example.dtype)
+    shift = c.reshape((1, -1) + (1,) * (dy.ndim - 2))
+    # The shift scaled as dy is (bnsym._representable): dx(dy + c) is dx(dy) exactly, but an implementation forms
+    # gamma s (dy + c) on the way, which must stay within the dtype's range (float16 at eps = 1e-12).
+    scale = dy_scale(example.layout, example.x, example.gamma, (dy + shift).astype(example.dtype), example.eps,
+                     example.dtype)
+    shifted = (dy + scale * shift).astype(example.dtype)
     ref = reference.forward(example)
     bound = _bound(example, ref)
     first, second = call_backward(impl, example), call_backward(impl, example, dy=shifted)

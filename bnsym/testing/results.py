@@ -19,10 +19,13 @@ import numpy as np
 from bnsym.strategies import Example
 from bnsym.testing.options import CheckOptions
 
-__all__ = ["FAILED", "PASSED", "SKIPPED", "CheckFailed", "Counterexample", "NothingChecked", "PropertyResult",
+__all__ = ["FAILED", "NOTED", "PASSED", "SKIPPED", "CheckFailed", "Counterexample", "NothingChecked", "PropertyResult",
            "Report", "plural", "Verdicts"]
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+#: A finding that does not decide this run: a property that concerns other dtypes' runs failed (float64_arithmetic
+#: in a float32 run). Reported, in the text and the JSON, and what requires it is skipped; the exit status is not 1.
+NOTED = "noted"
 
 
 def plural(count: int, noun: str) -> str:
@@ -37,6 +40,7 @@ class Counterexample:
     example: Example
     failure: Exception  # a PropertyFailure
     path: Path | None = None
+    shrunk: bool = True  # False for a hang: every attempt to shrink it could wait the whole timeout
 
 
 @dataclass
@@ -52,8 +56,9 @@ class PropertyResult:
 
     @property
     def margin(self) -> tuple[float, str] | None:
-        """(worst ratio, regime) over every regime, or None when the property compared no number."""
-        if not self.margins:
+        """(worst ratio, regime) over every regime, or None when the property compared no number or agreed exactly
+        everywhere (``margins`` then holds each regime's 0)."""
+        if not self.margins or max(self.margins.values()) == 0:
             return None
         regime = max(self.margins, key=self.margins.get)
         return self.margins[regime], regime
@@ -87,9 +92,14 @@ class Verdicts:
         return self._names(SKIPPED)
 
     @property
+    def noted(self) -> list[str]:
+        """Properties whose failure is a note in this run (:data:`NOTED`): reported, not failing it."""
+        return self._names(NOTED)
+
+    @property
     def nothing_checked(self) -> bool:
         """No property ran: every one was skipped or left out. Not a pass (exit status 5, as pytest's)."""
-        return not self.passed and not self.failed
+        return not self.passed and not self.failed and not self.noted
 
     @property
     def ok(self) -> bool:
@@ -116,17 +126,16 @@ class Report(Verdicts):
     regimes: tuple[str, ...] = ()
     shapes: tuple[tuple[int, ...], ...] = ()
     save_dir: Path | None = None
+    long_shapes: tuple = ()  # the run's shapes with long groups (bnsym.strategies.long_shapes)
 
     def why_nothing_checked(self) -> str:
-        reasons = sorted({r.reason for r in self.results if r.status == SKIPPED})
-        parts = [f"{plural(len(self.results), 'property')} selected, all skipped"] if self.results else \
-            ["no property selected"]
-        if reasons:
-            parts.append("; ".join(reasons))
-        if self.not_selected:
-            parts.append(f"{plural(len(self.not_selected), 'more property')} run with other options (--mode, "
-                         "--convention, --order)")
-        return "nothing was checked: " + "; ".join(parts)
+        """One line: nothing ran, and where the reasons are (the SKIP lines and the not-selected line of the report
+        say each once; this line does not repeat them)."""
+        if not self.results:
+            return ("nothing was checked: no property selected (the options select properties of another mode; see "
+                    "--mode, --convention, --order)")
+        return (f"nothing was checked: {plural(len(self.results), 'property')} selected, all skipped (each SKIP line "
+                "says why)")
 
     # ----- text -----
 
@@ -151,17 +160,36 @@ class Report(Verdicts):
                 lines.append(f"        {r.name}: {r.counterexample.failure if r.counterexample else r.reason}")
         ce = first.counterexample
         if ce is not None:
-            lines.append(f"        minimal counterexample: {ce.example.describe()}")
+            label = "minimal counterexample" if ce.shrunk else "counterexample (the first that hung, not shrunk)"
+            lines.append(f"        {label}: {ce.example.describe()}")
             for r in group:
                 if r.counterexample is not None and r.counterexample.path is not None:
                     lines.append(f"        saved as {r.counterexample.path.name}" if len(group) == 1 else
                                  f"        {r.name} saved as {r.counterexample.path.name}")
         return lines
 
+    def _long_groups(self) -> str:
+        from bnsym.strategies import entry_count
+
+        if not self.long_shapes:
+            return ""
+        counts = sorted({entry_count(self.options.layer, entry) for entry in self.long_shapes})
+        return f", long groups of {', '.join(str(n) for n in counts)} values"
+
+    def _note_lines(self, r: PropertyResult) -> list[str]:
+        lines = [f"  NOTE  {r.name}: {_description(r.name, self.options.layer)}",
+                 f"        {r.counterexample.failure if r.counterexample else r.reason}",
+                 f"        (a note, not a failure: this {self.dtype} run checks {self.dtype} arithmetic; a run in the "
+                 "dtype it concerns fails on it)"]
+        if r.counterexample is not None:
+            lines.append(f"        example: {r.counterexample.example.describe()}")
+        return lines
+
     def __str__(self) -> str:
         regimes = "" if not self.regimes or len(self.regimes) >= 6 else f", regimes: {', '.join(self.regimes)}"
         lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
-                 f"to {plural(self.max_examples, 'example')} per property{regimes}"]
+                 f"to {plural(self.max_examples, 'example')} per property and one of each regime they miss{regimes}"
+                 f"{self._long_groups()}"]
         skipped: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == PASSED:
@@ -174,6 +202,9 @@ class Report(Verdicts):
                 skipped.setdefault(r.reason, []).append(r.name)
         for group in self._failure_groups():
             lines.extend(self._failure_lines(group))
+        for r in self.results:
+            if r.status == NOTED:
+                lines.extend(self._note_lines(r))
         for reason, names in skipped.items():
             lines.append(f"  SKIP  {', '.join(names)}: {reason}")
         if self.not_selected:
@@ -184,8 +215,9 @@ class Report(Verdicts):
             lines.append(f"counterexamples saved in {saved[0].parent}{'/' if str(saved[0].parent) != '/' else ''}")
             if self.replay_command:
                 lines.append(f"  replay one: {self.replay_command.format(path=saved[0])}")
-        summary = (f"{plural(len(self.results), 'property')}: {len(self.passed)} passed, {len(self.failed)} failed, "
-                   f"{len(self.skipped)} skipped ({self.seconds:.1f} s)")
+        noted = f", {len(self.noted)} noted" if self.noted else ""
+        summary = (f"{plural(len(self.results), 'property')}: {len(self.passed)} passed, {len(self.failed)} failed"
+                   f"{noted}, {len(self.skipped)} skipped ({self.seconds:.1f} s)")
         lines.append(summary)
         if self.nothing_checked:
             lines.append(self.why_nothing_checked())
@@ -215,8 +247,8 @@ class Report(Verdicts):
             "options": {"layer": self.options.layer, "mode": self.options.mode,
                         "convention": self.options.convention, "order": self.options.order,
                         "regimes": list(self.regimes)},
-            "shapes": [list(s) if self.options.layer == "batch_norm" else {"shape": list(s[0]), "size": s[1]}
-                       for s in self.shapes],
+            "shapes": [_entry_json(s) for s in self.shapes],
+            "long_shapes": [_entry_json(s) for s in self.long_shapes],
             "seconds": round(self.seconds, 3),
             "save_dir": None if self.save_dir is None else str(self.save_dir),
             "versions": versions(),
@@ -224,11 +256,21 @@ class Report(Verdicts):
                 "name": r.name, "description": _description(r.name, self.options.layer), "status": r.status,
                 "reason": r.reason,
                 "examples": r.examples, "seconds": round(r.seconds, 3), "cause": r.cause or None,
-                "margin": None if r.margin is None else {"worst": r.margin[0], "regime": r.margin[1],
-                                                         "per_regime": dict(r.margins)},
+                "margin": None if not r.margins else {"worst": max(r.margins.values()),
+                                                      "regime": max(r.margins, key=r.margins.get),
+                                                      "per_regime": dict(r.margins)},
                 "counterexample": counterexample(r)} for r in self.results],
+            "notes": [{"name": r.name, "message": str(r.counterexample.failure) if r.counterexample else r.reason}
+                      for r in self.results if r.status == NOTED],
             "not_selected": list(self.not_selected),
         }
+
+
+def _entry_json(entry):
+    """A pool entry for JSON: batch norm's is a shape, the other layers' a (shape, size) pair."""
+    if entry and isinstance(entry[0], tuple):
+        return {"shape": list(entry[0]), "size": entry[1]}
+    return list(entry)
 
 
 def versions() -> dict[str, str]:

@@ -15,11 +15,13 @@ the registry of properties (:func:`bnsym.testing.properties.registry`), the regi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import InvalidArgument
 
 from bnsym import strategies as bst
 from bnsym.strategies import Example
@@ -28,7 +30,7 @@ from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import Property, Space, registry
-from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
+from bnsym.testing.results import FAILED, NOTED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 
 __all__ = ["call_property", "run_properties", "selection"]
 
@@ -60,7 +62,8 @@ def _cause(failure: PropertyFailure, nonfinite_forward: bool, example: Example) 
 def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: int, seed: int,
              options: CheckOptions) -> PropertyResult:
     failures: list[tuple[Example, PropertyFailure, str]] = []
-    margins: dict[str, float] = {}
+    margins: dict[str, float] = {}  # every regime drawn: the worst ratio of its examples (0 when none compared)
+    compared: set[str] = set()  # the regimes whose examples compared a number with a tolerance
     count = 0
 
     def attempt(example: Example) -> None:
@@ -76,6 +79,7 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
                 failure = PropertyFailure(crash.message + ("; not shrunk, since every attempt could take the whole "
                                                            "timeout" if crash.hung else ""))
                 failure.cause = f"crash: {crash.message}"
+                failure.shrunk = not crash.hung
                 failures.append((example, failure, failure.cause))
                 if crash.hung:
                     raise  # a BaseException: Hypothesis lets it through, which ends this property's run (below)
@@ -83,28 +87,75 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
             finally:
                 if observation.worst or example.regime not in margins:
                     margins[example.regime] = max(margins.get(example.regime, 0.0), observation.worst)
+                if observation.compared:
+                    compared.add(example.regime)
 
-    test = settings(max_examples=max_examples, database=None, deadline=None, derandomize=False,
-                    suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
-                    verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
-        hypothesis_seed(seed)(given(prop.examples(space))(attempt)))
+    def run(examples, size: int) -> PropertyResult | None:
+        """Run ``size`` examples of the strategy; a result when the run itself broke (not a property failure)."""
+        test = settings(max_examples=size, database=None, deadline=None, derandomize=False,
+                        suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
+                        verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
+            hypothesis_seed(seed)(given(examples)(attempt)))
+        try:
+            with np.errstate(all="ignore"):
+                test()
+        except Exception as error:
+            if not failures:
+                return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
+                                      seconds=time.perf_counter() - start)
+        return None
+
     start = time.perf_counter()
     try:
-        with np.errstate(all="ignore"):
-            test()
-    except Exception as error:
-        if not failures:
-            return PropertyResult(prop.name, FAILED, f"the run raised {type(error).__name__}: {error}", count,
-                                  seconds=time.perf_counter() - start)
+        broken = run(prop.examples(space), max_examples)
+        # Stratified, not hoped for: a regime the run's draws missed (or, for a property that compares numbers, drew
+        # without comparing any: sample_independence with one sample) gets an example of its own, so that every run
+        # sees every regime, with its margin. A strategy that does not draw from the space's regimes (one fixed
+        # regime, as float64_arithmetic's) shows it on the first such example, and is left alone.
+        for regime in space.usable(prop):
+            if broken or failures or regime in (compared or margins):
+                continue
+            broken = run(prop.examples(dataclasses.replace(space, regimes=(regime,))), 1)
+            if regime not in margins:
+                break
+        # The smallest eps on a constant group, where eps alone keeps 1/sqrt(var + eps) finite: a kernel that
+        # rounds eps = 1e-12 to zero in float16 divides by zero there.
+        for regime in (r for r in space.usable(prop) if r in bst.CONSTANT_REGIMES):
+            if not (broken or failures):
+                broken = run(prop.examples(dataclasses.replace(space, regimes=(regime,), eps=(space.eps[0],) * 2)), 1)
+        # Long groups: each of the run's long shapes, in the regimes it can hold (not the tiny ones).
+        for entry in space.long_shapes if prop.long_groups else ():
+            long_space = dataclasses.replace(space, shapes=(entry,), regimes=_holdable(prop, space, entry))
+            if not (broken or failures) and long_space.regimes:
+                broken = run(prop.examples(long_space), LONG_EXAMPLES)
+        if broken:
+            return broken
     except ImplementationCrashed:  # a hang ended the run; its example is the last failure
         pass
     seconds = time.perf_counter() - start
-    compared = {regime: ratio for regime, ratio in margins.items() if ratio > 0}
+    shown = {regime: ratio for regime, ratio in margins.items() if regime in compared or ratio > 0}
     if failures:
         example, failure, cause = failures[-1]
-        return PropertyResult(prop.name, FAILED, failure.message, count, Counterexample(example, failure), seconds,
-                              compared, cause)
-    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=compared)
+        counterexample = Counterexample(example, failure, shrunk=getattr(failure, "shrunk", True))
+        return PropertyResult(prop.name, FAILED, failure.message, count, counterexample, seconds, shown, cause)
+    return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=shown)
+
+
+#: Examples per long shape for a property that takes long groups: the simplest (well-conditioned) and one drawn.
+LONG_EXAMPLES = 2
+
+
+def _holdable(prop: Property, space: Space, entry) -> tuple[str, ...]:
+    """The regimes of the space that the examples of ``prop`` can draw on the one shape ``entry`` (a strategy
+    refuses a regime none of its shapes can hold, such as a tiny group on a long one)."""
+    regimes = []
+    for regime in space.usable(prop):
+        try:
+            prop.examples(dataclasses.replace(space, shapes=(entry,), regimes=(regime,)))
+        except InvalidArgument:
+            continue
+        regimes.append(regime)
+    return tuple(regimes)
 
 
 def selection(options: CheckOptions, properties: list[str] | None, capabilities=None) -> list[str]:
@@ -137,9 +188,10 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
     options = options or CheckOptions()
     shapes = _pool(options.layer, seed, shapes)
     regimes = bst.layer_regimes(options.layer) if regimes is None else tuple(regimes)
-    space = Space(np.dtype(dtype), regimes, shapes, options.layer)
+    space = Space(np.dtype(dtype), regimes, shapes, options.layer, long_shapes=bst.long_shapes(options.layer, shapes,
+                                                                                               seed))
     report = Report(impl.name, space.dtype.name, seed, max_examples, options=options, regimes=space.regimes,
-                    shapes=shapes)
+                    shapes=shapes, long_shapes=space.long_shapes)
     start = time.perf_counter()
     selected = selection(options, properties, impl.capabilities)
     properties_of_layer = registry(options.layer)
@@ -150,6 +202,8 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
         result = _decide_skip(prop, impl, space, options, properties, verdicts)
         if result is None:
             result = _run_one(prop, impl, space, max_examples, seed, options)
+            if result.status == FAILED and not prop.concerns_run(space.dtype):
+                result.status = NOTED  # found and reported, but not the question of this run's dtype
         verdicts[name] = result.status
         report.results.append(result)
     report.seconds = time.perf_counter() - start
@@ -164,9 +218,10 @@ def _decide_skip(prop, impl, space, options, properties, verdicts) -> PropertyRe
     if missing:
         return PropertyResult(prop.name, SKIPPED, f"needs {', '.join(sorted(missing))}, which the implementation "
                                                   "does not offer")
-    failed = [r for r in prop.requires if verdicts.get(r) == FAILED]
+    failed = [r for r in prop.requires if verdicts.get(r) in (FAILED, NOTED)]
     if failed:
-        return PropertyResult(prop.name, SKIPPED, f"needs what {', '.join(failed)} found missing (see its failure)")
+        where = "note" if all(verdicts[r] == NOTED for r in failed) else "failure"
+        return PropertyResult(prop.name, SKIPPED, f"needs what {', '.join(failed)} found missing (see its {where})")
     if not space.usable(prop):
         return PropertyResult(prop.name, SKIPPED, f"draws only from the regimes {', '.join(prop.regimes)}, which "
                                                   "the selected regimes leave out")

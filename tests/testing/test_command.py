@@ -31,7 +31,7 @@ def test_buggy_target_exits_1_names_the_property_and_saves_a_replayable_countere
     assert "FAIL  forward_reference" in out
     assert "minimal counterexample: x of shape" in out and "float32" in out and "regime" in out
     assert "expected" in out and "got" in out
-    saved = list(tmp_path.glob("forward_reference-*.npz"))
+    saved = list(tmp_path.glob("*-forward_reference-*.npz"))
     assert len(saved) == 1
     assert f"counterexamples saved in {tmp_path}/" in out and out.count(str(tmp_path)) == 2  # the folder, the replay
     assert f"--replay {saved[0]}" in out
@@ -186,14 +186,17 @@ def test_nothing_checked_exits_5_and_says_what_was_missing(capsys):
     out = capsys.readouterr().out
     assert status == 5, out
     assert "nothing was checked" in out and "needs eval_forward" in out
+    reason = "needs eval_forward, which the implementation does not offer"
+    assert out.count(reason) == 1, f"the exit-5 summary repeats its reason:\n{out}"
 
 
 def test_check_batchnorm_raises_when_nothing_is_checked():
     from bnsym.testing import NothingChecked, check_batchnorm
     from tests.testing.zoo import ForwardOnly
 
-    with pytest.raises(NothingChecked, match="nothing was checked: .*needs backward"):
+    with pytest.raises(NothingChecked, match="nothing was checked: ") as info:
         check_batchnorm(ForwardOnly(), properties=["backward_reference", "dx_sums_to_zero"])
+    assert str(info.value).count("needs backward") == 1, str(info.value)
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +238,7 @@ def test_json_writes_the_whole_result(tmp_path, capsys):
     assert by_name["forward_reference"]["counterexample"]["file"].startswith(str(tmp_path))
     assert by_name["dbeta_is_sum_dy"]["status"] == "passed"
     assert 0 < by_name["dbeta_is_sum_dy"]["margin"]["worst"] <= 1
+    assert f"result written as JSON to {path}" in capsys.readouterr().out, "--json did not say where it wrote"
 
 
 def test_plot_draws_a_png(tmp_path, capsys):
@@ -243,12 +247,14 @@ def test_plot_draws_a_png(tmp_path, capsys):
     assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--property", "forward_reference", "--max-examples", "10",
                  "--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"margins plotted to {path}" in capsys.readouterr().out, "--plot did not say where it wrote"
 
 
 def test_passing_properties_show_their_margin_and_regime(capsys):
     assert main(["check", f"{EXAMPLE}:MyBatchNorm", "--property", "backward_reference", "--max-examples", "1"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"PASS  backward_reference \(1 example, worst [0-9.e-]+ of the bound, regime [a-z -]+\)", out), out
+    pattern = r"PASS  backward_reference \(\d+ examples?, worst [0-9.e-]+ of the bound, regime [a-z -]+\)"
+    assert re.search(pattern, out), out
 
 
 def test_regimes_select_the_inputs(tmp_path, capsys):
@@ -281,3 +287,52 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and bnsym.__version__ in capsys.readouterr().out
+
+
+def test_two_targets_checked_into_one_folder_keep_their_own_counterexamples(tmp_path, capsys):
+    """The same property failing on the same example for two targets: two files, each named by its target, and
+    the folder's default name is ignored by git."""
+    from bnsym.testing.counterexamples import DEFAULT_DIRECTORY
+
+    zoo = Path(__file__).with_name("zoo.py")
+    for name in ("EpsOutsideSqrt", "MaxVarEps"):
+        assert main(["check", f"{zoo}:{name}", "--property", "forward_reference", "--max-examples", "5",
+                     "--save-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    files = sorted(path.name for path in tmp_path.glob("*.npz"))
+    assert len(files) == 2, f"one target's counterexample overwrote the other's: {files}\n{out}"
+    assert files[0].startswith("zoo.EpsOutsideSqrt-forward_reference-"), files
+    assert files[1].startswith("zoo.MaxVarEps-forward_reference-"), files
+    gitignore = (Path(__file__).resolve().parents[2] / ".gitignore").read_text().splitlines()
+    assert f"{DEFAULT_DIRECTORY}/" in gitignore, f"{DEFAULT_DIRECTORY}/ is not in .gitignore"
+
+
+def test_the_help_is_plain_text_about_every_layer_and_short_on_property_names(capsys):
+    from bnsym.cli import build_parser, check_parser
+    from bnsym.testing import LAYERS, properties_of
+
+    top = build_parser().format_help()
+    assert "``" not in top and "batch-norm implementation" not in top, f"bnsym --help shows markup or calls it a " \
+                                                                      f"batch-norm checker:\n{top}"
+    assert "layer" in top and "RMS" in top, top
+    check = check_parser().format_help()
+    names = {name for layer in LAYERS for name in properties_of(layer)}
+    listed = [name for name in names if re.search(rf"\b{name}\b", check)]
+    assert len(listed) <= 3, f"bnsym check --help lists {len(listed)} property names: {sorted(listed)}"
+    assert "--list-properties" in check, check
+
+
+@pytest.mark.parametrize("layer", ["batch_norm", "rms_norm"])
+def test_list_properties_lists_the_layers_own_with_what_each_checks(layer, capsys):
+    from bnsym.testing import properties_of
+
+    assert main(["check", "--layer", layer, "--list-properties"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == list(properties_of(layer)), lines
+    assert all(len(line.split(": ", 1)[1]) > 10 for line in lines), "a property without its description"
+    assert any("[runs with --order 2]" in line for line in lines), "the options that select a property are missing"
+
+
+def test_a_missing_target_is_a_usage_error(capsys):
+    assert main(["check", "--layer", "layer_norm"]) == 2
+    assert "the target is missing" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def test_a_counterexample_file_replays_with_its_layer(tmp_path, capsys):
                  "--save-dir", str(tmp_path), "--max-examples", "20"]) == 1
     out = capsys.readouterr().out
     assert "group norm" in out and "groups of" in out  # the header and the counterexample name the layer
-    (saved,) = tmp_path.glob("forward_reference-*.npz")
+    (saved,) = tmp_path.glob("*-forward_reference-*.npz")
     with np.load(saved) as data:
         assert str(data["layer"]) == "group_norm" and int(data["num_groups"]) >= 2
     assert main(["check", f"{ZOO}:GroupNormStrided", "--replay", str(saved)]) == 1
@@ -102,8 +102,34 @@ def test_an_implementation_of_another_layer_is_refused():
 def test_a_family_example_describes_its_groups():
     example = make_layer_example("group_norm", (2, 6, 5), 3, "constant group", 1e-3, 1, "float32")
     line = example.describe()
-    assert "3 groups of 2 channel(s): M = 10 per group, 6 group(s)" in line and "regime \"constant group\"" in line
+    assert "3 groups of 2 channels: M = 10 per group, 6 groups" in line and "regime \"constant group\"" in line
     example = make_layer_example("rms_norm", (4, 2, 3), 2, "tiny group", 1e-3, 1)
-    assert "normalised over the last 2 axis(es): M = 6 per group" in example.describe()
+    assert "normalised over the last 2 axes: M = 6 per group" in example.describe()
     assert "beta" not in example.describe()  # RMS norm has none
     assert repr(example).startswith("Example(rms_norm, x of shape (4, 2, 3)")
+
+
+def test_forgetting_layer_gets_did_you_mean(tmp_path, capsys):
+    """A layer norm checked as a batch norm (no --layer): the usage error leads with the layer it computes, not with
+    advice about transposes; an instance norm checked as a batch norm fails forward_reference and is told too."""
+    zoo = Path(__file__).with_name("zoo_family.py")
+    assert main(["check", f"{zoo}:LayerNorm", "--save-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnsym check: did you mean `--layer layer_norm`?"), err
+    assert main(["check", f"{zoo}:InstanceNorm", "--property", "forward_reference", "--max-examples", "5",
+                 "--save-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "did you mean `--layer instance_norm`?" in out, out
+    assert main(["check", f"{zoo}:LayerNormEpsOutsideSqrt", "--layer", "layer_norm", "--property",
+                 "forward_reference", "--max-examples", "5", "--save-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "did you mean" not in out, f"a buggy layer norm checked as one was sent to another layer:\n{out}"
+
+
+def test_a_target_of_every_layer_is_not_sent_to_another():
+    """torch is every layer: when its float16 batch norm fails (PyTorch rounds eps to float16), the failure is about
+    the dtype, and no other layer is suggested."""
+    pytest.importorskip("torch")
+    from bnsym.testing.layer_guess import guess_layer
+
+    assert guess_layer("torch", "batch_norm") is None

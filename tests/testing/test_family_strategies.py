@@ -137,3 +137,17 @@ def test_magnitude_bounds_reduce_over_the_given_axes():
     magnitude = compiled(expr).magnitude(values, 3, 2, axes=(1,))
     # |dy gamma s| + |x_hat s| sum|dy x_hat gamma| / M + |s| sum|dy gamma| / M = 1 + 1 + 1
     assert np.allclose(magnitude, 3.0) and magnitude.shape == (2, 3)
+
+
+def test_descriptions_put_their_counts_in_the_right_number():
+    """'axis(es)' and 'group(s)' are gone: one group, one axis, one channel are singular, more are plural."""
+    from bnsym.strategies import make_layer_example
+
+    one = make_layer_example("layer_norm", (1, 6), 1, "well-conditioned", 1e-5, 0).describe()
+    assert "normalised over the last axis: M = 6 per group, 1 group)" in one, one
+    two = make_layer_example("layer_norm", (3, 2, 4), 2, "well-conditioned", 1e-5, 0).describe()
+    assert "normalised over the last 2 axes: M = 8 per group, 3 groups)" in two, two
+    grouped = make_layer_example("group_norm", (2, 4, 3), 4, "well-conditioned", 1e-5, 0).describe()
+    assert "4 groups of 1 channel: M = 3 per group, 8 groups)" in grouped, grouped
+    for text in (one, two, grouped):
+        assert "(s)" not in text and "(es)" not in text, text

@@ -228,7 +228,7 @@ def test_crash_fails_the_property_with_its_signal_and_the_run_goes_on(planted, t
     # reported and saved.
     shape = re.search(r"minimal counterexample: x of shape \((\d+),", out)
     assert shape and int(shape[1]) >= 3, out
-    saved = list((tmp_path / "saved").glob("shapes_and_dtypes-*.npz"))
+    saved = list((tmp_path / "saved").glob("*-shapes_and_dtypes-*.npz"))
     assert len(saved) == 1
     assert f"replay one: bnsym check {target} --isolate --replay {saved[0]}" in out
     # The next property ran in a fresh child and passed; the run completed.
@@ -260,7 +260,9 @@ def test_hang_is_killed_after_the_timeout_and_the_run_goes_on(planted, tmp_path,
     assert re.search(rf"forward did not return within 2 s \(killed while at {re.escape(str(planted))}:\d+ in "
                      r"forward", out), out
     assert "not shrunk" in out  # each shrinking attempt could wait the whole timeout
-    (saved,) = tmp_path.glob("shapes_and_dtypes-*.npz")
+    assert "counterexample (the first that hung, not shrunk): x of shape" in out, out
+    assert "minimal counterexample" not in out, f"an unshrunk hang is called minimal:\n{out}"
+    (saved,) = tmp_path.glob("*-shapes_and_dtypes-*.npz")
     assert f"--isolate --timeout 2 --replay {saved}" in out
     assert "PASS  one_value_per_channel" in out
     assert "2 properties: 1 passed, 1 failed" in out
@@ -558,3 +560,16 @@ def test_an_isolated_check_reports_exactly_what_an_in_process_check_reports(name
                 for r in failed.value.report.results]
 
     assert outcome(bug.impl, isolate=True, timeout=60) == outcome(bug.impl())
+
+
+def test_a_segfault_without_isolate_says_where_and_what_isolate_does(planted, tmp_path):
+    """Without --isolate a segfault ends the run (exit -11/139); with stdout piped the report is lost, but stderr has
+    the traceback down to the implementation's line, and the hint that --isolate makes it a finding."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "bnsym.cli", "check", f"{planted}:Segfault", "--property",
+                             "forward_reference", "--save-dir", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode in (-11, 139), (result.returncode, result.stderr)
+    assert "Fatal Python error: Segmentation fault" in result.stderr, result.stderr
+    assert re.search(rf'File "{re.escape(str(planted))}", line \d+ in forward', result.stderr), result.stderr
+    assert "With --isolate it runs in a child process" in result.stderr, result.stderr

@@ -11,11 +11,18 @@ def test_public_names():
     assert bnsym.testing.__all__ == ["DEFAULT_MAX_EXAMPLES", "LAYERS", "PROPERTIES", "CheckFailed", "CheckOptions",
                                      "Implementation", "NothingChecked", "Report", "TargetError", "check_batchnorm",
                                      "check_normalization", "properties_of", "selected_regimes"]
-    assert bnsym.strategies.__all__ == ["DTYPES", "LAYERS", "REGIMES", "Example", "batch_norm_examples",
-                                        "channel_shapes", "dtypes", "epsilons", "layer_examples", "layer_regimes",
-                                        "layer_shape_pool", "regimes", "shape_pool"]
+    assert bnsym.strategies.__all__ == ["CONSTANT_REGIMES", "DTYPES", "LAYERS", "LONG_GROUP_LENGTHS", "MIN_EPS",
+                                        "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes",
+                                        "entry_count", "epsilons", "layer_examples", "layer_regimes",
+                                        "layer_shape_pool", "long_shapes", "regimes", "shape_pool"]
     for module in (bnsym.testing, bnsym.strategies):
         assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
+
+
+def test_bnsym_testing_does_not_export_its_own_imports():
+    """`from bnsym.testing import <tab>` offers the checker, not the names its module imported for itself."""
+    stray = {"Path", "annotations", "bst", "FAILED"} & set(dir(bnsym.testing))
+    assert not stray, f"bnsym.testing exposes its imports {sorted(stray)}"
 
 
 def test_every_property_is_named_grouped_and_described():

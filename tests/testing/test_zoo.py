@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bnsym.testing import PROPERTIES, CheckFailed, check_batchnorm
+from tests.testing.known_defects import assert_only_torch_float16_eps_failures
 from tests.testing.zoo import BUGS, CORRECT, ForwardOnly
 
 BUG_CLASSES = {  # bug classes that concern training forward/backward: each needs a planted bug
@@ -29,16 +30,14 @@ def test_fused_form_with_one_value_per_channel_is_no_false_alarm():
     check_batchnorm(FusedForm(), dtype="float32", properties=["one_value_per_channel"], max_examples=100)
 
 
-def test_an_implementation_computing_in_float32_gets_one_finding_in_a_float32_run():
+def test_an_implementation_computing_in_float32_gets_one_note_in_a_float32_run():
     """Keras on its JAX and torch backends computes in float32 whatever it is given: in a float32 run its float32
-    gradients are right, and the report says once that float64 is not computed in float64 instead of failing the
-    finite-difference properties."""
+    gradients are right, so the run passes, and the report notes once that float64 is not computed in float64
+    instead of failing the finite-difference properties."""
     from tests.testing.zoo import Float32Always
 
-    with pytest.raises(CheckFailed) as info:
-        check_batchnorm(Float32Always(), dtype="float32", max_examples=20)
-    report = info.value.report
-    assert report.failed == ["float64_arithmetic"], str(report)
+    report = check_batchnorm(Float32Always(), dtype="float32", max_examples=20)
+    assert report.noted == ["float64_arithmetic"] and not report.failed, str(report)
     skipped = {r.name: r.reason for r in report.results if r.status == "skipped"}
     assert set(skipped) == {"forward_derivative", "backward_finite_differences"}
     assert all("float64_arithmetic" in reason for reason in skipped.values())
@@ -67,7 +66,13 @@ def test_planted_bug_is_caught_by_its_properties(bug):
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 @pytest.mark.parametrize("name", sorted(CORRECT))
 def test_correct_implementation_passes(name, dtype):
-    report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=20 if dtype == "float16" else 30)
+    try:
+        report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=20 if dtype == "float16" else 30)
+    except CheckFailed as failure:
+        if (name, dtype) != ("torch", "float16"):
+            raise
+        assert_only_torch_float16_eps_failures(failure.report, "batch_norm")  # PyTorch rounds eps to float16
+        return
     assert not report.skipped, f"{name} offers forward and backward, yet {report.skipped} were skipped"
 
 

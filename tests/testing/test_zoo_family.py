@@ -15,6 +15,7 @@ from bnsym.strategies import layer_shape_pool
 from bnsym.testing import CheckFailed, CheckOptions, check_normalization, properties_of
 from bnsym.testing.adapters import load
 from bnsym.testing.runner import run_properties
+from tests.testing.known_defects import assert_only_torch_float16_eps_failures
 from tests.testing.zoo_family import BUGS, LAYERS, TWO_PASS, Bnsym
 
 ZOO = Path(__file__).with_name("zoo_family.py")
@@ -68,14 +69,13 @@ def test_planted_bug_exits_1_on_the_command_line_naming_its_properties(bug, tmp_
 
 
 def test_a_wrong_float64_result_is_not_taken_for_float32_arithmetic():
-    """float64_arithmetic reports a float32 computation once (and the finite-difference properties are skipped);
-    a y that is wrong beyond what float32 could explain is a bug of its own, and they run and report it."""
+    """float64_arithmetic notes a float32 computation once in a float32 run (and the finite-difference properties
+    are skipped); a y that is wrong beyond what float32 could explain is a bug of its own, and they run and report
+    it."""
     from tests.testing.zoo_family import LayerNormInFloat32, LayerNormLastAxisOnly
 
-    with pytest.raises(CheckFailed) as info:
-        check_normalization(LayerNormInFloat32(), layer="layer_norm", dtype="float32", max_examples=10)
-    report = info.value.report
-    assert report.failed == ["float64_arithmetic"], str(report)
+    report = check_normalization(LayerNormInFloat32(), layer="layer_norm", dtype="float32", max_examples=10)
+    assert report.noted == ["float64_arithmetic"] and not report.failed, str(report)
     assert {r.name for r in report.results if r.status == "skipped"} == {"forward_derivative",
                                                                          "backward_finite_differences"}
     with pytest.raises(CheckFailed) as info:
@@ -113,6 +113,9 @@ def test_torch_and_jax_pass(target, layer, dtype):
     pytest.importorskip({"torch": "torch", "jax": "flax"}[target])
     report = run_properties(load(target, layer), dtype=np.dtype(dtype), max_examples=5, seed=0,
                             options=CheckOptions(layer=layer), shapes=layer_shape_pool(layer, 0)[:3])
+    if target == "torch" and dtype == "float16" and report.failed:
+        assert_only_torch_float16_eps_failures(report, layer)  # PyTorch rounds eps to float16 (known_defects.py)
+        return
     assert report.ok and not report.skipped, str(report)
 
 

@@ -132,6 +132,27 @@ class MaxVarEps(TwoPass):
         return 1 / np.sqrt(np.maximum(var, eps))
 
 
+class EpsInFloat32(TwoPass):
+    """eps rounded to float32 whatever the dtype (a kernel whose eps argument is a C float): float64 arithmetic with a
+    wrong eps, which float64_arithmetic must not take for float32 arithmetic."""
+
+    def invstd(self, var, eps):
+        return 1 / np.sqrt(var + np.float64(np.float32(eps)))
+
+
+class DropsPartialBlock(TwoPass):
+    """Sums each channel's M values in blocks of 1024 and, when M is longer than one block, never adds the partial
+    last block (a kernel whose tail loop does not run), still dividing by M: right whenever M <= 1024."""
+
+    def statistics(self, x, eps):
+        values = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+        count = values.shape[1]
+        keep = np.arange(count) < (count // 1024 * 1024 if count > 1024 else count)
+        mean = (values * keep).sum(axis=1) / count
+        var = (keep * (values - mean[:, None]) ** 2).sum(axis=1) / count
+        return _channel(mean, x), _channel(var, x)
+
+
 class EpsMissing(TwoPass):
     """1 / sqrt(var): no eps at all."""
 
@@ -273,6 +294,21 @@ class Float32Always(TwoPass):
         return tuple(g.astype(x.dtype) for g in grads)
 
 
+class StatisticsInFloat32(TwoPass):
+    """x_hat computed in float32 from any input, gamma and beta applied in the input's dtype (as Hugging Face's
+    LlamaRMSNorm does): y of float64 input is not representable in float32, yet it is not float64 arithmetic."""
+
+    def forward(self, x, gamma, beta, eps):
+        x32 = x.astype(np.float32)
+        mean, var = self.statistics(x32, eps)
+        x_hat = ((x32 - mean) * self.invstd(var, np.float32(eps))).astype(x.dtype)
+        return _channel(gamma, x) * x_hat + _channel(beta, x)
+
+    def backward(self, dy, x, gamma, beta, eps):
+        grads = super().backward(*(a.astype(np.float32) for a in (dy, x, gamma, beta)), eps)
+        return tuple(g.astype(x.dtype) for g in grads)
+
+
 class Float64Gradients(TwoPass):
     """Gradients promoted to float64 for float32 input: the count of values per channel is a NumPy int64 that
     meets a float32 array in a division (NumPy 2 keeps float32 for Python ints, not for int64 arrays)."""
@@ -353,8 +389,8 @@ BUGS = (
     Bug("dx_gamma_twice", DxGammaTwice, ("dx_scales_with_gamma", "backward_finite_differences"),
         bug_class="gamma applied twice"),
     Bug("abs_dy", AbsDy, ("linearity_in_dy", "dbeta_is_sum_dy"), bug_class="gradients not linear in dy"),
-    Bug("float64_in_float32", Float32Always, ("float64_arithmetic",), "float32",
-        "float64 input silently computed in float32"),
+    Bug("statistics_in_float32_in_a_float64_run", StatisticsInFloat32, ("float64_arithmetic", "forward_reference"),
+        bug_class="float64 input silently computed in float32"),
     Bug("float64_in_float32_in_a_float64_run", Float32Always, ("float64_arithmetic", "forward_reference"),
         bug_class="float64 input silently computed in float32"),
     Bug("float64_gradients", Float64Gradients, ("gradient_shapes_and_dtypes",), "float32",

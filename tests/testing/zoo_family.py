@@ -285,6 +285,70 @@ class LayerNormInFloat32(LayerNorm):
         return y.astype(x.dtype)
 
 
+class LayerNormMaxVarEps(LayerNorm):
+    """1 / sqrt(max(var, eps)): float64 arithmetic with a wrong formula."""
+
+    def invstd(self, var, eps):
+        return 1 / np.sqrt(np.maximum(var, eps))
+
+
+class LayerNormEpsInFloat32(LayerNorm):
+    """eps rounded to float32 whatever the dtype (a kernel whose eps argument is a C float)."""
+
+    def invstd(self, var, eps):
+        return 1 / np.sqrt(var + np.float64(np.float32(eps)))
+
+
+class RMSNormStatisticsInFloat32(RMSNorm):
+    """As Hugging Face's LlamaRMSNorm: x_hat computed in float32 from any input, gamma applied in the input's dtype,
+    so y of float64 input is not representable in float32, yet it is float32 arithmetic."""
+
+    def _forward(self, x, gamma, beta, eps, num_groups=None):
+        x_hat = super()._forward(x.astype(np.float32), np.ones(gamma.shape, np.float32), None, eps)
+        return gamma.astype(x.dtype) * x_hat.astype(x.dtype)
+
+    def _backward(self, dy, x, gamma, eps, num_groups=None, with_beta=True):
+        gradients = super()._backward(dy.astype(np.float32), x.astype(np.float32), gamma.astype(np.float32), eps,
+                                      with_beta=with_beta)
+        return tuple(g.astype(x.dtype) for g in gradients)
+
+
+BLOCK = 1024
+
+
+def _full_blocks(xg, axes, block=BLOCK):
+    """A 0/1 mask over each group's values (in C order over the group's axes): 0 on the partial last block of a
+    group longer than one block, 1 elsewhere."""
+    shape = [xg.shape[a] for a in axes]
+    count = int(np.prod(shape))
+    index = np.arange(count).reshape(shape)
+    keep = (index < count // block * block) if count > block else np.ones(shape, bool)
+    full = [1] * xg.ndim
+    for a, n in zip(axes, shape):
+        full[a] = n
+    return keep.reshape(full).astype(xg.dtype)
+
+
+class LayerNormDropsPartialBlock(LayerNorm):
+    """Sums each row in blocks of 1024 values and, in a row longer than one block, never adds the partial last
+    block (a kernel whose tail loop does not run), still dividing by M: right on every row of 1024 values or
+    fewer."""
+
+    def statistics(self, xg, grouping, eps):
+        keep = _full_blocks(xg, grouping.axes)
+        mean = (xg * keep).sum(axis=grouping.axes, keepdims=True) / grouping.count
+        var = (keep * (xg - mean) ** 2).sum(axis=grouping.axes, keepdims=True) / grouping.count
+        return mean, self.invstd(var, eps)
+
+
+class LayerNormEpsInFloat16(LayerNorm):
+    """float16 input computed in float32, but eps rounded to float16 first (eps = 1e-12 becomes 0): NaN on a constant
+    row, right wherever eps is representable in float16 or the row is not constant."""
+
+    def statistics(self, xg, grouping, eps):
+        return super().statistics(xg, grouping, xg.dtype.type(np.float16(eps)))
+
+
 class _DgammaNotSummed:
     """dgamma from the first sample only, not summed over the batch."""
 
