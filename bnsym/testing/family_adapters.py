@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnsym.testing.adapters import Implementation, torch_one_thread
 from bnsym.testing.family import protocol
+from bnsym.testing.implementation import Implementation
+from bnsym.testing.threads import torch_one_thread
 
 __all__ = ["jax_implementation", "torch_implementation"]
 

@@ -32,9 +32,9 @@ from bnsym import strategies as bst
 from bnsym._representable import dy_scale
 from bnsym.strategies import Example
 from bnsym.testing import arithmetic, reference
-from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
 from bnsym.testing.family import LAYER_NAMES
+from bnsym.testing.implementation import Implementation
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.protocol import check_layout, output_array, output_arrays
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff

@@ -73,7 +73,7 @@ def _require_batch(count: int, shape, distributed: bool) -> None:
     if count == 1:
         where = "over all workers" if distributed else "in the batch"
         raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {tuple(shape)} "
-                         f"and {count} value(s) per channel {where}")
+                         f"and 1 value per channel {where}")
 
 
 class _BatchStatistics(torch.autograd.Function):
