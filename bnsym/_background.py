@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["CompilerPool", "Outcome", "describe", "enabled", "request", "status", "wait"]
+__all__ = ["CompilerPool", "Outcome", "describe", "enabled", "pending", "request", "status", "wait"]
 
 logger = logging.getLogger("bnsym")
 
@@ -191,6 +191,9 @@ class _Service:
                                "kernel for it", describe(outcome.dispatcher, outcome.types), outcome.error)
             self._changed.notify_all()
 
+    def pending(self, dispatcher, types: tuple) -> bool:
+        return (dispatcher, types) in self._pending
+
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -225,6 +228,11 @@ def request(dispatcher, types: tuple) -> None:
     :data:`ATTEMPTS` times, or the background compilation is switched off."""
     if enabled():
         _service.request(dispatcher, types)
+
+
+def pending(dispatcher, types: tuple) -> bool:
+    """Whether ``dispatcher`` is being compiled for ``types`` in the background right now."""
+    return _service.pending(dispatcher, types)
 
 
 def wait(timeout: float) -> bool:

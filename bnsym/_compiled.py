@@ -84,6 +84,8 @@ def _first_call(dispatcher, key, args):
     if mode == RECORD:
         recorded.append((dispatcher, types))
         raise NotCompiled(describe(dispatcher, types))
+    if mode == BACKGROUND and _background.pending(dispatcher, types):
+        raise NotCompiled(describe(dispatcher, types))  # under way: no need to read the cache's index again
     if types not in dispatcher.overloads and not ready_on_disk(dispatcher, types):
         if mode == BACKGROUND:
             _background.request(dispatcher, types)
