@@ -95,15 +95,22 @@ class CompilerPool:
             if self._closed:
                 return
             self._on_done(outcome)
-            if process.poll() is not None:  # the worker died: its jobs go to the others, or fail from now on
-                process = _start_worker()
+            if process.poll() is not None:  # the worker died: a new one takes the next jobs, if one can start
+                try:
+                    process = _start_worker()
+                except OSError:
+                    return
                 self._processes.append(process)
 
     def _run(self, process: subprocess.Popen, dispatcher, types: tuple) -> Outcome:
         function = dispatcher.py_func
         message = (next(self._ids), function.__module__, function.__name__, function.__code__.co_filename, types)
         try:
-            process.stdin.write(base64.b64encode(pickle.dumps(message)) + b"\n")
+            job = base64.b64encode(pickle.dumps(message)) + b"\n"
+        except Exception as error:  # argument types that do not pickle: this job fails, the worker is fine
+            return Outcome(dispatcher, types, False, 0.0, f"its argument types cannot be sent ({error})")
+        try:
+            process.stdin.write(job)
             process.stdin.flush()
             line = process.stdout.readline()
             answer = json.loads(line)
