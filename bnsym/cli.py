@@ -68,9 +68,10 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"bnsym compile: {error}", file=sys.stderr)
         return 2
     missing = [k for k in chosen if not k.cached]
+    processes = min(args.jobs, max(len(missing), 1))
     print(f"bnsym compile: {len(chosen)} kernels for {', '.join(args.layer or precompile.CASES)}; "
           f"{len(chosen) - len(missing)} in Numba's disk cache already, {len(missing)} to compile with "
-          f"{min(args.jobs, max(len(missing), 1))} process(es)")
+          f"{processes} {'process' if processes == 1 else 'processes'}")
     failed = []
     started = time.perf_counter()
 
