@@ -31,6 +31,10 @@ __all__ = ["BACKENDS", "Backend", "numpy_kernels", "resolve"]
 
 BACKENDS = ("auto", "numpy", "numba", "array_api")
 
+# The compile policies of bnsym._compiled (WAIT, BACKGROUND), named here without importing it: `import bnsym` stays
+# free of the compiled backend's machinery until a compiled kernel runs. tests/test_compile_policy.py checks they agree.
+_WAIT, _BACKGROUND = "wait", "background"
+
 _EXTRAS = {"numba": ("numba", "fast"), "array_api": ("array_api_compat", "array-api")}
 _SUFFIX = {"numpy": "", "numba": "_numba", "array_api": "_array_api"}
 
@@ -72,7 +76,7 @@ class Backend:
     name: str
     xp: object
     #: The compiled backend's policy (:mod:`bnsym._compiled`): WAIT when named, BACKGROUND when chosen by "auto".
-    compile_policy: str = "wait"
+    compile_policy: str = _WAIT
 
     @property
     def is_numpy(self) -> bool:
@@ -136,11 +140,11 @@ def resolve(backend, x) -> Backend:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
     numpy_input = _is_numpy_input(x)
-    compile_policy = "wait"
+    compile_policy = _WAIT
     if backend == "auto":
         if numpy_input:
             backend = "numba" if _installed("numba") else "numpy"
-            compile_policy = "background"
+            compile_policy = _BACKGROUND
         else:
             if not _installed("array_api"):
                 raise _missing("array_api", f" and x is a {type(x).__module__}.{type(x).__name__}")

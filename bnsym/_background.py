@@ -56,9 +56,15 @@ class Outcome:
 class CompilerPool:
     """Worker processes that compile jobs; ``on_done(outcome)`` is called (in a pool thread) as each ends."""
 
-    def __init__(self, workers: int, on_done: Callable[[Outcome], None]):
+    def __init__(self, workers: int, on_done: Callable[[Outcome], None], *, restart: bool = True):
+        """``restart``: start a new worker when one ends under a job (``bnsym compile``: the other jobs still need
+        one); the background service does not, it stops asking instead."""
+        if not isinstance(workers, int) or isinstance(workers, bool):
+            raise TypeError(f"workers must be a whole number, got {workers!r}")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        self._restart = restart
+        self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._on_done = on_done
         self._processes: list[subprocess.Popen] = []
@@ -79,7 +85,8 @@ class CompilerPool:
         """Stop the workers now (a compilation under way is abandoned; finished ones stay on disk)."""
         if os.getpid() != self._owner:
             return
-        self._closed = True
+        with self._lock:
+            self._closed = True
         for process in self._processes:
             _stop(process)
         for _ in self._processes:
@@ -96,15 +103,21 @@ class CompilerPool:
                 return
             self._on_done(outcome)
             if process.poll() is not None:  # the worker died: a new one takes the next jobs, if one can start
-                try:
-                    process = _start_worker()
-                except OSError:
+                if not self._restart:
                     return
-                self._processes.append(process)
+                with self._lock:  # not while close() stops the workers
+                    if self._closed:
+                        return
+                    try:
+                        process = _start_worker()
+                    except OSError:
+                        return
+                    self._processes.append(process)
 
     def _run(self, process: subprocess.Popen, dispatcher, types: tuple) -> Outcome:
         function = dispatcher.py_func
-        message = (next(self._ids), function.__module__, function.__name__, function.__code__.co_filename, types)
+        number = next(self._ids)
+        message = (number, function.__module__, function.__name__, function.__code__.co_filename, types)
         try:
             job = base64.b64encode(pickle.dumps(message)) + b"\n"
         except Exception as error:  # argument types that do not pickle: this job fails, the worker is fine
@@ -114,8 +127,10 @@ class CompilerPool:
             process.stdin.flush()
             line = process.stdout.readline()
             answer = json.loads(line)
-        except (OSError, ValueError) as error:  # a broken pipe, or no answer: the worker is gone
-            return Outcome(dispatcher, types, False, 0.0, f"the compiling process ended ({error})", worker_ended=True)
+            if answer["job"] != number:
+                raise ValueError(f"it answered job {answer['job']} to job {number}")
+        except (OSError, ValueError, KeyError, TypeError) as error:  # a broken pipe, no answer, a wrong answer
+            return Outcome(dispatcher, types, False, 0.0, f"{type(error).__name__}: {error}", worker_ended=True)
         return Outcome(dispatcher, types, answer["ok"], answer["seconds"], answer["error"])
 
 
@@ -162,6 +177,7 @@ class _Service:
         self._pending: set = set()
         self._asked: dict = {}
         self._broken = False  # a worker ended under a job: no more background compilation in this process
+        self._said_uncached = False
         self.finished: list[Outcome] = []
 
     def request(self, dispatcher, types: tuple) -> None:
@@ -172,9 +188,9 @@ class _Service:
             self._asked[key] = self._asked.get(key, 0) + 1
             if self._pool is None:
                 try:
-                    self._pool = CompilerPool(1, self._done)
+                    self._pool = CompilerPool(1, self._done, restart=False)
                 except OSError as error:
-                    self._asked[key] = ATTEMPTS
+                    self._broken = True
                     logger.warning("bnsym: could not start a process to compile kernels in the background (%s); "
                                    "backend='auto' runs the NumPy kernels", error)
                     return
@@ -192,6 +208,14 @@ class _Service:
                 logger.warning("bnsym: the process compiling kernels in the background ended (%s); backend='auto' "
                                "runs the NumPy kernels for what is not compiled yet (backend='numba' or "
                                "`bnsym compile` compiles them)", outcome.error)
+            elif outcome.ok and self._asked.get(key, 0) >= ATTEMPTS and not self._said_uncached:
+                # Compiled twice, and still not found in the cache by this process: the worker's cache is another
+                # folder, or Numba's cache index changed. Said once; the NumPy kernels serve these calls.
+                self._said_uncached = True
+                logger.warning("bnsym: %s was compiled in the background but this process does not find it in "
+                               "Numba's disk cache; backend='auto' runs the NumPy kernels for what it cannot find "
+                               "there (backend='numba' compiles in this process)",
+                               describe(outcome.dispatcher, outcome.types))
             elif not outcome.ok:
                 self._asked[key] = ATTEMPTS
                 logger.warning("bnsym: compiling %s in the background failed (%s); backend='auto' runs the NumPy "
@@ -227,7 +251,8 @@ def _new_service_in_child() -> None:
     _service = _Service()
 
 
-os.register_at_fork(after_in_child=_new_service_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_new_service_in_child)
 
 
 def request(dispatcher, types: tuple) -> None:

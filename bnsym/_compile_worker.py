@@ -36,6 +36,10 @@ def main() -> int:
         os.nice(10)
     except (AttributeError, OSError):  # no nice on this platform, or not allowed: the same work, at equal priority
         pass
+    # The answers get a private copy of stdout; whatever Numba or an imported module prints (NUMBA_DEBUG_CACHE
+    # prints to stdout) goes to stderr, so that it cannot be read as an answer.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     for line in sys.stdin.buffer:
         job, module, name, file, types = pickle.loads(base64.b64decode(line))
         started = time.perf_counter()
@@ -45,8 +49,8 @@ def main() -> int:
         except Exception as error:  # reported to the caller, which then keeps to the NumPy kernels for this one
             answer = {"job": job, "ok": False, "error": f"{type(error).__name__}: {error}"}
         answer["seconds"] = time.perf_counter() - started
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
     return 0
 
 

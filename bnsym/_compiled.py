@@ -16,8 +16,9 @@ ready, what happens depends on the call's *policy*, a context variable that the 
   :class:`NotCompiled`, ready or not, so that representative calls list what there is to compile without running
   or compiling anything.
 
-Readiness is remembered per loop function and argument fingerprint (Numba's own, a microsecond per call), so a
-ready kernel costs one dictionary look-up more than calling Numba directly.
+Readiness is remembered per loop function and argument fingerprint (Numba's own), so a ready kernel costs about
+3 us more per call than calling Numba directly (measured: 2.5 us for run_compiled against 0.4 us, 3.7 us with the
+policy block around it), next to kernels of tens of microseconds and more.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def _compile_announced(dispatcher, types: tuple, args):
         return dispatcher(*args)
     finally:
         timer.cancel()
+        timer.join()  # an announcement under way is printed before its closing line
         if announced.is_set():
             logger.warning("bnsym: compiled %s in %.1f s", describe(dispatcher, types),
                            time.perf_counter() - started)

@@ -30,7 +30,7 @@ LAYOUTS = ("channel-first", "channel-last", "rows")
 #: A layout may need more than one input: an (N, C) batch takes group norm's loops for one value per channel, an
 #: image batch its loops for runs of spatial values.
 CASES: dict[str, dict[str, tuple[tuple[tuple[int, ...], dict, tuple[int, ...]], ...]]] = {
-    "batch_norm": {"channel-first": (((4, 6, 3, 5), {"axis": 1}, (6,)),),
+    "batch_norm": {"channel-first": (((4, 6, 3, 5), {"axis": 1}, (6,)), ((8, 6), {"axis": 1}, (6,))),
                    "channel-last": (((4, 3, 5, 6), {"axis": -1}, (6,)),)},
     "layer_norm": {"rows": (((4, 3, 10), {"axis": -1}, (10,)),)},
     "rms_norm": {"rows": (((4, 3, 10), {"axis": -1}, (10,)),)},
@@ -91,6 +91,8 @@ def kernels(layers: Iterable[str] | None = None, dtypes: Iterable[str] | None = 
 def _chosen(what: str, chosen, every: tuple[str, ...]) -> tuple[str, ...]:
     if chosen is None:
         return every
+    if isinstance(chosen, str):
+        raise TypeError(f"{what}s must be a list of names such as [{chosen!r}], got the string {chosen!r}")
     chosen = tuple(chosen)
     unknown = [c for c in chosen if c not in every]
     if unknown:

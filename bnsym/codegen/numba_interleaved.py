@@ -7,8 +7,8 @@ block of R rows of K = G*S values, and group ``(b, g)`` is the values ``[b, r, g
 
 The plans are those that :mod:`bnsym.codegen.numba_local` prints as group-local loops (every plan of a layer whose
 groups lie within one sample that :meth:`~bnsym.codegen.numba_local.GroupLocalPrinter.unsupported` accepts), with
-its names and its steps (:func:`~bnsym.codegen.numba_plan.loop_steps`); its wrapper chooses between the two
-layouts. What one plan becomes here:
+its names and its steps (:func:`~bnsym.codegen.numba_plan.loop_steps`); the wrapper
+(:mod:`bnsym.codegen.numba_printer`) chooses between the two layouts. What one plan becomes here:
 
 * **per-group values, one per channel.** Every per-group value of a sample is kept as a (K,) row that repeats a
   group's value for each of its S channels (the same arithmetic, once per channel), so that the loops over a row

@@ -56,8 +56,8 @@ _NEST_NOTES = {"flat": "For S == 1 (one parameter value per position).",
 
 class GroupLocalPrinter:
     """Renders a :class:`KernelPlan` that reduces through its reducer as group-local Numba loops (module
-    docstring), with a wrapper of the NumPy kernel's signature that runs them for groups that are contiguous runs,
-    the sample-wise loops (when printed) for groups that interleave, and the NumPy kernel for any other layout."""
+    docstring): the helpers and drivers, and what a wrapper needs to call them (:class:`CompiledLoops`); the wrapper
+    itself is :mod:`bnsym.codegen.numba_printer`'s, which knows every strategy."""
 
     def __init__(self, indent: str = "    ", nests: tuple[str, ...] = NESTS):
         """``nests``: the loop nests to print (("flat",) for a layer whose parameters have one value per value of a
@@ -88,7 +88,7 @@ class GroupLocalPrinter:
 
     # ----- the whole kernel -----
 
-    def render(self, plan: KernelPlan) -> str:
+    def render(self, plan: KernelPlan) -> CompiledLoops:
         names = PlanNames(plan)
         helpers: list[str] = []
         body: list[str] = []  # the body of the loop over one block's groups

@@ -84,8 +84,8 @@ class NumbaPlanPrinter:
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
         chosen = self.strategies(plan)
-        if chosen == (STAGES,):
-            return StageLoopPrinter(self.indent).render(plan)
+        if chosen == (STAGES,):  # the stage loops write their own wrapper (one layout, FusedLayout)
+            return STAGES.printer(self.indent).render(plan)
         loops = [self._printer(strategy).render(plan) for strategy in chosen]
         return "\n\n\n".join([loop.source for loop in loops] + [self._wrapper(plan, chosen, loops)])
 
@@ -111,8 +111,9 @@ class NumbaPlanPrinter:
         return "\n".join(lines)
 
     def _call(self, plan: KernelPlan, names: PlanNames, function: str, shape: list[str]) -> list[str]:
-        """The wrapper's lines (inside its ``if``) that call ``function`` with the arrays arranged by ``layout``
-        and ``shape`` (what the function takes after M), and return its results as the NumPy kernel does."""
+        """The wrapper's lines (inside its ``if``) that call ``function`` with the arrays arranged by the layout
+        object ``layout`` of the generated code and ``shape`` (what the function takes after M), and return its
+        results as the NumPy kernel does."""
         i2 = self.indent * 2
         lines = [f"{i2}{n} = layout.empty()" for n in names.outputs]
         arguments = [f"layout.fields({n})" if n in names.fields else

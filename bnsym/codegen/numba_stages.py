@@ -68,11 +68,6 @@ class StageLoopPrinter:
 
     # ----- the whole kernel -----
 
-    @staticmethod
-    def unsupported(plan: KernelPlan) -> str | None:
-        """Why the stage loops do not cover ``plan`` (it is then delegated to the NumPy kernel), or None."""
-        return StageLoopPrinter._unsupported(plan, PlanNames(plan))
-
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
         kinds = PlanNames(plan)
