@@ -55,7 +55,7 @@ def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: st
     signature of its NumPy kernel in ``numpy_module``, which it runs for what its loops do not cover.
     ``per_sample``, ``channel_axis`` and ``parameter_per_value`` are the layer's
     (:class:`bnsym.symbolic.layers.LayerDeclaration`): which loops its kernels get."""
-    from bnsym.codegen.numba_printer import NumbaPlanPrinter
+    from bnsym.codegen.numba_printer import STRATEGIES, NumbaPlanPrinter
     from bnsym.codegen.numba_text import module_prelude
 
     plans = [plan_kernel(kernel) for kernel in kernels]
@@ -63,7 +63,7 @@ def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: st
                                parameter_per_value=parameter_per_value)
     functions = [printer.render(plan) for plan in plans]
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
-             *module_prelude(numpy_module, "\n".join(functions)), ""]
+             *module_prelude(numpy_module, "\n".join(functions), tuple(s.layout for s in STRATEGIES)), ""]
     for function in functions:
         parts += ["", function, ""]
     parts += ["", "#: Each kernel's parameters and results, in order (those of the NumPy kernels).",

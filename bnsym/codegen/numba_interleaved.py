@@ -32,10 +32,8 @@ is allocated in the parallel loop and no array expression makes a parallel regio
 
 from __future__ import annotations
 
-import textwrap
-
 from bnsym.codegen.numba_plan import PlanNames, form, loop_steps, product, split_names
-from bnsym.codegen.numba_text import CompiledLoops, Printer
+from bnsym.codegen.numba_text import CompiledLoops, Printer, docstring
 from bnsym.codegen.plan import Accumulate, KernelPlan, Reduce
 from bnsym.naming import COUNT
 
@@ -107,9 +105,6 @@ class InterleavedPrinter:
 
     # ----- helpers -----
 
-    def _docstring(self, text: str) -> list[str]:
-        return [self.indent + line for line in textwrap.wrap(f'"""{text}"""', 116 - len(self.indent))]
-
     def _pass(self, function: str, plan: KernelPlan, group: Reduce | None, parameter: Reduce | None,
               names: PlanNames):
         """One pass over a sample's rows that returns the float64 totals of ``group``'s sums (each group's total
@@ -132,9 +127,10 @@ class InterleavedPrinter:
         totals = [f"totals{j}" for j in k]
         lines = ["@numba.njit(cache=True)",
                  f"def {function}({', '.join(fields + parameters + per_group + scalars + ['S'] + totals + shares)}):",
-                 *self._docstring(f"One pass of {plan.name} over one sample's (R, K) values, every group side by "
-                                  f"side: {described}."
-                                  + (" Totals go to the float64 rows totals<k>, each group's total repeated for its S "
+                 *docstring(self.indent,
+                            f"One pass of {plan.name} over one sample's (R, K) values, every group side by "
+                            f"side: {described}."
+                            + (" Totals go to the float64 rows totals<k>, each group's total repeated for its S "
                                      "channels." if group_terms else "")
                                   + (" Shares are added to the float64 rows shares<k>." if parameter_terms else ""))]
         reference = (fields + parameters + per_group + totals + shares)[0]
@@ -182,8 +178,9 @@ class InterleavedPrinter:
         printer = Printer(texts | {a: a for a in names.atoms}, typed_numbers=True)
         lines = ["@numba.njit(cache=True)",
                  f"def {function}({', '.join(fields + parameters + per_group + scalars + written)}):",
-                 *self._docstring(f"The field outputs of {plan.name} ({', '.join(written)}) for one sample's (R, K) "
-                                  "values."),
+                 *docstring(self.indent,
+                            f"The field outputs of {plan.name} ({', '.join(written)}) for one sample's (R, K) "
+                            "values."),
                  f"{i}dtype = {written[0]}.dtype.type",
                  f"{i}R, K = {written[0]}.shape",
                  f"{i}for r in range(R):"]
@@ -203,8 +200,9 @@ class InterleavedPrinter:
         first = names.fields[0]
         lines = ["@numba.njit(cache=True, parallel=True)",
                  f"def {samples_function(plan)}({', '.join(inputs + [COUNT, 'S'] + names.outputs)}):",
-                 *self._docstring(f"{plan.name} on (B, R, K) fields, (K,) parameters and (B, G) per-group values, "
-                                  "one sample per parallel iteration."),
+                 *docstring(self.indent,
+                            f"{plan.name} on (B, R, K) fields, (K,) parameters and (B, G) per-group values, "
+                            "one sample per parallel iteration."),
                  f"{i}B, R, K = {first}.shape",
                  f"{i}G = K // S",
                  f"{i}dtype = {first}.dtype.type"]

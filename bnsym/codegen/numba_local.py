@@ -38,10 +38,8 @@ kernels round them.
 
 from __future__ import annotations
 
-import textwrap
-
 from bnsym.codegen.numba_plan import PlanNames, form, loop_steps, product, split_names
-from bnsym.codegen.numba_text import CompiledLoops, Printer
+from bnsym.codegen.numba_text import CompiledLoops, Printer, docstring
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 
@@ -139,10 +137,6 @@ class GroupLocalPrinter:
 
     # ----- helpers -----
 
-    def _docstring(self, text: str, indent: str | None = None) -> list[str]:
-        indent = self.indent if indent is None else indent
-        return [indent + line for line in textwrap.wrap(f'"""{text}"""', 116 - len(indent))]
-
     def _call_arguments(self, fields, parameters, per_group, scalars) -> list[str]:
         """How the group loop passes these to a helper: rows of group g, parameter row p, values in dtype."""
         return ([f"{f}[g]" for f in fields] + [f"{p}[p]" for p in parameters] + per_group
@@ -210,9 +204,10 @@ class GroupLocalPrinter:
             lines = ["@numba.njit(cache=True, fastmath=REASSOCIATE)",
                      f"def {name}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'])}"
                      f"{''.join(', ' + n for n in blocks + partials)}):",
-                     *self._docstring(f"One pass of {plan.name} over one group of Q*S values: {described}."
-                                      + (" Totals in float64." if group_terms else "") + shares
-                                      + (f" {_NEST_NOTES[nest]}" if nest else ""))]
+                     *docstring(self.indent,
+                                f"One pass of {plan.name} over one group of Q*S values: {described}."
+                                + (" Totals in float64." if group_terms else "") + shares
+                                + (f" {_NEST_NOTES[nest]}" if nest else ""))]
             if fields + parameters:
                 lines.append(f"{i}dtype = {(fields + parameters)[0]}.dtype.type")
             lines += [f"{i}total{j} = 0.0" for j in k]
@@ -260,8 +255,9 @@ class GroupLocalPrinter:
         def head(name: str, nest: str | None) -> list[str]:
             return ["@numba.njit(cache=True)",
                     f"def {name}({', '.join(fields + parameters + per_group + scalars + ['Q', 'S'] + written)}):",
-                    *self._docstring(f"The field outputs of {plan.name} ({', '.join(written)}) for one group."
-                                     + (f" {_NEST_NOTES[nest]}" if nest else "")),
+                    *docstring(self.indent,
+                               f"The field outputs of {plan.name} ({', '.join(written)}) for one group."
+                               + (f" {_NEST_NOTES[nest]}" if nest else "")),
                     f"{i}dtype = {written[0]}.dtype.type"]
 
         def loops(nest: str, depth: int) -> list[str]:
@@ -301,9 +297,10 @@ class GroupLocalPrinter:
         suffix = f"_{nest}" if nest else ""
         lines = ["@numba.njit(cache=True, parallel=True)",
                  f"def _{plan.name}{suffix}({', '.join(inputs + [COUNT, 'P', 'Q'] + names.outputs)}):",
-                 *self._docstring(f"{plan.name} on (groups, inner) fields, (P, Q) parameters and (groups,) per-group "
-                                  "values, one block of BLOCK groups per parallel iteration."
-                                  + (f" {_NEST_NOTES[nest]}" if nest else "")),
+                 *docstring(self.indent,
+                            f"{plan.name} on (groups, inner) fields, (P, Q) parameters and (groups,) per-group "
+                            "values, one block of BLOCK groups per parallel iteration."
+                            + (f" {_NEST_NOTES[nest]}" if nest else "")),
                  f"{i}groups, inner = {first}.shape",
                  f"{i}S = inner // Q",
                  f"{i}dtype = {first}.dtype.type"]

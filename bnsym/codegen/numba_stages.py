@@ -40,12 +40,10 @@ wrap-around, and the loop is then compiled to gathers, ten times slower.
 """
 from __future__ import annotations
 
-import textwrap
-
 import sympy
 
 from bnsym.codegen.numba_plan import PlanNames, form, product
-from bnsym.codegen.numba_text import Printer, plan_symbols, python_tuple, wrapper_head
+from bnsym.codegen.numba_text import Printer, docstring, plan_symbols, python_tuple, wrapper_head
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
 from bnsym.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
@@ -55,7 +53,7 @@ __all__ = ["NESTS", "StageLoopPrinter"]
 
 #: The two loop nests of the fused loops (module docstring): groups side by side in every row, or contiguous runs.
 NESTS = ("rows", "runs")
-NEST = "<nest>"  # where a driver's calls name the variant of its nest
+_NEST = "<nest>"  # where a driver's calls name the variant of its nest
 _NEST_NOTES = {"rows": "Fields with inner == 1 (groups side by side in every row).",
                "runs": "Fields with inner > 1 (one contiguous run per row and group)."}
 
@@ -105,7 +103,7 @@ class StageLoopPrinter:
                 source, arguments = self._stage(function, plan, statement, kinds, stage)
                 parts.append(source)
                 names = ", ".join(n.name for n in statement.names)
-                calls.append(f"{names}{',' if len(statement.names) == 1 else ''} = {function}_{NEST}("
+                calls.append(f"{names}{',' if len(statement.names) == 1 else ''} = {function}_{_NEST}("
                              f"{', '.join(self._argument(a, kinds, first) for a in arguments)})")
                 index += 1
             else:  # the field outputs: every Accumulate from here on, in one pass
@@ -117,7 +115,7 @@ class StageLoopPrinter:
                 function = f"_{plan.name}_outputs"
                 source, arguments = self._outputs(function, plan, outputs, kinds)
                 parts.append(source)
-                calls.append(f"{function}_{NEST}({', '.join(self._argument(a, kinds, first) for a in arguments)})")
+                calls.append(f"{function}_{_NEST}({', '.join(self._argument(a, kinds, first) for a in arguments)})")
                 index = len(statements)
         self._flush(group_lines, calls)
         field_outputs = [s.name for s in plan.returns if s.name in kinds.every_field]
@@ -127,16 +125,12 @@ class StageLoopPrinter:
                 raise ValueError(f"{plan.name}: the result {name} is neither a field nor a per-group value")
         calls.append(f"return {', '.join(group_outputs)}{',' if len(group_outputs) == 1 else ''}" if group_outputs
                      else "return")
-        parts += [self._driver(plan, kinds, [line.replace(NEST, nest) for line in calls], field_outputs, nest)
+        parts += [self._driver(plan, kinds, [line.replace(_NEST, nest) for line in calls], field_outputs, nest)
                   for nest in NESTS]
         parts.append(self._wrapper(plan, kinds, field_outputs, group_outputs))
         return "\n\n\n".join(parts)
 
     # ----- pieces -----
-
-    def _docstring(self, text: str) -> list[str]:
-        lines = textwrap.wrap(f'"""{text}"""', 116 - len(self.indent))
-        return [self.indent + line for line in lines]
 
     @staticmethod
     def _unsupported(plan: KernelPlan, kinds: PlanNames) -> str | None:
@@ -205,8 +199,9 @@ class StageLoopPrinter:
             lines = [
                 "@numba.njit(cache=True, parallel=True, fastmath=REASSOCIATE)",
                 f"def {function}_{nest}({', '.join(arguments)}):",
-                *self._docstring(f"Stage {stage} of {plan.name}, one pass over the fields: the per-group totals "
-                                 f"(float64) of {described}. {_NEST_NOTES[nest]}"),
+                *docstring(self.indent,
+                           f"Stage {stage} of {plan.name}, one pass over the fields: the per-group totals "
+                           f"(float64) of {described}. {_NEST_NOTES[nest]}"),
                 f"{i}rows, groups, inner = {first}.shape",
                 f"{i}dtype = {first}.dtype.type",
             ]
@@ -280,8 +275,9 @@ class StageLoopPrinter:
             lines = [
                 "@numba.njit(cache=True, parallel=True)",
                 f"def {function}_{nest}({', '.join(arguments)}):",
-                *self._docstring(f"The field outputs of {plan.name} ({', '.join(names)}), written in one pass. "
-                                 f"{_NEST_NOTES[nest]}"),
+                *docstring(self.indent,
+                           f"The field outputs of {plan.name} ({', '.join(names)}), written in one pass. "
+                           f"{_NEST_NOTES[nest]}"),
                 f"{i}rows, groups, inner = {out}.shape",
                 f"{i}dtype = {out}.dtype.type",
             ]
@@ -312,8 +308,9 @@ class StageLoopPrinter:
         lines = [
             "@numba.njit(cache=True)",
             f"def _{plan.name}_{nest}({', '.join(inputs + field_outputs)}):",
-            *self._docstring(f"{plan.name} on (rows, groups, inner) fields and (groups,) per-group values: writes "
-                             f"{', '.join(field_outputs)} and returns the per-group results. {_NEST_NOTES[nest]}"),
+            *docstring(self.indent,
+                       f"{plan.name} on (rows, groups, inner) fields and (groups,) per-group values: writes "
+                       f"{', '.join(field_outputs)} and returns the per-group results. {_NEST_NOTES[nest]}"),
             f"{i}groups = {first}.shape[1]",
         ]
         lines += [i + line for line in calls]

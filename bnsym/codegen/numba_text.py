@@ -19,18 +19,14 @@ from bnsym.codegen.printer import KernelPrinter
 from bnsym.naming import COUNT
 from bnsym.symbolic.reduction import M, ParameterField
 
-__all__ = ["LAYOUTS", "CompiledLoops", "Printer", "atoms_used", "module_prelude", "names_read", "plan_symbols",
+__all__ = ["CompiledLoops", "Printer", "atoms_used", "docstring", "module_prelude", "names_read", "plan_symbols",
            "python_tuple", "reads_parameters", "wrapper_head"]
 
 
-#: The layouts of bnsym._fused that a generated wrapper may use.
-LAYOUTS = ("FusedLayout", "GroupLocalLayout", "InterleavedLayout")
-
-
-def module_prelude(numpy_module: str, functions: str) -> list[str]:
+def module_prelude(numpy_module: str, functions: str, layouts: tuple[str, ...]) -> list[str]:
     """The imports and constants of a generated Numba module whose fallback kernels are in ``numpy_module``, for
     the source ``functions`` of its kernels (which layouts they use)."""
-    layouts = [name for name in LAYOUTS if f"{name}.of(" in functions]
+    layouts = [name for name in layouts if f"{name}.of(" in functions]
     return [
         "import numba",
         "import numpy",
@@ -148,6 +144,11 @@ def atoms_used(atoms: dict, exprs) -> list[str]:
         for name in ([item] if isinstance(item, str) else [s.name for s in item.free_symbols]):
             visit(name)
     return [a for a in atoms if a in used]
+
+
+def docstring(indent: str, text: str) -> list[str]:
+    """A generated function's docstring, wrapped to the generated modules' width, at ``indent``."""
+    return [indent + line for line in textwrap.wrap(f'"""{text}"""', 116 - len(indent))]
 
 
 def python_tuple(items) -> str:
