@@ -26,7 +26,7 @@ It prints, in one run (so that every ratio compares figures measured minutes apa
 5. **first-call latency** in a fresh process with an empty Numba disk cache: every layer's forward and backward
    with ``backend="auto"`` (NumPy kernels at once, the compiled ones prepared in a background process; and when
    that finished, the same calls compiled), with ``backend="numba"`` (compiled on the spot), and with ``"numba"``
-   from the disk cache; and the time to regenerate every derivation (``python -m bnsym.cli derive --check``).
+   from the disk cache; and the time to regenerate every derivation (``python -m bnsym.tools.cli derive --check``).
 
 Within each table the implementations and thread counts take turns within every repeat (the order rotates from
 one repeat to the next) and every figure is a median over the repeats. NHWC tensors are handed to PyTorch as
@@ -493,7 +493,7 @@ _FIRST_CALL = """
 import json, sys, time
 start = time.perf_counter()
 import numpy as np, bnsym
-from bnsym import _background
+from bnsym.runtime import background as _background
 backend = sys.argv[1]
 rng = np.random.default_rng(0)
 images = rng.normal(size=(32, 64, 8, 8)).astype(np.float32)   # NCHW, the README's first snippet
@@ -558,7 +558,7 @@ def compile_times() -> None:
 
 def _regeneration_seconds() -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bnsym.cli", "derive", "--check"], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "bnsym.tools.cli", "derive", "--check"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
@@ -585,7 +585,7 @@ def main(argv=None) -> None:
         family_table(repeats, bandwidth, thread_counts)
     if "compile" in chosen:
         compile_times()
-        print(f"\nRegenerating every derivation (`python -m bnsym.cli derive --check`, fresh process): "
+        print(f"\nRegenerating every derivation (`python -m bnsym.tools.cli derive --check`, fresh process): "
               f"{_regeneration_seconds():.1f} s")
 
 

@@ -23,17 +23,18 @@ statistics into the running ones, in each framework's convention (:mod:`bnsym.ru
 The top-level names ``bnsym.batch_norm_forward``, ``batch_norm_backward``, ``batch_norm_inference``,
 ``batch_norm_inference_backward``, ``batch_norm_double_backward``, ``batch_norm_jvp`` and
 ``bnsym.update_running_stats`` are these functions. They only validate and arrange axes (through the runtime every
-layer shares, :mod:`bnsym._family`); all arithmetic is in the generated kernels (``bnsym._generated.batch_norm``),
+layer shares, :mod:`bnsym.runtime.layer`); all arithmetic is in the generated kernels (``bnsym._generated.batch_norm``),
 derived in ``derivations/batch_norm.md``.
 """
 
 from __future__ import annotations
 
-from bnsym._family import Layer
-from bnsym._family_layout import channel_layout
 from bnsym.running_stats import DEFAULT
+from bnsym.runtime.layer import Layer
+from bnsym.runtime.layout import channel_layout
 
-# update_running_stats is public (bnsym.update_running_stats) but not a verb of __all__: bnsym.precompile calls every
+# update_running_stats is public (bnsym.update_running_stats) but not a verb of __all__: bnsym.tools.precompile calls
+# every
 # name of a layer module's __all__ as a kernel verb on x-shaped arguments, and it takes per-channel arrays only.
 __all__ = ["backward", "double_backward", "forward", "inference", "inference_backward", "jvp"]
 

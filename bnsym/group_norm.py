@@ -19,8 +19,8 @@ in the generated kernels (``bnsym._generated.group_norm``), derived in ``derivat
 
 from __future__ import annotations
 
-from bnsym._family import Layer
-from bnsym._family_layout import group_layout
+from bnsym.runtime.layer import Layer
+from bnsym.runtime.layout import group_layout
 
 __all__ = ["backward", "double_backward", "forward", "jvp"]
 

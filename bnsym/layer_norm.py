@@ -19,8 +19,8 @@ These functions only validate and arrange axes; all arithmetic is in the generat
 
 from __future__ import annotations
 
-from bnsym._family import Layer
-from bnsym._family_layout import normalised_axes_layout
+from bnsym.runtime.layer import Layer
+from bnsym.runtime.layout import normalised_axes_layout
 
 __all__ = ["backward", "double_backward", "forward", "jvp"]
 

@@ -3,7 +3,8 @@
 ``update(layer, running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
 ``(new_mean, new_var)`` and leaves its inputs untouched; ``layer`` names the layer whose generated kernels
 (``running_stats_<convention>``) compute it, and a layer reaches it through
-:meth:`bnsym._family.Layer.update_running_stats` (batch norm's is :func:`bnsym.update_running_stats`). ``mean`` and
+:meth:`bnsym.runtime.layer.Layer.update_running_stats` (batch norm's is :func:`bnsym.update_running_stats`). ``mean``
+and
 ``var`` are the batch mean and the *biased* batch variance (var = invstd**-2 - eps from the layer's forward), one
 value per channel, shape (C,); ``count`` is the number of values that made each of them (M). The conventions and
 their choices are in :mod:`bnsym.conventions`:
@@ -32,10 +33,10 @@ import numbers
 
 import numpy as np
 
-from bnsym import _backends
-from bnsym import _validation as v
-from bnsym._backends import resolve
 from bnsym.conventions import CONVENTIONS
+from bnsym.runtime import backends as _backends
+from bnsym.runtime import validation as v
+from bnsym.runtime.backends import resolve
 
 __all__ = ["DEFAULT", "update"]
 
@@ -70,7 +71,7 @@ def update(layer: str, running_mean, running_var, mean, var, count, *, momentum=
     library of ``running_mean``, computed by the kernels of ``bnsym._generated.<layer>``.
 
     ``momentum="default"`` takes the convention's default (module docstring). ``backend`` as in
-    :mod:`bnsym._backends` (the compiled one runs the NumPy kernels here: there is no full-size array to fuse);
+    :mod:`bnsym.runtime.backends` (the compiled one runs the NumPy kernels here: there is no full-size array to fuse);
     arrays that JAX may be tracing are not checked for negative values.
     """
     if not isinstance(convention, str) or convention not in CONVENTIONS:

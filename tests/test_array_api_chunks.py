@@ -1,4 +1,4 @@
-"""The array-API backend forms products chunk by chunk (bnsym._array_api): chunked results equal whole ones.
+"""The array-API backend forms products chunk by chunk (bnsym.runtime.array_api): chunked results equal whole ones.
 
 Chunking only happens on arrays larger than ``MIN_CHUNK`` bytes; here ``MIN_CHUNK`` is lowered so that small arrays
 of awkward shapes are cut into many chunks: a leading axis that the chunk length does not divide, a length-1 axis,
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import bnsym
-from bnsym import _array_api
-from bnsym._reduce import Reducer
+from bnsym.runtime import array_api as _array_api
+from bnsym.runtime.reduce import Reducer
 
 pytest.importorskip("array_api_compat", reason="the array-API backend needs array-api-compat")
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import bnsym
-from bnsym import _backends
-from bnsym._reduce import Reducer
+from bnsym.runtime import backends as _backends
+from bnsym.runtime.reduce import Reducer
 from tests.backends import JIT, VIAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _numba():
     return pytest.importorskip("numba", reason="the compiled backend needs numba (the `fast` extra)")
 
-LAYOUTS = [  # shape, channel axis: each (rows, groups, inner) case of bnsym._fused, and the fallbacks
+LAYOUTS = [  # shape, channel axis: each (rows, groups, inner) case of bnsym.runtime.fused, and the fallbacks
     ((64, 5), 1),  # (N, C): rows, one block
     ((300, 7), 1),  # (N, C): several blocks and a partial one
     ((6, 4, 5, 3), 1),  # NCHW: runs of 15
@@ -237,7 +237,7 @@ def test_compensated_totals_are_as_accurate_as_float64_ones():
     """Without float64 (JAX by default), partials are added with their rounding errors carried along: the total
     of about 10^6 float32 values near 10^4 is the float64 one correctly rounded to float32; the same partials added
     plainly in float32 are more than a unit off (the test would catch a compensation that does nothing)."""
-    from bnsym._array_api import ArrayAPIReducer, namespace
+    from bnsym.runtime.array_api import ArrayAPIReducer, namespace
 
     x = (1e4 + np.random.default_rng(5).normal(size=(1, 1, 1024 * 1000))).astype(np.float32)
     xp = namespace(x)

@@ -19,7 +19,9 @@ import pytest
 
 numba = pytest.importorskip("numba")
 
-from bnsym import _background, _compiled, precompile  # noqa: E402
+from bnsym.runtime import background as _background  # noqa: E402
+from bnsym.runtime import compiled as _compiled  # noqa: E402
+from bnsym.tools import precompile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +150,7 @@ def test_what_an_imported_module_prints_is_not_read_as_an_answer(tmp_path, monke
 
 
 def test_the_backends_name_the_same_policies():
-    from bnsym import _backends
+    from bnsym.runtime import backends as _backends
 
     assert (_backends._WAIT, _backends._BACKGROUND) == (_compiled.WAIT, _compiled.BACKGROUND)
 
@@ -195,7 +197,8 @@ def test_auto_runs_numpy_until_the_background_compilation_is_ready_then_the_comp
     import json
     import numpy as np
     import bnsym
-    from bnsym import _background, _compiled
+    from bnsym.runtime import background as _background
+    from bnsym.runtime import compiled as _compiled
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(64, 300)) + 5).astype(np.float32)
@@ -226,7 +229,7 @@ def test_auto_runs_numpy_until_the_background_compilation_is_ready_then_the_comp
 
 def test_after_bnsym_compile_no_public_function_compiles(tmp_path):
     cache = tmp_path / "cache"
-    done = _run("", cache, "-m", "bnsym.cli", "compile", "--layer", "rms_norm", "--dtype", "float64")
+    done = _run("", cache, "-m", "bnsym.tools.cli", "compile", "--layer", "rms_norm", "--dtype", "float64")
     assert done.returncode == 0, done.stderr + done.stdout
     assert re.search(r"\[#+\] 4/4 ", done.stdout), f"no progress bar to the end:\n{done.stdout}"
     assert "to compile" in done.stdout and "failed" in done.stdout, done.stdout
@@ -253,7 +256,7 @@ def test_after_bnsym_compile_no_public_function_compiles(tmp_path):
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["compiled_here"] == [], f"compiled on first call after bnsym compile: {seen['compiled_here']}"
     assert seen["cache_hits"] >= 4, f"the kernels did not come from Numba's disk cache: {seen}"
-    again = _run("", cache, "-m", "bnsym.cli", "compile", "--layer", "rms_norm", "--dtype", "float64")
+    again = _run("", cache, "-m", "bnsym.tools.cli", "compile", "--layer", "rms_norm", "--dtype", "float64")
     assert "4 in Numba's disk cache already, 0 to compile" in again.stdout, again.stdout
 
 
@@ -279,7 +282,7 @@ def test_bnsym_compile_lists_every_compiled_loop_of_every_generated_module():
     (["--dtype", "float16"], "invalid choice: 'float16'"),
 ])
 def test_bnsym_compile_refuses_bad_options(arguments, message, capsys):
-    from bnsym.cli import main
+    from bnsym.tools.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["compile", *arguments])

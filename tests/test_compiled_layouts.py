@@ -1,7 +1,7 @@
 """Which layouts the compiled family kernels run their own loops on, and that those loops agree with the NumPy
 kernels there: group-local loops for groups that are contiguous runs (channel-first, trailing normalised axes),
-sample-wise loops for channel-last group and instance norm (bnsym._fused.InterleavedLayout), and batch norm's
-(rows, channels, inner) loops for NCHW, NHWC and (N, C) (bnsym._fused.FusedLayout), eval mode included.
+sample-wise loops for channel-last group and instance norm (bnsym.runtime.fused.InterleavedLayout), and batch norm's
+(rows, channels, inner) loops for NCHW, NHWC and (N, C) (bnsym.runtime.fused.FusedLayout), eval mode included.
 
 A fallback to the NumPy kernel is correct but slow (channel-last group norm took 30 times PyTorch's time before it
 had loops of its own), so these tests make the fallback raise to prove that the loops ran.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import bnsym
-from bnsym._fused import InterleavedLayout
-from bnsym._reduce import Reducer
+from bnsym.runtime.fused import InterleavedLayout
+from bnsym.runtime.reduce import Reducer
 
 numba = pytest.importorskip("numba", reason="the compiled backend needs numba (the `fast` extra)")
 

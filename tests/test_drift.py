@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from bnsym import derive
-from bnsym.cli import main
+from bnsym.tools import derive
+from bnsym.tools.cli import main
 
 
 def test_checked_in_generated_files_are_up_to_date(capsys):
@@ -72,7 +72,7 @@ def test_generation_does_not_depend_on_hash_seed_or_directory(tmp_path, hash_see
 
     root = derive.find_root()
     env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(root))
-    result = subprocess.run([sys.executable, "-m", "bnsym.cli", "derive", "--check", "--root", str(root)],
+    result = subprocess.run([sys.executable, "-m", "bnsym.tools.cli", "derive", "--check", "--root", str(root)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"PYTHONHASHSEED={hash_seed} changed the output:\n{result.stdout}{result.stderr}"
 

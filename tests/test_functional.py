@@ -118,7 +118,7 @@ def test_constant_channel_gives_beta_without_nan():
 def test_each_runtime_layer_agrees_with_its_derivation_on_running_statistics(layer):
     """The runtime's declaration (``_LAYER`` of the public module) keeps running statistics exactly when the symbolic
     declaration does, and then the generated module has the eval-mode and running-statistics kernels it calls."""
-    from bnsym._backends import numpy_kernels
+    from bnsym.runtime.backends import numpy_kernels
     from bnsym.symbolic.layers import LAYERS
 
     runtime = getattr(bnsym, layer)._LAYER

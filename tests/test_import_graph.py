@@ -85,7 +85,7 @@ def test_the_cycle_finder_finds_a_circle():
 
 def test_the_graph_sees_lazy_and_relative_imports(tmp_path):
     graph = import_graph()
-    assert "bnsym._compiled" in graph["bnsym.precompile"], "an import inside a function was not seen"
+    assert "bnsym.runtime.compiled" in graph["bnsym.tools.precompile"], "an import inside a function was not seen"
     package = tmp_path / "made_up"
     (package / "inner").mkdir(parents=True)
     (package / "__init__.py").write_text("")

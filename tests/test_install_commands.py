@@ -22,7 +22,7 @@ def test_no_install_command_names_the_unpublished_package():
 
 
 def test_a_missing_backend_says_the_command_that_works_from_a_clone():
-    from bnsym._backends import _missing
+    from bnsym.runtime.backends import _missing
 
     message = str(_missing("numba"))
     assert 'pip install -e ".[fast]"' in message and "clone" in message, message

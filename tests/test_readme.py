@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bnsym.cli import build_parser, check_parser
+from bnsym.tools.cli import build_parser, check_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -85,7 +85,7 @@ def test_every_sample_output_is_marked_with_its_command():
 def test_every_sample_output_is_the_real_output_of_its_command(command, output, tmp_path, monkeypatch, capsys):
     """Run from a folder holding the repository's examples/ (so that the paths print as in the README and the
     counterexample files land in the test's folder)."""
-    from bnsym.cli import main
+    from bnsym.tools.cli import main
 
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     monkeypatch.chdir(tmp_path)

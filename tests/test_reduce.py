@@ -1,4 +1,4 @@
-"""bnsym._reduce against correctly rounded sums (math.fsum), on every layout path (blocked rows, packed rows,
+"""bnsym.runtime.reduce against correctly rounded sums (math.fsum), on every layout path (blocked rows, packed rows,
 contiguous runs, fallback)."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bnsym._reduce import BLOCK, PACKED, RUN, batch_dot, batch_sum
+from bnsym.runtime.reduce import BLOCK, PACKED, RUN, batch_dot, batch_sum
 
 LAYOUTS = [  # shape, reduced axes
     ((3 * BLOCK + 5, 7), (0,)),  # rows: whole blocks and a remainder
@@ -58,7 +58,7 @@ def test_float32_sum_over_many_rows_keeps_its_digits():
 def test_reducer_sums_broadcast_terms_and_parameter_sums():
     """A term may mix full-size fields with per-group and per-parameter arrays (LayerNorm's gamma is per element,
     its invstd per row); parameter_sums adds over the axes where the parameter has length 1."""
-    from bnsym._reduce import Reducer
+    from bnsym.runtime.reduce import Reducer
 
     rng = np.random.default_rng(3)
     x, dy = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
@@ -75,7 +75,7 @@ def test_reducer_sums_broadcast_terms_and_parameter_sums():
 
 def test_parameter_sum_accumulates_float32_in_float64():
     """LayerNorm's dgamma sums over every row: a float32 running total over 10^5 rows near 1e4 loses its digits."""
-    from bnsym._reduce import parameter_sum
+    from bnsym.runtime.reduce import parameter_sum
 
     x = np.full((100_000, 2), 10_000.5, np.float32)
     total = parameter_sum((x,), (0,))

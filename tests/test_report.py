@@ -2,8 +2,8 @@
 
 import pytest
 
-from bnsym.report import derivation_summary, finite_difference_checks
 from bnsym.symbolic.layers import LAYERS
+from bnsym.tools.report import derivation_summary, finite_difference_checks
 
 
 @pytest.mark.parametrize("name", LAYERS)

@@ -10,7 +10,7 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
-from bnsym._chunks import add_product
+from bnsym.runtime.chunks import add_product
 
 
 def batch_norm_forward(x, gamma, beta, eps, reducer):
@@ -19,8 +19,8 @@ def batch_norm_forward(x, gamma, beta, eps, reducer):
     Written once in bnsym.symbolic.layers.centred_forward; this is its definition.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     count = reducer.count
     tmp0 = 1/count
@@ -44,8 +44,8 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     (bnsym.symbolic.layers.derivation('batch_norm').backward), closed form in x_hat and mean and invstd.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     count = reducer.count
     tmp0 = 1/count
@@ -71,8 +71,8 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     frozen to running_mean and running_var.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     x_minus_running_mean = x - running_mean
     invstd = 1/numpy.sqrt(eps + running_var)
@@ -90,8 +90,8 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, 
     (bnsym.symbolic.layers.derivation('batch_norm').inference_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     x_minus_running_mean = x - running_mean
     invstd = 1/numpy.sqrt(eps + running_var)
@@ -111,8 +111,8 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     (bnsym.symbolic.layers.derivation('batch_norm').double_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     count = reducer.count
     tmp0 = 1/count
@@ -154,8 +154,8 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     tmp0 = gggamma*invstd
     x_minus_mean = x - mean
@@ -176,8 +176,8 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     Derived by forward mode from the training forward pass (bnsym.symbolic.layers.derivation('batch_norm').jvp).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     count = reducer.count
     tmp0 = 1/count

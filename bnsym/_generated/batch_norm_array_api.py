@@ -6,10 +6,10 @@
 from the same derivation as bnsym._generated.batch_norm (bnsym.codegen.array_api_printer says how).
 
 Each kernel computes with the namespace of its first argument and returns arrays of that library on
-the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend="array_api".
+the same device; reductions go through bnsym.runtime.array_api.ArrayAPIReducer. Used by backend="array_api".
 """
 
-from bnsym._array_api import add_product, in_place_allowed, namespace
+from bnsym.runtime.array_api import add_product, in_place_allowed, namespace
 
 
 def batch_norm_forward(x, gamma, beta, eps, reducer):
@@ -18,8 +18,8 @@ def batch_norm_forward(x, gamma, beta, eps, reducer):
     Written once in bnsym.symbolic.layers.centred_forward; this is its definition.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     xp = namespace(x)
     in_place = in_place_allowed(x, gamma, beta, eps)
@@ -49,8 +49,8 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     (bnsym.symbolic.layers.derivation('batch_norm').backward), closed form in x_hat and mean and invstd.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     xp = namespace(dy)
     in_place = in_place_allowed(dy, x, gamma, mean, invstd)
@@ -82,8 +82,8 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     frozen to running_mean and running_var.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     xp = namespace(x)
     in_place = in_place_allowed(x, gamma, beta, running_mean, running_var, eps)
@@ -107,8 +107,8 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, 
     (bnsym.symbolic.layers.derivation('batch_norm').inference_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     xp = namespace(dy)
     x_minus_running_mean = x - running_mean
@@ -129,8 +129,8 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     (bnsym.symbolic.layers.derivation('batch_norm').double_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     xp = namespace(ggx)
     in_place = in_place_allowed(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd)
@@ -178,8 +178,8 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     xp = namespace(ggx)
     in_place = in_place_allowed(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd)
@@ -206,8 +206,8 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     Derived by forward mode from the training forward pass (bnsym.symbolic.layers.derivation('batch_norm').jvp).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
     """
     xp = namespace(x)
     in_place = in_place_allowed(x, gamma, beta, tx, tgamma, tbeta, eps)

@@ -6,7 +6,7 @@
 bnsym._generated.batch_norm (bnsym.codegen.numba_printer says how), with the same signatures.
 
 Imported by backend="numba" and "auto" (the `fast` extra). Each loop function compiles when a
-call first needs it (under "auto", in a background process: bnsym._compiled says when) and is
+call first needs it (under "auto", in a background process: bnsym.runtime.compiled says when) and is
 cached on disk.
 """
 
@@ -14,12 +14,12 @@ import numba
 import numpy
 
 from bnsym._generated import batch_norm as numpy_kernels
-from bnsym._compiled import run_compiled
-from bnsym._fused import FusedLayout
+from bnsym.runtime.compiled import run_compiled
+from bnsym.runtime.fused import FusedLayout
 
-#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
+#: At most this many rows of one group go into one float32 partial sum (bnsym.runtime.reduce.BLOCK).
 BLOCK = 64
-#: At most this many contiguous values of one run go into one float32 partial sum (bnsym._reduce.RUN).
+#: At most this many contiguous values of one run go into one float32 partial sum (bnsym.runtime.reduce.RUN).
 RUN = 1024
 #: Reductions may be reassociated (LLVM then vectorises a float32 sum); nothing else may.
 REASSOCIATE = {"reassoc"}
@@ -224,11 +224,11 @@ def batch_norm_forward(x, gamma, beta, eps, reducer):
     Written once in bnsym.symbolic.layers.centred_forward; this is its definition.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym.runtime.fused has the
+    layouts); any other layout, reducer or sum runs the NumPy kernel.
     """
     layout = FusedLayout.of(reducer, fields=(x,), per_group=(gamma, beta, eps))
     if layout is None:
@@ -406,11 +406,11 @@ def batch_norm_backward(dy, x, gamma, mean, invstd, reducer):
     (bnsym.symbolic.layers.derivation('batch_norm').backward), closed form in x_hat and mean and invstd.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym.runtime.fused has the
+    layouts); any other layout, reducer or sum runs the NumPy kernel.
     """
     layout = FusedLayout.of(reducer, fields=(dy, x,), per_group=(gamma, mean, invstd))
     if layout is None:
@@ -491,11 +491,11 @@ def batch_norm_inference(x, gamma, beta, running_mean, running_var, eps):
     frozen to running_mean and running_var.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym.runtime.fused has the
+    layouts); any other layout, reducer or sum runs the NumPy kernel.
     """
     layout = FusedLayout.of(None, fields=(x,), per_group=(gamma, beta, running_mean, running_var, eps))
     if layout is None:
@@ -659,11 +659,11 @@ def batch_norm_inference_backward(dy, x, gamma, running_mean, running_var, eps, 
     (bnsym.symbolic.layers.derivation('batch_norm').inference_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym.runtime.fused has the
+    layouts); any other layout, reducer or sum runs the NumPy kernel.
     """
     layout = FusedLayout.of(reducer, fields=(dy, x,), per_group=(gamma, running_mean, running_var, eps))
     if layout is None:
@@ -944,11 +944,11 @@ def batch_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
     (bnsym.symbolic.layers.derivation('batch_norm').double_backward).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym.runtime.fused has the
+    layouts); any other layout, reducer or sum runs the NumPy kernel.
     """
     layout = FusedLayout.of(reducer, fields=(ggx, dy, x,), per_group=(gggamma, ggbeta, gamma, mean, invstd))
     if layout is None:
@@ -1109,11 +1109,11 @@ def batch_norm_inference_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
     mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym.runtime.fused has the
+    layouts); any other layout, reducer or sum runs the NumPy kernel.
     """
     layout = FusedLayout.of(reducer, fields=(ggx, dy, x,), per_group=(gggamma, ggbeta, gamma, mean, invstd))
     if layout is None:
@@ -1375,11 +1375,11 @@ def batch_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
     Derived by forward mode from the training forward pass (bnsym.symbolic.layers.derivation('batch_norm').jvp).
 
     Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the broadcast
-    shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums and knows M, the
-    number of values per channel.
+    shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the per-channel sums and knows M,
+    the number of values per channel.
 
-    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym._fused has the layouts);
-    any other layout, reducer or sum runs the NumPy kernel.
+    Compiled: one pass over memory per reduction stage and one for the field outputs (bnsym.runtime.fused has the
+    layouts); any other layout, reducer or sum runs the NumPy kernel.
     """
     layout = FusedLayout.of(reducer, fields=(x, tx,), per_group=(gamma, beta, tgamma, tbeta, eps))
     if layout is None:

@@ -10,7 +10,7 @@ broadcasting and validate nothing: call them through the public functions in bns
 
 import numpy
 
-from bnsym._chunks import add_product
+from bnsym.runtime.chunks import add_product
 
 
 def group_norm_forward(x, gamma, beta, eps, reducer):
@@ -20,7 +20,7 @@ def group_norm_forward(x, gamma, beta, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -47,7 +47,7 @@ def group_norm_backward(dy, x, gamma, mean, invstd, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -77,7 +77,7 @@ def group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -122,7 +122,7 @@ def group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """

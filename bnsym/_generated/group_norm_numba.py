@@ -6,7 +6,7 @@
 bnsym._generated.group_norm (bnsym.codegen.numba_printer says how), with the same signatures.
 
 Imported by backend="numba" and "auto" (the `fast` extra). Each loop function compiles when a
-call first needs it (under "auto", in a background process: bnsym._compiled says when) and is
+call first needs it (under "auto", in a background process: bnsym.runtime.compiled says when) and is
 cached on disk.
 """
 
@@ -14,12 +14,12 @@ import numba
 import numpy
 
 from bnsym._generated import group_norm as numpy_kernels
-from bnsym._compiled import run_compiled
-from bnsym._fused import GroupLocalLayout, InterleavedLayout
+from bnsym.runtime.compiled import run_compiled
+from bnsym.runtime.fused import GroupLocalLayout, InterleavedLayout
 
-#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).
+#: At most this many rows of one group go into one float32 partial sum (bnsym.runtime.reduce.BLOCK).
 BLOCK = 64
-#: At most this many contiguous values of one run go into one float32 partial sum (bnsym._reduce.RUN).
+#: At most this many contiguous values of one run go into one float32 partial sum (bnsym.runtime.reduce.RUN).
 RUN = 1024
 #: Reductions may be reassociated (LLVM then vectorises a float32 sum); nothing else may.
 REASSOCIATE = {"reassoc"}
@@ -252,7 +252,7 @@ def group_norm_forward(x, gamma, beta, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
 
@@ -596,7 +596,7 @@ def group_norm_backward(dy, x, gamma, mean, invstd, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
 
@@ -1185,7 +1185,7 @@ def group_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
 
@@ -1485,7 +1485,7 @@ def group_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
 

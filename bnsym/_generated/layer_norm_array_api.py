@@ -6,10 +6,10 @@
 from the same derivation as bnsym._generated.layer_norm (bnsym.codegen.array_api_printer says how).
 
 Each kernel computes with the namespace of its first argument and returns arrays of that library on
-the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend="array_api".
+the same device; reductions go through bnsym.runtime.array_api.ArrayAPIReducer. Used by backend="array_api".
 """
 
-from bnsym._array_api import add_product, in_place_allowed, namespace
+from bnsym.runtime.array_api import add_product, in_place_allowed, namespace
 
 
 def layer_norm_forward(x, gamma, beta, eps, reducer):
@@ -19,7 +19,7 @@ def layer_norm_forward(x, gamma, beta, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -52,7 +52,7 @@ def layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -88,7 +88,7 @@ def layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -139,7 +139,7 @@ def layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """

@@ -6,10 +6,10 @@
 from the same derivation as bnsym._generated.rms_norm (bnsym.codegen.array_api_printer says how).
 
 Each kernel computes with the namespace of its first argument and returns arrays of that library on
-the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by backend="array_api".
+the same device; reductions go through bnsym.runtime.array_api.ArrayAPIReducer. Used by backend="array_api".
 """
 
-from bnsym._array_api import add_product, in_place_allowed, namespace
+from bnsym.runtime.array_api import add_product, in_place_allowed, namespace
 
 
 def rms_norm_forward(x, gamma, eps, reducer):
@@ -19,7 +19,7 @@ def rms_norm_forward(x, gamma, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -45,7 +45,7 @@ def rms_norm_backward(dy, x, gamma, invrms, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -70,7 +70,7 @@ def rms_norm_double_backward(ggx, gggamma, dy, x, gamma, invrms, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """
@@ -106,7 +106,7 @@ def rms_norm_jvp(x, gamma, tx, tgamma, eps, reducer):
 
     x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
     have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
-    (bnsym._reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
     parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
     broadcast shape.
     """

@@ -1,14 +1,14 @@
 """The array-API printer: a :class:`~bnsym.codegen.plan.KernelPlan` rendered for any array library.
 
 The generated function computes with ``xp``, the array-API namespace of its first argument (through
-``array-api-compat``, :func:`bnsym._array_api.namespace`), so the same source runs on NumPy, PyTorch (CPU, CUDA),
+``array-api-compat``, :func:`bnsym.runtime.array_api.namespace`), so the same source runs on NumPy, PyTorch (CPU, CUDA),
 JAX (also inside ``jax.jit``) and CuPy arrays, and returns arrays of that library, on the same device. It differs
 from the NumPy printer in what the standard and the libraries allow:
 
 * functions come from ``xp`` (``xp.sqrt``), never from NumPy;
 * there is no ``out=``, and whether an array may be written in place depends on the call: JAX arrays cannot be
   written at all, and while PyTorch's autograd records the call it may have saved any array the kernel made. So a
-  kernel starts with ``in_place = in_place_allowed(...)`` (:func:`bnsym._array_api.in_place_allowed`, from its
+  kernel starts with ``in_place = in_place_allowed(...)`` (:func:`bnsym.runtime.array_api.in_place_allowed`, from its
   arguments) wherever it has a choice to make:
 
   - a field output whose first term has an atom that nothing reads afterwards takes over that atom's buffer when
@@ -18,11 +18,12 @@ from the NumPy printer in what the standard and the libraries allow:
     one that starts with a product of three factors or more starts with the product of a field and one factor,
     a new array, and multiplies the others into it when ``in_place`` (``y = x*gamma``, ``y *= invrms``): one
     array as large as the input instead of two;
-  - a term that is a product (``dx += dy*gamma``) is added by :func:`bnsym._array_api.add_product`, which forms it
+  - a term that is a product (``dx += dy*gamma``) is added by :func:`bnsym.runtime.array_api.add_product`, which
+  forms it
     one chunk of the output at a time when ``in_place``, so that no temporary as large as the input exists; other
     terms are added with augmented assignments (``y += beta``: in place on a PyTorch or NumPy array that the kernel
     itself created, a new array on JAX);
-* reductions go through the ``reducer`` parameter, an :class:`bnsym._array_api.ArrayAPIReducer` (or any object
+* reductions go through the ``reducer`` parameter, an :class:`bnsym.runtime.array_api.ArrayAPIReducer` (or any object
   with its members), as in the NumPy kernels; it forms the products it sums chunk by chunk too.
 """
 
@@ -32,7 +33,7 @@ import sympy
 
 from bnsym.codegen.plan import Accumulate, KernelPlan
 from bnsym.codegen.printer import KernelPrinter, NumPyPlanPrinter
-from bnsym.naming import REDUCER
+from bnsym.symbolic.naming import REDUCER
 
 __all__ = ["ArrayAPIPlanPrinter", "helpers_used"]
 
@@ -48,7 +49,7 @@ class _ArrayAPIExpressionPrinter(KernelPrinter):
 
 
 def helpers_used(source: str) -> tuple[str, ...]:
-    """The names from :mod:`bnsym._array_api` that the printed ``source`` calls, sorted (for its import line)."""
+    """The names from :mod:`bnsym.runtime.array_api` that the printed ``source`` calls, sorted (for its import line)."""
     return tuple(name for name in ("add_product", "in_place_allowed", "namespace") if f"{name}(" in source)
 
 

@@ -22,7 +22,7 @@ class Kernel:
     """One generated function.
 
     * ``name``: the function's name in the generated module.
-    * ``inputs``: its positional parameters, in order; ``reducer`` (:class:`bnsym._reduce.Reducer`, which also
+    * ``inputs``: its positional parameters, in order; ``reducer`` (:class:`bnsym.runtime.reduce.Reducer`, which also
       carries M) is appended when the kernel reduces, and ``count`` (M) when it only uses M.
     * ``steps``: named intermediate quantities, computed first, in order (for example ``x_hat``).
     * ``outputs``: the returned names and their expressions, in order.

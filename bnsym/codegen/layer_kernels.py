@@ -17,14 +17,14 @@ from bnsym.symbolic.reduction import ParameterSum
 __all__ = ["kernels"]
 
 _LAYOUT = ("Fields (x, dy, ...) have the layer's full shape; channel scalars (gamma, mean, invstd, ...) have the "
-           "broadcast shape, 1 on every reduced axis; `reducer` (bnsym._reduce.Reducer) takes the per-channel sums "
-           "and knows M, the number of values per channel.")
+           "broadcast shape, 1 on every reduced axis; `reducer` (bnsym.runtime.reduce.Reducer) takes the "
+           "per-channel sums and knows M, the number of values per channel.")
 
 _GROUPED_LAYOUT = ("x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, "
                    "invstd, invrms) have length 1 on every reduced axis; gamma and beta are shaped for "
-                   "broadcasting against x. `reducer` (bnsym._reduce.Reducer) takes the per-group sums, knows M, "
-                   "the number of values per group, and sums a parameter's gradient over the groups that share the "
-                   "parameter, so dgamma and dbeta come out in the parameters' broadcast shape.")
+                   "broadcasting against x. `reducer` (bnsym.runtime.reduce.Reducer) takes the per-group sums, "
+                   "knows M, the number of values per group, and sums a parameter's gradient over the groups that "
+                   "share the parameter, so dgamma and dbeta come out in the parameters' broadcast shape.")
 
 
 def _layout(layer: Derivation) -> str:

@@ -27,7 +27,7 @@ def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> 
     functions = [printer.render(plan) for plan in plans]
     imports = ["import numpy"]
     if any("add_product(" in function for function in functions):
-        imports += ["", "from bnsym._chunks import add_product"]
+        imports += ["", "from bnsym.runtime.chunks import add_product"]
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "", *imports, ""]
     for function in functions:
         parts += ["", function, ""]  # two blank lines before each function, as PEP 8 has it
@@ -79,7 +79,7 @@ def render_array_api_module(kernels: Sequence[Kernel], *, source: str, docstring
     printer = ArrayAPIPlanPrinter()
     functions = [printer.render(plan) for plan in plans]
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
-             f"from bnsym._array_api import {', '.join(helpers_used(chr(10).join(functions)))}", ""]
+             f"from bnsym.runtime.array_api import {', '.join(helpers_used(chr(10).join(functions)))}", ""]
     for function in functions:
         parts += ["", function, ""]
     return "\n".join(parts + _signatures(plans))

@@ -1,7 +1,7 @@
 """The compiled-CPU printer for kernels whose groups interleave within each sample: channel-last group and instance
 norm, one sample at a time with all of its groups side by side.
 
-Notation (:class:`bnsym._fused.InterleavedLayout`). Fields are (B, R, K) arrays: sample ``b`` is one contiguous
+Notation (:class:`bnsym.runtime.fused.InterleavedLayout`). Fields are (B, R, K) arrays: sample ``b`` is one contiguous
 block of R rows of K = G*S values, and group ``(b, g)`` is the values ``[b, r, g*S + s]`` of every row r (channel
 ``c = g*S + s``). Parameters are (K,) arrays, one value per channel; per-group values are (B, G) arrays.
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 from bnsym.codegen.numba_plan import PlanNames, form, loop_steps, product, split_names
 from bnsym.codegen.numba_text import CompiledLoops, Printer, docstring
 from bnsym.codegen.plan import Accumulate, KernelPlan, Reduce
-from bnsym.naming import COUNT
+from bnsym.symbolic.naming import COUNT
 
 __all__ = ["InterleavedPrinter", "samples_function"]
 

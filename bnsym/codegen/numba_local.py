@@ -2,7 +2,7 @@
 
 :mod:`bnsym.codegen.numba_stages` makes one pass over memory per stage of reductions. When every group is a
 contiguous run of ``inner`` values ((groups, inner) fields: layer norm and RMS norm over their trailing axes, group
-norm and instance norm on channel-first input; :class:`bnsym._fused.GroupLocalLayout`), a group of a few thousand
+norm and instance norm on channel-first input; :class:`bnsym.runtime.fused.GroupLocalLayout`), a group of a few thousand
 values fits in the core's cache, and the loops printed here do better: for each group they take every stage of its
 sums, its per-group values and its field outputs one after another, so that the fields are read from memory once
 and the outputs written once, whatever the number of stages. This is also how these loops read what the stage
@@ -31,7 +31,8 @@ then the NumPy kernel.
 
 Every loop that sums is a function of its own compiled with reassociation (LLVM vectorises a float32 sum); the
 per-group arithmetic and the output loops keep IEEE semantics. The parallel loop runs over blocks of ``BLOCK``
-groups (``numba.prange``). Sums of one group follow the accuracy contract of :mod:`bnsym._reduce`: float32 pieces of
+groups (``numba.prange``). Sums of one group follow the accuracy contract of :mod:`bnsym.runtime.reduce`: float32
+pieces of
 at most ``RUN`` contiguous values, float64 totals. Per-group values are rounded to the fields' dtype as the NumPy
 kernels round them.
 """
@@ -41,7 +42,7 @@ from __future__ import annotations
 from bnsym.codegen.numba_plan import PlanNames, form, loop_steps, product, split_names
 from bnsym.codegen.numba_text import CompiledLoops, Printer, docstring
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
-from bnsym.naming import COUNT, REDUCER
+from bnsym.symbolic.naming import COUNT, REDUCER
 
 __all__ = ["NESTS", "GroupLocalPrinter"]
 

@@ -10,7 +10,7 @@ import sympy
 
 from bnsym.codegen.numba_text import atoms_used, names_read, plan_symbols
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
-from bnsym.naming import COUNT, REDUCER
+from bnsym.symbolic.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
 __all__ = ["LoopStep", "PlanNames", "form", "loop_steps", "merged_passes", "product", "split_names"]

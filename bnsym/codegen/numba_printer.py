@@ -1,6 +1,7 @@
 """The compiled-CPU (Numba) backend's printer: for each kernel plan, the loop strategies that run it, chosen here.
 
-Three strategies, each a printer paired with the runtime layout of :mod:`bnsym._fused` whose arrays its loops take
+Three strategies, each a printer paired with the runtime layout of :mod:`bnsym.runtime.fused` whose arrays its loops
+take
 (:data:`STRATEGIES`):
 
 * **stage loops** (:mod:`bnsym.codegen.numba_stages`, ``FusedLayout``): one pass over memory per stage of sums, for
@@ -29,14 +30,14 @@ from bnsym.codegen.numba_plan import PlanNames
 from bnsym.codegen.numba_stages import StageLoopPrinter
 from bnsym.codegen.numba_text import CompiledLoops, module_prelude, python_tuple, reads_parameters, wrapper_head
 from bnsym.codegen.plan import KernelPlan
-from bnsym.naming import REDUCER
+from bnsym.symbolic.naming import REDUCER
 
 __all__ = ["GROUP_LOCAL", "SAMPLE_WISE", "STAGES", "STRATEGIES", "NumbaPlanPrinter", "Strategy", "module_prelude"]
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """One way of compiling a kernel: its ``printer``, the runtime ``layout`` (a class of :mod:`bnsym._fused`)
+    """One way of compiling a kernel: its ``printer``, the runtime ``layout`` (a class of :mod:`bnsym.runtime.fused`)
     whose arrays its loops take, and what it ``covers``, in the words of the generated wrapper's docstring."""
 
     name: str

@@ -1,7 +1,7 @@
 """The stage loops of the compiled-CPU backend: a :class:`~bnsym.codegen.plan.KernelPlan` rendered as fused loops
 for Numba, one pass over memory per stage.
 
-Notation. The fields of a call are seen as ``(rows, groups, inner)`` arrays (:mod:`bnsym._fused`): ``groups`` are
+Notation. The fields of a call are seen as ``(rows, groups, inner)`` arrays (:mod:`bnsym.runtime.fused`): ``groups`` are
 the kept axes (batch norm: the channels), ``rows`` the reduced axes before them and ``inner`` the reduced axes
 after them. An NCHW batch is (N, C, H*W); an (N, C) batch or an NHWC batch is (N*H*W, C, 1). Per-group values
 (statistics, coefficients, gamma) are ``(groups,)`` arrays; ``count`` (M) and what depends on it alone are scalars.
@@ -15,7 +15,7 @@ What one plan becomes (every loop is printed from the plan's statements; nothing
   values per row and group, summed in float32 pieces of at most ``RUN`` values. The wrapper chooses the variant by
   the layout, so a call compiles only the nest it runs (the two nests of one function took three times as long to
   compile as the runs nest alone). Block and piece partials are added in float64: the
-  accuracy contract of :mod:`bnsym._reduce`. The partials of each block are stored and added in a fixed order, so
+  accuracy contract of :mod:`bnsym.runtime.reduce`. The partials of each block are stored and added in a fixed order, so
   results do not depend on the number of threads. Field atoms such as ``x_minus_mean`` are never materialised:
   they are computed in the loop body, as written (a difference stays a difference);
 * the consecutive :class:`~bnsym.codegen.plan.Accumulate` outputs at the end: **one** elementwise pass that writes
@@ -23,7 +23,8 @@ What one plan becomes (every loop is printed from the plan's statements; nothing
 * the per-group :class:`~bnsym.codegen.plan.Assign` statements between the stages: loops over the groups in a
   driver function, in the plan's order, each value stored in the fields' dtype (as the NumPy kernels round them);
 * a driver per variant (``_<kernel>_rows``, ``_<kernel>_runs``) that calls the stages and outputs of its nest;
-* a Python wrapper with the NumPy kernel's signature that arranges the arrays (:class:`bnsym._fused.FusedLayout`),
+* a Python wrapper with the NumPy kernel's signature that arranges the arrays
+(:class:`bnsym.runtime.fused.FusedLayout`),
   runs the driver of the layout's nest, and falls back to the NumPy kernel for what the loops do not cover
   (another layout, a sharded reducer).
 
@@ -45,7 +46,7 @@ import sympy
 from bnsym.codegen.numba_plan import PlanNames, form, product
 from bnsym.codegen.numba_text import Printer, docstring, plan_symbols, python_tuple, wrapper_head
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
-from bnsym.naming import COUNT, REDUCER
+from bnsym.symbolic.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M, ParameterField
 
 __all__ = ["NESTS", "StageLoopPrinter"]
@@ -322,8 +323,8 @@ class StageLoopPrinter:
         groups = [n for n in kinds.inputs if n not in kinds.every_field]
         reducer = REDUCER if REDUCER in plan.parameters else "None"
         lines = wrapper_head(plan, i, "Compiled: one pass over memory per reduction stage and one for the field "
-                             "outputs (bnsym._fused has the layouts); any other layout, reducer or sum runs the NumPy "
-                             "kernel.")
+                             "outputs (bnsym.runtime.fused has the layouts); any other layout, reducer or sum "
+                             "runs the NumPy kernel.")
         lines += [f"{i}layout = FusedLayout.of({reducer}, fields=({', '.join(fields)},), "
                   f"per_group={python_tuple(groups)})",
                   f"{i}if layout is None:",

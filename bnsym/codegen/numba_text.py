@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import sympy
 
-from bnsym._reduce import BLOCK, RUN
 from bnsym.codegen.plan import Assign, KernelPlan, Reduce
 from bnsym.codegen.printer import KernelPrinter
-from bnsym.naming import COUNT
+from bnsym.runtime.reduce import BLOCK, RUN
+from bnsym.symbolic.naming import COUNT
 from bnsym.symbolic.reduction import M, ParameterField
 
 __all__ = ["CompiledLoops", "Printer", "atoms_used", "docstring", "module_prelude", "names_read", "plan_symbols",
@@ -32,12 +32,12 @@ def module_prelude(numpy_module: str, functions: str, layouts: tuple[str, ...]) 
         "import numpy",
         "",
         f"from {numpy_module.rsplit('.', 1)[0]} import {numpy_module.rsplit('.', 1)[1]} as numpy_kernels",
-        "from bnsym._compiled import run_compiled",
-        f"from bnsym._fused import {', '.join(layouts)}",
+        "from bnsym.runtime.compiled import run_compiled",
+        f"from bnsym.runtime.fused import {', '.join(layouts)}",
         "",
-        "#: At most this many rows of one group go into one float32 partial sum (bnsym._reduce.BLOCK).",
+        "#: At most this many rows of one group go into one float32 partial sum (bnsym.runtime.reduce.BLOCK).",
         f"BLOCK = {BLOCK}",
-        "#: At most this many contiguous values of one run go into one float32 partial sum (bnsym._reduce.RUN).",
+        "#: At most this many contiguous values of one run go into one float32 partial sum (bnsym.runtime.reduce.RUN).",
         f"RUN = {RUN}",
         "#: Reductions may be reassociated (LLVM then vectorises a float32 sum); nothing else may.",
         'REASSOCIATE = {"reassoc"}',

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from bnsym.codegen.fields import CoefficientForm, atomise_argument, coefficient_form, common_factor, inline_field_steps
-from bnsym.naming import COUNT, REDUCER, reduction_name
+from bnsym.symbolic.naming import COUNT, REDUCER, reduction_name
 from bnsym.symbolic.reduction import BatchSum, Field, M, ParameterSum, is_field_expr, is_full_field
 
 __all__ = ["Accumulate", "Assign", "KernelPlan", "Reduce", "plan_kernel"]
@@ -76,7 +76,7 @@ class KernelPlan:
     """One generated function: ``def name(*parameters)``, ``statements`` in order, ``return returns``.
 
     ``parameters`` are names (strings); the reducer, when the kernel reduces or uses M, is the last one, named
-    :data:`bnsym.naming.REDUCER`, and ``uses_count`` says whether the body reads ``count`` (M) from it.
+    :data:`bnsym.symbolic.naming.REDUCER`, and ``uses_count`` says whether the body reads ``count`` (M) from it.
     ``docstring`` holds its paragraphs.
     """
 

@@ -5,7 +5,7 @@ Two layers, as in SymPy's own printers:
 * :class:`KernelPrinter` prints one expression (SymPy's ``NumPyPrinter`` with exact reciprocals, no floats and no
   unknown functions; the group size ``M`` prints as ``count``);
 * :class:`NumPyPlanPrinter` prints a whole plan, one ``_render_<Statement>`` method per statement kind of
-  :mod:`bnsym.codegen.plan`. Reductions go through the kernel's ``reducer`` parameter (:class:`bnsym._reduce.
+  :mod:`bnsym.codegen.plan`. Reductions go through the kernel's ``reducer`` parameter (:class:`bnsym.runtime.reduce.
   Reducer`), never through a module global, so that a sharded run can pass its own. A backend for another array
   library or a compiled one is another plan printer over the same plan.
 """
@@ -18,7 +18,7 @@ import sympy
 from sympy.printing.numpy import NumPyPrinter
 
 from bnsym.codegen.plan import Accumulate, Assign, KernelPlan, Reduce
-from bnsym.naming import COUNT, REDUCER
+from bnsym.symbolic.naming import COUNT, REDUCER
 from bnsym.symbolic.reduction import M
 
 __all__ = ["KernelPrinter", "NumPyPlanPrinter"]
@@ -161,7 +161,8 @@ class NumPyPlanPrinter:
 
     def _add_term(self, out: str, monomial: sympy.Expr, coefficient: sympy.Expr) -> str:
         """The line that adds ``coefficient * monomial`` to the output ``out``: a product through
-        :func:`bnsym._chunks.add_product`, formed one chunk of ``out`` at a time (``out += dy*gamma`` would make a
+        :func:`bnsym.runtime.chunks.add_product`, formed one chunk of ``out`` at a time (``out += dy*gamma`` would
+        make a
         temporary as large as ``out``)."""
         term = coefficient * monomial
         if term.is_Mul:

@@ -40,7 +40,7 @@ from functools import cached_property
 
 import sympy
 
-from bnsym import naming
+from bnsym.symbolic import naming
 from bnsym.symbolic.program import Definition, Program
 from bnsym.symbolic.reduction import BatchSum, Field, M, ParameterField
 from bnsym.symbolic.rewrite import Fact, Vocabulary, closed_form, prove_fact

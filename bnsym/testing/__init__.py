@@ -7,23 +7,23 @@
 A batch norm is a function ``forward(x, gamma, beta, eps) -> y`` or an object with ``forward`` and optionally
 ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``: NumPy arrays, channel axis 1, batch statistics,
 biased variance (:mod:`bnsym.testing.adapters`). The other layers follow their frameworks' functional forms
-(:mod:`bnsym.testing.family`). Batch norm's properties are in :mod:`bnsym.testing.properties` (tolerances in
+(:mod:`bnsym.testing.protocols`). Batch norm's properties are in :mod:`bnsym.testing.properties` (tolerances in
 :mod:`bnsym.testing.tolerance`), the other layers' in :mod:`bnsym.testing.family_properties`.
 """
 
 from pathlib import Path as _Path
 
-from bnsym import strategies as _bst
 from bnsym.testing import (
     family_properties,  # noqa: F401  (registers the other layers' properties)
     layer_properties,  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
 )
+from bnsym.testing import strategies as _bst
 from bnsym.testing.adapters import Implementation, TargetError, load
 from bnsym.testing.counterexamples import save_counterexample
-from bnsym.testing.family import LAYER_NAMES, protocol
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import REGISTRY, registry
+from bnsym.testing.protocols import LAYER_NAMES, protocol
 from bnsym.testing.results import FAILED as _FAILED
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
 from bnsym.testing.runner import run_properties
@@ -45,8 +45,9 @@ def properties_of(layer: str) -> tuple[str, ...]:
 
 
 def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_norm") -> tuple[str, ...]:
-    """The input regimes of ``layer`` (:func:`bnsym.strategies.layer_regimes`; batch norm's are
-    :data:`bnsym.strategies.REGIMES`) that ``regimes`` (default all) names, less those ``exclude_regimes`` names;
+    """The input regimes of ``layer`` (:func:`bnsym.testing.strategies.layer_regimes`; batch norm's are
+    :data:`bnsym.testing.strategies.REGIMES`) that ``regimes`` (default all) names, less those ``exclude_regimes``
+    names;
     ValueError for an unknown name or when none is left."""
     known = _bst.layer_regimes(layer)
 
@@ -86,7 +87,7 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
     """Check an implementation of a normalisation layer against every property it offers what is needed for.
 
     - ``layer`` (default "batch_norm"): "batch_norm", "layer_norm", "rms_norm", "group_norm" or "instance_norm";
-      the implementation follows that layer's protocol (:mod:`bnsym.testing.family`: for example layer norm's
+      the implementation follows that layer's protocol (:mod:`bnsym.testing.protocols`: for example layer norm's
       ``forward(x, gamma, beta, eps)`` normalises over the trailing axes of x that ``gamma.shape`` names).
 
     - ``impl``: a function ``forward`` in the layer's form, or an object (or a class constructible without
@@ -106,7 +107,7 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
       only).
     - ``order`` (default 1): 2 adds the double-backward properties of the mode.
     - ``regimes``, ``exclude_regimes`` (default None: every regime): the input regimes of the layer
-      (:func:`bnsym.strategies.layer_regimes`) to draw from, and those to leave out.
+      (:func:`bnsym.testing.strategies.layer_regimes`) to draw from, and those to leave out.
     - ``isolate`` (default False): run the implementation in a child process, where a crash (SIGSEGV, SIGABRT, the
       out-of-memory killer) or a call that does not return within ``timeout`` seconds fails the property and the
       check goes on (:mod:`bnsym.testing.isolation`). ``impl`` is then a target string as for ``bnsym check``

@@ -1,6 +1,6 @@
 """The implementation protocol, the built-in adapters, and loading an implementation from a CLI target.
 
-Each layer has its protocol, following its framework's functional form (:mod:`bnsym.testing.family`):
+Each layer has its protocol, following its framework's functional form (:mod:`bnsym.testing.protocols`):
 
 - batch norm (the default): ``forward(x, gamma, beta, eps)``, ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma,
   dbeta)``, channel axis 1, and the optional methods below;
@@ -60,8 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym.testing.family import protocol
 from bnsym.testing.implementation import OPTIONAL, SIGNATURES, Implementation, TargetError
+from bnsym.testing.protocols import protocol
 from bnsym.testing.threads import torch_one_thread
 
 __all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load", "resolve"]
@@ -371,8 +371,8 @@ def probe_protocol(impl: Implementation) -> None:
     """Call forward (and backward) once on a small input and raise :class:`TargetError` with one line when what
     comes back breaks the protocol: a tuple from forward, a wrong number of gradients, a tensor that requires grad,
     another layout. Anything else (an exception, wrong numbers) is left to the properties to report."""
-    from bnsym.strategies import make_example
     from bnsym.testing.failures import ProtocolError
+    from bnsym.testing.strategies import make_example
 
     layer = getattr(impl, "layer", "batch_norm")
     if layer == "batch_norm":
@@ -392,7 +392,7 @@ def probe_protocol(impl: Implementation) -> None:
         return None
 
     if layer != "batch_norm":
-        from bnsym.strategies import make_layer_example
+        from bnsym.testing.strategies import make_layer_example
 
         for shape, size in _PROBES[layer]:
             if attempt(make_layer_example(layer, shape, size, "well-conditioned", 1e-5, 0)) is not None:

@@ -1,7 +1,7 @@
 """``bnsym check TARGET``: run the property library on an implementation from the command line.
 
 ``--layer`` (default batch_norm) names the layer, whose protocol the target follows and whose properties run
-(:mod:`bnsym.testing.family`).
+(:mod:`bnsym.testing.protocols`).
 
 Exit status: 0 when every property holds; 1 when one fails (the report names it, shows the minimal
 counterexample and saves it with the command that replays it); 2 on a usage error (a target that cannot be loaded
@@ -25,7 +25,6 @@ from pathlib import Path
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from bnsym.conventions import CONVENTIONS
-from bnsym.strategies import layer_regimes
 from bnsym.testing import DEFAULT_MAX_EXAMPLES, LAYERS, properties_of, selected_regimes, sharded
 from bnsym.testing.adapters import TargetError, load, probe_protocol
 from bnsym.testing.counterexamples import (
@@ -44,6 +43,7 @@ from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED
 from bnsym.testing.runner import run_properties
 from bnsym.testing.sharded import SHARDED
+from bnsym.testing.strategies import layer_regimes
 
 __all__ = ["add_arguments", "run"]
 

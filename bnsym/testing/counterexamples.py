@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym.strategies import Example
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.files import write_atomically
@@ -27,6 +26,7 @@ from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 from bnsym.testing.runner import call_property
+from bnsym.testing.strategies import Example
 
 __all__ = ["DEFAULT_DIRECTORY", "NotACounterexample", "load_counterexample", "replay", "save_counterexample"]
 

@@ -1,6 +1,6 @@
 """The built-in ``torch`` and ``jax`` adapters of layer, RMS, group and instance norm.
 
-Each follows its layer's protocol (:mod:`bnsym.testing.family`): ``forward``, ``backward`` and ``double_backward``
+Each follows its layer's protocol (:mod:`bnsym.testing.protocols`): ``forward``, ``backward`` and ``double_backward``
 in the layer's functional form, NumPy in and out.
 
 - ``torch``: ``torch.nn.functional.layer_norm`` (normalised shape ``gamma.shape``), ``rms_norm``, ``group_norm``
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnsym.testing.family import protocol
 from bnsym.testing.implementation import Implementation
+from bnsym.testing.protocols import protocol
 from bnsym.testing.threads import torch_one_thread
 
 __all__ = ["jax_implementation", "torch_implementation"]

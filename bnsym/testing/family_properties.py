@@ -5,7 +5,7 @@ Each property joins the registry of the layers it holds for (:func:`bnsym.testin
 ``layers=``), under one name, so that ``--property forward_reference`` means the same fact for every layer.
 Batch norm keeps its own properties (:mod:`bnsym.testing.properties`, :mod:`bnsym.testing.layer_properties`).
 
-Notation. A layer normalises *groups* of M values (:mod:`bnsym._family_layout`; the example's ``layout``): a row
+Notation. A layer normalises *groups* of M values (:mod:`bnsym.runtime.layout`; the example's ``layout``): a row
 over the normalised axes (layer and RMS norm), a sample's C/G contiguous channels with the spatial positions (group
 norm), a sample's channel over the spatial positions (instance norm). In a group, x_hat = (x - mean) s with
 s = invstd = 1/sqrt(var + eps) (centred layers), or x_hat = x s with s = invrms = 1/sqrt(ms + eps), ms = mean(x^2)
@@ -39,11 +39,9 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from bnsym import strategies as bst
-from bnsym.strategies import Example
 from bnsym.testing import family_reference as reference
+from bnsym.testing import strategies as bst
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
-from bnsym.testing.family import FAMILY, protocol
 from bnsym.testing.family_reference import LayerBound
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import (
@@ -58,6 +56,8 @@ from bnsym.testing.properties import (
     second_dy,
 )
 from bnsym.testing.protocol import output_array, output_arrays
+from bnsym.testing.protocols import FAMILY, protocol
+from bnsym.testing.strategies import Example
 
 __all__ = ["call", "call_backward", "call_double_backward", "call_forward"]
 

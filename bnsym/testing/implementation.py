@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from bnsym.testing.family import protocol
+from bnsym.testing.protocols import protocol
 
 __all__ = ["OPTIONAL", "SIGNATURES", "Implementation", "TargetError"]
 
@@ -32,7 +32,7 @@ def _check_signature(function: Callable, name: str, arguments: tuple[str, ...], 
 
 
 #: The methods of batch norm's protocol and their positional arguments (module docstring); the other layers' are
-#: in :data:`bnsym.testing.family.PROTOCOLS`.
+#: in :data:`bnsym.testing.protocols.PROTOCOLS`.
 SIGNATURES: dict[str, tuple[str, ...]] = protocol("batch_norm").signatures
 OPTIONAL = tuple(name for name in SIGNATURES if name != "forward")
 

@@ -53,7 +53,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from bnsym.testing.adapters import Implementation, TargetError, load
-from bnsym.testing.family import protocol
+from bnsym.testing.protocols import protocol
 
 __all__ = ["DEFAULT_TIMEOUT", "ImplementationCrashed", "IsolatedImplementation"]
 
@@ -430,7 +430,7 @@ class IsolatedImplementation(Implementation):
     """The implementation named by ``target`` (a CLI target string, or a picklable function, object or class),
     run in a child process with ``timeout`` seconds per call (module docstring).
 
-    ``layer`` (default "batch_norm") is the protocol the child loads it with (:mod:`bnsym.testing.family`).
+    ``layer`` (default "batch_norm") is the protocol the child loads it with (:mod:`bnsym.testing.protocols`).
 
     Raises :class:`~bnsym.testing.adapters.TargetError` when the target cannot be loaded (or crashes or hangs while
     loading), TypeError when an object cannot be pickled, ValueError for a timeout that is not a positive number.

@@ -26,7 +26,6 @@ import numpy as np
 
 import bnsym
 from bnsym.conventions import CONVENTIONS
-from bnsym.strategies import Example
 from bnsym.symbolic import batch_norm as bn
 from bnsym.symbolic.reduction import is_field_expr
 from bnsym.testing import reference
@@ -34,6 +33,7 @@ from bnsym.testing.magnitude import compiled
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import _STEP, PropertyFailure, Worst, _axes, compare, register
 from bnsym.testing.protocol import check_layout, output_array, output_arrays
+from bnsym.testing.strategies import Example
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
 __all__ = ["running_statistics"]

@@ -1,7 +1,7 @@
 """What a check covers: the layer, and beyond the training forward and backward: eval mode, running statistics,
 second order.
 
-- ``layer``: which layer's protocol and properties (:mod:`bnsym.testing.family`): ``"batch_norm"`` (default),
+- ``layer``: which layer's protocol and properties (:mod:`bnsym.testing.protocols`): ``"batch_norm"`` (default),
   ``"layer_norm"``, ``"rms_norm"``, ``"group_norm"`` or ``"instance_norm"``. Only batch norm has an eval mode and
   running statistics.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnsym.conventions import CONVENTIONS
-from bnsym.testing.family import LAYER_NAMES, protocol
+from bnsym.testing.protocols import LAYER_NAMES, protocol
 
 __all__ = ["MODES", "CheckOptions"]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym.strategies import layer_regimes
 from bnsym.testing.files import write_atomically
 from bnsym.testing.results import FAILED, Report
+from bnsym.testing.strategies import layer_regimes
 
 __all__ = ["plot_margins"]
 

@@ -4,7 +4,7 @@ A :class:`Property` has a ``name`` (what reports and ``--property`` use), a ``gr
 structure, reference, standardisation, gradients, identities, invariances), ``needs`` (the capabilities of the
 implementation it calls, see :mod:`bnsym.testing.adapters`), a ``check(impl, example)`` that returns quietly or
 raises :class:`PropertyFailure`, and the strategy of examples it runs on (the general one of
-:func:`bnsym.strategies.batch_norm_examples` unless it needs special shapes).
+:func:`bnsym.testing.strategies.batch_norm_examples` unless it needs special shapes).
 
 Rules for property authors:
 
@@ -28,15 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from bnsym import strategies as bst
-from bnsym._representable import dy_scale
-from bnsym.strategies import Example
 from bnsym.testing import arithmetic, reference
+from bnsym.testing import strategies as bst
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
-from bnsym.testing.family import LAYER_NAMES
 from bnsym.testing.implementation import Implementation
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.protocol import check_layout, output_array, output_arrays
+from bnsym.testing.protocols import LAYER_NAMES
+from bnsym.testing.representable import dy_scale
+from bnsym.testing.strategies import Example
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
 __all__ = ["REGISTRIES", "REGISTRY", "Property", "PropertyFailure", "ProtocolError", "Space", "Worst", "call_backward",
@@ -99,9 +99,10 @@ def registry(layer: str) -> dict[str, Property]:
 @dataclass(frozen=True)
 class Space:
     """Where one run draws its examples from: the dtype, the input regimes, the pool of shapes
-    (:func:`bnsym.strategies.shape_pool`, or :func:`bnsym.strategies.layer_shape_pool` for the other layers;
+    (:func:`bnsym.testing.strategies.shape_pool`, or :func:`bnsym.testing.strategies.layer_shape_pool` for the other
+    layers;
     None draws any shape), the layer and the range of eps. Every property's strategy is a function of it.
-    ``long_shapes`` are the run's shapes with long groups (:func:`bnsym.strategies.long_shapes`), which the
+    ``long_shapes`` are the run's shapes with long groups (:func:`bnsym.testing.strategies.long_shapes`), which the
     properties that take them (``Property.long_groups``) also run on."""
 
     dtype: np.dtype
@@ -668,7 +669,7 @@ def _dgamma_is_sum_dy_xhat(impl, example):
 
 def second_dy(example: Example, salt: int) -> np.ndarray:
     """Another upstream gradient for the example, random, in its dtype: scaled as the example's dy is, by a power of
-    two when needed, so that its exact gradients are within the dtype's range (:mod:`bnsym._representable`)."""
+    two when needed, so that its exact gradients are within the dtype's range (:mod:`bnsym.testing.representable`)."""
     rng = example.rng(salt)
     dy = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(example.x.shape)
     scale = dy_scale(example.layout, example.x, example.gamma, dy.astype(example.dtype), example.eps, example.dtype)
@@ -733,7 +734,7 @@ def _dx_invariant_to_dy_shift(impl, example):
     c = rng.standard_normal(example.channels) * 10.0 ** rng.uniform(-1, 1)
     dy = example.dy.astype(np.float64)
     shift = c.reshape((1, -1) + (1,) * (dy.ndim - 2))
-    # The shift scaled as dy is (bnsym._representable): dx(dy + c) is dx(dy) exactly, but an implementation forms
+    # The shift scaled as dy is (bnsym.testing.representable): dx(dy + c) is dx(dy) exactly, but an implementation forms
     # gamma s (dy + c) on the way, which must stay within the dtype's range (float16 at eps = 1e-12).
     scale = dy_scale(example.layout, example.x, example.gamma, (dy + shift).astype(example.dtype), example.eps,
                      example.dtype)

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 
 import bnsym
-from bnsym.strategies import Example
+from bnsym.testing.strategies import Example
 
 __all__ = ["EXACT_MAX_COUNT", "ForwardReference", "backward", "exact", "forward"]
 

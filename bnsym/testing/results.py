@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym.strategies import Example
 from bnsym.testing.options import CheckOptions
+from bnsym.testing.strategies import Example
 
 __all__ = ["FAILED", "NOTED", "PASSED", "SKIPPED", "CheckFailed", "Counterexample", "NothingChecked", "PropertyResult",
            "Report", "plural", "Verdicts"]
@@ -126,7 +126,7 @@ class Report(Verdicts):
     regimes: tuple[str, ...] = ()
     shapes: tuple[tuple[int, ...], ...] = ()
     save_dir: Path | None = None
-    long_shapes: tuple = ()  # the run's shapes with long groups (bnsym.strategies.long_shapes)
+    long_shapes: tuple = ()  # the run's shapes with long groups (bnsym.testing.strategies.long_shapes)
 
     def why_nothing_checked(self) -> str:
         """One line: nothing ran, and where the reasons are (the SKIP lines and the not-selected line of the report
@@ -169,7 +169,7 @@ class Report(Verdicts):
         return lines
 
     def _long_groups(self) -> str:
-        from bnsym.strategies import entry_count
+        from bnsym.testing.strategies import entry_count
 
         if not self.long_shapes:
             return ""
@@ -289,7 +289,7 @@ def versions() -> dict[str, str]:
 
 
 def _title(report: Report) -> str:
-    from bnsym.testing.family import protocol
+    from bnsym.testing.protocols import protocol
 
     return protocol(report.options.layer).title
 

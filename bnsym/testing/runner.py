@@ -7,8 +7,8 @@ counterexample. Every example's comparisons are watched (:func:`bnsym.testing.fa
 property's margin per regime. A property whose needs the implementation does not offer is skipped, with the
 reason; so is one whose prerequisite (``requires``) failed.
 
-Shapes come from a small pool per run (:func:`bnsym.strategies.shape_pool`, or
-:func:`bnsym.strategies.layer_shape_pool` for the other layers, fixed by the seed), so that a compiled
+Shapes come from a small pool per run (:func:`bnsym.testing.strategies.shape_pool`, or
+:func:`bnsym.testing.strategies.layer_shape_pool` for the other layers, fixed by the seed), so that a compiled
 implementation compiles a handful of times, not once per example. The layer of the run (``options.layer``) selects
 the registry of properties (:func:`bnsym.testing.properties.registry`), the regimes and the pool.
 """
@@ -23,14 +23,14 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import InvalidArgument
 
-from bnsym import strategies as bst
-from bnsym.strategies import Example
+from bnsym.testing import strategies as bst
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import Property, Space, registry
 from bnsym.testing.results import FAILED, NOTED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
+from bnsym.testing.strategies import Example
 
 __all__ = ["call_property", "run_properties", "selection"]
 
@@ -183,8 +183,8 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
                    regimes=None, shapes=None) -> Report:
     """The properties that ``options`` select (or those named) on ``impl``, in registry order, on examples of
     ``regimes`` (default: every regime of the layer) with shapes from ``shapes`` (default: the run's pool,
-    :func:`bnsym.strategies.shape_pool`; for the other layers, ``(shape, size)`` pairs of
-    :func:`bnsym.strategies.layer_shape_pool`)."""
+    :func:`bnsym.testing.strategies.shape_pool`; for the other layers, ``(shape, size)`` pairs of
+    :func:`bnsym.testing.strategies.layer_shape_pool`)."""
     options = options or CheckOptions()
     shapes = _pool(options.layer, seed, shapes)
     regimes = bst.layer_regimes(options.layer) if regimes is None else tuple(regimes)

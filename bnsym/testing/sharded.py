@@ -51,10 +51,9 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import bnsym
-from bnsym import strategies as bst
 from bnsym.conventions import CONVENTIONS
-from bnsym.strategies import Example
 from bnsym.testing import reference
+from bnsym.testing import strategies as bst
 from bnsym.testing.adapters import TargetError, resolve
 from bnsym.testing.failures import observing
 from bnsym.testing.files import write_atomically
@@ -63,6 +62,7 @@ from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import PropertyFailure, compare
 from bnsym.testing.results import Verdicts
 from bnsym.testing.runner import FAILED, PASSED, SKIPPED, PropertyResult
+from bnsym.testing.strategies import Example
 from bnsym.testing.tolerance import SAFETY, Bound, unit_roundoff
 
 __all__ = ["SHARDED", "ShardedCheckFailed", "ShardedExample", "ShardedImplementation", "ShardedReport",
@@ -79,7 +79,7 @@ _METHODS = ("sharded_forward", "sharded_backward", "sharded_train_forward")
 
 @dataclass(frozen=True, eq=False)
 class ShardedExample:
-    """A whole-batch :class:`~bnsym.strategies.Example` and the sizes of its K shards along the batch axis."""
+    """A whole-batch :class:`~bnsym.testing.strategies.Example` and the sizes of its K shards along the batch axis."""
 
     example: Example
     sizes: tuple[int, ...]
@@ -109,7 +109,8 @@ def _shard_sizes(draw, batch: int, shards: int) -> tuple[int, ...]:
 
 def sharded_examples(*, dtype="float64", shards: int, equal_shards: bool = False,
                      max_per_shard: int = 4, regimes=None) -> st.SearchStrategy[ShardedExample]:
-    """:class:`ShardedExample` problems: a batch of the regimes of :func:`bnsym.strategies.batch_norm_examples` (and
+    """:class:`ShardedExample` problems: a batch of the regimes of
+    :func:`bnsym.testing.strategies.batch_norm_examples` (and
     "shards with different means"), split into ``shards`` shards.
 
     - ``regimes`` (default None: every regime, :data:`SHARDED_REGIMES`): the regimes to draw from.

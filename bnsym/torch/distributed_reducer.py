@@ -1,6 +1,7 @@
 """The reducer of a data-parallel run: each worker sums its shard, one all-reduce adds the shards' totals.
 
-The generated kernels take every sum and the group size M from one reducer object (:class:`bnsym._reduce.Reducer`).
+The generated kernels take every sum and the group size M from one reducer object
+(:class:`bnsym.runtime.reduce.Reducer`).
 :class:`DistributedReducer` has the same members for a batch split over the ranks of a ``torch.distributed``
 process group, following the sharded derivation (``derivations/batch_norm.md``, section "Sharded training"):
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bnsym._reduce import Reducer
+from bnsym.runtime.reduce import Reducer
 
 __all__ = ["DistributedReducer", "LocalTotals", "all_reduce_arrays"]
 

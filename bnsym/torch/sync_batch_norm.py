@@ -33,8 +33,8 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnsym._reduce import Reducer
 from bnsym.batch_norm import update_running_stats
+from bnsym.runtime.reduce import Reducer
 from bnsym.torch.distributed_reducer import DistributedReducer, LocalTotals
 
 __all__ = ["SyncBatchNorm"]

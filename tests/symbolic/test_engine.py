@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import sympy
 
-from bnsym._reduce import Reducer
 from bnsym.codegen.kernel import Kernel, render_kernel
 from bnsym.codegen.plan import Reduce, plan_kernel
+from bnsym.runtime.reduce import Reducer
 from bnsym.symbolic.brute_force import Elements, difference_is_zero, instantiate, jacobian_vector_product
 from bnsym.symbolic.program import Definition, Program
 from bnsym.symbolic.reduction import BatchSum, Field, M

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 
 import bnsym
-from bnsym import strategies as bst
 from bnsym.testing import check_batchnorm, reference
+from bnsym.testing import strategies as bst
 from bnsym.testing.tolerance import Bound
 from tests.backends import VIAS
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym.strategies import Example
 from bnsym.testing import check_batchnorm
+from bnsym.testing.strategies import Example
 
 ROOT = Path(__file__).resolve().parents[2]
 

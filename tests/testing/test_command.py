@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnsym.cli import main
+from bnsym.tools.cli import main
 from tests.testing.zoo import BUGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def test_console_entry_runs_torch_by_name_and_leaves_the_directory_clean(tmp_pat
     .hypothesis directory appears where it ran."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
-    result = subprocess.run([sys.executable, "-m", "bnsym.cli", "check", "torch", "--dtype", "float32",
+    result = subprocess.run([sys.executable, "-m", "bnsym.tools.cli", "check", "torch", "--dtype", "float32",
                              "--property", "backward_reference", "--max-examples", "10"],
                             capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -308,8 +308,8 @@ def test_two_targets_checked_into_one_folder_keep_their_own_counterexamples(tmp_
 
 
 def test_the_help_is_plain_text_about_every_layer_and_short_on_property_names(capsys):
-    from bnsym.cli import build_parser, check_parser
     from bnsym.testing import LAYERS, properties_of
+    from bnsym.tools.cli import build_parser, check_parser
 
     top = build_parser().format_help()
     assert "``" not in top and "batch-norm implementation" not in top, f"bnsym --help shows markup or calls it a " \

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnsym.cli import main
-from bnsym.strategies import make_layer_example
 from bnsym.testing import CheckFailed, check_normalization
 from bnsym.testing.adapters import TargetError, load
+from bnsym.testing.strategies import make_layer_example
+from bnsym.tools.cli import main
 
 ZOO = Path(__file__).with_name("zoo_family.py")
 

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
 import bnsym
-from bnsym import strategies as bst
 from bnsym.symbolic.layers import LAYERS as DECLARED
 from bnsym.testing import family_reference as reference
-from bnsym.testing.family import FAMILY, LAYER_NAMES
+from bnsym.testing import strategies as bst
 from bnsym.testing.magnitude import compiled
+from bnsym.testing.protocols import FAMILY, LAYER_NAMES
 
 SEEDS = range(12)
 
@@ -141,7 +141,7 @@ def test_magnitude_bounds_reduce_over_the_given_axes():
 
 def test_descriptions_put_their_counts_in_the_right_number():
     """'axis(es)' and 'group(s)' are gone: one group, one axis, one channel are singular, more are plural."""
-    from bnsym.strategies import make_layer_example
+    from bnsym.testing.strategies import make_layer_example
 
     one = make_layer_example("layer_norm", (1, 6), 1, "well-conditioned", 1e-5, 0).describe()
     assert "normalised over the last axis: M = 6 per group, 1 group)" in one, one

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from bnsym.cli import main
 from bnsym.testing import CheckFailed, check_batchnorm, check_normalization
 from bnsym.testing.arithmetic import nudged, shorter_arithmetic
+from bnsym.tools.cli import main
 from tests.testing import zoo, zoo_family
 from tests.testing.test_zoo_family import ZOO as FAMILY_ZOO
 

@@ -9,10 +9,10 @@ the luck of 50 draws."""
 import numpy as np
 import pytest
 
-from bnsym import strategies as bst
-from bnsym._family_layout import GroupLayout
-from bnsym._representable import dy_scale
+from bnsym.runtime.layout import GroupLayout
 from bnsym.testing import CheckFailed, check_normalization, properties_of, registry
+from bnsym.testing import strategies as bst
+from bnsym.testing.representable import dy_scale
 from tests.testing import zoo, zoo_family
 
 SEEDS = range(10)

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import bnsym
-from bnsym.cli import main
 from bnsym.testing import CheckFailed, TargetError, check_batchnorm
 from bnsym.testing.isolation import ImplementationCrashed, IsolatedImplementation, implementation_stack
+from bnsym.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "my_batchnorm.py"
@@ -286,7 +286,7 @@ def test_nothing_outlives_the_cli(planted, tmp_path):
     marker = f"BNSYM_ISOLATION_TEST_{uuid.uuid4().hex}"
     env = {**os.environ, marker: "1", "PYTHONPATH": str(ROOT)}
     try:
-        result = subprocess.run([sys.executable, "-m", "bnsym.cli", *check(f"{planted}:Segfault", *PROPERTIES,
+        result = subprocess.run([sys.executable, "-m", "bnsym.tools.cli", *check(f"{planted}:Segfault", *PROPERTIES,
                                                                            save_dir=tmp_path)],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 1, result.stdout + result.stderr
@@ -323,7 +323,7 @@ def test_a_checker_killed_during_a_hang_takes_its_children_along(planted, tmp_pa
     the checker end the hung child, and with it multiprocessing's helpers."""
     marker = f"BNSYM_ISOLATION_TEST_{uuid.uuid4().hex}"
     env = {**os.environ, marker: "1", "PYTHONPATH": str(ROOT)}
-    checker = subprocess.Popen([sys.executable, "-m", "bnsym.cli", *check(f"{planted}:Hang", "--property",
+    checker = subprocess.Popen([sys.executable, "-m", "bnsym.tools.cli", *check(f"{planted}:Hang", "--property",
                                                                           "forward_reference", "--timeout", "100",
                                                                           save_dir=tmp_path)],
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -566,7 +566,7 @@ def test_a_segfault_without_isolate_says_where_and_what_isolate_does(planted, tm
     """Without --isolate a segfault ends the run (exit -11/139); with stdout piped the report is lost, but stderr has
     the traceback down to the implementation's line, and the hint that --isolate makes it a finding."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "bnsym.cli", "check", f"{planted}:Segfault", "--property",
+    result = subprocess.run([sys.executable, "-m", "bnsym.tools.cli", "check", f"{planted}:Segfault", "--property",
                              "forward_reference", "--save-dir", str(tmp_path)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode in (-11, 139), (result.returncode, result.stderr)

@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from bnsym.cli import main
 from bnsym.testing import check_batchnorm
 from bnsym.testing.adapters import Implementation, TargetError, probe_protocol
+from bnsym.tools.cli import main
 from tests.testing.zoo import TwoPass
 
 _correct = TwoPass()

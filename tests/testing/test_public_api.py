@@ -1,21 +1,21 @@
-"""The public surface of bnsym.testing and bnsym.strategies is pinned, alphabetised and documented."""
+"""The public surface of bnsym.testing and bnsym.testing.strategies is pinned, alphabetised and documented."""
 
-import bnsym.strategies
 import bnsym.testing
+import bnsym.testing.strategies
 from bnsym.testing.adapters import SIGNATURES
-from bnsym.testing.family import PROTOCOLS
 from bnsym.testing.properties import REGISTRIES, REGISTRY
+from bnsym.testing.protocols import PROTOCOLS
 
 
 def test_public_names():
     assert bnsym.testing.__all__ == ["DEFAULT_MAX_EXAMPLES", "LAYERS", "PROPERTIES", "CheckFailed", "CheckOptions",
                                      "Implementation", "NothingChecked", "Report", "TargetError", "check_batchnorm",
                                      "check_normalization", "properties_of", "selected_regimes"]
-    assert bnsym.strategies.__all__ == ["CONSTANT_REGIMES", "DTYPES", "LAYERS", "LONG_GROUP_LENGTHS", "MIN_EPS",
+    assert bnsym.testing.strategies.__all__ == ["CONSTANT_REGIMES", "DTYPES", "LAYERS", "LONG_GROUP_LENGTHS", "MIN_EPS",
                                         "REGIMES", "Example", "batch_norm_examples", "channel_shapes", "dtypes",
                                         "entry_count", "epsilons", "layer_examples", "layer_regimes",
                                         "layer_shape_pool", "long_shapes", "regimes", "shape_pool"]
-    for module in (bnsym.testing, bnsym.strategies):
+    for module in (bnsym.testing, bnsym.testing.strategies):
         assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
 
 

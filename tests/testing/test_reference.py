@@ -4,8 +4,8 @@ where float64 is not."""
 import numpy as np
 import pytest
 
-from bnsym.strategies import REGIMES, make_example
 from bnsym.testing import reference
+from bnsym.testing.strategies import REGIMES, make_example
 
 
 @pytest.mark.parametrize("regime", REGIMES)

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from bnsym.cli import main
-from bnsym.strategies import LAYERS, layer_regimes
 from bnsym.testing import CheckOptions
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.runner import run_properties
+from bnsym.testing.strategies import LAYERS, layer_regimes
+from bnsym.tools.cli import main
 from tests.testing import zoo, zoo_family
 from tests.testing.test_zoo_family import ZOO as FAMILY_ZOO
 

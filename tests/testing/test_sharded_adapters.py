@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bnsym.cli import main
 from bnsym.testing.sharded import SHARDED, check_sharded, load
+from bnsym.tools.cli import main
 
 pytest.importorskip("torch.distributed")
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def test_torch_sync_reports_pytorch_s_reason_without_a_gpu(capsys):
 
 JAX_SCRIPT = """
 import sys
-from bnsym.cli import main
+from bnsym.tools.cli import main
 from bnsym.testing.sharded import ShardedCheckFailed, check_sharded
 from bnsym.testing.sharded_adapters import jax_implementation
 

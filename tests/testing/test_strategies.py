@@ -1,11 +1,11 @@
-"""bnsym.strategies: arguments are validated at once, and each regime produces what its name promises."""
+"""bnsym.testing.strategies: arguments are validated at once, and each regime produces what its name promises."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
-from bnsym import strategies as bst
+from bnsym.testing import strategies as bst
 
 
 @pytest.mark.parametrize("factory, kwargs", [

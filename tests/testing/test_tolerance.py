@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from bnsym.strategies import make_example
 from bnsym.testing import reference
+from bnsym.testing.strategies import make_example
 from bnsym.testing.tolerance import Bound, growth, unit_roundoff
 
 
@@ -74,7 +74,7 @@ def test_constant_channel_summed_sequentially_stays_inside_the_bound(count):
 def test_correct_implementations_keep_a_margin_below_the_bound(dtype):
     """The measured margin of docs/tolerances.md: correct implementations stay below a quarter of the bound in
     every regime (a bound this loose still leaves E[x^2] - E[x]^2 far outside, see the test above)."""
-    from bnsym.strategies import REGIMES
+    from bnsym.testing.strategies import REGIMES
     from tests.testing.zoo import CORRECT
 
     rng = np.random.default_rng(0)

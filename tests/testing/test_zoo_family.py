@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnsym.cli import main
-from bnsym.strategies import layer_shape_pool
 from bnsym.testing import CheckFailed, CheckOptions, check_normalization, properties_of
 from bnsym.testing.adapters import load
 from bnsym.testing.runner import run_properties
+from bnsym.testing.strategies import layer_shape_pool
+from bnsym.tools.cli import main
 from tests.testing.known_defects import assert_only_torch_float16_eps_failures
 from tests.testing.zoo_family import BUGS, LAYERS, TWO_PASS, Bnsym
 

@@ -3,8 +3,8 @@ of the layer, name the property, and pass correct implementations in float32 and
 
 import pytest
 
-from bnsym.cli import main
 from bnsym.testing import PROPERTIES, CheckFailed, NothingChecked, check_batchnorm
+from bnsym.tools.cli import main
 from tests.testing.zoo_layer import BUGS, CORRECT, EquinoxEma
 
 LAYER_BUG_CLASSES = {  # bug classes beyond the training forward and backward

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from bnsym.cli import main
 from bnsym.testing.sharded import (
     SHARDED,
     ShardedCheckFailed,
     check_sharded,
     sharded_examples,
 )
+from bnsym.tools.cli import main
 from tests.testing.zoo_sharded import BUGS, CORRECT, EqualShardsOnly, Unavailable
 
 SYNCBN_BUG_CLASSES = {  # the rows of docs/bug-classes.md on data-parallel batch norm

@@ -3,7 +3,7 @@ bugs that must be caught, each by the properties named for it.
 
 Each bug is a small variation of :class:`TwoPass`, a plain NumPy two-pass implementation written here (not bnsym's
 code), reproducing a bug class that real implementations shipped. All follow the layers' protocols
-(:mod:`bnsym.testing.family`): layer norm ``forward(x, gamma, beta, eps)`` over the trailing axes that
+(:mod:`bnsym.testing.protocols`): layer norm ``forward(x, gamma, beta, eps)`` over the trailing axes that
 ``gamma.shape`` names, RMS norm ``forward(x, gamma, eps)``, group norm ``forward(x, gamma, beta, eps, num_groups)``,
 instance norm ``forward(x, gamma, beta, eps)``, each with its ``backward``.
 """

@@ -44,8 +44,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from bnsym._family_layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
-from bnsym._representable import dy_scale
+from bnsym.runtime.layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
+from bnsym.testing.representable import dy_scale
 
 __all__ = ["CONSTANT_REGIMES", "DTYPES", "LAYERS", "LONG_GROUP_LENGTHS", "MIN_EPS", "REGIMES", "Example",
            "batch_norm_examples", "channel_shapes", "dtypes", "entry_count", "epsilons", "layer_examples",
@@ -110,7 +110,7 @@ class Example:
 
     @cached_property
     def layout(self) -> GroupLayout:
-        """Which values form a group, where the parameters live, M (:mod:`bnsym._family_layout`)."""
+        """Which values form a group, where the parameters live, M (:mod:`bnsym.runtime.layout`)."""
         return example_layout(self.layer, self.x.shape, self.gamma.shape, self.num_groups)
 
     @property
@@ -558,7 +558,7 @@ def make_example(shape: tuple[int, ...], regime: str, eps: float, seed: int, dty
 
 def _within_range(example: Example, dy: np.ndarray) -> Example:
     """The example with its float64 ``dy`` scaled by a power of two, when needed, so that its exact gradients are
-    within the dtype's range (:mod:`bnsym._representable`: float16 with eps = 1e-12 on a constant group)."""
+    within the dtype's range (:mod:`bnsym.testing.representable`: float16 with eps = 1e-12 on a constant group)."""
     scale = dy_scale(example.layout, example.x, example.gamma, example.dy, example.eps, example.dtype)
     if scale == 1:
         return example

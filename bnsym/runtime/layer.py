@@ -3,7 +3,7 @@ the layers that keep them), written once.
 
 A public layer module (``bnsym.batch_norm``, ``bnsym.layer_norm``, ...) declares one :class:`Layer`: its name (the
 generated module ``bnsym._generated.<name>`` and its kernels ``<name>_<verb>``), how x's shape and the layer's
-options become a :class:`~bnsym._family_layout.GroupLayout`, its rules for small groups, and whether it keeps
+options become a :class:`~bnsym.runtime.layout.GroupLayout`, its rules for small groups, and whether it keeps
 running statistics. Each public function passes its arguments by name to :meth:`Layer.run`, which validates each by
 its role (the tables below), arranges it for the kernels, calls the generated kernel with the arguments its
 ``SIGNATURES`` entry names, and arranges the results back.
@@ -40,10 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnsym import _validation as v
 from bnsym import running_stats
-from bnsym._backends import Backend, resolve
-from bnsym._family_layout import GroupLayout
+from bnsym.runtime import validation as v
+from bnsym.runtime.backends import Backend, resolve
+from bnsym.runtime.layout import GroupLayout
 
 __all__ = ["Layer"]
 
@@ -83,7 +83,7 @@ class Layer:
 
     def run(self, verb: str, arguments: dict, *, eps=_NO_EPS, backend="auto", training=True, **options) -> tuple:
         """Validate ``arguments`` (the public function's, by name), call the kernel of ``verb`` in the mode that
-        ``training`` says (module docstring) of the ``backend`` (:mod:`bnsym._backends`), and return its results
+        ``training`` says (module docstring) of the ``backend`` (:mod:`bnsym.runtime.backends`), and return its results
         arranged as the caller sees them, in the kernel's order."""
         kernel_name = self._kernel_name(verb, training)
         arrays = _Arrays(resolve(backend, arguments["x"]))

@@ -10,10 +10,10 @@ from collections.abc import Iterable
 
 import sympy
 
-from bnsym.latex import to_latex
 from bnsym.symbolic import batch_norm as bn
 from bnsym.symbolic import sharded as sh
 from bnsym.symbolic.reduction import BatchSum, Field, M
+from bnsym.tools.latex import to_latex
 
 __all__ = ["render_sharded_section"]
 

@@ -1,4 +1,4 @@
-"""LaTeX for derived expressions, with the names of :mod:`bnsym.naming` and an index on every field.
+"""LaTeX for derived expressions, with the names of :mod:`bnsym.symbolic.naming` and an index on every field.
 
 Fields carry the free index i; inside a reduction they carry the summation index j, so that
 ``dx_i = gamma s (dy_i - (1/M) sum_j dy_j ...)`` reads unambiguously.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sympy
 from sympy.printing.latex import LatexPrinter
 
-from bnsym.naming import latex_name
+from bnsym.symbolic.naming import latex_name
 from bnsym.symbolic.reduction import Field
 
 __all__ = ["to_latex"]
@@ -41,5 +41,5 @@ class _Printer(LatexPrinter):
 
 
 def to_latex(expr: sympy.Expr) -> str:
-    """``expr`` in LaTeX: fields as ``x_i``, reductions as ``\\sum_j``, names from :mod:`bnsym.naming`."""
+    """``expr`` in LaTeX: fields as ``x_i``, reductions as ``\\sum_j``, names from :mod:`bnsym.symbolic.naming`."""
     return _Printer().doprint(expr)

@@ -10,7 +10,7 @@ have one loop nest for each of the two cases.
 
 :meth:`FusedLayout.of` returns None for anything else, and the generated wrapper then runs the NumPy kernel:
 fields that are not C-contiguous or not of one float32/float64 dtype, kept axes that are not adjacent, a per-group
-value that varies along a reduced axis, and a reducer other than the local :class:`bnsym._reduce.Reducer` (a
+value that varies along a reduced axis, and a reducer other than the local :class:`bnsym.runtime.reduce.Reducer` (a
 sharded run's reducer adds the shards' totals in its ``sums``, which compiled loops would bypass).
 
 :class:`GroupLocalLayout` is the arrangement of the group-local loops (:mod:`bnsym.codegen.numba_local`), which
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnsym._reduce import Reducer
+from bnsym.runtime.reduce import Reducer
 
 __all__ = ["FusedLayout", "GroupLocalLayout", "InterleavedLayout"]
 

@@ -10,11 +10,11 @@ from collections.abc import Iterable
 
 import sympy
 
-from bnsym.latex import to_latex
 from bnsym.symbolic import running_stats
 from bnsym.symbolic.layers import derivation
 from bnsym.symbolic.program import Definition
 from bnsym.symbolic.reduction import BatchSum
+from bnsym.tools.latex import to_latex
 
 __all__ = ["render_layer_document"]
 
@@ -192,8 +192,8 @@ def render_layer_document(name: str) -> str:
         "the double backward the Jacobian of that), and proves each difference exactly zero.",
         "",
     ]
-    if name == "batch_norm":  # data-parallel training: bnsym.document_sharded renders its section
-        from bnsym.document_sharded import render_sharded_section
+    if name == "batch_norm":  # data-parallel training: bnsym.tools.document_sharded renders its section
+        from bnsym.tools.document_sharded import render_sharded_section
 
         out += [render_sharded_section()]
     return "\n".join(out)

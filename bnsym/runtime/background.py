@@ -1,13 +1,13 @@
 """Compiling kernels in other processes, so that ``backend="auto"`` never waits on Numba.
 
-:class:`CompilerPool` runs ``python -m bnsym._compile_worker`` processes (one per worker) and hands them jobs: a
+:class:`CompilerPool` runs ``python -m bnsym.runtime.compile_worker`` processes (one per worker) and hands them jobs: a
 loop function (Numba dispatcher) and the argument types to compile it for. Each worker fills Numba's disk cache,
-where the caller's process then finds the kernel ready (:func:`bnsym._compiled.ready_on_disk`). The workers are
+where the caller's process then finds the kernel ready (:func:`bnsym.runtime.compiled.ready_on_disk`). The workers are
 separate interpreters started with ``subprocess``, not ``multiprocessing``: nothing of the caller's main module is
 imported again, and the caller's threads and Numba thread pool are not forked. They end when the caller exits
 (what they finished stays on disk) or when their pool is closed.
 
-:func:`request` is the background service of ``backend="auto"`` (:mod:`bnsym._compiled`): one worker, started on
+:func:`request` is the background service of ``backend="auto"`` (:mod:`bnsym.runtime.compiled`): one worker, started on
 the first request, each kernel requested once. Setting the environment variable ``BNSYM_BACKGROUND_COMPILE=0``
 turns it off: ``auto`` then runs the compiled kernels that are ready and the NumPy kernels otherwise, and never
 compiles (the test suite does this, so that no test waits for compilations it does not need).
@@ -146,7 +146,7 @@ def _start_worker() -> subprocess.Popen:
     environment = dict(os.environ)
     # The worker imports the same bnsym as this process (a clone on sys.path, an editable install, ...).
     environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
-    return subprocess.Popen([sys.executable, "-m", "bnsym._compile_worker"], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "bnsym.runtime.compile_worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environment)
 
 

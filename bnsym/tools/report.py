@@ -12,7 +12,7 @@ import importlib
 import numpy as np
 import sympy
 
-from bnsym import naming
+from bnsym.symbolic import naming
 
 __all__ = ["derivation_summary", "finite_difference_checks"]
 
@@ -58,7 +58,7 @@ def finite_difference_checks(name: str = "batch_norm", seed: int = 0, shape=(6, 
     - ``double backward``: <gx, u> + <ggamma, a_gamma> + <gdy, v> against the central difference of
       <ggx, dx> + sum over parameters of <ggp, dp> along (u, a_gamma, v), with the gradients from the backward.
     """
-    from bnsym._reduce import Reducer
+    from bnsym.runtime.reduce import Reducer
     from bnsym.symbolic.layers import LAYERS
 
     declaration = LAYERS[name]

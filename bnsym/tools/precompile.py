@@ -3,9 +3,9 @@
 The compiled backend (``backend="numba"``, and ``"auto"`` on NumPy input) keeps its machine code in Numba's disk
 cache. :func:`kernels` lists what there is to compile, for the chosen layers, dtypes and layouts, by calling every
 public function of each layer on a small representative input under the RECORD policy of
-:mod:`bnsym._compiled`: the generated wrappers choose their loops exactly as they would for a real call and note
+:mod:`bnsym.runtime.compiled`: the generated wrappers choose their loops exactly as they would for a real call and note
 the loop function and argument types instead of running them. :func:`compile_kernels` compiles the ones that are
-not in the cache yet, in worker processes (:class:`bnsym._background.CompilerPool`), and reports each as it ends.
+not in the cache yet, in worker processes (:class:`bnsym.runtime.background.CompilerPool`), and reports each as it ends.
 
 Notation. A *layout* is the arrangement of x that decides which loops run: ``channel-first`` (NCHW, and (N, C)),
 ``channel-last`` (NHWC), ``rows`` (the trailing axes of layer and RMS norm). A *kernel* is one loop function
@@ -62,7 +62,7 @@ def kernels(layers: Iterable[str] | None = None, dtypes: Iterable[str] | None = 
     """The kernels that the public functions of ``layers`` run on input of ``dtypes`` and ``layouts`` (all by
     default), each once, in a fixed order."""
     import bnsym
-    from bnsym import _compiled
+    from bnsym.runtime import compiled as _compiled
 
     layers = _chosen("layer", layers, tuple(CASES))
     dtypes = _chosen("dtype", dtypes, DTYPES)
@@ -140,7 +140,7 @@ def compile_kernels(chosen: list[Kernel], *, workers: int = 1,
     is called as each ends (error "" when it compiled). Returns those triples in the order they ended."""
     import queue
 
-    from bnsym._background import CompilerPool
+    from bnsym.runtime.background import CompilerPool
 
     if not chosen:
         return []

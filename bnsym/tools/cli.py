@@ -16,7 +16,7 @@ def sympy_version() -> str:
 
 
 def _derive(args: argparse.Namespace) -> int:
-    from bnsym import derive
+    from bnsym.tools import derive
 
     try:
         root = derive.find_root(args.root)
@@ -45,7 +45,7 @@ def _derive(args: argparse.Namespace) -> int:
     for path, changed in derive.regenerate(root):
         print(f"{'wrote' if changed else 'unchanged'}  {path}")
     if not args.quiet:
-        from bnsym.report import derivation_summary
+        from bnsym.tools.report import derivation_summary
 
         print()
         print(derivation_summary())
@@ -56,7 +56,7 @@ def _compile(args: argparse.Namespace) -> int:
     import importlib.util
     import time
 
-    from bnsym import precompile
+    from bnsym.tools import precompile
 
     if importlib.util.find_spec("numba") is None:
         print('bnsym compile: the compiled backend needs Numba, which is not installed: pip install -e ".[fast]" '
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--quiet", action="store_true", help="only list the files written")
     derive.set_defaults(handler=_derive)
 
-    from bnsym.precompile import CASES, DTYPES, LAYOUTS
+    from bnsym.tools.precompile import CASES, DTYPES, LAYOUTS
 
     compile_ = commands.add_parser(
         "compile", help="compile the compiled backend's kernels ahead of time (into Numba's disk cache)",

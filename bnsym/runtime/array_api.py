@@ -1,16 +1,17 @@
-"""Reductions for the array-API kernels, on any array library, with the accuracy contract of :mod:`bnsym._reduce`.
+"""Reductions for the array-API kernels, on any array library, with the accuracy contract of
+:mod:`bnsym.runtime.reduce`.
 
 The generated array-API kernels (``bnsym._generated.*_array_api``) take an :class:`ArrayAPIReducer` where the NumPy
-kernels take a :class:`bnsym._reduce.Reducer`: the same three members (``count``, ``sums``, ``parameter_sums``),
+kernels take a :class:`bnsym.runtime.reduce.Reducer`: the same three members (``count``, ``sums``, ``parameter_sums``),
 plus ``xp``, the array namespace (from ``array-api-compat``) that the kernel computes with. Everything here uses
 only the array API standard, so it runs unchanged on NumPy, PyTorch (CPU or CUDA), JAX (inside ``jax.jit``: shapes
 are static, nothing goes back to the host) and CuPy, on the arrays' own device.
 
 Accuracy contract. A float32 sum of 10^5 values near 10^4, added one after another, loses most of its digits. Here
-a float32 (or float16) sum is taken in two levels, as in :mod:`bnsym._reduce`:
+a float32 (or float16) sum is taken in two levels, as in :mod:`bnsym.runtime.reduce`:
 
-1. *partials*: blocks of at most :data:`~bnsym._reduce.BLOCK` rows, or pieces of at most
-   :data:`~bnsym._reduce.RUN` contiguous values of one run, summed in the arrays' dtype;
+1. *partials*: blocks of at most :data:`~bnsym.runtime.reduce.BLOCK` rows, or pieces of at most
+   :data:`~bnsym.runtime.reduce.RUN` contiguous values of one run, summed in the arrays' dtype;
 2. *totals*: the partials added in float64 when the namespace has float64 on the arrays' device (NumPy, PyTorch
    on CPU and CUDA, JAX with ``jax_enable_x64``), and otherwise (JAX by default, PyTorch on MPS) by a compensated
    pairwise sum in the arrays' own dtype: each addition's rounding error is recovered exactly (Knuth's TwoSum)
@@ -29,16 +30,16 @@ from __future__ import annotations
 
 import math
 
-from bnsym import _chunks as chunks
-from bnsym._chunks import broadcast_shape as _broadcast_shape
-from bnsym._chunks import product as _product
-from bnsym._chunks import slice_along as _slice
-from bnsym._reduce import BLOCK, RUN
+from bnsym.runtime import chunks
+from bnsym.runtime.chunks import broadcast_shape as _broadcast_shape
+from bnsym.runtime.chunks import product as _product
+from bnsym.runtime.chunks import slice_along as _slice
+from bnsym.runtime.reduce import BLOCK, RUN
 
 __all__ = ["CHUNKS", "MIN_CHUNK", "ArrayAPIReducer", "add_product", "has_float64", "in_place_allowed", "namespace"]
 
 #: A product that a reduction needs is formed in chunks of at most 1/CHUNKS of its size (``ArrayAPIReducer._reduce``),
-#: and no chunk is smaller than MIN_CHUNK bytes (the defaults of :mod:`bnsym._chunks`).
+#: and no chunk is smaller than MIN_CHUNK bytes (the defaults of :mod:`bnsym.runtime.chunks`).
 CHUNKS = chunks.CHUNKS
 MIN_CHUNK = chunks.MIN_CHUNK
 
@@ -82,7 +83,8 @@ def in_place_allowed(*arrays) -> bool:
 
 def add_product(out, *factors, in_place: bool):
     """``out += factors[0] * factors[1] * ...``, returning ``out``: when ``in_place`` (:func:`in_place_allowed`),
-    formed one chunk of ``out`` at a time by :func:`bnsym._chunks.add_product` (at most 1/:data:`CHUNKS` of it, at
+    formed one chunk of ``out`` at a time by :func:`bnsym.runtime.chunks.add_product` (at most 1/:data:`CHUNKS` of
+    it, at
     least :data:`MIN_CHUNK` bytes), so that no temporary as large as ``out`` exists; else (JAX, PyTorch's autograd)
     one ``out += product``. The multiplications happen in the order given, so the values are the same either way."""
     if not in_place:
@@ -94,7 +96,8 @@ def add_product(out, *factors, in_place: bool):
 class ArrayAPIReducer:
     """The reductions of one call of an array-API kernel: sums over ``axes``, groups of ``count`` values.
 
-    Members as :class:`bnsym._reduce.Reducer`, plus ``xp``. ``float64_totals`` chooses the second level of a float32
+    Members as :class:`bnsym.runtime.reduce.Reducer`, plus ``xp``. ``float64_totals`` chooses the second level of a
+    float32
     sum (module docstring): True for float64, False for the compensated pairwise sum, None (default) to use float64
     exactly when the namespace has it on the arrays' device.
     """

@@ -4,7 +4,7 @@
 broadcasting against it: the product is formed and added one chunk of ``out`` at a time, slices of its leading axes
 of at most 1/:data:`CHUNKS` of it and at least :data:`MIN_CHUNK` bytes. The multiplications happen in the order
 given, so the values are those of the one-line expression. Only indexing and ``*`` are used, so this serves NumPy
-arrays (the NumPy kernels) and any array-API library that allows in-place updates (:mod:`bnsym._array_api`).
+arrays (the NumPy kernels) and any array-API library that allows in-place updates (:mod:`bnsym.runtime.array_api`).
 """
 
 from __future__ import annotations

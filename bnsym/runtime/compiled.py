@@ -9,8 +9,8 @@ ready, what happens depends on the call's *policy*, a context variable that the 
   caller's thread. A compilation that is still running after a second is announced on the ``bnsym`` logger (at
   WARNING, so that Python prints it to stderr when logging is not configured): what is compiling, and that it
   happens once per kernel, layout and dtype. :func:`compiling_note` is that message.
-* ``BACKGROUND`` (``backend="auto"``): ask :mod:`bnsym._background` to compile it in another process, which fills
-  Numba's disk cache, and raise :class:`NotCompiled` at once; the backend (:mod:`bnsym._backends`) then runs the
+* ``BACKGROUND`` (``backend="auto"``): ask :mod:`bnsym.runtime.background` to compile it in another process, which fills
+  Numba's disk cache, and raise :class:`NotCompiled` at once; the backend (:mod:`bnsym.runtime.backends`) then runs the
   NumPy kernel of the same derivation. A later call finds the kernel ready on disk and runs it.
 * ``RECORD`` (``bnsym compile``): note the loop function and its argument types in :data:`recorded` and raise
   :class:`NotCompiled`, ready or not, so that representative calls list what there is to compile without running
@@ -28,8 +28,8 @@ import contextvars
 import threading
 import time
 
-from bnsym import _background
-from bnsym._background import describe, logger
+from bnsym.runtime import background as _background
+from bnsym.runtime.background import describe, logger
 
 __all__ = ["BACKGROUND", "RECORD", "WAIT", "NotCompiled", "compiling_note", "describe", "policy", "ready_on_disk",
            "recorded", "run_compiled"]

@@ -1,6 +1,7 @@
-"""A process that compiles kernels into Numba's disk cache: ``python -m bnsym._compile_worker``.
+"""A process that compiles kernels into Numba's disk cache: ``python -m bnsym.runtime.compile_worker``.
 
-Started by :mod:`bnsym._background` (for ``backend="auto"``, and ``bnsym compile``), never by users. It reads jobs
+Started by :mod:`bnsym.runtime.background` (for ``backend="auto"``, and ``bnsym compile``), never by users. It reads
+jobs
 from stdin, one a line: base64 of a pickled ``(job, module, name, file, types)``: compile the loop function
 ``module.name`` (a Numba dispatcher, defined in the file ``file``) for the argument types ``types``. It answers
 each on stdout with one line of JSON, ``{"job", "ok", "seconds", "error"}``, and exits at the end of stdin (when

@@ -19,7 +19,7 @@ __all__ = ["COUNT", "LATEX", "REDUCER", "adjoint", "latex_name", "reduction_name
 #: The code name of M, the number of elements in one group.
 COUNT = "count"
 
-#: The code name of the object that computes a kernel's reductions and knows M (bnsym._reduce.Reducer).
+#: The code name of the object that computes a kernel's reductions and knows M (bnsym.runtime.reduce.Reducer).
 REDUCER = "reducer"
 
 #: LaTeX for the base names; prefixed names (adjoints, tangents) are built from these.

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnsym import _validation as v
+from bnsym.runtime import validation as v
 
 __all__ = ["GroupLayout", "channel_layout", "group_layout", "instance_layout", "normalised_axes_layout"]
 

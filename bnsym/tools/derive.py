@@ -52,7 +52,7 @@ def _layer_numba_module(name: str) -> Callable[[], str]:
             f"{title} kernels compiled by Numba: fused loops printed from the same derivation as\n"
             f"bnsym._generated.{name} (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
             "Imported by backend=\"numba\" and \"auto\" (the `fast` extra). Each loop function compiles when a\n"
-            "call first needs it (under \"auto\", in a background process: bnsym._compiled says when) and is\n"
+            "call first needs it (under \"auto\", in a background process: bnsym.runtime.compiled says when) and is\n"
             "cached on disk.\n")
         return render_numba_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
                                    numpy_module=f"bnsym._generated.{name}", per_sample=LAYERS[name].per_sample,
@@ -72,7 +72,7 @@ def _layer_array_api_module(name: str) -> Callable[[], str]:
             f"{title} kernels for any array library (the array API standard, through array-api-compat), printed\n"
             f"from the same derivation as bnsym._generated.{name} (bnsym.codegen.array_api_printer says how).\n\n"
             "Each kernel computes with the namespace of its first argument and returns arrays of that library on\n"
-            "the same device; reductions go through bnsym._array_api.ArrayAPIReducer. Used by "
+            "the same device; reductions go through bnsym.runtime.array_api.ArrayAPIReducer. Used by "
             "backend=\"array_api\".\n")
         return render_array_api_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring)
     return render
@@ -80,7 +80,7 @@ def _layer_array_api_module(name: str) -> Callable[[], str]:
 
 def _layer_document(name: str) -> Callable[[], str]:
     def render() -> str:
-        from bnsym.document import render_layer_document
+        from bnsym.tools.document import render_layer_document
 
         return render_layer_document(name)
     return render
@@ -107,7 +107,7 @@ GENERATED_FILES: tuple[GeneratedFile, ...] = _generated_files()
 def find_root(root: str | os.PathLike | None = None) -> Path:
     """The source checkout that holds the generated files: ``root`` if given, else the one bnsym runs from."""
     if root is None:
-        candidate = Path(__file__).resolve().parent.parent
+        candidate = Path(__file__).resolve().parents[2]
     else:
         candidate = Path(root).resolve()
     if not (candidate / "pyproject.toml").is_file() or not (candidate / "bnsym").is_dir():

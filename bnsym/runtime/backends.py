@@ -14,8 +14,8 @@ Every backend runs kernels printed from the same derivation (``bnsym._generated.
 ``ImportError`` that names the extra.
 
 ``"auto"`` never waits on the compiler: a compiled kernel that is not ready (in memory or in Numba's disk cache)
-is compiled in the background while the call runs the NumPy kernel (:mod:`bnsym._compiled`,
-:mod:`bnsym._background`). ``"numba"`` named explicitly compiles on the spot, and says so when that takes long.
+is compiled in the background while the call runs the NumPy kernel (:mod:`bnsym.runtime.compiled`,
+:mod:`bnsym.runtime.background`). ``"numba"`` named explicitly compiles on the spot, and says so when that takes long.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ __all__ = ["BACKENDS", "Backend", "numpy_kernels", "resolve"]
 
 BACKENDS = ("auto", "numpy", "numba", "array_api")
 
-# The compile policies of bnsym._compiled (WAIT, BACKGROUND), named here without importing it: `import bnsym` stays
+# The compile policies of bnsym.runtime.compiled (WAIT, BACKGROUND), named here without importing it: `import bnsym`
+# stays
 # free of the compiled backend's machinery until a compiled kernel runs. tests/test_compile_policy.py checks they agree.
 _WAIT, _BACKGROUND = "wait", "background"
 
@@ -75,7 +76,7 @@ class Backend:
 
     name: str
     xp: object
-    #: The compiled backend's policy (:mod:`bnsym._compiled`): WAIT when named, BACKGROUND when chosen by "auto".
+    #: The compiled backend's policy (:mod:`bnsym.runtime.compiled`): WAIT when named, BACKGROUND when chosen by "auto".
     compile_policy: str = _WAIT
 
     @property
@@ -93,10 +94,10 @@ class Backend:
     def reducer(self, axes: tuple[int, ...], count: int, parameter_axes: tuple[int, ...] = ()):
         """The reducer the kernels of this backend take."""
         if self.is_numpy:
-            from bnsym._reduce import Reducer
+            from bnsym.runtime.reduce import Reducer
 
             return Reducer(axes, count, parameter_axes)
-        from bnsym._array_api import ArrayAPIReducer
+        from bnsym.runtime.array_api import ArrayAPIReducer
 
         return ArrayAPIReducer(self.xp, axes, count, parameter_axes)
 
@@ -115,8 +116,8 @@ class _CompiledKernels:
         if name not in self.SIGNATURES:
             return getattr(self._module, name)
         compiled, fallback, policy = getattr(self._module, name), getattr(self._numpy, name), self._policy
-        from bnsym._compiled import NotCompiled
-        from bnsym._compiled import policy as compile_policy
+        from bnsym.runtime.compiled import NotCompiled
+        from bnsym.runtime.compiled import policy as compile_policy
 
         @functools.wraps(compiled)
         def kernel(*args):
@@ -159,7 +160,7 @@ def resolve(backend, x) -> Backend:
         return Backend(backend, np, compile_policy)
     if not _installed("array_api"):
         raise _missing("array_api")
-    from bnsym._array_api import namespace
+    from bnsym.runtime.array_api import namespace
 
     if numpy_input:
         x = np.asarray(x)
