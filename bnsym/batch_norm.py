@@ -31,16 +31,13 @@ from __future__ import annotations
 
 from bnsym.running_stats import DEFAULT
 from bnsym.runtime.layer import Layer
-from bnsym.runtime.layout import channel_layout
 
 # update_running_stats is public (bnsym.update_running_stats) but not a verb of __all__: bnsym.tools.precompile calls
 # every
 # name of a layer module's __all__ as a kernel verb on x-shaped arguments, and it takes per-channel arrays only.
 __all__ = ["backward", "double_backward", "forward", "inference", "inference_backward", "jvp"]
 
-_LAYER = Layer("batch_norm", channel_layout, running_statistics=True,
-               single_value_error="Expected more than 1 value per channel when training ({where}: one value per "
-                                  "channel)")
+_LAYER = Layer.named("batch_norm")
 
 
 def forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto"):

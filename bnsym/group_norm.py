@@ -20,11 +20,10 @@ in the generated kernels (``bnsym._generated.group_norm``), derived in ``derivat
 from __future__ import annotations
 
 from bnsym.runtime.layer import Layer
-from bnsym.runtime.layout import group_layout
 
 __all__ = ["backward", "double_backward", "forward", "jvp"]
 
-_LAYER = Layer("group_norm", group_layout)
+_LAYER = Layer.named("group_norm")
 
 
 def forward(x, gamma, beta, num_groups: int, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto"):

@@ -20,13 +20,10 @@ These functions only validate and arrange axes; all arithmetic is in the generat
 from __future__ import annotations
 
 from bnsym.runtime.layer import Layer
-from bnsym.runtime.layout import instance_layout
 
 __all__ = ["backward", "double_backward", "forward", "jvp"]
 
-_LAYER = Layer("instance_norm", instance_layout,
-               single_value_error="Expected more than 1 spatial element when training ({where}: one value per "
-                                  "sample and channel)")
+_LAYER = Layer.named("instance_norm")
 
 
 def forward(x, gamma, beta, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto"):

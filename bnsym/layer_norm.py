@@ -20,11 +20,10 @@ These functions only validate and arrange axes; all arithmetic is in the generat
 from __future__ import annotations
 
 from bnsym.runtime.layer import Layer
-from bnsym.runtime.layout import normalised_axes_layout
 
 __all__ = ["backward", "double_backward", "forward", "jvp"]
 
-_LAYER = Layer("layer_norm", normalised_axes_layout, min_ndim=1)
+_LAYER = Layer.named("layer_norm")
 
 
 def forward(x, gamma, beta, eps: float = 1e-5, axis=-1, *, backend: str = "auto"):

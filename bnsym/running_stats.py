@@ -35,8 +35,8 @@ import numpy as np
 
 from bnsym.conventions import CONVENTIONS
 from bnsym.runtime import backends as _backends
-from bnsym.runtime import validation as v
 from bnsym.runtime.backends import resolve
+from bnsym.spec import validation as v
 
 __all__ = ["DEFAULT", "update"]
 

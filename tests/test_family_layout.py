@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bnsym.runtime.layout import GroupLayout, channel_layout, group_layout, instance_layout, normalised_axes_layout
+from bnsym.spec.layout import GroupLayout, channel_layout, group_layout, instance_layout, normalised_axes_layout
 
 # (id, layout, grouped shape, reduced axes, parameter-gradient axes, parameter shape, statistics shape, M)
 CASES = [

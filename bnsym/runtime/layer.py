@@ -3,7 +3,7 @@ the layers that keep them), written once.
 
 A public layer module (``bnsym.batch_norm``, ``bnsym.layer_norm``, ...) declares one :class:`Layer`: its name (the
 generated module ``bnsym._generated.<name>`` and its kernels ``<name>_<verb>``), how x's shape and the layer's
-options become a :class:`~bnsym.runtime.layout.GroupLayout`, its rules for small groups, and whether it keeps
+options become a :class:`~bnsym.spec.layout.GroupLayout`, its rules for small groups, and whether it keeps
 running statistics. Each public function passes its arguments by name to :meth:`Layer.run`, which validates each by
 its role (the tables below), arranges it for the kernels, calls the generated kernel with the arguments its
 ``SIGNATURES`` entry names, and arranges the results back.
@@ -41,9 +41,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnsym import running_stats
-from bnsym.runtime import validation as v
 from bnsym.runtime.backends import Backend, resolve
-from bnsym.runtime.layout import GroupLayout
+from bnsym.spec import validation as v
+from bnsym.spec.layers import LayerSpec
+from bnsym.spec.layers import spec as spec_named
+from bnsym.spec.layout import GroupLayout
 
 __all__ = ["Layer"]
 
@@ -65,21 +67,42 @@ _EVAL_KERNELS = {"forward": "inference", "backward": "inference_backward",
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer, as its public module declares it.
+    """One layer's runtime, read from its specification (:class:`bnsym.spec.LayerSpec`).
 
-    ``layout(shape, **options)`` validates the layer's options (``axis``, ``num_groups``) against x's shape and
-    returns the layout. ``min_ndim`` is the fewest dimensions x may have. ``single_value_error``, when set, is the
+    The specification's grouping validates the layer's options (``axis``, ``num_groups``) against x's shape and
+    returns the layout; ``min_ndim`` is the fewest dimensions x may have; ``single_value_error``, when set, is the
     message (with ``{where}``, the layout's description) for groups of one value, which the layer refuses in
     training (batch norm and instance norm, as PyTorch does); every layer refuses groups of no value in training.
     ``running_statistics``: the layer keeps running statistics, so it has an eval mode (``training=False``) and
-    :meth:`update_running_stats` (batch norm).
+    :meth:`update_running_stats`.
     """
 
-    name: str
-    layout: Callable[..., GroupLayout]
-    min_ndim: int = 2
-    single_value_error: str | None = None
-    running_statistics: bool = False
+    spec: LayerSpec
+
+    @classmethod
+    def named(cls, name: str) -> Layer:
+        """The runtime of the layer ``name`` of :data:`bnsym.spec.SPECS`."""
+        return cls(spec_named(name))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def layout(self) -> Callable[..., GroupLayout]:
+        return self.spec.grouping.layout
+
+    @property
+    def min_ndim(self) -> int:
+        return self.spec.min_ndim
+
+    @property
+    def single_value_error(self) -> str | None:
+        return self.spec.single_value_error
+
+    @property
+    def running_statistics(self) -> bool:
+        return self.spec.running_statistics
 
     def run(self, verb: str, arguments: dict, *, eps=_NO_EPS, backend="auto", training=True, **options) -> tuple:
         """Validate ``arguments`` (the public function's, by name), call the kernel of ``verb`` in the mode that

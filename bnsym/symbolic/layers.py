@@ -34,12 +34,13 @@ per-layer code. Derivations are cached: each runs once per process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
 import sympy
 
+from bnsym.spec import SPECS, LayerSpec, spec
 from bnsym.symbolic import naming
 from bnsym.symbolic.program import Definition, Program
 from bnsym.symbolic.reduction import BatchSum, Field, M, ParameterField
@@ -109,47 +110,46 @@ def rms_forward(s: LayerSymbols) -> Program:
     )
 
 
+#: The forward pass of each kind of statistic a specification names (:attr:`bnsym.spec.LayerSpec.statistic`).
+FORWARDS: dict[str, Callable[[LayerSymbols], Program]] = {"centred": centred_forward, "rms": rms_forward}
+
+
 @dataclass(frozen=True)
 class LayerDeclaration:
-    """One normalisation layer, declared once.
+    """One normalisation layer, declared once: its specification (:class:`bnsym.spec.LayerSpec`: groups, options,
+    parameters, statistics, prose) and its forward pass for one group, in the engine's vocabulary.
 
-    * ``name``: the layer's name (``bnsym.<name>``, ``bnsym/_generated/<name>.py``, ``derivations/<name>.md``).
-    * ``title``: its name in prose.
-    * ``forward``: :func:`centred_forward` or :func:`rms_forward`.
-    * ``per_element_parameters``: gamma (and beta) vary within a group.
-    * ``shared_parameters``: one parameter value serves several groups, so a parameter's gradient is summed over
-      them (every layer but batch norm).
-    * ``running_statistics``: the layer keeps running statistics and has an eval mode (batch norm).
-    * ``group``: what one group of M values is, in prose (for the derivation document).
-    * ``statistics_over``, ``parameters``: the reduction axes and the parameter axes, in prose.
-    * ``conventions``: where the frameworks' conventions differ, one paragraph each (for the document).
-    * ``per_sample``: every group lies within one sample (every layer but batch norm), so the compiled kernels can
-      finish one group (or one sample) at a time while it is in cache.
-    * ``channel_axis``: the layer takes a channel axis, which may be the last one. With ``per_sample`` (group norm,
-      instance norm), the groups of a sample then interleave in memory on channel-last input, and the compiled
-      kernels add sample-wise loops for that; batch norm's channel axis needs none.
-    * ``parameter_per_value``: gamma (and beta) hold one value for every value of a group (layer and RMS norm: the
-      normalised shape), so the compiled group-local loops only ever see one parameter value per position and need
-      no loop nest for runs of values that share one.
+    Every other attribute reads the specification: ``name``, ``title``, ``running_statistics``, ``conventions``,
+    the prose ``group``, ``statistics_over`` and ``parameters_are``, and the grouping's facts
+    (:class:`bnsym.spec.Grouping`): ``per_element_parameters`` (gamma and beta vary within a group, so they are
+    fields of the derivation), ``shared_parameters`` (a parameter's gradient sums over the groups that share it),
+    ``per_sample``, ``channel_axis`` and ``parameter_per_value`` (which loop strategies the compiled kernels need).
     """
 
-    name: str
-    title: str
+    spec: LayerSpec
     forward: Callable[[LayerSymbols], Program]
-    per_element_parameters: bool
-    shared_parameters: bool
-    running_statistics: bool
-    group: str
-    statistics_over: str
-    parameters: str
-    conventions: tuple[str, ...] = ()
-    per_sample: bool = True
-    channel_axis: bool = False
-    parameter_per_value: bool = False
+
+    @classmethod
+    def of(cls, spec: LayerSpec) -> LayerDeclaration:
+        """The declaration of a specified layer, with the forward pass of its kind of statistic."""
+        return cls(spec, FORWARDS[spec.statistic])
+
+    def __getattr__(self, name: str):
+        if name in _FROM_SPEC:
+            return getattr(self.spec, name)
+        if name in _FROM_GROUPING:
+            return getattr(self.spec.grouping, name)
+        raise AttributeError(f"LayerDeclaration has no attribute {name!r}")
 
     @property
     def centred(self) -> bool:
         return self.forward is centred_forward
+
+
+_FROM_SPEC = frozenset({"name", "title", "running_statistics", "group", "statistics_over", "parameters_are",
+                        "conventions"})
+_FROM_GROUPING = frozenset({"per_element_parameters", "shared_parameters", "per_sample", "channel_axis",
+                            "parameter_per_value"})
 
 
 class Derivation:
@@ -324,72 +324,30 @@ class Derivation:
                                   self.inference_vocabulary)
 
 
-LAYERS: dict[str, LayerDeclaration] = {
-    d.name: d for d in (
-        LayerDeclaration(
-            "batch_norm", "Batch normalisation", centred_forward, per_element_parameters=False,
-            shared_parameters=False, running_statistics=True,
-            per_sample=False, channel_axis=True,
-            group="one channel: its values over the batch and every spatial position",
-            statistics_over="every axis but the channel axis", parameters="one value per channel"),
-        LayerDeclaration(
-            "layer_norm", "Layer normalisation", centred_forward, per_element_parameters=True,
-            shared_parameters=True, running_statistics=False, parameter_per_value=True,
-            group="one sample's values over the trailing normalised axes",
-            statistics_over="the trailing normalised axes", parameters="the shape of the normalised axes",
-            conventions=(
-                "eps: PyTorch `torch.nn.LayerNorm` 1e-5, Flax `nn.LayerNorm` 1e-6, Keras 1e-3; always inside the "
-                "square root, with the biased variance.",
-                "PyTorch's `elementwise_affine=False` (and `bias=False`) drop gamma (and beta): pass `None`.",
-                "Flax's `use_fast_variance=True` (its default) computes E[x^2] - E[x]^2, which cancels at a large "
-                "offset; bnsym always uses the two-pass variance written above, which matches Flax with "
-                "`use_fast_variance=False`.")),
-        LayerDeclaration(
-            "rms_norm", "RMS normalisation", rms_forward, per_element_parameters=True,
-            shared_parameters=True, running_statistics=False, parameter_per_value=True,
-            group="one sample's values over the trailing normalised axes",
-            statistics_over="the trailing normalised axes (nothing is centred)",
-            parameters="the shape of the normalised axes (a scale gamma only, no beta)",
-            conventions=(
-                "eps: PyTorch's `torch.nn.functional.rms_norm` with `eps=None` uses `torch.finfo(dtype).eps` "
-                "(2.2e-16 in float64, 1.2e-7 in float32); Flax `nn.RMSNorm` uses 1e-6, which is bnsym's default. "
-                "Both add eps to the mean square inside the square root.",)),
-        LayerDeclaration(
-            "group_norm", "Group normalisation", centred_forward, per_element_parameters=True,
-            shared_parameters=True, running_statistics=False,
-            channel_axis=True,
-            group="one sample's values over C/G consecutive channels and every spatial position",
-            statistics_over="per sample, the channels split into G contiguous groups, with the spatial axes",
-            parameters="one value per channel",
-            conventions=(
-                "eps: PyTorch `torch.nn.GroupNorm` 1e-5, Flax `nn.GroupNorm` 1e-6; both inside the square root "
-                "with the biased variance over the group.",
-                "Channels are grouped contiguously: group g holds channels g*C/G to (g+1)*C/G - 1 in both "
-                "frameworks. With G = 1 the layer is layer norm over (C, spatial) with per-channel parameters; "
-                "with G = C it is instance norm.",
-                "Flax's `use_fast_variance` applies here as for layer norm.")),
-        LayerDeclaration(
-            "instance_norm", "Instance normalisation", centred_forward, per_element_parameters=False,
-            shared_parameters=True, running_statistics=False,
-            channel_axis=True,
-            group="one sample's values of one channel over the spatial positions",
-            statistics_over="per sample and channel, the spatial axes", parameters="one value per channel",
-            conventions=(
-                "PyTorch's `torch.nn.InstanceNorm*d` has `affine=False` by default (pass `None` for gamma and "
-                "beta) and eps 1e-5; it refuses a spatial size of 1 in training.",
-                "PyTorch's `track_running_stats=True` variant of instance norm keeps running statistics; bnsym's "
-                "instance norm is the training-statistics layer, as `torch.nn.functional.instance_norm` with "
-                "`use_input_stats=True`.")),
-    )
-}
+class _Declarations(Mapping):
+    """Every layer of :data:`bnsym.spec.SPECS` (registered ones too), as a :class:`LayerDeclaration`."""
+
+    def __getitem__(self, name: str) -> LayerDeclaration:
+        if name not in SPECS:
+            raise KeyError(name)
+        return LayerDeclaration.of(SPECS[name])
+
+    def __iter__(self):
+        return iter(SPECS)
+
+    def __len__(self) -> int:
+        return len(SPECS)
+
+
+LAYERS: Mapping[str, LayerDeclaration] = _Declarations()
 
 _DERIVATIONS: dict[str, Derivation] = {}
 
 
 def derivation(name: str) -> Derivation:
-    """The (cached) :class:`Derivation` of the registered layer ``name``."""
-    if name not in LAYERS:
-        raise ValueError(f"unknown layer {name!r}; known: {', '.join(LAYERS)}")
-    if name not in _DERIVATIONS:
-        _DERIVATIONS[name] = Derivation(LAYERS[name])
+    """The (cached) :class:`Derivation` of the registered layer ``name`` (cached per specification: a layer
+    registered again under the same name with another specification is derived again)."""
+    declaration = LayerDeclaration.of(spec(name))
+    if name not in _DERIVATIONS or _DERIVATIONS[name].declaration != declaration:
+        _DERIVATIONS[name] = Derivation(declaration)
     return _DERIVATIONS[name]

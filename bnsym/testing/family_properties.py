@@ -5,7 +5,7 @@ Each property joins the registry of the layers it holds for (:func:`bnsym.testin
 ``layers=``), under one name, so that ``--property forward_reference`` means the same fact for every layer.
 Batch norm keeps its own properties (:mod:`bnsym.testing.properties`, :mod:`bnsym.testing.layer_properties`).
 
-Notation. A layer normalises *groups* of M values (:mod:`bnsym.runtime.layout`; the example's ``layout``): a row
+Notation. A layer normalises *groups* of M values (:mod:`bnsym.spec.layout`; the example's ``layout``): a row
 over the normalised axes (layer and RMS norm), a sample's C/G contiguous channels with the spatial positions (group
 norm), a sample's channel over the spatial positions (instance norm). In a group, x_hat = (x - mean) s with
 s = invstd = 1/sqrt(var + eps) (centred layers), or x_hat = x s with s = invrms = 1/sqrt(ms + eps), ms = mean(x^2)

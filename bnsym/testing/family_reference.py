@@ -1,6 +1,6 @@
 """References and error bounds for layer, RMS, group and instance norm, from bnsym's derivation of each layer.
 
-Notation. A layer normalises *groups* of M values (:mod:`bnsym.runtime.layout`): x is seen in the kernels' grouped
+Notation. A layer normalises *groups* of M values (:mod:`bnsym.spec.layout`): x is seen in the kernels' grouped
 layout (``layout.grouped``: group norm's channel axis split into (G, C/G)), a group spans ``layout.axes``, and
 group quantities (mean, var or ms, the scale s = invstd or invrms) have length 1 there. gamma and beta have the
 layout's parameter broadcast shape; a parameter shared by several groups gets the sum of their gradients over
@@ -33,7 +33,7 @@ from functools import cache, cached_property
 
 import numpy as np
 
-from bnsym.runtime.layout import GroupLayout
+from bnsym.spec.layout import GroupLayout
 from bnsym.symbolic.layers import derivation
 from bnsym.symbolic.reduction import is_field_expr
 from bnsym.testing.magnitude import compiled, evaluate

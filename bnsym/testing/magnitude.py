@@ -59,7 +59,7 @@ class MagnitudeBound:
 
     Atom values are given by name (``"x_hat"``, ``"gamma"``, ...): fields with the example's shape, channel
     quantities with shape (1, C, 1, ...); reductions run over every axis but 1, or over ``axes`` when given (a
-    layer's groups: :attr:`bnsym.runtime.layout.GroupLayout.axes`, with group quantities of length 1 there).
+    layer's groups: :attr:`bnsym.spec.layout.GroupLayout.axes`, with group quantities of length 1 there).
     """
 
     def __init__(self, expr: sympy.Expr):

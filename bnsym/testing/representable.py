@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnsym.runtime.layout import GroupLayout
+from bnsym.spec.layout import GroupLayout
 
 __all__ = ["HEADROOM", "dy_scale"]
 

@@ -44,7 +44,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from bnsym.runtime.layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
+from bnsym.spec.layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
 from bnsym.testing.representable import dy_scale
 
 __all__ = ["CONSTANT_REGIMES", "DTYPES", "LAYERS", "LONG_GROUP_LENGTHS", "MIN_EPS", "REGIMES", "Example",
@@ -110,7 +110,7 @@ class Example:
 
     @cached_property
     def layout(self) -> GroupLayout:
-        """Which values form a group, where the parameters live, M (:mod:`bnsym.runtime.layout`)."""
+        """Which values form a group, where the parameters live, M (:mod:`bnsym.spec.layout`)."""
         return example_layout(self.layer, self.x.shape, self.gamma.shape, self.num_groups)
 
     @property

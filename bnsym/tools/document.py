@@ -46,7 +46,7 @@ def _notation(layer) -> str:
     return (f"One group holds $M$ values: {d.group}. $M$ is a symbol, so every result holds for every group size. "
             "A subscript $i$ is one element of the group, $\\sum_j$ a sum over all $M$ elements. "
             f"{statistic} and $\\hat{{x}}$ the normalised input; {parameters}. Statistics are taken over "
-            f"{d.statistics_over}; the parameters have {d.parameters}. An overline is an adjoint: "
+            f"{d.statistics_over}; the parameters have {d.parameters_are}. An overline is an adjoint: "
             "$\\overline{v} = \\partial L / \\partial v$ for a loss $L$ whose gradient with respect to the "
             "output is $\\overline{y}_i$ (`dy` in code).")
 
@@ -57,7 +57,7 @@ def _parameter_sum_note(layer) -> list[str]:
         return []
     return [
         "",
-        "These are the adjoints of one group. A parameter value is shared by several groups (" + d.parameters +
+        "These are the adjoints of one group. A parameter value is shared by several groups (" + d.parameters_are +
         ", while a group is " + d.group + "), so the gradient of the parameter is the sum of the expression above "
         "over the groups that share it, for example "
         "$\\overline{\\gamma} = \\sum_{\\text{groups}} \\overline{\\gamma}_{\\text{group}}$. The generated "
@@ -97,7 +97,7 @@ def render_layer_document(name: str) -> str:
         "## Forward pass (training mode)",
         "",
         f"The definition, written once in `bnsym.symbolic.layers.{d.forward.__name__}` and declared for this layer "
-        f"in `bnsym.symbolic.layers.LAYERS[{name!r}]`. " + (
+        f"in its specification, `bnsym.spec.SPECS[{name!r}]`. " + (
             "The variance is the two-pass form $\\frac{1}{M}\\sum_j (x_j - \\mu)^2$; it is never expanded into "
             "$E[x^2] - E[x]^2$, which cancels catastrophically in float32." if d.centred else
             "Nothing is centred: the mean square $\\frac{1}{M}\\sum_j x_j^2$ is a sum of non-negative terms and "
@@ -192,7 +192,7 @@ def render_layer_document(name: str) -> str:
         "the double backward the Jacobian of that), and proves each difference exactly zero.",
         "",
     ]
-    if name == "batch_norm":  # data-parallel training: bnsym.tools.document_sharded renders its section
+    if not d.per_sample:  # a group spans samples, so data-parallel training must combine the shards' sums
         from bnsym.tools.document_sharded import render_sharded_section
 
         out += [render_sharded_section()]

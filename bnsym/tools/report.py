@@ -140,7 +140,7 @@ def derivation_summary() -> str:
                     else:
                         lines.append(f"    {output} = {expression}")
             if shared and any(str(output) in shared for output in program.outputs):
-                lines.append(f"    (the parameters have {layer.declaration.parameters}, while a group is "
+                lines.append(f"    (the parameters have {layer.declaration.parameters_are}, while a group is "
                              f"{layer.declaration.group}: each parameter value serves several groups)")
         program, closed = layer.double_backward
         sizes = ", ".join(f"{o} ({sympy.count_ops(closed[o])} operations)" for o in program.outputs)

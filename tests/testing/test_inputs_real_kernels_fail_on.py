@@ -9,7 +9,7 @@ the luck of 50 draws."""
 import numpy as np
 import pytest
 
-from bnsym.runtime.layout import GroupLayout
+from bnsym.spec.layout import GroupLayout
 from bnsym.testing import CheckFailed, check_normalization, properties_of, registry
 from bnsym.testing import strategies as bst
 from bnsym.testing.representable import dy_scale

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnsym.runtime import validation as v
+from bnsym.spec import validation as v
 
 __all__ = ["GroupLayout", "channel_layout", "group_layout", "instance_layout", "normalised_axes_layout"]
 

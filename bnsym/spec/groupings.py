@@ -1,0 +1,193 @@
+"""Groupings: which values of x form one group, and where a layer's parameters live, as a function of x's shape and
+the layer's options.
+
+A *group* is the set of M values that share one set of statistics. Every layer of the family is one of four
+groupings (Flax's split of a layer's axes into reduction axes and feature axes):
+
+* :class:`TrailingAxes`: each row (the leading axes) over its trailing ``axis`` axes; the parameters have the
+  normalised shape, one value per position of a group (layer norm, RMS norm).
+* :class:`Channels`: one channel (the axis ``axis``) over every other axis, the batch included; one parameter value
+  per group (batch norm).
+* :class:`ChannelGroups`: one sample's ``num_groups`` contiguous blocks of channels with every spatial position; one
+  parameter value per channel, so several per group (group norm).
+* :class:`SampleChannels`: one sample's channel over the spatial positions; one parameter value per channel, shared
+  by the samples (instance norm).
+
+A grouping states its options (:class:`Option`: ``axis``, ``num_groups``) with their defaults, computes the
+:class:`~bnsym.spec.layout.GroupLayout` of one call, and states the facts the rest of the product needs about its
+groups: whether each group lies within one sample (so that compiled loops can finish a group while it is in cache,
+and a batch can be sharded without changing the statistics), whether the layer takes a channel axis, whether one
+parameter value serves several groups (its gradient is then a sum over them), and how an example input of a given
+shape is written for it (:meth:`Grouping.example_options`: the checker draws shapes and asks the grouping for the
+options that go with them).
+
+This module is plain shape arithmetic (NumPy only): the runtime, the checker and the derivation all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bnsym.spec import layout as _layout
+from bnsym.spec.layout import GroupLayout
+
+__all__ = ["REQUIRED", "ChannelGroups", "Channels", "Grouping", "Option", "SampleChannels", "TrailingAxes"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+#: The default of an option that every call must give (group norm's ``num_groups``).
+REQUIRED = _Required()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a layer: its keyword ``name``, its ``default`` (:data:`REQUIRED` when there is none) and what
+    it means, for documents and messages."""
+
+    name: str
+    default: object
+    meaning: str
+
+
+_CHANNEL_AXIS = Option("axis", 1, "the channel axis of x (1 for channel-first input, -1 for channel-last)")
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """What a group is (module docstring). Subclasses define :meth:`layout` and :meth:`example_options`.
+
+    * ``options``: the layer's options, in the order its public functions take them.
+    * ``min_ndim``: the fewest dimensions x may have.
+    * ``per_sample``: every group lies within one sample (axis 0), so the batch can be split between workers and
+      each sample normalised alone.
+    * ``channel_axis``: the layer takes a channel axis, which may be the last one.
+    * ``per_element_parameters``: a parameter varies within a group (it is a field of the derivation, not a scalar
+      per group).
+    * ``shared_parameters``: one parameter value serves several groups, so its gradient sums over them.
+    * ``parameter_per_value``: a parameter holds one value for every value of a group (the normalised shape).
+    * ``group_noun``: what one group is called in reports and regime names ("channel", "group").
+    """
+
+    options: tuple[Option, ...]
+    min_ndim: int
+    per_sample: bool
+    channel_axis: bool
+    per_element_parameters: bool
+    shared_parameters: bool
+    parameter_per_value: bool
+    group_noun: str
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(option.name for option in self.options)
+
+    def defaults(self) -> dict[str, object]:
+        """The options that have defaults, with them."""
+        return {o.name: o.default for o in self.options if o.default is not REQUIRED}
+
+    def layout(self, shape: tuple[int, ...], **options) -> GroupLayout:
+        """The layout of x of ``shape`` under ``options`` (validated: ValueError naming the option and x's shape)."""
+        raise NotImplementedError
+
+    def example_options(self, shape: tuple[int, ...], size: int) -> dict[str, object]:
+        """The options of an example input of ``shape`` drawn with the grouping's ``size`` (the number of trailing
+        normalised axes, or the number of groups; ignored by the groupings that have no such choice), channel-first.
+        """
+        raise NotImplementedError
+
+    def example_sizes(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The sizes :meth:`example_options` accepts for ``shape`` (the checker draws one of them)."""
+        return (0,)
+
+
+@dataclass(frozen=True)
+class TrailingAxes(Grouping):
+    """Each row normalised over its trailing ``axis`` axes; parameters of the normalised shape."""
+
+    options: tuple[Option, ...] = (Option("axis", -1, "the normalised axes, the last ones of x (an integer or a "
+                                                      "tuple of integers)"),)
+    min_ndim: int = 1
+    per_sample: bool = True
+    channel_axis: bool = False
+    per_element_parameters: bool = True
+    shared_parameters: bool = True
+    parameter_per_value: bool = True
+    group_noun: str = "group"
+
+    def layout(self, shape, axis=-1) -> GroupLayout:
+        return _layout.normalised_axes_layout(tuple(shape), axis)
+
+    def example_options(self, shape, size):
+        return {"axis": tuple(range(len(shape) - size, len(shape))) if size > 1 else -1}
+
+    def example_sizes(self, shape):
+        return tuple(range(1, min(len(shape), 2) + 1))
+
+
+@dataclass(frozen=True)
+class Channels(Grouping):
+    """One group per channel, over every other axis (the batch too); one parameter value per group."""
+
+    options: tuple[Option, ...] = (_CHANNEL_AXIS,)
+    min_ndim: int = 2
+    per_sample: bool = False
+    channel_axis: bool = True
+    per_element_parameters: bool = False
+    shared_parameters: bool = False
+    parameter_per_value: bool = False
+    group_noun: str = "channel"
+
+    def layout(self, shape, axis=1) -> GroupLayout:
+        return _layout.channel_layout(tuple(shape), axis)
+
+    def example_options(self, shape, size):
+        return {"axis": 1}
+
+
+@dataclass(frozen=True)
+class ChannelGroups(Grouping):
+    """Each sample's channels in ``num_groups`` contiguous groups, each with every spatial position."""
+
+    options: tuple[Option, ...] = (Option("num_groups", REQUIRED, "the number of groups G the channels are split "
+                                                                  "into (it divides C)"), _CHANNEL_AXIS)
+    min_ndim: int = 2
+    per_sample: bool = True
+    channel_axis: bool = True
+    per_element_parameters: bool = True
+    shared_parameters: bool = True
+    parameter_per_value: bool = False
+    group_noun: str = "group"
+
+    def layout(self, shape, num_groups=None, axis=1) -> GroupLayout:
+        return _layout.group_layout(tuple(shape), axis, num_groups)
+
+    def example_options(self, shape, size):
+        return {"num_groups": size, "axis": 1}
+
+    def example_sizes(self, shape):
+        channels = shape[1]
+        return tuple(g for g in range(1, channels + 1) if channels % g == 0)
+
+
+@dataclass(frozen=True)
+class SampleChannels(Grouping):
+    """Each sample's channel over the spatial positions; one parameter value per channel, shared by the samples."""
+
+    options: tuple[Option, ...] = (_CHANNEL_AXIS,)
+    min_ndim: int = 2
+    per_sample: bool = True
+    channel_axis: bool = True
+    per_element_parameters: bool = False
+    shared_parameters: bool = True
+    parameter_per_value: bool = False
+    group_noun: str = "group"
+
+    def layout(self, shape, axis=1) -> GroupLayout:
+        return _layout.instance_layout(tuple(shape), axis)
+
+    def example_options(self, shape, size):
+        return {"axis": 1}
