@@ -1,13 +1,12 @@
 """Running statistics after one training batch, in each framework's convention, for any layer that keeps them.
 
-``update(layer, running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
-``(new_mean, new_var)`` and leaves its inputs untouched; ``layer`` names the layer whose generated kernels
-(``running_stats_<convention>``) compute it, and a layer reaches it through
-:meth:`bnsym.runtime.layer.Layer.update_running_stats` (batch norm's is :func:`bnsym.update_running_stats`). ``mean``
-and
-``var`` are the batch mean and the *biased* batch variance (var = invstd**-2 - eps from the layer's forward), one
-value per channel, shape (C,); ``count`` is the number of values that made each of them (M). The conventions and
-their choices are in :mod:`bnsym.conventions`:
+``update(kernels, running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
+``(new_mean, new_var)`` and leaves its inputs untouched; ``kernels`` is the module of the generated NumPy kernels
+(``running_stats_<convention>``) of the layer (:attr:`bnsym.spec.LayerSpec.kernels_module`), and a layer reaches it
+through :meth:`bnsym.runtime.layer.Layer.update_running_stats` (batch norm's is :func:`bnsym.update_running_stats`).
+``mean`` and ``var`` are the batch mean and the *biased* batch variance (var = invstd**-2 - eps from the layer's
+forward), one value per channel, shape (C,); ``count`` is the number of values that made each of them (M). The
+conventions and their choices are in :mod:`bnsym.conventions`:
 
 * ``"torch"`` (default momentum 0.1): r <- (1 - m) r + m b, running_var from the unbiased batch variance
   var * M / (M - 1), as ``torch.nn.BatchNorm*d``. ``momentum=None`` is PyTorch's cumulative average.
@@ -65,10 +64,10 @@ def _all_nonnegative(values, backend) -> bool:
     return True if is_lazy_array(values) else bool(backend.xp.all(values >= 0))
 
 
-def update(layer: str, running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
+def update(kernels: str, running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
            num_batches_tracked=None, backend="auto"):
     """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,), of the
-    library of ``running_mean``, computed by the kernels of ``bnsym._generated.<layer>``.
+    library of ``running_mean``, computed by the kernels in the module ``kernels``.
 
     ``momentum="default"`` takes the convention's default (module docstring). ``backend`` as in
     :mod:`bnsym.runtime.backends` (the compiled one runs the NumPy kernels here: there is no full-size array to fuse);
@@ -126,8 +125,8 @@ def update(layer: str, running_mean, running_var, mean, var, count, *, momentum=
     dtype = xp.result_type(running_mean.dtype, running_var.dtype)
     # Per-channel arithmetic only: the compiled backend would run the NumPy kernels anyway (nothing to fuse), so
     # the NumPy-based backends use them directly and never load Numba (nor start its threads) for this.
-    kernels = backend.kernels(layer) if not backend.is_numpy else _backends.numpy_kernels(layer)
-    kernel = getattr(kernels, f"running_stats_{chosen.name}")
+    module = backend.kernels(kernels) if not backend.is_numpy else _backends.numpy_kernels(kernels)
+    kernel = getattr(module, f"running_stats_{chosen.name}")
     new_mean, new_var = kernel(running_mean, running_var, mean, var, *arguments)
     if backend.is_numpy:
         return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)

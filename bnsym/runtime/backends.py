@@ -64,9 +64,9 @@ def _is_numpy_input(x) -> bool:
     return not (hasattr(x, "__array_namespace__") or (hasattr(x, "shape") and hasattr(x, "dtype")))
 
 
-def numpy_kernels(layer: str):
-    """The generated NumPy kernels of ``layer``."""
-    return importlib.import_module(f"bnsym._generated.{layer}")
+def numpy_kernels(module: str):
+    """The generated NumPy kernels in ``module`` (a layer's :attr:`bnsym.spec.LayerSpec.kernels_module`)."""
+    return importlib.import_module(module)
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,13 @@ class Backend:
         """The NumPy-based backends: arrays are NumPy arrays, validated and cast with NumPy."""
         return self.name in ("numpy", "numba")
 
-    def kernels(self, layer: str = "batch_norm"):
-        """The generated module of ``layer``'s kernels for this backend."""
+    def kernels(self, module: str):
+        """This backend's generated module of a layer whose NumPy kernels are ``module`` (the layer's
+        :attr:`bnsym.spec.LayerSpec.kernels_module`, such as ``bnsym._generated.layer_norm``)."""
         # Imported on first use, not with bnsym, so that `bnsym derive` can regenerate a broken or missing module.
         if self.name == "numba":
-            return _compiled_kernels(layer, self.compile_policy)
-        return importlib.import_module(f"bnsym._generated.{layer}{_SUFFIX[self.name]}")
+            return _compiled_kernels(module, self.compile_policy)
+        return importlib.import_module(f"{module}{_SUFFIX[self.name]}")
 
     def reducer(self, axes: tuple[int, ...], count: int, parameter_axes: tuple[int, ...] = ()):
         """The reducer the kernels of this backend take."""
@@ -106,9 +107,9 @@ class _CompiledKernels:
     """A generated ``_numba`` module's kernels, each called under a compile policy; under BACKGROUND, a kernel
     that is not compiled yet runs its NumPy twin (same derivation, same signature) instead."""
 
-    def __init__(self, layer: str, compile_policy: str):
-        self._module = importlib.import_module(f"bnsym._generated.{layer}_numba")
-        self._numpy = numpy_kernels(layer)
+    def __init__(self, module: str, compile_policy: str):
+        self._module = importlib.import_module(f"{module}_numba")
+        self._numpy = numpy_kernels(module)
         self._policy = compile_policy
         self.SIGNATURES = self._module.SIGNATURES
 
@@ -132,8 +133,8 @@ class _CompiledKernels:
 
 
 @functools.cache
-def _compiled_kernels(layer: str, compile_policy: str) -> _CompiledKernels:
-    return _CompiledKernels(layer, compile_policy)
+def _compiled_kernels(module: str, compile_policy: str) -> _CompiledKernels:
+    return _CompiledKernels(module, compile_policy)
 
 
 def resolve(backend, x) -> Backend:

@@ -155,7 +155,7 @@ class Layer:
         """The running statistics after one training batch (:func:`bnsym.running_stats.update`), with this layer's
         kernels."""
         self._require_running_statistics("update_running_stats")
-        return running_stats.update(self.name, running_mean, running_var, mean, var, count, **options)
+        return running_stats.update(self.spec.kernels_module, running_mean, running_var, mean, var, count, **options)
 
     def _kernel_name(self, verb: str, training) -> str:
         """The generated kernel that runs ``verb`` in the mode ``training`` asks for."""
@@ -191,7 +191,7 @@ class Layer:
             raise ValueError(self.single_value_error.format(where=layout.where))
 
     def _kernel(self, name: str, available: set[str], backend: Backend):
-        module = backend.kernels(self.name)
+        module = backend.kernels(self.spec.kernels_module)
         inputs, outputs = module.SIGNATURES[name]
         wanted = set(inputs) - {"reducer"}
         if wanted != available:

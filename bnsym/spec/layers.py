@@ -15,7 +15,9 @@ A :class:`LayerSpec` says, with no SymPy, everything about a layer that is not i
 * ``single_value_error``: the message for a group of one value, which the layer refuses in training (as PyTorch
   does for batch and instance norm), or None;
 * ``regimes``: the input regimes the checker draws from for it (:mod:`bnsym.testing.strategies` defines them);
-* ``group``, ``statistics_over``, ``parameters_are``, ``conventions``: prose for its derivation document.
+* ``group``, ``statistics_over``, ``parameters_are``, ``conventions``: prose for its derivation document;
+* ``kernels_package``: the package of its generated modules (``<package>.<name>``, ``<name>_numba``,
+  ``<name>_array_api``): ``bnsym._generated`` for the built-in layers, the user's own package for theirs.
 
 :func:`register` adds a layer (a user's own, or a test's) to :data:`SPECS`; :func:`spec` looks one up.
 """
@@ -58,6 +60,7 @@ class LayerSpec:
     running_statistics: bool = False
     single_value_error: str | None = None
     conventions: tuple[str, ...] = ()
+    kernels_package: str = "bnsym._generated"
 
     def __post_init__(self):
         if self.statistic not in _STATISTICS:
@@ -85,6 +88,12 @@ class LayerSpec:
     def options(self) -> tuple[str, ...]:
         """The names of the layer's options (``axis``, ``num_groups``), in the order its functions take them."""
         return self.grouping.option_names
+
+    @property
+    def kernels_module(self) -> str:
+        """The module of its generated NumPy kernels (the compiled and array-API ones add ``_numba``,
+        ``_array_api``)."""
+        return f"{self.kernels_package}.{self.name}"
 
     @property
     def min_ndim(self) -> int:

@@ -56,6 +56,7 @@ def _compile(args: argparse.Namespace) -> int:
     import importlib.util
     import time
 
+    from bnsym.spec import BUILT_IN
     from bnsym.tools import precompile
 
     if importlib.util.find_spec("numba") is None:
@@ -69,7 +70,7 @@ def _compile(args: argparse.Namespace) -> int:
         return 2
     missing = [k for k in chosen if not k.cached]
     processes = min(args.jobs, max(len(missing), 1))
-    print(f"bnsym compile: {len(chosen)} kernels for {', '.join(args.layer or precompile.CASES)}; "
+    print(f"bnsym compile: {len(chosen)} kernels for {', '.join(args.layer or BUILT_IN)}; "
           f"{len(chosen) - len(missing)} in Numba's disk cache already, {len(missing)} to compile with "
           f"{processes} {'process' if processes == 1 else 'processes'}")
     failed = []
@@ -141,14 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--quiet", action="store_true", help="only list the files written")
     derive.set_defaults(handler=_derive)
 
-    from bnsym.tools.precompile import CASES, DTYPES, LAYOUTS
+    from bnsym.spec import BUILT_IN
+    from bnsym.tools.precompile import DTYPES, LAYOUTS
 
     compile_ = commands.add_parser(
         "compile", help="compile the compiled backend's kernels ahead of time (into Numba's disk cache)",
         description="Compile the Numba kernels of the chosen layers, dtypes and layouts (all by default) into "
                     "Numba's disk cache, so that no call compiles anything later. Kernels in the cache already "
                     "are skipped.")
-    compile_.add_argument("--layer", action="append", choices=tuple(CASES),
+    compile_.add_argument("--layer", action="append", choices=BUILT_IN,
                           help="a layer to compile (repeat for several; default: every layer)")
     compile_.add_argument("--dtype", action="append", choices=DTYPES, help="a dtype (repeat; default: both)")
     compile_.add_argument("--layout", action="append", choices=LAYOUTS,

@@ -20,26 +20,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CASES", "DTYPES", "LAYOUTS", "Kernel", "compile_kernels", "kernels"]
+__all__ = ["DTYPES", "LAYOUTS", "Kernel", "cases", "compile_kernels", "kernels"]
 
 DTYPES = ("float32", "float64")
 LAYOUTS = ("channel-first", "channel-last", "rows")
 
-#: One small input per layer and layout: x's shape, the layer's options, and its parameters' shape. Every
-#: argument of a public function is made from these by its name (:func:`_arguments`).
-#: A layout may need more than one input: an (N, C) batch takes group norm's loops for one value per channel, an
-#: image batch its loops for runs of spatial values.
-CASES: dict[str, dict[str, tuple[tuple[tuple[int, ...], dict, tuple[int, ...]], ...]]] = {
-    "batch_norm": {"channel-first": (((4, 6, 3, 5), {"axis": 1}, (6,)), ((8, 6), {"axis": 1}, (6,))),
-                   "channel-last": (((4, 3, 5, 6), {"axis": -1}, (6,)),)},
-    "layer_norm": {"rows": (((4, 3, 10), {"axis": -1}, (10,)),)},
-    "rms_norm": {"rows": (((4, 3, 10), {"axis": -1}, (10,)),)},
-    "group_norm": {"channel-first": (((2, 6, 3, 5), {"axis": 1, "num_groups": 3}, (6,)),
-                                     ((5, 6), {"axis": 1, "num_groups": 3}, (6,))),
-                   "channel-last": (((2, 3, 5, 6), {"axis": -1, "num_groups": 3}, (6,)),)},
-    "instance_norm": {"channel-first": (((2, 6, 3, 5), {"axis": 1}, (6,)),),
-                      "channel-last": (((2, 3, 5, 6), {"axis": -1}, (6,)),)},
-}
+#: The small inputs that choose each layout's loops: channel-first, an image batch (runs of spatial values) and an
+#: (N, C) batch (one value per channel); channel-last, an image batch; rows, a batch of rows of 10 values.
+_SHAPES = {"channel-first": ((4, 6, 3, 5), (8, 6)), "channel-last": ((4, 3, 5, 6),), "rows": ((4, 3, 10),)}
+
+
+def cases(layer: str) -> dict[str, tuple[tuple[tuple[int, ...], dict, tuple[int, ...]], ...]]:
+    """The small inputs of ``layer`` for each layout it has (its grouping's: a layer with a channel axis has the
+    channel-first and channel-last layouts, the others rows): x's shape, the layer's options and its parameters'
+    shape. Every argument of a public function is made from these by its name (:func:`_arguments`). An input whose
+    groups hold one value is left out for a layer that refuses them in training."""
+    from bnsym.spec import spec
+
+    chosen, grouping = spec(layer), spec(layer).grouping
+    found = {}
+    for layout in ("channel-first", "channel-last") if grouping.channel_axis else ("rows",):
+        inputs = []
+        for shape in _SHAPES[layout]:
+            first = (shape[0], shape[-1], *shape[1:-1]) if layout == "channel-last" else shape
+            sizes = grouping.example_sizes(first)
+            options = grouping.example_options(first, sizes[(len(sizes) - 1) // 2])
+            if layout == "channel-last":
+                options["axis"] = -1
+            grouped = chosen.layout(shape, **options)
+            if grouped.count > 1 or chosen.single_value_error is None:
+                inputs.append((shape, options, grouped.parameter_shape))
+        found[layout] = tuple(inputs)
+    return found
+
+
+def _layers() -> tuple[str, ...]:
+    from bnsym.spec import BUILT_IN
+
+    return BUILT_IN
+
 
 _FIELDS = ("x", "dy", "ggx", "tx")
 _PARAMETERS = ("gamma", "beta", "gggamma", "ggbeta", "tgamma", "tbeta")
@@ -64,19 +83,19 @@ def kernels(layers: Iterable[str] | None = None, dtypes: Iterable[str] | None = 
     import bnsym
     from bnsym.runtime import compiled as _compiled
 
-    layers = _chosen("layer", layers, tuple(CASES))
+    layers = _chosen("layer", layers, _layers())
     dtypes = _chosen("dtype", dtypes, DTYPES)
     layouts = _chosen("layout", layouts, LAYOUTS)
     found: dict[tuple, Kernel] = {}
     for layer in layers:
         module = getattr(bnsym, layer)
-        for layout, cases in CASES[layer].items():
+        for layout, inputs in cases(layer).items():
             if layout not in layouts:
                 continue
             for dtype in dtypes:
                 _compiled.recorded.clear()
                 with _compiled.policy(_compiled.RECORD):
-                    for shape, options, parameter_shape in cases:
+                    for shape, options, parameter_shape in inputs:
                         for verb in module.__all__:
                             _record(getattr(module, verb), shape, options, parameter_shape, np.dtype(dtype), module)
                 for dispatcher, types in _compiled.recorded:

@@ -12,6 +12,7 @@ import importlib
 import numpy as np
 import sympy
 
+from bnsym.spec import spec
 from bnsym.symbolic import naming
 
 __all__ = ["derivation_summary", "finite_difference_checks"]
@@ -32,7 +33,7 @@ class _Kernels:
 
     def __init__(self, name: str, reducer):
         self.name = name
-        self.module = importlib.import_module(f"bnsym._generated.{name}")
+        self.module = importlib.import_module(spec(name).kernels_module)
         self.reducer = reducer
 
     def has(self, kernel: str) -> bool:
@@ -46,7 +47,7 @@ class _Kernels:
         return dict(zip(results, values))
 
 
-def finite_difference_checks(name: str = "batch_norm", seed: int = 0, shape=(6, 5), eps: float = 1e-3
+def finite_difference_checks(name: str, seed: int = 0, shape=(6, 5), eps: float = 1e-3
                              ) -> dict[str, float]:
     """Relative errors of layer ``name``'s generated derivatives against central finite differences, in float64.
 
