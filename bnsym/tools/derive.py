@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GENERATED_FILES", "GeneratedFile", "find_root", "recorded_sympy_versions", "regenerate", "stale_files"]
+__all__ = ["GENERATED_FILES", "GeneratedFile", "find_root", "layer_files", "recorded_sympy_versions", "regenerate",
+           "stale_files"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class GeneratedFile:
     render: Callable[[], str]
 
 
-def _layer_module(name: str) -> Callable[[], str]:
+def _layer_module(name: str, package: str) -> Callable[[], str]:
     def render() -> str:
         from bnsym.codegen.layer_kernels import kernels
         from bnsym.codegen.module import render_module
@@ -41,7 +42,7 @@ def _layer_module(name: str) -> Callable[[], str]:
     return render
 
 
-def _layer_numba_module(name: str) -> Callable[[], str]:
+def _layer_numba_module(name: str, package: str) -> Callable[[], str]:
     def render() -> str:
         from bnsym.codegen.layer_kernels import kernels
         from bnsym.codegen.module import render_numba_module
@@ -50,18 +51,18 @@ def _layer_numba_module(name: str) -> Callable[[], str]:
         title = LAYERS[name].title
         docstring = (
             f"{title} kernels compiled by Numba: fused loops printed from the same derivation as\n"
-            f"bnsym._generated.{name} (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
+            f"{package}.{name} (bnsym.codegen.numba_printer says how), with the same signatures.\n\n"
             "Imported by backend=\"numba\" and \"auto\" (the `fast` extra). Each loop function compiles when a\n"
             "call first needs it (under \"auto\", in a background process: bnsym.runtime.compiled says when) and is\n"
             "cached on disk.\n")
         return render_numba_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
-                                   numpy_module=f"bnsym._generated.{name}", per_sample=LAYERS[name].per_sample,
+                                   numpy_module=f"{package}.{name}", per_sample=LAYERS[name].per_sample,
                                    channel_axis=LAYERS[name].channel_axis,
                                    parameter_per_value=LAYERS[name].parameter_per_value)
     return render
 
 
-def _layer_array_api_module(name: str) -> Callable[[], str]:
+def _layer_array_api_module(name: str, package: str) -> Callable[[], str]:
     def render() -> str:
         from bnsym.codegen.layer_kernels import kernels
         from bnsym.codegen.module import render_array_api_module
@@ -70,7 +71,7 @@ def _layer_array_api_module(name: str) -> Callable[[], str]:
         title = LAYERS[name].title
         docstring = (
             f"{title} kernels for any array library (the array API standard, through array-api-compat), printed\n"
-            f"from the same derivation as bnsym._generated.{name} (bnsym.codegen.array_api_printer says how).\n\n"
+            f"from the same derivation as {package}.{name} (bnsym.codegen.array_api_printer says how).\n\n"
             "Each kernel computes with the namespace of its first argument and returns arrays of that library on\n"
             "the same device; reductions go through bnsym.runtime.array_api.ArrayAPIReducer. Used by "
             "backend=\"array_api\".\n")
@@ -86,21 +87,26 @@ def _layer_document(name: str) -> Callable[[], str]:
     return render
 
 
+def layer_files(name: str, *, package: str = "bnsym._generated", directory: str = "bnsym/_generated",
+                documents: str = "derivations") -> tuple[GeneratedFile, ...]:
+    """The generated files of the registered layer ``name``: its kernel modules (NumPy, Numba, array API) in
+    ``directory`` (the package ``package``: the compiled module imports the NumPy one from there) and its
+    derivation document in ``documents``; paths relative to the root they are written under."""
+    return (GeneratedFile(f"{directory}/{name}.py", _layer_module(name, package)),
+            GeneratedFile(f"{directory}/{name}_numba.py", _layer_numba_module(name, package)),
+            GeneratedFile(f"{directory}/{name}_array_api.py", _layer_array_api_module(name, package)),
+            GeneratedFile(f"{documents}/{name}.md", _layer_document(name)))
+
+
 def _generated_files() -> tuple[GeneratedFile, ...]:
-    # The registered layers, in declaration order; importing the declarations does not run any derivation.
-    from bnsym.symbolic.layers import LAYERS
+    # The built-in layers, in the order of their specifications; importing them runs no derivation.
+    from bnsym.spec import BUILT_IN
 
-    files = []
-    for name in LAYERS:
-        files.append(GeneratedFile(f"bnsym/_generated/{name}.py", _layer_module(name)))
-        files.append(GeneratedFile(f"bnsym/_generated/{name}_numba.py", _layer_numba_module(name)))
-        files.append(GeneratedFile(f"bnsym/_generated/{name}_array_api.py", _layer_array_api_module(name)))
-        files.append(GeneratedFile(f"derivations/{name}.md", _layer_document(name)))
-    return tuple(files)
+    return tuple(file for name in BUILT_IN for file in layer_files(name))
 
 
-#: Every generated file: for each registered layer, its kernel modules (NumPy, Numba, array API) and its derivation
-#: document.
+#: Every checked-in generated file: for each built-in layer, its kernel modules (NumPy, Numba, array API) and its
+#: derivation document.
 GENERATED_FILES: tuple[GeneratedFile, ...] = _generated_files()
 
 
@@ -131,10 +137,11 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def regenerate(root: Path) -> list[tuple[str, bool]]:
-    """Render every generated file and write those that changed; returns (path, changed) pairs."""
+def regenerate(root: Path, files: tuple[GeneratedFile, ...] = GENERATED_FILES) -> list[tuple[str, bool]]:
+    """Render ``files`` (every checked-in generated file by default) under ``root`` and write those that changed;
+    returns (path, changed) pairs."""
     results = []
-    for generated in GENERATED_FILES:
+    for generated in files:
         text = generated.render()
         path = root / generated.path
         current = path.read_text(encoding="utf-8") if path.is_file() else None
@@ -154,10 +161,10 @@ def recorded_sympy_versions(root: Path) -> set[str]:
     return versions
 
 
-def stale_files(root: Path) -> list[tuple[str, str]]:
-    """Render every generated file in memory; returns (path, unified diff) for each that differs on disk."""
+def stale_files(root: Path, files: tuple[GeneratedFile, ...] = GENERATED_FILES) -> list[tuple[str, str]]:
+    """Render ``files`` in memory; returns (path, unified diff) for each that differs from the one under ``root``."""
     stale = []
-    for generated in GENERATED_FILES:
+    for generated in files:
         expected = generated.render()
         path = root / generated.path
         actual = path.read_text(encoding="utf-8") if path.is_file() else ""

@@ -1,0 +1,57 @@
+"""Layers declared in a file of their own: ``FILE.py:NAME``, as ``bnsym check --layer`` and ``bnsym derive`` take
+them.
+
+:func:`load` imports the file (under a module name of its own, so that two files with the same name do not clash),
+takes its attribute ``NAME``, a :class:`~bnsym.spec.layers.LayerSpec`, and registers it
+(:func:`bnsym.spec.layers.register`), so that every part of bnsym finds it by its name from then on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from bnsym.spec.layers import SPECS, LayerSpec, register
+
+__all__ = ["is_file_reference", "load"]
+
+
+def is_file_reference(text: str) -> bool:
+    """Whether ``text`` names a layer in a file (``path/to/layers.py:NAME``) rather than a registered layer."""
+    path, colon, name = text.rpartition(":")
+    return bool(colon) and path.endswith(".py") and name.isidentifier()
+
+
+def load(reference: str) -> LayerSpec:
+    """The layer ``NAME`` declared in ``FILE.py`` (``reference`` is ``"FILE.py:NAME"``), registered. A name that
+    is already registered is returned as it is (ValueError if the file declares another layer under it)."""
+    if not isinstance(reference, str) or not is_file_reference(reference):
+        raise ValueError(f"a layer in a file is named FILE.py:NAME (such as layers/scale_norm.py:SCALE_NORM), got "
+                         f"{reference!r}")
+    path_text, _, attribute = reference.rpartition(":")
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"the layer file {path_text!r} does not exist (resolved to {path})")
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    module_name = f"_bnsym_layer_{path.stem}_{digest}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    if not hasattr(module, attribute):
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, LayerSpec))
+        raise ValueError(f"{path_text} has no {attribute!r}; the layers it declares: {', '.join(found) or 'none'}")
+    layer = getattr(module, attribute)
+    if not isinstance(layer, LayerSpec):
+        raise TypeError(f"{reference} is a {type(layer).__name__}, not a bnsym.spec.LayerSpec")
+    if SPECS.get(layer.name) == layer:
+        return layer
+    return register(layer)

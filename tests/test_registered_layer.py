@@ -1,0 +1,126 @@
+"""A layer declared in a file of its own gets everything a built-in layer has, with no edit to bnsym.
+
+tests/data/last_axis_norm.py declares layer norm over the last axis only, under another name. Loading it
+(``FILE.py:NAME``) and generating its kernels into a package of its own is all it takes: its derivation, its public
+functions on every backend, and the checker's strategies and properties follow from the declaration.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bnsym
+from bnsym.runtime.functions import functions
+from bnsym.spec import SPECS, unregister
+from bnsym.spec.loading import load
+from bnsym.tools.derive import layer_files, regenerate, stale_files
+
+DECLARATION = Path(__file__).parent / "data" / "last_axis_norm.py"
+REFERENCE = f"{DECLARATION}:LAST_AXIS_NORM"
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory):
+    """The declared layer, registered, with its kernels generated into ``last_axis_kernels`` on sys.path."""
+    root = tmp_path_factory.mktemp("own_layer")
+    spec = load(REFERENCE)
+    files = layer_files(spec.name, package=spec.kernels_package, directory=spec.kernels_package,
+                        documents="derivations")
+    regenerate(root, files)
+    (root / spec.kernels_package / "__init__.py").write_text("")
+    sys.path.insert(0, str(root))
+    try:
+        yield spec, root, files
+    finally:
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m.startswith(spec.kernels_package)]:
+            del sys.modules[name]
+        unregister(spec.name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _inputs(rng, shape=(4, 3, 7)):
+    x = 5.0 + 3.0 * rng.normal(size=shape)
+    gamma, beta = rng.normal(size=shape[-1:]), rng.normal(size=shape[-1:])
+    dy = rng.normal(1.0, 2.0, size=shape)
+    return x, gamma, beta, dy
+
+
+def test_loading_registers_the_layer_under_its_own_name(layer):
+    spec, _, _ = layer
+    assert SPECS["last_axis_norm"] is spec
+    assert load(REFERENCE) is spec, "loading the same file again must give the same layer, not a clash"
+
+
+def test_its_generated_files_are_written_and_up_to_date(layer):
+    spec, root, files = layer
+    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert written == sorted(["derivations/last_axis_norm.md", "last_axis_kernels/__init__.py",
+                              "last_axis_kernels/last_axis_norm.py", "last_axis_kernels/last_axis_norm_array_api.py",
+                              "last_axis_kernels/last_axis_norm_numba.py"]), written
+    assert stale_files(root, files) == [], "regenerating must give the same bytes"
+    document = (root / "derivations/last_axis_norm.md").read_text()
+    assert "Last-axis normalisation" in document and "\\overline" in document
+
+
+@pytest.mark.parametrize("verb", ["forward", "backward", "double_backward", "jvp"])
+def test_its_functions_equal_layer_norm_over_the_last_axis_bit_for_bit(layer, verb):
+    """Same forward pass, same grouping on these inputs: the same derivation, so the same bits on NumPy."""
+    spec, _, _ = layer
+    own = functions(spec)
+    rng = np.random.default_rng(7)
+    x, gamma, beta, dy = _inputs(rng)
+    y, mean, invstd = bnsym.layer_norm.forward(x, gamma, beta, eps=1e-5, backend="numpy")
+    if verb == "forward":
+        expected, got = (y, mean, invstd), own.forward(x, gamma, beta, eps=1e-5, backend="numpy")
+    elif verb == "backward":
+        expected = bnsym.layer_norm.backward(dy, x, gamma, mean, invstd, backend="numpy")
+        got = own.backward(dy, x, gamma, mean, invstd, backend="numpy")
+    elif verb == "double_backward":
+        ggx, gggamma, ggbeta = rng.normal(size=x.shape), rng.normal(size=7), rng.normal(size=7)
+        expected = bnsym.layer_norm.double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
+                                                    backend="numpy")
+        got = own.double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, backend="numpy")
+    else:
+        tx, tgamma, tbeta = rng.normal(size=x.shape), rng.normal(size=7), rng.normal(size=7)
+        expected = bnsym.layer_norm.jvp(x, gamma, beta, tx, tgamma, tbeta, eps=1e-5, backend="numpy")
+        got = own.jvp(x, gamma, beta, tx, tgamma, tbeta, eps=1e-5, backend="numpy")
+    assert len(got) == len(expected)
+    for index, (a, b) in enumerate(zip(got, expected)):
+        np.testing.assert_array_equal(a, b, err_msg=f"{verb} result {index} differs from layer norm's")
+
+
+def test_its_options_and_shapes_are_validated_by_its_grouping(layer):
+    spec, _, _ = layer
+    own = functions(spec)
+    x = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match="last axis"):
+        own.forward(x, None, None, axis=1)
+    with pytest.raises(ValueError, match="gamma"):
+        own.forward(x, np.ones(3), None)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        own.forward(x, None, None, num_groups=2)
+    y, mean, invstd = own.forward(x + np.arange(4.0), None, None)
+    assert mean.shape == (2, 3) and y.shape == x.shape
+
+
+def test_its_compiled_and_array_api_kernels_run(layer):
+    spec, _, _ = layer
+    own = functions(spec)
+    rng = np.random.default_rng(3)
+    x, gamma, beta, dy = _inputs(rng, (6, 9))
+    expected = own.forward(x, gamma, beta, backend="numpy")
+    pytest.importorskip("numba")
+    compiled = own.forward(x, gamma, beta, backend="numba")
+    for a, b in zip(compiled, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("array_api_compat")
+    tensors = own.forward(torch.from_numpy(x), torch.from_numpy(gamma), torch.from_numpy(beta), backend="array_api")
+    for a, b in zip(tensors, expected):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-13, atol=1e-13)
