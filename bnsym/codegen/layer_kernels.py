@@ -158,7 +158,7 @@ def _inference_backward(layer: Derivation) -> Kernel:
 
 def _running_stats(layer: Derivation, convention) -> Kernel:
     s, r = layer.symbols, running_stats.RUNNING
-    new_mean, new_var = running_stats.update(convention)
+    new_mean, new_var = running_stats.update(layer, convention)
     weights = ((() if convention.cumulative else (r.momentum,))
                + ((r.num_batches_tracked,) if convention.uses_batch_count else ()))
     return Kernel(

@@ -19,7 +19,7 @@ from functools import cache
 import sympy
 
 from bnsym.conventions import CONVENTIONS, Convention
-from bnsym.symbolic import batch_norm as bn
+from bnsym.symbolic.layers import Derivation
 from bnsym.symbolic.reduction import BatchSum, M
 from bnsym.symbolic.rewrite import prove_fact
 
@@ -28,8 +28,9 @@ __all__ = ["CONVENTIONS", "Convention", "RUNNING", "bessel_corrected_variance", 
 
 class _Running:
     def __init__(self):
-        self.running_mean = bn.SYMBOLS.running_mean
-        self.running_var = bn.SYMBOLS.running_var
+        # The same symbols as every layer's (bnsym.symbolic.layers.LayerSymbols): equal by name and assumptions.
+        self.running_mean = sympy.Symbol("running_mean", real=True)
+        self.running_var = sympy.Symbol("running_var", nonnegative=True)
         self.momentum = sympy.Symbol("momentum", real=True)
         self.num_batches_tracked = sympy.Symbol("num_batches_tracked", positive=True, integer=True)
         self.new_mean = sympy.Symbol("new_mean", real=True)
@@ -40,12 +41,13 @@ RUNNING = _Running()
 
 
 @cache
-def bessel_corrected_variance() -> sympy.Expr:
-    """The unbiased batch variance in terms of the biased ``var``: M var / (M - 1), proved from the forward pass."""
-    s = bn.SYMBOLS
+def bessel_corrected_variance(layer: Derivation) -> sympy.Expr:
+    """The unbiased batch variance in terms of the biased ``var``: M var / (M - 1), proved from ``layer``'s forward
+    pass."""
+    s = layer.symbols
     definition = BatchSum((s.x - s.mean) ** 2) / (M - 1)
     rewritten = M * s.var / (M - 1)
-    if not prove_fact(bn.training_forward(), definition, rewritten):
+    if not prove_fact(layer.training_forward, definition, rewritten):
         raise AssertionError("the unbiased variance is not M var / (M - 1)")
     return rewritten
 
@@ -62,9 +64,9 @@ def weight(convention: Convention) -> sympy.Expr:
     return f
 
 
-def update(convention: Convention) -> tuple[sympy.Expr, sympy.Expr]:
-    """``(new_mean, new_var)`` for ``convention``, in the batch's ``mean`` and biased ``var``."""
-    s, r = bn.SYMBOLS, RUNNING
+def update(layer: Derivation, convention: Convention) -> tuple[sympy.Expr, sympy.Expr]:
+    """``(new_mean, new_var)`` of ``layer`` for ``convention``, in the batch's ``mean`` and biased ``var``."""
+    s, r = layer.symbols, RUNNING
     f = weight(convention)
-    batch_var = bessel_corrected_variance() if convention.unbiased else s.var
+    batch_var = bessel_corrected_variance(layer) if convention.unbiased else s.var
     return (1 - f) * r.running_mean + f * s.mean, (1 - f) * r.running_var + f * batch_var

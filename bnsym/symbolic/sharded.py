@@ -34,7 +34,7 @@ from functools import cache
 
 import sympy
 
-from bnsym.symbolic import batch_norm as bn
+from bnsym.symbolic.layers import Derivation
 from bnsym.symbolic.program import Definition
 from bnsym.symbolic.reduction import BatchSum, Field, M
 
@@ -192,19 +192,19 @@ def _shard_definitions(definitions: Iterable[Definition]) -> tuple[Definition, .
 
 
 @cache
-def sharded_forward() -> tuple[Definition, ...]:
-    """The training forward pass over K shards: :func:`~bnsym.symbolic.batch_norm.training_forward`, sharded."""
-    return _shard_definitions(bn.training_forward().definitions)
+def sharded_forward(layer: Derivation) -> tuple[Definition, ...]:
+    """The training forward pass of ``layer`` over K shards: its ``training_forward``, sharded."""
+    return _shard_definitions(layer.training_forward.definitions)
 
 
 @cache
-def sharded_backward() -> dict[sympy.Symbol, sympy.Expr]:
-    """The closed-form backward (dx, dgamma, dbeta) of :func:`~bnsym.symbolic.batch_norm.backward`, sharded.
+def sharded_backward(layer: Derivation) -> dict[sympy.Symbol, sympy.Expr]:
+    """The closed-form backward (dx, dgamma, dbeta) of ``layer``'s training backward, sharded.
 
     dgamma and dbeta come out global (a ShardSum); what a worker returns under the data-parallel convention is
     their :func:`local_contribution`.
     """
-    program, closed = bn.backward()
+    program, closed = layer.backward
     return {name: shard(closed[name]) for name in program.outputs}
 
 
@@ -221,11 +221,11 @@ def local_contribution(expr: sympy.Expr) -> sympy.Expr:
     return sympy.Add(*terms)
 
 
-def sharded_running_variance() -> sympy.Expr:
+def sharded_running_variance(layer: Derivation) -> sympy.Expr:
     """The unbiased variance that PyTorch's running_var receives, sharded: M var / (M - 1) with the global M."""
     from bnsym.symbolic.running_stats import bessel_corrected_variance
 
-    return shard(bessel_corrected_variance())
+    return shard(bessel_corrected_variance(layer))
 
 
 # ----- what crosses the network, and when -----
@@ -342,12 +342,12 @@ class MergeIdentity:
     description: str
 
 
-def per_shard_statistics() -> tuple[Definition, ...]:
+def per_shard_statistics(layer: Derivation) -> tuple[Definition, ...]:
     """What a worker computes alone for the one-round merge: its mean mu(k) and M2(k), the sum of squares about it.
 
-    These are the local forward pass of batch norm (the two-pass mean and centred sum of squares over the shard).
+    These are the local forward pass of a centred layer (the two-pass mean and centred sum of squares over the shard).
     """
-    x = bn.SYMBOLS.x
+    x = layer.symbols.x
     mean = shard_mean(SHARD)
     return (Definition(mean, LocalSum(x, SHARD) / n(SHARD)),
             Definition(shard_m2(SHARD), LocalSum((x - mean) ** 2, SHARD)))
@@ -366,7 +366,7 @@ def _for_shards(definitions: Iterable[Definition], labels: Sequence[sympy.Symbol
 
 
 @cache
-def merge_identities() -> tuple[MergeIdentity, ...]:
+def merge_identities(layer: Derivation) -> tuple[MergeIdentity, ...]:
     """The parallel merge of (count, mean, M2) per shard, proved equal to the two-pass global statistics.
 
     In the names of the sharded forward (mu the global mean, sigma^2 the biased global variance, so M sigma^2 is
@@ -381,8 +381,8 @@ def merge_identities() -> tuple[MergeIdentity, ...]:
     Each is checked by :func:`prove` from :func:`per_shard_statistics` and :func:`sharded_forward` (for two
     explicit shards in the pairwise case); an identity that does not hold raises AssertionError.
     """
-    s = bn.SYMBOLS
-    definitions = (*sharded_forward(), *per_shard_statistics())
+    s = layer.symbols
+    definitions = (*sharded_forward(layer), *per_shard_statistics(layer))
     mu, m2k, nk = shard_mean(SHARD), shard_m2(SHARD), n(SHARD)
     k_way = (
         MergeIdentity(s.mean, ShardSum(nk * mu) / TOTAL_COUNT, "the global mean: the shard means weighted by "
@@ -406,15 +406,15 @@ def merge_identities() -> tuple[MergeIdentity, ...]:
 
 
 @cache
-def all_reduce_shortcut() -> MergeIdentity:
+def all_reduce_shortcut(layer: Derivation) -> MergeIdentity:
     """The one-round form a plain all-reduce would allow, proved equal to the two-pass M sigma^2, and not used.
 
     M sigma^2 = sum_k (M2_k + n_k mu_k^2) - M mu^2 needs only sums over shards (one all-reduce of n_k, n_k mu_k
     and M2_k + n_k mu_k^2), but it is the E[x^2] - E[x]^2 cancellation again, one level up: two terms of size
     M mu^2 subtract to leave M sigma^2. The derivation document shows it to say why bnsym does not use it.
     """
-    s = bn.SYMBOLS
-    definitions = (*sharded_forward(), *per_shard_statistics())
+    s = layer.symbols
+    definitions = (*sharded_forward(layer), *per_shard_statistics(layer))
     mu, m2k, nk = shard_mean(SHARD), shard_m2(SHARD), n(SHARD)
     shortcut = MergeIdentity(TOTAL_COUNT * s.var, ShardSum(m2k + nk * mu**2) - TOTAL_COUNT * s.mean**2,
                              "one all-reduce of (n_k, n_k mu_k, M2_k + n_k mu_k^2), then a cancelling difference")

@@ -179,7 +179,7 @@ def render_layer_document(name: str) -> str:
         "",
     ]
     if d.running_statistics:
-        out += _running_statistics_section()
+        out += _running_statistics_section(layer)
     if d.conventions:
         out += ["## Where the frameworks differ", ""]
         out += [f"- {paragraph}" for paragraph in d.conventions]
@@ -195,7 +195,7 @@ def render_layer_document(name: str) -> str:
     if not d.per_sample:  # a group spans samples, so data-parallel training must combine the shards' sums
         from bnsym.tools.document_sharded import render_sharded_section
 
-        out += [render_sharded_section()]
+        out += [render_sharded_section(layer)]
     return "\n".join(out)
 
 
@@ -216,7 +216,7 @@ def _eval_sections(layer) -> list[str]:
     ]
 
 
-def _running_statistics_section() -> list[str]:
+def _running_statistics_section(layer) -> list[str]:
     return [
         "## Running statistics",
         "",
@@ -224,12 +224,12 @@ def _running_statistics_section() -> list[str]:
         "they differ in what the momentum weighs, in the variance estimator and in zero-debiasing "
         "(`bnsym/conventions.py`). The "
         "unbiased variance $\\frac{1}{M-1}\\sum_j (x_j - \\mu)^2$ is rewritten as "
-        f"${to_latex(running_stats.bessel_corrected_variance())}$ (proved from the forward definition). With "
+        f"${to_latex(running_stats.bessel_corrected_variance(layer))}$ (proved from the forward definition). With "
         "$m$ the momentum and $n$ the number of batches seen, including this one:",
         "",
         "| convention | source | running mean | running variance |",
         "|---|---|---|---|",
-        *[_convention_row(c) for c in running_stats.CONVENTIONS.values()],
+        *[_convention_row(layer, c) for c in running_stats.CONVENTIONS.values()],
         "",
     ]
 
@@ -238,7 +238,7 @@ def _closed_forms(program, closed) -> str:
     return _math(_equation(name, sympy.factor_terms(closed[name])) for name in program.outputs if name in closed)
 
 
-def _convention_row(convention) -> str:
-    new_mean, new_var = running_stats.update(convention)
+def _convention_row(layer, convention) -> str:
+    new_mean, new_var = running_stats.update(layer, convention)
     return (f"| `{convention.name}` | {convention.source.split(':')[0]} | ${to_latex(new_mean)}$ | "
             f"${to_latex(new_var)}$ |")

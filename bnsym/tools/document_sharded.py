@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import sympy
 
-from bnsym.symbolic import batch_norm as bn
 from bnsym.symbolic import sharded as sh
+from bnsym.symbolic.layers import Derivation
 from bnsym.symbolic.reduction import BatchSum, Field, M
 from bnsym.tools.latex import to_latex
 
@@ -45,19 +45,20 @@ def _plan_table(plan, names_by_round: dict[int, list[str]]) -> list[str]:
     return rows
 
 
-def render_sharded_section() -> str:
-    """The Markdown text of the section, to be appended to the batch-norm derivation document."""
+def render_sharded_section(layer: Derivation) -> str:
+    """The Markdown text of the section, appended to the derivation document of ``layer``, a layer whose groups
+    span samples (batch norm)."""
     e = Field("e", real=True)
-    forward = sh.sharded_forward()
+    forward = sh.sharded_forward(layer)
     plan = sh.communication_plan(forward)
     rounds = sh.definition_rounds(forward)
     needed = {index: [_inline(name) for name, r in rounds.items() if r == index] for index in {r.index for r in plan}}
-    program, _ = bn.backward()
+    program, _ = layer.backward
     dx, dgamma, dbeta = program.outputs
-    backward = sh.sharded_backward()
+    backward = sh.sharded_backward(layer)
     backward_plan = sh.communication_plan((), backward.values(), known=(sh.TOTAL_COUNT,))
-    merge = sh.merge_identities()
-    shortcut = sh.all_reduce_shortcut()
+    merge = sh.merge_identities(layer)
+    shortcut = sh.all_reduce_shortcut(layer)
     k = sh.SHARD
     worker_dgamma, worker_dbeta = (sh.local_contribution(backward[name]) for name in (dgamma, dbeta))
     out = [
@@ -109,7 +110,7 @@ def render_sharded_section() -> str:
         "Each worker can instead summarise its shard by its count, its mean and its centred sum of squares "
         "(the local two-pass statistics),",
         "",
-        _math(_equation(d.name, d.expr) for d in sh.per_shard_statistics()),
+        _math(_equation(d.name, d.expr) for d in sh.per_shard_statistics(layer)),
         "",
         "and the triples merge into the global statistics. SymPy proves these identities from the definitions "
         "above (`bnsym.symbolic.sharded.merge_identities`: every local sum's summand expanded into power sums, "
@@ -137,7 +138,7 @@ def render_sharded_section() -> str:
         "### Running statistics",
         "",
         "The unbiased variance that PyTorch's running variance receives is, sharded, "
-        + _inline(sh.sharded_running_variance())
+        + _inline(sh.sharded_running_variance(layer))
         + ": Bessel's correction with the global count. A worker that used its own $n_k/(n_k - 1)$ would "
         "disagree with the others (and divide by zero with a one-sample batch).",
         "",

@@ -1,19 +1,24 @@
 """The generic derivation (symbolic M) against a brute-force one (M scalar symbols, full Jacobian by sympy.diff)."""
 
+from pathlib import Path
+
 import pytest
 import sympy
 
-from bnsym.symbolic import batch_norm as bn
+import bnsym
 from bnsym.symbolic.brute_force import Elements, difference_is_zero, instantiate, jacobian_vector_product
+from bnsym.symbolic.layers import derivation
 from bnsym.symbolic.reduction import BatchSum, M
+
+bn = derivation("batch_norm")
 
 SIZES = range(1, 7)
 
 
 def _brute_force_backward(n):
     """dx_j, dgamma, dbeta for a channel of n values, by differentiating the explicit forward pass."""
-    s = bn.SYMBOLS
-    forward = bn.training_forward()
+    s = bn.symbols
+    forward = bn.training_forward
     elements = Elements(n)
     ys = [instantiate(s.y, elements, i, forward) for i in range(n)]
     dys = elements[s.dy]
@@ -24,10 +29,10 @@ def _brute_force_backward(n):
 
 @pytest.mark.parametrize("n", SIZES, ids=lambda n: f"M={n}")
 def test_backward_matches_brute_force(n):
-    program, closed = bn.backward()
+    program, closed = bn.backward
     dx_name, dgamma_name, dbeta_name = program.outputs
     elements, dx, dgamma, dbeta = _brute_force_backward(n)
-    forward = bn.training_forward()
+    forward = bn.training_forward
     for j in range(n):
         generic = instantiate(closed[dx_name], elements, j, forward)
         assert difference_is_zero(generic, dx[j]), f"dx_{j} differs from the brute-force Jacobian at M={n}"
@@ -38,45 +43,45 @@ def test_backward_matches_brute_force(n):
 @pytest.mark.parametrize("n", [2, 3])
 def test_cross_check_detects_a_wrong_backward(n):
     """The comparison itself can fail: a dx missing its mean term is not equal to the brute force."""
-    s = bn.SYMBOLS
-    program, closed = bn.backward()
+    s = bn.symbols
+    program, closed = bn.backward
     wrong = closed[program.outputs[0]] + s.gamma * s.invstd * BatchSum(s.dy) / M
     elements, dx, _, _ = _brute_force_backward(n)
-    assert not difference_is_zero(instantiate(wrong, elements, 0, bn.training_forward()), dx[0])
+    assert not difference_is_zero(instantiate(wrong, elements, 0, bn.training_forward), dx[0])
 
 
 def test_backward_is_compact():
     """The closed form uses per-channel reductions of products of fields, never an M-by-M Jacobian or E[x^2]."""
-    s = bn.SYMBOLS
-    program, closed = bn.backward()
+    s = bn.symbols
+    program, closed = bn.backward
     sums = set().union(*(e.atoms(BatchSum) for e in closed.values()))
     assert sums == {BatchSum(s.dy), BatchSum(s.dy * s.x_hat)}, f"unexpected reductions {sums}"
 
 
 def test_variance_is_never_expanded():
     """No derivation or generated expression contains sum(x**2) (the cancelling E[x^2] - E[x]^2 form)."""
-    s = bn.SYMBOLS
-    program, closed = bn.backward()
+    s = bn.symbols
+    program, closed = bn.backward
     everything = [d.expr for d in program.definitions] + list(closed.values())
     for expr in everything:
         for total in expr.atoms(BatchSum):
             assert total.args[0] != s.x**2, f"{expr} sums x**2"
-    source = open(bn.__file__.replace("symbolic/batch_norm.py", "_generated/batch_norm.py")).read()
+    source = open(Path(bnsym.__file__).parent / "_generated" / "batch_norm.py").read()
     assert "x**2" not in source
 
 
 def test_facts_are_proved_and_false_claims_are_not():
     from bnsym.symbolic.rewrite import prove_fact
 
-    s = bn.SYMBOLS
-    forward = bn.training_forward()
-    assert len(bn.facts()) == 2
+    s = bn.symbols
+    forward = bn.training_forward
+    assert len(bn.facts) == 2
     assert bn.identity_recovery_holds()
     assert not prove_fact(forward, BatchSum(s.x_hat**2), M), "mean(x_hat^2) is var/(var+eps), not 1"
 
 
 def test_symbolic_batch_size_is_a_symbol():
-    program, closed = bn.backward()
+    program, closed = bn.backward
     assert M in closed[program.outputs[0]].free_symbols
     assert isinstance(M, sympy.Symbol) and M.is_integer and M.is_positive
 
@@ -98,9 +103,9 @@ def _assert_agrees(generic, brute, elements, forward, what):
 
 @pytest.mark.parametrize("n", SECOND_ORDER_SIZES, ids=lambda n: f"M={n}")
 def test_inference_backward_matches_brute_force(n):
-    s = bn.SYMBOLS
-    forward = bn.inference_forward()
-    program, closed = bn.inference_backward()
+    s = bn.symbols
+    forward = bn.inference_forward
+    program, closed = bn.inference_backward
     dx, dgamma, dbeta = program.outputs
     elements = Elements(n)
     ys = _explicit(forward, s.y, elements)
@@ -114,7 +119,7 @@ def test_inference_backward_matches_brute_force(n):
 def _brute_force_double_backward(forward, n):
     """gx, ggamma, gdy by differentiating <ggx, dx> + gggamma dgamma + ggbeta dbeta, with dx, dgamma, dbeta
     themselves from the full Jacobian of the explicit forward pass."""
-    s = bn.SYMBOLS
+    s = bn.symbols
     elements = Elements(n)
     ys = _explicit(forward, s.y, elements)
     dys = elements[s.dy]
@@ -129,8 +134,8 @@ def _brute_force_double_backward(forward, n):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("n", SECOND_ORDER_SIZES, ids=lambda n: f"M={n}")
 def test_double_backward_matches_brute_force(n, mode):
-    forward = bn.training_forward() if mode == "train" else bn.inference_forward()
-    program, closed = bn.double_backward() if mode == "train" else bn.inference_double_backward()
+    forward = bn.training_forward if mode == "train" else bn.inference_forward
+    program, closed = bn.double_backward if mode == "train" else bn.inference_double_backward
     gx, ggamma, gdy = program.outputs
     elements, brute_gx, brute_ggamma, brute_gdy = _brute_force_double_backward(forward, n)
     _assert_agrees(closed[gx], brute_gx, elements, forward, f"{mode} gx")
@@ -140,9 +145,9 @@ def test_double_backward_matches_brute_force(n, mode):
 
 @pytest.mark.parametrize("n", SECOND_ORDER_SIZES, ids=lambda n: f"M={n}")
 def test_jvp_matches_brute_force(n):
-    s = bn.SYMBOLS
-    forward = bn.training_forward()
-    program, closed = bn.jvp()
+    s = bn.symbols
+    forward = bn.training_forward
+    program, closed = bn.jvp
     (ty,) = closed
     elements = Elements(n)
     ys = _explicit(forward, s.y, elements)
@@ -153,10 +158,10 @@ def test_jvp_matches_brute_force(n):
 
 def test_double_backward_cross_check_detects_a_missing_term():
     """Dropping one term of gx makes the comparison fail, so the test above can fail."""
-    s = bn.SYMBOLS
-    program, closed = bn.double_backward()
+    s = bn.symbols
+    program, closed = bn.double_backward
     gx = program.outputs[0]
     term = next(t for t in sympy.Add.make_args(sympy.expand(closed[gx])) if t.has(s.gggamma))
-    elements, brute_gx, _, _ = _brute_force_double_backward(bn.training_forward(), 3)
-    wrong = instantiate(closed[gx] - term, elements, 0, bn.training_forward())
+    elements, brute_gx, _, _ = _brute_force_double_backward(bn.training_forward, 3)
+    wrong = instantiate(closed[gx] - term, elements, 0, bn.training_forward)
     assert not difference_is_zero(wrong, brute_gx[0])

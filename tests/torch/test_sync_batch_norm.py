@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bnsym.symbolic import sharded  # noqa: E402
+from bnsym.symbolic.layers import derivation  # noqa: E402
 from bnsym.testing.workers import WorkerGroup  # noqa: E402
 from tests.torch import ranks  # noqa: E402
 
@@ -102,8 +103,8 @@ def test_collectives_are_the_derived_plan(groups):
     sizes, channels = (2, 1, 0), 3
     x, dy, *_ = _problem(sizes, (channels, 2))
     tasks = [({"x": a, "dy": b},) for a, b in zip(_split(x, sizes), _split(dy, sizes))]
-    forward_plan = sharded.communication_plan(sharded.sharded_forward())
-    backward_plan = sharded.communication_plan((), sharded.sharded_backward().values(),
+    forward_plan = sharded.communication_plan(sharded.sharded_forward(derivation("batch_norm")))
+    backward_plan = sharded.communication_plan((), sharded.sharded_backward(derivation("batch_norm")).values(),
                                                known=(sharded.TOTAL_COUNT,))
     expected_forward = [r.per_channel * channels + r.per_worker for r in forward_plan]
     expected_backward = [r.per_channel * channels + r.per_worker for r in backward_plan]
