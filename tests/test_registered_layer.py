@@ -18,7 +18,8 @@ import bnsym
 from bnsym.runtime.functions import functions
 from bnsym.spec import SPECS, unregister
 from bnsym.spec.loading import load
-from bnsym.tools.derive import layer_files, regenerate, stale_files
+from bnsym.tools.cli import main
+from bnsym.tools.derive import own_layer_files, stale_files
 
 DECLARATION = Path(__file__).parent / "data" / "last_axis_norm.py"
 REFERENCE = f"{DECLARATION}:LAST_AXIS_NORM"
@@ -29,10 +30,8 @@ def layer(tmp_path_factory):
     """The declared layer, registered, with its kernels generated into ``last_axis_kernels`` on sys.path."""
     root = tmp_path_factory.mktemp("own_layer")
     spec = load(REFERENCE)
-    files = layer_files(spec.name, package=spec.kernels_package, directory=spec.kernels_package,
-                        documents="derivations")
-    regenerate(root, files)
-    (root / spec.kernels_package / "__init__.py").write_text("")
+    assert main(["derive", REFERENCE, "--out", str(root / spec.kernels_package)]) == 0
+    _, files = own_layer_files(REFERENCE, root / spec.kernels_package)
     sys.path.insert(0, str(root))
     try:
         yield spec, root, files
@@ -57,15 +56,29 @@ def test_loading_registers_the_layer_under_its_own_name(layer):
     assert load(REFERENCE) is spec, "loading the same file again must give the same layer, not a clash"
 
 
-def test_its_generated_files_are_written_and_up_to_date(layer):
+def test_bnsym_derive_writes_its_files_and_checks_them(layer, capsys):
     spec, root, files = layer
-    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    assert written == sorted(["derivations/last_axis_norm.md", "last_axis_kernels/__init__.py",
-                              "last_axis_kernels/last_axis_norm.py", "last_axis_kernels/last_axis_norm_array_api.py",
-                              "last_axis_kernels/last_axis_norm_numba.py"]), written
-    assert stale_files(root, files) == [], "regenerating must give the same bytes"
-    document = (root / "derivations/last_axis_norm.md").read_text()
+    package = root / spec.kernels_package
+    written = sorted(p.name for p in package.iterdir() if p.is_file())
+    assert written == ["__init__.py", "last_axis_norm.md", "last_axis_norm.py", "last_axis_norm_array_api.py",
+                       "last_axis_norm_numba.py"], written
+    assert stale_files(package, files) == [], "regenerating must give the same bytes"
+    assert main(["derive", REFERENCE, "--out", str(package), "--check"]) == 0
+    document = (package / "last_axis_norm.md").read_text()
     assert "Last-axis normalisation" in document and "\\overline" in document
+    kernels = package / "last_axis_norm.py"
+    original = kernels.read_text()
+    try:
+        kernels.write_text(original.replace("invstd", "inv_std", 1))
+        assert main(["derive", REFERENCE, "--out", str(package), "--check"]) == 1
+        assert "last_axis_norm.py" in capsys.readouterr().err
+    finally:
+        kernels.write_text(original)
+
+
+def test_bnsym_derive_refuses_an_out_directory_that_is_not_its_package(tmp_path, capsys):
+    assert main(["derive", REFERENCE, "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "last_axis_kernels" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("verb", ["forward", "backward", "double_backward", "jvp"])

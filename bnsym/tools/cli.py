@@ -19,12 +19,21 @@ def _derive(args: argparse.Namespace) -> int:
     from bnsym.tools import derive
 
     try:
-        root = derive.find_root(args.root)
-    except FileNotFoundError as error:
+        if args.layer is None:
+            if args.out is not None:
+                raise ValueError("--out is for a layer of your own (bnsym derive FILE.py:NAME --out DIR); bnsym's "
+                                 "own generated files live in its source tree (--root)")
+            root, files = derive.find_root(args.root), derive.GENERATED_FILES
+        else:
+            if args.root is not None:
+                raise ValueError("--root is for bnsym's own generated files; a layer of your own is written to "
+                                 "--out DIR")
+            root, files = derive.own_layer_files(args.layer, args.out)
+    except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"bnsym derive: {error}", file=sys.stderr)
         return 2
     if args.check:
-        stale = derive.stale_files(root)
+        stale = derive.stale_files(root, files)
         for _, diff in stale:
             sys.stdout.write(diff)
             if not diff.endswith("\n"):
@@ -40,10 +49,12 @@ def _derive(args: argparse.Namespace) -> int:
                       f"is SymPy {sympy_version()}; its printing may differ. The test extra pins the version the "
                       "project generates with (pip install -e '.[test]').", file=sys.stderr)
             return 1
-        print(f"bnsym derive --check: all {len(derive.GENERATED_FILES)} generated files are up to date.")
+        print(f"bnsym derive --check: all {len(files)} generated files are up to date.")
         return 0
-    for path, changed in derive.regenerate(root):
+    for path, changed in derive.regenerate(root, files):
         print(f"{'wrote' if changed else 'unchanged'}  {path}")
+    if args.layer is not None:
+        return 0
     if not args.quiet:
         from bnsym.tools.report import derivation_summary
 
@@ -136,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     derive = commands.add_parser("derive", help="regenerate every generated file from the SymPy derivation",
                                  description="Regenerate bnsym/_generated/ and derivations/ from the derivation, "
                                              "then print the derived equations and a numerical check.")
+    derive.add_argument("layer", nargs="?", metavar="FILE.py:NAME",
+                        help="a layer of your own, declared in FILE.py as NAME (a bnsym.spec.LayerSpec): derive it "
+                             "and write its kernel modules and derivation document to --out")
+    derive.add_argument("--out", metavar="DIR",
+                        help="with FILE.py:NAME: the directory of the layer's kernels package (its kernels_package; "
+                             "default: that package's directory under the current one)")
     derive.add_argument("--check", action="store_true",
                         help="regenerate in memory, print a unified diff, exit 1 if any checked-in file is stale")
     derive.add_argument("--root", help="the source checkout to write into (default: the one bnsym runs from)")

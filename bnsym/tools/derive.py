@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GENERATED_FILES", "GeneratedFile", "find_root", "layer_files", "recorded_sympy_versions", "regenerate",
-           "stale_files"]
+__all__ = ["GENERATED_FILES", "GeneratedFile", "find_root", "layer_files", "own_layer_files", "recorded_sympy_versions",
+           "regenerate", "stale_files"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,31 @@ def _generated_files() -> tuple[GeneratedFile, ...]:
 #: Every checked-in generated file: for each built-in layer, its kernel modules (NumPy, Numba, array API) and its
 #: derivation document.
 GENERATED_FILES: tuple[GeneratedFile, ...] = _generated_files()
+
+
+def own_layer_files(reference: str, out: str | os.PathLike | None = None) -> tuple[Path, tuple[GeneratedFile, ...]]:
+    """The root and the generated files of the layer declared at ``reference`` (``FILE.py:NAME``, loaded and
+    registered by :func:`bnsym.spec.loading.load`): its kernel modules in the directory ``out`` of its
+    ``kernels_package`` (default: that package's path under the current directory), with an empty ``__init__.py``,
+    and its derivation document ``<name>.md`` beside them."""
+    from bnsym.spec import BUILT_IN
+    from bnsym.spec.loading import load
+
+    layer = load(reference)
+    if layer.name in BUILT_IN:
+        raise ValueError(f"{layer.name!r} is one of bnsym's own layers; give your layer a name of its own")
+    package = layer.kernels_package
+    if package == "bnsym._generated" or package.startswith("bnsym."):
+        raise ValueError(f"{reference} declares kernels_package={package!r}: a layer of your own needs a package "
+                         "of your own for its kernels, such as kernels_package=\"my_layers\"")
+    directory = Path(out) if out is not None else Path(*package.split("."))
+    if directory.name != package.rpartition(".")[2]:
+        raise ValueError(f"--out {directory} must be the directory of the package {package!r} that {reference} "
+                         f"declares for its kernels (a directory named {package.rpartition('.')[2]!r})")
+    root = directory.resolve()
+    files = tuple(GeneratedFile(f"{Path(f.path).name}", f.render)
+                  for f in layer_files(layer.name, package=package, directory=".", documents="."))
+    return root, (GeneratedFile("__init__.py", lambda: f'"""Generated kernels of {layer.title}."""\n'), *files)
 
 
 def find_root(root: str | os.PathLike | None = None) -> Path:
