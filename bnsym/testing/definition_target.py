@@ -1,0 +1,314 @@
+"""A target written from the definition: any layer's forward Program evaluated with torch, its derivatives by
+autograd, so that every layer (a user's new one too) has a ``torch`` implementation with no code of its own.
+
+Notation (as in :mod:`bnsym.spec.layout`). The layer's training forward pass
+(:attr:`bnsym.symbolic.layers.Derivation.training_forward`) is a straight-line Program over one group of M values.
+:class:`DefinitionTarget` evaluates it on every group at once, in the kernels' grouped layout
+(``layout.grouped``: x reshaped, group norm's channel axis split in two), definition by definition:
+
+* a field (x) is x in the grouped layout; a parameter is its array in ``layout.parameter_broadcast``, whether it
+  is a field (layer norm's gamma) or one value per group (batch norm's);
+* ``BatchSum(e)`` is ``e`` broadcast to the grouped shape and summed over ``layout.axes`` with keepdim, so a group
+  scalar (mean, invstd) has length 1 on the reduced axes and broadcasts against the fields;
+* M is ``layout.count``, eps a Python float, numbers Python numbers; +, *, powers and the elementwise functions of
+  :data:`FUNCTIONS` are torch's.
+
+y is the first output, reshaped to x's shape. ``backward`` is ``torch.autograd.grad`` of y with the upstream
+gradient dy; a parameter shared by several groups gets the sum of their gradients because the parameter tensor is
+broadcast inside the graph. ``double_backward`` differentiates ``<ggx, dx> + sum_p <ggp, dp>`` again with respect to
+x, gamma and dy (``create_graph=True``), a gradient that does not depend on an input being zero; ``jvp`` is
+``torch.func.jvp``.
+
+Calls follow the checker's protocol of the layer (:mod:`bnsym.testing.protocols`), read from the layer's
+specification and derivation, not from a table: ``forward(x, *parameters, eps, *options) -> y``, ``backward(dy, x,
+*parameters, eps, *options) -> (dx, *dparameters)``, ``double_backward(ggx, *ggparameters, dy, x, *parameters, eps,
+*options) -> (gx, ggamma, gdy)`` and ``jvp(x, *parameters, tx, *tparameters, eps, *options) -> (y, ty)``, where the
+parameters are the forward Program's (gamma, beta) or (gamma,) and the positional options are the grouping's
+options without a default (group norm's ``num_groups``). The other options take their defaults (channel axis 1),
+except that a grouping whose parameters hold one value per value of a group (layer and RMS norm) normalises the
+trailing ``gamma.ndim`` axes of x, as ``torch.nn.functional.layer_norm`` reads its normalised shape from its
+weight. Options given to the constructor (``DefinitionTarget("batch_norm", axis=-1)``) override both.
+
+dtypes: float16, float32 and float64 (NumPy in, NumPy out in x's dtype). float16 is computed in float32 and the
+results rounded to float16 once at the end, as bnsym's own functions do and as PyTorch's CPU normalisation kernels
+accumulate half-precision input in float32; eps must be representable (> 0) in the dtype the arithmetic runs in.
+Every computation runs on the CPU on one intra-op thread.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from functools import reduce
+
+import numpy as np
+import sympy
+
+from bnsym.spec.groupings import REQUIRED
+from bnsym.spec.layout import GroupLayout
+from bnsym.spec.validation import as_float_array, check_eps, check_same_shape, compute_dtype
+from bnsym.symbolic.layers import Derivation, LayerDeclaration, derivation
+from bnsym.symbolic.program import Program
+from bnsym.symbolic.reduction import BatchSum, M
+from bnsym.testing.implementation import Implementation, TargetError
+from bnsym.testing.protocols import protocol
+from bnsym.testing.threads import torch_one_thread
+
+__all__ = ["FUNCTIONS", "DefinitionTarget", "definition_implementation", "evaluate"]
+
+
+def _torch_functions() -> dict:
+    import torch
+
+    return {sympy.exp: torch.exp, sympy.log: torch.log, sympy.tanh: torch.tanh, sympy.sinh: torch.sinh,
+            sympy.cosh: torch.cosh, sympy.sin: torch.sin, sympy.cos: torch.cos, sympy.Abs: torch.abs,
+            sympy.erf: torch.erf}
+
+
+#: The SymPy functions a definition may use besides +, *, powers and BatchSum (each becomes torch's namesake).
+FUNCTIONS = ("exp", "log", "tanh", "sinh", "cosh", "sin", "cos", "Abs", "erf")
+
+
+class _Evaluator:
+    """Evaluates SymPy expressions of one Program with torch tensors bound to its names (module docstring)."""
+
+    def __init__(self, values: dict, layout: GroupLayout):
+        import torch
+
+        self.torch = torch
+        self.values = dict(values)
+        self.values[M] = layout.count
+        self.layout = layout
+        self.functions = _torch_functions()
+
+    def reduce(self, value):
+        """BatchSum: ``value`` broadcast to the grouped shape, summed over the reduced axes, keepdim."""
+        torch = self.torch
+        if not isinstance(value, torch.Tensor):  # a number: BatchSum keeps none, but M * c is what it would be
+            return value * self.layout.count
+        full = torch.broadcast_to(value, torch.broadcast_shapes(value.shape, self.layout.grouped))
+        return full.sum(dim=self.layout.axes, keepdim=True)
+
+    def __call__(self, expr: sympy.Expr):
+        torch = self.torch
+        if expr in self.values:
+            return self.values[expr]
+        if isinstance(expr, sympy.Integer):
+            return int(expr)
+        if expr.is_number:  # 1/2, pi, exp(2): constants, in double precision
+            return float(expr)
+        if isinstance(expr, sympy.Symbol):
+            raise ValueError(f"the forward pass uses {expr}, which is neither an input it is given nor defined "
+                             "before it is used")
+        if isinstance(expr, BatchSum):
+            return self.reduce(self(expr.args[0]))
+        if isinstance(expr, sympy.Add):
+            return reduce(operator.add, (self(arg) for arg in expr.args))
+        if isinstance(expr, sympy.Mul):
+            return reduce(operator.mul, (self(arg) for arg in expr.args))
+        if isinstance(expr, sympy.Pow):
+            base, exponent = self(expr.base), self(expr.exp)
+            if isinstance(base, torch.Tensor) and isinstance(exponent, float) and abs(exponent) == 0.5:
+                return torch.sqrt(base) if exponent > 0 else torch.rsqrt(base)
+            return base**exponent
+        if expr.func in self.functions:
+            (argument,) = expr.args
+            value = self(argument)
+            return self.functions[expr.func](value if isinstance(value, torch.Tensor) else torch.tensor(value))
+        raise NotImplementedError(f"the definition target cannot evaluate {expr.func.__name__} (in {expr}); it knows "
+                                  f"+, *, powers, BatchSum and {', '.join(FUNCTIONS)}")
+
+
+def evaluate(program: Program, values: dict, layout: GroupLayout) -> dict:
+    """Every name of ``program`` evaluated with torch, from ``values`` (its inputs: tensors in the grouped layout or
+    the parameter broadcast shape, numbers for group scalars such as eps); returns the inputs and every definition,
+    by symbol (module docstring)."""
+    evaluator = _Evaluator(values, layout)
+    for definition in program.definitions:
+        evaluator.values[definition.name] = evaluator(definition.expr)
+    return evaluator.values
+
+
+def _as_derivation(layer) -> Derivation:
+    if isinstance(layer, Derivation):
+        return layer
+    if isinstance(layer, LayerDeclaration):
+        return Derivation(layer)
+    if isinstance(layer, str):
+        return derivation(layer)
+    raise TypeError(f"layer must be a registered layer's name, a LayerDeclaration or a Derivation, got "
+                    f"{type(layer).__name__}")
+
+
+class DefinitionTarget:
+    """A layer's forward, backward, double backward and JVP evaluated from its definition with torch (module
+    docstring). ``layer``: a registered layer's name, a LayerDeclaration or a Derivation; ``options``: options of the
+    layer fixed for every call (they are then not taken positionally)."""
+
+    def __init__(self, layer, **options):
+        self.derivation = _as_derivation(layer)
+        self.spec = self.derivation.declaration.spec
+        grouping = self.spec.grouping
+        unknown = set(options) - set(grouping.option_names)
+        if unknown:
+            raise TypeError(f"{self.spec.name} has no option {', '.join(sorted(unknown))}; its options are "
+                            f"{', '.join(grouping.option_names) or 'none'}")
+        self.fixed = dict(options)
+        forward = self.derivation.training_forward
+        s = self.derivation.symbols
+        self.y = forward.outputs[0]
+        self.parameter_symbols = tuple(self.derivation.parameters)
+        self.parameters = tuple(str(p) for p in self.parameter_symbols)
+        known = {s.x, s.eps, *self.parameter_symbols}
+        extra = [str(i) for i in forward.inputs if i not in known]
+        if extra:
+            raise ValueError(f"{self.spec.name}: the forward pass takes {', '.join(extra)}, which the protocol "
+                             f"(x, {', '.join(self.parameters)}, eps) does not give")
+        self.option_arguments = tuple(o.name for o in grouping.options
+                                      if o.default is REQUIRED and o.name not in self.fixed)
+        self.name = f"{self.spec.name} from its definition (torch)"
+        p, opts = self.parameters, self.option_arguments
+        self.signatures = {
+            "forward": ("x", *p, "eps", *opts),
+            "backward": ("dy", "x", *p, "eps", *opts),
+            "double_backward": ("ggx", *("gg" + q for q in p), "dy", "x", *p, "eps", *opts),
+            "jvp": ("x", *p, "tx", *("t" + q for q in p), "eps", *opts),
+        }
+
+    def __repr__(self) -> str:
+        return f"DefinitionTarget({self.spec.name!r})"
+
+    # ----- arguments -----
+
+    def _arguments(self, method: str, args: tuple) -> dict:
+        names = self.signatures[method]
+        if len(args) != len(names):
+            raise TypeError(f"{self.spec.name} {method} takes ({', '.join(names)}), got {len(args)} arguments")
+        return dict(zip(names, args))
+
+    def _layout(self, x: np.ndarray, gamma: np.ndarray, a: dict) -> GroupLayout:
+        options = {name: a[name] for name in self.option_arguments}
+        options.update(self.fixed)
+        if self.spec.grouping.parameter_per_value and "axis" not in options:
+            if not 1 <= gamma.ndim <= x.ndim:
+                raise ValueError(f"gamma must have the shape of the trailing normalised axes of x (shape {x.shape}), "
+                                 f"got shape {gamma.shape}")
+            options["axis"] = tuple(range(x.ndim - gamma.ndim, x.ndim))
+        return self.spec.layout(x.shape, **options)
+
+    def _prepare(self, method: str, args: tuple):
+        """(arguments by name, layout, x's dtype, compute dtype, eps), every array validated."""
+        a = self._arguments(method, args)
+        x = as_float_array(a["x"], "x", min_ndim=self.spec.min_ndim)
+        a["x"] = x
+        gamma = as_float_array(a["gamma"], "gamma")
+        layout = self._layout(x, gamma, a)
+        compute = compute_dtype(x.dtype)
+        eps = check_eps(a["eps"], compute)
+        for name in self.parameters:
+            a[name] = layout.parameter(a[name], name, compute).reshape(layout.parameter_shape)
+        for name in ("dy", "tx", "ggx"):
+            if name in a:
+                a[name] = check_same_shape(a[name], name, x.shape)
+        for prefix in ("t", "gg"):
+            for name in self.parameters:
+                if prefix + name in a:
+                    a[prefix + name] = layout.parameter(a[prefix + name], prefix + name, compute).reshape(
+                        layout.parameter_shape)
+        return a, layout, x.dtype, compute, eps
+
+    # ----- evaluation -----
+
+    def _y(self, x, parameters, eps: float, layout: GroupLayout):
+        """y (x's shape) from torch tensors x (x's shape) and the parameters (parameter shape)."""
+        s = self.derivation.symbols
+        values = {s.x: x.reshape(layout.grouped), s.eps: eps}
+        for symbol, value in zip(self.parameter_symbols, parameters):
+            values[symbol] = value.reshape(layout.parameter_broadcast)
+        y = evaluate(self.derivation.training_forward, values, layout)[self.y]
+        return self._torch.broadcast_to(y, layout.grouped).reshape(layout.shape)
+
+    @property
+    def _torch(self):
+        import torch
+
+        return torch
+
+    def _tensor(self, value, dtype, grad: bool = False):
+        return self._torch.tensor(np.asarray(value, dtype=dtype), requires_grad=grad)
+
+    @staticmethod
+    def _numpy(value, dtype) -> np.ndarray:
+        return value.detach().numpy().astype(dtype, copy=False)
+
+    # ----- the protocol -----
+
+    def forward(self, *args) -> np.ndarray:
+        """y (the protocol's forward, module docstring)."""
+        a, layout, dtype, compute, eps = self._prepare("forward", args)
+        with torch_one_thread(), self._torch.no_grad():
+            y = self._y(self._tensor(a["x"], compute), [self._tensor(a[p], compute) for p in self.parameters], eps,
+                        layout)
+        return self._numpy(y, dtype)
+
+    def backward(self, *args) -> tuple[np.ndarray, ...]:
+        """(dx, dgamma[, dbeta]) for the upstream gradient dy."""
+        a, layout, dtype, compute, eps = self._prepare("backward", args)
+        x = self._tensor(a["x"], compute, True)
+        parameters = [self._tensor(a[p], compute, True) for p in self.parameters]
+        with torch_one_thread():
+            y = self._y(x, parameters, eps, layout)
+            gradients = self._torch.autograd.grad(y, (x, *parameters), self._tensor(a["dy"], compute),
+                                                  allow_unused=True)
+        return tuple(self._zero_if_unused(g, t, dtype) for g, t in zip(gradients, (x, *parameters)))
+
+    def _zero_if_unused(self, gradient, tensor, dtype) -> np.ndarray:
+        # A gradient that does not depend on an input (y independent of beta's value, say) comes back as None: zero.
+        if gradient is None:
+            return np.zeros(tuple(tensor.shape), dtype)
+        return self._numpy(gradient, dtype)
+
+    def double_backward(self, *args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(gx, ggamma, gdy): the gradients of <ggx, dx> + sum over the parameters p of <ggp, dp> with respect to x,
+        gamma and dy."""
+        a, layout, dtype, compute, eps = self._prepare("double_backward", args)
+        x = self._tensor(a["x"], compute, True)
+        parameters = [self._tensor(a[p], compute, True) for p in self.parameters]
+        dy = self._tensor(a["dy"], compute, True)
+        cotangents = [self._tensor(a["ggx"], compute)] + [self._tensor(a["gg" + p], compute) for p in self.parameters]
+        with torch_one_thread():
+            y = self._y(x, parameters, eps, layout)
+            first = self._torch.autograd.grad(y, (x, *parameters), dy, create_graph=True, allow_unused=True)
+            total = sum((g * c).sum() for g, c in zip(first, cotangents) if g is not None)
+            inputs = (x, parameters[0], dy)
+            if not isinstance(total, self._torch.Tensor) or not total.requires_grad:
+                return tuple(np.zeros(tuple(t.shape), dtype) for t in inputs)
+            second = self._torch.autograd.grad(total, inputs, allow_unused=True)
+        return tuple(self._zero_if_unused(g, t, dtype) for g, t in zip(second, inputs))
+
+    def jvp(self, *args) -> tuple[np.ndarray, np.ndarray]:
+        """(y, ty): y and its directional derivative when x and the parameters move along their tangents."""
+        a, layout, dtype, compute, eps = self._prepare("jvp", args)
+        primals = (self._tensor(a["x"], compute), *(self._tensor(a[p], compute) for p in self.parameters))
+        tangents = (self._tensor(a["tx"], compute), *(self._tensor(a["t" + p], compute) for p in self.parameters))
+        with torch_one_thread(), warnings.catch_warnings():
+            # torch's forward mode loads its decompositions on first use with torch.jit.script, which warns that
+            # torch.jit.script is deprecated: torch's own business, not the caller's.
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
+            y, ty = self._torch.func.jvp(lambda x, *parameters: self._y(x, parameters, eps, layout), primals,
+                                         tangents)
+        return self._numpy(y, dtype), self._numpy(ty, dtype)
+
+
+def definition_implementation(layer, **options) -> Implementation:
+    """The :class:`~bnsym.testing.implementation.Implementation` of ``layer`` (a registered layer the checker has a
+    protocol for) from its definition: :class:`DefinitionTarget`'s forward, backward and double backward.
+    TargetError when the target's arguments are not the protocol's (an option fixed that the protocol passes)."""
+    target = DefinitionTarget(layer, **options)
+    signatures = protocol(target.spec.name).signatures
+    for method in ("forward", "backward", "double_backward"):
+        if method in signatures and signatures[method] != target.signatures[method]:
+            raise TargetError(f"{target.name}: {method} takes ({', '.join(target.signatures[method])}), but the "
+                              f"{target.spec.name} protocol passes ({', '.join(signatures[method])})")
+    return Implementation(target.forward, target.backward, name=target.name, layer=target.spec.name,
+                          double_backward=target.double_backward)

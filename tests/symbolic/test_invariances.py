@@ -1,0 +1,237 @@
+"""Invariances proved from a layer's declaration (bnsym.symbolic.invariances): the five layers get the sets their
+mathematics gives, made-up layers (declared here, never seen by the module) get theirs, every False comes with a
+counterexample, the prover refuses false identities, and what it proves holds in bnsym's NumPy kernels."""
+
+import importlib
+
+import numpy as np
+import pytest
+import sympy
+
+from bnsym.spec import BUILT_IN, Channels, LayerSpec, TrailingAxes, register, spec, unregister
+from bnsym.spec.layers import CENTRED_REGIMES, RMS_REGIMES
+from bnsym.symbolic import invariances as inv
+from bnsym.symbolic.layers import Derivation, LayerDeclaration, LayerSymbols, derivation
+from bnsym.symbolic.program import Definition, Program
+from bnsym.symbolic.reduction import BatchSum, M
+
+CENTRED = {"shift", "scale", "dx_sums_to_zero", "dx_orthogonal_to_x"}
+EXPECTED = {
+    # gamma one value per channel, not shared: x can be recovered, and the Jacobian is symmetric.
+    "batch_norm": CENTRED | {"identity_recovery", "jacobian_symmetric"},
+    # gamma varies within a group: the Jacobian is diag(gamma) times a symmetric matrix; parameters are shared.
+    "layer_norm": CENTRED,
+    "group_norm": CENTRED,
+    # one gamma per group, but shared by the samples: symmetric Jacobian, no recovery of x for every sample.
+    "instance_norm": CENTRED | {"jacobian_symmetric"},
+    # nothing is centred: only the scale claim and its derivative.
+    "rms_norm": {"scale", "dx_orthogonal_to_x"},
+}
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_each_built_in_layer_gets_the_invariances_of_its_mathematics(name):
+    found, expected = inv.invariances(derivation(name)), EXPECTED[name]
+    assert found == expected, (f"{name}: proved {sorted(found)}, expected {sorted(expected)}; "
+                               f"missing {sorted(expected - found)}, extra {sorted(found - expected)}")
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_false_answer_has_a_counterexample_or_a_reason(name):
+    for invariance in inv.INVARIANCES:
+        verdict = inv.verdict(name, invariance)
+        if not verdict.proved:
+            assert verdict.refuted_at or verdict.reason, f"{name} {invariance}: False with no counterexample"
+            assert set(verdict.refuted_at) <= set(inv.SIZES)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_jacobian_is_symmetric_for_every_layer_once_gamma_is_constant_over_a_group(name):
+    assert inv.jacobian_symmetric(name, constant_parameters=True), f"{name}: J not symmetric with a scalar gamma"
+
+
+def test_the_one_function_per_invariance_agrees_with_the_set():
+    functions = {"shift": inv.shift_invariant, "scale": inv.scale_invariant, "dx_sums_to_zero": inv.dx_sums_to_zero,
+                 "dx_orthogonal_to_x": inv.dx_orthogonal_to_x, "identity_recovery": inv.identity_recovery,
+                 "jacobian_symmetric": inv.jacobian_symmetric}
+    assert set(functions) == set(inv.INVARIANCES)
+    for name in BUILT_IN:
+        for invariance, function in functions.items():
+            assert function(name) == (invariance in EXPECTED[name]), f"{function.__name__}({name})"
+
+
+# ----- made-up layers: the module has never seen them -----
+
+def _one_pass_centred(s: LayerSymbols) -> Program:
+    """Centred, but the variance written E[x^2] - E[x]^2: the same mathematics as batch norm, other definitions."""
+    return Program([s.x, s.gamma, s.beta, s.eps], [
+        Definition(s.mean, BatchSum(s.x) / M),
+        Definition(s.var, BatchSum(s.x**2) / M - s.mean**2),
+        Definition(s.y, s.gamma * (s.x - s.mean) / sympy.sqrt(s.var + s.eps) + s.beta),
+    ], [s.y])
+
+
+def _tanh_centred(s: LayerSymbols) -> Program:
+    """y = gamma tanh(x - mean) + beta: shift invariant, but no scale in sight."""
+    return Program([s.x, s.gamma, s.beta, s.eps], [
+        Definition(s.mean, BatchSum(s.x) / M),
+        Definition(s.y, s.gamma * sympy.tanh(s.x - s.mean) + s.beta),
+    ], [s.y])
+
+
+def _rms_eps_outside(s: LayerSymbols) -> Program:
+    """y = gamma x / (sqrt(mean(x^2)) + eps): scales by the root mean square, with eps outside the root, so
+    y(a x; a eps) = y(x; eps) but the claim with a^2 eps fails; nothing is centred."""
+    return Program([s.x, s.gamma, s.eps], [
+        Definition(s.ms, BatchSum(s.x**2) / M),
+        Definition(s.y, s.gamma * s.x / (sympy.sqrt(s.ms) + s.eps)),
+    ], [s.y])
+
+
+def _made_up_spec(name, statistic, grouping, regimes):
+    return LayerSpec(name, name.replace("_", " "), name.replace("_", " "), statistic, grouping, eps=1e-5,
+                     regimes=regimes, group="a test's group", statistics_over="a test's axes",
+                     parameters_are="a test's parameters")
+
+
+MADE_UP = {
+    # Per-channel parameters, like batch norm: everything batch norm has.
+    "test_one_pass_centred": (_one_pass_centred, "centred", Channels(), EXPECTED["batch_norm"]),
+    # Shift invariance (and so dx sums to zero), nothing else: tanh is not scale invariant and J = diag(...) P.
+    "test_tanh_centred": (_tanh_centred, "centred", TrailingAxes(), {"shift", "dx_sums_to_zero"}),
+    # Not shift invariant, and not scale invariant in the stated form: the empty set.
+    "test_rms_eps_outside": (_rms_eps_outside, "rms", TrailingAxes(), set()),
+}
+
+
+@pytest.fixture(params=sorted(MADE_UP))
+def made_up(request):
+    name = request.param
+    forward, statistic, grouping, expected = MADE_UP[name]
+    layer = register(_made_up_spec(name, statistic, grouping, CENTRED_REGIMES if statistic == "centred"
+                                   else RMS_REGIMES))
+    try:
+        yield Derivation(LayerDeclaration(layer, forward)), expected
+    finally:
+        unregister(name)
+
+
+def test_a_made_up_layer_gets_the_invariances_of_its_own_forward_pass(made_up):
+    d, expected = made_up
+    found = inv.invariances(d)
+    assert found == expected, (f"{d.declaration.name}: proved {sorted(found)}, expected {sorted(expected)}")
+
+
+def test_a_made_up_layer_that_is_not_shift_invariant_has_a_counterexample(made_up):
+    d, expected = made_up
+    if "shift" not in expected:
+        assert not inv.shift_invariant(d) and inv.verdict(d, "shift").refuted_at, "no counterexample to shift"
+
+
+def test_the_made_up_layers_are_registered_only_inside_the_test(made_up):
+    d, _ = made_up
+    assert spec(d.declaration.name) is d.declaration.spec
+
+
+def test_no_made_up_layer_outlives_its_test():
+    from bnsym.spec import SPECS
+
+    assert not [name for name in SPECS if name.startswith("test_")], "a test left its made-up layer registered"
+
+
+# ----- the prover is sound: it refuses what is false -----
+
+def test_the_prover_refuses_scale_invariance_with_eps_held_fixed():
+    """y(a x; eps) = y(x; eps) is false for eps > 0; only the a^2 eps form is an identity."""
+    d = derivation("batch_norm")
+    s = d.symbols
+    a = sympy.Symbol("a", positive=True)
+    y = d.training_forward.inline(s.y)
+    assert not inv.vanishes(y.xreplace({s.x: a * s.x}) - y)
+    assert inv.vanishes(y.xreplace({s.x: a * s.x, s.eps: a**2 * s.eps}) - y)
+
+
+def test_vanishes_proves_only_identities():
+    x, e = sympy.Symbol("x", real=True), sympy.Symbol("e", positive=True)
+    assert inv.vanishes(sympy.sqrt(x**2 + e) ** 2 - x**2 - e)
+    assert inv.vanishes(1 / sympy.sqrt(4 * (x**2 + e)) - 1 / (2 * sympy.sqrt(e + x**2)))
+    assert not inv.vanishes(sympy.sqrt(x**2) - x), "sqrt(x^2) = x is false for negative x"
+    assert not inv.vanishes(sympy.sqrt(x**2 + e) - x)
+
+
+def test_verdict_names_what_it_does_not_know():
+    with pytest.raises(ValueError, match="unknown invariance 'rotation'"):
+        inv.verdict("batch_norm", "rotation")
+    with pytest.raises(ValueError, match="constant_parameters applies to jacobian_symmetric only"):
+        inv.verdict("batch_norm", "shift", constant_parameters=True)
+    with pytest.raises(TypeError, match="got int"):
+        inv.invariances(3)
+
+
+# ----- what is proved holds in the kernels, and what is refuted fails there -----
+
+def _call(name, x, eps, dy=None):
+    """bnsym's NumPy forward (y) or backward (dx) of ``name`` on x with fixed random parameters."""
+    layer = spec(name)
+    size = layer.grouping.example_sizes(x.shape)
+    options = layer.grouping.example_options(x.shape, size[len(size) // 2])
+    shape = layer.layout(x.shape, **options).parameter_shape
+    rng = np.random.default_rng(7)
+    parameters = [rng.uniform(0.5, 2.0, shape) if p == "gamma" else rng.normal(size=shape) for p in layer.parameters]
+    module = importlib.import_module(f"bnsym.{name}")
+    y, *saved = module.forward(x, *parameters, eps=eps, **options, backend="numpy")
+    if dy is None:
+        return y
+    return module.backward(dy, x, parameters[0], *saved, **options, backend="numpy")[0]
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_kernels_have_exactly_the_proved_shift_and_scale_invariances(name):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 5))
+    eps = 0.1  # large, so that a claim that holds only at eps = 0 visibly fails
+    y = _call(name, x, eps)
+    shifted = np.max(np.abs(_call(name, x + 3.0, eps) - y))
+    scaled = np.max(np.abs(_call(name, 2.5 * x, 2.5**2 * eps) - y))
+    scaled_fixed_eps = np.max(np.abs(_call(name, 2.5 * x, eps) - y))
+    if inv.shift_invariant(name):
+        assert shifted < 1e-12, f"{name}: proved shift invariant, kernels moved by {shifted}"
+    else:
+        assert shifted > 1e-3, f"{name}: refuted shift invariance, but kernels moved only by {shifted}"
+    assert inv.scale_invariant(name) and scaled < 1e-12, f"{name}: y(a x; a^2 eps) - y(x; eps) = {scaled}"
+    assert scaled_fixed_eps > 1e-3, f"{name}: y(a x; eps) = y(x; eps) although eps = {eps} is not scaled"
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_kernels_gradients_have_exactly_the_proved_symmetry_and_zero_sum(name):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 4, 5))
+    u, v = rng.normal(size=x.shape), rng.normal(size=x.shape)
+    dx_u, dx_v = _call(name, x, 1e-3, dy=u), _call(name, x, 1e-3, dy=v)
+    layer = spec(name)
+    size = layer.grouping.example_sizes(x.shape)
+    layout = layer.layout(x.shape, **layer.grouping.example_options(x.shape, size[len(size) // 2]))
+    group_sums = np.abs(layout.field(dx_u, np.float64).sum(axis=layout.axes)).max()
+    asymmetry = abs(np.sum(u * dx_v) - np.sum(v * dx_u))
+    if inv.dx_sums_to_zero(name):
+        assert group_sums < 1e-10, f"{name}: proved sum(dx) = 0 per group, kernels give {group_sums}"
+    else:
+        assert group_sums > 1e-3, f"{name}: refuted sum(dx) = 0, but kernels give {group_sums}"
+    if inv.jacobian_symmetric(name):
+        assert asymmetry < 1e-10, f"{name}: proved <u, dx(v)> = <v, dx(u)>, kernels differ by {asymmetry}"
+    else:
+        assert asymmetry > 1e-3, f"{name}: refuted Jacobian symmetry, but kernels differ only by {asymmetry}"
+
+
+def test_identity_recovery_holds_in_the_kernels_where_it_is_proved():
+    name = next(n for n in BUILT_IN if inv.identity_recovery(n))
+    layer = spec(name)
+    x = np.random.default_rng(2).normal(size=(6, 3, 2))
+    options = layer.grouping.example_options(x.shape, 0)
+    layout = layer.layout(x.shape, **options)
+    grouped = layout.field(x, np.float64)
+    mean = grouped.mean(axis=layout.axes, keepdims=True)
+    var = ((grouped - mean) ** 2).mean(axis=layout.axes, keepdims=True)
+    gamma, beta = np.sqrt(var + 1e-3).reshape(layout.parameter_shape), mean.reshape(layout.parameter_shape)
+    y, *_ = importlib.import_module(f"bnsym.{name}").forward(x, gamma, beta, eps=1e-3, **options, backend="numpy")
+    np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-12, err_msg=f"{name}: recovery proved, kernels miss it")
