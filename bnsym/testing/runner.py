@@ -192,8 +192,13 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
     """The properties that ``options`` select (or those named) on ``impl``, in registry order, on examples of
     ``regimes`` (default: every regime of the layer) with shapes from ``shapes`` (default: the run's pool,
     :func:`bnsym.testing.strategies.shape_pool`; for the other layers, ``(shape, size)`` pairs of
-    :func:`bnsym.testing.strategies.layer_shape_pool`)."""
+    :func:`bnsym.testing.strategies.layer_shape_pool`).
+
+    With ``options.shards`` (the sharded mode) ``impl`` follows the sharded protocol, the default regimes are
+    :func:`bnsym.testing.sharded.sharded_regimes`, and the examples draw their own shapes (``shapes`` must be None)."""
     options = options or CheckOptions()
+    if options.shards is not None and shapes is not None:
+        raise ValueError(f"shapes={shapes!r}: a sharded run draws its own shapes, split into shards; pass None")
     if options.shards is None:
         shapes = _pool(options.layer, seed, shapes)
         regimes = bst.layer_regimes(options.layer) if regimes is None else tuple(regimes)
