@@ -9,6 +9,10 @@ A batch norm is a function ``forward(x, gamma, beta, eps) -> y`` or an object wi
 biased variance (:mod:`bnsym.testing.adapters`). The other layers follow their frameworks' functional forms
 (:mod:`bnsym.testing.protocols`). Batch norm's properties are in :mod:`bnsym.testing.properties` (tolerances in
 :mod:`bnsym.testing.tolerance`), the other layers' in :mod:`bnsym.testing.family_properties`.
+
+A data-parallel layer is checked by the same functions with ``shards=K`` (:mod:`bnsym.testing.sharded`):
+
+>>> report = check_batchnorm(my_sync_batch_norm, shards=3, convention="torch")   # doctest: +SKIP
 """
 
 from pathlib import Path as _Path
@@ -16,6 +20,7 @@ from pathlib import Path as _Path
 from bnsym.testing import (
     family_properties,  # noqa: F401  (registers the other layers' properties)
     layer_properties,  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
+    sharded_properties,  # noqa: F401  (registers the sharded ones)
 )
 from bnsym.testing import strategies as _bst
 from bnsym.testing.adapters import Implementation, TargetError, load
@@ -26,7 +31,11 @@ from bnsym.testing.properties import REGISTRY, registry
 from bnsym.testing.protocols import LAYER_NAMES, protocol
 from bnsym.testing.results import FAILED as _FAILED
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
+from bnsym.testing.runner import properties_of_run as _properties_of_run
 from bnsym.testing.runner import run_properties
+from bnsym.testing.sharded import ShardedImplementation as _ShardedImplementation
+from bnsym.testing.sharded import sharded_regimes as _sharded_regimes
+from bnsym.testing.sharded_adapters import load as _load_sharded
 
 __all__ = ["DEFAULT_MAX_EXAMPLES", "LAYERS", "PROPERTIES", "CheckFailed", "CheckOptions", "Implementation",
            "NothingChecked", "Report", "TargetError", "check_batchnorm", "check_normalization", "properties_of",
@@ -44,12 +53,14 @@ def properties_of(layer: str) -> tuple[str, ...]:
     return tuple(registry(layer))
 
 
-def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_norm") -> tuple[str, ...]:
+def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_norm",
+                     shards: int | None = None) -> tuple[str, ...]:
     """The input regimes of ``layer`` (:func:`bnsym.testing.strategies.layer_regimes`; batch norm's are
-    :data:`bnsym.testing.strategies.REGIMES`) that ``regimes`` (default all) names, less those ``exclude_regimes``
-    names;
+    :data:`bnsym.testing.strategies.REGIMES`; with ``shards``, those of a sharded run,
+    :func:`bnsym.testing.sharded.sharded_regimes`) that ``regimes`` (default all) names, less those
+    ``exclude_regimes`` names;
     ValueError for an unknown name or when none is left."""
-    known = _bst.layer_regimes(layer)
+    known = _bst.layer_regimes(layer) if shards is None else _sharded_regimes(layer)
 
     def names(value, argument):
         value = [value] if isinstance(value, str) else list(value)
@@ -70,20 +81,21 @@ def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_nor
 def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0,
                     properties=None, save_dir=None, mode: str = "train", convention: str | None = None,
                     order: int = 1, regimes=None, exclude_regimes=None, isolate: bool = False,
-                    timeout: float | None = None) -> Report:
+                    timeout: float | None = None, shards: int | None = None) -> Report:
     """Check a batch-norm implementation against every property it offers what is needed for:
     :func:`check_normalization` with ``layer="batch_norm"`` (its arguments, less the layer)."""
     __tracebackhide__ = True  # pytest shows the report, not this function's source
     return check_normalization(impl, layer="batch_norm", dtype=dtype, max_examples=max_examples, seed=seed,
                                properties=properties, save_dir=save_dir, mode=mode, convention=convention,
                                order=order, regimes=regimes, exclude_regimes=exclude_regimes, isolate=isolate,
-                               timeout=timeout)
+                               timeout=timeout, shards=shards)
 
 
 def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
                         max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, properties=None, save_dir=None,
                         mode: str = "train", convention: str | None = None, order: int = 1, regimes=None,
-                        exclude_regimes=None, isolate: bool = False, timeout: float | None = None) -> Report:
+                        exclude_regimes=None, isolate: bool = False, timeout: float | None = None,
+                        shards: int | None = None) -> Report:
     """Check an implementation of a normalisation layer against every property it offers what is needed for.
 
     - ``layer`` (default "batch_norm"): "batch_norm", "layer_norm", "rms_norm", "group_norm" or "instance_norm";
@@ -115,6 +127,12 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
       A script that calls this at import time must do so under ``if __name__ == "__main__":``, as any
       multiprocessing code must.
     - ``timeout`` (default 60 with ``isolate``): seconds one call may take.
+    - ``shards`` (default None): K, the sharded mode (:mod:`bnsym.testing.sharded`): ``impl`` follows the sharded
+      protocol (an object with ``sharded_forward(xs, gamma, beta, eps)``, ...; a string names a target as
+      ``bnsym check --shards K`` takes it: "bnsym-torch", "torch-sync", "jax", "path/to/file.py:NAME"), every batch
+      is split into K shards, and the sharded properties run. Only for a layer whose groups span samples, in train
+      mode, first order (a ValueError says why otherwise). A target string's implementation is closed (its worker
+      processes stopped) when the check ends.
 
     Returns the :class:`Report` when every property holds; raises :class:`CheckFailed` (an AssertionError)
     carrying it otherwise, so that a pytest test is the one line ``check_batchnorm(MyBatchNorm())``, and
@@ -124,29 +142,31 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
     protocol(layer)  # an unknown layer: ValueError naming the known ones
     if timeout is not None and not isolate:
         raise ValueError("timeout needs isolate=True (a call in this process cannot be stopped)")
-    options = CheckOptions(mode, convention, order, layer)
-    if isolate:
-        implementation = None  # started below, once the arguments are known to be valid
-    else:
-        implementation = load(impl, layer) if isinstance(impl, str) else Implementation.wrap(impl, layer=layer)
+    options = CheckOptions(mode, convention, order, layer, shards)
     resolved, max_examples, seed = run_arguments(dtype, max_examples, seed)
     if properties is not None:
         properties = [properties] if isinstance(properties, str) else list(properties)
-        known = registry(layer)
+        known = registry(layer) if shards is None else _properties_of_run(options)
         unknown = [p for p in properties if p not in known]
         if unknown or not properties:
-            where = "" if layer == "batch_norm" else f" for {layer}"
+            where = ("" if layer == "batch_norm" else f" for {layer}") if shards is None else " of a sharded run"
             raise ValueError(f"unknown properties {unknown!r}{where}; known: {', '.join(known)}")
-    chosen_regimes = selected_regimes(regimes, exclude_regimes, layer)
+    chosen_regimes = selected_regimes(regimes, exclude_regimes, layer, shards)
+    owned = isolate or (shards is not None and isinstance(impl, str))  # started here: closed here
     if isolate:
         implementation = IsolatedImplementation(impl, timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-                                                layer=layer)
+                                                layer=layer, shards=shards)
+    elif shards is not None:
+        implementation = _load_sharded(impl, shards, layer) if isinstance(impl, str) else \
+            _ShardedImplementation.wrap(impl, layer=layer)
+    else:
+        implementation = load(impl, layer) if isinstance(impl, str) else Implementation.wrap(impl, layer=layer)
     try:
         report = run_properties(implementation, dtype=resolved, max_examples=max_examples, seed=seed,
                                 properties=properties, options=options, regimes=chosen_regimes)
     finally:
-        if isolate:
-            implementation.close()  # no child outlives the check
+        if owned:
+            implementation.close()  # no child or worker outlives the check
     if save_dir is not None:
         report.save_dir = _Path(save_dir)
         for result in report.results:

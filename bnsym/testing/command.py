@@ -1,7 +1,9 @@
 """``bnsym check TARGET``: run the property library on an implementation from the command line.
 
 ``--layer`` (default batch_norm) names the layer, whose protocol the target follows and whose properties run
-(:mod:`bnsym.testing.protocols`).
+(:mod:`bnsym.testing.protocols`). ``--shards K`` is the sharded mode of the same check (:mod:`bnsym.testing.sharded`):
+the target follows the sharded protocol, and every other option either works with it (``--json``, ``--plot``,
+``--isolate``, ``--timeout``, ``--regime``, ``--replay``, ...) or is a usage error that says why.
 
 Exit status: 0 when every property holds; 1 when one fails (the report names it, shows the minimal
 counterexample and saves it with the command that replays it); 2 on a usage error (a target that cannot be loaded
@@ -25,7 +27,7 @@ from pathlib import Path
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from bnsym.conventions import CONVENTIONS
-from bnsym.testing import DEFAULT_MAX_EXAMPLES, LAYERS, properties_of, selected_regimes, sharded
+from bnsym.testing import DEFAULT_MAX_EXAMPLES, LAYERS, properties_of, selected_regimes
 from bnsym.testing.adapters import TargetError, load, probe_protocol
 from bnsym.testing.counterexamples import (
     DEFAULT_DIRECTORY,
@@ -41,8 +43,9 @@ from bnsym.testing.layer_guess import suggestion
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED
-from bnsym.testing.runner import run_properties
-from bnsym.testing.sharded import SHARDED
+from bnsym.testing.runner import properties_of_run, run_properties
+from bnsym.testing.sharded import shardable, sharded_regimes
+from bnsym.testing.sharded_adapters import load as load_sharded
 from bnsym.testing.strategies import layer_regimes
 
 __all__ = ["add_arguments", "run"]
@@ -51,7 +54,9 @@ _DEFAULTS = {"dtype": "float64", "mode": "train", "order": 1, "max_examples": DE
              "layer": "batch_norm"}
 #: Every layer's properties and regimes, in order, without repeats (the choices of --property and --regime).
 _ALL_PROPERTIES = tuple(dict.fromkeys(name for layer in LAYERS for name in properties_of(layer)))
-_ALL_REGIMES = tuple(dict.fromkeys(regime for layer in LAYERS for regime in layer_regimes(layer)))
+_ALL_REGIMES = tuple(dict.fromkeys([*(regime for layer in LAYERS for regime in layer_regimes(layer)),
+                                    *(regime for layer in LAYERS if shardable(layer)
+                                      for regime in sharded_regimes(layer))]))
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
@@ -104,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"examples per property (default {DEFAULT_MAX_EXAMPLES}), plus one of each input regime "
                              "the draws miss")
     parser.add_argument("--seed", type=_seed, help="Hypothesis seed; the same seed, the same run (default 0)")
-    parser.add_argument("--property", action="append", choices=_ALL_PROPERTIES + tuple(SHARDED), metavar="NAME",
+    parser.add_argument("--property", action="append", choices=_ALL_PROPERTIES, metavar="NAME",
                         dest="properties", help="run only this property (repeatable); one of the layer's, which "
                                                 "`bnsym check --layer L --list-properties` lists")
     parser.add_argument("--list-properties", action="store_true",
@@ -112,7 +117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the options that select it, then exit")
     parser.add_argument("--regime", action="append", choices=_ALL_REGIMES, metavar="REGIME", dest="regimes",
                         help="draw inputs only from this regime (repeatable); one of the layer's: "
-                             + "; ".join(f"{layer}: {', '.join(layer_regimes(layer))}" for layer in LAYERS))
+                             + "; ".join(f"{layer}: {', '.join(layer_regimes(layer))}" for layer in LAYERS)
+                             + "; with --shards also: "
+                             + ", ".join(dict.fromkeys(r for layer in LAYERS if shardable(layer)
+                                                       for r in sharded_regimes(layer) if r not in
+                                                       layer_regimes(layer))))
     parser.add_argument("--exclude-regime", action="append", choices=_ALL_REGIMES, metavar="REGIME",
                         dest="exclude_regimes", help="leave this input regime out (repeatable)")
     parser.add_argument("--save-dir", help=f"the folder failures' counterexamples are saved in (default "
@@ -135,11 +144,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help=f"with --isolate: seconds one call may take before its process is killed (default "
                              f"{DEFAULT_TIMEOUT:g})")
-    # ----- the sharded check (bnsym.testing.sharded) -----
+    # ----- the sharded mode (bnsym.testing.sharded) -----
     parser.add_argument("--shards", type=_positive, metavar="K",
-                        help="check a data-parallel batch norm with the batch split into K shards (the sharded "
-                             "protocol: sharded_forward(xs, ...), sharded_backward(dys, xs, ...)); built-in targets "
-                             "bnsym-torch, torch-sync and jax")
+                        help="check a data-parallel layer (one whose groups span samples, such as batch norm) with "
+                             "every batch split into K shards (the sharded protocol: sharded_forward(xs, ...), "
+                             "sharded_backward(dys, xs, ...)); built-in targets bnsym-torch, torch-sync and jax")
 
 
 def _fail(message: str) -> int:
@@ -148,16 +157,20 @@ def _fail(message: str) -> int:
 
 
 def _list_properties(args: argparse.Namespace) -> int:
-    """Print the properties of the layer (or the sharded check), one a line with what it checks; exit status 0."""
-    if getattr(args, "shards", None) is not None:
-        for name, prop in SHARDED.items():
-            print(f"{name}: {prop.description}")
-        return 0
+    """Print the properties of the layer (with --shards, those of a sharded run), one a line with what it checks and
+    the options that select it; exit status 0 (2 when the layer has no sharded run)."""
     layer = args.layer or "batch_norm"
-    for name in properties_of(layer):
+    if args.shards is None:
+        options, names = CheckOptions(layer=layer), properties_of(layer)
+    else:
+        try:
+            options = CheckOptions(layer=layer, shards=args.shards)
+        except ValueError as error:
+            return _fail(str(error))
+        names = tuple(properties_of_run(options))
+    for name in names:
         prop = registry(layer)[name]
-        default = prop.when(CheckOptions(layer=layer))
-        selected = "" if default else f" [runs with {prop.selected_by}]"
+        selected = "" if prop.when(options) else f" [runs with {prop.selected_by}]"
         print(f"{name}: {prop.description}{selected}")
     return 0
 
@@ -186,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _replay_conflicts(args: argparse.Namespace, name: str, dtype: str, options: CheckOptions) -> list[str]:
     from_file = {"dtype": dtype, "mode": options.mode, "convention": options.convention, "order": options.order,
-                 "layer": options.layer}
+                 "layer": options.layer, "shards": options.shards or "none (an unsharded run)"}
     conflicts = [f"--{key} {getattr(args, key)} (the file's is {value})" for key, value in from_file.items()
                  if getattr(args, key) is not None and getattr(args, key) != value]
     if args.properties and args.properties != [name]:
@@ -218,15 +231,6 @@ def _outputs(report, args) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if getattr(args, "shards", None) is not None:
-        if args.layer not in (None, "batch_norm"):
-            return _fail(f"--shards checks a data-parallel batch norm; --layer {args.layer} has no sharded check")
-        _fill_defaults(args)
-        if args.save_dir is None:
-            args.save_dir = str(DEFAULT_DIRECTORY)
-        return sharded.run_command(args)
-    if args.properties and set(args.properties) & set(SHARDED):
-        return _fail(f"{', '.join(sorted(set(args.properties) & set(SHARDED)))} runs with --shards K")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -244,46 +248,60 @@ def _run(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.isolate:
         return _fail("--timeout needs --isolate (a call in the checker's own process cannot be stopped)")
     layer = options.layer if args.replay else args.layer or "batch_norm"
+    shards = options.shards if args.replay else args.shards
     if not args.replay:
         problem = _layer_problem(args, layer)
         if problem:
             return _fail(problem)
     try:
-        impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, layer=layer) \
-            if args.isolate else load(args.target, layer)
+        if args.isolate:
+            impl = IsolatedImplementation(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, layer=layer,
+                                          shards=shards)
+        else:
+            impl = load(args.target, layer) if shards is None else load_sharded(args.target, shards, layer)
     except (TargetError, TypeError) as error:
         return _fail(_with_suggestion(args, layer, error))
     try:
-        try:
-            probe_protocol(impl)
-        except TargetError as error:
-            return _fail(_with_suggestion(args, layer, error))
-        except ImplementationCrashed:
-            pass  # the properties report the crash, with its example and replay file
+        if shards is None:  # the sharded protocol has no single forward to probe: its properties report mistakes
+            try:
+                probe_protocol(impl)
+            except TargetError as error:
+                return _fail(_with_suggestion(args, layer, error))
+            except ImplementationCrashed:
+                pass  # the properties report the crash, with its example and replay file
         return _check(args, impl)
     finally:
-        if args.isolate:
-            impl.close()  # no child outlives the run
+        if args.isolate or shards is not None:
+            impl.close()  # no child, and no worker of a sharded implementation, outlives the run
 
 
 def _with_suggestion(args: argparse.Namespace, layer: str, error: Exception) -> str:
     """The usage error's line, led by "did you mean `--layer L`?" when the target computes another layer (not with
     --isolate, where loading the target in this process could crash it, nor with --replay)."""
-    hint = "" if args.isolate or args.replay else suggestion(args.target, layer)
+    hint = "" if args.isolate or args.replay or args.shards is not None else suggestion(args.target, layer)
     return f"{hint}\n(checked as {layer}: {error})" if hint else str(error)
 
 
 def _layer_problem(args: argparse.Namespace, layer: str) -> str:
-    """What the options ask that the layer does not have (a usage error), or ""."""
+    """What the options ask that the layer (or a sharded run of it) does not have (a usage error), or ""."""
     known = properties_of(layer)
     unknown = [name for name in args.properties or () if name not in known]
     if unknown:
         return f"{', '.join(unknown)}: not a property of {layer}; its properties: {', '.join(known)}"
     try:
-        CheckOptions(args.mode or "train", args.convention, args.order or 1, layer)
-        selected_regimes(args.regimes, args.exclude_regimes, layer)
+        options = CheckOptions(args.mode or "train", args.convention, args.order or 1, layer, args.shards)
+        selected_regimes(args.regimes, args.exclude_regimes, layer, args.shards)
     except ValueError as error:
+        if args.shards is None and set(args.regimes or ()) - set(layer_regimes(layer)) and shardable(layer):
+            return f"{error} (the sharded regimes run with --shards K)"
         return str(error)
+    of_run = properties_of_run(options)
+    elsewhere = [name for name in args.properties or () if name not in of_run]
+    if elsewhere and args.shards is not None:
+        return (f"{', '.join(elsewhere)}: not a property of a sharded run; with --shards the properties are "
+                f"{', '.join(of_run)}")
+    if elsewhere:
+        return "; ".join(f"{name} runs with {registry(layer)[name].selected_by}" for name in elsewhere)
     return ""
 
 
@@ -294,9 +312,9 @@ def _check(args: argparse.Namespace, impl) -> int:
         _outputs(report, args)
         return report.exit_status
     _fill_defaults(args)
-    options = CheckOptions(args.mode, args.convention, args.order, args.layer)
+    options = CheckOptions(args.mode, args.convention, args.order, args.layer, args.shards)
     try:
-        regimes = selected_regimes(args.regimes, args.exclude_regimes, args.layer)
+        regimes = selected_regimes(args.regimes, args.exclude_regimes, args.layer, args.shards)
     except ValueError as error:
         return _fail(str(error))
     report = run_properties(impl, dtype=args.dtype, max_examples=args.max_examples, seed=args.seed,

@@ -4,7 +4,8 @@ A run saves each failure's counterexample into one folder (``bnsym check --save-
 ``./bnsym-counterexamples/``) as ``<target>-<property>-<hash>.npz`` (:mod:`bnsym.testing.naming`: two targets
 checked into one folder never overwrite each other's files): the inputs (x, gamma, beta, dy, eps), the regime, the
 seed of the property's own random draws, the property and the options of the run, with the layer (and group
-norm's number of groups; files without a layer are batch norm's). Files are written atomically
+norm's number of groups; files without a layer are batch norm's) and, from a sharded run, the sizes of the shards
+(``shard_sizes``: the file replays as a sharded run of as many shards). Files are written atomically
 (a temporary file in the folder, then renamed), so an interrupted run never leaves half a file. ``--replay FILE``
 re-runs that one property on that one example.
 """
@@ -26,6 +27,7 @@ from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import registry
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 from bnsym.testing.runner import call_property
+from bnsym.testing.sharded import ShardedExample
 from bnsym.testing.strategies import Example
 
 __all__ = ["DEFAULT_DIRECTORY", "NotACounterexample", "load_counterexample", "replay", "save_counterexample"]
@@ -51,6 +53,8 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
                   **{f: getattr(ex, f) for f in _ARRAYS})
     if ex.layer != "batch_norm":  # batch norm's files stay as they were
         fields.update(layer=ex.layer, num_groups=-1 if ex.num_groups is None else ex.num_groups)
+    if isinstance(ex, ShardedExample):
+        fields.update(shard_sizes=np.asarray(ex.sizes, dtype=np.int64))
     name = counterexample_name(target, result.name, b"".join(np.asarray(v).tobytes() for v in fields.values()))
     path = write_atomically(Path(directory) / name, lambda stream: np.savez(stream, **fields))
     ce.path = path
@@ -79,9 +83,13 @@ def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
             groups = int(data["num_groups"]) if "num_groups" in data.files else -1
             example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
                               str(data["regime"]), int(data["seed"]), layer, None if groups < 0 else groups)
+            shards = None
+            if "shard_sizes" in data.files:
+                example = ShardedExample.of(example, data["shard_sizes"])
+                shards = len(example.sizes)
             options = CheckOptions(str(data["mode"]) if "mode" in data.files else "train",
                                    (str(data["convention"]) or None) if "convention" in data.files else None,
-                                   int(data["order"]) if "order" in data.files else 1, layer)
+                                   int(data["order"]) if "order" in data.files else 1, layer, shards)
     except NotACounterexample:
         raise
     except Exception as error:  # a damaged archive, or fields of the wrong kind
@@ -96,7 +104,12 @@ def replay(impl: Implementation, path) -> Report:
     """Re-run the property saved in ``path`` on its example; the report has that one property."""
     name, example, options = load_counterexample(path)
     prop = registry(options.layer)[name]
-    report = Report(impl.name, example.dtype.name, example.seed, 1, options=options, regimes=(example.regime,))
+    report = Report(impl.name, example.dtype.name, example.seed, 1, options=options, regimes=(example.regime,),
+                    equal_shards=bool(getattr(impl, "equal_shards", False)))
+    unavailable = getattr(impl, "unavailable", None)  # the implementation's reason it cannot run here
+    if unavailable:
+        report.results.append(PropertyResult(name, SKIPPED, unavailable))
+        return report
     missing = prop.needs - impl.capabilities
     if missing:
         report.results.append(PropertyResult(name, SKIPPED, f"needs {', '.join(sorted(missing))}"))

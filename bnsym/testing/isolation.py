@@ -9,7 +9,8 @@ The contract of a call, as seen by the caller:
 
 - it returns what the method returned, or raises what it raised (an exception of a class the checker cannot import
   is rebuilt as an exception of the same name and builtin base class, with the same message), exactly as in
-  process; an argument the implementation wrote into is written back into the caller's array;
+  process; an argument the implementation wrote into (an array, or an array in a list or tuple of arguments, as the
+  sharded protocol's shards) is written back into the caller's array;
 - if the child dies during the call (a signal such as SIGSEGV or SIGABRT, the out-of-memory killer's SIGKILL, or
   an exit of the process), or the call does not return within ``timeout`` seconds (the child is then killed), it
   raises :class:`ImplementationCrashed`, which says what happened in which method; the next call starts a fresh
@@ -54,6 +55,8 @@ import numpy as np
 
 from bnsym.testing.adapters import Implementation, TargetError, load
 from bnsym.testing.protocols import protocol
+from bnsym.testing.sharded import ShardedImplementation, signatures
+from bnsym.testing.sharded_adapters import load as load_sharded
 
 __all__ = ["DEFAULT_TIMEOUT", "ImplementationCrashed", "IsolatedImplementation"]
 
@@ -317,8 +320,25 @@ def _die_with_checker(checker: int, forkserver: bool, spawned_by_main_thread: bo
     threading.Thread(target=watch, name="bnsym-checker-watch", daemon=True).start()
 
 
+def _load(source, layer: str, shards: int | None):
+    """The implementation in the child: a target string or a pickled object, of the layer's protocol or (with
+    ``shards``) of the sharded protocol."""
+    if shards is not None:
+        return load_sharded(source, shards, layer) if isinstance(source, str) \
+            else ShardedImplementation.wrap(pickle.loads(source), layer=layer)
+    return load(source, layer) if isinstance(source, str) else Implementation.wrap(pickle.loads(source), layer=layer)
+
+
+def _attributes(impl) -> dict:
+    """What the parent's stand-in needs beyond the methods: a sharded implementation's ``equal_shards`` and
+    ``unavailable`` (asked once, here)."""
+    if not isinstance(impl, ShardedImplementation):
+        return {}
+    return {"equal_shards": impl.equal_shards, "unavailable": impl.unavailable}
+
+
 def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spawned_by_main_thread: bool,
-           stack_file: str, layer: str = "batch_norm") -> None:
+           stack_file: str, layer: str = "batch_norm", shards: int | None = None) -> None:
     """The child's main loop: load the implementation, then answer calls until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the checker handles it (and stops this child), so the child must not
     # die of it first and be reported as a crash.
@@ -337,22 +357,27 @@ def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spaw
     os.environ.clear()
     os.environ.update(environment)  # a forkserver's children inherit the server's environment, not the caller's
     try:
-        impl = load(source, layer) if isinstance(source, str) \
-            else Implementation.wrap(pickle.loads(source), layer=layer)
+        impl = _load(source, layer, shards)
+        attributes = _attributes(impl)
     except Exception as error:
         message = str(error) if isinstance(error, TargetError | TypeError) else \
             f"loading it raised {type(error).__name__}: {error}"
         conn.send(("error", message))
         return
-    conn.send(("ready", impl.name, sorted(impl.capabilities)))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message[0] == "close":
-            return
-        _answer(conn, impl, *message[1:])
+    conn.send(("ready", impl.name, sorted(impl.capabilities), attributes))
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            if message[0] == "close":
+                return
+            _answer(conn, impl, *message[1:])
+    finally:
+        close = getattr(impl, "close", None)  # a sharded implementation's workers stop with it
+        if callable(close):
+            close()
 
 
 def _answer(conn, impl: Implementation, method: str, name: str, size: int, arguments, keywords,
@@ -363,6 +388,9 @@ def _answer(conn, impl: Implementation, method: str, name: str, size: int, argum
     def decode(spec):
         if spec[0] == "value":
             return spec[1]
+        if spec[0] in ("list", "tuple"):  # a list of arrays (the sharded protocol's shards)
+            items = [decode(item) for item in spec[1]]
+            return items if spec[0] == "list" else tuple(items)
         _, slot, offset, shape, dtype, strides, writeable = spec
         if slot not in views:  # one parent array passed twice arrives as one array
             views[slot] = _view(segment, offset, shape, dtype, strides)
@@ -430,7 +458,10 @@ class IsolatedImplementation(Implementation):
     """The implementation named by ``target`` (a CLI target string, or a picklable function, object or class),
     run in a child process with ``timeout`` seconds per call (module docstring).
 
-    ``layer`` (default "batch_norm") is the protocol the child loads it with (:mod:`bnsym.testing.protocols`).
+    ``layer`` (default "batch_norm") is the protocol the child loads it with (:mod:`bnsym.testing.protocols`); with
+    ``shards`` (K) the child loads it as a sharded implementation of the layer for K workers
+    (:mod:`bnsym.testing.sharded`), and this object offers the sharded protocol's methods, ``equal_shards`` and
+    ``unavailable`` instead.
 
     Raises :class:`~bnsym.testing.adapters.TargetError` when the target cannot be loaded (or crashes or hangs while
     loading), TypeError when an object cannot be pickled, ValueError for a timeout that is not a positive number.
@@ -438,7 +469,7 @@ class IsolatedImplementation(Implementation):
     """
 
     def __init__(self, target, *, timeout: float = DEFAULT_TIMEOUT, start_method: str | None = None,
-                 layer: str = "batch_norm"):
+                 layer: str = "batch_norm", shards: int | None = None):
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) \
                 or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -454,6 +485,7 @@ class IsolatedImplementation(Implementation):
             label = getattr(target, "__qualname__", type(target).__name__)
         self.timeout = float(timeout)
         self._layer = protocol(layer).name
+        self._shards = shards
         self._context = multiprocessing.get_context(start_method or _default_start_method())
         if self._context.get_start_method() == "forkserver":
             # Workers fork from a server that has imported bnsym already. This sets the preload of the process's
@@ -463,15 +495,26 @@ class IsolatedImplementation(Implementation):
         self._process = self._conn = None
         self._busy = False  # a call was sent and its answer not yet received
         self._label = label
-        name, capabilities = self._start(loading=True)
+        name, capabilities, attributes = self._start(loading=True)
         self._capabilities = capabilities
-        super().__init__(**{method: _RemoteMethod(self, method) if method in capabilities else None
-                            for method in protocol(layer).signatures}, name=name, layer=layer)
+        if shards is None:
+            super().__init__(**{method: _RemoteMethod(self, method) if method in capabilities else None
+                                for method in protocol(layer).signatures}, name=name, layer=layer)
+        else:  # the sharded protocol's methods (not an Implementation's: there is no forward)
+            self.name, self.layer = name, layer
+            for method in signatures(layer):
+                setattr(self, method, _RemoteMethod(self, method) if method in capabilities else None)
+            self.equal_shards = bool(attributes.get("equal_shards", False))
+            self.unavailable = attributes.get("unavailable")
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._capabilities
 
     # -- the child's life --
 
-    def _start(self, loading: bool) -> tuple[str, frozenset[str]]:
-        """Start a child and load the implementation in it: (its name, its capabilities)."""
+    def _start(self, loading: bool) -> tuple[str, frozenset[str], dict]:
+        """Start a child and load the implementation in it: (its name, its capabilities, its other attributes)."""
         conn, child_conn = self._context.Pipe(duplex=True)
         # A spawned child's parent-death signal fires when the thread that started it ends, which is the
         # checker's end only for the main thread.
@@ -480,7 +523,7 @@ class IsolatedImplementation(Implementation):
         self._stacks, self._stack_file = tempfile.mkstemp(prefix="bnsym-isolated-", suffix=".stacks")
         process = self._context.Process(target=_serve, name=f"bnsym-isolated {self._label}", daemon=False,
                                         args=(child_conn, self._source, dict(os.environ), os.getpid(), forkserver,
-                                              by_main_thread, self._stack_file, self._layer))
+                                              by_main_thread, self._stack_file, self._layer, self._shards))
         process.start()
         child_conn.close()
         self._process, self._conn = process, conn
@@ -504,8 +547,8 @@ class IsolatedImplementation(Implementation):
             if loading:
                 raise TargetError(failure if failure.startswith(str(self._label)) else f"{self._label}: {failure}")
             raise ImplementationCrashed(f"restarting the implementation after a crash failed: {failure}", "load")
-        _, name, capabilities = reply
-        return name, frozenset(capabilities)
+        _, name, capabilities, attributes = reply
+        return name, frozenset(capabilities), attributes
 
     def _end(self, hung: bool) -> tuple[str, str]:
         """Finish a child that hung (it is killed) or died: (how it died, or "hung"; where, or "")."""
@@ -602,7 +645,7 @@ class IsolatedImplementation(Implementation):
     def _call(self, method: str, args: tuple, kwargs: dict):
         with self._lock:
             if self._process is None:
-                name, capabilities = self._start(loading=False)
+                name, capabilities, _ = self._start(loading=False)
                 if capabilities != self._capabilities:
                     raise TargetError(f"{self.name}: after a restart it offers {sorted(capabilities)}, before "
                                       f"{sorted(self._capabilities)}")
@@ -611,6 +654,9 @@ class IsolatedImplementation(Implementation):
             places: dict[int, tuple] = {}
 
             def encode(value):
+                if isinstance(value, list | tuple) and any(_in_shared_memory(v) or isinstance(v, list | tuple)
+                                                           for v in value):
+                    return ("list" if isinstance(value, list) else "tuple", [encode(v) for v in value])
                 if not _in_shared_memory(value):
                     return ("value", value)
                 slot = id(value)

@@ -11,6 +11,9 @@ second order.
   adds the running-statistics properties, which call ``train_forward`` and ``eval_forward``, and expect that
   convention. None (default) leaves them out.
 - ``order``: 2 adds the double-backward properties of the mode.
+- ``shards``: K, the sharded mode (:mod:`bnsym.testing.sharded`): the implementation follows the sharded protocol
+  and gets each batch split into K shards; the sharded properties run. None (default) is the unsharded check. Only
+  for a layer whose groups span samples, in train mode, first order.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from bnsym.conventions import CONVENTIONS
 from bnsym.testing.protocols import LAYER_NAMES, protocol
+from bnsym.testing.sharded import not_shardable_reason, shardable, signatures
 
 __all__ = ["MODES", "CheckOptions"]
 
@@ -36,6 +40,7 @@ class CheckOptions:
     convention: str | None = None
     order: int = 1
     layer: str = "batch_norm"
+    shards: int | None = None
 
     def __post_init__(self):
         if self.layer not in LAYER_NAMES:
@@ -49,6 +54,32 @@ class CheckOptions:
             raise ValueError(f"convention must be one of {tuple(CONVENTIONS)} or None, got {self.convention!r}")
         if isinstance(self.order, bool) or self.order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {self.order!r}")
+        if self.shards is not None:
+            self._check_shards()
+
+    def _check_shards(self) -> None:
+        """What a sharded run cannot do: ValueError saying why."""
+        if isinstance(self.shards, bool) or not isinstance(self.shards, numbers.Integral) or self.shards < 1:
+            raise ValueError(f"shards must be a positive integer (the number of workers) or None, got "
+                             f"{self.shards!r}")
+        if not shardable(self.layer):
+            raise ValueError(not_shardable_reason(self.layer))
+        if self.mode != "train":
+            raise ValueError(f"shards: {self.mode} mode normalises with the running statistics, which every worker "
+                             "holds whole, so a sharded batch has nothing to synchronise; the sharded check is of "
+                             "the training step (mode 'train')")
+        if self.order != 1:
+            raise ValueError("shards: the sharded protocol has no double backward (order 2 is the unsharded "
+                             "check's)")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods of the protocol a run with these options calls: the layer's
+        (:mod:`bnsym.testing.protocols`), or with ``shards`` the sharded protocol's (:mod:`bnsym.testing.sharded`).
+        A property belongs to the run when these include every method it needs."""
+        if self.shards is not None:
+            return tuple(signatures(self.layer))
+        return tuple(protocol(self.layer).signatures)
 
     def describe(self) -> str:
         parts = [] if self.layer == "batch_norm" else [protocol(self.layer).title]
@@ -57,6 +88,8 @@ class CheckOptions:
             parts.append(f"{self.convention} running statistics")
         if self.order == 2:
             parts.append("order 2")
+        if self.shards is not None:
+            parts.append(f"{self.shards} shard{'s' if self.shards != 1 else ''}")
         return ", ".join(parts)
 
 

@@ -27,7 +27,7 @@ def plot_margins(report: Report, path) -> Path:
     from matplotlib.colors import LogNorm
 
     rows = [r for r in report.results if r.margins or r.status == FAILED]
-    known = layer_regimes(report.options.layer)
+    known = tuple(report.regimes) or layer_regimes(report.options.layer)  # a run's own (a sharded run has more)
     regimes = [g for g in known if any(g in r.margins for r in rows)] or list(report.regimes or known)
     values = np.full((len(rows), len(regimes)), np.nan)
     for i, r in enumerate(rows):

@@ -103,7 +103,9 @@ class Space:
     layers;
     None draws any shape), the layer and the range of eps. Every property's strategy is a function of it.
     ``long_shapes`` are the run's shapes with long groups (:func:`bnsym.testing.strategies.long_shapes`), which the
-    properties that take them (``Property.long_groups``) also run on."""
+    properties that take them (``Property.long_groups``) also run on. ``shards`` is K in a sharded run (None
+    otherwise), and ``equal_shards`` says that the implementation takes shards of equal size only
+    (:mod:`bnsym.testing.sharded`)."""
 
     dtype: np.dtype
     regimes: tuple[str, ...] = bst.REGIMES
@@ -111,6 +113,8 @@ class Space:
     layer: str = "batch_norm"
     eps: tuple[float, float] = (bst.MIN_EPS, bst.MAX_EPS)
     long_shapes: tuple = ()
+    shards: int | None = None
+    equal_shards: bool = False
 
     def usable(self, prop: Property) -> tuple[str, ...]:
         """The regimes of this space that ``prop`` can draw from."""

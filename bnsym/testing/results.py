@@ -127,6 +127,7 @@ class Report(Verdicts):
     shapes: tuple[tuple[int, ...], ...] = ()
     save_dir: Path | None = None
     long_shapes: tuple = ()  # the run's shapes with long groups (bnsym.testing.strategies.long_shapes)
+    equal_shards: bool = False  # a sharded run whose implementation takes shards of equal size only
 
     def why_nothing_checked(self) -> str:
         """One line: nothing ran, and where the reasons are (the SKIP lines and the not-selected line of the report
@@ -185,9 +186,17 @@ class Report(Verdicts):
             lines.append(f"        example: {r.counterexample.example.describe()}")
         return lines
 
+    def _split(self) -> str:
+        """How a sharded run splits its batches."""
+        if self.options.shards is None:
+            return ""
+        return (", equal shards (the implementation takes no others)" if self.equal_shards else
+                ", uneven shards (empty and one-sample ones included)")
+
     def __str__(self) -> str:
         regimes = "" if not self.regimes or len(self.regimes) >= 6 else f", regimes: {', '.join(self.regimes)}"
-        lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}, seed {self.seed}, up "
+        lines = [f"bnsym check: {self.implementation}, {self.dtype}, {self.options.describe()}{self._split()}, seed "
+                 f"{self.seed}, up "
                  f"to {plural(self.max_examples, 'example')} per property and one of each regime they miss{regimes}"
                  f"{self._long_groups()}"]
         skipped: dict[str, list[str]] = {}
@@ -232,8 +241,10 @@ class Report(Verdicts):
             ce = r.counterexample
             if ce is None:
                 return None
+            sizes = getattr(ce.example, "sizes", None)  # a sharded example's split
             return {"message": str(ce.failure), "input": ce.example.describe(), "shape": list(ce.example.x.shape),
                     "regime": ce.example.regime, "eps": ce.example.eps,
+                    "shard_sizes": None if sizes is None else list(sizes),
                     "file": None if ce.path is None else str(ce.path)}
 
         status = "failed" if self.failed else "nothing checked" if self.nothing_checked else "passed"
@@ -246,6 +257,7 @@ class Report(Verdicts):
             "max_examples": self.max_examples,
             "options": {"layer": self.options.layer, "mode": self.options.mode,
                         "convention": self.options.convention, "order": self.options.order,
+                        "shards": self.options.shards, "equal_shards": self.equal_shards,
                         "regimes": list(self.regimes)},
             "shapes": [_entry_json(s) for s in self.shapes],
             "long_shapes": [_entry_json(s) for s in self.long_shapes],

@@ -30,9 +30,10 @@ from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import Property, Space, registry
 from bnsym.testing.results import FAILED, NOTED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
+from bnsym.testing.sharded import sharded_regimes
 from bnsym.testing.strategies import Example
 
-__all__ = ["call_property", "run_properties", "selection"]
+__all__ = ["call_property", "properties_of_run", "run_properties", "selection"]
 
 
 def call_property(prop: Property, impl: Implementation, example: Example, options: CheckOptions) -> None:
@@ -158,11 +159,18 @@ def _holdable(prop: Property, space: Space, entry) -> tuple[str, ...]:
     return tuple(regimes)
 
 
+def properties_of_run(options: CheckOptions) -> dict[str, Property]:
+    """The properties of the layer that a run with ``options`` can call (every method each needs is in the run's
+    protocol, ``options.methods``), in registry order, whether the options select them or not."""
+    methods = set(options.methods)
+    return {name: prop for name, prop in registry(options.layer).items() if prop.needs <= methods}
+
+
 def selection(options: CheckOptions, properties: list[str] | None, capabilities=None) -> list[str]:
-    """The properties to run, in registry order: those named (or those the options select), and what those of
-    them that the implementation can run (its ``capabilities``) require."""
+    """The properties to run, in registry order: those named (or those of the run that the options select), and
+    what those of them that the implementation can run (its ``capabilities``) require."""
     properties_of_layer = registry(options.layer)
-    chosen = set(properties) if properties else {n for n, p in properties_of_layer.items() if p.when(options)}
+    chosen = set(properties) if properties else {n for n, p in properties_of_run(options).items() if p.when(options)}
     for name in list(chosen):
         prop = properties_of_layer[name]
         if prop.when(options) and (capabilities is None or prop.needs <= capabilities):
@@ -184,18 +192,29 @@ def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, 
     """The properties that ``options`` select (or those named) on ``impl``, in registry order, on examples of
     ``regimes`` (default: every regime of the layer) with shapes from ``shapes`` (default: the run's pool,
     :func:`bnsym.testing.strategies.shape_pool`; for the other layers, ``(shape, size)`` pairs of
-    :func:`bnsym.testing.strategies.layer_shape_pool`)."""
+    :func:`bnsym.testing.strategies.layer_shape_pool`).
+
+    With ``options.shards`` (the sharded mode) ``impl`` follows the sharded protocol, the default regimes are
+    :func:`bnsym.testing.sharded.sharded_regimes`, and the examples draw their own shapes (``shapes`` must be None)."""
     options = options or CheckOptions()
-    shapes = _pool(options.layer, seed, shapes)
-    regimes = bst.layer_regimes(options.layer) if regimes is None else tuple(regimes)
-    space = Space(np.dtype(dtype), regimes, shapes, options.layer, long_shapes=bst.long_shapes(options.layer, shapes,
-                                                                                               seed))
+    if options.shards is not None and shapes is not None:
+        raise ValueError(f"shapes={shapes!r}: a sharded run draws its own shapes, split into shards; pass None")
+    if options.shards is None:
+        shapes = _pool(options.layer, seed, shapes)
+        regimes = bst.layer_regimes(options.layer) if regimes is None else tuple(regimes)
+        space = Space(np.dtype(dtype), regimes, shapes, options.layer,
+                      long_shapes=bst.long_shapes(options.layer, shapes, seed))
+    else:  # the sharded examples draw their own shapes, split into shards (bnsym.testing.sharded)
+        shapes = ()
+        regimes = sharded_regimes(options.layer) if regimes is None else tuple(regimes)
+        space = Space(np.dtype(dtype), regimes, None, options.layer, shards=options.shards,
+                      equal_shards=bool(getattr(impl, "equal_shards", False)))
     report = Report(impl.name, space.dtype.name, seed, max_examples, options=options, regimes=space.regimes,
-                    shapes=shapes, long_shapes=space.long_shapes)
+                    shapes=shapes, long_shapes=space.long_shapes, equal_shards=space.equal_shards)
     start = time.perf_counter()
     selected = selection(options, properties, impl.capabilities)
     properties_of_layer = registry(options.layer)
-    report.not_selected = [] if properties else [n for n in properties_of_layer if n not in selected]
+    report.not_selected = [] if properties else [n for n in properties_of_run(options) if n not in selected]
     verdicts: dict[str, str] = {}
     for name in selected:
         prop = properties_of_layer[name]
@@ -214,6 +233,9 @@ def _decide_skip(prop, impl, space, options, properties, verdicts) -> PropertyRe
     prerequisite = any(prop.name in other.requires for other in registry(options.layer).values())  # runs if named
     if properties and not prop.when(options) and prop.name in properties and not prerequisite:
         return PropertyResult(prop.name, SKIPPED, f"runs with {prop.selected_by}")
+    unavailable = getattr(impl, "unavailable", None)  # the implementation's reason it cannot run here
+    if unavailable:
+        return PropertyResult(prop.name, SKIPPED, unavailable)
     missing = prop.needs - impl.capabilities
     if missing:
         return PropertyResult(prop.name, SKIPPED, f"needs {', '.join(sorted(missing))}, which the implementation "

@@ -12,33 +12,56 @@
   unweighted mean of means, and NaN where a shard is empty; the checker gives this adapter equal shards and says
   so in the report (``jax_implementation(K, masked=True)`` is the uneven variant, which the check rejects).
 
-The rank-side function (:func:`torch_rank_step`) lives here, importable by the workers.
+The rank-side function (:func:`torch_rank_step`) lives here, importable by the workers. :func:`load` turns a CLI
+target into a :class:`~bnsym.testing.sharded.ShardedImplementation`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BUILTIN", "jax_implementation", "torch_implementation", "torch_rank_step"]
+from bnsym.testing.adapters import resolve
+from bnsym.testing.implementation import TargetError
+from bnsym.testing.sharded import ShardedImplementation, not_shardable_reason, shardable
+
+__all__ = ["BNSYM_SYNC_BATCH_NORM", "BUILTIN", "TORCH_SYNC_BATCH_NORM", "TorchLayer", "jax_implementation", "load",
+           "torch_implementation", "torch_rank_step"]
 
 
 # ----- PyTorch, in K gloo processes -----
 
-def _torch_layer(layer: str, channels: int, eps: float, momentum, dtype, device):
-    import torch
+@dataclass(frozen=True)
+class TorchLayer:
+    """A PyTorch data-parallel layer class the workers build: ``module.attribute`` (constructed as
+    ``torch.nn.SyncBatchNorm`` is), whether it runs on the rank's GPU when there is one (``on_gpu``), and the name
+    of the target in reports (``title``, with ``{shards}``)."""
 
-    if layer == "bnsym-torch":
-        from bnsym.torch import SyncBatchNorm
+    module: str
+    attribute: str
+    on_gpu: bool
+    title: str
 
-        return SyncBatchNorm(channels, eps=eps, momentum=momentum, dtype=dtype, device=device)
-    return torch.nn.SyncBatchNorm(channels, eps=eps, momentum=momentum, dtype=dtype, device=device)
+    def build(self, channels: int, eps: float, momentum, dtype, device):
+        import importlib
+
+        layer_class = getattr(importlib.import_module(self.module), self.attribute)
+        return layer_class(channels, eps=eps, momentum=momentum, dtype=dtype, device=device)
 
 
-def torch_rank_step(layer: str, task: dict) -> dict:
-    """One training step of ``layer`` ("bnsym-torch" or "torch-sync") on this rank's shard, in a worker.
+#: bnsym's SyncBatchNorm, on the CPU (its kernels are NumPy).
+BNSYM_SYNC_BATCH_NORM = TorchLayer("bnsym.torch", "SyncBatchNorm", False,
+                                   "bnsym.torch.SyncBatchNorm over {shards} gloo processes")
+#: PyTorch's SyncBatchNorm, on the GPU of each rank (it refuses CPU tensors).
+TORCH_SYNC_BATCH_NORM = TorchLayer("torch.nn", "SyncBatchNorm", True,
+                                   "torch.nn.SyncBatchNorm over {shards} processes")
+
+
+def torch_rank_step(layer: TorchLayer, task: dict) -> dict:
+    """One training step of ``layer`` on this rank's shard, in a worker.
 
     ``task`` has ``x``, ``gamma``, ``beta``, ``eps`` and optionally ``dy`` (then the backward runs too) and
     ``running`` = (running_mean, running_var, momentum, num_batches_tracked). Returns ``y`` and, as requested,
@@ -51,11 +74,11 @@ def torch_rank_step(layer: str, task: dict) -> dict:
     x = np.asarray(task["x"])
     dtype = torch.from_numpy(x[:0]).dtype
     device = torch.device("cpu")
-    if layer == "torch-sync" and torch.cuda.is_available():
+    if layer.on_gpu and torch.cuda.is_available():
         device = torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
     running = task.get("running")
     momentum = running[2] if running is not None else 0.1
-    module = _torch_layer(layer, x.shape[1], task["eps"], momentum, dtype, device)
+    module = layer.build(x.shape[1], task["eps"], momentum, dtype, device)
     with torch.no_grad():
         module.weight.copy_(torch.from_numpy(np.asarray(task["gamma"])))
         module.bias.copy_(torch.from_numpy(np.asarray(task["beta"])))
@@ -83,10 +106,11 @@ def torch_rank_step(layer: str, task: dict) -> dict:
 class _TorchShards:
     """The sharded protocol on K worker processes, one shard each (module docstring)."""
 
-    def __init__(self, layer: str, shards: int, timeout: float = 120.0):
+    def __init__(self, layer: TorchLayer, shards: int, timeout: float = 120.0):
         from bnsym.testing.workers import WorkerGroup
 
         self.layer = layer
+        self.name = layer.title.format(shards=shards)
         self.shards = shards
         self.group = WorkerGroup(shards, timeout=timeout)
         self.equal_shards = False
@@ -95,11 +119,11 @@ class _TorchShards:
 
     @property
     def unavailable(self) -> str | None:
-        """PyTorch's reason when its layer cannot run here (torch-sync without a GPU), found by asking it once.
+        """PyTorch's reason when a GPU layer cannot run here (no CUDA), found by asking the layer once.
 
         Without CUDA, one worker is enough to hear it: the layer checks the device before the size of the group.
         """
-        if self.layer == "torch-sync" and not self._probed:
+        if self.layer.on_gpu and not self._probed:
             import torch
 
             self._probed = True
@@ -141,15 +165,12 @@ class _TorchShards:
         self.group.close()
 
 
-def torch_implementation(layer: str):
-    """A factory for ``bnsym-torch`` or ``torch-sync`` over K processes: ``factory(shards)``."""
+def torch_implementation(layer: TorchLayer):
+    """A factory for ``layer`` over K processes: ``factory(shards)``."""
     def build(shards: int) -> _TorchShards:
         import torch  # noqa: F401  (the adapter needs PyTorch here too: fail early with a clear TargetError)
 
-        shards_object = _TorchShards(layer, shards)
-        shards_object.name = {"bnsym-torch": f"bnsym.torch.SyncBatchNorm over {shards} gloo processes",
-                              "torch-sync": f"torch.nn.SyncBatchNorm over {shards} processes"}[layer]
-        return shards_object
+        return _TorchShards(layer, shards)
     return build
 
 
@@ -267,5 +288,27 @@ def jax_implementation(shards: int, masked: bool = False) -> _JaxShards:
 
 
 #: The built-in sharded targets: name -> factory(shards).
-BUILTIN = {"bnsym-torch": torch_implementation("bnsym-torch"), "torch-sync": torch_implementation("torch-sync"),
-           "jax": jax_implementation}
+BUILTIN = {"bnsym-torch": torch_implementation(BNSYM_SYNC_BATCH_NORM),
+           "torch-sync": torch_implementation(TORCH_SYNC_BATCH_NORM), "jax": jax_implementation}
+#: Targets of the unsharded check whose data-parallel counterparts are other targets: the hint of a usage error.
+_SHARDED_COUNTERPARTS = {"torch": "torch-sync (torch.nn.SyncBatchNorm) and bnsym-torch (bnsym.torch.SyncBatchNorm)"}
+
+
+def load(target: str, shards: int, layer: str = "batch_norm") -> ShardedImplementation:
+    """The sharded implementation named by a CLI target: ``bnsym-torch``, ``torch-sync``, ``jax`` (for ``shards``
+    workers), or ``path/to/file.py:NAME`` / ``package.module:NAME`` following the sharded protocol
+    (:mod:`bnsym.testing.sharded`). Raises :class:`~bnsym.testing.implementation.TargetError` with a message for
+    the user otherwise."""
+    if not shardable(layer):
+        raise TargetError(not_shardable_reason(layer))
+    if target in BUILTIN:
+        try:
+            built = BUILTIN[target](shards)
+        except ImportError as error:
+            raise TargetError(f"the {target} adapter needs its library installed: {error}") from None
+        except RuntimeError as error:
+            raise TargetError(f"the {target} adapter cannot run: {error}") from None
+        return ShardedImplementation.wrap(built, name=built.name, layer=layer)
+    if target in _SHARDED_COUNTERPARTS:
+        raise TargetError(f"with --shards, the targets for {target} are {_SHARDED_COUNTERPARTS[target]}")
+    return ShardedImplementation.wrap(resolve(target), name=target, layer=layer)

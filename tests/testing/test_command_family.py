@@ -23,7 +23,8 @@ ZOO = Path(__file__).with_name("zoo_family.py")
     (["--layer", "layer_norm", "--property", "dx_scales_with_gamma"], "not a property of layer_norm"),
     (["--layer", "layer_norm", "--regime", "constant channel"], "unknown regimes ['constant channel'] for layer_norm"),
     (["--regime", "tiny group"], "unknown regimes ['tiny group']"),
-    (["--layer", "group_norm", "--shards", "2"], "--layer group_norm has no sharded check"),
+    (["--layer", "group_norm", "--shards", "2"], "group norm has no sharded check: each of its groups lies within one "
+                                                 "sample"),
 ], ids=["eval", "convention", "rms-dbeta", "bn-property", "bn-regime", "family-regime-for-bn", "shards"])
 def test_what_a_layer_does_not_have_is_a_usage_error(options, message, capsys):
     assert main(["check", f"{ZOO}:LayerNorm", *options]) == 2

@@ -5,6 +5,7 @@ import bnsym.testing.strategies
 from bnsym.testing.adapters import SIGNATURES
 from bnsym.testing.properties import REGISTRIES, REGISTRY
 from bnsym.testing.protocols import PROTOCOLS
+from bnsym.testing.sharded import shardable, signatures
 
 
 def test_public_names():
@@ -27,7 +28,7 @@ def test_bnsym_testing_does_not_export_its_own_imports():
 
 def test_every_property_is_named_grouped_and_described():
     groups = {"structure", "reference", "standardisation", "gradients", "identities", "invariances", "eval",
-              "running statistics", "second order"}
+              "running statistics", "second order", "sharded"}
     assert set(bnsym.testing.PROPERTIES) == set(REGISTRY)
     assert set(REGISTRIES) == set(bnsym.testing.LAYERS) == set(PROTOCOLS)
     assert PROTOCOLS["batch_norm"].signatures is SIGNATURES  # batch norm's protocol is the one adapters documents
@@ -35,7 +36,10 @@ def test_every_property_is_named_grouped_and_described():
         assert bnsym.testing.properties_of(layer) == tuple(registry)
         for prop in registry.values():
             assert prop.group in groups, prop.name
-            assert prop.needs and prop.needs <= set(PROTOCOLS[layer].signatures), f"{prop.name} needs {prop.needs}"
+            # A property calls one protocol: the layer's, or (for a layer whose groups span samples) the sharded one.
+            protocols = [set(PROTOCOLS[layer].signatures)] + ([set(signatures(layer))] if shardable(layer) else [])
+            assert prop.needs and any(prop.needs <= methods for methods in protocols), \
+                f"{prop.name} needs {prop.needs}"
             assert prop.description and prop.description != prop.name
             assert prop.selected_by, f"{prop.name} does not say which options select it"
 

@@ -1,5 +1,5 @@
-"""Data-parallel batch norms for testing the sharded check: correct ones that must pass, planted SyncBN bugs that must
-be caught.
+"""Data-parallel batch norms for testing the sharded mode of the check: correct ones that must pass, planted SyncBN bugs
+that must be caught.
 
 Each implementation follows the sharded protocol (:mod:`bnsym.testing.sharded`) and simulates its K workers in one
 process: a worker sees only its shard, and an "all-reduce" is a sum over the workers' values. :class:`TwoRounds` is
@@ -128,6 +128,15 @@ class EqualShardsOnly(TwoRounds):
         return super().sharded_forward(xs, gamma, beta, eps)
 
 
+class AbortsInBackward(TwoRounds):
+    """Correct forward, and a backward that aborts the process (a crash in native code): a finding under --isolate."""
+
+    def sharded_backward(self, dys, xs, gamma, beta, eps):
+        import os
+
+        os.abort()
+
+
 class Unavailable(TwoRounds):
     """Cannot run here (as torch-sync without a GPU): every property is skipped with this reason."""
 
@@ -221,6 +230,35 @@ class SingleSampleWorkerRefused(TwoRounds):
         return super().sharded_forward(xs, gamma, beta, eps)
 
 
+class TrainStepWithRunningStatistics(TwoRounds):
+    """The training step normalises with the running statistics it was given (eval mode's y), while it updates them
+    correctly: the outputs of a training step are wrong, its running statistics right."""
+
+    def sharded_train_forward(self, xs, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked):
+        _, means, variances = super().sharded_train_forward(xs, gamma, beta, eps, running_mean, running_var, momentum,
+                                                            num_batches_tracked)
+        ndim, work = xs[0].ndim, _work(xs[0])
+        scale = _channel(gamma, ndim).astype(work) / np.sqrt(_channel(running_var, ndim).astype(work) + work(eps))
+        ys = [(scale * (x.astype(work) - _channel(running_mean, ndim).astype(work))
+               + _channel(beta, ndim).astype(work)).astype(x.dtype) for x in xs]
+        return ys, means, variances
+
+
+class CentresDyInPlace(TwoRounds):
+    """Centres the caller's dy shards in place (dy -= the global mean of dy, an optimisation that saves a copy), after
+    taking dgamma and dbeta from them: every result is right, and the caller's dy is gone."""
+
+    def sharded_backward(self, dys, xs, gamma, beta, eps):
+        _, dgammas, dbetas = super().sharded_backward(dys, xs, gamma, beta, eps)
+        axes, ndim = _axes(dys[0]), dys[0].ndim
+        mean_dy = _channel(sum(dy.sum(axis=axes) for dy in dys) / self.count(xs), ndim)
+        for dy in dys:
+            dy -= mean_dy.astype(dy.dtype)  # the caller's array
+        # With sum(dy) = 0 the backward's sum(dy) term vanishes, and sum(dy x_hat) is unchanged (sum(x_hat) = 0).
+        dxs, _, _ = super().sharded_backward(dys, xs, gamma, beta, eps)
+        return dxs, dgammas, dbetas
+
+
 @dataclass(frozen=True)
 class ShardedBug:
     name: str
@@ -247,6 +285,11 @@ BUGS = (
                "an empty worker's statistics in the merge"),
     ShardedBug("single_sample_worker_refused", SingleSampleWorkerRefused, ("sharded_forward_reference",),
                "a one-sample worker refused"),
+    ShardedBug("train_step_with_running_statistics", TrainStepWithRunningStatistics,
+               ("sharded_train_forward_batch_statistics",), "a training step normalised with the running statistics",
+               convention="torch"),
+    ShardedBug("centres_dy_in_place", CentresDyInPlace, ("sharded_inputs_not_modified",),
+               "the caller's dy shards centred in place"),
 )
 
 CORRECT = {"two_rounds": TwoRounds, "parallel_merge": ParallelMerge}

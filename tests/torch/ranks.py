@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bnsym.testing.sharded_adapters import torch_rank_step
+from bnsym.testing.sharded_adapters import BNSYM_SYNC_BATCH_NORM, torch_rank_step
 from bnsym.torch import SyncBatchNorm
 
 __all__ = ["ddp_training", "eval_step", "layer_step", "model", "step_with_collectives", "subgroup_step",
@@ -15,7 +15,7 @@ __all__ = ["ddp_training", "eval_step", "layer_step", "model", "step_with_collec
 
 
 def layer_step(task: dict) -> dict:
-    return torch_rank_step("bnsym-torch", task)
+    return torch_rank_step(BNSYM_SYNC_BATCH_NORM, task)
 
 
 class _Collectives:
