@@ -96,7 +96,7 @@ def render_layer_document(name: str) -> str:
         "",
         "## Forward pass (training mode)",
         "",
-        f"The definition, written once in `bnsym.symbolic.layers.{d.forward.__name__}` and declared for this layer "
+        f"The definition, written once in `{d.forward_source}` and declared for this layer "
         f"in its specification, `bnsym.spec.SPECS[{name!r}]`. " + (
             "The variance is the two-pass form $\\frac{1}{M}\\sum_j (x_j - \\mu)^2$; it is never expanded into "
             "$E[x^2] - E[x]^2$, which cancels catastrophically in float32." if d.centred else
