@@ -105,17 +105,18 @@ class LayerFunctions:
         self.forward = _function(layer, "forward", "forward", _signature(spec, ("x", *p), takes_eps=True),
                                  f"{title} in training mode: ``(y, {', '.join(saved)})``, with the statistics of "
                                  f"each group that the backward reuses. {note}")
+        gradients = ", ".join("d" + q for q in p)
         self.backward = _function(layer, "backward", "backward",
                                   _signature(spec, ("dy", "x", "gamma", *saved), takes_eps=False),
-                                  f"The gradients for the upstream gradient dy, ``(dx, {', '.join('d' + q for q in p)})``"
-                                  f", from the statistics that :func:`forward` returned. {note}")
+                                  f"The gradients for the upstream gradient dy, ``(dx, {gradients})``, from the "
+                                  f"statistics that :func:`forward` returned. {note}")
+        terms = " + ".join(f"<gg{q}, d{q}>" for q in p)
         self.double_backward = _function(
             layer, "double_backward", "double_backward",
             _signature(spec, ("ggx", *("gg" + q for q in p), "dy", "x", "gamma", *saved), takes_eps=False,
                        training=running),
-            "The double backward: the gradients of ``<ggx, dx> + "
-            + " + ".join(f"<gg{q}, d{q}>" for q in p) + f"`` with respect to x, gamma and dy, ``(gx, ggamma, gdy)``. "
-            + note)
+            f"The double backward: the gradients of ``<ggx, dx> + {terms}`` with respect to x, gamma and dy, "
+            f"``(gx, ggamma, gdy)``. {note}")
         self.jvp = _function(layer, "jvp", "jvp",
                              _signature(spec, ("x", *p, "tx", *("t" + q for q in p)), takes_eps=True),
                              "Forward mode: ``(y, ty)``, the output and its directional derivative along the "

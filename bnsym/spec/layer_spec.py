@@ -113,7 +113,7 @@ class LayerSpec:
         undeclared = sorted(set(given) - set(self.parameters))
         if undeclared:
             raise ValueError(f"LayerSpec {self.name!r}: neutral gives a value for {', '.join(undeclared)}, which "
-                             f"is not a parameter of a {self.statistic!r} layer (its parameters: "
+                             f"is not a parameter of a layer of statistic {self.statistic!r} (its parameters: "
                              f"{', '.join(self.parameters)})")
         for parameter, value in given.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -70,12 +70,12 @@ def _check_inputs(spec: LayerSpec, s, program: Program, where: str) -> None:
             raise DeclarationError(f"{where} takes a symbol {name} of its own: use the layer's own symbol s.{name}")
         if name not in by_name:
             raise DeclarationError(
-                f"{where} takes {name}, a parameter whose placement the specification does not declare: a "
-                f"{spec.statistic!r} layer takes ({', '.join(by_name)})")
+                f"{where} takes {name}, a parameter whose placement the specification does not declare: a layer "
+                f"of statistic {spec.statistic!r} takes ({', '.join(by_name)})")
     missing = [name for name in by_name if name not in names]
     if missing or len(names) != len(set(names)):
-        raise DeclarationError(f"{where} takes ({', '.join(names)}); a {spec.statistic!r} layer takes "
-                               f"({', '.join(by_name)}), each once")
+        raise DeclarationError(f"{where} takes ({', '.join(names)}); a layer of statistic {spec.statistic!r} "
+                               f"takes ({', '.join(by_name)}), each once")
 
 
 def _check_outputs(spec: LayerSpec, s, program: Program, where: str) -> None:
@@ -84,7 +84,7 @@ def _check_outputs(spec: LayerSpec, s, program: Program, where: str) -> None:
         raise DeclarationError(
             f"{where} returns ({', '.join(map(str, program.outputs))}), but the specification says its forward "
             f"returns ({', '.join(map(str, expected))}): y, then the statistics the backward reuses "
-            f"(LayerSpec.saved of a {spec.statistic!r} layer)")
+            f"(LayerSpec.saved of a layer of statistic {spec.statistic!r})")
     for output in program.outputs:
         if not program.inline(output).has(s.x):
             raise DeclarationError(f"{where}: the output {output} does not depend on the input x")
@@ -112,13 +112,14 @@ def _check_vocabulary(spec: LayerSpec, s, program: Program, where: str) -> None:
     missing = [str(step) for step in steps if step not in defined]
     if missing:
         raise DeclarationError(
-            f"{where} does not define {', '.join(missing)}: the engine writes a {spec.statistic!r} layer's "
-            f"derivatives in x_hat (the normalised input) and its statistics, so its forward defines "
-            f"{', '.join(map(str, steps))} with the layer's symbols")
+            f"{where} does not define {', '.join(missing)}: the engine writes the derivatives of a layer of "
+            f"statistic {spec.statistic!r} in x_hat (the normalised input) and its statistics, so its forward "
+            f"defines {', '.join(map(str, steps))} with the layer's symbols")
     for name, replacement in vocabulary_identities(s, spec.centred):
         if not prove_fact(program, name, replacement):
             raise DeclarationError(f"{where}: {name} = {replacement} does not follow from its definitions, so "
-                                   f"x_hat and {', '.join(spec.saved)} are not a {spec.statistic!r} layer's")
+                                   f"x_hat and {', '.join(spec.saved)} are not those of a layer of statistic "
+                                   f"{spec.statistic!r}")
 
 
 def _check_neutral(spec: LayerSpec, s, program: Program, where: str) -> None:

@@ -239,13 +239,13 @@ class Derivation:
     def facts(self) -> tuple[Fact, ...]:
         """Identities about the forward pass, each proved from it before it is used."""
         s = self.symbols
-        self.checked_forward
+        forward = self.checked_forward
         claims = [Fact(BatchSum(s.x_hat**2), M * (1 - s.eps * self.scale**2),
                        "the normalised values have mean square statistic/(statistic + eps), not 1")]
         if self.declaration.centred:
             claims.insert(0, Fact(BatchSum(s.x_hat), sympy.S.Zero, "the normalised values have mean zero"))
         for fact in claims:
-            if not prove_fact(self.training_forward, fact.lhs, fact.rhs):
+            if not prove_fact(forward, fact.lhs, fact.rhs):
                 raise AssertionError(f"could not prove {fact.lhs} = {fact.rhs} from the forward definition")
         return tuple(claims)
 
@@ -253,12 +253,12 @@ class Derivation:
     def vocabulary(self) -> Vocabulary:
         """Closed forms speak of x_hat, the saved statistics and the inputs."""
         s = self.symbols
-        self.checked_forward
+        forward = self.checked_forward
         eliminate = vocabulary_identities(s, self.declaration.centred)
         for name, replacement in eliminate:
-            if not prove_fact(self.training_forward, name, replacement):
+            if not prove_fact(forward, name, replacement):
                 raise AssertionError(f"{name} = {replacement} is not an identity of the forward pass")
-        return Vocabulary(forward=self.training_forward, keep=(s.x_hat,) + self.saved, eliminate=eliminate,
+        return Vocabulary(forward=forward, keep=(s.x_hat,) + self.saved, eliminate=eliminate,
                           facts=self.facts)
 
     def identity_recovery_holds(self) -> bool:
@@ -391,6 +391,6 @@ def derivation(name: str) -> Derivation:
     declaration = LayerDeclaration.of(spec(name))
     if name not in _DERIVATIONS or _DERIVATIONS[name].declaration != declaration:
         derived = Derivation(declaration)
-        derived.checked_forward  # a declaration the engine cannot derive from is refused before anything else
+        _ = derived.checked_forward  # a declaration the engine cannot derive from is refused before anything else
         _DERIVATIONS[name] = derived
     return _DERIVATIONS[name]
