@@ -41,8 +41,14 @@ def _notation(layer) -> str:
                  "$s = 1/\\sqrt{\\sigma^2 + \\epsilon}$ (`invstd` in code)" if d.centred else
                  "$\\nu$ is the mean square of the group (`ms` in code), $r = 1/\\sqrt{\\nu + \\epsilon}$ "
                  "(`invrms` in code)")
-    parameters = ("$\\gamma_i$ and $\\beta_i$ carry the index $i$ because they vary within a group" if
-                  d.per_element_parameters else "$\\gamma$ and $\\beta$ are one value per group")
+    symbols = [sympy.latex(sympy.Symbol(str(p))) for p in layer.parameters]  # the bare letter, no index
+    if d.per_element_parameters:
+        indexed = " and ".join(f"${s}_i$" for s in symbols)
+        parameters = (f"{indexed} carry the index $i$ because they vary within a group" if len(symbols) > 1 else
+                      f"{indexed} carries the index $i$ because it varies within a group")
+    else:
+        plain = " and ".join(f"${s}$" for s in symbols)
+        parameters = f"{plain} {'are' if len(symbols) > 1 else 'is'} one value per group"
     return (f"One group holds $M$ values: {d.group}. $M$ is a symbol, so every result holds for every group size. "
             "A subscript $i$ is one element of the group, $\\sum_j$ a sum over all $M$ elements. "
             f"{statistic} and $\\hat{{x}}$ the normalised input; {parameters}. Statistics are taken over "
