@@ -39,9 +39,10 @@ def _per_parameter(layer: Derivation, gradients):
 
 
 def _in_prose(layer: Derivation) -> str:
-    """The layer's title inside a sentence: "layer normalisation", "RMS normalisation"."""
-    title = layer.declaration.title
-    return title if title[:2].isupper() else title[0].lower() + title[1:]
+    """The layer's title inside a sentence: "layer normalisation", "RMS normalisation", "Gemma RMS normalisation"
+    (capitalised there when the specification's name for it in a sentence, ``short``, is)."""
+    spec = layer.declaration.spec
+    return spec.title if spec.short[:1].isupper() else spec.title[0].lower() + spec.title[1:]
 
 
 def _source(layer: Derivation, what: str) -> str:
@@ -63,8 +64,7 @@ def _forward(layer: Derivation) -> Kernel:
         outputs=((s.y, program[s.y]),) + tuple((name, name) for name in layer.saved),
         summary=f"Training-mode {_in_prose(layer)}: y, and the statistics "
                 f"({', '.join(n.name for n in layer.saved)}) that the backward pass reuses.",
-        derived_from=f"Written once in bnsym.symbolic.layers.{layer.declaration.forward.__name__}; this is its "
-                     "definition.",
+        derived_from=f"Written once in {layer.declaration.forward_source}; this is its definition.",
         notes=(_layout(layer),),
     )
 

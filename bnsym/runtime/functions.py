@@ -1,126 +1,184 @@
 """The public functions of any specified layer, made from its specification: what ``bnsym.layer_norm`` is for a
-built-in layer, for a layer registered at run time (a user's own, or a test's).
+built-in layer, for a layer with no module of its own (a variant declared in :mod:`bnsym.layers`, served as
+``bnsym.<name>``; a user's own layer; a test's).
 
-``functions(spec)`` returns a :class:`LayerFunctions` whose members take their arguments in the order of the
-built-in modules, with the layer's parameters (``spec.parameters``), saved statistics (``spec.saved``) and options
-(``spec.options``) in place of a particular layer's::
+``functions(spec)`` returns a :class:`LayerFunctions` whose members are plain functions with real signatures
+(``inspect.signature`` shows them), taking their arguments in the order of the built-in modules, with the layer's
+parameters (``spec.parameters``), saved statistics (``spec.saved``) and options (``spec.options``; an option without
+a default comes before eps, the others after it) in place of a particular layer's::
 
-    forward(x, gamma, beta, eps=spec.eps, **options)             -> (y, *saved)
-    backward(dy, x, gamma, *saved, **options)                    -> (dx, dgamma, dbeta)
-    double_backward(ggx, gggamma, ggbeta, dy, x, gamma, *saved, **options, training=True) -> (gx, ggamma, gdy)
-    jvp(x, gamma, beta, tx, tgamma, tbeta, eps=spec.eps, **options) -> (y, ty)
+    forward(x, gamma, beta, eps=spec.eps, **options)                         -> (y, *saved)
+    backward(dy, x, gamma, *saved, **options)                                -> (dx, dgamma, dbeta)
+    double_backward(ggx, gggamma, ggbeta, dy, x, gamma, *saved, **options)    -> (gx, ggamma, gdy)
+    jvp(x, gamma, beta, tx, tgamma, tbeta, eps=spec.eps, **options)          -> (y, ty)
 
 (a layer without beta drops beta and its cotangent and tangent), and for a layer that keeps running statistics
 ``inference(x, gamma, beta, running_mean, running_var, eps, **options) -> y``, ``inference_backward(dy, x, gamma,
-running_mean, running_var, eps, **options)`` and ``update_running_stats``. Every keyword takes ``backend`` as the
-built-in modules do. Each one validates and arranges its arguments through :class:`bnsym.runtime.layer.Layer`,
-exactly as the built-in modules' functions do, and runs the layer's generated kernels
-(:attr:`bnsym.spec.LayerSpec.kernels_module`).
+running_mean, running_var, eps, **options) -> (dx, dgamma, dbeta)``, ``double_backward(..., training=True)`` and
+``update_running_stats``. Every function takes the keyword ``backend`` as the built-in modules do. Each validates
+and arranges its arguments through :class:`bnsym.runtime.layer.Layer`, exactly as the built-in modules' functions
+do, and runs the layer's generated kernels (:attr:`bnsym.spec.LayerSpec.kernels_module`).
+
+:func:`module` makes the same functions a module (``__all__``, the verbs), and :class:`DeclaredModules` serves such
+a module on import for every layer of a package that has no module file of its own (``import bnsym.<name>``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.abc
+import importlib.machinery
+import inspect
+import types
+from collections.abc import Callable
 
 from bnsym.runtime.layer import Layer
 from bnsym.spec.groupings import REQUIRED
-from bnsym.spec.layers import LayerSpec
+from bnsym.spec.layer_spec import LayerSpec
 
-__all__ = ["LayerFunctions", "functions"]
+__all__ = ["DeclaredModules", "LayerFunctions", "functions", "module"]
+
+_POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
-@dataclass(frozen=True)
+def _signature(spec: LayerSpec, arguments: tuple[str, ...], *, takes_eps: bool, training: bool = False
+               ) -> inspect.Signature:
+    """``(*arguments, required options, [eps=spec.eps], other options, *, [training=True], backend="auto")``."""
+    parameters = [inspect.Parameter(name, _POSITIONAL) for name in arguments]
+    options = spec.grouping.options
+    parameters += [inspect.Parameter(o.name, _POSITIONAL) for o in options if o.default is REQUIRED]
+    if takes_eps:
+        parameters.append(inspect.Parameter("eps", _POSITIONAL, default=spec.eps))
+    parameters += [inspect.Parameter(o.name, _POSITIONAL, default=o.default) for o in options
+                   if o.default is not REQUIRED]
+    if training:
+        parameters.append(inspect.Parameter("training", _KEYWORD, default=True))
+    parameters.append(inspect.Parameter("backend", _KEYWORD, default="auto"))
+    return inspect.Signature(parameters)
+
+
+def _function(layer: Layer, verb: str, kernel_verb: str, signature: inspect.Signature, doc: str, *,
+              training: bool = True, single: bool = False) -> Callable:
+    """A public function of ``layer``: binds its arguments by ``signature`` (a TypeError names the function, as
+    Python's own would) and runs ``kernel_verb`` through :meth:`Layer.run`."""
+    spec = layer.spec
+
+    def function(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{spec.name}.{verb}(): {error}") from None
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        backend = values.pop("backend")
+        mode = values.pop("training", training)
+        extra = {"eps": values.pop("eps")} if "eps" in values else {}
+        options = {name: values.pop(name) for name in spec.options}
+        results = layer.run(kernel_verb, values, backend=backend, training=mode, **extra, **options)
+        return results[0] if single else results
+
+    function.__name__ = function.__qualname__ = verb
+    function.__signature__ = signature
+    function.__doc__ = doc
+    return function
+
+
+def _none_note(spec: LayerSpec) -> str:
+    values = ", ".join(f"{name} = {value}" for name, value in spec.neutral_values.items())
+    return (f"A parameter that is None means no such parameter ({values}), and its gradient comes back as None; a "
+            "cotangent or tangent that is None means zero.")
+
+
 class LayerFunctions:
-    """The public functions of one layer (module docstring)."""
+    """The public functions of one layer (module docstring): ``forward``, ``backward``, ``double_backward``,
+    ``jvp`` (and ``inference``, ``inference_backward``, ``update_running_stats`` for a layer that keeps running
+    statistics); ``verbs`` names them (without ``update_running_stats``, which takes per-channel arrays only)."""
 
-    spec: LayerSpec
+    def __init__(self, spec: LayerSpec):
+        if not isinstance(spec, LayerSpec):
+            raise TypeError(f"functions takes a LayerSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self._layer = layer = Layer(spec)
+        p, saved, title = spec.parameters, spec.saved, spec.title
+        note = _none_note(spec)
+        running = spec.running_statistics
+        self.forward = _function(layer, "forward", "forward", _signature(spec, ("x", *p), takes_eps=True),
+                                 f"{title} in training mode: ``(y, {', '.join(saved)})``, with the statistics of "
+                                 f"each group that the backward reuses. {note}")
+        gradients = ", ".join("d" + q for q in p)
+        self.backward = _function(layer, "backward", "backward",
+                                  _signature(spec, ("dy", "x", "gamma", *saved), takes_eps=False),
+                                  f"The gradients for the upstream gradient dy, ``(dx, {gradients})``, from the "
+                                  f"statistics that :func:`forward` returned. {note}")
+        terms = " + ".join(f"<gg{q}, d{q}>" for q in p)
+        self.double_backward = _function(
+            layer, "double_backward", "double_backward",
+            _signature(spec, ("ggx", *("gg" + q for q in p), "dy", "x", "gamma", *saved), takes_eps=False,
+                       training=running),
+            f"The double backward: the gradients of ``<ggx, dx> + {terms}`` with respect to x, gamma and dy, "
+            f"``(gx, ggamma, gdy)``. {note}")
+        self.jvp = _function(layer, "jvp", "jvp",
+                             _signature(spec, ("x", *p, "tx", *("t" + q for q in p)), takes_eps=True),
+                             "Forward mode: ``(y, ty)``, the output and its directional derivative along the "
+                             f"tangents of x and the parameters. {note}")
+        self.verbs: tuple[str, ...] = ("forward", "backward", "double_backward", "jvp")
+        if running:
+            self.inference = _function(
+                layer, "inference", "forward", _signature(spec, ("x", *p, "running_mean", "running_var"),
+                                                          takes_eps=True),
+                "Eval mode: y normalised with the given running statistics.", training=False, single=True)
+            self.inference_backward = _function(
+                layer, "inference_backward", "backward",
+                _signature(spec, ("dy", "x", "gamma", "running_mean", "running_var"), takes_eps=True),
+                "The eval-mode backward, the running statistics constant.", training=False)
+            self.update_running_stats = layer.update_running_stats
+            self.verbs += ("inference", "inference_backward")
 
-    @property
-    def _layer(self) -> Layer:
-        return Layer(self.spec)
-
-    def _bind(self, names: tuple[str, ...], args: tuple, kwargs: dict, verb: str) -> tuple[dict, dict]:
-        """The positional arguments by name, and the layer's options (defaults filled in; unknown keywords and
-        missing arguments are a TypeError naming them, as Python's own would be)."""
-        if len(args) > len(names):
-            raise TypeError(f"{self.spec.name}.{verb} takes {len(names)} positional arguments ({', '.join(names)}), "
-                            f"got {len(args)}")
-        arguments = dict(zip(names, args))
-        for name in names[len(args):]:
-            if name not in kwargs:
-                raise TypeError(f"{self.spec.name}.{verb} is missing the argument {name!r}")
-            arguments[name] = kwargs.pop(name)
-        options = {}
-        for option in self.spec.grouping.options:
-            if option.name in kwargs:
-                options[option.name] = kwargs.pop(option.name)
-            elif option.default is REQUIRED:
-                raise TypeError(f"{self.spec.name}.{verb} needs the option {option.name!r}: {option.meaning}")
-            else:
-                options[option.name] = option.default
-        return arguments, options
-
-    def _run(self, verb: str, names: tuple[str, ...], args, kwargs, *, takes_eps: bool, training=True):
-        kwargs = dict(kwargs)
-        backend = kwargs.pop("backend", "auto")
-        eps = kwargs.pop("eps", self.spec.eps) if takes_eps else None
-        arguments, options = self._bind(names, args, kwargs, verb)
-        if kwargs:
-            raise TypeError(f"{self.spec.name}.{verb} got unexpected keyword arguments {sorted(kwargs)}; its "
-                            f"options are {list(self.spec.options)}")
-        extra = {"eps": eps} if takes_eps else {}
-        return self._layer.run(verb, arguments, backend=backend, training=training, **extra, **options)
-
-    @property
-    def _parameters(self) -> tuple[str, ...]:
-        return self.spec.parameters
-
-    def forward(self, *args, **kwargs):
-        """``(y, *saved)`` of x (module docstring)."""
-        return self._run("forward", ("x", *self._parameters), args, kwargs, takes_eps=True)
-
-    def backward(self, *args, **kwargs):
-        """``(dx, dgamma[, dbeta])`` for the upstream gradient dy, from the saved statistics of :meth:`forward`."""
-        return self._run("backward", ("dy", "x", "gamma", *self.spec.saved), args, kwargs, takes_eps=False)
-
-    def double_backward(self, *args, training: bool = True, **kwargs):
-        """``(gx, ggamma, gdy)``: the gradients of <ggx, dx> + <gggamma, dgamma> (+ <ggbeta, dbeta>)."""
-        cotangents = tuple("gg" + p for p in self._parameters)
-        return self._run("double_backward", ("ggx", *cotangents, "dy", "x", "gamma", *self.spec.saved), args,
-                         kwargs, takes_eps=False, training=training)
-
-    def jvp(self, *args, **kwargs):
-        """``(y, ty)``: the output and its directional derivative along the tangents of x and the parameters."""
-        tangents = tuple("t" + p for p in self._parameters)
-        return self._run("jvp", ("x", *self._parameters, "tx", *tangents), args, kwargs, takes_eps=True)
-
-    def inference(self, *args, **kwargs):
-        """Eval mode: y normalised with the given running statistics (layers that keep them)."""
-        (y,) = self._run("forward", ("x", *self._parameters, "running_mean", "running_var"), args, kwargs,
-                         takes_eps=True, training=False)
-        return y
-
-    def inference_backward(self, *args, **kwargs):
-        """Eval-mode backward, the running statistics constant (layers that keep them)."""
-        return self._run("backward", ("dy", "x", "gamma", "running_mean", "running_var"), args, kwargs,
-                         takes_eps=True, training=False)
-
-    def update_running_stats(self, running_mean, running_var, mean, var, count, **options):
-        """The running statistics after one training batch (:func:`bnsym.running_stats.update`)."""
-        return self._layer.update_running_stats(running_mean, running_var, mean, var, count, **options)
-
-    @property
-    def verbs(self) -> tuple[str, ...]:
-        """The names of its public functions (eval mode's only for a layer that keeps running statistics)."""
-        verbs = ("forward", "backward", "double_backward", "jvp")
-        if self.spec.running_statistics:
-            verbs += ("inference", "inference_backward")
-        return verbs
+    def __repr__(self) -> str:
+        return f"functions({self.spec.name!r})"
 
 
 def functions(spec: LayerSpec) -> LayerFunctions:
     """The public functions of the specified layer ``spec`` (module docstring)."""
-    if not isinstance(spec, LayerSpec):
-        raise TypeError(f"functions takes a LayerSpec, got {type(spec).__name__}")
     return LayerFunctions(spec)
 
+
+def module(spec: LayerSpec, name: str) -> types.ModuleType:
+    """The public functions of ``spec`` as the module ``name`` (``bnsym.gemma_rms_norm``): its verbs, ``__all__``
+    naming them (sorted, as the built-in modules list theirs), ``update_running_stats`` for a layer that keeps
+    running statistics, and ``_LAYER``, its :class:`~bnsym.runtime.layer.Layer`."""
+    made = LayerFunctions(spec)
+    served = types.ModuleType(name, f"{spec.title}: {spec.group}; statistics over {spec.statistics_over}; the "
+                                    f"parameters have {spec.parameters_are}.\n\nThe public functions of the layer "
+                                    f"{spec.name!r}, made from its specification (bnsym.runtime.functions); all "
+                                    f"arithmetic is in the generated kernels ({spec.kernels_module}).\n")
+    for verb in made.verbs:
+        function = getattr(made, verb)
+        function.__module__ = name
+        setattr(served, verb, function)
+    if spec.running_statistics:
+        served.update_running_stats = made.update_running_stats
+    served.__all__ = sorted(made.verbs)
+    served._LAYER = made._layer
+    return served
+
+
+class DeclaredModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """An import hook that serves ``<package>.<name>`` as :func:`module` of the layer ``specs()[name]``, for the
+    names no file provides (it sits last on ``sys.meta_path``, so a real module always wins)."""
+
+    def __init__(self, package: str, specs: Callable[[], dict[str, LayerSpec]]):
+        self.package = package
+        self.specs = specs
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package != self.package or name not in self.specs():
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return module(self.specs()[spec.name.rpartition(".")[2]], spec.name)
+
+    def exec_module(self, served: types.ModuleType) -> None:
+        """Nothing to run: :meth:`create_module` made the module whole."""

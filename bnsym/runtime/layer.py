@@ -20,9 +20,10 @@ layer's ``<name>_inference`` (forward), ``<name>_inference_backward`` and ``<nam
 Roles, by argument name (the names of the generated kernels' signatures):
 
 * fields, shaped like x: x, dy, and ggx, tx (None means zero);
-* parameters, of the layer's parameter shape: gamma, beta (None means no affine part: gamma = 1, beta = 0, and the
-  gradient for that parameter comes back as None), and their cotangents and tangents gggamma, ggbeta, tgamma, tbeta
-  (None means zero);
+* parameters, of the layer's parameter shape: the specification's parameters, gamma and beta (None means no such
+  parameter: its neutral value, ``LayerSpec.neutral_values``, gamma = 1 and beta = 0 for the standard layers,
+  gamma = 0 for a scale by 1 + gamma; the gradient for that parameter comes back as None), and their cotangents and
+  tangents gggamma, ggbeta, tgamma, tbeta (None means zero);
 * statistics saved by the forward pass: mean, invstd, invrms (the statistics shape, such as (N, G) or (C,));
 * running statistics (eval mode): running_mean, running_var (the statistics shape; running_var must be >= 0);
 * eps, a scalar; the reducer (built from the layout: the reduced axes, M, the parameter-gradient axes).
@@ -51,7 +52,6 @@ __all__ = ["Layer"]
 
 _FIELDS = ("x", "dy")
 _OPTIONAL_FIELDS = ("ggx", "tx")
-_AFFINE = {"gamma": 1, "beta": 0}  # the value of a parameter that is None
 _PARAMETER_DIRECTIONS = {"gggamma": "gamma", "ggbeta": "beta", "tgamma": "gamma", "tbeta": "beta"}
 _STATISTICS = ("mean", "invstd", "invrms")
 _RUNNING_STATISTICS = {"running_mean": False, "running_var": True}  # name: whether it must be >= 0
@@ -96,6 +96,11 @@ class Layer:
     def min_ndim(self) -> int:
         return self.spec.min_ndim
 
+    @functools.cached_property
+    def _neutral(self) -> dict[str, float]:
+        """The value of each parameter that None stands for (read from the specification once)."""
+        return self.spec.neutral_values
+
     @property
     def single_value_error(self) -> str | None:
         return self.spec.single_value_error
@@ -126,10 +131,10 @@ class Layer:
             if name in _OPTIONAL_FIELDS:
                 prepared[name] = (arrays.full(layout.grouped, 0, dtype) if value is None
                                   else arrays.field(layout, arrays.same_shape(value, name, layout.shape), dtype))
-            elif name in _AFFINE:
+            elif name in self.spec.parameters:
                 if value is None:
                     absent.add(name)
-                    prepared[name] = arrays.full(layout.parameter_broadcast, _AFFINE[name], dtype)
+                    prepared[name] = arrays.full(layout.parameter_broadcast, self._neutral[name], dtype)
                 else:
                     prepared[name] = arrays.parameter(layout, value, name, dtype)
             elif name in _PARAMETER_DIRECTIONS:

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from bnsym.spec.layers import SPECS, LayerSpec, register
 
-__all__ = ["is_file_reference", "load"]
+__all__ = ["declaration_file", "is_file_reference", "load"]
+
+#: The start of the module name under which :func:`load` imports a declaration file.
+_MODULE_PREFIX = "_bnsym_layer_"
 
 
 def is_file_reference(text: str) -> bool:
@@ -35,7 +38,7 @@ def load(reference: str) -> LayerSpec:
     if not path.is_file():
         raise ValueError(f"the layer file {path_text!r} does not exist (resolved to {path})")
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    module_name = f"_bnsym_layer_{path.stem}_{digest}"
+    module_name = f"{_MODULE_PREFIX}{path.stem}_{digest}"
     module = sys.modules.get(module_name)
     if module is None:
         loader_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -55,3 +58,12 @@ def load(reference: str) -> LayerSpec:
     if SPECS.get(layer.name) == layer:
         return layer
     return register(layer)
+
+
+def declaration_file(module_name: str) -> str | None:
+    """The file name (``scale_norm.py``, without its directory) of the declaration file that :func:`load` imported
+    as the module ``module_name``; None for any other module."""
+    module = sys.modules.get(module_name)
+    if not module_name.startswith(_MODULE_PREFIX) or module is None or not getattr(module, "__file__", None):
+        return None
+    return Path(module.__file__).name

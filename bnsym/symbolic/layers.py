@@ -1,8 +1,9 @@
 """The normalisation family as declarations, and everything derived from a declaration.
 
-A layer is declared once (:class:`LayerDeclaration`): its forward pass for one *group* of M values in the engine's
-vocabulary (:mod:`bnsym.symbolic.reduction`), which axes a group spans, which axes its parameters live on, and
-whether it keeps running statistics. Two forward passes cover the family:
+A layer is declared once (:class:`LayerDeclaration`): its specification (:class:`bnsym.spec.LayerSpec`: which axes
+a group spans, which axes its parameters live on, whether it keeps running statistics) and its forward pass for one
+*group* of M values in the engine's vocabulary (:mod:`bnsym.symbolic.reduction`). Two standard forward passes,
+chosen by the specification's ``statistic``, cover the textbook family:
 
 * centred (batch, layer, group and instance norm)::
 
@@ -19,6 +20,10 @@ whether it keeps running statistics. Two forward passes cover the family:
       x_hat  = x * invrms
       y      = gamma * x_hat
 
+A variant declares its own forward pass in its specification (``LayerSpec.forward``: Gemma's RMS norm scales by
+``1 + gamma``), a function of the same symbols (:class:`LayerSymbols`); it is checked before anything is derived
+from it (:mod:`bnsym.symbolic.checks`).
+
 The layers differ in where gamma and beta live relative to a group. In batch and instance norm a group is one
 channel's values, so gamma is one value per group: a channel scalar. In layer, group and RMS norm the parameters
 vary *within* a group (layer norm's gamma has the normalised shape; a group-norm group holds several channels), so
@@ -34,6 +39,7 @@ per-layer code. Derivations are cached: each runs once per process.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,7 +47,9 @@ from functools import cached_property
 import sympy
 
 from bnsym.spec import SPECS, LayerSpec, spec
+from bnsym.spec.loading import declaration_file
 from bnsym.symbolic import naming
+from bnsym.symbolic.checks import DeclarationError, check_forward, vocabulary_identities
 from bnsym.symbolic.program import Definition, Program
 from bnsym.symbolic.reduction import BatchSum, Field, M, ParameterField
 from bnsym.symbolic.rewrite import Fact, Vocabulary, closed_form, prove_fact
@@ -131,8 +139,11 @@ class LayerDeclaration:
 
     @classmethod
     def of(cls, spec: LayerSpec) -> LayerDeclaration:
-        """The declaration of a specified layer, with the forward pass of its kind of statistic."""
-        return cls(spec, FORWARDS[spec.statistic])
+        """The declaration of a specified layer: its own forward pass (``spec.forward``, a function or
+        ``"module:function"``), or the standard one of its kind of statistic."""
+        if spec.forward is None:
+            return cls(spec, FORWARDS[spec.statistic])
+        return cls(spec, _resolve(spec))
 
     def __getattr__(self, name: str):
         if name in _FROM_SPEC:
@@ -143,7 +154,29 @@ class LayerDeclaration:
 
     @property
     def centred(self) -> bool:
-        return self.forward is centred_forward
+        """The specification's kind of statistic is centred (a mean and a variance; else a mean square)."""
+        return self.spec.centred
+
+    @property
+    def forward_source(self) -> str:
+        """Where the forward pass is written, for documents and generated code: ``package.module.function``, or
+        ``file.py:function`` for a declaration file loaded by path (never the path itself, which differs between
+        machines)."""
+        module = getattr(self.forward, "__module__", None) or "<unknown module>"
+        name = getattr(self.forward, "__qualname__", None) or repr(self.forward)
+        file = declaration_file(module)
+        return f"{file}:{name}" if file is not None else f"{module}.{name}"
+
+
+def _resolve(spec: LayerSpec) -> Callable[[LayerSymbols], Program]:
+    """The function that ``spec.forward`` is or names (``"package.module:function"``)."""
+    if not isinstance(spec.forward, str):
+        return spec.forward
+    module, _, function = spec.forward.partition(":")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as error:
+        raise DeclarationError(f"{spec.name}: its forward pass {spec.forward!r} cannot be found ({error})") from None
 
 
 _FROM_SPEC = frozenset({"name", "title", "running_statistics", "group", "statistics_over", "parameters_are",
@@ -171,7 +204,15 @@ class Derivation:
 
     @cached_property
     def training_forward(self) -> Program:
+        """The forward pass as declared (unchecked: :attr:`checked_forward` is the one derivatives come from)."""
         return self.declaration.forward(self.symbols)
+
+    @cached_property
+    def checked_forward(self) -> Program:
+        """The forward pass, once it has passed every check of :mod:`bnsym.symbolic.checks` against the layer's
+        specification (DeclarationError otherwise)."""
+        return check_forward(self.declaration.spec, self.symbols, self.training_forward,
+                             self.declaration.forward_source)
 
     @property
     def parameters(self) -> tuple[sympy.Symbol, ...]:
@@ -198,12 +239,13 @@ class Derivation:
     def facts(self) -> tuple[Fact, ...]:
         """Identities about the forward pass, each proved from it before it is used."""
         s = self.symbols
+        forward = self.checked_forward
         claims = [Fact(BatchSum(s.x_hat**2), M * (1 - s.eps * self.scale**2),
                        "the normalised values have mean square statistic/(statistic + eps), not 1")]
         if self.declaration.centred:
             claims.insert(0, Fact(BatchSum(s.x_hat), sympy.S.Zero, "the normalised values have mean zero"))
         for fact in claims:
-            if not prove_fact(self.training_forward, fact.lhs, fact.rhs):
+            if not prove_fact(forward, fact.lhs, fact.rhs):
                 raise AssertionError(f"could not prove {fact.lhs} = {fact.rhs} from the forward definition")
         return tuple(claims)
 
@@ -211,14 +253,12 @@ class Derivation:
     def vocabulary(self) -> Vocabulary:
         """Closed forms speak of x_hat, the saved statistics and the inputs."""
         s = self.symbols
-        if self.declaration.centred:
-            eliminate = ((s.x, s.mean + s.x_hat / s.invstd), (s.var, s.invstd**-2 - s.eps))
-        else:
-            eliminate = ((s.x, s.x_hat / s.invrms), (s.ms, s.invrms**-2 - s.eps))
+        forward = self.checked_forward
+        eliminate = vocabulary_identities(s, self.declaration.centred)
         for name, replacement in eliminate:
-            if not prove_fact(self.training_forward, name, replacement):
+            if not prove_fact(forward, name, replacement):
                 raise AssertionError(f"{name} = {replacement} is not an identity of the forward pass")
-        return Vocabulary(forward=self.training_forward, keep=(s.x_hat,) + self.saved, eliminate=eliminate,
+        return Vocabulary(forward=forward, keep=(s.x_hat,) + self.saved, eliminate=eliminate,
                           facts=self.facts)
 
     def identity_recovery_holds(self) -> bool:
@@ -346,8 +386,11 @@ _DERIVATIONS: dict[str, Derivation] = {}
 
 def derivation(name: str) -> Derivation:
     """The (cached) :class:`Derivation` of the registered layer ``name`` (cached per specification: a layer
-    registered again under the same name with another specification is derived again)."""
+    registered again under the same name with another specification is derived again). Its forward pass is checked
+    first (:mod:`bnsym.symbolic.checks`): DeclarationError, a ValueError, when the engine cannot derive from it."""
     declaration = LayerDeclaration.of(spec(name))
     if name not in _DERIVATIONS or _DERIVATIONS[name].declaration != declaration:
-        _DERIVATIONS[name] = Derivation(declaration)
+        derived = Derivation(declaration)
+        _ = derived.checked_forward  # a declaration the engine cannot derive from is refused before anything else
+        _DERIVATIONS[name] = derived
     return _DERIVATIONS[name]

@@ -112,15 +112,18 @@ GENERATED_FILES: tuple[GeneratedFile, ...] = _generated_files()
 
 def own_layer_files(reference: str, out: str | os.PathLike | None = None) -> tuple[Path, tuple[GeneratedFile, ...]]:
     """The root and the generated files of the layer declared at ``reference`` (``FILE.py:NAME``, loaded and
-    registered by :func:`bnsym.spec.loading.load`): its kernel modules in the directory ``out`` of its
-    ``kernels_package`` (default: that package's path under the current directory), with an empty ``__init__.py``,
-    and its derivation document ``<name>.md`` beside them."""
+    registered by :func:`bnsym.spec.loading.load`, its forward pass checked by :mod:`bnsym.symbolic.checks`): its
+    kernel modules in the directory ``out`` of its ``kernels_package`` (default: that package's path under the
+    current directory), with an empty ``__init__.py``, and its derivation document ``<name>.md`` beside them."""
     from bnsym.spec import BUILT_IN
     from bnsym.spec.loading import load
 
     layer = load(reference)
     if layer.name in BUILT_IN:
         raise ValueError(f"{layer.name!r} is one of bnsym's own layers; give your layer a name of its own")
+    from bnsym.symbolic.layers import derivation
+
+    derivation(layer.name)  # checks the declaration (DeclarationError, a ValueError) before anything is written
     package = layer.kernels_package
     if package == "bnsym._generated" or package.startswith("bnsym."):
         raise ValueError(f"{reference} declares kernels_package={package!r}: a layer of your own needs a package "

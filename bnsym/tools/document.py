@@ -41,8 +41,14 @@ def _notation(layer) -> str:
                  "$s = 1/\\sqrt{\\sigma^2 + \\epsilon}$ (`invstd` in code)" if d.centred else
                  "$\\nu$ is the mean square of the group (`ms` in code), $r = 1/\\sqrt{\\nu + \\epsilon}$ "
                  "(`invrms` in code)")
-    parameters = ("$\\gamma_i$ and $\\beta_i$ carry the index $i$ because they vary within a group" if
-                  d.per_element_parameters else "$\\gamma$ and $\\beta$ are one value per group")
+    symbols = [sympy.latex(sympy.Symbol(str(p))) for p in layer.parameters]  # the bare letter, no index
+    if d.per_element_parameters:
+        indexed = " and ".join(f"${s}_i$" for s in symbols)
+        parameters = (f"{indexed} carry the index $i$ because they vary within a group" if len(symbols) > 1 else
+                      f"{indexed} carries the index $i$ because it varies within a group")
+    else:
+        plain = " and ".join(f"${s}$" for s in symbols)
+        parameters = f"{plain} {'are' if len(symbols) > 1 else 'is'} one value per group"
     return (f"One group holds $M$ values: {d.group}. $M$ is a symbol, so every result holds for every group size. "
             "A subscript $i$ is one element of the group, $\\sum_j$ a sum over all $M$ elements. "
             f"{statistic} and $\\hat{{x}}$ the normalised input; {parameters}. Statistics are taken over "
@@ -96,7 +102,7 @@ def render_layer_document(name: str) -> str:
         "",
         "## Forward pass (training mode)",
         "",
-        f"The definition, written once in `bnsym.symbolic.layers.{d.forward.__name__}` and declared for this layer "
+        f"The definition, written once in `{d.forward_source}` and declared for this layer "
         f"in its specification, `bnsym.spec.SPECS[{name!r}]`. " + (
             "The variance is the two-pass form $\\frac{1}{M}\\sum_j (x_j - \\mu)^2$; it is never expanded into "
             "$E[x^2] - E[x]^2$, which cancels catastrophically in float32." if d.centred else

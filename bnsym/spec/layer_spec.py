@@ -1,0 +1,162 @@
+"""What a layer is, in data: :class:`LayerSpec`, the one specification every part of bnsym reads.
+
+A :class:`LayerSpec` says, with no SymPy, everything about a layer that is not its arithmetic:
+
+* ``name`` (``bnsym.<name>``, ``bnsym/_generated/<name>.py``, ``derivations/<name>.md``, ``--layer <name>``),
+  ``title`` (its name in a heading) and ``short`` (in a sentence);
+* ``statistic``: ``"centred"`` (a mean and a biased variance: y = gamma * (x - mean) * invstd + beta) or ``"rms"``
+  (a mean square, nothing centred, no beta: y = gamma * x * invrms). This names the parameters
+  (:attr:`LayerSpec.parameters`) and the statistics the forward pass saves for the backward
+  (:attr:`LayerSpec.saved`), and, unless ``forward`` says otherwise, the forward pass itself (the two standard ones
+  are written in :mod:`bnsym.symbolic.layers`);
+* ``forward``: None for the standard forward pass of ``statistic``; otherwise the layer's own, a function of the
+  layer's symbols (:class:`bnsym.symbolic.layers.LayerSymbols`) returning its
+  :class:`~bnsym.symbolic.program.Program` (inputs ``(x, *parameters, eps)``, outputs ``(y, *saved)``), or the
+  text ``"package.module:function"`` naming one. The function imports SymPy and the engine inside its body, so that
+  a declaration file imports with NumPy only; it is checked when the layer is derived
+  (:mod:`bnsym.symbolic.checks`);
+* ``neutral``: the value of each parameter that means "no parameter", which a public function uses when that
+  parameter is None: by default gamma = 1 and beta = 0 (y is then the normalised input), but a layer that scales
+  by ``1 + gamma`` (Gemma's RMS norm) says ``neutral={"gamma": 0}``. The derivation proves that y is the normalised
+  input at these values;
+* ``grouping`` (:mod:`bnsym.spec.groupings`): which values form a group, the options (``axis``, ``num_groups``),
+  the parameters' placement and shape;
+* ``eps``: the default eps of its public functions;
+* ``running_statistics``: it keeps running statistics, so it has an eval mode and a running-statistics update;
+* ``single_value_error``: the message for a group of one value, which the layer refuses in training (as PyTorch
+  does for batch and instance norm), or None;
+* ``regimes``: the input regimes the checker draws from for it (:mod:`bnsym.testing.strategies` defines them);
+* ``group``, ``statistics_over``, ``parameters_are``, ``conventions``: prose for its derivation document;
+* ``kernels_package``: the package of its generated modules (``<package>.<name>``, ``<name>_numba``,
+  ``<name>_array_api``): ``bnsym._generated`` for the built-in layers, the user's own package for theirs.
+
+The built-in layers are declared one per file in :mod:`bnsym.layers`; :mod:`bnsym.spec.layers` holds the table.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from bnsym.spec.groupings import Grouping
+
+__all__ = ["CENTRED_REGIMES", "CHANNEL_REGIMES", "RMS_REGIMES", "LayerSpec"]
+
+#: The checker's input regimes (described in :mod:`bnsym.testing.strategies`), in the words of a layer whose group
+#: is a channel (batch norm), of one whose group is a group, and of one that takes no mean (RMS norm).
+CHANNEL_REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant channel", "tiny batch",
+                   "wide dynamic range")
+CENTRED_REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant group", "tiny group",
+                   "wide dynamic range")
+RMS_REGIMES = ("well-conditioned", "large offset", "mean square near eps", "constant group", "tiny group",
+               "wide dynamic range")
+
+#: For each kind of statistic: the parameters, the statistics the forward pass saves, and the value of each
+#: parameter that means "no parameter" unless the specification says otherwise.
+_STATISTICS = {"centred": (("gamma", "beta"), ("mean", "invstd"), {"gamma": 1, "beta": 0}),
+               "rms": (("gamma",), ("invrms",), {"gamma": 1})}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer (module docstring)."""
+
+    name: str
+    title: str
+    short: str
+    statistic: str
+    grouping: Grouping
+    eps: float
+    regimes: tuple[str, ...]
+    group: str
+    statistics_over: str
+    parameters_are: str
+    running_statistics: bool = False
+    single_value_error: str | None = None
+    conventions: tuple[str, ...] = ()
+    kernels_package: str = "bnsym._generated"
+    forward: Callable | str | None = None
+    neutral: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"LayerSpec name must be a Python identifier (it names a module), got {self.name!r}")
+        if self.statistic not in _STATISTICS:
+            raise ValueError(f"LayerSpec {self.name!r}: statistic must be one of {sorted(_STATISTICS)}, got "
+                             f"{self.statistic!r}")
+        if not isinstance(self.grouping, Grouping):
+            raise TypeError(f"LayerSpec {self.name!r}: grouping must be a bnsym.spec.Grouping (TrailingAxes, "
+                            f"Channels, ChannelGroups, SampleChannels), got {type(self.grouping).__name__}")
+        if self.running_statistics and not self.centred:
+            raise ValueError(f"LayerSpec {self.name!r}: running statistics are a running mean and variance, which a "
+                             f"{self.statistic!r} layer does not compute (running_statistics needs statistic "
+                             "'centred')")
+        self._check_forward()
+        # Stored as sorted (name, value) pairs: a specification is a value, compared and hashed by its fields.
+        object.__setattr__(self, "neutral", self._checked_neutral())
+
+    def _check_forward(self) -> None:
+        forward = self.forward
+        if forward is None or callable(forward):
+            return
+        if isinstance(forward, str):
+            module, colon, function = forward.partition(":")
+            if colon and all(part.isidentifier() for part in module.split(".")) and function.isidentifier():
+                return
+        raise TypeError(f"LayerSpec {self.name!r}: forward must be None (the standard forward pass of a "
+                        f"{self.statistic!r} layer), a function of the layer's symbols returning its Program, or "
+                        f"\"package.module:function\" naming one; got {forward!r}")
+
+    def _checked_neutral(self) -> tuple[tuple[str, float], ...]:
+        given = dict(self.neutral)
+        undeclared = sorted(set(given) - set(self.parameters))
+        if undeclared:
+            raise ValueError(f"LayerSpec {self.name!r}: neutral gives a value for {', '.join(undeclared)}, which "
+                             f"is not a parameter of a layer of statistic {self.statistic!r} (its parameters: "
+                             f"{', '.join(self.parameters)})")
+        for parameter, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"LayerSpec {self.name!r}: neutral[{parameter!r}] must be a real number (the value "
+                                f"that {parameter}=None stands for), got {value!r}")
+        return tuple(sorted(given.items()))
+
+    @property
+    def centred(self) -> bool:
+        """The layer subtracts a mean (its y is unchanged when a constant is added to a group)."""
+        return self.statistic == "centred"
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The trainable parameters: ("gamma", "beta"), or ("gamma",) for a layer with no shift."""
+        return _STATISTICS[self.statistic][0]
+
+    @property
+    def saved(self) -> tuple[str, ...]:
+        """The statistics the forward pass returns after y, for the backward: ("mean", "invstd") or ("invrms",)."""
+        return _STATISTICS[self.statistic][1]
+
+    @property
+    def neutral_values(self) -> dict[str, float]:
+        """Each parameter's value that means "no parameter" (what None stands for): the standard ones of the
+        statistic (gamma = 1, beta = 0), with the specification's ``neutral`` over them."""
+        return {**_STATISTICS[self.statistic][2], **dict(self.neutral)}
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The names of the layer's options (``axis``, ``num_groups``), in the order its functions take them."""
+        return self.grouping.option_names
+
+    @property
+    def kernels_module(self) -> str:
+        """The module of its generated NumPy kernels (the compiled and array-API ones add ``_numba``,
+        ``_array_api``)."""
+        return f"{self.kernels_package}.{self.name}"
+
+    @property
+    def min_ndim(self) -> int:
+        return self.grouping.min_ndim
+
+    def layout(self, shape: tuple[int, ...], **options):
+        """The :class:`~bnsym.spec.layout.GroupLayout` of x of ``shape`` under the layer's ``options``."""
+        return self.grouping.layout(tuple(shape), **options)
