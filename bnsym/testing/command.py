@@ -40,6 +40,7 @@ from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, Isol
 from bnsym.testing.layer_guess import suggestion
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.properties import registry
+from bnsym.testing.protocols import DEFAULT_LAYER
 from bnsym.testing.results import FAILED
 from bnsym.testing.runner import run_properties
 from bnsym.testing.sharded import SHARDED
@@ -48,7 +49,7 @@ from bnsym.testing.strategies import layer_regimes
 __all__ = ["add_arguments", "run"]
 
 _DEFAULTS = {"dtype": "float64", "mode": "train", "order": 1, "max_examples": DEFAULT_MAX_EXAMPLES, "seed": 0,
-             "layer": "batch_norm"}
+             "layer": DEFAULT_LAYER}
 #: Every layer's properties and regimes, in order, without repeats (the choices of --property and --regime).
 _ALL_PROPERTIES = tuple(dict.fromkeys(name for layer in LAYERS for name in properties_of(layer)))
 _ALL_REGIMES = tuple(dict.fromkeys(regime for layer in LAYERS for regime in layer_regimes(layer)))
@@ -153,7 +154,7 @@ def _list_properties(args: argparse.Namespace) -> int:
         for name, prop in SHARDED.items():
             print(f"{name}: {prop.description}")
         return 0
-    layer = args.layer or "batch_norm"
+    layer = args.layer or DEFAULT_LAYER
     for name in properties_of(layer):
         prop = registry(layer)[name]
         default = prop.when(CheckOptions(layer=layer))
@@ -219,7 +220,7 @@ def _outputs(report, args) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if getattr(args, "shards", None) is not None:
-        if args.layer not in (None, "batch_norm"):
+        if args.layer not in (None, DEFAULT_LAYER):
             return _fail(f"--shards checks a data-parallel batch norm; --layer {args.layer} has no sharded check")
         _fill_defaults(args)
         if args.save_dir is None:
@@ -243,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
                          f"with it: {'; '.join(conflicts)}")
     if args.timeout is not None and not args.isolate:
         return _fail("--timeout needs --isolate (a call in the checker's own process cannot be stopped)")
-    layer = options.layer if args.replay else args.layer or "batch_norm"
+    layer = options.layer if args.replay else args.layer or DEFAULT_LAYER
     if not args.replay:
         problem = _layer_problem(args, layer)
         if problem:

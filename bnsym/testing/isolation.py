@@ -53,7 +53,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from bnsym.testing.adapters import Implementation, TargetError, load
-from bnsym.testing.protocols import protocol
+from bnsym.testing.protocols import DEFAULT_LAYER, protocol
 
 __all__ = ["DEFAULT_TIMEOUT", "ImplementationCrashed", "IsolatedImplementation"]
 
@@ -318,7 +318,7 @@ def _die_with_checker(checker: int, forkserver: bool, spawned_by_main_thread: bo
 
 
 def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spawned_by_main_thread: bool,
-           stack_file: str, layer: str = "batch_norm") -> None:
+           stack_file: str, layer: str = DEFAULT_LAYER) -> None:
     """The child's main loop: load the implementation, then answer calls until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the checker handles it (and stops this child), so the child must not
     # die of it first and be reported as a crash.
@@ -430,7 +430,7 @@ class IsolatedImplementation(Implementation):
     """The implementation named by ``target`` (a CLI target string, or a picklable function, object or class),
     run in a child process with ``timeout`` seconds per call (module docstring).
 
-    ``layer`` (default "batch_norm") is the protocol the child loads it with (:mod:`bnsym.testing.protocols`).
+    ``layer`` (default batch norm) is the protocol the child loads it with (:mod:`bnsym.testing.protocols`).
 
     Raises :class:`~bnsym.testing.adapters.TargetError` when the target cannot be loaded (or crashes or hangs while
     loading), TypeError when an object cannot be pickled, ValueError for a timeout that is not a positive number.
@@ -438,7 +438,7 @@ class IsolatedImplementation(Implementation):
     """
 
     def __init__(self, target, *, timeout: float = DEFAULT_TIMEOUT, start_method: str | None = None,
-                 layer: str = "batch_norm"):
+                 layer: str = DEFAULT_LAYER):
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) \
                 or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
