@@ -694,9 +694,8 @@ def _feature_permutation(example: Example):
     for a in (*outer, axis):
         shape[a] = layout.grouped[a]
     count = math.prod(shape) // layout.grouped[axis]
-    index = np.stack([rng.permutation(layout.grouped[axis]) for _ in range(count)])
-    index = np.moveaxis(index.reshape(*(layout.grouped[a] for a in outer), layout.grouped[axis]),
-                        range(len(outer) + 1), (*outer, axis)).reshape(shape)
+    # The outer axes precede the axis (both are in increasing order): one permutation per outer position, in order.
+    index = np.stack([rng.permutation(layout.grouped[axis]) for _ in range(count)]).reshape(shape)
     if within:
         return index, axis, f"the features within each {example.spec.grouping.group_noun}"
     return index, axis, "the channels" if example.spec.grouping.channel_axis else f"axis {axis}"

@@ -54,7 +54,7 @@ EXACT_MAX_GROUPS = 12  # each group is one mpmath evaluation
 
 def public_module(layer: str):
     """bnsym's public module of ``layer`` (``bnsym.<name>``: a spec's name names its module)."""
-    return importlib.importpublic_module(f"bnsym.{layer}")
+    return importlib.import_module(f"bnsym.{layer}")
 
 
 def _f64(values) -> np.ndarray:
