@@ -46,6 +46,7 @@ from bnsym.testing.properties import (
     unrepresentable,
 )
 from bnsym.testing.protocol import output_arrays
+from bnsym.testing.protocols import protocol
 from bnsym.testing.reference import EvalBound
 from bnsym.testing.strategies import Example
 from bnsym.testing.tolerance import SAFETY, Bound
@@ -175,8 +176,10 @@ def _eval_leaves_running_stats_unchanged(impl, example):
     """An eval forward leaves running_mean and running_var bit-identical."""
     running = running_statistics(example)
     buffers = [r.copy() for r in running]
-    values = arguments(example, "eval_forward", example.dtype, {})  # placeholders for the buffers, replaced below
-    values[-2:] = buffers
+    values = arguments(example, "eval_forward", example.dtype, _running(running))
+    names = protocol(example.layer).signatures["eval_forward"]
+    for name, buffer in zip(("running_mean", "running_var"), buffers):  # the buffers themselves, not copies
+        values[names.index(name)] = buffer
     try:
         impl.eval_forward(*values)
     except Exception as error:
