@@ -7,8 +7,10 @@
 A batch norm is a function ``forward(x, gamma, beta, eps) -> y`` or an object with ``forward`` and optionally
 ``backward(dy, x, gamma, beta, eps) -> (dx, dgamma, dbeta)``: NumPy arrays, channel axis 1, batch statistics,
 biased variance (:mod:`bnsym.testing.adapters`). The other layers follow their frameworks' functional forms
-(:mod:`bnsym.testing.protocols`). Batch norm's properties are in :mod:`bnsym.testing.properties` (tolerances in
-:mod:`bnsym.testing.tolerance`), the other layers' in :mod:`bnsym.testing.family_properties`.
+(:mod:`bnsym.testing.protocols`). The properties, each written once over a layer's groups, are in
+:mod:`bnsym.testing.properties` (training and second order), :mod:`bnsym.testing.running_properties` (eval
+mode and running statistics) and :mod:`bnsym.testing.sharded_properties` (data-parallel training); their references
+and tolerances in :mod:`bnsym.testing.reference`.
 
 A data-parallel layer is checked by the same functions with ``shards=K`` (:mod:`bnsym.testing.sharded`):
 
@@ -18,8 +20,7 @@ A data-parallel layer is checked by the same functions with ``shards=K`` (:mod:`
 from pathlib import Path as _Path
 
 from bnsym.testing import (
-    family_properties,  # noqa: F401  (registers the other layers' properties)
-    layer_properties,  # noqa: F401  (registers the eval, running-statistics, order-2 ones)
+    running_properties,  # noqa: F401  (registers the eval and running-statistics ones)
     sharded_properties,  # noqa: F401  (registers the sharded ones)
 )
 from bnsym.testing import strategies as _bst
@@ -27,8 +28,8 @@ from bnsym.testing.adapters import Implementation, TargetError, load
 from bnsym.testing.counterexamples import save_counterexample
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions, run_arguments
-from bnsym.testing.properties import REGISTRY, registry
-from bnsym.testing.protocols import LAYER_NAMES, protocol
+from bnsym.testing.properties import registry
+from bnsym.testing.protocols import DEFAULT_LAYER, layer_names, protocol
 from bnsym.testing.results import FAILED as _FAILED
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
 from bnsym.testing.runner import properties_of_run as _properties_of_run
@@ -42,10 +43,11 @@ __all__ = ["DEFAULT_MAX_EXAMPLES", "LAYERS", "PROPERTIES", "CheckFailed", "Check
            "selected_regimes"]
 
 DEFAULT_MAX_EXAMPLES = 50
-#: Batch norm's properties; :func:`properties_of` gives any layer's.
-PROPERTIES: tuple[str, ...] = tuple(REGISTRY)
-#: The layers the checker knows (``layer=`` of :func:`check_normalization`, ``bnsym check --layer``).
-LAYERS: tuple[str, ...] = LAYER_NAMES
+#: Batch norm's properties (the default layer's); :func:`properties_of` gives any layer's.
+PROPERTIES: tuple[str, ...] = tuple(registry(DEFAULT_LAYER))
+#: The layers bnsym ships, which the checker knows (``layer=`` of :func:`check_normalization`, ``bnsym check
+#: --layer``); a layer added with :func:`bnsym.spec.register` is known too.
+LAYERS: tuple[str, ...] = layer_names()
 
 
 def properties_of(layer: str) -> tuple[str, ...]:
@@ -53,7 +55,7 @@ def properties_of(layer: str) -> tuple[str, ...]:
     return tuple(registry(layer))
 
 
-def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_norm",
+def selected_regimes(regimes=None, exclude_regimes=None, layer: str = DEFAULT_LAYER,
                      shards: int | None = None) -> tuple[str, ...]:
     """The input regimes of ``layer`` (:func:`bnsym.testing.strategies.layer_regimes`; batch norm's are
     :data:`bnsym.testing.strategies.REGIMES`; with ``shards``, those of a sharded run,
@@ -66,8 +68,7 @@ def selected_regimes(regimes=None, exclude_regimes=None, layer: str = "batch_nor
         value = [value] if isinstance(value, str) else list(value)
         unknown = [r for r in value if r not in known]
         if unknown:
-            where = "" if layer == "batch_norm" else f" for {layer}"
-            raise ValueError(f"{argument} names unknown regimes {unknown!r}{where}; known: {', '.join(known)}")
+            raise ValueError(f"{argument} names unknown regimes {unknown!r} for {layer}; known: {', '.join(known)}")
         return value
 
     chosen = known if regimes is None else tuple(names(regimes, "regimes"))
@@ -83,24 +84,25 @@ def check_batchnorm(impl, *, dtype="float64", max_examples: int = DEFAULT_MAX_EX
                     order: int = 1, regimes=None, exclude_regimes=None, isolate: bool = False,
                     timeout: float | None = None, shards: int | None = None) -> Report:
     """Check a batch-norm implementation against every property it offers what is needed for:
-    :func:`check_normalization` with ``layer="batch_norm"`` (its arguments, less the layer)."""
+    :func:`check_normalization` of batch norm (its arguments, less the layer)."""
     __tracebackhide__ = True  # pytest shows the report, not this function's source
-    return check_normalization(impl, layer="batch_norm", dtype=dtype, max_examples=max_examples, seed=seed,
+    return check_normalization(impl, layer=DEFAULT_LAYER, dtype=dtype, max_examples=max_examples, seed=seed,
                                properties=properties, save_dir=save_dir, mode=mode, convention=convention,
                                order=order, regimes=regimes, exclude_regimes=exclude_regimes, isolate=isolate,
                                timeout=timeout, shards=shards)
 
 
-def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
+def check_normalization(impl, *, layer: str = DEFAULT_LAYER, dtype="float64",
                         max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, properties=None, save_dir=None,
                         mode: str = "train", convention: str | None = None, order: int = 1, regimes=None,
                         exclude_regimes=None, isolate: bool = False, timeout: float | None = None,
                         shards: int | None = None) -> Report:
     """Check an implementation of a normalisation layer against every property it offers what is needed for.
 
-    - ``layer`` (default "batch_norm"): "batch_norm", "layer_norm", "rms_norm", "group_norm" or "instance_norm";
-      the implementation follows that layer's protocol (:mod:`bnsym.testing.protocols`: for example layer norm's
-      ``forward(x, gamma, beta, eps)`` normalises over the trailing axes of x that ``gamma.shape`` names).
+    - ``layer`` (default "batch_norm"): a layer of :data:`LAYERS` ("batch_norm", "layer_norm", "rms_norm",
+      "group_norm", "instance_norm", or one added with :func:`bnsym.spec.register`); the implementation follows
+      that layer's protocol (:mod:`bnsym.testing.protocols`: for example layer norm's ``forward(x, gamma, beta,
+      eps)`` normalises over the trailing axes of x that ``gamma.shape`` names).
 
     - ``impl``: a function ``forward`` in the layer's form, or an object (or a class constructible without
       arguments) with ``forward`` and optionally ``backward``; see :mod:`bnsym.testing.adapters`. A string is a
@@ -149,7 +151,7 @@ def check_normalization(impl, *, layer: str = "batch_norm", dtype="float64",
         known = registry(layer) if shards is None else _properties_of_run(options)
         unknown = [p for p in properties if p not in known]
         if unknown or not properties:
-            where = ("" if layer == "batch_norm" else f" for {layer}") if shards is None else " of a sharded run"
+            where = f" for {layer}" if shards is None else " of a sharded run"
             raise ValueError(f"unknown properties {unknown!r}{where}; known: {', '.join(known)}")
     chosen_regimes = selected_regimes(regimes, exclude_regimes, layer, shards)
     owned = isolate or (shards is not None and isinstance(impl, str))  # started here: closed here

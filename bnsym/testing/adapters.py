@@ -42,11 +42,22 @@ variance. Optional methods (the checker runs the properties whose methods are of
 ``"backward"`` and the names of the optional methods); a property runs when the capabilities it needs are offered
 and is reported as skipped otherwise.
 
-Built-in adapters, by name: ``torch`` (``torch.nn.BatchNorm1d/2d/3d`` modules, gradients by autograd) and ``jax``
-(``flax.linen.BatchNorm``, gradients by ``jax.vjp``); for the other layers, the same names drive
-``torch.nn.functional.layer_norm``, ``rms_norm``, ``group_norm`` and ``instance_norm`` with autograd, and Flax's
-``LayerNorm``, ``RMSNorm`` and ``GroupNorm`` (instance norm: ``GroupNorm`` with one group per channel) with
-``jax.vjp``, jitted once per shape (:mod:`bnsym.testing.family_adapters`).
+Built-in adapters, by name: ``torch`` and ``jax``, for every built-in layer; which framework call is which layer is
+data, in one table (:data:`FRAMEWORK_CALLS`). A layer that keeps running statistics (``spec.running_statistics``:
+batch norm) is driven as a module with its buffers, in train and eval mode: ``torch.nn.BatchNorm1d/2d/3d`` with
+gradients by autograd, ``flax.linen.BatchNorm`` with gradients by ``jax.vjp``. The others are driven functionally,
+in training mode:
+
+- ``torch``: ``torch.nn.functional.layer_norm`` (normalised shape ``gamma.shape``), ``rms_norm``, ``group_norm``
+  and ``instance_norm`` (``use_input_stats=True``: the statistics of the input), on the CPU, one intra-op thread;
+  gradients by ``torch.autograd.grad``, and gradients of gradients with ``create_graph=True``.
+- ``jax``: ``flax.linen.LayerNorm`` and ``RMSNorm`` (reduction and feature axes: the trailing axes gamma covers),
+  ``GroupNorm`` (Flax's groups are on the last axis: x is moved to channel-last and back) and ``InstanceNorm``
+  (``feature_axes=1``), each with ``use_fast_variance=False`` (Flax's default computes E[x^2] - E[x]^2, which the
+  checker rejects in float32 at a large offset, flax #1491) and with ``dtype`` and ``param_dtype`` the input's;
+  gradients by ``jax.vjp``, gradients of gradients by ``jax.vjp`` of that, each compiled by ``jax.jit`` once per
+  shape and dtype (eps is traced, so it does not recompile). float64 needs JAX's x64 mode, which the adapter
+  switches on for the process.
 """
 
 from __future__ import annotations
@@ -56,25 +67,88 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bnsym.spec import ChannelGroups, Channels, SampleChannels, TrailingAxes, spec
 from bnsym.testing.implementation import OPTIONAL, SIGNATURES, Implementation, TargetError
-from bnsym.testing.protocols import protocol
+from bnsym.testing.protocols import DEFAULT_LAYER, protocol
 from bnsym.testing.threads import torch_one_thread
 
-__all__ = ["BUILTIN", "OPTIONAL", "SIGNATURES", "Implementation", "TargetError", "load", "resolve"]
+__all__ = ["BUILTIN", "FRAMEWORK_CALLS", "OPTIONAL", "SIGNATURES", "FrameworkCalls", "Implementation", "TargetError",
+           "load", "resolve"]
+
+
+# ----- which framework call is which layer -----
+
+@dataclass(frozen=True)
+class FrameworkCalls:
+    """How the frameworks compute one layer. ``torch``: a function ``(F, x, params, eps, num_groups) -> y`` of
+    ``torch.nn.functional`` (``F``), or for a layer with running statistics the name of its module family
+    (``BatchNorm``: ``torch.nn.BatchNorm1d/2d/3d``); ``flax``: the ``flax.linen`` module's name, and for a layer
+    without running statistics ``apply(nn, jnp, x, params, common, num_groups) -> y``, where ``common`` are the
+    keyword arguments every Flax module takes here (``epsilon``, ``dtype``, ``param_dtype``)."""
+
+    torch: Callable | str
+    flax: str
+    apply: Callable | None = None
+
+
+def _flax_trailing(module):
+    def apply(nn, jnp, x, params, common, num_groups):
+        axes = tuple(range(-params[0].ndim, 0))
+        names = ("scale", "bias")[:len(params)]
+        fast = {"use_fast_variance": False} if len(params) == 2 else {}
+        layer = getattr(nn, module)(reduction_axes=axes, feature_axes=axes, **fast, **common)
+        return layer.apply({"params": dict(zip(names, params))}, x)
+    return apply
+
+
+def _flax_group_norm(nn, jnp, x, params, common, num_groups):
+    layer = nn.GroupNorm(num_groups=num_groups, use_fast_variance=False, **common)
+    variables = {"params": {"scale": params[0], "bias": params[1]}}
+    return jnp.moveaxis(layer.apply(variables, jnp.moveaxis(x, 1, -1)), -1, 1)
+
+
+def _flax_instance_norm(nn, jnp, x, params, common, num_groups):
+    variables = {"params": {"scale": params[0], "bias": params[1]}}
+    return nn.InstanceNorm(feature_axes=1, use_fast_variance=False, **common).apply(variables, x)
+
+
+#: Each built-in layer's framework calls (:class:`FrameworkCalls`).
+FRAMEWORK_CALLS: dict[str, FrameworkCalls] = {
+    "batch_norm": FrameworkCalls("BatchNorm", "BatchNorm"),
+    "layer_norm": FrameworkCalls(lambda F, x, p, eps, groups: F.layer_norm(x, tuple(p[0].shape), p[0], p[1], eps),
+                                 "LayerNorm", _flax_trailing("LayerNorm")),
+    "rms_norm": FrameworkCalls(lambda F, x, p, eps, groups: F.rms_norm(x, tuple(p[0].shape), p[0], eps),
+                               "RMSNorm", _flax_trailing("RMSNorm")),
+    "group_norm": FrameworkCalls(lambda F, x, p, eps, groups: F.group_norm(x, int(groups), p[0], p[1], eps),
+                                 "GroupNorm", _flax_group_norm),
+    "instance_norm": FrameworkCalls(lambda F, x, p, eps, groups: F.instance_norm(x, weight=p[0], bias=p[1],
+                                                                                 use_input_stats=True, eps=eps),
+                                    "InstanceNorm", _flax_instance_norm),
+}
+
+
+def _calls(layer: str) -> FrameworkCalls:
+    if layer not in FRAMEWORK_CALLS:
+        raise TargetError(f"the built-in adapters know {', '.join(FRAMEWORK_CALLS)}; {layer} has none: check your "
+                          "own implementation (path/to/file.py:NAME)")
+    return FRAMEWORK_CALLS[layer]
 
 
 # ----- built-in adapters -----
 
-def torch_implementation() -> Implementation:
-    """``torch.nn.BatchNorm1d/2d/3d`` (by the number of dimensions of x), in train and eval mode with its running
-    buffers; gradients, and gradients of gradients, by autograd."""
+def torch_implementation(layer: str = DEFAULT_LAYER) -> Implementation:
+    """The torch modules of a layer with running statistics (``torch.nn.BatchNorm1d/2d/3d``, by the number of
+    dimensions of x), in train and eval mode with its running buffers; gradients, and gradients of gradients, by
+    autograd."""
     import torch
 
-    modules = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+    family = _calls(layer).torch
+    modules = {ndim: getattr(torch.nn, f"{family}{max(ndim - 2, 1)}d") for ndim in (2, 3, 4, 5)}
 
     def tensor(a, grad=False):
         return torch.tensor(np.asarray(a), requires_grad=grad)
@@ -84,7 +158,7 @@ def torch_implementation() -> Implementation:
     def module(x, gamma, beta, eps, *, running=None, momentum=0.1, num_batches_tracked=0, training=True):
         """A BatchNorm module holding gamma and beta (as tensors that require grad) and the running buffers."""
         if x.ndim not in modules:
-            raise ValueError(f"torch.nn.BatchNorm*d takes 2 to 5 dimensions, got x of shape {x.shape}")
+            raise ValueError(f"torch.nn.{family}*d takes 2 to 5 dimensions, got x of shape {x.shape}")
         layer = modules[x.ndim](x.shape[1], eps=eps, momentum=momentum, dtype=torch.from_numpy(x[:0]).dtype)
         with torch.no_grad():
             if running is not None:
@@ -151,15 +225,15 @@ def torch_implementation() -> Implementation:
     def eval_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running_mean, running_var):
         return second_order(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps, running=(running_mean, running_var))
 
-    return Implementation(forward, backward, name="torch.nn.BatchNorm*d", eval_forward=eval_forward,
+    return Implementation(forward, backward, name=f"torch.nn.{family}*d", layer=layer, eval_forward=eval_forward,
                           eval_backward=eval_backward, train_forward=train_forward, double_backward=double_backward,
                           eval_double_backward=eval_double_backward)
 
 
-def jax_implementation() -> Implementation:
-    """``flax.linen.BatchNorm`` (axis 1) in JAX, in train mode (batch statistics, running statistics updated with
-    Flax's momentum) and eval mode (``use_running_average=True``); gradients by ``jax.vjp``, and gradients of
-    gradients by ``jax.vjp`` of that.
+def jax_implementation(layer: str = DEFAULT_LAYER) -> Implementation:
+    """The Flax module of a layer with running statistics (``flax.linen.BatchNorm``, axis 1) in JAX, in train mode
+    (batch statistics, running statistics updated with Flax's momentum) and eval mode
+    (``use_running_average=True``); gradients by ``jax.vjp``, and gradients of gradients by ``jax.vjp`` of that.
 
     float64 needs JAX's x64 mode, which this adapter switches on for the process. ``use_fast_variance=False``:
     Flax's default computes max(0, E[x^2] - E[x]^2), which the checker rejects in float32 on a large offset
@@ -172,8 +246,10 @@ def jax_implementation() -> Implementation:
     import flax.linen as nn
     import jax.numpy as jnp
 
+    module = getattr(nn, _calls(layer).flax)
+
     def apply(x, gamma, beta, eps, running_mean, running_var, momentum, training):
-        layer = nn.BatchNorm(use_running_average=not training, axis=1, epsilon=eps, momentum=momentum,
+        layer = module(use_running_average=not training, axis=1, epsilon=eps, momentum=momentum,
                              use_fast_variance=False, dtype=x.dtype, param_dtype=x.dtype)
         variables = {"params": {"scale": gamma, "bias": beta},
                      "batch_stats": {"mean": running_mean, "var": running_var}}
@@ -252,7 +328,7 @@ def jax_implementation() -> Implementation:
 
     def train_forward(x, gamma, beta, eps, running_mean, running_var, momentum, num_batches_tracked):
         if momentum is None:
-            raise NotImplementedError("flax.linen.BatchNorm has no cumulative average (momentum=None)")
+            raise NotImplementedError(f"flax.linen.{_calls(layer).flax} has no cumulative average (momentum=None)")
         x, gamma, beta, rm, rv = arrays(x, gamma, beta, running_mean, running_var)
         return numpy(compiled_train(x, gamma, beta, scalar(eps, x), rm, rv, scalar(momentum, x)))
 
@@ -264,25 +340,153 @@ def jax_implementation() -> Implementation:
         args = arrays(ggx, gggamma, ggbeta, dy, x, gamma, beta)
         return numpy(compiled_double[False](*args, scalar(eps, args[4]), *arrays(running_mean, running_var)))
 
-    return Implementation(forward, backward, name="flax.linen.BatchNorm", eval_forward=eval_forward,
+    return Implementation(forward, backward, name=f"flax.linen.{_calls(layer).flax}", layer=layer,
+                          eval_forward=eval_forward,
                           eval_backward=eval_backward, train_forward=train_forward, double_backward=double_backward,
                           eval_double_backward=eval_double_backward)
 
 
-def _builtin(batch_norm: Callable[[], Implementation], framework: str) -> Callable[..., Implementation]:
-    def build(layer: str = "batch_norm") -> Implementation:
-        if layer == "batch_norm":
-            return batch_norm()
-        from bnsym.testing import family_adapters
+# ----- the built-in adapters of the layers without running statistics: functional, in training mode -----
 
-        return getattr(family_adapters, f"{framework}_implementation")(layer)
+def _arguments(layer: str, method: str, args: tuple) -> dict:
+    """The positional arguments of a protocol method, by name."""
+    names = protocol(layer).signatures[method]
+    if len(args) != len(names):
+        raise TypeError(f"{method} takes ({', '.join(names)}), got {len(args)} arguments")
+    return dict(zip(names, args))
+
+
+def _methods(layer: str, forward, backward, double_backward, name: str) -> Implementation:
+    parameters = protocol(layer).parameters
+
+    def forward_method(*args):
+        a = _arguments(layer, "forward", args)
+        return forward(a["x"], [a[p] for p in parameters], a["eps"], a.get("num_groups"))
+
+    def backward_method(*args):
+        a = _arguments(layer, "backward", args)
+        return backward(a["dy"], a["x"], [a[p] for p in parameters], a["eps"], a.get("num_groups"))
+
+    def double_backward_method(*args):
+        a = _arguments(layer, "double_backward", args)
+        cotangents = [a["ggx"], *(a["gg" + p] for p in parameters)]
+        return double_backward(cotangents, a["dy"], a["x"], [a[p] for p in parameters], a["eps"],
+                               a.get("num_groups"))
+
+    return Implementation(forward_method, backward_method, name=name, layer=layer,
+                          double_backward=double_backward_method)
+
+
+def torch_functional_implementation(layer: str) -> Implementation:
+    """The layer's ``torch.nn.functional`` call (:data:`FRAMEWORK_CALLS`) with autograd (module docstring)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    call = _calls(layer).torch
+
+    def function(x, params, eps, num_groups):
+        return call(F, x, params, eps, num_groups)
+
+    def tensor(a, grad=False):
+        return torch.tensor(np.asarray(a), requires_grad=grad)
+
+    def forward(x, params, eps, num_groups):
+        with torch_one_thread(), torch.no_grad():
+            return function(tensor(x), [tensor(p) for p in params], float(eps), num_groups).numpy()
+
+    def backward(dy, x, params, eps, num_groups):
+        xt, pt = tensor(x, True), [tensor(p, True) for p in params]
+        with torch_one_thread():
+            y = function(xt, pt, float(eps), num_groups)
+            return tuple(g.numpy() for g in torch.autograd.grad(y, (xt, *pt), tensor(dy)))
+
+    def double_backward(cotangents, dy, x, params, eps, num_groups):
+        xt, pt, dyt = tensor(x, True), [tensor(p, True) for p in params], tensor(dy, True)
+        with torch_one_thread():
+            y = function(xt, pt, float(eps), num_groups)
+            first = torch.autograd.grad(y, (xt, *pt), dyt, create_graph=True)
+            total = sum((g * tensor(c)).sum() for g, c in zip(first, cotangents))
+            result = torch.autograd.grad(total, (xt, pt[0], dyt), allow_unused=True)
+        # A gradient that does not depend on an input comes back as None: it is zero.
+        return tuple(np.zeros(np.shape(a), np.asarray(x).dtype) if g is None else g.detach().numpy()
+                     for g, a in zip(result, (x, params[0], dy)))
+
+    return _methods(layer, forward, backward, double_backward, f"torch.nn.functional.{layer}")
+
+
+def jax_functional_implementation(layer: str) -> Implementation:
+    """The layer's Flax module (:data:`FRAMEWORK_CALLS`) with ``jax.vjp`` (module docstring)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    calls = _calls(layer)
+
+    def apply(x, params, eps, num_groups):
+        common = dict(epsilon=eps, dtype=x.dtype, param_dtype=x.dtype)
+        return calls.apply(nn, jnp, x, params, common, num_groups)
+
+    def gradients(dy, x, params, eps, num_groups):
+        _, vjp = jax.vjp(lambda a, p: apply(a, p, eps, num_groups), x, params)
+        dx, dparams = vjp(dy)
+        return (dx, *dparams)
+
+    def second(cotangents, dy, x, params, eps, num_groups):
+        def first(a, gamma, d):
+            return gradients(d, a, (gamma, *params[1:]), eps, num_groups)
+
+        _, vjp = jax.vjp(first, x, params[0], dy)
+        return vjp(tuple(cotangents))
+
+    # Compiled whole, once per shape and dtype: op by op, every primitive would compile for every new shape.
+    compiled_forward = jax.jit(apply, static_argnums=3)
+    compiled_backward = jax.jit(gradients, static_argnums=4)
+    compiled_second = jax.jit(second, static_argnums=5)
+
+    # NumPy arrays go to the compiled functions as they are: jnp.asarray would compile a conversion of its own
+    # for every new shape.
+    def scalar(value, x):
+        # float16 cannot hold eps = 1e-5 accurately; Flax computes the statistics in float32 anyway.
+        return np.asarray(value, np.promote_types(x.dtype, np.float32))
+
+    def arrays(values):
+        return tuple(np.asarray(v) for v in values)
+
+    def groups(num_groups):
+        return None if num_groups is None else int(num_groups)
+
+    def forward(x, params, eps, num_groups):
+        x = np.asarray(x)
+        return np.asarray(compiled_forward(x, arrays(params), scalar(eps, x), groups(num_groups)))
+
+    def backward(dy, x, params, eps, num_groups):
+        x = np.asarray(x)
+        results = compiled_backward(np.asarray(dy), x, arrays(params), scalar(eps, x), groups(num_groups))
+        return tuple(np.asarray(r) for r in results)
+
+    def double_backward(cotangents, dy, x, params, eps, num_groups):
+        x = np.asarray(x)
+        results = compiled_second(arrays(cotangents), np.asarray(dy), x, arrays(params), scalar(eps, x),
+                                  groups(num_groups))
+        return tuple(np.asarray(r) for r in results)
+
+    return _methods(layer, forward, backward, double_backward, f"flax.linen.{calls.flax}")
+
+
+def _builtin(module: Callable[[str], Implementation], functional: Callable[[str], Implementation],
+             framework: str) -> Callable[..., Implementation]:
+    def build(layer: str = DEFAULT_LAYER) -> Implementation:
+        return (module if spec(layer).running_statistics else functional)(layer)
     build.__doc__ = f"The built-in {framework} adapter of ``layer`` (default batch norm)."
     return build
 
 
-#: The built-in adapters by target name; each takes the layer (default "batch_norm").
-BUILTIN: dict[str, Callable[..., Implementation]] = {"jax": _builtin(jax_implementation, "jax"),
-                                                     "torch": _builtin(torch_implementation, "torch")}
+#: The built-in adapters by target name; each takes the layer (default batch norm).
+BUILTIN: dict[str, Callable[..., Implementation]] = {
+    "jax": _builtin(jax_implementation, jax_functional_implementation, "jax"),
+    "torch": _builtin(torch_implementation, torch_functional_implementation, "torch")}
 
 
 # ----- loading a target -----
@@ -330,7 +534,7 @@ def _load_module(location: str, target: str):
                           f"{error}") from None
 
 
-def load(target: str, layer: str = "batch_norm") -> Implementation:
+def load(target: str, layer: str = DEFAULT_LAYER) -> Implementation:
     """The implementation of ``layer`` named by a CLI target: ``torch``, ``jax``, ``path/to/file.py:NAME`` or
     ``package.module:NAME``. Raises :class:`TargetError` with a message for the user otherwise."""
     if not isinstance(target, str) or not target:
@@ -372,13 +576,10 @@ def probe_protocol(impl: Implementation) -> None:
     comes back breaks the protocol: a tuple from forward, a wrong number of gradients, a tensor that requires grad,
     another layout. Anything else (an exception, wrong numbers) is left to the properties to report."""
     from bnsym.testing.failures import ProtocolError
-    from bnsym.testing.strategies import make_example
+    from bnsym.testing.properties import call_backward, call_forward
+    from bnsym.testing.strategies import make_layer_example
 
-    layer = getattr(impl, "layer", "batch_norm")
-    if layer == "batch_norm":
-        from bnsym.testing.properties import call_backward, call_forward
-    else:
-        from bnsym.testing.family_properties import call_backward, call_forward
+    layer = getattr(impl, "layer", DEFAULT_LAYER)
 
     def attempt(example):
         try:
@@ -391,22 +592,17 @@ def probe_protocol(impl: Implementation) -> None:
             return error
         return None
 
-    if layer != "batch_norm":
-        from bnsym.testing.strategies import make_layer_example
-
-        for shape, size in _PROBES[layer]:
-            if attempt(make_layer_example(layer, shape, size, "well-conditioned", 1e-5, 0)) is not None:
-                return
+    grouping = spec(layer).grouping
+    small, large = _PROBES[type(grouping)]
+    if attempt(make_layer_example(layer, *small, "well-conditioned", 1e-5, 0)) is not None:
         return
-    if attempt(make_example((4, 3), "well-conditioned", 1e-5, 0)) is not None:
-        return
-    error = attempt(make_example((2, 3, 4, 5), "well-conditioned", 1e-5, 0))
-    if error is not None and "broadcast" in str(error):
-        raise TargetError(f"{impl.name}: forward works on x of shape (4, 3) but on (2, 3, 4, 5) it raised {error}: "
+    error = attempt(make_layer_example(layer, *large, "well-conditioned", 1e-5, 0))
+    if error is not None and "broadcast" in str(error) and grouping.channel_axis:
+        raise TargetError(f"{impl.name}: forward works on x of shape {small[0]} but on {large[0]} it raised {error}: "
                           "the protocol puts the channels on axis 1 (x of shape (N, C, ...)); wrap a channels-last "
                           "implementation in a transpose")
 
 
-#: The (shape, size) pairs the protocol of each other layer is first tried on.
-_PROBES = {"layer_norm": [((4, 3), 1), ((2, 3, 4), 2)], "rms_norm": [((4, 3), 1), ((2, 3, 4), 2)],
-           "group_norm": [((2, 6, 3), 2)], "instance_norm": [((2, 3, 4), 0)]}
+#: The (shape, size) pairs the protocol is first tried on, a small one then a larger one, by kind of grouping.
+_PROBES = {Channels: [((4, 3), 0), ((2, 3, 4, 5), 0)], TrailingAxes: [((4, 3), 1), ((2, 3, 4), 2)],
+           ChannelGroups: [((2, 6, 3), 2), ((2, 6, 4, 5), 3)], SampleChannels: [((2, 3, 4), 0), ((2, 3, 4, 5), 0)]}

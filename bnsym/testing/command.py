@@ -42,6 +42,7 @@ from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, Isol
 from bnsym.testing.layer_guess import suggestion
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.properties import registry
+from bnsym.testing.protocols import DEFAULT_LAYER
 from bnsym.testing.results import FAILED
 from bnsym.testing.runner import properties_of_run, run_properties
 from bnsym.testing.sharded import shardable, sharded_regimes
@@ -51,7 +52,7 @@ from bnsym.testing.strategies import layer_regimes
 __all__ = ["add_arguments", "run"]
 
 _DEFAULTS = {"dtype": "float64", "mode": "train", "order": 1, "max_examples": DEFAULT_MAX_EXAMPLES, "seed": 0,
-             "layer": "batch_norm"}
+             "layer": DEFAULT_LAYER}
 #: Every layer's properties and regimes, in order, without repeats (the choices of --property and --regime).
 _ALL_PROPERTIES = tuple(dict.fromkeys(name for layer in LAYERS for name in properties_of(layer)))
 _ALL_REGIMES = tuple(dict.fromkeys([*(regime for layer in LAYERS for regime in layer_regimes(layer)),
@@ -159,7 +160,7 @@ def _fail(message: str) -> int:
 def _list_properties(args: argparse.Namespace) -> int:
     """Print the properties of the layer (with --shards, those of a sharded run), one a line with what it checks and
     the options that select it; exit status 0 (2 when the layer has no sharded run)."""
-    layer = args.layer or "batch_norm"
+    layer = args.layer or DEFAULT_LAYER
     if args.shards is None:
         options, names = CheckOptions(layer=layer), properties_of(layer)
     else:
@@ -247,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
                          f"with it: {'; '.join(conflicts)}")
     if args.timeout is not None and not args.isolate:
         return _fail("--timeout needs --isolate (a call in the checker's own process cannot be stopped)")
-    layer = options.layer if args.replay else args.layer or "batch_norm"
+    layer = options.layer if args.replay else args.layer or DEFAULT_LAYER
     shards = options.shards if args.replay else args.shards
     if not args.replay:
         problem = _layer_problem(args, layer)

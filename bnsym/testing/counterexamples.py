@@ -25,6 +25,7 @@ from bnsym.testing.isolation import ImplementationCrashed
 from bnsym.testing.naming import counterexample_name
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import registry
+from bnsym.testing.protocols import DEFAULT_LAYER
 from bnsym.testing.results import FAILED, PASSED, SKIPPED, Counterexample, PropertyResult, Report
 from bnsym.testing.runner import call_property
 from bnsym.testing.sharded import ShardedExample
@@ -50,9 +51,8 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
     ex = ce.example
     fields = dict(bnsym_counterexample=FORMAT, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed,
                   mode=options.mode, convention=options.convention or "", order=options.order,
-                  **{f: getattr(ex, f) for f in _ARRAYS})
-    if ex.layer != "batch_norm":  # batch norm's files stay as they were
-        fields.update(layer=ex.layer, num_groups=-1 if ex.num_groups is None else ex.num_groups)
+                  **{f: getattr(ex, f) for f in _ARRAYS}, layer=ex.layer,
+                  num_groups=-1 if ex.num_groups is None else ex.num_groups)
     if isinstance(ex, ShardedExample):
         fields.update(shard_sizes=np.asarray(ex.sizes, dtype=np.int64))
     name = counterexample_name(target, result.name, b"".join(np.asarray(v).tobytes() for v in fields.values()))
@@ -79,7 +79,8 @@ def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
                 raise NotACounterexample(f"{path} is not a bnsym counterexample: it has no {', '.join(missing)}; "
                                          f"{what}")
             name = str(data["property"])
-            layer = str(data["layer"]) if "layer" in data.files else "batch_norm"
+            # Files written before they named their layer are batch norm's (the default layer's).
+            layer = str(data["layer"]) if "layer" in data.files else DEFAULT_LAYER
             groups = int(data["num_groups"]) if "num_groups" in data.files else -1
             example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
                               str(data["regime"]), int(data["seed"]), layer, None if groups < 0 else groups)

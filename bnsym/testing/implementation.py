@@ -1,8 +1,8 @@
 """What an implementation under test is: :class:`Implementation`, the methods of its layer's protocol (checked
 against their signatures when it is made), and :class:`TargetError` for a target that does not follow it.
 
-The adapters (:mod:`bnsym.testing.adapters`, :mod:`bnsym.testing.family_adapters`) make Implementations; the
-properties call them. Both import this module, and neither imports the other for it.
+The adapters (:mod:`bnsym.testing.adapters`) make Implementations; the properties call them. Both import this
+module, and neither imports the other for it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from bnsym.testing.protocols import protocol
+from bnsym.testing.protocols import DEFAULT_LAYER, METHODS, protocol
 
 __all__ = ["OPTIONAL", "SIGNATURES", "Implementation", "TargetError"]
 
@@ -31,9 +31,9 @@ def _check_signature(function: Callable, name: str, arguments: tuple[str, ...], 
                           f"{name}{signature}") from None
 
 
-#: The methods of batch norm's protocol and their positional arguments (module docstring); the other layers' are
-#: in :data:`bnsym.testing.protocols.PROTOCOLS`.
-SIGNATURES: dict[str, tuple[str, ...]] = protocol("batch_norm").signatures
+#: The methods of batch norm's protocol (the default layer's) and their positional arguments; any layer's are
+#: :func:`bnsym.testing.protocols.protocol`'s.
+SIGNATURES: dict[str, tuple[str, ...]] = protocol(DEFAULT_LAYER).signatures
 OPTIONAL = tuple(name for name in SIGNATURES if name != "forward")
 
 
@@ -42,11 +42,11 @@ class Implementation:
 
     ``forward`` is required; ``backward`` and every other method of the layer's protocol (for batch norm,
     :data:`SIGNATURES`) are optional keyword arguments (None when not offered), available as attributes of the
-    same name. ``layer`` (default "batch_norm") names the protocol.
+    same name. ``layer`` (default batch norm) names the protocol.
     """
 
     def __init__(self, forward: Callable, backward: Callable | None = None, *, name: str = "implementation",
-                 layer: str = "batch_norm", **optional: Callable | None):
+                 layer: str = DEFAULT_LAYER, **optional: Callable | None):
         signatures = protocol(layer).signatures
         unknown = set(optional) - set(signatures) - {"forward", "backward"}
         if unknown:
@@ -62,7 +62,7 @@ class Implementation:
             _check_signature(function, method, signatures[method], name)
         self.name = name
         self.layer = layer
-        for method in SIGNATURES:  # batch norm's methods exist (None) on every implementation
+        for method in METHODS:  # every protocol's methods exist (None) on every implementation
             setattr(self, method, None)
         for method in signatures:
             setattr(self, method, methods.get(method))
@@ -72,7 +72,7 @@ class Implementation:
         return frozenset(method for method in protocol(self.layer).signatures if getattr(self, method) is not None)
 
     @classmethod
-    def wrap(cls, impl, name: str | None = None, layer: str = "batch_norm") -> Implementation:
+    def wrap(cls, impl, name: str | None = None, layer: str = DEFAULT_LAYER) -> Implementation:
         """An Implementation of ``layer`` from a function, an object with ``forward`` (and ``backward``), or a class
         of such objects that needs no constructor arguments."""
         if isinstance(impl, Implementation):

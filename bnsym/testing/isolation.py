@@ -54,7 +54,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from bnsym.testing.adapters import Implementation, TargetError, load
-from bnsym.testing.protocols import protocol
+from bnsym.testing.protocols import DEFAULT_LAYER, protocol
 from bnsym.testing.sharded import ShardedImplementation, signatures
 from bnsym.testing.sharded_adapters import load as load_sharded
 
@@ -338,7 +338,7 @@ def _attributes(impl) -> dict:
 
 
 def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spawned_by_main_thread: bool,
-           stack_file: str, layer: str = "batch_norm", shards: int | None = None) -> None:
+           stack_file: str, layer: str = DEFAULT_LAYER, shards: int | None = None) -> None:
     """The child's main loop: load the implementation, then answer calls until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the checker handles it (and stops this child), so the child must not
     # die of it first and be reported as a crash.
@@ -458,7 +458,7 @@ class IsolatedImplementation(Implementation):
     """The implementation named by ``target`` (a CLI target string, or a picklable function, object or class),
     run in a child process with ``timeout`` seconds per call (module docstring).
 
-    ``layer`` (default "batch_norm") is the protocol the child loads it with (:mod:`bnsym.testing.protocols`); with
+    ``layer`` (default batch norm) is the protocol the child loads it with (:mod:`bnsym.testing.protocols`); with
     ``shards`` (K) the child loads it as a sharded implementation of the layer for K workers
     (:mod:`bnsym.testing.sharded`), and this object offers the sharded protocol's methods, ``equal_shards`` and
     ``unavailable`` instead.
@@ -469,7 +469,7 @@ class IsolatedImplementation(Implementation):
     """
 
     def __init__(self, target, *, timeout: float = DEFAULT_TIMEOUT, start_method: str | None = None,
-                 layer: str = "batch_norm", shards: int | None = None):
+                 layer: str = DEFAULT_LAYER, shards: int | None = None):
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) \
                 or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")

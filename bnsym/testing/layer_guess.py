@@ -11,7 +11,7 @@ import numpy as np
 
 from bnsym.testing.adapters import load
 from bnsym.testing.options import CheckOptions
-from bnsym.testing.protocols import LAYER_NAMES
+from bnsym.testing.protocols import layer_names
 
 __all__ = ["GUESS_EXAMPLES", "computes", "guess_layer", "suggestion"]
 
@@ -35,13 +35,13 @@ def computes(target: str, layer: str) -> bool:
 
 
 def guess_layer(target: str, checked_as: str) -> str | None:
-    """The first other layer (in the order of :data:`bnsym.testing.protocols.LAYER_NAMES`) whose forward the target
+    """The first other layer (in the order of :func:`bnsym.testing.protocols.layer_names`) whose forward the target
     ``target`` (a string, as ``bnsym check`` takes it) computes, by ``forward_reference`` in float64; None when it
     computes none of them, and None when it computes the layer it was checked as (its failure is then about a
     dtype or a regime, not the layer: ``torch`` and ``jax`` are every layer)."""
     if computes(target, checked_as):
         return None
-    return next((layer for layer in LAYER_NAMES if layer != checked_as and computes(target, layer)), None)
+    return next((layer for layer in layer_names() if layer != checked_as and computes(target, layer)), None)
 
 
 def suggestion(target: str, checked_as: str) -> str:

@@ -1,9 +1,9 @@
 """What a check covers: the layer, and beyond the training forward and backward: eval mode, running statistics,
 second order.
 
-- ``layer``: which layer's protocol and properties (:mod:`bnsym.testing.protocols`): ``"batch_norm"`` (default),
-  ``"layer_norm"``, ``"rms_norm"``, ``"group_norm"`` or ``"instance_norm"``. Only batch norm has an eval mode and
-  running statistics.
+- ``layer``: which layer's protocol and properties (:mod:`bnsym.testing.protocols`): a layer of
+  :data:`bnsym.spec.SPECS`, batch norm by default. Only a layer with running statistics (``spec.running_statistics``:
+  batch norm) has an eval mode and running-statistics properties.
 
 - ``mode``: ``"train"`` (default) checks the training forward and backward; ``"eval"`` checks the eval-mode
   methods (``eval_forward``, ``eval_backward``, and with ``order=2`` ``eval_double_backward``).
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnsym.conventions import CONVENTIONS
-from bnsym.testing.protocols import LAYER_NAMES, protocol
+from bnsym.spec import spec
+from bnsym.testing.protocols import DEFAULT_LAYER, layer_names, protocol
 from bnsym.testing.sharded import not_shardable_reason, shardable, signatures
 
 __all__ = ["MODES", "CheckOptions"]
@@ -39,15 +40,17 @@ class CheckOptions:
     mode: str = "train"
     convention: str | None = None
     order: int = 1
-    layer: str = "batch_norm"
+    layer: str = DEFAULT_LAYER
     shards: int | None = None
 
     def __post_init__(self):
-        if self.layer not in LAYER_NAMES:
-            raise ValueError(f"layer must be one of {LAYER_NAMES}, got {self.layer!r}")
-        if self.layer != "batch_norm" and (self.mode != "train" or self.convention is not None):
+        if self.layer not in layer_names():
+            raise ValueError(f"layer must be one of {layer_names()}, got {self.layer!r}")
+        if not spec(self.layer).running_statistics and (self.mode != "train" or self.convention is not None):
+            with_running = [name for name in layer_names() if spec(name).running_statistics]
             raise ValueError(f"{protocol(self.layer).title} has no eval mode and no running statistics: mode "
-                             f"{self.mode!r} and convention {self.convention!r} are batch norm's only")
+                             f"{self.mode!r} and convention {self.convention!r} are for the layers that keep "
+                             f"running statistics ({', '.join(with_running)})")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.convention is not None and self.convention not in CONVENTIONS:
@@ -82,7 +85,7 @@ class CheckOptions:
         return tuple(protocol(self.layer).signatures)
 
     def describe(self) -> str:
-        parts = [] if self.layer == "batch_norm" else [protocol(self.layer).title]
+        parts = [] if self.layer == DEFAULT_LAYER else [protocol(self.layer).title]
         parts.append(f"{self.mode} mode")
         if self.convention:
             parts.append(f"{self.convention} running statistics")

@@ -1,19 +1,32 @@
-"""The property library: each property a small named object, registered in :data:`REGISTRY`.
+"""The property library: each property a small named object, written once over a layer's groups, registered in
+:data:`PROPERTIES`, and applying to every layer whose specification says it holds.
 
 A :class:`Property` has a ``name`` (what reports and ``--property`` use), a ``group`` (the issue's headings:
-structure, reference, standardisation, gradients, identities, invariances), ``needs`` (the capabilities of the
-implementation it calls, see :mod:`bnsym.testing.adapters`), a ``check(impl, example)`` that returns quietly or
-raises :class:`PropertyFailure`, and the strategy of examples it runs on (the general one of
-:func:`bnsym.testing.strategies.batch_norm_examples` unless it needs special shapes).
+structure, reference, standardisation, gradients, identities, invariances, second order; eval and running
+statistics in :mod:`bnsym.testing.running_properties`), ``needs`` (the methods of the layer's protocol it calls,
+:mod:`bnsym.testing.protocols`), ``applies`` (a predicate on the layer's :class:`~bnsym.spec.LayerSpec`: the
+centred-only properties read ``spec.centred``, the running-statistics ones ``spec.running_statistics``, the
+properties of groups within one sample ``spec.grouping.per_sample``), a ``check(impl, example)`` that returns
+quietly or raises :class:`PropertyFailure`, and the strategy of examples it runs on. :func:`registry` gives the
+properties of one layer, in the order they run.
+
+Notation. A layer normalises *groups* of M values (:mod:`bnsym.spec.layout`; the example's ``layout``): one
+channel over the batch and every spatial position (batch norm), a row over the normalised axes (layer and RMS
+norm), a sample's C/G contiguous channels with the spatial positions (group norm), a sample's channel over the
+spatial positions (instance norm). In a group, x_hat = (x - mean) s with s = invstd = 1/sqrt(var + eps) (centred
+layers), or x_hat = x s with s = invrms = 1/sqrt(ms + eps), ms = mean(x^2) (a layer that takes no mean);
+y = gamma x_hat (+ beta). "Per group" sums run over a group's M values; a parameter's gradient sums over the groups
+that share it (``layout.parameter_axes``).
 
 Rules for property authors:
 
 - Compare with :func:`compare`, never with a bare assert: it handles shapes, NaN and infinities, and reports the
   worst element with expected, actual and tolerance.
-- Every tolerance comes from :class:`bnsym.testing.tolerance.Bound` (an error analysis per dtype and input); a
-  property combining several outputs adds their bounds (triangle inequality). No magic atol.
-- Call the implementation through :func:`call_forward` / :func:`call_backward`: an exception or a malformed
-  result becomes a failure of the property, never a crash of the checker.
+- Every tolerance comes from the derived closed forms of the layer (:class:`bnsym.testing.reference.LayerBound`,
+  an error analysis per dtype and input); a property combining several outputs adds their bounds (triangle
+  inequality). No magic atol.
+- Call the implementation through :func:`call_forward` / :func:`call_backward` / :func:`call_double_backward`:
+  an exception or a malformed result becomes a failure of the property, never a crash of the checker.
 - dy is random and never ones, and no property differentiates sum(y): that gradient is exactly zero.
 - Randomness beyond the example (directions, shifts, permutations) comes from ``example.rng(salt)``, so a saved
   counterexample replays exactly.
@@ -28,19 +41,20 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
+from bnsym.spec import LayerSpec, spec
 from bnsym.testing import arithmetic, reference
 from bnsym.testing import strategies as bst
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
 from bnsym.testing.implementation import Implementation
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.protocol import check_layout, output_array, output_arrays
-from bnsym.testing.protocols import LAYER_NAMES
+from bnsym.testing.protocols import DEFAULT_LAYER, protocol
+from bnsym.testing.reference import LayerBound
 from bnsym.testing.representable import dy_scale
 from bnsym.testing.strategies import Example
-from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
-__all__ = ["REGISTRIES", "REGISTRY", "Property", "PropertyFailure", "ProtocolError", "Space", "Worst", "call_backward",
-           "call_forward", "compare", "register", "registry"]
+__all__ = ["PROPERTIES", "Property", "PropertyFailure", "ProtocolError", "Space", "Worst", "call", "call_backward",
+           "call_double_backward", "call_forward", "compare", "register", "registry"]
 
 
 def train_first_order(options: CheckOptions) -> bool:
@@ -48,24 +62,42 @@ def train_first_order(options: CheckOptions) -> bool:
     return options.mode == "train"
 
 
+def second_order(options: CheckOptions) -> bool:
+    """``--order 2`` in train mode: the double-backward properties."""
+    return options.order == 2 and options.mode == "train"
+
+
+def every_layer(layer: LayerSpec) -> bool:
+    return True
+
+
+def centred(layer: LayerSpec) -> bool:
+    return layer.centred
+
+
+def with_beta(layer: LayerSpec) -> bool:
+    return "beta" in layer.parameters
+
+
 @dataclass(frozen=True)
 class Property:
-    """One named, reusable check. ``needs`` are capability names (``"forward"``, ``"backward"``, ``"eval_forward"``,
-    ...: :data:`bnsym.testing.adapters.SIGNATURES`); ``examples(space)`` is its Hypothesis strategy for a
-    :class:`Space`. ``when`` says which :class:`~bnsym.testing.options.CheckOptions` select it (``selected_by``
-    says it to a person); ``takes_options`` makes the runner pass the options as a third argument to ``check``.
-    ``regimes`` are the input regimes it can draw from (None: all); ``requires`` names properties that must hold
-    for this one to mean anything (the runner runs them first, and skips this one, with the reason, when one
-    fails); ``concerns`` (None: every dtype) are the dtypes of the runs whose verdict a failure decides
-    (:meth:`concerns_run`); ``long_groups`` properties also run on the run's long groups
-    (``Space.long_shapes``)."""
+    """One named, reusable check. ``needs`` are method names of the layer's protocol (``"forward"``,
+    ``"backward"``, ``"eval_forward"``, ...); ``examples(space)`` is its Hypothesis strategy for a :class:`Space`;
+    ``applies(spec)`` says which layers it holds for. ``when`` says which :class:`~bnsym.testing.options.CheckOptions`
+    select it (``selected_by`` says it to a person); ``takes_options`` makes the runner pass the options as a third
+    argument to ``check``. ``regimes`` are the kinds of input regimes it can draw from
+    (:func:`bnsym.testing.strategies.regime_kind`; None: all); ``requires`` names properties that must hold for
+    this one to mean anything (the runner runs them first, and skips this one, with the reason, when one fails);
+    ``concerns`` (None: every dtype) are the dtypes of the runs whose verdict a failure decides
+    (:meth:`concerns_run`); ``long_groups`` properties also run on the run's long groups (``Space.long_shapes``)."""
 
     name: str
     group: str
     needs: frozenset[str]
     description: str
     check: Callable[..., None]
-    examples: Callable[[np.dtype], st.SearchStrategy[Example]]
+    examples: Callable[[Space], st.SearchStrategy[Example]]
+    applies: Callable[[LayerSpec], bool] = every_layer
     when: Callable[[CheckOptions], bool] = train_first_order
     selected_by: str = "train mode (the default --mode)"
     takes_options: bool = False
@@ -82,35 +114,30 @@ class Property:
         return self.concerns is None or np.dtype(dtype).name in self.concerns
 
 
-#: Each layer's properties by name, in the order they run. A property written for several layers (the generic ones
-#: of :mod:`bnsym.testing.family_properties`) is in each of their registries, under one name.
-REGISTRIES: dict[str, dict[str, Property]] = {layer: {} for layer in LAYER_NAMES}
-#: Batch norm's properties.
-REGISTRY: dict[str, Property] = REGISTRIES["batch_norm"]
+#: Every property by name, each written once, in the order they run; :func:`registry` selects a layer's.
+PROPERTIES: dict[str, Property] = {}
 
 
 def registry(layer: str) -> dict[str, Property]:
-    """The properties of ``layer`` by name; ValueError for an unknown layer."""
-    if layer not in REGISTRIES:
-        raise ValueError(f"unknown layer {layer!r}; known: {', '.join(REGISTRIES)}")
-    return REGISTRIES[layer]
+    """The properties of ``layer`` by name, in the order they run: those that apply to its specification;
+    ValueError for an unknown layer."""
+    layer_spec = spec(layer)
+    return {name: prop for name, prop in PROPERTIES.items() if prop.applies(layer_spec)}
 
 
 @dataclass(frozen=True)
 class Space:
-    """Where one run draws its examples from: the dtype, the input regimes, the pool of shapes
-    (:func:`bnsym.testing.strategies.shape_pool`, or :func:`bnsym.testing.strategies.layer_shape_pool` for the other
-    layers;
-    None draws any shape), the layer and the range of eps. Every property's strategy is a function of it.
-    ``long_shapes`` are the run's shapes with long groups (:func:`bnsym.testing.strategies.long_shapes`), which the
-    properties that take them (``Property.long_groups``) also run on. ``shards`` is K in a sharded run (None
-    otherwise), and ``equal_shards`` says that the implementation takes shards of equal size only
-    (:mod:`bnsym.testing.sharded`)."""
+    """Where one run draws its examples from: the dtype, the input regimes, the pool of ``(shape, size)`` entries
+    (:func:`bnsym.testing.strategies.layer_shape_pool`; None: the layer's pool of seed 0), the layer and the range
+    of eps. Every property's strategy is a function of it. ``long_shapes`` are the run's entries with long groups
+    (:func:`bnsym.testing.strategies.long_shapes`), which the properties that take them (``Property.long_groups``)
+    also run on. ``shards`` is K in a sharded run (None otherwise), and ``equal_shards`` says that the
+    implementation takes shards of equal size only (:mod:`bnsym.testing.sharded`)."""
 
     dtype: np.dtype
     regimes: tuple[str, ...] = bst.REGIMES
     shapes: tuple | None = None
-    layer: str = "batch_norm"
+    layer: str = DEFAULT_LAYER
     eps: tuple[float, float] = (bst.MIN_EPS, bst.MAX_EPS)
     long_shapes: tuple = ()
     shards: int | None = None
@@ -118,82 +145,115 @@ class Space:
 
     def usable(self, prop: Property) -> tuple[str, ...]:
         """The regimes of this space that ``prop`` can draw from."""
-        return tuple(r for r in self.regimes if prop.regimes is None or r in prop.regimes)
+        return tuple(r for r in self.regimes if prop.regimes is None or bst.regime_kind(r) in prop.regimes)
+
+    def entries(self) -> tuple:
+        """The run's pool as ``(shape, size)`` pairs."""
+        if self.shapes is None:
+            return bst.layer_shape_pool(self.layer)
+        return bst.pool_entries(self.layer, self.shapes)
 
 
-def _general(space: Space) -> st.SearchStrategy[Example]:
-    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, shapes=space.shapes,
-                                   min_eps=space.eps[0], max_eps=space.eps[1])
+def _examples(space: Space) -> st.SearchStrategy[Example]:
+    return bst.layer_examples(space.layer, dtype=space.dtype, regimes=space.regimes, shapes=space.shapes,
+                              min_eps=space.eps[0], max_eps=space.eps[1])
 
 
-def register(name: str, group: str, needs=("forward",), examples=_general, *, when=train_first_order,
-             selected_by="train mode (the default --mode)", takes_options=False, regimes=None, requires=(),
-             layers=("batch_norm",), description: str | None = None, concerns=None, long_groups=False):
-    """Add the decorated check to the registries of ``layers`` (default batch norm's, :data:`REGISTRY`); its
-    docstring's first line is the property's description unless ``description`` is given."""
+def register(name: str, group: str, needs=("forward",), examples=_examples, *, applies=every_layer,
+             when=train_first_order, selected_by=None, takes_options=False, regimes=None, requires=(),
+             description: str | None = None, concerns=None, long_groups=False):
+    """Add the decorated check to :data:`PROPERTIES` under ``name`` (ValueError if a property has that name: each
+    is written once); its docstring's first line is the property's description unless ``description`` is given."""
     def decorate(check):
-        for layer in layers:
-            if name in registry(layer):
-                raise ValueError(f"a property named {name!r} is already registered for {layer}")
+        if name in PROPERTIES:
+            raise ValueError(f"a property named {name!r} is already registered")
         text = description or (check.__doc__ or name).strip().splitlines()[0]
-        prop = Property(name, group, frozenset(needs), text, check, examples, when, selected_by, takes_options,
-                        regimes, tuple(requires), None if concerns is None else tuple(concerns), long_groups)
-        for layer in layers:
-            REGISTRIES[layer][name] = prop
+        said = selected_by or ("--order 2" if when is second_order else "train mode (the default --mode)")
+        PROPERTIES[name] = Property(name, group, frozenset(needs), text, check, examples, applies, when, said,
+                                    takes_options, None if regimes is None else tuple(regimes), tuple(requires),
+                                    None if concerns is None else tuple(concerns), long_groups)
         return check
     return decorate
 
 
 # ----- calling the implementation -----
 
-def _cast(example: Example, *arrays):
-    return [np.asarray(a, dtype=example.dtype) for a in arrays]
+def arguments(example: Example, method: str, dtype, replaced: dict) -> list:
+    """The positional arguments of a protocol method: copies of the example's arrays (some replaced) in ``dtype``
+    (an implementation that writes into its inputs must not corrupt the example for later comparisons: the
+    property inputs_not_modified reports it), eps as a float, momentum as it is, and the other options as ints."""
+    result = []
+    for name in protocol(example.layer).signatures[method]:
+        value = replaced[name] if name in replaced else None
+        if name == "eps":
+            result.append(float(example.eps if value is None else value))
+        elif name == "momentum":
+            result.append(value)
+        elif name == "num_batches_tracked":
+            result.append(int(value))
+        elif name in example.options:
+            result.append(int(example.options[name]))
+        else:
+            result.append(np.array(getattr(example, name) if value is None else value, dtype=dtype))
+    return result
 
 
-def call_forward(impl: Implementation, example: Example, *, x=None, gamma=None, beta=None, eps=None,
-                 dtype=None) -> np.ndarray:
-    """y from the implementation on the example (inputs optionally replaced), as the array it returned."""
+def call(impl, example: Example, method: str, *, dtype=None, **replaced):
+    """What ``impl.<method>`` returns on the example's inputs (some replaced); an exception becomes a failure."""
     dtype = np.dtype(dtype or example.dtype)
-    # Copies: an implementation that writes into its inputs must not corrupt the example for later comparisons
-    # (the property inputs_not_modified reports it).
-    arrays = [np.array(example.x if x is None else x, dtype=dtype),
-              np.array(example.gamma if gamma is None else gamma, dtype=dtype),
-              np.array(example.beta if beta is None else beta, dtype=dtype)]
-    eps = float(example.eps if eps is None else eps)
+    values = arguments(example, method, dtype, replaced)
     try:
-        y = impl.forward(*arrays, eps)
+        return getattr(impl, method)(*values)
     except Exception as error:
-        raise PropertyFailure(f"forward raised {type(error).__name__}: {error}") from None
-    y = output_array(y, "y from forward", method="forward", expects="y alone, an array shaped like x")
-    check_layout(y, arrays[0].shape, "y from forward", "the shape of x")
+        raise PropertyFailure(f"{method} raised {type(error).__name__}: {error}") from None
+
+
+def call_forward(impl: Implementation, example: Example, *, dtype=None, method="forward", **replaced) -> np.ndarray:
+    """y from the implementation's ``method`` (forward, or eval_forward with the running statistics among
+    ``replaced``) on the example (inputs optionally replaced), checked to be an array shaped like x."""
+    y = output_array(call(impl, example, method, dtype=dtype, **replaced), f"y from {method}", method=method,
+                     expects="y alone, an array shaped like x")
+    check_layout(y, np.shape(replaced.get("x", example.x)), f"y from {method}", "the shape of x",
+                 example.spec.grouping.channel_axis)
     observation = current()
     if observation is not None and y.dtype.kind == "f" and not np.all(np.isfinite(y)) \
-            and all(np.all(np.isfinite(a)) for a in arrays):
+            and all(np.all(np.isfinite(np.asarray(replaced.get(n, getattr(example, n)), np.float64)))
+                    for n in ("x", "gamma", "beta")):
         observation.nonfinite_forward = True
     return y
 
 
-def call_backward(impl: Implementation, example: Example, *, dy=None, x=None, gamma=None, eps=None, dtype=None):
-    """(dx, dgamma, dbeta) from the implementation's backward, each as the array it returned."""
-    dtype = np.dtype(dtype or example.dtype)
-    arrays = [np.array(a, dtype=dtype) for a in (example.dy if dy is None else dy, example.x if x is None else x,
-                                                 example.gamma if gamma is None else gamma, example.beta)]
-    eps = float(example.eps if eps is None else eps)
-    try:
-        result = impl.backward(*arrays, eps)
-    except Exception as error:
-        raise PropertyFailure(f"backward raised {type(error).__name__}: {error}") from None
-    return checked_gradients(result, "backward", arrays[1].shape)
-
-
-def checked_gradients(result, method: str, shape, names=("dx", "dgamma", "dbeta")):
-    """(dx, dgamma, dbeta)-like results: three arrays, the first shaped like x, the others (C,)."""
+def checked_gradients(example: Example, result, method: str, names, x_shape) -> tuple[np.ndarray, ...]:
+    """The arrays a backward-like ``method`` returns: dx-like ones (``d``/``g`` of x or dy) shaped like x, the
+    parameter ones like gamma."""
     arrays = output_arrays(result, method, names)
-    check_layout(arrays[0], shape, f"{names[0]} from {method}", "the shape of x")
-    for name, array in zip(names[1:], arrays[1:]):
-        if array.shape != (shape[1],) and array.size == shape[1]:
-            check_layout(array, (shape[1],), f"{name} from {method}", "(C,), one value per channel")
+    layout = example.layout
+    channels = example.spec.grouping.channel_axis
+    for name, array in zip(names, arrays):
+        if name in ("dx", "gx", "gdy"):
+            check_layout(array, x_shape, f"{name} from {method}", "the shape of x", channels)
+        else:
+            check_layout(array, layout.parameter_shape, f"{name} from {method}",
+                         f"gamma's shape, {layout.parameter_meaning}", channels)
     return arrays
+
+
+def call_backward(impl: Implementation, example: Example, *, dtype=None, method="backward", **replaced):
+    """(dx, dgamma[, dbeta]) from the implementation's ``method`` (backward, or eval_backward), checked: dx shaped
+    like x, the parameter gradients like gamma."""
+    result = call(impl, example, method, dtype=dtype, **replaced)
+    return checked_gradients(example, result, method, protocol(example.layer).gradients,
+                             np.shape(replaced.get("x", example.x)))
+
+
+def call_double_backward(impl, example: Example, cotangents, *, dtype=None, method="double_backward",
+                         **replaced) -> tuple[np.ndarray, ...]:
+    """(gx, ggamma, gdy) from the implementation's ``method`` (double_backward, or eval_double_backward) for the
+    cotangents (ggx, gggamma[, ggbeta])."""
+    p = protocol(example.layer)
+    replaced.update(zip(("ggx", *("gg" + q for q in p.parameters)), cotangents))
+    result = call(impl, example, method, dtype=dtype, **replaced)
+    return checked_gradients(example, result, method, p.second_order, example.x.shape)
 
 
 #: The two values of a finite-difference comparison: both the implementation's, neither the truth.
@@ -229,55 +289,6 @@ def compare(what: str, actual, expected, tolerance, labels: tuple[str, str] = ("
                               Worst(what, index, float(expected[index]), float(actual[index]),
                                     float(tolerance[index]), labels))
 
-
-def _axes(ndim: int) -> tuple[int, ...]:
-    return (0,) + tuple(range(2, ndim))
-
-
-def _bound(example: Example, ref=None, *, gamma=None, beta=None, dtype=None) -> Bound:
-    ref = ref or reference.forward(example)
-    return Bound.of(ref, dtype or example.dtype, example.gamma if gamma is None else gamma,
-                    example.beta if beta is None else beta)
-
-
-def _reference_slack(ref: reference.ForwardReference, *values) -> float:
-    """The float64 rounding of a checker-side reduction over ``values``: negligible, but never zero."""
-    return SAFETY * growth(ref.count) * unit_roundoff(np.float64) * sum(float(np.sum(np.abs(v))) for v in values)
-
-
-# ----- structure -----
-
-@register("shapes_and_dtypes", "structure")
-def _shapes_and_dtypes(impl, example):
-    """y has the shape and dtype of x."""
-    y = call_forward(impl, example)
-    if y.shape != example.x.shape or y.dtype != example.dtype:
-        raise PropertyFailure(f"y has shape {y.shape} and dtype {y.dtype}, expected shape {example.x.shape} and "
-                              f"dtype {example.dtype}")
-
-
-@register("gradient_shapes_and_dtypes", "structure", needs=("forward", "backward"))
-def _gradient_shapes_and_dtypes(impl, example):
-    """dx has the shape and dtype of x; dgamma and dbeta have shape (C,) and that dtype."""
-    expected = (example.x.shape, (example.channels,), (example.channels,))
-    for name, array, shape in zip(("dx", "dgamma", "dbeta"), call_backward(impl, example), expected):
-        if array.shape != shape or array.dtype != example.dtype:
-            raise PropertyFailure(f"{name} has shape {array.shape} and dtype {array.dtype}, expected shape {shape} "
-                                  f"and dtype {example.dtype}")
-
-
-#: The fewest values per group float64_arithmetic draws: with M = 2 every standardisation without eps (and
-#: sqrt(max(var, eps))) gives x_hat = +-1 whatever x is, which would look like a result that ignores small moves of x
-#: (:mod:`bnsym.testing.arithmetic`).
-FLOAT64_MIN_COUNT = 4
-
-
-def _float64_examples(space: Space) -> st.SearchStrategy[Example]:
-    shapes = space.shapes
-    if shapes is not None:
-        shapes = [s for s in shapes if math.prod(s) // s[1] >= FLOAT64_MIN_COUNT] or shapes
-    return bst.batch_norm_examples(dtype="float64", regimes=("well-conditioned",), shapes=shapes,
-                                   min_eps=space.eps[0], max_eps=space.eps[1])
 
 
 #: How much worse than float64's own error bound a float64 result may be before the checker asks whether it was
@@ -315,6 +326,135 @@ def judge_float64(example: Example, y, reference_y, tolerance, forward, referenc
                               f"float64's error bound, and {evidence}; {SKIPS_DIFFERENCES}", failure.worst) from None
 
 
+
+# ----- helpers -----
+
+def _bound(example: Example, ref=None, **keywords) -> LayerBound:
+    return LayerBound(example, ref or reference.forward(example), **keywords)
+
+
+def _f64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def _per_group(ref, values) -> np.ndarray:
+    """Sums over each group of an array shaped like x, shaped like the statistics (for reports)."""
+    return np.sum(ref.grouped(values), axis=ref.layout.axes).reshape(ref.layout.statistics_shape)
+
+
+def _over_shared(ref, values, shape) -> np.ndarray:
+    """Sums of an array shaped like x over the groups that share each parameter value, gamma-shaped."""
+    grouped = np.broadcast_to(_f64(values).reshape(ref.layout.grouped), ref.layout.grouped)
+    return np.sum(grouped, axis=ref.layout.parameter_axes).reshape(shape)
+
+
+def _compare_runs(what: str, first, second, ref_first, ref_second, tol_first, tol_second) -> None:
+    """first ~ second where the exact results differ by ref_second - ref_first (input rounding, often 0)."""
+    first, second = np.asarray(first), np.asarray(second)
+    if first.shape != second.shape:
+        raise PropertyFailure(f"{what}: the two runs give shapes {first.shape} and {second.shape}")
+    compare(what, _f64(second) - _f64(first), ref_second - ref_first, tol_first + tol_second)
+
+
+def _power_of_two(example: Example, salt: int, largest: float) -> float:
+    """A power of two k != 1 with |k x| representable in the dtype: scaling by it is exact."""
+    rng = example.rng(salt)
+    k = float(2.0 ** rng.choice([-2, -1, 1, 2]))
+    if k > 1 and largest * k > float(np.finfo(example.dtype).max) / 4:
+        k = 1 / k
+    return k
+
+
+def _per_group_constant(example: Example, values) -> np.ndarray:
+    """``values`` (one per group) as an array shaped like x, constant over each group."""
+    layout = example.layout
+    return np.broadcast_to(_f64(values).reshape(layout.statistics_broadcast), layout.grouped).reshape(layout.shape)
+
+
+def second_dy(example: Example, salt: int) -> np.ndarray:
+    """Another upstream gradient for the example, random, in its dtype: scaled as the example's dy is, by a power of
+    two when needed, so that its exact gradients are within the dtype's range (:mod:`bnsym.testing.representable`)."""
+    rng = example.rng(salt)
+    dy = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(example.x.shape)
+    scale = dy_scale(example.layout, example.x, example.gamma, dy.astype(example.dtype), example.eps, example.dtype)
+    return (scale * dy).astype(example.dtype)
+
+
+# ----- strategies of their own -----
+
+#: The fewest values per group float64_arithmetic draws: with M = 2 every standardisation without eps (and
+#: sqrt(max(var, eps))) gives x_hat = +-1 whatever x is, which would look like a result that ignores small moves of x
+#: (:mod:`bnsym.testing.arithmetic`).
+FLOAT64_MIN_COUNT = 4
+
+
+def _float64_examples(space: Space) -> st.SearchStrategy[Example]:
+    """Well-conditioned float64 examples of at least FLOAT64_MIN_COUNT values per group."""
+    entries = space.entries()
+    entries = [e for e in entries if bst.entry_layout(space.layer, *e).count >= FLOAT64_MIN_COUNT] or entries
+    return bst.layer_examples(space.layer, dtype="float64", regimes=(spec(space.layer).regimes[0],), shapes=entries,
+                              min_eps=space.eps[0], max_eps=space.eps[1])
+
+
+def _small_examples(space: Space) -> st.SearchStrategy[Example]:
+    """Examples of at most EXACT_MAX_COUNT values per group and EXACT_MAX_GROUPS groups, for the exact reference:
+    the run's pool entries that are that small, or those of the layer's pool of seed 0."""
+    def small(entry) -> bool:
+        layout = bst.entry_layout(space.layer, *entry)
+        return layout.count <= reference.EXACT_MAX_COUNT and \
+            math.prod(layout.statistics_shape) <= reference.EXACT_MAX_GROUPS
+    entries = [e for e in space.entries() if small(e)] or \
+        [e for e in bst.layer_shape_pool(space.layer) if small(e)]
+    return bst.layer_examples(space.layer, dtype=space.dtype, regimes=space.regimes, shapes=entries,
+                              min_eps=space.eps[0], max_eps=space.eps[1])
+
+
+_SINGLE_VALUE_REGIMES = ("well-conditioned", "large offset")
+
+
+def _single_values(space: Space) -> st.SearchStrategy[Example]:
+    """Examples with one value per group: the run's shapes with every axis a group spans shrunk to 1."""
+    entries = []
+    for shape, size in space.entries():
+        layout = bst.entry_layout(space.layer, shape, size)
+        if len(layout.grouped) != len(shape):
+            continue  # a split axis: its groups cannot hold one value each
+        single = (tuple(1 if axis in layout.axes else n for axis, n in enumerate(shape)), size)
+        if single not in entries:
+            entries.append(single)
+    regimes = tuple(r for r in space.regimes if bst.regime_kind(r) in _SINGLE_VALUE_REGIMES)
+    eps = bst.epsilons(min_eps=space.eps[0], max_eps=space.eps[1])
+
+    @st.composite
+    def examples(draw):
+        shape, size = draw(st.sampled_from(entries))
+        regime = draw(st.sampled_from(regimes))
+        return bst.make_layer_example(space.layer, shape, size, regime, draw(eps), draw(st.integers(0, 2**32 - 1)),
+                                      space.dtype)
+
+    return examples()
+
+
+# ----- structure -----
+
+@register("shapes_and_dtypes", "structure")
+def _shapes_and_dtypes(impl, example):
+    """y has the shape and dtype of x."""
+    y = call_forward(impl, example)
+    if y.dtype != example.dtype:
+        raise PropertyFailure(f"y has shape {y.shape} and dtype {y.dtype}, expected shape {example.x.shape} and "
+                              f"dtype {example.dtype}")
+
+
+@register("gradient_shapes_and_dtypes", "structure", needs=("forward", "backward"))
+def _gradient_shapes_and_dtypes(impl, example):
+    """dx has the shape and dtype of x; the parameter gradients have gamma's shape and that dtype."""
+    for name, array in zip(protocol(example.layer).gradients, call_backward(impl, example)):
+        if array.dtype != example.dtype:
+            raise PropertyFailure(f"{name} has shape {array.shape} and dtype {array.dtype}, expected the dtype of x, "
+                                  f"{example.dtype}")
+
+
 @register("float64_arithmetic", "structure", examples=_float64_examples, when=lambda options: False,
           selected_by="a finite-difference property that runs (it is their prerequisite)", concerns=("float64",))
 def _float64_arithmetic(impl, example):
@@ -331,16 +471,17 @@ def _float64_arithmetic(impl, example):
 @register("inputs_not_modified", "structure")
 def _inputs_not_modified(impl, example):
     """forward (and backward, when offered) leave their input arrays unchanged."""
-    calls = [("forward", impl.forward, ("x", "gamma", "beta"))]
-    if impl.backward is not None:
-        calls.append(("backward", impl.backward, ("dy", "x", "gamma", "beta")))
-    for method, function, names in calls:
-        arrays = {name: np.array(getattr(example, name)) for name in names}
+    methods = ["forward"] + (["backward"] if impl.backward is not None else [])
+    for method in methods:
+        values = arguments(example, method, example.dtype, {})
+        names = protocol(example.layer).signatures[method]
         try:
-            function(*arrays.values(), example.eps)
+            getattr(impl, method)(*values)
         except Exception as error:
             raise PropertyFailure(f"{method} raised {type(error).__name__}: {error}") from None
-        for name, array in arrays.items():
+        for name, array in zip(names, values):
+            if not isinstance(array, np.ndarray):
+                continue
             original = getattr(example, name)
             if not np.array_equal(array, original, equal_nan=True):
                 index = tuple(int(i) for i in np.argwhere(array != original)[0])
@@ -350,86 +491,64 @@ def _inputs_not_modified(impl, example):
 
 @register("finite_outputs", "structure")
 def _finite_outputs(impl, example):
-    """y is finite on finite input, and a constant channel gives y = beta."""
+    """y is finite on finite input (and a constant group gives y = beta for a centred layer)."""
     y = call_forward(impl, example)
     ref = reference.forward(example)
-    compare("y", y, ref.y, np.inf)  # shape, and finite everywhere
-    constant = np.broadcast_to(ref.var == 0, y.shape)
-    compare("y", np.where(constant, y, 0), np.where(constant, np.broadcast_to(ref.y, y.shape), 0),
-            _bound(example, ref).forward())
+    compare("y", y, ref.y, np.inf)  # finite everywhere
+    if ref.centred:
+        constant = np.broadcast_to(ref.var == 0, ref.layout.grouped).reshape(ref.layout.shape)
+        compare("y of a constant group", np.where(constant, y, 0), np.where(constant, ref.y, 0),
+                _bound(example, ref).forward())
 
 
 @register("finite_gradients", "structure", needs=("forward", "backward"))
 def _finite_gradients(impl, example):
-    """dx, dgamma and dbeta are finite on finite input."""
-    for name, array in zip(("dx", "dgamma", "dbeta"), call_backward(impl, example)):
-        if not np.all(np.isfinite(array.astype(np.float64))):
-            compare(name, array, np.zeros(array.shape), np.inf)
+    """dx and the parameter gradients are finite on finite input."""
+    for name, array in zip(protocol(example.layer).gradients, call_backward(impl, example)):
+        compare(name, array, np.zeros(array.shape), np.inf)
 
 
-_SINGLE_VALUE_REGIMES = ("well-conditioned", "large offset")
-
-
-def _single_values(space: Space) -> st.SearchStrategy[Example]:
-    if space.shapes is None:
-        shapes = st.tuples(st.integers(1, 4), st.integers(0, 2)).map(lambda cn: (1, cn[0]) + (1,) * cn[1])
-    else:  # one value per channel, with the channels of the run's smallest shapes, in two and in four dimensions
-        channels = sorted({s[1] for s in space.shapes})[-2:]
-        shapes = st.sampled_from([(1, c) + (1,) * extra for extra in (0, 2) for c in channels])
-    regimes = tuple(r for r in space.regimes if r in _SINGLE_VALUE_REGIMES)
-    return st.builds(bst.make_example, shapes, bst.regimes(names=regimes),
-                     bst.epsilons(min_eps=space.eps[0], max_eps=space.eps[1]), st.integers(0, 2**32 - 1),
-                     st.just(space.dtype))
-
-
-@register("one_value_per_channel", "structure", examples=_single_values, regimes=_SINGLE_VALUE_REGIMES)
+@register("one_value_per_channel", "structure", examples=_single_values, regimes=_SINGLE_VALUE_REGIMES,
+          applies=lambda layer: layer.single_value_error is not None)
 def _one_value_per_channel(impl, example):
-    """With one value per channel (shape (1, C) or (1, C, 1, 1)), a clear error, or y = beta and no NaN."""
+    """With one value per group (batch norm: shape (1, C) or (1, C, 1, 1)), a clear error, or y = beta and no NaN."""
     try:
-        y = impl.forward(example.x, example.gamma, example.beta, example.eps)
+        y = impl.forward(*arguments(example, "forward", example.dtype, {}))
     except Exception:
         return  # PyTorch's convention: an error ("Expected more than 1 value per channel when training")
     y = output_array(y, "y from forward", method="forward", expects="y alone, an array shaped like x")
     # The error bound of the forward pass at M = 1, derived as for any M (mean = x, var = 0, x_hat = 0): a fused
     # x * k + (beta - mean * k) with k = gamma / sqrt(eps) returns beta only to about u |x gamma| / sqrt(eps).
     ref = reference.forward(example)
-    compare("y with one value per channel", y, ref.y, _bound(example, ref).forward())
+    compare(f"y with one value per {example.spec.grouping.group_noun}", y, ref.y, _bound(example, ref).forward())
 
 
-# ----- comparison with bnsym's reference -----
+# ----- against bnsym's reference and the exact evaluation -----
 
 @register("forward_reference", "reference", long_groups=True)
 def _forward_reference(impl, example):
-    """y agrees with bnsym's float64 reference within the error bound of the dtype."""
+    """y agrees with bnsym's float64 reference within the error bound of the dtype, from the derived closed form."""
     ref = reference.forward(example)
     compare("y", call_forward(impl, example), ref.y, _bound(example, ref).forward())
 
 
 @register("backward_reference", "gradients", needs=("forward", "backward"), long_groups=True)
 def _backward_reference(impl, example):
-    """dx, dgamma, dbeta agree with bnsym's generated backward in float64 within the error bound of the dtype."""
-    ref = reference.forward(example)
-    tolerances = _bound(example, ref).backward(example.dy)
-    for name, actual, expected, tolerance in zip(("dx", "dgamma", "dbeta"), call_backward(impl, example),
+    """dx and the parameter gradients agree with bnsym's float64 backward within the derived bounds."""
+    tolerances = _bound(example).backward(example.dy)
+    for name, actual, expected, tolerance in zip(protocol(example.layer).gradients, call_backward(impl, example),
                                                  reference.backward(example), tolerances):
         compare(name, actual, expected, tolerance)
 
 
-def _small(space: Space) -> st.SearchStrategy[Example]:
-    small = [s for s in space.shapes or () if len(s) <= 4 and math.prod(s) // s[1] <= reference.EXACT_MAX_COUNT - 2]
-    return bst.batch_norm_examples(dtype=space.dtype, regimes=space.regimes, max_dims=4, max_channels=2, max_count=4,
-                                   shapes=small or None, min_eps=space.eps[0], max_eps=space.eps[1])
-
-
-@register("exact_reference", "gradients", needs=("forward", "backward"), examples=_small)
+@register("exact_reference", "gradients", needs=("forward", "backward"), examples=_small_examples)
 def _exact_reference(impl, example):
-    """y, dx, dgamma, dbeta agree with the derived expressions evaluated exactly (mpmath, 50 digits), M <= 4."""
-    ref = reference.forward(example)
-    bound = _bound(example, ref)
-    y, dx, dgamma, dbeta = reference.exact(example)
+    """y and the gradients agree with the derived expressions evaluated exactly (mpmath, 50 digits), M <= 4."""
+    bound = _bound(example)
+    y, *gradients = reference.exact(example)
     compare("y", call_forward(impl, example), y, bound.forward())
-    for name, actual, expected, tolerance in zip(("dx", "dgamma", "dbeta"), call_backward(impl, example),
-                                                 (dx, dgamma, dbeta), bound.backward(example.dy)):
+    for name, actual, expected, tolerance in zip(protocol(example.layer).gradients, call_backward(impl, example),
+                                                 gradients, bound.backward(example.dy)):
         compare(name, actual, expected, tolerance)
 
 
@@ -437,54 +556,64 @@ def _exact_reference(impl, example):
 
 @register("standardisation", "standardisation")
 def _standardisation(impl, example):
-    """Per channel, mean(y) = beta and mean((y - beta)^2) = gamma^2 var / (var + eps)."""
-    ref = reference.forward(example)
-    tol_y = _bound(example, ref).forward()
-    y = call_forward(impl, example)
-    compare("y", y, ref.y, np.inf)  # shape and finiteness; the values are judged through the moments below
-    y = y.astype(np.float64)
-    axes = _axes(y.ndim)
-    beta = example.beta.astype(np.float64).reshape(ref.mean.shape)
-    gamma = example.gamma.astype(np.float64).reshape(ref.mean.shape)
-    compare("mean(y) per channel", np.mean(y, axis=axes), beta.reshape(-1),
-            np.mean(tol_y, axis=axes) + _reference_slack(ref, ref.y) / ref.count)
-    target = gamma**2 * ref.var / (ref.var + example.eps)
-    centred = np.abs(ref.y - beta)
-    compare("mean((y - beta)^2) per channel", np.mean((y - beta) ** 2, axis=axes), target.reshape(-1),
-            np.mean(2 * centred * tol_y + tol_y**2, axis=axes) + _reference_slack(ref, centred**2) / ref.count)
+    """With gamma = 1, beta = 0: per group mean(y) = 0, mean(y^2) = var/(var + eps) (no mean taken: ms/(ms + eps)).
+
+    Each group is the layer's own: a channel, a row, a sample's C/G channels, a sample's channel."""
+    ones = np.ones(example.gamma.shape, example.dtype)
+    zeros = np.zeros(example.gamma.shape, example.dtype)
+    ref = reference.forward(example, gamma=ones, beta=zeros)
+    tol = ref.grouped(_bound(example, ref, gamma=ones, beta=zeros).forward())
+    y = call_forward(impl, example, gamma=ones, beta=zeros)
+    compare("y", y, ref.y, np.inf)  # finiteness; the values are judged through the moments below
+    y, exact = ref.grouped(y), ref.grouped(ref.y)
+    axes, shape = ref.layout.axes, ref.layout.statistics_shape
+    slack = LayerBound(example, ref, gamma=ones, beta=zeros).slack
+
+    def mean(values):
+        return np.mean(values, axis=axes).reshape(shape)
+
+    if ref.centred:
+        compare("mean(y) per group", mean(y), np.zeros(shape), mean(tol) + slack(exact) / ref.count)
+    target = (ref.statistic / (ref.statistic + example.eps)).reshape(shape)
+    compare("mean(y^2) per group", mean(y**2), target,
+            mean(2 * np.abs(exact) * tol + tol**2) + slack(exact**2) / ref.count)
+
+
+def _equal_groups(example: Example) -> np.ndarray:
+    """x with every group holding a permutation of the first group's values: all groups share their statistics."""
+    layout = example.layout
+    grouped = _f64(example.x).reshape(layout.grouped)
+    rows = reference.by_group(grouped, layout)
+    rng = example.rng(12)
+    rows = np.stack([rng.permutation(rows[0]) for _ in rows])
+    return reference.from_groups(rows, layout).astype(example.dtype)
 
 
 @register("identity_recovery", "standardisation")
 def _identity_recovery(impl, example):
-    """gamma = sqrt(var + eps) and beta = mean give y = x."""
-    ref = reference.forward(example)
-    gamma = np.sqrt(ref.var + example.eps).reshape(-1).astype(example.dtype)
-    beta = ref.mean.reshape(-1).astype(example.dtype)
+    """With every group a permutation of one set of values, gamma = sqrt(stat + eps), beta = mean give y = x."""
+    x = _equal_groups(example)
+    ref = reference.forward(example, x=x)
+    statistic = ref.statistic.flat[0]
+    mean = ref.mean.flat[0] if ref.centred else 0.0
+    gamma = np.full(example.gamma.shape, np.sqrt(statistic + example.eps)).astype(example.dtype)
+    beta = np.full(example.gamma.shape, mean).astype(example.dtype)
     # gamma and beta are rounded to the dtype: the reference says how far from x that moves the exact result.
-    recovered = reference.forward(example, gamma=gamma, beta=beta)
-    x = example.x.astype(np.float64)
-    tolerance = _bound(example, recovered, gamma=gamma, beta=beta).forward() + np.abs(recovered.y - x)
-    compare("y with gamma = sqrt(var + eps), beta = mean", call_forward(impl, example, gamma=gamma, beta=beta), x,
-            tolerance)
+    recovered = reference.forward(example, x=x, gamma=gamma, beta=beta)
+    tolerance = LayerBound(example, recovered, gamma=gamma, beta=beta).forward() + np.abs(recovered.y - _f64(x))
+    what = "y with gamma = sqrt(var + eps), beta = mean" if ref.centred else "y with gamma = sqrt(ms + eps)"
+    compare(what, call_forward(impl, example, x=x, gamma=gamma, beta=beta), _f64(x), tolerance)
 
 
-# ----- invariances -----
+# ----- invariances and equivariances -----
 
-def _compare_runs(what: str, first, second, ref_first, ref_second, tol_first, tol_second) -> None:
-    """first ~ second where the exact results differ by ref_second - ref_first (input rounding, often 0)."""
-    first, second = np.asarray(first), np.asarray(second)
-    if first.shape != second.shape:
-        raise PropertyFailure(f"{what}: the two runs give shapes {first.shape} and {second.shape}")
-    compare(what, second.astype(np.float64) - first.astype(np.float64), ref_second - ref_first,
-            tol_first + tol_second)
-
-
-@register("shift_invariance", "invariances")
+@register("shift_invariance", "invariances", applies=centred)
 def _shift_invariance(impl, example):
-    """y(x + c) = y(x) for a constant c per channel, including large c."""
+    """y(x + c) = y(x) for a constant c per group, including large c."""
+    layout = example.layout
     rng = example.rng(1)
-    c = rng.choice([-1.0, 1.0], example.channels) * 10.0 ** rng.uniform(0, 4, example.channels)
-    shifted = (example.x.astype(np.float64) + c.reshape((1, -1) + (1,) * (example.x.ndim - 2))).astype(example.dtype)
+    c = rng.choice([-1.0, 1.0], layout.statistics_broadcast) * 10.0 ** rng.uniform(0, 4, layout.statistics_broadcast)
+    shifted = (_f64(example.x).reshape(layout.grouped) + c).reshape(layout.shape).astype(example.dtype)
     if not np.all(np.isfinite(shifted)):
         return  # float16 cannot hold the shifted values: nothing to compare
     ref, ref_shifted = reference.forward(example), reference.forward(example, x=shifted)
@@ -492,201 +621,255 @@ def _shift_invariance(impl, example):
                   ref.y, ref_shifted.y, _bound(example, ref).forward(), _bound(example, ref_shifted).forward())
 
 
-def _power_of_two(example: Example, salt: int, largest: float) -> float:
-    """A power of two k != 1 with |k x| representable in the dtype: scaling by it is exact."""
-    rng = example.rng(salt)
-    k = float(2.0 ** rng.choice([-2, -1, 1, 2]))
-    if k > 1 and largest * k > float(np.finfo(example.dtype).max) / 4:
-        k = 1 / k
-    return k
-
-
 @register("scale_covariance", "invariances")
 def _scale_covariance(impl, example):
-    """BN(k x; k^2 eps) = BN(x; eps), with k a power of two so that k x is exact."""
-    x = example.x.astype(np.float64)
+    """y(k x; k^2 eps) = y(x; eps), with k a power of two so that k x is exact."""
+    x = _f64(example.x)
     k = _power_of_two(example, 2, float(np.max(np.abs(x))))
     scaled = (k * x).astype(example.dtype)
-    ref, ref_scaled = reference.forward(example), reference.forward(example, x=scaled, eps=k * k * example.eps)
+    eps = k * k * example.eps
+    ref, ref_scaled = reference.forward(example), reference.forward(example, x=scaled, eps=eps)
     _compare_runs(f"y(k x; k^2 eps) - y(x; eps) with k = {k:g}", call_forward(impl, example),
-                  call_forward(impl, example, x=scaled, eps=k * k * example.eps), ref.y, ref_scaled.y,
-                  _bound(example, ref).forward(), _bound(example, ref_scaled).forward())
+                  call_forward(impl, example, x=scaled, eps=eps), ref.y, ref_scaled.y,
+                  _bound(example, ref).forward(), _bound(example.replace(eps=eps), ref_scaled).forward())
 
 
 @register("batch_permutation_equivariance", "invariances")
 def _batch_permutation(impl, example):
-    """Permuting the batch axis permutes y the same way."""
+    """Permuting the samples (axis 0) permutes y the same way."""
     permutation = example.rng(3).permutation(example.x.shape[0])
     permuted = example.x[permutation]
-    ref = reference.forward(example)
-    ref_permuted = reference.forward(example, x=permuted)
+    ref, ref_permuted = reference.forward(example), reference.forward(example, x=permuted)
     y = call_forward(impl, example)
-    if y.shape != example.x.shape:
-        raise PropertyFailure(f"y has shape {y.shape}, expected {example.x.shape}")
-    tol = _bound(example, ref).forward()
     _compare_runs("y(x[p]) - y(x)[p]", y[permutation], call_forward(impl, example, x=permuted), ref.y[permutation],
-                  ref_permuted.y, tol[permutation], _bound(example, ref_permuted).forward())
+                  ref_permuted.y, _bound(example, ref).forward()[permutation],
+                  _bound(example, ref_permuted).forward())
 
 
 def _relayout(example: Example) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """A re-arrangement of the reduced axes (the channel axis stays at 1), and its description.
+    """A re-arrangement of the axes a group spans, the batch axis among them (the others stay), and its description.
 
-    With spatial axes, the reduced axes (0, 2, 3, ...) are rotated by one, so the batch axis always moves (NCHW
-    becomes HCWN); a 2-D (N, C) input becomes (1, C, N), its samples laid out as positions.
-    """
+    With two such axes or more, they are rotated by one, so the batch axis always moves (batch norm's NCHW becomes
+    HCWN); with the batch axis alone, (N, C) becomes (1, C, N), its samples laid out as positions."""
     ndim = example.x.ndim
-    if ndim == 2:
-        return (lambda a: a.T[None]), "(N, C) -> (1, C, N)"
-    reduced = list(_axes(ndim))
+    reduced = list(example.layout.axes)
+    kept = [a for a in range(ndim) if a not in reduced]
+    if len(reduced) == 1:
+        return (lambda a: np.moveaxis(a, 0, -1)[None]), "(N, C) -> (1, C, N)"
     # One rotation per shape, not one per example: a compiled implementation compiles once per new shape.
     rotated = reduced[1:] + reduced[:1]
-    order = (rotated[0], 1, *rotated[1:])
-    return (lambda a: np.transpose(a, order)), f"axes {order}"
+    order = list(range(ndim))
+    for position, axis in zip(reduced, rotated):
+        order[position] = axis
+    assert all(order[a] == a for a in kept)
+    return (lambda a: np.transpose(a, order)), f"axes {tuple(order)}"
 
 
-@register("layout_equivariance", "invariances")
+@register("layout_equivariance", "invariances", applies=lambda layer: not layer.grouping.per_sample)
 def _layout_equivariance(impl, example):
-    """Re-arranging the reduced axes (NCHW as HCWN, (N, C) as (1, C, N)) re-arranges y the same way."""
+    """Re-arranging the axes a group spans, the batch axis among them (NCHW as HCWN, (N, C) as (1, C, N)),
+    re-arranges y the same way."""
     transform, description = _relayout(example)
     moved = np.ascontiguousarray(transform(example.x))
+    moved_example = example.replace(x=moved, dy=np.ascontiguousarray(transform(example.dy)))
     ref = reference.forward(example)
-    ref_moved = reference.forward(example, x=moved)
+    ref_moved = reference.forward(moved_example)
     y = call_forward(impl, example)
-    if y.shape != example.x.shape:
-        raise PropertyFailure(f"y has shape {y.shape}, expected {example.x.shape}")
-    _compare_runs(f"y after re-arranging x by {description}", transform(y), call_forward(impl, example, x=moved),
+    _compare_runs(f"y after re-arranging x by {description}", transform(y), call_forward(impl, moved_example),
                   transform(ref.y), ref_moved.y, transform(_bound(example, ref).forward()),
-                  _bound(example, ref_moved).forward())
+                  _bound(moved_example, ref_moved).forward())
+
+
+def _feature_permutation(example: Example):
+    """A permutation of the parameter positions that maps every group onto itself or onto another group, as an index
+    array for ``np.take_along_axis`` on the grouped layout's axis ``axis``, and a description.
+
+    The axis is the last one the parameters live on: where the groups span it (the normalised axes, a group's
+    channels), each position of the parameter axes the groups do not span gets its own permutation of it (the
+    channels within each group); where they do not (a channel per group), the groups themselves are permuted."""
+    layout = example.layout
+    on_parameter = [a for a in range(len(layout.grouped)) if a not in layout.parameter_axes]
+    axis = on_parameter[-1]
+    rng = example.rng(13)
+    within = axis in layout.axes
+    outer = [a for a in on_parameter[:-1] if a not in layout.axes] if within else []
+    shape = [1] * len(layout.grouped)
+    for a in (*outer, axis):
+        shape[a] = layout.grouped[a]
+    count = math.prod(shape) // layout.grouped[axis]
+    # The outer axes precede the axis (both are in increasing order): one permutation per outer position, in order.
+    index = np.stack([rng.permutation(layout.grouped[axis]) for _ in range(count)]).reshape(shape)
+    if within:
+        return index, axis, f"the features within each {example.spec.grouping.group_noun}"
+    return index, axis, "the channels" if example.spec.grouping.channel_axis else f"axis {axis}"
+
+
+@register("feature_permutation_equivariance", "invariances")
+def _feature_permutation_equivariance(impl, example):
+    """Permuting features with gamma and beta, keeping each group together, permutes y the same way.
+
+    Layer and RMS norm: the last axis; group norm: the channels within each group; instance norm: the channels."""
+    index, axis, description = _feature_permutation(example)
+    layout = example.layout
+
+    def permuted(values, shape):
+        grouped = np.asarray(values).reshape(shape)
+        return np.take_along_axis(grouped, np.broadcast_to(index, grouped.shape), axis=axis)
+
+    def field(values):
+        return permuted(values, layout.grouped).reshape(layout.shape)
+
+    def parameter(values):
+        return permuted(values, layout.parameter_broadcast).reshape(example.gamma.shape)
+
+    x, gamma, beta = field(example.x), parameter(example.gamma), parameter(example.beta)
+    ref = reference.forward(example)
+    ref_permuted = reference.forward(example, x=x, gamma=gamma, beta=beta)
+    y = call_forward(impl, example)
+    _compare_runs(f"y after permuting {description} - y permuted", field(y),
+                  call_forward(impl, example, x=x, gamma=gamma, beta=beta), field(ref.y), ref_permuted.y,
+                  field(_bound(example, ref).forward()),
+                  _bound(example, ref_permuted, gamma=gamma, beta=beta).forward())
+
+
+@register("sample_independence", "invariances", applies=lambda layer: layer.grouping.per_sample)
+def _sample_independence(impl, example):
+    """The y of sample 0 does not depend on the other samples (no statistics over the batch axis)."""
+    if example.x.shape[0] < 2:
+        return
+    rng = example.rng(14)
+    others = _f64(example.x).copy()
+    limit = float(np.finfo(example.dtype).max) / 8
+    others[1:] = np.clip(others[1:] * rng.uniform(2, 4) + rng.normal(0, 10), -limit, limit)
+    others = others.astype(example.dtype)
+    ref, ref_others = reference.forward(example), reference.forward(example, x=others)
+    y, y_others = call_forward(impl, example), call_forward(impl, example, x=others)
+    _compare_runs("y of sample 0 with other samples changed - y of sample 0", y[:1], y_others[:1], ref.y[:1],
+                  ref_others.y[:1], _bound(example, ref).forward()[:1], _bound(example, ref_others).forward()[:1])
 
 
 # ----- gradients by finite differences -----
 
-_STEP = 2.0**-17  # about the cube root of the float64 epsilon: balances truncation (h^2) and rounding (u/h)
+STEP = 2.0**-17  # about the cube root of the float64 epsilon: balances truncation (h^2) and rounding (u/h)
+
+
+def central(along) -> tuple[float, float]:
+    """Central differences at h and 2h: (estimate, truncation bound |D(2h) - D(h)|, three times the h^2 term)."""
+    d = {h: (along(h) - along(-h)) / (2 * h) for h in (STEP, 2 * STEP)}
+    return d[STEP], abs(d[2 * STEP] - d[STEP])
+
+
+def pair(gradients, directions) -> float:
+    return math.fsum(float(np.sum(_f64(g) * d)) for g, d in zip(gradients, directions))
+
+
+def float64_example(example: Example) -> Example:
+    return example.replace(**{n: _f64(getattr(example, n)) for n in ("x", "gamma", "beta", "dy")})
 
 
 def _directional_derivative(impl, example: Example):
-    """A central difference of <dy, y> along a random direction of (x, gamma, beta), in float64.
-
-    The x direction is scaled per channel by sqrt(var + eps), so that a step h moves x_hat by about h whatever the
-    channel's scale. Returns the estimate, its error bound and the direction. The truncation error is bounded by
-    |D(2h) - D(h)|, which is three times the h^2 term; the rounding error by the forward bound over 2h.
-    """
-    ex = example.replace(**{name: getattr(example, name).astype(np.float64) for name in ("x", "gamma", "beta", "dy")})
+    """A central difference of <dy, y> along a random direction of (x, parameters), in float64: the x direction
+    scaled per group by 1/s, so that a step h moves x_hat by about h. Returns the float64 example, the estimate,
+    its error bound (truncation plus rounding: the forward bound over 2h) and the direction."""
+    names = example.spec.parameters
+    ex = float64_example(example)
     ref = reference.forward(ex)
     rng = example.rng(5)
-    ux = rng.standard_normal(ex.x.shape) * np.sqrt(ref.var + ex.eps)
-    ug, ub = rng.standard_normal(ex.channels), rng.standard_normal(ex.channels)
+    ux = (rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape)
+    directions = [ux] + [rng.standard_normal(ex.gamma.shape) for _ in names]
 
     def along(h):
-        y = call_forward(impl, ex, x=ex.x + h * ux, gamma=ex.gamma + h * ug, beta=ex.beta + h * ub)
+        moved = {"x": ex.x + h * ux, **{n: getattr(ex, n) + h * d for n, d in zip(names, directions[1:])}}
+        y = call_forward(impl, ex, **moved)
         compare("y (float64, for finite differences)", y, ref.y, np.inf)
-        return math.fsum((ex.dy * y.astype(np.float64)).ravel())
+        return math.fsum((ex.dy * _f64(y)).ravel())
 
-    derivative = {h: (along(h) - along(-h)) / (2 * h) for h in (_STEP, 2 * _STEP)}
-    rounding = 2 * float(np.sum(np.abs(ex.dy) * _bound(ex, ref).forward())) / (2 * _STEP)
-    error = SAFETY * (rounding + abs(derivative[2 * _STEP] - derivative[_STEP]))
-    return ex, derivative[_STEP], error, (ux, ug, ub)
+    estimate, truncation = central(along)
+    rounding = 2 * float(np.sum(np.abs(ex.dy) * _bound(ex, ref).forward())) / (2 * STEP)
+    return ex, estimate, SAFETY_FD * (rounding + truncation), directions
 
 
-def _pair(gradients, direction) -> float:
-    return math.fsum(float(np.sum(np.asarray(g, dtype=np.float64) * d)) for g, d in zip(gradients, direction))
+SAFETY_FD = 8.0  # the safety factor of a finite-difference estimate's error bound
 
 
 @register("forward_derivative", "gradients", requires=("float64_arithmetic",))
 def _forward_derivative(impl, example):
-    """The forward's own derivative, by central differences in float64, matches bnsym's exact gradient."""
-    ex, estimate, error, direction = _directional_derivative(impl, example)
-    expected = _pair(reference.backward(ex), direction)
-    compare("<dy, J u> by central differences", estimate, expected,
-            error + _reference_slack(reference.forward(ex), *(g * d for g, d in zip(reference.backward(ex),
-                                                                                    direction))))
+    """The forward's own derivative, by central differences in float64, matches bnsym's gradient."""
+    ex, estimate, error, directions = _directional_derivative(impl, example)
+    products = [_f64(g) * d for g, d in zip(reference.backward(ex), directions)]
+    compare("<dy, J u> by central differences", estimate, pair(reference.backward(ex), directions),
+            error + _bound(ex).slack(*products))
 
 
 @register("backward_finite_differences", "gradients", needs=("forward", "backward"),
           requires=("float64_arithmetic",))
 def _backward_finite_differences(impl, example):
-    """<dx, u> + <dgamma, u_gamma> + <dbeta, u_beta> from backward equals central differences of forward (float64)."""
-    ex, estimate, error, direction = _directional_derivative(impl, example)
+    """<backward(dy), u> equals central differences of forward along u (float64)."""
+    ex, estimate, error, directions = _directional_derivative(impl, example)
     gradients = call_backward(impl, ex)
-    ref = reference.forward(ex)
-    tolerances = _bound(ex, ref).backward(ex.dy)
-    error += sum(float(np.sum(t * np.abs(d))) for t, d in zip(tolerances, direction))
-    compare("<backward(dy), u> against central differences of the forward along u", _pair(gradients, direction),
+    tolerances = _bound(ex).backward(ex.dy)
+    error += sum(float(np.sum(t * np.abs(d))) for t, d in zip(tolerances, directions))
+    compare("<backward(dy), u> against central differences of the forward along u", pair(gradients, directions),
             estimate, error, labels=FINITE_DIFFERENCE_LABELS)
 
 
-# ----- reference-free identities of the backward pass -----
+# ----- identities of the backward pass -----
 
-@register("dx_sums_to_zero", "identities", needs=("forward", "backward"))
+@register("dx_sums_to_zero", "identities", needs=("forward", "backward"), applies=centred)
 def _dx_sums_to_zero(impl, example):
-    """sum(dx) = 0 per channel."""
-    dx, _, _ = call_backward(impl, example)
+    """sum(dx) = 0 per group."""
+    dx = call_backward(impl, example)[0]
     ref = reference.forward(example)
-    tol_dx = _bound(example, ref).backward(example.dy)[0]
     compare("dx", dx, np.zeros(example.x.shape), np.inf)
-    axes = _axes(dx.ndim)
-    compare("sum(dx) per channel", np.sum(dx.astype(np.float64), axis=axes), np.zeros(example.channels),
-            np.sum(tol_dx, axis=axes) + _reference_slack(ref, dx.astype(np.float64)))
+    tol_dx = _bound(example, ref).backward(example.dy)[0]
+    compare("sum(dx) per group", _per_group(ref, dx), np.zeros(ref.layout.statistics_shape),
+            _per_group(ref, tol_dx) + LayerBound(example, ref).slack(_f64(dx)))
 
 
 @register("dx_xhat_identity", "identities", needs=("forward", "backward"))
 def _dx_xhat_identity(impl, example):
-    """sum(dx * x_hat) = gamma s eps / (var + eps) * sum(dy * x_hat) per channel, s = 1/sqrt(var + eps)."""
-    dx, _, _ = call_backward(impl, example)
+    """sum(dx x_hat) = s eps/(stat + eps) sum(gamma dy x_hat) per group, stat = var (no mean taken: ms).
+
+    The gradient form of scale invariance: dx is orthogonal to x_hat up to the effect of eps."""
+    dx = call_backward(impl, example)[0]
     ref = reference.forward(example)
     compare("dx", dx, np.zeros(example.x.shape), np.inf)
-    tol_dx = _bound(example, ref).backward(example.dy)[0]
-    axes = _axes(dx.ndim)
-    dy_xhat = example.dy.astype(np.float64) * ref.x_hat
-    gamma = example.gamma.astype(np.float64)
-    expected = gamma * (ref.invstd * example.eps / (ref.var + example.eps)).reshape(-1) * np.sum(dy_xhat, axis=axes)
-    product = dx.astype(np.float64) * ref.x_hat
-    # Both sides use the reference's x_hat, itself only accurate to delta (a constant channel's mean is inexact).
     bound = _bound(example, ref)
-    spread = bound.delta * (1 + np.abs(ref.x_hat))
-    slack = (np.sum(np.abs(dx.astype(np.float64)) * spread, axis=axes)
-             + np.abs(gamma) * (ref.invstd * example.eps / (ref.var + example.eps)).reshape(-1)
-             * np.sum(np.abs(example.dy.astype(np.float64)) * spread, axis=axes))
-    compare("sum(dx * x_hat) per channel", np.sum(product, axis=axes), expected,
-            np.sum(tol_dx * np.abs(ref.x_hat), axis=axes) + SAFETY * slack + _reference_slack(ref, product, dy_xhat))
+    factor = ref.scale * example.eps / (ref.statistic + example.eps)
+    gamma_dy = ref.parameter(example.gamma) * ref.grouped(example.dy)
+    axes, shape = ref.layout.axes, ref.layout.statistics_shape
+    expected = (factor * np.sum(gamma_dy * ref.x_hat, axis=axes, keepdims=True)).reshape(shape)
+    product = ref.grouped(dx) * ref.x_hat
+    # Both sides use the reference's x_hat, itself only as accurate as a correct implementation's (a constant
+    # group's mean is inexact).
+    spread = bound.errors["x_hat"]
+    slack = (np.sum(np.abs(ref.grouped(dx)) * spread, axis=axes, keepdims=True)
+             + factor * np.sum(np.abs(gamma_dy) * spread, axis=axes, keepdims=True))
+    tolerance = (np.sum(ref.grouped(bound.backward(example.dy)[0]) * np.abs(ref.x_hat), axis=axes, keepdims=True)
+                 + 8.0 * slack)
+    compare("sum(dx * x_hat) per group", np.sum(product, axis=axes).reshape(shape), expected,
+            tolerance.reshape(shape) + bound.slack(product, gamma_dy * ref.x_hat))
 
 
-@register("dbeta_is_sum_dy", "identities", needs=("forward", "backward"))
+@register("dbeta_is_sum_dy", "identities", needs=("forward", "backward"), applies=with_beta)
 def _dbeta_is_sum_dy(impl, example):
-    """dbeta = sum(dy) per channel."""
-    _, _, dbeta = call_backward(impl, example)
+    """dbeta = sum(dy) over the groups that share each beta."""
+    dbeta = call_backward(impl, example)[2]
     ref = reference.forward(example)
-    dy = example.dy.astype(np.float64)
-    compare("dbeta", dbeta, np.sum(dy, axis=_axes(dy.ndim)),
-            _bound(example, ref).backward(dy)[2] + _reference_slack(ref, dy))
+    bound = _bound(example, ref)
+    compare("dbeta", dbeta, _over_shared(ref, example.dy, example.gamma.shape),
+            bound.backward(example.dy)[2] + bound.slack(example.dy))
 
 
 @register("dgamma_is_sum_dy_xhat", "identities", needs=("forward", "backward"))
 def _dgamma_is_sum_dy_xhat(impl, example):
-    """dgamma = sum(dy * x_hat) per channel."""
-    _, dgamma, _ = call_backward(impl, example)
+    """dgamma = sum(dy * x_hat) over the groups that share each gamma."""
+    dgamma = call_backward(impl, example)[1]
     ref = reference.forward(example)
-    dy = example.dy.astype(np.float64)
-    compare("dgamma", dgamma, np.sum(dy * ref.x_hat, axis=_axes(dy.ndim)),
-            _bound(example, ref).backward(dy)[1] + _reference_slack(ref, dy * ref.x_hat))
-
-
-def second_dy(example: Example, salt: int) -> np.ndarray:
-    """Another upstream gradient for the example, random, in its dtype: scaled as the example's dy is, by a power of
-    two when needed, so that its exact gradients are within the dtype's range (:mod:`bnsym.testing.representable`)."""
-    rng = example.rng(salt)
-    dy = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(example.x.shape)
-    scale = dy_scale(example.layout, example.x, example.gamma, dy.astype(example.dtype), example.eps, example.dtype)
-    return (scale * dy).astype(example.dtype)
-
-
-_second_dy = second_dy
-
-
-def _compare_gradients(what: str, combine, ref_combine, tolerances):
-    """Each of dx, dgamma, dbeta: combine(backward runs) ~ ref_combine(reference runs) within tolerances."""
-    for i, name in enumerate(("dx", "dgamma", "dbeta")):
-        compare(f"{what}: {name}", combine(i), ref_combine(i), tolerances[i])
+    terms = ref.grouped(example.dy) * ref.x_hat
+    bound = _bound(example, ref)
+    compare("dgamma", dgamma, _over_shared(ref, terms, example.gamma.shape),
+            bound.backward(example.dy)[1] + bound.slack(terms))
 
 
 @register("linearity_in_dy", "identities", needs=("forward", "backward"))
@@ -695,29 +878,28 @@ def _linearity_in_dy(impl, example):
     a = -float(2.0 ** example.rng(6).integers(-1, 2))
     ref = reference.forward(example)
     bound = _bound(example, ref)
-    dy1, dy2 = example.dy, _second_dy(example, 7)
-    total = (dy1.astype(np.float64) + dy2).astype(example.dtype)
+    dy1, dy2 = example.dy, second_dy(example, 7)
+    total = (_f64(dy1) + dy2).astype(example.dtype)
     runs = {name: call_backward(impl, example, dy=dy) for name, dy in (("1", dy1), ("a", a * dy1), ("2", dy2),
                                                                          ("sum", total))}
+    names = protocol(example.layer).gradients
     for run in runs.values():
-        compare("dx", run[0], np.zeros(example.x.shape), np.inf)  # shape and finiteness
+        compare("dx", run[0], np.zeros(example.x.shape), np.inf)  # finiteness
     tol1, tol2, tol_sum = bound.backward(dy1), bound.backward(dy2), bound.backward(total)
-    f = lambda run, i: np.asarray(runs[run][i], dtype=np.float64)  # noqa: E731
-    zero = lambda i: np.zeros(np.shape(tol1[i]))  # noqa: E731
-    _compare_gradients(f"backward({a:g} dy) - {a:g} backward(dy)", lambda i: f("a", i) - a * f("1", i),
-                       zero, [2 * abs(a) * t for t in tol1])
     refs = [reference.backward(example, dy=dy) for dy in (dy1, dy2, total)]
-    _compare_gradients("backward(dy1 + dy2) - backward(dy1) - backward(dy2)",
-                       lambda i: f("sum", i) - f("1", i) - f("2", i),
-                       lambda i: refs[2][i] - refs[0][i] - refs[1][i],
-                       [a1 + a2 + a3 for a1, a2, a3 in zip(tol1, tol2, tol_sum)])
+    for i, name in enumerate(names):
+        f = {run: _f64(values[i]) for run, values in runs.items()}
+        compare(f"backward({a:g} dy) - {a:g} backward(dy): {name}", f["a"] - a * f["1"], np.zeros(f["1"].shape),
+                2 * abs(a) * tol1[i])
+        compare(f"backward(dy1 + dy2) - backward(dy1) - backward(dy2): {name}", f["sum"] - f["1"] - f["2"],
+                refs[2][i] - refs[0][i] - refs[1][i], tol1[i] + tol2[i] + tol_sum[i])
 
 
 @register("dx_scales_with_gamma", "identities", needs=("forward", "backward"))
 def _dx_scales_with_gamma(impl, example):
-    """dx(2 gamma) = 2 dx(gamma); dgamma and dbeta do not depend on gamma."""
+    """dx(2 gamma) = 2 dx(gamma); the parameter gradients do not depend on gamma."""
     ref = reference.forward(example)
-    gamma2 = (2 * example.gamma.astype(np.float64)).astype(example.dtype)
+    gamma2 = (2 * _f64(example.gamma)).astype(example.dtype)
     if not np.all(np.isfinite(gamma2)):
         return
     one, two = call_backward(impl, example), call_backward(impl, example, gamma=gamma2)
@@ -725,22 +907,24 @@ def _dx_scales_with_gamma(impl, example):
         compare("gradient", array, np.zeros(array.shape), np.inf)
     tol = _bound(example, ref).backward(example.dy)
     tol2 = _bound(example, ref, gamma=gamma2).backward(example.dy)
-    factors = (2.0, 1.0, 1.0)
-    _compare_gradients("backward at 2 gamma vs at gamma (dx doubles, dgamma and dbeta stay)",
-                       lambda i: np.asarray(two[i], np.float64) - factors[i] * np.asarray(one[i], np.float64),
-                       lambda i: np.zeros(np.shape(tol[i])), [t2 + f * t for t2, t, f in zip(tol2, tol, factors)])
+    for i, name in enumerate(protocol(example.layer).gradients):
+        factor = 2.0 if i == 0 else 1.0
+        compare(f"backward at 2 gamma vs at gamma (dx doubles, the parameter gradients stay): {name}",
+                _f64(two[i]) - factor * _f64(one[i]), np.zeros(np.shape(tol[i])), tol2[i] + factor * tol[i])
 
 
-@register("dx_invariant_to_dy_shift", "identities", needs=("forward", "backward"))
+@register("dx_invariant_to_dy_shift", "identities", needs=("forward", "backward"),
+          applies=lambda layer: layer.centred and not layer.grouping.per_element_parameters)
 def _dx_invariant_to_dy_shift(impl, example):
-    """Adding a constant per channel to dy leaves dx and dgamma unchanged."""
+    """Adding a constant per group to dy leaves dx and dgamma unchanged (gamma is one value per group)."""
     rng = example.rng(8)
-    c = rng.standard_normal(example.channels) * 10.0 ** rng.uniform(-1, 1)
-    dy = example.dy.astype(np.float64)
-    shift = c.reshape((1, -1) + (1,) * (dy.ndim - 2))
-    # The shift scaled as dy is (bnsym.testing.representable): dx(dy + c) is dx(dy) exactly, but an implementation forms
-    # gamma s (dy + c) on the way, which must stay within the dtype's range (float16 at eps = 1e-12).
-    scale = dy_scale(example.layout, example.x, example.gamma, (dy + shift).astype(example.dtype), example.eps,
+    layout = example.layout
+    c = rng.standard_normal(math.prod(layout.statistics_shape)) * 10.0 ** rng.uniform(-1, 1)
+    dy = _f64(example.dy)
+    shift = _per_group_constant(example, c)
+    # The shift scaled as dy is (bnsym.testing.representable): dx(dy + c) is dx(dy) exactly, but an implementation
+    # forms gamma s (dy + c) on the way, which must stay within the dtype's range (float16 at eps = 1e-12).
+    scale = dy_scale(layout, example.x, example.gamma, (dy + shift).astype(example.dtype), example.eps,
                      example.dtype)
     shifted = (dy + scale * shift).astype(example.dtype)
     ref = reference.forward(example)
@@ -754,31 +938,36 @@ def _dx_invariant_to_dy_shift(impl, example):
 
 @register("jacobian_symmetry", "identities", needs=("forward", "backward"))
 def _jacobian_symmetry(impl, example):
-    """The per-channel Jacobian dy -> dx is symmetric: <dx(v), u> = <dx(u), v> per channel."""
-    v, u = example.dy, _second_dy(example, 9)
+    """The Jacobian of x_hat is symmetric per group: <dx(v), gamma u> = <dx(u), gamma v> per group."""
+    v, u = example.dy, second_dy(example, 9)
     dx_v, dx_u = call_backward(impl, example, dy=v)[0], call_backward(impl, example, dy=u)[0]
     for dx in (dx_v, dx_u):
         compare("dx", dx, np.zeros(example.x.shape), np.inf)
     ref = reference.forward(example)
     bound = _bound(example, ref)
-    axes = _axes(v.ndim)
-    v64, u64 = v.astype(np.float64), u.astype(np.float64)
-    pairing = lambda dx_a, b: np.sum(np.asarray(dx_a, np.float64) * b, axis=axes)  # noqa: E731
+    gamma = ref.parameter(example.gamma)
+    gu, gv = gamma * ref.grouped(u), gamma * ref.grouped(v)
+    axes, shape = ref.layout.axes, ref.layout.statistics_shape
+
+    def pairing(dx, other):
+        return np.sum(ref.grouped(dx) * other, axis=axes).reshape(shape)
+
     ref_v, ref_u = reference.backward(example, dy=v)[0], reference.backward(example, dy=u)[0]
-    tolerance = (np.sum(bound.backward(v)[0] * np.abs(u64), axis=axes)
-                 + np.sum(bound.backward(u)[0] * np.abs(v64), axis=axes))
-    compare("<dx(v), u> - <dx(u), v> per channel", pairing(dx_v, u64) - pairing(dx_u, v64),
-            pairing(ref_v, u64) - pairing(ref_u, v64), tolerance + _reference_slack(ref, ref_v * u64, ref_u * v64))
+    tolerance = (pairing(bound.backward(v)[0], np.abs(gu)) + pairing(bound.backward(u)[0], np.abs(gv)))
+    compare("<dx(v), gamma u> - <dx(u), gamma v> per group", pairing(dx_v, gu) - pairing(dx_u, gv),
+            pairing(ref_v, gu) - pairing(ref_u, gv),
+            tolerance + bound.slack(ref.grouped(ref_v) * gu, ref.grouped(ref_u) * gv))
 
 
-@register("dgamma_affine_invariance", "invariances", needs=("forward", "backward"))
+@register("dgamma_affine_invariance", "invariances", needs=("forward", "backward"), applies=centred)
 def _dgamma_affine_invariance(impl, example):
-    """dgamma is unchanged by x -> k x + c with eps -> k^2 eps (x_hat does not change)."""
-    x = example.x.astype(np.float64)
+    """dgamma is unchanged by x -> k x + c (c per group) with eps -> k^2 eps (x_hat does not change)."""
+    x = _f64(example.x)
     k = _power_of_two(example, 10, float(np.max(np.abs(x))) + 10)
     rng = example.rng(11)
-    c = rng.standard_normal(example.channels) * 10.0 ** rng.uniform(0, 1, example.channels)
-    moved = (k * x + c.reshape((1, -1) + (1,) * (x.ndim - 2))).astype(example.dtype)
+    groups = math.prod(example.layout.statistics_shape)
+    c = rng.standard_normal(groups) * 10.0 ** rng.uniform(0, 1, groups)
+    moved = (k * x + _per_group_constant(example, c)).astype(example.dtype)
     if not np.all(np.isfinite(moved)):
         return
     eps = k * k * example.eps
@@ -788,4 +977,86 @@ def _dgamma_affine_invariance(impl, example):
     _compare_runs(f"dgamma(k x + c; k^2 eps) - dgamma(x; eps) with k = {k:g}", first, second,
                   reference.backward(example)[1], reference.backward(example, x=moved, eps=eps)[1],
                   _bound(example, ref).backward(example.dy)[1],
-                  Bound.of(ref_moved, example.dtype, example.gamma, example.beta).backward(example.dy)[1])
+                  _bound(example.replace(eps=eps), ref_moved).backward(example.dy)[1])
+
+
+# ----- second order -----
+
+def cotangents(example: Example, salt: int) -> list[np.ndarray]:
+    """Random ggx (like x) and parameter cotangents (like gamma) in the dtype: never ones, never zero."""
+    rng = example.rng(salt)
+    count = len(example.spec.parameters)
+    return [rng.standard_normal(example.x.shape).astype(example.dtype)] + \
+        [rng.standard_normal(example.gamma.shape).astype(example.dtype) for _ in range(count)]
+
+
+def unrepresentable(example: Example, expected, tolerance) -> np.ndarray:
+    """Where the dtype cannot hold the result or its error bound: second derivatives grow as s^2 and s^3, beyond
+    float16's range for a variance near eps, and there nothing can be judged."""
+    return np.abs(expected) + tolerance > float(np.finfo(example.dtype).max)
+
+
+@register("double_backward_reference", "second order", needs=("double_backward",), when=second_order)
+def _double_backward_reference(impl, example):
+    """gx, ggamma, gdy agree with bnsym's float64 double backward within the bounds of the derived forms."""
+    given = cotangents(example, 30)
+    expected = reference.double_backward(example, given)
+    tolerances = _bound(example).double_backward(given, example.dy)
+    for name, a, e, t in zip(("gx", "ggamma", "gdy"), call_double_backward(impl, example, given), expected,
+                             tolerances):
+        beyond = unrepresentable(example, e, t)
+        compare(name, np.where(beyond, e, a) if a.shape == e.shape else a, e, t)
+
+
+@register("double_backward_finite_differences", "second order", needs=("backward", "double_backward"),
+          when=second_order, requires=("float64_arithmetic",))
+def _double_backward_finite_differences(impl, example):
+    """The double backward equals central differences of the implementation's own backward (float64)."""
+    ex = float64_example(example)
+    given = [_f64(c) for c in cotangents(example, 31)]
+    ref = reference.forward(ex)
+    rng = example.rng(32)
+    ux = (rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape)
+    ug, udy = rng.standard_normal(ex.gamma.shape), rng.standard_normal(ex.x.shape)
+
+    def along(h):
+        gradients = call_backward(impl, ex, x=ex.x + h * ux, gamma=ex.gamma + h * ug, dy=ex.dy + h * udy)
+        return pair(gradients, given)
+
+    estimate, truncation = central(along)
+    bound = _bound(ex, ref)
+    rounding = sum(float(np.sum(np.abs(c) * t)) for c, t in zip(given, bound.backward(ex.dy))) / STEP
+    error = SAFETY_FD * (truncation + rounding)
+    tolerances = _bound(example).double_backward(given, example.dy)
+    error += sum(float(np.sum(t * np.abs(u))) for t, u in zip(tolerances, (ux, ug, udy)))
+    compare("<double_backward, (u_x, u_gamma, u_dy)> - central differences of backward",
+            pair(call_double_backward(impl, ex, given), (ux, ug, udy)), estimate, error)
+
+
+@register("hessian_symmetry", "second order", needs=("double_backward",), when=second_order)
+def _hessian_symmetry(impl, example):
+    """The Hessian of <dy, y> with respect to x is symmetric: <gx(ggx = u), v> = <gx(ggx = v), u> per group."""
+    u, v = second_dy(example, 33), second_dy(example, 34)
+    zeros = [np.zeros(example.gamma.shape, example.dtype)] * len(example.spec.parameters)
+    gx_u = call_double_backward(impl, example, [u, *zeros])[0]
+    gx_v = call_double_backward(impl, example, [v, *zeros])[0]
+    ref = reference.forward(example)
+    bound = _bound(example, ref)
+    axes, shape = ref.layout.axes, ref.layout.statistics_shape
+    u64, v64 = ref.grouped(u), ref.grouped(v)
+
+    def pairing(gx, other):
+        return np.sum(ref.grouped(gx) * other, axis=axes).reshape(shape)
+
+    tol_u = bound.double_backward([u, *zeros], example.dy)[0]
+    tol_v = bound.double_backward([v, *zeros], example.dy)[0]
+    ref_u = reference.double_backward(example, [u, *zeros])[0]
+    ref_v = reference.double_backward(example, [v, *zeros])[0]
+    if unrepresentable(example, ref_u, tol_u).any() or unrepresentable(example, ref_v, tol_v).any():
+        return  # the dtype cannot hold gx: nothing to judge
+    for gx in (gx_u, gx_v):
+        compare("gx", gx, np.zeros(example.x.shape), np.inf)
+    compare("<gx(u), v> - <gx(v), u> per group", pairing(gx_u, v64) - pairing(gx_v, u64),
+            pairing(ref_u, v64) - pairing(ref_v, u64),
+            pairing(tol_u, np.abs(v64)) + pairing(tol_v, np.abs(u64))
+            + bound.slack(ref.grouped(ref_u) * v64, ref.grouped(ref_v) * u64))

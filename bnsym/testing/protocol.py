@@ -56,12 +56,15 @@ def output_arrays(result, method: str, names: tuple[str, ...]) -> tuple[np.ndarr
                               expects=f"{name} as one array") for value, name in zip(result, names))
 
 
-def check_layout(array: np.ndarray, shape: tuple[int, ...], what: str, expected: str) -> None:
-    """One line when an output has another shape than the protocol's (``expected`` says which)."""
+def check_layout(array: np.ndarray, shape: tuple[int, ...], what: str, expected: str,
+                 channel_axis: bool = True) -> None:
+    """One line when an output has another shape than the protocol's (``expected`` says which); for a layer with a
+    channel axis (``spec.grouping.channel_axis``), a permuted shape is taken for another layout of the channels."""
     if array.shape == tuple(shape):
         return
     if sorted(array.shape) == sorted(shape) or array.size == int(np.prod(shape)):
-        raise ProtocolError(f"{what} has shape {array.shape}, expected {tuple(shape)} ({expected}): another layout? "
-                            "The protocol puts the channels on axis 1 (x of shape (N, C, ...)); gamma, beta, dgamma, "
-                            "dbeta have shape (C,)")
+        hint = (" The protocol puts the channels on axis 1 (x of shape (N, C, ...)); gamma, beta and their gradients "
+                "have gamma's shape") if channel_axis else ""
+        raise ProtocolError(f"{what} has shape {array.shape}, expected {tuple(shape)} ({expected}): another "
+                            f"layout?{hint}")
     raise ProtocolError(f"{what} has shape {array.shape}, expected {tuple(shape)} ({expected})")

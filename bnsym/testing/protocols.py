@@ -1,33 +1,24 @@
-"""The layers the checker knows, and each one's protocol: how an implementation is called and what it returns.
+"""Each layer's protocol: how an implementation is called and what it returns, computed from the layer's
+specification (:mod:`bnsym.spec`).
 
 Every layer follows its framework's functional form: NumPy arrays in, arrays out, training mode (each group of
-values normalised with its own statistics, biased variance), ``eps`` a float:
+values normalised with its own statistics, biased variance), ``eps`` a float. The arguments follow from the spec:
 
-============== ================================================ ===============================================
-layer          forward                                          backward
-============== ================================================ ===============================================
-batch_norm     ``forward(x, gamma, beta, eps) -> y``            ``backward(dy, x, gamma, beta, eps)
-               x (N, C, *spatial), gamma and beta (C,)          -> (dx, dgamma, dbeta)``
-layer_norm     ``forward(x, gamma, beta, eps) -> y``            ``backward(dy, x, gamma, beta, eps)
-               normalised over the trailing axes of x that      -> (dx, dgamma, dbeta)``
-               ``gamma.shape`` names (beta has that shape too)
-rms_norm       ``forward(x, gamma, eps) -> y``                  ``backward(dy, x, gamma, eps) -> (dx, dgamma)``
-               as layer norm, no centring and no beta
-group_norm     ``forward(x, gamma, beta, eps, num_groups)``     ``backward(dy, x, gamma, beta, eps,
-               x (N, C, *spatial), C split into num_groups      num_groups) -> (dx, dgamma, dbeta)``
-               contiguous groups; gamma and beta (C,)
-instance_norm  ``forward(x, gamma, beta, eps) -> y``            ``backward(dy, x, gamma, beta, eps)
-               x (N, C, *spatial), statistics per sample and    -> (dx, dgamma, dbeta)``
-               channel over the spatial axes; gamma, beta (C,)
-============== ================================================ ===============================================
+* ``forward(x, *parameters, eps, *options) -> y`` and ``backward(dy, x, *parameters, eps, *options) ->
+  (dx, *d parameters)``, with the parameters ``spec.parameters`` (gamma and beta, or gamma alone for a layer that
+  takes no mean) and the options the checker passes positionally: those an example's shape does not say
+  (group norm's ``num_groups``). Batch norm: ``forward(x, gamma, beta, eps)``, x (N, C, *spatial), gamma and beta
+  (C,); layer norm: the same, normalised over the trailing axes of x that ``gamma.shape`` names; RMS norm:
+  ``forward(x, gamma, eps)``; group norm: ``forward(x, gamma, beta, eps, num_groups)``.
+* optionally ``double_backward(ggx, *gg parameters, dy, x, *parameters, eps, *options) -> (gx, ggamma, gdy)``: the
+  gradients of ``<ggx, dx> + <gggamma, dgamma> (+ <ggbeta, dbeta>)`` with respect to x, gamma and dy.
+* a layer with running statistics (``spec.running_statistics``: batch norm) also has its eval-mode and
+  running-statistics methods: ``eval_forward``, ``eval_backward`` and ``eval_double_backward`` take the training
+  arguments followed by ``running_mean, running_var``; ``train_forward(x, gamma, beta, eps, running_mean,
+  running_var, momentum, num_batches_tracked) -> (y, new_running_mean, new_running_var)``.
 
-Optionally, each layer's ``double_backward`` takes the cotangents of the backward's results first, then the
-backward's arguments, and returns the gradients of ``<ggx, dx> + <gggamma, dgamma> (+ <ggbeta, dbeta>)`` with
-respect to x, gamma and dy: ``double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps) -> (gx, ggamma, gdy)``
-for batch, layer and instance norm, ``(ggx, gggamma, dy, x, gamma, eps)`` for RMS norm and ``(ggx, gggamma, ggbeta,
-dy, x, gamma, beta, eps, num_groups)`` for group norm. Batch norm also has its eval-mode and running-statistics
-methods (:mod:`bnsym.testing.adapters`). dgamma and dbeta have gamma's shape: a parameter shared by several groups
-(layer norm's by every row, instance norm's by every sample) gets the sum of their gradients.
+dgamma and dbeta have gamma's shape: a parameter shared by several groups (layer norm's by every row, instance
+norm's by every sample) gets the sum of their gradients.
 
 This module is plain data and shapes (no SymPy, no Hypothesis): the adapters, the strategies and the properties
 read the protocol from here.
@@ -37,33 +28,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FAMILY", "LAYER_NAMES", "PROTOCOLS", "LayerProtocol", "protocol"]
+from bnsym.spec import SPECS, LayerSpec, spec
 
-#: Every layer the checker knows, batch norm (the default) first; the same names as bnsym.symbolic.layers.LAYERS.
-LAYER_NAMES = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm")
-#: The layers other than batch norm, whose properties are the generic ones of bnsym.testing.family_properties.
-FAMILY = LAYER_NAMES[1:]
+__all__ = ["DEFAULT_LAYER", "METHODS", "LayerProtocol", "layer_names", "protocol"]
 
-_BATCH_NORM = {
-    "forward": ("x", "gamma", "beta", "eps"),
-    "backward": ("dy", "x", "gamma", "beta", "eps"),
-    "eval_forward": ("x", "gamma", "beta", "eps", "running_mean", "running_var"),
-    "eval_backward": ("dy", "x", "gamma", "beta", "eps", "running_mean", "running_var"),
-    "train_forward": ("x", "gamma", "beta", "eps", "running_mean", "running_var", "momentum",
-                      "num_batches_tracked"),
-    "double_backward": ("ggx", "gggamma", "ggbeta", "dy", "x", "gamma", "beta", "eps"),
-    "eval_double_backward": ("ggx", "gggamma", "ggbeta", "dy", "x", "gamma", "beta", "eps", "running_mean",
-                             "running_var"),
-}
+#: The layer a check is of when none is named (``check_batchnorm``, ``bnsym check`` without ``--layer``).
+DEFAULT_LAYER = "batch_norm"
+
+#: Every method a protocol can have (a layer with running statistics has them all).
+METHODS = ("forward", "backward", "eval_forward", "eval_backward", "train_forward", "double_backward",
+           "eval_double_backward")
+
+#: The options an example's shape and gamma's shape do not say, passed positionally after eps.
+_POSITIONAL_OPTIONS = ("num_groups",)
 
 
-def _family_signatures(parameters: tuple[str, ...], options: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+def layer_names() -> tuple[str, ...]:
+    """Every layer the checker knows: the registered specifications, the built-in ones first."""
+    return tuple(SPECS)
+
+
+def _signatures(layer: LayerSpec) -> dict[str, tuple[str, ...]]:
+    parameters = layer.parameters
+    options = tuple(name for name in layer.options if name in _POSITIONAL_OPTIONS)
     cotangents = tuple("gg" + p for p in parameters)
-    return {
+    signatures = {
         "forward": ("x", *parameters, "eps", *options),
         "backward": ("dy", "x", *parameters, "eps", *options),
-        "double_backward": ("ggx", *cotangents, "dy", "x", *parameters, "eps", *options),
     }
+    if layer.running_statistics:
+        running = ("running_mean", "running_var")
+        signatures.update({
+            "eval_forward": (*signatures["forward"], *running),
+            "eval_backward": (*signatures["backward"], *running),
+            "train_forward": (*signatures["forward"], *running, "momentum", "num_batches_tracked"),
+        })
+    signatures["double_backward"] = ("ggx", *cotangents, "dy", "x", *parameters, "eps", *options)
+    if layer.running_statistics:
+        signatures["eval_double_backward"] = (*signatures["double_backward"], "running_mean", "running_var")
+    return signatures
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,10 @@ class LayerProtocol:
 
     - ``name``, ``title``: the layer's name (``--layer``) and its name in prose.
     - ``signatures``: each method's positional arguments (``forward`` required, the others optional).
-    - ``parameters``: ("gamma", "beta"), or ("gamma",) for RMS norm.
+    - ``parameters``: ("gamma", "beta"), or ("gamma",) for a layer that takes no mean.
     - ``gradients``: what ``backward`` returns, ``"d" + x`` and ``"d" + parameter``.
-    - ``centred``: the layer subtracts a mean (every layer but RMS norm).
-    - ``groups``: what one group of values is, for reports ("one row over the normalised axes").
+    - ``centred``: the layer subtracts a mean.
+    - ``groups``: what one group of values is, for reports.
     """
 
     name: str
@@ -84,6 +87,10 @@ class LayerProtocol:
     parameters: tuple[str, ...]
     centred: bool
     groups: str
+
+    @classmethod
+    def of(cls, layer: LayerSpec) -> LayerProtocol:
+        return cls(layer.name, layer.short, _signatures(layer), layer.parameters, layer.centred, layer.group)
 
     @property
     def gradients(self) -> tuple[str, ...]:
@@ -102,22 +109,12 @@ class LayerProtocol:
         return f"{method}({', '.join(self.signatures[method])})"
 
 
-PROTOCOLS: dict[str, LayerProtocol] = {p.name: p for p in (
-    LayerProtocol("batch_norm", "batch norm", _BATCH_NORM, ("gamma", "beta"), True,
-                  "one channel over the batch and every spatial position"),
-    LayerProtocol("layer_norm", "layer norm", _family_signatures(("gamma", "beta")), ("gamma", "beta"), True,
-                  "one row over the trailing axes that gamma's shape names"),
-    LayerProtocol("rms_norm", "RMS norm", _family_signatures(("gamma",)), ("gamma",), False,
-                  "one row over the trailing axes that gamma's shape names"),
-    LayerProtocol("group_norm", "group norm", _family_signatures(("gamma", "beta"), ("num_groups",)),
-                  ("gamma", "beta"), True, "one sample's C/G contiguous channels with every spatial position"),
-    LayerProtocol("instance_norm", "instance norm", _family_signatures(("gamma", "beta")), ("gamma", "beta"), True,
-                  "one sample's channel over the spatial positions"),
-)}
+_CACHE: dict[LayerSpec, LayerProtocol] = {}
 
 
 def protocol(layer: str) -> LayerProtocol:
     """The protocol of ``layer``; ValueError naming the known layers otherwise."""
-    if layer not in PROTOCOLS:
-        raise ValueError(f"unknown layer {layer!r}; known: {', '.join(LAYER_NAMES)}")
-    return PROTOCOLS[layer]
+    layer_spec = spec(layer)
+    if layer_spec not in _CACHE:
+        _CACHE[layer_spec] = LayerProtocol.of(layer_spec)
+    return _CACHE[layer_spec]

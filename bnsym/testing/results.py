@@ -64,7 +64,7 @@ class PropertyResult:
         return self.margins[regime], regime
 
 
-def _description(name: str, layer: str = "batch_norm") -> str:
+def _description(name: str, layer: str) -> str:
     from bnsym.testing.properties import registry
 
     properties = registry(layer)
@@ -279,7 +279,7 @@ class Report(Verdicts):
 
 
 def _entry_json(entry):
-    """A pool entry for JSON: batch norm's is a shape, the other layers' a (shape, size) pair."""
+    """A pool entry for JSON: a (shape, size) pair (or a bare shape)."""
     if entry and isinstance(entry[0], tuple):
         return {"shape": list(entry[0]), "size": entry[1]}
     return list(entry)

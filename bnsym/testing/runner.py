@@ -7,10 +7,10 @@ counterexample. Every example's comparisons are watched (:func:`bnsym.testing.fa
 property's margin per regime. A property whose needs the implementation does not offer is skipped, with the
 reason; so is one whose prerequisite (``requires``) failed.
 
-Shapes come from a small pool per run (:func:`bnsym.testing.strategies.shape_pool`, or
-:func:`bnsym.testing.strategies.layer_shape_pool` for the other layers, fixed by the seed), so that a compiled
-implementation compiles a handful of times, not once per example. The layer of the run (``options.layer``) selects
-the registry of properties (:func:`bnsym.testing.properties.registry`), the regimes and the pool.
+Shapes come from a small pool per run (:func:`bnsym.testing.strategies.layer_shape_pool`, fixed by the seed), so
+that a compiled implementation compiles a handful of times, not once per example. The layer of the run
+(``options.layer``) selects the registry of properties (:func:`bnsym.testing.properties.registry`), the regimes and
+the pool.
 """
 
 from __future__ import annotations
@@ -179,20 +179,17 @@ def selection(options: CheckOptions, properties: list[str] | None, capabilities=
 
 
 def _pool(layer: str, seed: int, shapes) -> tuple:
-    if layer == "batch_norm":
-        return bst.shape_pool(seed) if shapes is None else tuple(tuple(s) for s in shapes)
-    if shapes is None:
-        return bst.layer_shape_pool(layer, seed)
-    return tuple((tuple(shape), int(size)) for shape, size in shapes)
+    """The run's ``(shape, size)`` entries: ``shapes`` (pairs, or bare shapes for a grouping that takes no size), or
+    the layer's pool for the seed."""
+    return bst.layer_shape_pool(layer, seed) if shapes is None else bst.pool_entries(layer, shapes)
 
 
 def run_properties(impl: Implementation, *, dtype: np.dtype, max_examples: int, seed: int,
                    properties: list[str] | None = None, options: CheckOptions | None = None,
                    regimes=None, shapes=None) -> Report:
     """The properties that ``options`` select (or those named) on ``impl``, in registry order, on examples of
-    ``regimes`` (default: every regime of the layer) with shapes from ``shapes`` (default: the run's pool,
-    :func:`bnsym.testing.strategies.shape_pool`; for the other layers, ``(shape, size)`` pairs of
-    :func:`bnsym.testing.strategies.layer_shape_pool`).
+    ``regimes`` (default: every regime of the layer) with shapes from ``shapes`` (default: the run's pool of
+    ``(shape, size)`` pairs, :func:`bnsym.testing.strategies.layer_shape_pool`).
 
     With ``options.shards`` (the sharded mode) ``impl`` follows the sharded protocol, the default regimes are
     :func:`bnsym.testing.sharded.sharded_regimes`, and the examples draw their own shapes (``shapes`` must be None)."""

@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from bnsym.spec import SPECS, spec
 from bnsym.testing import strategies as bst
 from bnsym.testing.implementation import TargetError
+from bnsym.testing.protocols import DEFAULT_LAYER
 from bnsym.testing.strategies import Example
 
 __all__ = ["DIFFERENT_MEANS", "METHODS", "ShardedExample", "ShardedImplementation", "not_shardable_reason",
@@ -134,13 +135,13 @@ def _shard_sizes(draw, batch: int, shards: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(bounds, bounds[1:]))
 
 
-def sharded_examples(*, layer: str = "batch_norm", dtype="float64", shards: int, equal_shards: bool = False,
+def sharded_examples(*, layer: str = DEFAULT_LAYER, dtype="float64", shards: int, equal_shards: bool = False,
                      max_per_shard: int = 4, regimes=None, min_eps: float = bst.MIN_EPS,
                      max_eps: float = bst.MAX_EPS) -> st.SearchStrategy[ShardedExample]:
     """:class:`ShardedExample` problems: a batch of the layer's regimes (and "shards with different means"), split
     into ``shards`` shards.
 
-    - ``layer`` (default "batch_norm"): a layer whose groups span samples (:func:`shardable`).
+    - ``layer`` (default batch norm): a layer whose groups span samples (:func:`shardable`).
     - ``regimes`` (default None: every regime of :func:`sharded_regimes`): the regimes to draw from.
     - ``dtype`` (default "float64"): the dtype of the arrays.
     - ``shards``: K, the number of shards, at least 1.
@@ -206,7 +207,7 @@ class ShardedImplementation:
     def __init__(self, name: str, sharded_forward: Callable, sharded_backward: Callable | None = None,
                  sharded_train_forward: Callable | None = None, *, equal_shards: bool = False,
                  unavailable: Callable[[], str | None] | str | None = None, close: Callable | None = None,
-                 layer: str = "batch_norm"):
+                 layer: str = DEFAULT_LAYER):
         if not callable(sharded_forward):
             raise TargetError(f"{name}: sharded_forward must be callable, got {sharded_forward!r}")
         self.name = name
@@ -231,7 +232,7 @@ class ShardedImplementation:
             self._close()
 
     @classmethod
-    def wrap(cls, impl, name: str | None = None, layer: str = "batch_norm") -> ShardedImplementation:
+    def wrap(cls, impl, name: str | None = None, layer: str = DEFAULT_LAYER) -> ShardedImplementation:
         """An implementation from an object with ``sharded_forward`` (and the other methods of the protocol), or a
         class of such objects that needs no constructor arguments."""
         if isinstance(impl, ShardedImplementation):

@@ -26,6 +26,7 @@ import numpy as np
 
 from bnsym.testing.adapters import resolve
 from bnsym.testing.implementation import TargetError
+from bnsym.testing.protocols import DEFAULT_LAYER
 from bnsym.testing.sharded import ShardedImplementation, not_shardable_reason, shardable
 
 __all__ = ["BNSYM_SYNC_BATCH_NORM", "BUILTIN", "TORCH_SYNC_BATCH_NORM", "TorchLayer", "jax_implementation", "load",
@@ -294,7 +295,7 @@ BUILTIN = {"bnsym-torch": torch_implementation(BNSYM_SYNC_BATCH_NORM),
 _SHARDED_COUNTERPARTS = {"torch": "torch-sync (torch.nn.SyncBatchNorm) and bnsym-torch (bnsym.torch.SyncBatchNorm)"}
 
 
-def load(target: str, shards: int, layer: str = "batch_norm") -> ShardedImplementation:
+def load(target: str, shards: int, layer: str = DEFAULT_LAYER) -> ShardedImplementation:
     """The sharded implementation named by a CLI target: ``bnsym-torch``, ``torch-sync``, ``jax`` (for ``shards``
     workers), or ``path/to/file.py:NAME`` / ``package.module:NAME`` following the sharded protocol
     (:mod:`bnsym.testing.sharded`). Raises :class:`~bnsym.testing.implementation.TargetError` with a message for

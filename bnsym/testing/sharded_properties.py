@@ -30,19 +30,21 @@ from hypothesis import strategies as st
 
 import bnsym
 from bnsym.conventions import CONVENTIONS
-from bnsym.spec import spec
+from bnsym.spec import LayerSpec, spec
 from bnsym.testing import reference
 from bnsym.testing.failures import PropertyFailure, Worst
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.properties import Space, compare, register
-from bnsym.testing.protocols import LAYER_NAMES
 from bnsym.testing.sharded import ShardedExample, shardable, sharded_examples
 from bnsym.testing.tolerance import SAFETY, Bound, unit_roundoff
 
-__all__ = ["SHARDED_LAYERS"]
+__all__ = ["spans_samples"]
 
-#: The layers whose registries hold the sharded properties: those whose groups span samples.
-SHARDED_LAYERS = tuple(layer for layer in LAYER_NAMES if shardable(layer))
+
+def spans_samples(layer: LayerSpec) -> bool:
+    """The layers the sharded properties hold for: those whose groups span samples (:func:`shardable`), so that a
+    batch split between workers must be synchronised."""
+    return shardable(layer.name)
 
 
 def _sharded(options: CheckOptions) -> bool:
@@ -62,8 +64,9 @@ def _examples(space: Space) -> st.SearchStrategy[ShardedExample]:
 
 
 def _register(name: str, needs=("sharded_forward",), *, convention: bool = False):
-    """Register a sharded property for :data:`SHARDED_LAYERS`: run with ``shards`` (and a convention)."""
-    return register(name, "sharded", needs=needs, examples=_examples, takes_options=True, layers=SHARDED_LAYERS,
+    """Register a sharded property for the layers whose groups span samples: run with ``shards`` (and a
+    convention)."""
+    return register(name, "sharded", needs=needs, examples=_examples, takes_options=True, applies=spans_samples,
                     when=_sharded_with_convention if convention else _sharded,
                     selected_by="--shards K --convention" if convention else "--shards K")
 

@@ -24,14 +24,14 @@ gamma is drawn per channel from N(0, 1.5^2) with some channels exactly 0 (never 
 gamma missing from dx); beta from N(0, 2^2); dy from N(b, s^2) per channel with random offset b and scale s, so
 that it is never ones and never has zero sum.
 
-The other layers of the family (layer, RMS, group and instance norm: :func:`layer_examples`) are drawn the same
-way, with their own *groups* in place of channels (a row over the normalised axes, a sample's C/G channels, a
-sample's channel) and gamma and beta of the layer's parameter shape, drawn per element. Their regimes
-(:func:`layer_regimes`) are batch norm's, per group: "constant group" and "tiny group" (M = 2 or 3 values per
-group) in place of "constant channel" and "tiny batch", and for RMS norm, which takes no mean, "mean square near
-eps" in place of "variance near eps". Their shapes come from :func:`layer_shape_pool`: pairs ``(shape, size)``
-where ``size`` is the number of normalised trailing axes (layer and RMS norm: gamma has shape ``shape[-size:]``),
-the number of groups (group norm), or 0 (instance norm).
+Every layer (:func:`layer_examples`) is drawn the same way, with its own *groups* in place of channels (a row over
+the normalised axes, a sample's C/G channels, a sample's channel: ``spec.layout``) and gamma and beta of the
+layer's parameter shape, drawn per element. Its regimes are ``spec.regimes`` (:func:`layer_regimes`): batch
+norm's, per group ("constant group" and "tiny group", M = 2 or 3 values per group, in place of "constant channel"
+and "tiny batch"), and for a layer that takes no mean "mean square near eps" in place of "variance near eps". Its
+shapes come from :func:`layer_shape_pool`: pairs ``(shape, size)`` where ``size`` is what the layer's grouping
+draws (:meth:`bnsym.spec.groupings.Grouping.example_options`: the number of normalised trailing axes, gamma
+having shape ``shape[-size:]``; the number of groups; or 0).
 """
 
 from __future__ import annotations
@@ -44,41 +44,65 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from bnsym.spec.layout import GroupLayout, group_layout, instance_layout, normalised_axes_layout
+from bnsym.spec import BUILT_IN, SPECS, LayerSpec, spec
+from bnsym.spec.groupings import ChannelGroups, Channels, SampleChannels, TrailingAxes
+from bnsym.spec.layers import CHANNEL_REGIMES
+from bnsym.spec.layout import GroupLayout
+from bnsym.testing.protocols import DEFAULT_LAYER
 from bnsym.testing.representable import dy_scale
 
 __all__ = ["CONSTANT_REGIMES", "DTYPES", "LAYERS", "LONG_GROUP_LENGTHS", "MIN_EPS", "REGIMES", "Example",
            "batch_norm_examples", "channel_shapes", "dtypes", "entry_count", "epsilons", "layer_examples",
            "layer_regimes", "layer_shape_pool", "long_shapes", "regimes", "shape_pool"]
 
-REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant channel", "tiny batch",
-           "wide dynamic range")
+#: Batch norm's regimes (:data:`bnsym.spec.CHANNEL_REGIMES`), those of :func:`batch_norm_examples`.
+REGIMES = CHANNEL_REGIMES
 DTYPES = ("float64", "float32", "float16")
-#: The layers with strategies: batch norm (:func:`batch_norm_examples`) and the family (:func:`layer_examples`).
-LAYERS = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm")
-_FAMILY_REGIMES = ("well-conditioned", "large offset", "variance near eps", "constant group", "tiny group",
-                   "wide dynamic range")
-_RMS_REGIMES = ("well-conditioned", "large offset", "mean square near eps", "constant group", "tiny group",
-                "wide dynamic range")
+#: The layers bnsym ships (every registered layer has strategies: :func:`layer_examples`).
+LAYERS = BUILT_IN
+
+
+def _spec(layer) -> LayerSpec:
+    try:
+        return spec(layer)
+    except ValueError as error:
+        raise InvalidArgument(f"layer={layer!r}: {error}") from None
+
+
+def regime_kind(regime: str) -> str:
+    """What a regime is, whatever a layer calls it: "constant" (a constant channel or group), "tiny" (M = 2 or 3),
+    "near eps" (the variance, or the mean square, near eps), or the regime itself."""
+    if regime.startswith("constant "):
+        return "constant"
+    if regime.startswith("tiny "):
+        return "tiny"
+    if regime.endswith(" near eps"):
+        return "near eps"
+    return regime
+
+
+def example_size(layer: LayerSpec, gamma_shape: tuple[int, ...], num_groups: int | None) -> int:
+    """The grouping's size of an example (:meth:`bnsym.spec.groupings.Grouping.example_options`): the number of
+    groups for a layer that takes ``num_groups``, the number of normalised axes (gamma's dimensions) for a layer whose
+    parameters hold one value per value of a group, 0 otherwise."""
+    if "num_groups" in layer.options:
+        return int(num_groups)
+    return len(gamma_shape) if layer.grouping.parameter_per_value else 0
+
+
+def example_options(layer: str, shape: tuple[int, ...], size: int) -> dict:
+    """The options (``axis``, ``num_groups``) of an example of ``layer`` of ``shape`` drawn with ``size``."""
+    return spec(layer).grouping.example_options(tuple(shape), size)
 
 
 def example_layout(layer: str, shape: tuple[int, ...], gamma_shape: tuple[int, ...],
                    num_groups: int | None = None) -> GroupLayout:
-    """Which values of x of ``shape`` form a group for ``layer`` (batch norm: channel axis 1; layer and RMS norm:
-    the trailing axes gamma's shape covers; group and instance norm: channel axis 1)."""
+    """Which values of x of ``shape`` form a group for ``layer``, with the channel axis at 1 and, for a layer whose
+    parameters have the normalised shape, the trailing axes that gamma's shape covers."""
+    layer_spec = spec(layer)
     shape = tuple(shape)
-    if layer == "batch_norm":
-        reduced = (0,) + tuple(range(2, len(shape)))
-        return GroupLayout.of(shape, reduced=reduced, features=(1,), where=f"x has shape {shape}, channel axis 1",
-                              parameter_meaning="one value per channel", statistics_meaning="one value per channel")
-    if layer in ("layer_norm", "rms_norm"):
-        k = len(gamma_shape)
-        return normalised_axes_layout(shape, tuple(range(len(shape) - k, len(shape))) if k else -1)
-    if layer == "group_norm":
-        return group_layout(shape, 1, num_groups)
-    if layer == "instance_norm":
-        return instance_layout(shape, 1)
-    raise ValueError(f"unknown layer {layer!r}; known: {', '.join(LAYERS)}")
+    size = example_size(layer_spec, tuple(gamma_shape), num_groups)
+    return layer_spec.layout(shape, **layer_spec.grouping.example_options(shape, size))
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,8 +110,9 @@ class Example:
     """One problem of a normalisation layer: inputs in ``dtype``, the regime that produced them, and a seed for the
     auxiliary randomness of a property (directions, shifts, permutations), so that a saved example replays exactly.
 
-    ``layer`` (default "batch_norm") says which layer the inputs are for, and ``num_groups`` is group norm's number
-    of groups (None for the others). RMS norm has no beta: its ``beta`` is zeros of gamma's shape, never passed on.
+    ``layer`` (default batch norm) says which layer the inputs are for, and ``num_groups`` is the number of groups
+    of a layer that takes it (None for the others). A layer with no beta (``spec.parameters``) has zeros of gamma's
+    shape as ``beta``, never passed on.
     """
 
     x: np.ndarray
@@ -97,21 +122,30 @@ class Example:
     dy: np.ndarray
     regime: str
     seed: int = 0
-    layer: str = "batch_norm"
+    layer: str = DEFAULT_LAYER
     num_groups: int | None = None
 
     def __repr__(self) -> str:
         # One line, not every array: Hypothesis shows the repr of a failing example (and warns when it is long).
-        layer = "" if self.layer == "batch_norm" else f"{self.layer}, "
-        return f"Example({layer}{self.describe()}, seed {self.seed})"
+        return f"Example({self.layer}, {self.describe()}, seed {self.seed})"
 
     def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis's pretty printer would print every field
         printer.text(repr(self))
 
+    @property
+    def spec(self) -> LayerSpec:
+        return spec(self.layer)
+
+    @cached_property
+    def options(self) -> dict:
+        """The layer's options for this example (the keyword arguments of bnsym's public functions)."""
+        layer = self.spec
+        return layer.grouping.example_options(self.x.shape, example_size(layer, self.gamma.shape, self.num_groups))
+
     @cached_property
     def layout(self) -> GroupLayout:
         """Which values form a group, where the parameters live, M (:mod:`bnsym.spec.layout`)."""
-        return example_layout(self.layer, self.x.shape, self.gamma.shape, self.num_groups)
+        return self.spec.layout(self.x.shape, **self.options)
 
     @property
     def dtype(self) -> np.dtype:
@@ -123,40 +157,36 @@ class Example:
 
     @property
     def count(self) -> int:
-        """M, the number of values per channel (per group for the other layers; also when there are no channels)."""
-        if self.layer != "batch_norm":
-            return self.layout.count
-        return math.prod(size for axis, size in enumerate(self.x.shape) if axis != 1)
+        """M, the number of values per group (per channel for batch norm)."""
+        return self.layout.count
 
     def describe(self) -> str:
         """One line naming every input that matters: shape, dtype, M, the ranges of x, gamma and beta (with the
         number of zero gammas), eps and the regime."""
-        if self.layer != "batch_norm":
-            return self._describe_group()
         if self.x.ndim < 2 or self.x.shape[1] == 0:
             return (f"x of shape {self.x.shape} ({self.dtype.name}, no channels: C = 0), eps = {self.eps:.3g}, regime "
                     f"\"{self.regime}\"")
+        layout, grouping = self.layout, self.spec.grouping
         zeros = int(np.sum(self.gamma == 0))
         gamma = _range(self.gamma) + (f" ({zeros} of {self.gamma.size} zero)" if zeros else "")
-        return (f"x of shape {self.x.shape} ({self.dtype.name}, M = {self.count} per channel) in {_range(self.x)}, "
-                f"gamma {gamma}, beta {_range(self.beta)}, eps = {self.eps:.3g}, regime \"{self.regime}\"")
-
-    def _describe_group(self) -> str:
-        layout = self.layout
-        groups = math.prod(layout.statistics_shape)
-        if self.layer in ("layer_norm", "rms_norm"):
-            how = "normalised over the last axis" if self.gamma.ndim == 1 else \
-                f"normalised over the last {self.gamma.ndim} axes"
-        elif self.layer == "group_norm":
-            how = f"{_count(self.num_groups, 'group')} of {_count(self.x.shape[1] // self.num_groups, 'channel')}"
+        beta = f", beta {_range(self.beta)}" if "beta" in self.spec.parameters else ""
+        if not grouping.per_sample:  # one group per channel: the channels say it all
+            values = f"M = {layout.count} per {grouping.group_noun}"
         else:
-            how = "per sample and channel"
-        zeros = int(np.sum(self.gamma == 0))
-        gamma = _range(self.gamma) + (f" ({zeros} of {self.gamma.size} zero)" if zeros else "")
-        beta = "" if self.layer == "rms_norm" else f", beta {_range(self.beta)}"
-        return (f"x of shape {self.x.shape} ({self.dtype.name}, {how}: M = {layout.count} per group, "
-                f"{_count(groups, 'group')}) in {_range(self.x)}, gamma {gamma}{beta}, eps = {self.eps:.3g}, regime "
-                f"\"{self.regime}\"")
+            groups = math.prod(layout.statistics_shape)
+            values = f"{self._grouping_words()}: M = {layout.count} per group, {_count(groups, 'group')}"
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, {values}) in {_range(self.x)}, gamma {gamma}{beta}, "
+                f"eps = {self.eps:.3g}, regime \"{self.regime}\"")
+
+    def _grouping_words(self) -> str:
+        """How the groups are formed: over the last axes, in groups of channels, per sample and channel."""
+        grouping = self.spec.grouping
+        if grouping.parameter_per_value:
+            return "normalised over the last axis" if self.gamma.ndim == 1 else \
+                f"normalised over the last {self.gamma.ndim} axes"
+        if self.num_groups is not None:
+            return f"{_count(self.num_groups, 'group')} of {_count(self.x.shape[1] // self.num_groups, 'channel')}"
+        return "per sample and channel"
 
     def rng(self, salt: int = 0) -> np.random.Generator:
         """A generator for a property's own random draws, fixed by the example."""
@@ -371,24 +401,26 @@ LONG_GROUP_LENGTHS = ((1025, 1027, 1031, 1039), (1536, 1280, 1792, 2560), (4097,
 CONSTANT_REGIMES = ("constant channel", "constant group")
 
 
-def _entry_parts(entry) -> tuple[tuple[int, ...], int | None]:
-    """(shape, size) of a pool entry: batch norm's are shapes, the other layers' ``(shape, size)`` pairs."""
-    if entry and isinstance(entry[0], tuple):
+def _entry_parts(entry) -> tuple[tuple[int, ...], int]:
+    """(shape, size) of a pool entry: a ``(shape, size)`` pair, or a bare shape (size 0, for a grouping that takes
+    no size: batch norm's pools were written so)."""
+    if entry and isinstance(entry[0], (tuple, list)):
         return tuple(int(n) for n in entry[0]), int(entry[1])
-    return tuple(int(n) for n in entry), None
+    return tuple(int(n) for n in entry), 0
 
 
-def _entry_of(shape, size):
-    return tuple(shape) if size is None else (tuple(shape), size)
+def pool_entries(layer: str, shapes) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """``shapes`` (``(shape, size)`` pairs, or bare shapes for a layer whose grouping takes no size) as pairs."""
+    _spec(layer)
+    return tuple(_entry_parts(entry) for entry in shapes)
 
 
 def _entry_layout(layer: str, entry) -> GroupLayout:
-    shape, size = _entry_parts(entry)
-    return example_layout(layer, shape, (shape[1],)) if size is None else entry_layout(layer, shape, size)
+    return entry_layout(layer, *_entry_parts(entry))
 
 
 def entry_count(layer: str, entry) -> int:
-    """M, the values per group, of a pool entry of ``layer`` (a shape for batch norm, ``(shape, size)`` else)."""
+    """M, the values per group, of a pool entry of ``layer`` (a ``(shape, size)`` pair, or a bare shape)."""
     return _entry_layout(layer, entry).count
 
 
@@ -405,7 +437,7 @@ def _stretched(layer: str, entry, length: int):
         doubled = list(shape)
         doubled[axis] = 2 * extent
         try:
-            longer = _entry_layout(layer, _entry_of(doubled, size))
+            longer = _entry_layout(layer, (tuple(doubled), size))
         except ValueError:
             continue
         if longer.count != 2 * layout.count or longer.statistics_shape != layout.statistics_shape:
@@ -416,7 +448,7 @@ def _stretched(layer: str, entry, length: int):
         for stretch in range(need, need + 8):
             stretched = list(shape)
             stretched[axis] = stretch
-            candidate = _entry_of(stretched, size)
+            candidate = (tuple(stretched), size)
             try:
                 count = _entry_layout(layer, candidate).count
             except ValueError:
@@ -438,7 +470,7 @@ def long_shapes(layer: str, pool, seed: int = 0) -> tuple:
     >>> [entry_count("layer_norm", entry) >= 1025 for entry in long_shapes("layer_norm", pool, 0)]
     [True, True, True]
     """
-    _check_layer(layer, family_only=False)
+    _spec(layer)
     rng = np.random.default_rng([seed, 104729])
     entries = []
     for lengths in LONG_GROUP_LENGTHS:
@@ -476,13 +508,13 @@ def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, 
     _check_int("max_channels", max_channels, 1)
     _check_int("max_count", max_count, 2)
     eps_strategy = epsilons(min_eps=min_eps, max_eps=max_eps)
-    pools = None if shapes is None else _pools(shapes, names)
+    pools = None if shapes is None else _layer_pools(DEFAULT_LAYER, pool_entries(DEFAULT_LAYER, shapes), names)
 
     @st.composite
     def examples(draw):
         regime = draw(st.sampled_from(names))
         if pools is not None:
-            shape = draw(st.sampled_from(pools[regime]))
+            shape, _ = draw(st.sampled_from(pools[regime]))
             return make_example(shape, regime, draw(eps_strategy), draw(st.integers(0, 2**32 - 1)), resolved)
         low, high = (2, 3) if regime == "tiny batch" else (2, max_count)
         shape = draw(channel_shapes(min_dims=min_dims, max_dims=max_dims, max_channels=max_channels,
@@ -495,65 +527,11 @@ def batch_norm_examples(*, dtype="float64", regimes=REGIMES, min_dims: int = 2, 
     return examples()
 
 
-def _pools(shapes, names) -> dict[str, list[tuple[int, ...]]]:
-    """The shapes each regime draws from (see ``shapes`` of :func:`batch_norm_examples`)."""
-    shapes = [tuple(int(n) for n in shape) for shape in shapes]
-    if not shapes or any(len(shape) < 2 or min(shape) < 1 for shape in shapes):
-        raise InvalidArgument(f"shapes={shapes!r} must be a non-empty collection of shapes (N, C, ...) of sizes >= 1")
-    usable = [s for s in shapes if math.prod(s) // s[1] >= 2]
-    if not usable:
-        raise InvalidArgument(f"shapes={shapes!r} has no shape with M >= 2 values per channel")
-    pools = {}
-    for name in names:
-        if name == "tiny batch":
-            pool = [s for s in usable if math.prod(s) // s[1] <= 3]
-        elif name == "constant channel":
-            pool = [s for s in usable if s[1] >= 2] or usable
-        else:
-            pool = usable
-        if not pool:
-            raise InvalidArgument(f"shapes={shapes!r} has no shape for the regime {name!r} (M = 2 or 3)")
-        pools[name] = pool
-    return pools
-
-
 def make_example(shape: tuple[int, ...], regime: str, eps: float, seed: int, dtype="float64") -> Example:
-    """The example of ``regime`` for a shape, eps and seed: the deterministic half of :func:`batch_norm_examples`."""
-    dtype = _check_dtype(dtype)
+    """The batch-norm example of ``regime`` for a shape, eps and seed: the deterministic half of
+    :func:`batch_norm_examples` (:func:`make_layer_example` of the default layer)."""
     _check_regimes((regime,), "regime")
-    rng = np.random.default_rng(seed)
-    channels = shape[1]
-    per_channel = (1, channels) + (1,) * (len(shape) - 2)
-    z = rng.standard_normal(shape)
-
-    def channel_values(values):
-        return np.asarray(values, dtype=np.float64).reshape(per_channel)
-
-    if regime == "large offset":
-        mu = rng.choice([-1.0, 1.0], channels) * 10.0 ** rng.uniform(3, 4, channels)
-        sigma = 10.0 ** rng.uniform(-0.3, 0.3, channels)
-        x = channel_values(mu) + channel_values(sigma) * z
-    elif regime == "variance near eps":
-        sigma = np.sqrt(eps * 10.0 ** rng.uniform(-1, 1, channels))
-        x = channel_values(rng.normal(0, 1, channels)) + channel_values(sigma) * z
-    elif regime == "wide dynamic range":
-        x = rng.choice([-1.0, 1.0], shape) * 10.0 ** rng.uniform(-3, 3, shape)
-    else:  # well-conditioned, tiny batch, and the non-constant channels of "constant channel"
-        x = channel_values(rng.normal(0, 2, channels)) + channel_values(10.0 ** rng.uniform(-0.5, 0.5, channels)) * z
-    if regime == "constant channel":
-        constant = rng.random(channels) < 0.5
-        constant[rng.integers(channels)] = True
-        level = rng.choice([-1.0, 1.0], channels) * 10.0 ** rng.uniform(0, 3, channels)
-        x = np.where(channel_values(constant), channel_values(level) * np.ones(shape), x)
-
-    gamma = rng.normal(0, 1.5, channels)
-    gamma[rng.random(channels) < 0.15] = 0.0
-    beta = rng.normal(0, 2, channels)
-    dy = channel_values(rng.uniform(-1, 1, channels)) + channel_values(10.0 ** rng.uniform(-1, 1, channels)) * \
-        rng.standard_normal(shape)
-    cast = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
-    example = Example(cast(x), cast(gamma), cast(beta), float(eps), cast(dy), regime, int(seed))
-    return _within_range(example, dy)
+    return make_layer_example(DEFAULT_LAYER, shape, 0, regime, eps, seed, dtype)
 
 
 def _within_range(example: Example, dy: np.ndarray) -> Example:
@@ -565,25 +543,15 @@ def _within_range(example: Example, dy: np.ndarray) -> Example:
     return example.replace(dy=np.asarray(np.asarray(dy, np.float64) * scale, dtype=example.dtype))
 
 
-# ----- the other layers of the family: layer, RMS, group and instance norm -----
-
-def _check_layer(layer, family_only: bool = True) -> str:
-    known = LAYERS[1:] if family_only else LAYERS
-    if layer not in known:
-        raise InvalidArgument(f"layer={layer!r} is not one of {known}")
-    return layer
-
+# ----- every layer: its own groups, regimes and pools, from its specification -----
 
 def layer_regimes(layer: str) -> tuple[str, ...]:
-    """The value regimes of ``layer`` (module docstring), the well-conditioned one first.
+    """The value regimes of ``layer`` (``spec.regimes``; module docstring), the well-conditioned one first.
 
     >>> layer_regimes("rms_norm")[2]
     'mean square near eps'
     """
-    _check_layer(layer, family_only=False)
-    if layer == "batch_norm":
-        return REGIMES
-    return _RMS_REGIMES if layer == "rms_norm" else _FAMILY_REGIMES
+    return _spec(layer).regimes
 
 
 def _split(rng: np.random.Generator, count: int, parts: int) -> list[int]:
@@ -616,17 +584,39 @@ def _instance_entry(rng, ndim: int, count: int, samples: int) -> tuple[tuple[int
     return (samples, int(rng.integers(2, 5)), *_split(rng, max(count, 2), ndim - 2)), 0
 
 
+def _trailing_pool(rng):
+    seeds = {((int(rng.integers(2, 5)), 2), 1), ((int(rng.integers(2, 4)), 1, 3), 2)}
+    return seeds, [2, 3, 4], _normalised_entry, 2
+
+
+def _channel_groups_pool(rng):
+    seeds = {((int(rng.integers(2, 4)), 4), 2), ((2, 6, 1), 2)}  # M = 2 (2 channels), M = 3 (3 channels)
+    return seeds, [3, 4, 5], _grouped_entry, 2
+
+
+def _sample_channels_pool(rng):
+    seeds = {((int(rng.integers(2, 4)), int(rng.integers(1, 4)), 2), 0),
+             ((2, int(rng.integers(1, 4)), 3, 1), 0)}
+    return seeds, [3, 4, 5], _instance_entry, 3
+
+
+#: How a pool is drawn for each kind of grouping: the entries it always holds (groups of M = 2 and M = 3 values),
+#: the numbers of dimensions it covers first, how one more entry is made, and the fewest dimensions after those.
+_POOLS = {TrailingAxes: _trailing_pool, ChannelGroups: _channel_groups_pool, SampleChannels: _sample_channels_pool}
+
+
 def layer_shape_pool(layer: str, seed: int = 0, *, size: int = 6,
                      max_count: int = 256) -> tuple[tuple[tuple[int, ...], int], ...]:
     """A small set of ``(shape, size)`` pairs for one run of ``layer`` (module docstring), smallest first, fixed
     by ``seed``: a compiled implementation compiles once per pair, not once per example.
 
-    The pool always holds groups of M = 2 and M = 3 values (for "tiny group"), shapes with two groups or more,
-    every number of dimensions the layer takes (layer and RMS norm: 2 to 4, with one and two normalised axes;
-    group norm: 2 to 5, with two to four groups of two or three channels; instance norm: 3 to 5, spatial size at
-    least 2, as PyTorch requires).
+    The pool always holds groups of M = 2 and M = 3 values (for the tiny regime), shapes with two groups or more,
+    every number of dimensions the layer's grouping takes (normalised trailing axes: 2 to 4, with one and two
+    normalised axes; groups of channels: 2 to 5, with two to four groups of two or three channels; a sample's
+    channel: 3 to 5, spatial size at least 2, as PyTorch requires). A layer whose groups are channels (batch norm)
+    draws :func:`shape_pool` (of ``size`` shapes, M up to 512), each shape paired with size 0.
 
-    - ``layer``: "layer_norm", "rms_norm", "group_norm" or "instance_norm".
+    - ``layer``: a layer's name (:data:`bnsym.spec.SPECS`).
     - ``seed`` (default 0): fixes the pool.
     - ``size`` (default 6): the number of pairs, at least 5.
     - ``max_count`` (default 256): the largest M.
@@ -635,19 +625,13 @@ def layer_shape_pool(layer: str, seed: int = 0, *, size: int = 6,
     >>> len(pool), all(shape[1] % groups == 0 for shape, groups in pool)
     (6, True)
     """
-    _check_layer(layer)
+    grouping = _spec(layer).grouping
     _check_int("size", size, 5)
     _check_int("max_count", max_count, 4)
-    rng = np.random.default_rng([seed, 7919, LAYERS.index(layer)])
-    if layer in ("layer_norm", "rms_norm"):
-        pool = {((int(rng.integers(2, 5)), 2), 1), ((int(rng.integers(2, 4)), 1, 3), 2)}
-        ndims, make, low = [2, 3, 4], _normalised_entry, 2
-    elif layer == "group_norm":
-        pool = {((int(rng.integers(2, 4)), 4), 2), ((2, 6, 1), 2)}  # M = 2 (2 channels), M = 3 (3 channels)
-        ndims, make, low = [3, 4, 5], _grouped_entry, 2
-    else:
-        pool = {((int(rng.integers(2, 4)), int(rng.integers(1, 4)), 2), 0), ((2, int(rng.integers(1, 4)), 3, 1), 0)}
-        ndims, make, low = [3, 4, 5], _instance_entry, 3
+    if isinstance(grouping, Channels):
+        return tuple((shape, 0) for shape in shape_pool(seed, size=max(size, 6)))
+    rng = np.random.default_rng([seed, 7919, tuple(SPECS).index(layer)])
+    pool, ndims, make, low = _POOLS[type(grouping)](rng)
     while len(pool) < size:
         ndim = ndims.pop(0) if ndims else int(rng.integers(low, 5))
         count = int(round(10 ** rng.uniform(math.log10(4), math.log10(max_count))))
@@ -655,62 +639,67 @@ def layer_shape_pool(layer: str, seed: int = 0, *, size: int = 6,
     return tuple(sorted(pool, key=lambda entry: (math.prod(entry[0]), len(entry[0]), entry)))
 
 
-def _layer_pools(layer: str, shapes, names) -> dict[str, list[tuple[tuple[int, ...], int]]]:
-    entries = [(tuple(int(n) for n in shape), int(size)) for shape, size in shapes]
+def _layer_pools(layer: str, entries, names) -> dict[str, list[tuple[tuple[int, ...], int]]]:
+    """The entries each regime draws from: those with M >= 2 (the tiny regime: M <= 3; constant groups: two groups
+    or more when there are any)."""
+    entries = [(tuple(int(n) for n in shape), int(size)) for shape, size in entries]
     if not entries:
-        raise InvalidArgument(f"shapes={shapes!r} must be a non-empty collection of (shape, size) pairs")
-    counts = {entry: entry_layout(layer, *entry).count for entry in entries}
+        raise InvalidArgument(f"shapes={entries!r} must be a non-empty collection of (shape, size) pairs")
+    layouts = {}
+    for entry in entries:
+        try:
+            layouts[entry] = entry_layout(layer, *entry)
+        except ValueError as error:
+            raise InvalidArgument(f"shapes: {entry!r} is not an input of {layer}: {error}") from None
+    usable = [e for e in entries if layouts[e].count >= 2]
     pools = {}
     for name in names:
-        if name == "tiny group":
-            pool = [e for e in entries if counts[e] <= 3]
+        kind = regime_kind(name)
+        if kind == "tiny":
+            pool = [e for e in usable if layouts[e].count <= 3]
+        elif kind == "constant":
+            pool = [e for e in usable if math.prod(layouts[e].statistics_shape) >= 2] or usable
         else:
-            pool = [e for e in entries if counts[e] >= 2]
+            pool = usable
         if not pool:
-            raise InvalidArgument(f"shapes={shapes!r} has no shape for the regime {name!r} of {layer}")
+            raise InvalidArgument(f"shapes={entries!r} has no shape for the regime {name!r} of {layer}")
         pools[name] = pool
     return pools
 
 
 def gamma_shape(layer: str, shape: tuple[int, ...], size: int) -> tuple[int, ...]:
-    """The shape of gamma (and beta) for a family layer's ``(shape, size)`` pool entry."""
-    if layer in ("layer_norm", "rms_norm"):
-        return tuple(shape[len(shape) - size:])
-    return (shape[1],)
-
-
-def _groups(layer: str, size: int) -> int | None:
-    return size if layer == "group_norm" else None
+    """The shape of gamma (and beta) for a ``(shape, size)`` pool entry of ``layer``."""
+    return entry_layout(layer, shape, size).parameter_shape
 
 
 def entry_layout(layer: str, shape: tuple[int, ...], size: int) -> GroupLayout:
-    """The layout (groups, M) of a family layer's ``(shape, size)`` pool entry."""
-    return example_layout(layer, shape, gamma_shape(layer, shape, size), _groups(layer, size))
+    """The layout (groups, M) of a ``(shape, size)`` pool entry of ``layer``."""
+    return spec(layer).layout(tuple(shape), **example_options(layer, shape, size))
 
 
 def layer_examples(layer: str, *, dtype="float64", regimes=None, shapes=None,
                    min_eps: float = MIN_EPS, max_eps: float = MAX_EPS) -> st.SearchStrategy[Example]:
-    """:class:`Example` problems of a family layer: x, gamma, beta (of the layer's parameter shape), eps, dy.
+    """:class:`Example` problems of any layer: x, gamma, beta (of the layer's parameter shape), eps, dy.
 
-    - ``layer``: "layer_norm", "rms_norm", "group_norm" or "instance_norm".
+    - ``layer``: a layer's name (:data:`bnsym.spec.SPECS`).
     - ``dtype`` (default "float64"): the dtype of x, gamma, beta and dy.
     - ``regimes`` (default: all of :func:`layer_regimes`): the value regimes to draw from.
     - ``shapes`` (default: :func:`layer_shape_pool` with seed 0): the ``(shape, size)`` pairs to draw from,
-      shrinking towards the first; "tiny group" uses those with M <= 3.
+      shrinking towards the first; the tiny regime uses those with M <= 3.
     - ``min_eps``, ``max_eps`` (default 1e-12, 0.1): the range of eps.
 
     >>> example = layer_examples("layer_norm", dtype="float32", regimes=("large offset",)).example()
     >>> example.layer, example.gamma.shape == example.x.shape[example.x.ndim - example.gamma.ndim:]
     ('layer_norm', True)
     """
-    _check_layer(layer)
-    resolved = _check_dtype(dtype)
     known = layer_regimes(layer)
+    resolved = _check_dtype(dtype)
     names = known if regimes is None else tuple([regimes] if isinstance(regimes, str) else regimes)
     unknown = [n for n in names if n not in known]
     if not names or unknown:
         raise InvalidArgument(f"regimes={regimes!r} must name regimes of {layer}: {known}")
-    pools = _layer_pools(layer, layer_shape_pool(layer) if shapes is None else shapes, names)
+    entries = layer_shape_pool(layer) if shapes is None else pool_entries(layer, shapes)
+    pools = _layer_pools(layer, entries, names)
     eps_strategy = epsilons(min_eps=min_eps, max_eps=max_eps)
 
     @st.composite
@@ -725,37 +714,39 @@ def layer_examples(layer: str, *, dtype="float64", regimes=None, shapes=None,
 
 def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: str, eps: float, seed: int,
                        dtype="float64") -> Example:
-    """The example of ``regime`` for a family layer, a ``(shape, size)`` pair, eps and seed: the deterministic half
-    of :func:`layer_examples`. Values are drawn per group, as batch norm's are per channel."""
-    _check_layer(layer)
+    """The example of ``regime`` for ``layer``, a ``(shape, size)`` pair, eps and seed: the deterministic half of
+    :func:`layer_examples`. Values are drawn per group (batch norm's groups are its channels)."""
+    layer_spec = _spec(layer)
     dtype = _check_dtype(dtype)
-    if regime not in layer_regimes(layer):
-        raise InvalidArgument(f"regime={regime!r} is not a regime of {layer}: {layer_regimes(layer)}")
+    if regime not in layer_spec.regimes:
+        raise InvalidArgument(f"regime={regime!r} is not a regime of {layer}: {layer_spec.regimes}")
     shape = tuple(int(n) for n in shape)
-    parameter_shape = gamma_shape(layer, shape, size)
-    num_groups = _groups(layer, size)
-    layout = example_layout(layer, shape, parameter_shape, num_groups)
+    options = example_options(layer, shape, size)
+    layout = layer_spec.layout(shape, **options)
+    parameter_shape = layout.parameter_shape
     rng = np.random.default_rng(seed)
     per_group = layout.statistics_broadcast
     groups = math.prod(per_group)
     z = rng.standard_normal(layout.grouped)
+    kind = regime_kind(regime)
 
     def group_values(values):
         return np.asarray(values, dtype=np.float64).reshape(per_group)
 
-    if regime == "large offset":
+    if kind == "large offset":
         mu = rng.choice([-1.0, 1.0], groups) * 10.0 ** rng.uniform(3, 4, groups)
         x = group_values(mu) + group_values(10.0 ** rng.uniform(-0.3, 0.3, groups)) * z
-    elif regime in ("variance near eps", "mean square near eps"):
+    elif kind == "near eps":
         sigma = np.sqrt(eps * 10.0 ** rng.uniform(-1, 1, groups))
-        # RMS norm's statistic is the mean square: keep the mean within the spread, so that it stays near eps too.
-        mu = rng.normal(0, 1, groups) * (sigma if regime == "mean square near eps" else 1.0)
+        # A layer that takes no mean normalises by the mean square: keep the mean within the spread, so that the
+        # mean square stays near eps too.
+        mu = rng.normal(0, 1, groups) * (1.0 if layer_spec.centred else sigma)
         x = group_values(mu) + group_values(sigma) * z
-    elif regime == "wide dynamic range":
+    elif kind == "wide dynamic range":
         x = rng.choice([-1.0, 1.0], layout.grouped) * 10.0 ** rng.uniform(-3, 3, layout.grouped)
-    else:  # well-conditioned, tiny group, and the other groups of "constant group"
+    else:  # well-conditioned, tiny, and the other groups of the constant regime
         x = group_values(rng.normal(0, 2, groups)) + group_values(10.0 ** rng.uniform(-0.5, 0.5, groups)) * z
-    if regime == "constant group":
+    if kind == "constant":
         constant = rng.random(groups) < 0.5
         constant[rng.integers(groups)] = True
         level = rng.choice([-1.0, 1.0], groups) * 10.0 ** rng.uniform(0, 3, groups)
@@ -763,11 +754,11 @@ def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: st
 
     gamma = rng.normal(0, 1.5, parameter_shape)
     gamma[rng.random(parameter_shape) < 0.15] = 0.0
-    beta = np.zeros(parameter_shape) if layer == "rms_norm" else rng.normal(0, 2, parameter_shape)
+    beta = rng.normal(0, 2, parameter_shape) if "beta" in layer_spec.parameters else np.zeros(parameter_shape)
     dy = group_values(rng.uniform(-1, 1, groups)) + group_values(10.0 ** rng.uniform(-1, 1, groups)) * \
         rng.standard_normal(layout.grouped)
     field = lambda a: np.asarray(a, dtype=dtype).reshape(shape)  # noqa: E731  (from the grouped layout)
     parameter = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
     example = Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
-                      num_groups)
+                      options.get("num_groups"))
     return _within_range(example, np.reshape(dy, shape))

@@ -127,7 +127,7 @@ def test_replay_reports_an_exception_inside_a_property_as_a_failure(tmp_path, ca
     usage error or a traceback."""
     import dataclasses
 
-    from bnsym.testing.properties import REGISTRY
+    from bnsym.testing.properties import PROPERTIES
 
     target = "tests/testing/zoo.py:EpsOutsideSqrt"
     assert main(["check", target, "--property", "standardisation", "--save-dir", str(tmp_path),
@@ -138,7 +138,8 @@ def test_replay_reports_an_exception_inside_a_property_as_a_failure(tmp_path, ca
     def broken(impl, example):
         raise TypeError("a check that trips over the implementation's output")
 
-    monkeypatch.setitem(REGISTRY, "standardisation", dataclasses.replace(REGISTRY["standardisation"], check=broken))
+    monkeypatch.setitem(PROPERTIES, "standardisation", dataclasses.replace(PROPERTIES["standardisation"],
+                                                                           check=broken))
     assert main(["check", target, "--replay", str(saved)]) == 1
     assert "checking raised TypeError" in capsys.readouterr().out
 

@@ -20,7 +20,7 @@ ZOO = Path(__file__).with_name("zoo_family.py")
     (["--layer", "layer_norm", "--mode", "eval"], "layer norm has no eval mode and no running statistics"),
     (["--layer", "group_norm", "--convention", "torch"], "group norm has no eval mode and no running statistics"),
     (["--layer", "rms_norm", "--property", "dbeta_is_sum_dy"], "dbeta_is_sum_dy: not a property of rms_norm"),
-    (["--layer", "layer_norm", "--property", "dx_scales_with_gamma"], "not a property of layer_norm"),
+    (["--layer", "layer_norm", "--property", "layout_equivariance"], "not a property of layer_norm"),
     (["--layer", "layer_norm", "--regime", "constant channel"], "unknown regimes ['constant channel'] for layer_norm"),
     (["--regime", "tiny group"], "unknown regimes ['tiny group']"),
     (["--layer", "group_norm", "--shards", "2"], "group norm has no sharded check: each of its groups lies within one "
@@ -57,7 +57,8 @@ def test_protocol_mistakes_are_named_in_one_line(tmp_path, capsys):
     assert "backward returned 2 values where the protocol expects 3 arrays (dx, dgamma, dbeta)" in \
         capsys.readouterr().err
     assert main(["check", f"{target}:FlatDgamma", "--layer", "layer_norm"]) == 2
-    assert "dgamma from backward has shape (12,), expected (3, 4) (gamma's shape)" in capsys.readouterr().err
+    assert "dgamma from backward has shape (12,), expected (3, 4) (gamma's shape, the normalised shape of x)" in \
+        capsys.readouterr().err
 
 
 def test_a_counterexample_file_replays_with_its_layer(tmp_path, capsys):

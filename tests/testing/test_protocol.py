@@ -60,8 +60,8 @@ class _TransposedOutput:
                       "it detached (tensor.detach())"),
     (_ChannelsLast(), "the protocol puts the channels on axis 1 (x of shape (N, C, ...)); wrap a channels-last "
                       "implementation in a transpose"),
-    (_KeepdimsGradients(), "dgamma from backward has shape (1, 3), expected (3,) ((C,), one value per channel): "
-                           "another layout?"),
+    (_KeepdimsGradients(), "dgamma from backward has shape (1, 3), expected (3,) (gamma's shape, one value per "
+                           "channel of x): another layout?"),
     (_TransposedOutput(), "y from forward has shape (2, 4, 5, 3), expected (2, 3, 4, 5) (the shape of x): another "
                           "layout?"),
 ], ids=["forward-tuple", "two-gradients", "requires-grad", "channels-last", "keepdims-gradients", "transposed-y"])

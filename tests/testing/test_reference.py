@@ -31,5 +31,5 @@ def test_exact_reference_has_no_cancellation():
 
 
 def test_exact_reference_refuses_large_groups():
-    with pytest.raises(ValueError, match="M <= 6"):
+    with pytest.raises(ValueError, match="M <= 4"):
         reference.exact(make_example((7, 1), "well-conditioned", 1e-3, 0))
