@@ -333,6 +333,11 @@ def _bound(example: Example, ref=None, **keywords) -> LayerBound:
     return LayerBound(example, ref or reference.forward(example), **keywords)
 
 
+def _group(example: Example) -> str:
+    """What one group of the example's layer is called in a message ("channel", "group")."""
+    return example.spec.grouping.group_noun
+
+
 def _f64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
@@ -573,9 +578,9 @@ def _standardisation(impl, example):
         return np.mean(values, axis=axes).reshape(shape)
 
     if ref.centred:
-        compare("mean(y) per group", mean(y), np.zeros(shape), mean(tol) + slack(exact) / ref.count)
+        compare(f"mean(y) per {_group(example)}", mean(y), np.zeros(shape), mean(tol) + slack(exact) / ref.count)
     target = (ref.statistic / (ref.statistic + example.eps)).reshape(shape)
-    compare("mean(y^2) per group", mean(y**2), target,
+    compare(f"mean(y^2) per {_group(example)}", mean(y**2), target,
             mean(2 * np.abs(exact) * tol + tol**2) + slack(exact**2) / ref.count)
 
 
@@ -822,7 +827,7 @@ def _dx_sums_to_zero(impl, example):
     ref = reference.forward(example)
     compare("dx", dx, np.zeros(example.x.shape), np.inf)
     tol_dx = _bound(example, ref).backward(example.dy)[0]
-    compare("sum(dx) per group", _per_group(ref, dx), np.zeros(ref.layout.statistics_shape),
+    compare(f"sum(dx) per {_group(example)}", _per_group(ref, dx), np.zeros(ref.layout.statistics_shape),
             _per_group(ref, tol_dx) + LayerBound(example, ref).slack(_f64(dx)))
 
 
@@ -847,7 +852,7 @@ def _dx_xhat_identity(impl, example):
              + factor * np.sum(np.abs(gamma_dy) * spread, axis=axes, keepdims=True))
     tolerance = (np.sum(ref.grouped(bound.backward(example.dy)[0]) * np.abs(ref.x_hat), axis=axes, keepdims=True)
                  + 8.0 * slack)
-    compare("sum(dx * x_hat) per group", np.sum(product, axis=axes).reshape(shape), expected,
+    compare(f"sum(dx * x_hat) per {_group(example)}", np.sum(product, axis=axes).reshape(shape), expected,
             tolerance.reshape(shape) + bound.slack(product, gamma_dy * ref.x_hat))
 
 
@@ -954,7 +959,7 @@ def _jacobian_symmetry(impl, example):
 
     ref_v, ref_u = reference.backward(example, dy=v)[0], reference.backward(example, dy=u)[0]
     tolerance = (pairing(bound.backward(v)[0], np.abs(gu)) + pairing(bound.backward(u)[0], np.abs(gv)))
-    compare("<dx(v), gamma u> - <dx(u), gamma v> per group", pairing(dx_v, gu) - pairing(dx_u, gv),
+    compare(f"<dx(v), gamma u> - <dx(u), gamma v> per {_group(example)}", pairing(dx_v, gu) - pairing(dx_u, gv),
             pairing(ref_v, gu) - pairing(ref_u, gv),
             tolerance + bound.slack(ref.grouped(ref_v) * gu, ref.grouped(ref_u) * gv))
 
