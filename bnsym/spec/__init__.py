@@ -8,8 +8,9 @@ every layer shares. Everything else in bnsym (the derivation, the generated code
 documents and the command line) reads a layer from here.
 """
 
-from bnsym.spec.groupings import REQUIRED, ChannelGroups, Channels, Grouping, Option, SampleChannels, TrailingAxes
+from bnsym.spec.groupings import (REQUIRED, ChannelGroups, Channels, Grouping, Option, SampleChannels,
+                                  SampleTrailingAxes, TrailingAxes)
 from bnsym.spec.layers import BUILT_IN, SPECS, LayerSpec, register, spec, unregister
 
 __all__ = ["BUILT_IN", "REQUIRED", "SPECS", "ChannelGroups", "Channels", "Grouping", "LayerSpec", "Option",
-           "SampleChannels", "TrailingAxes", "register", "spec", "unregister"]
+           "SampleChannels", "SampleTrailingAxes", "TrailingAxes", "register", "spec", "unregister"]
