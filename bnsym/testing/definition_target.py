@@ -28,7 +28,8 @@ options without a default (group norm's ``num_groups``). The other options take 
 except that a grouping whose parameters hold one value per value of a group (layer and RMS norm) normalises the
 trailing ``gamma.ndim`` axes of x, as ``torch.nn.functional.layer_norm`` reads its normalised shape from its
 weight (``gamma.ndim - 1`` when the parameters hold one row per sample, ``Grouping.sample_parameters``: adaptive
-layer norm's (N, D) scale). Options given to the constructor (``DefinitionTarget("batch_norm", axis=-1)``) override both.
+layer norm's (N, D) scale). Options given to the constructor (``DefinitionTarget("batch_norm", axis=-1)``)
+override both.
 
 dtypes: float16, float32 and float64 (NumPy in, NumPy out in x's dtype). float16 is computed in float32 and the
 results rounded to float16 once at the end, as bnsym's own functions do and as PyTorch's CPU normalisation kernels
