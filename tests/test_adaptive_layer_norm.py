@@ -225,9 +225,17 @@ def test_every_backend_agrees_with_the_numpy_kernels(backend, dtype, shape):
 
 def test_the_compiled_group_local_loops_leave_per_sample_parameters_to_the_numpy_kernel():
     """Their parameter sums keep (blocks, P, Q) partials, and a parameter per sample makes P the batch: quadratic
-    in N. The layout refuses it (the wrapper then runs the NumPy kernel), and still takes layer norm's parameters."""
+    in N. The generated module runs the NumPy kernels, and the layout refuses such parameters (while it still takes
+    layer norm's)."""
+    pytest.importorskip("numba")
+    from bnsym._generated import adaptive_layer_norm as numpy_kernels
+    from bnsym._generated import adaptive_layer_norm_numba as compiled
     from bnsym.runtime.fused import GroupLocalLayout
     from bnsym.runtime.reduce import Reducer
+
+    for verb in ("forward", "backward", "double_backward", "jvp"):
+        name = f"{NAME}_{verb}"
+        assert getattr(compiled, name) is getattr(numpy_kernels, name), f"{name} prints loops that never run"
 
     x = np.zeros((64, 32))
     layout = bnsym.spec.spec(NAME).layout(x.shape)
