@@ -50,17 +50,17 @@ def _names(names) -> str:
 
 def render_numba_module(kernels: Sequence[Kernel], *, source: str, docstring: str, numpy_module: str,
                         per_sample: bool = False, channel_axis: bool = False,
-                        parameter_per_value: bool = False) -> str:
+                        parameter_per_value: bool = False, sample_parameters: bool = False) -> str:
     """The full text of a generated module of compiled kernels (:mod:`bnsym.codegen.numba_printer`), each with the
     signature of its NumPy kernel in ``numpy_module``, which it runs for what its loops do not cover.
-    ``per_sample``, ``channel_axis`` and ``parameter_per_value`` are the layer's
+    ``per_sample``, ``channel_axis``, ``parameter_per_value`` and ``sample_parameters`` are the layer's
     (:class:`bnsym.symbolic.layers.LayerDeclaration`): which loops its kernels get."""
     from bnsym.codegen.numba_printer import STRATEGIES, NumbaPlanPrinter
     from bnsym.codegen.numba_text import module_prelude
 
     plans = [plan_kernel(kernel) for kernel in kernels]
     printer = NumbaPlanPrinter(per_sample=per_sample, channel_axis=channel_axis,
-                               parameter_per_value=parameter_per_value)
+                               parameter_per_value=parameter_per_value, sample_parameters=sample_parameters)
     functions = [printer.render(plan) for plan in plans]
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "",
              *module_prelude(numpy_module, "\n".join(functions), tuple(s.layout for s in STRATEGIES)), ""]

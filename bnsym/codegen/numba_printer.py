@@ -62,13 +62,16 @@ class NumbaPlanPrinter:
     kernel's signature (module docstring)."""
 
     def __init__(self, indent: str = "    ", per_sample: bool = False, channel_axis: bool = False,
-                 parameter_per_value: bool = False):
+                 parameter_per_value: bool = False, sample_parameters: bool = False):
         """``per_sample``: every group of the layer lies within one sample, so every plan that the group-local
         loops cover gets them (not only those that read a parameter varying within a group or sum a parameter);
         ``channel_axis``: the layer's groups interleave on channel-last input, so the sample-wise loops are added
         for that layout; ``parameter_per_value``: a parameter has one value per value of a group, so the
-        group-local loops need their flat nest only."""
+        group-local loops need their flat nest only; ``sample_parameters``: the parameters hold one row per sample
+        (adaptive norms), which no strategy covers yet (the group-local loops keep (blocks, P, Q) partials of a
+        parameter's sums, and P would be the batch), so every kernel runs its NumPy kernel."""
         self.indent = indent
+        self.sample_parameters = sample_parameters
         self.per_sample = per_sample
         self.channel_axis = channel_axis
         self.parameter_per_value = parameter_per_value
@@ -84,6 +87,9 @@ class NumbaPlanPrinter:
 
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
+        if self.sample_parameters:
+            return (f"# {plan.name}: the NumPy kernel, because the parameters hold one row per sample,\n"
+                    f"# which no loop strategy covers.\n{plan.name} = numpy_kernels.{plan.name}")
         chosen = self.strategies(plan)
         if chosen == (STAGES,):  # the stage loops write their own wrapper (one layout, FusedLayout)
             return STAGES.printer(self.indent).render(plan)

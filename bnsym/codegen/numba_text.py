@@ -32,8 +32,9 @@ def module_prelude(numpy_module: str, functions: str, layouts: tuple[str, ...]) 
         "import numpy",
         "",
         f"from {numpy_module.rsplit('.', 1)[0]} import {numpy_module.rsplit('.', 1)[1]} as numpy_kernels",
-        "from bnsym.runtime.compiled import run_compiled",
-        f"from bnsym.runtime.fused import {', '.join(layouts)}",
+        # A module whose kernels all run their NumPy kernels (no loop strategy covers them) imports neither.
+        *(["from bnsym.runtime.compiled import run_compiled"] if "run_compiled(" in functions else []),
+        *([f"from bnsym.runtime.fused import {', '.join(layouts)}"] if layouts else []),
         "",
         "#: At most this many rows of one group go into one float32 partial sum (bnsym.runtime.reduce.BLOCK).",
         f"BLOCK = {BLOCK}",

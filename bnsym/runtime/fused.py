@@ -123,8 +123,9 @@ class GroupLocalLayout(_Results):
     Parameters. A parameter (gamma and its (co)tangents) has the broadcast shape of :attr:`parameter_shape`,
     length 1 on ``reducer.parameter_axes``. The loops see it as a (P, Q) array: group ``g`` reads row ``g % P``,
     and value ``i`` of a group reads column ``i // S``, with ``S = inner // Q``. So the axes along which a parameter
-    varies must be trailing kept axes (P: group norm's G, instance norm's C; 1 for layer norm) and leading reduced
-    axes (Q: layer norm's normalised positions, group norm's C/G channels; 1 for instance norm). A parameter's
+    varies must be trailing kept axes (P: group norm's G, instance norm's C; 1 for layer norm) other than the batch
+    axis 0 (a parameter per sample, as adaptive norms have, is left to the NumPy kernel) and leading reduced axes (Q:
+    layer norm's normalised positions, group norm's C/G channels; 1 for instance norm). A parameter's
     gradient comes back from the loops as a (P, Q) array, in :attr:`parameter_shape` by :meth:`parameter_result`.
 
     :meth:`of` returns None for anything else (the generated wrapper then runs the NumPy kernel).
@@ -157,6 +158,10 @@ class GroupLocalLayout(_Results):
         on_groups = [a for a in varying if a < kept]
         on_values = [a for a in varying if a >= kept]
         if on_groups and on_groups != list(range(on_groups[0], kept)):
+            return None
+        if 0 in on_groups:
+            # A parameter per sample (adaptive norms: (N, D) for x (N, D)): its sums' block partials, (blocks, P, Q)
+            # with P = N, would grow with the square of the batch. The NumPy kernel takes it.
             return None
         if on_values and on_values != list(range(kept, on_values[-1] + 1)):
             return None

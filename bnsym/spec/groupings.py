@@ -13,6 +13,11 @@ groupings (Flax's split of a layer's axes into reduction axes and feature axes):
 * :class:`SampleChannels`: one sample's channel over the spatial positions; one parameter value per channel, shared
   by the samples (instance norm).
 
+and a fifth for adaptive norms, whose parameters come per sample from a conditioning vector:
+
+* :class:`SampleTrailingAxes`: as :class:`TrailingAxes`, but the parameters hold one row per sample, (N,
+  *normalised), shared by the rows of that sample only (DiT's adaLN); their gradients are per sample.
+
 A grouping states its options (:class:`Option`: ``axis``, ``num_groups``) with their defaults, computes the
 :class:`~bnsym.spec.layout.GroupLayout` of one call, and states the facts the rest of the product needs about its
 groups: whether each group lies within one sample (so that compiled loops can finish a group while it is in cache,
@@ -31,7 +36,8 @@ from dataclasses import dataclass
 from bnsym.spec import layout as _layout
 from bnsym.spec.layout import GroupLayout
 
-__all__ = ["REQUIRED", "ChannelGroups", "Channels", "Grouping", "Option", "SampleChannels", "TrailingAxes"]
+__all__ = ["REQUIRED", "ChannelGroups", "Channels", "Grouping", "Option", "SampleChannels", "SampleTrailingAxes",
+           "TrailingAxes"]
 
 
 class _Required:
@@ -70,6 +76,8 @@ class Grouping:
     * ``shared_parameters``: one parameter value serves several groups, so its gradient sums over them.
     * ``parameter_per_value``: a parameter holds one value for every value of a group (the normalised shape).
     * ``group_noun``: what one group is called in reports and regime names ("channel", "group").
+    * ``sample_parameters``: the parameters also vary along the batch axis 0, one row per sample (adaptive norms):
+      a parameter's leading axis is x's batch axis, and its gradient is never summed over the batch.
     """
 
     options: tuple[Option, ...]
@@ -80,6 +88,7 @@ class Grouping:
     shared_parameters: bool
     parameter_per_value: bool
     group_noun: str
+    sample_parameters: bool = False
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -191,3 +200,21 @@ class SampleChannels(Grouping):
 
     def example_options(self, shape, size):
         return {"axis": 1}
+
+
+@dataclass(frozen=True)
+class SampleTrailingAxes(TrailingAxes):
+    """Each row normalised over its trailing ``axis`` axes, as :class:`TrailingAxes`; the parameters hold one row
+    per sample, shape (N, *normalised): shared by the rows of one sample (the middle axes of (N, ..., D)), never
+    by two samples."""
+
+    options: tuple[Option, ...] = (Option("axis", -1, "the normalised axes, the last ones of x but never its batch "
+                                                      "axis 0 (an integer or a tuple of integers)"),)
+    min_ndim: int = 2
+    sample_parameters: bool = True
+
+    def layout(self, shape, axis=-1) -> GroupLayout:
+        return _layout.sample_normalised_axes_layout(tuple(shape), axis)
+
+    def example_sizes(self, shape):
+        return tuple(range(1, min(len(shape) - 1, 2) + 1))

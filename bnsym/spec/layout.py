@@ -29,7 +29,8 @@ import numpy as np
 
 from bnsym.spec import validation as v
 
-__all__ = ["GroupLayout", "channel_layout", "group_layout", "instance_layout", "normalised_axes_layout"]
+__all__ = ["GroupLayout", "channel_layout", "group_layout", "instance_layout", "normalised_axes_layout",
+           "sample_normalised_axes_layout"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,21 @@ def normalised_axes_layout(shape: tuple[int, ...], axis) -> GroupLayout:
                          f"last ones, such as {trailing} for {len(axes)} {many}, got axes {axes}")
     return GroupLayout.of(shape, reduced=axes, features=axes, where=f"x has shape {shape}, normalised axes {axes}",
                           parameter_meaning="the normalised shape of x",
+                          statistics_meaning="one value per row of x, the shape of its unnormalised leading axes")
+
+
+def sample_normalised_axes_layout(shape: tuple[int, ...], axis) -> GroupLayout:
+    """Adaptive norms (DiT's adaLN): x is (N, ..., *normalised); each row normalised over the trailing axes named by
+    ``axis``, as layer norm, but the parameters hold one row per sample: shape (N, *normalised), the same for every
+    row of a sample. The batch axis 0 cannot be normalised."""
+    axes = normalised_axes_layout(shape, axis).axes
+    if 0 in axes:
+        raise ValueError(f"axis {axis!r} normalises the batch axis 0 of x (shape {shape}); the parameters of this "
+                         "layer hold one row per sample, so x needs a batch axis before its normalised axes")
+    normalised = tuple(shape[a] for a in axes)
+    return GroupLayout.of(shape, reduced=axes, features=(0,) + axes,
+                          where=f"x has shape {shape}, normalised axes {axes}",
+                          parameter_meaning=f"one row per sample of x of the normalised shape, (N, *{normalised})",
                           statistics_meaning="one value per row of x, the shape of its unnormalised leading axes")
 
 

@@ -182,7 +182,7 @@ def _resolve(spec: LayerSpec) -> Callable[[LayerSymbols], Program]:
 _FROM_SPEC = frozenset({"name", "title", "running_statistics", "group", "statistics_over", "parameters_are",
                         "conventions"})
 _FROM_GROUPING = frozenset({"per_element_parameters", "shared_parameters", "per_sample", "channel_axis",
-                            "parameter_per_value"})
+                            "parameter_per_value", "sample_parameters"})
 
 
 class Derivation:

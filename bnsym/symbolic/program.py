@@ -187,9 +187,12 @@ class Program:
         """Reverse mode: a program computing the adjoint of each name in ``wrt``.
 
         ``seeds`` maps each output to the symbol of its adjoint (for example y to dy). The scalar being
-        differentiated is ``sum over outputs o of <seed_o, o>``. Adjoints of intermediate names are definitions
-        named ``name(v)``, so that the derivation can be read step by step; each is complete (every consumer has
-        contributed) before it is used. The new program's outputs are the adjoints of ``wrt``, in that order.
+        differentiated is ``sum over outputs o of <seed_o, o>``. An output may also feed later steps (fused
+        residual add + RMS norm returns h = x + residual and normalises it): its adjoint is then its seed plus what
+        those steps send back, a definition named ``name(v)``, which must differ from the seed's name. Adjoints of
+        intermediate names are definitions named ``name(v)``, so that the derivation can be read step by step; each
+        is complete (every consumer has contributed) before it is used. The new program's outputs are the adjoints
+        of ``wrt``, in that order.
         """
         adjoint: dict[sympy.Symbol, sympy.Expr] = {o: s for o, s in seeds.items()}
         adjoint_symbol: dict[sympy.Symbol, sympy.Symbol] = dict(seeds)
@@ -211,6 +214,11 @@ class Program:
                 bar_v = seeds[v]
             else:
                 bar_v = field_like(v, name(v))
+                if v in seeds and bar_v == seeds[v]:
+                    # An output that feeds later steps (fused add + norm's h): its total adjoint is its seed plus
+                    # what the later steps send back, so it needs a name of its own.
+                    raise ValueError(f"the adjoint of {v} would be named {bar_v}, as its seed is: {v} is also used "
+                                     f"by later steps, so give its seed another name")
                 backward.append(Definition(bar_v, total))
             adjoint[v] = adjoint_symbol[v] = bar_v
             for u in sorted(definition.expr.free_symbols, key=sympy.default_sort_key):

@@ -27,7 +27,9 @@ parameters are the forward Program's (gamma, beta) or (gamma,) and the positiona
 options without a default (group norm's ``num_groups``). The other options take their defaults (channel axis 1),
 except that a grouping whose parameters hold one value per value of a group (layer and RMS norm) normalises the
 trailing ``gamma.ndim`` axes of x, as ``torch.nn.functional.layer_norm`` reads its normalised shape from its
-weight. Options given to the constructor (``DefinitionTarget("batch_norm", axis=-1)``) override both.
+weight (``gamma.ndim - 1`` when the parameters hold one row per sample, ``Grouping.sample_parameters``: adaptive
+layer norm's (N, D) scale). Options given to the constructor (``DefinitionTarget("batch_norm", axis=-1)``)
+override both.
 
 dtypes: float16, float32 and float64 (NumPy in, NumPy out in x's dtype). float16 is computed in float32 and the
 results rounded to float16 once at the end, as bnsym's own functions do and as PyTorch's CPU normalisation kernels
@@ -189,11 +191,15 @@ class DefinitionTarget:
     def _layout(self, x: np.ndarray, gamma: np.ndarray, a: dict) -> GroupLayout:
         options = {name: a[name] for name in self.option_arguments}
         options.update(self.fixed)
-        if self.spec.grouping.parameter_per_value and "axis" not in options:
-            if not 1 <= gamma.ndim <= x.ndim:
-                raise ValueError(f"gamma must have the shape of the trailing normalised axes of x (shape {x.shape}), "
-                                 f"got shape {gamma.shape}")
-            options["axis"] = tuple(range(x.ndim - gamma.ndim, x.ndim))
+        grouping = self.spec.grouping
+        if grouping.parameter_per_value and "axis" not in options:
+            # gamma is (*normalised), or (N, *normalised) when the parameters hold a row per sample (adaptive norms)
+            normalised = gamma.ndim - grouping.sample_parameters
+            if not 1 <= normalised <= x.ndim - grouping.sample_parameters:
+                what = "one row per sample of x's batch axis and " if grouping.sample_parameters else ""
+                raise ValueError(f"gamma must have the shape of {what}the trailing normalised axes of x (shape "
+                                 f"{x.shape}), got shape {gamma.shape}")
+            options["axis"] = tuple(range(x.ndim - normalised, x.ndim))
         return self.spec.layout(x.shape, **options)
 
     def _prepare(self, method: str, args: tuple):

@@ -58,7 +58,8 @@ def _layer_numba_module(name: str, package: str) -> Callable[[], str]:
         return render_numba_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
                                    numpy_module=f"{package}.{name}", per_sample=LAYERS[name].per_sample,
                                    channel_axis=LAYERS[name].channel_axis,
-                                   parameter_per_value=LAYERS[name].parameter_per_value)
+                                   parameter_per_value=LAYERS[name].parameter_per_value,
+                                   sample_parameters=LAYERS[name].sample_parameters)
     return render
 
 

@@ -147,8 +147,9 @@ def derivation_summary() -> str:
         sizes = ", ".join(f"{o} ({sympy.count_ops(closed[o])} operations)" for o in program.outputs)
         lines += ["", f"  double backward: {sizes}; see the document", ""]
     lines += ["Check of the generated code (float64, shape (6, 5), central finite differences, h = 1e-6):"]
+    width = max(map(len, LAYERS))
     for name in LAYERS:
         checks = ", ".join(f"{what} {error:.1e} {'ok' if error < 1e-6 else 'MISMATCH'}"
                            for what, error in finite_difference_checks(name).items())
-        lines.append(f"  {name:14s} {checks}")
+        lines.append(f"  {name:{width}s} {checks}")
     return "\n".join(lines)

@@ -105,3 +105,38 @@ def test_generated_code_of_a_non_layer_program_runs_and_is_right():
     expected_mean = (ws * xs).sum(axis=0, keepdims=True) / ws.sum(axis=0, keepdims=True)
     np.testing.assert_allclose(got_mean, expected_mean, rtol=1e-13)
     np.testing.assert_allclose(got_y, xs - expected_mean, rtol=1e-13, atol=1e-15)
+
+
+def _fused_add_rms() -> tuple[Program, tuple]:
+    """Fused residual add + RMS norm: h = x + r is an output and the input of the normalisation."""
+    r, h, x_hat, dh = (Field(name, real=True) for name in ("r", "h", "x_hat", "dh"))
+    g = Field("g", real=True)
+    ms, invrms = sympy.Symbol("ms", nonnegative=True), sympy.Symbol("invrms", positive=True)
+    eps = sympy.Symbol("eps", positive=True)
+    program = Program([x, r, g, eps], [Definition(h, x + r), Definition(ms, BatchSum(h**2) / M),
+                                       Definition(invrms, 1 / sympy.sqrt(ms + eps)),
+                                       Definition(x_hat, h * invrms), Definition(y, g * x_hat)], [y, h, invrms])
+    return program, (r, h, g, dh)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_vjp_with_a_seed_on_an_output_that_later_steps_use_matches_the_full_jacobian(n):
+    """Two seeds, dy for y and dh for h, where h also feeds y: the adjoint of h is dh plus what y sends back, and
+    x and r (h = x + r) both get it."""
+    forward, (r, h, g, dh) = _fused_add_rms()
+    backward = forward.vjp({y: dy, h: dh}, [x, r, g])
+    elements = Elements(n)
+    ys = [instantiate(y, elements, i, forward) for i in range(n)]
+    hs = [instantiate(h, elements, i, forward) for i in range(n)]
+    for u, adjoint in zip((x, r, g), backward.outputs):
+        brute = [a + b for a, b in zip(jacobian_vector_product(ys, elements[u], elements[dy]),
+                                       jacobian_vector_product(hs, elements[u], elements[dh]))]
+        generic = backward.inline(adjoint)
+        for j in range(n):
+            assert difference_is_zero(instantiate(generic, elements, j), brute[j]), f"d{u}_{j}, M={n}"
+
+
+def test_vjp_refuses_an_adjoint_named_as_the_seed_it_adds_to():
+    forward, (r, h, g, dh) = _fused_add_rms()
+    with pytest.raises(ValueError, match="the adjoint of h would be named dh, as its seed is"):
+        forward.vjp({y: dy, h: dh}, [x, r, g], name=lambda v: f"d{v}")
