@@ -8,7 +8,7 @@
   processes of two OpenMP threads each on two cores, a parallel kernel's fork and join cost milliseconds, and a
   Hypothesis test of the compiled backend ran 3-4 times slower than with one thread (measured on
   test_correct_layer_passes_every_option: 21 s against 6 s in one process). The pool keeps its
-  ``NUMBA_NUM_THREADS`` threads, so the tests that compare thread counts (test_backends.py,
+  ``NUMBA_NUM_THREADS`` threads, and the tests that compare thread counts (test_backends.py,
   test_compiled_layouts.py) still switch to two; the kernels compiled are the same, whatever the thread count.
   Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY``), here and in the subprocesses the tests
   start, for the same reason.
