@@ -112,6 +112,13 @@ class Grouping:
         """The sizes :meth:`example_options` accepts for ``shape`` (the checker draws one of them)."""
         return (0,)
 
+    def protocol_options(self, shape: tuple[int, ...], parameter_shape: tuple[int, ...]) -> dict[str, object]:
+        """The options that the checker's protocol leaves to the shapes (channel-first input; the normalised axes
+        that gamma's shape names), for a call of bnsym's own functions on x of ``shape`` with parameters of
+        ``parameter_shape``. Options without a default (``num_groups``) are the protocol's positional ones and are
+        not here."""
+        return {option.name: option.default for option in self.options if option.default is not REQUIRED}
+
 
 @dataclass(frozen=True)
 class TrailingAxes(Grouping):
@@ -135,6 +142,10 @@ class TrailingAxes(Grouping):
 
     def example_sizes(self, shape):
         return tuple(range(1, min(len(shape), 2) + 1))
+
+    def protocol_options(self, shape, parameter_shape):
+        normalised = len(parameter_shape) - int(self.sample_parameters)
+        return {"axis": tuple(range(len(shape) - normalised, len(shape))) if normalised != 1 else -1}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from bnsym.spec.layers import SPECS, LayerSpec, register
 
-__all__ = ["declaration_file", "is_file_reference", "load"]
+__all__ = ["declaration_file", "is_file_reference", "layer_name", "load", "reference"]
+
+#: The file reference each layer loaded from a file came from, by layer name (:func:`reference`).
+_REFERENCES: dict[str, str] = {}
 
 #: The start of the module name under which :func:`load` imports a declaration file.
 _MODULE_PREFIX = "_bnsym_layer_"
@@ -55,9 +58,27 @@ def load(reference: str) -> LayerSpec:
     layer = getattr(module, attribute)
     if not isinstance(layer, LayerSpec):
         raise TypeError(f"{reference} is a {type(layer).__name__}, not a bnsym.spec.LayerSpec")
-    if SPECS.get(layer.name) == layer:
-        return layer
-    return register(layer)
+    if SPECS.get(layer.name) != layer:
+        register(layer)
+    _REFERENCES[layer.name] = f"{path}:{attribute}"
+    return layer
+
+
+def layer_name(text: str) -> str:
+    """The name of the layer ``text`` names: a registered layer's name as it is, or ``FILE.py:NAME``, loaded and
+    registered (:func:`load`); ValueError naming the known layers otherwise."""
+    if isinstance(text, str) and is_file_reference(text):
+        return load(text).name
+    if not isinstance(text, str) or text not in SPECS:
+        raise ValueError(f"unknown layer {text!r}; known: {', '.join(SPECS)}, or a layer of your own as "
+                         "FILE.py:NAME")
+    return text
+
+
+def reference(name: str) -> str:
+    """What names the layer ``name`` in another process: its file reference (absolute) when it was loaded from a
+    file, else its name. :func:`layer_name` of it gives ``name`` back."""
+    return _REFERENCES.get(name, name)
 
 
 def declaration_file(module_name: str) -> str | None:

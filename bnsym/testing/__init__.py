@@ -19,6 +19,7 @@ A data-parallel layer is checked by the same functions with ``shards=K`` (:mod:`
 
 from pathlib import Path as _Path
 
+from bnsym.spec.loading import layer_name
 from bnsym.testing import (
     running_properties,  # noqa: F401  (registers the eval and running-statistics ones)
     sharded_properties,  # noqa: F401  (registers the sharded ones)
@@ -29,7 +30,7 @@ from bnsym.testing.counterexamples import save_counterexample
 from bnsym.testing.isolation import DEFAULT_TIMEOUT, IsolatedImplementation
 from bnsym.testing.options import CheckOptions, run_arguments
 from bnsym.testing.properties import registry
-from bnsym.testing.protocols import DEFAULT_LAYER, layer_names, protocol
+from bnsym.testing.protocols import DEFAULT_LAYER, layer_names
 from bnsym.testing.results import FAILED as _FAILED
 from bnsym.testing.results import CheckFailed, NothingChecked, Report
 from bnsym.testing.runner import properties_of_run as _properties_of_run
@@ -100,7 +101,8 @@ def check_normalization(impl, *, layer: str = DEFAULT_LAYER, dtype="float64",
     """Check an implementation of a normalisation layer against every property it offers what is needed for.
 
     - ``layer`` (default "batch_norm"): a layer of :data:`LAYERS` ("batch_norm", "layer_norm", "rms_norm",
-      "group_norm", "instance_norm", or one added with :func:`bnsym.spec.register`); the implementation follows
+      "group_norm", "instance_norm", the variants, one added with :func:`bnsym.spec.register`, or one declared in a
+      file of your own, ``"FILE.py:NAME"``, loaded and registered); the implementation follows
       that layer's protocol (:mod:`bnsym.testing.protocols`: for example layer norm's ``forward(x, gamma, beta,
       eps)`` normalises over the trailing axes of x that ``gamma.shape`` names).
 
@@ -141,7 +143,7 @@ def check_normalization(impl, *, layer: str = DEFAULT_LAYER, dtype="float64",
     :class:`NothingChecked` (a CheckFailed) when no property ran at all.
     """
     __tracebackhide__ = True  # pytest shows the report, not this function's source
-    protocol(layer)  # an unknown layer: ValueError naming the known ones
+    layer = layer_name(layer)  # an unknown layer: ValueError naming the known ones; a file's layer is loaded
     if timeout is not None and not isolate:
         raise ValueError("timeout needs isolate=True (a call in this process cannot be stopped)")
     options = CheckOptions(mode, convention, order, layer, shards)

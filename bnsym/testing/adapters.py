@@ -475,6 +475,39 @@ def jax_functional_implementation(layer: str) -> Implementation:
     return _methods(layer, forward, backward, double_backward, f"flax.linen.{calls.flax}")
 
 
+def bnsym_implementation(layer: str = DEFAULT_LAYER) -> Implementation:
+    """bnsym's own functions of ``layer`` (its NumPy kernels, through the one runtime: :mod:`bnsym.runtime.functions`,
+    the same path as ``bnsym.<layer>``), in the checker's protocol: the options the protocol leaves to the shapes
+    come from the layer's grouping (:meth:`bnsym.spec.Grouping.protocol_options`); backward and double backward
+    recompute the saved statistics with the forward pass, as a framework's autograd does."""
+    from bnsym.runtime.functions import functions
+
+    layer_spec = spec(layer)
+    own, grouping = functions(layer_spec), layer_spec.grouping
+
+    def options(x, params, num_groups) -> dict:
+        chosen = grouping.protocol_options(np.shape(x), np.shape(params[0]))
+        return chosen if num_groups is None else {**chosen, "num_groups": num_groups}
+
+    def forward(x, params, eps, num_groups):
+        return own.forward(x, *params, eps=eps, backend="numpy", **options(x, params, num_groups))[0]
+
+    def saved(x, params, eps, num_groups):
+        return own.forward(x, *params, eps=eps, backend="numpy", **options(x, params, num_groups))[1:]
+
+    def backward(dy, x, params, eps, num_groups):
+        statistics = saved(x, params, eps, num_groups)
+        gradients = own.backward(dy, x, params[0], *statistics, backend="numpy", **options(x, params, num_groups))
+        return gradients[:1 + len(params)]
+
+    def double_backward(cotangents, dy, x, params, eps, num_groups):
+        statistics = saved(x, params, eps, num_groups)
+        return own.double_backward(*cotangents, dy, x, params[0], *statistics, backend="numpy",
+                                   **options(x, params, num_groups))
+
+    return _methods(layer, forward, backward, double_backward, f"bnsym.{layer}")
+
+
 def _builtin(module: Callable[[str], Implementation], functional: Callable[[str], Implementation],
              framework: str) -> Callable[..., Implementation]:
     def build(layer: str = DEFAULT_LAYER) -> Implementation:
@@ -485,6 +518,7 @@ def _builtin(module: Callable[[str], Implementation], functional: Callable[[str]
 
 #: The built-in adapters by target name; each takes the layer (default batch norm).
 BUILTIN: dict[str, Callable[..., Implementation]] = {
+    "bnsym": bnsym_implementation,
     "jax": _builtin(jax_implementation, jax_functional_implementation, "jax"),
     "torch": _builtin(torch_implementation, torch_functional_implementation, "torch")}
 
@@ -555,7 +589,8 @@ def resolve(target: str):
         raise TargetError(f"a target must be a non-empty string, got {target!r}")
     location, sep, attribute = target.rpartition(":")
     if not sep or not location or not attribute:
-        raise TargetError(f"{target!r} is not a target: use torch, jax, path/to/file.py:NAME or package.module:NAME")
+        raise TargetError(f"{target!r} is not a target: use bnsym, torch, jax, path/to/file.py:NAME or "
+                          "package.module:NAME")
     if location.endswith(".py") or "/" in location or "\\" in location:
         module = _load_file(Path(location), target)
     else:
@@ -593,7 +628,7 @@ def probe_protocol(impl: Implementation) -> None:
         return None
 
     grouping = spec(layer).grouping
-    small, large = _PROBES[type(grouping)]
+    small, large = next(_PROBES[kind] for kind in type(grouping).__mro__ if kind in _PROBES)  # subclasses too
     if attempt(make_layer_example(layer, *small, "well-conditioned", 1e-5, 0)) is not None:
         return
     error = attempt(make_layer_example(layer, *large, "well-conditioned", 1e-5, 0))

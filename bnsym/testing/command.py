@@ -27,6 +27,7 @@ from pathlib import Path
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from bnsym.conventions import CONVENTIONS
+from bnsym.spec.loading import layer_name
 from bnsym.testing import DEFAULT_MAX_EXAMPLES, LAYERS, properties_of, selected_regimes
 from bnsym.testing.adapters import TargetError, load, probe_protocol
 from bnsym.testing.counterexamples import (
@@ -93,14 +94,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _layer(text: str) -> str:
+    """--layer: a registered layer's name, or FILE.py:NAME (loaded and registered); the layer's name."""
+    try:
+        return layer_name(text)
+    except (ValueError, TypeError, OSError, SyntaxError, ImportError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Options default to None so that --replay can tell an option given from one left alone; _DEFAULTS fills them.
     parser.add_argument("target", nargs="?",
-                        help="torch, jax, path/to/file.py:NAME or package.module:NAME; NAME is a function "
-                                       "forward(x, gamma, beta, eps) or an object (or a class) with forward and "
-                                       "optionally backward(dy, x, gamma, beta, eps), in the layer's form (--layer)")
-    parser.add_argument("--layer", choices=LAYERS,
-                        help="the layer the target implements, whose protocol it follows (default batch_norm): "
+                        help="bnsym (its own kernels), torch, jax, path/to/file.py:NAME or package.module:NAME; "
+                             "NAME is a function forward(x, gamma, beta, eps) or an object (or a class) with forward "
+                             "and optionally backward(dy, x, gamma, beta, eps), in the layer's form (--layer)")
+    parser.add_argument("--layer", type=_layer, metavar="LAYER",
+                        help=f"the layer the target implements, whose protocol it follows: {', '.join(LAYERS)} "
+                             "(default batch_norm), or a layer of your own declared in a file, FILE.py:NAME; "
                              "layer_norm forward(x, gamma, beta, eps) over the trailing axes gamma.shape names; "
                              "rms_norm forward(x, gamma, eps); group_norm forward(x, gamma, beta, eps, num_groups); "
                              "instance_norm forward(x, gamma, beta, eps); backward(dy, <forward's arguments>)")
@@ -183,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_properties:
         return _list_properties(args)
     if args.target is None:
-        return _fail("the target is missing: bnsym check TARGET (torch, jax, path/to/file.py:NAME or "
+        return _fail("the target is missing: bnsym check TARGET (bnsym, torch, jax, path/to/file.py:NAME or "
                      "package.module:NAME); bnsym check --help says more")
     # In the checker's own process, a segfault of the implementation says where it happened and what --isolate
     # does; with --isolate, the child's crash is a finding and its dump goes to the report.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnsym.spec.loading import layer_name, reference
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
 from bnsym.testing.files import write_atomically
@@ -51,7 +52,7 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
     ex = ce.example
     fields = dict(bnsym_counterexample=FORMAT, property=result.name, regime=ex.regime, eps=ex.eps, seed=ex.seed,
                   mode=options.mode, convention=options.convention or "", order=options.order,
-                  **{f: getattr(ex, f) for f in _ARRAYS}, layer=ex.layer,
+                  **{f: getattr(ex, f) for f in _ARRAYS}, layer=reference(ex.layer),
                   num_groups=-1 if ex.num_groups is None else ex.num_groups)
     if isinstance(ex, ShardedExample):
         fields.update(shard_sizes=np.asarray(ex.sizes, dtype=np.int64))
@@ -80,7 +81,7 @@ def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
                                          f"{what}")
             name = str(data["property"])
             # Files written before they named their layer are batch norm's (the default layer's).
-            layer = str(data["layer"]) if "layer" in data.files else DEFAULT_LAYER
+            layer = layer_name(str(data["layer"])) if "layer" in data.files else DEFAULT_LAYER
             groups = int(data["num_groups"]) if "num_groups" in data.files else -1
             example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
                               str(data["regime"]), int(data["seed"]), layer, None if groups < 0 else groups)

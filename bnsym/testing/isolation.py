@@ -53,6 +53,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from bnsym.spec.loading import layer_name, reference
 from bnsym.testing.adapters import Implementation, TargetError, load
 from bnsym.testing.protocols import DEFAULT_LAYER, protocol
 from bnsym.testing.sharded import ShardedImplementation, signatures
@@ -357,7 +358,7 @@ def _serve(conn, source, environment: dict, checker: int, forkserver: bool, spaw
     os.environ.clear()
     os.environ.update(environment)  # a forkserver's children inherit the server's environment, not the caller's
     try:
-        impl = _load(source, layer, shards)
+        impl = _load(source, layer_name(layer), shards)  # a layer from a file is loaded again here
         attributes = _attributes(impl)
     except Exception as error:
         message = str(error) if isinstance(error, TargetError | TypeError) else \
@@ -523,7 +524,7 @@ class IsolatedImplementation(Implementation):
         self._stacks, self._stack_file = tempfile.mkstemp(prefix="bnsym-isolated-", suffix=".stacks")
         process = self._context.Process(target=_serve, name=f"bnsym-isolated {self._label}", daemon=False,
                                         args=(child_conn, self._source, dict(os.environ), os.getpid(), forkserver,
-                                              by_main_thread, self._stack_file, self._layer, self._shards))
+                                              by_main_thread, self._stack_file, reference(self._layer), self._shards))
         process.start()
         child_conn.close()
         self._process, self._conn = process, conn
