@@ -137,3 +137,42 @@ def test_its_compiled_and_array_api_kernels_run(layer):
     tensors = own.forward(torch.from_numpy(x), torch.from_numpy(gamma), torch.from_numpy(beta), backend="array_api")
     for a, b in zip(tensors, expected):
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-13, atol=1e-13)
+
+
+def test_the_checker_draws_its_examples_and_runs_its_properties(layer):
+    """Strategies and properties follow from the declaration: the layer's examples have its groups, and its
+    properties are those that apply to a centred layer with per-position parameters, as for layer norm."""
+    from bnsym.testing import strategies
+    from bnsym.testing.properties import registry
+
+    spec, _, _ = layer
+    example = strategies.layer_examples(spec.name, dtype="float64").example()
+    assert example.layer == spec.name and example.gamma.shape == example.x.shape[-1:], example
+    assert example.layout.statistics_shape == example.x.shape[:-1]
+    assert set(registry(spec.name)) == set(registry("layer_norm")), "a centred layer over rows has layer norm's"
+
+
+def test_bnsym_check_takes_the_layer_from_its_file(layer, tmp_path, capsys):
+    """`bnsym check --layer FILE.py:NAME`: bnsym's own functions of the layer pass every property; an
+    implementation that normalises over every trailing axis (layer norm's rule, not this layer's) is caught."""
+    spec, _, _ = layer
+    saved = ["--save-dir", str(tmp_path), "--max-examples", "10"]
+    assert main(["check", "bnsym", "--layer", REFERENCE, *saved]) == 0, capsys.readouterr().out
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(
+        "import numpy as np\n"
+        "def forward(x, gamma, beta, eps):\n"
+        "    axes = tuple(range(1, x.ndim))  # every axis but the batch axis: not the last one only\n"
+        "    mean = x.mean(axis=axes, keepdims=True)\n"
+        "    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)\n"
+        "    return gamma * (x - mean) / np.sqrt(var + eps) + beta\n")
+    assert main(["check", f"{wrong}:forward", "--layer", REFERENCE, "--property", "forward_reference",
+                 *saved]) == 1
+    assert "FAIL  forward_reference" in capsys.readouterr().out
+
+
+def test_docs_own_layers_declares_this_layer_word_for_word():
+    """docs/own-layers.md walks through this declaration: the two must not drift apart."""
+    document = (Path(__file__).parents[1] / "docs" / "own-layers.md").read_text()
+    declaration = DECLARATION.read_text().split('"""\n\n', 1)[1]
+    assert declaration in document, "tests/data/last_axis_norm.py and docs/own-layers.md declare different layers"

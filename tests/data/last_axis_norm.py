@@ -1,13 +1,14 @@
 """A layer that bnsym does not ship, declared in a file of its own: layer norm over the last axis only.
 
-Its kernels are generated into the package ``last_axis_kernels`` wherever a test puts it
-(tests/test_registered_layer.py); nothing else in bnsym knows of it.
+The declaration of docs/own-layers.md, word for word (tests/test_registered_layer.py checks that they agree). Its
+kernels are generated into the package ``last_axis_kernels`` wherever a test puts it; nothing else in bnsym knows of
+it.
 """
 
 from dataclasses import dataclass
 
 from bnsym.spec import LayerSpec, TrailingAxes
-from bnsym.spec.layers import CENTRED_REGIMES
+from bnsym.spec.layer_spec import CENTRED_REGIMES
 
 
 @dataclass(frozen=True)
