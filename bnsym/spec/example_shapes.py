@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-__all__ = ["channel_groups_entry", "normalised_entry", "sample_channels_entry", "split"]
+__all__ = ["channel_groups_entry", "normalised_entry", "sample_channels_entry", "sample_rows_entry", "split"]
 
 
 def split(rng: np.random.Generator, count: int, parts: int) -> list[int]:
@@ -40,6 +40,20 @@ def normalised_entry(rng: np.random.Generator, ndim: int, count: int, rows: int)
         return (*split(rng, rows, ndim - 1), count), 1
     last = int(rng.integers(2, max(3, math.isqrt(count)) + 1))
     return (*split(rng, rows, ndim - 2), max(count // last, 2), last), 2
+
+
+def sample_rows_entry(rng: np.random.Generator, ndim: int, count: int, samples: int) -> tuple[tuple[int, ...], int]:
+    """Rows normalised over their trailing axes, with parameters of one row per sample: ``samples`` samples on axis
+    0, each of two to four rows (tokens) over the middle axes when there are any (so that a parameter's gradient sums
+    over a sample's rows), about ``count`` values per row over one or two trailing axes."""
+    if ndim == 2:
+        return (samples, count), 1
+    k = 2 if ndim == 4 else int(rng.integers(1, 3)) if ndim > 4 else 1
+    tokens = split(rng, int(rng.integers(2, 5)), ndim - 1 - k)
+    if k == 1:
+        return (samples, *tokens, count), 1
+    last = int(rng.integers(2, max(3, math.isqrt(count)) + 1))
+    return (samples, *tokens, max(count // last, 2), last), 2
 
 
 def channel_groups_entry(rng: np.random.Generator, ndim: int, count: int,

@@ -269,3 +269,6 @@ class SampleTrailingAxes(TrailingAxes):
 
     def example_sizes(self, shape):
         return tuple(range(1, min(len(shape) - 1, 2) + 1))
+
+    def example_entry(self, rng, ndim, count, samples):
+        return _shapes.sample_rows_entry(rng, ndim, count, samples)
