@@ -581,16 +581,40 @@ def _exact_reference(impl, example):
 @register("standardisation", "standardisation")
 def _standardisation(impl, example):
     """With gamma and beta neutral (y = x_hat): per group mean(y) = 0, mean(y^2) = var/(var + eps) (no mean taken:
-    ms/(ms + eps)).
+    ms/(ms + eps)), at the example's eps and at an eps as large as the groups' statistic.
 
     Each group is the layer's own: a channel, a row, a sample's C/G channels, a sample's channel. The neutral values
-    are gamma = 1, beta = 0, or gamma = 0 for a layer that scales by 1 + gamma (``LayerSpec.neutral_values``)."""
+    are gamma = 1, beta = 0, or gamma = 0 for a layer that scales by 1 + gamma (``LayerSpec.neutral_values``). The
+    moments hold whatever eps is; where eps is much smaller than the statistic both sides of mean(y^2) are close to 1
+    whatever the statistic is taken over, so the second eps (a power of two near the median statistic, exact in every
+    dtype) is where statistics over the wrong values (the last axis alone, when several are normalised) show."""
+    _moments(impl, example)
+    larger = _eps_near_statistic(example)
+    if larger is not None:
+        _moments(impl, example.replace(eps=larger), f" at eps = {larger:g}")
+
+
+def _eps_near_statistic(example: Example) -> float | None:
+    """A power of two near the median of the groups' statistic (var, or ms), when it is well above the example's eps
+    and well within the dtype's range; None otherwise (every group constant, or the statistic near eps already)."""
+    statistic = reference.forward(example).statistic
+    positive = statistic[statistic > 0]
+    if positive.size == 0:
+        return None
+    eps = float(2.0 ** np.round(np.log2(np.median(positive))))
+    info = np.finfo(example.dtype)
+    if eps < 16 * example.eps or not (float(info.tiny) / info.eps <= eps <= float(info.max) ** 0.5 / 16):
+        return None
+    return eps
+
+
+def _moments(impl, example: Example, where: str = "") -> None:
     unscaled = _neutral(example, "gamma")
     zeros = np.zeros(example.gamma.shape, example.dtype)
     ref = reference.forward(example, gamma=unscaled, beta=zeros)
     tol = ref.grouped(_bound(example, ref, gamma=unscaled, beta=zeros).forward())
     y = call_forward(impl, example, gamma=unscaled, beta=zeros)
-    compare("y", y, ref.y, np.inf)  # finiteness; the values are judged through the moments below
+    compare(f"y{where}", y, ref.y, np.inf)  # finiteness; the values are judged through the moments below
     y, exact = ref.grouped(y), ref.grouped(ref.y)
     axes, shape = ref.layout.axes, ref.layout.statistics_shape
     slack = LayerBound(example, ref, gamma=unscaled, beta=zeros).slack
@@ -599,9 +623,10 @@ def _standardisation(impl, example):
         return np.mean(values, axis=axes).reshape(shape)
 
     if ref.centred:
-        compare(f"mean(y) per {_group(example)}", mean(y), np.zeros(shape), mean(tol) + slack(exact) / ref.count)
+        compare(f"mean(y) per {_group(example)}{where}", mean(y), np.zeros(shape),
+                mean(tol) + slack(exact) / ref.count)
     target = (ref.statistic / (ref.statistic + example.eps)).reshape(shape)
-    compare(f"mean(y^2) per {_group(example)}", mean(y**2), target,
+    compare(f"mean(y^2) per {_group(example)}{where}", mean(y**2), target,
             mean(2 * np.abs(exact) * tol + tol**2) + slack(exact**2) / ref.count)
 
 

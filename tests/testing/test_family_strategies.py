@@ -3,6 +3,7 @@ what their names promise, an exact reference that agrees with bnsym's, and bound
 summation from a one-pass variance."""
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
 import bnsym
-from bnsym.spec import spec
+from bnsym.spec import LayerSpec, TrailingAxes, register, spec, unregister
+from bnsym.spec.layer_spec import CENTRED_REGIMES
 from bnsym.symbolic.layers import LAYERS as DECLARED
 from bnsym.testing import reference
 from bnsym.testing import strategies as bst
@@ -166,3 +168,23 @@ def test_descriptions_put_their_counts_in_the_right_number():
     assert "4 groups of 1 channel: M = 3 per group, 8 groups)" in grouped, grouped
     for text in (one, two, grouped):
         assert "(s)" not in text and "(es)" not in text, text
+
+
+def test_a_subclass_of_a_grouping_draws_its_parents_example_shapes():
+    """A user's grouping that subclasses a built-in one (``class LastAxis(TrailingAxes)``) gets its pools and its
+    protocol probes from the parent: nothing in the checker is looked up by a grouping's exact class."""
+
+    @dataclass(frozen=True)
+    class LastAxis(TrailingAxes):
+        pass
+
+    layer = register(LayerSpec("subclassed_grouping_norm", "Subclassed grouping norm", "subclassed grouping norm",
+                               "centred", LastAxis(), eps=1e-5, regimes=CENTRED_REGIMES, group="a row",
+                               statistics_over="the trailing axes", parameters_are="the normalised shape"))
+    try:
+        for seed in range(3):
+            pool = bst.layer_shape_pool(layer.name, seed)
+            assert len(pool) == 6 and {2, 3} <= {bst.entry_count(layer.name, entry) for entry in pool}, pool
+        assert layer.grouping.probe_entries == TrailingAxes().probe_entries
+    finally:
+        unregister(layer.name)
