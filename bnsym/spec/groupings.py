@@ -24,7 +24,10 @@ groups: whether each group lies within one sample (so that compiled loops can fi
 and a batch can be sharded without changing the statistics), whether the layer takes a channel axis, whether one
 parameter value serves several groups (its gradient is then a sum over them), and how an example input of a given
 shape is written for it (:meth:`Grouping.example_options`: the checker draws shapes and asks the grouping for the
-options that go with them).
+options that go with them), and which example shapes it draws (:meth:`Grouping.example_entry`,
+:meth:`Grouping.tiny_example_entries`, ``example_ndims``, ``probe_entries``; :mod:`bnsym.spec.example_shapes`). A
+subclass of a grouping inherits all of these, so a user's ``class LastAxis(TrailingAxes)`` is checked as layer norm
+is.
 
 This module is plain shape arithmetic (NumPy only): the runtime, the checker and the derivation all read it.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bnsym.spec import example_shapes as _shapes
 from bnsym.spec import layout as _layout
 from bnsym.spec.layout import GroupLayout
 
@@ -78,6 +82,12 @@ class Grouping:
     * ``group_noun``: what one group is called in reports and regime names ("channel", "group").
     * ``sample_parameters``: the parameters also vary along the batch axis 0, one row per sample (adaptive norms):
       a parameter's leading axis is x's batch axis, and its gradient is never summed over the batch.
+
+    Example shapes (the checker's pools; entries are ``(shape, size)`` pairs, :mod:`bnsym.spec.example_shapes`):
+
+    * ``example_ndims``: the numbers of dimensions a pool covers first, in order; ``example_min_ndim``: the fewest
+      dimensions of the pool's further entries (drawn up to 4).
+    * ``probe_entries``: a small entry and a larger one, on which a target's protocol is tried before a run.
     """
 
     options: tuple[Option, ...]
@@ -89,6 +99,9 @@ class Grouping:
     parameter_per_value: bool
     group_noun: str
     sample_parameters: bool = False
+    example_ndims: tuple[int, ...] = ()
+    example_min_ndim: int = 2
+    probe_entries: tuple[tuple[tuple[int, ...], int], ...] = ()
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -119,6 +132,15 @@ class Grouping:
         not here."""
         return {option.name: option.default for option in self.options if option.default is not REQUIRED}
 
+    def example_entry(self, rng, ndim: int, count: int, samples: int) -> tuple[tuple[int, ...], int]:
+        """One example entry ``(shape, size)`` of ``ndim`` dimensions whose groups hold about ``count`` values, with
+        ``samples`` rows or samples, drawn from the NumPy generator ``rng``."""
+        raise NotImplementedError(f"{type(self).__name__} draws no example shapes")
+
+    def tiny_example_entries(self, rng) -> tuple[tuple[tuple[int, ...], int], ...]:
+        """Example entries whose groups hold M = 2 and M = 3 values (the tiny regime), with two groups or more."""
+        raise NotImplementedError(f"{type(self).__name__} draws no example shapes")
+
 
 @dataclass(frozen=True)
 class TrailingAxes(Grouping):
@@ -133,6 +155,9 @@ class TrailingAxes(Grouping):
     shared_parameters: bool = True
     parameter_per_value: bool = True
     group_noun: str = "group"
+    example_ndims: tuple[int, ...] = (2, 3, 4)
+    example_min_ndim: int = 2
+    probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((4, 3), 1), ((2, 3, 4), 2))
 
     def layout(self, shape, axis=-1) -> GroupLayout:
         return _layout.normalised_axes_layout(tuple(shape), axis)
@@ -147,6 +172,12 @@ class TrailingAxes(Grouping):
         normalised = len(parameter_shape) - int(self.sample_parameters)
         return {"axis": tuple(range(len(shape) - normalised, len(shape))) if normalised != 1 else -1}
 
+    def example_entry(self, rng, ndim, count, samples):
+        return _shapes.normalised_entry(rng, ndim, count, samples)
+
+    def tiny_example_entries(self, rng):
+        return (((int(rng.integers(2, 5)), 2), 1), ((int(rng.integers(2, 4)), 1, 3), 2))
+
 
 @dataclass(frozen=True)
 class Channels(Grouping):
@@ -160,6 +191,7 @@ class Channels(Grouping):
     shared_parameters: bool = False
     parameter_per_value: bool = False
     group_noun: str = "channel"
+    probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((4, 3), 0), ((2, 3, 4, 5), 0))
 
     def layout(self, shape, axis=1) -> GroupLayout:
         return _layout.channel_layout(tuple(shape), axis)
@@ -181,6 +213,9 @@ class ChannelGroups(Grouping):
     shared_parameters: bool = True
     parameter_per_value: bool = False
     group_noun: str = "group"
+    example_ndims: tuple[int, ...] = (3, 4, 5)
+    example_min_ndim: int = 2
+    probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((2, 6, 3), 2), ((2, 6, 4, 5), 3))
 
     def layout(self, shape, num_groups=None, axis=1) -> GroupLayout:
         return _layout.group_layout(tuple(shape), axis, num_groups)
@@ -191,6 +226,12 @@ class ChannelGroups(Grouping):
     def example_sizes(self, shape):
         channels = shape[1]
         return tuple(g for g in range(1, channels + 1) if channels % g == 0)
+
+    def example_entry(self, rng, ndim, count, samples):
+        return _shapes.channel_groups_entry(rng, ndim, count, samples)
+
+    def tiny_example_entries(self, rng):
+        return (((int(rng.integers(2, 4)), 4), 2), ((2, 6, 1), 2))  # M = 2 (2 channels), M = 3 (3 channels)
 
 
 @dataclass(frozen=True)
@@ -205,12 +246,22 @@ class SampleChannels(Grouping):
     shared_parameters: bool = True
     parameter_per_value: bool = False
     group_noun: str = "group"
+    example_ndims: tuple[int, ...] = (3, 4, 5)
+    example_min_ndim: int = 3  # a spatial axis at least: PyTorch refuses one value per sample and channel
+    probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((2, 3, 4), 0), ((2, 3, 4, 5), 0))
 
     def layout(self, shape, axis=1) -> GroupLayout:
         return _layout.instance_layout(tuple(shape), axis)
 
     def example_options(self, shape, size):
         return {"axis": 1}
+
+    def example_entry(self, rng, ndim, count, samples):
+        return _shapes.sample_channels_entry(rng, ndim, count, samples)
+
+    def tiny_example_entries(self, rng):
+        return (((int(rng.integers(2, 4)), int(rng.integers(1, 4)), 2), 0),
+                ((2, int(rng.integers(1, 4)), 3, 1), 0))
 
 
 @dataclass(frozen=True)
@@ -229,3 +280,6 @@ class SampleTrailingAxes(TrailingAxes):
 
     def example_sizes(self, shape):
         return tuple(range(1, min(len(shape) - 1, 2) + 1))
+
+    def example_entry(self, rng, ndim, count, samples):
+        return _shapes.sample_rows_entry(rng, ndim, count, samples)

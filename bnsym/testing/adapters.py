@@ -72,7 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnsym.spec import ChannelGroups, Channels, SampleChannels, TrailingAxes, spec
+from bnsym.spec import spec
 from bnsym.testing.implementation import OPTIONAL, SIGNATURES, Implementation, TargetError
 from bnsym.testing.protocols import DEFAULT_LAYER, protocol
 from bnsym.testing.threads import torch_one_thread
@@ -508,19 +508,33 @@ def bnsym_implementation(layer: str = DEFAULT_LAYER) -> Implementation:
     return _methods(layer, forward, backward, double_backward, f"bnsym.{layer}")
 
 
+def _definition(layer: str) -> Implementation:
+    """The layer written from its definition with torch and autograd
+    (:class:`bnsym.testing.definition_target.DefinitionTarget`): the torch target of a layer that torch has no
+    function for (Gemma's RMS norm, adaptive layer norm, a user's layer)."""
+    from bnsym.testing.definition_target import definition_implementation  # SymPy: only when it is needed
+
+    return definition_implementation(layer)
+
+
 def _builtin(module: Callable[[str], Implementation], functional: Callable[[str], Implementation],
-             framework: str) -> Callable[..., Implementation]:
+             framework: str, otherwise: Callable[[str], Implementation] | None = None) -> Callable[..., Implementation]:
     def build(layer: str = DEFAULT_LAYER) -> Implementation:
+        if otherwise is not None and layer not in FRAMEWORK_CALLS:
+            return otherwise(layer)
         return (module if spec(layer).running_statistics else functional)(layer)
     build.__doc__ = f"The built-in {framework} adapter of ``layer`` (default batch norm)."
+    if otherwise is not None:
+        build.__doc__ += f" A layer {framework} has no call for is written from its definition."
     return build
 
 
-#: The built-in adapters by target name; each takes the layer (default batch norm).
+#: The built-in adapters by target name; each takes the layer (default batch norm). ``torch`` of a layer without a
+#: framework call in :data:`FRAMEWORK_CALLS` is the layer's definition evaluated with torch and autograd.
 BUILTIN: dict[str, Callable[..., Implementation]] = {
     "bnsym": bnsym_implementation,
     "jax": _builtin(jax_implementation, jax_functional_implementation, "jax"),
-    "torch": _builtin(torch_implementation, torch_functional_implementation, "torch")}
+    "torch": _builtin(torch_implementation, torch_functional_implementation, "torch", _definition)}
 
 
 # ----- loading a target -----
@@ -628,7 +642,7 @@ def probe_protocol(impl: Implementation) -> None:
         return None
 
     grouping = spec(layer).grouping
-    small, large = next(_PROBES[kind] for kind in type(grouping).__mro__ if kind in _PROBES)  # subclasses too
+    small, large = grouping.probe_entries
     if attempt(make_layer_example(layer, *small, "well-conditioned", 1e-5, 0)) is not None:
         return
     error = attempt(make_layer_example(layer, *large, "well-conditioned", 1e-5, 0))
@@ -637,7 +651,3 @@ def probe_protocol(impl: Implementation) -> None:
                           "the protocol puts the channels on axis 1 (x of shape (N, C, ...)); wrap a channels-last "
                           "implementation in a transpose")
 
-
-#: The (shape, size) pairs the protocol is first tried on, a small one then a larger one, by kind of grouping.
-_PROBES = {Channels: [((4, 3), 0), ((2, 3, 4, 5), 0)], TrailingAxes: [((4, 3), 1), ((2, 3, 4), 2)],
-           ChannelGroups: [((2, 6, 3), 2), ((2, 6, 4, 5), 3)], SampleChannels: [((2, 3, 4), 0), ((2, 3, 4, 5), 0)]}

@@ -342,6 +342,25 @@ def _f64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def scale_offset(example: Example) -> float:
+    """What a layer adds to gamma to scale the normalised input: y = (gamma + offset) x_hat (+ beta), the offset
+    being 1 - the neutral gamma (``LayerSpec.neutral_values``: the gamma that leaves x_hat unscaled, as the
+    derivation proves). 0 for the textbook layers (y = gamma x_hat), 1 for those that scale by 1 + gamma (Gemma's RMS
+    norm, adaptive layer norm)."""
+    return 1.0 - float(example.spec.neutral_values["gamma"])
+
+
+def gamma_for_scale(example: Example, scale) -> np.ndarray:
+    """gamma (gamma-shaped, in the example's dtype) whose scale of x_hat is ``scale``, a number or gamma-shaped."""
+    return (np.broadcast_to(np.asarray(scale, np.float64), example.gamma.shape)
+            - scale_offset(example)).astype(example.dtype)
+
+
+def _neutral(example: Example, parameter: str) -> np.ndarray:
+    """The parameter at its neutral value (gamma-shaped): y is then the normalised input."""
+    return np.full(example.gamma.shape, example.spec.neutral_values[parameter], example.dtype)
+
+
 def _per_group(ref, values) -> np.ndarray:
     """Sums over each group of an array shaped like x, shaped like the statistics (for reports)."""
     return np.sum(ref.grouped(values), axis=ref.layout.axes).reshape(ref.layout.statistics_shape)
@@ -561,26 +580,53 @@ def _exact_reference(impl, example):
 
 @register("standardisation", "standardisation")
 def _standardisation(impl, example):
-    """With gamma = 1, beta = 0: per group mean(y) = 0, mean(y^2) = var/(var + eps) (no mean taken: ms/(ms + eps)).
+    """With gamma and beta neutral (y = x_hat): per group mean(y) = 0, mean(y^2) = var/(var + eps) (no mean taken:
+    ms/(ms + eps)), at the example's eps and at an eps as large as the groups' statistic.
 
-    Each group is the layer's own: a channel, a row, a sample's C/G channels, a sample's channel."""
-    ones = np.ones(example.gamma.shape, example.dtype)
+    Each group is the layer's own: a channel, a row, a sample's C/G channels, a sample's channel. The neutral values
+    are gamma = 1, beta = 0, or gamma = 0 for a layer that scales by 1 + gamma (``LayerSpec.neutral_values``). The
+    moments hold whatever eps is; where eps is much smaller than the statistic both sides of mean(y^2) are close to 1
+    whatever the statistic is taken over, so the second eps (a power of two near the median statistic, exact in every
+    dtype) is where statistics over the wrong values (the last axis alone, when several are normalised) show."""
+    _moments(impl, example)
+    larger = _eps_near_statistic(example)
+    if larger is not None:
+        _moments(impl, example.replace(eps=larger), f" at eps = {larger:g}")
+
+
+def _eps_near_statistic(example: Example) -> float | None:
+    """A power of two near the median of the groups' statistic (var, or ms), when it is well above the example's eps
+    and well within the dtype's range; None otherwise (every group constant, or the statistic near eps already)."""
+    statistic = reference.forward(example).statistic
+    positive = statistic[statistic > 0]
+    if positive.size == 0:
+        return None
+    eps = float(2.0 ** np.round(np.log2(np.median(positive))))
+    info = np.finfo(example.dtype)
+    if eps < 16 * example.eps or not (float(info.tiny) / info.eps <= eps <= float(info.max) ** 0.5 / 16):
+        return None
+    return eps
+
+
+def _moments(impl, example: Example, where: str = "") -> None:
+    unscaled = _neutral(example, "gamma")
     zeros = np.zeros(example.gamma.shape, example.dtype)
-    ref = reference.forward(example, gamma=ones, beta=zeros)
-    tol = ref.grouped(_bound(example, ref, gamma=ones, beta=zeros).forward())
-    y = call_forward(impl, example, gamma=ones, beta=zeros)
-    compare("y", y, ref.y, np.inf)  # finiteness; the values are judged through the moments below
+    ref = reference.forward(example, gamma=unscaled, beta=zeros)
+    tol = ref.grouped(_bound(example, ref, gamma=unscaled, beta=zeros).forward())
+    y = call_forward(impl, example, gamma=unscaled, beta=zeros)
+    compare(f"y{where}", y, ref.y, np.inf)  # finiteness; the values are judged through the moments below
     y, exact = ref.grouped(y), ref.grouped(ref.y)
     axes, shape = ref.layout.axes, ref.layout.statistics_shape
-    slack = LayerBound(example, ref, gamma=ones, beta=zeros).slack
+    slack = LayerBound(example, ref, gamma=unscaled, beta=zeros).slack
 
     def mean(values):
         return np.mean(values, axis=axes).reshape(shape)
 
     if ref.centred:
-        compare(f"mean(y) per {_group(example)}", mean(y), np.zeros(shape), mean(tol) + slack(exact) / ref.count)
+        compare(f"mean(y) per {_group(example)}{where}", mean(y), np.zeros(shape),
+                mean(tol) + slack(exact) / ref.count)
     target = (ref.statistic / (ref.statistic + example.eps)).reshape(shape)
-    compare(f"mean(y^2) per {_group(example)}", mean(y**2), target,
+    compare(f"mean(y^2) per {_group(example)}{where}", mean(y**2), target,
             mean(2 * np.abs(exact) * tol + tol**2) + slack(exact**2) / ref.count)
 
 
@@ -596,17 +642,20 @@ def _equal_groups(example: Example) -> np.ndarray:
 
 @register("identity_recovery", "standardisation")
 def _identity_recovery(impl, example):
-    """With every group a permutation of one set of values, gamma = sqrt(stat + eps), beta = mean give y = x."""
+    """With every group a permutation of one set of values, a scale of sqrt(stat + eps) and beta = mean give y = x.
+
+    The scale is gamma's (gamma + 1 for a layer that scales by 1 + gamma: :func:`scale_offset`)."""
     x = _equal_groups(example)
     ref = reference.forward(example, x=x)
     statistic = ref.statistic.flat[0]
     mean = ref.mean.flat[0] if ref.centred else 0.0
-    gamma = np.full(example.gamma.shape, np.sqrt(statistic + example.eps)).astype(example.dtype)
+    gamma = gamma_for_scale(example, np.sqrt(statistic + example.eps))
     beta = np.full(example.gamma.shape, mean).astype(example.dtype)
     # gamma and beta are rounded to the dtype: the reference says how far from x that moves the exact result.
     recovered = reference.forward(example, x=x, gamma=gamma, beta=beta)
     tolerance = LayerBound(example, recovered, gamma=gamma, beta=beta).forward() + np.abs(recovered.y - _f64(x))
-    what = "y with gamma = sqrt(var + eps), beta = mean" if ref.centred else "y with gamma = sqrt(ms + eps)"
+    scale = "1 + gamma" if scale_offset(example) == 1 else "gamma"
+    what = f"y with {scale} = sqrt(var + eps), beta = mean" if ref.centred else f"y with {scale} = sqrt(ms + eps)"
     compare(what, call_forward(impl, example, x=x, gamma=gamma, beta=beta), _f64(x), tolerance)
 
 
@@ -835,13 +884,14 @@ def _dx_sums_to_zero(impl, example):
 def _dx_xhat_identity(impl, example):
     """sum(dx x_hat) = s eps/(stat + eps) sum(gamma dy x_hat) per group, stat = var (no mean taken: ms).
 
-    The gradient form of scale invariance: dx is orthogonal to x_hat up to the effect of eps."""
+    The gradient form of scale invariance: dx is orthogonal to x_hat up to the effect of eps. gamma here is the scale
+    of x_hat (1 + gamma for a layer that scales by 1 + gamma)."""
     dx = call_backward(impl, example)[0]
     ref = reference.forward(example)
     compare("dx", dx, np.zeros(example.x.shape), np.inf)
     bound = _bound(example, ref)
     factor = ref.scale * example.eps / (ref.statistic + example.eps)
-    gamma_dy = ref.parameter(example.gamma) * ref.grouped(example.dy)
+    gamma_dy = (ref.parameter(example.gamma) + scale_offset(example)) * ref.grouped(example.dy)
     axes, shape = ref.layout.axes, ref.layout.statistics_shape
     expected = (factor * np.sum(gamma_dy * ref.x_hat, axis=axes, keepdims=True)).reshape(shape)
     product = ref.grouped(dx) * ref.x_hat
@@ -902,9 +952,11 @@ def _linearity_in_dy(impl, example):
 
 @register("dx_scales_with_gamma", "identities", needs=("forward", "backward"))
 def _dx_scales_with_gamma(impl, example):
-    """dx(2 gamma) = 2 dx(gamma); the parameter gradients do not depend on gamma."""
+    """dx(2 gamma) = 2 dx(gamma); the parameter gradients do not depend on gamma.
+
+    gamma is the scale of x_hat: for a layer that scales by 1 + gamma, 1 + gamma doubles."""
     ref = reference.forward(example)
-    gamma2 = (2 * _f64(example.gamma)).astype(example.dtype)
+    gamma2 = gamma_for_scale(example, 2 * (_f64(example.gamma) + scale_offset(example)))
     if not np.all(np.isfinite(gamma2)):
         return
     one, two = call_backward(impl, example), call_backward(impl, example, gamma=gamma2)
@@ -943,14 +995,15 @@ def _dx_invariant_to_dy_shift(impl, example):
 
 @register("jacobian_symmetry", "identities", needs=("forward", "backward"))
 def _jacobian_symmetry(impl, example):
-    """The Jacobian of x_hat is symmetric per group: <dx(v), gamma u> = <dx(u), gamma v> per group."""
+    """The Jacobian of x_hat is symmetric per group: <dx(v), gamma u> = <dx(u), gamma v> per group (gamma the scale
+    of x_hat: 1 + gamma for a layer that scales by 1 + gamma)."""
     v, u = example.dy, second_dy(example, 9)
     dx_v, dx_u = call_backward(impl, example, dy=v)[0], call_backward(impl, example, dy=u)[0]
     for dx in (dx_v, dx_u):
         compare("dx", dx, np.zeros(example.x.shape), np.inf)
     ref = reference.forward(example)
     bound = _bound(example, ref)
-    gamma = ref.parameter(example.gamma)
+    gamma = ref.parameter(example.gamma) + scale_offset(example)
     gu, gv = gamma * ref.grouped(u), gamma * ref.grouped(v)
     axes, shape = ref.layout.axes, ref.layout.statistics_shape
 

@@ -37,6 +37,7 @@ having shape ``shape[-size:]``; the number of groups; or 0).
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -44,8 +45,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from bnsym.spec import BUILT_IN, SPECS, LayerSpec, spec
-from bnsym.spec.groupings import ChannelGroups, Channels, SampleChannels, TrailingAxes
+from bnsym.spec import BUILT_IN, LayerSpec, spec
+from bnsym.spec.groupings import Channels
 from bnsym.spec.layers import CHANNEL_REGIMES
 from bnsym.spec.layout import GroupLayout
 from bnsym.testing.protocols import DEFAULT_LAYER
@@ -87,7 +88,14 @@ def example_size(layer: LayerSpec, gamma_shape: tuple[int, ...], num_groups: int
     parameters hold one value per value of a group, 0 otherwise."""
     if "num_groups" in layer.options:
         return int(num_groups)
-    return len(gamma_shape) if layer.grouping.parameter_per_value else 0
+    return normalised_ndim(layer, gamma_shape) if layer.grouping.parameter_per_value else 0
+
+
+def normalised_ndim(layer: LayerSpec, gamma_shape: tuple[int, ...]) -> int:
+    """The number of normalised axes that gamma of ``gamma_shape`` covers, for a layer whose parameters hold one
+    value per value of a group: gamma's dimensions, less the batch axis when it holds one row per sample
+    (``Grouping.sample_parameters``: adaptive layer norm's (N, D))."""
+    return len(gamma_shape) - int(layer.grouping.sample_parameters)
 
 
 def example_options(layer: str, shape: tuple[int, ...], size: int) -> dict:
@@ -182,8 +190,8 @@ class Example:
         """How the groups are formed: over the last axes, in groups of channels, per sample and channel."""
         grouping = self.spec.grouping
         if grouping.parameter_per_value:
-            return "normalised over the last axis" if self.gamma.ndim == 1 else \
-                f"normalised over the last {self.gamma.ndim} axes"
+            normalised = normalised_ndim(self.spec, self.gamma.shape)
+            return "normalised over the last axis" if normalised == 1 else f"normalised over the last {normalised} axes"
         if self.num_groups is not None:
             return f"{_count(self.num_groups, 'group')} of {_count(self.x.shape[1] // self.num_groups, 'channel')}"
         return "per sample and channel"
@@ -554,57 +562,6 @@ def layer_regimes(layer: str) -> tuple[str, ...]:
     return _spec(layer).regimes
 
 
-def _split(rng: np.random.Generator, count: int, parts: int) -> list[int]:
-    """``count`` as a product of ``parts`` sizes, each a divisor drawn at random (the last takes the rest)."""
-    sizes, rest = [], count
-    for _ in range(parts - 1):
-        divisors = [d for d in range(1, rest + 1) if rest % d == 0]
-        sizes.append(int(rng.choice(divisors)))
-        rest //= sizes[-1]
-    return [*sizes, rest]
-
-
-def _normalised_entry(rng, ndim: int, count: int, rows: int) -> tuple[tuple[int, ...], int]:
-    # Four dimensions normalise two axes, both longer than 1 (normalising the last one only must differ).
-    k = 2 if ndim == 4 else int(rng.integers(1, min(2, ndim - 1) + 1)) if ndim > 4 else 1
-    if k == 1:
-        return (*_split(rng, rows, ndim - 1), count), 1
-    last = int(rng.integers(2, max(3, math.isqrt(count)) + 1))
-    return (*_split(rng, rows, ndim - 2), max(count // last, 2), last), 2
-
-
-def _grouped_entry(rng, ndim: int, count: int, samples: int) -> tuple[tuple[int, ...], int]:
-    # Two or three channels per group: with one, grouping contiguously or with a stride would be the same.
-    groups, per_group = int(rng.integers(2, 5)), int(rng.integers(2, 4))
-    spatial = _split(rng, max(count // per_group, 1), ndim - 2) if ndim > 2 else []
-    return (samples, groups * per_group, *spatial), groups
-
-
-def _instance_entry(rng, ndim: int, count: int, samples: int) -> tuple[tuple[int, ...], int]:
-    return (samples, int(rng.integers(2, 5)), *_split(rng, max(count, 2), ndim - 2)), 0
-
-
-def _trailing_pool(rng):
-    seeds = {((int(rng.integers(2, 5)), 2), 1), ((int(rng.integers(2, 4)), 1, 3), 2)}
-    return seeds, [2, 3, 4], _normalised_entry, 2
-
-
-def _channel_groups_pool(rng):
-    seeds = {((int(rng.integers(2, 4)), 4), 2), ((2, 6, 1), 2)}  # M = 2 (2 channels), M = 3 (3 channels)
-    return seeds, [3, 4, 5], _grouped_entry, 2
-
-
-def _sample_channels_pool(rng):
-    seeds = {((int(rng.integers(2, 4)), int(rng.integers(1, 4)), 2), 0),
-             ((2, int(rng.integers(1, 4)), 3, 1), 0)}
-    return seeds, [3, 4, 5], _instance_entry, 3
-
-
-#: How a pool is drawn for each kind of grouping: the entries it always holds (groups of M = 2 and M = 3 values),
-#: the numbers of dimensions it covers first, how one more entry is made, and the fewest dimensions after those.
-_POOLS = {TrailingAxes: _trailing_pool, ChannelGroups: _channel_groups_pool, SampleChannels: _sample_channels_pool}
-
-
 def layer_shape_pool(layer: str, seed: int = 0, *, size: int = 6,
                      max_count: int = 256) -> tuple[tuple[tuple[int, ...], int], ...]:
     """A small set of ``(shape, size)`` pairs for one run of ``layer`` (module docstring), smallest first, fixed
@@ -630,12 +587,13 @@ def layer_shape_pool(layer: str, seed: int = 0, *, size: int = 6,
     _check_int("max_count", max_count, 4)
     if isinstance(grouping, Channels):
         return tuple((shape, 0) for shape in shape_pool(seed, size=max(size, 6)))
-    rng = np.random.default_rng([seed, 7919, tuple(SPECS).index(layer)])
-    pool, ndims, make, low = _POOLS[type(grouping)](rng)
+    # Keyed by the layer's name, not its place in the table: declaring another layer changes no other's pool.
+    rng = np.random.default_rng([seed, 7919, zlib.crc32(layer.encode())])
+    pool, ndims = set(grouping.tiny_example_entries(rng)), list(grouping.example_ndims)
     while len(pool) < size:
-        ndim = ndims.pop(0) if ndims else int(rng.integers(low, 5))
+        ndim = ndims.pop(0) if ndims else int(rng.integers(grouping.example_min_ndim, 5))
         count = int(round(10 ** rng.uniform(math.log10(4), math.log10(max_count))))
-        pool.add(make(rng, ndim, count, int(rng.integers(2, 6))))
+        pool.add(grouping.example_entry(rng, ndim, count, int(rng.integers(2, 6))))
     return tuple(sorted(pool, key=lambda entry: (math.prod(entry[0]), len(entry[0]), entry)))
 
 

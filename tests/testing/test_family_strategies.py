@@ -3,6 +3,7 @@ what their names promise, an exact reference that agrees with bnsym's, and bound
 summation from a one-pass variance."""
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,13 +11,15 @@ from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
 import bnsym
+from bnsym.spec import LayerSpec, TrailingAxes, register, spec, unregister
+from bnsym.spec.layer_spec import CENTRED_REGIMES
 from bnsym.symbolic.layers import LAYERS as DECLARED
 from bnsym.testing import reference
 from bnsym.testing import strategies as bst
 from bnsym.testing.magnitude import compiled
 from bnsym.testing.protocols import layer_names
 
-FAMILY = tuple(name for name in layer_names() if name != "batch_norm")  # the layers grouped within a sample
+FAMILY = tuple(name for name in layer_names() if spec(name).grouping.per_sample)  # grouped within a sample
 
 SEEDS = range(12)
 
@@ -40,14 +43,21 @@ def test_the_pool_holds_what_the_properties_need(layer):
         assert {2, 3} <= counts, f"seed {seed}: no group of 2 or 3 values in {pool}"
         assert any(math.prod(layout.statistics_shape) >= 2 and shape[0] >= 2
                    for layout, (shape, _) in zip(layouts, pool)), f"seed {seed}: no two samples and groups"
-        if layer in ("layer_norm", "rms_norm"):
+        grouping = spec(layer).grouping
+        if grouping.parameter_per_value:  # rows over trailing normalised axes (layer, RMS, Gemma, adaptive norm)
             assert any(size == 2 and min(shape[-2:]) >= 2 for shape, size in pool), \
                 f"seed {seed}: no two normalised axes longer than 1 in {pool}"
-        elif layer == "group_norm":
+            assert all(layout.parameter_shape == (shape[0], *shape[len(shape) - size:]) if grouping.sample_parameters
+                       else layout.parameter_shape == shape[len(shape) - size:]
+                       for layout, (shape, size) in zip(layouts, pool)), f"seed {seed}: parameter shapes"
+        elif "num_groups" in grouping.option_names:  # groups of channels
             assert all(shape[1] % size == 0 for shape, size in pool)
             assert any(size >= 2 and shape[1] // size >= 2 and math.prod(shape[2:]) >= 2 for shape, size in pool)
-        else:
+        else:  # a sample's channel
             assert all(len(shape) >= 3 and math.prod(shape[2:]) >= 2 for shape, _ in pool)
+        if grouping.sample_parameters:  # a row per sample: two samples, one of several rows (tokens)
+            assert any(shape[0] >= 2 and math.prod(shape[1:len(shape) - size]) >= 2 for shape, size in pool), \
+                f"seed {seed}: no two samples of several rows each in {pool}"
 
 
 @pytest.mark.parametrize("call, message", [
@@ -97,14 +107,19 @@ def test_layer_examples_draw_from_the_pool(example):
 
 @pytest.mark.parametrize("layer", FAMILY)
 def test_the_exact_reference_agrees_with_bnsyms(layer):
-    entry = {"layer_norm": ((3, 1, 4), 2), "rms_norm": ((2, 3), 1), "group_norm": ((2, 4, 1), 2),
-             "instance_norm": ((2, 3, 2), 0)}[layer]
-    example = bst.make_layer_example(layer, *entry, "well-conditioned", 1e-3, 4)
-    exact = reference.exact(example)
-    ref = reference.forward(example)
-    for name, e, r in zip(("y", "dx", "dgamma", "dbeta"), exact, (ref.y, *reference.backward(example))):
-        scale = max(float(np.max(np.abs(r))), 1.0)
-        assert np.max(np.abs(e - r)) <= 1e-12 * scale, name
+    """On every entry of the layer's pool small enough for the exact reference (M <= 4: the pool always holds groups
+    of 2 and 3 values), at a few seeds."""
+    entries = {entry for seed in range(4) for entry in bst.layer_shape_pool(layer, seed)
+               if bst.entry_count(layer, entry) <= reference.EXACT_MAX_COUNT
+               and math.prod(_layout(layer, *entry).statistics_shape) <= reference.EXACT_MAX_GROUPS}
+    assert len(entries) >= 2, entries
+    for entry in sorted(entries):
+        example = bst.make_layer_example(layer, *entry, "well-conditioned", 1e-3, 4)
+        exact = reference.exact(example)
+        ref = reference.forward(example)
+        for name, e, r in zip(("y", "dx", "dgamma", "dbeta"), exact, (ref.y, *reference.backward(example))):
+            scale = max(float(np.max(np.abs(r))), 1.0)
+            assert np.max(np.abs(e - r)) <= 1e-12 * scale, (entry, name)
 
 
 def test_the_exact_reference_refuses_large_groups():
@@ -153,3 +168,23 @@ def test_descriptions_put_their_counts_in_the_right_number():
     assert "4 groups of 1 channel: M = 3 per group, 8 groups)" in grouped, grouped
     for text in (one, two, grouped):
         assert "(s)" not in text and "(es)" not in text, text
+
+
+def test_a_subclass_of_a_grouping_draws_its_parents_example_shapes():
+    """A user's grouping that subclasses a built-in one (``class LastAxis(TrailingAxes)``) gets its pools and its
+    protocol probes from the parent: nothing in the checker is looked up by a grouping's exact class."""
+
+    @dataclass(frozen=True)
+    class LastAxis(TrailingAxes):
+        pass
+
+    layer = register(LayerSpec("subclassed_grouping_norm", "Subclassed grouping norm", "subclassed grouping norm",
+                               "centred", LastAxis(), eps=1e-5, regimes=CENTRED_REGIMES, group="a row",
+                               statistics_over="the trailing axes", parameters_are="the normalised shape"))
+    try:
+        for seed in range(3):
+            pool = bst.layer_shape_pool(layer.name, seed)
+            assert len(pool) == 6 and {2, 3} <= {bst.entry_count(layer.name, entry) for entry in pool}, pool
+        assert layer.grouping.probe_entries == TrailingAxes().probe_entries
+    finally:
+        unregister(layer.name)

@@ -21,7 +21,7 @@ SEEDS = range(10)
 @pytest.mark.parametrize("layer", bst.LAYERS)
 def test_every_run_has_long_groups_of_each_kind(layer):
     for seed in SEEDS:
-        pool = bst.shape_pool(seed) if layer == "batch_norm" else bst.layer_shape_pool(layer, seed)
+        pool = bst.layer_shape_pool(layer, seed)
         counts = sorted(bst.entry_count(layer, entry) for entry in bst.long_shapes(layer, pool, seed))
         assert len(counts) == 3, f"{layer} seed {seed}: long groups {counts}, expected one of each kind"
         for count, lengths in zip(counts, bst.LONG_GROUP_LENGTHS):
