@@ -125,6 +125,17 @@ class Grouping:
         """The sizes :meth:`example_options` accepts for ``shape`` (the checker draws one of them)."""
         return (0,)
 
+    def fit_entry(self, entry: tuple[tuple[int, ...], int]) -> tuple[tuple[int, ...], int]:
+        """``entry`` (a ``(shape, size)`` pair drawn by :meth:`example_entry`) with its size one that
+        :meth:`example_sizes` accepts for its shape: the largest accepted size not above it (else the least). A
+        subclass that narrows :meth:`example_sizes` (a layer of the last axis only) so draws its parent's shapes."""
+        shape, size = entry
+        allowed = self.example_sizes(shape)
+        if size in allowed:
+            return entry
+        below = [s for s in allowed if s <= size]
+        return shape, max(below) if below else min(allowed)
+
     def protocol_options(self, shape: tuple[int, ...], parameter_shape: tuple[int, ...]) -> dict[str, object]:
         """The options that the checker's protocol leaves to the shapes (channel-first input; the normalised axes
         that gamma's shape names), for a call of bnsym's own functions on x of ``shape`` with parameters of

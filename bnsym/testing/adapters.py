@@ -642,7 +642,7 @@ def probe_protocol(impl: Implementation) -> None:
         return None
 
     grouping = spec(layer).grouping
-    small, large = grouping.probe_entries
+    small, large = (grouping.fit_entry(entry) for entry in grouping.probe_entries)
     if attempt(make_layer_example(layer, *small, "well-conditioned", 1e-5, 0)) is not None:
         return
     error = attempt(make_layer_example(layer, *large, "well-conditioned", 1e-5, 0))

@@ -30,13 +30,13 @@ layout's parameter broadcast shape; a parameter shared by several groups gets th
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from functools import cache, cached_property
 
 import numpy as np
 
+from bnsym.spec import spec
 from bnsym.spec.layout import GroupLayout
 from bnsym.symbolic.layers import derivation
 from bnsym.symbolic.reduction import is_field_expr
@@ -53,8 +53,11 @@ EXACT_MAX_GROUPS = 12  # each group is one mpmath evaluation
 
 
 def public_module(layer: str):
-    """bnsym's public module of ``layer`` (``bnsym.<name>``: a spec's name names its module)."""
-    return importlib.import_module(f"bnsym.{layer}")
+    """bnsym's public functions of ``layer`` (:func:`bnsym.runtime.functions.functions`: the functions of
+    ``bnsym.<name>``, through the same runtime, for any registered layer, a layer of your own too)."""
+    from bnsym.runtime.functions import functions
+
+    return functions(spec(layer))
 
 
 def _f64(values) -> np.ndarray:

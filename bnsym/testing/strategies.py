@@ -589,11 +589,11 @@ def layer_shape_pool(layer: str, seed: int = 0, *, size: int = 6,
         return tuple((shape, 0) for shape in shape_pool(seed, size=max(size, 6)))
     # Keyed by the layer's name, not its place in the table: declaring another layer changes no other's pool.
     rng = np.random.default_rng([seed, 7919, zlib.crc32(layer.encode())])
-    pool, ndims = set(grouping.tiny_example_entries(rng)), list(grouping.example_ndims)
+    pool, ndims = {grouping.fit_entry(e) for e in grouping.tiny_example_entries(rng)}, list(grouping.example_ndims)
     while len(pool) < size:
         ndim = ndims.pop(0) if ndims else int(rng.integers(grouping.example_min_ndim, 5))
         count = int(round(10 ** rng.uniform(math.log10(4), math.log10(max_count))))
-        pool.add(grouping.example_entry(rng, ndim, count, int(rng.integers(2, 6))))
+        pool.add(grouping.fit_entry(grouping.example_entry(rng, ndim, count, int(rng.integers(2, 6)))))
     return tuple(sorted(pool, key=lambda entry: (math.prod(entry[0]), len(entry[0]), entry)))
 
 
