@@ -27,18 +27,26 @@ def scratch_checkout(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("path", [g.path for g in derive.GENERATED_FILES])
-def test_check_fails_with_a_diff_after_one_character_is_changed(scratch_checkout, capsys, path):
-    target = scratch_checkout / path
-    text = target.read_text()
-    position = text.index("\n\n") + 2
-    tampered = text[:position] + ("#" if text[position] != "#" else "!") + text[position + 1:]
-    target.write_text(tampered)
+def test_check_fails_with_a_diff_after_one_character_is_changed(scratch_checkout, capsys):
+    """One character changed in every generated file, one check (each check derives every file, about half a
+    second): each file gets its own diff, whose changed line is the tampered one."""
+    tampered_lines = {}
+    for generated in derive.GENERATED_FILES:
+        target = scratch_checkout / generated.path
+        text = target.read_text()
+        position = text.index("\n\n") + 2
+        tampered = text[:position] + ("#" if text[position] != "#" else "!") + text[position + 1:]
+        target.write_text(tampered)
+        tampered_lines[generated.path] = tampered[position:].split("\n", 1)[0]
     code = main(["derive", "--check", "--root", str(scratch_checkout)])
     out, err = capsys.readouterr()
     assert code == 1, "a hand-edited generated file must make the check fail"
-    assert f"--- {path} (checked in)" in out and f"+++ {path} (derived now)" in out, out
     assert "stale" in err
+    assert out.count("(checked in)") == len(tampered_lines), out
+    for path, line in tampered_lines.items():
+        assert f"--- {path} (checked in)" in out and f"+++ {path} (derived now)" in out, f"no diff of {path}:\n{out}"
+        diff = out.split(f"--- {path} (checked in)", 1)[1].split("(checked in)", 1)[0]
+        assert f"\n-{line}\n" in diff, f"the diff of {path} does not show its tampered line {line!r}:\n{diff}"
 
 
 def test_check_fails_when_a_generated_file_is_missing(scratch_checkout, capsys):

@@ -8,6 +8,7 @@ import bnsym
 from bnsym.testing import check_batchnorm, reference
 from bnsym.testing import strategies as bst
 from bnsym.testing.tolerance import Bound
+from tests import budget
 from tests.backends import VIAS
 
 NUMBA = next(via for via in VIAS if via.name == "numba")
@@ -48,7 +49,7 @@ def test_bnsym_satisfies_every_property(impl, dtype):
     """The compiled backend, named (the suite turns off auto's background compilation, so "auto" would run the
     NumPy kernels or the compiled ones depending on which tests ran before)."""
     NUMBA.require()
-    report = check_batchnorm(impl(NUMBA), dtype=dtype, max_examples=20)
+    report = check_batchnorm(impl(NUMBA), dtype=dtype, max_examples=budget.COMPILED)
     assert not report.skipped
 
 
@@ -58,7 +59,7 @@ def test_bnsym_satisfies_every_property(impl, dtype):
 def test_every_backend_satisfies_every_property(via, impl, dtype):
     """The other backends (numba is the default above), fewer examples: every property, both layouts."""
     via.require()
-    report = check_batchnorm(impl(via), dtype=dtype, max_examples=5)
+    report = check_batchnorm(impl(via), dtype=dtype, max_examples=budget.OTHER_BACKENDS)
     assert not report.skipped
 
 

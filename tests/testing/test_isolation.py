@@ -25,6 +25,7 @@ import bnsym
 from bnsym.testing import CheckFailed, TargetError, check_batchnorm
 from bnsym.testing.isolation import ImplementationCrashed, IsolatedImplementation, implementation_stack
 from bnsym.tools.cli import main
+from tests import budget
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "my_batchnorm.py"
@@ -555,7 +556,7 @@ def test_an_isolated_check_reports_exactly_what_an_in_process_check_reports(name
 
     def outcome(impl, **isolation):
         with pytest.raises(CheckFailed) as failed:
-            check_batchnorm(impl, properties=list(bug.caught_by), max_examples=20, **options, **isolation)
+            check_batchnorm(impl, properties=list(bug.caught_by), max_examples=budget.ISOLATED, **options, **isolation)
         return [(r.name, r.status, r.reason, r.counterexample.example.describe() if r.counterexample else "")
                 for r in failed.value.report.results]
 

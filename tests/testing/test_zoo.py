@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bnsym.testing import PROPERTIES, CheckFailed, check_batchnorm
+from tests import budget
 from tests.testing.known_defects import assert_only_torch_float16_eps_failures
 from tests.testing.zoo import BUGS, CORRECT, ForwardOnly
 
@@ -67,7 +68,8 @@ def test_planted_bug_is_caught_by_its_properties(bug):
 @pytest.mark.parametrize("name", sorted(CORRECT))
 def test_correct_implementation_passes(name, dtype):
     try:
-        report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=20 if dtype == "float16" else 30)
+        report = check_batchnorm(CORRECT[name](), dtype=dtype,
+                                 max_examples=budget.CORRECT_FLOAT16 if dtype == "float16" else budget.CORRECT)
     except CheckFailed as failure:
         if (name, dtype) != ("torch", "float16"):
             raise

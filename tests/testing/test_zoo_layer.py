@@ -5,6 +5,7 @@ import pytest
 
 from bnsym.testing import PROPERTIES, CheckFailed, NothingChecked, check_batchnorm
 from bnsym.tools.cli import main
+from tests import budget
 from tests.testing.zoo_layer import BUGS, CORRECT, EquinoxEma
 
 LAYER_BUG_CLASSES = {  # bug classes beyond the training forward and backward
@@ -13,7 +14,11 @@ LAYER_BUG_CLASSES = {  # bug classes beyond the training forward and backward
     "cumulative average wrong", "training output normalised with running statistics",
     "double backward treating the batch mean as a constant",
 }
-ALL_OPTIONS = [{"mode": "eval"}, {"order": 2}, {"mode": "eval", "order": 2}]
+# Every property of the layer, each once: eval mode to second order (its first-order properties too), and the
+# training step to second order with the running statistics of a convention (the training forward and backward
+# too). Each option alone, on the command line: test_bnsym_check_torch_passes_with_every_option.
+ALL_OPTIONS = {"eval-order2": {"mode": "eval", "order": 2},
+               "train-order2-convention": {"order": 2, "convention": None}}
 
 
 def test_layer_zoo_covers_the_bug_classes():
@@ -25,7 +30,8 @@ def test_layer_zoo_covers_the_bug_classes():
 @pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
 def test_layer_bug_is_caught_by_its_properties(bug):
     with pytest.raises(CheckFailed) as info:
-        check_batchnorm(bug.impl(), properties=list(bug.caught_by), max_examples=30, **bug.options)
+        check_batchnorm(bug.impl(), properties=list(bug.caught_by), max_examples=budget.LAYER_BUG,
+                        **bug.options)
     missed = set(bug.caught_by) - set(info.value.report.failed)
     assert not missed, f"{bug.name} ({bug.bug_class}) was not caught by {sorted(missed)}:\n{info.value.report}"
 
@@ -36,20 +42,24 @@ def test_layer_bug_exits_1_naming_the_property(bug, tmp_path, capsys):
     for key, value in bug.options.items():
         options += [f"--{key}", str(value)]
     target = f"tests/testing/zoo_layer.py:{bug.impl.__name__}"
-    code = main(["check", target, "--max-examples", "20", "--save-dir", str(tmp_path),
+    code = main(["check", target, "--max-examples", str(budget.COMMAND_LINE), "--save-dir", str(tmp_path),
                  "--property", bug.caught_by[0], *options])
     out = capsys.readouterr().out
     assert code == 1, f"{bug.name}: exit {code}\n{out}"
     assert f"FAIL  {bug.caught_by[0]}" in out, out
 
 
+@pytest.mark.parametrize("options", sorted(ALL_OPTIONS))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", sorted(CORRECT))
-def test_correct_layer_passes_every_option(name, dtype):
-    convention = {"torch_convention": "torch"}.get(name, name)
-    for options in ALL_OPTIONS + [{"convention": convention}]:
-        report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=15, **options)
-        assert not report.skipped, f"{name} offers every method, yet {report.skipped} were skipped"
+def test_correct_layer_passes_every_option(name, dtype, options):
+    """Every property of the layer (ALL_OPTIONS), with the convention the implementation follows. One case per
+    implementation, dtype and option set, so that pytest-xdist spreads them over the cores."""
+    options = dict(ALL_OPTIONS[options])
+    if "convention" in options:
+        options["convention"] = {"torch_convention": "torch"}.get(name, name)
+    report = check_batchnorm(CORRECT[name](), dtype=dtype, max_examples=budget.CORRECT_LAYER, **options)
+    assert not report.skipped, f"{name} offers every method, yet {report.skipped} were skipped"
 
 
 def test_a_convention_the_implementation_does_not_follow_fails():
@@ -88,7 +98,7 @@ def test_forward_only_implementation_says_what_the_options_skip():
 @pytest.mark.parametrize("options", [["--mode", "eval"], ["--convention", "torch"], ["--order", "2"],
                                      ["--mode", "eval", "--order", "2"]], ids=" ".join)
 def test_bnsym_check_torch_passes_with_every_option(options, capsys):
-    code = main(["check", "torch", *options])
+    code = main(["check", "torch", *options, "--max-examples", str(budget.CORRECT_LAYER)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "0 failed, 0 skipped" in out, out

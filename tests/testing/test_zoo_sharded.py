@@ -14,6 +14,7 @@ from bnsym.testing import CheckFailed, CheckOptions, NothingChecked, check_batch
 from bnsym.testing.runner import properties_of_run
 from bnsym.testing.sharded import DIFFERENT_MEANS, sharded_examples
 from bnsym.tools.cli import main
+from tests import budget
 from tests.testing.zoo_sharded import BUGS, CORRECT, EqualShardsOnly, Unavailable
 
 SYNCBN_BUG_CLASSES = {  # the rows of docs/bug-classes.md on data-parallel batch norm
@@ -51,7 +52,7 @@ def test_the_sharded_properties_are_properties_of_the_one_registry_for_the_layer
 def test_sharded_bug_is_caught_by_its_properties(bug):
     with pytest.raises(CheckFailed) as info:
         check_batchnorm(bug.impl(), shards=SHARDS, properties=list(bug.caught_by), convention=bug.convention,
-                        max_examples=40)
+                        max_examples=budget.SHARDED_BUG)
     report = info.value.report
     missed = set(bug.caught_by) - set(report.failed)
     assert not missed, f"{bug.name} ({bug.bug_class}) was not caught by {sorted(missed)}:\n{report}"
@@ -106,7 +107,8 @@ def test_a_replay_needs_no_shards_option_the_file_has_its_split(tmp_path, capsys
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", sorted(CORRECT))
 def test_correct_sharded_implementation_passes(name, dtype):
-    report = check_batchnorm(CORRECT[name](), shards=SHARDS, dtype=dtype, convention="torch", max_examples=40)
+    report = check_batchnorm(CORRECT[name](), shards=SHARDS, dtype=dtype, convention="torch",
+                             max_examples=budget.CORRECT_SHARDED)
     assert not report.skipped and report.passed == list(SHARDED), str(report)
 
 
