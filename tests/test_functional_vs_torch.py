@@ -62,8 +62,12 @@ def test_forward_and_backward_match_torch_autograd(via, problem):
     broadcast[axis] = channels
     terms = np.max(np.abs(gamma.reshape(broadcast) * invstd.reshape(broadcast) * dy))
     _close(dx, dx_ref, f"dx, shape {shape}, axis {axis}", scale=terms)
-    _close(dgamma, dgamma_ref, f"dgamma, shape {shape}, axis {axis}")
-    _close(dbeta, dbeta_ref, f"dbeta, shape {shape}, axis {axis}")
+    # dgamma and dbeta are sums over a channel's M values that may cancel: they agree to RTOL of their terms' size.
+    reduced = tuple(a for a in range(len(shape)) if a != axis % len(shape))
+    x_hat = (x - mean.reshape(broadcast)) * invstd.reshape(broadcast)
+    _close(dgamma, dgamma_ref, f"dgamma, shape {shape}, axis {axis}",
+           scale=np.max(np.sum(np.abs(dy * x_hat), axis=reduced)))
+    _close(dbeta, dbeta_ref, f"dbeta, shape {shape}, axis {axis}", scale=np.max(np.sum(np.abs(dy), axis=reduced)))
 
 
 @pytest.mark.parametrize("via", VIAS, ids=str)
