@@ -60,7 +60,7 @@ from functools import cache
 import sympy
 
 from bnsym.symbolic.brute_force import Elements, instantiate
-from bnsym.symbolic.layers import Derivation, LayerDeclaration, derivation
+from bnsym.symbolic.layers import Derivation, as_derivation
 from bnsym.symbolic.reduction import BatchSum, Field, M
 
 __all__ = ["INVARIANCES", "SIZES", "UndecidedError", "Verdict", "dx_orthogonal_to_x", "dx_sums_to_zero",
@@ -223,15 +223,6 @@ def _refuted(differences: list[sympy.Expr]) -> bool:
     return False
 
 
-def _derivation(layer) -> Derivation:
-    if isinstance(layer, Derivation):
-        return layer
-    if isinstance(layer, LayerDeclaration):
-        return Derivation(layer)
-    if isinstance(layer, str):
-        return derivation(layer)
-    raise TypeError(f"layer must be a Derivation, a LayerDeclaration or a registered layer's name, got "
-                    f"{type(layer).__name__}")
 
 
 @cache
@@ -345,7 +336,7 @@ def verdict(layer, name: str, *, constant_parameters: bool = False) -> Verdict:
     layer's name); ``constant_parameters`` only for ``jacobian_symmetric``. Cached per derivation."""
     if constant_parameters and name != "jacobian_symmetric":
         raise ValueError(f"constant_parameters applies to jacobian_symmetric only, not to {name!r}")
-    return _verdict(_derivation(layer), name, constant_parameters)
+    return _verdict(as_derivation(layer), name, constant_parameters)
 
 
 def shift_invariant(layer) -> bool:

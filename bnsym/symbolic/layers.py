@@ -394,3 +394,16 @@ def derivation(name: str) -> Derivation:
         _ = derived.checked_forward  # a declaration the engine cannot derive from is refused before anything else
         _DERIVATIONS[name] = derived
     return _DERIVATIONS[name]
+
+
+def as_derivation(layer) -> Derivation:
+    """``layer`` as a :class:`Derivation`: a Derivation as it is, a :class:`LayerDeclaration` derived (not
+    cached: a made-up declaration), a registered layer's name by :func:`derivation`; TypeError otherwise."""
+    if isinstance(layer, Derivation):
+        return layer
+    if isinstance(layer, LayerDeclaration):
+        return Derivation(layer)
+    if isinstance(layer, str):
+        return derivation(layer)
+    raise TypeError(f"layer must be a Derivation, a LayerDeclaration or a registered layer's name, got "
+                    f"{type(layer).__name__}")

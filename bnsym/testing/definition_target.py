@@ -49,7 +49,7 @@ import sympy
 from bnsym.spec.groupings import REQUIRED
 from bnsym.spec.layout import GroupLayout
 from bnsym.spec.validation import as_float_array, check_eps, check_same_shape, compute_dtype
-from bnsym.symbolic.layers import Derivation, LayerDeclaration, derivation
+from bnsym.symbolic.layers import as_derivation
 from bnsym.symbolic.program import Program
 from bnsym.symbolic.reduction import BatchSum, M
 from bnsym.testing.implementation import Implementation, TargetError
@@ -131,15 +131,6 @@ def evaluate(program: Program, values: dict, layout: GroupLayout) -> dict:
     return evaluator.values
 
 
-def _as_derivation(layer) -> Derivation:
-    if isinstance(layer, Derivation):
-        return layer
-    if isinstance(layer, LayerDeclaration):
-        return Derivation(layer)
-    if isinstance(layer, str):
-        return derivation(layer)
-    raise TypeError(f"layer must be a registered layer's name, a LayerDeclaration or a Derivation, got "
-                    f"{type(layer).__name__}")
 
 
 class DefinitionTarget:
@@ -148,7 +139,7 @@ class DefinitionTarget:
     layer fixed for every call (they are then not taken positionally)."""
 
     def __init__(self, layer, **options):
-        self.derivation = _as_derivation(layer)
+        self.derivation = as_derivation(layer)
         self.spec = self.derivation.declaration.spec
         grouping = self.spec.grouping
         unknown = set(options) - set(grouping.option_names)
