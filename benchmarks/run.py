@@ -500,6 +500,12 @@ def _gemma_rms_norm(x, gamma, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + gamma)
 
 
+def _fused_add_rms_norm(x, residual, gamma, eps):
+    """The residual add, then Llama's RMS norm in float32 (Hugging Face's LlamaRMSNorm): (y, h = x + residual)."""
+    h = x + residual
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * gamma, h
+
+
 def _adaptive_layer_norm(x, scale, shift, eps):
     """DiT's modulate(norm(x), shift, scale): F.layer_norm without affine parameters (PyTorch's layer-norm kernel),
     then x * (1 + scale) + shift with scale and shift (N, D) broadcast over the tokens of (N, ..., D)."""
@@ -510,10 +516,11 @@ def _adaptive_layer_norm(x, scale, shift, eps):
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the variants' table: the bnsym layer ``layer`` (its public module ``bnsym.<layer>``, its eps and
-    parameters from its specification) on x of ``shape``, against ``composition``, PyTorch's eager ops for the same
-    variant, ``composition(x, *parameters, eps) -> y``; ``per_sample``: the parameters hold one row per sample,
-    (N, D), else (D,). bnsym's backward is called with the saved statistics its forward returned, by name."""
+    """One row of the variants' table: the bnsym layer ``layer`` (its public module ``bnsym.<layer>``; its eps,
+    field inputs and outputs, parameters and saved statistics from its specification) on x of ``shape``, against
+    ``composition``, PyTorch's eager ops for the same variant, ``composition(x, *field inputs, *parameters, eps)
+    -> y`` (or a tuple of y and the field outputs); ``per_sample``: the parameters hold one row per sample, (N, D),
+    else (D,)."""
 
     label: str
     layer: str
@@ -522,9 +529,11 @@ class Variant:
     per_sample: bool = False
 
 
-#: The variants' rows: a variant added to bnsym is one more row here.
+#: The variants' rows: a variant added to bnsym is one more row here (a row whose layer this bnsym does not have is
+#: reported as skipped).
 VARIANTS = (
     Variant("Gemma RMS norm (4096, 4096)", "gemma_rms_norm", (4096, 4096), _gemma_rms_norm),
+    Variant("fused residual add + RMS norm (4096, 4096)", "fused_add_rms_norm", (4096, 4096), _fused_add_rms_norm),
     Variant("adaptive layer norm (4096, 4096)", "adaptive_layer_norm", (4096, 4096), _adaptive_layer_norm,
             per_sample=True),
     Variant("adaptive layer norm (16, 256, 4096) (DiT: N, T, D)", "adaptive_layer_norm", (16, 256, 4096),
@@ -544,48 +553,67 @@ def _compiled_loops(layer) -> str:
     return "compiled loops" if not handed_over else "NumPy kernels (" + ", ".join(handed_over) + ")"
 
 
+def _positional(function) -> list[str]:
+    """The names of ``function``'s arguments that have no default (the arrays of a bnsym public function)."""
+    return [name for name, p in inspect.signature(function).parameters.items()
+            if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
 def _variant_calls(row: Variant):
     """(bnsym forward, bnsym backward, torch forward, torch backward, check, size of x in bytes, which kernels bnsym
     runs): the four timed calls on the same float32 data, and ``check``, which raises when bnsym and the
-    composition disagree (else the times would mean nothing)."""
+    composition disagree (else the times would mean nothing).
+
+    Everything is read from the layer's specification and bnsym's signatures, by name: the forward takes x, the
+    layer's other field inputs (shaped like x; a residual) and its parameters; it returns y, the other field outputs
+    and the saved statistics; the backward takes an upstream gradient ``d<output>`` for y and each field output
+    (random, never ones) and whichever of those arrays it names. The composition takes the forward's arrays in the
+    same order and returns y, or y and the field outputs; autograd differentiates it with the same upstream
+    gradients."""
     from bnsym.spec import spec
 
     layer = spec(row.layer)
     module = getattr(bnsym, row.layer)
+    field_inputs = tuple(getattr(layer, "field_inputs", ()))
+    outputs = ("y", *getattr(layer, "field_outputs", ()))
     rng = np.random.default_rng(0)
-    x = rng.normal(3, 2, size=row.shape).astype(np.float32)
-    dy = rng.normal(size=row.shape).astype(np.float32)
+    arrays = {name: rng.normal(3, 2, size=row.shape).astype(np.float32) for name in ("x", *field_inputs)}
     parameter_shape = (row.shape[0], row.shape[-1]) if row.per_sample else (row.shape[-1],)
-    parameters = [(0.5 * rng.normal(size=parameter_shape)).astype(np.float32) for _ in layer.parameters]
-    eps = layer.eps
-    options = {"eps": eps, "backend": FAMILY_BACKEND}
-    _, *saved = module.forward(x, *parameters, **options)
-    known = {"dy": dy, "x": x, **dict(zip(layer.parameters, parameters)), **dict(zip(layer.saved, saved))}
-    takes = [name for name, p in inspect.signature(module.backward).parameters.items()
-             if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
-    backward_arguments = [known[name] for name in takes]
+    arrays.update({name: (0.5 * rng.normal(size=parameter_shape)).astype(np.float32) for name in layer.parameters})
+    arrays.update({"d" + name: rng.normal(size=row.shape).astype(np.float32) for name in outputs})
+    inputs = ("x", *field_inputs, *layer.parameters)
+    forward_arguments = [arrays[name] for name in inputs]
+    options = {"eps": layer.eps, "backend": FAMILY_BACKEND}
+    arrays.update(zip((*outputs, *layer.saved), module.forward(*forward_arguments, **options)))
+    missing = [name for name in _positional(module.backward) if name not in arrays]
+    if missing:
+        raise ValueError(f"{row.label}: bnsym.{row.layer}.backward takes {missing}, which the benchmark does not make")
+    backward_arguments = [arrays[name] for name in _positional(module.backward)]
 
-    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
-    tparameters = [torch.from_numpy(p) for p in parameters]
+    tensors = [torch.from_numpy(arrays[name]) for name in inputs]
+    cotangents = [torch.from_numpy(arrays["d" + name]) for name in outputs]
     # autograd's backward alone: the graph is built once and kept (retain_graph), as for RMS norm in table 4
-    leaves = [t.clone().requires_grad_() for t in (tx, *tparameters)]
-    graph = row.composition(*leaves, eps)
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    graph = row.composition(*leaves, layer.eps)
+    graph = list(graph) if isinstance(graph, tuple) else [graph]
+
+    def torch_backward():
+        return torch.autograd.grad(graph, leaves, cotangents, retain_graph=True)
 
     def check():
-        y = module.forward(x, *parameters, **options)[0]
+        y = module.forward(*forward_arguments, **options)[0]
         gradients = module.backward(*backward_arguments, backend=FAMILY_BACKEND)
-        expected = [graph.detach().numpy()] + [g.numpy() for g in torch.autograd.grad(graph, leaves, tdy,
-                                                                                       retain_graph=True)]
-        for name, got, want in zip(("y", "dx", *("d" + p for p in layer.parameters)), (y, *gradients), expected):
+        expected = [graph[0].detach().numpy()] + [g.numpy() for g in torch_backward()]
+        names = ("y", *("d" + name for name in inputs))
+        for name, got, want in zip(names, (y, *gradients), expected, strict=True):
             error = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
             if np.shape(got) != want.shape or not error <= 1e-3:
                 raise AssertionError(f"{row.label}: bnsym's {name} differs from PyTorch's composition by {error:.1e}")
 
-    return (lambda: module.forward(x, *parameters, **options),
+    return (lambda: module.forward(*forward_arguments, **options),
             lambda: module.backward(*backward_arguments, backend=FAMILY_BACKEND),
-            lambda: row.composition(tx, *tparameters, eps),
-            lambda: torch.autograd.grad(graph, leaves, tdy, retain_graph=True),
-            check, x.nbytes, _compiled_loops(layer))
+            lambda: row.composition(*tensors, layer.eps),
+            torch_backward, check, arrays["x"].nbytes, _compiled_loops(layer))
 
 
 def variants_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) -> None:
