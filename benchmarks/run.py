@@ -518,15 +518,17 @@ def _adaptive_layer_norm(x, scale, shift, eps):
 class Variant:
     """One row of the variants' table: the bnsym layer ``layer`` (its public module ``bnsym.<layer>``; its eps,
     field inputs and outputs, parameters and saved statistics from its specification) on x of ``shape``, against
-    ``composition``, PyTorch's eager ops for the same variant, ``composition(x, *field inputs, *parameters, eps)
-    -> y`` (or a tuple of y and the field outputs); ``per_sample``: the parameters hold one row per sample, (N, D),
-    else (D,)."""
+    ``composition``, PyTorch's eager ops for the same variant, ``composition(*arrays, eps) -> y`` (or a tuple of y
+    and the field outputs), where ``arrays`` are those bnsym's forward takes, in its order (x, its field inputs, its
+    parameters, ...); ``per_sample``: the parameters hold one row per sample, (N, D), else (D,); ``extra(rng,
+    shape)``: any other arrays bnsym's functions take, by name (running statistics, say)."""
 
     label: str
     layer: str
     shape: tuple[int, ...]
     composition: Callable
     per_sample: bool = False
+    extra: Callable | None = None
 
 
 #: The variants' rows: a variant added to bnsym is one more row here (a row whose layer this bnsym does not have is
@@ -581,20 +583,28 @@ def _variant_calls(row: Variant):
     parameter_shape = (row.shape[0], row.shape[-1]) if row.per_sample else (row.shape[-1],)
     arrays.update({name: (0.5 * rng.normal(size=parameter_shape)).astype(np.float32) for name in layer.parameters})
     arrays.update({"d" + name: rng.normal(size=row.shape).astype(np.float32) for name in outputs})
-    inputs = ("x", *field_inputs, *layer.parameters)
-    forward_arguments = [arrays[name] for name in inputs]
+    arrays.update(row.extra(rng, row.shape) if row.extra else {})
+
+    def bound(function):
+        missing = [name for name in _positional(function) if name not in arrays]
+        if missing:
+            raise ValueError(f"{row.label}: bnsym.{row.layer}.{function.__name__} takes {missing}, which the "
+                             f"benchmark does not make (Variant.extra can)")
+        return [arrays[name] for name in _positional(function)]
+
+    inputs = ("x", *field_inputs, *layer.parameters)  # what the gradients are of
+    forward_arguments = bound(module.forward)
     options = {"eps": layer.eps, "backend": FAMILY_BACKEND}
     arrays.update(zip((*outputs, *layer.saved), module.forward(*forward_arguments, **options)))
-    missing = [name for name in _positional(module.backward) if name not in arrays]
-    if missing:
-        raise ValueError(f"{row.label}: bnsym.{row.layer}.backward takes {missing}, which the benchmark does not make")
-    backward_arguments = [arrays[name] for name in _positional(module.backward)]
+    backward_arguments = bound(module.backward)
 
-    tensors = [torch.from_numpy(arrays[name]) for name in inputs]
+    tensors = [torch.from_numpy(np.asarray(a)) for a in forward_arguments]
     cotangents = [torch.from_numpy(arrays["d" + name]) for name in outputs]
     # autograd's backward alone: the graph is built once and kept (retain_graph), as for RMS norm in table 4
-    leaves = [t.clone().requires_grad_() for t in tensors]
-    graph = row.composition(*leaves, layer.eps)
+    differentiated = [name in inputs for name in _positional(module.forward)]
+    arguments = [t.clone().requires_grad_() if d else t for t, d in zip(tensors, differentiated)]
+    leaves = [t for t, d in zip(arguments, differentiated) if d]
+    graph = row.composition(*arguments, layer.eps)
     graph = list(graph) if isinstance(graph, tuple) else [graph]
 
     def torch_backward():
@@ -604,7 +614,7 @@ def _variant_calls(row: Variant):
         y = module.forward(*forward_arguments, **options)[0]
         gradients = module.backward(*backward_arguments, backend=FAMILY_BACKEND)
         expected = [graph[0].detach().numpy()] + [g.numpy() for g in torch_backward()]
-        names = ("y", *("d" + name for name in inputs))
+        names = ("y", *("d" + name for name in _positional(module.forward) if name in inputs))
         for name, got, want in zip(names, (y, *gradients), expected, strict=True):
             error = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
             if np.shape(got) != want.shape or not error <= 1e-3:
