@@ -157,3 +157,19 @@ SIGNATURES = {
     'instance_norm_double_backward': (('ggx', 'gggamma', 'ggbeta', 'dy', 'x', 'gamma', 'mean', 'invstd', 'reducer'), ('gx', 'ggamma', 'gdy')),
     'instance_norm_jvp': (('x', 'gamma', 'beta', 'tx', 'tgamma', 'tbeta', 'eps', 'reducer'), ('y', 'ty')),
 }
+
+
+#: Each invariance of this layer, proved (True) or refuted by a counterexample (False) from its declaration by
+#: bnsym.symbolic.invariances: which of the checker's properties apply to it.
+INVARIANCES = {
+    'shift': True,
+    'scale': True,
+    'dx_sums_to_zero': True,
+    'dx_orthogonal_to_x': True,
+    'identity_recovery': False,
+    'jacobian_symmetric': True,
+    'jacobian_symmetric_constant_parameters': True,
+}
+
+#: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
+INVARIANCES_FROM = 'sha256:3a4c6c13e1f0448f990c734578adf903d6de24f03dd6952dab3caf476fa5c410'

@@ -123,3 +123,19 @@ SIGNATURES = {
     'rms_norm_double_backward': (('ggx', 'gggamma', 'dy', 'x', 'gamma', 'invrms', 'reducer'), ('gx', 'ggamma', 'gdy')),
     'rms_norm_jvp': (('x', 'gamma', 'tx', 'tgamma', 'eps', 'reducer'), ('y', 'ty')),
 }
+
+
+#: Each invariance of this layer, proved (True) or refuted by a counterexample (False) from its declaration by
+#: bnsym.symbolic.invariances: which of the checker's properties apply to it.
+INVARIANCES = {
+    'shift': False,
+    'scale': True,
+    'dx_sums_to_zero': False,
+    'dx_orthogonal_to_x': True,
+    'identity_recovery': False,
+    'jacobian_symmetric': False,
+    'jacobian_symmetric_constant_parameters': True,
+}
+
+#: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
+INVARIANCES_FROM = 'sha256:6adb4f0d85edb0e295dfdde15b6006bcd17b52ae68ec1dc435e15ea5d28f67f4'

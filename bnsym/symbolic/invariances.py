@@ -52,6 +52,7 @@ Expanding a reduction's argument (S((x - mean)^2) into S(x^2) - ...) is exact al
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,9 +64,9 @@ from bnsym.symbolic.brute_force import Elements, instantiate
 from bnsym.symbolic.layers import Derivation, as_derivation
 from bnsym.symbolic.reduction import BatchSum, Field, M
 
-__all__ = ["INVARIANCES", "SIZES", "UndecidedError", "Verdict", "dx_orthogonal_to_x", "dx_sums_to_zero",
-           "identity_recovery", "invariances", "jacobian_symmetric", "scale_invariant", "shift_invariant",
-           "vanishes", "verdict"]
+__all__ = ["CONSTANT_PARAMETERS", "INVARIANCES", "RECORDED", "SIZES", "UndecidedError", "Verdict",
+           "dx_orthogonal_to_x", "dx_sums_to_zero", "fingerprint", "identity_recovery", "invariances",
+           "jacobian_symmetric", "recorded", "scale_invariant", "shift_invariant", "vanishes", "verdict"]
 
 #: The group sizes at which every symbolic proof is cross-checked by brute force.
 SIZES = (2, 3, 4)
@@ -376,3 +377,39 @@ def jacobian_symmetric(layer, *, constant_parameters: bool = False) -> bool:
 def invariances(layer) -> frozenset[str]:
     """The names of :data:`INVARIANCES` proved for ``layer`` (the parameters as declared)."""
     return frozenset(name for name in INVARIANCES if verdict(layer, name).proved)
+
+
+# ----- what a layer's generated package records -----
+
+#: The name under which :func:`recorded` gives ``jacobian_symmetric(layer, constant_parameters=True)``: the Jacobian
+#: of y symmetric once gamma is constant over a group, i.e. the normalised input's Jacobian is (what a check of dx
+#: against gamma u and gamma v sees whatever gamma is).
+CONSTANT_PARAMETERS = "jacobian_symmetric_constant_parameters"
+
+#: Every claim :func:`recorded` decides, in order: :data:`INVARIANCES`, then :data:`CONSTANT_PARAMETERS`.
+RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS)
+
+
+def recorded(layer) -> dict[str, bool]:
+    """Each claim of :data:`RECORDED` for ``layer`` (as :func:`verdict` takes it), proved (True) or refuted (False):
+    what ``bnsym derive`` writes into the layer's generated NumPy module as plain data (``INVARIANCES``), so that
+    the checker reads it with NumPy alone instead of proving it again."""
+    decided = {name: verdict(layer, name).proved for name in INVARIANCES}
+    decided[CONSTANT_PARAMETERS] = verdict(layer, "jacobian_symmetric", constant_parameters=True).proved
+    return decided
+
+
+def fingerprint(layer) -> str:
+    """A digest of everything :func:`recorded` reads from ``layer``'s declaration: the forward pass as declared
+    (its inputs, each definition and its outputs, written by ``sympy.srepr``, which names every symbol's kind and
+    assumptions, so gamma as a field differs from gamma as one value per group) and the grouping's
+    ``shared_parameters`` (identity recovery asks for it). Equal declarations give equal digests under one SymPy
+    version; the generated module records it (``INVARIANCES_FROM``) so that a reader can tell data proved from
+    another declaration. Cheap: nothing is derived or proved."""
+    d = as_derivation(layer)
+    program = d.training_forward
+    lines = ["inputs " + " ".join(sympy.srepr(i) for i in program.inputs)]
+    lines += [f"{sympy.srepr(e.name)} = {sympy.srepr(e.expr)}" for e in program.definitions]
+    lines += ["outputs " + " ".join(sympy.srepr(o) for o in program.outputs),
+              f"shared_parameters {bool(d.declaration.spec.grouping.shared_parameters)}"]
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
