@@ -236,3 +236,18 @@ def test_identity_recovery_holds_in_the_kernels_where_it_is_proved():
     gamma, beta = np.sqrt(var + 1e-3).reshape(layout.parameter_shape), mean.reshape(layout.parameter_shape)
     y, *_ = importlib.import_module(f"bnsym.{name}").forward(x, gamma, beta, eps=1e-3, **options, backend="numpy")
     np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-12, err_msg=f"{name}: recovery proved, kernels miss it")
+
+
+# ----- what the checker reads: the verdicts bnsym derive wrote into each generated package -----
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_generated_invariance_data_is_a_fresh_proof(name):
+    """bnsym/_generated/<name>.py records the verdicts (and the declaration's digest) that proving now gives: the
+    checker's choice of properties (bnsym.testing.proved) rests on it. `bnsym derive --check` covers the same bytes;
+    this says which claim drifted."""
+    kernels = importlib.import_module(spec(name).kernels_module)
+    fresh = inv.recorded(name)
+    assert kernels.INVARIANCES == fresh, (
+        f"{name}: generated {kernels.INVARIANCES}, proved now {fresh}; run `bnsym derive`")
+    assert kernels.INVARIANCES_FROM == inv.fingerprint(name), f"{name}: proved from another declaration"
+    assert set(fresh) == set(inv.RECORDED) and {n for n in inv.INVARIANCES if fresh[n]} == inv.invariances(name)
