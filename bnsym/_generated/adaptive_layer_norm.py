@@ -177,6 +177,7 @@ INVARIANCES = {
     'identity_recovery': False,
     'jacobian_symmetric': False,
     'jacobian_symmetric_constant_parameters': True,
+    'normalisation_undone': True,
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).

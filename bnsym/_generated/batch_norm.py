@@ -302,6 +302,7 @@ INVARIANCES = {
     'identity_recovery': True,
     'jacobian_symmetric': True,
     'jacobian_symmetric_constant_parameters': True,
+    'normalisation_undone': True,
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).

@@ -30,6 +30,11 @@ jacobian_symmetric   dy_i/dx_j = dy_j/dx_i within a group, with the parameters p
                      group, which holds for the whole family.
 ==================== ==============================================================================================
 
+``bnsym derive`` records two more claims with these in each layer's generated package (:func:`recorded`,
+:data:`RECORDED`), for the checker's properties that rest on them: :data:`CONSTANT_PARAMETERS` (the Jacobian's
+symmetry with gamma constant over a group) and :data:`UNDONE` (:func:`normalisation_undone`: y = x when the scale of
+x_hat is 1/s and beta the mean, identity recovery for groups that all hold the same values).
+
 How a claim is decided (:func:`verdict`). The claim is a list of differences that must vanish:
 
 1. *symbolic proof*, for symbolic M: every name is inlined from the program's definitions, the derivatives come from
@@ -64,9 +69,10 @@ from bnsym.symbolic.brute_force import Elements, instantiate
 from bnsym.symbolic.layers import Derivation, as_derivation
 from bnsym.symbolic.reduction import BatchSum, Field, M
 
-__all__ = ["CONSTANT_PARAMETERS", "INVARIANCES", "RECORDED", "SIZES", "UndecidedError", "Verdict",
+__all__ = ["CONSTANT_PARAMETERS", "INVARIANCES", "RECORDED", "SIZES", "UNDONE", "UndecidedError", "Verdict",
            "dx_orthogonal_to_x", "dx_sums_to_zero", "fingerprint", "identity_recovery", "invariances",
-           "jacobian_symmetric", "recorded", "scale_invariant", "shift_invariant", "vanishes", "verdict"]
+           "jacobian_symmetric", "normalisation_undone", "recorded", "scale_invariant", "shift_invariant",
+           "vanishes", "verdict"]
 
 #: The group sizes at which every symbolic proof is cross-checked by brute force.
 SIZES = (2, 3, 4)
@@ -386,8 +392,56 @@ def invariances(layer) -> frozenset[str]:
 #: against gamma u and gamma v sees whatever gamma is).
 CONSTANT_PARAMETERS = "jacobian_symmetric_constant_parameters"
 
-#: Every claim :func:`recorded` decides, in order: :data:`INVARIANCES`, then :data:`CONSTANT_PARAMETERS`.
-RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS)
+#: The name under which :func:`recorded` gives :func:`normalisation_undone`.
+UNDONE = "normalisation_undone"
+
+#: Every claim :func:`recorded` decides, in order: :data:`INVARIANCES`, then :data:`CONSTANT_PARAMETERS` and
+#: :data:`UNDONE`.
+RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS, UNDONE)
+
+
+def _undone(layer: _Layer) -> _Claim:
+    """y = x with the scale of x_hat set to 1/s and beta to the mean (module docstring of :func:`normalisation_undone`):
+    gamma = 1/s - 1 + gamma_0, gamma_0 the neutral gamma (what makes y = x_hat)."""
+    d = layer.derivation
+    s = d.symbols
+    neutral = sympy.nsimplify(d.declaration.spec.neutral_values["gamma"])
+
+    def chosen(scale, mean) -> dict:
+        return {layer.gamma: 1 / scale - 1 + neutral, **({layer.beta: mean} if layer.has_beta else {})}
+
+    def symbolic():
+        choice = chosen(layer.forward.inline(d.scale), layer.forward.inline(s.mean) if layer.has_beta else None)
+        return [layer.Y.xreplace(choice) - layer.x]
+
+    def small(n):
+        elements, ys, _ = layer.small(n)
+        choice = chosen(instantiate(d.scale, elements, 0, layer.forward),
+                        instantiate(s.mean, elements, 0, layer.forward) if layer.has_beta else None)
+        values = {v: choice[p] for p in choice for v in layer.values(p, elements)}
+        return [y.xreplace(values) - xi for y, xi in zip(ys, elements[layer.x])]
+
+    return _Claim(symbolic, small)
+
+
+@cache
+def _undone_verdict(d: Derivation) -> Verdict:
+    layer = _layer(d)
+    if not d.training_forward.outputs[1:]:
+        return Verdict(UNDONE, False, reason="the forward pass saves no scale s to undo")
+    return _decide(layer, UNDONE, _undone(layer))
+
+
+def normalisation_undone(layer) -> bool:
+    """Proved: y = x when the parameters undo the normalisation of the group: the scale of x_hat (gamma, or
+    gamma - gamma_0 + 1 for a layer whose neutral gamma gamma_0 is not 1: 1 + gamma) set to 1/s, s the saved scale
+    (invstd: sqrt(var + eps); invrms: sqrt(ms + eps)), and beta, when the layer has one, to the group's mean.
+
+    This is identity recovery without its question of sharing: the parameters are functions of one group's
+    statistics, which every group can have at once when all groups hold the same values (the checker's
+    ``identity_recovery`` property builds such groups). It holds for every layer whose y is ``(scale) x_hat (+
+    beta)`` and fails for a y that is not undone by them."""
+    return _undone_verdict(as_derivation(layer)).proved
 
 
 def recorded(layer) -> dict[str, bool]:
@@ -396,6 +450,7 @@ def recorded(layer) -> dict[str, bool]:
     the checker reads it with NumPy alone instead of proving it again."""
     decided = {name: verdict(layer, name).proved for name in INVARIANCES}
     decided[CONSTANT_PARAMETERS] = verdict(layer, "jacobian_symmetric", constant_parameters=True).proved
+    decided[UNDONE] = normalisation_undone(layer)
     return decided
 
 

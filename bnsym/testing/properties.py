@@ -44,7 +44,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnsym.spec import LayerSpec, spec
-from bnsym.symbolic.invariances import CONSTANT_PARAMETERS, RECORDED
+from bnsym.symbolic.invariances import CONSTANT_PARAMETERS, RECORDED, UNDONE
 from bnsym.testing import arithmetic, reference
 from bnsym.testing import strategies as bst
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
@@ -670,7 +670,7 @@ def _equal_groups(example: Example) -> np.ndarray:
     return reference.from_groups(rows, layout).astype(example.dtype)
 
 
-@register("identity_recovery", "standardisation")
+@register("identity_recovery", "standardisation", applies=rests_on(UNDONE))
 def _identity_recovery(impl, example):
     """With every group a permutation of one set of values, a scale of sqrt(stat + eps) and beta = mean give y = x.
 

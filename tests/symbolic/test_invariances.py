@@ -251,3 +251,29 @@ def test_the_generated_invariance_data_is_a_fresh_proof(name):
         f"{name}: generated {kernels.INVARIANCES}, proved now {fresh}; run `bnsym derive`")
     assert kernels.INVARIANCES_FROM == inv.fingerprint(name), f"{name}: proved from another declaration"
     assert set(fresh) == set(inv.RECORDED) and {n for n in inv.INVARIANCES if fresh[n]} == inv.invariances(name)
+
+
+def _cubed_centred(s: LayerSymbols) -> Program:
+    """y = gamma x_hat^3 + beta: centred and scaled like layer norm, but no gamma and beta give y = x back."""
+    return Program([s.x, s.gamma, s.beta, s.eps], [
+        Definition(s.mean, BatchSum(s.x) / M),
+        Definition(s.var, BatchSum((s.x - s.mean) ** 2) / M),
+        Definition(s.invstd, 1 / sympy.sqrt(s.var + s.eps)),
+        Definition(s.x_hat, (s.x - s.mean) * s.invstd),
+        Definition(s.y, s.gamma * s.x_hat**3 + s.beta),
+    ], [s.y, s.mean, s.invstd])
+
+
+def test_normalisation_undone_holds_for_every_layer_and_is_refuted_where_it_fails():
+    """The claim behind the checker's identity_recovery property (equal groups, scale 1/s, beta = mean): every
+    built-in layer, whatever its scale (1 + gamma) or statistic; not a y that is cubic in x_hat."""
+    assert all(inv.normalisation_undone(name) for name in BUILT_IN), [n for n in BUILT_IN
+                                                                       if not inv.normalisation_undone(n)]
+    layer = register(_made_up_spec("test_cubed_centred", "centred", TrailingAxes(), CENTRED_REGIMES))
+    try:
+        d = Derivation(LayerDeclaration(layer, _cubed_centred))
+        assert inv.shift_invariant(d), "x_hat^3 is still shift invariant"
+        assert not inv.normalisation_undone(d), "y = gamma x_hat^3 + beta is not x for gamma = 1/s, beta = mean"
+        assert inv.recorded(d)[inv.UNDONE] is False
+    finally:
+        unregister("test_cubed_centred")
