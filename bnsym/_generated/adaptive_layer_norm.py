@@ -181,4 +181,4 @@ INVARIANCES = {
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:23bed421f4a1a01402b0484ff3824f582c90931feef22650446604b4bfc3875e'
+INVARIANCES_FROM = 'sha256:7cebaa10eacd1ae787dd1b3623d68a89c43aad5d585e310d63837ae6dab11da6'

@@ -306,4 +306,4 @@ INVARIANCES = {
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:3ea1bc38d0ba0f17f9de26908ffc5c17def5b9ec789132ea99245a1893040cf7'
+INVARIANCES_FROM = 'sha256:12a5fd7911e89158bfdd02b10e06023e3e4c276a66996c087c06c44ae180312f'

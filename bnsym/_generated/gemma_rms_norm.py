@@ -145,4 +145,4 @@ INVARIANCES = {
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:d35e747f527bd6ef1a3f5664b88e90094f3b923108b46774757819fd92cb791e'
+INVARIANCES_FROM = 'sha256:ec19af8f7bfafa9ce0e13796a75665637daad7e533b5b1263f0552b5a5c67837'

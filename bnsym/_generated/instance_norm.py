@@ -173,4 +173,4 @@ INVARIANCES = {
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:3a4c6c13e1f0448f990c734578adf903d6de24f03dd6952dab3caf476fa5c410'
+INVARIANCES_FROM = 'sha256:21a0b6030ba915deccd42653d052c23a577c6fdf02ed81fae9ab3f60108795d7'

@@ -172,4 +172,4 @@ INVARIANCES = {
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:3ee8e09d64a729ffee853e841ab11004879db2b79205aff58229aee59c44891c'
+INVARIANCES_FROM = 'sha256:dc7c38d06883a7f4dd8ce1ba0e6984ac4fff2b382a2d1b80fe0667bf90cf08fa'

@@ -139,4 +139,4 @@ INVARIANCES = {
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:6adb4f0d85edb0e295dfdde15b6006bcd17b52ae68ec1dc435e15ea5d28f67f4'
+INVARIANCES_FROM = 'sha256:88941720d188dfc78cf916429ed2d29dd8ef85f0480b44eb0277899d66371560'

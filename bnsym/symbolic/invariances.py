@@ -457,8 +457,9 @@ def recorded(layer) -> dict[str, bool]:
 def fingerprint(layer) -> str:
     """A digest of everything :func:`recorded` reads from ``layer``'s declaration: the forward pass as declared
     (its inputs, each definition and its outputs, written by ``sympy.srepr``, which names every symbol's kind and
-    assumptions, so gamma as a field differs from gamma as one value per group) and the grouping's
-    ``shared_parameters`` (identity recovery asks for it). Equal declarations give equal digests under one SymPy
+    assumptions, so gamma as a field differs from gamma as one value per group), the grouping's
+    ``shared_parameters`` (identity recovery asks for it) and the neutral parameter values
+    (:func:`normalisation_undone` reads gamma's). Equal declarations give equal digests under one SymPy
     version; the generated module records it (``INVARIANCES_FROM``) so that a reader can tell data proved from
     another declaration. Cheap: nothing is derived or proved."""
     d = as_derivation(layer)
@@ -466,5 +467,6 @@ def fingerprint(layer) -> str:
     lines = ["inputs " + " ".join(sympy.srepr(i) for i in program.inputs)]
     lines += [f"{sympy.srepr(e.name)} = {sympy.srepr(e.expr)}" for e in program.definitions]
     lines += ["outputs " + " ".join(sympy.srepr(o) for o in program.outputs),
-              f"shared_parameters {bool(d.declaration.spec.grouping.shared_parameters)}"]
+              f"shared_parameters {bool(d.declaration.spec.grouping.shared_parameters)}",
+              f"neutral {sorted(d.declaration.spec.neutral_values.items())}"]
     return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()

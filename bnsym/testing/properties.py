@@ -674,6 +674,9 @@ def _equal_groups(example: Example) -> np.ndarray:
 def _identity_recovery(impl, example):
     """With every group a permutation of one set of values, a scale of sqrt(stat + eps) and beta = mean give y = x.
 
+    It rests on :func:`bnsym.symbolic.invariances.normalisation_undone`, proved for one group; the groups hold the
+    same values so that one choice of the (shared) parameters suits them all.
+
     The scale is gamma's (gamma + 1 for a layer that scales by 1 + gamma: :func:`scale_offset`)."""
     x = _equal_groups(example)
     ref = reference.forward(example, x=x)
@@ -1003,7 +1006,11 @@ def _dx_scales_with_gamma(impl, example):
 @register("dx_invariant_to_dy_shift", "identities", needs=("forward", "backward"),
           applies=rests_on("jacobian_symmetric", "dx_sums_to_zero"))
 def _dx_invariant_to_dy_shift(impl, example):
-    """Adding a constant per group to dy leaves dx and dgamma unchanged (gamma is one value per group)."""
+    """Adding a constant per group to dy leaves dx and dgamma unchanged (gamma is one value per group).
+
+    dx(dy + c) - dx(dy) = c J^T 1 per group (J_ij = dy_i/dx_j): zero when J 1 = 0 (sum(dx) = 0 for every dy) and J is
+    symmetric with the parameters as declared, which is what it rests on (with gamma varying within a group, J is
+    diag(gamma) times a symmetric matrix and J^T 1 is not zero)."""
     rng = example.rng(8)
     layout = example.layout
     c = rng.standard_normal(math.prod(layout.statistics_shape)) * 10.0 ** rng.uniform(-1, 1)
@@ -1050,7 +1057,10 @@ def _jacobian_symmetry(impl, example):
 @register("dgamma_affine_invariance", "invariances", needs=("forward", "backward"),
           applies=rests_on("shift", "scale"))
 def _dgamma_affine_invariance(impl, example):
-    """dgamma is unchanged by x -> k x + c (c per group) with eps -> k^2 eps (x_hat does not change)."""
+    """dgamma is unchanged by x -> k x + c (c per group) with eps -> k^2 eps (x_hat does not change).
+
+    It rests on y's shift and scale invariances: y = (scale) x_hat (+ beta) is unchanged, so x_hat is, and so
+    dgamma = sum(dy x_hat)."""
     x = _f64(example.x)
     k = _power_of_two(example, 10, float(np.max(np.abs(x))) + 10)
     rng = example.rng(11)

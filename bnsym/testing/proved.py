@@ -8,7 +8,7 @@ built-in layer, ``<kernels_package>.<name>`` for a layer of your own) as ``INVAR
 with ``INVARIANCES_FROM``, the digest of the declaration they were proved from
 (:func:`bnsym.symbolic.invariances.fingerprint`). :func:`proved` reads them, once per layer and process.
 
-A property that rests on invariances says which ones (``applies=Proved(...)`` in :mod:`bnsym.testing.properties`)
+A property that rests on invariances says which ones (``applies=rests_on(...)`` in :mod:`bnsym.testing.properties`)
 and applies to a layer exactly when every one of them is proved.
 
 When the data cannot be trusted, the checker stops with :class:`StaleInvarianceData` (a ValueError) naming the
