@@ -277,3 +277,19 @@ def test_normalisation_undone_holds_for_every_layer_and_is_refuted_where_it_fail
         assert inv.recorded(d)[inv.UNDONE] is False
     finally:
         unregister("test_cubed_centred")
+
+
+def test_the_fingerprint_changes_with_what_the_proofs_read_and_only_with_that():
+    """INVARIANCES_FROM tells the checker that a generated package was proved from another declaration: the
+    digest must differ when the forward pass or the placement of gamma differs, and agree for equal declarations."""
+    def digest(forward, grouping, name="test_fingerprinted"):
+        layer = register(_made_up_spec(name, "centred", grouping, CENTRED_REGIMES))
+        try:
+            return inv.fingerprint(Derivation(LayerDeclaration(layer, forward)))
+        finally:
+            unregister(name)
+
+    reference = digest(_one_pass_centred, Channels())
+    assert digest(_one_pass_centred, Channels(), "test_fingerprinted_again") == reference
+    assert digest(_cubed_centred, Channels()) != reference, "another forward pass, the same digest"
+    assert digest(_one_pass_centred, TrailingAxes()) != reference, "gamma per element or per group, the same digest"
