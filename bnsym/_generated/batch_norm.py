@@ -290,3 +290,20 @@ SIGNATURES = {
     'running_stats_chainer': (('running_mean', 'running_var', 'mean', 'var', 'momentum', 'count'), ('new_mean', 'new_var')),
     'running_stats_haiku': (('running_mean', 'running_var', 'mean', 'var', 'momentum', 'num_batches_tracked'), ('new_mean', 'new_var')),
 }
+
+
+#: Each invariance of this layer, proved (True) or refuted by a counterexample (False) from its declaration by
+#: bnsym.symbolic.invariances: which of the checker's properties apply to it.
+INVARIANCES = {
+    'shift': True,
+    'scale': True,
+    'dx_sums_to_zero': True,
+    'dx_orthogonal_to_x': True,
+    'identity_recovery': True,
+    'jacobian_symmetric': True,
+    'jacobian_symmetric_constant_parameters': True,
+    'normalisation_undone': True,
+}
+
+#: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
+INVARIANCES_FROM = 'sha256:12a5fd7911e89158bfdd02b10e06023e3e4c276a66996c087c06c44ae180312f'

@@ -129,3 +129,20 @@ SIGNATURES = {
     'gemma_rms_norm_double_backward': (('ggx', 'gggamma', 'dy', 'x', 'gamma', 'invrms', 'reducer'), ('gx', 'ggamma', 'gdy')),
     'gemma_rms_norm_jvp': (('x', 'gamma', 'tx', 'tgamma', 'eps', 'reducer'), ('y', 'ty')),
 }
+
+
+#: Each invariance of this layer, proved (True) or refuted by a counterexample (False) from its declaration by
+#: bnsym.symbolic.invariances: which of the checker's properties apply to it.
+INVARIANCES = {
+    'shift': False,
+    'scale': True,
+    'dx_sums_to_zero': False,
+    'dx_orthogonal_to_x': True,
+    'identity_recovery': False,
+    'jacobian_symmetric': False,
+    'jacobian_symmetric_constant_parameters': True,
+    'normalisation_undone': True,
+}
+
+#: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
+INVARIANCES_FROM = 'sha256:ec19af8f7bfafa9ce0e13796a75665637daad7e533b5b1263f0552b5a5c67837'

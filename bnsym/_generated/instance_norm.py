@@ -157,3 +157,20 @@ SIGNATURES = {
     'instance_norm_double_backward': (('ggx', 'gggamma', 'ggbeta', 'dy', 'x', 'gamma', 'mean', 'invstd', 'reducer'), ('gx', 'ggamma', 'gdy')),
     'instance_norm_jvp': (('x', 'gamma', 'beta', 'tx', 'tgamma', 'tbeta', 'eps', 'reducer'), ('y', 'ty')),
 }
+
+
+#: Each invariance of this layer, proved (True) or refuted by a counterexample (False) from its declaration by
+#: bnsym.symbolic.invariances: which of the checker's properties apply to it.
+INVARIANCES = {
+    'shift': True,
+    'scale': True,
+    'dx_sums_to_zero': True,
+    'dx_orthogonal_to_x': True,
+    'identity_recovery': False,
+    'jacobian_symmetric': True,
+    'jacobian_symmetric_constant_parameters': True,
+    'normalisation_undone': True,
+}
+
+#: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
+INVARIANCES_FROM = 'sha256:21a0b6030ba915deccd42653d052c23a577c6fdf02ed81fae9ab3f60108795d7'

@@ -156,3 +156,20 @@ SIGNATURES = {
     'layer_norm_double_backward': (('ggx', 'gggamma', 'ggbeta', 'dy', 'x', 'gamma', 'mean', 'invstd', 'reducer'), ('gx', 'ggamma', 'gdy')),
     'layer_norm_jvp': (('x', 'gamma', 'beta', 'tx', 'tgamma', 'tbeta', 'eps', 'reducer'), ('y', 'ty')),
 }
+
+
+#: Each invariance of this layer, proved (True) or refuted by a counterexample (False) from its declaration by
+#: bnsym.symbolic.invariances: which of the checker's properties apply to it.
+INVARIANCES = {
+    'shift': True,
+    'scale': True,
+    'dx_sums_to_zero': True,
+    'dx_orthogonal_to_x': True,
+    'identity_recovery': False,
+    'jacobian_symmetric': False,
+    'jacobian_symmetric_constant_parameters': True,
+    'normalisation_undone': True,
+}
+
+#: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
+INVARIANCES_FROM = 'sha256:dc7c38d06883a7f4dd8ce1ba0e6984ac4fff2b382a2d1b80fe0667bf90cf08fa'

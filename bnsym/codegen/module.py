@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import sympy
 
@@ -20,8 +20,12 @@ HEADER = """\
 """
 
 
-def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> str:
-    """The full text of a generated module: header, docstring, imports, then each kernel."""
+def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str,
+                  invariances: Mapping[str, bool] | None = None, invariances_from: str = "") -> str:
+    """The full text of a generated module: header, docstring, imports, then each kernel, its ``SIGNATURES`` and,
+    when ``invariances`` are given (:func:`bnsym.symbolic.invariances.recorded`), the layer's ``INVARIANCES`` and
+    ``INVARIANCES_FROM`` (the digest of the declaration they were proved from,
+    :func:`bnsym.symbolic.invariances.fingerprint`): plain data for the checker."""
     plans = [plan_kernel(kernel) for kernel in kernels]
     printer = NumPyPlanPrinter()
     functions = [printer.render(plan) for plan in plans]
@@ -31,7 +35,17 @@ def render_module(kernels: Sequence[Kernel], *, source: str, docstring: str) -> 
     parts = [HEADER.format(sympy_version=sympy.__version__, source=source), f'"""{docstring}"""', "", *imports, ""]
     for function in functions:
         parts += ["", function, ""]  # two blank lines before each function, as PEP 8 has it
-    return "\n".join(parts + _signatures(plans))
+    trailer = [] if invariances is None else _invariances(invariances, invariances_from)
+    return "\n".join(parts + _signatures(plans) + trailer)
+
+
+def _invariances(invariances: Mapping[str, bool], digest: str) -> list[str]:
+    lines = ["", "#: Each invariance of this layer, proved (True) or refuted by a counterexample (False) from its "
+             "declaration by", "#: bnsym.symbolic.invariances: which of the checker's properties apply to it.",
+             "INVARIANCES = {"]
+    lines += [f"    {name!r}: {bool(holds)!r}," for name, holds in invariances.items()]
+    return lines + ["}", "", "#: The digest of the declaration INVARIANCES was proved from "
+                    "(bnsym.symbolic.invariances.fingerprint).", f"INVARIANCES_FROM = {digest!r}", ""]
 
 
 def _signatures(plans) -> list[str]:

@@ -30,6 +30,11 @@ jacobian_symmetric   dy_i/dx_j = dy_j/dx_i within a group, with the parameters p
                      group, which holds for the whole family.
 ==================== ==============================================================================================
 
+``bnsym derive`` records two more claims with these in each layer's generated package (:func:`recorded`,
+:data:`RECORDED`), for the checker's properties that rest on them: :data:`CONSTANT_PARAMETERS` (the Jacobian's
+symmetry with gamma constant over a group) and :data:`UNDONE` (:func:`normalisation_undone`: y = x when the scale of
+x_hat is 1/s and beta the mean, identity recovery for groups that all hold the same values).
+
 How a claim is decided (:func:`verdict`). The claim is a list of differences that must vanish:
 
 1. *symbolic proof*, for symbolic M: every name is inlined from the program's definitions, the derivatives come from
@@ -52,6 +57,7 @@ Expanding a reduction's argument (S((x - mean)^2) into S(x^2) - ...) is exact al
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,8 +69,9 @@ from bnsym.symbolic.brute_force import Elements, instantiate
 from bnsym.symbolic.layers import Derivation, as_derivation
 from bnsym.symbolic.reduction import BatchSum, Field, M
 
-__all__ = ["INVARIANCES", "SIZES", "UndecidedError", "Verdict", "dx_orthogonal_to_x", "dx_sums_to_zero",
-           "identity_recovery", "invariances", "jacobian_symmetric", "scale_invariant", "shift_invariant",
+__all__ = ["CONSTANT_PARAMETERS", "INVARIANCES", "RECORDED", "SIZES", "UNDONE", "UndecidedError", "Verdict",
+           "dx_orthogonal_to_x", "dx_sums_to_zero", "fingerprint", "identity_recovery", "invariances",
+           "jacobian_symmetric", "normalisation_undone", "recorded", "scale_invariant", "shift_invariant",
            "vanishes", "verdict"]
 
 #: The group sizes at which every symbolic proof is cross-checked by brute force.
@@ -376,3 +383,90 @@ def jacobian_symmetric(layer, *, constant_parameters: bool = False) -> bool:
 def invariances(layer) -> frozenset[str]:
     """The names of :data:`INVARIANCES` proved for ``layer`` (the parameters as declared)."""
     return frozenset(name for name in INVARIANCES if verdict(layer, name).proved)
+
+
+# ----- what a layer's generated package records -----
+
+#: The name under which :func:`recorded` gives ``jacobian_symmetric(layer, constant_parameters=True)``: the Jacobian
+#: of y symmetric once gamma is constant over a group, i.e. the normalised input's Jacobian is (what a check of dx
+#: against gamma u and gamma v sees whatever gamma is).
+CONSTANT_PARAMETERS = "jacobian_symmetric_constant_parameters"
+
+#: The name under which :func:`recorded` gives :func:`normalisation_undone`.
+UNDONE = "normalisation_undone"
+
+#: Every claim :func:`recorded` decides, in order: :data:`INVARIANCES`, then :data:`CONSTANT_PARAMETERS` and
+#: :data:`UNDONE`.
+RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS, UNDONE)
+
+
+def _undone(layer: _Layer) -> _Claim:
+    """y = x with the scale of x_hat set to 1/s and beta to the mean (module docstring of :func:`normalisation_undone`):
+    gamma = 1/s - 1 + gamma_0, gamma_0 the neutral gamma (what makes y = x_hat)."""
+    d = layer.derivation
+    s = d.symbols
+    neutral = sympy.nsimplify(d.declaration.spec.neutral_values["gamma"])
+
+    def chosen(scale, mean) -> dict:
+        return {layer.gamma: 1 / scale - 1 + neutral, **({layer.beta: mean} if layer.has_beta else {})}
+
+    def symbolic():
+        choice = chosen(layer.forward.inline(d.scale), layer.forward.inline(s.mean) if layer.has_beta else None)
+        return [layer.Y.xreplace(choice) - layer.x]
+
+    def small(n):
+        elements, ys, _ = layer.small(n)
+        choice = chosen(instantiate(d.scale, elements, 0, layer.forward),
+                        instantiate(s.mean, elements, 0, layer.forward) if layer.has_beta else None)
+        values = {v: choice[p] for p in choice for v in layer.values(p, elements)}
+        return [y.xreplace(values) - xi for y, xi in zip(ys, elements[layer.x])]
+
+    return _Claim(symbolic, small)
+
+
+@cache
+def _undone_verdict(d: Derivation) -> Verdict:
+    layer = _layer(d)
+    if not d.training_forward.outputs[1:]:
+        return Verdict(UNDONE, False, reason="the forward pass saves no scale s to undo")
+    return _decide(layer, UNDONE, _undone(layer))
+
+
+def normalisation_undone(layer) -> bool:
+    """Proved: y = x when the parameters undo the normalisation of the group: the scale of x_hat (gamma, or
+    gamma - gamma_0 + 1 for a layer whose neutral gamma gamma_0 is not 1: 1 + gamma) set to 1/s, s the saved scale
+    (invstd: sqrt(var + eps); invrms: sqrt(ms + eps)), and beta, when the layer has one, to the group's mean.
+
+    This is identity recovery without its question of sharing: the parameters are functions of one group's
+    statistics, which every group can have at once when all groups hold the same values (the checker's
+    ``identity_recovery`` property builds such groups). It holds for every layer whose y is ``(scale) x_hat (+
+    beta)`` and fails for a y that is not undone by them."""
+    return _undone_verdict(as_derivation(layer)).proved
+
+
+def recorded(layer) -> dict[str, bool]:
+    """Each claim of :data:`RECORDED` for ``layer`` (as :func:`verdict` takes it), proved (True) or refuted (False):
+    what ``bnsym derive`` writes into the layer's generated NumPy module as plain data (``INVARIANCES``), so that
+    the checker reads it with NumPy alone instead of proving it again."""
+    decided = {name: verdict(layer, name).proved for name in INVARIANCES}
+    decided[CONSTANT_PARAMETERS] = verdict(layer, "jacobian_symmetric", constant_parameters=True).proved
+    decided[UNDONE] = normalisation_undone(layer)
+    return decided
+
+
+def fingerprint(layer) -> str:
+    """A digest of everything :func:`recorded` reads from ``layer``'s declaration: the forward pass as declared
+    (its inputs, each definition and its outputs, written by ``sympy.srepr``, which names every symbol's kind and
+    assumptions, so gamma as a field differs from gamma as one value per group), the grouping's
+    ``shared_parameters`` (identity recovery asks for it) and the neutral parameter values
+    (:func:`normalisation_undone` reads gamma's). Equal declarations give equal digests under one SymPy
+    version; the generated module records it (``INVARIANCES_FROM``) so that a reader can tell data proved from
+    another declaration. Cheap: nothing is derived or proved."""
+    d = as_derivation(layer)
+    program = d.training_forward
+    lines = ["inputs " + " ".join(sympy.srepr(i) for i in program.inputs)]
+    lines += [f"{sympy.srepr(e.name)} = {sympy.srepr(e.expr)}" for e in program.definitions]
+    lines += ["outputs " + " ".join(sympy.srepr(o) for o in program.outputs),
+              f"shared_parameters {bool(d.declaration.spec.grouping.shared_parameters)}",
+              f"neutral {sorted(d.declaration.spec.neutral_values.items())}"]
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -44,6 +44,7 @@ from bnsym.testing.layer_guess import suggestion
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.properties import registry
 from bnsym.testing.protocols import DEFAULT_LAYER
+from bnsym.testing.proved import StaleInvarianceData
 from bnsym.testing.results import FAILED
 from bnsym.testing.runner import properties_of_run, run_properties
 from bnsym.testing.sharded import shardable, sharded_regimes
@@ -187,6 +188,13 @@ def _list_properties(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run_or_list(args)
+    except StaleInvarianceData as error:  # the layer's generated package must be derived again: a usage error
+        return _fail(str(error))
+
+
+def _run_or_list(args: argparse.Namespace) -> int:
     # Hypothesis caches what it learns about the source code under ./.hypothesis even without an example
     # database; `bnsym check` should not leave that in the user's directory, so it keeps it in a temporary one
     # (unless HYPOTHESIS_STORAGE_DIRECTORY says where it should go).

@@ -4,9 +4,11 @@
 A :class:`Property` has a ``name`` (what reports and ``--property`` use), a ``group`` (the issue's headings:
 structure, reference, standardisation, gradients, identities, invariances, second order; eval and running
 statistics in :mod:`bnsym.testing.running_properties`), ``needs`` (the methods of the layer's protocol it calls,
-:mod:`bnsym.testing.protocols`), ``applies`` (a predicate on the layer's :class:`~bnsym.spec.LayerSpec`: the
-centred-only properties read ``spec.centred``, the running-statistics ones ``spec.running_statistics``, the
-properties of groups within one sample ``spec.grouping.per_sample``), a ``check(impl, example)`` that returns
+:mod:`bnsym.testing.protocols`), ``applies`` (a predicate on the layer's :class:`~bnsym.spec.LayerSpec`: a
+property that rests on invariances of the layer is applied by :class:`Proved`, which names them and reads whether
+they are proved from the layer's generated data (:mod:`bnsym.testing.proved`), never a list of layers; the
+running-statistics ones read ``spec.running_statistics``, the properties of groups within one sample
+``spec.grouping.per_sample``), a ``check(impl, example)`` that returns
 quietly or raises :class:`PropertyFailure`, and the strategy of examples it runs on. :func:`registry` gives the
 properties of one layer, in the order they run.
 
@@ -42,6 +44,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnsym.spec import LayerSpec, spec
+from bnsym.symbolic.invariances import CONSTANT_PARAMETERS, RECORDED, UNDONE
 from bnsym.testing import arithmetic, reference
 from bnsym.testing import strategies as bst
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
@@ -49,6 +52,7 @@ from bnsym.testing.implementation import Implementation
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.protocol import check_layout, output_array, output_arrays
 from bnsym.testing.protocols import DEFAULT_LAYER, protocol
+from bnsym.testing.proved import proved
 from bnsym.testing.reference import LayerBound
 from bnsym.testing.representable import dy_scale
 from bnsym.testing.strategies import Example
@@ -71,8 +75,29 @@ def every_layer(layer: LayerSpec) -> bool:
     return True
 
 
-def centred(layer: LayerSpec) -> bool:
-    return layer.centred
+@dataclass(frozen=True)
+class Proved:
+    """``applies`` of a property that rests on invariances of the layer: the names of those invariances
+    (:data:`bnsym.symbolic.invariances.RECORDED`), the one place the property says which ones; it applies to a layer
+    exactly when each of them is proved for it, as the layer's generated data records
+    (:func:`bnsym.testing.proved.proved`: StaleInvarianceData when that data is missing or stale)."""
+
+    invariances: tuple[str, ...]
+
+    def __post_init__(self):
+        unknown = [name for name in self.invariances if name not in RECORDED]
+        if not self.invariances or unknown:
+            raise ValueError(f"Proved takes names of recorded invariances ({', '.join(RECORDED)}), got "
+                             f"{self.invariances!r}")
+
+    def __call__(self, layer: LayerSpec) -> bool:
+        holds = proved(layer)
+        return all(holds[name] for name in self.invariances)
+
+
+def rests_on(*invariances: str) -> Proved:
+    """``applies=rests_on("shift")``: the property applies to the layers for which each invariance is proved."""
+    return Proved(tuple(invariances))
 
 
 def with_beta(layer: LayerSpec) -> bool:
@@ -105,6 +130,11 @@ class Property:
     requires: tuple[str, ...] = ()
     concerns: tuple[str, ...] | None = None
     long_groups: bool = False
+
+    @property
+    def invariances(self) -> tuple[str, ...]:
+        """The invariances this property rests on (``applies=rests_on(...)``); () for one that rests on none."""
+        return self.applies.invariances if isinstance(self.applies, Proved) else ()
 
     def concerns_run(self, dtype) -> bool:
         """Whether a failure of this property fails a run in ``dtype``. A property that ``concerns`` only some
@@ -640,9 +670,12 @@ def _equal_groups(example: Example) -> np.ndarray:
     return reference.from_groups(rows, layout).astype(example.dtype)
 
 
-@register("identity_recovery", "standardisation")
+@register("identity_recovery", "standardisation", applies=rests_on(UNDONE))
 def _identity_recovery(impl, example):
     """With every group a permutation of one set of values, a scale of sqrt(stat + eps) and beta = mean give y = x.
+
+    It rests on :func:`bnsym.symbolic.invariances.normalisation_undone`, proved for one group; the groups hold the
+    same values so that one choice of the (shared) parameters suits them all.
 
     The scale is gamma's (gamma + 1 for a layer that scales by 1 + gamma: :func:`scale_offset`)."""
     x = _equal_groups(example)
@@ -661,7 +694,7 @@ def _identity_recovery(impl, example):
 
 # ----- invariances and equivariances -----
 
-@register("shift_invariance", "invariances", applies=centred)
+@register("shift_invariance", "invariances", applies=rests_on("shift"))
 def _shift_invariance(impl, example):
     """y(x + c) = y(x) for a constant c per group, including large c."""
     layout = example.layout
@@ -675,7 +708,7 @@ def _shift_invariance(impl, example):
                   ref.y, ref_shifted.y, _bound(example, ref).forward(), _bound(example, ref_shifted).forward())
 
 
-@register("scale_covariance", "invariances")
+@register("scale_covariance", "invariances", applies=rests_on("scale"))
 def _scale_covariance(impl, example):
     """y(k x; k^2 eps) = y(x; eps), with k a power of two so that k x is exact."""
     x = _f64(example.x)
@@ -869,7 +902,7 @@ def _backward_finite_differences(impl, example):
 
 # ----- identities of the backward pass -----
 
-@register("dx_sums_to_zero", "identities", needs=("forward", "backward"), applies=centred)
+@register("dx_sums_to_zero", "identities", needs=("forward", "backward"), applies=rests_on("dx_sums_to_zero"))
 def _dx_sums_to_zero(impl, example):
     """sum(dx) = 0 per group."""
     dx = call_backward(impl, example)[0]
@@ -880,7 +913,7 @@ def _dx_sums_to_zero(impl, example):
             _per_group(ref, tol_dx) + LayerBound(example, ref).slack(_f64(dx)))
 
 
-@register("dx_xhat_identity", "identities", needs=("forward", "backward"))
+@register("dx_xhat_identity", "identities", needs=("forward", "backward"), applies=rests_on("dx_orthogonal_to_x"))
 def _dx_xhat_identity(impl, example):
     """sum(dx x_hat) = s eps/(stat + eps) sum(gamma dy x_hat) per group, stat = var (no mean taken: ms).
 
@@ -971,9 +1004,13 @@ def _dx_scales_with_gamma(impl, example):
 
 
 @register("dx_invariant_to_dy_shift", "identities", needs=("forward", "backward"),
-          applies=lambda layer: layer.centred and not layer.grouping.per_element_parameters)
+          applies=rests_on("jacobian_symmetric", "dx_sums_to_zero"))
 def _dx_invariant_to_dy_shift(impl, example):
-    """Adding a constant per group to dy leaves dx and dgamma unchanged (gamma is one value per group)."""
+    """Adding a constant per group to dy leaves dx and dgamma unchanged (gamma is one value per group).
+
+    dx(dy + c) - dx(dy) = c J^T 1 per group (J_ij = dy_i/dx_j): zero when J 1 = 0 (sum(dx) = 0 for every dy) and J is
+    symmetric with the parameters as declared, which is what it rests on (with gamma varying within a group, J is
+    diag(gamma) times a symmetric matrix and J^T 1 is not zero)."""
     rng = example.rng(8)
     layout = example.layout
     c = rng.standard_normal(math.prod(layout.statistics_shape)) * 10.0 ** rng.uniform(-1, 1)
@@ -993,7 +1030,7 @@ def _dx_invariant_to_dy_shift(impl, example):
                       bound.backward(dy)[i], bound.backward(shifted)[i])
 
 
-@register("jacobian_symmetry", "identities", needs=("forward", "backward"))
+@register("jacobian_symmetry", "identities", needs=("forward", "backward"), applies=rests_on(CONSTANT_PARAMETERS))
 def _jacobian_symmetry(impl, example):
     """The Jacobian of x_hat is symmetric per group: <dx(v), gamma u> = <dx(u), gamma v> per group (gamma the scale
     of x_hat: 1 + gamma for a layer that scales by 1 + gamma)."""
@@ -1017,9 +1054,13 @@ def _jacobian_symmetry(impl, example):
             tolerance + bound.slack(ref.grouped(ref_v) * gu, ref.grouped(ref_u) * gv))
 
 
-@register("dgamma_affine_invariance", "invariances", needs=("forward", "backward"), applies=centred)
+@register("dgamma_affine_invariance", "invariances", needs=("forward", "backward"),
+          applies=rests_on("shift", "scale"))
 def _dgamma_affine_invariance(impl, example):
-    """dgamma is unchanged by x -> k x + c (c per group) with eps -> k^2 eps (x_hat does not change)."""
+    """dgamma is unchanged by x -> k x + c (c per group) with eps -> k^2 eps (x_hat does not change).
+
+    It rests on y's shift and scale invariances: y = (scale) x_hat (+ beta) is unchanged, so x_hat is, and so
+    dgamma = sum(dy x_hat)."""
     x = _f64(example.x)
     k = _power_of_two(example, 10, float(np.max(np.abs(x))) + 10)
     rng = example.rng(11)

@@ -38,7 +38,10 @@ def _layer_module(name: str, package: str) -> Callable[[], str]:
             f"{title} kernels generated from the symbolic derivation (bnsym.symbolic.layers, layer {name!r}).\n\n"
             f"The derivation, step by step, is derivations/{name}.md. These kernels take arrays already arranged "
             "for\nbroadcasting and validate nothing: call them through the public functions in bnsym.\n")
-        return render_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring)
+        from bnsym.symbolic.invariances import fingerprint, recorded
+
+        return render_module(kernels(name), source="bnsym/symbolic/layers.py", docstring=docstring,
+                             invariances=recorded(name), invariances_from=fingerprint(name))
     return render
 
 

@@ -236,3 +236,60 @@ def test_identity_recovery_holds_in_the_kernels_where_it_is_proved():
     gamma, beta = np.sqrt(var + 1e-3).reshape(layout.parameter_shape), mean.reshape(layout.parameter_shape)
     y, *_ = importlib.import_module(f"bnsym.{name}").forward(x, gamma, beta, eps=1e-3, **options, backend="numpy")
     np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-12, err_msg=f"{name}: recovery proved, kernels miss it")
+
+
+# ----- what the checker reads: the verdicts bnsym derive wrote into each generated package -----
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_generated_invariance_data_is_a_fresh_proof(name):
+    """bnsym/_generated/<name>.py records the verdicts (and the declaration's digest) that proving now gives: the
+    checker's choice of properties (bnsym.testing.proved) rests on it. `bnsym derive --check` covers the same bytes;
+    this says which claim drifted."""
+    kernels = importlib.import_module(spec(name).kernels_module)
+    fresh = inv.recorded(name)
+    assert kernels.INVARIANCES == fresh, (
+        f"{name}: generated {kernels.INVARIANCES}, proved now {fresh}; run `bnsym derive`")
+    assert kernels.INVARIANCES_FROM == inv.fingerprint(name), f"{name}: proved from another declaration"
+    assert set(fresh) == set(inv.RECORDED) and {n for n in inv.INVARIANCES if fresh[n]} == inv.invariances(name)
+
+
+def _cubed_centred(s: LayerSymbols) -> Program:
+    """y = gamma x_hat^3 + beta: centred and scaled like layer norm, but no gamma and beta give y = x back."""
+    return Program([s.x, s.gamma, s.beta, s.eps], [
+        Definition(s.mean, BatchSum(s.x) / M),
+        Definition(s.var, BatchSum((s.x - s.mean) ** 2) / M),
+        Definition(s.invstd, 1 / sympy.sqrt(s.var + s.eps)),
+        Definition(s.x_hat, (s.x - s.mean) * s.invstd),
+        Definition(s.y, s.gamma * s.x_hat**3 + s.beta),
+    ], [s.y, s.mean, s.invstd])
+
+
+def test_normalisation_undone_holds_for_every_layer_and_is_refuted_where_it_fails():
+    """The claim behind the checker's identity_recovery property (equal groups, scale 1/s, beta = mean): every
+    built-in layer, whatever its scale (1 + gamma) or statistic; not a y that is cubic in x_hat."""
+    assert all(inv.normalisation_undone(name) for name in BUILT_IN), [n for n in BUILT_IN
+                                                                       if not inv.normalisation_undone(n)]
+    layer = register(_made_up_spec("test_cubed_centred", "centred", TrailingAxes(), CENTRED_REGIMES))
+    try:
+        d = Derivation(LayerDeclaration(layer, _cubed_centred))
+        assert inv.shift_invariant(d), "x_hat^3 is still shift invariant"
+        assert not inv.normalisation_undone(d), "y = gamma x_hat^3 + beta is not x for gamma = 1/s, beta = mean"
+        assert inv.recorded(d)[inv.UNDONE] is False
+    finally:
+        unregister("test_cubed_centred")
+
+
+def test_the_fingerprint_changes_with_what_the_proofs_read_and_only_with_that():
+    """INVARIANCES_FROM tells the checker that a generated package was proved from another declaration: the
+    digest must differ when the forward pass or the placement of gamma differs, and agree for equal declarations."""
+    def digest(forward, grouping, name="test_fingerprinted"):
+        layer = register(_made_up_spec(name, "centred", grouping, CENTRED_REGIMES))
+        try:
+            return inv.fingerprint(Derivation(LayerDeclaration(layer, forward)))
+        finally:
+            unregister(name)
+
+    reference = digest(_one_pass_centred, Channels())
+    assert digest(_one_pass_centred, Channels(), "test_fingerprinted_again") == reference
+    assert digest(_cubed_centred, Channels()) != reference, "another forward pass, the same digest"
+    assert digest(_one_pass_centred, TrailingAxes()) != reference, "gamma per element or per group, the same digest"
