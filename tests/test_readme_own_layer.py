@@ -3,8 +3,8 @@
 The section's Python blocks that start with a file name (``# scale_norm.py``) are written into an empty folder under
 that name, and every line of its shell blocks runs there, in order, with the exit status its comment states
 (``# exits 1``; 0 otherwise). ``bnsym`` and ``python`` are the test's own interpreter and this checkout of bnsym
-(the ``bnsym`` console script runs ``bnsym.tools.cli:main``, which is what the shim on PATH runs), so the steps run
-against the code under test wherever bnsym is installed. Then each step's result is checked for what it claims:
+(``bnsym`` a console script as pip writes it, running ``bnsym.tools.cli:main``), so the steps run against the code
+under test wherever bnsym is installed. Then each step's result is checked for what it claims:
 the package that ``bnsym derive`` wrote, the snippet's numbers against ScaleNorm's definition in NumPy and finite
 differences, and the sample output of the failing check, which must be the real output of its command (but for
 the hashes in counterexample file names, which cover the folder's path).
@@ -43,14 +43,18 @@ def _steps() -> list[tuple[str, int]]:
 
 
 def _environment(folder: Path) -> dict[str, str]:
-    """PATH with ``bnsym`` and ``python`` shims of this interpreter first; this checkout importable."""
+    """PATH with ``bnsym`` and ``python`` of this interpreter first; this checkout importable. ``bnsym`` is the
+    console script pip writes for ``[project.scripts]``: a Python script in a bin directory, so that, as for a user,
+    the first entry of its sys.path is that directory, not the folder it runs in."""
     bin_dir = folder.parent / f"{folder.name}-bin"
     bin_dir.mkdir()
-    shims = {"bnsym": f'exec "{sys.executable}" -m bnsym.tools.cli "$@"', "python": f'exec "{sys.executable}" "$@"'}
-    for name, body in shims.items():
-        shim = bin_dir / name
-        shim.write_text(f"#!/bin/sh\n{body}\n")
-        shim.chmod(0o755)
+    scripts = {"bnsym": f"#!{sys.executable}\nimport sys\nfrom bnsym.tools.cli import main\n"
+                        "if __name__ == '__main__':\n    sys.exit(main())\n",
+               "python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'}
+    for name, text in scripts.items():
+        script = bin_dir / name
+        script.write_text(text)
+        script.chmod(0o755)
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
