@@ -142,3 +142,11 @@ def test_the_checker_draws_scalar_parameters_and_bnsym_passes(layers, reference,
     assert example.gamma.shape == () and example.beta.shape == (), example.describe()
     assert main(["check", "bnsym", "--layer", reference, "--max-examples", str(PLUMBING),
                  "--save-dir", str(tmp_path)]) == 0, capsys.readouterr().out
+
+
+def test_the_torch_target_written_from_the_definition_passes(layers, tmp_path, capsys):
+    """`bnsym check torch` of a layer torch has no function for evaluates its definition with autograd: with a
+    scalar gamma and beta (and num_groups, an option the protocol passes) too."""
+    pytest.importorskip("torch")
+    assert main(["check", "torch", "--layer", GROUPS, "--dtype", "float32", "--max-examples", str(PLUMBING),
+                 "--save-dir", str(tmp_path)]) == 0, capsys.readouterr().out
