@@ -23,7 +23,11 @@ It prints, in one run (so that every ratio compares figures measured minutes apa
    ``native_layer_norm``, ``_fused_rms_norm`` (its backward: autograd through ``F.rms_norm``, as PyTorch 2.13 has
    no CPU kernel for it), ``native_group_norm`` and ``F.instance_norm`` (its backward: autograd), when bnsym has
    them (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
-5. **first-call latency** in a fresh process with an empty Numba disk cache: every layer's forward and backward
+5. **the variants** (Gemma's RMS norm, adaptive layer norm: ``VARIANTS``, one row of data each) on (4096, 4096)
+   float32, compiled (``backend="numba"``), against PyTorch eager's composition of ops for the same variant (its
+   forward, and autograd's backward through it with a random dy), as people write them: PyTorch has no fused CPU
+   kernel for any of them; on 1 and 2 threads;
+6. **first-call latency** in a fresh process with an empty Numba disk cache: every layer's forward and backward
    with ``backend="auto"`` (NumPy kernels at once, the compiled ones prepared in a background process; and when
    that finished, the same calls compiled), with ``backend="numba"`` (compiled on the spot), and with ``"numba"``
    from the disk cache; and the time to regenerate every derivation (``python -m bnsym.tools.cli derive --check``).
@@ -46,6 +50,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 # PyTorch and Numba each keep a pool of OpenMP threads, and by default a thread that finishes spins for a while
@@ -487,7 +493,178 @@ def family_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) 
                   f"**{copy(fb, 2):.0f}%** | **{copy(bb, 3):.0f}%** | {memory:.2f} |", flush=True)
 
 
-# ----- 5. first-call latency and regeneration time -----
+# ----- 5. the variants -----
+
+def _gemma_rms_norm(x, gamma, eps):
+    """Hugging Face's GemmaRMSNorm in float32: x * rsqrt(mean(x^2) + eps) * (1 + weight), the last axis."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + gamma)
+
+
+def _fused_add_rms_norm(x, residual, gamma, eps):
+    """The residual add, then Llama's RMS norm in float32 (Hugging Face's LlamaRMSNorm): (y, h = x + residual)."""
+    h = x + residual
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * gamma, h
+
+
+def _adaptive_layer_norm(x, scale, shift, eps):
+    """DiT's modulate(norm(x), shift, scale): F.layer_norm without affine parameters (PyTorch's layer-norm kernel),
+    then x * (1 + scale) + shift with scale and shift (N, D) broadcast over the tokens of (N, ..., D)."""
+    view = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    normalised = torch.nn.functional.layer_norm(x, (x.shape[-1],), eps=eps)
+    return normalised * (1 + scale.view(view)) + shift.view(view)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the variants' table: the bnsym layer ``layer`` (its public module ``bnsym.<layer>``; its eps,
+    field inputs and outputs, parameters and saved statistics from its specification) on x of ``shape``, against
+    ``composition``, PyTorch's eager ops for the same variant, ``composition(*arrays, eps) -> y`` (or a tuple of y
+    and the field outputs), where ``arrays`` are those bnsym's forward takes, in its order (x, its field inputs, its
+    parameters, ...); ``per_sample``: the parameters hold one row per sample, (N, D), else (D,); ``extra(rng,
+    shape)``: any other arrays bnsym's functions take, by name (running statistics, say)."""
+
+    label: str
+    layer: str
+    shape: tuple[int, ...]
+    composition: Callable
+    per_sample: bool = False
+    extra: Callable | None = None
+
+
+#: The variants' rows: a variant added to bnsym is one more row here (a row whose layer this bnsym does not have is
+#: reported as skipped).
+VARIANTS = (
+    Variant("Gemma RMS norm (4096, 4096)", "gemma_rms_norm", (4096, 4096), _gemma_rms_norm),
+    Variant("fused residual add + RMS norm (4096, 4096)", "fused_add_rms_norm", (4096, 4096), _fused_add_rms_norm),
+    Variant("adaptive layer norm (4096, 4096)", "adaptive_layer_norm", (4096, 4096), _adaptive_layer_norm,
+            per_sample=True),
+    Variant("adaptive layer norm (16, 256, 4096) (DiT: N, T, D)", "adaptive_layer_norm", (16, 256, 4096),
+            _adaptive_layer_norm, per_sample=True),
+)
+
+
+def _compiled_loops(layer) -> str:
+    """Which kernels backend="numba" runs for this layer's forward and backward: its compiled loops, or the NumPy
+    kernels the generated compiled module hands over to (a layout no loop strategy covers)."""
+    import importlib
+
+    numpy_kernels = importlib.import_module(layer.kernels_module)
+    compiled = importlib.import_module(f"{layer.kernels_module}_numba")
+    handed_over = [verb for verb in ("forward", "backward")
+                   if getattr(compiled, f"{layer.name}_{verb}") is getattr(numpy_kernels, f"{layer.name}_{verb}")]
+    return "compiled loops" if not handed_over else "NumPy kernels (" + ", ".join(handed_over) + ")"
+
+
+def _positional(function) -> list[str]:
+    """The names of ``function``'s arguments that have no default (the arrays of a bnsym public function)."""
+    return [name for name, p in inspect.signature(function).parameters.items()
+            if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def _variant_calls(row: Variant):
+    """(bnsym forward, bnsym backward, torch forward, torch backward, check, size of x in bytes, which kernels bnsym
+    runs): the four timed calls on the same float32 data, and ``check``, which raises when bnsym and the
+    composition disagree (else the times would mean nothing).
+
+    Everything is read from the layer's specification and bnsym's signatures, by name: the forward takes x, the
+    layer's other field inputs (shaped like x; a residual) and its parameters; it returns y, the other field outputs
+    and the saved statistics; the backward takes an upstream gradient ``d<output>`` for y and each field output
+    (random, never ones) and whichever of those arrays it names. The composition takes the forward's arrays in the
+    same order and returns y, or y and the field outputs; autograd differentiates it with the same upstream
+    gradients."""
+    from bnsym.spec import spec
+
+    layer = spec(row.layer)
+    module = getattr(bnsym, row.layer)
+    field_inputs = tuple(getattr(layer, "field_inputs", ()))
+    outputs = ("y", *getattr(layer, "field_outputs", ()))
+    rng = np.random.default_rng(0)
+    arrays = {name: rng.normal(3, 2, size=row.shape).astype(np.float32) for name in ("x", *field_inputs)}
+    parameter_shape = (row.shape[0], row.shape[-1]) if row.per_sample else (row.shape[-1],)
+    arrays.update({name: (0.5 * rng.normal(size=parameter_shape)).astype(np.float32) for name in layer.parameters})
+    arrays.update({"d" + name: rng.normal(size=row.shape).astype(np.float32) for name in outputs})
+    arrays.update(row.extra(rng, row.shape) if row.extra else {})
+
+    def bound(function):
+        missing = [name for name in _positional(function) if name not in arrays]
+        if missing:
+            raise ValueError(f"{row.label}: bnsym.{row.layer}.{function.__name__} takes {missing}, which the "
+                             f"benchmark does not make (Variant.extra can)")
+        return [arrays[name] for name in _positional(function)]
+
+    inputs = ("x", *field_inputs, *layer.parameters)  # what the gradients are of
+    forward_arguments = bound(module.forward)
+    options = {"eps": layer.eps, "backend": FAMILY_BACKEND}
+    arrays.update(zip((*outputs, *layer.saved), module.forward(*forward_arguments, **options)))
+    backward_arguments = bound(module.backward)
+
+    tensors = [torch.from_numpy(np.asarray(a)) for a in forward_arguments]
+    cotangents = [torch.from_numpy(arrays["d" + name]) for name in outputs]
+    # autograd's backward alone: the graph is built once and kept (retain_graph), as for RMS norm in table 4
+    differentiated = [name in inputs for name in _positional(module.forward)]
+    arguments = [t.clone().requires_grad_() if d else t for t, d in zip(tensors, differentiated)]
+    leaves = [t for t, d in zip(arguments, differentiated) if d]
+    graph = row.composition(*arguments, layer.eps)
+    graph = list(graph) if isinstance(graph, tuple) else [graph]
+
+    def torch_backward():
+        return torch.autograd.grad(graph, leaves, cotangents, retain_graph=True)
+
+    def check():
+        y = module.forward(*forward_arguments, **options)[0]
+        gradients = module.backward(*backward_arguments, backend=FAMILY_BACKEND)
+        expected = [graph[0].detach().numpy()] + [g.numpy() for g in torch_backward()]
+        names = ("y", *("d" + name for name in _positional(module.forward) if name in inputs))
+        for name, got, want in zip(names, (y, *gradients), expected, strict=True):
+            error = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
+            if np.shape(got) != want.shape or not error <= 1e-3:
+                raise AssertionError(f"{row.label}: bnsym's {name} differs from PyTorch's composition by {error:.1e}")
+
+    return (lambda: module.forward(*forward_arguments, **options),
+            lambda: module.backward(*backward_arguments, backend=FAMILY_BACKEND),
+            lambda: row.composition(*tensors, layer.eps),
+            torch_backward, check, arrays["x"].nbytes, _compiled_loops(layer))
+
+
+def variants_table(repeats: int, bandwidth: dict, thread_counts: tuple[int, ...]) -> None:
+    """Each variant against PyTorch eager's composition of ops, with the fraction of the copy bandwidth reached
+    (one pass over memory: a forward reads x and writes y, a backward reads dy and x and writes dx: 8 and 12 bytes
+    per float32 element, the parameters not counted) and tracemalloc's peak extra memory of bnsym's backward."""
+    print("\n## The variants against PyTorch eager's composition of ops, float32 "
+          f"(backend={FAMILY_BACKEND!r}; PyTorch has no fused CPU kernel for them)\n")
+    print("| threads | variant, shape | bnsym runs | fwd torch | fwd bnsym | **fwd bnsym/torch** | bwd torch | "
+          "bwd bnsym | **bwd bnsym/torch** | fwd torch % copy | bwd torch % copy | **fwd bnsym % copy** | "
+          "**bwd bnsym % copy** | mem bwd bnsym |")
+    print("|" + "---|" * 14)
+    for row in VARIANTS:
+        if not hasattr(bnsym, row.layer):
+            print(f"| | {row.label} | skipped: bnsym.{row.layer} does not exist in this version ||||||||||||")
+            continue
+        bnsym_forward, bnsym_backward, torch_forward, torch_backward, check, size, runs = _variant_calls(row)
+        check()
+        forward_functions, backward_functions = {}, {}
+        for threads in thread_counts:
+            forward_functions[("torch", threads)] = _threaded(threads, torch_forward)
+            forward_functions[("bnsym", threads)] = _threaded(threads, bnsym_forward)
+            backward_functions[("torch", threads)] = _threaded(threads, torch_backward)
+            backward_functions[("bnsym", threads)] = _threaded(threads, bnsym_backward)
+        forward = _medians(forward_functions, repeats)
+        backward = _medians(backward_functions, repeats)
+        _set_threads(1)
+        memory = peak_extra(bnsym_backward, size)
+        for threads in thread_counts:
+            ft, fb = forward[("torch", threads)], forward[("bnsym", threads)]
+            bt, bb = backward[("torch", threads)], backward[("bnsym", threads)]
+
+            def copy(seconds, arrays, threads=threads, size=size):
+                return 100 * arrays * size / seconds / 1e9 / bandwidth[threads]
+
+            print(f"| {threads} | {row.label} | {runs} | {1e3 * ft:.2f} | {1e3 * fb:.2f} | **{fb / ft:.2f}x** | "
+                  f"{1e3 * bt:.2f} | {1e3 * bb:.2f} | **{bb / bt:.2f}x** | {copy(ft, 2):.0f}% | {copy(bt, 3):.0f}% | "
+                  f"**{copy(fb, 2):.0f}%** | **{copy(bb, 3):.0f}%** | {memory:.2f} |", flush=True)
+
+
+# ----- 6. first-call latency and regeneration time -----
 
 _FIRST_CALL = """
 import json, sys, time
@@ -567,13 +744,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 repeats instead of 15")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (overrides --quick)")
-    parser.add_argument("--threads", default="1,2", help="thread counts for tables 3 and 4 (default 1,2)")
-    parser.add_argument("--only", choices=["copy", "numpy", "backends", "family", "compile"], action="append",
+    parser.add_argument("--threads", default="1,2", help="thread counts for tables 3, 4 and 5 (default 1,2)")
+    parser.add_argument("--only", choices=["copy", "numpy", "backends", "family", "variants", "compile"],
+                        action="append",
                         help="run only these tables (repeatable; the copy bandwidth is always measured)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 15)
     thread_counts = tuple(int(t) for t in args.threads.split(","))
-    chosen = set(args.only or ["copy", "numpy", "backends", "family", "compile"])
+    chosen = set(args.only or ["copy", "numpy", "backends", "family", "variants", "compile"])
     print(f"Machine: {_machine()}")
     print(f"Medians of {repeats} interleaved repeats; times in ms; memory: peak extra / input size.\n")
     bandwidth = copy_bandwidth(repeats)
@@ -583,6 +761,8 @@ def main(argv=None) -> None:
         backends_table(repeats, bandwidth, thread_counts)
     if "family" in chosen:
         family_table(repeats, bandwidth, thread_counts)
+    if "variants" in chosen:
+        variants_table(repeats, bandwidth, thread_counts)
     if "compile" in chosen:
         compile_times()
         print(f"\nRegenerating every derivation (`python -m bnsym.tools.cli derive --check`, fresh process): "

@@ -46,3 +46,8 @@ ISOLATED = 20
 
 #: Tests of the checker's plumbing: options, reports, exit codes.
 PLUMBING = 5
+
+#: A planted bug of a variant (Gemma's RMS norm, adaptive layer norm, ...: tests/testing/test_zoo_variants.py),
+#: its named properties only, and a variant's correct implementations against every property of their layer.
+VARIANT_BUG = 20
+CORRECT_VARIANT = 8

@@ -81,3 +81,25 @@ def test_parameter_sum_accumulates_float32_in_float64():
     total = parameter_sum((x,), (0,))
     assert total.dtype == np.float32 and total.shape == (1, 2)
     assert np.all(np.abs(total / 100_000 - 10_000.5) < 1e-3), total / 100_000
+
+
+def test_a_parameter_gradient_with_nothing_to_sum_is_formed_in_its_own_dtype_without_a_float64_copy():
+    """Adaptive layer norm on x of shape (N, D) has one scale per row: its dgamma sums nothing, so it is the product
+    itself, in float32, with no float64 array of x's size on the way (peak memory: the result alone)."""
+    import tracemalloc
+
+    from bnsym.runtime.reduce import parameter_sum
+
+    rng = np.random.default_rng(5)
+    dy, x = (rng.normal(size=(256, 512)).astype(np.float32) for _ in range(2))
+    invstd = rng.uniform(0.5, 2, size=(256, 1)).astype(np.float32)
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    before, _ = tracemalloc.get_traced_memory()
+    dgamma = parameter_sum((dy, x, invstd), ())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert dgamma.dtype == np.float32 and dgamma.shape == x.shape
+    expected = dy.astype(np.float64) * x * invstd
+    assert np.max(np.abs(dgamma - expected) / np.abs(expected)) <= 2 * np.finfo(np.float32).eps
+    assert peak - before <= 1.1 * dgamma.nbytes, f"peak {(peak - before) / dgamma.nbytes:.2f}x the result's size"

@@ -86,12 +86,17 @@ def parameter_sum(operands: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> np
     The operands broadcast against each other (fields, per-group statistics, parameters). float64 is summed by
     einsum in float64. Lower precisions are summed in their own precision over blocks of the outermost summed axis
     that hold at most :data:`BLOCK` values per parameter entry, and the block totals in float64 (as
-    :func:`batch_sum` does); when one block cannot be made that small, everything is accumulated in float64.
+    :func:`batch_sum` does); when one block cannot be made that small, everything is accumulated in float64. When
+    nothing is summed (a parameter per group, as adaptive layer norm's per-sample scale on x of shape (N, D)), the
+    product is formed in the operands' precision: there is no sum to lose digits, and a float64 product would be a
+    full-size float64 array and a second pass to round it (it took two thirds of that backward's time).
     """
     dtype = np.result_type(*operands)
     shape = np.broadcast_shapes(*(op.shape for op in operands))
     summed = [a for a in axes if shape[a] > 1]
-    if dtype == np.float64 or not summed:
+    if not summed:
+        return _einsum(operands, shape, axes, None).astype(dtype, copy=False)
+    if dtype == np.float64:
         return _float64_einsum(operands, shape, axes).astype(dtype)
     outer = summed[0]
     inner = math.prod(shape[a] for a in summed[1:])
