@@ -1,6 +1,7 @@
 """The README's code runs as written: its Python blocks in order in one session (the pytest example with
 examples/ on the path, as a user's test directory would have it), and every `bnsym ...` command of its shell blocks
-parses with the real command line."""
+parses with the real command line. The own-layer walk-through ("A layer of your own") runs in a folder of its own,
+step by step, in tests/test_readme_own_layer.py; its blocks are left out of the session here."""
 
 import re
 import shlex
@@ -15,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.S | re.M)
+def own_layer_section(text: str) -> str:
+    """The README's walk-through of a layer of your own: from its heading to the next section's."""
+    start = text.index("### A layer of your own\n")
+    return text[start:text.index("\n## ", start)]
+
+
+#: The README without the own-layer walk-through, whose files and commands belong to a folder of their own.
+SHARED_SESSION = README.replace(own_layer_section(README), "")
+
+
+def _blocks(language: str, text: str = SHARED_SESSION) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def test_the_python_blocks_run_in_order(monkeypatch, tmp_path):
@@ -65,23 +76,23 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 #: A sample output in the README: the command in a comment, then its whole output in a text block.
-_SAMPLE = re.compile(r"^<!-- output of: (bnsym [^\n]*?) -->\n```text\n(.*?)^```", flags=re.S | re.M)
+SAMPLE = re.compile(r"^<!-- output of: (bnsym [^\n]*?) -->\n```text\n(.*?)^```", flags=re.S | re.M)
 
 
-def _normalised(text: str) -> str:
+def normalised(text: str) -> str:
     return re.sub(r"\(\d+\.\d s\)", "(T s)", text).strip()  # the run's time in seconds varies
 
 
 def test_every_sample_output_is_marked_with_its_command():
     """A block that shows a check's output says which command printed it (and the test below runs it)."""
-    samples = {output for _, output in _SAMPLE.findall(README)}
+    samples = {output for _, output in SAMPLE.findall(README)}
     for block in re.findall(r"^```(?:text)?\n(.*?)^```", README, flags=re.S | re.M):
         if re.search(r"^bnsym check: |^  (FAIL|PASS)  ", block, flags=re.M):
             assert block in samples, f"a sample output without the command that printed it:\n{block}"
     assert len(samples) >= 2, "the README lost its sample outputs"
 
 
-@pytest.mark.parametrize("command, output", _SAMPLE.findall(README), ids=lambda value: value[:60])
+@pytest.mark.parametrize("command, output", SAMPLE.findall(SHARED_SESSION), ids=lambda value: value[:60])
 def test_every_sample_output_is_the_real_output_of_its_command(command, output, tmp_path, monkeypatch, capsys):
     """Run from a folder holding the repository's examples/ (so that the paths print as in the README and the
     counterexample files land in the test's folder)."""
@@ -91,5 +102,5 @@ def test_every_sample_output_is_the_real_output_of_its_command(command, output, 
     monkeypatch.chdir(tmp_path)
     main(shlex.split(command)[1:])
     printed = capsys.readouterr().out
-    assert _normalised(printed) == _normalised(output), \
+    assert normalised(printed) == normalised(output), \
         f"the README's sample output of `{command}` is not what it prints; it prints:\n{printed}"

@@ -76,6 +76,20 @@ def test_bnsym_derive_writes_its_files_and_checks_them(layer, capsys):
         kernels.write_text(original)
 
 
+def test_bnsym_derive_writes_nothing_when_the_cross_check_fails(tmp_path, capsys, monkeypatch):
+    """A closed form that differs from brute force is an error of the derivation: exit 1, nothing written."""
+    from bnsym.symbolic import cross_check
+
+    def differs(layer, sizes=cross_check.SIZES):
+        raise cross_check.CrossCheckError("last_axis_norm backward dx at element 0 differs from brute force at M = 2")
+
+    monkeypatch.setattr(cross_check, "cross_check", differs)
+    out = tmp_path / "last_axis_kernels"
+    assert main(["derive", REFERENCE, "--out", str(out)]) == 1
+    assert "differs from brute force at M = 2; nothing was written" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bnsym_derive_refuses_an_out_directory_that_is_not_its_package(tmp_path, capsys):
     assert main(["derive", REFERENCE, "--out", str(tmp_path / "elsewhere")]) == 2
     assert "last_axis_kernels" in capsys.readouterr().err

@@ -196,7 +196,18 @@ class Layer:
             raise ValueError(self.single_value_error.format(where=layout.where))
 
     def _kernel(self, name: str, available: set[str], backend: Backend):
-        module = backend.kernels(self.spec.kernels_module)
+        try:
+            module = backend.kernels(self.spec.kernels_module)
+        except ModuleNotFoundError as error:
+            package = self.spec.kernels_package
+            if error.name is None or not package.startswith(error.name):
+                raise
+            # A layer of your own whose kernels package is not on sys.path: say where it is looked for.
+            raise ModuleNotFoundError(
+                f"the generated kernels of the layer {self.name!r} (its kernels_package {package!r}) cannot be "
+                f"imported: write them with `bnsym derive FILE.py:NAME --out {package.replace('.', '/')}` in the "
+                "folder of its declaration file (loading FILE.py:NAME puts that folder on sys.path), or add the "
+                f"folder that holds {package.split('.')[0]}/ to sys.path", name=error.name) from None
         inputs, outputs = module.SIGNATURES[name]
         wanted = set(inputs) - {"reducer"}
         if wanted != available:

@@ -18,6 +18,10 @@ and a fifth for adaptive norms, whose parameters come per sample from a conditio
 * :class:`SampleTrailingAxes`: as :class:`TrailingAxes`, but the parameters hold one row per sample, (N,
   *normalised), shared by the rows of that sample only (DiT's adaLN); their gradients are per sample.
 
+Where the parameters live is the grouping's unless the declaration says otherwise: ``scalar_parameters=True`` (for
+instance ``TrailingAxes(scalar_parameters=True)``, ScaleNorm's one learned g) makes each parameter one value of
+shape (), the same for every value of every group, whatever x's shape; its gradient sums over all of x.
+
 A grouping states its options (:class:`Option`: ``axis``, ``num_groups``) with their defaults, computes the
 :class:`~bnsym.spec.layout.GroupLayout` of one call, and states the facts the rest of the product needs about its
 groups: whether each group lies within one sample (so that compiled loops can finish a group while it is in cache,
@@ -82,6 +86,10 @@ class Grouping:
     * ``group_noun``: what one group is called in reports and regime names ("channel", "group").
     * ``sample_parameters``: the parameters also vary along the batch axis 0, one row per sample (adaptive norms):
       a parameter's leading axis is x's batch axis, and its gradient is never summed over the batch.
+    * ``scalar_parameters``: declared, not a fact of the grouping: each parameter is one value of shape (), shared
+      by every value of every group (ScaleNorm's g). It overrides the placement the grouping would give (the
+      three facts above become False, True, False: a scalar of the derivation whose gradient sums over the
+      groups), and :meth:`place` gives the layout's parameters shape ().
 
     Example shapes (the checker's pools; entries are ``(shape, size)`` pairs, :mod:`bnsym.spec.example_shapes`):
 
@@ -102,6 +110,21 @@ class Grouping:
     example_ndims: tuple[int, ...] = ()
     example_min_ndim: int = 2
     probe_entries: tuple[tuple[tuple[int, ...], int], ...] = ()
+    scalar_parameters: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.scalar_parameters, bool):
+            raise TypeError(f"{type(self).__name__}: scalar_parameters must be True or False, got "
+                            f"{self.scalar_parameters!r}")
+        if self.scalar_parameters:
+            if self.sample_parameters:
+                raise ValueError(f"{type(self).__name__}: scalar_parameters=True declares one value per parameter "
+                                 "for all of x, which contradicts its parameters of one row per sample")
+            # One value for every group: a scalar of the derivation (not a field), whose gradient sums over the
+            # groups, and that has no value per value of a group.
+            for name, value in (("per_element_parameters", False), ("shared_parameters", True),
+                                ("parameter_per_value", False)):
+                object.__setattr__(self, name, value)
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -112,8 +135,14 @@ class Grouping:
         return {o.name: o.default for o in self.options if o.default is not REQUIRED}
 
     def layout(self, shape: tuple[int, ...], **options) -> GroupLayout:
-        """The layout of x of ``shape`` under ``options`` (validated: ValueError naming the option and x's shape)."""
+        """The layout of x of ``shape`` under ``options`` (validated: ValueError naming the option and x's shape).
+        Each grouping computes its own and returns it through :meth:`place`."""
         raise NotImplementedError
+
+    def place(self, layout: GroupLayout) -> GroupLayout:
+        """``layout`` with the parameters where the declaration puts them: as computed, or of shape () for
+        ``scalar_parameters``."""
+        return layout.with_scalar_parameters() if self.scalar_parameters else layout
 
     def example_options(self, shape: tuple[int, ...], size: int) -> dict[str, object]:
         """The options of an example input of ``shape`` drawn with the grouping's ``size`` (the number of trailing
@@ -171,16 +200,18 @@ class TrailingAxes(Grouping):
     probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((4, 3), 1), ((2, 3, 4), 2))
 
     def layout(self, shape, axis=-1) -> GroupLayout:
-        return _layout.normalised_axes_layout(tuple(shape), axis)
+        return self.place(_layout.normalised_axes_layout(tuple(shape), axis))
 
     def example_options(self, shape, size):
         return {"axis": tuple(range(len(shape) - size, len(shape))) if size > 1 else -1}
 
     def example_sizes(self, shape):
+        if self.scalar_parameters:  # a scalar gamma does not name the normalised axes: the protocol's is the last
+            return (1,)
         return tuple(range(1, min(len(shape), 2) + 1))
 
     def protocol_options(self, shape, parameter_shape):
-        normalised = len(parameter_shape) - int(self.sample_parameters)
+        normalised = 1 if self.scalar_parameters else len(parameter_shape) - int(self.sample_parameters)
         return {"axis": tuple(range(len(shape) - normalised, len(shape))) if normalised != 1 else -1}
 
     def example_entry(self, rng, ndim, count, samples):
@@ -205,7 +236,7 @@ class Channels(Grouping):
     probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((4, 3), 0), ((2, 3, 4, 5), 0))
 
     def layout(self, shape, axis=1) -> GroupLayout:
-        return _layout.channel_layout(tuple(shape), axis)
+        return self.place(_layout.channel_layout(tuple(shape), axis))
 
     def example_options(self, shape, size):
         return {"axis": 1}
@@ -229,7 +260,7 @@ class ChannelGroups(Grouping):
     probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((2, 6, 3), 2), ((2, 6, 4, 5), 3))
 
     def layout(self, shape, num_groups=None, axis=1) -> GroupLayout:
-        return _layout.group_layout(tuple(shape), axis, num_groups)
+        return self.place(_layout.group_layout(tuple(shape), axis, num_groups))
 
     def example_options(self, shape, size):
         return {"num_groups": size, "axis": 1}
@@ -262,7 +293,7 @@ class SampleChannels(Grouping):
     probe_entries: tuple[tuple[tuple[int, ...], int], ...] = (((2, 3, 4), 0), ((2, 3, 4, 5), 0))
 
     def layout(self, shape, axis=1) -> GroupLayout:
-        return _layout.instance_layout(tuple(shape), axis)
+        return self.place(_layout.instance_layout(tuple(shape), axis))
 
     def example_options(self, shape, size):
         return {"axis": 1}
@@ -287,7 +318,7 @@ class SampleTrailingAxes(TrailingAxes):
     sample_parameters: bool = True
 
     def layout(self, shape, axis=-1) -> GroupLayout:
-        return _layout.sample_normalised_axes_layout(tuple(shape), axis)
+        return self.place(_layout.sample_normalised_axes_layout(tuple(shape), axis))
 
     def example_sizes(self, shape):
         return tuple(range(1, min(len(shape) - 1, 2) + 1))

@@ -23,7 +23,7 @@ This module knows shapes only; the generated kernels do all the arithmetic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -90,6 +90,13 @@ class GroupLayout:
             parameter_meaning=parameter_meaning,
             statistics_meaning=statistics_meaning,
         )
+
+    def with_scalar_parameters(self) -> GroupLayout:
+        """This layout with parameters of shape (): one value for every value of x, so a parameter's gradient
+        sums over every axis (a grouping declared with ``scalar_parameters``)."""
+        return replace(self, parameter_axes=tuple(range(len(self.grouped))), parameter_shape=(),
+                       parameter_broadcast=(1,) * len(self.grouped),
+                       parameter_meaning="a scalar, one value for all of x")
 
     # Arguments, validated and arranged for the kernels.
 

@@ -3,7 +3,11 @@ them.
 
 :func:`load` imports the file (under a module name of its own, so that two files with the same name do not clash),
 takes its attribute ``NAME``, a :class:`~bnsym.spec.layers.LayerSpec`, and registers it
-(:func:`bnsym.spec.layers.register`), so that every part of bnsym finds it by its name from then on.
+(:func:`bnsym.spec.layers.register`), so that every part of bnsym finds it by its name from then on. The file's
+directory goes first on ``sys.path`` (and stays there), as ``python FILE.py`` would have it: its sibling modules
+import, and so does the package of generated kernels that ``bnsym derive FILE.py:NAME --out DIR`` wrote beside it,
+whichever directory the process was started from and however (the ``bnsym`` console script's own directory is the
+first entry of its ``sys.path``, not the current one).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ def load(reference: str) -> LayerSpec:
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
         raise ValueError(f"the layer file {path_text!r} does not exist (resolved to {path})")
+    directory = str(path.parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     module_name = f"{_MODULE_PREFIX}{path.stem}_{digest}"
     module = sys.modules.get(module_name)

@@ -43,7 +43,7 @@ from bnsym.testing.isolation import DEFAULT_TIMEOUT, ImplementationCrashed, Isol
 from bnsym.testing.layer_guess import suggestion
 from bnsym.testing.options import MODES, CheckOptions
 from bnsym.testing.properties import registry
-from bnsym.testing.protocols import DEFAULT_LAYER
+from bnsym.testing.protocols import DEFAULT_LAYER, layer_names
 from bnsym.testing.proved import StaleInvarianceData
 from bnsym.testing.results import FAILED
 from bnsym.testing.runner import properties_of_run, run_properties
@@ -105,12 +105,15 @@ def _layer(text: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Options default to None so that --replay can tell an option given from one left alone; _DEFAULTS fills them.
+    # The layers registered now, not when bnsym.testing was imported: a layer loaded from a file and unregistered
+    # since (as tests do) has no regimes left to list.
+    layers = layer_names()
     parser.add_argument("target", nargs="?",
                         help="bnsym (its own kernels), torch, jax, path/to/file.py:NAME or package.module:NAME; "
                              "NAME is a function forward(x, gamma, beta, eps) or an object (or a class) with forward "
                              "and optionally backward(dy, x, gamma, beta, eps), in the layer's form (--layer)")
     parser.add_argument("--layer", type=_layer, metavar="LAYER",
-                        help=f"the layer the target implements, whose protocol it follows: {', '.join(LAYERS)} "
+                        help=f"the layer the target implements, whose protocol it follows: {', '.join(layers)} "
                              "(default batch_norm), or a layer of your own declared in a file, FILE.py:NAME; "
                              "layer_norm forward(x, gamma, beta, eps) over the trailing axes gamma.shape names; "
                              "rms_norm forward(x, gamma, eps); group_norm forward(x, gamma, beta, eps, num_groups); "
@@ -129,9 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the options that select it, then exit")
     parser.add_argument("--regime", action="append", choices=_ALL_REGIMES, metavar="REGIME", dest="regimes",
                         help="draw inputs only from this regime (repeatable); one of the layer's: "
-                             + "; ".join(f"{layer}: {', '.join(layer_regimes(layer))}" for layer in LAYERS)
+                             + "; ".join(f"{layer}: {', '.join(layer_regimes(layer))}" for layer in layers)
                              + "; with --shards also: "
-                             + ", ".join(dict.fromkeys(r for layer in LAYERS if shardable(layer)
+                             + ", ".join(dict.fromkeys(r for layer in layers if shardable(layer)
                                                        for r in sharded_regimes(layer) if r not in
                                                        layer_regimes(layer))))
     parser.add_argument("--exclude-regime", action="append", choices=_ALL_REGIMES, metavar="REGIME",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnsym.testing.adapters import load
+from bnsym.testing.adapters import BUILTIN, load
 from bnsym.testing.options import CheckOptions
 from bnsym.testing.protocols import layer_names
 
@@ -38,8 +38,11 @@ def guess_layer(target: str, checked_as: str) -> str | None:
     """The first other layer (in the order of :func:`bnsym.testing.protocols.layer_names`) whose forward the target
     ``target`` (a string, as ``bnsym check`` takes it) computes, by ``forward_reference`` in float64; None when it
     computes none of them, and None when it computes the layer it was checked as (its failure is then about a
-    dtype or a regime, not the layer: ``torch`` and ``jax`` are every layer)."""
-    if computes(target, checked_as):
+    dtype or a regime, not the layer: ``torch`` and ``jax`` are every layer). A built-in target (``bnsym``,
+    ``torch``, ``jax``) is never sent to another layer: it computes whichever it is checked as, so a failure that
+    stops it from computing that one (the kernels of a layer of your own not generated yet) is not a wrong
+    ``--layer``."""
+    if target in BUILTIN or computes(target, checked_as):
         return None
     return next((layer for layer in layer_names() if layer != checked_as and computes(target, layer)), None)
 

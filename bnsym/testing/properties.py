@@ -773,10 +773,12 @@ def _feature_permutation(example: Example):
 
     The axis is the last one the parameters live on: where the groups span it (the normalised axes, a group's
     channels), each position of the parameter axes the groups do not span gets its own permutation of it (the
-    channels within each group); where they do not (a channel per group), the groups themselves are permuted."""
+    channels within each group); where they do not (a channel per group), the groups themselves are permuted. A
+    layer whose parameters are scalars (shape ()) lives on no axis: the last axis of its groups is permuted, the
+    same way in every group, and the parameters stay."""
     layout = example.layout
     on_parameter = [a for a in range(len(layout.grouped)) if a not in layout.parameter_axes]
-    axis = on_parameter[-1]
+    axis = on_parameter[-1] if on_parameter else layout.axes[-1]
     rng = example.rng(13)
     within = axis in layout.axes
     outer = [a for a in on_parameter[:-1] if a not in layout.axes] if within else []
@@ -807,6 +809,8 @@ def _feature_permutation_equivariance(impl, example):
         return permuted(values, layout.grouped).reshape(layout.shape)
 
     def parameter(values):
+        if layout.parameter_broadcast[axis] == 1:  # a scalar parameter: the same for every feature
+            return values
         return permuted(values, layout.parameter_broadcast).reshape(example.gamma.shape)
 
     x, gamma, beta = field(example.x), parameter(example.gamma), parameter(example.beta)

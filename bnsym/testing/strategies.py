@@ -194,6 +194,9 @@ class Example:
             return "normalised over the last axis" if normalised == 1 else f"normalised over the last {normalised} axes"
         if self.num_groups is not None:
             return f"{_count(self.num_groups, 'group')} of {_count(self.x.shape[1] // self.num_groups, 'channel')}"
+        if not grouping.channel_axis:  # rows over trailing axes, with parameters of another shape (a scalar)
+            normalised = len(self.layout.axes)
+            return "normalised over the last axis" if normalised == 1 else f"normalised over the last {normalised} axes"
         return "per sample and channel"
 
     def rng(self, salt: int = 0) -> np.random.Generator:

@@ -32,6 +32,13 @@ def _derive(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"bnsym derive: {error}", file=sys.stderr)
         return 2
+    if args.layer is not None and not args.check:
+        from bnsym.symbolic.cross_check import CrossCheckError
+        try:
+            print(derive.cross_checked(args.layer))
+        except CrossCheckError as error:
+            print(f"bnsym derive: {error}; nothing was written", file=sys.stderr)
+            return 1
     if args.check:
         stale = derive.stale_files(root, files)
         for _, diff in stale:

@@ -142,6 +142,21 @@ def own_layer_files(reference: str, out: str | os.PathLike | None = None) -> tup
     return root, (GeneratedFile("__init__.py", lambda: f'"""Generated kernels of {layer.title}."""\n'), *files)
 
 
+def cross_checked(reference: str) -> str:
+    """Cross-check the derivation of the layer declared at ``reference`` (``FILE.py:NAME``, loaded by
+    :func:`own_layer_files`) against brute force at small group sizes (:mod:`bnsym.symbolic.cross_check`); a
+    sentence saying what was checked, or CrossCheckError."""
+    from bnsym.spec.loading import load
+    from bnsym.symbolic.cross_check import SIZES, cross_check
+    from bnsym.symbolic.layers import derivation
+
+    name = load(reference).name
+    checked = cross_check(derivation(name))
+    sizes = ", ".join(map(str, SIZES))
+    return (f"cross-checked {name}'s {', '.join(checked[:-1])} and {checked[-1]} against brute force (sympy.diff "
+            f"of the forward pass written out for M = {sizes} values): equal")
+
+
 def find_root(root: str | os.PathLike | None = None) -> Path:
     """The source checkout that holds the generated files: ``root`` if given, else the one bnsym runs from."""
     if root is None:

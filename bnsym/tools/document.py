@@ -48,7 +48,8 @@ def _notation(layer) -> str:
                       f"{indexed} carries the index $i$ because it varies within a group")
     else:
         plain = " and ".join(f"${s}$" for s in symbols)
-        parameters = f"{plain} {'are' if len(symbols) > 1 else 'is'} one value per group"
+        each = "one value for every group, a scalar" if d.spec.grouping.scalar_parameters else "one value per group"
+        parameters = f"{plain} {'are' if len(symbols) > 1 else 'is'} {each}"
     return (f"One group holds $M$ values: {d.group}. $M$ is a symbol, so every result holds for every group size. "
             "A subscript $i$ is one element of the group, $\\sum_j$ a sum over all $M$ elements. "
             f"{statistic} and $\\hat{{x}}$ the normalised input; {parameters}. Statistics are taken over "

@@ -1,4 +1,5 @@
-"""Every layer of the family: the generic derivation (symbolic M) against brute force at small M.
+"""Every layer of the family: the generic derivation (symbolic M) against brute force at small M
+(:mod:`bnsym.symbolic.cross_check`, which ``bnsym derive FILE.py:NAME`` also runs on a layer of your own).
 
 The brute-force side instantiates the layer's explicit forward pass with M scalar symbols per field (and per
 parameter, where a parameter varies within a group) and differentiates it with ``sympy.diff``; it never uses the
@@ -8,7 +9,8 @@ reduction calculus. Batch norm has its own, longer version of these tests in ``t
 import pytest
 import sympy
 
-from bnsym.symbolic.brute_force import Elements, difference_is_zero, instantiate, jacobian_vector_product
+from bnsym.symbolic import cross_check
+from bnsym.symbolic.brute_force import difference_is_zero, instantiate
 from bnsym.symbolic.layers import LAYERS, derivation
 from bnsym.symbolic.reduction import BatchSum, Field
 
@@ -17,36 +19,10 @@ FIRST_ORDER_SIZES = (1, 2, 3, 4, 5)
 SECOND_ORDER_SIZES = (1, 2, 3, 4)
 
 
-def _values(symbol, elements):
-    """The scalar symbols of ``symbol`` in a group: one per element for a field, itself for a group scalar."""
-    return list(elements[symbol]) if isinstance(symbol, Field) else [symbol]
-
-
-def _assert_agrees(generic, brute, elements, forward, what):
-    """``generic`` (a field or group scalar) at each element equals ``brute`` (one value per element or one)."""
-    for j, expected in enumerate(brute):
-        actual = instantiate(generic, elements, j, forward)
-        assert difference_is_zero(actual, expected), f"{what} at element {j} differs from brute force, M={elements.n}"
-
-
-def _first_order(layer, n):
-    s = layer.symbols
-    forward = layer.training_forward
-    elements = Elements(n)
-    ys = [instantiate(s.y, elements, i, forward) for i in range(n)]
-    dys = elements[s.dy]
-    gradients = {u: jacobian_vector_product(ys, _values(u, elements), dys) for u in (s.x, *layer.parameters)}
-    return elements, ys, gradients
-
-
 @pytest.mark.parametrize("n", FIRST_ORDER_SIZES, ids=lambda n: f"M={n}")
 @pytest.mark.parametrize("name", FAMILY)
 def test_backward_matches_brute_force(name, n):
-    layer = derivation(name)
-    program, closed = layer.backward
-    elements, _, brute = _first_order(layer, n)
-    for adjoint, u in zip(program.outputs, (layer.symbols.x, *layer.parameters)):
-        _assert_agrees(closed[adjoint], brute[u], elements, layer.training_forward, f"{name} {adjoint}")
+    cross_check.backward(derivation(name), n)
 
 
 @pytest.mark.parametrize("n", SECOND_ORDER_SIZES, ids=lambda n: f"M={n}")
@@ -54,31 +30,13 @@ def test_backward_matches_brute_force(name, n):
 def test_double_backward_matches_brute_force(name, n):
     """gx, ggamma, gdy against the derivatives of sum(ggx dx) + sum(gggamma dgamma) (+ sum(ggbeta dbeta)), with
     the first-order gradients themselves from the full Jacobian."""
-    layer = derivation(name)
-    s = layer.symbols
-    program, closed = layer.double_backward
-    elements, _, brute = _first_order(layer, n)
-    cotangents = {s.x: s.ggx, s.gamma: s.gggamma, s.beta: s.ggbeta}
-    loss = sum(sum(c * g for c, g in zip(_values(cotangents[u], elements), brute[u]))
-               for u in (s.x, *layer.parameters))
-    wrt = {s.x: elements[s.x], s.gamma: _values(s.gamma, elements), s.dy: elements[s.dy]}
-    for out, u in zip(program.outputs, (s.x, s.gamma, s.dy)):
-        expected = [sympy.diff(loss, v) for v in wrt[u]]
-        _assert_agrees(closed[out], expected, elements, layer.training_forward, f"{name} {out}")
+    cross_check.double_backward(derivation(name), n)
 
 
 @pytest.mark.parametrize("n", FIRST_ORDER_SIZES, ids=lambda n: f"M={n}")
 @pytest.mark.parametrize("name", FAMILY)
 def test_jvp_matches_brute_force(name, n):
-    layer = derivation(name)
-    s = layer.symbols
-    program, closed = layer.jvp
-    (ty,) = closed
-    elements, ys, _ = _first_order(layer, n)
-    tangents = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
-    brute = [sum(sympy.diff(y, v) * t for u in (s.x, *layer.parameters)
-                 for v, t in zip(_values(u, elements), _values(tangents[u], elements))) for y in ys]
-    _assert_agrees(closed[ty], brute, elements, layer.training_forward, f"{name} ty")
+    cross_check.jvp(derivation(name), n)
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -92,7 +50,7 @@ def test_cross_check_detects_a_dx_without_the_statistics_term(name):
     terms = sympy.Add.make_args(sympy.expand(closed[dx]))
     wrong = sympy.Add(*(t for t in terms if not any(b.has(s.x_hat) for b in t.atoms(BatchSum))))
     assert wrong != closed[dx], f"{name}: no term of dx reduces dy * x_hat"
-    elements, _, brute = _first_order(layer, 3)
+    elements, _, brute = cross_check.first_order(layer, 3)
     assert not difference_is_zero(instantiate(wrong, elements, 0, layer.training_forward), brute[s.x][0])
 
 

@@ -135,3 +135,25 @@ def test_a_target_of_every_layer_is_not_sent_to_another():
     from bnsym.testing.layer_guess import guess_layer
 
     assert guess_layer("torch", "batch_norm") is None
+
+
+def test_bnsym_of_a_layer_without_kernels_is_not_sent_to_another(tmp_path, capsys):
+    """bnsym's own functions of a layer of your own whose kernels were never generated fail on import, and the
+    report says so; it does not suggest another layer (bnsym computes batch norm, but that is not the mistake)."""
+    declaration = tmp_path / "no_kernels_norm.py"
+    declaration.write_text(
+        "from bnsym.spec import LayerSpec, TrailingAxes\n"
+        "from bnsym.spec.layer_spec import RMS_REGIMES\n"
+        "NO_KERNELS = LayerSpec('no_kernels_norm', 'No kernels', 'no kernels', 'rms', TrailingAxes(), eps=1e-5,\n"
+        "                       regimes=RMS_REGIMES, group='g', statistics_over='s', parameters_are='p',\n"
+        "                       kernels_package='no_kernels_generated')\n")
+    try:
+        assert main(["check", "bnsym", "--layer", f"{declaration}:NO_KERNELS", "--property", "forward_reference",
+                     "--max-examples", "2", "--save-dir", str(tmp_path)]) == 1
+    finally:
+        from bnsym.spec import unregister
+
+        unregister("no_kernels_norm")
+    out = capsys.readouterr().out
+    assert "bnsym derive FILE.py:NAME --out no_kernels_generated" in out, out
+    assert "did you mean" not in out, out
