@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import InvalidArgument
 
+from bnsym.spec import spec
 from bnsym.testing import strategies as bst
 from bnsym.testing.adapters import Implementation
 from bnsym.testing.failures import PropertyFailure, observing
@@ -99,6 +100,9 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
                         suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
                         verbosity=Verbosity.quiet, phases=(Phase.explicit, Phase.generate, Phase.shrink))(
             hypothesis_seed(seed)(given(examples)(attempt)))
+        # No database, so no key: Hypothesis would otherwise hash the source of `attempt` (inspect.getsource and a
+        # parse) on every run, a few milliseconds each, and a whole-library check makes a hundred runs.
+        test._hypothesis_internal_database_key = None
         try:
             with np.errstate(all="ignore"):
                 test()
@@ -110,7 +114,7 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
 
     start = time.perf_counter()
     try:
-        broken = run(prop.examples(space), max_examples)
+        broken = run(_strategy(prop, space), max_examples)
         # Stratified, not hoped for: a regime the run's draws missed (or, for a property that compares numbers, drew
         # without comparing any: sample_independence with one sample) gets an example of its own, so that every run
         # sees every regime, with its margin. A strategy that does not draw from the space's regimes (one fixed
@@ -118,7 +122,7 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
         for regime in space.usable(prop):
             if broken or failures or regime in (compared or margins):
                 continue
-            broken = run(prop.examples(dataclasses.replace(space, regimes=(regime,))), 1)
+            broken = run(_strategy(prop, dataclasses.replace(space, regimes=(regime,))), 1)
             if regime not in margins:
                 break
         # Every shape of the run's pool, as every regime: a shape the draws missed gets an example of its own, in the
@@ -131,19 +135,20 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
                 continue
             shape_space = dataclasses.replace(space, shapes=(entry,), regimes=_holdable(prop, space, entry))
             if shape_space.regimes:
-                broken = run(prop.examples(shape_space), 1)
+                broken = run(_strategy(prop, shape_space), 1)
                 if entry not in drawn:
                     break
         # The smallest eps on a constant group, where eps alone keeps 1/sqrt(var + eps) finite: a kernel that
         # rounds eps = 1e-12 to zero in float16 divides by zero there.
         for regime in (r for r in space.usable(prop) if r in bst.CONSTANT_REGIMES):
             if not (broken or failures):
-                broken = run(prop.examples(dataclasses.replace(space, regimes=(regime,), eps=(space.eps[0],) * 2)), 1)
+                smallest_eps = dataclasses.replace(space, regimes=(regime,), eps=(space.eps[0],) * 2)
+                broken = run(_strategy(prop, smallest_eps), 1)
         # Long groups: each of the run's long shapes, in the regimes it can hold (not the tiny ones).
         for entry in space.long_shapes if prop.long_groups else ():
             long_space = dataclasses.replace(space, shapes=(entry,), regimes=_holdable(prop, space, entry))
             if not (broken or failures) and long_space.regimes:
-                broken = run(prop.examples(long_space), LONG_EXAMPLES)
+                broken = run(_strategy(prop, long_space), LONG_EXAMPLES)
         if broken:
             return broken
     except ImplementationCrashed:  # a hang ended the run; its example is the last failure
@@ -155,6 +160,34 @@ def _run_one(prop: Property, impl: Implementation, space: Space, max_examples: i
         counterexample = Counterexample(example, failure, shrunk=getattr(failure, "shrunk", True))
         return PropertyResult(prop.name, FAILED, failure.message, count, counterexample, seconds, shown, cause)
     return PropertyResult(prop.name, PASSED, "", count, seconds=seconds, margins=shown)
+
+
+def _strategy(prop: Property, space: Space):
+    """``prop.examples(space)``, made once per property, space and layer specification: a run asks for the same
+    strategy again and again (every regime and shape of its stratified examples, :func:`_holdable`'s tries), and
+    making one costs a millisecond or more (Hypothesis reads and parses the source of each ``@st.composite``
+    function it wraps). A strategy refused for the space (InvalidArgument) is refused again, with the same error."""
+    layer_spec = spec(space.layer)
+    key = (prop.examples, space)
+    try:
+        made = _STRATEGIES.get(key)
+    except TypeError:  # a space with an unhashable part (shapes given as lists): made anew
+        return prop.examples(space)
+    if made is None or made[0] is not layer_spec:
+        if len(_STRATEGIES) >= _MOST_STRATEGIES:
+            _STRATEGIES.clear()
+        try:
+            made = (layer_spec, prop.examples(space), None)
+        except InvalidArgument as error:
+            made = (layer_spec, None, error)
+        _STRATEGIES[key] = made
+    if made[2] is not None:
+        raise InvalidArgument(*made[2].args)
+    return made[1]
+
+
+_STRATEGIES: dict = {}  # (examples, space) -> (the layer's spec, its strategy, or the InvalidArgument it raised)
+_MOST_STRATEGIES = 4096
 
 
 def _entry(example: Example) -> tuple:
@@ -173,7 +206,7 @@ def _holdable(prop: Property, space: Space, entry) -> tuple[str, ...]:
     regimes = []
     for regime in space.usable(prop):
         try:
-            prop.examples(dataclasses.replace(space, shapes=(entry,), regimes=(regime,)))
+            _strategy(prop, dataclasses.replace(space, shapes=(entry,), regimes=(regime,)))
         except InvalidArgument:
             continue
         regimes.append(regime)
