@@ -12,13 +12,24 @@
   test_compiled_layouts.py) still switch to two; the kernels compiled are the same, whatever the thread count.
   Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY``), here and in the subprocesses the tests
   start, for the same reason.
+* JAX's persistent compilation cache, in ``.pytest_cache/jax`` of the checkout (ignored by git), here and in the
+  subprocesses the tests start: JAX compiles every new shape and dtype, eagerly op by op or under jit, and the
+  suite's JAX tests compile the same programs on every run. With every compilation cached (JAX caches only those of
+  a second or more by default), a second run loads them instead: measured on two of
+  test_zoo_family.py::test_torch_and_jax_pass's jax cases, 11.9 s of CPU without the cache, 11.1 s on the run that
+  fills it, 7.1 s on the next. A cache entry is keyed by the program, the options and JAX's version; a variable
+  set by the caller wins.
 """
 
 import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("BNSYM_BACKGROUND_COMPILE", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by OpenMP when it loads: before any kernel runs
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # read by JAX when it is imported: after this file, in every test
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
