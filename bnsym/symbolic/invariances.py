@@ -61,7 +61,7 @@ import sympy
 
 from bnsym.symbolic.brute_force import Elements, instantiate
 from bnsym.symbolic.layers import Derivation, as_derivation
-from bnsym.symbolic.reduction import BatchSum, Field, M
+from bnsym.symbolic.reduction import BatchSum, Field, M, StopGradient
 
 __all__ = ["INVARIANCES", "SIZES", "UndecidedError", "Verdict", "dx_orthogonal_to_x", "dx_sums_to_zero",
            "identity_recovery", "invariances", "jacobian_symmetric", "scale_invariant", "shift_invariant",
@@ -102,12 +102,16 @@ def vanishes(expr: sympy.Expr) -> bool:
     """True when ``expr`` is proved identically zero; False means *not proved* (never "nonzero").
 
     The expressions are rational in the unknowns and in square roots of rational functions of them (1/sqrt(var +
-    eps)). Reductions become independent real unknowns; each radicand is factored, which takes its square factors
-    (a^2 when x is scaled by a) out of the root and writes equal radicands alike; each root sqrt(R) becomes an
-    unknown r with r^2 = R. The numerator of the difference, a polynomial in the roots, is reduced with r^2 -> R and
-    must then expand to zero: every step is an identity, so zero is a proof.
+    eps)). Reductions and stop-gradient values become independent real unknowns; each radicand is factored, which
+    takes its square factors (a^2 when x is scaled by a) out of the root and writes equal radicands alike; each root
+    sqrt(R) becomes an unknown r with r^2 = R. The numerator of the difference, a polynomial in the roots, is
+    reduced with r^2 -> R and must then expand to zero: every step is an identity, so zero is a proof.
     """
     expr = _normal_sums(sympy.sympify(expr))
+    # A value held constant by the derivatives (StopGradient: clipped, so not rational in the unknowns) is an
+    # unknown of its own, one per argument: sound, as an identity in independent unknowns holds for any values.
+    constants = sorted(expr.atoms(StopGradient), key=sympy.default_sort_key)
+    expr = expr.xreplace({c: sympy.Dummy(f"K{i}", real=True) for i, c in enumerate(constants)})
     sums = sorted(expr.atoms(BatchSum), key=sympy.default_sort_key)
     expr = expr.xreplace({total: sympy.Dummy(f"S{i}", real=True) for i, total in enumerate(sums)})
     expr = expr.replace(_is_half_power, lambda p: sympy.Pow(sympy.factor(p.base), p.exp))
@@ -129,7 +133,8 @@ def vanishes(expr: sympy.Expr) -> bool:
 
 
 def _clearly_nonzero(expr: sympy.Expr, point: dict) -> bool:
-    value = sympy.N(expr.xreplace(point), _DIGITS)
+    # A value held constant by the derivatives (StopGradient) is, at a point, just its value.
+    value = sympy.N(expr.replace(StopGradient, lambda argument: argument).xreplace(point), _DIGITS)
     return value.is_number and abs(value) > _NONZERO
 
 
@@ -214,7 +219,7 @@ def _refuted(differences: list[sympy.Expr]) -> bool:
         rng = random.Random(seed)
         point = {}
         for symbol in symbols:
-            if symbol.is_positive:
+            if symbol.is_nonnegative:  # eps, a scale; a bound such as batch renormalisation's d_max
                 point[symbol] = sympy.Rational(rng.randint(1, 20), 10)
             else:
                 point[symbol] = sympy.Rational(rng.randint(-30, 30), 11)
