@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from hypothesis import strategies as st
@@ -77,6 +78,42 @@ def centred(layer: LayerSpec) -> bool:
 
 def with_beta(layer: LayerSpec) -> bool:
     return "beta" in layer.parameters
+
+
+def differentiable(layer: LayerSpec) -> bool:
+    """The gradients are the derivatives of the forward pass: it holds nothing constant in the backward
+    (:class:`~bnsym.symbolic.reduction.StopGradient`; batch renormalisation's r and d are, and a finite difference of
+    its forward sees them move)."""
+    return not _holds_constants(layer)
+
+
+def standardises(layer: LayerSpec) -> bool:
+    """With its parameters neutral, the training y is x_hat (proved from the declaration; batch renormalisation's
+    y = r x_hat + d is not). The identities of standardised outputs (mean(y) = 0, sum(dx x_hat), dgamma =
+    sum(dy x_hat)) hold for such a layer."""
+    return _standardises(layer)
+
+
+@cache
+def _holds_constants(layer: LayerSpec) -> bool:
+    from bnsym.symbolic.layers import LayerDeclaration, as_derivation
+    from bnsym.symbolic.reduction import StopGradient
+
+    forward = as_derivation(LayerDeclaration.of(layer)).training_forward
+    return any(d.expr.has(StopGradient) for d in forward.definitions)
+
+
+@cache
+def _standardises(layer: LayerSpec) -> bool:
+    import sympy
+
+    from bnsym.symbolic.layers import LayerDeclaration, as_derivation
+    from bnsym.symbolic.rewrite import prove_fact
+
+    d = as_derivation(LayerDeclaration.of(layer))
+    s, forward = d.symbols, d.training_forward
+    neutral = {getattr(s, name): sympy.nsimplify(value) for name, value in layer.neutral_values.items()}
+    return prove_fact(forward, forward.inline(s.y).xreplace(neutral), s.x_hat)
 
 
 @dataclass(frozen=True)
@@ -193,6 +230,8 @@ def arguments(example: Example, method: str, dtype, replaced: dict) -> list:
             result.append(int(value))
         elif name in example.options:
             result.append(int(example.options[name]))
+        elif name in example.spec.scalar_defaults:  # a scalar option (batch renormalisation's r_max): a float
+            result.append(float(getattr(example, name) if value is None else value))
         else:
             result.append(np.array(getattr(example, name) if value is None else value, dtype=dtype))
     return result
@@ -578,7 +617,7 @@ def _exact_reference(impl, example):
 
 # ----- standardisation -----
 
-@register("standardisation", "standardisation")
+@register("standardisation", "standardisation", applies=standardises)
 def _standardisation(impl, example):
     """With gamma and beta neutral (y = x_hat): per group mean(y) = 0, mean(y^2) = var/(var + eps) (no mean taken:
     ms/(ms + eps)), at the example's eps and at an eps as large as the groups' statistic.
@@ -846,7 +885,7 @@ def _directional_derivative(impl, example: Example):
 SAFETY_FD = 8.0  # the safety factor of a finite-difference estimate's error bound
 
 
-@register("forward_derivative", "gradients", requires=("float64_arithmetic",))
+@register("forward_derivative", "gradients", requires=("float64_arithmetic",), applies=differentiable)
 def _forward_derivative(impl, example):
     """The forward's own derivative, by central differences in float64, matches bnsym's gradient."""
     ex, estimate, error, directions = _directional_derivative(impl, example)
@@ -856,7 +895,7 @@ def _forward_derivative(impl, example):
 
 
 @register("backward_finite_differences", "gradients", needs=("forward", "backward"),
-          requires=("float64_arithmetic",))
+          requires=("float64_arithmetic",), applies=differentiable)
 def _backward_finite_differences(impl, example):
     """<backward(dy), u> equals central differences of forward along u (float64)."""
     ex, estimate, error, directions = _directional_derivative(impl, example)
@@ -880,7 +919,7 @@ def _dx_sums_to_zero(impl, example):
             _per_group(ref, tol_dx) + LayerBound(example, ref).slack(_f64(dx)))
 
 
-@register("dx_xhat_identity", "identities", needs=("forward", "backward"))
+@register("dx_xhat_identity", "identities", needs=("forward", "backward"), applies=standardises)
 def _dx_xhat_identity(impl, example):
     """sum(dx x_hat) = s eps/(stat + eps) sum(gamma dy x_hat) per group, stat = var (no mean taken: ms).
 
@@ -916,7 +955,7 @@ def _dbeta_is_sum_dy(impl, example):
             bound.backward(example.dy)[2] + bound.slack(example.dy))
 
 
-@register("dgamma_is_sum_dy_xhat", "identities", needs=("forward", "backward"))
+@register("dgamma_is_sum_dy_xhat", "identities", needs=("forward", "backward"), applies=standardises)
 def _dgamma_is_sum_dy_xhat(impl, example):
     """dgamma = sum(dy * x_hat) over the groups that share each gamma."""
     dgamma = call_backward(impl, example)[1]
@@ -1067,7 +1106,7 @@ def _double_backward_reference(impl, example):
 
 
 @register("double_backward_finite_differences", "second order", needs=("backward", "double_backward"),
-          when=second_order, requires=("float64_arithmetic",))
+          when=second_order, requires=("float64_arithmetic",), applies=differentiable)
 def _double_backward_finite_differences(impl, example):
     """The double backward equals central differences of the implementation's own backward (float64)."""
     ex = float64_example(example)
