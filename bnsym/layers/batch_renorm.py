@@ -12,6 +12,7 @@ running_mean and running_std are the running statistics *before* this batch's up
 sigma into them (``running``: a running standard deviation, not a running variance). Eval mode is batch norm with
 the running statistics: y = gamma * (x - running_mean) / running_std + beta (r = 1, d = 0). r_max >= 1 and
 d_max >= 0 are scalar options (the paper's final values 3 and 5 by default; it starts at 1 and 0, plain batch norm).
+A channel of one value is computed, as Keras does (var = 0, x_hat = 0, y = gamma * d + beta), not refused.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ BATCH_RENORM = LayerSpec(
     regimes=CHANNEL_REGIMES, running_statistics=True, forward=forward, inference=inference,
     running={"running_mean": "mean", "running_std": "sigma"}, reads_running=True,
     scalars={"r_max": 3.0, "d_max": 5.0},
-    single_value_error="Expected more than 1 value per channel when training ({where}: one value per channel)",
     group="one channel: its values over the batch and every spatial position",
     statistics_over="every axis but the channel axis", parameters_are="one value per channel",
     conventions=(
