@@ -193,8 +193,10 @@ class Example:
         else:
             groups = math.prod(layout.statistics_shape)
             values = f"{self._grouping_words()}: M = {layout.count} per group, {_count(groups, 'group')}"
-        return (f"x of shape {self.x.shape} ({self.dtype.name}, {values}) in {_range(self.x)}, gamma {gamma}{beta}, "
-                f"eps = {self.eps:.3g}, regime \"{self.regime}\"")
+        constants = "".join(f", {name} {_range(np.asarray(value))}" if np.ndim(value) else f", {name} = {value:g}"
+                            for name, value in self.constants)
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, {values}) in {_range(self.x)}, gamma {gamma}{beta}"
+                f"{constants}, eps = {self.eps:.3g}, regime \"{self.regime}\"")
 
     def _grouping_words(self) -> str:
         """How the groups are formed: over the last axes, in groups of channels, per sample and channel."""
