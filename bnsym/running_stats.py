@@ -1,6 +1,6 @@
 """Running statistics after one training batch, in each framework's convention, for any layer that keeps them.
 
-``update(kernels, running_mean, running_var, mean, var, count, *, momentum, convention)`` returns
+``update(kernels, running_mean, running_var, mean, var, count, *, momentum, convention, eps)`` returns
 ``(new_mean, new_var)`` and leaves its inputs untouched; ``kernels`` is the module of the generated NumPy kernels
 (``running_stats_<convention>``) of the layer (:attr:`bnsym.spec.LayerSpec.kernels_module`), and a layer reaches it
 through :meth:`bnsym.runtime.layer.Layer.update_running_stats` (batch norm's is :func:`bnsym.update_running_stats`).
@@ -23,6 +23,9 @@ conventions and their choices are in :mod:`bnsym.conventions`:
 counters before the update); only ``"cumulative"``, ``"haiku"`` (and ``"torch"`` with ``momentum=None``) read it.
 
 The results have the dtype of the running statistics (promoted between running_mean and running_var).
+
+A layer whose second running statistic is not a variance (batch renormalisation's ``running_std``, the average of
+sqrt(var + eps): ``LayerSpec.running``) passes it as ``running_var``, and ``eps``; its kernels say which.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def _all_nonnegative(values, backend) -> bool:
 
 
 def update(kernels: str, running_mean, running_var, mean, var, count, *, momentum=DEFAULT, convention="torch",
-           num_batches_tracked=None, backend="auto"):
+           num_batches_tracked=None, backend="auto", eps=None):
     """The running mean and variance after one batch: ``(new_mean, new_var)``, new arrays of shape (C,), of the
     library of ``running_mean``, computed by the kernels in the module ``kernels``.
 
@@ -127,6 +130,13 @@ def update(kernels: str, running_mean, running_var, mean, var, count, *, momentu
     # the NumPy-based backends use them directly and never load Numba (nor start its threads) for this.
     module = backend.kernels(kernels) if not backend.is_numpy else _backends.numpy_kernels(kernels)
     kernel = getattr(module, f"running_stats_{chosen.name}")
+    if "eps" in module.SIGNATURES[f"running_stats_{chosen.name}"][0]:
+        # A running statistic that averages a step using eps (batch renormalisation's sqrt(var + eps)); eps comes
+        # before count, the kernel's last argument when it takes one.
+        if eps is None:
+            raise ValueError("this layer's running statistics average a step that uses eps: pass eps")
+        value = v.check_eps(eps, np.dtype(str(dtype)) if backend.is_numpy else np.float64)
+        arguments.insert(len(arguments) - 1 if chosen.unbiased else len(arguments), value)
     new_mean, new_var = kernel(running_mean, running_var, mean, var, *arguments)
     if backend.is_numpy:
         return np.asarray(new_mean, dtype=dtype), np.asarray(new_var, dtype=dtype)

@@ -136,6 +136,8 @@ INVARIANCES = {
     'jacobian_symmetric': False,
     'jacobian_symmetric_constant_parameters': True,
     'normalisation_undone': True,
+    'differentiable': True,
+    'standardised': True,
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).

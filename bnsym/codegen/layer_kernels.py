@@ -75,7 +75,7 @@ def _backward(layer: Derivation) -> Kernel:
     dx, *parameters = program.outputs
     return Kernel(
         name=f"{layer.declaration.name}_backward",
-        inputs=(s.dy, s.x, s.gamma, *layer.saved),
+        inputs=(s.dy, s.x, s.gamma, *layer.saved, *layer.constants),
         steps=_x_hat_step(layer),
         outputs=((dx, closed[dx]),) + _per_parameter(layer, ((p, closed[p]) for p in parameters)),
         summary=f"Training-mode backward: {', '.join(n.name for n in program.outputs)} for the upstream gradient dy.",
@@ -89,15 +89,17 @@ def _double_backward(layer: Derivation, training: bool) -> Kernel:
     s = layer.symbols
     program, closed = layer.double_backward if training else layer.inference_double_backward
     gx, ggamma, gdy = program.outputs
+    constants = layer.constants if training else ()
     mode, source = ("Training", "double_backward") if training else ("Eval-mode", "inference_double_backward")
     cotangents = (s.ggx, s.gggamma, s.ggbeta)[:1 + len(layer.parameters)]
     notes = (_layout(layer),) if training else (
-        "mean and invstd are the running mean and 1/sqrt(running_var + eps), constants in eval mode.", _layout(layer))
+        f"mean and invstd are the running mean and {_inference_invstd(layer)}, constants in eval mode.",
+        _layout(layer))
     terms = " + ".join(f"<{c.name}, d{u.name}>" for c, u in zip(cotangents, (s.x, *layer.parameters)))
     name = layer.declaration.name
     return Kernel(
         name=f"{name}_{'' if training else 'inference_'}double_backward",
-        inputs=(*cotangents, s.dy, s.x, s.gamma, *layer.saved),
+        inputs=(*cotangents, s.dy, s.x, s.gamma, *layer.saved, *constants),
         steps=_x_hat_step(layer),
         outputs=((gx, closed[gx]),) + _per_parameter(layer, ((ggamma, closed[ggamma]),)) + ((gdy, closed[gdy]),),
         summary=f"{mode} double backward: gradients of {terms} with respect to x, gamma and dy.",
@@ -114,7 +116,7 @@ def _jvp(layer: Derivation) -> Kernel:
     tangents = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
     return Kernel(
         name=f"{layer.declaration.name}_jvp",
-        inputs=(s.x, *layer.parameters, *(tangents[u] for u in (s.x, *layer.parameters)), s.eps),
+        inputs=(s.x, *layer.parameters, *(tangents[u] for u in (s.x, *layer.parameters)), s.eps, *layer.constants),
         steps=tuple((d.name, d.expr) for d in forward.definitions if d.name != s.y),
         outputs=((y, forward[s.y]), (ty, closed[ty])),
         summary=f"Training forward mode: y and its tangent ty along "
@@ -126,17 +128,29 @@ def _jvp(layer: Derivation) -> Kernel:
 
 # ----- eval mode and running statistics (layers that keep running statistics) -----
 
+def _inference_invstd(layer: Derivation) -> str:
+    """invstd in eval mode, in words: ``1/sqrt(running_var + eps)`` (batch renormalisation: ``1/running_std``)."""
+    if layer.declaration.inference is None:
+        return "1/sqrt(running_var + eps)"
+    return str(layer.inference_forward[layer.symbols.invstd])
+
+
+def _inference_inputs(layer: Derivation, *first):
+    """``(*first, *running statistics, eps)``: what every eval-mode kernel takes after its fields."""
+    return (*first, *layer.running, layer.symbols.eps)
+
+
 def _inference_forward(layer: Derivation) -> Kernel:
     s = layer.symbols
     program = layer.inference_forward
     return Kernel(
         name=f"{layer.declaration.name}_inference",
-        inputs=(s.x, s.gamma, s.beta, s.running_mean, s.running_var, s.eps),
+        inputs=_inference_inputs(layer, s.x, s.gamma, s.beta),
         steps=tuple((d.name, d.expr) for d in program.definitions if d.name != s.y),
         outputs=((s.y, program[s.y]),),
         summary=f"Eval-mode {_in_prose(layer)}: normalise with the given running statistics.",
-        derived_from=f"{_source(layer, 'inference_forward')}: the training forward pass with mean and var frozen "
-                     "to running_mean and running_var.",
+        derived_from=f"{_source(layer, 'inference_forward')}: the training forward pass with "
+                     f"{_frozen(layer)}.",
         notes=(_layout(layer),),
     )
 
@@ -147,7 +161,7 @@ def _inference_backward(layer: Derivation) -> Kernel:
     forward = layer.inference_forward
     return Kernel(
         name=f"{layer.declaration.name}_inference_backward",
-        inputs=(s.dy, s.x, s.gamma, s.running_mean, s.running_var, s.eps),
+        inputs=_inference_inputs(layer, s.dy, s.x, s.gamma),
         steps=((s.invstd, forward[s.invstd]), (s.x_hat, forward[s.x_hat])),
         outputs=tuple((name, closed[name]) for name in program.outputs),
         summary="Eval-mode backward: dx, dgamma, dbeta with the running statistics held constant.",
@@ -156,16 +170,27 @@ def _inference_backward(layer: Derivation) -> Kernel:
     )
 
 
+def _frozen(layer: Derivation) -> str:
+    """What eval mode replaces, in words: ``mean and var frozen to running_mean and running_var``."""
+    if layer.declaration.inference is None:
+        steps, running = zip(*((step, name) for name, step in layer.declaration.spec.running))
+        return f"{' and '.join(steps)} frozen to {' and '.join(running)}"
+    replaced = layer.declaration.inference(layer.symbols)
+    return "its eval mode declared as " + ", ".join(f"{name} = {value}" for name, value in replaced.items())
+
+
 def _running_stats(layer: Derivation, convention) -> Kernel:
     s, r = layer.symbols, running_stats.RUNNING
-    new_mean, new_var = running_stats.update(layer, convention)
+    updates = running_stats.update(layer, convention)
     weights = ((() if convention.cumulative else (r.momentum,))
                + ((r.num_batches_tracked,) if convention.uses_batch_count else ()))
+    # eps only when a running statistic averages a step that uses it (batch renormalisation's sigma), last.
+    uses_eps = (s.eps,) if any(u.has(s.eps) for u in updates) else ()
     return Kernel(
         name=f"running_stats_{convention.name}",
-        inputs=(s.running_mean, s.running_var, s.mean, s.var, *weights),
+        inputs=(*layer.running, s.mean, s.var, *weights, *uses_eps),
         steps=(),
-        outputs=((r.new_mean, new_mean), (r.new_var, new_var)),
+        outputs=tuple((running_stats.new_name(running), u) for running, u in zip(layer.running, updates)),
         summary=f"Running statistics after one batch, {convention.name} convention.",
         derived_from=convention.source + ". var is the biased batch variance; the unbiased one is M var / (M - 1) "
                      "(bnsym.symbolic.running_stats.bessel_corrected_variance)." * convention.unbiased,

@@ -53,6 +53,26 @@ class KernelPrinter(NumPyPrinter):
     def _print_Function(self, expr):
         raise TypeError(f"the kernel printer does not support the function {expr.func.__name__}")
 
+    def _print_StopGradient(self, expr):
+        # A value held constant by the derivatives is, in a kernel, just its value.
+        return self._print(expr.args[0])
+
+    def _print_Min(self, expr):
+        return self._pairwise("minimum", expr.args)
+
+    def _print_Max(self, expr):
+        return self._pairwise("maximum", expr.args)
+
+    def _pairwise(self, function: str, args) -> str:
+        """``module.function(a, module.function(b, c))``: the elementwise minimum or maximum, two at a time (NumPy's,
+        Numba's and the array API's ``minimum``/``maximum`` take two arguments), in SymPy's canonical order."""
+        name = self._module_format(f"{self._module}.{function}")
+        first, *rest = sorted(args, key=sympy.default_sort_key)
+        text = self._print(first)
+        for arg in rest:
+            text = f"{name}({text}, {self._print(arg)})"
+        return text
+
     def _print_BatchSum(self, expr):
         raise TypeError(f"an unnamed reduction {expr} reached the kernel printer; plan_kernel names every one")
 

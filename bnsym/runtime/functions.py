@@ -12,7 +12,9 @@ a default comes before eps, the others after it) in place of a particular layer'
     double_backward(ggx, gggamma, ggbeta, dy, x, gamma, *saved, **options)    -> (gx, ggamma, gdy)
     jvp(x, gamma, beta, tx, tgamma, tbeta, eps=spec.eps, **options)          -> (y, ty)
 
-(a layer without beta drops beta and its cotangent and tangent), and for a layer that keeps running statistics
+(a layer without beta drops beta and its cotangent and tangent; a layer whose training forward reads its running
+statistics takes them after the fields and parameters, and a layer with scalar options takes them last, with their
+defaults), and for a layer that keeps running statistics
 ``inference(x, gamma, beta, running_mean, running_var, eps, **options) -> y``, ``inference_backward(dy, x, gamma,
 running_mean, running_var, eps, **options) -> (dx, dgamma, dbeta)``, ``double_backward(..., training=True)`` and
 ``update_running_stats``. Every function takes the keyword ``backend`` as the built-in modules do. Each validates
@@ -41,9 +43,10 @@ _POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
-def _signature(spec: LayerSpec, arguments: tuple[str, ...], *, takes_eps: bool, training: bool = False
-               ) -> inspect.Signature:
-    """``(*arguments, required options, [eps=spec.eps], other options, *, [training=True], backend="auto")``."""
+def _signature(spec: LayerSpec, arguments: tuple[str, ...], *, takes_eps: bool, training: bool = False,
+               scalars: bool = False) -> inspect.Signature:
+    """``(*arguments, required options, [eps=spec.eps], other options, [scalar options], *, [training=True],
+    backend="auto")``."""
     parameters = [inspect.Parameter(name, _POSITIONAL) for name in arguments]
     options = spec.grouping.options
     parameters += [inspect.Parameter(o.name, _POSITIONAL) for o in options if o.default is REQUIRED]
@@ -51,6 +54,9 @@ def _signature(spec: LayerSpec, arguments: tuple[str, ...], *, takes_eps: bool, 
         parameters.append(inspect.Parameter("eps", _POSITIONAL, default=spec.eps))
     parameters += [inspect.Parameter(o.name, _POSITIONAL, default=o.default) for o in options
                    if o.default is not REQUIRED]
+    if scalars:
+        parameters += [inspect.Parameter(name, _POSITIONAL, default=value)
+                       for name, value in spec.scalar_defaults.items()]
     if training:
         parameters.append(inspect.Parameter("training", _KEYWORD, default=True))
     parameters.append(inspect.Parameter("backend", _KEYWORD, default="auto"))
@@ -62,6 +68,8 @@ def _function(layer: Layer, verb: str, kernel_verb: str, signature: inspect.Sign
     """A public function of ``layer``: binds its arguments by ``signature`` (a TypeError names the function, as
     Python's own would) and runs ``kernel_verb`` through :meth:`Layer.run`."""
     spec = layer.spec
+    constants = _constants(spec)
+    eval_arguments = () if training else tuple(signature.parameters)
 
     def function(*args, **kwargs):
         try:
@@ -74,6 +82,10 @@ def _function(layer: Layer, verb: str, kernel_verb: str, signature: inspect.Sign
         mode = values.pop("training", training)
         extra = {"eps": values.pop("eps")} if "eps" in values else {}
         options = {name: values.pop(name) for name in spec.options}
+        if not mode:  # eval mode reads no training-only constants (the running statistics are its own inputs)
+            for name in constants:
+                if name not in eval_arguments:
+                    values.pop(name, None)
         results = layer.run(kernel_verb, values, backend=backend, training=mode, **extra, **options)
         return results[0] if single else results
 
@@ -81,6 +93,12 @@ def _function(layer: Layer, verb: str, kernel_verb: str, signature: inspect.Sign
     function.__signature__ = signature
     function.__doc__ = doc
     return function
+
+
+def _constants(spec: LayerSpec) -> tuple[str, ...]:
+    """The arguments of the training verbs that are never differentiated: the running statistics the training
+    forward reads (``LayerSpec.reads_running``), then the scalar options (``LayerSpec.scalars``)."""
+    return (*(spec.running_names if spec.reads_running else ()), *spec.scalar_defaults)
 
 
 def _none_note(spec: LayerSpec) -> str:
@@ -102,34 +120,38 @@ class LayerFunctions:
         p, saved, title = spec.parameters, spec.saved, spec.title
         note = _none_note(spec)
         running = spec.running_statistics
-        self.forward = _function(layer, "forward", "forward", _signature(spec, ("x", *p), takes_eps=True),
+        reads = spec.running_names if spec.reads_running else ()
+        scalars = bool(spec.scalars)
+        self.forward = _function(layer, "forward", "forward",
+                                 _signature(spec, ("x", *p, *reads), takes_eps=True, scalars=scalars),
                                  f"{title} in training mode: ``(y, {', '.join(saved)})``, with the statistics of "
                                  f"each group that the backward reuses. {note}")
         gradients = ", ".join("d" + q for q in p)
         self.backward = _function(layer, "backward", "backward",
-                                  _signature(spec, ("dy", "x", "gamma", *saved), takes_eps=False),
+                                  _signature(spec, ("dy", "x", "gamma", *saved, *reads), takes_eps=False,
+                                             scalars=scalars),
                                   f"The gradients for the upstream gradient dy, ``(dx, {gradients})``, from the "
                                   f"statistics that :func:`forward` returned. {note}")
         terms = " + ".join(f"<gg{q}, d{q}>" for q in p)
         self.double_backward = _function(
             layer, "double_backward", "double_backward",
-            _signature(spec, ("ggx", *("gg" + q for q in p), "dy", "x", "gamma", *saved), takes_eps=False,
-                       training=running),
+            _signature(spec, ("ggx", *("gg" + q for q in p), "dy", "x", "gamma", *saved, *reads), takes_eps=False,
+                       training=running, scalars=scalars),
             f"The double backward: the gradients of ``<ggx, dx> + {terms}`` with respect to x, gamma and dy, "
             f"``(gx, ggamma, gdy)``. {note}")
         self.jvp = _function(layer, "jvp", "jvp",
-                             _signature(spec, ("x", *p, "tx", *("t" + q for q in p)), takes_eps=True),
+                             _signature(spec, ("x", *p, "tx", *("t" + q for q in p), *reads), takes_eps=True,
+                                        scalars=scalars),
                              "Forward mode: ``(y, ty)``, the output and its directional derivative along the "
                              f"tangents of x and the parameters. {note}")
         self.verbs: tuple[str, ...] = ("forward", "backward", "double_backward", "jvp")
         if running:
             self.inference = _function(
-                layer, "inference", "forward", _signature(spec, ("x", *p, "running_mean", "running_var"),
-                                                          takes_eps=True),
+                layer, "inference", "forward", _signature(spec, ("x", *p, *spec.running_names), takes_eps=True),
                 "Eval mode: y normalised with the given running statistics.", training=False, single=True)
             self.inference_backward = _function(
                 layer, "inference_backward", "backward",
-                _signature(spec, ("dy", "x", "gamma", "running_mean", "running_var"), takes_eps=True),
+                _signature(spec, ("dy", "x", "gamma", *spec.running_names), takes_eps=True),
                 "The eval-mode backward, the running statistics constant.", training=False)
             self.update_running_stats = layer.update_running_stats
             self.verbs += ("inference", "inference_backward")

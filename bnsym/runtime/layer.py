@@ -25,8 +25,11 @@ Roles, by argument name (the names of the generated kernels' signatures):
   gamma = 0 for a scale by 1 + gamma; the gradient for that parameter comes back as None), and their cotangents and
   tangents gggamma, ggbeta, tgamma, tbeta (None means zero);
 * statistics saved by the forward pass: mean, invstd, invrms (the statistics shape, such as (N, G) or (C,));
-* running statistics (eval mode): running_mean, running_var (the statistics shape; running_var must be >= 0);
-* eps, a scalar; the reducer (built from the layout: the reduced axes, M, the parameter-gradient axes).
+* running statistics (eval mode, and the training verbs of a layer whose training forward reads them,
+  ``LayerSpec.reads_running``): the specification's ``running_names``, running_mean and running_var by default
+  (the statistics shape; every one but running_mean must be >= 0);
+* eps, a scalar; the specification's scalar options (``LayerSpec.scalars``: finite numbers >= 0, in the dtype of
+  the arithmetic); the reducer (built from the layout: the reduced axes, M, the parameter-gradient axes).
 
 dtypes: arithmetic runs in float32 for float16 input, else in the dtype of x (and dy); fields and parameter
 gradients come back in x's dtype, statistics in the dtype of the arithmetic (float32 for float16: rounded to
@@ -54,7 +57,6 @@ _FIELDS = ("x", "dy")
 _OPTIONAL_FIELDS = ("ggx", "tx")
 _PARAMETER_DIRECTIONS = {"gggamma": "gamma", "ggbeta": "beta", "tgamma": "gamma", "tbeta": "beta"}
 _STATISTICS = ("mean", "invstd", "invrms")
-_RUNNING_STATISTICS = {"running_mean": False, "running_var": True}  # name: whether it must be >= 0
 _FIELD_RESULTS = ("y", "dx", "gx", "gdy", "ty")
 _PARAMETER_GRADIENTS = {"dgamma": "gamma", "dbeta": "beta", "ggamma": "gamma"}
 
@@ -141,10 +143,13 @@ class Layer:
                 prepared[name] = self._direction(arrays, layout, name, value, arguments, dtype)
             elif name in _STATISTICS:
                 prepared[name] = arrays.statistic(layout, value, name, dtype)
-            elif name in _RUNNING_STATISTICS:
+            elif name in self.spec.running_names:
                 prepared[name] = arrays.statistic(layout, value, name, dtype)
-                if _RUNNING_STATISTICS[name] and not arrays.all_nonnegative(prepared[name]):  # also refuses NaN
+                # Every running statistic but the mean is a spread (running_var, running_std): never negative.
+                if name != "running_mean" and not arrays.all_nonnegative(prepared[name]):  # also refuses NaN
                     raise ValueError(f"{name} must be >= 0 (and not NaN), got {arrays.flat(prepared[name])}")
+            elif name in self.spec.scalar_defaults:
+                prepared[name] = arrays.scalar(v.check_scalar_option(value, name), dtype)
             else:
                 raise RuntimeError(f"bnsym.{self.name}.{verb} passed an argument {name!r} that has no role here")
         if training:  # the statistics come from the batch; in eval mode they are given, and any group size will do
@@ -158,8 +163,10 @@ class Layer:
 
     def update_running_stats(self, running_mean, running_var, mean, var, count, **options):
         """The running statistics after one training batch (:func:`bnsym.running_stats.update`), with this layer's
-        kernels."""
+        kernels. ``running_var`` is the layer's second running statistic (batch renormalisation's running_std, which
+        averages sqrt(var + eps): ``eps`` then defaults to the layer's)."""
         self._require_running_statistics("update_running_stats")
+        options.setdefault("eps", self.spec.eps)
         return running_stats.update(self.spec.kernels_module, running_mean, running_var, mean, var, count, **options)
 
     def _kernel_name(self, verb: str, training) -> str:
@@ -282,6 +289,10 @@ class _Arrays:
             return dtype.type(v.check_eps(value, dtype))
         name = next(n for n in ("float16", "float32", "float64") if dtype == getattr(self.xp, n))
         return float(v.check_eps(value, np.dtype(name)))  # a Python float takes the arrays' dtype
+
+    def scalar(self, value: float, dtype):
+        """A scalar option in the dtype of the arithmetic (a Python float takes the arrays' dtype in the array API)."""
+        return dtype.type(value) if self.numpy else value
 
     def full(self, shape, value, dtype):
         if self.numpy:

@@ -23,6 +23,17 @@ A :class:`LayerSpec` says, with no SymPy, everything about a layer that is not i
   the parameters' placement and shape;
 * ``eps``: the default eps of its public functions;
 * ``running_statistics``: it keeps running statistics, so it has an eval mode and a running-statistics update;
+* ``running``: which running statistics it keeps and which step of the forward pass each one averages (a running
+  statistic's update is ``(1 - f) * running + f * step``, f the convention's weight of the batch): by default
+  ``{"running_mean": "mean", "running_var": "var"}``; batch renormalisation keeps a running standard deviation,
+  ``{"running_mean": "mean", "running_std": "sigma"}``;
+* ``reads_running``: its training forward pass also *reads* the running statistics (before they are updated), as
+  inputs that are not differentiated (batch renormalisation's r and d); without it they are only updated;
+* ``scalars``: scalar options beyond eps, with their defaults (``{"r_max": 3.0, "d_max": 5.0}``): constants of the
+  forward pass, one value for the whole call, never differentiated, passed by name to every function;
+* ``inference``: eval mode, a function of the layer's symbols returning ``{step: value}``, the steps of the training
+  forward pass that eval mode replaces (or its ``"package.module:function"``); None freezes each step of
+  ``running`` to its running statistic (batch norm: mean to running_mean, var to running_var);
 * ``single_value_error``: the message for a group of one value, which the layer refuses in training (as PyTorch
   does for batch and instance norm), or None;
 * ``regimes``: the input regimes the checker draws from for it (:mod:`bnsym.testing.strategies` defines them);
@@ -78,6 +89,10 @@ class LayerSpec:
     kernels_package: str = "bnsym._generated"
     forward: Callable | str | None = None
     neutral: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
+    running: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
+    reads_running: bool = False
+    scalars: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
+    inference: Callable | str | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -92,21 +107,52 @@ class LayerSpec:
             raise ValueError(f"LayerSpec {self.name!r}: running statistics are a running mean and variance, which a "
                              f"{self.statistic!r} layer does not compute (running_statistics needs statistic "
                              "'centred')")
-        self._check_forward()
+        self._check_function("forward", "a function of the layer's symbols returning its Program")
+        self._check_function("inference", "a function of the layer's symbols returning {step: value} for eval mode")
         # Stored as sorted (name, value) pairs: a specification is a value, compared and hashed by its fields.
         object.__setattr__(self, "neutral", self._checked_neutral())
+        object.__setattr__(self, "running", self._checked_running())
+        object.__setattr__(self, "scalars", self._checked_scalars())
 
-    def _check_forward(self) -> None:
-        forward = self.forward
-        if forward is None or callable(forward):
+    def _check_function(self, field: str, what: str) -> None:
+        function = getattr(self, field)
+        if function is None or callable(function):
             return
-        if isinstance(forward, str):
-            module, colon, function = forward.partition(":")
-            if colon and all(part.isidentifier() for part in module.split(".")) and function.isidentifier():
+        if isinstance(function, str):
+            module, colon, name = function.partition(":")
+            if colon and all(part.isidentifier() for part in module.split(".")) and name.isidentifier():
                 return
-        raise TypeError(f"LayerSpec {self.name!r}: forward must be None (the standard forward pass of a "
-                        f"{self.statistic!r} layer), a function of the layer's symbols returning its Program, or "
-                        f"\"package.module:function\" naming one; got {forward!r}")
+        raise TypeError(f"LayerSpec {self.name!r}: {field} must be None (the standard one of a {self.statistic!r} "
+                        f"layer), {what}, or \"package.module:function\" naming one; got {function!r}")
+
+    def _checked_running(self) -> tuple[tuple[str, str], ...]:
+        given = tuple(dict(self.running).items())
+        if not self.running_statistics:
+            if given or self.reads_running or self.inference is not None:
+                raise ValueError(f"LayerSpec {self.name!r}: running, reads_running and inference describe running "
+                                 "statistics, which the layer does not keep (running_statistics=False)")
+            return ()
+        if not given:
+            return (("running_mean", "mean"), ("running_var", "var"))
+        for name, step in given:
+            if not (isinstance(name, str) and name.startswith("running_") and name.isidentifier()
+                    and isinstance(step, str) and step.isidentifier()):
+                raise ValueError(f"LayerSpec {self.name!r}: running maps a running statistic's name (running_...) "
+                                 f"to the step of the forward pass it averages, got {name!r}: {step!r}")
+        return given
+
+    def _checked_scalars(self) -> tuple[tuple[str, float], ...]:
+        given = dict(self.scalars)
+        taken = {"x", "eps", "backend", "training", *self.parameters, *self.grouping.option_names,
+                 *(name for name, _ in self.running)}
+        for name, value in given.items():
+            if not isinstance(name, str) or not name.isidentifier() or name in taken:
+                raise ValueError(f"LayerSpec {self.name!r}: a scalar option's name must be an identifier that no "
+                                 f"argument of the layer's functions already has, got {name!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"LayerSpec {self.name!r}: scalars[{name!r}] must be a real number (the option's "
+                                f"default), got {value!r}")
+        return tuple(given.items())
 
     def _checked_neutral(self) -> tuple[tuple[str, float], ...]:
         given = dict(self.neutral)
@@ -141,6 +187,16 @@ class LayerSpec:
         """Each parameter's value that means "no parameter" (what None stands for): the standard ones of the
         statistic (gamma = 1, beta = 0), with the specification's ``neutral`` over them."""
         return {**_STATISTICS[self.statistic][2], **dict(self.neutral)}
+
+    @property
+    def running_names(self) -> tuple[str, ...]:
+        """The running statistics it keeps, in the order its functions take them (() without running statistics)."""
+        return tuple(name for name, _ in self.running)
+
+    @property
+    def scalar_defaults(self) -> dict[str, float]:
+        """Its scalar options beyond eps and their defaults, in the order its functions take them."""
+        return dict(self.scalars)
 
     @property
     def options(self) -> tuple[str, ...]:

@@ -72,6 +72,17 @@ def normalise_axis(axis, ndim: int, shape: tuple[int, ...]) -> int:
     return int(axis) % ndim
 
 
+def check_scalar_option(value, name: str) -> float:
+    """A scalar option beyond eps (``LayerSpec.scalars``: batch renormalisation's r_max, d_max) as a float; it must
+    be a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return number
+
+
 def check_eps(eps, dtype) -> float:
     """``eps`` as a float; it must be finite and greater than zero, also once rounded to ``dtype``, the dtype the
     arithmetic runs in (1e-50 is 0 in float32, 1e300 is inf)."""

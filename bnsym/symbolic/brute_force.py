@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import sympy
 
 from bnsym.symbolic.program import Program
-from bnsym.symbolic.reduction import BatchSum, Field, M
+from bnsym.symbolic.reduction import BatchSum, Field, M, StopGradient
 
 __all__ = ["Elements", "difference_is_zero", "instantiate", "jacobian_vector_product"]
 
@@ -69,6 +69,19 @@ def _polynomial_is_zero(expr: sympy.Expr) -> bool:
     return sympy.expand(numerator) == 0
 
 
+def _opaque_constants(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with each distinct :class:`~bnsym.symbolic.reduction.StopGradient` value (batch renormalisation's
+    r and d, clipped) replaced by a symbol of its own: both sides of a comparison compute such a value by the same
+    forward pass, and it enters every derivative only as a factor, never differentiated."""
+    constants = sorted(expr.atoms(StopGradient), key=sympy.default_sort_key)
+    # The same value may be written two ways ((mean - running_mean) / s or mean / s - running_mean / s): expanded
+    # (into the arguments of Min, Max and the radicals too), they are one expression.
+    canonical = {c: sympy.expand(c.args[0]) for c in constants}
+    names = {value: sympy.Symbol(f"_constant{k}", real=True)
+             for k, value in enumerate(sorted(set(canonical.values()), key=sympy.default_sort_key))}
+    return expr.xreplace({c: names[canonical[c]] for c in constants})
+
+
 def difference_is_zero(a: sympy.Expr, b: sympy.Expr) -> bool:
     """Exactly whether ``a - b`` is identically zero.
 
@@ -76,9 +89,11 @@ def difference_is_zero(a: sympy.Expr, b: sympy.Expr) -> bool:
     integer denominators. Every power of var + eps becomes a power of a new symbol s; the difference, a polynomial
     P(s), splits into its even and odd parts in s. Because s is not a rational function of the inputs, P vanishes
     exactly when both parts vanish once s**2 = 1/(var + eps) is substituted and the denominators are cleared: two
-    polynomial identities that ``sympy.expand`` decides.
+    polynomial identities that ``sympy.expand`` decides. A stop-gradient value is an opaque constant here (the same
+    value on both sides is the same symbol), so that the comparison is exact for it too.
     """
-    difference = sympy.expand(a - b, mul=False, multinomial=False, power_exp=False, power_base=False, log=False)
+    difference = sympy.expand(_opaque_constants(a - b), mul=False, multinomial=False, power_exp=False,
+                              power_base=False, log=False)
     radicals = _radicals(difference)
     if not radicals:
         return _polynomial_is_zero(difference)

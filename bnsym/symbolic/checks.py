@@ -10,8 +10,10 @@ saying what is wrong:
 
 1. the forward function returns a Program;
 2. its inputs are x, the specification's parameters (``spec.parameters``), each placed as the grouping places it
-   (``s.gamma`` is a field when the parameters vary within a group, one value per group otherwise), and eps;
-   nothing else (a parameter whose placement the specification does not declare is refused);
+   (``s.gamma`` is a field when the parameters vary within a group, one value per group otherwise), eps, and the
+   inputs that are never differentiated: the running statistics when the specification says the training forward
+   reads them (``spec.reads_running``) and the scalar options (``spec.scalars``); nothing else (a parameter whose
+   placement the specification does not declare is refused);
 3. its outputs are ``(y, *spec.saved)``: y, then the statistics the backward reuses, in that order;
 4. every output depends on x (an output that does not depend on the inputs is refused), and y on every parameter;
 5. every step is used by an output (a statistic that is never used is refused);
@@ -20,7 +22,9 @@ saying what is wrong:
    ``x = mean + x_hat / invstd`` and ``var = invstd**-2 - eps`` (centred), ``x = x_hat / invrms`` and
    ``ms = invrms**-2 - eps`` (rms);
 7. with every parameter at its neutral value (``spec.neutral_values``, what None stands for), y = x_hat (proved):
-   a layer that scales by ``1 + gamma`` must say that gamma = 0 means no scale.
+   a layer that scales by ``1 + gamma`` must say that gamma = 0 means no scale. A layer whose training forward
+   reads its running statistics (batch renormalisation: y = gamma (r x_hat + d) + beta) is held to this in eval
+   mode, where the correction is gone.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _placement(symbol: sympy.Symbol) -> str:
 
 
 def _check_inputs(spec: LayerSpec, s, program: Program, where: str) -> None:
-    expected = (s.x, *(getattr(s, p) for p in spec.parameters), s.eps)
+    expected = (s.x, *(getattr(s, p) for p in spec.parameters), s.eps, *s.constants(spec))
     by_name = {str(e): e for e in expected}
     names = [str(i) for i in program.inputs]
     for symbol in program.inputs:
@@ -133,9 +137,11 @@ def _check_neutral(spec: LayerSpec, s, program: Program, where: str) -> None:
             "neutral={'gamma': 0})")
 
 
-def check_forward(spec: LayerSpec, s, program, source: str) -> Program:
+def check_forward(spec: LayerSpec, s, program, source: str, inference=None) -> Program:
     """``program`` (what the layer's forward function ``source`` returned for the symbols ``s``) when it passes
-    every check of the module docstring; DeclarationError otherwise."""
+    every check of the module docstring; DeclarationError otherwise. ``inference`` (a callable returning the eval
+    forward pass) is where the neutral values are checked for a layer whose training forward reads its running
+    statistics."""
     where = f"{spec.name}: the forward pass {source}"
     if not isinstance(program, Program):
         raise DeclarationError(f"{where} must return a bnsym.symbolic.program.Program, got "
@@ -144,5 +150,8 @@ def check_forward(spec: LayerSpec, s, program, source: str) -> Program:
     _check_outputs(spec, s, program, where)
     _check_every_step_used(program, where)
     _check_vocabulary(spec, s, program, where)
-    _check_neutral(spec, s, program, where)
+    if spec.reads_running and inference is not None:
+        _check_neutral(spec, s, inference(), f"{where} (in eval mode)")
+    else:
+        _check_neutral(spec, s, program, where)
     return program

@@ -67,9 +67,11 @@ import sympy
 
 from bnsym.symbolic.brute_force import Elements, instantiate
 from bnsym.symbolic.layers import Derivation, as_derivation
-from bnsym.symbolic.reduction import BatchSum, Field, M
+from bnsym.symbolic.reduction import BatchSum, Field, M, StopGradient
+from bnsym.symbolic.rewrite import prove_fact
 
-__all__ = ["CONSTANT_PARAMETERS", "INVARIANCES", "RECORDED", "SIZES", "UNDONE", "UndecidedError", "Verdict",
+__all__ = ["CONSTANT_PARAMETERS", "DIFFERENTIABLE", "INVARIANCES", "RECORDED", "SIZES", "STANDARDISED", "UNDONE",
+           "UndecidedError", "Verdict", "differentiable", "standardised",
            "dx_orthogonal_to_x", "dx_sums_to_zero", "fingerprint", "identity_recovery", "invariances",
            "jacobian_symmetric", "normalisation_undone", "recorded", "scale_invariant", "shift_invariant",
            "vanishes", "verdict"]
@@ -109,12 +111,16 @@ def vanishes(expr: sympy.Expr) -> bool:
     """True when ``expr`` is proved identically zero; False means *not proved* (never "nonzero").
 
     The expressions are rational in the unknowns and in square roots of rational functions of them (1/sqrt(var +
-    eps)). Reductions become independent real unknowns; each radicand is factored, which takes its square factors
-    (a^2 when x is scaled by a) out of the root and writes equal radicands alike; each root sqrt(R) becomes an
-    unknown r with r^2 = R. The numerator of the difference, a polynomial in the roots, is reduced with r^2 -> R and
-    must then expand to zero: every step is an identity, so zero is a proof.
+    eps)). Reductions and stop-gradient values become independent real unknowns; each radicand is factored, which
+    takes its square factors (a^2 when x is scaled by a) out of the root and writes equal radicands alike; each root
+    sqrt(R) becomes an unknown r with r^2 = R. The numerator of the difference, a polynomial in the roots, is
+    reduced with r^2 -> R and must then expand to zero: every step is an identity, so zero is a proof.
     """
     expr = _normal_sums(sympy.sympify(expr))
+    # A value held constant by the derivatives (StopGradient: clipped, so not rational in the unknowns) is an
+    # unknown of its own, one per argument: sound, as an identity in independent unknowns holds for any values.
+    constants = sorted(expr.atoms(StopGradient), key=sympy.default_sort_key)
+    expr = expr.xreplace({c: sympy.Dummy(f"K{i}", real=True) for i, c in enumerate(constants)})
     sums = sorted(expr.atoms(BatchSum), key=sympy.default_sort_key)
     expr = expr.xreplace({total: sympy.Dummy(f"S{i}", real=True) for i, total in enumerate(sums)})
     expr = expr.replace(_is_half_power, lambda p: sympy.Pow(sympy.factor(p.base), p.exp))
@@ -136,7 +142,8 @@ def vanishes(expr: sympy.Expr) -> bool:
 
 
 def _clearly_nonzero(expr: sympy.Expr, point: dict) -> bool:
-    value = sympy.N(expr.xreplace(point), _DIGITS)
+    # A value held constant by the derivatives (StopGradient) is, at a point, just its value.
+    value = sympy.N(expr.replace(StopGradient, lambda argument: argument).xreplace(point), _DIGITS)
     return value.is_number and abs(value) > _NONZERO
 
 
@@ -221,7 +228,7 @@ def _refuted(differences: list[sympy.Expr]) -> bool:
         rng = random.Random(seed)
         point = {}
         for symbol in symbols:
-            if symbol.is_positive:
+            if symbol.is_nonnegative:  # eps, a scale; a bound such as batch renormalisation's d_max
                 point[symbol] = sympy.Rational(rng.randint(1, 20), 10)
             else:
                 point[symbol] = sympy.Rational(rng.randint(-30, 30), 11)
@@ -395,9 +402,15 @@ CONSTANT_PARAMETERS = "jacobian_symmetric_constant_parameters"
 #: The name under which :func:`recorded` gives :func:`normalisation_undone`.
 UNDONE = "normalisation_undone"
 
-#: Every claim :func:`recorded` decides, in order: :data:`INVARIANCES`, then :data:`CONSTANT_PARAMETERS` and
-#: :data:`UNDONE`.
-RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS, UNDONE)
+#: The name under which :func:`recorded` gives :func:`differentiable`.
+DIFFERENTIABLE = "differentiable"
+
+#: The name under which :func:`recorded` gives :func:`standardised`.
+STANDARDISED = "standardised"
+
+#: Every claim :func:`recorded` decides, in order: :data:`INVARIANCES`, then :data:`CONSTANT_PARAMETERS`,
+#: :data:`UNDONE`, :data:`DIFFERENTIABLE` and :data:`STANDARDISED`.
+RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS, UNDONE, DIFFERENTIABLE, STANDARDISED)
 
 
 def _undone(layer: _Layer) -> _Claim:
@@ -444,6 +457,28 @@ def normalisation_undone(layer) -> bool:
     return _undone_verdict(as_derivation(layer)).proved
 
 
+def differentiable(layer) -> bool:
+    """The training forward pass holds nothing constant in the backward (no
+    :class:`~bnsym.symbolic.reduction.StopGradient`), so its gradients are its derivatives and a finite difference
+    of it checks them (batch renormalisation's r and d are held constant: a finite difference sees them move)."""
+    forward = as_derivation(layer).training_forward
+    return not any(d.expr.has(StopGradient) for d in forward.definitions)
+
+
+@cache
+def _standardised(d: Derivation) -> bool:
+    s, forward = d.symbols, d.training_forward
+    neutral = {getattr(s, name): sympy.nsimplify(value) for name, value in d.declaration.spec.neutral_values.items()}
+    return prove_fact(forward, forward.inline(s.y).xreplace(neutral), s.x_hat)
+
+
+def standardised(layer) -> bool:
+    """Proved: with its parameters at their neutral values (:attr:`bnsym.spec.LayerSpec.neutral_values`), the
+    training y is x_hat, so the identities of a standardised output (mean(y) = 0, sum(dx x_hat), dgamma = sum(dy
+    x_hat)) are the layer's (batch renormalisation's y = r x_hat + d is not x_hat)."""
+    return _standardised(as_derivation(layer))
+
+
 def recorded(layer) -> dict[str, bool]:
     """Each claim of :data:`RECORDED` for ``layer`` (as :func:`verdict` takes it), proved (True) or refuted (False):
     what ``bnsym derive`` writes into the layer's generated NumPy module as plain data (``INVARIANCES``), so that
@@ -451,6 +486,8 @@ def recorded(layer) -> dict[str, bool]:
     decided = {name: verdict(layer, name).proved for name in INVARIANCES}
     decided[CONSTANT_PARAMETERS] = verdict(layer, "jacobian_symmetric", constant_parameters=True).proved
     decided[UNDONE] = normalisation_undone(layer)
+    decided[DIFFERENTIABLE] = differentiable(layer)
+    decided[STANDARDISED] = standardised(layer)
     return decided
 
 

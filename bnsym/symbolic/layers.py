@@ -64,7 +64,7 @@ class LayerSymbols:
     ``per_element_parameters`` makes gamma and beta (and their tangents and cotangents) fields.
     """
 
-    def __init__(self, per_element_parameters: bool):
+    def __init__(self, per_element_parameters: bool, running: tuple[str, ...] = (), scalars: tuple[str, ...] = ()):
         field = lambda name: Field(name, real=True)  # noqa: E731
         scalar = lambda name, **kw: sympy.Symbol(name, **(kw or {"real": True}))  # noqa: E731
         parameter = (lambda name: ParameterField(name, real=True)) if per_element_parameters else scalar
@@ -84,6 +84,19 @@ class LayerSymbols:
         self.tx = field(naming.tangent("x"))
         self.tgamma, self.tbeta = parameter(naming.tangent("gamma")), parameter(naming.tangent("beta"))
         self.M = M
+        # A layer's own running statistics (batch renormalisation's running_std: positive) and scalar options (r_max,
+        # d_max: channel scalars that are one value for the whole call).
+        for name in running:
+            if not hasattr(self, name):
+                setattr(self, name, scalar(name, positive=True))
+        for name in scalars:
+            setattr(self, name, scalar(name, nonnegative=True))
+
+    def constants(self, spec: LayerSpec) -> tuple[sympy.Symbol, ...]:
+        """The inputs of ``spec``'s training forward pass that are never differentiated: the running statistics it
+        reads (``spec.reads_running``), then its scalar options (``spec.scalars``)."""
+        running = spec.running_names if spec.reads_running else ()
+        return tuple(getattr(self, name) for name in (*running, *spec.scalar_defaults))
 
 
 # ----- the two forward passes, each written once -----
@@ -136,14 +149,16 @@ class LayerDeclaration:
 
     spec: LayerSpec
     forward: Callable[[LayerSymbols], Program]
+    inference: Callable[[LayerSymbols], Mapping] | None = None
 
     @classmethod
     def of(cls, spec: LayerSpec) -> LayerDeclaration:
         """The declaration of a specified layer: its own forward pass (``spec.forward``, a function or
-        ``"module:function"``), or the standard one of its kind of statistic."""
-        if spec.forward is None:
-            return cls(spec, FORWARDS[spec.statistic])
-        return cls(spec, _resolve(spec))
+        ``"module:function"``), or the standard one of its kind of statistic; and its own eval mode
+        (``spec.inference``), if it declares one."""
+        forward = FORWARDS[spec.statistic] if spec.forward is None else _resolve(spec, "forward")
+        inference = None if spec.inference is None else _resolve(spec, "inference")
+        return cls(spec, forward, inference)
 
     def __getattr__(self, name: str):
         if name in _FROM_SPEC:
@@ -168,15 +183,17 @@ class LayerDeclaration:
         return f"{file}:{name}" if file is not None else f"{module}.{name}"
 
 
-def _resolve(spec: LayerSpec) -> Callable[[LayerSymbols], Program]:
-    """The function that ``spec.forward`` is or names (``"package.module:function"``)."""
-    if not isinstance(spec.forward, str):
-        return spec.forward
-    module, _, function = spec.forward.partition(":")
+def _resolve(spec: LayerSpec, field: str) -> Callable:
+    """The function that ``spec.<field>`` (forward or inference) is or names (``"package.module:function"``)."""
+    given = getattr(spec, field)
+    if not isinstance(given, str):
+        return given
+    module, _, function = given.partition(":")
     try:
         return getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as error:
-        raise DeclarationError(f"{spec.name}: its forward pass {spec.forward!r} cannot be found ({error})") from None
+        what = "forward pass" if field == "forward" else "eval mode (inference)"
+        raise DeclarationError(f"{spec.name}: its {what} {given!r} cannot be found ({error})") from None
 
 
 _FROM_SPEC = frozenset({"name", "title", "running_statistics", "group", "statistics_over", "parameters_are",
@@ -195,7 +212,9 @@ class Derivation:
 
     def __init__(self, declaration: LayerDeclaration):
         self.declaration = declaration
-        self.symbols = LayerSymbols(declaration.per_element_parameters)
+        spec = declaration.spec
+        self.symbols = LayerSymbols(declaration.per_element_parameters, spec.running_names,
+                                    tuple(spec.scalar_defaults))
 
     def __repr__(self) -> str:
         return f"Derivation({self.declaration.name})"
@@ -212,13 +231,32 @@ class Derivation:
         """The forward pass, once it has passed every check of :mod:`bnsym.symbolic.checks` against the layer's
         specification (DeclarationError otherwise)."""
         return check_forward(self.declaration.spec, self.symbols, self.training_forward,
-                             self.declaration.forward_source)
+                             self.declaration.forward_source, inference=lambda: self.inference_forward)
 
     @property
     def parameters(self) -> tuple[sympy.Symbol, ...]:
         """The trainable parameters: (gamma, beta), or (gamma,) for a layer without a shift."""
         s = self.symbols
         return (s.gamma, s.beta) if s.beta in self.training_forward.inputs else (s.gamma,)
+
+    @property
+    def constants(self) -> tuple[sympy.Symbol, ...]:
+        """The inputs of the training forward pass that are never differentiated (:meth:`LayerSymbols.constants`):
+        the running statistics it reads, then its scalar options; the backward kernels take them too."""
+        return self.symbols.constants(self.declaration.spec)
+
+    @property
+    def running(self) -> tuple[sympy.Symbol, ...]:
+        """The running statistics (running_mean, running_var; batch renormalisation's running_std)."""
+        return tuple(getattr(self.symbols, name) for name in self.declaration.spec.running_names)
+
+    def step(self, name: str) -> sympy.Symbol:
+        """The name of the training forward pass's step ``name`` (a running statistic averages it)."""
+        for definition in self.training_forward.definitions:
+            if definition.name.name == name:
+                return definition.name
+        raise DeclarationError(f"{self.declaration.name}: the forward pass defines no step {name!r}, which a "
+                               "running statistic averages (LayerSpec.running)")
 
     @property
     def saved(self) -> tuple[sympy.Symbol, ...]:
@@ -326,12 +364,18 @@ class Derivation:
     def inference_forward(self) -> Program:
         """Eval mode: the training forward pass with the batch statistics frozen to given running statistics.
 
-        Nothing is re-typed: :meth:`Program.freeze` replaces the definitions of ``mean`` and ``var`` by the inputs
-        ``running_mean`` and ``running_var``, and keeps everything downstream.
+        Nothing is re-typed: :meth:`Program.freeze` replaces the definitions of the steps that the running statistics
+        average (``mean`` and ``var``) by the inputs ``running_mean`` and ``running_var``, and keeps everything
+        downstream; a layer that declares its own eval mode (``LayerSpec.inference``) says which steps become what
+        (batch renormalisation: mean and sigma the running ones, r = 1, d = 0).
         """
         self._require_running_statistics()
         s = self.symbols
-        frozen = self.training_forward.freeze({s.mean: s.running_mean, s.var: s.running_var})
+        if self.declaration.inference is None:
+            frozen = {self.step(step): getattr(s, running) for running, step in self.declaration.spec.running}
+        else:
+            frozen = dict(self.declaration.inference(s))
+        frozen = self.training_forward.freeze(frozen)
         return Program(frozen.inputs, frozen.definitions, [s.y]).prune()
 
     @cached_property

@@ -69,7 +69,8 @@ def latex_name(name: str) -> str:
         return LATEX[name]
     for prefix, accent in (("gg", r"\overline{\overline{%s}}"), ("d", r"\overline{%s}"), ("t", r"\dot{%s}"),
                            ("g", r"\tilde{%s}")):
-        if name.startswith(prefix) and len(name) > len(prefix):
+        # An accent marks a derived name (dx, tgamma); a name whose prefix is a word of its own (d_max) is not one.
+        if name.startswith(prefix) and len(name) > len(prefix) and name[len(prefix)] != "_":
             rest = name[len(prefix):]
             inner = latex_name(rest)
             if inner != rest or rest in LATEX:

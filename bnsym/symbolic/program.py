@@ -140,16 +140,21 @@ class Program:
                 expr = expr.xreplace({definition.name: definition.expr})
         return expr
 
-    def freeze(self, names: Mapping[sympy.Symbol, sympy.Symbol]) -> Program:
-        """The same program with each defined name in ``names`` replaced by a new input.
+    def freeze(self, names: Mapping[sympy.Symbol, sympy.Expr]) -> Program:
+        """The same program with each defined name in ``names`` replaced by its value there: a new input (a
+        symbol that is not an input yet) or an expression of the inputs.
 
         This is how inference mode comes from the training forward pass: the batch statistics stop being computed
         from x and become given (running) statistics.
         """
-        replaced = dict(names)
+        replaced = {name: sympy.sympify(value) for name, value in names.items()}
         definitions = [Definition(d.name, d.expr.xreplace(replaced))
                        for d in self.definitions if d.name not in replaced]
-        inputs = list(self.inputs) + [replaced[d.name] for d in self.definitions if d.name in replaced]
+        inputs = list(self.inputs)
+        for d in self.definitions:
+            value = replaced.get(d.name)
+            if isinstance(value, sympy.Symbol) and value not in inputs:
+                inputs.append(value)
         outputs = [replaced.get(o, o) for o in self.outputs]
         return Program(inputs, definitions, outputs).prune()
 

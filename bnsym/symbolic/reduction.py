@@ -5,7 +5,9 @@ over the batch and spatial axes). A derivation never names the M values one by o
 
 * a :class:`Field` stands for "the value at the current element i" (``x`` means x_i, ``dy`` means dy_i);
 * any other SymPy symbol is a *channel scalar*, one value shared by the whole group (``gamma``, ``eps``, ``M``);
-* :class:`BatchSum` ``(e)`` is the reduction sum_i e_i over the group, itself a channel scalar.
+* :class:`BatchSum` ``(e)`` is the reduction sum_i e_i over the group, itself a channel scalar;
+* :class:`StopGradient` ``(e)`` is the value of ``e`` held constant in every derivative (a stop-gradient: batch
+  renormalisation's r and d).
 
 Because M is the symbol :data:`M`, every result holds for every batch size at once. SymPy's own ``Sum`` with
 ``IndexedBase`` would express the same thing, but differentiating through it is fragile (sympy issues 21891 and
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import sympy
 
-__all__ = ["BatchSum", "Field", "M", "ParameterField", "ParameterSum", "is_field_expr", "is_full_field",
-           "outermost_sums"]
+__all__ = ["BatchSum", "Field", "M", "ParameterField", "ParameterSum", "StopGradient", "is_field_expr",
+           "is_full_field", "outermost_sums"]
 
 
 class Field(sympy.Symbol):
@@ -130,3 +132,23 @@ class ParameterSum(sympy.Function):
 
     def _sympystr(self, printer):
         return "ParameterSum(%s)" % printer.doprint(self.args[0])
+
+
+class StopGradient(sympy.Function):
+    """``StopGradient(e)``: the value of ``e``, held constant by every derivative (a stop-gradient, ``detach``).
+
+    Its derivative with respect to its argument is zero (:meth:`fdiff`), so ``sympy.diff`` (the local partials of
+    :mod:`bnsym.symbolic.program`, and the brute-force Jacobians of :mod:`bnsym.symbolic.brute_force`) sends nothing
+    through it: a reduction inside it receives no adjoint and no tangent. A kernel evaluates it as its argument.
+    It is a field when its argument is one.
+    """
+
+    nargs = 1
+    is_commutative = True
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+    def _sympystr(self, printer):
+        return "StopGradient(%s)" % printer.doprint(self.args[0])

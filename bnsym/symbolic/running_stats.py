@@ -23,7 +23,7 @@ from bnsym.symbolic.layers import Derivation
 from bnsym.symbolic.reduction import BatchSum, M
 from bnsym.symbolic.rewrite import prove_fact
 
-__all__ = ["CONVENTIONS", "Convention", "RUNNING", "bessel_corrected_variance", "update", "weight"]
+__all__ = ["CONVENTIONS", "Convention", "RUNNING", "bessel_corrected_variance", "new_name", "update", "weight"]
 
 
 class _Running:
@@ -64,9 +64,27 @@ def weight(convention: Convention) -> sympy.Expr:
     return f
 
 
-def update(layer: Derivation, convention: Convention) -> tuple[sympy.Expr, sympy.Expr]:
-    """``(new_mean, new_var)`` of ``layer`` for ``convention``, in the batch's ``mean`` and biased ``var``."""
-    s, r = layer.symbols, RUNNING
+def new_name(running: sympy.Symbol) -> sympy.Symbol:
+    """The name of a running statistic's updated value: ``new_mean`` for ``running_mean``, ``new_std`` for
+    ``running_std``."""
+    return sympy.Symbol("new_" + running.name.removeprefix("running_"), **running.assumptions0)
+
+
+def update(layer: Derivation, convention: Convention) -> tuple[sympy.Expr, ...]:
+    """The updated value of each of ``layer``'s running statistics (``LayerSpec.running``) for ``convention``, in
+    the batch's ``mean`` and biased ``var`` (and eps): ``(new_mean, new_var)`` for batch norm.
+
+    A running statistic averages a step of the forward pass (mean, var; batch renormalisation's sigma =
+    sqrt(var + eps)), written here in mean and var; a convention with the unbiased variance puts M var / (M - 1) in
+    place of var wherever the step uses it."""
+    s = layer.symbols
     f = weight(convention)
+    forward = layer.training_forward
+    keep = (s.mean, s.var)
     batch_var = bessel_corrected_variance(layer) if convention.unbiased else s.var
-    return (1 - f) * r.running_mean + f * s.mean, (1 - f) * r.running_var + f * batch_var
+    updates = []
+    for running, step in zip(layer.running, (step for _, step in layer.declaration.spec.running)):
+        step = layer.step(step)
+        batch = step if step in keep else forward.inline(step, keep=keep)
+        updates.append((1 - f) * running + f * batch.xreplace({s.var: batch_var}))
+    return tuple(updates)

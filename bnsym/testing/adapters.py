@@ -75,6 +75,7 @@ import numpy as np
 from bnsym.spec import spec
 from bnsym.testing.implementation import OPTIONAL, SIGNATURES, Implementation, TargetError
 from bnsym.testing.protocols import DEFAULT_LAYER, protocol
+from bnsym.testing.protocols import constants as protocol_constants
 from bnsym.testing.threads import torch_one_thread
 
 __all__ = ["BUILTIN", "FRAMEWORK_CALLS", "OPTIONAL", "SIGNATURES", "FrameworkCalls", "Implementation", "TargetError",
@@ -358,20 +359,25 @@ def _arguments(layer: str, method: str, args: tuple) -> dict:
 
 def _methods(layer: str, forward, backward, double_backward, name: str) -> Implementation:
     parameters = protocol(layer).parameters
+    fixed = protocol_constants(spec(layer))
+
+    def constants(a: dict) -> dict:
+        """The layer's constants (running statistics read, scalar options) by name, for a layer that has them."""
+        return {"constants": {n: a[n] for n in fixed}} if fixed else {}
 
     def forward_method(*args):
         a = _arguments(layer, "forward", args)
-        return forward(a["x"], [a[p] for p in parameters], a["eps"], a.get("num_groups"))
+        return forward(a["x"], [a[p] for p in parameters], a["eps"], a.get("num_groups"), **constants(a))
 
     def backward_method(*args):
         a = _arguments(layer, "backward", args)
-        return backward(a["dy"], a["x"], [a[p] for p in parameters], a["eps"], a.get("num_groups"))
+        return backward(a["dy"], a["x"], [a[p] for p in parameters], a["eps"], a.get("num_groups"), **constants(a))
 
     def double_backward_method(*args):
         a = _arguments(layer, "double_backward", args)
         cotangents = [a["ggx"], *(a["gg" + p] for p in parameters)]
         return double_backward(cotangents, a["dy"], a["x"], [a[p] for p in parameters], a["eps"],
-                               a.get("num_groups"))
+                               a.get("num_groups"), **constants(a))
 
     return Implementation(forward_method, backward_method, name=name, layer=layer,
                           double_backward=double_backward_method)
@@ -489,21 +495,34 @@ def bnsym_implementation(layer: str = DEFAULT_LAYER) -> Implementation:
         chosen = grouping.protocol_options(np.shape(x), np.shape(params[0]))
         return chosen if num_groups is None else {**chosen, "num_groups": num_groups}
 
-    def forward(x, params, eps, num_groups):
-        return own.forward(x, *params, eps=eps, backend="numpy", **options(x, params, num_groups))[0]
+    running = layer_spec.running_names if layer_spec.reads_running else ()
 
-    def saved(x, params, eps, num_groups):
-        return own.forward(x, *params, eps=eps, backend="numpy", **options(x, params, num_groups))[1:]
+    def split(constants):
+        """(the running statistics read, positionally; the scalar options, by keyword)."""
+        return [constants[n] for n in running], {n: constants[n] for n in layer_spec.scalar_defaults}
 
-    def backward(dy, x, params, eps, num_groups):
-        statistics = saved(x, params, eps, num_groups)
-        gradients = own.backward(dy, x, params[0], *statistics, backend="numpy", **options(x, params, num_groups))
+    def forward(x, params, eps, num_groups, constants=None):
+        read, scalars = split(constants or {})
+        return own.forward(x, *params, *read, eps=eps, backend="numpy", **options(x, params, num_groups),
+                           **scalars)[0]
+
+    def saved(x, params, eps, num_groups, constants):
+        read, scalars = split(constants or {})
+        return own.forward(x, *params, *read, eps=eps, backend="numpy", **options(x, params, num_groups),
+                           **scalars)[1:]
+
+    def backward(dy, x, params, eps, num_groups, constants=None):
+        statistics = saved(x, params, eps, num_groups, constants)
+        read, scalars = split(constants or {})
+        gradients = own.backward(dy, x, params[0], *statistics, *read, backend="numpy",
+                                 **options(x, params, num_groups), **scalars)
         return gradients[:1 + len(params)]
 
-    def double_backward(cotangents, dy, x, params, eps, num_groups):
-        statistics = saved(x, params, eps, num_groups)
-        return own.double_backward(*cotangents, dy, x, params[0], *statistics, backend="numpy",
-                                   **options(x, params, num_groups))
+    def double_backward(cotangents, dy, x, params, eps, num_groups, constants=None):
+        statistics = saved(x, params, eps, num_groups, constants)
+        read, scalars = split(constants or {})
+        return own.double_backward(*cotangents, dy, x, params[0], *statistics, *read, backend="numpy",
+                                   **options(x, params, num_groups), **scalars)
 
     return _methods(layer, forward, backward, double_backward, f"bnsym.{layer}")
 

@@ -56,6 +56,8 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
                   num_groups=-1 if ex.num_groups is None else ex.num_groups)
     if isinstance(ex, ShardedExample):
         fields.update(shard_sizes=np.asarray(ex.sizes, dtype=np.int64))
+    # The layer's constants (running statistics read, scalar options), each under "constant_<name>".
+    fields.update({f"constant_{key}": np.asarray(value) for key, value in ex.constants})
     name = counterexample_name(target, result.name, b"".join(np.asarray(v).tobytes() for v in fields.values()))
     path = write_atomically(Path(directory) / name, lambda stream: np.savez(stream, **fields))
     ce.path = path
@@ -83,8 +85,11 @@ def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
             # Files written before they named their layer are batch norm's (the default layer's).
             layer = layer_name(str(data["layer"])) if "layer" in data.files else DEFAULT_LAYER
             groups = int(data["num_groups"]) if "num_groups" in data.files else -1
+            constants = tuple((f.removeprefix("constant_"), data[f] if data[f].ndim else float(data[f]))
+                              for f in data.files if f.startswith("constant_"))
             example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
-                              str(data["regime"]), int(data["seed"]), layer, None if groups < 0 else groups)
+                              str(data["regime"]), int(data["seed"]), layer, None if groups < 0 else groups,
+                              constants)
             shards = None
             if "shard_sizes" in data.files:
                 example = ShardedExample.of(example, data["shard_sizes"])

@@ -51,7 +51,7 @@ from bnsym.spec.layout import GroupLayout
 from bnsym.spec.validation import as_float_array, check_eps, check_same_shape, compute_dtype
 from bnsym.symbolic.layers import as_derivation
 from bnsym.symbolic.program import Program
-from bnsym.symbolic.reduction import BatchSum, M
+from bnsym.symbolic.reduction import BatchSum, M, StopGradient
 from bnsym.testing.implementation import Implementation, TargetError
 from bnsym.testing.protocols import protocol
 from bnsym.testing.threads import torch_one_thread
@@ -113,12 +113,22 @@ class _Evaluator:
             if isinstance(base, torch.Tensor) and isinstance(exponent, float) and abs(exponent) == 0.5:
                 return torch.sqrt(base) if exponent > 0 else torch.rsqrt(base)
             return base**exponent
+        if isinstance(expr, StopGradient):  # held constant by autograd, as by the derivation
+            value = self(expr.args[0])
+            return value.detach() if isinstance(value, torch.Tensor) else value
+        if isinstance(expr, (sympy.Min, sympy.Max)):
+            function = torch.minimum if isinstance(expr, sympy.Min) else torch.maximum
+            values = [self(arg) for arg in expr.args]
+            like = next((v for v in values if isinstance(v, torch.Tensor)), None)
+            values = [v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=like.dtype if like is not None
+                                                                           else torch.float64) for v in values]
+            return reduce(function, values)
         if expr.func in self.functions:
             (argument,) = expr.args
             value = self(argument)
             return self.functions[expr.func](value if isinstance(value, torch.Tensor) else torch.tensor(value))
         raise NotImplementedError(f"the definition target cannot evaluate {expr.func.__name__} (in {expr}); it knows "
-                                  f"+, *, powers, BatchSum and {', '.join(FUNCTIONS)}")
+                                  f"+, *, powers, BatchSum, StopGradient, Min, Max and {', '.join(FUNCTIONS)}")
 
 
 def evaluate(program: Program, values: dict, layout: GroupLayout) -> dict:
@@ -152,7 +162,8 @@ class DefinitionTarget:
         self.y = forward.outputs[0]
         self.parameter_symbols = tuple(self.derivation.parameters)
         self.parameters = tuple(str(p) for p in self.parameter_symbols)
-        known = {s.x, s.eps, *self.parameter_symbols}
+        self.constants = self.derivation.constants  # running statistics read, scalar options: never differentiated
+        known = {s.x, s.eps, *self.parameter_symbols, *self.constants}
         extra = [str(i) for i in forward.inputs if i not in known]
         if extra:
             raise ValueError(f"{self.spec.name}: the forward pass takes {', '.join(extra)}, which the protocol "
@@ -160,7 +171,7 @@ class DefinitionTarget:
         self.option_arguments = tuple(o.name for o in grouping.options
                                       if o.default is REQUIRED and o.name not in self.fixed)
         self.name = f"{self.spec.name} from its definition (torch)"
-        p, opts = self.parameters, self.option_arguments
+        p, opts = self.parameters, (*self.option_arguments, *(str(c) for c in self.constants))
         self.signatures = {
             "forward": ("x", *p, "eps", *opts),
             "backward": ("dy", "x", *p, "eps", *opts),
@@ -212,6 +223,12 @@ class DefinitionTarget:
                 if prefix + name in a:
                     a[prefix + name] = layout.parameter(a[prefix + name], prefix + name, compute).reshape(
                         layout.parameter_shape)
+        # The constants, as the forward pass reads them: a running statistic per group (tensors in the statistics'
+        # broadcast shape), a scalar option as a Python float.
+        scalars = self.spec.scalar_defaults
+        self._constants = {c: (float(a[c.name]) if c.name in scalars
+                               else self._tensor(layout.statistic(a[c.name], c.name, compute), compute))
+                           for c in self.constants}
         return a, layout, x.dtype, compute, eps
 
     # ----- evaluation -----
@@ -219,7 +236,7 @@ class DefinitionTarget:
     def _y(self, x, parameters, eps: float, layout: GroupLayout):
         """y (x's shape) from torch tensors x (x's shape) and the parameters (parameter shape)."""
         s = self.derivation.symbols
-        values = {s.x: x.reshape(layout.grouped), s.eps: eps}
+        values = {s.x: x.reshape(layout.grouped), s.eps: eps, **self._constants}
         for symbol, value in zip(self.parameter_symbols, parameters):
             values[symbol] = value.reshape(layout.parameter_broadcast)
         y = evaluate(self.derivation.training_forward, values, layout)[self.y]

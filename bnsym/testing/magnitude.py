@@ -16,12 +16,13 @@ derived result needs a tolerance typed by hand: the bound comes from the same Sy
 
 from __future__ import annotations
 
+import functools
 from functools import cache
 
 import numpy as np
 import sympy
 
-from bnsym.symbolic.reduction import BatchSum, Field, M
+from bnsym.symbolic.reduction import BatchSum, Field, M, StopGradient
 
 __all__ = ["MagnitudeBound", "compiled", "evaluate", "magnitude"]
 
@@ -93,11 +94,20 @@ def compiled(expr: sympy.Expr) -> MagnitudeBound:
     return MagnitudeBound(expr)
 
 
+_MINIMUM, _MAXIMUM = sympy.Function("_minimum"), sympy.Function("_maximum")
+
+
 @cache
 def _signed(expr: sympy.Expr):
     atoms = tuple(sorted((s for s in expr.free_symbols if s != M), key=lambda s: s.name))
     axes: list[tuple[int, ...]] = [()]
-    namespace = {"BatchSum": lambda a: np.sum(a, axis=axes[0], keepdims=True)}
+    # A stop-gradient value is its value; Min and Max are elementwise and broadcast (SymPy's NumPy printer would
+    # stack their arguments, which needs equal shapes).
+    expr = expr.replace(StopGradient, lambda argument: argument).replace(sympy.Min, _MINIMUM).replace(sympy.Max,
+                                                                                                       _MAXIMUM)
+    namespace = {"BatchSum": lambda a: np.sum(a, axis=axes[0], keepdims=True),
+                 "_minimum": lambda *a: functools.reduce(np.minimum, a),
+                 "_maximum": lambda *a: functools.reduce(np.maximum, a)}
     return atoms, axes, sympy.lambdify([*atoms, M], expr, modules=[namespace, "numpy"])
 
 

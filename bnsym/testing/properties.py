@@ -44,7 +44,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnsym.spec import LayerSpec, spec
-from bnsym.symbolic.invariances import CONSTANT_PARAMETERS, RECORDED, UNDONE
+from bnsym.symbolic.invariances import CONSTANT_PARAMETERS, DIFFERENTIABLE, RECORDED, STANDARDISED, UNDONE
 from bnsym.testing import arithmetic, reference
 from bnsym.testing import strategies as bst
 from bnsym.testing.failures import PropertyFailure, ProtocolError, Worst, current
@@ -102,6 +102,16 @@ def rests_on(*invariances: str) -> Proved:
 
 def with_beta(layer: LayerSpec) -> bool:
     return "beta" in layer.parameters
+
+
+#: The properties of a forward pass whose gradients are its derivatives: it holds nothing constant in the backward
+#: (no :class:`~bnsym.symbolic.reduction.StopGradient`; batch renormalisation's r and d are, and a finite difference
+#: of its forward sees them move).
+differentiable = rests_on(DIFFERENTIABLE)
+
+#: The identities of standardised outputs (mean(y) = 0, sum(dx x_hat), dgamma = sum(dy x_hat)): with its parameters
+#: neutral, the training y is x_hat (batch renormalisation's y = r x_hat + d is not).
+standardises = rests_on(STANDARDISED)
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,8 @@ def arguments(example: Example, method: str, dtype, replaced: dict) -> list:
             result.append(int(value))
         elif name in example.options:
             result.append(int(example.options[name]))
+        elif name in example.spec.scalar_defaults:  # a scalar option (batch renormalisation's r_max): a float
+            result.append(float(getattr(example, name) if value is None else value))
         else:
             result.append(np.array(getattr(example, name) if value is None else value, dtype=dtype))
     return result
@@ -608,7 +620,7 @@ def _exact_reference(impl, example):
 
 # ----- standardisation -----
 
-@register("standardisation", "standardisation")
+@register("standardisation", "standardisation", applies=standardises)
 def _standardisation(impl, example):
     """With gamma and beta neutral (y = x_hat): per group mean(y) = 0, mean(y^2) = var/(var + eps) (no mean taken:
     ms/(ms + eps)), at the example's eps and at an eps as large as the groups' statistic.
@@ -883,7 +895,7 @@ def _directional_derivative(impl, example: Example):
 SAFETY_FD = 8.0  # the safety factor of a finite-difference estimate's error bound
 
 
-@register("forward_derivative", "gradients", requires=("float64_arithmetic",))
+@register("forward_derivative", "gradients", requires=("float64_arithmetic",), applies=differentiable)
 def _forward_derivative(impl, example):
     """The forward's own derivative, by central differences in float64, matches bnsym's gradient."""
     ex, estimate, error, directions = _directional_derivative(impl, example)
@@ -893,7 +905,7 @@ def _forward_derivative(impl, example):
 
 
 @register("backward_finite_differences", "gradients", needs=("forward", "backward"),
-          requires=("float64_arithmetic",))
+          requires=("float64_arithmetic",), applies=differentiable)
 def _backward_finite_differences(impl, example):
     """<backward(dy), u> equals central differences of forward along u (float64)."""
     ex, estimate, error, directions = _directional_derivative(impl, example)
@@ -917,7 +929,8 @@ def _dx_sums_to_zero(impl, example):
             _per_group(ref, tol_dx) + LayerBound(example, ref).slack(_f64(dx)))
 
 
-@register("dx_xhat_identity", "identities", needs=("forward", "backward"), applies=rests_on("dx_orthogonal_to_x"))
+@register("dx_xhat_identity", "identities", needs=("forward", "backward"),
+          applies=rests_on("dx_orthogonal_to_x", STANDARDISED))
 def _dx_xhat_identity(impl, example):
     """sum(dx x_hat) = s eps/(stat + eps) sum(gamma dy x_hat) per group, stat = var (no mean taken: ms).
 
@@ -953,7 +966,7 @@ def _dbeta_is_sum_dy(impl, example):
             bound.backward(example.dy)[2] + bound.slack(example.dy))
 
 
-@register("dgamma_is_sum_dy_xhat", "identities", needs=("forward", "backward"))
+@register("dgamma_is_sum_dy_xhat", "identities", needs=("forward", "backward"), applies=standardises)
 def _dgamma_is_sum_dy_xhat(impl, example):
     """dgamma = sum(dy * x_hat) over the groups that share each gamma."""
     dgamma = call_backward(impl, example)[1]
@@ -1112,7 +1125,7 @@ def _double_backward_reference(impl, example):
 
 
 @register("double_backward_finite_differences", "second order", needs=("backward", "double_backward"),
-          when=second_order, requires=("float64_arithmetic",))
+          when=second_order, requires=("float64_arithmetic",), applies=differentiable)
 def _double_backward_finite_differences(impl, example):
     """The double backward equals central differences of the implementation's own backward (float64)."""
     ex = float64_example(example)

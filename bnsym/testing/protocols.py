@@ -17,6 +17,10 @@ values normalised with its own statistics, biased variance), ``eps`` a float. Th
   arguments followed by ``running_mean, running_var``; ``train_forward(x, gamma, beta, eps, running_mean,
   running_var, momentum, num_batches_tracked) -> (y, new_running_mean, new_running_var)``.
 
+A layer whose training forward reads its running statistics, or that has scalar options (batch renormalisation:
+``forward(x, gamma, beta, eps, running_mean, running_std, r_max, d_max)``), takes them after the options in every
+training method (:func:`constants`), and its eval methods take its own running statistics (``running_std``).
+
 dgamma and dbeta have gamma's shape: a parameter shared by several groups (layer norm's by every row, instance
 norm's by every sample) gets the sum of their gradients.
 
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 from bnsym.spec import SPECS, LayerSpec, spec
 
-__all__ = ["DEFAULT_LAYER", "METHODS", "LayerProtocol", "layer_names", "protocol"]
+__all__ = ["DEFAULT_LAYER", "METHODS", "LayerProtocol", "constants", "layer_names", "protocol"]
 
 #: The layer a check is of when none is named (``check_batchnorm``, ``bnsym check`` without ``--layer``).
 DEFAULT_LAYER = "batch_norm"
@@ -48,24 +52,39 @@ def layer_names() -> tuple[str, ...]:
     return tuple(SPECS)
 
 
+def constants(layer: LayerSpec) -> tuple[str, ...]:
+    """The arguments of a layer's training methods that are never differentiated, after its options: the running
+    statistics its training forward reads (``spec.reads_running``), then its scalar options (``spec.scalars``)."""
+    return (*(layer.running_names if layer.reads_running else ()), *layer.scalar_defaults)
+
+
 def _signatures(layer: LayerSpec) -> dict[str, tuple[str, ...]]:
     parameters = layer.parameters
     options = tuple(name for name in layer.options if name in _POSITIONAL_OPTIONS)
     cotangents = tuple("gg" + p for p in parameters)
+    fixed = constants(layer)
     signatures = {
-        "forward": ("x", *parameters, "eps", *options),
-        "backward": ("dy", "x", *parameters, "eps", *options),
+        "forward": ("x", *parameters, "eps", *options, *fixed),
+        "backward": ("dy", "x", *parameters, "eps", *options, *fixed),
     }
     if layer.running_statistics:
-        running = ("running_mean", "running_var")
-        signatures.update({
-            "eval_forward": (*signatures["forward"], *running),
-            "eval_backward": (*signatures["backward"], *running),
-            "train_forward": (*signatures["forward"], *running, "momentum", "num_batches_tracked"),
-        })
-    signatures["double_backward"] = ("ggx", *cotangents, "dy", "x", *parameters, "eps", *options)
+        running = layer.running_names
+        if layer.reads_running:  # the training methods take them already
+            signatures.update({
+                "eval_forward": ("x", *parameters, "eps", *options, *running),
+                "eval_backward": ("dy", "x", *parameters, "eps", *options, *running),
+                "train_forward": (*signatures["forward"], "momentum", "num_batches_tracked"),
+            })
+        else:
+            signatures.update({
+                "eval_forward": (*signatures["forward"], *running),
+                "eval_backward": (*signatures["backward"], *running),
+                "train_forward": (*signatures["forward"], *running, "momentum", "num_batches_tracked"),
+            })
+    signatures["double_backward"] = ("ggx", *cotangents, "dy", "x", *parameters, "eps", *options, *fixed)
     if layer.running_statistics:
-        signatures["eval_double_backward"] = (*signatures["double_backward"], "running_mean", "running_var")
+        signatures["eval_double_backward"] = ("ggx", *cotangents, "dy", "x", *parameters, "eps", *options,
+                                              *layer.running_names)
     return signatures
 
 

@@ -30,16 +30,18 @@ layout's parameter broadcast shape; a parameter shared by several groups gets th
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import cache, cached_property
 
 import numpy as np
+import sympy
 
 from bnsym.spec import spec
 from bnsym.spec.layout import GroupLayout
 from bnsym.symbolic.layers import derivation
-from bnsym.symbolic.reduction import is_field_expr
+from bnsym.symbolic.reduction import StopGradient, is_field_expr
 from bnsym.testing.magnitude import compiled, evaluate
 from bnsym.testing.strategies import Example
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
@@ -74,7 +76,25 @@ def _f64(values) -> np.ndarray:
 
 
 def _arguments(example: Example, x, gamma, beta) -> list[np.ndarray]:
-    """x and the layer's parameters (``spec.parameters``), in the order its public functions take them."""
+    """x and the layer's parameters (``spec.parameters``), in the order its public functions take them, then the
+    running statistics its training forward reads (:func:`_running_read`)."""
+    values = {"gamma": gamma, "beta": beta}
+    return [x, *(values[name] for name in example.spec.parameters), *_running_read(example)]
+
+
+def _running_read(example: Example) -> list[np.ndarray]:
+    """The running statistics the layer's training forward reads (``spec.reads_running``), in float64."""
+    layer = example.spec
+    return [_f64(getattr(example, name)) for name in (layer.running_names if layer.reads_running else ())]
+
+
+def _scalars(example: Example) -> dict[str, float]:
+    """The layer's scalar options (``spec.scalars``) at the example's values, by name."""
+    return {name: float(getattr(example, name)) for name in example.spec.scalar_defaults}
+
+
+def _inference_arguments(example: Example, x, gamma, beta) -> list[np.ndarray]:
+    """x and the parameters, as an eval-mode public function takes them (no running statistics read in training)."""
     values = {"gamma": gamma, "beta": beta}
     return [x, *(values[name] for name in example.spec.parameters)]
 
@@ -141,7 +161,7 @@ def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None) -> Gro
         saved = (mean.reshape(layout.statistics_shape), scale.reshape(layout.statistics_shape))
         return GroupReference(layout, y, grouped, np.zeros_like(grouped), mean, var, var, scale, saved, True)
     y, *saved = public_module(example.layer).forward(*_arguments(example, x, gamma, beta), eps=eps, **example.options,
-                                               backend="numpy")
+                                                     **_scalars(example), backend="numpy")
     scale = saved[-1].reshape(layout.statistics_broadcast)
     if layer.centred:
         statistic, x_hat = var, (grouped - mean) * scale
@@ -156,7 +176,8 @@ def backward(example: Example, *, dy=None, x=None, gamma=None, eps=None) -> tupl
     gamma = _f64(example.gamma if gamma is None else gamma)
     dy = _f64(example.dy if dy is None else dy)
     ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma), eps=eps)
-    return tuple(public_module(example.layer).backward(dy, x, gamma, *ref.saved, **example.options, backend="numpy"))
+    return tuple(public_module(example.layer).backward(dy, x, gamma, *ref.saved, *_running_read(example),
+                                                       **example.options, **_scalars(example), backend="numpy"))
 
 
 def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None) -> tuple[np.ndarray, ...]:
@@ -167,7 +188,8 @@ def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None
     dy = _f64(example.dy if dy is None else dy)
     ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma))
     return tuple(public_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, x, gamma, *ref.saved,
-                                                        **example.options, backend="numpy"))
+                                                              *_running_read(example), **example.options,
+                                                              **_scalars(example), backend="numpy"))
 
 
 # ----- eval mode and running statistics (a layer that keeps them) -----
@@ -175,7 +197,8 @@ def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None
 def eval_forward(example: Example, running, **replaced) -> np.ndarray:
     """The eval-mode y in float64 on the running statistics ``running`` = (running_mean, running_var)."""
     x, gamma, beta = (_f64(replaced.get(n, getattr(example, n))) for n in ("x", "gamma", "beta"))
-    return public_module(example.layer).inference(*_arguments(example, x, gamma, beta), *(_f64(r) for r in running),
+    return public_module(example.layer).inference(*_inference_arguments(example, x, gamma, beta),
+                                                  *(_f64(r) for r in running),
                                             eps=example.eps, **example.options, backend="numpy")
 
 
@@ -247,7 +270,9 @@ def _exact_functions(layer: str, n: int):
     for p in d.parameters:
         parameter_fields.append(isinstance(p, Field))
         arguments += list(elements[p]) if isinstance(p, Field) else [p]
-    arguments.append(s.eps)
+    arguments += [s.eps, *d.constants]  # the constants: one value per group (or per call) each
+    # A stop-gradient value is, evaluated, its value (it matters only to derivatives, which are derived already).
+    outputs = [o.replace(StopGradient, lambda argument: argument) for o in outputs]
     return sympy.lambdify(arguments, outputs, modules="mpmath"), tuple(per_element), tuple(parameter_fields)
 
 
@@ -273,6 +298,9 @@ def exact(example: Example, digits: int = 50) -> tuple[np.ndarray, ...]:
 
     parameters = [parameter_by_group(getattr(example, name)) for name in names]
     index = parameter_by_group(np.arange(example.gamma.size).reshape(example.gamma.shape)).astype(int)
+    running = [by_group(np.broadcast_to(value.reshape(layout.statistics_broadcast), layout.grouped), layout)
+               for value in _running_read(example)]
+    scalars = list(_scalars(example).values())
     y, dx = np.empty((groups, n)), np.empty((groups, n))
     sums: list[dict[int, list]] = [{} for _ in per_element]
     with mpmath.workdps(digits):
@@ -280,7 +308,7 @@ def exact(example: Example, digits: int = 50) -> tuple[np.ndarray, ...]:
             args = [*x[g], *dy[g]]
             for values, field in zip(parameters, parameter_fields):
                 args += list(values[g]) if field else [values[g][0]]
-            args = [mpmath.mpf(float(v)) for v in (*args, example.eps)]
+            args = [mpmath.mpf(float(v)) for v in (*args, example.eps, *(r[g][0] for r in running), *scalars)]
             out = function(*args)
             y[g] = [float(v) for v in out[:n]]
             dx[g] = [float(v) for v in out[n:2 * n]]
@@ -321,6 +349,17 @@ class LayerBound:
                        "gamma": ref.parameter(example.gamma if gamma is None else gamma),
                        "beta": ref.parameter(example.beta if beta is None else beta),
                        "eps": np.float64(example.eps)}
+        # The constants (running statistics read, scalar options): exact inputs.
+        layer = example.spec
+        for name in (layer.running_names if layer.reads_running else ()):
+            self.values[name] = _f64(getattr(example, name)).reshape(ref.layout.statistics_broadcast)
+        for name in layer.scalar_defaults:
+            self.values[name] = np.float64(getattr(example, name))
+        # The forward's other steps (sigma; batch renormalisation's r and d), evaluated from those before them.
+        for definition in self.derivation.training_forward.definitions:
+            if definition.name.name not in self.values and definition.name != self.derivation.symbols.y:
+                self.values[definition.name.name] = evaluate(definition.expr, self.values, ref.count, ref.layout.axes)
+        self._stopped: dict = {}  # a StopGradient node of a closed form -> the atom standing for it
 
     @cached_property
     def _model(self) -> Bound:
@@ -352,9 +391,46 @@ class LayerBound:
             errors[name] = self._definition_error(definition.expr, errors, k_statistics)
         return errors
 
+    def _stopped_atom(self, node, errors) -> sympy.Symbol:
+        """The atom that stands for the stop-gradient value ``node`` in a bound: its value, and its error by moving
+        each erroneous atom of its argument by its error bound, every combination of signs (a clip is monotone and
+        1-Lipschitz in its argument, so the extreme moves bound it), plus the rounding of its own operations."""
+        if node not in self._stopped:
+            symbol = sympy.Symbol(f"_stopped{len(self._stopped)}", real=True)
+            layout = self.ref.layout
+            argument = node.args[0]
+            value = evaluate(argument, self.values, self.ref.count, layout.axes)
+            moved_atoms = [s.name for s in argument.free_symbols if s.name in errors]
+            deviation = np.zeros_like(value)
+            for signs in itertools.product((-1.0, 1.0), repeat=len(moved_atoms)):
+                moved = dict(self.values)
+                for name, sign in zip(moved_atoms, signs):
+                    moved[name] = self.values[name] + sign * errors[name]
+                deviation = np.maximum(deviation, np.abs(evaluate(argument, moved, self.ref.count, layout.axes)
+                                                         - value))
+            self.values[symbol.name] = value
+            self._stopped_errors[symbol.name] = deviation + 8 * self.u * np.abs(value)
+            self._stopped[node] = symbol
+        return self._stopped[node]
+
+    def _without_stopped(self, expr, errors):
+        """``expr`` with every stop-gradient value an atom of its own (:meth:`_stopped_atom`)."""
+        nodes = expr.atoms(StopGradient)
+        if not nodes:
+            return expr
+        return expr.xreplace({node: self._stopped_atom(node, errors) for node in nodes})
+
+    @cached_property
+    def _stopped_errors(self) -> dict:
+        return {}
+
     def _definition_error(self, expr, errors, k) -> np.ndarray:
         layout = self.ref.layout
         ndim = len(layout.grouped)
+        if isinstance(expr, StopGradient):
+            return self._stopped_errors[self._stopped_atom(expr, errors).name]
+        expr = self._without_stopped(expr, errors)
+        errors = {**errors, **self._stopped_errors}
         if expr.is_Pow and expr.exp.is_negative:
             # s = B**p with p < 0 (1/sqrt(var + eps)): by the mean value theorem |B'**p - B**p| <= |p| L**(p-1) e
             # for |B' - B| <= e, where L > 0 is the least B' can be: B - e, or the floor the derivation's symbols
@@ -377,11 +453,14 @@ class LayerBound:
                                     axes=layout.axes)
 
     def _raw(self, expr, extra=None) -> tuple[np.ndarray, dict]:
+        errors = self.errors
+        expr = self._without_stopped(expr, errors)
+        errors = {**errors, **self._stopped_errors}
         values = dict(self.values, **(extra or {}))
         bound = compiled(expr)
         needed = {s.name: values[s.name] for s in bound.atoms}
         layout = self.ref.layout
-        raw = bound.bound(needed, self.errors, u=self.u, k=self.k, count=self.ref.count, ndim=len(layout.grouped),
+        raw = bound.bound(needed, errors, u=self.u, k=self.k, count=self.ref.count, ndim=len(layout.grouped),
                           axes=layout.axes)
         return raw, needed
 
@@ -395,7 +474,8 @@ class LayerBound:
         """Bound on a parameter gradient whose per-group adjoint is ``expr``, gamma-shaped."""
         raw, needed = self._raw(expr, extra)
         layout = self.ref.layout
-        magnitude = compiled(expr).magnitude(needed, self.ref.count, len(layout.grouped), layout.axes)
+        magnitude = compiled(self._without_stopped(expr, self.errors)).magnitude(needed, self.ref.count,
+                                                                                 len(layout.grouped), layout.axes)
         shape = layout.grouped if is_field_expr(expr) else np.broadcast_shapes(raw.shape, layout.statistics_broadcast)
         raw, magnitude = np.broadcast_to(raw, shape), np.broadcast_to(magnitude, shape)
         terms = math.prod(layout.grouped[a] for a in layout.parameter_axes)

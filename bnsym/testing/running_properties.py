@@ -47,7 +47,7 @@ from bnsym.testing.properties import (
 )
 from bnsym.testing.protocol import output_arrays
 from bnsym.testing.protocols import protocol
-from bnsym.testing.reference import EvalBound
+from bnsym.testing.reference import EvalBound, LayerBound
 from bnsym.testing.strategies import Example
 from bnsym.testing.tolerance import SAFETY, Bound
 
@@ -55,7 +55,11 @@ __all__ = ["running_statistics"]
 
 
 def _keeps_running_statistics(layer: LayerSpec) -> bool:
-    return layer.running_statistics
+    # These properties are written for a running mean and variance that the training forward only updates (batch
+    # norm's); a layer whose training forward reads its running statistics, or that keeps other ones (batch
+    # renormalisation's running_std), is not checked by them yet.
+    return (layer.running_statistics and not layer.reads_running
+            and layer.running_names == ("running_mean", "running_var"))
 
 
 def _eval_mode(options: CheckOptions) -> bool:
@@ -489,3 +493,53 @@ def _eval_hessian_symmetry(impl, example):
             pairing(ref_u, v64) - pairing(ref_v, u64),
             pairing(tol_u, np.abs(v64)) + pairing(tol_v, np.abs(u64))
             + bound.slack(ref.grouped(ref_u) * v64, ref.grouped(ref_v) * u64))
+
+
+# ----- a layer whose training forward reads its running statistics (batch renormalisation) -----
+
+def _reads_running_statistics(layer: LayerSpec) -> bool:
+    return layer.running_statistics and layer.reads_running
+
+
+@register("running_stats_read_and_updated", "running statistics", ("train_forward",),
+          applies=_reads_running_statistics, when=_has_convention, selected_by="--convention", takes_options=True)
+def _running_stats_read_and_updated(impl, example, options):
+    """One training step reads the running statistics before updating them: y is the forward's on the statistics
+    given, and each running statistic becomes (1 - f) running + f (the batch's step it averages), the convention's f.
+
+    For a layer whose training forward reads its running statistics (``spec.reads_running``: batch
+    renormalisation's running mean and stddev, the stddev averaging sqrt(var + eps)). The expected update is bnsym's
+    generated one (``update_running_stats``); its tolerance carries the error bound of each averaged step
+    (:class:`~bnsym.testing.reference.LayerBound`) through the weights, plus a few roundings of the update."""
+    conv = CONVENTIONS[options.convention]
+    if conv.unbiased and not _needs_two_values(example):
+        return
+    layer = example.spec
+    momentum, batches = _convention_momentum(options.convention, example, 41)
+    ref = reference.forward(example)
+    bound = LayerBound(example, ref)
+    running = [_f64(getattr(example, name)) for name in layer.running_names]
+    shape = ref.layout.statistics_shape
+    expected = reference.public_module(example.layer).update_running_stats(
+        *running, ref.mean.reshape(shape), ref.var.reshape(shape), ref.count, eps=example.eps,
+        momentum=None if conv.cumulative else momentum, convention=options.convention,
+        num_batches_tracked=batches + 1 if conv.uses_batch_count else None)
+    if not all(np.all(np.abs(e) <= float(np.finfo(example.dtype).max)) for e in expected):
+        return  # the dtype cannot hold the statistics (float16, wide dynamic range): nothing to check
+    result = call(impl, example, "train_forward", momentum=momentum, num_batches_tracked=batches)
+    names = ("y", *(f"new_{name}" for name in layer.running_names))
+    y, *actual = output_arrays(result, "train_forward", names)
+    compare("y from train_forward (normalised with the running statistics given, before their update)", y,
+            ref.y, bound.forward())
+    weight = _batch_weight(example, options.convention, momentum, batches)
+    correction = ref.count / (ref.count - 1) if conv.unbiased else 1.0
+    u = bound.u * (4 + (2 * batches + 4 if conv.debiased else 0))
+    label = f"({options.convention} convention, momentum {momentum}, {batches} batches before)"
+    for name, step, old, new, want in zip(layer.running_names, (s for _, s in layer.running), running, actual,
+                                          expected):
+        batch = np.abs(bound.values[step]).reshape(shape)
+        error = (weight * correction * np.asarray(bound.errors[step]).reshape(shape)
+                 + u * (abs(1 - weight) * np.abs(old) + weight * correction * batch))
+        if np.shape(new) != shape:
+            raise PropertyFailure(f"train_forward returned new_{name} of shape {np.shape(new)}, expected {shape}")
+        compare(f"{name} after one step {label}", new, want, SAFETY * error + bound.tiny)

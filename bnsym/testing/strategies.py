@@ -132,6 +132,16 @@ class Example:
     seed: int = 0
     layer: str = DEFAULT_LAYER
     num_groups: int | None = None
+    #: The inputs of a layer's training forward that are never differentiated, as (name, value) pairs: the running
+    #: statistics it reads (per group, the statistics shape) and its scalar options (floats); read as attributes.
+    constants: tuple = ()
+
+    def __getattr__(self, name: str):
+        # Only called when ordinary lookup fails: a constant of the layer (example.running_mean, example.r_max).
+        for key, value in object.__getattribute__(self, "constants"):
+            if key == name:
+                return value
+        raise AttributeError(f"Example has no attribute {name!r}")
 
     def __repr__(self) -> str:
         # One line, not every array: Hypothesis shows the repr of a failing example (and warns when it is long).
@@ -183,8 +193,10 @@ class Example:
         else:
             groups = math.prod(layout.statistics_shape)
             values = f"{self._grouping_words()}: M = {layout.count} per group, {_count(groups, 'group')}"
-        return (f"x of shape {self.x.shape} ({self.dtype.name}, {values}) in {_range(self.x)}, gamma {gamma}{beta}, "
-                f"eps = {self.eps:.3g}, regime \"{self.regime}\"")
+        constants = "".join(f", {name} {_range(np.asarray(value))}" if np.ndim(value) else f", {name} = {value:g}"
+                            for name, value in self.constants)
+        return (f"x of shape {self.x.shape} ({self.dtype.name}, {values}) in {_range(self.x)}, gamma {gamma}{beta}"
+                f"{constants}, eps = {self.eps:.3g}, regime \"{self.regime}\"")
 
     def _grouping_words(self) -> str:
         """How the groups are formed: over the last axes, in groups of channels, per sample and channel."""
@@ -205,7 +217,7 @@ class Example:
 
     def replace(self, **changes) -> Example:
         values = {name: getattr(self, name) for name in ("x", "gamma", "beta", "eps", "dy", "regime", "seed",
-                                                         "layer", "num_groups")}
+                                                         "layer", "num_groups", "constants")}
         values.update(changes)
         return Example(**values)
 
@@ -720,6 +732,28 @@ def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: st
         rng.standard_normal(layout.grouped)
     field = lambda a: np.asarray(a, dtype=dtype).reshape(shape)  # noqa: E731  (from the grouped layout)
     parameter = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+    constants = _constants(layer_spec, layout, np.asarray(x, np.float64).reshape(layout.grouped), eps, rng, dtype)
     example = Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
-                      options.get("num_groups"))
+                      options.get("num_groups"), constants)
     return _within_range(example, np.reshape(dy, shape))
+
+
+def _constants(layer_spec: LayerSpec, layout, grouped: np.ndarray, eps: float, rng, dtype) -> tuple:
+    """The layer's constants for one example (:attr:`Example.constants`): its scalar options at their defaults, and
+    the running statistics its training forward reads, drawn around the batch's own so that a correction clipped
+    by those options is clipped in some groups and not in others: the running mean within 3 of the batch's
+    standard deviations of its mean, every other running statistic (a spread) the batch's sqrt(var + eps) times
+    10**uniform(-0.8, 0.8)."""
+    if not layer_spec.reads_running:
+        return tuple(layer_spec.scalar_defaults.items())
+    mean = np.mean(grouped, axis=layout.axes, keepdims=True)
+    spread = np.sqrt(np.mean((grouped - mean) ** 2, axis=layout.axes, keepdims=True) + eps)
+    shape = layout.statistics_shape
+    running = []
+    for name in layer_spec.running_names:
+        if name == "running_mean":
+            value = mean + spread * rng.normal(0, 3, spread.shape)
+        else:
+            value = spread * 10.0 ** rng.uniform(-0.8, 0.8, spread.shape)
+        running.append((name, np.asarray(value.reshape(shape), dtype=dtype)))
+    return (*running, *layer_spec.scalar_defaults.items())

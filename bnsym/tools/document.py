@@ -210,8 +210,7 @@ def _eval_sections(layer) -> list[str]:
     return [
         "## Inference mode",
         "",
-        "Eval mode is the same forward pass with the batch statistics frozen: `Program.freeze` replaces the "
-        "definitions of $\\mu$ and $\\sigma^2$ by the running statistics and keeps everything downstream:",
+        _frozen_sentence(layer),
         "",
         _aligned(layer.inference_forward.definitions),
         "",
@@ -221,6 +220,18 @@ def _eval_sections(layer) -> list[str]:
         _closed_forms(*layer.inference_backward),
         "",
     ]
+
+
+def _frozen_sentence(layer) -> str:
+    """How eval mode comes from the training forward pass: the standard freeze, or the layer's own declaration."""
+    if layer.declaration.inference is None:
+        return ("Eval mode is the same forward pass with the batch statistics frozen: `Program.freeze` replaces the "
+                "definitions of $\\mu$ and $\\sigma^2$ by the running statistics and keeps everything downstream:")
+    replaced = ", ".join(f"${to_latex(name)} = {to_latex(sympy.sympify(value))}$"
+                         for name, value in layer.declaration.inference(layer.symbols).items())
+    return ("Eval mode is the same forward pass with the steps that the layer's declaration of its eval mode "
+            f"(`LayerSpec.inference`) names replaced, {replaced}, by `Program.freeze`, which keeps everything "
+            "downstream:")
 
 
 def _running_statistics_section(layer) -> list[str]:
@@ -234,11 +245,20 @@ def _running_statistics_section(layer) -> list[str]:
         f"${to_latex(running_stats.bessel_corrected_variance(layer))}$ (proved from the forward definition). With "
         "$m$ the momentum and $n$ the number of batches seen, including this one:",
         "",
-        "| convention | source | running mean | running variance |",
+        "| convention | source | " + " | ".join(_running_columns(layer)) + " |",
         "|---|---|---|---|",
         *[_convention_row(layer, c) for c in running_stats.CONVENTIONS.values()],
         "",
     ]
+
+
+def _running_columns(layer) -> list[str]:
+    """The running statistics' column titles: "running mean", "running variance" (batch renormalisation: its own
+    names, ``running_std`` averaging sigma)."""
+    names = layer.declaration.spec.running_names
+    if names == ("running_mean", "running_var"):
+        return ["running mean", "running variance"]
+    return [f"`{name}` (averages {step})" for name, step in layer.declaration.spec.running]
 
 
 def _closed_forms(program, closed) -> str:

@@ -140,7 +140,7 @@ def _arguments(signature: inspect.Signature, shape, options: dict, parameter_sha
             arguments[name] = rng.normal(size=shape).astype(dtype)
         elif name in _PARAMETERS:
             arguments[name] = rng.normal(size=parameter_shape).astype(dtype)
-        elif name in _RUNNING:
+        elif name in _RUNNING or name.startswith("running_"):  # a layer's own (batch renormalisation's running_std)
             arguments[name] = rng.uniform(0.5, 2.0, size=parameter_shape).astype(dtype)
         elif name in options:
             arguments[name] = options[name]

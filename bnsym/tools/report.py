@@ -47,6 +47,17 @@ class _Kernels:
         return dict(zip(results, values))
 
 
+class _WithConstants:
+    """Kernels called with the same constants (scalar options, running statistics read) every time."""
+
+    def __init__(self, kernels: _Kernels, constants: dict):
+        self.kernels, self.constants = kernels, constants
+        self.module = kernels.module
+
+    def __call__(self, kernel: str, **arrays) -> dict[str, np.ndarray]:
+        return self.kernels(kernel, **self.constants, **arrays)
+
+
 def finite_difference_checks(name: str, seed: int = 0, shape=(6, 5), eps: float = 1e-3
                              ) -> dict[str, float]:
     """Relative errors of layer ``name``'s generated derivatives against central finite differences, in float64.
@@ -79,6 +90,18 @@ def finite_difference_checks(name: str, seed: int = 0, shape=(6, 5), eps: float 
     p = {k: draw((1, columns)) for k in parameters}
     a = {k: draw((1, columns)) for k in parameters}
     cotangent = {k: draw((1, columns)) for k in parameters}
+
+    # The inputs that are never differentiated: the layer's scalar options at their defaults, and the running
+    # statistics a training forward reads. A stop-gradient value (batch renormalisation's r and d) is a constant of
+    # the derivatives but not of the function, so finite differences agree with the derivatives only where it is
+    # locally constant: the running statistics are far from the batch's (mean -100, spreads 1e-3), where a
+    # clipped correction is at its bound.
+    layer_spec = spec(name)
+    statistics = (1, columns) if not declaration.per_element_parameters else (rows, 1)
+    constants = {**layer_spec.scalar_defaults,
+                 **{r: np.full(statistics, -100.0 if r == "running_mean" else 1e-3)
+                    for r in (layer_spec.running_names if layer_spec.reads_running else ())}}
+    kernels = _WithConstants(kernels, constants)
 
     def forward(h):
         return kernels("forward", x=x + h * u, eps=eps, **{k: p[k] + h * a[k] for k in parameters})

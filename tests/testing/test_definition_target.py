@@ -57,15 +57,24 @@ class _Inputs:
         self.dy = rng.normal(size=shape)
         self.cotangents = [rng.normal(size=shape)] + [rng.normal(size=parameter_shape) for _ in layer.parameters]
         self.tangents = [rng.normal(size=shape)] + [rng.normal(size=parameter_shape) for _ in layer.parameters]
+        # The constants a layer's training forward reads (batch renormalisation's running mean and stddev, spread
+        # so that r and d are clipped in some channels and not in others) and its scalar options at their defaults.
+        statistics = layer.layout(shape, **options).statistics_shape
+        self.running = [rng.normal(size=statistics) if r == "running_mean" else 10.0 ** rng.uniform(-0.5, 1.2,
+                                                                                                   statistics)
+                        for r in (layer.running_names if layer.reads_running else ())]
+        self.scalars = layer.scalar_defaults
+        self.constants = [*self.running, *self.scalars.values()]  # as the target takes them, after the options
 
     def call(self, method, *args, **keywords):
-        return getattr(self.module, method)(*args, **keywords, **self.options, backend="numpy")
+        return getattr(self.module, method)(*args, **keywords, **self.options, **self.scalars, backend="numpy")
 
     def reference(self):
-        y, *saved = self.call("forward", self.x, *self.parameters, eps=self.eps)
-        grads = self.call("backward", self.dy, self.x, self.parameters[0], *saved)
-        second = self.call("double_backward", *self.cotangents, self.dy, self.x, self.parameters[0], *saved)
-        jvp = self.call("jvp", self.x, *self.parameters, *self.tangents, eps=self.eps)
+        y, *saved = self.call("forward", self.x, *self.parameters, *self.running, eps=self.eps)
+        grads = self.call("backward", self.dy, self.x, self.parameters[0], *saved, *self.running)
+        second = self.call("double_backward", *self.cotangents, self.dy, self.x, self.parameters[0], *saved,
+                           *self.running)
+        jvp = self.call("jvp", self.x, *self.parameters, *self.tangents, *self.running, eps=self.eps)
         return y, grads, second, jvp
 
 
@@ -73,7 +82,7 @@ class _Inputs:
 def test_the_definition_target_agrees_with_bnsyms_kernels_in_float64(name, shape, options):
     target = DefinitionTarget(name)
     inputs = _Inputs(name, shape, options)
-    positional = [options[o] for o in target.option_arguments]
+    positional = [options[o] for o in target.option_arguments] + inputs.constants
     y, grads, second, (y_jvp, ty) = inputs.reference()
     _close(target.forward(inputs.x, *inputs.parameters, inputs.eps, *positional), y, f"{name} y")
     backward = target.backward(inputs.dy, inputs.x, *inputs.parameters, inputs.eps, *positional)
@@ -97,7 +106,7 @@ def test_a_channel_last_layout_is_an_option_fixed_at_construction(name):
     options = {**grouping.example_options((3, 6, 2, 4), sizes[len(sizes) // 2]), "axis": -1}
     target = DefinitionTarget(name, axis=-1)
     inputs = _Inputs(name, shape, options, seed=3)
-    positional = [options[o] for o in target.option_arguments]
+    positional = [options[o] for o in target.option_arguments] + inputs.constants
     y, grads, second, _ = inputs.reference()
     _close(target.forward(inputs.x, *inputs.parameters, inputs.eps, *positional), y, f"{name} channel-last y")
     backward = target.backward(inputs.dy, inputs.x, *inputs.parameters, inputs.eps, *positional)
@@ -130,7 +139,7 @@ def test_float16_is_computed_in_float32_and_rounded_once(name):
     options = grouping.example_options(shape, grouping.example_sizes(shape)[-1])
     target = DefinitionTarget(name)
     inputs = _Inputs(name, shape, options, seed=5, eps=1e-2)
-    positional = [options[o] for o in target.option_arguments]
+    positional = [options[o] for o in target.option_arguments] + inputs.constants
     half = [a.astype(np.float16) for a in (inputs.x, *inputs.parameters)]
     single = [a.astype(np.float32) for a in half]  # the same values, exactly
     y16 = target.forward(*half[:1], *half[1:], inputs.eps, *positional)
