@@ -32,7 +32,8 @@ from bnsym.codegen.numba_text import CompiledLoops, module_prelude, python_tuple
 from bnsym.codegen.plan import KernelPlan
 from bnsym.symbolic.naming import REDUCER
 
-__all__ = ["GROUP_LOCAL", "SAMPLE_WISE", "STAGES", "STRATEGIES", "NumbaPlanPrinter", "Strategy", "module_prelude"]
+__all__ = ["GROUP_LOCAL", "SAMPLE_LOCAL", "SAMPLE_WISE", "STAGES", "STRATEGIES", "NumbaPlanPrinter", "Strategy",
+           "module_prelude"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ GROUP_LOCAL = Strategy("group-local loops", GroupLocalPrinter, "GroupLocalLayout
 SAMPLE_WISE = Strategy("sample-wise loops", InterleavedPrinter, "InterleavedLayout",
                        "on channel-last input, one sample at a time with its groups side by side "
                        "(bnsym.codegen.numba_interleaved)")
-STRATEGIES = (STAGES, GROUP_LOCAL, SAMPLE_WISE)
+SAMPLE_LOCAL = Strategy("group-local loops over the rows of per-sample parameters", GroupLocalPrinter,
+                        "SampleLocalLayout",
+                        "each group's stages and outputs one after another while the group is in cache, the groups "
+                        "of one parameter row (a sample) in one parallel iteration (bnsym.codegen.numba_local)")
+STRATEGIES = (STAGES, GROUP_LOCAL, SAMPLE_WISE, SAMPLE_LOCAL)
 
 
 class NumbaPlanPrinter:
@@ -68,8 +73,10 @@ class NumbaPlanPrinter:
         ``channel_axis``: the layer's groups interleave on channel-last input, so the sample-wise loops are added
         for that layout; ``parameter_per_value``: a parameter has one value per value of a group, so the
         group-local loops need their flat nest only; ``sample_parameters``: the parameters hold one row per sample
-        (adaptive norms), which no strategy covers yet (the group-local loops keep (blocks, P, Q) partials of a
-        parameter's sums, and P would be the batch), so every kernel runs its NumPy kernel."""
+        (adaptive norms), so the group-local loops run over the parameter rows (``SAMPLE_LOCAL``: their parameter
+        sums are per row, where the other loops' (blocks, P, Q) partials would grow with the square of the batch),
+        and a kernel they do not cover runs its NumPy kernel (the other strategies would read one parameter row
+        for every sample)."""
         self.indent = indent
         self.sample_parameters = sample_parameters
         self.per_sample = per_sample
@@ -81,16 +88,19 @@ class NumbaPlanPrinter:
         # Parameters that vary within a group and parameter sums: the group-local loops cover them for groups that
         # are contiguous runs. Groups within a sample: a group in cache is cheaper than a pass over memory per
         # stage, so they take every such plan.
+        if self.sample_parameters:  # only loops that pick the row of the group's sample (docstring of __init__)
+            return (SAMPLE_LOCAL,) if GroupLocalPrinter.unsupported(plan) is None else ()
         if (reads_parameters(plan) or self.per_sample) and GroupLocalPrinter.unsupported(plan) is None:
             return (GROUP_LOCAL, SAMPLE_WISE) if self.per_sample and self.channel_axis else (GROUP_LOCAL,)
         return (STAGES,)
 
     def render(self, plan: KernelPlan) -> str:
         """Source of the kernel's compiled functions and its wrapper (no trailing blank line)."""
-        if self.sample_parameters:
-            return (f"# {plan.name}: the NumPy kernel, because the parameters hold one row per sample,\n"
-                    f"# which no loop strategy covers.\n{plan.name} = numpy_kernels.{plan.name}")
         chosen = self.strategies(plan)
+        if not chosen:
+            return (f"# {plan.name}: the NumPy kernel, because the parameters hold one row per sample and the\n"
+                    f"# group-local loops over their rows do not cover it ({GroupLocalPrinter.unsupported(plan)}).\n"
+                    f"{plan.name} = numpy_kernels.{plan.name}")
         if chosen == (STAGES,):  # the stage loops write their own wrapper (one layout, FusedLayout)
             return STAGES.printer(self.indent).render(plan)
         loops = [self._printer(strategy).render(plan) for strategy in chosen]
@@ -99,6 +109,8 @@ class NumbaPlanPrinter:
     def _printer(self, strategy: Strategy):
         if strategy is GROUP_LOCAL:
             return GroupLocalPrinter(self.indent, nests=("flat",) if self.parameter_per_value else LOCAL_NESTS)
+        if strategy is SAMPLE_LOCAL:
+            return GroupLocalPrinter(self.indent, sample_rows=True)
         return strategy.printer(self.indent)
 
     def _wrapper(self, plan: KernelPlan, chosen: tuple[Strategy, ...], loops: list[CompiledLoops]) -> str:
