@@ -276,6 +276,10 @@ def test_the_compiled_backend_runs_loops_over_the_sample_rows_for_every_function
         found = SampleLocalLayout.of(reducer, [x], [], [gamma])
         assert found is not None and (found.P, found.Q, found.groups) == (rows, 32, x.size // 32), \
             f"{shape}: {found}"
+    empty = np.zeros((3, 0, 32))  # no iteration would zero a gradient's row: the NumPy kernel's
+    layout = spec(NAME).layout(empty.shape)
+    reducer = Reducer(layout.axes, layout.count, layout.parameter_axes)
+    assert SampleLocalLayout.of(reducer, [empty], [], [np.zeros(layout.parameter_broadcast)]) is None
     x = np.zeros((64, 32))
     plain = spec("layer_norm").layout(x.shape)
     reducer = Reducer(plain.axes, plain.count, plain.parameter_axes)

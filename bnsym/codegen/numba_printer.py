@@ -1,8 +1,7 @@
 """The compiled-CPU (Numba) backend's printer: for each kernel plan, the loop strategies that run it, chosen here.
 
-Three strategies, each a printer paired with the runtime layout of :mod:`bnsym.runtime.fused` whose arrays its loops
-take
-(:data:`STRATEGIES`):
+Four strategies, each a printer paired with the runtime layout of :mod:`bnsym.runtime.fused` whose arrays its loops
+take (:data:`STRATEGIES`; the group-local printer serves two):
 
 * **stage loops** (:mod:`bnsym.codegen.numba_stages`, ``FusedLayout``): one pass over memory per stage of sums, for
   groups that span the batch (batch norm);
@@ -10,13 +9,18 @@ take
   cache, for groups that are contiguous runs (layer and RMS norm, group and instance norm on channel-first input),
   and for any plan that reads a parameter varying within a group or sums a parameter's gradient;
 * **sample-wise loops** (:mod:`bnsym.codegen.numba_interleaved`, ``InterleavedLayout``): one sample at a time with
-  its groups side by side, for groups that interleave on channel-last input (group and instance norm).
+  its groups side by side, for groups that interleave on channel-last input (group and instance norm);
+* **group-local loops over per-sample parameter rows** (:mod:`bnsym.codegen.numba_local` with ``sample_rows``,
+  ``SampleLocalLayout``): the group-local loops, one parameter row (a sample's groups) per parallel iteration and
+  its gradients summed per row, for parameters of one row per sample (adaptive layer norm); the only strategy
+  such a layer gets.
 
 :class:`NumbaPlanPrinter` chooses from the layer's declaration (``per_sample``, ``channel_axis``,
-``parameter_per_value``) and the plan; a kernel whose groups lie within one sample gets the group-local loops and,
-with a channel axis, the sample-wise ones too, and its wrapper tries them in that order before the NumPy kernel.
+``parameter_per_value``, ``sample_parameters``) and the plan; a kernel whose groups lie within one sample gets the
+group-local loops and, with a channel axis, the sample-wise ones too, and its wrapper tries them in that order
+before the NumPy kernel.
 The printers share :mod:`bnsym.codegen.numba_text` and :mod:`bnsym.codegen.numba_plan` and never import each
-other; only this module knows all three.
+other; only this module knows all of them.
 """
 
 from __future__ import annotations

@@ -222,8 +222,10 @@ class SampleLocalLayout(GroupLocalLayout):
 
     @classmethod
     def of(cls, reducer, fields, per_group, parameters) -> SampleLocalLayout | None:
-        """As :meth:`GroupLocalLayout.of`, for parameters with one row per sample."""
-        return cls._arrange(reducer, fields, per_group, parameters, per_sample_rows=True)
+        """As :meth:`GroupLocalLayout.of`, for parameters with one row per sample. Empty input is the NumPy
+        kernel's: with no groups, R = groups // P is 0 (or P is 0) and no iteration would zero a gradient's row."""
+        layout = cls._arrange(reducer, fields, per_group, parameters, per_sample_rows=True)
+        return layout if layout is not None and layout.groups and layout.inner else None
 
 
 
