@@ -175,32 +175,33 @@ def _adaptive_layer_norm_backward_outputs(dy, x, gamma, mean, dx_coef_x_minus_me
 
 
 @numba.njit(cache=True, parallel=True)
-def _adaptive_layer_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, dx):
+def _adaptive_layer_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, dx, dgamma, dbeta):
     """adaptive_layer_norm_backward on (groups, inner) fields, (P, Q) parameters of one row per R = groups // P
-    groups and (groups,) per-group values, one parameter row (a sample) per parallel iteration."""
+    groups and (groups,) per-group values, one parameter row (a sample) per parallel iteration; fills dgamma,
+    dbeta."""
     groups, inner = dy.shape
     S = inner // Q
     R = groups // P
     dtype = dy.dtype.type
     tmp0 = 1/count
-    parts_psum_dy_x_minus_mean_invstd = numpy.empty((P, Q), dy.dtype)
-    parts_psum_dy = numpy.empty((P, Q), dy.dtype)
-    wide_psum_dy_x_minus_mean_invstd = numpy.empty((P, Q if R > BLOCK else 1))
-    wide_psum_dy = numpy.empty((P, Q if R > BLOCK else 1))
     for p in numba.prange(P):
+        psum_dy_x_minus_mean_invstd_row = numpy.empty(Q, dy.dtype)
+        psum_dy_row = numpy.empty(Q, dy.dtype)
+        psum_dy_x_minus_mean_invstd_wide = numpy.empty(Q if R > BLOCK else 1)
+        psum_dy_wide = numpy.empty(Q if R > BLOCK else 1)
         if R > BLOCK:
             for q in range(Q):
-                wide_psum_dy_x_minus_mean_invstd[p, q] = 0.0
-                wide_psum_dy[p, q] = 0.0
+                psum_dy_x_minus_mean_invstd_wide[q] = 0.0
+                psum_dy_wide[q] = 0.0
         for start in range(p * R, p * R + R, BLOCK):
             for q in range(Q):
-                parts_psum_dy_x_minus_mean_invstd[p, q] = 0
-                parts_psum_dy[p, q] = 0
+                psum_dy_x_minus_mean_invstd_row[q] = 0
+                psum_dy_row[q] = 0
             for g in range(start, min(start + BLOCK, p * R + R)):
                 mean = mean_groups[g]
                 invstd = invstd_groups[g]
                 tmp1 = dtype(tmp0*invstd)
-                total_sum_dy, total_sum_dy_gamma, total_sum_dy_x_minus_mean, total_sum_dy_gamma_x_minus_mean = _adaptive_layer_norm_backward_pass1(dy[g], x[g], gamma[p], mean, invstd, Q, S, parts_psum_dy_x_minus_mean_invstd[p], parts_psum_dy[p], wide_psum_dy_x_minus_mean_invstd[p], wide_psum_dy[p])
+                total_sum_dy, total_sum_dy_gamma, total_sum_dy_x_minus_mean, total_sum_dy_gamma_x_minus_mean = _adaptive_layer_norm_backward_pass1(dy[g], x[g], gamma[p], mean, invstd, Q, S, psum_dy_x_minus_mean_invstd_row, psum_dy_row, psum_dy_x_minus_mean_invstd_wide, psum_dy_wide)
                 sum_dy = dtype(total_sum_dy)
                 sum_dy_gamma = dtype(total_sum_dy_gamma)
                 sum_dy_x_minus_mean = dtype(total_sum_dy_x_minus_mean)
@@ -210,16 +211,17 @@ def _adaptive_layer_norm_backward(dy, x, gamma, mean_groups, invstd_groups, coun
                 _adaptive_layer_norm_backward_outputs(dy[g], x[g], gamma[p], mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx[g])
             if R > BLOCK:
                 for q in range(Q):
-                    wide_psum_dy_x_minus_mean_invstd[p, q] += parts_psum_dy_x_minus_mean_invstd[p, q]
-                    wide_psum_dy[p, q] += parts_psum_dy[p, q]
+                    psum_dy_x_minus_mean_invstd_wide[q] += psum_dy_x_minus_mean_invstd_row[q]
+                    psum_dy_wide[q] += psum_dy_row[q]
         if R > BLOCK:
             for q in range(Q):
-                parts_psum_dy_x_minus_mean_invstd[p, q] = wide_psum_dy_x_minus_mean_invstd[p, q]
-                parts_psum_dy[p, q] = wide_psum_dy[p, q]
-    psum_dy_x_minus_mean_invstd = parts_psum_dy_x_minus_mean_invstd
-    psum_dy = parts_psum_dy
-    dgamma = psum_dy_x_minus_mean_invstd
-    dbeta = psum_dy
+                psum_dy_x_minus_mean_invstd_row[q] = psum_dy_x_minus_mean_invstd_wide[q]
+                psum_dy_row[q] = psum_dy_wide[q]
+        dgamma_row = psum_dy_x_minus_mean_invstd_row
+        dbeta_row = psum_dy_row
+        for q in range(Q):
+            dgamma[p, q] = dgamma_row[q]
+            dbeta[p, q] = dbeta_row[q]
     return dgamma, dbeta
 
 
@@ -242,7 +244,9 @@ def adaptive_layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
     layout = SampleLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
     if layout is not None and layout.inner == layout.Q:
         dx = layout.empty()
-        dgamma, dbeta = run_compiled(_adaptive_layer_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx))
+        dgamma = layout.parameter_empty()
+        dbeta = layout.parameter_empty()
+        dgamma, dbeta = run_compiled(_adaptive_layer_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx), dgamma, dbeta)
         return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
     return numpy_kernels.adaptive_layer_norm_backward(dy, x, gamma, mean, invstd, reducer)
 
@@ -346,28 +350,28 @@ def _adaptive_layer_norm_double_backward_outputs(dy, ggx, x, gamma, gggamma, ggb
 
 
 @numba.njit(cache=True, parallel=True)
-def _adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, P, Q, gx, gdy):
+def _adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, P, Q, gx, gdy, ggamma):
     """adaptive_layer_norm_double_backward on (groups, inner) fields, (P, Q) parameters of one row per R = groups //
-    P groups and (groups,) per-group values, one parameter row (a sample) per parallel iteration."""
+    P groups and (groups,) per-group values, one parameter row (a sample) per parallel iteration; fills ggamma."""
     groups, inner = ggx.shape
     S = inner // Q
     R = groups // P
     dtype = ggx.dtype.type
     tmp3 = 1/count
     tmp6 = 1/(count**2)
-    parts_psum_dy_ggx_invstd = numpy.empty((P, Q), ggx.dtype)
-    parts_psum_dy_field_0_coef_dy_field_0 = numpy.empty((P, Q), ggx.dtype)
-    wide_psum_dy_ggx_invstd = numpy.empty((P, Q if R > BLOCK else 1))
-    wide_psum_dy_field_0_coef_dy_field_0 = numpy.empty((P, Q if R > BLOCK else 1))
     for p in numba.prange(P):
+        psum_dy_ggx_invstd_row = numpy.empty(Q, ggx.dtype)
+        psum_dy_field_0_coef_dy_field_0_row = numpy.empty(Q, ggx.dtype)
+        psum_dy_ggx_invstd_wide = numpy.empty(Q if R > BLOCK else 1)
+        psum_dy_field_0_coef_dy_field_0_wide = numpy.empty(Q if R > BLOCK else 1)
         if R > BLOCK:
             for q in range(Q):
-                wide_psum_dy_ggx_invstd[p, q] = 0.0
-                wide_psum_dy_field_0_coef_dy_field_0[p, q] = 0.0
+                psum_dy_ggx_invstd_wide[q] = 0.0
+                psum_dy_field_0_coef_dy_field_0_wide[q] = 0.0
         for start in range(p * R, p * R + R, BLOCK):
             for q in range(Q):
-                parts_psum_dy_ggx_invstd[p, q] = 0
-                parts_psum_dy_field_0_coef_dy_field_0[p, q] = 0
+                psum_dy_ggx_invstd_row[q] = 0
+                psum_dy_field_0_coef_dy_field_0_row[q] = 0
             for g in range(start, min(start + BLOCK, p * R + R)):
                 mean = mean_groups[g]
                 invstd = invstd_groups[g]
@@ -395,22 +399,21 @@ def _adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mea
                 gx_coef_x_minus_mean = dtype(-tmp1*tmp6*(-sum_dy*tmp7 - sum_dy_gamma*tmp7 - sum_dy_gamma_x_minus_mean*tmp9 - sum_dy_x_minus_mean*tmp9 + sum_dy_gamma_ggx*invstd*count + sum_dy_gggamma_x_minus_mean*invstd*count + sum_dy_ggx*invstd*count))
                 gx_shift = dtype(sum_dy*tmp10 + sum_dy_gamma*tmp10 - sum_dy_gggamma*tmp4 + sum_ggx*tmp5*tmp6)
                 gdy_coef_field_2 = dtype(-sum_ggx*tmp4)
-                _adaptive_layer_norm_double_backward_pass2(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, parts_psum_dy_ggx_invstd[p], parts_psum_dy_field_0_coef_dy_field_0[p], wide_psum_dy_ggx_invstd[p], wide_psum_dy_field_0_coef_dy_field_0[p])
+                _adaptive_layer_norm_double_backward_pass2(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, psum_dy_ggx_invstd_row, psum_dy_field_0_coef_dy_field_0_row, psum_dy_ggx_invstd_wide, psum_dy_field_0_coef_dy_field_0_wide)
                 _adaptive_layer_norm_double_backward_outputs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], ggbeta[p], mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_field_2, invstd, dtype(count), Q, S, gx[g], gdy[g])
             if R > BLOCK:
                 for q in range(Q):
-                    wide_psum_dy_ggx_invstd[p, q] += parts_psum_dy_ggx_invstd[p, q]
-                    wide_psum_dy_field_0_coef_dy_field_0[p, q] += parts_psum_dy_field_0_coef_dy_field_0[p, q]
+                    psum_dy_ggx_invstd_wide[q] += psum_dy_ggx_invstd_row[q]
+                    psum_dy_field_0_coef_dy_field_0_wide[q] += psum_dy_field_0_coef_dy_field_0_row[q]
         if R > BLOCK:
             for q in range(Q):
-                parts_psum_dy_ggx_invstd[p, q] = wide_psum_dy_ggx_invstd[p, q]
-                parts_psum_dy_field_0_coef_dy_field_0[p, q] = wide_psum_dy_field_0_coef_dy_field_0[p, q]
-    psum_dy_ggx_invstd = parts_psum_dy_ggx_invstd
-    psum_dy_field_0_coef_dy_field_0 = parts_psum_dy_field_0_coef_dy_field_0
-    ggamma = numpy.empty((P, Q), dtype)
-    for p in range(P):
+                psum_dy_ggx_invstd_row[q] = psum_dy_ggx_invstd_wide[q]
+                psum_dy_field_0_coef_dy_field_0_row[q] = psum_dy_field_0_coef_dy_field_0_wide[q]
+        ggamma_row = numpy.empty(Q, dtype)
         for q in range(Q):
-            ggamma[p, q] = psum_dy_ggx_invstd[p, q] - psum_dy_field_0_coef_dy_field_0[p, q]
+            ggamma_row[q] = psum_dy_ggx_invstd_row[q] - psum_dy_field_0_coef_dy_field_0_row[q]
+        for q in range(Q):
+            ggamma[p, q] = ggamma_row[q]
     return ggamma,
 
 
@@ -435,7 +438,8 @@ def adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean
     if layout is not None and layout.inner == layout.Q:
         gx = layout.empty()
         gdy = layout.empty()
-        ggamma, = run_compiled(_adaptive_layer_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy))
+        ggamma = layout.parameter_empty()
+        ggamma, = run_compiled(_adaptive_layer_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy), ggamma)
         return gx, layout.parameter_result(ggamma), gdy
     return numpy_kernels.adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
 

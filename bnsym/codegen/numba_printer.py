@@ -129,21 +129,25 @@ class NumbaPlanPrinter:
               f"parameters={python_tuple(names.parameters)}")
         for strategy, loop in zip(chosen, loops):
             lines += [f"{i}layout = {strategy.layout}.of({of})", f"{i}if layout is not None{loop.condition}:"]
-            lines += self._call(plan, names, loop.driver, loop.shape)
+            lines += self._call(plan, names, loop.driver, loop.shape, loop.parameter_outputs)
         lines += [f"{i}return numpy_kernels.{plan.name}({', '.join(plan.parameters)})"]
         return "\n".join(lines)
 
-    def _call(self, plan: KernelPlan, names: PlanNames, function: str, shape: list[str]) -> list[str]:
+    def _call(self, plan: KernelPlan, names: PlanNames, function: str, shape: list[str],
+              parameter_outputs: bool = False) -> list[str]:
         """The wrapper's lines (inside its ``if``) that call ``function`` with the arrays arranged by the layout
         object ``layout`` of the generated code and ``shape`` (what the function takes after M), and return its
-        results as the NumPy kernel does."""
+        results as the NumPy kernel does. ``parameter_outputs``: the function fills parameter results that the
+        wrapper allocates (:class:`CompiledLoops`)."""
         i2 = self.indent * 2
+        results = [s.name for s in plan.returns if s.name not in names.outputs]
+        filled = [n for n in results if n not in names.group_results] if parameter_outputs else []
         lines = [f"{i2}{n} = layout.empty()" for n in names.outputs]
+        lines += [f"{i2}{n} = layout.parameter_empty()" for n in filled]
         arguments = [f"layout.fields({n})" if n in names.fields else
                      f"layout.parameter({n})" if n in names.parameters else f"layout.per_group({n})"
                      for n in names.inputs]
-        arguments += [f"{REDUCER}.count", *shape] + [f"layout.fields({n})" for n in names.outputs]
-        results = [s.name for s in plan.returns if s.name not in names.outputs]
+        arguments += [f"{REDUCER}.count", *shape] + [f"layout.fields({n})" for n in names.outputs] + filled
         call = f"run_compiled({function}, {', '.join(arguments)})"
         lines.append(f"{i2}{', '.join(results)}{',' if len(results) == 1 else ''} = {call}" if results
                      else f"{i2}{call}")
