@@ -27,6 +27,15 @@ A :class:`LayerSpec` says, with no SymPy, everything about a layer that is not i
   does for batch and instance norm), or None;
 * ``regimes``: the input regimes the checker draws from for it (:mod:`bnsym.testing.strategies` defines them);
 * ``group``, ``statistics_over``, ``parameters_are``, ``conventions``: prose for its derivation document;
+* ``field_inputs``: the names of inputs besides x that hold one value per element, shaped like x (fused residual
+  add + RMS norm's ``residual``); they come after x: forward pass inputs ``(x, *field_inputs, *parameters, eps)``;
+* ``field_outputs``: the names of outputs besides y that hold one value per element, shaped like x (fused residual
+  add + RMS norm's ``h = x + residual``, the new residual stream); they come after y: outputs ``(y,
+  *field_outputs, *saved)``. The backward pass takes one upstream gradient for each (``dy``, ``dh``) and returns
+  one gradient for x and for each field input (``dx``, ``dresidual``) before the parameters';
+* ``normalises``: the field whose groups are normalised (x_hat is that field's values normalised): ``"x"``, or one
+  of ``field_outputs`` (``"h"``: the statistics are those of x + residual). The backward kernels read this field,
+  not x, with the saved statistics;
 * ``kernels_package``: the package of its generated modules (``<package>.<name>``, ``<name>_numba``,
   ``<name>_array_api``): ``bnsym._generated`` for the built-in layers, the user's own package for theirs.
 
@@ -78,6 +87,9 @@ class LayerSpec:
     kernels_package: str = "bnsym._generated"
     forward: Callable | str | None = None
     neutral: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
+    field_inputs: tuple[str, ...] = ()
+    field_outputs: tuple[str, ...] = ()
+    normalises: str = "x"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -93,6 +105,7 @@ class LayerSpec:
                              f"{self.statistic!r} layer does not compute (running_statistics needs statistic "
                              "'centred')")
         self._check_forward()
+        self._check_fields()
         # Stored as sorted (name, value) pairs: a specification is a value, compared and hashed by its fields.
         object.__setattr__(self, "neutral", self._checked_neutral())
 
@@ -107,6 +120,24 @@ class LayerSpec:
         raise TypeError(f"LayerSpec {self.name!r}: forward must be None (the standard forward pass of a "
                         f"{self.statistic!r} layer), a function of the layer's symbols returning its Program, or "
                         f"\"package.module:function\" naming one; got {forward!r}")
+
+    def _check_fields(self) -> None:
+        for what in ("field_inputs", "field_outputs"):
+            names = getattr(self, what)
+            if isinstance(names, str) or not isinstance(names, tuple) or not all(
+                    isinstance(n, str) and n.isidentifier() for n in names):
+                raise TypeError(f"LayerSpec {self.name!r}: {what} must be a tuple of names (Python identifiers), got "
+                                f"{names!r}")
+        taken = {"x", "y", "eps", *self.parameters, *self.saved, *self.options}
+        declared = (*self.field_inputs, *self.field_outputs)
+        clashing = sorted({n for n in declared if n in taken or declared.count(n) > 1})
+        if clashing:
+            raise ValueError(f"LayerSpec {self.name!r}: the field names {', '.join(clashing)} are taken (by x, y, eps, "
+                             f"a parameter, a saved statistic, an option, or another field); name each field once")
+        if self.normalises not in ("x", *self.field_outputs):
+            raise ValueError(f"LayerSpec {self.name!r}: normalises must be 'x' or one of field_outputs "
+                             f"{self.field_outputs}: the backward reads the normalised field, so the forward pass "
+                             f"must return it; got {self.normalises!r}")
 
     def _checked_neutral(self) -> tuple[tuple[str, float], ...]:
         given = dict(self.neutral)
@@ -135,6 +166,21 @@ class LayerSpec:
     def saved(self) -> tuple[str, ...]:
         """The statistics the forward pass returns after y, for the backward: ("mean", "invstd") or ("invrms",)."""
         return _STATISTICS[self.statistic][1]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The per-element inputs: ``("x", *field_inputs)``."""
+        return ("x", *self.field_inputs)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The per-element outputs: ``("y", *field_outputs)``."""
+        return ("y", *self.field_outputs)
+
+    @property
+    def plain(self) -> bool:
+        """x in, y out: no field inputs or outputs besides them (every textbook layer)."""
+        return not self.field_inputs and not self.field_outputs
 
     @property
     def neutral_values(self) -> dict[str, float]:
