@@ -30,12 +30,15 @@ def _assert_agrees(generic, brute, elements, forward, what):
 
 
 def _first_order(layer, n):
-    s = layer.symbols
+    """The brute-force gradients of sum over the field outputs o (y, and h for fused add + RMS norm) of
+    <upstream_o, o>, with respect to every field input and parameter (the full Jacobian, by sympy.diff)."""
     forward = layer.training_forward
     elements = Elements(n)
-    ys = [instantiate(s.y, elements, i, forward) for i in range(n)]
-    dys = elements[s.dy]
-    gradients = {u: jacobian_vector_product(ys, _values(u, elements), dys) for u in (s.x, *layer.parameters)}
+    outputs = [instantiate(o, elements, i, forward) for o in layer.field_outputs for i in range(n)]
+    upstream = [v for d in layer.upstream for v in elements[d]]
+    ys = outputs[:n]
+    gradients = {u: jacobian_vector_product(outputs, _values(u, elements), upstream)
+                 for u in (*layer.field_inputs, *layer.parameters)}
     return elements, ys, gradients
 
 
@@ -45,7 +48,9 @@ def test_backward_matches_brute_force(name, n):
     layer = derivation(name)
     program, closed = layer.backward
     elements, _, brute = _first_order(layer, n)
-    for adjoint, u in zip(program.outputs, (layer.symbols.x, *layer.parameters)):
+    wrt = (*layer.field_inputs, *layer.parameters)
+    assert len(program.outputs) == len(wrt), f"{name}: the backward returns {program.outputs} for {wrt}"
+    for adjoint, u in zip(program.outputs, wrt):
         _assert_agrees(closed[adjoint], brute[u], elements, layer.training_forward, f"{name} {adjoint}")
 
 
@@ -58,12 +63,12 @@ def test_double_backward_matches_brute_force(name, n):
     s = layer.symbols
     program, closed = layer.double_backward
     elements, _, brute = _first_order(layer, n)
-    cotangents = {s.x: s.ggx, s.gamma: s.gggamma, s.beta: s.ggbeta}
-    loss = sum(sum(c * g for c, g in zip(_values(cotangents[u], elements), brute[u]))
-               for u in (s.x, *layer.parameters))
-    wrt = {s.x: elements[s.x], s.gamma: _values(s.gamma, elements), s.dy: elements[s.dy]}
-    for out, u in zip(program.outputs, (s.x, s.gamma, s.dy)):
-        expected = [sympy.diff(loss, v) for v in wrt[u]]
+    loss = sum(sum(c * g for c, g in zip(_values(layer.cotangent(u), elements), brute[u]))
+               for u in (*layer.field_inputs, *layer.parameters))
+    wrt = (*layer.field_inputs, s.gamma, *layer.upstream)
+    assert len(program.outputs) == len(wrt), f"{name}: the double backward returns {program.outputs} for {wrt}"
+    for out, u in zip(program.outputs, wrt):
+        expected = [sympy.diff(loss, v) for v in _values(u, elements)]
         _assert_agrees(closed[out], expected, elements, layer.training_forward, f"{name} {out}")
 
 
@@ -71,14 +76,17 @@ def test_double_backward_matches_brute_force(name, n):
 @pytest.mark.parametrize("name", FAMILY)
 def test_jvp_matches_brute_force(name, n):
     layer = derivation(name)
-    s = layer.symbols
     program, closed = layer.jvp
-    (ty,) = closed
-    elements, ys, _ = _first_order(layer, n)
-    tangents = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
-    brute = [sum(sympy.diff(y, v) * t for u in (s.x, *layer.parameters)
-                 for v, t in zip(_values(u, elements), _values(tangents[u], elements))) for y in ys]
-    _assert_agrees(closed[ty], brute, elements, layer.training_forward, f"{name} ty")
+    elements = Elements(n)
+    forward = layer.training_forward
+    tangents = program.outputs[len(layer.field_outputs):]
+    assert len(tangents) == len(layer.field_outputs) == len(closed), f"{name}: tangents {tangents}"
+    for output, tangent in zip(layer.field_outputs, tangents):
+        values = [instantiate(output, elements, i, forward) for i in range(n)]
+        brute = [sum(sympy.diff(value, v) * t for u in (*layer.field_inputs, *layer.parameters)
+                     for v, t in zip(_values(u, elements), _values(layer.tangent_of(u), elements)))
+                 for value in values]
+        _assert_agrees(closed[tangent], brute, elements, forward, f"{name} {tangent}")
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -94,6 +102,7 @@ def test_cross_check_detects_a_dx_without_the_statistics_term(name):
     assert wrong != closed[dx], f"{name}: no term of dx reduces dy * x_hat"
     elements, _, brute = _first_order(layer, 3)
     assert not difference_is_zero(instantiate(wrong, elements, 0, layer.training_forward), brute[s.x][0])
+
 
 
 @pytest.mark.parametrize("name", LAYERS)
