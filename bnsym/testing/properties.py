@@ -483,7 +483,9 @@ def _single_values(space: Space) -> st.SearchStrategy[Example]:
 
 @register("shapes_and_dtypes", "structure", fields=True)
 def _shapes_and_dtypes(impl, example):
-    """y (and each field output, such as fused add + RMS norm's h) has the shape and dtype of x."""
+    """y has the shape and dtype of x.
+
+    So does each field output of a layer that has them (fused add + RMS norm's h)."""
     for name, y in zip(protocol(example.layer).outputs, call_forward_all(impl, example)):
         if y.dtype != example.dtype:
             raise PropertyFailure(f"{name} has shape {y.shape} and dtype {y.dtype}, expected shape {example.x.shape} "
@@ -572,8 +574,9 @@ def _one_value_per_channel(impl, example):
 
 @register("forward_reference", "reference", long_groups=True, fields=True)
 def _forward_reference(impl, example):
-    """y (and each field output) agrees with bnsym's float64 reference within the error bound of the dtype, from the
-    derived closed form."""
+    """y agrees with bnsym's float64 reference within the error bound of the dtype, from the derived closed form.
+
+    So does each field output of a layer that has them (fused add + RMS norm's h), within its own bound."""
     ref = reference.forward(example)
     bound = _bound(example, ref)
     outputs = call_forward_all(impl, example)
