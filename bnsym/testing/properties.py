@@ -965,25 +965,31 @@ def _dgamma_is_sum_dy_xhat(impl, example):
             bound.backward(example.dy)[1] + bound.slack(terms))
 
 
-@register("linearity_in_dy", "identities", needs=("forward", "backward"))
+@register("linearity_in_dy", "identities", needs=("forward", "backward"), fields=True)
 def _linearity_in_dy(impl, example):
-    """backward(a dy) = a backward(dy) for a negative a, and backward(dy1 + dy2) = backward(dy1) + backward(dy2)."""
+    """backward(a dy) = a backward(dy) for a negative a, and backward(dy1 + dy2) = backward(dy1) + backward(dy2).
+
+    For a layer with field outputs the upstream gradients move together: (a dy, a dh), (dy1 + dy2, dh1 + dh2)."""
     a = -float(2.0 ** example.rng(6).integers(-1, 2))
     ref = reference.forward(example)
     bound = _bound(example, ref)
-    dy1, dy2 = example.dy, second_dy(example, 7)
-    total = (_f64(dy1) + dy2).astype(example.dtype)
-    runs = {name: call_backward(impl, example, dy=dy) for name, dy in (("1", dy1), ("a", a * dy1), ("2", dy2),
-                                                                         ("sum", total))}
+    upstream = protocol(example.layer).upstream
+    first = {d: getattr(example, d) for d in upstream}
+    second = {d: second_dy(example, 7 + k) for k, d in enumerate(upstream)}
+    total = {d: (_f64(first[d]) + second[d]).astype(example.dtype) for d in upstream}
+    scaled = {d: a * first[d] for d in upstream}
+    runs = {name: call_backward(impl, example, **values) for name, values in (("1", first), ("a", scaled),
+                                                                              ("2", second), ("sum", total))}
     names = protocol(example.layer).gradients
     for run in runs.values():
         compare("dx", run[0], np.zeros(example.x.shape), np.inf)  # finiteness
-    tol1, tol2, tol_sum = bound.backward(dy1), bound.backward(dy2), bound.backward(total)
-    refs = [reference.backward(example, dy=dy) for dy in (dy1, dy2, total)]
+    tol1, tol2, tol_sum = (bound.backward(**values) for values in (first, second, total))
+    refs = [reference.backward(example, **values) for values in (first, second, total)]
+    scaled_words = upstream[0] if len(upstream) == 1 else f"({', '.join(upstream)})"
     for i, name in enumerate(names):
         f = {run: _f64(values[i]) for run, values in runs.items()}
-        compare(f"backward({a:g} dy) - {a:g} backward(dy): {name}", f["a"] - a * f["1"], np.zeros(f["1"].shape),
-                2 * abs(a) * tol1[i])
+        compare(f"backward({a:g} {scaled_words}) - {a:g} backward({', '.join(upstream)}): {name}",
+                f["a"] - a * f["1"], np.zeros(f["1"].shape), 2 * abs(a) * tol1[i])
         compare(f"backward(dy1 + dy2) - backward(dy1) - backward(dy2): {name}", f["sum"] - f["1"] - f["2"],
                 refs[2][i] - refs[0][i] - refs[1][i], tol1[i] + tol2[i] + tol_sum[i])
 
