@@ -78,3 +78,10 @@ def test_the_bug_classes_document_names_the_properties_that_catch_each_bug():
     named = set(re.findall(r"`([a-z_0-9]+)`", section))
     for bug in BUGS:
         assert set(bug.caught_by) <= named, f"{bug.name}: {set(bug.caught_by) - named} missing from the document"
+
+
+def test_order_2_is_refused_with_the_reason(capsys):
+    """The checker's protocol of a layer with field inputs and outputs has no double backward yet: --order 2 says so
+    (exit 2) instead of running no second-order property."""
+    assert main(["check", "bnsym", "--layer", LAYER, "--order", "2"]) == 2
+    assert "has no double backward" in capsys.readouterr().err
