@@ -554,7 +554,16 @@ def _bnsym_with_fields(layer: str, own, options) -> Implementation:
         return own.backward(*(a[d] for d in p.upstream), normalised, params[0], *statistics, backend="numpy",
                             **options(a["x"], params, a.get("num_groups")))
 
-    return Implementation(forward_method, backward_method, name=f"bnsym.{layer}", layer=layer)
+    def double_backward_method(*args):
+        a = _arguments(layer, "double_backward", args)
+        outputs, statistics, params = run_forward(a)
+        normalised = a["x"] if layer_spec.normalises == "x" else outputs[layer_spec.normalises]
+        return own.double_backward(*(a[c] for c in p.cotangents), *(a[d] for d in p.upstream), normalised,
+                                   params[0], *statistics, backend="numpy",
+                                   **options(a["x"], params, a.get("num_groups")))
+
+    return Implementation(forward_method, backward_method, name=f"bnsym.{layer}", layer=layer,
+                          double_backward=double_backward_method)
 
 
 def _definition(layer: str) -> Implementation:

@@ -22,7 +22,8 @@ x, gamma and dy (``create_graph=True``), a gradient that does not depend on an i
 A layer with field inputs and outputs (``LayerSpec.field_inputs``, ``field_outputs``: fused add + RMS norm's
 residual and h) takes each field input after x; ``forward`` returns (y, *field outputs) and ``backward`` is
 ``torch.autograd.grad`` of all of them with an upstream gradient each (dy, dh), returning the gradient of x, of each
-field input and of each parameter. Such a layer has no double backward or JVP here.
+field input and of each parameter; ``double_backward`` takes a cotangent for each of those gradients and returns
+the gradients with respect to x, the field inputs, gamma and the upstream gradients. Such a layer has no JVP here.
 
 Calls follow the checker's protocol of the layer (:mod:`bnsym.testing.protocols`), read from the layer's
 specification and derivation, not from a table: ``forward(x, *parameters, eps, *options) -> y``, ``backward(dy, x,
@@ -186,11 +187,9 @@ class DefinitionTarget:
             "forward": (*f, *p, "eps", *opts),
             "backward": (*self.upstream, *f, *p, "eps", *opts),
         }
-        if self.spec.plain:  # the second-order and forward-mode protocols are those of x in, y out
-            self.signatures.update({
-                "double_backward": ("ggx", *("gg" + q for q in p), "dy", "x", *p, "eps", *opts),
-                "jvp": ("x", *p, "tx", *("t" + q for q in p), "eps", *opts),
-            })
+        self.signatures["double_backward"] = (*("gg" + g for g in (*f, *p)), *self.upstream, *f, *p, "eps", *opts)
+        if self.spec.plain:  # the forward-mode protocol is that of x in, y out
+            self.signatures["jvp"] = ("x", *p, "tx", *("t" + q for q in p), "eps", *opts)
 
     def __repr__(self) -> str:
         return f"DefinitionTarget({self.spec.name!r})"
@@ -228,7 +227,7 @@ class DefinitionTarget:
         eps = check_eps(a["eps"], compute)
         for name in self.parameters:
             a[name] = layout.parameter(a[name], name, compute).reshape(layout.parameter_shape)
-        for name in ("dy", "tx", "ggx", *self.fields[1:], *self.upstream[1:]):
+        for name in ("dy", "tx", "ggx", *self.fields[1:], *self.upstream[1:], *("gg" + f for f in self.fields[1:])):
             if name in a:
                 a[name] = check_same_shape(a[name], name, x.shape)
         for prefix in ("t", "gg"):
@@ -307,19 +306,20 @@ class DefinitionTarget:
             return np.zeros(tuple(tensor.shape), dtype)
         return self._numpy(gradient, dtype)
 
-    def double_backward(self, *args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def double_backward(self, *args) -> tuple[np.ndarray, ...]:
         """(gx, ggamma, gdy): the gradients of <ggx, dx> + sum over the parameters p of <ggp, dp> with respect to x,
-        gamma and dy."""
+        gamma and dy; with a layer's field inputs and outputs (gx, *g field inputs, ggamma, gdy, *gd outputs)."""
         a, layout, dtype, compute, eps = self._prepare("double_backward", args)
-        x = self._tensor(a["x"], compute, True)
+        fields = [self._tensor(a[f], compute, True) for f in self.fields]
         parameters = [self._tensor(a[p], compute, True) for p in self.parameters]
-        dy = self._tensor(a["dy"], compute, True)
-        cotangents = [self._tensor(a["ggx"], compute)] + [self._tensor(a["gg" + p], compute) for p in self.parameters]
+        upstream = [self._tensor(a[d], compute, True) for d in self.upstream]
+        cotangents = [self._tensor(a["gg" + g], compute) for g in (*self.fields, *self.parameters)]
         with torch_one_thread():
-            y = self._y(x, parameters, eps, layout)
-            first = self._torch.autograd.grad(y, (x, *parameters), dy, create_graph=True, allow_unused=True)
+            outputs = self._outputs(fields, parameters, eps, layout)
+            first = self._torch.autograd.grad(outputs, (*fields, *parameters), upstream, create_graph=True,
+                                              allow_unused=True)
             total = sum((g * c).sum() for g, c in zip(first, cotangents) if g is not None)
-            inputs = (x, parameters[0], dy)
+            inputs = (*fields, parameters[0], *upstream)
             if not isinstance(total, self._torch.Tensor) or not total.requires_grad:
                 return tuple(np.zeros(tuple(t.shape), dtype) for t in inputs)
             second = self._torch.autograd.grad(total, inputs, allow_unused=True)

@@ -290,7 +290,8 @@ def checked_gradients(example: Example, result, method: str, names, x_shape) -> 
     arrays = output_arrays(result, method, names)
     layout = example.layout
     channels = example.spec.grouping.channel_axis
-    fields = ("gx", "gdy", *protocol(example.layer).field_gradients)
+    p = protocol(example.layer)
+    fields = ("gx", "gdy", *p.field_gradients, *(g for g in p.second_order if g != "ggamma"))
     for name, array in zip(names, arrays):
         if name in fields:
             check_layout(array, x_shape, f"{name} from {method}", "the shape of x", channels)
@@ -313,7 +314,7 @@ def call_double_backward(impl, example: Example, cotangents, *, dtype=None, meth
     """(gx, ggamma, gdy) from the implementation's ``method`` (double_backward, or eval_double_backward) for the
     cotangents (ggx, gggamma[, ggbeta])."""
     p = protocol(example.layer)
-    replaced.update(zip(("ggx", *("gg" + q for q in p.parameters)), cotangents))
+    replaced.update(zip(p.cotangents, cotangents))
     result = call(impl, example, method, dtype=dtype, **replaced)
     return checked_gradients(example, result, method, p.second_order, example.x.shape)
 
@@ -1144,11 +1145,13 @@ def _dgamma_affine_invariance(impl, example):
 # ----- second order -----
 
 def cotangents(example: Example, salt: int) -> list[np.ndarray]:
-    """Random ggx (like x) and parameter cotangents (like gamma) in the dtype: never ones, never zero."""
+    """Random ggx (and one per field input, like x) and parameter cotangents (like gamma) in the dtype: never ones,
+    never zero."""
     rng = example.rng(salt)
     count = len(example.spec.parameters)
-    return [rng.standard_normal(example.x.shape).astype(example.dtype)] + \
-        [rng.standard_normal(example.gamma.shape).astype(example.dtype) for _ in range(count)]
+    # ggx and one per field input (like x), then one per parameter (like gamma)
+    fields = [rng.standard_normal(example.x.shape).astype(example.dtype) for _ in example.spec.inputs]
+    return fields + [rng.standard_normal(example.gamma.shape).astype(example.dtype) for _ in range(count)]
 
 
 def unrepresentable(example: Example, expected, tolerance) -> np.ndarray:
@@ -1157,41 +1160,48 @@ def unrepresentable(example: Example, expected, tolerance) -> np.ndarray:
     return np.abs(expected) + tolerance > float(np.finfo(example.dtype).max)
 
 
-@register("double_backward_reference", "second order", needs=("double_backward",), when=second_order)
+@register("double_backward_reference", "second order", needs=("double_backward",), when=second_order, fields=True)
 def _double_backward_reference(impl, example):
     """gx, ggamma, gdy agree with bnsym's float64 double backward within the bounds of the derived forms."""
     given = cotangents(example, 30)
     expected = reference.double_backward(example, given)
     tolerances = _bound(example).double_backward(given, example.dy)
-    for name, a, e, t in zip(("gx", "ggamma", "gdy"), call_double_backward(impl, example, given), expected,
-                             tolerances):
+    for name, a, e, t in zip(protocol(example.layer).second_order, call_double_backward(impl, example, given),
+                             expected, tolerances):
         beyond = unrepresentable(example, e, t)
         compare(name, np.where(beyond, e, a) if a.shape == e.shape else a, e, t)
 
 
 @register("double_backward_finite_differences", "second order", needs=("backward", "double_backward"),
-          when=second_order, requires=("float64_arithmetic",), applies=differentiable)
+          when=second_order, requires=("float64_arithmetic",), applies=differentiable, fields=True)
 def _double_backward_finite_differences(impl, example):
     """The double backward equals central differences of the implementation's own backward (float64)."""
+    p = protocol(example.layer)
     ex = float64_example(example)
     given = [_f64(c) for c in cotangents(example, 31)]
     ref = reference.forward(ex)
     rng = example.rng(32)
-    ux = (rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape)
-    ug, udy = rng.standard_normal(ex.gamma.shape), rng.standard_normal(ex.x.shape)
+    # x (and each field input) along a direction scaled by 1/s, gamma, then dy (and each upstream gradient): the
+    # order of the double backward's results
+    u_fields = [(rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape) for _ in p.inputs]
+    ug = rng.standard_normal(ex.gamma.shape)
+    u_upstream = [rng.standard_normal(ex.x.shape) for _ in p.upstream]
+    moved_names = (*p.inputs, "gamma", *p.upstream)
+    directions = (*u_fields, ug, *u_upstream)
 
     def along(h):
-        gradients = call_backward(impl, ex, x=ex.x + h * ux, gamma=ex.gamma + h * ug, dy=ex.dy + h * udy)
-        return pair(gradients, given)
+        moved = {n: getattr(ex, n) + h * d for n, d in zip(moved_names, directions)}
+        return pair(call_backward(impl, ex, **moved), given)
 
     estimate, truncation = central(along)
     bound = _bound(ex, ref)
     rounding = sum(float(np.sum(np.abs(c) * t)) for c, t in zip(given, bound.backward(ex.dy))) / STEP
     error = SAFETY_FD * (truncation + rounding)
     tolerances = _bound(example).double_backward(given, example.dy)
-    error += sum(float(np.sum(t * np.abs(u))) for t, u in zip(tolerances, (ux, ug, udy)))
-    compare("<double_backward, (u_x, u_gamma, u_dy)> - central differences of backward",
-            pair(call_double_backward(impl, ex, given), (ux, ug, udy)), estimate, error)
+    error += sum(float(np.sum(t * np.abs(u))) for t, u in zip(tolerances, directions))
+    words = ", ".join(f"u_{n}" for n in moved_names)
+    compare(f"<double_backward, ({words})> - central differences of backward",
+            pair(call_double_backward(impl, ex, given), directions), estimate, error)
 
 
 @register("hessian_symmetry", "second order", needs=("double_backward",), when=second_order)

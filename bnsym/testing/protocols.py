@@ -27,7 +27,9 @@ one upstream gradient per output first and returns one gradient per field input 
     forward(x, residual, gamma, eps)            -> (y, h)
     backward(dy, dh, x, residual, gamma, eps)   -> (dx, dresidual, dgamma)
 
-(no double backward: the checker has no second-order properties for such a layer yet).
+and ``double_backward(ggx, ggresidual, gggamma, dy, dh, x, residual, gamma, eps) -> (gx, gresidual, ggamma, gdy,
+gdh)``: the gradients of ``<ggx, dx> + <ggresidual, dresidual> + <gggamma, dgamma>`` with respect to x, residual,
+gamma, dy and dh.
 
 dgamma and dbeta have gamma's shape: a parameter shared by several groups (layer norm's by every row, instance
 norm's by every sample) gets the sum of their gradients.
@@ -75,7 +77,10 @@ def _signatures(layer: LayerSpec) -> dict[str, tuple[str, ...]]:
         "forward": (*layer.inputs, *parameters, "eps", *options, *fixed),
         "backward": (*("d" + o for o in layer.outputs), *layer.inputs, *parameters, "eps", *options, *fixed),
     }
-    if not layer.plain:  # no double backward, eval mode or running statistics for a layer with field inputs/outputs
+    if not layer.plain:  # no eval mode or running statistics for a layer with field inputs and outputs
+        signatures["double_backward"] = (*("gg" + f for f in layer.inputs), *cotangents,
+                                         *("d" + o for o in layer.outputs), *layer.inputs, *parameters, "eps",
+                                         *options)
         return signatures
     if layer.running_statistics:
         running = layer.running_names
@@ -142,7 +147,15 @@ class LayerProtocol:
 
     @property
     def second_order(self) -> tuple[str, ...]:
-        return ("gx", "ggamma", "gdy")
+        """What double_backward returns: (gx, ggamma, gdy), with a layer's field inputs and upstream gradients
+        (gx, gresidual, ggamma, gdy, gdh)."""
+        return (*("g" + f for f in self.inputs), "ggamma", *("g" + d for d in self.upstream))
+
+    @property
+    def cotangents(self) -> tuple[str, ...]:
+        """The cotangents double_backward takes, one per gradient of backward: (ggx, gggamma[, ggbeta]), with a
+        layer's field inputs (ggx, ggresidual, gggamma)."""
+        return tuple("gg" + name for name in (*self.inputs, *self.parameters))
 
     @property
     def optional(self) -> tuple[str, ...]:

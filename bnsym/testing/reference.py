@@ -207,14 +207,19 @@ def backward(example: Example, *, dy=None, x=None, gamma=None, eps=None, **field
 
 def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None) -> tuple[np.ndarray, ...]:
     """(gx, ggamma, gdy) in float64 from bnsym's public double backward; ``cotangents`` are (ggx, gggamma,
-    ggbeta), or (ggx, gggamma) for a layer with no beta."""
+    ggbeta), or (ggx, gggamma) for a layer with no beta. A layer with field inputs and outputs: ``cotangents`` has one
+    per gradient of its backward (ggx, ggresidual, gggamma), and the result is (gx, gresidual, ggamma, gdy, gdh)."""
     x = _f64(example.x if x is None else x)
     gamma = _f64(example.gamma if gamma is None else gamma)
     dy = _f64(example.dy if dy is None else dy)
+    layer = example.spec
     ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma))
-    return tuple(public_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, x, gamma, *ref.saved,
-                                                              *_running_read(example), **example.options,
-                                                              **_scalars(example), backend="numpy"))
+    upstream = [_f64(getattr(example, "d" + o)) for o in layer.field_outputs]
+    normalised = x if layer.normalises == "x" else ref.outputs[layer.normalises]
+    return tuple(public_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, *upstream,
+                                                              normalised, gamma, *ref.saved, *_running_read(example),
+                                                              **example.options, **_scalars(example),
+                                                              backend="numpy"))
 
 
 # ----- eval mode and running statistics (a layer that keeps them) -----
@@ -513,7 +518,9 @@ class LayerBound:
 
     def _outputs(self, program_and_closed, extra) -> list[np.ndarray]:
         program, closed = program_and_closed
-        fields = {"dx", "gx", "gdy", *("d" + f for f in self.example.spec.field_inputs)}
+        layer = self.example.spec
+        fields = {"dx", "gx", "gdy", *("d" + f for f in layer.field_inputs), *("g" + f for f in layer.field_inputs),
+                  *("gd" + o for o in layer.field_outputs)}
         return [self.field(closed[name], extra) if name.name in fields else self.parameter(closed[name], extra)
                 for name in program.outputs]
 
@@ -542,9 +549,12 @@ class LayerBound:
         return self._second_order(self.derivation.double_backward, cotangents, dy)
 
     def _second_order(self, program_and_closed, cotangents, dy) -> list[np.ndarray]:
-        names = ("ggx", "gggamma", "ggbeta")
-        extra = {"dy": self.ref.grouped(dy), "ggx": self.ref.grouped(cotangents[0])}
-        extra.update({name: self.ref.parameter(c) for name, c in zip(names[1:], cotangents[1:])})
+        layer = self.example.spec
+        inputs = layer.inputs  # x and any field inputs: their cotangents are shaped like x
+        extra = {"dy": self.ref.grouped(dy)}
+        extra.update({"gg" + f: self.ref.grouped(c) for f, c in zip(inputs, cotangents)})
+        extra.update({"gg" + p: self.ref.parameter(c) for p, c in zip(("gamma", "beta"), cotangents[len(inputs):])})
+        extra.update({"d" + o: self.ref.grouped(getattr(self.example, "d" + o)) for o in layer.field_outputs})
         return self._outputs(program_and_closed, extra)
 
     def slack(self, *values) -> float:

@@ -30,14 +30,14 @@ def test_properties_that_move_x_alone_do_not_run():
     assert {"forward_reference", "backward_reference", "forward_derivative", "backward_finite_differences",
             "inputs_not_modified", "standardisation", "linearity_in_dy"} <= names
     assert not names & {"shift_invariance", "scale_covariance", "batch_permutation", "sample_independence",
-                        "jacobian_symmetry", "dx_scales_with_gamma", "double_backward_reference"}, names
+                        "jacobian_symmetry", "dx_scales_with_gamma", "hessian_symmetry"}, names
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
 def test_planted_bug_is_caught_by_its_properties(bug):
     with pytest.raises(CheckFailed) as info:
         check_normalization(bug.impl(), layer=LAYER, dtype=bug.dtype, properties=list(bug.caught_by),
-                            max_examples=20)
+                            max_examples=20, order=bug.order)
     report = info.value.report
     missed = set(bug.caught_by) - set(report.failed)
     assert not missed, f"{bug.name} ({bug.bug_class}) was not caught by {sorted(missed)}:\n{report}"
@@ -80,8 +80,13 @@ def test_the_bug_classes_document_names_the_properties_that_catch_each_bug():
         assert set(bug.caught_by) <= named, f"{bug.name}: {set(bug.caught_by) - named} missing from the document"
 
 
-def test_order_2_is_refused_with_the_reason(capsys):
-    """The checker's protocol of a layer with field inputs and outputs has no double backward yet: --order 2 says so
-    (exit 2) instead of running no second-order property."""
-    assert main(["check", "bnsym", "--layer", LAYER, "--order", "2"]) == 2
-    assert "has no double backward" in capsys.readouterr().err
+def test_order_2_checks_the_double_backward_of_every_input_and_output(capsys):
+    """The double backward of the checker's protocol, double_backward(ggx, ggresidual, gggamma, dy, dh, x, residual,
+    gamma, eps) -> (gx, gresidual, ggamma, gdy, gdh), against bnsym's reference and against central differences of
+    the target's own backward (the torch target: autograd twice through the definition)."""
+    status = main(["check", "torch", "--layer", LAYER, "--order", "2", "--dtype", "float64", "--max-examples",
+                   str(CORRECT_LAYER), "--property", "double_backward_reference", "--property",
+                   "double_backward_finite_differences"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "  PASS  double_backward_reference" in out and "  PASS  double_backward_finite_differences" in out, out

@@ -11,7 +11,8 @@ Each bug is a small variation of :class:`FusedAddRMSNorm`, a plain NumPy impleme
 code), reproducing a mistake real fused kernels made or invite: the residual stream's own gradient dropped from
 the backward, the statistics of x instead of h, the two outputs returned the wrong way round, the vLLM / FlashInfer
 in-place convention (h written over ``residual``, y over ``x``) behind a functional interface, dresidual not
-returned, dgamma from h instead of x_hat, and the mean square accumulated in float16.
+returned, dgamma from h instead of x_hat, the mean square accumulated in float16, and a double backward whose gdh
+forgets the cotangent of dresidual.
 """
 
 from __future__ import annotations
@@ -138,6 +139,22 @@ class Float16Accumulation(FusedAddRMSNorm):
         return (half * half).mean(axis=axes, keepdims=True, dtype=np.float16).astype(values.dtype)
 
 
+class GdhWithoutGgresidual:
+    """The double backward of the torch target written from the definition, with gdh = ggx: the cotangent of
+    dresidual forgotten in the gradient for dh (dh reaches dx and dresidual alike, so gdh = ggx + ggresidual)."""
+
+    def __init__(self):
+        from bnsym.testing.definition_target import DefinitionTarget
+
+        self.target = DefinitionTarget(LAYER)
+        self.forward, self.backward = self.target.forward, self.target.backward
+
+    def double_backward(self, ggx, ggresidual, gggamma, dy, dh, x, residual, gamma, eps):
+        gx, gresidual, ggamma, gdy, _ = self.target.double_backward(ggx, ggresidual, gggamma, dy, dh, x, residual,
+                                                                    gamma, eps)
+        return gx, gresidual, ggamma, gdy, ggx.copy()
+
+
 @dataclass(frozen=True)
 class Bug:
     name: str
@@ -145,6 +162,7 @@ class Bug:
     caught_by: tuple[str, ...]
     dtype: str = "float32"
     layer: str = LAYER
+    order: int = 1
 
     def impl(self):
         return globals()[self.name]()
@@ -159,6 +177,8 @@ BUGS = [
     Bug("NoDresidual", "dresidual not returned (zero)", ("backward_reference", "backward_finite_differences")),
     Bug("DgammaFromH", "dgamma summed from h instead of x_hat", ("backward_reference", "backward_finite_differences")),
     Bug("Float16Accumulation", "float16 accumulation", ("forward_reference", "standardisation"), "float16"),
+    Bug("GdhWithoutGgresidual", "double backward: gdh missing the cotangent of dresidual",
+        ("double_backward_reference", "double_backward_finite_differences"), "float64", order=2),
 ]
 
 
