@@ -392,6 +392,16 @@ class Derivation:
         needed = [d for d in forward.definitions if d.name in statistics]
         outputs = list(closed)
         inputs = [i for i in forward.inputs if i != s.beta] + list(self.upstream)
+        uses_beta = [name for name in outputs if closed[name].has(s.beta)]
+        if uses_beta:
+            # The backward kernels take no beta (every standard layer's gradients are free of it), so a closed form
+            # that needs it has no kernel to live in: refuse the declaration, naming the layer and why.
+            raise DeclarationError(
+                f"{self.declaration.name}: the gradient{'s' * (len(uses_beta) > 1)} "
+                f"{', '.join(map(str, uses_beta))} depend{'s' * (len(uses_beta) == 1)} on beta, which the backward "
+                "pass does not take (it takes the upstream gradients, x, gamma and the saved statistics). Write y so "
+                "that beta enters it as a shift, y = (scale) * x_hat + beta, not inside the scale's argument "
+                "(gamma * (x_hat + beta))")
         program = Program(inputs, needed + [Definition(name, closed[name]) for name in outputs], outputs)
         wrt = [*self.field_inputs, *self.parameters]
         seeds = {adjoint: self.cotangent(u) for adjoint, u in zip(first.outputs, wrt)}

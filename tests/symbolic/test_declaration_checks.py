@@ -232,3 +232,27 @@ def test_a_field_output_that_does_not_depend_on_a_field_input_is_refused(registe
     registered(_spec("test_fields", _field_output_ignores_skip, **_FIELDS))
     with pytest.raises(DeclarationError, match="the output y does not depend on the input skip"):
         derivation("test_fields")
+
+
+# ----- mistakes found while deriving -----
+
+def _beta_inside_the_scale(s):
+    """A centred layer whose y is gamma * (x_hat + beta): valid forward, but dgamma = sum(dy (x_hat + beta)) needs
+    beta, which no backward kernel takes."""
+    return Program([s.x, s.gamma, s.beta, s.eps], [
+        Definition(s.mean, BatchSum(s.x) / M), Definition(s.var, BatchSum((s.x - s.mean) ** 2) / M),
+        Definition(s.invstd, 1 / sympy.sqrt(s.var + s.eps)), Definition(s.x_hat, (s.x - s.mean) * s.invstd),
+        Definition(s.y, s.gamma * (s.x_hat + s.beta))], [s.y, s.mean, s.invstd])
+
+
+def test_a_gradient_that_needs_beta_is_refused_naming_the_layer_and_the_fix(registered):
+    """Deriving it used to fail deep in the engine ("definition of dgamma uses beta before it is defined"); a
+    DeclarationError names the layer, the gradient and how to write y (`bnsym derive` prints it and exits 2)."""
+    from bnsym.spec.layers import CENTRED_REGIMES
+
+    layer = registered(LayerSpec("test_beta_inside", "Test layer", "test layer", "centred", TrailingAxes(), eps=1e-6,
+                                 regimes=CENTRED_REGIMES, group="a row", statistics_over="the last axis",
+                                 parameters_are="the normalised shape", forward=_beta_inside_the_scale))
+    with pytest.raises(DeclarationError, match=r"test_beta_inside: the gradient dgamma depends on beta, .* "
+                                               r"y = \(scale\) \* x_hat \+ beta"):
+        derivation(layer.name).double_backward
