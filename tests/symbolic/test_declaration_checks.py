@@ -255,4 +255,4 @@ def test_a_gradient_that_needs_beta_is_refused_naming_the_layer_and_the_fix(regi
                                  parameters_are="the normalised shape", forward=_beta_inside_the_scale))
     with pytest.raises(DeclarationError, match=r"test_beta_inside: the gradient dgamma depends on beta, .* "
                                                r"y = \(scale\) \* x_hat \+ beta"):
-        derivation(layer.name).double_backward
+        _ = derivation(layer.name).double_backward
