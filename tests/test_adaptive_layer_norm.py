@@ -201,49 +201,89 @@ def _all_verbs(module, x, gamma, beta, rng, backend, convert=lambda a: a):
             results.items()}
 
 
-@pytest.mark.parametrize("shape", [(6, 33), (3, 4, 33)], ids=str)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("backend", ["numba", "array_api"])
-def test_every_backend_agrees_with_the_numpy_kernels(backend, dtype, shape):
-    if backend == "numba":
-        pytest.importorskip("numba")
-        convert = lambda a: a  # noqa: E731
-    else:
-        pytest.importorskip("array_api_compat")
-        convert = torch.from_numpy
+def _backend_problem(shape, dtype):
+    """x, gamma, beta for x of ``shape``."""
     rng = np.random.default_rng(6)
     parameter_shape = (shape[0], shape[-1])
     x = (rng.normal(size=shape) + 3.0).astype(dtype)
     gamma, beta = ((0.3 * rng.normal(size=parameter_shape)).astype(dtype) for _ in range(2))
-    expected = _all_verbs(bnsym.adaptive_layer_norm, x, gamma, beta, np.random.default_rng(7), "numpy")
-    got = _all_verbs(bnsym.adaptive_layer_norm, x, gamma, beta, np.random.default_rng(7), backend, convert)
+    return x, gamma, beta
+
+
+class _NoFallback:
+    """Stands in for the NumPy kernels of the compiled module: a call means its loops did not run."""
+
+    def __getattr__(self, name):
+        def refuse(*args):
+            raise AssertionError(f"{name} ran the NumPy kernel: the compiled loops did not cover this call")
+        return refuse
+
+
+# (N, D); (N, T, D); and more tokens per sample than one float32 partial of a parameter gradient takes (BLOCK = 64):
+# the compiled loops then add the sample's partials in float64.
+@pytest.mark.parametrize("shape", [(6, 33), (3, 4, 33), (2, 130, 33)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", ["numba", "array_api"])
+def test_every_backend_agrees_with_the_numpy_kernels(monkeypatch, backend, dtype, shape):
+    """The compiled loops (the generated module's NumPy fallback made to fail, so they must run) and the array-API
+    kernels give the NumPy kernels' results."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+        convert = lambda a: a  # noqa: E731
+        from bnsym._generated import adaptive_layer_norm_numba as compiled
+
+        expected = _all_verbs(bnsym.adaptive_layer_norm, *_backend_problem(shape, dtype), np.random.default_rng(7),
+                              "numpy")
+        monkeypatch.setattr(compiled, "numpy_kernels", _NoFallback())
+    else:
+        pytest.importorskip("array_api_compat")
+        convert = torch.from_numpy
+        expected = _all_verbs(bnsym.adaptive_layer_norm, *_backend_problem(shape, dtype), np.random.default_rng(7),
+                              "numpy")
+    got = _all_verbs(bnsym.adaptive_layer_norm, *_backend_problem(shape, dtype), np.random.default_rng(7), backend,
+                     convert)
     rtol = 1e-12 if dtype == np.float64 else 2e-5
     for name in expected:
         assert got[name].dtype == expected[name].dtype, f"{backend} {name}: dtype {got[name].dtype}"
         _close(got[name], expected[name], f"{backend} {name} ({np.dtype(dtype).name})", rtol)
 
 
-def test_the_compiled_group_local_loops_leave_per_sample_parameters_to_the_numpy_kernel():
-    """Their parameter sums keep (blocks, P, Q) partials, and a parameter per sample makes P the batch: quadratic
-    in N. The generated module runs the NumPy kernels, and the layout refuses such parameters (while it still takes
-    layer norm's)."""
+def test_the_compiled_backend_runs_loops_over_the_sample_rows_for_every_function():
+    """No kernel of the generated module hands over to the NumPy kernel, and every public function runs compiled
+    loops on (N, T, D) input (listed as `bnsym compile` lists them: recorded, not compiled). Their layout takes a
+    parameter row per sample, R = T groups each (P = N), where layer norm's layout, whose block partials would grow
+    with the square of N, still refuses it."""
     pytest.importorskip("numba")
     from bnsym._generated import adaptive_layer_norm as numpy_kernels
     from bnsym._generated import adaptive_layer_norm_numba as compiled
-    from bnsym.runtime.fused import GroupLocalLayout
+    from bnsym.runtime.fused import GroupLocalLayout, SampleLocalLayout
     from bnsym.runtime.reduce import Reducer
+    from bnsym.tools import precompile
 
-    for verb in ("forward", "backward", "double_backward", "jvp"):
+    verbs = ("forward", "backward", "double_backward", "jvp")
+    for verb in verbs:
         name = f"{NAME}_{verb}"
-        assert getattr(compiled, name) is getattr(numpy_kernels, name), f"{name} prints loops that never run"
+        assert getattr(compiled, name) is not getattr(numpy_kernels, name), f"{name} runs the NumPy kernel"
+    ran = {kernel.dispatcher.py_func.__name__ for kernel in precompile.kernels([NAME], ["float32"])}
+    assert ran == {f"_{NAME}_{verb}" for verb in verbs}, f"the public functions run the loops {sorted(ran)}"
 
-    x = np.zeros((64, 32))
-    layout = bnsym.spec.spec(NAME).layout(x.shape)
+    for shape, rows in (((64, 32), 64), ((4, 16, 32), 4)):
+        x = np.zeros(shape)
+        layout = spec(NAME).layout(x.shape)
+        reducer = Reducer(layout.axes, layout.count, layout.parameter_axes)
+        gamma = np.zeros(layout.parameter_broadcast)
+        assert GroupLocalLayout.of(reducer, [x], [], [gamma]) is None, f"{shape}: layer norm's layout took it"
+        found = SampleLocalLayout.of(reducer, [x], [], [gamma])
+        assert found is not None and (found.P, found.Q, found.groups) == (rows, 32, x.size // 32), \
+            f"{shape}: {found}"
+    empty = np.zeros((3, 0, 32))  # no iteration would zero a gradient's row: the NumPy kernel's
+    layout = spec(NAME).layout(empty.shape)
     reducer = Reducer(layout.axes, layout.count, layout.parameter_axes)
-    assert GroupLocalLayout.of(reducer, [x], [], [np.zeros(layout.parameter_broadcast)]) is None
-    rows = bnsym.spec.spec("layer_norm").layout(x.shape)
-    reducer = Reducer(rows.axes, rows.count, rows.parameter_axes)
-    assert GroupLocalLayout.of(reducer, [x], [], [np.zeros(rows.parameter_broadcast)]) is not None
+    assert SampleLocalLayout.of(reducer, [empty], [], [np.zeros(layout.parameter_broadcast)]) is None
+    x = np.zeros((64, 32))
+    plain = spec("layer_norm").layout(x.shape)
+    reducer = Reducer(plain.axes, plain.count, plain.parameter_axes)
+    assert GroupLocalLayout.of(reducer, [x], [], [np.zeros(plain.parameter_broadcast)]) is not None
 
 
 # ----- what its declaration proves -----

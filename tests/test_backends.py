@@ -289,17 +289,19 @@ def test_compiled_results_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(first, other)
 
 
-@pytest.mark.parametrize(("layer", "shape", "options"), [("layer_norm", (200, 30), {"axis": -1}),
-                                                     ("group_norm", (70, 6, 5, 5), {"num_groups": 3, "axis": 1})],
-                         ids=["layer_norm", "group_norm"])
-def test_compiled_family_results_do_not_depend_on_the_thread_count(layer, shape, options):
-    """The group-local loops too: parameter gradients summed over 200 rows (four blocks of 64) or 70 samples come
-    out bit-identical on one thread and on all of them."""
+@pytest.mark.parametrize(("layer", "shape", "parameter_shape", "options"),
+                         [("layer_norm", (200, 30), (30,), {"axis": -1}),
+                          ("group_norm", (70, 6, 5, 5), (6,), {"num_groups": 3, "axis": 1}),
+                          ("adaptive_layer_norm", (3, 150, 30), (3, 30), {"axis": -1})],
+                         ids=["layer_norm", "group_norm", "adaptive_layer_norm"])
+def test_compiled_family_results_do_not_depend_on_the_thread_count(layer, shape, parameter_shape, options):
+    """The group-local loops too: parameter gradients summed over 200 rows (four blocks of 64), over 70 samples,
+    or per sample over its 150 rows (three blocks of 64; adaptive layer norm's parameters hold a row per sample)
+    come out bit-identical on one thread and on all of them."""
     numba = _numba()
     rng = np.random.default_rng(1)
     x = (5 + rng.normal(size=shape)).astype(np.float32)
     dy = rng.normal(size=shape).astype(np.float32)
-    parameter_shape = shape[-1:] if layer == "layer_norm" else shape[1:2]
     gamma = rng.uniform(0.5, 2, size=parameter_shape).astype(np.float32)
     module = getattr(bnsym, layer)
     before = numba.get_num_threads()

@@ -14,6 +14,8 @@ import numba
 import numpy
 
 from bnsym._generated import adaptive_layer_norm as numpy_kernels
+from bnsym.runtime.compiled import run_compiled
+from bnsym.runtime.fused import SampleLocalLayout
 
 #: At most this many rows of one group go into one float32 partial sum (bnsym.runtime.reduce.BLOCK).
 BLOCK = 64
@@ -27,24 +29,533 @@ REASSOCIATE = {"reassoc"}
 numba.get_num_threads()
 
 
-# adaptive_layer_norm_forward: the NumPy kernel, because the parameters hold one row per sample,
-# which no loop strategy covers.
-adaptive_layer_norm_forward = numpy_kernels.adaptive_layer_norm_forward
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _adaptive_layer_norm_forward_pass1(x, Q, S):
+    """One pass of adaptive_layer_norm_forward over one group of Q*S values: x. Totals in float64."""
+    dtype = x.dtype.type
+    total0 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        for i in range(x_p.size):
+            piece0 += x_p[i]
+        total0 += piece0
+    return total0,
 
 
-# adaptive_layer_norm_backward: the NumPy kernel, because the parameters hold one row per sample,
-# which no loop strategy covers.
-adaptive_layer_norm_backward = numpy_kernels.adaptive_layer_norm_backward
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _adaptive_layer_norm_forward_pass2(x, mean, Q, S):
+    """One pass of adaptive_layer_norm_forward over one group of Q*S values: x_minus_mean*x_minus_mean. Totals in
+    float64."""
+    dtype = x.dtype.type
+    total0 = 0.0
+    for start in range(0, Q * S, RUN):
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        for i in range(x_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += x_minus_mean*x_minus_mean
+        total0 += piece0
+    return total0,
 
 
-# adaptive_layer_norm_double_backward: the NumPy kernel, because the parameters hold one row per sample,
-# which no loop strategy covers.
-adaptive_layer_norm_double_backward = numpy_kernels.adaptive_layer_norm_double_backward
+@numba.njit(cache=True)
+def _adaptive_layer_norm_forward_outputs(x, beta, gamma, mean, invstd, Q, S, y):
+    """The field outputs of adaptive_layer_norm_forward (y) for one group."""
+    dtype = y.dtype.type
+    x_p = x
+    y_p = y
+    beta_p = beta
+    gamma_p = gamma
+    for i in range(y_p.size):
+        field_0 = dtype(1) + gamma_p[i]
+        x_minus_mean = -mean + x_p[i]
+        y_p[i] = (x_minus_mean*field_0)*invstd + beta_p[i]
 
 
-# adaptive_layer_norm_jvp: the NumPy kernel, because the parameters hold one row per sample,
-# which no loop strategy covers.
-adaptive_layer_norm_jvp = numpy_kernels.adaptive_layer_norm_jvp
+@numba.njit(cache=True, parallel=True)
+def _adaptive_layer_norm_forward(x, gamma, beta, eps_groups, count, P, Q, y):
+    """adaptive_layer_norm_forward on (groups, inner) fields, (P, Q) parameters of one row per R = groups // P
+    groups and (groups,) per-group values, one parameter row (a sample) per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    R = groups // P
+    dtype = x.dtype.type
+    tmp0 = 1/count
+    mean_groups = numpy.empty(groups, x.dtype)
+    invstd_groups = numpy.empty(groups, x.dtype)
+    for p in numba.prange(P):
+        for start in range(p * R, p * R + R, BLOCK):
+            for g in range(start, min(start + BLOCK, p * R + R)):
+                eps = eps_groups[g]
+                total_sum_x, = _adaptive_layer_norm_forward_pass1(x[g], Q, S)
+                sum_x = dtype(total_sum_x)
+                mean = dtype(sum_x*tmp0)
+                total_sum_x_minus_mean_x_minus_mean, = _adaptive_layer_norm_forward_pass2(x[g], mean, Q, S)
+                sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+                var = dtype(sum_x_minus_mean_x_minus_mean*tmp0)
+                invstd = dtype(1/numpy.sqrt(var + eps))
+                _adaptive_layer_norm_forward_outputs(x[g], beta[p], gamma[p], mean, invstd, Q, S, y[g])
+                mean_groups[g] = mean
+                invstd_groups[g] = invstd
+    return mean_groups, invstd_groups
+
+
+def adaptive_layer_norm_forward(x, gamma, beta, eps, reducer):
+    """Training-mode adaptive layer normalisation: y, and the statistics (mean, invstd) that the backward pass
+    reuses.
+
+    Written once in bnsym.layers.adaptive_layer_norm.forward; this is its definition.
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache, the groups of one
+    parameter row (a sample) in one parallel iteration (bnsym.codegen.numba_local); any other layout or reducer runs
+    the NumPy kernel.
+    """
+    layout = SampleLocalLayout.of(reducer, fields=(x,), per_group=(eps,), parameters=(gamma, beta))
+    if layout is not None and layout.inner == layout.Q:
+        y = layout.empty()
+        mean, invstd = run_compiled(_adaptive_layer_norm_forward, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y))
+        return y, layout.grouped(mean), layout.grouped(invstd)
+    return numpy_kernels.adaptive_layer_norm_forward(x, gamma, beta, eps, reducer)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _adaptive_layer_norm_backward_pass1(dy, x, gamma, mean, invstd, Q, S, block0, block1, partial0, partial1):
+    """One pass of adaptive_layer_norm_backward over one group of Q*S values: dy, dy*gamma, dy*x_minus_mean,
+    dy*x_minus_mean*gamma; its share of the parameter sums of dy*x_minus_mean*invstd, dy. Totals in float64.
+    Parameter shares go to the block's float32 rows block<k> when S == 1, else to its float64 rows partial<k>."""
+    dtype = dy.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        x_p = x[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        piece2 = dtype(0)
+        piece3 = dtype(0)
+        block0_p = block0[start:start + RUN]
+        block1_p = block1[start:start + RUN]
+        for i in range(dy_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += dy_p[i]
+            piece1 += dy_p[i]*gamma_p[i]
+            piece2 += dy_p[i]*x_minus_mean
+            piece3 += dy_p[i]*x_minus_mean*gamma_p[i]
+            block0_p[i] += dy_p[i]*x_minus_mean*invstd
+            block1_p[i] += dy_p[i]
+        total0 += piece0
+        total1 += piece1
+        total2 += piece2
+        total3 += piece3
+    return total0, total1, total2, total3
+
+
+@numba.njit(cache=True)
+def _adaptive_layer_norm_backward_outputs(dy, x, gamma, mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx):
+    """The field outputs of adaptive_layer_norm_backward (dx) for one group."""
+    dtype = dx.dtype.type
+    dy_p = dy
+    x_p = x
+    dx_p = dx
+    gamma_p = gamma
+    for i in range(dx_p.size):
+        x_minus_mean = -mean + x_p[i]
+        field_0 = dtype(1) + gamma_p[i]
+        dx_p[i] = (x_minus_mean*dx_coef_x_minus_mean + (dy_p[i]*field_0)*invstd) + dx_shift
+
+
+@numba.njit(cache=True, parallel=True)
+def _adaptive_layer_norm_backward(dy, x, gamma, mean_groups, invstd_groups, count, P, Q, dx, dgamma, dbeta):
+    """adaptive_layer_norm_backward on (groups, inner) fields, (P, Q) parameters of one row per R = groups // P
+    groups and (groups,) per-group values, one parameter row (a sample) per parallel iteration; fills dgamma,
+    dbeta."""
+    groups, inner = dy.shape
+    S = inner // Q
+    R = groups // P
+    dtype = dy.dtype.type
+    tmp0 = 1/count
+    for p in numba.prange(P):
+        psum_dy_x_minus_mean_invstd_row = numpy.empty(Q, dy.dtype)
+        psum_dy_row = numpy.empty(Q, dy.dtype)
+        psum_dy_x_minus_mean_invstd_wide = numpy.empty(Q if R > BLOCK else 1)
+        psum_dy_wide = numpy.empty(Q if R > BLOCK else 1)
+        if R > BLOCK:
+            for q in range(Q):
+                psum_dy_x_minus_mean_invstd_wide[q] = 0.0
+                psum_dy_wide[q] = 0.0
+        for start in range(p * R, p * R + R, BLOCK):
+            for q in range(Q):
+                psum_dy_x_minus_mean_invstd_row[q] = 0
+                psum_dy_row[q] = 0
+            for g in range(start, min(start + BLOCK, p * R + R)):
+                mean = mean_groups[g]
+                invstd = invstd_groups[g]
+                tmp1 = dtype(tmp0*invstd)
+                total_sum_dy, total_sum_dy_gamma, total_sum_dy_x_minus_mean, total_sum_dy_gamma_x_minus_mean = _adaptive_layer_norm_backward_pass1(dy[g], x[g], gamma[p], mean, invstd, Q, S, psum_dy_x_minus_mean_invstd_row, psum_dy_row, psum_dy_x_minus_mean_invstd_wide, psum_dy_wide)
+                sum_dy = dtype(total_sum_dy)
+                sum_dy_gamma = dtype(total_sum_dy_gamma)
+                sum_dy_x_minus_mean = dtype(total_sum_dy_x_minus_mean)
+                sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
+                dx_coef_x_minus_mean = dtype(-tmp0*invstd**2*(sum_dy_gamma_x_minus_mean*invstd + sum_dy_x_minus_mean*invstd))
+                dx_shift = dtype(-sum_dy*tmp1 - sum_dy_gamma*tmp1)
+                _adaptive_layer_norm_backward_outputs(dy[g], x[g], gamma[p], mean, dx_coef_x_minus_mean, dx_shift, invstd, Q, S, dx[g])
+            if R > BLOCK:
+                for q in range(Q):
+                    psum_dy_x_minus_mean_invstd_wide[q] += psum_dy_x_minus_mean_invstd_row[q]
+                    psum_dy_wide[q] += psum_dy_row[q]
+        if R > BLOCK:
+            for q in range(Q):
+                psum_dy_x_minus_mean_invstd_row[q] = psum_dy_x_minus_mean_invstd_wide[q]
+                psum_dy_row[q] = psum_dy_wide[q]
+        dgamma_row = psum_dy_x_minus_mean_invstd_row
+        dbeta_row = psum_dy_row
+        for q in range(Q):
+            dgamma[p, q] = dgamma_row[q]
+            dbeta[p, q] = dbeta_row[q]
+    return dgamma, dbeta
+
+
+def adaptive_layer_norm_backward(dy, x, gamma, mean, invstd, reducer):
+    """Training-mode backward: dx, dgamma, dbeta for the upstream gradient dy.
+
+    Derived by reverse mode from the training forward pass
+    (bnsym.symbolic.layers.derivation('adaptive_layer_norm').backward), closed form in x_hat and mean and invstd.
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache, the groups of one
+    parameter row (a sample) in one parallel iteration (bnsym.codegen.numba_local); any other layout or reducer runs
+    the NumPy kernel.
+    """
+    layout = SampleLocalLayout.of(reducer, fields=(dy, x), per_group=(mean, invstd), parameters=(gamma,))
+    if layout is not None and layout.inner == layout.Q:
+        dx = layout.empty()
+        dgamma = layout.parameter_empty()
+        dbeta = layout.parameter_empty()
+        dgamma, dbeta = run_compiled(_adaptive_layer_norm_backward, layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(dx), dgamma, dbeta)
+        return dx, layout.parameter_result(dgamma), layout.parameter_result(dbeta)
+    return numpy_kernels.adaptive_layer_norm_backward(dy, x, gamma, mean, invstd, reducer)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _adaptive_layer_norm_double_backward_pass1(dy, ggx, x, gamma, gggamma, mean, Q, S):
+    """One pass of adaptive_layer_norm_double_backward over one group of Q*S values: dy, ggx, dy*ggx, dy*gamma,
+    dy*gggamma, dy*x_minus_mean, ggx*x_minus_mean, dy*ggx*gamma, dy*x_minus_mean*gamma, dy*x_minus_mean*gggamma.
+    Totals in float64."""
+    dtype = dy.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    total4 = 0.0
+    total5 = 0.0
+    total6 = 0.0
+    total7 = 0.0
+    total8 = 0.0
+    total9 = 0.0
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        ggx_p = ggx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        gamma_p = gamma[start:start + RUN]
+        gggamma_p = gggamma[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        piece2 = dtype(0)
+        piece3 = dtype(0)
+        piece4 = dtype(0)
+        piece5 = dtype(0)
+        piece6 = dtype(0)
+        piece7 = dtype(0)
+        piece8 = dtype(0)
+        piece9 = dtype(0)
+        for i in range(dy_p.size):
+            tmp0 = -mean + x_p[i]
+            x_minus_mean = tmp0
+            piece0 += dy_p[i]
+            piece1 += ggx_p[i]
+            piece2 += dy_p[i]*ggx_p[i]
+            piece3 += dy_p[i]*gamma_p[i]
+            piece4 += dy_p[i]*gggamma_p[i]
+            piece5 += dy_p[i]*x_minus_mean
+            piece6 += ggx_p[i]*x_minus_mean
+            piece7 += dy_p[i]*ggx_p[i]*gamma_p[i]
+            piece8 += dy_p[i]*x_minus_mean*gamma_p[i]
+            piece9 += dy_p[i]*x_minus_mean*gggamma_p[i]
+        total0 += piece0
+        total1 += piece1
+        total2 += piece2
+        total3 += piece3
+        total4 += piece4
+        total5 += piece5
+        total6 += piece6
+        total7 += piece7
+        total8 += piece8
+        total9 += piece9
+    return total0, total1, total2, total3, total4, total5, total6, total7, total8, total9
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _adaptive_layer_norm_double_backward_pass2(dy, ggx, x, invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, block0, block1, partial0, partial1):
+    """One pass of adaptive_layer_norm_double_backward over one group of Q*S values: its share of the parameter sums
+    of dy*ggx*invstd, dy*field_0*coef_dy_field_0. Parameter shares go to the block's float32 rows block<k> when S ==
+    1, else to its float64 rows partial<k>."""
+    dtype = dy.dtype.type
+    for start in range(0, Q * S, RUN):
+        dy_p = dy[start:start + RUN]
+        ggx_p = ggx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        block0_p = block0[start:start + RUN]
+        block1_p = block1[start:start + RUN]
+        for i in range(dy_p.size):
+            tmp0 = -mean + x_p[i]
+            field_0 = sum_ggx + tmp0*tmp2
+            block0_p[i] += dy_p[i]*ggx_p[i]*invstd
+            block1_p[i] += dy_p[i]*field_0*coef_dy_field_0
+
+
+@numba.njit(cache=True)
+def _adaptive_layer_norm_double_backward_outputs(dy, ggx, x, gamma, gggamma, ggbeta, mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_field_2, invstd, count, Q, S, gx, gdy):
+    """The field outputs of adaptive_layer_norm_double_backward (gx, gdy) for one group."""
+    dtype = gx.dtype.type
+    dy_p = dy
+    ggx_p = ggx
+    x_p = x
+    gx_p = gx
+    gdy_p = gdy
+    gamma_p = gamma
+    gggamma_p = gggamma
+    ggbeta_p = ggbeta
+    for i in range(gx_p.size):
+        tmp0 = -mean + x_p[i]
+        x_minus_mean = tmp0
+        field_2 = dtype(1) + gamma_p[i]
+        field_1 = -tmp2 + count*gggamma_p[i] - tmp2*gamma_p[i]
+        gx_p[i] = ((ggx_p[i]*gx_coef_ggx + x_minus_mean*gx_coef_x_minus_mean) + (dy_p[i]*field_1)*tmp4) + gx_shift
+        gdy_p[i] = (((x_minus_mean*field_1)*tmp4 + field_2*gdy_coef_field_2) + ggbeta_p[i]) + (ggx_p[i]*field_2)*invstd
+
+
+@numba.njit(cache=True, parallel=True)
+def _adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean_groups, invstd_groups, count, P, Q, gx, gdy, ggamma):
+    """adaptive_layer_norm_double_backward on (groups, inner) fields, (P, Q) parameters of one row per R = groups //
+    P groups and (groups,) per-group values, one parameter row (a sample) per parallel iteration; fills ggamma."""
+    groups, inner = ggx.shape
+    S = inner // Q
+    R = groups // P
+    dtype = ggx.dtype.type
+    tmp3 = 1/count
+    tmp6 = 1/(count**2)
+    for p in numba.prange(P):
+        psum_dy_ggx_invstd_row = numpy.empty(Q, ggx.dtype)
+        psum_dy_field_0_coef_dy_field_0_row = numpy.empty(Q, ggx.dtype)
+        psum_dy_ggx_invstd_wide = numpy.empty(Q if R > BLOCK else 1)
+        psum_dy_field_0_coef_dy_field_0_wide = numpy.empty(Q if R > BLOCK else 1)
+        if R > BLOCK:
+            for q in range(Q):
+                psum_dy_ggx_invstd_wide[q] = 0.0
+                psum_dy_field_0_coef_dy_field_0_wide[q] = 0.0
+        for start in range(p * R, p * R + R, BLOCK):
+            for q in range(Q):
+                psum_dy_ggx_invstd_row[q] = 0
+                psum_dy_field_0_coef_dy_field_0_row[q] = 0
+            for g in range(start, min(start + BLOCK, p * R + R)):
+                mean = mean_groups[g]
+                invstd = invstd_groups[g]
+                tmp1 = dtype(invstd**2)
+                tmp4 = dtype(tmp3*invstd)
+                coef_dy_field_0 = dtype(tmp4)
+                total_sum_dy, total_sum_ggx, total_sum_dy_ggx, total_sum_dy_gamma, total_sum_dy_gggamma, total_sum_dy_x_minus_mean, total_sum_ggx_x_minus_mean, total_sum_dy_gamma_ggx, total_sum_dy_gamma_x_minus_mean, total_sum_dy_gggamma_x_minus_mean = _adaptive_layer_norm_double_backward_pass1(dy[g], ggx[g], x[g], gamma[p], gggamma[p], mean, Q, S)
+                sum_dy = dtype(total_sum_dy)
+                sum_ggx = dtype(total_sum_ggx)
+                sum_dy_ggx = dtype(total_sum_dy_ggx)
+                sum_dy_gamma = dtype(total_sum_dy_gamma)
+                sum_dy_gggamma = dtype(total_sum_dy_gggamma)
+                sum_dy_x_minus_mean = dtype(total_sum_dy_x_minus_mean)
+                sum_ggx_x_minus_mean = dtype(total_sum_ggx_x_minus_mean)
+                sum_dy_gamma_ggx = dtype(total_sum_dy_gamma_ggx)
+                sum_dy_gamma_x_minus_mean = dtype(total_sum_dy_gamma_x_minus_mean)
+                sum_dy_gggamma_x_minus_mean = dtype(total_sum_dy_gggamma_x_minus_mean)
+                tmp2 = dtype(sum_ggx_x_minus_mean*tmp1)
+                tmp5 = dtype(tmp1*(sum_dy_gamma_x_minus_mean*invstd + sum_dy_x_minus_mean*invstd))
+                tmp7 = dtype(sum_ggx*invstd)
+                tmp8 = dtype(sum_ggx_x_minus_mean*invstd**3)
+                tmp9 = dtype(3*tmp8)
+                tmp10 = dtype(tmp6*tmp8)
+                gx_coef_ggx = dtype(-tmp3*tmp5)
+                gx_coef_x_minus_mean = dtype(-tmp1*tmp6*(-sum_dy*tmp7 - sum_dy_gamma*tmp7 - sum_dy_gamma_x_minus_mean*tmp9 - sum_dy_x_minus_mean*tmp9 + sum_dy_gamma_ggx*invstd*count + sum_dy_gggamma_x_minus_mean*invstd*count + sum_dy_ggx*invstd*count))
+                gx_shift = dtype(sum_dy*tmp10 + sum_dy_gamma*tmp10 - sum_dy_gggamma*tmp4 + sum_ggx*tmp5*tmp6)
+                gdy_coef_field_2 = dtype(-sum_ggx*tmp4)
+                _adaptive_layer_norm_double_backward_pass2(dy[g], ggx[g], x[g], invstd, sum_ggx, mean, tmp2, coef_dy_field_0, Q, S, psum_dy_ggx_invstd_row, psum_dy_field_0_coef_dy_field_0_row, psum_dy_ggx_invstd_wide, psum_dy_field_0_coef_dy_field_0_wide)
+                _adaptive_layer_norm_double_backward_outputs(dy[g], ggx[g], x[g], gamma[p], gggamma[p], ggbeta[p], mean, tmp2, gx_coef_ggx, gx_coef_x_minus_mean, gx_shift, tmp4, gdy_coef_field_2, invstd, dtype(count), Q, S, gx[g], gdy[g])
+            if R > BLOCK:
+                for q in range(Q):
+                    psum_dy_ggx_invstd_wide[q] += psum_dy_ggx_invstd_row[q]
+                    psum_dy_field_0_coef_dy_field_0_wide[q] += psum_dy_field_0_coef_dy_field_0_row[q]
+        if R > BLOCK:
+            for q in range(Q):
+                psum_dy_ggx_invstd_row[q] = psum_dy_ggx_invstd_wide[q]
+                psum_dy_field_0_coef_dy_field_0_row[q] = psum_dy_field_0_coef_dy_field_0_wide[q]
+        ggamma_row = numpy.empty(Q, dtype)
+        for q in range(Q):
+            ggamma_row[q] = psum_dy_ggx_invstd_row[q] - psum_dy_field_0_coef_dy_field_0_row[q]
+        for q in range(Q):
+            ggamma[p, q] = ggamma_row[q]
+    return ggamma,
+
+
+def adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer):
+    """Training double backward: gradients of <ggx, dx> + <gggamma, dgamma> + <ggbeta, dbeta> with respect to x,
+    gamma and dy.
+
+    Derived by reverse mode through the derived backward
+    (bnsym.symbolic.layers.derivation('adaptive_layer_norm').double_backward).
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache, the groups of one
+    parameter row (a sample) in one parallel iteration (bnsym.codegen.numba_local); any other layout or reducer runs
+    the NumPy kernel.
+    """
+    layout = SampleLocalLayout.of(reducer, fields=(ggx, dy, x), per_group=(mean, invstd), parameters=(gggamma, ggbeta, gamma))
+    if layout is not None and layout.inner == layout.Q:
+        gx = layout.empty()
+        gdy = layout.empty()
+        ggamma = layout.parameter_empty()
+        ggamma, = run_compiled(_adaptive_layer_norm_double_backward, layout.fields(ggx), layout.parameter(gggamma), layout.parameter(ggbeta), layout.fields(dy), layout.fields(x), layout.parameter(gamma), layout.per_group(mean), layout.per_group(invstd), reducer.count, layout.P, layout.Q, layout.fields(gx), layout.fields(gdy), ggamma)
+        return gx, layout.parameter_result(ggamma), gdy
+    return numpy_kernels.adaptive_layer_norm_double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, reducer)
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _adaptive_layer_norm_jvp_pass1(tx, x, Q, S):
+    """One pass of adaptive_layer_norm_jvp over one group of Q*S values: tx, x. Totals in float64."""
+    dtype = tx.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        tx_p = tx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(tx_p.size):
+            piece0 += tx_p[i]
+            piece1 += x_p[i]
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
+
+
+@numba.njit(cache=True, fastmath=REASSOCIATE)
+def _adaptive_layer_norm_jvp_pass2(tx, x, mean, Q, S):
+    """One pass of adaptive_layer_norm_jvp over one group of Q*S values: tx*x_minus_mean, x_minus_mean*x_minus_mean.
+    Totals in float64."""
+    dtype = tx.dtype.type
+    total0 = 0.0
+    total1 = 0.0
+    for start in range(0, Q * S, RUN):
+        tx_p = tx[start:start + RUN]
+        x_p = x[start:start + RUN]
+        piece0 = dtype(0)
+        piece1 = dtype(0)
+        for i in range(tx_p.size):
+            x_minus_mean = -mean + x_p[i]
+            piece0 += tx_p[i]*x_minus_mean
+            piece1 += x_minus_mean*x_minus_mean
+        total0 += piece0
+        total1 += piece1
+    return total0, total1
+
+
+@numba.njit(cache=True)
+def _adaptive_layer_norm_jvp_outputs(x, tx, beta, gamma, tgamma, tbeta, mean, invstd, tmp0, tmp2, ty_coef_field_0, count, Q, S, y, ty):
+    """The field outputs of adaptive_layer_norm_jvp (y, ty) for one group."""
+    dtype = y.dtype.type
+    x_p = x
+    tx_p = tx
+    y_p = y
+    ty_p = ty
+    beta_p = beta
+    gamma_p = gamma
+    tgamma_p = tgamma
+    tbeta_p = tbeta
+    for i in range(y_p.size):
+        field_0 = dtype(1) + gamma_p[i]
+        x_minus_mean = -mean + x_p[i]
+        field_1 = -tmp0 + count*tgamma_p[i] - tmp0*gamma_p[i]
+        y_p[i] = (x_minus_mean*field_0)*invstd + beta_p[i]
+        ty_p[i] = (((x_minus_mean*field_1)*tmp2 + field_0*ty_coef_field_0) + tbeta_p[i]) + (tx_p[i]*field_0)*invstd
+
+
+@numba.njit(cache=True, parallel=True)
+def _adaptive_layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps_groups, count, P, Q, y, ty):
+    """adaptive_layer_norm_jvp on (groups, inner) fields, (P, Q) parameters of one row per R = groups // P groups
+    and (groups,) per-group values, one parameter row (a sample) per parallel iteration."""
+    groups, inner = x.shape
+    S = inner // Q
+    R = groups // P
+    dtype = x.dtype.type
+    tmp1 = 1/count
+    for p in numba.prange(P):
+        for start in range(p * R, p * R + R, BLOCK):
+            for g in range(start, min(start + BLOCK, p * R + R)):
+                eps = eps_groups[g]
+                total_sum_tx, total_sum_x = _adaptive_layer_norm_jvp_pass1(tx[g], x[g], Q, S)
+                sum_tx = dtype(total_sum_tx)
+                sum_x = dtype(total_sum_x)
+                mean = dtype(sum_x*tmp1)
+                total_sum_tx_x_minus_mean, total_sum_x_minus_mean_x_minus_mean = _adaptive_layer_norm_jvp_pass2(tx[g], x[g], mean, Q, S)
+                sum_tx_x_minus_mean = dtype(total_sum_tx_x_minus_mean)
+                sum_x_minus_mean_x_minus_mean = dtype(total_sum_x_minus_mean_x_minus_mean)
+                var = dtype(sum_x_minus_mean_x_minus_mean*tmp1)
+                invstd = dtype(1/numpy.sqrt(var + eps))
+                tmp0 = dtype(sum_tx_x_minus_mean*invstd**2)
+                tmp2 = dtype(tmp1*invstd)
+                ty_coef_field_0 = dtype(-sum_tx*tmp2)
+                _adaptive_layer_norm_jvp_outputs(x[g], tx[g], beta[p], gamma[p], tgamma[p], tbeta[p], mean, invstd, tmp0, tmp2, ty_coef_field_0, dtype(count), Q, S, y[g], ty[g])
+    return
+
+
+def adaptive_layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer):
+    """Training forward mode: y and its tangent ty along (tx, tgamma, tbeta).
+
+    Derived by forward mode from the training forward pass
+    (bnsym.symbolic.layers.derivation('adaptive_layer_norm').jvp).
+
+    x, dy and the other fields have the layer's full (grouped) shape; per-group statistics (mean, invstd, invrms)
+    have length 1 on every reduced axis; gamma and beta are shaped for broadcasting against x. `reducer`
+    (bnsym.runtime.reduce.Reducer) takes the per-group sums, knows M, the number of values per group, and sums a
+    parameter's gradient over the groups that share the parameter, so dgamma and dbeta come out in the parameters'
+    broadcast shape.
+
+    Compiled: each group's stages and outputs one after another while the group is in cache, the groups of one
+    parameter row (a sample) in one parallel iteration (bnsym.codegen.numba_local); any other layout or reducer runs
+    the NumPy kernel.
+    """
+    layout = SampleLocalLayout.of(reducer, fields=(x, tx), per_group=(eps,), parameters=(gamma, beta, tgamma, tbeta))
+    if layout is not None and layout.inner == layout.Q:
+        y = layout.empty()
+        ty = layout.empty()
+        run_compiled(_adaptive_layer_norm_jvp, layout.fields(x), layout.parameter(gamma), layout.parameter(beta), layout.fields(tx), layout.parameter(tgamma), layout.parameter(tbeta), layout.per_group(eps), reducer.count, layout.P, layout.Q, layout.fields(y), layout.fields(ty))
+        return y, ty
+    return numpy_kernels.adaptive_layer_norm_jvp(x, gamma, beta, tx, tgamma, tbeta, eps, reducer)
 
 
 #: Each kernel's parameters and results, in order (those of the NumPy kernels).

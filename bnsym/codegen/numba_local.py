@@ -19,7 +19,17 @@ printer does not:
   (at most ``BLOCK`` values per entry) and in float64 otherwise (after float32 pieces of at most ``RUN`` values);
   the block partials are added in float64, in a fixed order, so results do not depend on the number of threads.
   A parameter sum joins the earliest pass over the group that can take it (layer norm's dgamma and dbeta ride along
-  the pass that sums dy*gamma), so that the group is read once fewer.
+  the pass that sums dy*gamma), so that the group is read once fewer;
+* **parameters of one row per sample** (``sample_rows``: adaptive layer norm's (N, D) gamma for x of (N, T, D);
+  :class:`bnsym.runtime.fused.SampleLocalLayout`): row ``p`` serves the ``R = groups // P`` consecutive groups of a
+  sample, and a parameter sum is per row, never over the batch. The parallel loop then runs over the rows: an
+  iteration takes its R groups in blocks of at most ``BLOCK``, each block's shares added in the fields' dtype to
+  a row of Q values of the iteration's own, and the blocks' rows added in float64 when R > BLOCK; the parameter
+  values are computed on those rows and written to row ``p`` of (P, Q) results that the wrapper allocates with
+  NumPy (as large as x when R = 1: NumPy's allocation asks for huge pages, Numba's faults 4 kB pages one at a
+  time). No (blocks, P, Q) partials (P = N would make them quadratic in the batch), and each row written by one
+  iteration: results independent of the number of threads. The helpers (passes and outputs) are the flat nest's,
+  unchanged.
 
 No array expressions in the parallel function: Numba would make each one a parallel region of its own, and waking
 the threads for it costs more than its work.
@@ -58,11 +68,17 @@ class GroupLocalPrinter:
     docstring): the helpers and drivers, and what a wrapper needs to call them (:class:`CompiledLoops`); the wrapper
     itself is :mod:`bnsym.codegen.numba_printer`'s, which knows every strategy."""
 
-    def __init__(self, indent: str = "    ", nests: tuple[str, ...] = NESTS):
+    def __init__(self, indent: str = "    ", nests: tuple[str, ...] = NESTS, sample_rows: bool = False):
         """``nests``: the loop nests to print (("flat",) for a layer whose parameters have one value per value of a
-        group: its wrapper then runs the NumPy kernel for S > 1, which its public functions never pass)."""
+        group: its wrapper then runs the NumPy kernel for S > 1, which its public functions never pass).
+        ``sample_rows``: the parameters hold one row per sample (``Grouping.sample_parameters``; the layout is
+        :class:`bnsym.runtime.fused.SampleLocalLayout`): the parallel loop runs over the parameter rows, each
+        iteration takes the R = groups // P groups of its row, and a parameter sum is that row's (module
+        docstring). The flat nest only: a parameter per sample that is one value per group (S > 1) runs the NumPy
+        kernel."""
         self.indent = indent
-        self.nests = nests
+        self.sample_rows = sample_rows
+        self.nests = ("flat",) if sample_rows else nests
 
     @staticmethod
     def unsupported(plan: KernelPlan) -> str | None:
@@ -97,6 +113,9 @@ class GroupLocalPrinter:
         for step in loop_steps(plan.statements, names):
             if step.kind == "parameter value":
                 name, expr = step.statement.name.name, step.statement.expr
+                if self.sample_rows:  # per row, inside the row's iteration (_main_sample_rows)
+                    after += self._row_value(name, expr, names)
+                    continue
                 if expr.is_Symbol:  # another name for a parameter sum
                     after.append(f"{name} = {expr.name}")
                     continue
@@ -128,13 +147,23 @@ class GroupLocalPrinter:
         body += [f"{n}_groups[g] = {n}" for n in names.group_results]
         split = any(_NEST in line for line in body)  # a driver per nest, or one for both
         nests = NESTS if split else (None,)
-        parts = helpers + [self._main(plan, names, [line.replace(_NEST, f"_{nest}") for line in body], after, sums,
-                                      field_less, nest) for nest in nests]
+        main = self._main_sample_rows if self.sample_rows else self._main
+        parts = helpers + [main(plan, names, [line.replace(_NEST, f"_{nest}") for line in body], after, sums,
+                                field_less, nest) for nest in nests]
         flat_only = len(self.nests) == 1 and bool(names.parameters)
         condition = ((" and layout.Q == 1" if field_less else "")
                      + (" and layout.inner == layout.Q" if flat_only else ""))
         driver = f"_{plan.name}_flat if layout.inner == layout.Q else _{plan.name}_runs" if split else f"_{plan.name}"
-        return CompiledLoops("\n\n\n".join(parts), driver, condition, ["layout.P", "layout.Q"])
+        return CompiledLoops("\n\n\n".join(parts), driver, condition, ["layout.P", "layout.Q"],
+                             parameter_outputs=self.sample_rows)
+
+    def _row_value(self, name: str, expr, names: PlanNames) -> list[str]:
+        """Lines that compute row ``p`` of a parameter value (``name_row``, Q values) from the rows of the parameter
+        sums and values it reads (``sample_rows``)."""
+        if expr.is_Symbol:  # another name for a parameter sum
+            return [f"{name}_row = {expr.name}_row"]
+        printed = Printer({n: f"{n}_row[q]" for n in names.parameter_values}, typed_numbers=True).doprint(expr)
+        return [f"{name}_row = numpy.empty(Q, dtype)", "for q in range(Q):", f"{self.indent}{name}_row[q] = {printed}"]
 
     # ----- helpers -----
 
@@ -241,8 +270,12 @@ class GroupLocalPrinter:
                                   + returned)]
         arguments = self._call_arguments(fields, parameters, per_group, scalars)
         if parameter:
-            arguments += [f"parts_{n.name}[block, p]" for n in parameter.names]
-            arguments += [f"wide_{n.name}[block, p]" for n in parameter.names]
+            if self.sample_rows:  # the row's own partials (_main_sample_rows)
+                arguments += [f"{n.name}_row" for n in parameter.names]
+                arguments += [f"{n.name}_wide" for n in parameter.names]
+            else:
+                arguments += [f"parts_{n.name}[block, p]" for n in parameter.names]
+                arguments += [f"wide_{n.name}[block, p]" for n in parameter.names]
         return sources, arguments, lacking
 
     def _outputs(self, function: str, plan: KernelPlan, outputs: list[Accumulate], names: PlanNames):
@@ -340,6 +373,65 @@ class GroupLocalPrinter:
                           *(i + line for line in total)]
         lines += [f"{i}{line}" for line in after]
         results = [s.name for s in plan.returns if s.name not in names.outputs]
+        returned = [f"{n}_groups" if n in names.group_results else n for n in results]
+        lines.append(f"{i}return {', '.join(returned)}{',' if len(returned) == 1 else ''}" if returned
+                     else f"{i}return")
+        return "\n".join(lines)
+
+    def _main_sample_rows(self, plan: KernelPlan, names: PlanNames, body: list[str], after: list[str],
+                          sums: list[str], field_less: list[str], nest: str | None) -> str:
+        """The parallel driver over parameter rows (``sample_rows``): iteration ``p`` takes groups ``p * R`` to
+        ``p * R + R - 1`` in blocks of at most ``BLOCK``. A parameter sum has a row of Q values per iteration,
+        ``<sum>_row`` in the fields' dtype, which holds a block's float32 partial; with more than one block (R >
+        BLOCK) the blocks' rows are added in float64 into ``<sum>_wide``, in order, and the total is rounded into
+        the row. A sum of per-group values (no field) goes to ``<sum>_wide`` directly. The parameter values are
+        then computed on the rows, and the results copied into row ``p`` of the (P, Q) arrays that the wrapper
+        passes. Each row is written by its own iteration only: the results do not depend on the number of
+        threads."""
+        i = self.indent
+        i2, i3, i4 = i * 2, i * 3, i * 4
+        inputs = [f"{n}_groups" if n not in names.fields + names.parameters else n for n in names.inputs]
+        first = names.fields[0]
+        per_group_inputs = [n for n in names.inputs if n not in names.fields + names.parameters]
+        element_sums = [n for n in sums if n not in field_less]
+        results = [s.name for s in plan.returns if s.name not in names.outputs]
+        filled = [n for n in results if n not in names.group_results]
+        lines = ["@numba.njit(cache=True, parallel=True)",
+                 f"def _{plan.name}({', '.join(inputs + [COUNT, 'P', 'Q'] + names.outputs + filled)}):",
+                 *docstring(self.indent,
+                            f"{plan.name} on (groups, inner) fields, (P, Q) parameters of one row per R = groups // P "
+                            "groups and (groups,) per-group values, one parameter row (a sample) per parallel "
+                            "iteration" + (f"; fills {', '.join(filled)}." if filled else ".")),
+                 f"{i}groups, inner = {first}.shape",
+                 f"{i}S = inner // Q",
+                 f"{i}R = groups // P",
+                 f"{i}dtype = {first}.dtype.type"]
+        lines += [f"{i}{n} = {Printer({}, typed_numbers=False).doprint(e)}" for n, e in names.scalars]
+        lines += [f"{i}{n}_groups = numpy.empty(groups, {first}.dtype)" for n in names.group_results]
+        lines += [f"{i}for p in numba.prange(P):"]
+        # Rows of Q values, small and in cache; zeroed and added by loops, not array expressions (Numba would make
+        # each array expression a parallel region of its own: module docstring).
+        lines += [f"{i2}{n}_row = numpy.empty(Q, {first}.dtype)" for n in sums]
+        lines += [f"{i2}{n}_wide = numpy.empty(Q if R > BLOCK else 1)" for n in element_sums]
+        lines += [f"{i2}{n}_wide = numpy.zeros(1)" for n in field_less]  # Q == 1 (the wrapper's condition)
+        if element_sums:
+            lines += [f"{i2}if R > BLOCK:", f"{i3}for q in range(Q):"]
+            lines += [f"{i4}{n}_wide[q] = 0.0" for n in element_sums]
+        lines += [f"{i2}for start in range(p * R, p * R + R, BLOCK):"]
+        if element_sums:
+            lines += [f"{i3}for q in range(Q):"] + [f"{i4}{n}_row[q] = 0" for n in element_sums]
+        lines += [f"{i3}for g in range(start, min(start + BLOCK, p * R + R)):"]
+        lines += [f"{i4}{n} = {n}_groups[g]" for n in per_group_inputs]
+        lines += [f"{i4}{line}" for line in body]
+        if element_sums:
+            lines += [f"{i3}if R > BLOCK:", f"{i4}for q in range(Q):"]
+            lines += [f"{i4}{i}{n}_wide[q] += {n}_row[q]" for n in element_sums]
+            lines += [f"{i2}if R > BLOCK:", f"{i3}for q in range(Q):"]
+            lines += [f"{i4}{n}_row[q] = {n}_wide[q]" for n in element_sums]
+        lines += [f"{i2}{n}_row[0] = {n}_wide[0]" for n in field_less]
+        lines += [f"{i2}{line}" for line in after]
+        if filled:
+            lines += [f"{i2}for q in range(Q):"] + [f"{i3}{n}[p, q] = {n}_row[q]" for n in filled]
         returned = [f"{n}_groups" if n in names.group_results else n for n in results]
         lines.append(f"{i}return {', '.join(returned)}{',' if len(returned) == 1 else ''}" if returned
                      else f"{i}return")

@@ -60,6 +60,9 @@ class CompiledLoops:
     driver: str
     condition: str
     shape: list[str]
+    #: The driver takes the parameter results (dgamma, ...) as (P, Q) arrays after the field outputs, allocated by
+    #: the wrapper with NumPy (``layout.parameter_empty()``), and returns them filled.
+    parameter_outputs: bool = False
 
 
 class Printer(KernelPrinter):

@@ -15,7 +15,9 @@ sharded run's reducer adds the shards' totals in its ``sums``, which compiled lo
 
 :class:`GroupLocalLayout` is the arrangement of the group-local loops (:mod:`bnsym.codegen.numba_local`), which
 read parameters that vary within a group and sum parameter gradients: fields as (groups, inner) when every group
-is one contiguous run, parameters as (P, Q). :class:`InterleavedLayout` is the arrangement of the same kernels'
+is one contiguous run, parameters as (P, Q). :class:`SampleLocalLayout` is the same for parameters of one row per
+sample (adaptive norms), whose rows each serve the R = groups // P consecutive groups of a sample.
+:class:`InterleavedLayout` is the arrangement of the same kernels'
 sample-wise loops (:mod:`bnsym.codegen.numba_interleaved`) for channel-last group and instance norm, whose groups
 interleave within each sample: fields as (B, R, K), parameters as (K,), per-group values as (B, G).
 """
@@ -29,7 +31,7 @@ import numpy as np
 
 from bnsym.runtime.reduce import Reducer
 
-__all__ = ["FusedLayout", "GroupLocalLayout", "InterleavedLayout"]
+__all__ = ["FusedLayout", "GroupLocalLayout", "InterleavedLayout", "SampleLocalLayout"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -124,8 +126,8 @@ class GroupLocalLayout(_Results):
     length 1 on ``reducer.parameter_axes``. The loops see it as a (P, Q) array: group ``g`` reads row ``g % P``,
     and value ``i`` of a group reads column ``i // S``, with ``S = inner // Q``. So the axes along which a parameter
     varies must be trailing kept axes (P: group norm's G, instance norm's C; 1 for layer norm) other than the batch
-    axis 0 (a parameter per sample, as adaptive norms have, is left to the NumPy kernel) and leading reduced axes (Q:
-    layer norm's normalised positions, group norm's C/G channels; 1 for instance norm). A parameter's
+    axis 0 (a parameter per sample, as adaptive norms have, is :class:`SampleLocalLayout`'s) and leading reduced
+    axes (Q: layer norm's normalised positions, group norm's C/G channels; 1 for instance norm). A parameter's
     gradient comes back from the loops as a (P, Q) array, in :attr:`parameter_shape` by :meth:`parameter_result`.
 
     :meth:`of` returns None for anything else (the generated wrapper then runs the NumPy kernel).
@@ -144,6 +146,12 @@ class GroupLocalLayout(_Results):
     def of(cls, reducer, fields, per_group, parameters) -> GroupLocalLayout | None:
         """The layout of a call with these fields, per-group values (arrays shaped for broadcasting, or scalars)
         and parameters (arrays of the parameters' broadcast shape), or None when the loops do not cover it."""
+        return cls._arrange(reducer, fields, per_group, parameters, per_sample_rows=False)
+
+    @classmethod
+    def _arrange(cls, reducer, fields, per_group, parameters, per_sample_rows: bool):
+        """:meth:`of`, with the parameter rows along the trailing kept axes (``per_sample_rows`` False: row
+        ``g % P``) or along the leading ones from the batch axis 0 (True: row ``g // (groups // P)``)."""
         found = _local_fields(reducer, fields)
         if found is None:
             return None
@@ -157,11 +165,13 @@ class GroupLocalLayout(_Results):
         varying = [a for a in range(ndim) if parameter_shape[a] != 1]
         on_groups = [a for a in varying if a < kept]
         on_values = [a for a in varying if a >= kept]
-        if on_groups and on_groups != list(range(on_groups[0], kept)):
-            return None
-        if 0 in on_groups:
-            # A parameter per sample (adaptive norms: (N, D) for x (N, D)): its sums' block partials, (blocks, P, Q)
-            # with P = N, would grow with the square of the batch. The NumPy kernel takes it.
+        if per_sample_rows:  # rows along the leading kept axes, from the batch axis: row g // R
+            if on_groups and on_groups != list(range(on_groups[-1] + 1)):
+                return None
+        elif on_groups and (on_groups != list(range(on_groups[0], kept)) or 0 in on_groups):
+            # Rows along the trailing kept axes: row g % P. A parameter per sample (adaptive norms: (N, D) for x
+            # (N, D)) is SampleLocalLayout's: these loops' block partials, (blocks, P, Q) with P = N, would grow
+            # with the square of the batch.
             return None
         if on_values and on_values != list(range(kept, on_values[-1] + 1)):
             return None
@@ -192,6 +202,36 @@ class GroupLocalLayout(_Results):
         if value.shape == self.parameter_shape and value.flags.c_contiguous:
             return value.reshape(self.P, self.Q)
         return np.ascontiguousarray(np.broadcast_to(value, self.parameter_shape)).reshape(self.P, self.Q)
+
+
+@dataclass(frozen=True)
+class SampleLocalLayout(GroupLocalLayout):
+    """:class:`GroupLocalLayout` for parameters that hold one row per sample (adaptive norms: gamma and beta of
+    shape (N, D) for x of shape (N, ..., D); ``Grouping.sample_parameters``).
+
+    The fields are (groups, inner) as there; the parameters are (P, Q) arrays whose P rows run along the leading
+    kept axes, starting with the batch axis 0 (P = N for adaptive layer norm), so each row serves R = groups // P
+    consecutive groups: group ``g`` reads row ``g // R`` (adaptive layer norm on (N, T, D): R = T, the tokens of one
+    sample). The loops (:mod:`bnsym.codegen.numba_local`) take one parameter row per parallel iteration, all of its
+    R groups, and sum a parameter's gradient over those R groups only, as float32 partials of at most ``BLOCK``
+    groups added in float64, straight into the row of the (P, Q) result: no partial per block of the batch.
+
+    :meth:`of` returns None when the parameters do not vary along axis 0 (they are :class:`GroupLocalLayout`'s) or
+    for anything :class:`GroupLocalLayout` refuses.
+    """
+
+    @classmethod
+    def of(cls, reducer, fields, per_group, parameters) -> SampleLocalLayout | None:
+        """As :meth:`GroupLocalLayout.of`, for parameters with one row per sample. Empty input is the NumPy
+        kernel's: with no groups, R = groups // P is 0 (or P is 0) and no iteration would zero a gradient's row."""
+        layout = cls._arrange(reducer, fields, per_group, parameters, per_sample_rows=True)
+        return layout if layout is not None and layout.groups and layout.inner else None
+
+    def parameter_empty(self) -> np.ndarray:
+        """A new (P, Q) parameter result for the loops to fill: as large as x when T = 1, so allocated by NumPy
+        (huge pages; an array that Numba allocates is first touched a 4 kB page at a time, which took adaptive
+        layer norm's backward on (4096, 4096) float32, one thread, from about 42 to 170 ms)."""
+        return np.empty((self.P, self.Q), self.dtype)
 
 
 
