@@ -31,6 +31,7 @@ import numpy as np
 
 from bnsym.conventions import CONVENTIONS
 from bnsym.spec import LayerSpec
+from bnsym.symbolic.invariances import EVAL_IS_TRAINING
 from bnsym.testing import reference
 from bnsym.testing.failures import PropertyFailure, Worst
 from bnsym.testing.options import CheckOptions
@@ -49,6 +50,7 @@ from bnsym.testing.properties import (
     float64_example,
     pair,
     register,
+    rests_on,
     second_dy,
     unrepresentable,
 )
@@ -237,6 +239,41 @@ def _eval_sample_independence(impl, example):
     together = _eval_forward(impl, example, running, x=others.astype(example.dtype))
     tolerance = EvalBound(example, running).forward()[:1]
     compare("eval y of sample 0, alone vs. with other samples", _f64(together[:1]), alone, 2 * tolerance)
+
+
+def _own_statistics(example: Example, ref) -> tuple[np.ndarray, ...]:
+    """The batch's own value of each step its running statistics average (``spec.running``: the mean and biased
+    variance for batch norm; batch renormalisation's mean and sigma = sqrt(var + eps)), statistics-shaped, rounded
+    to the dtype under test."""
+    steps = LayerBound(example, ref).values
+    shape = ref.layout.statistics_shape
+    return tuple(np.broadcast_to(steps[step], ref.layout.statistics_broadcast).reshape(shape).astype(example.dtype)
+                 for _, step in example.spec.running)
+
+
+@register("eval_is_training_at_batch_statistics", "eval", ("forward", "eval_forward"),
+          applies=rests_on(EVAL_IS_TRAINING), when=_eval_mode, selected_by="--mode eval")
+def _eval_is_training_at_batch_statistics(impl, example):
+    """Eval mode given the batch's own statistics as its running statistics (the batch's value of each step they
+    average) is the training forward on that batch: the implementation's eval y there equals its training y (whose
+    forward reads those same running statistics, where it reads them: batch renormalisation's r = 1, d = 0).
+
+    Applies where the layer's declaration proves the identity (``bnsym derive`` records it). The tolerance is both
+    passes' error bounds plus the float64 references' own difference, which rounding the statistics to the dtype
+    under test makes (zero in float64 up to rounding)."""
+    ref = reference.forward(example)
+    own = _own_statistics(example, ref)
+    if not all(np.all(np.isfinite(r)) for r in own):
+        return  # the dtype cannot hold the batch's statistics (float16, wide dynamic range): nothing to compare
+    layer = example.spec
+    read = dict(zip(layer.running_names, own)) if layer.reads_running else {}
+    training = example.replace(constants=tuple((name, read.get(name, value)) for name, value in example.constants))
+    ref_training = reference.forward(training)
+    expected_eval = reference.eval_forward(example, own)
+    tolerance = (EvalBound(example, own, ref=ref).forward() + LayerBound(training, ref_training).forward()
+                 + np.abs(expected_eval - ref_training.y))
+    compare("eval y on the batch's own statistics against the training y", _eval_forward(impl, example, own),
+            _f64(call_forward(impl, training)), tolerance, labels=("its training forward gives", "its eval gives"))
 
 
 # ----- running statistics -----

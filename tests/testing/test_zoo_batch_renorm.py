@@ -25,7 +25,8 @@ def test_the_correct_two_pass_passes_the_eval_mode_properties(dtype):
     report = check_normalization(TwoPassRenorm(), layer="batch_renorm", dtype=dtype, max_examples=10, mode="eval")
     assert not report.failed, str(report)
     expected = {"eval_shapes_and_dtypes", "eval_forward_reference", "eval_backward_reference",
-                "eval_leaves_running_stats_unchanged", "eval_sample_independence"}
+                "eval_leaves_running_stats_unchanged", "eval_sample_independence",
+                "eval_is_training_at_batch_statistics"}
     if dtype == "float64":
         expected.add("eval_backward_finite_differences")
     assert expected <= set(report.passed), str(report)

@@ -223,7 +223,8 @@ BUGS = (
     Bug("RunningStdWithoutEps", ("running_stats_read_and_updated",), convention="keras"),
     Bug("EvalWithBatchStatistics", ("eval_forward_reference", "eval_sample_independence"), mode="eval"),
     Bug("EvalAppliesCorrections", ("eval_forward_reference", "eval_sample_independence"), mode="eval"),
-    Bug("EvalReadsStdAsVariance", ("eval_forward_reference", "eval_backward_reference"), mode="eval"),
+    Bug("EvalReadsStdAsVariance", ("eval_forward_reference", "eval_backward_reference",
+                                   "eval_is_training_at_batch_statistics"), mode="eval"),
     Bug("EvalBackwardScaledByR", ("eval_backward_reference", "eval_backward_finite_differences"), mode="eval"),
 )
 
