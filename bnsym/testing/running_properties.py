@@ -99,7 +99,7 @@ def _register(name, group, needs, when, selected_by, **keywords):
                     **keywords)
 
 
-def _register_eval(name, group, needs, when, selected_by, **keywords):
+def _eval_register(name, group, needs, when, selected_by, **keywords):
     return register(name, group, needs, applies=_has_eval_mode, when=when, selected_by=selected_by, **keywords)
 
 
@@ -144,7 +144,7 @@ def _eval_backward(impl, example: Example, running, **replaced):
 
 # ----- eval mode -----
 
-@_register_eval("eval_shapes_and_dtypes", "eval", ("eval_forward",), _eval_mode, "--mode eval")
+@_eval_register("eval_shapes_and_dtypes", "eval", ("eval_forward",), _eval_mode, "--mode eval")
 def _eval_shapes_and_dtypes(impl, example):
     """eval_forward returns y with the shape and dtype of x."""
     y = _eval_forward(impl, example, running_statistics(example))
@@ -153,7 +153,7 @@ def _eval_shapes_and_dtypes(impl, example):
                               f"and dtype {example.dtype}")
 
 
-@_register_eval("eval_forward_reference", "eval", ("eval_forward",), _eval_mode, "--mode eval")
+@_eval_register("eval_forward_reference", "eval", ("eval_forward",), _eval_mode, "--mode eval")
 def _eval_forward_reference(impl, example):
     """The eval-mode y agrees with bnsym's float64 eval-mode forward (``inference``) on the running statistics."""
     running = running_statistics(example)
@@ -161,7 +161,7 @@ def _eval_forward_reference(impl, example):
             EvalBound(example, running).forward())
 
 
-@_register_eval("eval_backward_reference", "eval", ("eval_backward",), _eval_mode, "--mode eval")
+@_eval_register("eval_backward_reference", "eval", ("eval_backward",), _eval_mode, "--mode eval")
 def _eval_backward_reference(impl, example):
     """Eval-mode dx and parameter gradients agree with bnsym's float64 ``inference_backward``."""
     running = running_statistics(example)
@@ -181,7 +181,7 @@ def _directions(example: Example, running, salt: int):
     return [ux] + [rng.standard_normal(example.gamma.shape) for _ in example.spec.parameters]
 
 
-@_register_eval("eval_backward_finite_differences", "eval", ("eval_forward", "eval_backward"), _eval_mode,
+@_eval_register("eval_backward_finite_differences", "eval", ("eval_forward", "eval_backward"), _eval_mode,
            "--mode eval", requires=("float64_arithmetic",))
 def _eval_backward_finite_differences(impl, example):
     """Eval-mode backward equals central differences of eval_forward along a random direction (float64)."""
@@ -204,7 +204,7 @@ def _eval_backward_finite_differences(impl, example):
             labels=("central differences of eval_forward give", "its eval_backward gives"))
 
 
-@_register_eval("eval_leaves_running_stats_unchanged", "running statistics", ("eval_forward",), _eval_or_convention,
+@_eval_register("eval_leaves_running_stats_unchanged", "running statistics", ("eval_forward",), _eval_or_convention,
            "--mode eval or --convention")
 def _eval_leaves_running_stats_unchanged(impl, example):
     """An eval forward leaves the running statistics (running_mean and running_var, or the layer's own)
@@ -226,7 +226,7 @@ def _eval_leaves_running_stats_unchanged(impl, example):
                                   Worst(name, index, float(before[index]), float(after[index]), 0.0))
 
 
-@_register_eval("eval_sample_independence", "running statistics", ("eval_forward",), _eval_or_convention,
+@_eval_register("eval_sample_independence", "running statistics", ("eval_forward",), _eval_or_convention,
            "--mode eval or --convention")
 def _eval_sample_independence(impl, example):
     """In eval mode the output for one sample does not depend on the rest of the batch."""
@@ -491,7 +491,7 @@ def _eval_double_backward(impl, example, given, running, **replaced):
                                 **_running(example, running), **replaced)
 
 
-@_register_eval("eval_double_backward_reference", "second order", ("eval_double_backward",), _eval_second_order,
+@_eval_register("eval_double_backward_reference", "second order", ("eval_double_backward",), _eval_second_order,
            "--mode eval --order 2")
 def _eval_double_backward_reference(impl, example):
     """Eval-mode gx, ggamma, gdy agree with bnsym's float64 eval double backward."""
@@ -505,7 +505,7 @@ def _eval_double_backward_reference(impl, example):
         compare(name, np.where(beyond, e, a) if a.shape == e.shape else a, e, t)
 
 
-@_register_eval("eval_double_backward_finite_differences", "second order", ("eval_backward", "eval_double_backward"),
+@_eval_register("eval_double_backward_finite_differences", "second order", ("eval_backward", "eval_double_backward"),
            _eval_second_order, "--mode eval --order 2", requires=("float64_arithmetic",))
 def _eval_double_backward_finite_differences(impl, example):
     """The eval double backward equals central differences of the implementation's eval backward (float64)."""
@@ -530,7 +530,7 @@ def _eval_double_backward_finite_differences(impl, example):
             labels=FINITE_DIFFERENCE_LABELS)
 
 
-@_register_eval("eval_hessian_symmetry", "second order", ("eval_double_backward",), _eval_second_order,
+@_eval_register("eval_hessian_symmetry", "second order", ("eval_double_backward",), _eval_second_order,
            "--mode eval --order 2")
 def _eval_hessian_symmetry(impl, example):
     """In eval mode too, <gx(ggx = u), v> = <gx(ggx = v), u> per group."""
