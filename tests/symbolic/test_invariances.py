@@ -329,9 +329,9 @@ def test_eval_is_training_at_the_batchs_own_statistics_where_the_declaration_say
         wrong = Derivation(LayerDeclaration(layer, forward, _eval_with_eps_twice))
         verdict = inv._eval_is_training_verdict(wrong)
         assert not verdict.proved and verdict.refuted_at, verdict
-        assert inv.recorded(wrong)[inv.EVAL_IS_TRAINING] is False
+        assert not inv.eval_is_training_at_batch_statistics(wrong)
         right = Derivation(LayerDeclaration(layer, forward))
-        assert inv.recorded(right)[inv.EVAL_IS_TRAINING] is True
+        assert inv.eval_is_training_at_batch_statistics(right)
         assert inv.fingerprint(wrong) != inv.fingerprint(right), "another eval mode, the same digest"
     finally:
         unregister("test_eps_twice")
