@@ -57,12 +57,13 @@ def _x_hat_step(layer: Derivation):
 def _forward(layer: Derivation) -> Kernel:
     s = layer.symbols
     program = layer.training_forward
+    fields = layer.field_outputs[1:]
     return Kernel(
         name=f"{layer.declaration.name}_forward",
         inputs=tuple(program.inputs),
         steps=tuple((d.name, d.expr) for d in program.definitions if d.name != s.y),
-        outputs=((s.y, program[s.y]),) + tuple((name, name) for name in layer.saved),
-        summary=f"Training-mode {_in_prose(layer)}: y, and the statistics "
+        outputs=((s.y, program[s.y]),) + tuple((name, name) for name in (*fields, *layer.saved)),
+        summary=f"Training-mode {_in_prose(layer)}: y, {''.join(f.name + ', ' for f in fields)}and the statistics "
                 f"({', '.join(n.name for n in layer.saved)}) that the backward pass reuses.",
         derived_from=f"Written once in {layer.declaration.forward_source}; this is its definition.",
         notes=(_layout(layer),),
@@ -72,13 +73,16 @@ def _forward(layer: Derivation) -> Kernel:
 def _backward(layer: Derivation) -> Kernel:
     s = layer.symbols
     program, closed = layer.backward
-    dx, *parameters = program.outputs
+    fields = len(layer.field_inputs)
+    upstream = layer.upstream
     return Kernel(
         name=f"{layer.declaration.name}_backward",
-        inputs=(s.dy, s.x, s.gamma, *layer.saved, *layer.constants),
+        inputs=(*upstream, layer.normalised, s.gamma, *layer.saved, *layer.constants),
         steps=_x_hat_step(layer),
-        outputs=((dx, closed[dx]),) + _per_parameter(layer, ((p, closed[p]) for p in parameters)),
-        summary=f"Training-mode backward: {', '.join(n.name for n in program.outputs)} for the upstream gradient dy.",
+        outputs=tuple((d, closed[d]) for d in program.outputs[:fields])
+        + _per_parameter(layer, ((p, closed[p]) for p in program.outputs[fields:])),
+        summary=f"Training-mode backward: {', '.join(n.name for n in program.outputs)} for the upstream "
+                f"gradient{'s' * (len(upstream) > 1)} {', '.join(u.name for u in upstream)}.",
         derived_from=f"Derived by reverse mode from the training forward pass ({_source(layer, 'backward')}), closed "
                      f"form in x_hat and {' and '.join(n.name for n in layer.saved)}.",
         notes=(_layout(layer),),
@@ -88,21 +92,27 @@ def _backward(layer: Derivation) -> Kernel:
 def _double_backward(layer: Derivation, training: bool) -> Kernel:
     s = layer.symbols
     program, closed = layer.double_backward if training else layer.inference_double_backward
-    gx, ggamma, gdy = program.outputs
+    fields = len(layer.field_inputs)
+    ginputs, (ggamma,), gupstream = (program.outputs[:fields], program.outputs[fields:fields + 1],
+                                     program.outputs[fields + 1:])
     constants = layer.constants if training else ()
     mode, source = ("Training", "double_backward") if training else ("Eval-mode", "inference_double_backward")
-    cotangents = (s.ggx, s.gggamma, s.ggbeta)[:1 + len(layer.parameters)]
+    wrt = (*layer.field_inputs, s.gamma, s.beta)[:fields + len(layer.parameters)]
+    cotangents = tuple(layer.cotangent(u) for u in wrt)
     notes = (_layout(layer),) if training else (
         f"mean and invstd are the running mean and {_inference_invstd(layer)}, constants in eval mode.",
         _layout(layer))
-    terms = " + ".join(f"<{c.name}, d{u.name}>" for c, u in zip(cotangents, (s.x, *layer.parameters)))
+    terms = " + ".join(f"<{c.name}, d{u.name}>" for c, u in zip(cotangents, wrt))
+    *first, last = (u.name for u in (*layer.field_inputs, s.gamma, *layer.upstream))
+    against = f"{', '.join(first)} and {last}"
     name = layer.declaration.name
     return Kernel(
         name=f"{name}_{'' if training else 'inference_'}double_backward",
-        inputs=(*cotangents, s.dy, s.x, s.gamma, *layer.saved, *constants),
+        inputs=(*cotangents, *layer.upstream, layer.normalised, s.gamma, *layer.saved, *constants),
         steps=_x_hat_step(layer),
-        outputs=((gx, closed[gx]),) + _per_parameter(layer, ((ggamma, closed[ggamma]),)) + ((gdy, closed[gdy]),),
-        summary=f"{mode} double backward: gradients of {terms} with respect to x, gamma and dy.",
+        outputs=tuple((g, closed[g]) for g in ginputs) + _per_parameter(layer, ((ggamma, closed[ggamma]),))
+        + tuple((g, closed[g]) for g in gupstream),
+        summary=f"{mode} double backward: gradients of {terms} with respect to {against}.",
         derived_from=f"Derived by reverse mode through the derived backward ({_source(layer, source)}).",
         notes=notes,
     )
@@ -112,15 +122,18 @@ def _jvp(layer: Derivation) -> Kernel:
     s = layer.symbols
     program, closed = layer.jvp
     forward = layer.training_forward
-    y, ty = program.outputs
-    tangents = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
+    outputs = layer.field_outputs
+    primals = (*layer.field_inputs, *layer.parameters)
+    tangents = tuple(layer.tangent_of(u) for u in primals)
     return Kernel(
         name=f"{layer.declaration.name}_jvp",
-        inputs=(s.x, *layer.parameters, *(tangents[u] for u in (s.x, *layer.parameters)), s.eps, *layer.constants),
+        inputs=(*primals, *tangents, s.eps, *layer.constants),
         steps=tuple((d.name, d.expr) for d in forward.definitions if d.name != s.y),
-        outputs=((y, forward[s.y]), (ty, closed[ty])),
-        summary=f"Training forward mode: y and its tangent ty along "
-                f"({', '.join(tangents[u].name for u in (s.x, *layer.parameters))}).",
+        outputs=((s.y, forward[s.y]),) + tuple((o, o) for o in outputs[1:])
+        + tuple((t, closed[t]) for t in program.outputs[len(outputs):]),
+        summary=f"Training forward mode: {', '.join(o.name for o in outputs)} and "
+                f"{'its tangent ty' if len(outputs) == 1 else 'their tangents'} along "
+                f"({', '.join(t.name for t in tangents)}).",
         derived_from=f"Derived by forward mode from the training forward pass ({_source(layer, 'jvp')}).",
         notes=(_layout(layer),),
     )

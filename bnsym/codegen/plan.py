@@ -19,7 +19,10 @@ and never introduces cancellation):
    a parameter's gradient (:class:`~bnsym.symbolic.reduction.ParameterSum`) becomes a parameter-shaped total;
 3. every field output is brought to coefficient form; a factor common to all coefficients is applied last when
    that turns a term's coefficient into 1;
-4. the per-group expressions go through ``sympy.cse`` (canonical order, so output is deterministic);
+4. the per-group expressions and the atoms' definitions go through ``sympy.cse`` together (canonical order, so
+   output is deterministic). A temporary that CSE takes out of atoms' definitions can vary per element (``tmp0 =
+   x - mean`` when the atoms ``x - mean`` and ``d + r*invstd*(x - mean)`` share it): the plan's ``fields`` records
+   it, so that no printer takes it for a per-group value;
 5. statements are scheduled: every ready assignment, then every ready reduction as one stage, and so on; field
    outputs last. Ties keep the order above, so the plan is deterministic.
 """
@@ -86,7 +89,8 @@ class KernelPlan:
     returns: tuple[sympy.Symbol, ...]
     docstring: tuple[str, ...]
     uses_count: bool = False  # the body reads M; from ``reducer.count`` when the reducer is a parameter
-    fields: frozenset = field(default_factory=frozenset)  # names of full-size arrays (inputs, atoms, outputs)
+    # Names of the values that vary per element: field inputs, atoms and the CSE temporaries they share, outputs.
+    fields: frozenset = field(default_factory=frozenset)
 
 
 # ----- naming -----
@@ -298,6 +302,21 @@ def _schedule(pending: list[_Pending]) -> list[list[_Pending]]:
     return batches
 
 
+def _field_temporaries(replacements) -> set[sympy.Symbol]:
+    """The temporaries of ``sympy.cse`` (``replacements``, in order) that vary per element.
+
+    CSE names every common subexpression with a plain symbol, whatever it holds, so ``is_field_expr`` cannot tell
+    by the name alone: a temporary varies per element when it reads a field (an input such as ``x``, an atom) or
+    such a temporary. A parameter-shaped one (it reads no field but a
+    :class:`~bnsym.symbolic.reduction.ParameterField`) counts too, as the parameter-shaped atoms do.
+    """
+    found: set[sympy.Symbol] = set()
+    for symbol, expr in replacements:
+        if is_field_expr(expr) or expr.free_symbols & found:
+            found.add(symbol)
+    return found
+
+
 def plan_kernel(kernel) -> KernelPlan:
     """The :class:`KernelPlan` of a :class:`~bnsym.codegen.kernel.Kernel` (module docstring)."""
     taken = {s.name for s in kernel.inputs} | {s.name for s, _ in kernel.steps} | {s.name for s, _ in kernel.outputs}
@@ -329,6 +348,7 @@ def plan_kernel(kernel) -> KernelPlan:
     cse_symbols = (sympy.Symbol(name, real=True) for name in temporaries if name not in taken)
     cse_inputs = [e for _, e in atom_definitions] + [e for _, e in scalars]
     replacements, reduced = sympy.cse(cse_inputs, symbols=cse_symbols, order="canonical")
+    field_temporaries = _field_temporaries(replacements)
     atom_definitions = list(zip((s for s, _ in atom_definitions), reduced[:len(atom_definitions)]))
     scalars = list(zip((s for s, _ in scalars), reduced[len(atom_definitions):]))
     # A coefficient that CSE reduced to a single name needs no statement of its own.
@@ -383,6 +403,6 @@ def plan_kernel(kernel) -> KernelPlan:
     parameters = tuple(s.name for s in kernel.inputs) + extra
     doc = (kernel.summary, kernel.derived_from) + tuple(kernel.notes)
     fields = frozenset(s.name for s in kernel.inputs if isinstance(s, Field)) | {s.name for s in owned}
-    fields |= {name.name for name in forms}
+    fields |= {name.name for name in forms} | {s.name for s in field_temporaries}
     return KernelPlan(kernel.name, parameters, tuple(statements), tuple(s for s, _ in kernel.outputs), doc,
                       uses_count, fields)

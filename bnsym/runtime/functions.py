@@ -14,7 +14,17 @@ a default comes before eps, the others after it) in place of a particular layer'
 
 (a layer without beta drops beta and its cotangent and tangent; a layer whose training forward reads its running
 statistics takes them after the fields and parameters, and a layer with scalar options takes them last, with their
-defaults), and for a layer that keeps running statistics
+defaults). A layer with field inputs and outputs (``spec.field_inputs``, ``spec.field_outputs``; fused add + RMS
+norm's residual and h) takes each field input after x and returns each field output after y; the backward verbs
+take an upstream gradient per field output after dy and read the normalised field (``spec.normalises``: h) in place
+of x::
+
+    forward(x, residual, gamma, eps, axis)                          -> (y, h, invrms)
+    backward(dy, dh, h, gamma, invrms, axis)                        -> (dx, dresidual, dgamma)
+    double_backward(ggx, ggresidual, gggamma, dy, dh, h, gamma, invrms, axis) -> (gx, gresidual, ggamma, gdy, gdh)
+    jvp(x, residual, gamma, tx, tresidual, tgamma, eps, axis)       -> (y, h, ty, th)
+
+For a layer that keeps running statistics
 ``inference(x, gamma, beta, running_mean, running_var, eps, **options) -> y``, ``inference_backward(dy, x, gamma,
 running_mean, running_var, eps, **options) -> (dx, dgamma, dbeta)``, ``double_backward(..., training=True)`` and
 ``update_running_stats``. Every function takes the keyword ``backend`` as the built-in modules do. Each validates
@@ -122,28 +132,39 @@ class LayerFunctions:
         running = spec.running_statistics
         reads = spec.running_names if spec.reads_running else ()
         scalars = bool(spec.scalars)
+        # x and the field inputs (fused add + RMS norm's residual); y and the field outputs (its h); the backward
+        # reads the normalised field (x, or h) with the saved statistics.
+        fields_in, fields_out, normalised = spec.inputs, spec.outputs, spec.normalises
+        upstream = tuple("d" + o for o in fields_out)
+        outputs = ", ".join((*fields_out, *saved))
         self.forward = _function(layer, "forward", "forward",
-                                 _signature(spec, ("x", *p, *reads), takes_eps=True, scalars=scalars),
-                                 f"{title} in training mode: ``(y, {', '.join(saved)})``, with the statistics of "
+                                 _signature(spec, (*fields_in, *p, *reads), takes_eps=True, scalars=scalars),
+                                 f"{title} in training mode: ``({outputs})``, with the statistics of "
                                  f"each group that the backward reuses. {note}")
-        gradients = ", ".join("d" + q for q in p)
+        gradients = ", ".join("d" + q for q in (*fields_in, *p))
         self.backward = _function(layer, "backward", "backward",
-                                  _signature(spec, ("dy", "x", "gamma", *saved, *reads), takes_eps=False,
+                                  _signature(spec, (*upstream, normalised, "gamma", *saved, *reads), takes_eps=False,
                                              scalars=scalars),
-                                  f"The gradients for the upstream gradient dy, ``(dx, {gradients})``, from the "
+                                  f"The gradients for the upstream gradient{'s' * (len(upstream) > 1)} "
+                                  f"{', '.join(upstream)}, ``({gradients})``, from the "
                                   f"statistics that :func:`forward` returned. {note}")
-        terms = " + ".join(f"<gg{q}, d{q}>" for q in p)
+        terms = " + ".join(f"<gg{q}, d{q}>" for q in (*fields_in[1:], *p))
+        *wrt, last = (*fields_in, "gamma", *upstream)
+        second = ", ".join("g" + f for f in fields_in) + ", ggamma, " + ", ".join("g" + u for u in upstream)
         self.double_backward = _function(
             layer, "double_backward", "double_backward",
-            _signature(spec, ("ggx", *("gg" + q for q in p), "dy", "x", "gamma", *saved, *reads), takes_eps=False,
-                       training=running, scalars=scalars),
-            f"The double backward: the gradients of ``<ggx, dx> + {terms}`` with respect to x, gamma and dy, "
-            f"``(gx, ggamma, gdy)``. {note}")
+            _signature(spec, (*("gg" + f for f in fields_in), *("gg" + q for q in p), *upstream, normalised,
+                              "gamma", *saved, *reads), takes_eps=False, training=running, scalars=scalars),
+            f"The double backward: the gradients of ``<ggx, dx> + {terms}`` with respect to {', '.join(wrt)} and "
+            f"{last}, ``({second})``. {note}")
+        tangents = ", ".join("t" + o for o in fields_out)
         self.jvp = _function(layer, "jvp", "jvp",
-                             _signature(spec, ("x", *p, "tx", *("t" + q for q in p), *reads), takes_eps=True,
-                                        scalars=scalars),
-                             "Forward mode: ``(y, ty)``, the output and its directional derivative along the "
-                             f"tangents of x and the parameters. {note}")
+                             _signature(spec, (*fields_in, *p, *("t" + f for f in fields_in), *("t" + q for q in p),
+                                               *reads), takes_eps=True, scalars=scalars),
+                             f"Forward mode: ``({', '.join(fields_out)}, {tangents})``, the output"
+                             f"{'s' * (len(fields_out) > 1)} and {'its' if len(fields_out) == 1 else 'their'} "
+                             f"directional derivative{'s' * (len(fields_out) > 1)} along the tangents of "
+                             f"{', '.join(fields_in)} and the parameters. {note}")
         self.verbs: tuple[str, ...] = ("forward", "backward", "double_backward", "jvp")
         if running:
             self.inference = _function(

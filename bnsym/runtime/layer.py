@@ -19,7 +19,11 @@ layer's ``<name>_inference`` (forward), ``<name>_inference_backward`` and ``<nam
 
 Roles, by argument name (the names of the generated kernels' signatures):
 
-* fields, shaped like x: x, dy, and ggx, tx (None means zero);
+* fields, shaped like x: x, dy, and ggx, tx (None means zero); for a layer with field inputs and outputs
+  (``LayerSpec.field_inputs``, ``field_outputs``: fused add + RMS norm's residual and h) also each field input f
+  and field output o, their upstream gradients ``d<o>``, and ggf, tf (None means zero). The backward verbs read
+  the normalised field (``LayerSpec.normalises``: x, or h) in place of x; the first field of a call gives the
+  shape, the dtype of the results and the backend;
 * parameters, of the layer's parameter shape: the specification's parameters, gamma and beta (None means no such
   parameter: its neutral value, ``LayerSpec.neutral_values``, gamma = 1 and beta = 0 for the standard layers,
   gamma = 0 for a scale by 1 + gamma; the gradient for that parameter comes back as None), and their cotangents and
@@ -116,21 +120,24 @@ class Layer:
         ``training`` says (module docstring) of the ``backend`` (:mod:`bnsym.runtime.backends`), and return its results
         arranged as the caller sees them, in the kernel's order."""
         kernel_name = self._kernel_name(verb, training)
-        arrays = _Arrays(resolve(backend, arguments["x"]))
-        x = arrays.input(arguments["x"], "x", min_ndim=self.min_ndim)
+        roles = self._roles
+        primary = "x" if "x" in arguments else self.spec.normalises
+        arrays = _Arrays(resolve(backend, arguments[primary]))
+        x = arrays.input(arguments[primary], primary, min_ndim=self.min_ndim)
         layout = _layout(self.layout, tuple(x.shape), options)
-        fields = {"x": x}
-        if "dy" in arguments:
-            fields["dy"] = arrays.same_shape(arguments["dy"], "dy", layout.shape)
+        fields = {primary: x}
+        for name in roles.fields:
+            if name in arguments and name != primary:
+                fields[name] = arrays.same_shape(arguments[name], name, layout.shape)
         dtype = arrays.compute_dtype(*fields.values())
         prepared = {name: arrays.field(layout, array, dtype) for name, array in fields.items()}
         if eps is not _NO_EPS:
             prepared["eps"] = arrays.eps(eps, dtype)
         absent = set()  # the parameters that are None: no affine part
         for name, value in arguments.items():
-            if name in _FIELDS:
+            if name in roles.fields:
                 continue
-            if name in _OPTIONAL_FIELDS:
+            if name in roles.optional_fields:
                 prepared[name] = (arrays.full(layout.grouped, 0, dtype) if value is None
                                   else arrays.field(layout, arrays.same_shape(value, name, layout.shape), dtype))
             elif name in self.spec.parameters:
@@ -160,6 +167,17 @@ class Layer:
             results = (results,)
         return tuple(self._result(arrays, layout, name, result, x.dtype, absent)
                      for name, result in zip(outputs, results))
+
+    @functools.cached_property
+    def _roles(self) -> _Roles:
+        """The names of the fields, optional fields and field results of this layer's kernels (module docstring)."""
+        spec = self.spec
+        inputs, outputs = spec.field_inputs, spec.field_outputs
+        return _Roles(
+            fields=(*_FIELDS, *inputs, *outputs, *("d" + o for o in outputs)),
+            optional_fields=(*_OPTIONAL_FIELDS, *("gg" + f for f in inputs), *("t" + f for f in inputs)),
+            field_results=(*_FIELD_RESULTS, *outputs, *("d" + f for f in inputs), *("g" + f for f in inputs),
+                           *("gd" + o for o in outputs), *("t" + o for o in outputs)))
 
     def update_running_stats(self, running_mean, running_var, mean, var, count, **options):
         """The running statistics after one training batch (:func:`bnsym.running_stats.update`), with this layer's
@@ -223,7 +241,7 @@ class Layer:
         return getattr(module, name), inputs, outputs
 
     def _result(self, arrays: _Arrays, layout: GroupLayout, name: str, value, dtype, absent: set[str]):
-        if name in _FIELD_RESULTS:
+        if name in self._roles.field_results:
             return arrays.result(value, layout.shape, dtype)
         if name in _STATISTICS:
             return arrays.result(value, layout.statistics_shape)
@@ -231,6 +249,15 @@ class Layer:
             return None if _PARAMETER_GRADIENTS[name] in absent else arrays.result(value, layout.parameter_shape, dtype)
         raise RuntimeError(f"the generated kernels of {self.name} returned {name!r}, which has no role in "
                            f"bnsym.{self.name}")
+
+
+@dataclass(frozen=True)
+class _Roles:
+    """The names of one layer's per-element arguments and results, by role."""
+
+    fields: tuple[str, ...]
+    optional_fields: tuple[str, ...]
+    field_results: tuple[str, ...]
 
 
 def _layout(layout: Callable[..., GroupLayout], shape: tuple[int, ...], options: dict) -> GroupLayout:

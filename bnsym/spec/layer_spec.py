@@ -38,6 +38,15 @@ A :class:`LayerSpec` says, with no SymPy, everything about a layer that is not i
   does for batch and instance norm), or None;
 * ``regimes``: the input regimes the checker draws from for it (:mod:`bnsym.testing.strategies` defines them);
 * ``group``, ``statistics_over``, ``parameters_are``, ``conventions``: prose for its derivation document;
+* ``field_inputs``: the names of inputs besides x that hold one value per element, shaped like x (fused residual
+  add + RMS norm's ``residual``); they come after x: forward pass inputs ``(x, *field_inputs, *parameters, eps)``;
+* ``field_outputs``: the names of outputs besides y that hold one value per element, shaped like x (fused residual
+  add + RMS norm's ``h = x + residual``, the new residual stream); they come after y: outputs ``(y,
+  *field_outputs, *saved)``. The backward pass takes one upstream gradient for each (``dy``, ``dh``) and returns
+  one gradient for x and for each field input (``dx``, ``dresidual``) before the parameters';
+* ``normalises``: the field whose groups are normalised (x_hat is that field's values normalised): ``"x"``, or one
+  of ``field_outputs`` (``"h"``: the statistics are those of x + residual). The backward kernels read this field,
+  not x, with the saved statistics;
 * ``kernels_package``: the package of its generated modules (``<package>.<name>``, ``<name>_numba``,
   ``<name>_array_api``): ``bnsym._generated`` for the built-in layers, the user's own package for theirs.
 
@@ -93,6 +102,9 @@ class LayerSpec:
     reads_running: bool = False
     scalars: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
     inference: Callable | str | None = None
+    field_inputs: tuple[str, ...] = ()
+    field_outputs: tuple[str, ...] = ()
+    normalises: str = "x"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -109,6 +121,7 @@ class LayerSpec:
                              "'centred')")
         self._check_function("forward", "a function of the layer's symbols returning its Program")
         self._check_function("inference", "a function of the layer's symbols returning {step: value} for eval mode")
+        self._check_fields()
         # Stored as sorted (name, value) pairs: a specification is a value, compared and hashed by its fields.
         object.__setattr__(self, "neutral", self._checked_neutral())
         object.__setattr__(self, "running", self._checked_running())
@@ -144,7 +157,7 @@ class LayerSpec:
     def _checked_scalars(self) -> tuple[tuple[str, float], ...]:
         given = dict(self.scalars)
         taken = {"x", "eps", "backend", "training", *self.parameters, *self.grouping.option_names,
-                 *(name for name, _ in self.running)}
+                 *(name for name, _ in self.running), *self.field_inputs, *self.field_outputs}
         for name, value in given.items():
             if not isinstance(name, str) or not name.isidentifier() or name in taken:
                 raise ValueError(f"LayerSpec {self.name!r}: a scalar option's name must be an identifier that no "
@@ -153,6 +166,24 @@ class LayerSpec:
                 raise TypeError(f"LayerSpec {self.name!r}: scalars[{name!r}] must be a real number (the option's "
                                 f"default), got {value!r}")
         return tuple(given.items())
+
+    def _check_fields(self) -> None:
+        for what in ("field_inputs", "field_outputs"):
+            names = getattr(self, what)
+            if isinstance(names, str) or not isinstance(names, tuple) or not all(
+                    isinstance(n, str) and n.isidentifier() for n in names):
+                raise TypeError(f"LayerSpec {self.name!r}: {what} must be a tuple of names (Python identifiers), got "
+                                f"{names!r}")
+        taken = {"x", "y", "eps", *self.parameters, *self.saved, *self.options}
+        declared = (*self.field_inputs, *self.field_outputs)
+        clashing = sorted({n for n in declared if n in taken or declared.count(n) > 1})
+        if clashing:
+            raise ValueError(f"LayerSpec {self.name!r}: the field names {', '.join(clashing)} are taken (by x, y, eps, "
+                             f"a parameter, a saved statistic, an option, or another field); name each field once")
+        if self.normalises not in ("x", *self.field_outputs):
+            raise ValueError(f"LayerSpec {self.name!r}: normalises must be 'x' or one of field_outputs "
+                             f"{self.field_outputs}: the backward reads the normalised field, so the forward pass "
+                             f"must return it; got {self.normalises!r}")
 
     def _checked_neutral(self) -> tuple[tuple[str, float], ...]:
         given = dict(self.neutral)
@@ -181,6 +212,21 @@ class LayerSpec:
     def saved(self) -> tuple[str, ...]:
         """The statistics the forward pass returns after y, for the backward: ("mean", "invstd") or ("invrms",)."""
         return _STATISTICS[self.statistic][1]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The per-element inputs: ``("x", *field_inputs)``."""
+        return ("x", *self.field_inputs)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The per-element outputs: ``("y", *field_outputs)``."""
+        return ("y", *self.field_outputs)
+
+    @property
+    def plain(self) -> bool:
+        """x in, y out: no field inputs or outputs besides them (every textbook layer)."""
+        return not self.field_inputs and not self.field_outputs
 
     @property
     def neutral_values(self) -> dict[str, float]:

@@ -9,18 +9,22 @@ is derived from it together with the layer's specification (:class:`bnsym.spec.L
 saying what is wrong:
 
 1. the forward function returns a Program;
-2. its inputs are x, the specification's parameters (``spec.parameters``), each placed as the grouping places it
+2. its inputs are x, the specification's field inputs (``spec.field_inputs``: fused add + RMS norm's residual),
+   the specification's parameters (``spec.parameters``), each placed as the grouping places it
    (``s.gamma`` is a field when the parameters vary within a group, one value per group otherwise), eps, and the
    inputs that are never differentiated: the running statistics when the specification says the training forward
    reads them (``spec.reads_running``) and the scalar options (``spec.scalars``); nothing else (a parameter whose
    placement the specification does not declare is refused);
-3. its outputs are ``(y, *spec.saved)``: y, then the statistics the backward reuses, in that order;
-4. every output depends on x (an output that does not depend on the inputs is refused), and y on every parameter;
+3. its outputs are ``(y, *spec.field_outputs, *spec.saved)``: y, then the field outputs (each defined by a step),
+   then the statistics the backward reuses, in that order;
+4. every output depends on x and on every field input (an output that does not depend on the inputs is refused),
+   and y on every parameter;
 5. every step is used by an output (a statistic that is never used is refused);
 6. the engine's vocabulary: closed forms are written in ``x_hat`` (the normalised input) and the saved statistics,
    so the forward defines x_hat and the steps of its kind of statistic, and these identities hold (proved):
    ``x = mean + x_hat / invstd`` and ``var = invstd**-2 - eps`` (centred), ``x = x_hat / invrms`` and
-   ``ms = invrms**-2 - eps`` (rms);
+   ``ms = invrms**-2 - eps`` (rms), with the normalised field (``spec.normalises``: h for fused add + RMS norm)
+   in place of x;
 7. with every parameter at its neutral value (``spec.neutral_values``, what None stands for), y = x_hat (proved):
    a layer that scales by ``1 + gamma`` must say that gamma = 0 means no scale. A layer whose training forward
    reads its running statistics (batch renormalisation: y = gamma (r x_hat + d) + beta) is held to this in eval
@@ -48,12 +52,14 @@ def statistic_steps(s, centred: bool) -> tuple[sympy.Symbol, ...]:
     return (s.mean, s.var, s.invstd, s.x_hat) if centred else (s.ms, s.invrms, s.x_hat)
 
 
-def vocabulary_identities(s, centred: bool) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
+def vocabulary_identities(s, centred: bool, normalised=None) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
     """The substitutions that write a closed form in x_hat and the saved statistics (each an identity of the
-    forward pass): x and the second moment in terms of them."""
+    forward pass): the normalised field (x unless ``normalised`` says otherwise: fused add + RMS norm's h) and the
+    second moment in terms of them."""
+    n = s.x if normalised is None else normalised
     if centred:
-        return (s.x, s.mean + s.x_hat / s.invstd), (s.var, s.invstd**-2 - s.eps)
-    return (s.x, s.x_hat / s.invrms), (s.ms, s.invrms**-2 - s.eps)
+        return (n, s.mean + s.x_hat / s.invstd), (s.var, s.invstd**-2 - s.eps)
+    return (n, s.x_hat / s.invrms), (s.ms, s.invrms**-2 - s.eps)
 
 
 def _placement(symbol: sympy.Symbol) -> str:
@@ -61,7 +67,8 @@ def _placement(symbol: sympy.Symbol) -> str:
 
 
 def _check_inputs(spec: LayerSpec, s, program: Program, where: str) -> None:
-    expected = (s.x, *(getattr(s, p) for p in spec.parameters), s.eps, *s.constants(spec))
+    expected = (*(getattr(s, f) for f in spec.inputs), *(getattr(s, p) for p in spec.parameters), s.eps,
+                *s.constants(spec))
     by_name = {str(e): e for e in expected}
     names = [str(i) for i in program.inputs]
     for symbol in program.inputs:
@@ -74,8 +81,8 @@ def _check_inputs(spec: LayerSpec, s, program: Program, where: str) -> None:
             raise DeclarationError(f"{where} takes a symbol {name} of its own: use the layer's own symbol s.{name}")
         if name not in by_name:
             raise DeclarationError(
-                f"{where} takes {name}, a parameter whose placement the specification does not declare: a layer "
-                f"of statistic {spec.statistic!r} takes ({', '.join(by_name)})")
+                f"{where} takes {name}, a parameter whose placement the specification does not declare (or a "
+                f"field input not in LayerSpec.field_inputs): the layer takes ({', '.join(by_name)})")
     missing = [name for name in by_name if name not in names]
     if missing or len(names) != len(set(names)):
         raise DeclarationError(f"{where} takes ({', '.join(names)}); a layer of statistic {spec.statistic!r} "
@@ -83,15 +90,20 @@ def _check_inputs(spec: LayerSpec, s, program: Program, where: str) -> None:
 
 
 def _check_outputs(spec: LayerSpec, s, program: Program, where: str) -> None:
-    expected = (s.y, *(getattr(s, name) for name in spec.saved))
+    expected = (*(getattr(s, name) for name in spec.outputs), *(getattr(s, name) for name in spec.saved))
     if program.outputs != expected:
         raise DeclarationError(
             f"{where} returns ({', '.join(map(str, program.outputs))}), but the specification says its forward "
-            f"returns ({', '.join(map(str, expected))}): y, then the statistics the backward reuses "
-            f"(LayerSpec.saved of a layer of statistic {spec.statistic!r})")
+            f"returns ({', '.join(map(str, expected))}): y, then the field outputs (LayerSpec.field_outputs), then "
+            f"the statistics the backward reuses (LayerSpec.saved of a layer of statistic {spec.statistic!r})")
+    inputs = [getattr(s, name) for name in spec.inputs]
     for output in program.outputs:
-        if not program.inline(output).has(s.x):
-            raise DeclarationError(f"{where}: the output {output} does not depend on the input x")
+        for field in inputs:
+            if not program.inline(output).has(field):
+                raise DeclarationError(f"{where}: the output {output} does not depend on the input {field}")
+    for name in spec.field_outputs:
+        if not isinstance(getattr(s, name), Field) or getattr(s, name) not in {d.name for d in program.definitions}:
+            raise DeclarationError(f"{where}: the field output {name} must be defined by a step of the forward pass")
     y = program.inline(s.y)
     for parameter in (getattr(s, p) for p in spec.parameters):
         if not y.has(parameter):
@@ -119,7 +131,7 @@ def _check_vocabulary(spec: LayerSpec, s, program: Program, where: str) -> None:
             f"{where} does not define {', '.join(missing)}: the engine writes the derivatives of a layer of "
             f"statistic {spec.statistic!r} in x_hat (the normalised input) and its statistics, so its forward "
             f"defines {', '.join(map(str, steps))} with the layer's symbols")
-    for name, replacement in vocabulary_identities(s, spec.centred):
+    for name, replacement in vocabulary_identities(s, spec.centred, getattr(s, spec.normalises)):
         if not prove_fact(program, name, replacement):
             raise DeclarationError(f"{where}: {name} = {replacement} does not follow from its definitions, so "
                                    f"x_hat and {', '.join(spec.saved)} are not those of a layer of statistic "

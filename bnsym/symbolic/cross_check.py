@@ -48,15 +48,16 @@ def _agrees(generic, brute, elements: Elements, forward, what: str) -> None:
 
 
 def first_order(layer, n: int):
-    """(elements, y per element, the gradient of <dy, y> with respect to x and each parameter by the full
-    Jacobian) for a group of ``n`` values of the derivation ``layer``."""
-    s = layer.symbols
+    """(elements, y per element, the gradient of the sum over the field outputs o (y, and h for fused add + RMS
+    norm) of <upstream_o, o> with respect to each field input (x, residual) and each parameter by the full Jacobian)
+    for a group of ``n`` values of the derivation ``layer``."""
     forward = layer.training_forward
     elements = Elements(n)
-    ys = [instantiate(s.y, elements, i, forward) for i in range(n)]
-    gradients = {u: jacobian_vector_product(ys, _values(u, elements), elements[s.dy])
-                 for u in (s.x, *layer.parameters)}
-    return elements, ys, gradients
+    outputs = [instantiate(o, elements, i, forward) for o in layer.field_outputs for i in range(n)]
+    upstream = [v for d in layer.upstream for v in elements[d]]
+    gradients = {u: jacobian_vector_product(outputs, _values(u, elements), upstream)
+                 for u in (*layer.field_inputs, *layer.parameters)}
+    return elements, outputs[:n], gradients
 
 
 def backward(layer, n: int) -> None:
@@ -64,36 +65,46 @@ def backward(layer, n: int) -> None:
     name = layer.declaration.name
     program, closed = layer.backward
     elements, _, brute = first_order(layer, n)
-    for adjoint, u in zip(program.outputs, (layer.symbols.x, *layer.parameters)):
+    wrt = (*layer.field_inputs, *layer.parameters)
+    if len(program.outputs) != len(wrt):
+        raise CrossCheckError(f"{name}: the backward returns {program.outputs} for {wrt}")
+    for adjoint, u in zip(program.outputs, wrt):
         _agrees(closed[adjoint], brute[u], elements, layer.training_forward, f"{name} backward {adjoint}")
 
 
 def double_backward(layer, n: int) -> None:
-    """gx, ggamma, gdy against the derivatives of the cotangents' pairing with the brute-force gradients."""
+    """The gradients of each field input, gamma and each upstream gradient (gx, ggamma, gdy) against the
+    derivatives of the cotangents' pairing with the brute-force gradients."""
     name = layer.declaration.name
     s = layer.symbols
     program, closed = layer.double_backward
     elements, _, brute = first_order(layer, n)
-    cotangents = {s.x: s.ggx, s.gamma: s.gggamma, s.beta: s.ggbeta}
-    loss = sum(sum(c * g for c, g in zip(_values(cotangents[u], elements), brute[u]))
-               for u in (s.x, *layer.parameters))
-    wrt = {s.x: elements[s.x], s.gamma: _values(s.gamma, elements), s.dy: elements[s.dy]}
-    for out, u in zip(program.outputs, (s.x, s.gamma, s.dy)):
-        expected = [sympy.diff(loss, v) for v in wrt[u]]
+    loss = sum(sum(c * g for c, g in zip(_values(layer.cotangent(u), elements), brute[u]))
+               for u in (*layer.field_inputs, *layer.parameters))
+    wrt = (*layer.field_inputs, s.gamma, *layer.upstream)
+    if len(program.outputs) != len(wrt):
+        raise CrossCheckError(f"{name}: the double backward returns {program.outputs} for {wrt}")
+    for out, u in zip(program.outputs, wrt):
+        expected = [sympy.diff(loss, v) for v in _values(u, elements)]
         _agrees(closed[out], expected, elements, layer.training_forward, f"{name} double backward {out}")
 
 
 def jvp(layer, n: int) -> None:
-    """ty against the directional derivative of y along the tangents of x and the parameters."""
+    """Each field output's tangent (ty; th) against its directional derivative along the tangents of the field
+    inputs and the parameters."""
     name = layer.declaration.name
-    s = layer.symbols
-    _, closed = layer.jvp
-    (ty,) = closed
-    elements, ys, _ = first_order(layer, n)
-    tangents = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
-    brute = [sum(sympy.diff(y, v) * t for u in (s.x, *layer.parameters)
-                 for v, t in zip(_values(u, elements), _values(tangents[u], elements))) for y in ys]
-    _agrees(closed[ty], brute, elements, layer.training_forward, f"{name} jvp {ty}")
+    program, closed = layer.jvp
+    elements = Elements(n)
+    forward = layer.training_forward
+    tangents = program.outputs[len(layer.field_outputs):]
+    if not len(tangents) == len(layer.field_outputs) == len(closed):
+        raise CrossCheckError(f"{name}: forward mode returns the tangents {tangents} for {layer.field_outputs}")
+    for output, tangent in zip(layer.field_outputs, tangents):
+        values = [instantiate(output, elements, i, forward) for i in range(n)]
+        brute = [sum(sympy.diff(value, v) * t for u in (*layer.field_inputs, *layer.parameters)
+                     for v, t in zip(_values(u, elements), _values(layer.tangent_of(u), elements)))
+                 for value in values]
+        _agrees(closed[tangent], brute, elements, forward, f"{name} jvp {tangent}")
 
 
 #: What :func:`cross_check` checks, in order, as it reports it.

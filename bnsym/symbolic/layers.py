@@ -61,10 +61,17 @@ __all__ = ["LAYERS", "Derivation", "LayerDeclaration", "LayerSymbols", "centred_
 class LayerSymbols:
     """Every symbol of one layer's derivations, created once so that all its derivations share them.
 
-    ``per_element_parameters`` makes gamma and beta (and their tangents and cotangents) fields.
+    ``per_element_parameters`` makes gamma and beta (and their tangents and cotangents) fields. ``fields`` are the
+    specification's field inputs and outputs (``LayerSpec.field_inputs``, ``field_outputs``): each is an attribute
+    (``s.residual``, ``s.h``), a field; :meth:`field` gives any field by name (``s.field("dh")``), one symbol per
+    name.
     """
 
-    def __init__(self, per_element_parameters: bool, running: tuple[str, ...] = (), scalars: tuple[str, ...] = ()):
+    def __init__(self, per_element_parameters: bool, running: tuple[str, ...] = (), scalars: tuple[str, ...] = (),
+                 fields: tuple[str, ...] = ()):
+        self._fields: dict[str, Field] = {}
+        for name in fields:
+            setattr(self, name, self.field(name))
         field = lambda name: Field(name, real=True)  # noqa: E731
         scalar = lambda name, **kw: sympy.Symbol(name, **(kw or {"real": True}))  # noqa: E731
         parameter = (lambda name: ParameterField(name, real=True)) if per_element_parameters else scalar
@@ -97,6 +104,13 @@ class LayerSymbols:
         reads (``spec.reads_running``), then its scalar options (``spec.scalars``)."""
         running = spec.running_names if spec.reads_running else ()
         return tuple(getattr(self, name) for name in (*running, *spec.scalar_defaults))
+
+    def field(self, name: str) -> Field:
+        """The field named ``name`` (created once): a declared field, its adjoint ``d<name>``, its tangent
+        ``t<name>``, its double-backward cotangent ``gg<name>``."""
+        if name not in self._fields:
+            self._fields[name] = Field(name, real=True)
+        return self._fields[name]
 
 
 # ----- the two forward passes, each written once -----
@@ -214,7 +228,7 @@ class Derivation:
         self.declaration = declaration
         spec = declaration.spec
         self.symbols = LayerSymbols(declaration.per_element_parameters, spec.running_names,
-                                    tuple(spec.scalar_defaults))
+                                    tuple(spec.scalar_defaults), (*spec.field_inputs, *spec.field_outputs))
 
     def __repr__(self) -> str:
         return f"Derivation({self.declaration.name})"
@@ -259,9 +273,50 @@ class Derivation:
                                "running statistic averages (LayerSpec.running)")
 
     @property
+    def field_inputs(self) -> tuple[sympy.Symbol, ...]:
+        """The per-element inputs that the gradients are taken for: (x, *LayerSpec.field_inputs)."""
+        s = self.symbols
+        return (s.x, *(getattr(s, name) for name in self.declaration.spec.field_inputs))
+
+    @property
+    def field_outputs(self) -> tuple[sympy.Symbol, ...]:
+        """The per-element outputs the backward takes an upstream gradient for: (y, *LayerSpec.field_outputs)."""
+        s = self.symbols
+        return (s.y, *(getattr(s, name) for name in self.declaration.spec.field_outputs))
+
+    @property
+    def normalised(self) -> sympy.Symbol:
+        """The field whose groups are normalised (``LayerSpec.normalises``): x, or a field output such as h."""
+        return getattr(self.symbols, self.declaration.spec.normalises)
+
+    def adjoint(self, symbol: sympy.Symbol) -> sympy.Symbol:
+        """The upstream gradient of a field output (``dy``, ``dh``), the cotangent of a gradient (``ggx``,
+        ``ggresidual``, ``gggamma``) and the tangent of an input (``tx``, ``tgamma``) have these names."""
+        s = self.symbols
+        return s.dy if symbol == s.y else s.field(naming.adjoint(symbol.name))
+
+    @property
+    def upstream(self) -> tuple[sympy.Symbol, ...]:
+        """The upstream gradients the backward takes, one per field output: (dy, *d field outputs)."""
+        return tuple(self.adjoint(o) for o in self.field_outputs)
+
+    def cotangent(self, symbol: sympy.Symbol) -> sympy.Symbol:
+        """The double backward's cotangent for the gradient of the input ``symbol``: ggx, ggresidual, gggamma."""
+        s = self.symbols
+        known = {s.x: s.ggx, s.gamma: s.gggamma, s.beta: s.ggbeta}
+        return known[symbol] if symbol in known else s.field("gg" + symbol.name)
+
+    def tangent_of(self, symbol: sympy.Symbol) -> sympy.Symbol:
+        """Forward mode's tangent of the input ``symbol``: tx, tresidual, tgamma."""
+        s = self.symbols
+        known = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
+        return known[symbol] if symbol in known else s.field(naming.tangent(symbol.name))
+
+    @property
     def saved(self) -> tuple[sympy.Symbol, ...]:
-        """The statistics the forward pass returns for the backward pass: (mean, invstd) or (invrms,)."""
-        return self.training_forward.outputs[1:]
+        """The statistics the forward pass returns for the backward pass, after y and the field outputs: (mean,
+        invstd) or (invrms,)."""
+        return self.training_forward.outputs[len(self.declaration.spec.outputs):]
 
     @property
     def scale(self) -> sympy.Symbol:
@@ -292,11 +347,12 @@ class Derivation:
         """Closed forms speak of x_hat, the saved statistics and the inputs."""
         s = self.symbols
         forward = self.checked_forward
-        eliminate = vocabulary_identities(s, self.declaration.centred)
+        eliminate = vocabulary_identities(s, self.declaration.centred, self.normalised)
         for name, replacement in eliminate:
             if not prove_fact(forward, name, replacement):
                 raise AssertionError(f"{name} = {replacement} is not an identity of the forward pass")
-        return Vocabulary(forward=forward, keep=(s.x_hat,) + self.saved, eliminate=eliminate,
+        # The normalised field is kept (not inlined: h stays h, not x + residual) and then eliminated for x_hat.
+        return Vocabulary(forward=forward, keep=(s.x_hat, self.normalised) + self.saved, eliminate=eliminate,
                           facts=self.facts)
 
     def identity_recovery_holds(self) -> bool:
@@ -310,31 +366,49 @@ class Derivation:
     def closed_form_of(self, program: Program, name: sympy.Symbol) -> sympy.Expr:
         """Any name of a derived training-mode program, in closed form in the layer's vocabulary."""
         s = self.symbols
-        return closed_form(program, name, self.vocabulary, collect_over=(s.dy, s.x_hat))
+        return closed_form(program, name, self.vocabulary, collect_over=(*self.upstream, s.x_hat))
 
     # ----- training mode -----
 
+    def _adjoint_name(self, v: sympy.Symbol) -> str:
+        """The name of the adjoint of ``v`` in a derived backward program: ``d<v>``, except a field output that
+        later steps use (h), whose total adjoint (its upstream gradient dh plus what y sends back) is ``dh_total``,
+        as dh is the seed's name."""
+        if v in self.field_outputs[1:]:
+            return naming.adjoint(v.name) + "_total"
+        return naming.adjoint(v.name)
+
     @cached_property
     def backward(self) -> tuple[Program, dict[sympy.Symbol, sympy.Expr]]:
-        """The training backward pass: the derived program, and the closed form of dx and the parameter adjoints
-        (per group: summed over the groups that share a parameter only when kernels are built)."""
-        s = self.symbols
-        program = self.training_forward.vjp({s.y: s.dy}, [s.x, *self.parameters],
-                                            name=lambda v: naming.adjoint(v.name))
+        """The training backward pass: the derived program, and the closed form of the adjoints of the field inputs
+        (dx, then one per field input) and of the parameters (per group: summed over the groups that share a
+        parameter only when kernels are built), for an upstream gradient per field output (dy, dh, ...)."""
+        seeds = dict(zip(self.field_outputs, self.upstream))
+        program = self.training_forward.vjp(seeds, [*self.field_inputs, *self.parameters], name=self._adjoint_name)
         return program, {out: self.closed_form_of(program, out) for out in program.outputs}
 
     def _second_order(self, first, closed, forward: Program, statistics, vocab: Vocabulary):
         s = self.symbols
         needed = [d for d in forward.definitions if d.name in statistics]
         outputs = list(closed)
-        inputs = [i for i in forward.inputs if i != s.beta] + [s.dy]
+        inputs = [i for i in forward.inputs if i != s.beta] + list(self.upstream)
+        uses_beta = [name for name in outputs if closed[name].has(s.beta)]
+        if uses_beta:
+            # The backward kernels take no beta (every standard layer's gradients are free of it), so a closed form
+            # that needs it has no kernel to live in: refuse the declaration, naming the layer and why.
+            raise DeclarationError(
+                f"{self.declaration.name}: the gradient{'s' * (len(uses_beta) > 1)} "
+                f"{', '.join(map(str, uses_beta))} depend{'s' * (len(uses_beta) == 1)} on beta, which the backward "
+                "pass does not take (it takes the upstream gradients, x, gamma and the saved statistics). Write y so "
+                "that beta enters it as a shift, y = (scale) * x_hat + beta, not inside the scale's argument "
+                "(gamma * (x_hat + beta))")
         program = Program(inputs, needed + [Definition(name, closed[name]) for name in outputs], outputs)
-        cotangents = {s.x: s.ggx, s.gamma: s.gggamma, s.beta: s.ggbeta}
-        wrt = [s.x, *self.parameters]
-        seeds = {adjoint: cotangents[u] for adjoint, u in zip(first.outputs, wrt)}
-        derived = program.vjp(seeds, [s.x, s.gamma, s.dy], name=lambda v: naming.second_order(v.name))
-        return derived, {out: closed_form(derived, out, vocab, collect_over=(s.ggx, s.dy, s.x_hat))
-                         for out in derived.outputs}
+        wrt = [*self.field_inputs, *self.parameters]
+        seeds = {adjoint: self.cotangent(u) for adjoint, u in zip(first.outputs, wrt)}
+        derived = program.vjp(seeds, [*self.field_inputs, s.gamma, *self.upstream],
+                              name=lambda v: naming.second_order(v.name))
+        collect = (*(self.cotangent(u) for u in self.field_inputs), *self.upstream, s.x_hat)
+        return derived, {out: closed_form(derived, out, vocab, collect_over=collect) for out in derived.outputs}
 
     @cached_property
     def double_backward(self) -> tuple[Program, dict[sympy.Symbol, sympy.Expr]]:
@@ -345,14 +419,16 @@ class Derivation:
 
     @cached_property
     def jvp(self) -> tuple[Program, dict[sympy.Symbol, sympy.Expr]]:
-        """Training forward mode: the tangent ty of y when x and the parameters move along their tangents."""
+        """Training forward mode: the tangent of each field output (ty, and th for a field output h) when the field
+        inputs and the parameters move along their tangents (tx, tresidual, tgamma, ...)."""
         s = self.symbols
-        forward = Program(self.training_forward.inputs, self.training_forward.definitions, [s.y])
-        tangents = {s.x: s.tx, s.gamma: s.tgamma, s.beta: s.tbeta}
-        program = forward.jvp({u: tangents[u] for u in (s.x, *self.parameters)},
-                              name=lambda v: naming.tangent(v.name))
-        y, ty = program.outputs
-        return program, {ty: closed_form(program, ty, self.vocabulary, collect_over=(s.tx, s.x_hat))}
+        outputs = self.field_outputs
+        forward = Program(self.training_forward.inputs, self.training_forward.definitions, outputs)
+        inputs = (*self.field_inputs, *self.parameters)
+        program = forward.jvp({u: self.tangent_of(u) for u in inputs}, name=lambda v: naming.tangent(v.name))
+        collect = (*(self.tangent_of(u) for u in self.field_inputs), s.x_hat)
+        return program, {t: closed_form(program, t, self.vocabulary, collect_over=collect)
+                         for t in program.outputs[len(outputs):]}
 
     # ----- eval mode (layers with running statistics) -----
 

@@ -496,6 +496,8 @@ def bnsym_implementation(layer: str = DEFAULT_LAYER) -> Implementation:
         return chosen if num_groups is None else {**chosen, "num_groups": num_groups}
 
     running = layer_spec.running_names if layer_spec.reads_running else ()
+    if not layer_spec.plain:
+        return _bnsym_with_fields(layer, own, options)
 
     def split(constants):
         """(the running statistics read, positionally; the scalar options, by keyword)."""
@@ -525,6 +527,43 @@ def bnsym_implementation(layer: str = DEFAULT_LAYER) -> Implementation:
                                    **options(x, params, num_groups), **scalars)
 
     return _methods(layer, forward, backward, double_backward, f"bnsym.{layer}")
+
+
+def _bnsym_with_fields(layer: str, own, options) -> Implementation:
+    """bnsym's own functions of a layer with field inputs and outputs (``LayerSpec.field_inputs``,
+    ``field_outputs``) in the checker's protocol: forward returns (y, *field outputs); backward takes the upstream
+    gradients, recomputes the forward pass and passes the normalised field and the saved statistics on."""
+    layer_spec = spec(layer)
+    p = protocol(layer)
+    count = len(p.outputs)
+
+    def run_forward(a):
+        params = [a[name] for name in p.parameters]
+        results = own.forward(*(a[f] for f in p.inputs), *params, eps=a["eps"], backend="numpy",
+                              **options(a["x"], params, a.get("num_groups")))
+        return dict(zip(p.outputs, results[:count])), results[count:], params
+
+    def forward_method(*args):
+        outputs, _, _ = run_forward(_arguments(layer, "forward", args))
+        return tuple(outputs.values())
+
+    def backward_method(*args):
+        a = _arguments(layer, "backward", args)
+        outputs, statistics, params = run_forward(a)
+        normalised = a["x"] if layer_spec.normalises == "x" else outputs[layer_spec.normalises]
+        return own.backward(*(a[d] for d in p.upstream), normalised, params[0], *statistics, backend="numpy",
+                            **options(a["x"], params, a.get("num_groups")))
+
+    def double_backward_method(*args):
+        a = _arguments(layer, "double_backward", args)
+        outputs, statistics, params = run_forward(a)
+        normalised = a["x"] if layer_spec.normalises == "x" else outputs[layer_spec.normalises]
+        return own.double_backward(*(a[c] for c in p.cotangents), *(a[d] for d in p.upstream), normalised,
+                                   params[0], *statistics, backend="numpy",
+                                   **options(a["x"], params, a.get("num_groups")))
+
+    return Implementation(forward_method, backward_method, name=f"bnsym.{layer}", layer=layer,
+                          double_backward=double_backward_method)
 
 
 def _definition(layer: str) -> Implementation:

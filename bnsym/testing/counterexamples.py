@@ -37,6 +37,7 @@ __all__ = ["DEFAULT_DIRECTORY", "NotACounterexample", "load_counterexample", "re
 DEFAULT_DIRECTORY = Path("bnsym-counterexamples")
 FORMAT = 1  # the version of the file's fields, stored as bnsym_counterexample
 _ARRAYS = ("x", "gamma", "beta", "dy")
+_FIELD = "field_"  # the prefix of an Example's extra fields (Example.fields) in the file
 
 
 class NotACounterexample(ValueError):
@@ -54,6 +55,8 @@ def save_counterexample(result: PropertyResult, directory, options: CheckOptions
                   mode=options.mode, convention=options.convention or "", order=options.order,
                   **{f: getattr(ex, f) for f in _ARRAYS}, layer=reference(ex.layer),
                   num_groups=-1 if ex.num_groups is None else ex.num_groups)
+    # A layer's field inputs and upstream gradients (fused add + RMS norm's residual and dh), one array each.
+    fields.update({_FIELD + name: value for name, value in ex.fields})
     if isinstance(ex, ShardedExample):
         fields.update(shard_sizes=np.asarray(ex.sizes, dtype=np.int64))
     # The layer's constants (running statistics read, scalar options), each under "constant_<name>".
@@ -87,9 +90,10 @@ def load_counterexample(path) -> tuple[str, Example, CheckOptions]:
             groups = int(data["num_groups"]) if "num_groups" in data.files else -1
             constants = tuple((f.removeprefix("constant_"), data[f] if data[f].ndim else float(data[f]))
                               for f in data.files if f.startswith("constant_"))
+            extra = tuple((f.removeprefix(_FIELD), data[f]) for f in data.files if f.startswith(_FIELD))
             example = Example(*(data[f] for f in ("x", "gamma", "beta")), float(data["eps"]), data["dy"],
                               str(data["regime"]), int(data["seed"]), layer, None if groups < 0 else groups,
-                              constants)
+                              fields=extra, constants=constants)
             shards = None
             if "shard_sizes" in data.files:
                 example = ShardedExample.of(example, data["shard_sizes"])

@@ -19,6 +19,12 @@ broadcast inside the graph. ``double_backward`` differentiates ``<ggx, dx> + sum
 x, gamma and dy (``create_graph=True``), a gradient that does not depend on an input being zero; ``jvp`` is
 ``torch.func.jvp``.
 
+A layer with field inputs and outputs (``LayerSpec.field_inputs``, ``field_outputs``: fused add + RMS norm's
+residual and h) takes each field input after x; ``forward`` returns (y, *field outputs) and ``backward`` is
+``torch.autograd.grad`` of all of them with an upstream gradient each (dy, dh), returning the gradient of x, of each
+field input and of each parameter; ``double_backward`` takes a cotangent for each of those gradients and returns
+the gradients with respect to x, the field inputs, gamma and the upstream gradients. Such a layer has no JVP here.
+
 A layer that keeps running statistics (``spec.running_statistics``) also has eval mode and the training step.
 ``eval_forward`` evaluates :attr:`~bnsym.symbolic.layers.Derivation.inference_forward` (the declared eval mode,
 ``LayerSpec.inference``, or the training forward with its averaged steps frozen to the running statistics) the
@@ -178,21 +184,27 @@ class DefinitionTarget:
         self.parameter_symbols = tuple(self.derivation.parameters)
         self.parameters = tuple(str(p) for p in self.parameter_symbols)
         self.constants = self.derivation.constants  # running statistics read, scalar options: never differentiated
-        known = {s.x, s.eps, *self.parameter_symbols, *self.constants}
+        # x and the layer's field inputs (residual); y and its field outputs (h), with an upstream gradient each.
+        self.field_symbols = tuple(self.derivation.field_inputs)
+        self.fields = tuple(str(f) for f in self.field_symbols)
+        self.output_symbols = tuple(self.derivation.field_outputs)
+        self.upstream = tuple("d" + str(o) for o in self.output_symbols)
+        known = {s.eps, *self.field_symbols, *self.parameter_symbols, *self.constants}
         extra = [str(i) for i in forward.inputs if i not in known]
         if extra:
             raise ValueError(f"{self.spec.name}: the forward pass takes {', '.join(extra)}, which the protocol "
-                             f"(x, {', '.join(self.parameters)}, eps) does not give")
+                             f"({', '.join(self.fields + self.parameters)}, eps) does not give")
         self.option_arguments = tuple(o.name for o in grouping.options
                                       if o.default is REQUIRED and o.name not in self.fixed)
         self.name = f"{self.spec.name} from its definition (torch)"
-        p, opts = self.parameters, (*self.option_arguments, *(str(c) for c in self.constants))
+        p, opts, f = self.parameters, (*self.option_arguments, *(str(c) for c in self.constants)), self.fields
         self.signatures = {
-            "forward": ("x", *p, "eps", *opts),
-            "backward": ("dy", "x", *p, "eps", *opts),
-            "double_backward": ("ggx", *("gg" + q for q in p), "dy", "x", *p, "eps", *opts),
-            "jvp": ("x", *p, "tx", *("t" + q for q in p), "eps", *opts),
+            "forward": (*f, *p, "eps", *opts),
+            "backward": (*self.upstream, *f, *p, "eps", *opts),
         }
+        self.signatures["double_backward"] = (*("gg" + g for g in (*f, *p)), *self.upstream, *f, *p, "eps", *opts)
+        if self.spec.plain:  # the forward-mode protocol is that of x in, y out
+            self.signatures["jvp"] = ("x", *p, "tx", *("t" + q for q in p), "eps", *opts)
         if self.spec.running_statistics:
             self._eval_signatures()
 
@@ -253,7 +265,7 @@ class DefinitionTarget:
         eps = check_eps(a["eps"], compute)
         for name in self.parameters:
             a[name] = layout.parameter(a[name], name, compute).reshape(layout.parameter_shape)
-        for name in ("dy", "tx", "ggx"):
+        for name in ("dy", "tx", "ggx", *self.fields[1:], *self.upstream[1:], *("gg" + f for f in self.fields[1:])):
             if name in a:
                 a[name] = check_same_shape(a[name], name, x.shape)
         for prefix in ("t", "gg"):
@@ -274,23 +286,32 @@ class DefinitionTarget:
 
     # ----- evaluation -----
 
-    def _values(self, x, parameters, eps: float, layout: GroupLayout, mode: str) -> dict:
+    def _y(self, x, parameters, eps: float, layout: GroupLayout, fields=(), mode: str = "train"):
+        """y (x's shape) from torch tensors x (x's shape) and the parameters (parameter shape); ``fields`` are the
+        layer's other field inputs (x's shape); ``mode`` as in :meth:`_values`."""
+        return self._outputs((x, *fields), parameters, eps, layout, mode)[0]
+
+    def _values(self, fields, parameters, eps: float, layout: GroupLayout, mode: str = "train") -> dict:
         """Every name of the forward pass of ``mode`` (``"train"``: the training forward, with the constants it
         reads; ``"eval"``: :attr:`~bnsym.symbolic.layers.Derivation.inference_forward`, with the running
-        statistics) from torch tensors x (x's shape) and the parameters (parameter shape)."""
+        statistics) from torch tensors of x and the field inputs (x's shape) and of the parameters (parameter
+        shape)."""
         s = self.derivation.symbols
-        values = {s.x: x.reshape(layout.grouped), s.eps: eps, **self._constants}
+        values = {s.eps: eps, **self._constants}
         if mode == "eval":
             values.update(self._running)
+        for symbol, value in zip(self.field_symbols, fields):
+            values[symbol] = value.reshape(layout.grouped)
         for symbol, value in zip(self.parameter_symbols, parameters):
             values[symbol] = value.reshape(layout.parameter_broadcast)
         program = self.derivation.inference_forward if mode == "eval" else self.derivation.training_forward
         return evaluate(program, values, layout)
 
-    def _y(self, x, parameters, eps: float, layout: GroupLayout, mode: str = "train"):
-        """y (x's shape) of the forward pass of ``mode`` (:meth:`_values`)."""
-        y = self._values(x, parameters, eps, layout, mode)[self.y]
-        return self._torch.broadcast_to(y, layout.grouped).reshape(layout.shape)
+    def _outputs(self, fields, parameters, eps: float, layout: GroupLayout, mode: str = "train") -> list:
+        """y and each field output (x's shape) of the forward pass of ``mode`` (:meth:`_values`; eval mode: y)."""
+        evaluated = self._values(fields, parameters, eps, layout, mode)
+        outputs = (self.y,) if mode == "eval" else self.output_symbols
+        return [self._torch.broadcast_to(evaluated[o], layout.grouped).reshape(layout.shape) for o in outputs]
 
     @property
     def _torch(self):
@@ -307,24 +328,28 @@ class DefinitionTarget:
 
     # ----- the protocol -----
 
-    def forward(self, *args, method: str = "forward") -> np.ndarray:
-        """y (the protocol's forward, module docstring)."""
+    def forward(self, *args, method: str = "forward"):
+        """y (the protocol's forward, module docstring); (y, *field outputs) for a layer with field outputs."""
         a, layout, dtype, compute, eps = self._prepare(method, args)
         with torch_one_thread(), self._torch.no_grad():
-            y = self._y(self._tensor(a["x"], compute), [self._tensor(a[p], compute) for p in self.parameters], eps,
-                        layout, _MODES[method])
-        return self._numpy(y, dtype)
+            outputs = self._outputs([self._tensor(a[f], compute) for f in self.fields],
+                                    [self._tensor(a[p], compute) for p in self.parameters], eps, layout,
+                                    _MODES[method])
+        outputs = tuple(self._numpy(o, dtype) for o in outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def backward(self, *args, method: str = "backward") -> tuple[np.ndarray, ...]:
-        """(dx, dgamma[, dbeta]) for the upstream gradient dy."""
+        """(dx, dgamma[, dbeta]) for the upstream gradient dy; (dx, *d field inputs, *d parameters) for the
+        upstream gradients of y and of each field output (dy, dh) for a layer with field inputs and outputs."""
         a, layout, dtype, compute, eps = self._prepare(method, args)
-        x = self._tensor(a["x"], compute, True)
+        fields = [self._tensor(a[f], compute, True) for f in self.fields]
         parameters = [self._tensor(a[p], compute, True) for p in self.parameters]
         with torch_one_thread():
-            y = self._y(x, parameters, eps, layout, _MODES[method])
-            gradients = self._torch.autograd.grad(y, (x, *parameters), self._tensor(a["dy"], compute),
+            outputs = self._outputs(fields, parameters, eps, layout, _MODES[method])
+            gradients = self._torch.autograd.grad(outputs, (*fields, *parameters),
+                                                  [self._tensor(a[d], compute) for d in self.upstream],
                                                   allow_unused=True)
-        return tuple(self._zero_if_unused(g, t, dtype) for g, t in zip(gradients, (x, *parameters)))
+        return tuple(self._zero_if_unused(g, t, dtype) for g, t in zip(gradients, (*fields, *parameters)))
 
     def _zero_if_unused(self, gradient, tensor, dtype) -> np.ndarray:
         # A gradient that does not depend on an input (y independent of beta's value, say) comes back as None: zero.
@@ -332,19 +357,20 @@ class DefinitionTarget:
             return np.zeros(tuple(tensor.shape), dtype)
         return self._numpy(gradient, dtype)
 
-    def double_backward(self, *args, method: str = "double_backward") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def double_backward(self, *args, method: str = "double_backward") -> tuple[np.ndarray, ...]:
         """(gx, ggamma, gdy): the gradients of <ggx, dx> + sum over the parameters p of <ggp, dp> with respect to x,
-        gamma and dy."""
+        gamma and dy; with a layer's field inputs and outputs (gx, *g field inputs, ggamma, gdy, *gd outputs)."""
         a, layout, dtype, compute, eps = self._prepare(method, args)
-        x = self._tensor(a["x"], compute, True)
+        fields = [self._tensor(a[f], compute, True) for f in self.fields]
         parameters = [self._tensor(a[p], compute, True) for p in self.parameters]
-        dy = self._tensor(a["dy"], compute, True)
-        cotangents = [self._tensor(a["ggx"], compute)] + [self._tensor(a["gg" + p], compute) for p in self.parameters]
+        upstream = [self._tensor(a[d], compute, True) for d in self.upstream]
+        cotangents = [self._tensor(a["gg" + g], compute) for g in (*self.fields, *self.parameters)]
         with torch_one_thread():
-            y = self._y(x, parameters, eps, layout, _MODES[method])
-            first = self._torch.autograd.grad(y, (x, *parameters), dy, create_graph=True, allow_unused=True)
+            outputs = self._outputs(fields, parameters, eps, layout, _MODES[method])
+            first = self._torch.autograd.grad(outputs, (*fields, *parameters), upstream, create_graph=True,
+                                              allow_unused=True)
             total = sum((g * c).sum() for g, c in zip(first, cotangents) if g is not None)
-            inputs = (x, parameters[0], dy)
+            inputs = (*fields, parameters[0], *upstream)
             if not isinstance(total, self._torch.Tensor) or not total.requires_grad:
                 return tuple(np.zeros(tuple(t.shape), dtype) for t in inputs)
             second = self._torch.autograd.grad(total, inputs, allow_unused=True)
@@ -393,7 +419,7 @@ class DefinitionTarget:
                              f"{self.convention.name})")
         s = self.derivation.symbols
         with torch_one_thread(), self._torch.no_grad():
-            values = self._values(self._tensor(a["x"], compute),
+            values = self._values([self._tensor(a[f], compute) for f in self.fields],
                                   [self._tensor(a[p], compute) for p in self.parameters], eps, layout, "train")
             y = self._torch.broadcast_to(values[self.y], layout.grouped).reshape(layout.shape)
             given = {s.mean: values[s.mean], s.var: values[s.var], s.eps: eps, **self._running,
@@ -418,7 +444,7 @@ def definition_implementation(layer, **options) -> Implementation:
     target = DefinitionTarget(layer, **options)
     signatures = protocol(target.spec.name).signatures
     methods = [m for m in ("forward", "backward", "double_backward", "eval_forward", "eval_backward",
-                           "eval_double_backward", "train_forward") if m in target.signatures]
+                           "eval_double_backward", "train_forward") if m in target.signatures and m in signatures]
     for method in methods:
         if method in signatures and signatures[method] != target.signatures[method]:
             raise TargetError(f"{target.name}: {method} takes ({', '.join(target.signatures[method])}), but the "

@@ -57,6 +57,9 @@ class CheckOptions:
             raise ValueError(f"convention must be one of {tuple(CONVENTIONS)} or None, got {self.convention!r}")
         if isinstance(self.order, bool) or self.order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {self.order!r}")
+        if self.order == 2 and "double_backward" not in protocol(self.layer).signatures:
+            raise ValueError(f"order 2: the checker's protocol of {protocol(self.layer).title} has no double "
+                             "backward")
         if self.shards is not None:
             self._check_shards()
 

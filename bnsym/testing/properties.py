@@ -124,7 +124,10 @@ class Property:
     (:func:`bnsym.testing.strategies.regime_kind`; None: all); ``requires`` names properties that must hold for
     this one to mean anything (the runner runs them first, and skips this one, with the reason, when one fails);
     ``concerns`` (None: every dtype) are the dtypes of the runs whose verdict a failure decides
-    (:meth:`concerns_run`); ``long_groups`` properties also run on the run's long groups (``Space.long_shapes``)."""
+    (:meth:`concerns_run`); ``long_groups`` properties also run on the run's long groups (``Space.long_shapes``).
+    ``fields``: the check is written for a layer with field inputs and outputs too (``LayerSpec.field_inputs``,
+    ``field_outputs``: it passes, moves or compares every input and output, not x and y alone); the others apply
+    to a layer without them only (``LayerSpec.plain``)."""
 
     name: str
     group: str
@@ -140,6 +143,7 @@ class Property:
     requires: tuple[str, ...] = ()
     concerns: tuple[str, ...] | None = None
     long_groups: bool = False
+    fields: bool = False
 
     @property
     def invariances(self) -> tuple[str, ...]:
@@ -162,7 +166,8 @@ def registry(layer: str) -> dict[str, Property]:
     """The properties of ``layer`` by name, in the order they run: those that apply to its specification;
     ValueError for an unknown layer."""
     layer_spec = spec(layer)
-    return {name: prop for name, prop in PROPERTIES.items() if prop.applies(layer_spec)}
+    return {name: prop for name, prop in PROPERTIES.items()
+            if prop.applies(layer_spec) and (layer_spec.plain or prop.fields)}
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,7 @@ def _examples(space: Space) -> st.SearchStrategy[Example]:
 
 def register(name: str, group: str, needs=("forward",), examples=_examples, *, applies=every_layer,
              when=train_first_order, selected_by=None, takes_options=False, regimes=None, requires=(),
-             description: str | None = None, concerns=None, long_groups=False):
+             description: str | None = None, concerns=None, long_groups=False, fields=False):
     """Add the decorated check to :data:`PROPERTIES` under ``name`` (ValueError if a property has that name: each
     is written once); its docstring's first line is the property's description unless ``description`` is given."""
     def decorate(check):
@@ -211,7 +216,7 @@ def register(name: str, group: str, needs=("forward",), examples=_examples, *, a
         said = selected_by or ("--order 2" if when is second_order else "train mode (the default --mode)")
         PROPERTIES[name] = Property(name, group, frozenset(needs), text, check, examples, applies, when, said,
                                     takes_options, None if regimes is None else tuple(regimes), tuple(requires),
-                                    None if concerns is None else tuple(concerns), long_groups)
+                                    None if concerns is None else tuple(concerns), long_groups, fields)
         return check
     return decorate
 
@@ -252,17 +257,31 @@ def call(impl, example: Example, method: str, *, dtype=None, **replaced):
 
 def call_forward(impl: Implementation, example: Example, *, dtype=None, method="forward", **replaced) -> np.ndarray:
     """y from the implementation's ``method`` (forward, or eval_forward with the running statistics among
-    ``replaced``) on the example (inputs optionally replaced), checked to be an array shaped like x."""
-    y = output_array(call(impl, example, method, dtype=dtype, **replaced), f"y from {method}", method=method,
-                     expects="y alone, an array shaped like x")
-    check_layout(y, np.shape(replaced.get("x", example.x)), f"y from {method}", "the shape of x",
-                 example.spec.grouping.channel_axis)
+    ``replaced``) on the example (inputs optionally replaced), checked to be an array shaped like x (with the
+    layer's field outputs, when it has any, checked too: :func:`call_forward_all`)."""
+    return call_forward_all(impl, example, dtype=dtype, method=method, **replaced)[0]
+
+
+def call_forward_all(impl: Implementation, example: Example, *, dtype=None, method="forward",
+                     **replaced) -> tuple[np.ndarray, ...]:
+    """Every output of the implementation's ``method``: (y,), or (y, *field outputs) for a layer with field
+    outputs (``LayerSpec.field_outputs``: fused add + RMS norm's (y, h)), each checked to be shaped like x."""
+    outputs = protocol(example.layer).outputs
+    result = call(impl, example, method, dtype=dtype, **replaced)
+    if len(outputs) == 1:
+        arrays = (output_array(result, f"y from {method}", method=method, expects="y alone, an array shaped like x"),)
+    else:
+        arrays = output_arrays(result, method, outputs)
+    for name, array in zip(outputs, arrays):
+        check_layout(array, np.shape(replaced.get("x", example.x)), f"{name} from {method}", "the shape of x",
+                     example.spec.grouping.channel_axis)
+    y = arrays[0]
     observation = current()
     if observation is not None and y.dtype.kind == "f" and not np.all(np.isfinite(y)) \
             and all(np.all(np.isfinite(np.asarray(replaced.get(n, getattr(example, n)), np.float64)))
                     for n in ("x", "gamma", "beta")):
         observation.nonfinite_forward = True
-    return y
+    return arrays
 
 
 def checked_gradients(example: Example, result, method: str, names, x_shape) -> tuple[np.ndarray, ...]:
@@ -271,8 +290,10 @@ def checked_gradients(example: Example, result, method: str, names, x_shape) -> 
     arrays = output_arrays(result, method, names)
     layout = example.layout
     channels = example.spec.grouping.channel_axis
+    p = protocol(example.layer)
+    fields = ("gx", "gdy", *p.field_gradients, *(g for g in p.second_order if g != "ggamma"))
     for name, array in zip(names, arrays):
-        if name in ("dx", "gx", "gdy"):
+        if name in fields:
             check_layout(array, x_shape, f"{name} from {method}", "the shape of x", channels)
         else:
             check_layout(array, layout.parameter_shape, f"{name} from {method}",
@@ -293,7 +314,7 @@ def call_double_backward(impl, example: Example, cotangents, *, dtype=None, meth
     """(gx, ggamma, gdy) from the implementation's ``method`` (double_backward, or eval_double_backward) for the
     cotangents (ggx, gggamma[, ggbeta])."""
     p = protocol(example.layer)
-    replaced.update(zip(("ggx", *("gg" + q for q in p.parameters)), cotangents))
+    replaced.update(zip(p.cotangents, cotangents))
     result = call(impl, example, method, dtype=dtype, **replaced)
     return checked_gradients(example, result, method, p.second_order, example.x.shape)
 
@@ -503,16 +524,18 @@ def _single_values(space: Space) -> st.SearchStrategy[Example]:
 
 # ----- structure -----
 
-@register("shapes_and_dtypes", "structure")
+@register("shapes_and_dtypes", "structure", fields=True)
 def _shapes_and_dtypes(impl, example):
-    """y has the shape and dtype of x."""
-    y = call_forward(impl, example)
-    if y.dtype != example.dtype:
-        raise PropertyFailure(f"y has shape {y.shape} and dtype {y.dtype}, expected shape {example.x.shape} and "
-                              f"dtype {example.dtype}")
+    """y has the shape and dtype of x.
+
+    So does each field output of a layer that has them (fused add + RMS norm's h)."""
+    for name, y in zip(protocol(example.layer).outputs, call_forward_all(impl, example)):
+        if y.dtype != example.dtype:
+            raise PropertyFailure(f"{name} has shape {y.shape} and dtype {y.dtype}, expected shape {example.x.shape} "
+                                  f"and dtype {example.dtype}")
 
 
-@register("gradient_shapes_and_dtypes", "structure", needs=("forward", "backward"))
+@register("gradient_shapes_and_dtypes", "structure", needs=("forward", "backward"), fields=True)
 def _gradient_shapes_and_dtypes(impl, example):
     """dx has the shape and dtype of x; the parameter gradients have gamma's shape and that dtype."""
     for name, array in zip(protocol(example.layer).gradients, call_backward(impl, example)):
@@ -522,7 +545,8 @@ def _gradient_shapes_and_dtypes(impl, example):
 
 
 @register("float64_arithmetic", "structure", examples=_float64_examples, when=lambda options: False,
-          selected_by="a finite-difference property that runs (it is their prerequisite)", concerns=("float64",))
+          selected_by="a finite-difference property that runs (it is their prerequisite)", concerns=("float64",),
+          fields=True)
 def _float64_arithmetic(impl, example):
     """float64 input is computed in float64 (the finite-difference properties evaluate the implementation there).
 
@@ -534,7 +558,7 @@ def _float64_arithmetic(impl, example):
                   lambda x: call_forward(impl, example, x=x), lambda x: reference.forward(example, x=x).y)
 
 
-@register("inputs_not_modified", "structure")
+@register("inputs_not_modified", "structure", fields=True)
 def _inputs_not_modified(impl, example):
     """forward (and backward, when offered) leave their input arrays unchanged."""
     methods = ["forward"] + (["backward"] if impl.backward is not None else [])
@@ -555,7 +579,7 @@ def _inputs_not_modified(impl, example):
                                       Worst(name, index, float(original[index]), float(array[index]), 0.0))
 
 
-@register("finite_outputs", "structure")
+@register("finite_outputs", "structure", fields=True)
 def _finite_outputs(impl, example):
     """y is finite on finite input (and a constant group gives y = beta for a centred layer)."""
     y = call_forward(impl, example)
@@ -567,7 +591,7 @@ def _finite_outputs(impl, example):
                 _bound(example, ref).forward())
 
 
-@register("finite_gradients", "structure", needs=("forward", "backward"))
+@register("finite_gradients", "structure", needs=("forward", "backward"), fields=True)
 def _finite_gradients(impl, example):
     """dx and the parameter gradients are finite on finite input."""
     for name, array in zip(protocol(example.layer).gradients, call_backward(impl, example)):
@@ -591,14 +615,20 @@ def _one_value_per_channel(impl, example):
 
 # ----- against bnsym's reference and the exact evaluation -----
 
-@register("forward_reference", "reference", long_groups=True)
+@register("forward_reference", "reference", long_groups=True, fields=True)
 def _forward_reference(impl, example):
-    """y agrees with bnsym's float64 reference within the error bound of the dtype, from the derived closed form."""
+    """y agrees with bnsym's float64 reference within the error bound of the dtype, from the derived closed form.
+
+    So does each field output of a layer that has them (fused add + RMS norm's h), within its own bound."""
     ref = reference.forward(example)
-    compare("y", call_forward(impl, example), ref.y, _bound(example, ref).forward())
+    bound = _bound(example, ref)
+    outputs = call_forward_all(impl, example)
+    compare("y", outputs[0], ref.y, bound.forward())
+    for name, actual in zip(protocol(example.layer).outputs[1:], outputs[1:]):
+        compare(name, actual, ref.outputs[name], bound.output(name))
 
 
-@register("backward_reference", "gradients", needs=("forward", "backward"), long_groups=True)
+@register("backward_reference", "gradients", needs=("forward", "backward"), long_groups=True, fields=True)
 def _backward_reference(impl, example):
     """dx and the parameter gradients agree with bnsym's float64 backward within the derived bounds."""
     tolerances = _bound(example).backward(example.dy)
@@ -620,7 +650,7 @@ def _exact_reference(impl, example):
 
 # ----- standardisation -----
 
-@register("standardisation", "standardisation", applies=standardises)
+@register("standardisation", "standardisation", applies=standardises, fields=True)
 def _standardisation(impl, example):
     """With gamma and beta neutral (y = x_hat): per group mean(y) = 0, mean(y^2) = var/(var + eps) (no mean taken:
     ms/(ms + eps)), at the example's eps and at an eps as large as the groups' statistic.
@@ -867,35 +897,45 @@ def pair(gradients, directions) -> float:
 
 
 def float64_example(example: Example) -> Example:
-    return example.replace(**{n: _f64(getattr(example, n)) for n in ("x", "gamma", "beta", "dy")})
+    names = ("x", "gamma", "beta", "dy", *(name for name, _ in example.fields))
+    return example.replace(**{n: _f64(getattr(example, n)) for n in names})
 
 
 def _directional_derivative(impl, example: Example):
-    """A central difference of <dy, y> along a random direction of (x, parameters), in float64: the x direction
-    scaled per group by 1/s, so that a step h moves x_hat by about h. Returns the float64 example, the estimate,
-    its error bound (truncation plus rounding: the forward bound over 2h) and the direction."""
-    names = example.spec.parameters
+    """A central difference of sum_o <d_o, o> over the outputs o (y, and a layer's field outputs with their
+    upstream gradients: <dy, y> + <dh, h>) along a random direction of (x, field inputs, parameters), in float64:
+    each field input's direction scaled per group by 1/s, so that a step h moves x_hat by about h. Returns the
+    float64 example, the estimate, its error bound (truncation plus rounding: the forward bounds over 2h) and the
+    directions, in the order of the backward's gradients."""
+    p = protocol(example.layer)
+    names = (*p.inputs, *p.parameters)
     ex = float64_example(example)
     ref = reference.forward(ex)
     rng = example.rng(5)
-    ux = (rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape)
-    directions = [ux] + [rng.standard_normal(ex.gamma.shape) for _ in names]
+    directions = [(rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape) for _ in p.inputs]
+    directions += [rng.standard_normal(ex.gamma.shape) for _ in p.parameters]
+    upstream = [getattr(ex, d) for d in p.upstream]
+    expected = [ref.y, *(ref.outputs[o] for o in p.outputs[1:])]
 
     def along(h):
-        moved = {"x": ex.x + h * ux, **{n: getattr(ex, n) + h * d for n, d in zip(names, directions[1:])}}
-        y = call_forward(impl, ex, **moved)
-        compare("y (float64, for finite differences)", y, ref.y, np.inf)
-        return math.fsum((ex.dy * _f64(y)).ravel())
+        moved = {n: getattr(ex, n) + h * d for n, d in zip(names, directions)}
+        outputs = call_forward_all(impl, ex, **moved)
+        for name, output, reference_output in zip(p.outputs, outputs, expected):
+            compare(f"{name} (float64, for finite differences)", output, reference_output, np.inf)
+        return math.fsum(np.concatenate([(d * _f64(o)).ravel() for d, o in zip(upstream, outputs)]))
 
     estimate, truncation = central(along)
-    rounding = 2 * float(np.sum(np.abs(ex.dy) * _bound(ex, ref).forward())) / (2 * STEP)
+    bound = _bound(ex, ref)
+    bounds = [bound.forward(), *(bound.output(o) for o in p.outputs[1:])]
+    rounding = 2 * sum(float(np.sum(np.abs(d) * b)) for d, b in zip(upstream, bounds)) / (2 * STEP)
     return ex, estimate, SAFETY_FD * (rounding + truncation), directions
 
 
 SAFETY_FD = 8.0  # the safety factor of a finite-difference estimate's error bound
 
 
-@register("forward_derivative", "gradients", requires=("float64_arithmetic",), applies=differentiable)
+@register("forward_derivative", "gradients", requires=("float64_arithmetic",), applies=differentiable,
+          fields=True)
 def _forward_derivative(impl, example):
     """The forward's own derivative, by central differences in float64, matches bnsym's gradient."""
     ex, estimate, error, directions = _directional_derivative(impl, example)
@@ -905,7 +945,7 @@ def _forward_derivative(impl, example):
 
 
 @register("backward_finite_differences", "gradients", needs=("forward", "backward"),
-          requires=("float64_arithmetic",), applies=differentiable)
+          requires=("float64_arithmetic",), applies=differentiable, fields=True)
 def _backward_finite_differences(impl, example):
     """<backward(dy), u> equals central differences of forward along u (float64)."""
     ex, estimate, error, directions = _directional_derivative(impl, example)
@@ -977,25 +1017,31 @@ def _dgamma_is_sum_dy_xhat(impl, example):
             bound.backward(example.dy)[1] + bound.slack(terms))
 
 
-@register("linearity_in_dy", "identities", needs=("forward", "backward"))
+@register("linearity_in_dy", "identities", needs=("forward", "backward"), fields=True)
 def _linearity_in_dy(impl, example):
-    """backward(a dy) = a backward(dy) for a negative a, and backward(dy1 + dy2) = backward(dy1) + backward(dy2)."""
+    """backward(a dy) = a backward(dy) for a negative a, and backward(dy1 + dy2) = backward(dy1) + backward(dy2).
+
+    For a layer with field outputs the upstream gradients move together: (a dy, a dh), (dy1 + dy2, dh1 + dh2)."""
     a = -float(2.0 ** example.rng(6).integers(-1, 2))
     ref = reference.forward(example)
     bound = _bound(example, ref)
-    dy1, dy2 = example.dy, second_dy(example, 7)
-    total = (_f64(dy1) + dy2).astype(example.dtype)
-    runs = {name: call_backward(impl, example, dy=dy) for name, dy in (("1", dy1), ("a", a * dy1), ("2", dy2),
-                                                                         ("sum", total))}
+    upstream = protocol(example.layer).upstream
+    first = {d: getattr(example, d) for d in upstream}
+    second = {d: second_dy(example, 7 + k) for k, d in enumerate(upstream)}
+    total = {d: (_f64(first[d]) + second[d]).astype(example.dtype) for d in upstream}
+    scaled = {d: a * first[d] for d in upstream}
+    runs = {name: call_backward(impl, example, **values) for name, values in (("1", first), ("a", scaled),
+                                                                              ("2", second), ("sum", total))}
     names = protocol(example.layer).gradients
     for run in runs.values():
         compare("dx", run[0], np.zeros(example.x.shape), np.inf)  # finiteness
-    tol1, tol2, tol_sum = bound.backward(dy1), bound.backward(dy2), bound.backward(total)
-    refs = [reference.backward(example, dy=dy) for dy in (dy1, dy2, total)]
+    tol1, tol2, tol_sum = (bound.backward(**values) for values in (first, second, total))
+    refs = [reference.backward(example, **values) for values in (first, second, total)]
+    scaled_words = upstream[0] if len(upstream) == 1 else f"({', '.join(upstream)})"
     for i, name in enumerate(names):
         f = {run: _f64(values[i]) for run, values in runs.items()}
-        compare(f"backward({a:g} dy) - {a:g} backward(dy): {name}", f["a"] - a * f["1"], np.zeros(f["1"].shape),
-                2 * abs(a) * tol1[i])
+        compare(f"backward({a:g} {scaled_words}) - {a:g} backward({', '.join(upstream)}): {name}",
+                f["a"] - a * f["1"], np.zeros(f["1"].shape), 2 * abs(a) * tol1[i])
         compare(f"backward(dy1 + dy2) - backward(dy1) - backward(dy2): {name}", f["sum"] - f["1"] - f["2"],
                 refs[2][i] - refs[0][i] - refs[1][i], tol1[i] + tol2[i] + tol_sum[i])
 
@@ -1099,11 +1145,13 @@ def _dgamma_affine_invariance(impl, example):
 # ----- second order -----
 
 def cotangents(example: Example, salt: int) -> list[np.ndarray]:
-    """Random ggx (like x) and parameter cotangents (like gamma) in the dtype: never ones, never zero."""
+    """Random ggx (and one per field input, like x) and parameter cotangents (like gamma) in the dtype: never ones,
+    never zero."""
     rng = example.rng(salt)
     count = len(example.spec.parameters)
-    return [rng.standard_normal(example.x.shape).astype(example.dtype)] + \
-        [rng.standard_normal(example.gamma.shape).astype(example.dtype) for _ in range(count)]
+    # ggx and one per field input (like x), then one per parameter (like gamma)
+    fields = [rng.standard_normal(example.x.shape).astype(example.dtype) for _ in example.spec.inputs]
+    return fields + [rng.standard_normal(example.gamma.shape).astype(example.dtype) for _ in range(count)]
 
 
 def unrepresentable(example: Example, expected, tolerance) -> np.ndarray:
@@ -1112,41 +1160,48 @@ def unrepresentable(example: Example, expected, tolerance) -> np.ndarray:
     return np.abs(expected) + tolerance > float(np.finfo(example.dtype).max)
 
 
-@register("double_backward_reference", "second order", needs=("double_backward",), when=second_order)
+@register("double_backward_reference", "second order", needs=("double_backward",), when=second_order, fields=True)
 def _double_backward_reference(impl, example):
     """gx, ggamma, gdy agree with bnsym's float64 double backward within the bounds of the derived forms."""
     given = cotangents(example, 30)
     expected = reference.double_backward(example, given)
     tolerances = _bound(example).double_backward(given, example.dy)
-    for name, a, e, t in zip(("gx", "ggamma", "gdy"), call_double_backward(impl, example, given), expected,
-                             tolerances):
+    for name, a, e, t in zip(protocol(example.layer).second_order, call_double_backward(impl, example, given),
+                             expected, tolerances):
         beyond = unrepresentable(example, e, t)
         compare(name, np.where(beyond, e, a) if a.shape == e.shape else a, e, t)
 
 
 @register("double_backward_finite_differences", "second order", needs=("backward", "double_backward"),
-          when=second_order, requires=("float64_arithmetic",), applies=differentiable)
+          when=second_order, requires=("float64_arithmetic",), applies=differentiable, fields=True)
 def _double_backward_finite_differences(impl, example):
     """The double backward equals central differences of the implementation's own backward (float64)."""
+    p = protocol(example.layer)
     ex = float64_example(example)
     given = [_f64(c) for c in cotangents(example, 31)]
     ref = reference.forward(ex)
     rng = example.rng(32)
-    ux = (rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape)
-    ug, udy = rng.standard_normal(ex.gamma.shape), rng.standard_normal(ex.x.shape)
+    # x (and each field input) along a direction scaled by 1/s, gamma, then dy (and each upstream gradient): the
+    # order of the double backward's results
+    u_fields = [(rng.standard_normal(ref.layout.grouped) / ref.scale).reshape(ex.x.shape) for _ in p.inputs]
+    ug = rng.standard_normal(ex.gamma.shape)
+    u_upstream = [rng.standard_normal(ex.x.shape) for _ in p.upstream]
+    moved_names = (*p.inputs, "gamma", *p.upstream)
+    directions = (*u_fields, ug, *u_upstream)
 
     def along(h):
-        gradients = call_backward(impl, ex, x=ex.x + h * ux, gamma=ex.gamma + h * ug, dy=ex.dy + h * udy)
-        return pair(gradients, given)
+        moved = {n: getattr(ex, n) + h * d for n, d in zip(moved_names, directions)}
+        return pair(call_backward(impl, ex, **moved), given)
 
     estimate, truncation = central(along)
     bound = _bound(ex, ref)
     rounding = sum(float(np.sum(np.abs(c) * t)) for c, t in zip(given, bound.backward(ex.dy))) / STEP
     error = SAFETY_FD * (truncation + rounding)
     tolerances = _bound(example).double_backward(given, example.dy)
-    error += sum(float(np.sum(t * np.abs(u))) for t, u in zip(tolerances, (ux, ug, udy)))
-    compare("<double_backward, (u_x, u_gamma, u_dy)> - central differences of backward",
-            pair(call_double_backward(impl, ex, given), (ux, ug, udy)), estimate, error)
+    error += sum(float(np.sum(t * np.abs(u))) for t, u in zip(tolerances, directions))
+    words = ", ".join(f"u_{n}" for n in moved_names)
+    compare(f"<double_backward, ({words})> - central differences of backward",
+            pair(call_double_backward(impl, ex, given), directions), estimate, error)
 
 
 @register("hessian_symmetry", "second order", needs=("double_backward",), when=second_order)

@@ -20,6 +20,16 @@ values normalised with its own statistics, biased variance), ``eps`` a float. Th
 A layer whose training forward reads its running statistics, or that has scalar options (batch renormalisation:
 ``forward(x, gamma, beta, eps, running_mean, running_std, r_max, d_max)``), takes them after the options in every
 training method (:func:`constants`), and its eval methods take its own running statistics (``running_std``).
+A layer with field inputs and outputs (``spec.field_inputs``, ``spec.field_outputs``: fused add + RMS norm's
+residual and h) takes each field input after x and returns ``(y, *field outputs)`` from forward; its backward takes
+one upstream gradient per output first and returns one gradient per field input after dx::
+
+    forward(x, residual, gamma, eps)            -> (y, h)
+    backward(dy, dh, x, residual, gamma, eps)   -> (dx, dresidual, dgamma)
+
+and ``double_backward(ggx, ggresidual, gggamma, dy, dh, x, residual, gamma, eps) -> (gx, gresidual, ggamma, gdy,
+gdh)``: the gradients of ``<ggx, dx> + <ggresidual, dresidual> + <gggamma, dgamma>`` with respect to x, residual,
+gamma, dy and dh.
 
 dgamma and dbeta have gamma's shape: a parameter shared by several groups (layer norm's by every row, instance
 norm's by every sample) gets the sum of their gradients.
@@ -64,9 +74,14 @@ def _signatures(layer: LayerSpec) -> dict[str, tuple[str, ...]]:
     cotangents = tuple("gg" + p for p in parameters)
     fixed = constants(layer)
     signatures = {
-        "forward": ("x", *parameters, "eps", *options, *fixed),
-        "backward": ("dy", "x", *parameters, "eps", *options, *fixed),
+        "forward": (*layer.inputs, *parameters, "eps", *options, *fixed),
+        "backward": (*("d" + o for o in layer.outputs), *layer.inputs, *parameters, "eps", *options, *fixed),
     }
+    if not layer.plain:  # no eval mode or running statistics for a layer with field inputs and outputs
+        signatures["double_backward"] = (*("gg" + f for f in layer.inputs), *cotangents,
+                                         *("d" + o for o in layer.outputs), *layer.inputs, *parameters, "eps",
+                                         *options)
+        return signatures
     if layer.running_statistics:
         running = layer.running_names
         if layer.reads_running:  # the training methods take them already
@@ -93,6 +108,9 @@ class LayerProtocol:
     """One layer's protocol (module docstring).
 
     - ``name``, ``title``: the layer's name (``--layer``) and its name in prose.
+    - ``inputs``, ``outputs``: the per-element inputs (x, then the layer's field inputs) and what ``forward``
+      returns (y, then the layer's field outputs); ``upstream``: the upstream gradients ``backward`` takes (dy, then
+      one per field output).
     - ``signatures``: each method's positional arguments (``forward`` required, the others optional).
     - ``parameters``: ("gamma", "beta"), or ("gamma",) for a layer that takes no mean.
     - ``gradients``: what ``backward`` returns, ``"d" + x`` and ``"d" + parameter``.
@@ -106,18 +124,38 @@ class LayerProtocol:
     parameters: tuple[str, ...]
     centred: bool
     groups: str
+    inputs: tuple[str, ...] = ("x",)
+    outputs: tuple[str, ...] = ("y",)
 
     @classmethod
     def of(cls, layer: LayerSpec) -> LayerProtocol:
-        return cls(layer.name, layer.short, _signatures(layer), layer.parameters, layer.centred, layer.group)
+        return cls(layer.name, layer.short, _signatures(layer), layer.parameters, layer.centred, layer.group,
+                   layer.inputs, layer.outputs)
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        return tuple("d" + o for o in self.outputs)
 
     @property
     def gradients(self) -> tuple[str, ...]:
-        return ("dx", *("d" + p for p in self.parameters))
+        return (*("d" + f for f in self.inputs), *("d" + p for p in self.parameters))
+
+    @property
+    def field_gradients(self) -> tuple[str, ...]:
+        """The gradients shaped like x: dx and one per field input."""
+        return tuple("d" + f for f in self.inputs)
 
     @property
     def second_order(self) -> tuple[str, ...]:
-        return ("gx", "ggamma", "gdy")
+        """What double_backward returns: (gx, ggamma, gdy), with a layer's field inputs and upstream gradients
+        (gx, gresidual, ggamma, gdy, gdh)."""
+        return (*("g" + f for f in self.inputs), "ggamma", *("g" + d for d in self.upstream))
+
+    @property
+    def cotangents(self) -> tuple[str, ...]:
+        """The cotangents double_backward takes, one per gradient of backward: (ggx, gggamma[, ggbeta]), with a
+        layer's field inputs (ggx, ggresidual, gggamma)."""
+        return tuple("gg" + name for name in (*self.inputs, *self.parameters))
 
     @property
     def optional(self) -> tuple[str, ...]:

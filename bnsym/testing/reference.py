@@ -94,10 +94,12 @@ def _inference_arguments(example: Example, x, gamma, beta) -> list[np.ndarray]:
 class GroupReference:
     """The float64 forward pass of one example, in the grouped layout.
 
-    ``y`` has x's shape; ``x`` and ``x_hat`` are grouped; ``mean``, ``var`` (the variance of x's group, two-pass,
-    for every layer), ``statistic`` (var, or the mean square ms of a layer that takes no mean) and ``scale``
-    (invstd or invrms) are group-shaped. ``saved`` are the statistics the public forward returns, as the public
-    backward takes them.
+    ``y`` has x's shape; ``x`` (the values the layer normalises: x, or the field output ``LayerSpec.normalises``
+    names, fused add + RMS norm's h) and ``x_hat`` are grouped; ``outputs`` holds each field output by name (x's
+    shape) and ``fields`` every field input and output by name, grouped (the atoms of the error bounds); ``mean``,
+    ``var`` (the variance of the normalised values' group, two-pass, for every layer), ``statistic`` (var, or the
+    mean square ms of a layer that takes no mean) and ``scale`` (invstd or invrms) are group-shaped. ``saved`` are
+    the statistics the public forward returns, as the public backward takes them.
     """
 
     layout: GroupLayout
@@ -110,6 +112,8 @@ class GroupReference:
     scale: np.ndarray
     saved: tuple[np.ndarray, ...]
     centred: bool
+    outputs: dict = None
+    fields: dict = None
 
     @property
     def count(self) -> int:
@@ -133,9 +137,21 @@ class GroupReference:
 ForwardReference = GroupReference
 
 
-def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None) -> GroupReference:
-    """The float64 reference of ``example`` (or of it with some inputs replaced), from bnsym's public forward."""
+def _field_inputs(example: Example, replaced: dict) -> list[np.ndarray]:
+    """The layer's field inputs (``spec.field_inputs``: fused add + RMS norm's residual) in float64, the example's
+    unless ``replaced`` gives them."""
+    unknown = set(replaced) - set(example.spec.field_inputs) - {"d" + o for o in example.spec.field_outputs}
+    if unknown:
+        raise TypeError(f"{example.layer} has no field {', '.join(sorted(unknown))}")
+    return [_f64(replaced[f] if replaced.get(f) is not None else getattr(example, f))
+            for f in example.spec.field_inputs]
+
+
+def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None, **fields) -> GroupReference:
+    """The float64 reference of ``example`` (or of it with some inputs replaced, a layer's field inputs too, by
+    name), from bnsym's public forward."""
     x = _f64(example.x if x is None else x)
+    field_inputs = _field_inputs(example, fields)
     gamma = _f64(example.gamma if gamma is None else gamma)
     beta = _f64(example.beta if beta is None else beta)
     eps = float(example.eps if eps is None else eps)
@@ -151,36 +167,59 @@ def forward(example: Example, *, x=None, gamma=None, beta=None, eps=None) -> Gro
         y = np.broadcast_to(beta.reshape(layout.parameter_broadcast), layout.grouped).reshape(layout.shape).copy()
         saved = (mean.reshape(layout.statistics_shape), scale.reshape(layout.statistics_shape))
         return GroupReference(layout, y, grouped, np.zeros_like(grouped), mean, var, var, scale, saved, True)
-    y, *saved = public_module(example.layer).forward(*_arguments(example, x, gamma, beta), eps=eps, **example.options,
-                                                     **_scalars(example), backend="numpy")
+    arguments = _arguments(example, x, gamma, beta)
+    y, *saved = public_module(example.layer).forward(arguments[0], *field_inputs, *arguments[1:], eps=eps,
+                                                     **example.options, **_scalars(example), backend="numpy")
+    names = layer.field_outputs
+    outputs, saved = dict(zip(names, saved[:len(names)])), saved[len(names):]
+    fields = {name: _f64(value).reshape(layout.grouped)
+              for name, value in (("x", x), *zip(layer.field_inputs, field_inputs), *outputs.items())}
+    if layer.normalises != "x":  # the statistics are those of the normalised field (h = x + residual)
+        grouped = fields[layer.normalises]
+        mean = np.mean(grouped, axis=layout.axes, keepdims=True)
+        var = np.mean((grouped - mean) ** 2, axis=layout.axes, keepdims=True)
     scale = saved[-1].reshape(layout.statistics_broadcast)
     if layer.centred:
         statistic, x_hat = var, (grouped - mean) * scale
     else:
         statistic, x_hat = np.mean(grouped**2, axis=layout.axes, keepdims=True), grouped * scale
-    return GroupReference(layout, y, grouped, x_hat, mean, var, statistic, scale, tuple(saved), layer.centred)
+    return GroupReference(layout, y, grouped, x_hat, mean, var, statistic, scale, tuple(saved), layer.centred,
+                          outputs, fields)
 
 
-def backward(example: Example, *, dy=None, x=None, gamma=None, eps=None) -> tuple[np.ndarray, ...]:
-    """(dx, dgamma, dbeta), or (dx, dgamma) for a layer with no beta, in float64 from bnsym's public backward."""
+def backward(example: Example, *, dy=None, x=None, gamma=None, eps=None, **fields) -> tuple[np.ndarray, ...]:
+    """(dx, dgamma, dbeta), or (dx, dgamma) for a layer with no beta, in float64 from bnsym's public backward; a
+    layer with field inputs and outputs gets (dx, *d field inputs, *d parameters) for the upstream gradients dy and
+    ``d<o>`` of each field output o (the example's, unless ``fields`` replaces them, as it may the field inputs)."""
     x = _f64(example.x if x is None else x)
     gamma = _f64(example.gamma if gamma is None else gamma)
     dy = _f64(example.dy if dy is None else dy)
-    ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma), eps=eps)
-    return tuple(public_module(example.layer).backward(dy, x, gamma, *ref.saved, *_running_read(example),
-                                                       **example.options, **_scalars(example), backend="numpy"))
+    layer = example.spec
+    inputs = {name: value for name, value in fields.items() if name in layer.field_inputs}
+    ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma), eps=eps, **inputs)
+    upstream = [_f64(fields[name] if fields.get(name) is not None else getattr(example, name))
+                for name in ("d" + o for o in layer.field_outputs)]
+    normalised = x if layer.normalises == "x" else ref.outputs[layer.normalises]
+    return tuple(public_module(example.layer).backward(dy, *upstream, normalised, gamma, *ref.saved,
+                                                       *_running_read(example), **example.options,
+                                                       **_scalars(example), backend="numpy"))
 
 
 def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None) -> tuple[np.ndarray, ...]:
     """(gx, ggamma, gdy) in float64 from bnsym's public double backward; ``cotangents`` are (ggx, gggamma,
-    ggbeta), or (ggx, gggamma) for a layer with no beta."""
+    ggbeta), or (ggx, gggamma) for a layer with no beta. A layer with field inputs and outputs: ``cotangents`` has one
+    per gradient of its backward (ggx, ggresidual, gggamma), and the result is (gx, gresidual, ggamma, gdy, gdh)."""
     x = _f64(example.x if x is None else x)
     gamma = _f64(example.gamma if gamma is None else gamma)
     dy = _f64(example.dy if dy is None else dy)
+    layer = example.spec
     ref = forward(example, x=x, gamma=gamma, beta=np.zeros_like(gamma))
-    return tuple(public_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, x, gamma, *ref.saved,
-                                                              *_running_read(example), **example.options,
-                                                              **_scalars(example), backend="numpy"))
+    upstream = [_f64(getattr(example, "d" + o)) for o in layer.field_outputs]
+    normalised = x if layer.normalises == "x" else ref.outputs[layer.normalises]
+    return tuple(public_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, *upstream,
+                                                              normalised, gamma, *ref.saved, *_running_read(example),
+                                                              **example.options, **_scalars(example),
+                                                              backend="numpy"))
 
 
 # ----- eval mode and running statistics (a layer that keeps them) -----
@@ -371,6 +410,9 @@ class LayerBound:
                        "gamma": ref.parameter(example.gamma if gamma is None else gamma),
                        "beta": ref.parameter(example.beta if beta is None else beta),
                        "eps": np.float64(example.eps)}
+        # A layer's field inputs and outputs (fused add + RMS norm's x, residual and h), by name: the forward
+        # program's definitions of its field outputs speak of them.
+        self.values.update(ref.fields or {})
         # The constants (running statistics read, scalar options): exact inputs.
         layer = example.spec
         for name in (layer.running_names if layer.reads_running else ()):
@@ -507,7 +549,9 @@ class LayerBound:
 
     def _outputs(self, program_and_closed, extra) -> list[np.ndarray]:
         program, closed = program_and_closed
-        fields = {"dx", "gx", "gdy"}
+        layer = self.example.spec
+        fields = {"dx", "gx", "gdy", *("d" + f for f in layer.field_inputs), *("g" + f for f in layer.field_inputs),
+                  *("gd" + o for o in layer.field_outputs)}
         return [self.field(closed[name], extra) if name.name in fields else self.parameter(closed[name], extra)
                 for name in program.outputs]
 
@@ -516,18 +560,32 @@ class LayerBound:
         program = self.derivation.training_forward
         return self.field(program[self.derivation.symbols.y])
 
-    def backward(self, dy) -> list[np.ndarray]:
-        """Bounds on dx (like x) and the parameter gradients (gamma-shaped), in the backward's order."""
-        return self._outputs(self.derivation.backward, {"dy": self.ref.grouped(dy)})
+    def output(self, name: str) -> np.ndarray:
+        """Elementwise bound on the field output ``name`` (fused add + RMS norm's h = x + residual), like x."""
+        program = self.derivation.training_forward
+        return self.field(program[getattr(self.derivation.symbols, name)])
+
+    def backward(self, dy, **upstream) -> list[np.ndarray]:
+        """Bounds on dx (like x) and the parameter gradients (gamma-shaped), in the backward's order; a layer with
+        field inputs and outputs: on dx, the gradient of each field input (like x) and the parameter gradients, for
+        the upstream gradients dy and those of ``upstream`` (by name, ``dh``; the example's when not given)."""
+        extra = {"dy": self.ref.grouped(dy)}
+        for name in ("d" + o for o in self.example.spec.field_outputs):
+            extra[name] = self.ref.grouped(upstream[name] if upstream.get(name) is not None
+                                           else getattr(self.example, name))
+        return self._outputs(self.derivation.backward, extra)
 
     def double_backward(self, cotangents, dy) -> list[np.ndarray]:
         """Bounds on gx (like x), ggamma (gamma-shaped) and gdy (like x)."""
         return self._second_order(self.derivation.double_backward, cotangents, dy)
 
     def _second_order(self, program_and_closed, cotangents, dy) -> list[np.ndarray]:
-        names = ("ggx", "gggamma", "ggbeta")
-        extra = {"dy": self.ref.grouped(dy), "ggx": self.ref.grouped(cotangents[0])}
-        extra.update({name: self.ref.parameter(c) for name, c in zip(names[1:], cotangents[1:])})
+        layer = self.example.spec
+        inputs = layer.inputs  # x and any field inputs: their cotangents are shaped like x
+        extra = {"dy": self.ref.grouped(dy)}
+        extra.update({"gg" + f: self.ref.grouped(c) for f, c in zip(inputs, cotangents)})
+        extra.update({"gg" + p: self.ref.parameter(c) for p, c in zip(("gamma", "beta"), cotangents[len(inputs):])})
+        extra.update({"d" + o: self.ref.grouped(getattr(self.example, "d" + o)) for o in layer.field_outputs})
         return self._outputs(program_and_closed, extra)
 
     def slack(self, *values) -> float:

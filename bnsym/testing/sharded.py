@@ -124,7 +124,7 @@ class ShardedExample(Example):
             raise ValueError(f"shard sizes {list(sizes)} must be non-negative and add up to the batch of x, "
                              f"{example.x.shape[0]} (x of shape {example.x.shape})")
         fields = {name: getattr(example, name) for name in ("x", "gamma", "beta", "eps", "dy", "regime", "seed",
-                                                            "layer", "num_groups", "constants")}
+                                                            "layer", "num_groups", "fields", "constants")}
         return cls(**fields, sizes=sizes)
 
 

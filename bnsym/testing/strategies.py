@@ -120,7 +120,10 @@ class Example:
 
     ``layer`` (default batch norm) says which layer the inputs are for, and ``num_groups`` is the number of groups
     of a layer that takes it (None for the others). A layer with no beta (``spec.parameters``) has zeros of gamma's
-    shape as ``beta``, never passed on.
+    shape as ``beta``, never passed on. ``fields`` holds, by name, the arrays of a layer with field inputs and
+    outputs (``spec.field_inputs``, ``spec.field_outputs``): each field input (fused add + RMS norm's
+    ``residual``) and the upstream gradient ``d<o>`` of each field output (``dh``), shaped like x; each is also an
+    attribute (``example.residual``).
     """
 
     x: np.ndarray
@@ -132,13 +135,17 @@ class Example:
     seed: int = 0
     layer: str = DEFAULT_LAYER
     num_groups: int | None = None
+    #: A layer's field inputs and the upstream gradients of its field outputs (fused add + RMS norm's residual and
+    #: dh), as (name, array) pairs; read as attributes.
+    fields: tuple[tuple[str, np.ndarray], ...] = ()
     #: The inputs of a layer's training forward that are never differentiated, as (name, value) pairs: the running
     #: statistics it reads (per group, the statistics shape) and its scalar options (floats); read as attributes.
     constants: tuple = ()
 
     def __getattr__(self, name: str):
-        # Only called when ordinary lookup fails: a constant of the layer (example.running_mean, example.r_max).
-        for key, value in object.__getattribute__(self, "constants"):
+        # Only called when ordinary lookup fails: a field of the layer (example.residual) or a constant
+        # (example.running_mean, example.r_max).
+        for key, value in (*object.__getattribute__(self, "fields"), *object.__getattribute__(self, "constants")):
             if key == name:
                 return value
         raise AttributeError(f"Example has no attribute {name!r}")
@@ -218,7 +225,11 @@ class Example:
     def replace(self, **changes) -> Example:
         values = {name: getattr(self, name) for name in ("x", "gamma", "beta", "eps", "dy", "regime", "seed",
                                                          "layer", "num_groups", "constants")}
+        fields = dict(self.fields)
+        for name in [n for n in changes if n in fields]:
+            fields[name] = changes.pop(name)
         values.update(changes)
+        values.setdefault("fields", tuple(fields.items()))
         return Example(**values)
 
 
@@ -700,12 +711,42 @@ def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: st
     rng = np.random.default_rng(seed)
     per_group = layout.statistics_broadcast
     groups = math.prod(per_group)
-    z = rng.standard_normal(layout.grouped)
     kind = regime_kind(regime)
 
     def group_values(values):
         return np.asarray(values, dtype=np.float64).reshape(per_group)
 
+    x = _regime_values(layer_spec, layout, kind, eps, rng, group_values)
+    gamma = rng.normal(0, 1.5, parameter_shape)
+    gamma[rng.random(parameter_shape) < 0.15] = 0.0
+    beta = rng.normal(0, 2, parameter_shape) if "beta" in layer_spec.parameters else np.zeros(parameter_shape)
+
+    def upstream(generator):
+        return group_values(generator.uniform(-1, 1, groups)) + group_values(10.0 ** generator.uniform(-1, 1, groups)) \
+            * generator.standard_normal(layout.grouped)
+
+    dy = upstream(rng)
+    field = lambda a: np.asarray(a, dtype=dtype).reshape(shape)  # noqa: E731  (from the grouped layout)
+    parameter = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+    # A layer's field inputs are drawn from the same regime as x, each with a generator of its own (so that the
+    # draws of x, gamma, beta and dy are those of a layer without them), and each field output's upstream
+    # gradient as dy is.
+    fields = [(name, field(_regime_values(layer_spec, layout, kind, eps, np.random.default_rng([seed, 1, k]),
+                                          group_values)))
+              for k, name in enumerate(layer_spec.field_inputs)]
+    fields += [("d" + name, field(upstream(np.random.default_rng([seed, 2, k]))))
+               for k, name in enumerate(layer_spec.field_outputs)]
+    constants = _constants(layer_spec, layout, np.asarray(x, np.float64).reshape(layout.grouped), eps, rng, dtype)
+    example = Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
+                      options.get("num_groups"), fields=tuple(fields), constants=constants)
+    return _within_range(example, np.reshape(dy, shape))
+
+
+def _regime_values(layer_spec: LayerSpec, layout, kind: str, eps: float, rng: np.random.Generator, group_values):
+    """The values of x (in the grouped layout) of a regime of kind ``kind``, per group."""
+    per_group = layout.statistics_broadcast
+    groups = math.prod(per_group)
+    z = rng.standard_normal(layout.grouped)
     if kind == "large offset":
         mu = rng.choice([-1.0, 1.0], groups) * 10.0 ** rng.uniform(3, 4, groups)
         x = group_values(mu) + group_values(10.0 ** rng.uniform(-0.3, 0.3, groups)) * z
@@ -724,19 +765,7 @@ def make_layer_example(layer: str, shape: tuple[int, ...], size: int, regime: st
         constant[rng.integers(groups)] = True
         level = rng.choice([-1.0, 1.0], groups) * 10.0 ** rng.uniform(0, 3, groups)
         x = np.where(group_values(constant), group_values(level) * np.ones(layout.grouped), x)
-
-    gamma = rng.normal(0, 1.5, parameter_shape)
-    gamma[rng.random(parameter_shape) < 0.15] = 0.0
-    beta = rng.normal(0, 2, parameter_shape) if "beta" in layer_spec.parameters else np.zeros(parameter_shape)
-    dy = group_values(rng.uniform(-1, 1, groups)) + group_values(10.0 ** rng.uniform(-1, 1, groups)) * \
-        rng.standard_normal(layout.grouped)
-    field = lambda a: np.asarray(a, dtype=dtype).reshape(shape)  # noqa: E731  (from the grouped layout)
-    parameter = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
-    constants = _constants(layer_spec, layout, np.asarray(x, np.float64).reshape(layout.grouped), eps, rng, dtype)
-    example = Example(field(x), parameter(gamma), parameter(beta), float(eps), field(dy), regime, int(seed), layer,
-                      options.get("num_groups"), constants)
-    return _within_range(example, np.reshape(dy, shape))
-
+    return x
 
 def _constants(layer_spec: LayerSpec, layout, grouped: np.ndarray, eps: float, rng, dtype) -> tuple:
     """The layer's constants for one example (:attr:`Example.constants`): its scalar options at their defaults, and

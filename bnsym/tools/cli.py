@@ -33,12 +33,16 @@ def _derive(args: argparse.Namespace) -> int:
         print(f"bnsym derive: {error}", file=sys.stderr)
         return 2
     if args.layer is not None and not args.check:
+        from bnsym.symbolic.checks import DeclarationError
         from bnsym.symbolic.cross_check import CrossCheckError
         try:
             print(derive.cross_checked(args.layer))
         except CrossCheckError as error:
             print(f"bnsym derive: {error}; nothing was written", file=sys.stderr)
             return 1
+        except DeclarationError as error:  # found while deriving (a gradient the kernels cannot take), not at load
+            print(f"bnsym derive: {error}; nothing was written", file=sys.stderr)
+            return 2
     if args.check:
         stale = derive.stale_files(root, files)
         for _, diff in stale:

@@ -87,7 +87,8 @@ def render_layer_document(name: str) -> str:
         "the part of $\\overline{\\mu}$ that comes through the variance vanishes because "
         "$\\sum_j (x_j - \\mu) = 0$, and $(\\sigma^2 + \\epsilon)^{-3/2} = s^3$" if d.centred else
         "$(\\nu + \\epsilon)^{-3/2} = r^3$")
-    elimination = "$x_i = \\mu + \\hat{x}_i / s$" if d.centred else "$x_i = \\hat{x}_i / r$"
+    n = d.spec.normalises  # the normalised field: x, or a field output such as fused add + RMS norm's h
+    elimination = f"${n}_i = \\mu + \\hat{{x}}_i / s$" if d.centred else f"${n}_i = \\hat{{x}}_i / r$"
     out = [
         GENERATED_NOTICE,
         "",
@@ -107,8 +108,8 @@ def render_layer_document(name: str) -> str:
         f"in its specification, `bnsym.spec.SPECS[{name!r}]`. " + (
             "The variance is the two-pass form $\\frac{1}{M}\\sum_j (x_j - \\mu)^2$; it is never expanded into "
             "$E[x^2] - E[x]^2$, which cancels catastrophically in float32." if d.centred else
-            "Nothing is centred: the mean square $\\frac{1}{M}\\sum_j x_j^2$ is a sum of non-negative terms and "
-            "cannot cancel."),
+            f"Nothing is centred: the mean square $\\frac{{1}}{{M}}\\sum_j {n}_j^2$ is a sum of non-negative terms "
+            "and cannot cancel."),
         "",
         _aligned(forward.definitions),
         "",

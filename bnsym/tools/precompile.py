@@ -135,8 +135,13 @@ def _arguments(signature: inspect.Signature, shape, options: dict, parameter_sha
                module) -> dict:
     rng = np.random.default_rng(0)
     arguments = {}
+    spec = module._LAYER.spec
+    # A layer's field inputs and outputs (fused add + RMS norm's residual and h), their upstream gradients,
+    # cotangents and tangents are shaped like x too.
+    fields = (*_FIELDS, *spec.field_inputs, *spec.field_outputs, *("d" + o for o in spec.field_outputs),
+              *("gg" + f for f in spec.field_inputs), *("t" + f for f in spec.field_inputs))
     for name in signature.parameters:
-        if name in _FIELDS:
+        if name in fields:
             arguments[name] = rng.normal(size=shape).astype(dtype)
         elif name in _PARAMETERS:
             arguments[name] = rng.normal(size=parameter_shape).astype(dtype)
@@ -148,7 +153,7 @@ def _arguments(signature: inspect.Signature, shape, options: dict, parameter_sha
     if statistics:  # the saved statistics, from the forward pass (computed by NumPy: nothing to record)
         forward = inspect.signature(module.forward)
         made = _arguments(forward, shape, options, parameter_shape, dtype, module)
-        saved = module.forward(**made, backend="numpy")[1:]
+        saved = module.forward(**made, backend="numpy")[-len(statistics):]  # after y and any field outputs
         arguments.update(zip(statistics, saved))
     return arguments
 

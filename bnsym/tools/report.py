@@ -62,18 +62,20 @@ def finite_difference_checks(name: str, seed: int = 0, shape=(6, 5), eps: float 
                              ) -> dict[str, float]:
     """Relative errors of layer ``name``'s generated derivatives against central finite differences, in float64.
 
-    For random inputs and random directions (never ones: the gradient of sum(y) is zero):
+    For random inputs and random directions (never ones: the gradient of sum(y) is zero), with the field inputs
+    f (x, and a layer's ``field_inputs``) moving along u_f, the parameters p along a_p, and an upstream gradient
+    d_o for each field output o (y, and a layer's ``field_outputs``):
 
-    - ``backward``: <dx, u> + sum over parameters p of <dp, a_p> against the central difference of <dy, y> along
-      (u, a);
-    - ``jvp``: <dy, ty> against the same central difference;
-    - ``double backward``: <gx, u> + <ggamma, a_gamma> + <gdy, v> against the central difference of
-      <ggx, dx> + sum over parameters of <ggp, dp> along (u, a_gamma, v), with the gradients from the backward.
+    - ``backward``: sum_f <df, u_f> + sum_p <dp, a_p> against the central difference of sum_o <d_o, o>;
+    - ``jvp``: sum_o <d_o, t_o> against the same central difference;
+    - ``double backward``: sum_f <gf, u_f> + <ggamma, a_gamma> + sum_o <gd_o, v_o> against the central difference
+      of sum_f <ggf, df> + sum_p <ggp, dp> along (u, a_gamma, v), with the gradients from the backward.
     """
     from bnsym.runtime.reduce import Reducer
     from bnsym.symbolic.layers import LAYERS
 
     declaration = LAYERS[name]
+    layer = spec(name)
     rng = np.random.default_rng(seed)
     rows, columns = shape
     # A group is a row (parameters vary within it) or a column (one parameter value per group).
@@ -81,12 +83,16 @@ def finite_difference_checks(name: str, seed: int = 0, shape=(6, 5), eps: float 
     kernels = _Kernels(name, Reducer(axes, count, (0,) if declaration.per_element_parameters else ()))
     # The forward kernel's parameters say whether the layer has a shift (RMS norm has none).
     parameters = ("gamma", "beta") if "beta" in kernels.module.SIGNATURES[f"{name}_forward"][0] else ("gamma",)
+    inputs, outputs = layer.inputs, layer.outputs
 
     def draw(size):
         return rng.normal(size=size)
 
-    x, dy, u, v, ggx = (draw(shape) for _ in range(5))
-    x = 3.0 + 2.0 * x
+    x = {f: 3.0 + 2.0 * draw(shape) for f in inputs}
+    u = {f: draw(shape) for f in inputs}
+    gg = {f: draw(shape) for f in inputs}
+    d = {o: draw(shape) for o in outputs}
+    v = {o: draw(shape) for o in outputs}
     p = {k: draw((1, columns)) for k in parameters}
     a = {k: draw((1, columns)) for k in parameters}
     cotangent = {k: draw((1, columns)) for k in parameters}
@@ -104,34 +110,39 @@ def finite_difference_checks(name: str, seed: int = 0, shape=(6, 5), eps: float 
     kernels = _WithConstants(kernels, constants)
 
     def forward(h):
-        return kernels("forward", x=x + h * u, eps=eps, **{k: p[k] + h * a[k] for k in parameters})
+        return kernels("forward", eps=eps, **{f: x[f] + h * u[f] for f in inputs},
+                       **{k: p[k] + h * a[k] for k in parameters})
 
     def loss(h):
-        return np.vdot(dy, forward(h)["y"])
+        results = forward(h)
+        return sum(np.vdot(d[o], results[o]) for o in outputs)
 
     def backward_at(h):
-        xh, dyh = x + h * u, dy + h * v
-        # The saved statistics depend on x only; beta moving along with gamma changes nothing here.
-        saved = {k: w for k, w in forward(h).items() if k != "y"}
-        return kernels("backward", dy=dyh, x=xh, gamma=p["gamma"] + h * a["gamma"], **saved)
+        # The saved statistics (and the normalised field, x or a field output) come from the forward pass; beta
+        # moving along with gamma changes nothing here. Each kernel takes the arrays its signature names.
+        saved = {**{f: x[f] + h * u[f] for f in inputs}, **forward(h)}
+        return kernels("backward", **saved, gamma=p["gamma"] + h * a["gamma"],
+                       **{"d" + o: d[o] + h * v[o] for o in outputs})
 
     def first_order(h):
         grads = backward_at(h)
-        return np.vdot(ggx, grads["dx"]) + sum(np.vdot(cotangent[k], grads["d" + k]) for k in parameters)
+        return (sum(np.vdot(gg[f], grads["d" + f]) for f in inputs)
+                + sum(np.vdot(cotangent[k], grads["d" + k]) for k in parameters))
 
     grads = backward_at(0.0)
     tangents = {"t" + k: a[k] for k in parameters}
-    ty = kernels("jvp", x=x, eps=eps, tx=u, **p, **tangents)["ty"]
-    saved = {k: w for k, w in forward(0.0).items() if k != "y"}
-    second = kernels("double_backward", ggx=ggx, dy=dy, x=x, gamma=p["gamma"], **saved,
-                     **{"gg" + k: cotangent[k] for k in parameters})
+    jvp = kernels("jvp", eps=eps, **x, **p, **{"t" + f: u[f] for f in inputs}, **tangents)
+    saved = {**x, **forward(0.0)}
+    second = kernels("double_backward", **saved, gamma=p["gamma"], **{"d" + o: d[o] for o in outputs},
+                     **{"gg" + f: gg[f] for f in inputs}, **{"gg" + k: cotangent[k] for k in parameters})
     directional = _central(loss)
     return {
-        "backward": _relative(directional, np.vdot(grads["dx"], u) + sum(np.vdot(grads["d" + k], a[k])
-                                                                           for k in parameters)),
-        "jvp": _relative(directional, np.vdot(dy, ty)),
-        "double backward": _relative(_central(first_order), np.vdot(second["gx"], u)
-                                     + np.vdot(second["ggamma"], a["gamma"]) + np.vdot(second["gdy"], v)),
+        "backward": _relative(directional, sum(np.vdot(grads["d" + f], u[f]) for f in inputs)
+                              + sum(np.vdot(grads["d" + k], a[k]) for k in parameters)),
+        "jvp": _relative(directional, sum(np.vdot(d[o], jvp["t" + o]) for o in outputs)),
+        "double backward": _relative(_central(first_order), sum(np.vdot(second["g" + f], u[f]) for f in inputs)
+                                     + np.vdot(second["ggamma"], a["gamma"])
+                                     + sum(np.vdot(second["gd" + o], v[o]) for o in outputs)),
     }
 
 

@@ -182,3 +182,77 @@ def test_a_declaration_file_with_its_neutral_value_derives_and_names_its_forward
         assert derivation("test_offset_rms").declaration.forward_source == "offset_rms.py:forward"
     finally:
         unregister("test_offset_rms")
+
+
+# ----- field inputs and outputs (LayerSpec.field_inputs, field_outputs, normalises) -----
+
+def _scaled_sum(s):
+    """A made-up layer with a field input and a field output: u = x + 2 skip, normalised and returned."""
+    return Program([s.x, s.skip, s.gamma, s.eps],
+                   [Definition(s.u, s.x + 2 * s.skip), Definition(s.ms, BatchSum(s.u**2) / M),
+                    Definition(s.invrms, 1 / sympy.sqrt(s.ms + s.eps)), Definition(s.x_hat, s.u * s.invrms),
+                    Definition(s.y, s.gamma * s.x_hat)], [s.y, s.u, s.invrms])
+
+
+def _field_output_ignores_skip(s):
+    return Program([s.x, s.skip, s.gamma, s.eps],
+                   [Definition(s.u, s.x + 0 * s.skip), Definition(s.ms, BatchSum(s.u**2) / M),
+                    Definition(s.invrms, 1 / sympy.sqrt(s.ms + s.eps)), Definition(s.x_hat, s.u * s.invrms),
+                    Definition(s.y, s.gamma * s.x_hat)], [s.y, s.u, s.invrms])
+
+
+_FIELDS = {"field_inputs": ("skip",), "field_outputs": ("u",), "normalises": "u"}
+
+
+def test_a_declaration_with_a_field_input_and_output_gets_a_gradient_for_each_input_from_each_upstream(registered):
+    """The backward takes an upstream gradient per field output (dy, du) and returns one per field input and
+    parameter (dx, dskip = 2 dx, dgamma), in the vocabulary of the normalised field u."""
+    registered(_spec("test_fields", _scaled_sum, **_FIELDS))
+    layer = derivation("test_fields")
+    program, closed = layer.backward
+    assert [str(name) for name in program.outputs] == ["dx", "dskip", "dgamma"]
+    dx, dskip, _ = program.outputs
+    assert sympy.simplify(closed[dskip] - 2 * closed[dx]) == 0, (closed[dx], closed[dskip])
+    assert layer.symbols.field("du") in closed[dx].free_symbols, f"dx ignores the upstream gradient du: {closed[dx]}"
+    assert not closed[dx].has(layer.symbols.x), f"dx is not written in x_hat: {closed[dx]}"
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"field_inputs": ("gamma",)}, "the field names gamma are taken"),
+    ({"field_outputs": ("u", "u")}, "the field names u are taken"),
+    ({"field_outputs": ("u",), "normalises": "v"}, "normalises must be 'x' or one of field_outputs"),
+    ({"field_inputs": "skip"}, "field_inputs must be a tuple of names"),
+])
+def test_field_names_that_cannot_work_are_refused_by_the_specification(fields, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        _spec("test_fields", _scaled_sum, **fields)
+
+
+def test_a_field_output_that_does_not_depend_on_a_field_input_is_refused(registered):
+    registered(_spec("test_fields", _field_output_ignores_skip, **_FIELDS))
+    with pytest.raises(DeclarationError, match="the output y does not depend on the input skip"):
+        derivation("test_fields")
+
+
+# ----- mistakes found while deriving -----
+
+def _beta_inside_the_scale(s):
+    """A centred layer whose y is gamma * (x_hat + beta): valid forward, but dgamma = sum(dy (x_hat + beta)) needs
+    beta, which no backward kernel takes."""
+    return Program([s.x, s.gamma, s.beta, s.eps], [
+        Definition(s.mean, BatchSum(s.x) / M), Definition(s.var, BatchSum((s.x - s.mean) ** 2) / M),
+        Definition(s.invstd, 1 / sympy.sqrt(s.var + s.eps)), Definition(s.x_hat, (s.x - s.mean) * s.invstd),
+        Definition(s.y, s.gamma * (s.x_hat + s.beta))], [s.y, s.mean, s.invstd])
+
+
+def test_a_gradient_that_needs_beta_is_refused_naming_the_layer_and_the_fix(registered):
+    """Deriving it used to fail deep in the engine ("definition of dgamma uses beta before it is defined"); a
+    DeclarationError names the layer, the gradient and how to write y (`bnsym derive` prints it and exits 2)."""
+    from bnsym.spec.layers import CENTRED_REGIMES
+
+    layer = registered(LayerSpec("test_beta_inside", "Test layer", "test layer", "centred", TrailingAxes(), eps=1e-6,
+                                 regimes=CENTRED_REGIMES, group="a row", statistics_over="the last axis",
+                                 parameters_are="the normalised shape", forward=_beta_inside_the_scale))
+    with pytest.raises(DeclarationError, match=r"test_beta_inside: the gradient dgamma depends on beta, .* "
+                                               r"y = \(scale\) \* x_hat \+ beta"):
+        _ = derivation(layer.name).double_backward

@@ -54,6 +54,7 @@ def test_cross_check_detects_a_dx_without_the_statistics_term(name):
     assert not difference_is_zero(instantiate(wrong, elements, 0, layer.training_forward), brute[s.x][0])
 
 
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_facts_are_proved(name):
     layer = derivation(name)
