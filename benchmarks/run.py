@@ -23,10 +23,10 @@ It prints, in one run (so that every ratio compares figures measured minutes apa
    ``native_layer_norm``, ``_fused_rms_norm`` (its backward: autograd through ``F.rms_norm``, as PyTorch 2.13 has
    no CPU kernel for it), ``native_group_norm`` and ``F.instance_norm`` (its backward: autograd), when bnsym has
    them (``bnsym.layer_norm.forward`` ...); a missing one is reported and skipped;
-5. **the variants** (Gemma's RMS norm, adaptive layer norm: ``VARIANTS``, one row of data each) on (4096, 4096)
-   float32, compiled (``backend="numba"``), against PyTorch eager's composition of ops for the same variant (its
-   forward, and autograd's backward through it with a random dy), as people write them: PyTorch has no fused CPU
-   kernel for any of them; on 1 and 2 threads;
+5. **the variants** (Gemma's RMS norm, adaptive layer norm, batch renormalisation: ``VARIANTS``, one row of data
+   each) on (4096, 4096) float32, compiled (``backend="numba"``), against PyTorch eager's composition of ops for the
+   same variant (its forward, and autograd's backward through it with a random dy), as people write them: PyTorch
+   has no fused CPU kernel for any of them; on 1 and 2 threads;
 6. **first-call latency** in a fresh process with an empty Numba disk cache: every layer's forward and backward
    with ``backend="auto"`` (NumPy kernels at once, the compiled ones prepared in a background process; and when
    that finished, the same calls compiled), with ``backend="numba"`` (compiled on the spot), and with ``"numba"``
@@ -514,6 +514,25 @@ def _adaptive_layer_norm(x, scale, shift, eps):
     return normalised * (1 + scale.view(view)) + shift.view(view)
 
 
+def _batch_renorm(x, gamma, beta, running_mean, running_std, eps, r_max=3.0, d_max=5.0):
+    """Batch renormalisation (Ioffe 2017, Algorithm 1) of (N, C) as people write it in eager PyTorch: the batch's
+    biased var_mean over N, then r and d from the running mean and stddev, held constant by ``.detach()``. r_max and
+    d_max are bnsym's defaults (the paper's final values)."""
+    var, mean = torch.var_mean(x, dim=0, correction=0, keepdim=True)
+    sigma = torch.sqrt(var + eps)
+    r = (sigma / running_std).clamp(1 / r_max, r_max).detach()
+    d = ((mean - running_mean) / running_std).clamp(-d_max, d_max).detach()
+    return gamma * (r * (x - mean) / sigma + d) + beta
+
+
+def _renorm_running_statistics(rng, shape):
+    """Running statistics per channel (the last axis) around the benchmark's batches (mean 3, stddev 2): r and d
+    are clipped in some channels and not in others, as during training."""
+    channels = shape[-1]
+    return {"running_mean": (3 + 2 * rng.normal(0, 3, channels)).astype(np.float32),
+            "running_std": (2 * 10.0 ** rng.uniform(-0.8, 0.8, channels)).astype(np.float32)}
+
+
 @dataclass(frozen=True)
 class Variant:
     """One row of the variants' table: the bnsym layer ``layer`` (its public module ``bnsym.<layer>``; its eps,
@@ -540,6 +559,8 @@ VARIANTS = (
             per_sample=True),
     Variant("adaptive layer norm (16, 256, 4096) (DiT: N, T, D)", "adaptive_layer_norm", (16, 256, 4096),
             _adaptive_layer_norm, per_sample=True),
+    Variant("batch renormalisation (4096, 4096) as (N, C)", "batch_renorm", (4096, 4096), _batch_renorm,
+            extra=_renorm_running_statistics),
 )
 
 

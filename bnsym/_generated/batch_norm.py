@@ -305,7 +305,8 @@ INVARIANCES = {
     'normalisation_undone': True,
     'differentiable': True,
     'standardised': True,
+    'eval_is_training_at_batch_statistics': True,
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:12a5fd7911e89158bfdd02b10e06023e3e4c276a66996c087c06c44ae180312f'
+INVARIANCES_FROM = 'sha256:0ab232b49367dd70c58c04836c61e53e568f0621f923f8352cd86ef923c4964e'

@@ -328,7 +328,8 @@ INVARIANCES = {
     'normalisation_undone': False,
     'differentiable': False,
     'standardised': False,
+    'eval_is_training_at_batch_statistics': True,
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).
-INVARIANCES_FROM = 'sha256:43299bb33b8a760dd633761dcfb2c76ba2b1cec5d11fe5f8a248bf1f34c5f457'
+INVARIANCES_FROM = 'sha256:d6bbc6ea910ba804184c3bcc727af631b6a5f46dc9d37ec4f170c87b24c058f4'

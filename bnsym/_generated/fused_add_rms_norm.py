@@ -166,6 +166,7 @@ INVARIANCES = {
     'normalisation_undone': False,
     'differentiable': True,
     'standardised': True,
+    'eval_is_training_at_batch_statistics': False,
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).

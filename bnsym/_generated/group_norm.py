@@ -171,6 +171,7 @@ INVARIANCES = {
     'normalisation_undone': True,
     'differentiable': True,
     'standardised': True,
+    'eval_is_training_at_batch_statistics': False,
 }
 
 #: The digest of the declaration INVARIANCES was proved from (bnsym.symbolic.invariances.fingerprint).

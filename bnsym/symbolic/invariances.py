@@ -30,10 +30,12 @@ jacobian_symmetric   dy_i/dx_j = dy_j/dx_i within a group, with the parameters p
                      group, which holds for the whole family.
 ==================== ==============================================================================================
 
-``bnsym derive`` records two more claims with these in each layer's generated package (:func:`recorded`,
+``bnsym derive`` records more claims with these in each layer's generated package (:func:`recorded`,
 :data:`RECORDED`), for the checker's properties that rest on them: :data:`CONSTANT_PARAMETERS` (the Jacobian's
-symmetry with gamma constant over a group) and :data:`UNDONE` (:func:`normalisation_undone`: y = x when the scale of
-x_hat is 1/s and beta the mean, identity recovery for groups that all hold the same values).
+symmetry with gamma constant over a group), :data:`UNDONE` (:func:`normalisation_undone`: y = x when the scale of
+x_hat is 1/s and beta the mean, identity recovery for groups that all hold the same values), and, for a layer that
+keeps running statistics, :data:`EVAL_IS_TRAINING` (:func:`eval_is_training_at_batch_statistics`: eval mode on the
+batch's own statistics is the training forward).
 
 How a claim is decided (:func:`verdict`). The claim is a list of differences that must vanish:
 
@@ -70,8 +72,9 @@ from bnsym.symbolic.layers import Derivation, as_derivation
 from bnsym.symbolic.reduction import BatchSum, Field, M, StopGradient
 from bnsym.symbolic.rewrite import prove_fact
 
-__all__ = ["CONSTANT_PARAMETERS", "DIFFERENTIABLE", "INVARIANCES", "RECORDED", "SIZES", "STANDARDISED", "UNDONE",
-           "UndecidedError", "Verdict", "differentiable", "standardised",
+__all__ = ["CONSTANT_PARAMETERS", "DIFFERENTIABLE", "EVAL_IS_TRAINING", "INVARIANCES", "RECORDED", "SIZES",
+           "STANDARDISED", "UNDONE", "UndecidedError", "Verdict", "differentiable",
+           "eval_is_training_at_batch_statistics", "standardised",
            "dx_orthogonal_to_x", "dx_sums_to_zero", "fingerprint", "identity_recovery", "invariances",
            "jacobian_symmetric", "normalisation_undone", "recorded", "scale_invariant", "shift_invariant",
            "vanishes", "verdict"]
@@ -408,9 +411,12 @@ DIFFERENTIABLE = "differentiable"
 #: The name under which :func:`recorded` gives :func:`standardised`.
 STANDARDISED = "standardised"
 
+#: The name under which :func:`recorded` gives :func:`eval_is_training_at_batch_statistics`.
+EVAL_IS_TRAINING = "eval_is_training_at_batch_statistics"
+
 #: Every claim :func:`recorded` decides, in order: :data:`INVARIANCES`, then :data:`CONSTANT_PARAMETERS`,
-#: :data:`UNDONE`, :data:`DIFFERENTIABLE` and :data:`STANDARDISED`.
-RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS, UNDONE, DIFFERENTIABLE, STANDARDISED)
+#: :data:`UNDONE`, :data:`DIFFERENTIABLE`, :data:`STANDARDISED` and :data:`EVAL_IS_TRAINING`.
+RECORDED = (*INVARIANCES, CONSTANT_PARAMETERS, UNDONE, DIFFERENTIABLE, STANDARDISED, EVAL_IS_TRAINING)
 
 
 def _undone(layer: _Layer) -> _Claim:
@@ -479,6 +485,45 @@ def standardised(layer) -> bool:
     return _standardised(as_derivation(layer))
 
 
+def _eval_is_training(layer: _Layer) -> _Claim:
+    """Eval y - training y, each running statistic replaced by the batch's own value of the step it averages (in
+    the training forward too, where it reads them) and the scalar options by their defaults; a stop-gradient value
+    by its argument (the claim is about values, not derivatives)."""
+    d = layer.derivation
+    spec = d.declaration.spec
+    s = d.symbols
+    train, inference = layer.forward, d.inference_forward
+    own = {getattr(s, name): train.inline(d.step(step)) for name, step in spec.running}
+    scalars = {getattr(s, name): sympy.nsimplify(value) for name, value in spec.scalar_defaults.items()}
+
+    def values(expr):
+        return expr.xreplace({**own, **scalars}).replace(StopGradient, lambda argument: argument)
+
+    difference = values(train.inline(layer.y)) - values(inference.inline(s.y))
+
+    def small(n):
+        elements = Elements(n)
+        return [instantiate(difference, elements, i) for i in range(n)]
+
+    return _Claim(lambda: [difference], small)
+
+
+@cache
+def _eval_is_training_verdict(d: Derivation) -> Verdict:
+    if not d.declaration.running_statistics:
+        return Verdict(EVAL_IS_TRAINING, False, reason="the layer keeps no running statistics: it has no eval mode")
+    return _decide(_layer(d), EVAL_IS_TRAINING, _eval_is_training(_layer(d)))
+
+
+def eval_is_training_at_batch_statistics(layer) -> bool:
+    """Proved: eval mode given, as its running statistics, the batch's own value of each step they average
+    (``LayerSpec.running``: the mean and biased variance for batch norm; batch renormalisation's mean and sigma =
+    sqrt(var + eps)) is the training forward on that batch (reading those same running statistics, where it reads
+    them: batch renormalisation's r = 1 and d = 0 there, at its options' defaults). False for a layer without
+    running statistics, and for an eval mode declared otherwise (``LayerSpec.inference``)."""
+    return _eval_is_training_verdict(as_derivation(layer)).proved
+
+
 def recorded(layer) -> dict[str, bool]:
     """Each claim of :data:`RECORDED` for ``layer`` (as :func:`verdict` takes it), proved (True) or refuted (False):
     what ``bnsym derive`` writes into the layer's generated NumPy module as plain data (``INVARIANCES``), so that
@@ -488,6 +533,7 @@ def recorded(layer) -> dict[str, bool]:
     decided[UNDONE] = normalisation_undone(layer)
     decided[DIFFERENTIABLE] = differentiable(layer)
     decided[STANDARDISED] = standardised(layer)
+    decided[EVAL_IS_TRAINING] = eval_is_training_at_batch_statistics(layer)
     return decided
 
 
@@ -506,4 +552,8 @@ def fingerprint(layer) -> str:
     lines += ["outputs " + " ".join(sympy.srepr(o) for o in program.outputs),
               f"shared_parameters {bool(d.declaration.spec.grouping.shared_parameters)}",
               f"neutral {sorted(d.declaration.spec.neutral_values.items())}"]
+    if d.declaration.running_statistics:  # eval mode, and what it is compared with (eval_is_training_...)
+        spec = d.declaration.spec
+        lines += [f"eval {sympy.srepr(e.name)} = {sympy.srepr(e.expr)}" for e in d.inference_forward.definitions]
+        lines += [f"running {sorted(spec.running)}", f"scalars {sorted(spec.scalar_defaults.items())}"]
     return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -25,6 +25,16 @@ residual and h) takes each field input after x; ``forward`` returns (y, *field o
 field input and of each parameter; ``double_backward`` takes a cotangent for each of those gradients and returns
 the gradients with respect to x, the field inputs, gamma and the upstream gradients. Such a layer has no JVP here.
 
+A layer that keeps running statistics (``spec.running_statistics``) also has eval mode and the training step.
+``eval_forward`` evaluates :attr:`~bnsym.symbolic.layers.Derivation.inference_forward` (the declared eval mode,
+``LayerSpec.inference``, or the training forward with its averaged steps frozen to the running statistics) the
+same way, ``eval_backward`` and ``eval_double_backward`` differentiate it by autograd. ``train_forward`` returns y
+and each running statistic updated as (1 - f) running + f (the batch's value of the step it averages,
+``LayerSpec.running``), f the weight of the batch in the target's ``convention`` (:mod:`bnsym.conventions`;
+PyTorch's by default, ``DefinitionTarget(layer, convention="keras")`` another), with the unbiased variance in the
+step where the convention asks for it: the update :func:`bnsym.symbolic.running_stats.update` writes down from the
+declaration, evaluated with torch on the batch's mean and variance.
+
 Calls follow the checker's protocol of the layer (:mod:`bnsym.testing.protocols`), read from the layer's
 specification and derivation, not from a table: ``forward(x, *parameters, eps, *options) -> y``, ``backward(dy, x,
 *parameters, eps, *options) -> (dx, *dparameters)``, ``double_backward(ggx, *ggparameters, dy, x, *parameters, eps,
@@ -52,6 +62,7 @@ from functools import reduce
 import numpy as np
 import sympy
 
+from bnsym.conventions import CONVENTIONS
 from bnsym.spec.groupings import REQUIRED
 from bnsym.spec.layout import GroupLayout
 from bnsym.spec.validation import as_float_array, check_eps, check_same_shape, compute_dtype
@@ -151,12 +162,16 @@ def evaluate(program: Program, values: dict, layout: GroupLayout) -> dict:
 
 class DefinitionTarget:
     """A layer's forward, backward, double backward and JVP evaluated from its definition with torch (module
-    docstring). ``layer``: a registered layer's name, a LayerDeclaration or a Derivation; ``options``: options of the
-    layer fixed for every call (they are then not taken positionally)."""
+    docstring). ``layer``: a registered layer's name, a LayerDeclaration or a Derivation; ``convention``: the
+    running-statistics convention of ``train_forward`` (a layer that keeps running statistics); ``options``: options
+    of the layer fixed for every call (they are then not taken positionally)."""
 
-    def __init__(self, layer, **options):
+    def __init__(self, layer, convention: str = "torch", **options):
         self.derivation = as_derivation(layer)
         self.spec = self.derivation.declaration.spec
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {tuple(CONVENTIONS)}, got {convention!r}")
+        self.convention = CONVENTIONS[convention]
         grouping = self.spec.grouping
         unknown = set(options) - set(grouping.option_names)
         if unknown:
@@ -190,6 +205,29 @@ class DefinitionTarget:
         self.signatures["double_backward"] = (*("gg" + g for g in (*f, *p)), *self.upstream, *f, *p, "eps", *opts)
         if self.spec.plain:  # the forward-mode protocol is that of x in, y out
             self.signatures["jvp"] = ("x", *p, "tx", *("t" + q for q in p), "eps", *opts)
+        if self.spec.running_statistics:
+            self._eval_signatures()
+
+    def _eval_signatures(self) -> None:
+        """The eval-mode and training-step methods of a layer that keeps running statistics, as the checker's
+        protocol has them (:mod:`bnsym.testing.protocols`): the running statistics after the training arguments,
+        unless the training forward reads them already (then they replace the constants in eval mode)."""
+        running = self.spec.running_names
+        p, options = self.parameters, self.option_arguments
+        if self.spec.reads_running:
+            self.signatures.update({
+                "eval_forward": ("x", *p, "eps", *options, *running),
+                "eval_backward": ("dy", "x", *p, "eps", *options, *running),
+                "train_forward": (*self.signatures["forward"], "momentum", "num_batches_tracked"),
+            })
+        else:
+            self.signatures.update({
+                "eval_forward": (*self.signatures["forward"], *running),
+                "eval_backward": (*self.signatures["backward"], *running),
+                "train_forward": (*self.signatures["forward"], *running, "momentum", "num_batches_tracked"),
+            })
+        cotangents = ("ggx", *("gg" + q for q in p))
+        self.signatures["eval_double_backward"] = (*cotangents, "dy", "x", *p, "eps", *options, *running)
 
     def __repr__(self) -> str:
         return f"DefinitionTarget({self.spec.name!r})"
@@ -240,28 +278,40 @@ class DefinitionTarget:
         scalars = self.spec.scalar_defaults
         self._constants = {c: (float(a[c.name]) if c.name in scalars
                                else self._tensor(layout.statistic(a[c.name], c.name, compute), compute))
-                           for c in self.constants}
+                           for c in self.constants if c.name in a}  # (eval mode takes no scalar options)
+        # The running statistics an eval-mode method or a training step is given (never differentiated).
+        self._running = {symbol: self._tensor(layout.statistic(a[symbol.name], symbol.name, compute), compute)
+                         for symbol in self.derivation.running if symbol.name in a}
         return a, layout, x.dtype, compute, eps
 
     # ----- evaluation -----
 
-    def _y(self, x, parameters, eps: float, layout: GroupLayout, fields=()):
+    def _y(self, x, parameters, eps: float, layout: GroupLayout, fields=(), mode: str = "train"):
         """y (x's shape) from torch tensors x (x's shape) and the parameters (parameter shape); ``fields`` are the
-        layer's other field inputs (x's shape)."""
-        return self._outputs((x, *fields), parameters, eps, layout)[0]
+        layer's other field inputs (x's shape); ``mode`` as in :meth:`_values`."""
+        return self._outputs((x, *fields), parameters, eps, layout, mode)[0]
 
-    def _outputs(self, fields, parameters, eps: float, layout: GroupLayout) -> list:
-        """y and each field output (x's shape) from torch tensors of x and the field inputs (x's shape) and of the
-        parameters (parameter shape)."""
+    def _values(self, fields, parameters, eps: float, layout: GroupLayout, mode: str = "train") -> dict:
+        """Every name of the forward pass of ``mode`` (``"train"``: the training forward, with the constants it
+        reads; ``"eval"``: :attr:`~bnsym.symbolic.layers.Derivation.inference_forward`, with the running
+        statistics) from torch tensors of x and the field inputs (x's shape) and of the parameters (parameter
+        shape)."""
         s = self.derivation.symbols
         values = {s.eps: eps, **self._constants}
+        if mode == "eval":
+            values.update(self._running)
         for symbol, value in zip(self.field_symbols, fields):
             values[symbol] = value.reshape(layout.grouped)
         for symbol, value in zip(self.parameter_symbols, parameters):
             values[symbol] = value.reshape(layout.parameter_broadcast)
-        evaluated = evaluate(self.derivation.training_forward, values, layout)
-        return [self._torch.broadcast_to(evaluated[o], layout.grouped).reshape(layout.shape)
-                for o in self.output_symbols]
+        program = self.derivation.inference_forward if mode == "eval" else self.derivation.training_forward
+        return evaluate(program, values, layout)
+
+    def _outputs(self, fields, parameters, eps: float, layout: GroupLayout, mode: str = "train") -> list:
+        """y and each field output (x's shape) of the forward pass of ``mode`` (:meth:`_values`; eval mode: y)."""
+        evaluated = self._values(fields, parameters, eps, layout, mode)
+        outputs = (self.y,) if mode == "eval" else self.output_symbols
+        return [self._torch.broadcast_to(evaluated[o], layout.grouped).reshape(layout.shape) for o in outputs]
 
     @property
     def _torch(self):
@@ -278,23 +328,24 @@ class DefinitionTarget:
 
     # ----- the protocol -----
 
-    def forward(self, *args):
+    def forward(self, *args, method: str = "forward"):
         """y (the protocol's forward, module docstring); (y, *field outputs) for a layer with field outputs."""
-        a, layout, dtype, compute, eps = self._prepare("forward", args)
+        a, layout, dtype, compute, eps = self._prepare(method, args)
         with torch_one_thread(), self._torch.no_grad():
             outputs = self._outputs([self._tensor(a[f], compute) for f in self.fields],
-                                    [self._tensor(a[p], compute) for p in self.parameters], eps, layout)
+                                    [self._tensor(a[p], compute) for p in self.parameters], eps, layout,
+                                    _MODES[method])
         outputs = tuple(self._numpy(o, dtype) for o in outputs)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def backward(self, *args) -> tuple[np.ndarray, ...]:
+    def backward(self, *args, method: str = "backward") -> tuple[np.ndarray, ...]:
         """(dx, dgamma[, dbeta]) for the upstream gradient dy; (dx, *d field inputs, *d parameters) for the
         upstream gradients of y and of each field output (dy, dh) for a layer with field inputs and outputs."""
-        a, layout, dtype, compute, eps = self._prepare("backward", args)
+        a, layout, dtype, compute, eps = self._prepare(method, args)
         fields = [self._tensor(a[f], compute, True) for f in self.fields]
         parameters = [self._tensor(a[p], compute, True) for p in self.parameters]
         with torch_one_thread():
-            outputs = self._outputs(fields, parameters, eps, layout)
+            outputs = self._outputs(fields, parameters, eps, layout, _MODES[method])
             gradients = self._torch.autograd.grad(outputs, (*fields, *parameters),
                                                   [self._tensor(a[d], compute) for d in self.upstream],
                                                   allow_unused=True)
@@ -306,16 +357,16 @@ class DefinitionTarget:
             return np.zeros(tuple(tensor.shape), dtype)
         return self._numpy(gradient, dtype)
 
-    def double_backward(self, *args) -> tuple[np.ndarray, ...]:
+    def double_backward(self, *args, method: str = "double_backward") -> tuple[np.ndarray, ...]:
         """(gx, ggamma, gdy): the gradients of <ggx, dx> + sum over the parameters p of <ggp, dp> with respect to x,
         gamma and dy; with a layer's field inputs and outputs (gx, *g field inputs, ggamma, gdy, *gd outputs)."""
-        a, layout, dtype, compute, eps = self._prepare("double_backward", args)
+        a, layout, dtype, compute, eps = self._prepare(method, args)
         fields = [self._tensor(a[f], compute, True) for f in self.fields]
         parameters = [self._tensor(a[p], compute, True) for p in self.parameters]
         upstream = [self._tensor(a[d], compute, True) for d in self.upstream]
         cotangents = [self._tensor(a["gg" + g], compute) for g in (*self.fields, *self.parameters)]
         with torch_one_thread():
-            outputs = self._outputs(fields, parameters, eps, layout)
+            outputs = self._outputs(fields, parameters, eps, layout, _MODES[method])
             first = self._torch.autograd.grad(outputs, (*fields, *parameters), upstream, create_graph=True,
                                               allow_unused=True)
             total = sum((g * c).sum() for g, c in zip(first, cotangents) if g is not None)
@@ -339,15 +390,64 @@ class DefinitionTarget:
         return self._numpy(y, dtype), self._numpy(ty, dtype)
 
 
+    # ----- eval mode and the training step (a layer that keeps running statistics) -----
+
+    def eval_forward(self, *args) -> np.ndarray:
+        """The eval-mode y: the layer's eval forward pass on the running statistics given."""
+        return self.forward(*args, method="eval_forward")
+
+    def eval_backward(self, *args) -> tuple[np.ndarray, ...]:
+        """The eval-mode (dx, dgamma[, dbeta]), by autograd through the eval forward pass."""
+        return self.backward(*args, method="eval_backward")
+
+    def eval_double_backward(self, *args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The eval-mode (gx, ggamma, gdy), by autograd twice through the eval forward pass."""
+        return self.double_backward(*args, method="eval_double_backward")
+
+    def train_forward(self, *args) -> tuple[np.ndarray, ...]:
+        """(y, new running statistics...): a training step in the target's convention (``convention``, PyTorch's
+        by default). Each running statistic becomes (1 - f) running + f (the batch's value of the step it averages,
+        ``LayerSpec.running``), f the convention's weight of the batch, the unbiased variance in the step where the
+        convention asks for it: the update :func:`bnsym.symbolic.running_stats.update` writes down, evaluated here
+        with torch on the batch's mean and variance. ``num_batches_tracked`` counts the batches before this one."""
+        from bnsym.symbolic.running_stats import RUNNING, update
+
+        a, layout, dtype, compute, eps = self._prepare("train_forward", args)
+        momentum, batches = a["momentum"], a["num_batches_tracked"]
+        if momentum is None and not self.convention.cumulative:
+            raise ValueError(f"momentum is None, which only the cumulative convention takes (the target follows "
+                             f"{self.convention.name})")
+        s = self.derivation.symbols
+        with torch_one_thread(), self._torch.no_grad():
+            values = self._values([self._tensor(a[f], compute) for f in self.fields],
+                                  [self._tensor(a[p], compute) for p in self.parameters], eps, layout, "train")
+            y = self._torch.broadcast_to(values[self.y], layout.grouped).reshape(layout.shape)
+            given = {s.mean: values[s.mean], s.var: values[s.var], s.eps: eps, **self._running,
+                     RUNNING.momentum: None if momentum is None else float(momentum),
+                     RUNNING.num_batches_tracked: int(batches) + 1}
+            updated = [self._torch.broadcast_to(_Evaluator(given, layout)(expr), layout.statistics_broadcast)
+                       for expr in update(self.derivation, self.convention)]
+        running_dtype = np.asarray(a[self.spec.running_names[0]]).dtype
+        return (self._numpy(y, dtype),
+                *(self._numpy(value.reshape(layout.statistics_shape), running_dtype) for value in updated))
+
+
+#: The forward pass each method differentiates: the training one, or eval mode's.
+_MODES = {"forward": "train", "backward": "train", "double_backward": "train", "eval_forward": "eval",
+          "eval_backward": "eval", "eval_double_backward": "eval"}
+
+
 def definition_implementation(layer, **options) -> Implementation:
     """The :class:`~bnsym.testing.implementation.Implementation` of ``layer`` (a registered layer the checker has a
     protocol for) from its definition: :class:`DefinitionTarget`'s forward, backward and double backward.
     TargetError when the target's arguments are not the protocol's (an option fixed that the protocol passes)."""
     target = DefinitionTarget(layer, **options)
     signatures = protocol(target.spec.name).signatures
-    for method in ("forward", "backward", "double_backward"):
+    methods = [m for m in ("forward", "backward", "double_backward", "eval_forward", "eval_backward",
+                           "eval_double_backward", "train_forward") if m in target.signatures and m in signatures]
+    for method in methods:
         if method in signatures and signatures[method] != target.signatures[method]:
             raise TargetError(f"{target.name}: {method} takes ({', '.join(target.signatures[method])}), but the "
                               f"{target.spec.name} protocol passes ({', '.join(signatures[method])})")
-    second = {"double_backward": target.double_backward} if "double_backward" in signatures else {}
-    return Implementation(target.forward, target.backward, name=target.name, layer=target.spec.name, **second)
+    return Implementation(target.forward, target.backward, name=target.name, layer=target.spec.name,
+                          **{m: getattr(target, m) for m in methods if m not in ("forward", "backward")})

@@ -47,8 +47,8 @@ from bnsym.testing.strategies import Example
 from bnsym.testing.tolerance import SAFETY, Bound, growth, unit_roundoff
 
 __all__ = ["EXACT_MAX_COUNT", "EXACT_MAX_GROUPS", "EvalBound", "ForwardReference", "GroupReference", "LayerBound",
-           "backward", "by_group", "double_backward", "eval_backward", "eval_double_backward", "eval_forward", "exact",
-           "forward", "from_groups", "public_module", "update_running_stats"]
+           "backward", "by_group", "double_backward", "eval_backward", "eval_double_backward", "eval_forward",
+           "eval_scale", "eval_values", "exact", "forward", "from_groups", "public_module", "update_running_stats"]
 
 EXACT_MAX_COUNT = 4  # values per group for the exact reference: the instantiated expressions grow with M
 EXACT_MAX_GROUPS = 12  # each group is one mpmath evaluation
@@ -233,8 +233,38 @@ def double_backward(example: Example, cotangents, *, dy=None, x=None, gamma=None
 
 # ----- eval mode and running statistics (a layer that keeps them) -----
 
+def eval_values(example: Example, running, ref: GroupReference | None = None) -> dict[str, np.ndarray]:
+    """Every step of the layer's eval forward pass (``derivation.inference_forward``) but y, by name, in float64 and
+    the grouped layout (group quantities group-shaped), on the running statistics ``running`` (in the order of
+    ``spec.running_names``): the running statistics themselves, and each step they stand for (batch norm: the
+    mean is running_mean, the variance running_var), then whatever eval mode computes from them (the scale, for
+    batch norm 1/sqrt(running_var + eps), for batch renormalisation 1/running_std; x_hat)."""
+    ref = ref or forward(example)
+    layout = ref.layout
+    d = derivation(example.layer)
+    values = {"x": ref.x, "gamma": ref.parameter(example.gamma), "beta": ref.parameter(example.beta),
+              "eps": np.float64(example.eps)}
+    statistics = {name: _f64(r).reshape(layout.statistics_broadcast)
+                  for name, r in zip(example.spec.running_names, running)}
+    values.update(statistics)
+    values.update({step: statistics[name] for name, step in example.spec.running})
+    for definition in d.inference_forward.definitions:
+        if definition.name != d.symbols.y:
+            values[definition.name.name] = np.broadcast_to(
+                evaluate(definition.expr, values, ref.count, layout.axes),
+                layout.grouped if is_field_expr(definition.expr) else layout.statistics_broadcast)
+    return values
+
+
+def eval_scale(example: Example, running) -> np.ndarray:
+    """The scale eval mode normalises with (invstd: x_hat = (x - running_mean) * invstd), statistics-shaped."""
+    name = derivation(example.layer).scale.name
+    return eval_values(example, running)[name].reshape(example.layout.statistics_shape)
+
+
 def eval_forward(example: Example, running, **replaced) -> np.ndarray:
-    """The eval-mode y in float64 on the running statistics ``running`` = (running_mean, running_var)."""
+    """The eval-mode y in float64 on the running statistics ``running`` (``spec.running_names``: batch norm's
+    (running_mean, running_var))."""
     x, gamma, beta = (_f64(replaced.get(n, getattr(example, n))) for n in ("x", "gamma", "beta"))
     return public_module(example.layer).inference(*_inference_arguments(example, x, gamma, beta),
                                                   *(_f64(r) for r in running),
@@ -250,12 +280,13 @@ def eval_backward(example: Example, running) -> tuple[np.ndarray, ...]:
 
 def eval_double_backward(example: Example, cotangents, running) -> tuple[np.ndarray, ...]:
     """The eval-mode (gx, ggamma, gdy) in float64: the double backward with the running statistics as its fixed
-    centre and scale (running_mean, 1/sqrt(running_var + eps))."""
+    centre and scale (running_mean and eval mode's scale, :func:`eval_scale`: 1/sqrt(running_var + eps) for batch
+    norm)."""
     dy, x, gamma = (_f64(getattr(example, n)) for n in ("dy", "x", "gamma"))
-    mean, var = (_f64(r) for r in running)
+    mean = _f64(running[example.spec.running_names.index("running_mean")])
     return tuple(public_module(example.layer).double_backward(*(_f64(c) for c in cotangents), dy, x, gamma, mean,
-                                                        1 / np.sqrt(var + example.eps), training=False,
-                                                        **example.options, backend="numpy"))
+                                                              eval_scale(example, running), *_running_read(example),
+                                                              training=False, **example.options, backend="numpy"))
 
 
 def update_running_stats(example: Example, running, ref: GroupReference, *, momentum, convention,
@@ -573,25 +604,22 @@ class LayerBound:
 
 
 class EvalBound(LayerBound):
-    """Error bounds of a correct eval-mode implementation on the running statistics ``running`` = (running_mean,
-    running_var), from the layer's derived eval-mode closed forms (``derivation.inference_*``).
+    """Error bounds of a correct eval-mode implementation on the running statistics ``running`` (in the order of
+    ``spec.running_names``), from the layer's derived eval-mode closed forms (``derivation.inference_*``).
 
-    Eval mode normalises with the running statistics: s_r = 1/sqrt(running_var + eps), x_hat = (x - running_mean)
-    s_r. Their errors are those of one subtraction and one reciprocal square root: a few u times s_r (|x| +
-    |running_mean|) for x_hat, which also covers the fused form x * (gamma s_r) + (beta - running_mean gamma s_r)
-    that PyTorch's CPU kernel uses, and a few u times s_r for s_r. ``forward()``, ``backward(dy)`` and
-    ``double_backward(cotangents, dy)`` bound the eval-mode passes.
+    Eval mode normalises with the running statistics: x_hat = (x - running_mean) s_r, s_r the scale its declaration
+    computes from them (:func:`eval_values`: 1/sqrt(running_var + eps) for batch norm, 1/running_std for batch
+    renormalisation). Their errors are those of one subtraction and of s_r (at most a reciprocal square root): a
+    few u times s_r (|x| + |running_mean|) for x_hat, which also covers the fused form x * (gamma s_r) + (beta -
+    running_mean gamma s_r) that PyTorch's CPU kernel uses, and a few u times s_r for s_r. ``forward()``,
+    ``backward(dy)`` and ``double_backward(cotangents, dy)`` bound the eval-mode passes.
     """
 
     def __init__(self, example: Example, running, *, dtype=None, ref: GroupReference | None = None):
         ref = ref or forward(example)
         super().__init__(example, ref, dtype=dtype)
-        layout = ref.layout
-        mean, var = (_f64(r).reshape(layout.statistics_broadcast) for r in running)
-        scale = 1 / np.sqrt(var + example.eps)
-        x_hat = (ref.x - mean) * scale
-        self.values.update({"x_hat": x_hat, "mean": mean, "var": var, "running_mean": mean, "running_var": var,
-                            self.derivation.scale.name: scale})
+        self.values.update(eval_values(example, running, ref))
+        mean, scale, x_hat = (self.values[n] for n in ("running_mean", self.derivation.scale.name, "x_hat"))
         self._errors = {"x_hat": 4 * self.u * (scale * (np.abs(ref.x) + np.abs(mean)) + np.abs(x_hat)),
                         self.derivation.scale.name: 4 * self.u * scale}
 

@@ -1,17 +1,24 @@
-"""Properties of a layer that keeps running statistics (``spec.running_statistics``: batch norm): eval mode, the
-running-statistics update in a framework's convention, and the eval-mode double backward.
+"""Properties of a layer that keeps running statistics (``spec.running_statistics``: batch norm, batch
+renormalisation): eval mode, the running-statistics update in a framework's convention, and the eval-mode double
+backward.
 
-They join :data:`bnsym.testing.properties.PROPERTIES` when this module is imported (``bnsym.testing`` does), apply
-to every layer whose specification keeps running statistics, and the options of a check select them
-(:mod:`bnsym.testing.options`): ``--mode eval`` the eval-mode ones, ``--convention`` the running-statistics ones,
-``--mode eval --order 2`` the eval double backward.
+They join :data:`bnsym.testing.properties.PROPERTIES` when this module is imported (``bnsym.testing`` does), and the
+options of a check select them (:mod:`bnsym.testing.options`): ``--mode eval`` the eval-mode ones, ``--convention``
+the running-statistics ones, ``--mode eval --order 2`` the eval double backward. The eval-mode properties apply to
+every layer that keeps running statistics, whatever they are: they read its eval mode from its derivation
+(``derivation.inference_forward``: the declared one, ``LayerSpec.inference``, or the training forward with the
+averaged steps frozen to the running statistics), never from a list of layers. The running-statistics update
+properties are written for a running mean and variance that the training forward only updates (batch norm's); a
+layer whose training forward reads its running statistics (``spec.reads_running``) has
+``running_stats_read_and_updated`` instead.
 
-Notation. Eval mode normalises each group with running statistics r_mean, r_var (shaped like the layer's
-statistics, ``layout.statistics_shape``: one value per channel for batch norm): s_r = 1/sqrt(r_var + eps) and
-x_hat = (x - r_mean) s_r. The running statistics of an example are drawn from ``example.rng`` around the batch's
-own (so a saved example replays them) and rounded to the dtype under test. References are bnsym's public
-functions in float64 (:mod:`bnsym.testing.reference`); tolerances come from the derived eval-mode closed forms
-(:class:`bnsym.testing.reference.EvalBound`).
+Notation. Eval mode normalises each group with the running statistics (``spec.running_names``, shaped like the
+layer's statistics, ``layout.statistics_shape``: one value per channel for batch norm): x_hat = (x - r_mean) s_r,
+with s_r the scale its eval mode computes from them (batch norm: 1/sqrt(r_var + eps); batch renormalisation:
+1/r_std). The running statistics of an example are drawn from ``example.rng`` around the batch's own value of the
+step each one averages (so a saved example replays them) and rounded to the dtype under test. References are
+bnsym's public functions in float64 (:mod:`bnsym.testing.reference`); tolerances come from the derived eval-mode
+closed forms (:class:`bnsym.testing.reference.EvalBound`).
 
 Running statistics: the expected update is the layer's ``update_running_stats`` in the chosen convention; its bound
 propagates the batch statistics' errors (:attr:`bnsym.testing.tolerance.Bound.mean_error`, ``var_error``, per
@@ -24,6 +31,7 @@ import numpy as np
 
 from bnsym.conventions import CONVENTIONS
 from bnsym.spec import LayerSpec
+from bnsym.symbolic.invariances import EVAL_IS_TRAINING
 from bnsym.testing import reference
 from bnsym.testing.failures import PropertyFailure, Worst
 from bnsym.testing.options import CheckOptions
@@ -42,6 +50,7 @@ from bnsym.testing.properties import (
     float64_example,
     pair,
     register,
+    rests_on,
     second_dy,
     unrepresentable,
 )
@@ -54,10 +63,17 @@ from bnsym.testing.tolerance import SAFETY, Bound
 __all__ = ["running_statistics"]
 
 
-def _keeps_running_statistics(layer: LayerSpec) -> bool:
-    # These properties are written for a running mean and variance that the training forward only updates (batch
-    # norm's); a layer whose training forward reads its running statistics, or that keeps other ones (batch
-    # renormalisation's running_std), is not checked by them yet.
+def _has_eval_mode(layer: LayerSpec) -> bool:
+    # Every layer that keeps running statistics has an eval mode: its declared one (LayerSpec.inference) or its
+    # training forward with the averaged steps frozen to the running statistics. The eval properties read it from
+    # the derivation, whatever the running statistics are (batch renormalisation's running_std too).
+    return layer.running_statistics
+
+
+def _updates_running_mean_and_var(layer: LayerSpec) -> bool:
+    # The running-statistics properties below are written for a running mean and variance that the training forward
+    # only updates (batch norm's); a layer whose training forward reads its running statistics (batch
+    # renormalisation) has running_stats_read_and_updated instead.
     return (layer.running_statistics and not layer.reads_running
             and layer.running_names == ("running_mean", "running_var"))
 
@@ -79,42 +95,56 @@ def _has_convention(options: CheckOptions) -> bool:
 
 
 def _register(name, group, needs, when, selected_by, **keywords):
-    return register(name, group, needs, applies=_keeps_running_statistics, when=when, selected_by=selected_by,
+    return register(name, group, needs, applies=_updates_running_mean_and_var, when=when, selected_by=selected_by,
                     **keywords)
+
+
+def _eval_register(name, group, needs, when, selected_by, **keywords):
+    return register(name, group, needs, applies=_has_eval_mode, when=when, selected_by=selected_by, **keywords)
 
 
 def _f64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def running_statistics(example: Example) -> tuple[np.ndarray, np.ndarray]:
-    """Running mean and variance for ``example``, shaped like its statistics, in its dtype: near the batch's own
-    statistics (a trained layer's), drawn from ``example.rng`` so that a saved example replays them."""
+def running_statistics(example: Example) -> tuple[np.ndarray, ...]:
+    """The running statistics for ``example`` (``spec.running_names``: batch norm's running mean and variance,
+    batch renormalisation's running mean and stddev), shaped like its statistics, in its dtype: near the batch's
+    own value of the step each one averages (``spec.running``; a trained layer's), drawn from ``example.rng`` so
+    that a saved example replays them. The running mean moves by about a standard deviation; every other running
+    statistic (a spread: never negative) is scaled by 1/4 to 4 and gets up to eps added."""
     ref = reference.forward(example)
     shape = ref.layout.statistics_shape
     rng = example.rng(20)
-    sigma = np.sqrt(ref.var).reshape(shape)
-    mean = ref.mean.reshape(shape) + rng.normal(0, 1, shape) * np.maximum(sigma, 1e-3)
-    var = ref.var.reshape(shape) * rng.uniform(0.25, 4, shape) + example.eps * rng.uniform(0, 1)
+    steps = LayerBound(example, ref).values  # the training forward's steps on this batch, by name
     limit = float(np.finfo(example.dtype).max) / 4
-    return (np.clip(mean, -limit, limit).astype(example.dtype), np.clip(var, 0, limit).astype(example.dtype))
+    drawn = []
+    for name, step in example.spec.running:
+        batch = np.broadcast_to(steps[step], ref.layout.statistics_broadcast).reshape(shape)
+        if name == "running_mean":
+            sigma = np.sqrt(ref.var).reshape(shape)
+            value = np.clip(batch + rng.normal(0, 1, shape) * np.maximum(sigma, 1e-3), -limit, limit)
+        else:
+            value = np.clip(batch * rng.uniform(0.25, 4, shape) + example.eps * rng.uniform(0, 1), 0, limit)
+        drawn.append(value.astype(example.dtype))
+    return tuple(drawn)
 
 
-def _running(running) -> dict:
-    return {"running_mean": running[0], "running_var": running[1]}
+def _running(example: Example, running) -> dict:
+    return dict(zip(example.spec.running_names, running))
 
 
 def _eval_forward(impl, example: Example, running, **replaced) -> np.ndarray:
-    return call_forward(impl, example, method="eval_forward", **_running(running), **replaced)
+    return call_forward(impl, example, method="eval_forward", **_running(example, running), **replaced)
 
 
 def _eval_backward(impl, example: Example, running, **replaced):
-    return call_backward(impl, example, method="eval_backward", **_running(running), **replaced)
+    return call_backward(impl, example, method="eval_backward", **_running(example, running), **replaced)
 
 
 # ----- eval mode -----
 
-@_register("eval_shapes_and_dtypes", "eval", ("eval_forward",), _eval_mode, "--mode eval")
+@_eval_register("eval_shapes_and_dtypes", "eval", ("eval_forward",), _eval_mode, "--mode eval")
 def _eval_shapes_and_dtypes(impl, example):
     """eval_forward returns y with the shape and dtype of x."""
     y = _eval_forward(impl, example, running_statistics(example))
@@ -123,7 +153,7 @@ def _eval_shapes_and_dtypes(impl, example):
                               f"and dtype {example.dtype}")
 
 
-@_register("eval_forward_reference", "eval", ("eval_forward",), _eval_mode, "--mode eval")
+@_eval_register("eval_forward_reference", "eval", ("eval_forward",), _eval_mode, "--mode eval")
 def _eval_forward_reference(impl, example):
     """The eval-mode y agrees with bnsym's float64 eval-mode forward (``inference``) on the running statistics."""
     running = running_statistics(example)
@@ -131,7 +161,7 @@ def _eval_forward_reference(impl, example):
             EvalBound(example, running).forward())
 
 
-@_register("eval_backward_reference", "eval", ("eval_backward",), _eval_mode, "--mode eval")
+@_eval_register("eval_backward_reference", "eval", ("eval_backward",), _eval_mode, "--mode eval")
 def _eval_backward_reference(impl, example):
     """Eval-mode dx and parameter gradients agree with bnsym's float64 ``inference_backward``."""
     running = running_statistics(example)
@@ -142,16 +172,16 @@ def _eval_backward_reference(impl, example):
 
 
 def _directions(example: Example, running, salt: int):
-    """A random direction of (x, parameters): x's scaled per group by sqrt(r_var + eps), so that a step h moves
-    x_hat by about h."""
+    """A random direction of (x, parameters): x's scaled per group by 1/s_r (eval mode's scale: sqrt(r_var + eps) for
+    batch norm), so that a step h moves x_hat by about h."""
     layout = example.layout
     rng = example.rng(salt)
-    scale = np.sqrt(_f64(running[1]).reshape(layout.statistics_broadcast) + example.eps)
+    scale = 1 / reference.eval_scale(example, running).reshape(layout.statistics_broadcast)
     ux = (rng.standard_normal(layout.grouped) * scale).reshape(layout.shape)
     return [ux] + [rng.standard_normal(example.gamma.shape) for _ in example.spec.parameters]
 
 
-@_register("eval_backward_finite_differences", "eval", ("eval_forward", "eval_backward"), _eval_mode,
+@_eval_register("eval_backward_finite_differences", "eval", ("eval_forward", "eval_backward"), _eval_mode,
            "--mode eval", requires=("float64_arithmetic",))
 def _eval_backward_finite_differences(impl, example):
     """Eval-mode backward equals central differences of eval_forward along a random direction (float64)."""
@@ -174,28 +204,29 @@ def _eval_backward_finite_differences(impl, example):
             labels=("central differences of eval_forward give", "its eval_backward gives"))
 
 
-@_register("eval_leaves_running_stats_unchanged", "running statistics", ("eval_forward",), _eval_or_convention,
+@_eval_register("eval_leaves_running_stats_unchanged", "running statistics", ("eval_forward",), _eval_or_convention,
            "--mode eval or --convention")
 def _eval_leaves_running_stats_unchanged(impl, example):
-    """An eval forward leaves running_mean and running_var bit-identical."""
+    """An eval forward leaves the running statistics (running_mean and running_var, or the layer's own)
+    bit-identical."""
     running = running_statistics(example)
     buffers = [r.copy() for r in running]
-    values = arguments(example, "eval_forward", example.dtype, _running(running))
+    values = arguments(example, "eval_forward", example.dtype, _running(example, running))
     names = protocol(example.layer).signatures["eval_forward"]
-    for name, buffer in zip(("running_mean", "running_var"), buffers):  # the buffers themselves, not copies
+    for name, buffer in zip(example.spec.running_names, buffers):  # the buffers themselves, not copies
         values[names.index(name)] = buffer
     try:
         impl.eval_forward(*values)
     except Exception as error:
         raise PropertyFailure(f"eval_forward raised {type(error).__name__}: {error}") from None
-    for name, before, after in zip(("running_mean", "running_var"), running, buffers):
+    for name, before, after in zip(example.spec.running_names, running, buffers):
         if not np.array_equal(before, after, equal_nan=True):
             index = tuple(int(i) for i in np.argwhere(before != after)[0])
             raise PropertyFailure(f"eval_forward changed {name}",
                                   Worst(name, index, float(before[index]), float(after[index]), 0.0))
 
 
-@_register("eval_sample_independence", "running statistics", ("eval_forward",), _eval_or_convention,
+@_eval_register("eval_sample_independence", "running statistics", ("eval_forward",), _eval_or_convention,
            "--mode eval or --convention")
 def _eval_sample_independence(impl, example):
     """In eval mode the output for one sample does not depend on the rest of the batch."""
@@ -208,6 +239,41 @@ def _eval_sample_independence(impl, example):
     together = _eval_forward(impl, example, running, x=others.astype(example.dtype))
     tolerance = EvalBound(example, running).forward()[:1]
     compare("eval y of sample 0, alone vs. with other samples", _f64(together[:1]), alone, 2 * tolerance)
+
+
+def _own_statistics(example: Example, ref) -> tuple[np.ndarray, ...]:
+    """The batch's own value of each step its running statistics average (``spec.running``: the mean and biased
+    variance for batch norm; batch renormalisation's mean and sigma = sqrt(var + eps)), statistics-shaped, rounded
+    to the dtype under test."""
+    steps = LayerBound(example, ref).values
+    shape = ref.layout.statistics_shape
+    return tuple(np.broadcast_to(steps[step], ref.layout.statistics_broadcast).reshape(shape).astype(example.dtype)
+                 for _, step in example.spec.running)
+
+
+@register("eval_is_training_at_batch_statistics", "eval", ("forward", "eval_forward"),
+          applies=rests_on(EVAL_IS_TRAINING), when=_eval_mode, selected_by="--mode eval")
+def _eval_is_training_at_batch_statistics(impl, example):
+    """Eval mode given the batch's own statistics as its running statistics (the batch's value of each step they
+    average) is the training forward on that batch: the implementation's eval y there equals its training y (whose
+    forward reads those same running statistics, where it reads them: batch renormalisation's r = 1, d = 0).
+
+    Applies where the layer's declaration proves the identity (``bnsym derive`` records it). The tolerance is both
+    passes' error bounds plus the float64 references' own difference, which rounding the statistics to the dtype
+    under test makes (zero in float64 up to rounding)."""
+    ref = reference.forward(example)
+    own = _own_statistics(example, ref)
+    if not all(np.all(np.isfinite(r)) for r in own):
+        return  # the dtype cannot hold the batch's statistics (float16, wide dynamic range): nothing to compare
+    layer = example.spec
+    read = dict(zip(layer.running_names, own)) if layer.reads_running else {}
+    training = example.replace(constants=tuple((name, read.get(name, value)) for name, value in example.constants))
+    ref_training = reference.forward(training)
+    expected_eval = reference.eval_forward(example, own)
+    tolerance = (EvalBound(example, own, ref=ref).forward() + LayerBound(training, ref_training).forward()
+                 + np.abs(expected_eval - ref_training.y))
+    compare("eval y on the batch's own statistics against the training y", _eval_forward(impl, example, own),
+            _f64(call_forward(impl, training)), tolerance, labels=("its training forward gives", "its eval gives"))
 
 
 # ----- running statistics -----
@@ -277,7 +343,7 @@ class _Unrepresentable(Exception):
 
 def _train_step(impl, example: Example, x, running, momentum, num_batches_tracked):
     result = call(impl, example, "train_forward", x=x, momentum=momentum, num_batches_tracked=num_batches_tracked,
-                  **_running(running))
+                  **_running(example, running))
     y, new_mean, new_var = output_arrays(result, "train_forward", ("y", "new_running_mean", "new_running_var"))
     shape = example.layout.statistics_shape
     for name, array in (("new_running_mean", new_mean), ("new_running_var", new_var)):
@@ -421,11 +487,11 @@ def _what_train_forward_normalises_with(example, y, running, updated) -> str:
 # ----- eval-mode double backward -----
 
 def _eval_double_backward(impl, example, given, running, **replaced):
-    return call_double_backward(impl, example, given, method="eval_double_backward", **_running(running),
-                                **replaced)
+    return call_double_backward(impl, example, given, method="eval_double_backward",
+                                **_running(example, running), **replaced)
 
 
-@_register("eval_double_backward_reference", "second order", ("eval_double_backward",), _eval_second_order,
+@_eval_register("eval_double_backward_reference", "second order", ("eval_double_backward",), _eval_second_order,
            "--mode eval --order 2")
 def _eval_double_backward_reference(impl, example):
     """Eval-mode gx, ggamma, gdy agree with bnsym's float64 eval double backward."""
@@ -439,7 +505,7 @@ def _eval_double_backward_reference(impl, example):
         compare(name, np.where(beyond, e, a) if a.shape == e.shape else a, e, t)
 
 
-@_register("eval_double_backward_finite_differences", "second order", ("eval_backward", "eval_double_backward"),
+@_eval_register("eval_double_backward_finite_differences", "second order", ("eval_backward", "eval_double_backward"),
            _eval_second_order, "--mode eval --order 2", requires=("float64_arithmetic",))
 def _eval_double_backward_finite_differences(impl, example):
     """The eval double backward equals central differences of the implementation's eval backward (float64)."""
@@ -464,7 +530,7 @@ def _eval_double_backward_finite_differences(impl, example):
             labels=FINITE_DIFFERENCE_LABELS)
 
 
-@_register("eval_hessian_symmetry", "second order", ("eval_double_backward",), _eval_second_order,
+@_eval_register("eval_hessian_symmetry", "second order", ("eval_double_backward",), _eval_second_order,
            "--mode eval --order 2")
 def _eval_hessian_symmetry(impl, example):
     """In eval mode too, <gx(ggx = u), v> = <gx(ggx = v), u> per group."""

@@ -11,7 +11,7 @@ import sympy
 from bnsym.spec import BUILT_IN, Channels, LayerSpec, TrailingAxes, register, spec, unregister
 from bnsym.spec.layers import CENTRED_REGIMES, RMS_REGIMES
 from bnsym.symbolic import invariances as inv
-from bnsym.symbolic.layers import Derivation, LayerDeclaration, LayerSymbols, derivation
+from bnsym.symbolic.layers import FORWARDS, Derivation, LayerDeclaration, LayerSymbols, derivation
 from bnsym.symbolic.program import Definition, Program
 from bnsym.symbolic.reduction import BatchSum, M
 
@@ -309,3 +309,36 @@ def test_the_fingerprint_changes_with_what_the_proofs_read_and_only_with_that():
     assert digest(_one_pass_centred, Channels(), "test_fingerprinted_again") == reference
     assert digest(_cubed_centred, Channels()) != reference, "another forward pass, the same digest"
     assert digest(_one_pass_centred, TrailingAxes()) != reference, "gamma per element or per group, the same digest"
+
+
+def _eval_with_eps_twice(s: LayerSymbols) -> dict:
+    """An eval mode that adds eps to a running variance which already holds it: y = gamma (x - running_mean) /
+    sqrt(running_var + 2 eps) + beta, not the training forward on the batch's own mean and variance."""
+    return {s.mean: s.running_mean, s.var: s.running_var,
+            s.x_hat: (s.x - s.running_mean) / sympy.sqrt(s.running_var + 2 * s.eps)}
+
+
+def test_eval_is_training_at_the_batchs_own_statistics_where_the_declaration_says_so():
+    """The claim behind the checker's eval_is_training_at_batch_statistics: batch norm (eval mode frozen from the
+    training forward) and batch renormalisation (declared eval mode; r = 1 and d = 0 at the batch's own statistics)
+    have it; a layer without running statistics has no eval mode (a reason, not a counterexample); a declared eval
+    mode that adds eps twice is refuted with a counterexample, and its digest differs from batch norm's own."""
+    assert inv.eval_is_training_at_batch_statistics("batch_norm")
+    assert inv.eval_is_training_at_batch_statistics("batch_renorm")
+    for name in BUILT_IN:
+        if not spec(name).running_statistics:
+            assert not inv.eval_is_training_at_batch_statistics(name), name
+    layer = register(LayerSpec("test_eps_twice", "eps twice", "eps twice", "centred", Channels(), eps=1e-5,
+                               regimes=CENTRED_REGIMES, group="a channel", statistics_over="a test's axes",
+                               parameters_are="one per channel", running_statistics=True))
+    try:
+        forward = FORWARDS["centred"]  # batch norm's training forward
+        wrong = Derivation(LayerDeclaration(layer, forward, _eval_with_eps_twice))
+        verdict = inv._eval_is_training_verdict(wrong)
+        assert not verdict.proved and verdict.refuted_at, verdict
+        assert not inv.eval_is_training_at_batch_statistics(wrong)
+        right = Derivation(LayerDeclaration(layer, forward))
+        assert inv.eval_is_training_at_batch_statistics(right)
+        assert inv.fingerprint(wrong) != inv.fingerprint(right), "another eval mode, the same digest"
+    finally:
+        unregister("test_eps_twice")

@@ -4,6 +4,7 @@ bnsym's own NumPy kernels in float64; float16 is computed in float32; a made-up 
 code of its own; bad arguments are named."""
 
 import importlib
+import inspect
 
 import numpy as np
 import pytest
@@ -120,11 +121,68 @@ def test_a_channel_last_layout_is_an_option_fixed_at_construction(name):
 @pytest.mark.parametrize("name", PLAIN)
 def test_the_target_follows_the_checkers_protocol_of_each_layer(name):
     target = DefinitionTarget(name)
-    for method in ("forward", "backward", "double_backward"):
-        assert target.signatures[method] == protocol(name).signatures[method], f"{name} {method}"
+    for method in target.signatures:
+        if method in protocol(name).signatures:
+            assert target.signatures[method] == protocol(name).signatures[method], f"{name} {method}"
     implementation = definition_implementation(name)
     assert implementation.layer == name
     assert {"forward", "backward", "double_backward"} <= implementation.capabilities
+    if spec(name).running_statistics:  # every method of the protocol: eval mode and the training step too
+        assert implementation.capabilities == set(protocol(name).signatures), name
+
+
+RUNNING = [name for name in BUILT_IN if spec(name).running_statistics]
+
+
+@pytest.mark.parametrize("convention", ["torch", "keras", "haiku"])
+@pytest.mark.parametrize("name", RUNNING)
+def test_eval_mode_and_the_training_step_agree_with_bnsyms_kernels_in_float64(name, convention):
+    """eval_forward, eval_backward, eval_double_backward and train_forward of the target against bnsym's
+    inference, inference_backward, double_backward(training=False) and update_running_stats."""
+    shape = (5, 4, 3)
+    layer = spec(name)
+    options = layer.grouping.example_options(shape, layer.grouping.example_sizes(shape)[-1])
+    target = DefinitionTarget(name, convention=convention)
+    inputs = _Inputs(name, shape, options, seed=7)
+    positional = [options[o] for o in target.option_arguments]
+    statistics = layer.layout(shape, **options).statistics_shape
+    rng = np.random.default_rng(8)
+    running = [rng.normal(size=statistics) if r == "running_mean" else 10.0 ** rng.uniform(-0.5, 1, statistics)
+               for r in layer.running_names]
+    eval_constants = [*positional, *running] if layer.reads_running else [*positional, *inputs.constants, *running]
+    kernels = {"backend": "numpy", **options}
+    y = inputs.module.inference(inputs.x, *inputs.parameters, *running, eps=inputs.eps, **kernels)
+    _close(target.eval_forward(inputs.x, *inputs.parameters, inputs.eps, *eval_constants), y, f"{name} eval y")
+    grads = inputs.module.inference_backward(inputs.dy, inputs.x, inputs.parameters[0], *running, eps=inputs.eps,
+                                             **kernels)
+    for got, expected, what in zip(target.eval_backward(inputs.dy, inputs.x, *inputs.parameters, inputs.eps,
+                                                        *eval_constants), grads, ("dx", "dgamma", "dbeta")):
+        _close(got, expected, f"{name} eval {what}")
+    scale = 1 / running[1] if layer.reads_running else 1 / np.sqrt(running[1] + inputs.eps)
+    second = inputs.module.double_backward(*inputs.cotangents, inputs.dy, inputs.x, inputs.parameters[0],
+                                           running[0], scale, *inputs.running, training=False, **kernels,
+                                           **inputs.scalars)
+    got = target.eval_double_backward(*inputs.cotangents, inputs.dy, inputs.x, *inputs.parameters, inputs.eps,
+                                      *eval_constants)
+    for g, expected, what in zip(got, second, ("gx", "ggamma", "gdy")):
+        _close(g, expected, f"{name} eval {what}")
+    # The training step: batch renormalisation updates the running statistics its training forward reads; batch
+    # norm takes them after its training arguments.
+    step = [*positional, *inputs.constants] if layer.reads_running else [*positional, *inputs.constants, *running]
+    state = inputs.running if layer.reads_running else running
+    y, *new = target.train_forward(inputs.x, *inputs.parameters, inputs.eps, *step, 0.3, 2)
+    y_ref, mean, _ = inputs.module.forward(inputs.x, *inputs.parameters, *inputs.running, eps=inputs.eps, **kernels,
+                                           **inputs.scalars)
+    _close(y, y_ref, f"{name} train_forward y")
+    layout = layer.layout(shape, **options)
+    var = inputs.x.reshape(layout.grouped).var(axis=layout.axes).reshape(statistics)
+    update = inputs.module.update_running_stats
+    accepts = inspect.signature(update).parameters.values()
+    takes_eps = any(p.name == "eps" or p.kind is p.VAR_KEYWORD for p in accepts)  # a running stddev's update
+    expected = update(*state, mean, var, layout.count, momentum=0.3, convention=convention, num_batches_tracked=3,
+                      **({"eps": inputs.eps} if takes_eps else {}))
+    for got, want, what in zip(new, expected, layer.running_names, strict=True):
+        _close(got, want, f"{name} {convention} new {what}")
 
 
 def test_fixing_an_option_the_protocol_passes_is_refused_for_the_checker():

@@ -18,11 +18,25 @@ def test_the_correct_two_pass_passes_every_property_with_its_running_statistics(
     assert "running_stats_read_and_updated" in report.passed, str(report)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_correct_two_pass_passes_the_eval_mode_properties(dtype):
+    """Eval mode (y = gamma (x - running_mean) / running_std + beta) is checked by the same properties as batch
+    norm's, against the layer's derived eval mode: forward, backward, finite differences, sample independence."""
+    report = check_normalization(TwoPassRenorm(), layer="batch_renorm", dtype=dtype, max_examples=10, mode="eval")
+    assert not report.failed, str(report)
+    expected = {"eval_shapes_and_dtypes", "eval_forward_reference", "eval_backward_reference",
+                "eval_leaves_running_stats_unchanged", "eval_sample_independence",
+                "eval_is_training_at_batch_statistics"}
+    if dtype == "float64":
+        expected.add("eval_backward_finite_differences")
+    assert expected <= set(report.passed), str(report)
+
+
 @pytest.mark.parametrize("bug", BUGS, ids=lambda bug: bug.name)
 def test_planted_bug_is_caught_by_its_properties(bug):
     with pytest.raises(CheckFailed) as info:
         check_normalization(bug.impl(), layer="batch_renorm", dtype="float64", properties=list(bug.caught_by),
-                            max_examples=20, convention=bug.convention)
+                            max_examples=20, convention=bug.convention, mode=bug.mode)
     missed = set(bug.caught_by) - set(info.value.report.failed)
     assert not missed, f"{bug.name} was not caught by {sorted(missed)}:\n{info.value.report}"
 

@@ -1,8 +1,10 @@
 """The checker on the normalisation variants (Gemma's RMS norm, adaptive layer norm): every bug real implementations
 of a variant shipped (tests/testing/zoo_variants.py) is caught by the properties named for it, through
 check_normalization and through `bnsym check --layer`, and the correct implementations pass in float16, float32 and
-float64. A variant added later is data in zoo_variants.py (its CORRECT and BUGS entries), and a built-in variant
-without them fails test_every_built_in_variant_has_a_zoo."""
+float64. A variant added later is data in zoo_variants.py (its CORRECT and BUGS entries), or a zoo of its own with the
+same two names, tested by its own file (OWN_ZOOS: batch renormalisation's, whose training step needs its running
+statistics and a convention; fused residual add + RMS norm's, whose protocol has field inputs and outputs); a
+built-in variant with neither fails test_every_built_in_variant_has_a_zoo."""
 
 import json
 from pathlib import Path
@@ -13,9 +15,15 @@ from bnsym.spec import BUILT_IN, spec
 from bnsym.testing import CheckFailed, check_normalization, properties_of
 from bnsym.tools.cli import main
 from tests import budget
+from tests.testing import zoo_batch_renorm, zoo_fused_add
 from tests.testing.zoo_variants import BUGS, CORRECT
 
 ZOO = Path(__file__).with_name("zoo_variants.py")
+
+#: Variants whose zoo is a module of its own, tested by its own file: layer -> (its module, its correct
+#: implementations, its planted bugs). Read here, not copied into zoo_variants.py.
+OWN_ZOOS = {"batch_renorm": (zoo_batch_renorm, zoo_batch_renorm.CORRECT, zoo_batch_renorm.BUGS),
+            "fused_add_rms_norm": (zoo_fused_add, zoo_fused_add.CORRECT, zoo_fused_add.BUGS)}
 
 #: The bug classes each variant's zoo must have a planted bug of (what its real implementations shipped).
 BUG_CLASSES = {
@@ -36,8 +44,16 @@ def _variants():
 
 def test_every_built_in_variant_has_a_zoo():
     for layer in _variants():
-        assert CORRECT.get(layer), f"{layer} has no correct implementation in zoo_variants.CORRECT"
-        assert any(bug.layer == layer for bug in BUGS), f"{layer} has no planted bug in zoo_variants.BUGS"
+        if layer in OWN_ZOOS:
+            module, correct, bugs = OWN_ZOOS[layer]
+            where = module.__name__.rpartition(".")[2]
+        else:
+            correct, bugs, where = CORRECT.get(layer), [bug for bug in BUGS if bug.layer == layer], "zoo_variants"
+        assert correct, f"{layer} has no correct implementation in {where}.CORRECT"
+        assert bugs, f"{layer} has no planted bug in {where}.BUGS"
+        for bug in bugs:
+            unknown = set(bug.caught_by) - set(properties_of(layer))
+            assert bug.caught_by and not unknown, f"{layer}: {bug.name} names properties it does not have: {unknown}"
 
 
 def test_zoo_covers_the_bug_classes_and_names_known_properties():

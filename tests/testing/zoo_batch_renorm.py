@@ -10,6 +10,11 @@ of shape (C,), and
     backward(dy, x, gamma, beta, eps, running_mean, running_std, r_max, d_max) -> (dx, dgamma, dbeta)
     train_forward(x, gamma, beta, eps, running_mean, running_std, r_max, d_max, momentum, num_batches_tracked)
         -> (y, new_running_mean, new_running_std)          (Keras's convention: new = m old + (1 - m) batch)
+    eval_forward(x, gamma, beta, eps, running_mean, running_std) -> y = gamma (x - running_mean) / running_std + beta
+    eval_backward(dy, x, gamma, beta, eps, running_mean, running_std) -> (dx, dgamma, dbeta)
+
+``CORRECT`` and ``BUGS`` are this zoo's data, which tests/testing/test_zoo_variants.py reads with the other
+variants' zoos.
 """
 
 from __future__ import annotations
@@ -76,6 +81,19 @@ class TwoPassRenorm:
         dgamma = (dyw * (r * x_hat + d)).sum(axis=axes)
         dbeta = dyw.sum(axis=axes)
         return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+    def eval_forward(self, x, gamma, beta, eps, running_mean, running_std):
+        work = np.asarray(x, np.float64)
+        x_hat = (work - _channels(running_mean, work.ndim)) / _channels(running_std, work.ndim)
+        return (_channels(gamma, work.ndim) * x_hat + _channels(beta, work.ndim)).astype(x.dtype)
+
+    def eval_backward(self, dy, x, gamma, beta, eps, running_mean, running_std):
+        work, dyw = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+        axes = (0,) + tuple(range(2, work.ndim))
+        std = _channels(running_std, work.ndim)
+        x_hat = (work - _channels(running_mean, work.ndim)) / std
+        dx = dyw * _channels(gamma, work.ndim) / std
+        return dx.astype(x.dtype), (dyw * x_hat).sum(axis=axes).astype(x.dtype), dyw.sum(axis=axes).astype(x.dtype)
 
     def train_forward(self, x, gamma, beta, eps, running_mean, running_std, r_max, d_max, momentum,
                       num_batches_tracked):
@@ -144,11 +162,54 @@ class RunningStdWithoutEps(TwoPassRenorm):
         return np.sqrt(var)
 
 
+class EvalWithBatchStatistics(TwoPassRenorm):
+    """Eval mode normalising with the batch's own mean and sigma, not the running ones (a layer left in training
+    mode, r = 1, d = 0)."""
+
+    def eval_forward(self, x, gamma, beta, eps, running_mean, running_std):
+        work, axes, mean, var, sigma = self._statistics(x, eps)
+        y = _channels(gamma, work.ndim) * (work - mean) / sigma + _channels(beta, work.ndim)
+        return y.astype(x.dtype)
+
+
+class EvalAppliesCorrections(TwoPassRenorm):
+    """Eval mode as the training forward: the batch's statistics corrected by r and d (which only training has),
+    rather than the running statistics alone."""
+
+    def eval_forward(self, x, gamma, beta, eps, running_mean, running_std):
+        return self.forward(x, gamma, beta, eps, running_mean, running_std, 3.0, 5.0)
+
+
+class EvalReadsStdAsVariance(TwoPassRenorm):
+    """Eval mode dividing by sqrt(running_std + eps), as batch norm divides by sqrt(running_var + eps): the running
+    statistic this layer keeps is a standard deviation, eps already in it."""
+
+    def eval_forward(self, x, gamma, beta, eps, running_mean, running_std):
+        as_variance = np.sqrt(np.asarray(running_std, np.float64) + eps)
+        return super().eval_forward(x, gamma, beta, eps, running_mean, as_variance)
+
+    def eval_backward(self, dy, x, gamma, beta, eps, running_mean, running_std):
+        as_variance = np.sqrt(np.asarray(running_std, np.float64) + eps)
+        return super().eval_backward(dy, x, gamma, beta, eps, running_mean, as_variance)
+
+
+class EvalBackwardScaledByR(TwoPassRenorm):
+    """Eval backward that keeps training's factor r (from the batch's sigma over running_std) in dx."""
+
+    def eval_backward(self, dy, x, gamma, beta, eps, running_mean, running_std):
+        dx, dgamma, dbeta = super().eval_backward(dy, x, gamma, beta, eps, running_mean, running_std)
+        work, axes, mean, var, sigma = self._statistics(x, eps)
+        r = np.clip(sigma / _channels(running_std, work.ndim), 1 / 3, 3)
+        return (dx * r).astype(x.dtype), dgamma, dbeta
+
+
 @dataclass(frozen=True)
 class Bug:
     name: str
     caught_by: tuple[str, ...]
     convention: str | None = None
+    mode: str = "train"
+    layer: str = "batch_renorm"
 
     def impl(self):
         return globals()[self.name]()
@@ -160,4 +221,12 @@ BUGS = (
     Bug("RClippedFromZero", ("forward_reference",)),
     Bug("UnbiasedBatchStd", ("forward_reference",)),
     Bug("RunningStdWithoutEps", ("running_stats_read_and_updated",), convention="keras"),
+    Bug("EvalWithBatchStatistics", ("eval_forward_reference", "eval_sample_independence"), mode="eval"),
+    Bug("EvalAppliesCorrections", ("eval_forward_reference", "eval_sample_independence"), mode="eval"),
+    Bug("EvalReadsStdAsVariance", ("eval_forward_reference", "eval_backward_reference",
+                                   "eval_is_training_at_batch_statistics"), mode="eval"),
+    Bug("EvalBackwardScaledByR", ("eval_backward_reference", "eval_backward_finite_differences"), mode="eval"),
 )
+
+#: The correct implementations, by name (as tests/testing/zoo_variants.py's CORRECT holds them per variant).
+CORRECT = {"two_pass": TwoPassRenorm}

@@ -193,3 +193,6 @@ class RoundsHFirst(FusedAddRMSNorm):
     def _state(self, x, residual, gamma, eps):
         self.dtype = x.dtype
         return super()._state(x, residual, gamma, eps)
+
+#: The correct implementations, by name (as tests/testing/zoo_variants.py's CORRECT holds them per variant).
+CORRECT = {"numpy": FusedAddRMSNorm, "rounds_h_first": RoundsHFirst}

@@ -113,6 +113,16 @@ class EvalWithBatchStatistics(Layer):
         return bnsym.batch_norm_forward(x, gamma, beta, eps=eps)[0]
 
 
+class EvalWithoutEps(Layer):
+    """Eval mode dividing by sqrt(running_var), eps left out (training mode has it)."""
+
+    def eval_forward(self, x, gamma, beta, eps, running_mean, running_var):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(running_var, np.float64))
+        y = (x - np.reshape(running_mean, shape)) * scale.reshape(shape) + np.reshape(beta, shape)
+        return y.astype(x.dtype)
+
+
 class CumulativeOffByOne(CumulativeLayer):
     """The cumulative average with 1/(n + 1) where n already counts this batch."""
 
@@ -212,6 +222,8 @@ BUGS = (
     LayerBug("eval_with_batch_statistics", EvalWithBatchStatistics,
              ("eval_forward_reference", "eval_sample_independence"), {"mode": "eval"},
              "eval mode normalising with batch statistics"),
+    LayerBug("eval_without_eps", EvalWithoutEps, ("eval_forward_reference", "eval_is_training_at_batch_statistics"),
+             {"mode": "eval"}, "eval mode without eps"),
     LayerBug("cumulative_off_by_one", CumulativeOffByOne,
              ("running_stats_one_step_from_zero", "running_stats_full_momentum"), {"convention": "cumulative"},
              "cumulative average wrong"),
