@@ -121,3 +121,33 @@ def test_a_forward_that_is_neither_a_function_nor_module_colon_function_is_refus
 def test_running_statistics_need_a_centred_layer():
     with pytest.raises(ValueError, match="running_statistics needs statistic 'centred'"):
         _spec(running_statistics=True)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"field_inputs": ("residual",), "field_outputs": ("h",), "normalises": "h"},
+     "a layer with field inputs or outputs .* cannot yet keep running statistics"),
+    ({"running": {"running_mean": "mean"}}, "running must name two running statistics"),
+    ({"running": {"running_var": "var", "running_mean": "mean"}}, "running must name two .* running_mean .* first"),
+])
+def test_a_specification_the_runtime_and_checker_cannot_serve_is_refused_when_it_is_made(changes, message):
+    """Combinations that the protocols and the running-statistics update do not handle (field inputs with running
+    statistics; running statistics other than a mean and one spread) fail at the declaration, naming the layer, not
+    later inside the checker or a kernel."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match=f"LayerSpec 'batch_renorm': {message}"):
+        dataclasses.replace(spec("batch_renorm"), **changes)
+
+
+def test_a_running_standard_deviation_of_zero_is_refused_a_running_variance_of_zero_is_not():
+    """running_std divides (r = sigma / running_std, eval x_hat = (x - mean) / running_std): 0 would give NaN with
+    no error; a running variance of 0 is fine (it is used as var + eps)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, gamma, beta = rng.normal(size=(8, 3)), np.ones(3), np.zeros(3)
+    with pytest.raises(ValueError, match=r"running_std must be > 0 \(and not NaN\)"):
+        bnsym.batch_renorm.forward(x, gamma, beta, x.mean(0), np.zeros(3))
+    with pytest.raises(ValueError, match=r"running_std must be > 0"):
+        bnsym.batch_renorm.inference(x, gamma, beta, x.mean(0), np.zeros(3))
+    assert np.isfinite(bnsym.batch_norm.inference(x, gamma, beta, x.mean(0), np.zeros(3))).all()

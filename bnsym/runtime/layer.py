@@ -152,9 +152,13 @@ class Layer:
                 prepared[name] = arrays.statistic(layout, value, name, dtype)
             elif name in self.spec.running_names:
                 prepared[name] = arrays.statistic(layout, value, name, dtype)
-                # Every running statistic but the mean is a spread (running_var, running_std): never negative.
-                if name != "running_mean" and not arrays.all_nonnegative(prepared[name]):  # also refuses NaN
-                    raise ValueError(f"{name} must be >= 0 (and not NaN), got {arrays.flat(prepared[name])}")
+                # Every running statistic but the mean is a spread: a variance (running_var, used as var + eps) is
+                # never negative; any other (batch renormalisation's running_std) divides, so it is never 0 either.
+                step = dict(self.spec.running)[name]
+                zero_allowed = step == "var"
+                if step != "mean" and not arrays.all_nonnegative(prepared[name], zero_allowed=zero_allowed):
+                    bound = ">= 0" if zero_allowed else "> 0"  # the comparison also refuses NaN
+                    raise ValueError(f"{name} must be {bound} (and not NaN), got {arrays.flat(prepared[name])}")
             elif name in self.spec.scalar_defaults:
                 prepared[name] = arrays.scalar(v.check_scalar_option(value, name), dtype)
             else:
@@ -350,14 +354,16 @@ class _Arrays:
         return self._shaped(layout, value, name, layout.statistics_shape, layout.statistics_broadcast,
                             layout.statistics_meaning, dtype)
 
-    def all_nonnegative(self, array) -> bool:
-        """Whether every value is >= 0 (and none is NaN); True without looking for arrays that cannot be read
-        here (JAX arrays, which may be traced inside jax.jit)."""
+    def all_nonnegative(self, array, *, zero_allowed: bool = True) -> bool:
+        """Whether every value is >= 0 (> 0 unless ``zero_allowed``; and none is NaN); True without looking for
+        arrays that cannot be read here (JAX arrays, which may be traced inside jax.jit)."""
         if self.numpy:
-            return bool(np.all(array >= 0))
+            return bool(np.all(array >= 0 if zero_allowed else array > 0))
         from array_api_compat import is_lazy_array
 
-        return True if is_lazy_array(array) else bool(self.xp.all(array >= 0))
+        if is_lazy_array(array):
+            return True
+        return bool(self.xp.all(array >= 0 if zero_allowed else array > 0))
 
     def flat(self, array):
         """A per-group array as one row of values, for a message."""

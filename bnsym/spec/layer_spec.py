@@ -122,6 +122,12 @@ class LayerSpec:
         self._check_function("forward", "a function of the layer's symbols returning its Program")
         self._check_function("inference", "a function of the layer's symbols returning {step: value} for eval mode")
         self._check_fields()
+        if not self.plain and (self.running_statistics or self.scalars):
+            # The protocols, eval mode and running statistics of a layer with field inputs or outputs are not
+            # written yet: refuse the combination instead of checking or running it half.
+            raise ValueError(f"LayerSpec {self.name!r}: a layer with field inputs or outputs "
+                             f"({', '.join((*self.field_inputs, *self.field_outputs))}) cannot yet keep running "
+                             "statistics or take scalar options")
         # Stored as sorted (name, value) pairs: a specification is a value, compared and hashed by its fields.
         object.__setattr__(self, "neutral", self._checked_neutral())
         object.__setattr__(self, "running", self._checked_running())
@@ -152,6 +158,12 @@ class LayerSpec:
                     and isinstance(step, str) and step.isidentifier()):
                 raise ValueError(f"LayerSpec {self.name!r}: running maps a running statistic's name (running_...) "
                                  f"to the step of the forward pass it averages, got {name!r}: {step!r}")
+        # The runtime, the checker and update_running_stats know a running mean and one running spread (a variance,
+        # or batch renormalisation's standard deviation): refuse another shape here rather than deep inside them.
+        if len(given) != 2 or given[0] != ("running_mean", "mean") or given[1][1] == "mean":
+            raise ValueError(f"LayerSpec {self.name!r}: running must name two running statistics, "
+                             f"running_mean (averaging the step mean) first and then one spread (running_var "
+                             f"averaging var, or another name averaging another step), got {dict(given)}")
         return given
 
     def _checked_scalars(self) -> tuple[tuple[str, float], ...]:
