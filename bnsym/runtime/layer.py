@@ -229,7 +229,7 @@ class Layer:
             module = backend.kernels(self.spec.kernels_module)
         except ModuleNotFoundError as error:
             package = self.spec.kernels_package
-            if error.name is None or not package.startswith(error.name):
+            if error.name is None or not (package == error.name or package.startswith(error.name + ".")):
                 raise
             # A layer of your own whose kernels package is not on sys.path: say where it is looked for.
             raise ModuleNotFoundError(

@@ -446,7 +446,7 @@ def _undone(layer: _Layer) -> _Claim:
 @cache
 def _undone_verdict(d: Derivation) -> Verdict:
     layer = _layer(d)
-    if not d.training_forward.outputs[1:]:
+    if not d.saved:  # the statistics the forward saves, after y and any field outputs
         return Verdict(UNDONE, False, reason="the forward pass saves no scale s to undo")
     return _decide(layer, UNDONE, _undone(layer))
 
