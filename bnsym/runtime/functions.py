@@ -78,7 +78,7 @@ def _function(layer: Layer, verb: str, kernel_verb: str, signature: inspect.Sign
     """A public function of ``layer``: binds its arguments by ``signature`` (a TypeError names the function, as
     Python's own would) and runs ``kernel_verb`` through :meth:`Layer.run`."""
     spec = layer.spec
-    constants = _constants(spec)
+    constants = spec.constant_names
     eval_arguments = () if training else tuple(signature.parameters)
 
     def function(*args, **kwargs):
@@ -103,12 +103,6 @@ def _function(layer: Layer, verb: str, kernel_verb: str, signature: inspect.Sign
     function.__signature__ = signature
     function.__doc__ = doc
     return function
-
-
-def _constants(spec: LayerSpec) -> tuple[str, ...]:
-    """The arguments of the training verbs that are never differentiated: the running statistics the training
-    forward reads (``LayerSpec.reads_running``), then the scalar options (``LayerSpec.scalars``)."""
-    return (*(spec.running_names if spec.reads_running else ()), *spec.scalar_defaults)
 
 
 def _none_note(spec: LayerSpec) -> str:

@@ -257,6 +257,12 @@ class LayerSpec:
         return dict(self.scalars)
 
     @property
+    def constant_names(self) -> tuple[str, ...]:
+        """The arguments of its training functions that are never differentiated, in order: the running statistics
+        its training forward reads (``reads_running``), then its scalar options (``scalars``)."""
+        return (*(self.running_names if self.reads_running else ()), *self.scalar_defaults)
+
+    @property
     def options(self) -> tuple[str, ...]:
         """The names of the layer's options (``axis``, ``num_groups``), in the order its functions take them."""
         return self.grouping.option_names

@@ -101,9 +101,8 @@ class LayerSymbols:
 
     def constants(self, spec: LayerSpec) -> tuple[sympy.Symbol, ...]:
         """The inputs of ``spec``'s training forward pass that are never differentiated: the running statistics it
-        reads (``spec.reads_running``), then its scalar options (``spec.scalars``)."""
-        running = spec.running_names if spec.reads_running else ()
-        return tuple(getattr(self, name) for name in (*running, *spec.scalar_defaults))
+        reads (``spec.reads_running``), then its scalar options (``spec.scalars``): ``spec.constant_names``."""
+        return tuple(getattr(self, name) for name in spec.constant_names)
 
     def field(self, name: str) -> Field:
         """The field named ``name`` (created once): a declared field, its adjoint ``d<name>``, its tangent

@@ -63,9 +63,9 @@ def layer_names() -> tuple[str, ...]:
 
 
 def constants(layer: LayerSpec) -> tuple[str, ...]:
-    """The arguments of a layer's training methods that are never differentiated, after its options: the running
-    statistics its training forward reads (``spec.reads_running``), then its scalar options (``spec.scalars``)."""
-    return (*(layer.running_names if layer.reads_running else ()), *layer.scalar_defaults)
+    """The arguments of a layer's training methods that are never differentiated, after its options
+    (:attr:`~bnsym.spec.LayerSpec.constant_names`: the running statistics it reads, then its scalar options)."""
+    return layer.constant_names
 
 
 def _signatures(layer: LayerSpec) -> dict[str, tuple[str, ...]]:
