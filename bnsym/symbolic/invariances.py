@@ -96,18 +96,37 @@ def _normal_sums(expr: sympy.Expr) -> sympy.Expr:
     """``expr`` with every reduction's argument expanded (innermost first), so that ``BatchSum`` distributes it into
     sums over monomials of fields; the arguments of other functions (a user's tanh) are expanded too, so that
     equal arguments are written alike."""
+    return _normalised(expr, {})
+
+
+def _normalised(expr: sympy.Basic, seen: dict) -> sympy.Basic:
+    # ``seen``: the result for each subexpression done already. A derivative's expression repeats its subexpressions
+    # many times, and a node whose arguments come back unchanged is kept as it is rather than rebuilt: rebuilding
+    # runs its constructor's simplifications again (Min and Max compare every pair of their arguments).
+    if expr in seen:
+        return seen[expr]
     if isinstance(expr, BatchSum):
-        return BatchSum(sympy.expand(_normal_sums(expr.args[0])))
-    if not expr.args:
-        return expr
-    arguments = [_normal_sums(arg) for arg in expr.args]
-    if isinstance(expr, sympy.Function):
-        arguments = [sympy.expand(arg) for arg in arguments]
-    return expr.func(*arguments)
+        result = BatchSum(sympy.expand(_normalised(expr.args[0], seen)))
+    elif not expr.args:
+        result = expr
+    else:
+        arguments = [_normalised(arg, seen) for arg in expr.args]
+        if isinstance(expr, sympy.Function):
+            arguments = [sympy.expand(arg) for arg in arguments]
+        result = expr if all(a is b for a, b in zip(arguments, expr.args)) else expr.func(*arguments)
+    seen[expr] = result
+    return result
 
 
 def _is_half_power(node: sympy.Basic) -> bool:
     return isinstance(node, sympy.Pow) and node.exp.is_Rational and node.exp.q == 2
+
+
+@cache
+def _factored(radicand: sympy.Expr) -> sympy.Expr:
+    # The same radicands (a group's var + eps, written out at M = 2, 3, 4) come back in every claim of a layer, and
+    # factoring one written out at M = 4 is the costliest step of a proof.
+    return sympy.factor(radicand)
 
 
 def vanishes(expr: sympy.Expr) -> bool:
@@ -126,7 +145,7 @@ def vanishes(expr: sympy.Expr) -> bool:
     expr = expr.xreplace({c: sympy.Dummy(f"K{i}", real=True) for i, c in enumerate(constants)})
     sums = sorted(expr.atoms(BatchSum), key=sympy.default_sort_key)
     expr = expr.xreplace({total: sympy.Dummy(f"S{i}", real=True) for i, total in enumerate(sums)})
-    expr = expr.replace(_is_half_power, lambda p: sympy.Pow(sympy.factor(p.base), p.exp))
+    expr = expr.replace(_is_half_power, lambda p: sympy.Pow(_factored(p.base), p.exp))
     radicals = sorted({p.base for p in expr.atoms(sympy.Pow) if _is_half_power(p)}, key=sympy.default_sort_key)
     roots = {base: sympy.Dummy(f"r{i}", positive=True) for i, base in enumerate(radicals)}
     expr = expr.xreplace({p: roots[p.base] ** (2 * p.exp) for p in expr.atoms(sympy.Pow) if _is_half_power(p)})
