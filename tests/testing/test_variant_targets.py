@@ -13,6 +13,7 @@ from bnsym.spec import BUILT_IN, spec
 from bnsym.testing import CheckFailed, check_normalization
 from bnsym.testing.adapters import FRAMEWORK_CALLS, load
 from bnsym.tools.cli import main
+from tests import budget
 
 WITHOUT_FRAMEWORK_CALL = tuple(name for name in BUILT_IN if name not in FRAMEWORK_CALLS)
 ONE_PLUS_GAMMA = tuple(name for name in BUILT_IN if spec(name).neutral_values["gamma"] == 0)
@@ -31,8 +32,8 @@ def test_the_torch_target_is_the_definition(layer):
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("layer", WITHOUT_FRAMEWORK_CALL)
 def test_bnsym_check_torch_exits_0(layer, dtype, tmp_path, capsys):
-    status = main(["check", "torch", "--layer", layer, "--dtype", dtype, "--max-examples", "10",
-                   "--save-dir", str(tmp_path)])
+    status = main(["check", "torch", "--layer", layer, "--dtype", dtype,
+                   "--max-examples", str(budget.CORRECT_VARIANT), "--save-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert status == 0, out
 
@@ -48,7 +49,7 @@ def test_bnsym_check_torch_runs_eval_mode_and_the_running_statistics(layer, dtyp
     properties and the running-statistics ones, and none is skipped."""
     result = tmp_path / "result.json"
     status = main(["check", "torch", "--layer", layer, "--dtype", dtype, "--mode", "eval", "--convention", "torch",
-                   "--max-examples", "10", "--save-dir", str(tmp_path), "--json", str(result)])
+                   "--max-examples", str(budget.CORRECT_VARIANT), "--save-dir", str(tmp_path), "--json", str(result)])
     out = capsys.readouterr().out
     assert status == 0, out
     statuses = {p["name"]: p["status"] for p in json.loads(result.read_text())["properties"]}

@@ -15,6 +15,7 @@ from bnsym.testing.adapters import load
 from bnsym.testing.runner import run_properties
 from bnsym.testing.strategies import layer_shape_pool
 from bnsym.tools.cli import main
+from tests import budget
 from tests.testing.known_defects import assert_only_torch_float16_eps_failures
 from tests.testing.zoo_family import BUGS, LAYERS, TWO_PASS, Bnsym
 
@@ -81,9 +82,9 @@ def test_a_wrong_float64_result_is_not_taken_for_float32_arithmetic():
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_numpy_two_pass_and_bnsym_pass(layer, dtype):
-    report = check_normalization(TWO_PASS[layer](), layer=layer, dtype=dtype, max_examples=8)
+    report = check_normalization(TWO_PASS[layer](), layer=layer, dtype=dtype, max_examples=budget.CORRECT_FAMILY)
     assert not report.skipped, f"the two-pass offers forward and backward, yet {report.skipped} were skipped"
-    report = check_normalization(Bnsym(layer), layer=layer, dtype=dtype, max_examples=8, order=2)
+    report = check_normalization(Bnsym(layer), layer=layer, dtype=dtype, max_examples=budget.CORRECT_FAMILY, order=2)
     assert {"double_backward_reference", "hessian_symmetry"} <= set(report.passed), str(report)
 
 
@@ -93,7 +94,8 @@ def test_bnsym_passes_through_every_backend(layer, backend):
     """The property library on every layer through each backend named explicitly (the test above runs the default
     one): the compiled loops and the array-API kernels must pass as the NumPy kernels do, float32 channel-first
     input included (the compiled group-local loops' layout)."""
-    report = check_normalization(Bnsym(layer, backend), layer=layer, dtype="float32", max_examples=6, order=2)
+    report = check_normalization(Bnsym(layer, backend), layer=layer, dtype="float32",
+                                 max_examples=budget.CORRECT_FAMILY_BACKEND, order=2)
     assert {"double_backward_reference", "hessian_symmetry"} <= set(report.passed), str(report)
 
 
@@ -105,7 +107,7 @@ def test_torch_and_jax_pass(target, layer, dtype):
     """On the run's three smallest shapes (each new shape is a compilation for jax): the whole pool, at the default
     number of examples, is what the README's measured `bnsym check torch|jax --layer L` runs check."""
     pytest.importorskip({"torch": "torch", "jax": "flax"}[target])
-    report = run_properties(load(target, layer), dtype=np.dtype(dtype), max_examples=5, seed=0,
+    report = run_properties(load(target, layer), dtype=np.dtype(dtype), max_examples=budget.CORRECT_FRAMEWORK, seed=0,
                             options=CheckOptions(layer=layer), shapes=layer_shape_pool(layer, 0)[:3])
     if target == "torch" and dtype == "float16" and report.failed:
         assert_only_torch_float16_eps_failures(report, layer)  # PyTorch rounds eps to float16 (known_defects.py)
