@@ -42,6 +42,9 @@ CORRECT_FRAMEWORK = 5 * SCALE
 
 #: A correct sharded implementation against the sharded properties (tests/testing/test_zoo_sharded.py).
 CORRECT_SHARDED = 20 * SCALE
+#: The same with the shards in processes of their own (bnsym-torch's gloo workers, JAX's host devices), where
+#: every example is a round of collectives between processes (tests/testing/test_sharded_adapters.py).
+CORRECT_SHARDED_PROCESSES = 8 * SCALE
 
 #: bnsym's own compiled backend against the whole library, both layouts, three dtypes; the other backends with
 #: fewer (they run the same derivation; tests/test_backends.py compares them with the NumPy kernels element by

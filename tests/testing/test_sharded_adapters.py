@@ -16,6 +16,7 @@ from bnsym.testing import CheckOptions, check_batchnorm
 from bnsym.testing.runner import properties_of_run
 from bnsym.testing.sharded_adapters import load
 from bnsym.tools.cli import main
+from tests import budget
 
 pytest.importorskip("torch.distributed")
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,8 @@ def bnsym_torch():
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_bnsym_torch_passes(bnsym_torch, dtype):
-    report = check_batchnorm(bnsym_torch, shards=3, dtype=dtype, convention="torch", max_examples=15)
+    report = check_batchnorm(bnsym_torch, shards=3, dtype=dtype, convention="torch",
+                             max_examples=budget.CORRECT_SHARDED_PROCESSES)
     assert report.passed == list(SHARDED), str(report)
 
 
@@ -84,10 +86,12 @@ def test_torch_sync_reports_pytorch_s_reason_without_a_gpu(capsys):
 JAX_SCRIPT = """
 import sys
 from bnsym.tools.cli import main
+from tests import budget
 from bnsym.testing import CheckFailed, check_batchnorm
 from bnsym.testing.sharded_adapters import jax_implementation
 
-codes = [main(["check", "jax", "--shards", "4", "--dtype", dtype, "--max-examples", "10", "--convention", "flax"])
+codes = [main(["check", "jax", "--shards", "4", "--dtype", dtype, "--max-examples", "EXAMPLES",
+                   "--convention", "flax"])
          for dtype in ("float64", "float32")]
 # Why the jax target takes equal shards: uneven ones, padded and masked (Flax's only way), are rejected.
 try:
@@ -103,7 +107,7 @@ sys.exit(max(codes))
 @pytest.mark.slow
 def test_bnsym_check_jax_shards_4_exits_0_in_both_dtypes_and_uneven_shards_fail():
     pytest.importorskip("flax")
-    script = JAX_SCRIPT
+    script = JAX_SCRIPT.replace("EXAMPLES", str(budget.CORRECT_SHARDED_PROCESSES))
     environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), environment.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True,
