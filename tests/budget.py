@@ -14,10 +14,10 @@ checker's plumbing (options, reports, exit codes), whose subject is not what the
 Budgets written into files that are not listed here: the Hypothesis tests of the strategies, whose budgets are
 part of what they assert (how often a regime is drawn).
 
-The budgets are those of CI's derandomised run, which draws the same examples every time: they are sized for the
-suite to run in minutes (README). ``HYPOTHESIS_PROFILE=thorough`` (tests/conftest.py: random draws, a new set on
-every run) multiplies every budget here by :data:`SCALE`, for a change to the checker, a strategy or a layer, where
-more of the input space is worth the time.
+The budgets are sized for the suite to run in minutes (README); a check draws the same examples on every run (those
+of its seed, 0 unless the test passes one). ``HYPOTHESIS_PROFILE=thorough`` (tests/conftest.py) multiplies every
+budget here by :data:`SCALE`, for a change to the checker, a strategy or a layer, where more of the input space is
+worth the time.
 """
 
 import os

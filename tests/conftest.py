@@ -1,7 +1,8 @@
 """Settings for the whole suite.
 
-* Hypothesis profiles: CI runs derandomised, so every CI run tries the same examples; ``thorough`` draws new ones
-  on every run, four times as many of them in the checks (tests/budget.py) and 400 in the plain ``@given`` tests.
+* Hypothesis profiles: CI runs derandomised, so every CI run tries the same examples; ``thorough`` draws four times
+  as many examples in the property checks (tests/budget.py; their examples follow the check's seed) and new,
+  random ones in the plain ``@given`` tests (400 where a test does not set its own count).
 * No background compilation: backend="auto" would otherwise start a process compiling kernels that no test waits
   for (the tests of that switch turn it on for their own subprocesses).
 * One Numba thread per test process. The suite already runs one process per core (pytest-xdist, ``-n auto``), so
@@ -38,7 +39,7 @@ settings.register_profile(
     "ci", derandomize=True, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", deadline=None, print_blob=True)
-# Random draws, and four times the examples in the checks of tests/budget.py (which reads the profile's name).
+# Random draws in the @given tests, and four times the examples in the checks (tests/budget.py reads the name).
 settings.register_profile("thorough", deadline=None, print_blob=True, max_examples=400)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
