@@ -10,19 +10,16 @@ tests/test_readme_own_layer.py.
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bnsym.runtime.functions import functions
-from bnsym.spec import ChannelGroups, Channels, SampleChannels, SampleTrailingAxes, TrailingAxes, unregister
-from bnsym.spec.loading import load
+from bnsym.spec import ChannelGroups, Channels, SampleChannels, SampleTrailingAxes, TrailingAxes
 from bnsym.tools.cli import main
-from bnsym.tools.derive import own_layer_files, regenerate
 from tests.budget import PLUMBING
+from tests.declared import derived_layers
 
 DECLARATIONS = Path(__file__).parent / "data" / "scalar_layers.py"
 ROW, GROUPS = f"{DECLARATIONS}:SCALAR_ROW_NORM", f"{DECLARATIONS}:SCALAR_GROUP_NORM"
@@ -60,23 +57,8 @@ def test_the_grouping_facts_follow_the_declared_placement():
 @pytest.fixture(scope="module")
 def layers(tmp_path_factory):
     """Both layers, registered, with their kernels generated into packages on sys.path."""
-    root = tmp_path_factory.mktemp("scalar_layers")
-    specs = {}
-    for reference in (ROW, GROUPS):
-        spec = load(reference)
-        directory, files = own_layer_files(reference, root / spec.kernels_package)
-        regenerate(directory, files)
-        specs[reference] = spec
-    sys.path.insert(0, str(root))
-    try:
+    with derived_layers([ROW, GROUPS], tmp_path_factory.mktemp("scalar_layers")) as specs:
         yield specs
-    finally:
-        sys.path.remove(str(root))
-        for spec in specs.values():
-            for name in [m for m in sys.modules if m.startswith(spec.kernels_package)]:
-                del sys.modules[name]
-            unregister(spec.name)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _inputs(reference, seed=0):

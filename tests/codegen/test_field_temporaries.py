@@ -13,8 +13,6 @@ and float64, with the NumPy fallback made to fail.
 from __future__ import annotations
 
 import importlib
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +21,8 @@ import pytest
 from bnsym.codegen.layer_kernels import kernels
 from bnsym.codegen.plan import Assign, plan_kernel
 from bnsym.runtime.functions import functions
-from bnsym.spec import unregister
-from bnsym.spec.loading import load
 from bnsym.symbolic.reduction import Field
-from bnsym.tools.derive import own_layer_files, regenerate
+from tests.declared import derived_layers
 
 REFERENCE = f"{Path(__file__).parent.parent / 'data' / 'inner_shift_norm.py'}:INNER_SHIFT_NORM"
 #: One small NCHW shape (runs of H*W = 6 values): the forward compiles one loop nest, once per dtype.
@@ -36,19 +32,8 @@ SHAPE, AXIS = (4, 3, 2, 3), 1
 @pytest.fixture(scope="module")
 def layer(tmp_path_factory):
     """The layer, registered, with its kernels generated into a package on sys.path."""
-    root = tmp_path_factory.mktemp("inner_shift")
-    spec = load(REFERENCE)
-    directory, files = own_layer_files(REFERENCE, root / spec.kernels_package)
-    regenerate(directory, files)
-    sys.path.insert(0, str(root))
-    try:
-        yield spec
-    finally:
-        sys.path.remove(str(root))
-        for name in [m for m in sys.modules if m.startswith(spec.kernels_package)]:
-            del sys.modules[name]
-        unregister(spec.name)
-        shutil.rmtree(root, ignore_errors=True)
+    with derived_layers([REFERENCE], tmp_path_factory.mktemp("inner_shift")) as specs:
+        yield specs[REFERENCE]
 
 
 def _per_element(plan, inputs) -> set[str]:
