@@ -17,6 +17,7 @@ import pytest
 
 import bnsym
 from bnsym.spec import BUILT_IN, spec
+from tests.compare import assert_relatively_close
 
 torch = pytest.importorskip("torch")
 
@@ -48,14 +49,6 @@ def _inputs(shape, axis, seed=0):
     gamma = rng.normal(size=parameter_shape) * 0.5
     beta = rng.normal(size=parameter_shape)
     return rng, x, gamma, beta, parameter_shape
-
-
-def _close(actual, expected, what, rtol=1e-12):
-    expected = np.asarray(expected)
-    assert np.shape(actual) == expected.shape, f"{what}: shape {np.shape(actual)}, expected {expected.shape}"
-    scale = max(float(np.max(np.abs(expected))), 1e-300)
-    error = float(np.max(np.abs(np.asarray(actual) - expected))) / scale
-    assert error <= rtol, f"{what}: relative difference {error:.2e} from the reference (allowed {rtol:.0e})"
 
 
 # ----- the public module -----
@@ -118,8 +111,8 @@ def test_the_parameter_gradients_are_per_sample_summed_over_the_tokens_only():
     y, mean, invstd = bnsym.adaptive_layer_norm.forward(x, gamma, beta, backend="numpy")
     _, dgamma, dbeta = bnsym.adaptive_layer_norm.backward(dy, x, gamma, mean, invstd, backend="numpy")
     x_hat = (x - mean[..., None]) * invstd[..., None]
-    _close(dbeta, dy.sum(axis=1), "dbeta")
-    _close(dgamma, (dy * x_hat).sum(axis=1), "dgamma")
+    assert_relatively_close(dbeta, dy.sum(axis=1), "dbeta")
+    assert_relatively_close(dgamma, (dy * x_hat).sum(axis=1), "dgamma")
 
 
 # ----- derivatives against torch autograd through the definition, float64 -----
@@ -135,19 +128,19 @@ def test_forward_backward_double_backward_and_jvp_match_autograd_of_the_definiti
     y, mean, invstd = module.forward(x, gamma, beta, eps=eps, axis=axis, backend="numpy")
     xt, gt, bt, dyt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta, dy))
     yt = _definition(xt, gt, bt, eps, axis)
-    _close(y, yt.detach().numpy(), "y")
+    assert_relatively_close(y, yt.detach().numpy(), "y")
 
     dx, dgamma, dbeta = module.backward(dy, x, gamma, mean, invstd, axis=axis, backend="numpy")
     dxt, dgt, dbt = torch.autograd.grad(yt, (xt, gt, bt), dyt, create_graph=True)
     for got, expected, what in ((dx, dxt, "dx"), (dgamma, dgt, "dgamma"), (dbeta, dbt, "dbeta")):
-        _close(got, expected.detach().numpy(), what)
+        assert_relatively_close(got, expected.detach().numpy(), what)
 
     gx, ggamma, gdy = module.double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd, axis=axis,
                                              backend="numpy")
     total = sum((d * torch.tensor(c)).sum() for d, c in ((dxt, ggx), (dgt, gggamma), (dbt, ggbeta)))
     gxt, ggt, gdyt = torch.autograd.grad(total, (xt, gt, dyt))
     for got, expected, what in ((gx, gxt, "gx"), (ggamma, ggt, "ggamma"), (gdy, gdyt, "gdy")):
-        _close(got, expected.numpy(), what)
+        assert_relatively_close(got, expected.numpy(), what)
 
     y_jvp, ty = module.jvp(x, gamma, beta, tx, tgamma, tbeta, eps=eps, axis=axis, backend="numpy")
     with warnings.catch_warnings():  # torch's forward mode warns about its own use of torch.jit.script
@@ -155,8 +148,8 @@ def test_forward_backward_double_backward_and_jvp_match_autograd_of_the_definiti
         _, tyt = torch.func.jvp(lambda a, b, c: _definition(a, b, c, eps, axis),
                                 tuple(torch.tensor(a) for a in (x, gamma, beta)),
                                 tuple(torch.tensor(a) for a in (tx, tgamma, tbeta)))
-    _close(y_jvp, y, "jvp y")
-    _close(ty, tyt.numpy(), "ty")
+    assert_relatively_close(y_jvp, y, "jvp y")
+    assert_relatively_close(ty, tyt.numpy(), "ty")
 
 
 @pytest.mark.parametrize(("shape", "axis"), CASES, ids=str)
@@ -170,16 +163,16 @@ def test_the_definition_target_of_its_declaration_agrees_with_the_kernels(shape,
     gggamma, ggbeta = rng.normal(size=parameter_shape), rng.normal(size=parameter_shape)
     module, target, eps = bnsym.adaptive_layer_norm, DefinitionTarget(NAME), 1e-2
     y, mean, invstd = module.forward(x, gamma, beta, eps=eps, axis=axis, backend="numpy")
-    _close(target.forward(x, gamma, beta, eps), y, "y")
+    assert_relatively_close(target.forward(x, gamma, beta, eps), y, "y")
     for got, expected, what in zip(target.backward(dy, x, gamma, beta, eps),
                                    module.backward(dy, x, gamma, mean, invstd, axis=axis, backend="numpy"),
                                    ("dx", "dgamma", "dbeta")):
-        _close(got, expected, what)
+        assert_relatively_close(got, expected, what)
     for got, expected, what in zip(target.double_backward(ggx, gggamma, ggbeta, dy, x, gamma, beta, eps),
                                    module.double_backward(ggx, gggamma, ggbeta, dy, x, gamma, mean, invstd,
                                                           axis=axis, backend="numpy"),
                                    ("gx", "ggamma", "gdy")):
-        _close(got, expected, what)
+        assert_relatively_close(got, expected, what)
 
 
 # ----- the backends -----
@@ -245,7 +238,7 @@ def test_every_backend_agrees_with_the_numpy_kernels(monkeypatch, backend, dtype
     rtol = 1e-12 if dtype == np.float64 else 2e-5
     for name in expected:
         assert got[name].dtype == expected[name].dtype, f"{backend} {name}: dtype {got[name].dtype}"
-        _close(got[name], expected[name], f"{backend} {name} ({np.dtype(dtype).name})", rtol)
+        assert_relatively_close(got[name], expected[name], f"{backend} {name} ({np.dtype(dtype).name})", rtol)
 
 
 def test_the_compiled_backend_runs_loops_over_the_sample_rows_for_every_function():

@@ -22,6 +22,7 @@ from bnsym.symbolic.layers import derivation
 from bnsym.testing.definition_target import DefinitionTarget
 from bnsym.tools.cli import main
 from tests.budget import CORRECT_LAYER
+from tests.compare import assert_relatively_close
 
 torch = pytest.importorskip("torch")
 
@@ -44,14 +45,6 @@ def _inputs(shape, axis, seed=0):
     residual = rng.normal(size=shape) * 3.0 - 0.5
     gamma = rng.normal(size=shape[-k:])
     return rng, x, residual, gamma
-
-
-def _close(actual, expected, what, rtol=1e-12):
-    expected = np.asarray(expected)
-    assert np.shape(actual) == expected.shape, f"{what}: shape {np.shape(actual)}, expected {expected.shape}"
-    scale = max(float(np.max(np.abs(expected))), 1e-300)
-    error = float(np.max(np.abs(np.asarray(actual) - expected))) / scale
-    assert error <= rtol, f"{what}: relative difference {error:.2e} from the reference (allowed {rtol:.0e})"
 
 
 # ----- the public module -----
@@ -101,31 +94,32 @@ def test_forward_backward_double_backward_and_jvp_match_autograd_of_the_composit
     y, h, invrms = module.forward(x, residual, gamma, eps=eps, axis=axis, backend="numpy")
     xt, rt, gt, dyt, dht = (torch.tensor(a, requires_grad=True) for a in (x, residual, gamma, dy, dh))
     yt, ht = _composition(xt, rt, gt, eps, axis)
-    _close(y, yt.detach().numpy(), "y")
-    _close(h, ht.detach().numpy(), "h")
+    assert_relatively_close(y, yt.detach().numpy(), "y")
+    assert_relatively_close(h, ht.detach().numpy(), "h")
 
     dx, dresidual, dgamma = module.backward(dy, dh, h, gamma, invrms, axis=axis, backend="numpy")
     dxt, drt, dgt = torch.autograd.grad((yt, ht), (xt, rt, gt), (dyt, dht), create_graph=True)
-    _close(dx, dxt.detach().numpy(), "dx")
-    _close(dresidual, drt.detach().numpy(), "dresidual")
-    _close(dgamma, dgt.detach().numpy(), "dgamma")
+    assert_relatively_close(dx, dxt.detach().numpy(), "dx")
+    assert_relatively_close(dresidual, drt.detach().numpy(), "dresidual")
+    assert_relatively_close(dgamma, dgt.detach().numpy(), "dgamma")
     without_dh = module.backward(dy, np.zeros(shape), h, gamma, invrms, axis=axis, backend="numpy")[0]
-    _close(dx - without_dh, dh, "dx(dh) - dx(0): the residual stream's gradient passes straight through")
+    assert_relatively_close(dx - without_dh, dh,
+                            "dx(dh) - dx(0): the residual stream's gradient passes straight through")
 
     second = module.double_backward(ggx, ggr, gggamma, dy, dh, h, gamma, invrms, axis=axis, backend="numpy")
     total = (dxt * torch.tensor(ggx)).sum() + (drt * torch.tensor(ggr)).sum() + (dgt * torch.tensor(gggamma)).sum()
     expected = torch.autograd.grad(total, (xt, rt, gt, dyt, dht), allow_unused=True)
     for got, want, what in zip(second, expected, ("gx", "gresidual", "ggamma", "gdy", "gdh")):
-        _close(got, np.zeros(got.shape) if want is None else want.detach().numpy(), what)
+        assert_relatively_close(got, np.zeros(got.shape) if want is None else want.detach().numpy(), what)
 
     y_jvp, h_jvp, ty, th = module.jvp(x, residual, gamma, tx, tr, tgamma, eps=eps, axis=axis, backend="numpy")
     with warnings.catch_warnings():  # torch's forward mode loads its decompositions with torch.jit.script, deprecated
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
         (yj, hj), (tyt, tht) = _jvp_of_the_composition(x, residual, gamma, tx, tr, tgamma, eps, axis)
-    _close(y_jvp, yj.numpy(), "jvp y")
-    _close(h_jvp, hj.numpy(), "jvp h")
-    _close(ty, tyt.numpy(), "ty")
-    _close(th, tht.numpy(), "th")
+    assert_relatively_close(y_jvp, yj.numpy(), "jvp y")
+    assert_relatively_close(h_jvp, hj.numpy(), "jvp h")
+    assert_relatively_close(ty, tyt.numpy(), "ty")
+    assert_relatively_close(th, tht.numpy(), "th")
 
 
 def _jvp_of_the_composition(x, residual, gamma, tx, tr, tgamma, eps, axis):
@@ -146,13 +140,13 @@ def test_every_backend_agrees_with_the_numpy_kernels(backend):
         got = module.forward(*args, axis=axis, backend=backend)
         rtol = 1e-5 if dtype == np.float32 else 1e-12
         for a, b, what in zip(got, expected, ("y", "h", "invrms")):
-            _close(np.asarray(a), b, f"{backend} {np.dtype(dtype).name} {what}", rtol)
+            assert_relatively_close(np.asarray(a), b, f"{backend} {np.dtype(dtype).name} {what}", rtol)
         y, h, invrms = expected
         grads = [a.astype(dtype) for a in (dy, dh)]
         expected = module.backward(*grads, h, args[2], invrms, axis=axis, backend="numpy")
         got = module.backward(*grads, h, args[2], invrms, axis=axis, backend=backend)
         for a, b, what in zip(got, expected, ("dx", "dresidual", "dgamma")):
-            _close(np.asarray(a), b, f"{backend} {np.dtype(dtype).name} {what}", rtol)
+            assert_relatively_close(np.asarray(a), b, f"{backend} {np.dtype(dtype).name} {what}", rtol)
 
 
 def test_the_definition_target_agrees_with_bnsyms_kernels_in_float64():
@@ -164,11 +158,11 @@ def test_the_definition_target_agrees_with_bnsyms_kernels_in_float64():
     target = DefinitionTarget(NAME)
     y, h, invrms = bnsym.fused_add_rms_norm.forward(x, residual, gamma, eps=1e-3, axis=axis, backend="numpy")
     for got, expected, what in zip(target.forward(x, residual, gamma, 1e-3), (y, h), ("y", "h")):
-        _close(got, expected, what, 1e-10)
+        assert_relatively_close(got, expected, what, 1e-10)
     expected = bnsym.fused_add_rms_norm.backward(dy, dh, h, gamma, invrms, axis=axis, backend="numpy")
     got = target.backward(dy, dh, x, residual, gamma, 1e-3)
     for a, b, what in zip(got, expected, ("dx", "dresidual", "dgamma")):
-        _close(a, b, what, 1e-10)
+        assert_relatively_close(a, b, what, 1e-10)
 
 
 # ----- the derivation against brute force -----

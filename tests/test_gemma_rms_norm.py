@@ -16,6 +16,7 @@ import pytest
 
 import bnsym
 from bnsym.spec import BUILT_IN, spec
+from tests.compare import assert_relatively_close
 
 torch = pytest.importorskip("torch")
 
@@ -38,14 +39,6 @@ def _inputs(shape, axis, seed=0):
     x = rng.normal(size=shape) * 2.0 + 0.5
     gamma = rng.normal(size=parameter_shape) * 0.5  # Gemma's weights start at 0 and stay near it
     return rng, x, gamma, parameter_shape
-
-
-def _close(actual, expected, what, rtol=1e-12):
-    expected = np.asarray(expected)
-    assert np.shape(actual) == expected.shape, f"{what}: shape {np.shape(actual)}, expected {expected.shape}"
-    scale = max(float(np.max(np.abs(expected))), 1e-300)
-    error = float(np.max(np.abs(np.asarray(actual) - expected))) / scale
-    assert error <= rtol, f"{what}: relative difference {error:.2e} from the reference (allowed {rtol:.0e})"
 
 
 # ----- the public module -----
@@ -108,26 +101,26 @@ def test_forward_backward_double_backward_and_jvp_match_autograd_of_the_definiti
     y, invrms = module.forward(x, gamma, eps=eps, axis=axis, backend="numpy")
     xt, gt, dyt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, dy))
     yt = _definition(xt, gt, eps, axis)
-    _close(y, yt.detach().numpy(), "y")
+    assert_relatively_close(y, yt.detach().numpy(), "y")
 
     dx, dgamma = module.backward(dy, x, gamma, invrms, axis=axis, backend="numpy")
     dxt, dgt = torch.autograd.grad(yt, (xt, gt), dyt, create_graph=True)
-    _close(dx, dxt.detach().numpy(), "dx")
-    _close(dgamma, dgt.detach().numpy(), "dgamma")
+    assert_relatively_close(dx, dxt.detach().numpy(), "dx")
+    assert_relatively_close(dgamma, dgt.detach().numpy(), "dgamma")
 
     gx, ggamma, gdy = module.double_backward(ggx, gggamma, dy, x, gamma, invrms, axis=axis, backend="numpy")
     total = (dxt * torch.tensor(ggx)).sum() + (dgt * torch.tensor(gggamma)).sum()
     gxt, ggt, gdyt = torch.autograd.grad(total, (xt, gt, dyt))
     for got, expected, what in ((gx, gxt, "gx"), (ggamma, ggt, "ggamma"), (gdy, gdyt, "gdy")):
-        _close(got, expected.numpy(), what)
+        assert_relatively_close(got, expected.numpy(), what)
 
     y_jvp, ty = module.jvp(x, gamma, tx, tgamma, eps=eps, axis=axis, backend="numpy")
     with warnings.catch_warnings():  # torch's forward mode warns about its own use of torch.jit.script
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
         _, tyt = torch.func.jvp(lambda a, b: _definition(a, b, eps, axis), (torch.tensor(x), torch.tensor(gamma)),
                                 (torch.tensor(tx), torch.tensor(tgamma)))
-    _close(y_jvp, y, "jvp y")
-    _close(ty, tyt.numpy(), "ty")
+    assert_relatively_close(y_jvp, y, "jvp y")
+    assert_relatively_close(ty, tyt.numpy(), "ty")
 
 
 def test_the_definition_target_of_its_declaration_agrees_with_the_kernels():
@@ -138,12 +131,12 @@ def test_the_definition_target_of_its_declaration_agrees_with_the_kernels():
     rng, x, gamma, _ = _inputs((3, 2, 7), -1, seed=4)
     dy = rng.normal(size=x.shape)
     target = DefinitionTarget(NAME)
-    _close(target.forward(x, gamma, 1e-2), bnsym.gemma_rms_norm.forward(x, gamma, eps=1e-2)[0], "y")
+    assert_relatively_close(target.forward(x, gamma, 1e-2), bnsym.gemma_rms_norm.forward(x, gamma, eps=1e-2)[0], "y")
     _, invrms = bnsym.gemma_rms_norm.forward(x, gamma, eps=1e-2, backend="numpy")
     for got, expected, what in zip(target.backward(dy, x, gamma, 1e-2),
                                    bnsym.gemma_rms_norm.backward(dy, x, gamma, invrms, backend="numpy"),
                                    ("dx", "dgamma")):
-        _close(got, expected, what)
+        assert_relatively_close(got, expected, what)
 
 
 # ----- the backends -----
@@ -179,7 +172,7 @@ def test_every_backend_agrees_with_the_numpy_kernels(backend, dtype):
     rtol = 1e-12 if dtype == np.float64 else 2e-5
     for name in expected:
         assert got[name].dtype == expected[name].dtype, f"{backend} {name}: dtype {got[name].dtype}"
-        _close(got[name], expected[name], f"{backend} {name} ({np.dtype(dtype).name})", rtol)
+        assert_relatively_close(got[name], expected[name], f"{backend} {name} ({np.dtype(dtype).name})", rtol)
 
 
 # ----- float16: Gemma's order of operations -----
